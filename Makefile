@@ -1,0 +1,36 @@
+# Every target sets itself up: the virtualenv is created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck bench soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check conveyor tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check conveyor tests
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python examples/run_demo.py
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+soak: $(STAMP)
+	$(BIN)/pytest -q tests/faults/test_soak.py --soak
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,25 @@
+"""Conveyor: a production task queue with Celery's habits.
+
+    from conveyor import Conveyor, shared_task, chain, group, chord, signature
+"""
+
+from __future__ import annotations
+
+from conveyor.app import Conveyor, shared_task
+from conveyor.canvas import Signature, signature
+from conveyor.result import AsyncResult, GroupResult, ResultSet
+from conveyor.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "Conveyor",
+    "GroupResult",
+    "ResultSet",
+    "Signature",
+    "Task",
+    "__version__",
+    "shared_task",
+    "signature",
+]

@@ -1,0 +1,462 @@
+"""The application object: settings, the task registry, and sending.
+
+One ``Conveyor`` instance per project, created in ``proj/conveyor.py`` (or
+``proj/celery.py``).  It owns one broker connection and one result store per
+process: both are opened lazily and reopened after ``fork``, so a worker's
+children never share a socket with their parent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, overload
+
+from conveyor import _state, states
+from conveyor.brokers import Broker, Envelope, broker_from_url
+from conveyor.config import (
+    DEFAULT_NAMESPACE,
+    Settings,
+    load_object,
+    values_from_env,
+    values_from_object,
+)
+from conveyor.context import Request, running_request
+from conveyor.exceptions import ConfigurationError, NotRegistered
+from conveyor.message import Message, new_id
+from conveyor.results import ResultRecord, ResultStore, result_store_from_url
+from conveyor.results.record import describe_exception
+from conveyor.routing import Routes
+from conveyor.serialization import content_type_for
+from conveyor.task import Task, task_options
+
+if TYPE_CHECKING:
+    from conveyor import result as _result
+    from conveyor.result import AsyncResult
+
+log = logging.getLogger("conveyor.app")
+
+_SEND_OPTIONS = frozenset({
+    "countdown", "eta", "expires", "queue", "priority", "idempotency_key", "task_id",
+    "link", "link_error", "headers", "chain", "chord", "group_id", "group_index",
+    "parent_id", "root_id", "time_limit", "soft_time_limit", "ignore_result",
+    "serializer", "retries", "routing_key", "exchange", "shadow", "max_deliveries",
+})
+
+
+class Conveyor:
+    """A Conveyor application (Celery's ``Celery`` object)."""
+
+    def __init__(self, main: str | None = None, broker: str | None = None,
+                 backend: str | None = None, include: Iterable[str] = (),
+                 set_as_current: bool = True, **settings: Any) -> None:
+        self.main = main or "__main__"
+        self.conf = Settings()
+        self.tasks: dict[str, Task] = {}
+        self._include = list(include)
+        self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
+        self._finalized = False
+        self._routes: Routes | None = None
+        self._broker: tuple[int, Broker] | None = None
+        self._results: tuple[int, ResultStore] | None = None
+        if broker:
+            settings["broker_url"] = broker
+        if backend:
+            settings["result_backend"] = backend
+        if settings:
+            self.conf.update(settings, source="Conveyor()")
+        _state.register_app(self, set_as_current)
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.main}>"
+
+    def set_current(self) -> None:
+        """Make this the app ``@shared_task`` tasks use."""
+        _state.set_current(self)
+
+    # -- configuration -----------------------------------------------------
+    def config_from_object(self, obj: Any, namespace: str | None = DEFAULT_NAMESPACE,
+                           silent: bool = False) -> None:
+        """Load settings from an object, module, mapping or dotted path.
+
+        ``namespace="CELERY"`` reads ``CELERY_BROKER_URL`` as ``broker_url``;
+        ``namespace=None`` reads lower-case names as they are.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = load_object(obj)
+            except ImportError:
+                if silent:
+                    return
+                raise
+        where = f"{namespace}_* settings" if namespace else "settings"
+        self.conf.update(values_from_object(obj, namespace), source=where)
+        self._invalidate()
+
+    def config_from_env(self, prefix: str = "CONVEYOR_") -> None:
+        """Apply ``CONVEYOR_BROKER_URL`` and friends from the environment."""
+        self.conf.update(values_from_env(prefix=prefix), source="environment")
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._routes = None
+        self._broker = None
+        self._results = None
+
+    # -- task registry -------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[..., Any]) -> Task: ...
+    @overload
+    def task(self, fn: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None,
+             **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Decorator: ``@app.task`` or ``@app.task(bind=True, max_retries=3)``."""
+        def decorate(func: Callable[..., Any]) -> Task:
+            task = Task(func, task_options(func, self.default_task_name(func), options), self)
+            self._register(task)
+            return task
+
+        return decorate(fn) if fn is not None else decorate
+
+    def default_task_name(self, fn: Callable[..., Any]) -> str:
+        module = fn.__module__
+        if module == "__main__":
+            module = self.main
+        return f"{module}.{fn.__name__}"
+
+    def _register(self, task: Task) -> None:
+        existing = self.tasks.get(task.name)
+        replaced = existing is not None and existing.fn is not task.fn
+        if replaced and existing is not None and _origin(existing) != _origin(task):
+            log.warning("task %s registered twice; the later definition wins", task.name)
+        self.tasks[task.name] = task
+
+    def get_task(self, name: str) -> Task:
+        """The task registered as ``name``; finalizes (autodiscovers) on a miss."""
+        task = self.tasks.get(name)
+        if task is None and not self._finalized:
+            self.finalize()
+            task = self.tasks.get(name)
+        if task is None:
+            raise NotRegistered(f"no task named {name!r} is registered in {self!r}")
+        return task
+
+    def autodiscover_tasks(
+        self,
+        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` for each package.
+
+        With no packages, the Django project's installed apps are used (when
+        Django is configured).  Discovery happens when the app is finalized
+        (worker or beat start, or the first lookup of an unknown task), so
+        calling this at import time of the app module is safe; ``force``
+        imports now.
+        """
+        pkgs = packages() if callable(packages) else packages
+        self._autodiscover.append((pkgs, related_name))
+        if force or self._finalized:
+            self._discover(pkgs, related_name)
+
+    def finalize(self) -> None:
+        """Import ``include`` modules and run pending autodiscovery."""
+        if self._finalized:
+            return
+        self._finalized = True
+        for module in self._include:
+            importlib.import_module(module)
+        for pkgs, related in self._autodiscover:
+            self._discover(pkgs, related)
+
+    def _discover(self, packages: Sequence[str] | None, related_name: str) -> None:
+        for package in packages if packages is not None else _django_apps():
+            name = f"{package}.{related_name}"
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                # Only a missing tasks module is normal; errors inside it are not.
+                if exc.name not in (name, package):
+                    raise
+
+    # -- connections -----------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """This process's broker connection (reopened after fork)."""
+        pid = os.getpid()
+        if self._broker is None or self._broker[0] != pid:
+            opts = dict(self.conf.broker_transport_options)
+            self._broker = (pid, broker_from_url(self.conf.broker_url, opts))
+        return self._broker[1]
+
+    @property
+    def backend(self) -> ResultStore:
+        """This process's result store (reopened after fork)."""
+        pid = os.getpid()
+        if self._results is None or self._results[0] != pid:
+            self._results = (pid, result_store_from_url(self.conf.result_url))
+        return self._results[1]
+
+    def close(self) -> None:
+        for held in (self._broker, self._results):
+            if held is not None and held[0] == os.getpid():
+                held[1].close()
+        self._broker = self._results = None
+
+    # -- sending ---------------------------------------------------------------
+    @property
+    def routes(self) -> Routes:
+        if self._routes is None:
+            self._routes = Routes(self.conf.task_routes)
+        return self._routes
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
+                  _task: Task | None = None, **options: Any) -> AsyncResult:
+        """Send a task by name; the worker need not share this process's code."""
+        message = self.build_message(name, args, kwargs, _task=_task, **options)
+        ids = self.enqueue([message], idempotency_key=options.get("idempotency_key"))
+        return self.AsyncResult(ids[0], task_name=name)
+
+    def build_message(self, name: str, args: Any = None, kwargs: Any = None,
+                      _task: Task | None = None, **options: Any) -> Message:
+        """The message ``send_task`` would send (validated, not yet sent)."""
+        unknown = set(options) - _SEND_OPTIONS
+        if unknown:
+            raise TypeError(f"apply_async() got unknown option(s): {', '.join(sorted(unknown))}")
+        task = _task or self.tasks.get(name)
+        route = self._route(name, task, args, kwargs, options)
+        parent = running_request()
+        message = Message(
+            id=options.get("task_id") or new_id(),
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            queue=route["queue"],
+            priority=_priority(options.get("priority", route.get("priority")), task, self),
+            retries=int(options.get("retries") or 0),
+            eta=_eta(options.get("eta"), options.get("countdown")),
+            expires=_expires(options.get("expires", task.options.expires if task else None)),
+            root_id=options.get("root_id") or (parent.root_id if parent else None),
+            parent_id=options.get("parent_id") or (parent.id if parent else None),
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
+            chord=options.get("chord"),
+            chain=tuple(options.get("chain") or ()),
+            callbacks=_sig_dicts(options.get("link")),
+            errbacks=_sig_dicts(options.get("link_error")),
+            headers=self._headers(options),
+            content_type=content_type_for(
+                options.get("serializer") or (task and task.options.serializer)
+                or self.conf.task_serializer
+            ),
+        )
+        if parent is not None:
+            parent.children.append(message.id)
+        return message
+
+    def _route(self, name: str, task: Task | None, args: Any, kwargs: Any,
+               options: dict[str, Any]) -> dict[str, Any]:
+        if options.get("queue"):
+            return {"queue": options["queue"]}
+        routed = self.routes.route(name, args or (), kwargs or {}, options)
+        if routed.get("queue"):
+            return routed
+        if task is not None and task.options.queue:
+            return {**routed, "queue": task.options.queue}
+        return {**routed, "queue": self.conf.task_default_queue}
+
+    def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
+        headers = dict(options.get("headers") or {})
+        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries"):
+            if options.get(key) is not None:
+                headers[key] = options[key]
+        return headers
+
+    def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None) -> list[str]:
+        """Encode and store messages (one batch); returns the ids the broker holds."""
+        envelopes = [self.envelope(m, idempotency_key) for m in messages]
+        if len(envelopes) == 1:
+            return [self.broker.enqueue(envelopes[0])]
+        return self.broker.enqueue_many(envelopes)
+
+    def envelope(self, message: Message, idempotency_key: str | None = None) -> Envelope:
+        return Envelope(
+            id=broker_message_id(message),
+            queue=message.queue,
+            body=message.encode(),
+            priority=message.priority,
+            eta=message.eta,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=self.conf.idempotency_ttl if idempotency_key else None,
+        )
+
+    def resend_for_retry(self, request: Request, when: float, args: Any, kwargs: Any,
+                         options: dict[str, Any]) -> None:
+        """Enqueue the next attempt of the running task (same task id)."""
+        assert request.message is not None
+        original = request.message
+        message = original.evolve(
+            retries=original.retries + 1,
+            eta=when,
+            args=tuple(args) if args is not None else original.args,
+            kwargs=dict(kwargs) if kwargs is not None else original.kwargs,
+            queue=options.get("queue") or original.queue,
+            priority=options.get("priority", original.priority),
+            created=time.time(),
+        )
+        self.enqueue([message])
+
+    # -- results ---------------------------------------------------------------
+    def AsyncResult(
+        self, task_id: str, task_name: str | None = None,
+        parent: _result.AsyncResult | None = None,
+    ) -> _result.AsyncResult:
+        from conveyor.result import AsyncResult
+
+        return AsyncResult(task_id, app=self, task_name=task_name, parent=parent)
+
+    def GroupResult(
+        self, group_id: str, results: Sequence[_result.AsyncResult]
+    ) -> _result.GroupResult:
+        from conveyor.result import GroupResult
+
+        return GroupResult(group_id, list(results), app=self)
+
+    def store_state(self, request: Request, state: str, result: Any = None,
+                    exc: BaseException | None = None, traceback: str | None = None,
+                    **extra: Any) -> None:
+        """Write a result record for the running request."""
+        record = self.record_for(request, state, result, exc, traceback, **extra)
+        self.write_record(record)
+
+    def record_for(self, request: Request, state: str, result: Any = None,
+                   exc: BaseException | None = None, traceback: str | None = None,
+                   **extra: Any) -> ResultRecord:
+        """The record describing ``request`` in ``state``."""
+        fields: dict[str, Any] = {"result": result}
+        if exc is not None:
+            fields.update(describe_exception(exc))
+        message = request.message
+        return ResultRecord(
+            task_id=request.id or "",
+            state=state,
+            traceback=traceback,
+            task=request.task,
+            args=list(request.args),
+            kwargs=request.kwargs,
+            queue=message.queue if message else None,
+            worker=request.hostname,
+            retries=request.retries,
+            parent_id=request.parent_id,
+            root_id=request.root_id,
+            group_id=request.group,
+            children=list(request.children),
+            date_done=time.time() if state in states.READY_STATES else None,
+            content_type=content_type_for(self.conf.result_serializer),
+            **fields,
+            **extra,
+        )
+
+    def write_record(self, record: ResultRecord) -> None:
+        payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
+        self.backend.set(record.task_id, record.state, payload, self.conf.result_expires)
+
+    def update_state(self, task_id: str | None, state: str, meta: Any,
+                     request: Request | None = None) -> None:
+        """Store a custom state (e.g. PROGRESS with ``meta``) for a task."""
+        if task_id is None:
+            raise ValueError("update_state() needs a task_id outside a running task")
+        req = request if request is not None and request.id == task_id else Request(id=task_id)
+        self.store_state(req, state, result=meta)
+
+    # -- control ---------------------------------------------------------------
+    def revoke(self, task_ids: str | Sequence[str], terminate: bool = False) -> None:
+        """Revoke tasks: queued ones are skipped, running ones stopped if ``terminate``."""
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        self.broker.revoke(ids, self.conf.result_expires, terminate=terminate)
+
+    @property
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+def broker_message_id(message: Message) -> str:
+    """Broker ids: the task id, suffixed per retry so a retry never collides
+    with the attempt still holding its lease."""
+    return message.id if message.retries == 0 else f"{message.id}~{message.retries}"
+
+
+def _origin(task: Task) -> tuple[str, str]:
+    return (getattr(task.fn, "__module__", ""), getattr(task.fn, "__qualname__", ""))
+
+
+def _priority(value: Any, task: Task | None, app: Conveyor) -> int:
+    if value is None:
+        value = task.options.priority if task and task.options.priority is not None else None
+    if value is None:
+        value = app.conf.task_default_priority
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigurationError(f"priority must be an integer 0..9 (9 most urgent), got {value!r}")
+    return value
+
+
+def _eta(eta: Any, countdown: Any) -> float | None:
+    if eta is not None and countdown is not None:
+        raise ValueError("pass either eta or countdown, not both")
+    if countdown is not None:
+        return time.time() + float(countdown)
+    if eta is None:
+        return None
+    if isinstance(eta, datetime):
+        if eta.tzinfo is None:
+            raise ValueError(f"eta {eta!r} is naive; pass an aware datetime (e.g. with tz=UTC)")
+        return eta.timestamp()
+    return float(eta)
+
+
+def _expires(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"expires {value!r} is naive; pass an aware datetime")
+        return value.timestamp()
+    return time.time() + float(value)
+
+
+def _sig_dicts(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return tuple(item.to_dict() if hasattr(item, "to_dict") else dict(item) for item in items)
+
+
+def _django_apps() -> list[str]:
+    try:
+        from django.apps import apps
+        from django.conf import settings
+    except ImportError as exc:
+        raise ConfigurationError(
+            "autodiscover_tasks() without packages needs Django; pass the package names"
+        ) from exc
+    if apps.ready:
+        return [config.name for config in apps.get_app_configs()]
+    return [name for name in settings.INSTALLED_APPS]
+
+
+def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Like ``app.task``, for reusable apps that do not know the project's app."""
+    def decorate(func: Callable[..., Any]) -> Task:
+        name = f"{func.__module__}.{func.__name__}"
+        task = Task(func, task_options(func, name, options), app=None)
+        _state.add_shared_task(task)
+        return task
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,30 @@
+"""Broker implementations, chosen by URL scheme."""
+
+from __future__ import annotations
+
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
+from conveyor.exceptions import ConfigurationError
+
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "broker_from_url"]
+
+
+def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broker:
+    """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``, ``memory://``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    opts = dict(options or {})
+    if scheme == "memory":
+        from conveyor.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url)
+    if scheme == "sqlite":
+        from conveyor.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, **opts)
+    if scheme in ("redis", "rediss", "unix"):
+        from conveyor.brokers.redis import RedisBroker
+
+        return RedisBroker(url, **opts)
+    raise ConfigurationError(
+        f"broker_url {url!r}: unsupported scheme {scheme!r}; use sqlite:///path.db, "
+        "redis://host:port/db or memory://"
+    )

@@ -1,0 +1,189 @@
+"""The broker contract: move opaque message bodies with leases.
+
+A broker knows nothing of tasks.  Producers hand it :class:`Envelope` values
+(an id, a queue, a priority, an optional ETA and the body bytes); consumers
+*reserve* messages, which leases them for a while, and then *ack* (done),
+*requeue* (give back, maybe later) or *dead_letter* (give up, with a reason).
+A lease that runs out without an ack makes the message reservable again: this
+is how nothing is lost when a worker dies.
+
+Rules every implementation keeps (``tests/contract/test_broker_contract.py``
+checks them against every broker):
+
+* Order: higher ``priority`` first (0..9, 9 most urgent), then the order of
+  ``queues`` as passed to :meth:`reserve`, then first-in first-out.
+* A message with an ``eta`` in the future is not handed out before it; it
+  becomes due within a second of its time.
+* Each reservation gets a fresh ``token``.  ``ack``, ``requeue``,
+  ``dead_letter`` and ``extend`` act only when the token still holds the
+  lease; a stale holder (whose lease expired and moved on) is told ``False``
+  and changes nothing.  This fences a worker that was paused past its lease.
+* ``deliveries`` counts how many times the message was handed out without
+  being explicitly given back by ``requeue(count=False)``.  The worker uses it
+  to dead-letter a message whose worker keeps dying.
+* No message is handed to two consumers at once, across processes.
+* Idempotency: an envelope with an ``idempotency_key`` is enqueued only if no
+  message with that key was enqueued within ``idempotency_ttl`` seconds; the
+  call returns the id of the message that owns the key (checked and stored
+  atomically).
+* An envelope whose id is already stored (ready, delayed or leased) is not
+  stored again; this makes a retry written twice (a crash between writing
+  the retry and acking the attempt) one message.
+* Leases (``acquire_lease``) are named mutual-exclusion records with a
+  holder and a time to live, for beat's leader election.
+* Revocations are stored here too, so workers started later still see them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_PRIORITY = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What a producer hands the broker."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None  # Unix time; None or past means "now"
+    idempotency_key: str | None = None
+    idempotency_ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A leased message.  ``token`` proves the lease in later calls."""
+
+    id: str
+    queue: str
+    body: bytes
+    deliveries: int
+    token: str
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the worker gave up on, with why and when."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one queue: ready now, waiting for an ETA, leased, dead."""
+
+    queue: str
+    ready: int
+    delayed: int
+    inflight: int
+    dead: int
+
+
+class Broker(abc.ABC):
+    """One broker connection (or pool).  Thread-safe; not shared across fork."""
+
+    url: str
+
+    # -- producing -------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue(self, envelope: Envelope) -> str:
+        """Store one message; return its id (an earlier id for a repeated key)."""
+
+    @abc.abstractmethod
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Store many messages in as few round trips as the backend allows."""
+
+    # -- consuming -------------------------------------------------------
+    @abc.abstractmethod
+    def reserve(
+        self, queues: Sequence[str], count: int, lease: float, timeout: float
+    ) -> list[Delivery]:
+        """Lease up to ``count`` ready messages; wait up to ``timeout`` s for the first."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove finished messages; ``False`` where the lease was no longer held."""
+
+    @abc.abstractmethod
+    def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        """Give a message back, due after ``delay`` s.
+
+        ``count=False`` (a graceful hand-back) does not count as a delivery;
+        ``count=True`` (its worker died) does.
+        """
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move a leased message to its queue's dead-letter list with ``reason``."""
+
+    @abc.abstractmethod
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        """Renew leases to ``lease`` s from now; ``False`` where no longer held."""
+
+    # -- inspection and repair --------------------------------------------
+    @abc.abstractmethod
+    def queues(self) -> list[str]:
+        """Every queue that has held a message."""
+
+    @abc.abstractmethod
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        """Counts per queue (all known queues when ``queues`` is None)."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Drop ready and delayed messages of ``queue``; return how many."""
+
+    @abc.abstractmethod
+    def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Dead letters of ``queue``, newest first."""
+
+    @abc.abstractmethod
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on their queue (all when ``ids`` is None)."""
+
+    @abc.abstractmethod
+    def discard_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters for good (all when ``ids`` is None)."""
+
+    # -- control plane ---------------------------------------------------
+    @abc.abstractmethod
+    def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:
+        """Remember that these task ids are revoked, for ``ttl`` seconds.
+
+        ``terminate`` also asks workers to stop them if they are running.
+        """
+
+    @abc.abstractmethod
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        """Which of ``ids`` are revoked, each with its ``terminate`` flag."""
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the named lease; ``False`` if someone else holds it."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if ``holder`` holds it."""
+
+    @abc.abstractmethod
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the named lease now, if anyone."""
+
+    def ping(self) -> bool:
+        """True when the broker answers."""
+        self.stats([])
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

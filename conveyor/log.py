@@ -1,0 +1,50 @@
+"""Loggers for tasks: every line names the task and its id.
+
+``get_task_logger(__name__)`` returns a logger whose records carry
+``task_name`` and ``task_id`` of the task running in this context (empty
+outside a task), so a worker's log format can show them and a JSON handler
+can index them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from conveyor.context import running_request
+
+
+class TaskLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
+    # (generic only in typeshed; runtime class is not subscriptable on 3.10)
+    """Adds the running task's name and id to every record."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        request = running_request()
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("task_name", request.task if request else "")
+        extra.setdefault("task_id", request.id if request else "")
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+class TaskContextFilter(logging.Filter):
+    """Give every record ``task_name``/``task_id`` so formats can always use them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "task_id"):
+            request = running_request()
+            record.task_name = request.task if request else ""
+            record.task_id = request.id if request else ""
+        return True
+
+
+def get_task_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg,unused-ignore]
+    """A logger for task modules (Celery's ``celery.utils.log.get_task_logger``)."""
+    return TaskLoggerAdapter(logging.getLogger(name), {})
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)

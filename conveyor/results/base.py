@@ -1,0 +1,97 @@
+"""The result store contract: task states and values, keyed by task id.
+
+A store keeps, per task id, the current state (one of ``conveyor.states``)
+and an opaque payload (an encoded :class:`~conveyor.results.record.ResultRecord`).
+It also keeps group memberships and the chord join: an atomic,
+exactly-once "last header result in" signal that replaces Celery's polling
+``chord_unlock`` task.
+
+``tests/contract/test_result_contract.py`` checks every implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from conveyor.states import READY_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A state and the encoded record behind it."""
+
+    state: str
+    payload: bytes
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+
+class ResultStore(abc.ABC):
+    """Results for one app.  Thread-safe; not shared across fork."""
+
+    url: str
+
+    @abc.abstractmethod
+    def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+        """Store the state of ``task_id``; waiters on it wake if it is ready."""
+
+    def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
+        """Store several at once (backends batch this)."""
+        for task_id, state, payload in items:
+            self.set(task_id, state, payload, ttl)
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> Stored | None:
+        """The latest state of ``task_id``, or None if nothing was stored."""
+
+    def get_many(self, task_ids: Sequence[str]) -> list[Stored | None]:
+        """Several at once, in order."""
+        return [self.get(task_id) for task_id in task_ids]
+
+    @abc.abstractmethod
+    def wait(self, task_id: str, timeout: float | None) -> Stored | None:
+        """Block until ``task_id`` is ready or ``timeout`` passes; return the latest state.
+
+        Implementations must wake on the write, not poll at a fixed short interval.
+        """
+
+    @abc.abstractmethod
+    def forget(self, task_ids: Sequence[str]) -> None:
+        """Delete stored results."""
+
+    @abc.abstractmethod
+    def save_group(self, group_id: str, payload: bytes, ttl: float) -> None:
+        """Store a group's description (its member ids)."""
+
+    @abc.abstractmethod
+    def load_group(self, group_id: str) -> bytes | None:
+        """What :meth:`save_group` stored, if it is still there."""
+
+    @abc.abstractmethod
+    def chord_add(
+        self, chord_id: str, index: int, size: int, payload: bytes, ttl: float
+    ) -> list[bytes] | None:
+        """Record header result ``index`` of ``size``.
+
+        Returns every header payload in index order to exactly one caller:
+        the one whose call completed the set.  Repeated calls for the same
+        index (a redelivered header task) do not count twice.  Everyone else
+        gets None.
+        """
+
+    def cleanup(self) -> int:
+        """Remove expired entries where the backend does not expire them itself."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """Monotonic deadline for a timeout, None meaning forever."""
+    return None if timeout is None else time.monotonic() + timeout

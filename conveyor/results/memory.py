@@ -1,0 +1,93 @@
+"""In-process result store for tests (shared per URL within the process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from conveyor.results.base import ResultStore, Stored, deadline_after
+
+
+@dataclass
+class _MemoryResults:
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    results: dict[str, tuple[Stored, float]] = field(default_factory=dict)
+    groups: dict[str, tuple[bytes, float]] = field(default_factory=dict)
+    chords: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    chords_done: set[str] = field(default_factory=set)
+
+
+_STORES: dict[str, _MemoryResults] = {}
+_STORES_LOCK = threading.Lock()
+
+
+class MemoryResultStore(ResultStore):
+    """See module docstring."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        with _STORES_LOCK:
+            self._m = _STORES.setdefault(url, _MemoryResults())
+
+    def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+        with self._m.cond:
+            self._m.results[task_id] = (Stored(state, payload), time.time() + ttl)
+            self._m.cond.notify_all()
+
+    def get(self, task_id: str) -> Stored | None:
+        with self._m.cond:
+            return self._live(task_id)
+
+    def _live(self, task_id: str) -> Stored | None:
+        entry = self._m.results.get(task_id)
+        if entry is None or entry[1] <= time.time():
+            return None
+        return entry[0]
+
+    def wait(self, task_id: str, timeout: float | None) -> Stored | None:
+        deadline = deadline_after(timeout)
+        with self._m.cond:
+            while True:
+                current = self._live(task_id)
+                if current is not None and current.ready:
+                    return current
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return current
+                self._m.cond.wait(remaining)
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        with self._m.cond:
+            for task_id in task_ids:
+                self._m.results.pop(task_id, None)
+
+    def save_group(self, group_id: str, payload: bytes, ttl: float) -> None:
+        with self._m.cond:
+            self._m.groups[group_id] = (payload, time.time() + ttl)
+
+    def load_group(self, group_id: str) -> bytes | None:
+        with self._m.cond:
+            entry = self._m.groups.get(group_id)
+            return None if entry is None or entry[1] <= time.time() else entry[0]
+
+    def chord_add(
+        self, chord_id: str, index: int, size: int, payload: bytes, ttl: float
+    ) -> list[bytes] | None:
+        with self._m.cond:
+            if chord_id in self._m.chords_done:
+                return None
+            parts = self._m.chords.setdefault(chord_id, {})
+            parts[index] = payload
+            if len(parts) < size:
+                return None
+            self._m.chords_done.add(chord_id)
+            del self._m.chords[chord_id]
+            return [parts[i] for i in range(size)]
+
+
+def reset_memory_results() -> None:
+    """Forget every in-process result store (for test isolation)."""
+    with _STORES_LOCK:
+        _STORES.clear()

@@ -1,0 +1,134 @@
+"""What a result store holds for one task, and how it is encoded.
+
+A record is JSON: the state, the value (``result``) encoded with the result
+serializer, and the context the monitor and ``AsyncResult`` need (task name,
+worker, retries, timings, family links).  Failures store the exception's
+module, type name and message plus the formatted traceback, so the caller can
+re-raise the same type when it can import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from conveyor.exceptions import RemoteTaskError, ResultTooLarge, SerializationError
+from conveyor.serialization import (
+    JSON,
+    check_accepted,
+    decode_payload,
+    dumps_json,
+    encode_payload,
+)
+
+log = logging.getLogger("conveyor.results")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One task's outcome or progress."""
+
+    task_id: str
+    state: str
+    result: Any = None
+    traceback: str | None = None
+    exc_type: str | None = None
+    exc_module: str | None = None
+    task: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    queue: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    date_received: float | None = None
+    date_started: float | None = None
+    date_done: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    children: list[str] = field(default_factory=list)
+    content_type: str = JSON
+
+    def evolve(self, **changes: Any) -> ResultRecord:
+        return replace(self, **changes)
+
+    def encode(self, max_bytes: int | None = None, warn_bytes: int | None = None) -> bytes:
+        """Serialize; refuse above ``max_bytes`` and log above ``warn_bytes``."""
+        doc = asdict(self)
+        doc["result"] = encode_payload(self.result, self.content_type, "the task's return value")
+        for name in ("args", "kwargs"):
+            doc[name] = _safe_jsonable(doc[name])
+        body = dumps_json({k: v for k, v in doc.items() if v not in (None, [])}).encode()
+        _check_size(self, len(body), max_bytes, warn_bytes)
+        return body
+
+    @classmethod
+    def decode(cls, payload: bytes, accept_content: list[str] | None = None) -> ResultRecord:
+        doc = json.loads(payload)
+        content_type = doc.get("content_type", JSON)
+        if accept_content is not None:
+            check_accepted(content_type, accept_content)
+        doc["result"] = decode_payload(doc.get("result"), content_type)
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def exception(self) -> BaseException:
+        """Rebuild the task's exception, the same type where it can be imported."""
+        message = self.result if isinstance(self.result, str) else str(self.result)
+        exc_cls = _import_exception(self.exc_module, self.exc_type)
+        if exc_cls is None:
+            exc: BaseException = RemoteTaskError(self.exc_type or "Exception", message)
+        else:
+            try:
+                exc = exc_cls(message)
+            except Exception:
+                exc = RemoteTaskError(self.exc_type or "Exception", message)
+        if self.traceback:
+            exc.__notes__ = [f"Remote traceback (task {self.task_id}):\n{self.traceback}"]
+        return exc
+
+
+def _safe_jsonable(value: Any) -> Any:
+    """Args are informative only in results: store what JSON can, repr the rest."""
+    try:
+        return json.loads(json.dumps(value, default=repr))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_size(record: ResultRecord, size: int, max_bytes: int | None, warn: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ResultTooLarge(
+            f"result of task {record.task or '?'}[{record.task_id}] is {size} bytes, above "
+            f"result_max_bytes={max_bytes}; store large data elsewhere (a file, the database) "
+            "and return a reference to it"
+        )
+    if warn is not None and size > warn:
+        log.warning(
+            "result of task %s[%s] is %d bytes (result_warn_bytes=%d); results are meant "
+            "to be small", record.task, record.task_id, size, warn,
+        )
+
+
+def _import_exception(module: str | None, name: str | None) -> type[BaseException] | None:
+    if not module or not name:
+        return None
+    try:
+        candidate = getattr(importlib.import_module(module), name, None)
+    except Exception:
+        return None
+    if isinstance(candidate, type) and issubclass(candidate, BaseException):
+        return candidate
+    return None
+
+
+def describe_exception(exc: BaseException) -> dict[str, str]:
+    """The fields a FAILURE record keeps about ``exc``."""
+    kind = type(exc)
+    return {"exc_type": kind.__qualname__, "exc_module": kind.__module__, "result": str(exc)}
+
+
+__all__ = ["ResultRecord", "SerializationError", "describe_exception"]

@@ -1,0 +1,169 @@
+"""Encoding task arguments and results.
+
+JSON is the default and the only format accepted unless the user opts in to
+pickle.  A handful of common Python types (datetime, date, time, timedelta,
+Decimal, UUID, bytes, tuple, set) travel as tagged objects ``{"__t": name,
+"v": value}`` so they come back as the same type.  Anything else fails at
+``.delay()`` time with an error naming the argument, because a model instance
+that silently turns into a string would be found much later, by a user.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from conveyor.exceptions import ContentDisallowed, SerializationError
+
+JSON = "application/json"
+PICKLE = "application/x-python-serialize"
+CONTENT_TYPES = {"json": JSON, "pickle": PICKLE}
+TAG = "__t"
+
+_Encoder = Callable[[Any], Any]
+_Decoder = Callable[[Any], Any]
+
+_ENCODERS: list[tuple[type, str, _Encoder]] = [
+    (datetime, "datetime", lambda v: v.isoformat()),
+    (date, "date", lambda v: v.isoformat()),
+    (time, "time", lambda v: v.isoformat()),
+    (timedelta, "timedelta", lambda v: v.total_seconds()),
+    (Decimal, "decimal", str),
+    (uuid.UUID, "uuid", str),
+    (bytes, "bytes", lambda v: base64.b64encode(v).decode("ascii")),
+    (set, "set", list),
+    (frozenset, "set", list),
+]
+
+_DECODERS: dict[str, _Decoder] = {
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "time": time.fromisoformat,
+    "timedelta": lambda v: timedelta(seconds=v),
+    "decimal": Decimal,
+    "uuid": uuid.UUID,
+    "bytes": base64.b64decode,
+    "set": set,
+    "tuple": tuple,
+}
+
+
+def content_type_for(name: str) -> str:
+    """Map a serializer name ("json", "pickle") or MIME type to the MIME type."""
+    if name in CONTENT_TYPES:
+        return CONTENT_TYPES[name]
+    if name in CONTENT_TYPES.values():
+        return name
+    raise SerializationError(
+        f"unknown serializer {name!r}; choose one of {sorted(CONTENT_TYPES)}"
+    )
+
+
+def check_accepted(content_type: str, accept_content: list[str]) -> None:
+    """Refuse content types the app has not opted in to (pickle runs code)."""
+    accepted = {content_type_for(name) for name in accept_content}
+    if content_type not in accepted:
+        raise ContentDisallowed(
+            f"refusing content type {content_type!r}: accept_content allows only "
+            f"{sorted(accepted)}"
+        )
+
+
+def _tagged(value: Any) -> Any:
+    for kind, tag, encode in _ENCODERS:
+        if isinstance(value, kind):
+            return {TAG: tag, "v": encode(value)}
+    return None
+
+
+def to_jsonable(value: Any, where: str) -> Any:
+    """Turn ``value`` into plain JSON types, naming ``where`` when it cannot."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, list):
+        return [to_jsonable(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        items = [to_jsonable(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return {TAG: "tuple", "v": items}
+    if isinstance(value, dict):
+        return _dict_to_jsonable(value, where)
+    tagged = _tagged(value)
+    if tagged is not None:
+        if tagged[TAG] == "set":
+            tagged["v"] = [to_jsonable(item, f"{where}{{}}") for item in tagged["v"]]
+        return tagged
+    raise SerializationError(_unserializable_message(value, where))
+
+
+def _dict_to_jsonable(value: dict[Any, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise SerializationError(
+                f"{where} has a key {key!r} of type {type(key).__name__}; "
+                "JSON objects only have string keys"
+            )
+        out[key] = to_jsonable(item, f"{where}[{key!r}]")
+    if TAG in out:
+        # A user dict that happens to use our tag key is wrapped so it round-trips.
+        return {TAG: "dict", "v": out}
+    return out
+
+
+def _unserializable_message(value: Any, where: str) -> str:
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    hint = "pass a plain value instead"
+    if hasattr(value, "pk") or hasattr(value, "_meta"):
+        hint = "pass its primary key (e.g. obj.pk) and load it inside the task"
+    elif hasattr(value, "id"):
+        hint = "pass its id and load it inside the task"
+    return f"{where} is a {name} instance, which cannot be serialized to JSON; {hint}"
+
+
+def from_jsonable(value: Any) -> Any:
+    """Inverse of :func:`to_jsonable`."""
+    if isinstance(value, list):
+        return [from_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        tag = value.get(TAG)
+        if tag is None:
+            return {key: from_jsonable(item) for key, item in value.items()}
+        if tag == "dict":
+            return {key: from_jsonable(item) for key, item in value["v"].items()}
+        decoder = _DECODERS.get(tag)
+        if decoder is None:
+            raise SerializationError(f"unknown tagged value {tag!r} in message")
+        inner = value["v"]
+        if isinstance(inner, list):
+            inner = [from_jsonable(item) for item in inner]
+        return decoder(inner)
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """Compact JSON text; callers have already made ``value`` jsonable."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_payload(value: Any, content_type: str, where: str) -> Any:
+    """Encode a value for a message or result according to its content type."""
+    if content_type == PICKLE:
+        try:
+            return base64.b64encode(pickle.dumps(value)).decode("ascii")
+        except Exception as exc:
+            raise SerializationError(f"{where} cannot be pickled: {exc}") from exc
+    return to_jsonable(value, where)
+
+
+def decode_payload(value: Any, content_type: str) -> Any:
+    """Inverse of :func:`encode_payload`; the caller has checked ``accept_content``."""
+    if content_type == PICKLE:
+        return pickle.loads(base64.b64decode(value))
+    return from_jsonable(value)

@@ -1,0 +1,281 @@
+"""The broker contract (conveyor/brokers/base.py), run against every broker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor.brokers import Broker, Envelope, broker_from_url
+
+
+@pytest.fixture
+def broker(backend_url: str) -> Iterator[Broker]:
+    b = broker_from_url(backend_url)
+    yield b
+    b.close()
+
+
+def env(body: str = "x", queue: str = "q", **kw: object) -> Envelope:
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body.encode(), **kw)  # type: ignore[arg-type]
+
+
+def drain(broker: Broker, queues: list[str], count: int = 100) -> list[str]:
+    got = broker.reserve(queues, count, lease=30, timeout=0)
+    broker.ack(got)
+    return [d.body.decode() for d in got]
+
+
+def test_round_trip_keeps_body_bytes(broker: Broker) -> None:
+    body = bytes(range(256))
+    e = Envelope(id="m1", queue="q", body=body)
+    assert broker.enqueue(e) == "m1"
+    [d] = broker.reserve(["q"], 10, lease=30, timeout=1)
+    assert (d.id, d.queue, d.body, d.deliveries) == ("m1", "q", body, 1)
+    assert broker.ack([d]) == [True]
+    assert broker.reserve(["q"], 10, lease=30, timeout=0) == []
+
+
+def test_fifo_within_a_queue(broker: Broker) -> None:
+    for i in range(20):
+        broker.enqueue(env(str(i)))
+    assert drain(broker, ["q"]) == [str(i) for i in range(20)]
+
+
+def test_higher_priority_first_then_fifo(broker: Broker) -> None:
+    broker.enqueue(env("low1", priority=0))
+    broker.enqueue(env("high1", priority=9))
+    broker.enqueue(env("mid", priority=5))
+    broker.enqueue(env("high2", priority=9))
+    broker.enqueue(env("low2", priority=0))
+    assert drain(broker, ["q"]) == ["high1", "high2", "mid", "low1", "low2"]
+
+
+def test_queue_order_breaks_priority_ties(broker: Broker) -> None:
+    broker.enqueue(env("b1", queue="b"))
+    broker.enqueue(env("a1", queue="a"))
+    assert drain(broker, ["a", "b"], count=1) == ["a1"]
+    assert drain(broker, ["a", "b"], count=1) == ["b1"]
+
+
+def test_reserve_takes_at_most_count(broker: Broker) -> None:
+    broker.enqueue_many([env(str(i)) for i in range(10)])
+    first = broker.reserve(["q"], 3, lease=30, timeout=0)
+    assert len(first) == 3
+    assert len({d.token for d in first}) == 3
+
+
+def test_enqueue_many_returns_ids_in_order(broker: Broker) -> None:
+    envs = [env(str(i)) for i in range(50)]
+    assert broker.enqueue_many(envs) == [e.id for e in envs]
+    assert drain(broker, ["q"]) == [str(i) for i in range(50)]
+
+
+def test_empty_reserve_waits_about_the_timeout(broker: Broker) -> None:
+    start = time.monotonic()
+    assert broker.reserve(["q"], 1, lease=30, timeout=0.3) == []
+    assert 0.25 <= time.monotonic() - start < 2.0
+
+
+def test_blocked_reserve_wakes_on_enqueue(broker: Broker, backend_url: str) -> None:
+    producer = broker_from_url(backend_url)
+    timer = threading.Timer(0.2, lambda: producer.enqueue(env("late")))
+    timer.start()
+    start = time.monotonic()
+    got = broker.reserve(["q"], 1, lease=30, timeout=5)
+    elapsed = time.monotonic() - start
+    timer.join()
+    assert [d.body for d in got] == [b"late"]
+    assert elapsed < 1.5
+
+
+def test_expired_lease_is_handed_out_again_and_fences_the_old_holder(broker: Broker) -> None:
+    broker.enqueue(env("job"))
+    [first] = broker.reserve(["q"], 1, lease=0.3, timeout=0)
+    deadline = time.monotonic() + 5
+    again: list = []
+    while not again and time.monotonic() < deadline:
+        again = broker.reserve(["q"], 1, lease=30, timeout=0.2)
+    [second] = again
+    assert second.id == first.id and second.deliveries == 2
+    assert second.token != first.token
+    assert broker.ack([first]) == [False]
+    assert broker.extend([first], 30) == [False]
+    assert broker.requeue(first) is False
+    assert broker.dead_letter(first, "stale") is False
+    assert broker.ack([second]) == [True]
+
+
+def test_extended_lease_is_not_handed_out(broker: Broker) -> None:
+    broker.enqueue(env("long"))
+    [d] = broker.reserve(["q"], 1, lease=0.4, timeout=0)
+    for _ in range(6):  # 1.2 s, three times the lease
+        assert broker.extend([d], 0.4) == [True]
+        assert broker.reserve(["q"], 1, lease=30, timeout=0.2) == []
+    assert broker.ack([d]) == [True]
+
+
+def test_requeue_without_count_keeps_delivery_count(broker: Broker) -> None:
+    broker.enqueue(env("job"))
+    [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    assert broker.requeue(d) is True
+    [d2] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    assert d2.deliveries == 1
+    assert broker.requeue(d2, count=True) is True
+    [d3] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    assert d3.deliveries == 2
+
+
+def test_requeue_with_delay_waits(broker: Broker) -> None:
+    broker.enqueue(env("job"))
+    [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    broker.requeue(d, delay=0.6)
+    assert broker.reserve(["q"], 1, lease=30, timeout=0.2) == []
+    got = broker.reserve(["q"], 1, lease=30, timeout=2.0)
+    assert [x.id for x in got] == [d.id]
+
+
+def test_delayed_message_is_due_within_a_second_of_its_eta(broker: Broker) -> None:
+    eta = time.time() + 0.8
+    broker.enqueue(env("later", eta=eta))
+    broker.enqueue(env("now"))
+    assert drain(broker, ["q"]) == ["now"]
+    [stats] = broker.stats(["q"])
+    assert stats.delayed == 1 and stats.ready == 0
+    got = broker.reserve(["q"], 1, lease=30, timeout=3)
+    assert [d.body for d in got] == [b"later"]
+    assert time.time() >= eta - 0.01
+    assert time.time() < eta + 1.0
+
+
+def test_dead_letter_keeps_reason_and_body_and_can_replay(broker: Broker) -> None:
+    e = env("poison")
+    broker.enqueue(e)
+    [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    assert broker.dead_letter(d, "body is not JSON") is True
+    [letter] = broker.dead_letters("q")
+    assert (letter.id, letter.body, letter.reason) == (e.id, b"poison", "body is not JSON")
+    assert broker.stats(["q"])[0].dead == 1
+    assert broker.replay_dead("q", [e.id]) == 1
+    assert broker.dead_letters("q") == []
+    assert drain(broker, ["q"]) == ["poison"]
+
+
+def test_discard_dead(broker: Broker) -> None:
+    for i in range(3):
+        broker.enqueue(env(str(i)))
+    for d in broker.reserve(["q"], 3, lease=30, timeout=0):
+        broker.dead_letter(d, "bad")
+    assert broker.discard_dead("q") == 3
+    assert broker.stats(["q"])[0].dead == 0
+
+
+def test_stats_and_purge(broker: Broker) -> None:
+    broker.enqueue_many([env(str(i)) for i in range(5)])
+    broker.enqueue(env("later", eta=time.time() + 60))
+    held = broker.reserve(["q"], 2, lease=30, timeout=0)
+    [s] = broker.stats(["q"])
+    assert (s.queue, s.ready, s.delayed, s.inflight, s.dead) == ("q", 3, 1, 2, 0)
+    assert "q" in broker.queues()
+    assert broker.purge("q") == 4
+    [s] = broker.stats(["q"])
+    assert (s.ready, s.delayed, s.inflight) == (0, 0, 2)
+    assert broker.ack(held) == [True, True]
+
+
+def test_idempotency_key_enqueues_once(broker: Broker) -> None:
+    first = env("a", idempotency_key="order-7", idempotency_ttl=60)
+    second = env("b", idempotency_key="order-7", idempotency_ttl=60)
+    assert broker.enqueue(first) == first.id
+    assert broker.enqueue(second) == first.id
+    assert drain(broker, ["q"]) == ["a"]
+
+
+def test_idempotency_key_expires(broker: Broker) -> None:
+    broker.enqueue(env("a", idempotency_key="k", idempotency_ttl=0.3))
+    time.sleep(0.5)  # the key's TTL itself is what is under test
+    later = env("b", idempotency_key="k", idempotency_ttl=60)
+    assert broker.enqueue(later) == later.id
+
+
+def test_same_message_id_is_not_stored_twice(broker: Broker) -> None:
+    e = Envelope(id="retry~1", queue="q", body=b"one")
+    broker.enqueue(e)
+    broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))
+    assert drain(broker, ["q"]) == ["one"]
+
+
+def test_concurrent_idempotent_producers_make_one_message(broker: Broker, backend_url: str) -> None:
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def produce() -> None:
+        b = broker_from_url(backend_url)
+        got = b.enqueue(env("x", idempotency_key="once", idempotency_ttl=60))
+        with lock:
+            ids.append(got)
+
+    threads = [threading.Thread(target=produce) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1
+    assert broker.stats(["q"])[0].ready == 1
+
+
+def _consume(url: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    b = broker_from_url(url)
+    seen = []
+    while True:
+        got = b.reserve(["q"], 5, lease=30, timeout=0.5)
+        if not got:
+            break
+        seen.extend(d.id for d in got)
+        b.ack(got)
+    out.put(seen)
+
+
+def test_consumers_in_several_processes_never_share_a_message(broker: Broker,
+                                                               backend_url: str) -> None:
+    if backend_url.startswith("memory://"):
+        pytest.skip("the memory broker lives in one process")
+    ids = broker.enqueue_many([env(str(i)) for i in range(600)])
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_consume, args=(backend_url, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    seen = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    flat = [i for part in seen for i in part]
+    assert len(flat) == len(set(flat)) == 600
+    assert set(flat) == set(ids)
+
+
+def test_leases_for_leader_election(broker: Broker) -> None:
+    assert broker.acquire_lease("beat", "a", 0.5) is True
+    assert broker.acquire_lease("beat", "b", 0.5) is False
+    assert broker.lease_holder("beat") == "a"
+    assert broker.acquire_lease("beat", "a", 0.5) is True  # renewal
+    broker.release_lease("beat", "b")  # not the holder: no effect
+    assert broker.lease_holder("beat") == "a"
+    broker.release_lease("beat", "a")
+    assert broker.lease_holder("beat") is None
+    assert broker.acquire_lease("beat", "b", 0.3) is True
+    deadline = time.monotonic() + 3
+    while not broker.acquire_lease("beat", "c", 0.3):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert broker.lease_holder("beat") == "c"
+
+
+def test_revocations(broker: Broker) -> None:
+    broker.revoke(["t1"], ttl=60)
+    broker.revoke(["t2"], ttl=60, terminate=True)
+    assert broker.revoked(["t1", "t2", "t3"]) == {"t1": False, "t2": True}
