@@ -31,14 +31,32 @@ class TaskLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg,unused-
 
 
 class TaskContextFilter(logging.Filter):
-    """Give every record ``task_name``/``task_id`` so formats can always use them."""
+    """Give every record ``task_name``/``task_id`` (and a ready-made ``task``
+    suffix) so one format serves lines inside and outside tasks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "task_id"):
+        task_id = getattr(record, "task_id", "")
+        task_name = getattr(record, "task_name", "")
+        if not task_id:
             request = running_request()
-            record.task_name = request.task if request else ""
-            record.task_id = request.id if request else ""
+            task_id = (request.id if request else "") or ""
+            task_name = (request.task if request else "") or ""
+            record.task_id, record.task_name = task_id, task_name
+        record.task = f" task={task_name} id={task_id}" if task_id else ""
         return True
+
+
+DEFAULT_FORMAT = "[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s%(task)s"
+
+
+def setup_logging(level: str | int = "INFO", fmt: str | None = None) -> None:
+    """Configure the root handler for worker/beat processes (CLI only)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(TaskContextFilter())
+    handler.setFormatter(logging.Formatter(fmt or DEFAULT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
 def get_task_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg,unused-ignore]

@@ -1,0 +1,102 @@
+"""The supervisor's ledger of what each slot (child process or thread) holds.
+
+Whoever owns the ledger renews the leases of everything held, enforces hard
+time limits, and knows exactly which messages to hand back when a slot dies.
+It is fed by reports (pipe messages from children, or direct calls from
+threads) and never talks to the broker itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from conveyor.brokers.base import Delivery
+
+
+@dataclass
+class Running:
+    """The task a slot is running now."""
+
+    delivery: Delivery
+    task: str
+    started: float
+    deadline: float | None
+
+
+@dataclass
+class Slot:
+    """One child process or thread."""
+
+    held: dict[str, Delivery] = field(default_factory=dict)
+    running: Running | None = None
+    processed: int = 0
+
+
+class LeaseBook:
+    """Thread-safe record of held and running deliveries per slot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.slots: dict[int, Slot] = {}
+        self.counts: Counter[str] = Counter()
+
+    def add_slot(self, key: int) -> None:
+        with self._lock:
+            self.slots[key] = Slot()
+
+    def remove_slot(self, key: int) -> Slot | None:
+        with self._lock:
+            return self.slots.pop(key, None)
+
+    def held(self, key: int, deliveries: list[Delivery]) -> None:
+        with self._lock:
+            slot = self.slots[key]
+            for d in deliveries:
+                slot.held[d.id] = d
+
+    def running(self, key: int, delivery_id: str, task: str, hard_limit: float | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            slot = self.slots[key]
+            delivery = slot.held.get(delivery_id)
+            if delivery is None:
+                return
+            deadline = now + hard_limit if hard_limit else None
+            slot.running = Running(delivery, task, now, deadline)
+
+    def done(self, key: int, delivery_id: str, state: str | None) -> None:
+        with self._lock:
+            slot = self.slots.get(key)
+            if slot is None:
+                return
+            slot.held.pop(delivery_id, None)
+            if slot.running is not None and slot.running.delivery.id == delivery_id:
+                slot.running = None
+            slot.processed += 1
+            if state:
+                self.counts[state] += 1
+
+    def all_held(self) -> list[Delivery]:
+        with self._lock:
+            return [d for slot in self.slots.values() for d in slot.held.values()]
+
+    def overdue(self) -> list[tuple[int, Running]]:
+        """Slots whose running task passed its hard time limit."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                (key, slot.running)
+                for key, slot in self.slots.items()
+                if slot.running and slot.running.deadline and slot.running.deadline < now
+            ]
+
+    def running_tasks(self) -> list[tuple[int, Running]]:
+        with self._lock:
+            return [(k, s.running) for k, s in self.slots.items() if s.running is not None]
+
+    def active_count(self) -> int:
+        with self._lock:
+            return sum(1 for s in self.slots.values() if s.running is not None)

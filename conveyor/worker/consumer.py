@@ -1,0 +1,177 @@
+"""The fetch-run-settle loop every pool runs (one per process or thread).
+
+A consumer reserves up to ``prefetch`` messages, checks the batch against
+revocations in one call, runs them one by one through the
+:class:`~conveyor.worker.execute.Executor`, and settles each with the
+broker right after it finishes (ack late, by default).  What it holds is
+reported to a :class:`Reporter`, which keeps the leases renewed from
+elsewhere (the supervisor process, or a lease-keeper thread), so a task that
+blocks the interpreter cannot lose its lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from conveyor.brokers.base import Broker, Delivery
+from conveyor.exceptions import BrokerError
+from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
+
+log = logging.getLogger("conveyor.worker")
+
+
+def task_id_of(delivery: Delivery) -> str:
+    """Broker ids carry a ``~N`` suffix per retry; revocations use the task id."""
+    return delivery.id.split("~", 1)[0]
+
+
+class Reporter(Protocol):
+    """Receives what a consumer holds and runs (for leases, limits, counters)."""
+
+    def held(self, deliveries: Sequence[Delivery]) -> None: ...
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None: ...
+    def done(self, delivery: Delivery, outcome: Outcome) -> None: ...
+
+
+class Backoff:
+    """Capped, jittered exponential backoff for broker reconnects."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return random.uniform(0, min(self.cap, self.base * 2 ** self.failures))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Consumer:
+    """One fetch-run-settle loop; stops when ``stop`` is set."""
+
+    def __init__(self, executor: Executor, broker_factory: Callable[[], Broker],
+                 queues: Sequence[str], prefetch: int, lease: float, reporter: Reporter,
+                 stop: threading.Event, max_tasks: int | None = None,
+                 max_memory_kib: int | None = None) -> None:
+        self.executor = executor
+        self._broker_factory = broker_factory
+        self.queues = list(queues)
+        self.prefetch = max(1, prefetch)
+        self.lease = lease
+        self.reporter = reporter
+        self.stop = stop
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
+        self.processed = 0
+        self._backoff = Backoff()
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker_factory()
+
+    def run(self) -> None:
+        """Loop until stopped or recycled (max tasks / max memory)."""
+        while not self.stop.is_set() and not self._should_recycle():
+            batch = self._reserve()
+            if batch:
+                self._run_batch(batch)
+
+    def _reserve(self) -> list[Delivery]:
+        try:
+            batch = self.broker.reserve(self.queues, self._want(), self.lease, timeout=1.0)
+        except BrokerError as exc:
+            delay = self._backoff.next_delay()
+            log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)
+            self.stop.wait(delay)
+            return []
+        self._backoff.reset()
+        return batch
+
+    def _want(self) -> int:
+        if self.max_tasks is None:
+            return self.prefetch
+        return max(1, min(self.prefetch, self.max_tasks - self.processed))
+
+    def _run_batch(self, batch: list[Delivery]) -> None:
+        self.reporter.held(batch)
+        revoked = self._revoked(batch)
+        for index, delivery in enumerate(batch):
+            if self.stop.is_set():
+                self._hand_back(batch[index:])
+                return
+            outcome = self.executor.execute(
+                delivery,
+                revoked=task_id_of(delivery) in revoked,
+                on_start=functools.partial(self.reporter.running, delivery),
+            )
+            self._settle(delivery, outcome)
+            self.reporter.done(delivery, outcome)
+            self.processed += 1
+
+    def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
+        try:
+            return set(self.broker.revoked([task_id_of(d) for d in batch]))
+        except BrokerError:
+            return set()
+
+    def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Tell the broker; retry through a blip, give up when the lease is gone."""
+        deadline = time.monotonic() + self.lease
+        while True:
+            try:
+                self._settle_once(delivery, outcome)
+                return
+            except BrokerError as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not settle %s (%s); its lease will hand it out again",
+                              delivery.id, exc)
+                    return
+                time.sleep(self._backoff.next_delay())
+
+    def _settle_once(self, delivery: Delivery, outcome: Outcome) -> None:
+        broker = self.broker
+        if outcome.action == ACK:
+            broker.ack([delivery])
+        elif outcome.action == REQUEUE:
+            broker.requeue(delivery, delay=outcome.delay)
+        elif outcome.action == DEAD:
+            log.error("dead-lettering %s: %s", delivery.id, outcome.reason)
+            broker.dead_letter(delivery, outcome.reason or "dead-lettered")
+
+    def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Warm shutdown: give back what was fetched but not started, at once."""
+        for delivery in deliveries:
+            with contextlib.suppress(BrokerError):  # else its lease hands it out again
+                self.broker.requeue(delivery, count=False)
+            self.reporter.done(delivery, Outcome(REQUEUE, reason="shutdown"))
+
+    def _should_recycle(self) -> bool:
+        if self.max_tasks is not None and self.processed >= self.max_tasks:
+            log.info("recycling after %d tasks (max_tasks_per_child)", self.processed)
+            return True
+        if self.max_memory_kib is not None and rss_kib() > self.max_memory_kib:
+            log.info("recycling at %d KiB (max_memory_per_child=%d KiB)",
+                     rss_kib(), self.max_memory_kib)
+            return True
+        return False
+
+
+def rss_kib() -> int:
+    """Resident memory of this process in KiB."""
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss // 1024)

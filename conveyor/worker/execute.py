@@ -1,0 +1,251 @@
+"""Running one delivered message: decode, guard, call, record, decide.
+
+:class:`Executor` turns a :class:`~conveyor.brokers.base.Delivery` into an
+:class:`Outcome` — what the consumer must tell the broker (ack, requeue,
+dead-letter).  It never talks to the broker about the delivery itself; that
+keeps the acking policy (batched, fenced) in one place, the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback as tb
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from conveyor import states, workflow
+from conveyor.app import Conveyor
+from conveyor.brokers.base import Delivery
+from conveyor.context import Request, pop_request, push_request
+from conveyor.exceptions import (
+    ContentDisallowed,
+    Ignore,
+    MaxRetriesExceededError,
+    Reject,
+    ResultTooLarge,
+    Retry,
+    SerializationError,
+    TaskRevokedError,
+)
+from conveyor.message import Message, MessageDecodeError
+from conveyor.task import Task
+
+log = logging.getLogger("conveyor.worker")
+
+ACK = "ack"
+REQUEUE = "requeue"
+DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to do with the delivery, and how the task ended (for counters)."""
+
+    action: str
+    state: str | None = None
+    reason: str | None = None
+    delay: float = 0.0
+    runtime: float = 0.0
+
+
+class Executor:
+    """Runs messages for one worker process (or thread pool)."""
+
+    def __init__(self, app: Conveyor, hostname: str, timer: SoftTimer | None = None,
+                 run_sync: Callable[[Task, Request], Any] | None = None) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.accept = app.conf.accept_content
+        self.max_deliveries = app.conf.task_max_deliveries
+        self.timer = timer
+        self._run_sync = run_sync or call_task
+
+    # -- entry point -------------------------------------------------------
+    def execute(self, delivery: Delivery, revoked: bool = False,
+                on_start: OnStart | None = None) -> Outcome:
+        """Run one delivery end to end and say what to do with it.
+
+        ``on_start(task_name, hard_limit)`` is called just before the task
+        runs, so a supervisor can enforce the hard time limit.
+        """
+        try:
+            message = Message.decode(delivery.body, self.accept)
+        except ContentDisallowed as exc:
+            return Outcome(DEAD, reason=f"content type refused: {exc}")
+        except (MessageDecodeError, SerializationError) as exc:
+            return Outcome(DEAD, reason=f"undecodable message: {exc}")
+        refusal = self._refuse(message, delivery, revoked)
+        if refusal is not None:
+            return refusal
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            try:
+                task = self.app.get_task(message.task)
+            except KeyError:
+                return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
+                               f"in this worker (is its module imported or autodiscovered?)")
+        if on_start is not None:
+            on_start(task.name, limit_of(message, "time_limit", task.time_limit))
+        return self._run(task, message, delivery)
+
+    def _refuse(self, message: Message, delivery: Delivery, revoked: bool) -> Outcome | None:
+        """Messages that must not run: too many deaths, expired, revoked."""
+        limit = message.headers.get("max_deliveries") or self.max_deliveries
+        if delivery.deliveries > limit:
+            reason = (f"delivered {delivery.deliveries - 1} times without finishing (its worker "
+                      f"died each time); max_deliveries={limit}")
+            self._record_failure(message, delivery, reason)
+            return Outcome(DEAD, state=states.FAILURE, reason=reason)
+        if message.expires is not None and message.expires < time.time():
+            self._store(message, delivery, states.REVOKED, result="expired")
+            return Outcome(ACK, state=states.REVOKED, reason="expired")
+        if revoked:
+            self._store(message, delivery, states.REVOKED, result="revoked")
+            return Outcome(ACK, state=states.REVOKED, reason="revoked")
+        return None
+
+    # -- running -----------------------------------------------------------
+    def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
+        request = Request.from_message(message, delivery, self.hostname)
+        started = time.time()
+        track = not task.ignore_result
+        if track:
+            self.app.store_state(request, states.STARTED, date_started=started)
+        soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
+        token = push_request(request)
+        try:
+            result = self._call(task, request, soft)
+        except BaseException as exc:
+            pop_request(token)
+            return self._handle_error(task, request, exc, started)
+        pop_request(token)
+        return self._succeed(task, request, result, started)
+
+    def _call(self, task: Task, request: Request, soft: float | None) -> Any:
+        if soft is None or self.timer is None:
+            return self._run_sync(task, request)
+        self.timer.arm(soft)
+        try:
+            return self._run_sync(task, request)
+        finally:
+            self.timer.disarm()
+
+    def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
+        assert request.message is not None
+        runtime = time.time() - started
+        if not task.ignore_result:
+            try:
+                self.app.store_state(request, states.SUCCESS, result=result,
+                                     date_started=started)
+            except (ResultTooLarge, SerializationError) as exc:
+                return self._fail(task, request, exc, started, tb.format_exc())
+        workflow.on_success(self.app, request.message, result)
+        return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
+
+    def _handle_error(self, task: Task, request: Request, exc: BaseException,
+                      started: float) -> Outcome:
+        """Map what the task raised to an outcome."""
+        if isinstance(exc, Retry):
+            return Outcome(ACK, state=states.RETRY, runtime=time.time() - started)
+        if isinstance(exc, Ignore):
+            return Outcome(ACK, runtime=time.time() - started)
+        if isinstance(exc, Reject):
+            return self._reject(request, exc)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        trace = tb.format_exc()
+        retried = self._autoretry(task, request, exc)
+        if retried is not None:
+            return retried
+        return self._fail(task, request, exc, started, trace)
+
+    def _autoretry(self, task: Task, request: Request, exc: BaseException) -> Outcome | None:
+        opts = task.options
+        if not opts.autoretry_for or not isinstance(exc, opts.autoretry_for):
+            return None
+        if opts.dont_autoretry_for and isinstance(exc, opts.dont_autoretry_for):
+            return None
+        token = push_request(request)
+        try:
+            task.retry(exc=exc, **opts.retry_kwargs)
+        except Retry:
+            return Outcome(ACK, state=states.RETRY)
+        except BaseException:
+            return None  # retries exhausted: the original error stands
+        finally:
+            pop_request(token)
+        return None
+
+    def _reject(self, request: Request, exc: Reject) -> Outcome:
+        if exc.requeue:
+            return Outcome(REQUEUE, reason=f"rejected with requeue: {exc.reason}")
+        reason = f"rejected by the task: {exc.reason}"
+        assert request.message is not None
+        self._store(request.message, request.delivery, states.FAILURE, result=reason,
+                    exc_type="Reject", exc_module="conveyor.exceptions")
+        return Outcome(DEAD, state=states.FAILURE, reason=reason)
+
+    def _fail(self, task: Task, request: Request, exc: BaseException, started: float,
+              trace: str) -> Outcome:
+        assert request.message is not None
+        if isinstance(exc, MaxRetriesExceededError) and exc.__context__ is not None:
+            exc = exc.__context__
+        log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
+                    extra={"task_name": task.name, "task_id": request.id})
+        if not task.ignore_result or request.message.chord:
+            self.app.store_state(request, states.FAILURE, exc=exc, traceback=trace,
+                                 date_started=started)
+        workflow.on_failure(self.app, request.message, exc, trace)
+        return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
+
+    # -- records for messages that never ran ----------------------------------
+    def _store(self, message: Message, delivery: Delivery | None, state: str,
+               result: Any = None, **extra: Any) -> None:
+        request = Request.from_message(message, delivery, self.hostname)
+        self.app.store_state(request, state, result=result, **extra)
+
+    def _record_failure(self, message: Message, delivery: Delivery, reason: str) -> None:
+        from conveyor.exceptions import WorkerLostError
+
+        request = Request.from_message(message, delivery, self.hostname)
+        self.app.store_state(request, states.FAILURE, exc=WorkerLostError(reason))
+        workflow.on_failure(self.app, message, WorkerLostError(reason), None)
+
+    def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
+        """Record a task the supervisor killed (hard time limit, terminate)."""
+        try:
+            message = Message.decode(body, self.accept)
+        except SerializationError:
+            return
+        request = Request.from_message(message, delivery, self.hostname)
+        state = states.REVOKED if isinstance(exc, TaskRevokedError) else states.FAILURE
+        self.app.store_state(request, state, exc=exc)
+        if state == states.FAILURE:
+            workflow.on_failure(self.app, message, exc, None)
+
+
+class SoftTimer(Protocol):
+    """Arms and disarms a soft time limit for the calling thread."""
+
+    def arm(self, seconds: float) -> None: ...
+    def disarm(self) -> None: ...
+
+
+OnStart = Callable[[str, "float | None"], None]
+
+
+def limit_of(message: Message, header: str, default: float | None) -> float | None:
+    """A per-call limit from the message headers, else the task's (or global) one."""
+    value = message.headers.get(header)
+    return float(value) if value is not None else default
+
+
+def call_task(task: Task, request: Request) -> Any:
+    """Call the task function; ``async def`` tasks get an event loop of their own."""
+    result = task(*request.args, **request.kwargs)
+    if asyncio.iscoroutine(result):
+        return asyncio.run(result)
+    return result

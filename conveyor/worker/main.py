@@ -1,0 +1,161 @@
+"""The worker: options, signals, and the chosen pool.
+
+``Worker(app, ...).run()`` blocks until shut down.  SIGTERM or SIGINT starts a
+warm shutdown (stop fetching, let running tasks finish within
+``worker_shutdown_timeout``, hand back what was fetched but not started); a
+second one, or SIGQUIT, is a cold shutdown (kill now, hand everything back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from conveyor.events import EventSink, NullEvents
+from conveyor.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.worker.book import LeaseBook
+
+log = logging.getLogger("conveyor.worker")
+POOLS = ("prefork", "threads", "async", "solo")
+
+
+def expand_hostname(template: str | None, app_name: str) -> str:
+    """Celery's ``-n`` templates: ``%h`` host, ``%n`` short host, ``%d`` domain."""
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    if not template:
+        return f"{app_name}@{host}"
+    return template.replace("%h", host).replace("%n", short).replace("%d", domain)
+
+
+class Worker:
+    """A worker serving ``queues`` with ``concurrency`` slots of ``pool``."""
+
+    def __init__(self, app: Conveyor, queues: Sequence[str] | None = None,
+                 concurrency: int | None = None, pool: str | None = None,
+                 hostname: str | None = None, prefetch_multiplier: int | None = None,
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None,
+                 events: EventSink | None = None) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.pool_name = pool or conf.worker_pool
+        if self.pool_name not in POOLS:
+            raise ConfigurationError(f"--pool must be one of {', '.join(POOLS)}, "
+                                     f"got {self.pool_name!r}")
+        if self.pool_name == "solo":
+            self.pool_name, self.concurrency = "threads", 1
+        self.hostname = expand_hostname(hostname, app.main.split(".")[0])
+        self.prefetch = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
+        self.lease = conf.broker_lease_timeout
+        self.extend_every = max(0.2, min(self.lease / 3, 10.0))
+        self.heartbeat_interval = conf.worker_heartbeat_interval
+        self.shutdown_timeout = conf.worker_shutdown_timeout
+        self.events: EventSink = events or NullEvents()
+        self.stopping = False
+        self.cold = False
+        self.shutdown_deadline = float("inf")
+        self.started_at = time.time()
+        self._pool: Any = None
+        self._ready = threading.Event()
+
+    @property
+    def id(self) -> str:
+        return f"{self.hostname}:{os.getpid()}"
+
+    def _make_pool(self) -> Any:
+        if self.pool_name == "prefork":
+            from conveyor.worker.prefork import PreforkPool
+
+            return PreforkPool(self)
+        from conveyor.worker.threads import AsyncPool, ThreadPool
+
+        return AsyncPool(self) if self.pool_name == "async" else ThreadPool(self)
+
+    # -- running -----------------------------------------------------------
+    def run(self, install_signals: bool = True) -> None:
+        """Serve until shut down (blocks)."""
+        self.app.finalize()
+        if install_signals:
+            self._install_signals()
+        self._pool = self._make_pool()
+        log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
+                 self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
+                 _safe_url(self.app.conf.broker_url))
+        self._ready.set()
+        try:
+            self._pool.run()
+        finally:
+            self.events.worker_offline(self.id)
+            log.info("worker %s stopped", self.hostname)
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def request_stop(self, cold: bool = False) -> None:
+        """Warm shutdown, or cold when asked (or on the second request)."""
+        if self.stopping or cold:
+            self.cold = True
+        if not self.stopping:
+            self.stopping = True
+            self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
+            if self._pool is not None:
+                self._pool.begin_shutdown()
+        log.info("%s shutdown requested", "cold" if self.cold else "warm")
+
+    def _install_signals(self) -> None:
+        def warm(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        def cold(signum: int, frame: FrameType | None) -> None:
+            self.request_stop(cold=True)
+
+        signal.signal(signal.SIGTERM, warm)
+        signal.signal(signal.SIGINT, warm)
+        signal.signal(signal.SIGQUIT, cold)
+
+    # -- heartbeat ---------------------------------------------------------
+    def heartbeat(self, book: LeaseBook, slots: int) -> None:
+        """Publish this worker's state (called by the pool's supervisor loop)."""
+        running = book.running_tasks()
+        info = {
+            "id": self.id,
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "pool": self.pool_name,
+            "concurrency": self.concurrency,
+            "slots": slots,
+            "active": [{"id": r.delivery.id, "task": r.task} for _, r in running],
+            "counts": dict(book.counts),
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+        }
+        try:
+            self.events.worker_heartbeat(info, ttl=self.heartbeat_interval * 5)
+        except Exception as exc:  # heartbeats must never stop the worker
+            log.warning("heartbeat failed: %s", exc)
+
+
+def _safe_url(url: str) -> str:
+    """Hide a password in a URL for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

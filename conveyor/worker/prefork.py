@@ -1,0 +1,300 @@
+"""The prefork pool: a supervising process and N children that fetch for themselves.
+
+Children reserve, run and acknowledge on their own connections (no single
+dispatcher in the way) and report over a pipe what they hold and run.  The
+supervisor keeps those leases renewed from its own connection, so a child
+stuck in C code holding the GIL still keeps its lease; it kills a child past
+its hard time limit, and when a child dies it hands the child's messages
+back at once: the running one counted as a delivery (so a task that keeps
+killing its process is dead-lettered after ``task_max_deliveries``), the
+prefetched ones not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import BrokerError, TaskRevokedError, TimeLimitExceeded
+from conveyor.worker.book import LeaseBook, Running
+from conveyor.worker.consumer import Consumer, task_id_of
+from conveyor.worker.execute import Executor, Outcome
+from conveyor.worker.timeouts import SignalTimer
+
+if TYPE_CHECKING:
+    from conveyor.worker.main import Worker
+
+log = logging.getLogger("conveyor.worker")
+_CTX = multiprocessing.get_context("fork")
+
+
+class PipeReporter:
+    """A child's side of the pipe: tells the supervisor what it holds and runs."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def held(self, deliveries: Sequence[Delivery]) -> None:
+        self.conn.send(("held", list(deliveries)))
+
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
+        self.conn.send(("run", delivery.id, task, hard_limit))
+
+    def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        self.conn.send(("done", delivery.id, outcome.state))
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this child if the supervisor dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def child_main(worker: Worker, conn: Connection, index: int) -> None:
+    """Entry point of a child process."""
+    _die_with_parent()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    app = worker.app
+    executor = Executor(app, worker.hostname, timer=SignalTimer())
+    consumer = Consumer(
+        executor, lambda: app.broker, worker.queues, worker.prefetch, worker.lease,
+        PipeReporter(conn), stop, max_tasks=worker.max_tasks_per_child,
+        max_memory_kib=worker.max_memory_per_child,
+    )
+    consumer.run()
+    conn.close()
+
+
+class _Child:
+    def __init__(self, process: BaseProcess, conn: Connection, started: float) -> None:
+        self.process = process
+        self.conn = conn
+        self.started = started
+        self.kill_reason: tuple[BaseException, Running] | None = None
+
+
+class PreforkPool:
+    """Supervises the children; runs in the worker's main process."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.book = LeaseBook()
+        self.children: dict[int, _Child] = {}
+        self._next_key = 0
+        self._respawn_after = 0.0
+        self._crashes = 0
+        self._last_extend = time.monotonic()
+        self._last_beat = 0.0
+        self.executor = Executor(self.app, worker.hostname)
+
+    # -- children ----------------------------------------------------------
+    def spawn(self) -> None:
+        key = self._next_key
+        self._next_key += 1
+        reader, writer = _CTX.Pipe(duplex=False)
+        self.book.add_slot(key)
+        process = _CTX.Process(target=child_main, args=(self.worker, writer, key),
+                               name=f"conveyor-child-{key}", daemon=False)
+        process.start()
+        writer.close()
+        self.children[key] = _Child(process, reader, time.monotonic())
+        log.debug("started child %d (pid %s)", key, process.pid)
+
+    def _fill(self) -> None:
+        if self.worker.stopping or time.monotonic() < self._respawn_after:
+            return
+        while len(self.children) < self.worker.concurrency:
+            self.spawn()
+
+    # -- the loop ----------------------------------------------------------
+    def run(self) -> None:
+        self._fill()
+        while self.children or not self.worker.stopping:
+            self._fill()
+            self._poll(0.2)
+            self._periodic()
+            if self.worker.stopping:
+                self._shutdown_step()
+
+    def _poll(self, timeout: float) -> None:
+        conns = {c.conn: key for key, c in self.children.items()}
+        sentinels = {c.process.sentinel: key for key, c in self.children.items()}
+        ready = wait([*conns, *sentinels], timeout)
+        for item in ready:
+            if item in conns:
+                self._drain(conns[item])
+        for item in ready:
+            if item in sentinels:
+                self._reap(sentinels[item])
+
+    def _drain(self, key: int) -> None:
+        child = self.children.get(key)
+        if child is None:
+            return
+        try:
+            while child.conn.poll():
+                self._handle(key, child.conn.recv())
+        except (EOFError, OSError):
+            pass  # the child is gone; its sentinel reports that
+
+    def _handle(self, key: int, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "held":
+            self.book.held(key, msg[1])
+        elif kind == "run":
+            self.book.running(key, msg[1], msg[2], msg[3])
+        elif kind == "done":
+            self.book.done(key, msg[1], msg[2])
+
+    # -- deaths ------------------------------------------------------------
+    def _reap(self, key: int) -> None:
+        child = self.children.pop(key)
+        self._drain_closed(key, child)
+        child.process.join(1)
+        slot = self.book.remove_slot(key)
+        code = child.process.exitcode
+        if slot is None:
+            return
+        if child.kill_reason is not None:
+            self._settle_killed(child.kill_reason, slot.held)
+        elif code != 0 and slot.running is not None:
+            self._lost(child, code, slot.running, slot.held)
+        self._hand_back(slot.held.values(), count=False)
+        self._note_exit(child, code)
+
+    def _drain_closed(self, key: int, child: _Child) -> None:
+        """Read what the child said before dying, so 'done' is not mistaken for lost."""
+        with contextlib.suppress(EOFError, OSError):
+            while child.conn.poll():
+                self._handle(key, child.conn.recv())
+        child.conn.close()
+
+    def _lost(self, child: _Child, code: int | None, running: Running,
+              held: dict[str, Delivery]) -> None:
+        delivery = held.pop(running.delivery.id, running.delivery)
+        log.error("child pid %s exited with %s while running %s[%s]; handing it back",
+                  child.process.pid, _describe_exit(code), running.task, delivery.id)
+        self._hand_back([delivery], count=True)
+
+    def _settle_killed(self, reason: tuple[BaseException, Running],
+                       held: dict[str, Delivery]) -> None:
+        exc, running = reason
+        delivery = held.pop(running.delivery.id, running.delivery)
+        try:
+            self.executor.record_killed(delivery.body, exc, delivery)
+            self.app.broker.ack([delivery])
+        except BrokerError as error:
+            log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)
+
+    def _hand_back(self, deliveries: Any, count: bool) -> None:
+        for delivery in list(deliveries):
+            with contextlib.suppress(BrokerError):  # else the lease hands it out again
+                self.app.broker.requeue(delivery, count=count)
+
+    def _note_exit(self, child: _Child, code: int | None) -> None:
+        if code == 0 or child.kill_reason is not None or self.worker.stopping:
+            self._crashes = 0
+            return
+        lived = time.monotonic() - child.started
+        self._crashes = self._crashes + 1 if lived < 2.0 else 0
+        if self._crashes > 3:
+            delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
+            log.error("children keep dying at start; waiting %.1fs before the next", delay)
+            self._respawn_after = time.monotonic() + delay
+
+    # -- periodic duties ---------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_extend >= self.worker.extend_every:
+            self._last_extend = now
+            self._extend()
+        for key, running in self.book.overdue():
+            limit = (running.deadline or 0) - running.started
+            self._kill(key, TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded"), running)
+        if now - self._last_beat >= self.worker.heartbeat_interval:
+            self._last_beat = now
+            self._terminate_revoked()
+            self.worker.heartbeat(self.book, len(self.children))
+
+    def _extend(self) -> None:
+        held = self.book.all_held()
+        if not held:
+            return
+        try:
+            kept = self.app.broker.extend(held, self.worker.lease)
+        except BrokerError as exc:
+            log.warning("could not renew %d leases: %s", len(held), exc)
+            return
+        lost = [d.id for d, ok in zip(held, kept, strict=True) if not ok]
+        if lost:
+            log.warning("leases lost for %s (held past their lease?)", ", ".join(lost[:5]))
+
+    def _terminate_revoked(self) -> None:
+        running = self.book.running_tasks()
+        if not running:
+            return
+        try:
+            revoked = self.app.broker.revoked([task_id_of(r.delivery) for _, r in running])
+        except BrokerError:
+            return
+        for key, task in running:
+            if revoked.get(task_id_of(task.delivery)):
+                self._kill(key, TaskRevokedError("terminated by revoke"), task)
+
+    def _kill(self, key: int, exc: BaseException, running: Running) -> None:
+        child = self.children.get(key)
+        if child is None or child.kill_reason is not None:
+            return
+        log.error("killing child pid %s running %s[%s]: %s", child.process.pid, running.task,
+                  running.delivery.id, exc)
+        child.kill_reason = (exc, running)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.process.pid or 0, signal.SIGKILL)
+
+    # -- shutdown ----------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGTERM)
+
+    def _shutdown_step(self) -> None:
+        if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
+            self.kill_all()
+
+    def kill_all(self) -> None:
+        """Cold shutdown: kill children now; their messages go back at once."""
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGKILL)
+        for key in list(self.children):
+            child = self.children.pop(key)
+            child.process.join(5)
+            slot = self.book.remove_slot(key)
+            if slot is not None:
+                self._hand_back(slot.held.values(), count=False)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"

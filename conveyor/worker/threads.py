@@ -1,0 +1,150 @@
+"""Thread pools: N consumer threads in one process (``threads`` and ``async``).
+
+The calling thread supervises, like the prefork supervisor: it renews leases,
+enforces hard limits (by raising ``TimeLimitExceeded`` in the task's thread,
+which a task blocked in C only sees when the call returns — use prefork when
+hard limits must be absolute), and stops the consumers on shutdown.
+
+The ``async`` pool is the same with one shared event loop: ``async def``
+tasks run on it concurrently, scheduled from the consumer threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.context import Request
+from conveyor.exceptions import BrokerError, TimeLimitExceeded
+from conveyor.task import Task
+from conveyor.worker.book import LeaseBook
+from conveyor.worker.consumer import Consumer
+from conveyor.worker.execute import Executor, Outcome, call_task
+from conveyor.worker.timeouts import ThreadTimer, _raise_in
+
+if TYPE_CHECKING:
+    from conveyor.worker.main import Worker
+
+log = logging.getLogger("conveyor.worker")
+
+
+class BookReporter:
+    """A consumer thread's reports, written straight into the ledger."""
+
+    def __init__(self, book: LeaseBook, key: int) -> None:
+        self.book, self.key = book, key
+
+    def held(self, deliveries: Sequence[Delivery]) -> None:
+        self.book.held(self.key, list(deliveries))
+
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
+        self.book.running(self.key, delivery.id, task, hard_limit)
+
+    def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        self.book.done(self.key, delivery.id, outcome.state)
+
+
+class ThreadPool:
+    """Consumers in threads, supervised from the calling thread."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.book = LeaseBook()
+        self.stop = threading.Event()
+        self.threads: dict[int, threading.Thread] = {}
+        self._last_extend = time.monotonic()
+        self._last_beat = 0.0
+
+    def run_task(self, task: Task, request: Request) -> Any:
+        return call_task(task, request)
+
+    def _consume(self, key: int) -> None:
+        executor = Executor(self.app, self.worker.hostname, timer=ThreadTimer(),
+                            run_sync=self.run_task)
+        consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
+                            self.worker.prefetch, self.worker.lease,
+                            BookReporter(self.book, key), self.stop)
+        try:
+            consumer.run()
+        except Exception:
+            log.exception("consumer thread %d crashed", key)
+
+    def run(self) -> None:
+        for key in range(self.worker.concurrency):
+            self.book.add_slot(key)
+            thread = threading.Thread(target=self._consume, args=(key,),
+                                      name=f"conveyor-consumer-{key}", daemon=True)
+            self.threads[key] = thread
+            thread.start()
+        while any(t.is_alive() for t in self.threads.values()):
+            if self.worker.stopping:
+                self.stop.set()
+                if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
+                    break
+            self._periodic()
+            time.sleep(0.05) if self.worker.stopping else self.stop.wait(0.2)
+        self._hand_back_all()
+
+    def begin_shutdown(self) -> None:
+        self.stop.set()
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_extend >= self.worker.extend_every:
+            self._last_extend = now
+            held = self.book.all_held()
+            if held:
+                with contextlib.suppress(BrokerError):
+                    self.app.broker.extend(held, self.worker.lease)
+        for key, running in self.book.overdue():
+            thread = self.threads.get(key)
+            if thread is not None and thread.ident is not None:
+                running.deadline = None  # raise once
+                _raise_in(thread.ident, TimeLimitExceeded)
+        if now - self._last_beat >= self.worker.heartbeat_interval:
+            self._last_beat = now
+            self.worker.heartbeat(self.book, len(self.threads))
+
+    def _hand_back_all(self) -> None:
+        for delivery in self.book.all_held():
+            with contextlib.suppress(BrokerError):
+                self.app.broker.requeue(delivery, count=False)
+
+
+class AsyncPool(ThreadPool):
+    """Thread consumers plus one event loop that runs every ``async def`` task."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(worker)
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever,
+                                             name="conveyor-event-loop", daemon=True)
+
+    def run_task(self, task: Task, request: Request) -> Any:
+        if not task.is_async:
+            return call_task(task, request)
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(
+            _with_request(task, request), self.loop)
+        return future.result()
+
+    def run(self) -> None:
+        self._loop_thread.start()
+        try:
+            super().run()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _with_request(task: Task, request: Request) -> Any:
+    from conveyor.context import push_request
+
+    push_request(request)  # each asyncio task has its own context copy
+    return await task(*request.args, **request.kwargs)
