@@ -240,6 +240,16 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+def _register_commands() -> None:
+    from conveyor.ops_cli import deploy_command, report_command
+
+    main.add_command(deploy_command)
+    main.add_command(report_command)
+
+
+_register_commands()
+
+
 def run() -> None:
     try:
         main()
