@@ -1,0 +1,197 @@
+"""Guarantees 1-5 with real worker processes on SQLite and Redis.
+
+Each test starts ``conveyor -A tests.integration.worker_app worker`` as a
+subprocess, injects a fault, and reads the task ledger to count exactly what
+ran, where and how often.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, states
+from conveyor.exceptions import TimeLimitExceeded, WorkerLostError
+
+from .processes import Ledger, children_of, start_worker, stop, wait_for, worker_env
+
+APP = "tests.integration.worker_app"
+WORK = f"{APP}.work"
+LEASE = 3.0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[Conveyor]:
+    app = Conveyor("client", broker=url, set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.txt")
+
+
+@pytest.fixture
+def spawn(url: str, ledger: Ledger, tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(*args: str, **settings: object) -> subprocess.Popen[bytes]:
+        settings.setdefault("broker_lease_timeout", LEASE)
+        settings.setdefault("worker_heartbeat_interval", 0.5)
+        env = worker_env(url, ledger.path, **settings)
+        proc = start_worker(env, "-P", "prefork", *args, log=tmp_path / "worker.log")
+        procs.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in procs:
+        stop(proc, signal.SIGKILL, timeout=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def all_ended(ledger: Ledger, ids: list[str]) -> bool:
+    ended = ledger.count("end")
+    return all(ended[i] >= 1 for i in ids)
+
+
+def test_sigkill_of_a_child_mid_task_loses_nothing(client: Conveyor, spawn, ledger: Ledger) -> None:
+    results = [client.send_task(WORK, [0.4]) for _ in range(20)]
+    ids = [r.id for r in results]
+    worker = spawn("-c", "2", "--prefetch-multiplier", "2")
+    wait_for(lambda: len(ledger.events("start")) >= 3, 30, "tasks to start")
+    running = {e[1]: e[3] for e in ledger.events("start")}
+    ended = set(ledger.count("end"))
+    victim_task, victim_pid = next((t, p) for t, p in running.items() if t not in ended)
+    killed_at = time.monotonic()
+    os.kill(victim_pid, signal.SIGKILL)
+    wait_for(lambda: all_ended(ledger, ids), 60, "every task to finish")
+    restarts = [e for e in ledger.events("start") if e[1] == victim_task]
+    assert len(restarts) >= 2, "the killed task ran again"
+    assert time.monotonic() - killed_at < LEASE + 30
+    assert all(r.get(timeout=10) > 0 for r in results)
+    assert worker.poll() is None, "the worker survived its child's death"
+    assert len(children_of(worker.pid)) == 2, "the dead child was replaced"
+
+
+def test_sigkill_of_the_whole_worker_with_50_in_flight_loses_none(
+        client: Conveyor, spawn, ledger: Ledger) -> None:
+    results = [client.send_task(WORK, [0.2]) for _ in range(50)]
+    ids = [r.id for r in results]
+    first = spawn("-c", "2", "--prefetch-multiplier", "25")
+    wait_for(lambda: client.broker.stats(["default"])[0].inflight >= 40, 30, "50 in flight")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    killed_at = time.monotonic()
+    spawn("-c", "2")
+    wait_for(lambda: all_ended(ledger, ids), LEASE + 60, "every task to finish")
+    recovered = time.monotonic() - killed_at
+    assert [r.get(timeout=10) > 0 for r in results].count(True) == 50
+    stats = client.broker.stats(["default"])[0]
+    assert (stats.ready, stats.inflight, stats.dead) == (0, 0, 0)
+    print(f"recovered 50 tasks {recovered:.1f}s after SIGKILL (lease {LEASE}s)")
+
+
+@pytest.mark.parametrize("task", ["work", "busy_c"])
+def test_a_task_running_three_times_its_lease_runs_once(
+        client: Conveyor, spawn, ledger: Ledger, task: str) -> None:
+    result = client.send_task(f"{APP}.{task}", [LEASE * 3 + 0.5])
+    spawn("-c", "1")
+    spawn("-c", "1")  # a second worker that would take the message if the lease lapsed
+    assert result.get(timeout=60) > 0
+    assert ledger.count("start")[result.id] == 1
+
+
+def test_soft_time_limit_lets_the_task_clean_up(client: Conveyor, spawn, ledger: Ledger) -> None:
+    result = client.send_task(f"{APP}.soft_limited")
+    spawn("-c", "1")
+    assert result.get(timeout=30) == "cleaned up"
+    assert ledger.count("cleanup")[result.id] == 1
+
+
+def test_hard_time_limit_kills_replaces_and_records(client: Conveyor, spawn,
+                                                     ledger: Ledger) -> None:
+    worker = spawn("-c", "1")
+    limited = client.send_task(f"{APP}.hard_limited")
+    with pytest.raises(TimeLimitExceeded):
+        limited.get(timeout=30)
+    after = client.send_task(WORK, [0])
+    pid_after = after.get(timeout=30)
+    [(_, _, _, pid_before)] = ledger.events("start")[:1]
+    assert pid_after != pid_before, "a fresh child ran the next task"
+    assert limited.state == states.FAILURE
+    assert ledger.count("start")[limited.id] == 1, "the killed task is not run again"
+    assert worker.poll() is None
+
+
+def test_a_task_that_kills_its_process_is_dead_lettered(client: Conveyor, spawn,
+                                                         ledger: Ledger) -> None:
+    poison = client.send_task(f"{APP}.crash", ["exit"])
+    healthy = [client.send_task(WORK, [0]) for _ in range(5)]
+    spawn("-c", "2", task_max_deliveries=3)
+    with pytest.raises(WorkerLostError, match="max_deliveries=3"):
+        poison.get(timeout=60)
+    assert all(r.get(timeout=30) > 0 for r in healthy)
+    assert ledger.count("start")[poison.id] == 3
+    [letter] = client.broker.dead_letters("default")
+    assert letter.id == poison.id and "died each time" in letter.reason
+
+
+def test_warm_shutdown_finishes_running_and_hands_back_the_rest_at_once(
+        client: Conveyor, spawn, ledger: Ledger) -> None:
+    results = [client.send_task(WORK, [1.5]) for _ in range(4)]
+    worker = spawn("-c", "1", "--prefetch-multiplier", "4")
+    wait_for(lambda: ledger.events("start"), 30, "the first task to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    [(_, started, _, _)] = ledger.events("start")
+    assert ledger.count("end")[started] == 1, "the running task finished"
+    stats = client.broker.stats(["default"])[0]
+    assert (stats.ready, stats.inflight) == (3, 0), "the prefetched ones went back at once"
+    assert results[0].id == started
+
+
+def test_cold_shutdown_hands_everything_back_at_once(client: Conveyor, spawn,
+                                                     ledger: Ledger) -> None:
+    client.send_task(WORK, [60])
+    worker = spawn("-c", "1")
+    wait_for(lambda: ledger.events("start"), 30, "the task to start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # two separate signals, as an operator would send them
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) is not None
+    stats = client.broker.stats(["default"])[0]
+    assert (stats.ready, stats.inflight) == (1, 0)
+
+
+def test_revoke_with_terminate_stops_a_running_task(client: Conveyor, spawn,
+                                                    ledger: Ledger) -> None:
+    worker = spawn("-c", "1")
+    result = client.send_task(WORK, [60])
+    wait_for(lambda: ledger.events("start"), 30, "the task to start")
+    result.revoke(terminate=True)
+    wait_for(lambda: result.state == states.REVOKED, 15, "the task to be revoked")
+    assert client.send_task(WORK, [0]).get(timeout=30) > 0
+    assert ledger.count("end")[result.id] == 0
+    assert worker.poll() is None
+
+
+def test_max_tasks_per_child_recycles(client: Conveyor, spawn, ledger: Ledger) -> None:
+    results = [client.send_task(WORK, [0]) for _ in range(6)]
+    spawn("-c", "1", "--max-tasks-per-child", "2")
+    pids = [r.get(timeout=30) for r in results]
+    assert len(set(pids)) == 3

@@ -1,0 +1,81 @@
+"""The app real worker processes load in tests (``-A tests.integration.worker_app``).
+
+Settings come from the environment (``CONVEYOR_BROKER_URL`` and friends),
+which the CLI applies.  Tasks append ``event task_id attempt pid`` lines to
+the ledger file named by ``LEDGER`` so tests can count exactly what ran
+where, across processes and kills.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from conveyor import Conveyor
+from conveyor.exceptions import SoftTimeLimitExceeded
+
+app = Conveyor("worker_app")
+
+
+def record(event: str) -> None:
+    request = work.request
+    line = f"{event} {request.id} {request.retries} {os.getpid()}\n"
+    fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())  # one write with O_APPEND: lines never interleave
+    finally:
+        os.close(fd)
+
+
+@app.task(bind=True)
+def work(self: object, seconds: float = 0.0) -> int:
+    """Sleep a while (a long task when seconds is large) and log start/end."""
+    record("start")
+    time.sleep(seconds)
+    record("end")
+    return os.getpid()
+
+
+@app.task(bind=True)
+def busy_c(self: object, seconds: float) -> int:
+    """Hold the GIL in C for ``seconds`` (no bytecode runs meanwhile)."""
+    record("start")
+    import re
+
+    # Catastrophic backtracking runs inside the regex engine without releasing the GIL.
+    pattern = re.compile(r"(a+)+$")
+    deadline = time.monotonic() + seconds
+    n = 20
+    while time.monotonic() < deadline:
+        pattern.match("a" * n + "b")
+        n = min(n + 1, 23)
+    record("end")
+    return os.getpid()
+
+
+@app.task(bind=True, soft_time_limit=0.5)
+def soft_limited(self: object) -> str:
+    record("start")
+    try:
+        time.sleep(30)
+    except SoftTimeLimitExceeded:
+        record("cleanup")
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task(bind=True, time_limit=1.0)
+def hard_limited(self: object) -> str:
+    record("start")
+    time.sleep(60)
+    return "never"
+
+
+@app.task(bind=True)
+def crash(self: object, how: str = "exit") -> None:
+    """A poison task: kills its own process."""
+    record("start")
+    if how == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    os._exit(3)
