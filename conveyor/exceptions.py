@@ -4,6 +4,7 @@ The tree::
 
     ConveyorError
     ├── ConfigurationError          settings that are unknown, mistyped or inconsistent
+    ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
     ├── SerializationError          a value that cannot travel in a message or a result
     │   └── ContentDisallowed       a content type outside ``accept_content``
     ├── BrokerError                 the broker refused or could not be reached
