@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor.exceptions import SerializationError
@@ -70,7 +70,9 @@ class Message:
 
     def encode(self) -> bytes:
         """Serialize to the wire format; raises naming the argument that cannot travel."""
-        doc = asdict(self)
+        # Not dataclasses.asdict: it deep-copies every argument, which is slow on the
+        # hot path and crashes on values (sockets, locks) before we can name them.
+        doc = {name: getattr(self, name) for name in _FIELD_ORDER}
         doc["args"] = _encode_args(self.args, self.content_type)
         doc["kwargs"] = _encode_kwargs(self.kwargs, self.content_type)
         doc["headers"] = to_jsonable(self.headers, "headers")
@@ -110,7 +112,8 @@ class Message:
             raise MessageDecodeError(f"malformed message fields: {exc}") from exc
 
 
-_FIELDS = frozenset(Message.__dataclass_fields__)
+_FIELD_ORDER = tuple(Message.__dataclass_fields__)
+_FIELDS = frozenset(_FIELD_ORDER)
 _DEFAULTS = {
     name: f.default
     for name, f in Message.__dataclass_fields__.items()

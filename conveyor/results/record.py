@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor.exceptions import RemoteTaskError, ResultTooLarge, SerializationError
@@ -22,6 +22,7 @@ from conveyor.serialization import (
     decode_payload,
     dumps_json,
     encode_payload,
+    to_jsonable,
 )
 
 log = logging.getLogger("conveyor.results")
@@ -57,11 +58,11 @@ class ResultRecord:
 
     def encode(self, max_bytes: int | None = None, warn_bytes: int | None = None) -> bytes:
         """Serialize; refuse above ``max_bytes`` and log above ``warn_bytes``."""
-        doc = asdict(self)
+        doc = {name: getattr(self, name) for name in _FIELD_ORDER}  # no deep copy (hot path)
         doc["result"] = encode_payload(self.result, self.content_type, "the task's return value")
-        for name in ("args", "kwargs"):
-            doc[name] = _safe_jsonable(doc[name])
-        body = dumps_json({k: v for k, v in doc.items() if v not in (None, [])}).encode()
+        doc["args"] = _safe_jsonable(self.args)
+        doc["kwargs"] = _safe_jsonable(self.kwargs)
+        body = dumps_json({k: v for k, v in doc.items() if v is not None and v != []}).encode()
         _check_size(self, len(body), max_bytes, warn_bytes)
         return body
 
@@ -91,11 +92,14 @@ class ResultRecord:
         return exc
 
 
+_FIELD_ORDER = tuple(ResultRecord.__dataclass_fields__)
+
+
 def _safe_jsonable(value: Any) -> Any:
     """Args are informative only in results: store what JSON can, repr the rest."""
     try:
-        return json.loads(json.dumps(value, default=repr))
-    except (TypeError, ValueError):
+        return to_jsonable(value, "args")
+    except SerializationError:
         return repr(value)
 
 
