@@ -35,7 +35,6 @@ class ConfigWarning(UserWarning):
 # Celery settings that have no meaning here: accepted, warned about, ignored.
 IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "enable_utc": "times are always stored in UTC; `timezone` sets the schedule zone",
-    "task_track_started": "STARTED is always recorded",
     "result_extended": "task name, args and worker are always stored with results",
     "worker_send_task_events": "events are always written (cheaply) for the monitor",
     "task_send_sent_event": "events are always written (cheaply) for the monitor",
@@ -88,6 +87,7 @@ class Settings:
     task_default_retry_delay: float = 180.0
     task_default_max_retries: int = 3
     task_ignore_result: bool = False
+    task_track_started: bool = False  # costs a write per task; heartbeats list running ones
     task_default_rate_limit: str | None = None
     task_idempotency_ttl: float | None = None  # None: result_expires
     task_enqueue_on_commit: bool = False

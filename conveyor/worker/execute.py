@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conveyor import states, workflow
+from conveyor import signals, states, workflow
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request, pop_request, push_request
@@ -61,6 +61,7 @@ class Executor:
         self.accept = app.conf.accept_content
         self.max_deliveries = app.conf.task_max_deliveries
         self.timer = timer
+        self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
 
     # -- entry point -------------------------------------------------------
@@ -77,6 +78,21 @@ class Executor:
             return Outcome(DEAD, reason=f"content type refused: {exc}")
         except (MessageDecodeError, SerializationError) as exc:
             return Outcome(DEAD, reason=f"undecodable message: {exc}")
+        # Hooks wrap every result write about this message (integrations use
+        # them for per-task hygiene such as database connections).
+        signals.task_prerun.send(self.app, task_id=message.id, task=message.task,
+                                 message=message)
+        outcome: Outcome | None = None
+        try:
+            outcome = self._dispatch(message, delivery, revoked, on_start)
+            return outcome
+        finally:
+            signals.task_postrun.send(self.app, task_id=message.id, task=message.task,
+                                      message=message,
+                                      state=outcome.state if outcome else None)
+
+    def _dispatch(self, message: Message, delivery: Delivery, revoked: bool,
+                  on_start: OnStart | None) -> Outcome:
         refusal = self._refuse(message, delivery, revoked)
         if refusal is not None:
             return refusal
@@ -111,8 +127,7 @@ class Executor:
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
-        track = not task.ignore_result
-        if track:
+        if self.track_started and not task.ignore_result:
             self.app.store_state(request, states.STARTED, date_started=started)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
         token = push_request(request)
