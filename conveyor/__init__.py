@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from conveyor.app import Conveyor, shared_task
-from conveyor.canvas import Signature, signature
+from conveyor.canvas import Signature, chain, chord, chunks, group, signature
 from conveyor.result import AsyncResult, GroupResult, ResultSet
 from conveyor.task import Task
 
@@ -20,6 +20,10 @@ __all__ = [
     "Signature",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
     "shared_task",
     "signature",
 ]

@@ -24,8 +24,11 @@ _shared: list[Task] = []
 
 def register_app(app: Conveyor, make_current: bool) -> None:
     global _current
+    from conveyor.builtins import register_builtins
+
     with _lock:
         _apps.add(app)
+        register_builtins(app)  # chunks/map/starmap runners and conveyor.collect
         for task in _shared:
             app._register(task)
         if make_current or _current is None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, states
+from conveyor import _state, signals, states
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
     DEFAULT_NAMESPACE,
@@ -27,16 +27,17 @@ from conveyor.config import (
     values_from_object,
 )
 from conveyor.context import Request, running_request
-from conveyor.exceptions import ConfigurationError, NotRegistered
+from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.message import Message, new_id
 from conveyor.results import ResultRecord, ResultStore, result_store_from_url
-from conveyor.results.record import describe_exception
+from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
 from conveyor.serialization import content_type_for
 from conveyor.task import Task, task_options
 
 if TYPE_CHECKING:
     from conveyor import result as _result
+    from conveyor.events import EventSink
     from conveyor.result import AsyncResult
 
 log = logging.getLogger("conveyor.app")
@@ -46,6 +47,7 @@ _SEND_OPTIONS = frozenset({
     "link", "link_error", "headers", "chain", "chord", "group_id", "group_index",
     "parent_id", "root_id", "time_limit", "soft_time_limit", "ignore_result",
     "serializer", "retries", "routing_key", "exchange", "shadow", "max_deliveries",
+    "idempotency_ttl",
 })
 
 
@@ -204,6 +206,13 @@ class Conveyor:
             self._results = (pid, result_store_from_url(self.conf.result_url))
         return self._results[1]
 
+    @property
+    def events(self) -> EventSink:
+        """This process's event store for the monitor (reopened after fork)."""
+        from conveyor.events import events_for
+
+        return events_for(self)
+
     def close(self) -> None:
         for held in (self._broker, self._results):
             if held is not None and held[0] == os.getpid():
@@ -219,9 +228,26 @@ class Conveyor:
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   _task: Task | None = None, **options: Any) -> AsyncResult:
-        """Send a task by name; the worker need not share this process's code."""
+        """Send a task by name; the worker need not share this process's code.
+
+        ``on_commit=True`` (default: the ``task_enqueue_on_commit`` setting)
+        sends only when the caller's open database transaction commits, and
+        never if it rolls back; outside a transaction it sends now.  The
+        message is built (and its arguments checked) here, either way.
+        """
+        on_commit = options.pop("on_commit", None)
+        if on_commit is None:
+            on_commit = self.conf.task_enqueue_on_commit
         message = self.build_message(name, args, kwargs, _task=_task, **options)
-        ids = self.enqueue([message], idempotency_key=options.get("idempotency_key"))
+        key = options.get("idempotency_key")
+        ttl = options.get("idempotency_ttl")  # seconds; None: the idempotency TTL setting
+        if on_commit:
+            message.encode()  # a non-serializable argument fails here, not at commit
+            if signals.defer_until_commit(
+                lambda: self.enqueue([message], idempotency_key=key, idempotency_ttl=ttl)
+            ):
+                return self.AsyncResult(message.id, task_name=name)
+        ids = self.enqueue([message], idempotency_key=key, idempotency_ttl=ttl)
         return self.AsyncResult(ids[0], task_name=name)
 
     def build_message(self, name: str, args: Any = None, kwargs: Any = None,
@@ -279,22 +305,32 @@ class Conveyor:
                 headers[key] = options[key]
         return headers
 
-    def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None) -> list[str]:
+    def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None,
+                idempotency_ttl: float | None = None) -> list[str]:
         """Encode and store messages (one batch); returns the ids the broker holds."""
-        envelopes = [self.envelope(m, idempotency_key) for m in messages]
+        envelopes = [self.envelope(m, idempotency_key, idempotency_ttl) for m in messages]
         if len(envelopes) == 1:
             return [self.broker.enqueue(envelopes[0])]
         return self.broker.enqueue_many(envelopes)
 
-    def envelope(self, message: Message, idempotency_key: str | None = None) -> Envelope:
+    def envelope(self, message: Message, idempotency_key: str | None = None,
+                 idempotency_ttl: float | None = None) -> Envelope:
+        body = message.encode()
+        limit = self.conf.task_message_max_bytes
+        if limit is not None and len(body) > limit:
+            raise SerializationError(
+                f"task {message.task}[{message.id}]: the message is {len(body)} bytes, above "
+                f"task_message_max_bytes={limit}; pass a reference to large data (a path, "
+                "a row id) instead of the data itself")
         return Envelope(
             id=broker_message_id(message),
             queue=message.queue,
-            body=message.encode(),
+            body=body,
             priority=message.priority,
             eta=message.eta,
             idempotency_key=idempotency_key,
-            idempotency_ttl=self.conf.idempotency_ttl if idempotency_key else None,
+            idempotency_ttl=(idempotency_ttl or self.conf.idempotency_ttl)
+            if idempotency_key else None,
         )
 
     def resend_for_retry(self, request: Request, when: float, args: Any, kwargs: Any,
@@ -331,10 +367,15 @@ class Conveyor:
 
     def store_state(self, request: Request, state: str, result: Any = None,
                     exc: BaseException | None = None, traceback: str | None = None,
-                    **extra: Any) -> None:
-        """Write a result record for the running request."""
+                    **extra: Any) -> bool:
+        """Write a result record for the running request.
+
+        False when the write was refused because a later run of the same task
+        call already wrote (the request's worker lost its lease; see
+        docs/decisions/0002).
+        """
         record = self.record_for(request, state, result, exc, traceback, **extra)
-        self.write_record(record)
+        return self.write_record(record)
 
     def record_for(self, request: Request, state: str, result: Any = None,
                    exc: BaseException | None = None, traceback: str | None = None,
@@ -360,13 +401,19 @@ class Conveyor:
             children=list(request.children),
             date_done=time.time() if state in states.READY_STATES else None,
             content_type=content_type_for(self.conf.result_serializer),
+            attempt=_attempt(request),
             **fields,
             **extra,
         )
 
-    def write_record(self, record: ResultRecord) -> None:
+    def write_record(self, record: ResultRecord) -> bool:
+        """Store ``record``; one written by a worker run is fenced (False if refused)."""
         payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
-        self.backend.set(record.task_id, record.state, payload, self.conf.result_expires)
+        if record.attempt is None:
+            self.backend.set(record.task_id, record.state, payload, self.conf.result_expires)
+            return True
+        return self.backend.set_fenced(record.task_id, record.state, payload,
+                                       self.conf.result_expires, Attempt(*record.attempt))
 
     def update_state(self, task_id: str | None, state: str, meta: Any,
                      request: Request | None = None) -> None:
@@ -385,6 +432,14 @@ class Conveyor:
     @property
     def hostname(self) -> str:
         return socket.gethostname()
+
+
+def _attempt(request: Request) -> list[int] | None:
+    """The fence of a record written for a delivered message (None outside a worker)."""
+    if request.message is None or request.delivery is None:
+        return None
+    sent = round(request.message.created * 1_000_000)
+    return Attempt(sent, request.message.retries, request.delivery.deliveries).as_list()
 
 
 def broker_message_id(message: Message) -> str:

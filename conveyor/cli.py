@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from conveyor.app import Conveyor
+from conveyor.beat_cli import beat_command
 from conveyor.exceptions import ConfigurationError
 
 APP_ATTRS = ("app", "conveyor_app", "celery_app", "celery", "conveyor")
@@ -248,6 +249,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+main.add_command(beat_command)
 
 
 def run() -> None:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any, get_type_hints
+from typing import Any, Union, get_type_hints
 
 from conveyor.exceptions import ConfigurationError
 
@@ -84,6 +84,7 @@ class Settings:
     task_acks_on_failure_or_timeout: bool = True
     task_reject_on_worker_lost: bool = True
     task_max_deliveries: int = 5
+    task_message_max_bytes: int | None = 16 * 1024 * 1024  # refused at send, dead on receipt
     task_default_retry_delay: float = 180.0
     task_default_max_retries: int = 3
     task_ignore_result: bool = False
@@ -218,7 +219,11 @@ def _allows_none(hint: Any) -> bool:
 def _check_type(hint: Any, value: Any) -> Any:
     if hint is Any:
         return value
-    options = [a for a in getattr(hint, "__args__", (hint,)) if a is not type(None)]
+    # Only a union lists alternatives in __args__; list[str] or dict[str, Any]
+    # list their items' types there, and are a list or a dict themselves.
+    args = getattr(hint, "__args__", ())
+    is_union = bool(args) and getattr(hint, "__origin__", None) in (None, Union)
+    options = [a for a in (args if is_union else (hint,)) if a is not type(None)]
     base_types = tuple(getattr(opt, "__origin__", opt) for opt in options)
     if bool in base_types and isinstance(value, bool):
         return value
@@ -272,7 +277,11 @@ def values_from_object(obj: Any, namespace: str | None) -> dict[str, Any]:
 def _items(obj: Any) -> Iterable[tuple[str, Any]]:
     if isinstance(obj, Mapping):
         return list(obj.items())
-    return [(name, getattr(obj, name)) for name in dir(obj) if not name.startswith("__")]
+    # dir() may list names the object refuses (Django's settings.configure()
+    # holder lists global_settings' helpers but raises for lower-case names).
+    missing = object()
+    pairs = ((name, getattr(obj, name, missing)) for name in dir(obj) if not name.startswith("__"))
+    return [(name, value) for name, value in pairs if value is not missing]
 
 
 def _is_code(value: Any) -> bool:

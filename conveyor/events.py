@@ -1,28 +1,577 @@
-"""Worker heartbeats and task counters, written for the monitor to read later.
+"""Task and worker events for the monitor: what is recorded, how, and for how long.
 
-The worker calls these hooks once per heartbeat (every
-``worker_heartbeat_interval`` seconds) with aggregated numbers, never per
-task, so they cost nothing on the hot path.  Storage is pluggable; the
-default keeps nothing.
+Workers must not pay for monitoring on the hot path, so each worker process
+aggregates in memory (:class:`Recorder`: a few dictionary updates per task)
+and writes the aggregate once per heartbeat (every
+``worker_heartbeat_interval`` seconds), in one round trip or transaction.
+The store lives beside the results (or the broker), not in the monitor, so a
+monitor started later still shows the last day, and its numbers are right
+even for hours it was not running.
+
+What is kept (``monitor_retention`` seconds, 24 h by default)
+
+``workers``
+    The last heartbeat of each worker process: host, pid, queues, pool,
+    concurrency, running tasks, processed counts, memory.  A worker is
+    *offline* once its heartbeat is older than its ttl (5 heartbeat
+    intervals) or it said goodbye at shutdown; it is dropped
+    :data:`WORKER_DROP_AFTER` (1 h) after its last heartbeat.
+``counters``
+    Per minute and task name: executions by outcome (SUCCESS, FAILURE,
+    RETRY, REVOKED, and DEAD for dead-lettered), and two histograms over the
+    fixed :data:`BUCKETS` (run time, and queue wait = start minus the later
+    of sent time and ETA), each with its sum.  Only non-zero cells are
+    stored.
+``tasks``
+    An index of the :data:`MAX_TASKS` most recently active task ids (name,
+    state, queue, worker, retries, times), which the monitor's search reads.
+``timeline``
+    Per indexed task, what happened to it (sent, started, its outcome,
+    actions taken from the monitor); deleted with the task's index entry.
+``queues``
+    One depth sample per queue per minute (ready, delayed, in flight, dead),
+    taken by whichever worker or monitor first claims that minute.
+
+The store is chosen from the app's result backend URL (``django-db`` falls
+back to the broker URL); the layouts are documented in the
+``conveyor.eventstores`` modules.  Storage is bounded by the retention, the
+number of task names, :data:`MAX_TASKS` and :data:`MAX_TIMELINE`; see
+``docs/monitoring.md`` for measured sizes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import abc
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from conveyor import states
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.brokers.base import Broker, Delivery, QueueStats
+
+__all__ = [
+    "BUCKETS",
+    "DEAD",
+    "OUTCOMES",
+    "Batch",
+    "EventSink",
+    "EventStore",
+    "NullEvents",
+    "QueueSample",
+    "Recorder",
+    "TaskClock",
+    "TaskEntry",
+    "TaskQuery",
+    "TaskReport",
+    "TimelineEvent",
+    "events_for",
+    "store_for",
+    "store_from_url",
+]
+
+#: Upper bounds (seconds) of the run-time and queue-wait histogram buckets;
+#: one more bucket holds everything above the last bound.
+BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+)
+DEAD = "DEAD"  # the counter state for dead-lettered messages
+OUTCOMES = (states.SUCCESS, states.FAILURE, states.RETRY, states.REVOKED, DEAD)
+MINUTE = 60
+#: How many task ids the search index keeps (the oldest go first).
+MAX_TASKS = 10_000
+#: How many timeline events one task keeps (a task retried forever stays bounded).
+MAX_TIMELINE = 50
+#: A worker gone quiet is listed as offline, then forgotten after this long.
+WORKER_DROP_AFTER = 3600.0
+#: What a worker holds in memory while the store cannot be written.
+MAX_PENDING_TASKS = 20_000
+
+# Metric names of counter cells: "n:<STATE>" counts, "rt:<i>"/"qw:<i>" histogram
+# buckets of run time / queue wait, "rt:sum"/"qw:sum" their sums.
+RUNTIME, WAIT = "rt", "qw"
 
 
+def bucket_index(seconds: float) -> int:
+    """The histogram bucket a duration falls in."""
+    for index, bound in enumerate(BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(BUCKETS)
+
+
+def minute_of(ts: float) -> int:
+    return int(ts // MINUTE) * MINUTE
+
+
+# -- values --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """A task starting (state STARTED) or ending in a worker, as a consumer saw it."""
+
+    task_id: str
+    name: str
+    queue: str
+    state: str
+    at: float
+    retries: int = 0
+    sent_at: float | None = None
+    started_at: float | None = None
+    runtime: float | None = None
+    wait: float | None = None
+    info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntry:
+    """One task in the search index: its latest known state."""
+
+    task_id: str
+    name: str
+    state: str
+    queue: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    sent_at: float | None = None
+    started_at: float | None = None
+    done_at: float | None = None
+    runtime: float | None = None
+    wait: float | None = None
+    info: str | None = None
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TaskEntry:
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskEntry:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """Something that happened to a task, for its detail page."""
+
+    task_id: str
+    ts: float
+    kind: str
+    detail: str = ""
+    worker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TimelineEvent:
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """A queue's depths at one minute."""
+
+    minute: int
+    queue: str
+    ready: int
+    delayed: int
+    inflight: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """What the monitor's task search asks for; every field narrows."""
+
+    task_id: str | None = None
+    name: str | None = None  # a substring of the task name
+    state: str | None = None
+    queue: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+    def matches(self, entry: TaskEntry) -> bool:
+        checks = (
+            self.task_id is None or entry.task_id.startswith(self.task_id),
+            self.name is None or self.name.lower() in entry.name.lower(),
+            self.state is None or entry.state == self.state,
+            self.queue is None or entry.queue == self.queue,
+            self.since is None or entry.updated_at >= self.since,
+            self.until is None or entry.updated_at <= self.until,
+        )
+        return all(checks)
+
+
+@dataclass
+class Batch:
+    """What one worker writes per heartbeat."""
+
+    worker: str
+    cells: dict[tuple[int, str, str], float] = field(default_factory=dict)
+    tasks: list[TaskEntry] = field(default_factory=list)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.cells or self.tasks or self.timeline)
+
+
+# -- the worker side -----------------------------------------------------------
+class _Outcome(Protocol):
+    @property
+    def action(self) -> str: ...
+    @property
+    def state(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def runtime(self) -> float: ...
+
+
+class TaskClock:
+    """One consumer's stopwatch: turns start and finish into :class:`TaskReport` values.
+
+    It lives in the consumer (child process or thread) because only there
+    is the message body at hand; reading its three timing fields is the only
+    per-task cost monitoring adds to a worker.
+    """
+
+    def __init__(self) -> None:
+        self._current: tuple[str, TaskReport] | None = None
+
+    def start(self, delivery: Delivery, task: str) -> TaskReport:
+        now = time.time()
+        head = _peek(delivery.body)
+        sent = _number(head.get("created"))
+        due = max(sent or 0.0, _number(head.get("eta")) or 0.0)
+        report = TaskReport(
+            task_id=_task_id(delivery.id), name=task, queue=delivery.queue,
+            state=states.STARTED, at=now, retries=int(head.get("retries") or 0),
+            sent_at=sent, started_at=now, wait=max(0.0, now - due) if due else None,
+        )
+        self._current = (delivery.id, report)
+        return report
+
+    def finish(self, delivery: Delivery, outcome: _Outcome) -> TaskReport | None:
+        state = DEAD if outcome.action == "dead" else outcome.state
+        current, self._current = self._current, None
+        if state is None:
+            return None  # handed back unstarted, or ignored: nothing to count
+        now = time.time()
+        if current is not None and current[0] == delivery.id:
+            started = current[1]
+            runtime = outcome.runtime or now - (started.started_at or now)
+            return replace(started, state=state, at=now, runtime=runtime, info=outcome.reason)
+        head = _peek(delivery.body)
+        return TaskReport(
+            task_id=_task_id(delivery.id), name=str(head.get("task") or "?"),
+            queue=delivery.queue, state=state, at=now, retries=int(head.get("retries") or 0),
+            sent_at=_number(head.get("created")), info=outcome.reason,
+        )
+
+
+def killed_report(delivery: Delivery, task: str, state: str, started_monotonic: float,
+                  reason: str) -> TaskReport:
+    """The report for a task its supervisor killed (hard time limit, terminate)."""
+    runtime = max(0.0, time.monotonic() - started_monotonic)
+    now = time.time()
+    return TaskReport(task_id=_task_id(delivery.id), name=task, queue=delivery.queue,
+                      state=state, at=now, started_at=now - runtime, runtime=runtime,
+                      info=reason)
+
+
+def _task_id(delivery_id: str) -> str:
+    return delivery_id.split("~", 1)[0]  # retries are stored as <task id>~<n>
+
+
+def _peek(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class Recorder:
+    """A worker's in-memory aggregate of task reports, drained once per heartbeat.
+
+    Thread-safe.  While the store cannot be written, counters keep adding up
+    (they are small); the task index and timeline keep at most
+    :data:`MAX_PENDING_TASKS` entries and count what they drop.
+    """
+
+    def __init__(self, max_pending: int = MAX_PENDING_TASKS) -> None:
+        self._lock = threading.Lock()
+        self._max = max_pending
+        self._cells: dict[tuple[int, str, str], float] = {}
+        self._tasks: dict[str, TaskEntry] = {}
+        self._timeline: list[TimelineEvent] = []
+        self.dropped = 0
+
+    def add(self, report: TaskReport) -> None:
+        entry = _entry_for(report)
+        events = _events_for(report)
+        with self._lock:
+            if report.state != states.STARTED:
+                self._count(report)
+            if len(self._tasks) >= self._max and report.task_id not in self._tasks:
+                self.dropped += 1
+                return
+            self._tasks[report.task_id] = entry
+            self._timeline.extend(events)
+
+    def _count(self, report: TaskReport) -> None:
+        minute = minute_of(report.at)
+        cells = self._cells
+        name = report.name
+        key = (minute, name, f"n:{report.state}")
+        cells[key] = cells.get(key, 0) + 1
+        for kind, value in ((RUNTIME, report.runtime), (WAIT, report.wait)):
+            if value is None:
+                continue
+            bucket = (minute, name, f"{kind}:{bucket_index(value)}")
+            cells[bucket] = cells.get(bucket, 0) + 1
+            total = (minute, name, f"{kind}:sum")
+            cells[total] = cells.get(total, 0.0) + value
+
+    def drain(self, worker: str) -> Batch:
+        """Take everything recorded so far, stamped with the worker's id."""
+        with self._lock:
+            cells, tasks, timeline = self._cells, self._tasks, self._timeline
+            self._cells, self._tasks, self._timeline = {}, {}, []
+        return Batch(
+            worker=worker,
+            cells=cells,
+            tasks=[replace(e, worker=worker) for e in tasks.values()],
+            timeline=[replace(e, worker=worker) for e in timeline],
+        )
+
+    def restore(self, batch: Batch) -> None:
+        """Put back a batch the store refused, so the next flush carries it."""
+        with self._lock:
+            for key, value in batch.cells.items():
+                self._cells[key] = self._cells.get(key, 0) + value
+            for entry in batch.tasks:
+                if len(self._tasks) < self._max:
+                    self._tasks.setdefault(entry.task_id, entry)
+            room = max(0, self._max * 4 - len(self._timeline))
+            self._timeline[:0] = batch.timeline[-room:] if room else []
+
+
+def _entry_for(report: TaskReport) -> TaskEntry:
+    done = report.at if report.state != states.STARTED else None
+    return TaskEntry(
+        task_id=report.task_id, name=report.name, state=report.state, queue=report.queue,
+        retries=report.retries, sent_at=report.sent_at, started_at=report.started_at,
+        done_at=done, runtime=report.runtime, wait=report.wait, info=report.info,
+        updated_at=report.at,
+    )
+
+
+def _events_for(report: TaskReport) -> list[TimelineEvent]:
+    tid = report.task_id
+    if report.state == states.STARTED:
+        events = []
+        if report.sent_at is not None:
+            what = "sent" if report.retries == 0 else f"retry {report.retries} sent"
+            events.append(TimelineEvent(tid, report.sent_at, "SENT", what))
+        waited = f"waited {report.wait:.3f}s in {report.queue}" if report.wait is not None else ""
+        events.append(TimelineEvent(tid, report.at, states.STARTED, waited))
+        return events
+    parts = [f"ran {report.runtime:.3f}s" if report.runtime is not None else "",
+             report.info or ""]
+    return [TimelineEvent(tid, report.at, report.state, "; ".join(p for p in parts if p))]
+
+
+# -- the store -----------------------------------------------------------------
 class EventSink(Protocol):
-    """Where heartbeats and counters go."""
+    """What a worker writes: heartbeats, its batches, queue depth samples."""
 
     def worker_heartbeat(self, info: dict[str, Any], ttl: float) -> None: ...
     def worker_offline(self, worker_id: str) -> None: ...
+    def write(self, batch: Batch) -> None: ...
+    def sample_queues(self, broker: Broker) -> None: ...
 
 
 class NullEvents:
-    """Keeps nothing (the default until a store is configured)."""
+    """Keeps nothing (``events_enabled=False``)."""
 
     def worker_heartbeat(self, info: dict[str, Any], ttl: float) -> None:
         return None
 
     def worker_offline(self, worker_id: str) -> None:
         return None
+
+    def write(self, batch: Batch) -> None:
+        return None
+
+    def sample_queues(self, broker: Broker) -> None:
+        return None
+
+
+class EventStore(abc.ABC):
+    """Events for one app; implementations in ``conveyor.eventstores``.
+
+    Thread-safe, reopened per process (see :func:`events_for`).
+    """
+
+    url: str
+    retention: float = 86400.0
+
+    # -- written by workers ----------------------------------------------------
+    @abc.abstractmethod
+    def worker_heartbeat(self, info: dict[str, Any], ttl: float) -> None:
+        """Store a worker's latest state (``info["id"]`` names it)."""
+
+    @abc.abstractmethod
+    def worker_offline(self, worker_id: str) -> None:
+        """A worker shut down cleanly: list it as offline now."""
+
+    @abc.abstractmethod
+    def write(self, batch: Batch) -> None:
+        """Add counters, upsert index entries (newest wins), append timeline events."""
+
+    @abc.abstractmethod
+    def claim(self, name: str, ttl: float) -> bool:
+        """True for the first caller of ``name`` within ``ttl`` seconds, across processes."""
+
+    @abc.abstractmethod
+    def write_queue_samples(self, samples: Sequence[QueueSample]) -> None:
+        """Store depth samples (one per queue and minute; the last write wins)."""
+
+    def sample_queues(self, broker: Broker) -> None:
+        """Take this minute's queue depth sample unless someone already did."""
+        minute = minute_of(time.time())
+        if not self.claim(f"queues:{minute}", ttl=2 * MINUTE):
+            return
+        self.write_queue_samples(samples_from_stats(minute, broker.stats()))
+
+    def add_events(self, events: Sequence[TimelineEvent]) -> None:
+        """Timeline events from elsewhere (actions taken in the monitor)."""
+        self.write(Batch(worker="", timeline=list(events)))
+
+    # -- read by the monitor ---------------------------------------------------
+    @abc.abstractmethod
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker heard from within :data:`WORKER_DROP_AFTER`, with its info.
+
+        Each dict is the heartbeat's info plus ``ttl`` and, after a clean
+        shutdown, ``offline_at``.
+        """
+
+    @abc.abstractmethod
+    def cells(self, since: float, until: float, step: int) -> list[tuple[int, str, str, float]]:
+        """Counter cells between ``since`` and ``until``, summed into ``step``-second
+        buckets: ``(bucket start, task name, metric, value)``."""
+
+    @abc.abstractmethod
+    def tasks(self, query: TaskQuery) -> list[TaskEntry]:
+        """Index entries matching ``query``, most recently updated first."""
+
+    @abc.abstractmethod
+    def timeline(self, task_id: str) -> list[TimelineEvent]:
+        """A task's events, oldest first."""
+
+    @abc.abstractmethod
+    def queue_samples(self, since: float, until: float) -> list[QueueSample]:
+        """Depth samples between two times, oldest first."""
+
+    def task(self, task_id: str) -> TaskEntry | None:
+        found = self.tasks(TaskQuery(task_id=task_id, limit=1))
+        return found[0] if found and found[0].task_id == task_id else None
+
+    def prune(self, now: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Drop what is older than the retention (where keys do not expire)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def samples_from_stats(minute: int, stats: Iterable[QueueStats]) -> list[QueueSample]:
+    return [QueueSample(minute, s.queue, s.ready, s.delayed, s.inflight, s.dead) for s in stats]
+
+
+def newer(current: TaskEntry | None, incoming: TaskEntry) -> TaskEntry:
+    """The entry to keep: the later update wins; a late STARTED never hides an outcome."""
+    if current is None:
+        return incoming
+    if incoming.updated_at < current.updated_at:
+        return current
+    late_start = incoming.state == states.STARTED and current.state in OUTCOMES
+    if late_start and current.done_at and current.retries >= incoming.retries:
+        return current
+    return incoming
+
+
+# -- choosing a store ----------------------------------------------------------
+def store_from_url(url: str, retention: float = 86400.0,
+                   options: dict[str, Any] | None = None) -> EventStore:
+    """Open the event store for a result backend or broker URL."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else url
+    if scheme == "memory":
+        from conveyor.eventstores.memory import MemoryEventStore
+
+        return MemoryEventStore(url, retention)
+    if scheme == "sqlite":
+        from conveyor.eventstores.sqlite import SQLiteEventStore
+
+        return SQLiteEventStore(url, retention)
+    if scheme in ("redis", "rediss", "unix"):
+        from conveyor.eventstores.redis import RedisEventStore
+
+        prefix = str((options or {}).get("prefix") or "conveyor")
+        return RedisEventStore(url, retention, prefix=prefix)
+    from conveyor.exceptions import ConfigurationError
+
+    raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
+
+
+_OPEN: weakref.WeakKeyDictionary[Conveyor, tuple[int, str, EventStore]] = (
+    weakref.WeakKeyDictionary()
+)
+_OPEN_LOCK = threading.Lock()
+
+
+def events_url(app: Conveyor) -> str:
+    """The result backend URL, or the broker's where results go to Django's database."""
+    url = app.conf.result_url
+    scheme = url.split("://", 1)[0].lower() if "://" in url else url
+    return app.conf.broker_url if scheme in ("django-db", "django") else url
+
+
+def store_for(app: Conveyor) -> EventStore:
+    """This process's event store for ``app``, reopened after fork or a URL change."""
+    url, pid = events_url(app), os.getpid()
+    with _OPEN_LOCK:
+        held = _OPEN.get(app)
+        if held is not None and held[0] == pid and held[1] == url:
+            return held[2]
+        store = store_from_url(url, app.conf.monitor_retention,
+                               dict(app.conf.broker_transport_options))
+        _OPEN[app] = (pid, url, store)
+        return store
+
+
+def events_for(app: Conveyor) -> EventSink:
+    """What ``app.events`` returns: the store, or :class:`NullEvents` when disabled."""
+    if not app.conf.events_enabled:
+        return NullEvents()
+    return store_for(app)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import states
 from conveyor.exceptions import TaskRevokedError, TimeoutError
+from conveyor.results.base import Stored
 from conveyor.results.record import ResultRecord
 from conveyor.serialization import dumps_json
 
@@ -19,7 +20,7 @@ class AsyncResult:
     """The outcome of one task id, read from the result store."""
 
     def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None,
-                 parent: AsyncResult | None = None) -> None:
+                 parent: AsyncResult | GroupResult | None = None) -> None:
         from conveyor._state import current_app
 
         self.id = id
@@ -50,6 +51,11 @@ class AsyncResult:
         if stored.ready:
             self._cache = record  # ready results do not change
         return record
+
+    def _absorb(self, stored: Stored | None) -> None:
+        """Take a record fetched in bulk (by a result set) if it is final."""
+        if self._cache is None and stored is not None and stored.ready:
+            self._cache = ResultRecord.decode(stored.payload, self._accept())
 
     def _accept(self) -> list[str]:
         conf = self.app.conf
@@ -152,32 +158,55 @@ class AsyncResult:
 
 
 class ResultSet:
-    """Several results waited on together."""
+    """Several results waited on together, in the order given.
 
-    def __init__(self, results: Sequence[AsyncResult], app: Conveyor | None = None) -> None:
-        self.results = list(results)
-        self.app = app or (self.results[0].app if self.results else None)
+    Members may be :class:`AsyncResult` or, for nested groups, another
+    :class:`GroupResult`.  States are read with one bulk query; waiting
+    blocks only on members that are not finished yet.
+    """
 
-    def __iter__(self) -> Iterator[AsyncResult]:
+    def __init__(self, results: Sequence[AsyncResult | GroupResult],
+                 app: Conveyor | None = None) -> None:
+        self.results: list[AsyncResult | GroupResult] = list(results)
+        self.app: Conveyor | None = app or (self.results[0].app if self.results else None)
+
+    def __iter__(self) -> Iterator[AsyncResult | GroupResult]:
         return iter(self.results)
 
     def __len__(self) -> int:
         return len(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult:
+    def __getitem__(self, index: int) -> AsyncResult | GroupResult:
         return self.results[index]
 
-    def add(self, result: AsyncResult) -> None:
+    def add(self, result: AsyncResult | GroupResult) -> None:
         if result not in self.results:
             self.results.append(result)
 
     def _states(self) -> list[str]:
-        if not self.results:
-            return []
-        stored = self.results[0].app.backend.get_many([r.id for r in self.results])
-        return [s.state if s else states.PENDING for s in stored]
+        """Each member's state; a nested group counts as its summary state."""
+        self._prefetch()
+        return [r.state if isinstance(r, AsyncResult) else r._summary() for r in self.results]
+
+    def _summary(self) -> str:
+        found = self._states()
+        if any(s == states.FAILURE for s in found):
+            return states.FAILURE
+        if all(s == states.SUCCESS for s in found):
+            return states.SUCCESS
+        return states.PENDING
+
+    def _prefetch(self) -> None:
+        """One bulk read caches every finished member, so waiting skips them."""
+        singles = [r for r in self.results if isinstance(r, AsyncResult) and r._cache is None]
+        if not singles:
+            return
+        for result, stored in zip(singles, singles[0].app.backend.get_many(
+                [r.id for r in singles]), strict=True):
+            result._absorb(stored)
 
     def completed_count(self) -> int:
+        """How many members finished successfully."""
         return sum(1 for s in self._states() if s == states.SUCCESS)
 
     def ready(self) -> bool:
@@ -194,8 +223,12 @@ class ResultSet:
 
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float = 0.5) -> list[Any]:
-        """Every value, in order; ``timeout`` bounds the whole wait."""
+        """Every value, in order; ``timeout`` bounds the whole wait.
+
+        With ``propagate`` the first failed member (in order) raises.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._prefetch()
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -205,15 +238,16 @@ class ResultSet:
     join = get
 
     def revoke(self, terminate: bool = False) -> None:
-        if self.results:
-            self.results[0].app.revoke([r.id for r in self.results], terminate=terminate)
+        if self.app is not None and self.results:
+            self.app.revoke(_flat_ids(self.results), terminate=terminate)
 
 
 class GroupResult(ResultSet):
     """The results of a group, in the group's order, under the group id."""
 
-    def __init__(self, id: str, results: Sequence[AsyncResult], app: Conveyor | None = None,
-                 parent: AsyncResult | None = None) -> None:
+    def __init__(self, id: str, results: Sequence[AsyncResult | GroupResult],
+                 app: Conveyor | None = None,
+                 parent: AsyncResult | GroupResult | None = None) -> None:
         super().__init__(results, app)
         self.id = id
         self.parent = parent
@@ -221,15 +255,30 @@ class GroupResult(ResultSet):
     def __repr__(self) -> str:
         return f"<GroupResult {self.id} [{len(self.results)} tasks]>"
 
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, GroupResult) and other.id == self.id
+                and other.results == self.results)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def children(self) -> list[AsyncResult | GroupResult]:
+        return self.results
+
+    @property
+    def state(self) -> str:
+        return self._summary()
+
     def save(self) -> GroupResult:
         """Store the membership so :meth:`restore` finds it by id."""
         assert self.app is not None
-        body = dumps_json({"results": [r.id for r in self.results]}).encode()
-        self.app.backend.save_group(self.id, body, self.app.conf.result_expires)
+        save_group(self.app, self.id, [r.id for r in self.results])
         return self
 
     @classmethod
     def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
+        """The group saved under ``id`` (members as plain results), if still stored."""
         import json
 
         from conveyor._state import current_app
@@ -240,3 +289,21 @@ class GroupResult(ResultSet):
             return None
         ids = json.loads(body)["results"]
         return cls(id, [AsyncResult(i, owner) for i in ids], owner)
+
+    def delete(self) -> None:
+        """Forget the members' results."""
+        if self.app is not None:
+            self.app.backend.forget(_flat_ids(self.results))
+
+
+def save_group(app: Conveyor, group_id: str, ids: Sequence[str]) -> None:
+    """Store a group's member ids (what :meth:`GroupResult.restore` reads)."""
+    body = dumps_json({"results": list(ids)}).encode()
+    app.backend.save_group(group_id, body, app.conf.result_expires)
+
+
+def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:
+    ids: list[str] = []
+    for result in results:
+        ids.extend(_flat_ids(result.results) if isinstance(result, GroupResult) else [result.id])
+    return ids

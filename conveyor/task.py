@@ -26,6 +26,7 @@ from conveyor.retry import Backoff, backoff_for
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.canvas import Signature
+    from conveyor.canvas import chunks as Chunks
     from conveyor.result import AsyncResult
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
@@ -173,6 +174,19 @@ class Task:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Like :meth:`delay`, sent when the open database transaction commits.
+
+        A rolled-back transaction sends nothing; outside a transaction this
+        sends now.  Arguments are checked here, at the call.
+        """
+        return self.apply_async(args, kwargs, on_commit=True)
+
+    def apply_async_on_commit(self, args: Any = None, kwargs: Any = None,
+                              **options: Any) -> AsyncResult:
+        """Like :meth:`apply_async`, sent when the open database transaction commits."""
+        return self.apply_async(args, kwargs, on_commit=True, **options)
+
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Catch a wrong call at the caller, not in a worker minutes later."""
         try:
@@ -205,6 +219,24 @@ class Task:
         immutable = bool(options.pop("immutable", False))
         return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options,
                          immutable=immutable, app=self._app)
+
+    def map(self, items: Any) -> Signature:
+        """One message calling this task for each item (``canvas.xmap``)."""
+        from conveyor.canvas import xmap
+
+        return xmap(self, items)
+
+    def starmap(self, items: Any) -> Signature:
+        """One message calling this task with each argument tuple (``canvas.xstarmap``)."""
+        from conveyor.canvas import xstarmap
+
+        return xstarmap(self, items)
+
+    def chunks(self, items: Any, n: int) -> Chunks:
+        """Argument tuples split into messages of ``n`` calls each (``canvas.chunks``)."""
+        from conveyor.canvas import chunks
+
+        return chunks(self, items, n)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id)

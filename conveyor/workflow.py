@@ -2,28 +2,477 @@
 
 The worker calls :func:`on_success` / :func:`on_failure` after storing the
 task's result and before acknowledging its message, so a crash in between
-repeats the follow-up (deduplicated where ids are deterministic) instead of
-losing it.
+repeats the follow-up instead of losing it.  Follow-ups keep the ids given
+to them when the workflow was first sent (or ids derived from the finished
+task's id), so a repeated follow-up is one the broker already holds.
+
+Every message carries the rest of its workflow (docs/decisions/0002-canvas.md):
+
+``chain``
+    the steps still to run after this task, as frozen canvas dicts; the
+    first of them is sent with this task's result prepended to its args.
+``chord``
+    the *scope* this task's final value belongs to, acted on when ``chain``
+    is empty.  A join scope (it has a ``body``) is a chord header slot::
+
+        {"id": chord_id, "size": N, "index": i, "body": body_dict,
+         "chain": steps_after_the_body, "chord": outer_scope, "errbacks": [...]}
+
+    On success the value goes into ``ResultStore.chord_add``; the one call
+    that completes the set sends the body with the values in header order.
+    An error scope (no ``body``) only carries a group's ``link_error``.  On
+    failure, ``ResultStore.chord_fail`` elects one failing member to fail
+    the scope: the body and everything after it are stored as FAILURE with
+    the member's error, the errbacks are sent once, and the outer scope
+    fails the same way.
+
+A group with something after it (a next step, or a join) is sent as a chord
+whose body is that next step (or ``conveyor.collect``, which returns the
+list), so every "wait for all of them" is the store's atomic join: there is
+no polling ``chord_unlock`` task.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-from conveyor.canvas import Signature
+from conveyor import signals, states
+from conveyor.canvas import (
+    COLLECT_TASK,
+    Canvas,
+    Signature,
+    chain,
+    chord,
+    derived_id,
+    group,
+    seeded_ids,
+)
+from conveyor.context import Request
+from conveyor.exceptions import BrokerError, NotRegistered, SerializationError
+from conveyor.serialization import (
+    JSON,
+    check_accepted,
+    content_type_for,
+    decode_payload,
+    dumps_json,
+    encode_payload,
+)
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.message import Message
+    from conveyor.result import AsyncResult, GroupResult
+    from conveyor.task import Task
 
+log = logging.getLogger("conveyor.workflow")
+
+Mode = Literal["final", "next", "join"]
+"""How a node's value is used: by nobody, by the next chain step, by a chord join."""
+FINAL: Mode = "final"
+NEXT: Mode = "next"
+JOIN: Mode = "join"
+
+Scope = dict[str, Any]
+Tail = tuple[dict[str, Any], ...]
+
+# A follow-up that cannot even be built (wrong arguments for its task, a
+# value JSON cannot carry) fails where it would have run, not the worker.
+_BUILD_ERRORS = (TypeError, ValueError, SerializationError, NotRegistered)
+_SEND_RETRY_FOR = 10.0
+
+
+# -- sending ---------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Messages and group memberships gathered to be written in one go."""
+
+    app: Conveyor
+    root_id: str | None = None
+    parent_id: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    groups: list[tuple[str, list[str]]] = field(default_factory=list)
+    _signatures: dict[str, inspect.Signature | None] = field(default_factory=dict)
+
+    def extend(self, other: Plan) -> None:
+        self.messages.extend(other.messages)
+        self.groups.extend(other.groups)
+
+    def fork(self) -> Plan:
+        return Plan(self.app, self.root_id, self.parent_id, _signatures=self._signatures)
+
+    def check_arguments(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """``Task.apply_async``'s argument check, with the signature read once per task.
+
+        A group of 10,000 calls to one task would otherwise spend most of
+        its send time in ``inspect.signature``.
+        """
+        if task.name not in self._signatures:
+            try:
+                self._signatures[task.name] = inspect.signature(task.fn)
+            except (TypeError, ValueError):
+                self._signatures[task.name] = None
+        signature = self._signatures[task.name]
+        if signature is None:
+            return
+        try:
+            signature.bind(*((None,) if task.options.bind else ()), *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{task.name}{signature}: {exc}") from None
+
+    def commit(self) -> None:
+        """Save groups, then enqueue every message in one broker batch."""
+        from conveyor.result import save_group
+
+        for group_id, ids in self.groups:
+            save_group(self.app, group_id, ids)
+        if self.messages:
+            _with_retry(lambda: self.app.enqueue(self.messages))
+
+
+def _with_retry(send: Any) -> None:
+    """Ride out a broker blip; past that, raise so the finished task is redelivered."""
+    deadline = time.monotonic() + _SEND_RETRY_FOR
+    delay = 0.05
+    while True:
+        try:
+            send()
+            return
+        except BrokerError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("could not send follow-up tasks; retrying in %.2fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def send(app: Conveyor, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, Any],
+         on_commit: bool | None = None) -> AsyncResult | GroupResult:
+    """Freeze ``node``, send what runs first in one batch, return its final result.
+
+    Messages are built (and arguments checked) now; with ``on_commit`` (default:
+    ``task_enqueue_on_commit``) they are written when the caller's open
+    database transaction commits, as single tasks are.
+    """
+    frozen = node.freeze()
+    plan = Plan(app)
+    launch(plan, frozen, args, kwargs, (), None)
+    if on_commit is None:
+        on_commit = app.conf.task_enqueue_on_commit
+    if not (on_commit and signals.defer_until_commit(plan.commit)):
+        plan.commit()
+    return result_of(app, frozen, None, FINAL)
+
+
+def launch(plan: Plan, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, Any],
+           tail: Tail, scope: Scope | None) -> None:
+    """Add the messages that start frozen ``node`` to ``plan``.
+
+    ``args``/``kwargs`` are the partial arguments (a previous result);
+    ``tail`` is what runs after ``node``; ``scope`` is where its final value
+    goes (see the module docstring).
+    """
+    if isinstance(node, Signature):
+        plan.messages.append(_task_message(plan, node, args, kwargs, tail, scope))
+    elif isinstance(node, chain):
+        rest = tuple(step.to_dict() for step in node.tasks[1:])
+        launch(plan, node.tasks[0], args, kwargs, rest + tail, scope)
+    elif isinstance(node, chord):
+        _launch_chord(plan, node, args, kwargs, tail, scope)
+    elif isinstance(node, group):
+        _launch_group(plan, node, args, kwargs, tail, scope)
+    else:
+        launch(plan, node.freeze(), args, kwargs, tail, scope)
+
+
+def _task_message(plan: Plan, sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  tail: Tail, scope: Scope | None) -> Message:
+    app = plan.app
+    call_args, call_kwargs = sig.partial(args, kwargs)
+    task = app.tasks.get(sig.task)
+    if task is not None and task.options.typing:
+        plan.check_arguments(task, call_args, call_kwargs)
+    options = {k: v for k, v in sig.options.items() if k not in ("chain", "chord")}
+    if plan.parent_id is not None:
+        options.setdefault("parent_id", plan.parent_id)
+        options.setdefault("root_id", plan.root_id)
+    return app.build_message(sig.task, call_args, call_kwargs, _task=task,
+                             chain=tail, chord=scope, **options)
+
+
+def _launch_group(plan: Plan, grp: group, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  tail: Tail, scope: Scope | None) -> None:
+    if tail or _is_join(scope):
+        body = Canvas.from_dict(tail[0], plan.app) if tail else _collector(grp)
+        _launch_chord(plan, chord(grp, body, app=grp._app), args, kwargs, tail[1:], scope)
+        return
+    group_id = _group_id(grp)
+    errbacks = list(grp.options.get("link_error") or ())
+    size = len(grp.tasks)
+    for index, member in enumerate(grp.tasks):
+        inner = None
+        if errbacks or scope is not None:
+            inner = {"id": group_id, "size": size, "index": index, "errbacks": errbacks}
+            if scope is not None:
+                inner["chord"] = scope
+        launch(plan, member, args, kwargs, (), inner)
+    plan.groups.append((group_id, [result_of(plan.app, m, None, FINAL).id for m in grp.tasks]))
+
+
+def _launch_chord(plan: Plan, ch: chord, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  tail: Tail, scope: Scope | None) -> None:
+    header, body = ch.header, ch.body
+    assert body is not None, "a frozen chord has a body"
+    if not header.tasks:
+        launch(plan, body, ([],), {}, tail, scope)
+        return
+    chord_id = _group_id(header)
+    join: Scope = {
+        "id": chord_id,
+        "size": len(header.tasks),
+        "body": body.to_dict(),
+        "errbacks": _union(entry_errbacks(body), header.options.get("link_error")),
+    }
+    if tail:
+        join["chain"] = list(tail)
+    if scope is not None:
+        join["chord"] = scope
+    for index, member in enumerate(header.tasks):
+        launch(plan, member, args, kwargs, (), {**join, "index": index})
+    plan.groups.append((chord_id, [result_of(plan.app, m, None, JOIN).id for m in header.tasks]))
+
+
+def _collector(grp: group) -> Signature:
+    """The body that turns a group's values into one value (a list)."""
+    return Signature(COLLECT_TASK, options={"task_id": derived_id(_group_id(grp), "collect")},
+                     app=grp._app)
+
+
+def _group_id(grp: group) -> str:
+    group_id = grp.id
+    if group_id is None:
+        raise ValueError("group was not frozen before sending")
+    return group_id
+
+
+def entry_errbacks(node: Canvas) -> list[dict[str, Any]]:
+    """The errbacks a frozen node's failure sends (a chain's are on every step)."""
+    if isinstance(node, chain):
+        return entry_errbacks(node.tasks[0])
+    if isinstance(node, chord) and node.body is not None:
+        return _union(entry_errbacks(node.body), node.header.options.get("link_error"))
+    return list(node.options.get("link_error") or ())
+
+
+def _union(first: Iterable[dict[str, Any]] | None,
+           second: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = list(first or ())
+    out.extend(item for item in second or () if item not in out)
+    return out
+
+
+def _is_join(scope: Mapping[str, Any] | None) -> bool:
+    return scope is not None and scope.get("body") is not None
+
+
+# -- results -------------------------------------------------------------------
+
+def result_of(app: Conveyor, node: Canvas, parent: AsyncResult | GroupResult | None,
+              mode: Mode) -> AsyncResult | GroupResult:
+    """The result handle of a frozen node, with ``.parent`` links to earlier steps.
+
+    Mirrors :func:`launch`: a group whose value feeds a join is collected
+    into one ``conveyor.collect`` result.
+    """
+    from conveyor.result import AsyncResult, GroupResult
+
+    if isinstance(node, Signature):
+        assert node.id is not None, "signature was not frozen"
+        return AsyncResult(node.id, app, task_name=node.task, parent=parent)
+    if isinstance(node, chain):
+        current = parent
+        for step in node.tasks[:-1]:
+            current = result_of(app, step, current, NEXT)
+        return result_of(app, node.tasks[-1], current, mode)
+    if isinstance(node, chord):
+        assert node.body is not None
+        header = GroupResult(_group_id(node.header),
+                             [result_of(app, m, None, JOIN) for m in node.header.tasks],
+                             app, parent=parent)
+        return result_of(app, node.body, header, mode)
+    if isinstance(node, group):
+        inner: Mode = FINAL if mode == FINAL else JOIN
+        members = [result_of(app, m, None, inner) for m in node.tasks]
+        results = GroupResult(_group_id(node), members, app, parent=parent)
+        if mode == JOIN:
+            return AsyncResult(derived_id(results.id, "collect"), app,
+                               task_name=COLLECT_TASK, parent=results)
+        return results
+    return result_of(app, node.freeze(), parent, mode)
+
+
+# -- after a task ---------------------------------------------------------------
 
 def on_success(app: Conveyor, message: Message, result: Any) -> None:
-    """Send ``link`` callbacks with the result."""
-    for data in message.callbacks:
-        Signature.from_dict(data, app).apply_async((result,))
+    """Send ``link`` callbacks, the next chain step, or the value to its chord."""
+    plan = Plan(app, root_id=message.root_id or message.id, parent_id=message.id)
+    _add_callbacks(plan, message.callbacks, (result,), f"{message.id}:link")
+    if message.chain:
+        _continue(plan, message, result)
+    elif _is_join(message.chord):
+        assert message.chord is not None
+        _join(plan, message.chord, message.id, result)
+    plan.commit()
 
 
 def on_failure(app: Conveyor, message: Message, exc: BaseException, traceback: str | None) -> None:
-    """Send ``link_error`` callbacks with the failed task's id."""
-    for data in message.errbacks:
-        Signature.from_dict(data, app).apply_async((message.id,))
+    """Send errbacks, fail the rest of the chain, fail the task's chord or group once."""
+    send_errbacks(app, message.errbacks, message.id, f"{message.id}:errback")
+    mark_failed(app, ids_in(message.chain), exc, traceback)
+    if message.chord is not None:
+        fail_scope(app, message.chord, message.id, exc, traceback)
+
+
+def _continue(plan: Plan, message: Message, result: Any) -> None:
+    """Send the next chain step with ``result`` prepended to its args."""
+    node = Canvas.from_dict(message.chain[0], plan.app)
+    rest = tuple(message.chain[1:])
+    step = plan.fork()
+    try:
+        launch(step, node, (result,), {}, rest, message.chord)
+    except _BUILD_ERRORS as exc:
+        abandon(plan.app, node, rest, message.chord, exc)
+        return
+    plan.extend(step)
+
+
+def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
+    """Add this header value; the call that completes the set sends the body."""
+    app = plan.app
+    try:
+        payload = encode_value(app, result)
+    except SerializationError as exc:
+        fail_scope(app, scope, task_id, exc, None)
+        return
+    parts = app.backend.chord_add(scope["id"], scope["index"], scope["size"], payload,
+                                  app.conf.result_expires)
+    if parts is None:
+        return
+    values = [decode_value(app, part) for part in parts]
+    body = Canvas.from_dict(scope["body"], app)
+    tail = tuple(scope.get("chain") or ())
+    step = plan.fork()
+    try:
+        launch(step, body, (values,), {}, tail, scope.get("chord"))
+    except _BUILD_ERRORS as exc:
+        abandon(app, body, tail, scope.get("chord"), exc)
+        return
+    plan.extend(step)
+
+
+def abandon(app: Conveyor, node: Canvas, tail: Tail, scope: Scope | None,
+            exc: BaseException) -> None:
+    """A follow-up that cannot be sent fails as if it had run and raised ``exc``."""
+    first = result_of(app, node, None, FINAL).id
+    log.error("could not send follow-up %r: %s", node, exc, extra={"task_id": first})
+    mark_failed(app, ids_in([node.to_dict(), *tail]), exc, None)
+    send_errbacks(app, entry_errbacks(node), first, f"{first}:errback")
+    if scope is not None:
+        fail_scope(app, scope, first, exc, None)
+
+
+def fail_scope(app: Conveyor, scope: Scope, failed_id: str, exc: BaseException,
+               traceback: str | None) -> None:
+    """Fail a chord (or a group's error scope) once, then its outer scope."""
+    if not app.backend.chord_fail(scope["id"], app.conf.result_expires):
+        return
+    if _is_join(scope):
+        mark_failed(app, ids_in([scope["body"], *(scope.get("chain") or ())]), exc, traceback)
+    send_errbacks(app, scope.get("errbacks") or (), failed_id, f"{scope['id']}:errback")
+    outer = scope.get("chord")
+    if outer is not None:
+        fail_scope(app, outer, failed_id, exc, traceback)
+
+
+def _add_callbacks(plan: Plan, callbacks: Sequence[dict[str, Any]], args: tuple[Any, ...],
+                   seed: str) -> None:
+    for index, data in enumerate(callbacks):
+        step = plan.fork()
+        try:
+            node = Canvas.from_dict(data, plan.app).freeze(seeded_ids(f"{seed}:{index}"))
+            launch(step, node, args, {}, (), None)
+        except _BUILD_ERRORS as exc:
+            log.error("could not send callback %s: %s", data.get("task", data), exc)
+            continue
+        plan.extend(step)
+
+
+def send_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], failed_id: str,
+                  seed: str) -> None:
+    """Send each errback with the failed task's id (ids derived from ``seed``)."""
+    if not errbacks:
+        return
+    plan = Plan(app, parent_id=failed_id, root_id=failed_id)
+    _add_callbacks(plan, errbacks, (failed_id,), seed)
+    plan.commit()
+
+
+def ids_in(nodes: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Every (task id, task name) a frozen canvas dict will produce results under."""
+    found: list[tuple[str, str]] = []
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        kind = node.get("subtask_type")
+        if kind is None:
+            task_id = (node.get("options") or {}).get("task_id")
+            if task_id:
+                found.append((task_id, node["task"]))
+        elif kind in ("chain", "group"):
+            stack.extend(node.get("tasks") or ())
+            group_id = (node.get("options") or {}).get("group_id")
+            if kind == "group" and group_id:
+                found.append((derived_id(group_id, "collect"), COLLECT_TASK))
+        elif kind == "chord":
+            stack.append(node["header"])
+            if node.get("body"):
+                stack.append(node["body"])
+    return found
+
+
+def mark_failed(app: Conveyor, pairs: Sequence[tuple[str, str]], exc: BaseException,
+                traceback: str | None) -> None:
+    """Store FAILURE, with the upstream error, for results that will never come."""
+    if not pairs:
+        return
+    items = []
+    for task_id, name in pairs:
+        record = app.record_for(Request(id=task_id, task=name), states.FAILURE, exc=exc,
+                                traceback=traceback)
+        items.append((task_id, states.FAILURE, record.encode()))
+    app.backend.set_many(items, app.conf.result_expires)
+
+
+# -- values passed through the join ------------------------------------------------
+
+def encode_value(app: Conveyor, value: Any) -> bytes:
+    """A header value as the join stores it (the result serializer's encoding)."""
+    content_type = content_type_for(app.conf.result_serializer)
+    encoded = encode_payload(value, content_type, "the task's return value")
+    return dumps_json({"ct": content_type, "v": encoded}).encode()
+
+
+def decode_value(app: Conveyor, payload: bytes) -> Any:
+    doc = json.loads(payload)
+    content_type = doc.get("ct", JSON)
+    check_accepted(content_type, app.conf.result_accept_content or app.conf.accept_content)
+    return decode_payload(doc.get("v"), content_type)
+
+
+__all__ = ["launch", "on_failure", "on_success", "result_of", "send"]

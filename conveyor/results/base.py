@@ -4,7 +4,7 @@ A store keeps, per task id, the current state (one of ``conveyor.states``)
 and an opaque payload (an encoded :class:`~conveyor.results.record.ResultRecord`).
 It also keeps group memberships and the chord join: an atomic,
 exactly-once "last header result in" signal that replaces Celery's polling
-``chord_unlock`` task.
+``chord_unlock`` task, and its failure twin, ``chord_fail``.
 
 ``tests/contract/test_result_contract.py`` checks every implementation.
 """
@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from conveyor.results.record import Attempt
 from conveyor.states import READY_STATES
 
 
@@ -39,6 +40,21 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
         """Store the state of ``task_id``; waiters on it wake if it is ready."""
+
+    def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
+                   attempt: Attempt) -> bool:
+        """Store unless a later run of the same task call already did; True if stored.
+
+        A worker writes through this, so one that was paused past its lease
+        cannot replace the newer run's record (docs/decisions/0002).  This
+        default reads, compares and writes in three steps; stores override
+        it to do them atomically.
+        """
+        current = self.get(task_id)
+        if current is not None and attempt.superseded_by(Attempt.of_payload(current.payload)):
+            return False
+        self.set(task_id, state, payload, ttl)
+        return True
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """Store several at once (backends batch this)."""
@@ -83,6 +99,20 @@ class ResultStore(abc.ABC):
         index (a redelivered header task) do not count twice.  Everyone else
         gets None.
         """
+
+    def chord_fail(self, chord_id: str, ttl: float) -> bool:
+        """Close the join of ``chord_id`` because a header member failed.
+
+        Returns True to exactly one caller: the first to close it, and only
+        if the set had not completed (fired) already; every later call,
+        and a call after the set completed, gets False.  Stores should make
+        this atomic with :meth:`chord_add` (close the same record, so that
+        ``chord_add`` returns None for a closed chord).  This default uses a
+        one-member join as the exactly-once flag: it elects one failing
+        caller but does not stop a set that completes anyway (only possible
+        when a redelivered header both succeeded and failed).
+        """
+        return self.chord_add(f"{chord_id}:failed", 0, 1, b"", ttl) is not None
 
     def cleanup(self) -> int:
         """Remove expired entries where the backend does not expire them itself."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from conveyor.results.base import ResultStore, Stored, deadline_after
+from conveyor.results.record import Attempt
 
 
 @dataclass
@@ -35,6 +36,11 @@ class MemoryResultStore(ResultStore):
         with self._m.cond:
             self._m.results[task_id] = (Stored(state, payload), time.time() + ttl)
             self._m.cond.notify_all()
+
+    def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
+                   attempt: Attempt) -> bool:
+        with self._m.cond:  # an RLock: the default's read and write become one step
+            return super().set_fenced(task_id, state, payload, ttl, attempt)
 
     def get(self, task_id: str) -> Stored | None:
         with self._m.cond:
@@ -85,6 +91,14 @@ class MemoryResultStore(ResultStore):
             self._m.chords_done.add(chord_id)
             del self._m.chords[chord_id]
             return [parts[i] for i in range(size)]
+
+    def chord_fail(self, chord_id: str, ttl: float) -> bool:
+        with self._m.cond:
+            if chord_id in self._m.chords_done:
+                return False
+            self._m.chords_done.add(chord_id)
+            self._m.chords.pop(chord_id, None)
+            return True
 
 
 def reset_memory_results() -> None:

@@ -52,6 +52,7 @@ class ResultRecord:
     group_id: str | None = None
     children: list[str] = field(default_factory=list)
     content_type: str = JSON
+    attempt: list[int] | None = None  # Attempt.as_list() of the run that wrote it
 
     def evolve(self, **changes: Any) -> ResultRecord:
         return replace(self, **changes)
@@ -62,7 +63,9 @@ class ResultRecord:
         doc["result"] = encode_payload(self.result, self.content_type, "the task's return value")
         doc["args"] = _safe_jsonable(self.args)
         doc["kwargs"] = _safe_jsonable(self.kwargs)
-        body = dumps_json({k: v for k, v in doc.items() if v is not None and v != []}).encode()
+        # "result" always stays: a task that returned [] must not read back as None.
+        body = dumps_json({k: v for k, v in doc.items()
+                           if k == "result" or (v is not None and v != [])}).encode()
         _check_size(self, len(body), max_bytes, warn_bytes)
         return body
 
@@ -93,6 +96,51 @@ class ResultRecord:
 
 
 _FIELD_ORDER = tuple(ResultRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Which run of which message wrote a record: the fence against stale runs.
+
+    A worker paused past its lease (SIGSTOP, a long GC, a VM migration) may
+    wake and finish a task that another worker has run again meanwhile; its
+    late write must not replace the newer run's (docs/decisions/0002).
+    ``sent`` (the message's creation time, in microseconds) tells one message
+    from another sent with the same task id; ``retries`` and ``deliveries``
+    order the runs of one message: the broker counts every hand-out, so the
+    run that took over a lapsed lease always has more deliveries.
+    """
+
+    sent: int
+    retries: int
+    deliveries: int
+
+    def as_list(self) -> list[int]:
+        return [self.sent, self.retries, self.deliveries]
+
+    @classmethod
+    def of_payload(cls, payload: bytes) -> Attempt | None:
+        """The attempt recorded in an encoded record, if it has one."""
+        try:
+            found = json.loads(payload).get("attempt")
+            sent, retries, deliveries = (int(v) for v in found)
+        except (ValueError, TypeError, AttributeError):
+            return None
+        return cls(sent, retries, deliveries)
+
+    def superseded_by(self, stored: Attempt | None) -> bool:
+        """True when ``stored`` was written by a later run of the same task call.
+
+        Within one message the later run has more retries or deliveries; a
+        retry is a new message, sent after the run it retries.  A record of
+        another send of the task id (a different ``sent``, no more retries)
+        never blocks a write.
+        """
+        if stored is None:
+            return False
+        if stored.sent == self.sent:
+            return (stored.retries, stored.deliveries) > (self.retries, self.deliveries)
+        return stored.retries > self.retries and stored.sent > self.sent
 
 
 def _safe_jsonable(value: Any) -> Any:
@@ -135,4 +183,4 @@ def describe_exception(exc: BaseException) -> dict[str, str]:
     return {"exc_type": kind.__qualname__, "exc_module": kind.__module__, "result": str(exc)}
 
 
-__all__ = ["ResultRecord", "SerializationError", "describe_exception"]
+__all__ = ["Attempt", "ResultRecord", "SerializationError", "describe_exception"]

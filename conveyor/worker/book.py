@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from conveyor.brokers.base import Delivery
+from conveyor.events import Recorder, TaskReport
 
 
 @dataclass
@@ -42,6 +43,7 @@ class LeaseBook:
         self._lock = threading.Lock()
         self.slots: dict[int, Slot] = {}
         self.counts: Counter[str] = Counter()
+        self.recorder = Recorder()  # task events for the monitor, flushed per heartbeat
 
     def add_slot(self, key: int) -> None:
         with self._lock:
@@ -57,8 +59,11 @@ class LeaseBook:
             for d in deliveries:
                 slot.held[d.id] = d
 
-    def running(self, key: int, delivery_id: str, task: str, hard_limit: float | None) -> None:
+    def running(self, key: int, delivery_id: str, task: str, hard_limit: float | None,
+                report: TaskReport | None = None) -> None:
         now = time.monotonic()
+        if report is not None:
+            self.recorder.add(report)
         with self._lock:
             slot = self.slots[key]
             delivery = slot.held.get(delivery_id)
@@ -67,7 +72,10 @@ class LeaseBook:
             deadline = now + hard_limit if hard_limit else None
             slot.running = Running(delivery, task, now, deadline)
 
-    def done(self, key: int, delivery_id: str, state: str | None) -> None:
+    def done(self, key: int, delivery_id: str, state: str | None,
+             report: TaskReport | None = None) -> None:
+        if report is not None:
+            self.recorder.add(report)
         with self._lock:
             slot = self.slots.get(key)
             if slot is None:

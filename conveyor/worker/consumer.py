@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from conveyor.brokers.base import Broker, Delivery
-from conveyor.exceptions import BrokerError
+from conveyor.exceptions import BrokerError, ResultError
 from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
 
 log = logging.getLogger("conveyor.worker")
@@ -108,14 +108,23 @@ class Consumer:
             if self.stop.is_set():
                 self._hand_back(batch[index:])
                 return
-            outcome = self.executor.execute(
-                delivery,
-                revoked=task_id_of(delivery) in revoked,
-                on_start=functools.partial(self.reporter.running, delivery),
-            )
+            outcome = self._execute(delivery, task_id_of(delivery) in revoked)
             self._settle(delivery, outcome)
             self.reporter.done(delivery, outcome)
             self.processed += 1
+
+    def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
+        try:
+            return self.executor.execute(
+                delivery, revoked=revoked,
+                on_start=functools.partial(self.reporter.running, delivery),
+            )
+        except (BrokerError, ResultError) as exc:
+            # The result store (or the broker, for a follow-up message) stayed
+            # away: hand the message back to run again rather than let the
+            # process die with it.
+            log.error("could not record the outcome of %s (%s); handing it back", delivery.id, exc)
+            return Outcome(REQUEUE, reason=f"outcome not recorded: {exc}")
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
         try:
@@ -140,7 +149,9 @@ class Consumer:
     def _settle_once(self, delivery: Delivery, outcome: Outcome) -> None:
         broker = self.broker
         if outcome.action == ACK:
-            broker.ack([delivery])
+            if not broker.ack([delivery])[0]:
+                log.warning("ack of %s refused: its lease had lapsed and the message went to "
+                            "another consumer", delivery.id)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == DEAD:

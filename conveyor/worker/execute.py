@@ -25,6 +25,7 @@ from conveyor.exceptions import (
     Ignore,
     MaxRetriesExceededError,
     Reject,
+    ResultError,
     ResultTooLarge,
     Retry,
     SerializationError,
@@ -60,6 +61,7 @@ class Executor:
         self.hostname = hostname
         self.accept = app.conf.accept_content
         self.max_deliveries = app.conf.task_max_deliveries
+        self.max_bytes = app.conf.task_message_max_bytes
         self.timer = timer
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
@@ -72,6 +74,9 @@ class Executor:
         ``on_start(task_name, hard_limit)`` is called just before the task
         runs, so a supervisor can enforce the hard time limit.
         """
+        if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
+            return Outcome(DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
+                           f"task_message_max_bytes={self.max_bytes}")
         try:
             message = Message.decode(delivery.body, self.accept)
         except ContentDisallowed as exc:
@@ -127,8 +132,9 @@ class Executor:
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
-        if self.track_started and not task.ignore_result:
-            self.app.store_state(request, states.STARTED, date_started=started)
+        if (self.track_started and not task.ignore_result
+                and not self.app.store_state(request, states.STARTED, date_started=started)):
+            return _superseded(request)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
         token = push_request(request)
         try:
@@ -153,8 +159,9 @@ class Executor:
         runtime = time.time() - started
         if not task.ignore_result:
             try:
-                self.app.store_state(request, states.SUCCESS, result=result,
-                                     date_started=started)
+                if not self._store_final(request, states.SUCCESS, result=result,
+                                         date_started=started):
+                    return _superseded(request)
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
@@ -210,11 +217,36 @@ class Executor:
             exc = exc.__context__
         log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
                     extra={"task_name": task.name, "task_id": request.id})
+        stored = True
         if not task.ignore_result or request.message.chord:
-            self.app.store_state(request, states.FAILURE, exc=exc, traceback=trace,
-                                 date_started=started)
+            stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
+                                       date_started=started)
+        if not stored:
+            return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
         return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
+
+    def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
+        """Write a run's final state, riding out a store outage of up to one lease.
+
+        The task has run; re-running it because the store blinked is worse
+        than waiting.  If the store stays away, the error reaches the
+        consumer, which hands the message back.
+        """
+        deadline = time.monotonic() + self.app.conf.broker_lease_timeout
+        delay = 0.05
+        while True:
+            try:
+                return self.app.store_state(request, state, **fields)
+            except ResultTooLarge:
+                raise
+            except ResultError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("could not store %s for %s[%s] (%s); retrying in %.2fs", state,
+                            request.task, request.id, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- records for messages that never ran ----------------------------------
     def _store(self, message: Message, delivery: Delivery | None, state: str,
@@ -250,6 +282,18 @@ class SoftTimer(Protocol):
 
 
 OnStart = Callable[[str, "float | None"], None]
+
+
+def _superseded(request: Request) -> Outcome:
+    """A later run of this task call wrote its result: this run's lease was lost.
+
+    Its record and its follow-ups (callbacks, the next chain step) are left
+    to that run; the ack that follows is refused by the broker's token check.
+    """
+    log.warning("task %s[%s]: result refused, a later delivery of the message took over "
+                "(this worker held it past its lease)", request.task, request.id,
+                extra={"task_name": request.task, "task_id": request.id})
+    return Outcome(ACK, reason="superseded by a later delivery")
 
 
 def limit_of(message: Message, header: str, default: float | None) -> float | None:

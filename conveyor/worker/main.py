@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.events import EventSink, NullEvents
+from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.worker.book import LeaseBook
+    from conveyor.worker.book import LeaseBook, Running
 
 log = logging.getLogger("conveyor.worker")
 POOLS = ("prefork", "threads", "async", "solo")
@@ -65,7 +65,7 @@ class Worker:
         self.extend_every = max(0.2, min(self.lease / 3, 10.0))
         self.heartbeat_interval = conf.worker_heartbeat_interval
         self.shutdown_timeout = conf.worker_shutdown_timeout
-        self.events: EventSink = events or NullEvents()
+        self.events: EventSink = events or app.events
         self.stopping = False
         self.cold = False
         self.shutdown_deadline = float("inf")
@@ -100,7 +100,7 @@ class Worker:
         try:
             self._pool.run()
         finally:
-            self.events.worker_offline(self.id)
+            self._goodbye()
             log.info("worker %s stopped", self.hostname)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
@@ -140,15 +140,58 @@ class Worker:
             "pool": self.pool_name,
             "concurrency": self.concurrency,
             "slots": slots,
-            "active": [{"id": r.delivery.id, "task": r.task} for _, r in running],
+            "active": [_active(r) for _, r in running],
             "counts": dict(book.counts),
+            "processed": sum(book.counts.values()),
+            "failed": book.counts.get("FAILURE", 0),
+            "memory_kib": _memory_kib(),
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }
         try:
             self.events.worker_heartbeat(info, ttl=self.heartbeat_interval * 5)
+            self._flush(book)
+            self.events.sample_queues(self.app.broker)
         except Exception as exc:  # heartbeats must never stop the worker
             log.warning("heartbeat failed: %s", exc)
+
+    def _flush(self, book: LeaseBook) -> None:
+        """Write the task events recorded since the last heartbeat (kept on failure)."""
+        batch = book.recorder.drain(self.id)
+        if not batch:
+            return
+        try:
+            self.events.write(batch)
+        except Exception:
+            book.recorder.restore(batch)
+            raise
+
+    def _goodbye(self) -> None:
+        book = getattr(self._pool, "book", None)
+        try:
+            if book is not None:
+                self._flush(book)
+            self.events.worker_offline(self.id)
+        except Exception as exc:
+            log.warning("could not record the worker going offline: %s", exc)
+
+
+def _active(running: Running) -> dict[str, Any]:
+    elapsed = time.monotonic() - running.started
+    return {"id": running.delivery.id.split("~", 1)[0], "task": running.task,
+            "queue": running.delivery.queue, "started_at": time.time() - elapsed}
+
+
+def _memory_kib() -> int | None:
+    """Resident memory of the worker and its children (prefork), in KiB."""
+    try:
+        import psutil
+
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        return sum(int(p.memory_info().rss) for p in procs) // 1024
+    except Exception:  # a child exiting mid-count, or no psutil
+        return None
 
 
 def _safe_url(url: str) -> str:

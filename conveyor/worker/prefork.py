@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import Delivery
+from conveyor.events import TaskClock, killed_report
 from conveyor.exceptions import BrokerError, TaskRevokedError, TimeLimitExceeded
 from conveyor.worker.book import LeaseBook, Running
 from conveyor.worker.consumer import Consumer, task_id_of
@@ -44,15 +45,17 @@ class PipeReporter:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.clock = TaskClock()
 
     def held(self, deliveries: Sequence[Delivery]) -> None:
         self.conn.send(("held", list(deliveries)))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
-        self.conn.send(("run", delivery.id, task, hard_limit))
+        self.conn.send(("run", delivery.id, task, hard_limit, self.clock.start(delivery, task)))
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
-        self.conn.send(("done", delivery.id, outcome.state))
+        self.conn.send(("done", delivery.id, outcome.state,
+                        self.clock.finish(delivery, outcome)))
 
 
 def _die_with_parent() -> None:
@@ -158,9 +161,9 @@ class PreforkPool:
         if kind == "held":
             self.book.held(key, msg[1])
         elif kind == "run":
-            self.book.running(key, msg[1], msg[2], msg[3])
+            self.book.running(key, *msg[1:])
         elif kind == "done":
-            self.book.done(key, msg[1], msg[2])
+            self.book.done(key, *msg[1:])
 
     # -- deaths ------------------------------------------------------------
     def _reap(self, key: int) -> None:
@@ -198,6 +201,9 @@ class PreforkPool:
         delivery = held.pop(running.delivery.id, running.delivery)
         try:
             self.executor.record_killed(delivery.body, exc, delivery)
+            state = "REVOKED" if isinstance(exc, TaskRevokedError) else "FAILURE"
+            self.book.recorder.add(killed_report(delivery, running.task, state,
+                                                 running.started, str(exc)))
             self.app.broker.ack([delivery])
         except BrokerError as error:
             log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)

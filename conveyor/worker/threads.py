@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request
+from conveyor.events import TaskClock
 from conveyor.exceptions import BrokerError, TimeLimitExceeded
 from conveyor.task import Task
 from conveyor.worker.book import LeaseBook
@@ -40,15 +41,18 @@ class BookReporter:
 
     def __init__(self, book: LeaseBook, key: int) -> None:
         self.book, self.key = book, key
+        self.clock = TaskClock()
 
     def held(self, deliveries: Sequence[Delivery]) -> None:
         self.book.held(self.key, list(deliveries))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
-        self.book.running(self.key, delivery.id, task, hard_limit)
+        self.book.running(self.key, delivery.id, task, hard_limit,
+                          self.clock.start(delivery, task))
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
-        self.book.done(self.key, delivery.id, outcome.state)
+        self.book.done(self.key, delivery.id, outcome.state,
+                       self.clock.finish(delivery, outcome))
 
 
 class ThreadPool:

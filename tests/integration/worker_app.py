@@ -16,6 +16,12 @@ from conveyor import Conveyor
 from conveyor.exceptions import SoftTimeLimitExceeded
 
 app = Conveyor("worker_app")
+if os.environ.get("BEAT_EVERY"):
+    # A periodic `work` task, for tests that run beat against this app.
+    app.conf.update({"beat_schedule": {"tick": {
+        "task": "tests.integration.worker_app.work",
+        "schedule": float(os.environ["BEAT_EVERY"]),
+    }}})
 
 
 def record(event: str) -> None:

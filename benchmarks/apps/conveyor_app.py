@@ -1,0 +1,35 @@
+"""Conveyor: the benchmark tasks (broker and results from the harness's variables)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from benchmarks.apps import _counter
+from conveyor import Conveyor
+
+app = Conveyor(
+    "bench",
+    broker=os.environ.get("BENCH_CONVEYOR_BROKER", _counter.url()),
+    backend=os.environ.get("BENCH_CONVEYOR_BACKEND") or None,
+)
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    return None
+
+
+@app.task(name="bench.incr")
+def incr() -> int:
+    return _counter.incr()
+
+
+@app.task(name="bench.echo")
+def echo(value: Any) -> Any:
+    return value
+
+
+@app.task(name="bench.collect")
+def collect(results: list[Any]) -> int:
+    return len(results)

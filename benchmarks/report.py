@@ -1,0 +1,288 @@
+"""Turn raw runs into medians, ratios, target checks and a Markdown report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.common import summarize
+
+BASELINE = "celery"
+SUBJECT = "conveyor-redis"
+OURS = ("conveyor-redis", "conveyor-sqlite")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 0
+
+    def fmt(self, value: float | None) -> str:
+        if value is None:
+            return "—"
+        if self.unit == "MiB":
+            value = value / 2**20
+        return f"{value:,.{self.digits}f}"
+
+
+METRICS = [
+    Metric("enqueue_one", "Enqueue, one by one", "tasks/s", True),
+    Metric("enqueue_bulk", "Enqueue, bulk path", "tasks/s", True),
+    Metric("processing", "Processing (start to drained)", "tasks/s", True),
+    Metric("latency_p50", "Round trip p50", "ms", False, 2),
+    Metric("latency_p99", "Round trip p99", "ms", False, 2),
+    Metric("chord", "Chord of 1,000", "s", False, 2),
+    Metric("rss_per_process", "Worker RSS per process", "MiB", False, 1),
+    Metric("rss_total", "Worker RSS, all processes", "MiB", False, 1),
+]
+EXTRA = [
+    Metric("processing_steady", "Processing, first to last task", "tasks/s", True),
+    Metric("startup", "Worker start to first task", "s", False, 2),
+]
+BY_KEY = {m.key: m for m in METRICS + EXTRA}
+
+
+def _values(runs: list[dict[str, Any]], key: str) -> list[float]:
+    if key.startswith("latency_"):
+        part = key.split("_", 1)[1]
+        return [r["latency"][part] for r in runs if "latency" in r]
+    return [r[key] for r in runs if r.get(key) is not None]
+
+
+def summarize_all(data: dict[str, Any]) -> dict[str, Any]:
+    for system in data["systems"]:
+        summary = {}
+        for metric in METRICS + EXTRA:
+            found = summarize(_values(system["runs"], metric.key))
+            if found is not None:
+                summary[metric.key] = found.as_dict()
+        system["summary"] = summary
+        system["processing_n"] = max((r.get("processing_n", 0) for r in system["runs"]),
+                                     default=0)
+        system["errors"] = sorted({f"{k}: {v}" for r in system["runs"]
+                                   for k, v in r["errors"].items()})
+    data["targets"] = targets(data)
+    return data
+
+
+def median(data: dict[str, Any], name: str, key: str) -> float | None:
+    for system in data["systems"]:
+        if system["name"] == name and key in system["summary"]:
+            return float(system["summary"][key]["median"])
+    return None
+
+
+def speedup(metric: Metric, value: float | None, base: float | None) -> float | None:
+    """How many times better than ``base`` (>1 is better, whatever the direction)."""
+    if value is None or base is None or value == 0 or base == 0:
+        return None
+    return value / base if metric.higher_is_better else base / value
+
+
+def fastest_peer(data: dict[str, Any], metric: Metric) -> tuple[str, float] | None:
+    best: tuple[str, float] | None = None
+    for system in data["systems"]:
+        if system["name"] in OURS or metric.key not in system["summary"]:
+            continue
+        value = float(system["summary"][metric.key]["median"])
+        better = best is None or (value > best[1] if metric.higher_is_better
+                                  else value < best[1])
+        if better:
+            best = (system["label"], value)
+    return best
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for Conveyor on Redis, each judged in this run."""
+    def m(name: str, key: str) -> float | None:
+        return median(data, name, key)
+
+    proc, proc_celery = m(SUBJECT, "processing"), m(BASELINE, "processing")
+    peer = fastest_peer(data, BY_KEY["processing"])
+    one, one_celery = m(SUBJECT, "enqueue_one"), m(BASELINE, "enqueue_one")
+    bulk, p50 = m(SUBJECT, "enqueue_bulk"), m(SUBJECT, "latency_p50")
+    rss, rss_celery = m(SUBJECT, "rss_per_process"), m(BASELINE, "rss_per_process")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows = [
+        ("Processing ≥ 3× Celery", ratio(proc, proc_celery), 3.0, "×"),
+        ("Processing ahead of every peer", ratio(proc, peer[1] if peer else None), 1.0, "×"),
+        ("Single enqueue ≥ 2× Celery", ratio(one, one_celery), 2.0, "×"),
+        ("Bulk enqueue ≥ 50,000 tasks/s", bulk, 50_000.0, "tasks/s"),
+        ("Round trip p50 < 2 ms", p50, 2.0, "ms"),
+        ("Worker RSS per process ≤ Celery's", ratio(rss, rss_celery), 1.0, "× Celery"),
+    ]
+    out = []
+    for title, value, bound, unit in rows:
+        if value is None:
+            met = None
+        elif unit in ("ms",):
+            met = value < bound
+        elif unit == "× Celery":
+            met = value <= bound
+        elif title.startswith("Processing ahead"):
+            met = value > bound
+        else:
+            met = value >= bound
+        out.append({"target": title, "value": value, "bound": bound, "unit": unit, "met": met})
+    return out
+
+
+# -- Markdown ----------------------------------------------------------------
+def _cell(system: dict[str, Any], metric: Metric, spread: bool) -> str:
+    found = system["summary"].get(metric.key)
+    if found is None:
+        return "n/a" if _unsupported(system, metric) else "error"
+    text = metric.fmt(found["median"])
+    if spread and len(found["runs"]) > 1:
+        text += f" ({metric.fmt(found['min'])}–{metric.fmt(found['max'])})"
+    return text
+
+
+def _unsupported(system: dict[str, Any], metric: Metric) -> bool:
+    if metric.key == "enqueue_bulk":
+        return system["bulk_path"] is None
+    if metric.key == "chord":
+        return system["chord_path"] is None
+    return False
+
+
+def _ratio_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = _header(data)
+    lines += _results_table(data)
+    lines += _ratio_table(data)
+    lines += _subject_table(data)
+    lines += _targets_table(data)
+    lines += _notes(data)
+    return "\n".join(lines) + "\n"
+
+
+def _header(data: dict[str, Any]) -> list[str]:
+    mach, plan = data["machine"], data["plan"]
+    kind = "quick run" if data["quick"] else "full run"
+    return [
+        "# Benchmark results",
+        "",
+        f"{data['when']} — {kind}, {plan['repeat']} run(s) per system, "
+        f"{data['duration_s']} s in all. Machine: {mach['cpus']} CPUs, "
+        f"{mach['memory_gib']} GiB, Python {mach['python']}, Redis {mach['redis']}, "
+        f"{mach['platform']}.",
+        "",
+        f"Workloads: enqueue {plan['enqueue_n']:,} no-op tasks; process {plan['process_n']:,} "
+        f"queued tasks that each do one Redis INCR with {plan['procs']} worker processes; "
+        f"{plan['samples']} round trips after {plan['warmup']} warm-up ones; a chord of "
+        f"{plan['chord_n']:,}. Cells: median (min–max) over the runs. Regenerate with "
+        "`make bench`; method and flags in docs/performance.md.",
+        "",
+    ]
+
+
+def _results_table(data: dict[str, Any]) -> list[str]:
+    head = "| System | " + " | ".join(f"{m.title} ({m.unit})" for m in METRICS) + " |"
+    rows = [head, "|---" + "|---:" * len(METRICS) + "|"]
+    for system in data["systems"]:
+        cells = [_cell(system, m, spread=True) for m in METRICS]
+        rows.append(f"| {system['label']} | " + " | ".join(cells) + " |")
+    return ["## Results", "", *rows, ""]
+
+
+def _ratio_table(data: dict[str, Any]) -> list[str]:
+    base = {m.key: median(data, BASELINE, m.key) for m in METRICS}
+    head = "| System | " + " | ".join(m.title for m in METRICS) + " |"
+    rows = [head, "|---" + "|---:" * len(METRICS) + "|"]
+    for system in data["systems"]:
+        cells = []
+        for m in METRICS:
+            value = median(data, system["name"], m.key)
+            if m.unit == "MiB":  # memory: plain ratio, lower is better
+                cells.append(_ratio_text(value / base[m.key] if value and base[m.key] else None))
+            else:
+                cells.append(_ratio_text(speedup(m, value, base[m.key])))
+        rows.append(f"| {system['label']} | " + " | ".join(cells) + " |")
+    return [
+        "## Ratio to Celery",
+        "",
+        "Speed-up over Celery (above 1× is better, for rates and times alike); for memory, "
+        "the plain ratio (below 1× is smaller).",
+        "",
+        *rows,
+        "",
+    ]
+
+
+def _subject_table(data: dict[str, Any]) -> list[str]:
+    if not any(s["name"] == SUBJECT for s in data["systems"]):
+        return []
+    rows = ["| Metric | Conveyor (Redis) | Celery | vs Celery | Fastest peer | vs fastest peer |",
+            "|---|---:|---:|---:|---|---:|"]
+    for m in METRICS:
+        ours = median(data, SUBJECT, m.key)
+        celery = median(data, BASELINE, m.key)
+        peer = fastest_peer(data, m)
+        if m.unit == "MiB":
+            vs_celery = ours / celery if ours and celery else None
+            vs_peer = ours / peer[1] if ours and peer else None
+        else:
+            vs_celery = speedup(m, ours, celery)
+            vs_peer = speedup(m, ours, peer[1] if peer else None)
+        peer_text = f"{peer[0]}: {m.fmt(peer[1])}" if peer else "—"
+        rows.append(f"| {m.title} ({m.unit}) | {m.fmt(ours)} | {m.fmt(celery)} | "
+                    f"{_ratio_text(vs_celery)} | {peer_text} | {_ratio_text(vs_peer)} |")
+    return ["## Conveyor (Redis) against Celery and the fastest peer", "",
+            "\"Peer\" is any system other than Conveyor; memory ratios are plain "
+            "(below 1× is smaller), the others are speed-ups.", "", *rows, ""]
+
+
+def _targets_table(data: dict[str, Any]) -> list[str]:
+    rows = ["| Target | Measured | Met |", "|---|---:|:---:|"]
+    for t in data["targets"]:
+        if t["value"] is None:
+            measured = "not measured"
+        elif t["unit"] == "tasks/s":
+            measured = f"{t['value']:,.0f} tasks/s"
+        elif t["unit"] == "ms":
+            measured = f"{t['value']:.2f} ms"
+        else:
+            measured = f"{t['value']:.2f}{t['unit']}"
+        met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
+        rows.append(f"| {t['target']} | {measured} | {met} |")
+    return ["## Targets (Conveyor on Redis, this run)", "", *rows, ""]
+
+
+def _notes(data: dict[str, Any]) -> list[str]:
+    lines = ["## Systems, versions and flags", "",
+             "| System | Versions | Worker command | Bulk path | Chord |",
+             "|---|---|---|---|---|"]
+    for s in data["systems"]:
+        versions = ", ".join(f"{k} {v}" for k, v in s["versions"].items())
+        lines.append(f"| {s['label']} | {versions} | `{s['worker']}` | "
+                     f"{s['bulk_path'] or 'none'} | {s['chord_path'] or 'none'} |")
+    lines.append("")
+    extra = ["## Secondary measures", "",
+             "| System | Tasks drained | " + " | ".join(f"{m.title} ({m.unit})" for m in EXTRA)
+             + " |", "|---|---:" + "|---:" * len(EXTRA) + "|"]
+    for s in data["systems"]:
+        cells = [_cell(s, m, spread=True) for m in EXTRA]
+        extra.append(f"| {s['label']} | {s['processing_n']:,} | " + " | ".join(cells) + " |")
+    lines += [*extra, ""]
+    capped = [s for s in data["systems"] if s["processing_n"] and
+              s["processing_n"] < data["plan"]["process_n"]]
+    for s in capped:
+        lines.append(f"- {s['label']} drained {s['processing_n']:,} tasks instead of "
+                     f"{data['plan']['process_n']:,} to keep the run within its time budget; "
+                     "its rate is tasks over time all the same.")
+    errors = [(s["label"], e) for s in data["systems"] for e in s["errors"]]
+    for label, error in errors:
+        lines.append(f"- {label}: {error}")
+    if capped or errors:
+        lines.append("")
+    return lines

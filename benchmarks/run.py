@@ -1,0 +1,257 @@
+"""Run the side-by-side benchmark and write the report.
+
+    python -m benchmarks.run [--quick] [--systems conveyor-redis,celery,...] [--repeat N]
+
+For each system: build its venv (first time only), then per repeat
+
+1. enqueue N no-op tasks one call at a time, then through its bulk path
+   (no workers running; the database is flushed after each);
+2. queue N INCR tasks, start the workers and time from the start of the
+   worker processes until the shared counter reaches N (RSS sampled meanwhile);
+3. with those workers now warm: round trips of one task, enqueue to result;
+4. a chord of 1,000 (header tasks plus a callback that runs after all).
+
+Results go to ``benchmarks/results/latest.md`` and ``latest.json``; worker
+logs and client output to ``benchmarks/results/raw/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, envs, report, systems
+from benchmarks.systems.base import ROOT, System
+
+RESULTS = ROOT / "benchmarks" / "results"
+RAW = RESULTS / "raw"
+
+
+@dataclass(frozen=True)
+class Plan:
+    enqueue_n: int = 20_000
+    process_n: int = 20_000
+    samples: int = 500
+    warmup: int = 50
+    chord_n: int = 1_000
+    repeat: int = 3
+    procs: int = 2
+    drain_timeout: float = 300.0
+
+    @classmethod
+    def quick(cls, repeat: int | None = None) -> Plan:
+        return cls(enqueue_n=2_000, process_n=2_000, samples=100, warmup=10, chord_n=1_000,
+                   repeat=repeat or 1)
+
+
+class Bench:
+    """One system's runs: its venv, its environment, its workers."""
+
+    def __init__(self, system: System, plan: Plan) -> None:
+        self.system = system
+        self.plan = plan
+        self.python = envs.ensure_venv(system.env, system.requirements)
+        self.env = {**os.environ, **system.environment(), "PYTHONPATH": str(ROOT),
+                    "PYTHONUNBUFFERED": "1"}
+        self.redis = common.redis_client(system.db)
+        self.log = RAW / f"{system.name}.log"
+
+    # -- plumbing ------------------------------------------------------------
+    def reset(self) -> None:
+        self.redis.flushdb()
+        self.system.reset()
+
+    def client(self, op: str, n: int = 0, samples: int = 0, warmup: int = 0,
+               timeout: float = 900.0) -> dict[str, Any]:
+        cmd = [str(self.python), "-m", "benchmarks.client", self.system.name, op,
+               "--n", str(n), "--samples", str(samples), "--warmup", str(warmup)]
+        done = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+        with open(self.log, "a") as log:
+            log.write(f"\n== client {op} n={n} rc={done.returncode}\n{done.stdout}{done.stderr}")
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"client {op} failed: {tail[0]}")
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    # -- one repeat ----------------------------------------------------------
+    def repeat(self, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"errors": {}}
+        n = self.plan.enqueue_n
+        for key, op in (("enqueue_one", "enqueue_one"), ("enqueue_bulk", "enqueue_bulk")):
+            self.reset()
+            self._step(out, key, lambda op=op: self._rate(op, n))
+        self.reset()
+        workers = None
+        try:
+            workers = self._processing(out)
+            if workers is not None:
+                self._step(out, "latency", lambda: self._latency(workers))
+                self._step(out, "chord", lambda: self._chord())
+        finally:
+            if workers is not None:
+                workers.stop()
+            self.reset()
+        return out
+
+    def _step(self, out: dict[str, Any], key: str, fn: Any) -> None:
+        try:
+            value = fn()
+        except Exception as exc:  # one failing step must not lose the others
+            out["errors"][key] = f"{type(exc).__name__}: {exc}"
+            print(f"    {key}: ERROR {exc}", flush=True)
+            return
+        if value is not None:
+            out[key] = value
+
+    def _rate(self, op: str, n: int) -> float | None:
+        got = self.client(op, n=n)
+        if got.get("unsupported"):
+            return None
+        rate = n / got["seconds"]
+        print(f"    {op}: {rate:,.0f} tasks/s", flush=True)
+        return rate
+
+    def _processing(self, out: dict[str, Any]) -> common.Workers | None:
+        n = min(self.plan.process_n, self.system.processing_cap or self.plan.process_n)
+        try:
+            self.client("preload", n=n)
+        except Exception as exc:
+            out["errors"]["processing"] = f"preload: {exc}"
+            return None
+        commands = self.system.worker_commands(self.python, self.plan.procs)
+        workers = common.start_workers(commands, self.env, ROOT, self.log)
+        with common.RssSampler(workers) as sampler:
+            drained = self._wait_drained(workers, n)
+        peak = sampler.peak
+        if drained is None:
+            out["errors"]["processing"] = f"not drained within {self.plan.drain_timeout:.0f}s"
+            workers.stop()
+            return None
+        total, first, seen_at_first = drained
+        out["processing"] = n / total
+        out["processing_steady"] = (n - seen_at_first) / max(1e-9, total - first)
+        out["processing_n"] = n
+        out["startup"] = first
+        out["rss_total"] = peak.total
+        out["rss_processes"] = peak.processes
+        out["rss_per_process"] = peak.total / max(1, peak.processes)
+        out["rss_largest"] = peak.largest
+        print(f"    processing: {n / total:,.0f} tasks/s ({n} in {total:.2f}s, first INCR at "
+              f"{first:.2f}s); peak RSS {peak.total / 2**20:.0f} MiB in {peak.processes} "
+              f"processes", flush=True)
+        return workers
+
+    def _wait_drained(self, workers: common.Workers,
+                      n: int) -> tuple[float, float, int] | None:
+        """(seconds to drained, seconds to the first INCR, count seen then)."""
+        first: tuple[float, int] | None = None
+        deadline = workers.started + self.plan.drain_timeout
+        while time.perf_counter() < deadline:
+            count = common.counter_value(self.redis)
+            now = time.perf_counter()
+            if count and first is None:
+                first = (now - workers.started, count)
+            if count >= n:
+                assert first is not None
+                return now - workers.started, first[0], first[1]
+            if not workers.alive():
+                raise RuntimeError(f"workers exited early; see {self.log}")
+            time.sleep(0.002)
+        return None
+
+    def _latency(self, workers: common.Workers) -> dict[str, float]:
+        got = self.client("latency", samples=self.plan.samples, warmup=self.plan.warmup)
+        samples = [s * 1000 for s in got["samples"]]
+        result = {
+            "p50": common.percentile(samples, 50),
+            "p99": common.percentile(samples, 99),
+            "mean": sum(samples) / len(samples),
+        }
+        print(f"    round trip: p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms",
+              flush=True)
+        return result
+
+    def _chord(self) -> float | None:
+        got = self.client("chord", n=self.plan.chord_n)
+        if got.get("unsupported"):
+            return None
+        print(f"    chord of {self.plan.chord_n:,}: {got['seconds']:.2f} s", flush=True)
+        return float(got["seconds"])
+
+
+def run_system(name: str, plan: Plan) -> dict[str, Any]:
+    system = systems.get(name)()
+    print(f"== {system.label}", flush=True)
+    bench = Bench(system, plan)
+    versions = envs.installed_versions(system.env, system.packages)
+    runs = []
+    for index in range(plan.repeat):
+        print(f"  run {index + 1}/{plan.repeat}", flush=True)
+        runs.append(bench.repeat(index))
+    return {
+        "name": system.name, "label": system.label, "versions": versions,
+        "worker": system.worker_flags, "bulk_path": system.bulk_path,
+        "chord_path": system.chord_path, "redis_db": system.db, "runs": runs,
+    }
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    info = common.redis_client(0).info("server")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "redis": info.get("redis_version"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="2,000 tasks, 100 latency samples, one run: for iterating")
+    parser.add_argument("--systems", default=",".join(systems.ALL),
+                        help=f"comma-separated, from: {','.join(systems.ALL)}")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per system (default 3)")
+    parser.add_argument("--output", default=str(RESULTS / "latest"),
+                        help="report path without extension (default benchmarks/results/latest)")
+    args = parser.parse_args(argv)
+    plan = Plan.quick(args.repeat) if args.quick else Plan(repeat=args.repeat or 3)
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for name in names:
+        systems.get(name)  # fail fast on a typo
+    RAW.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = [run_system(name, plan) for name in names]
+    data = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "duration_s": round(time.time() - started),
+        "quick": args.quick,
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "systems": results,
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = report.summarize_all(data)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    out.with_suffix(".md").write_text(report.markdown(data))
+    print(report.markdown(data))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} "
+          f"in {data['duration_s']} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""System adapters, by name.  See :mod:`benchmarks.systems.base` for the interface."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from benchmarks.systems.base import Client, NotSupported, System
+
+__all__ = ["ALL", "Client", "NotSupported", "System", "get", "redis_url"]
+
+# name -> module:class, in report order (Conveyor first, Celery as the baseline).
+_REGISTRY = {
+    "conveyor-redis": "benchmarks.systems.conveyor:ConveyorRedis",
+    "conveyor-sqlite": "benchmarks.systems.conveyor:ConveyorSQLite",
+    "celery": "benchmarks.systems.celery:CelerySystem",
+    "dramatiq": "benchmarks.systems.dramatiq:DramatiqSystem",
+    "rq": "benchmarks.systems.rq:RQSystem",
+    "huey": "benchmarks.systems.huey:HueySystem",
+    "arq": "benchmarks.systems.arq:ArqSystem",
+    "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
+}
+ALL = list(_REGISTRY)
+
+
+def get(name: str) -> type[System]:
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise SystemExit(f"unknown system {name!r}; choose from {', '.join(ALL)}") from None
+    module, _, attr = target.partition(":")
+    cls: type[System] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def redis_url(db: int) -> str:
+    host = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+    port = os.environ.get("BENCH_REDIS_PORT", "6379")
+    return f"redis://{host}:{port}/{db}"

@@ -1,0 +1,88 @@
+"""The interface every system adapter implements.
+
+An adapter has two halves that share one module:
+
+* the **orchestrator side** (runs in the project's venv): which virtualenv to
+  build, how to start its workers, which Redis database it owns;
+* the **client side** (runs in the system's own venv, through
+  ``python -m benchmarks.client``): a :class:`Client` that enqueues, waits for
+  results and sends a chord with the system's public API.
+
+Modules under ``benchmarks/systems/`` import nothing of their system at module
+level, so the orchestrator can load all of them without those packages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotSupported(Exception):
+    """The system has no such feature (no bulk path, no chord)."""
+
+
+class Client:
+    """Client-side operations.  Methods may be coroutines when ``asynchronous``."""
+
+    asynchronous: ClassVar[bool] = False
+
+    def enqueue_one(self, n: int) -> Any:
+        """Send ``n`` no-op tasks, one call each."""
+        raise NotImplementedError
+
+    def enqueue_bulk(self, n: int) -> Any:
+        """Send ``n`` no-op tasks through the system's batched path."""
+        raise NotSupported
+
+    def preload(self, n: int) -> Any:
+        """Queue ``n`` INCR tasks (not timed); the fastest path the system has."""
+        raise NotImplementedError
+
+    def round_trip(self, value: int) -> Any:
+        """Send one ``echo(value)`` task and wait for its result; return the result."""
+        raise NotImplementedError
+
+    def chord(self, n: int) -> Any:
+        """Send ``n`` tasks with a callback that runs after all of them; wait for it."""
+        raise NotSupported
+
+    def close(self) -> Any:
+        return None
+
+
+class System:
+    """Orchestrator-side description of one system under test."""
+
+    name: ClassVar[str]             # as on the command line: "celery", "conveyor-redis"
+    label: ClassVar[str]            # as in the table
+    env: ClassVar[str]              # venv name under benchmarks/.envs/
+    requirements: ClassVar[list[str]]
+    packages: ClassVar[list[str]]   # whose versions the report lists
+    db: ClassVar[int]               # the Redis database this system owns
+    bulk_path: ClassVar[str | None] = None   # what "bulk" means here; None: it has none
+    chord_path: ClassVar[str | None] = None
+    worker_flags: ClassVar[str] = ""         # the worker command line, for the docs
+    # Tasks the processing run drains; slow systems get fewer so a full run
+    # stays within its time budget (the report says so).
+    processing_cap: ClassVar[int | None] = None
+
+    def environment(self) -> dict[str, str]:
+        """Variables for the workers and the client (both read their URLs from here)."""
+        from benchmarks.systems import redis_url
+
+        return {"BENCH_REDIS_URL": redis_url(self.db)}
+
+    def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every message and result (called between phases)."""
+
+
+def client_env() -> dict[str, str]:
+    """Read by client and app modules: where Redis is."""
+    return {"BENCH_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")}

@@ -1,0 +1,62 @@
+"""``conveyor -A proj beat``: the periodic-task sender as its own process.
+
+Kept apart from ``conveyor/cli.py`` so the command and the service it starts
+live together; ``cli.py`` only registers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from conveyor.beat import Beat
+
+log = logging.getLogger("conveyor.beat")
+
+
+@click.command("beat")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-S", "--scheduler", default=None,
+              help="dotted path of a conveyor.scheduler.Scheduler subclass "
+                   "(default: beat_scheduler, else the beat_schedule setting)")
+@click.option("--max-interval", type=float, default=None,
+              help="longest sleep between passes, in seconds (beat_max_loop_interval)")
+@click.option("-s", "--schedule", "schedule_file", default=None, hidden=True,
+              help="accepted for Celery compatibility; run history lives in the broker")
+@click.option("--pidfile", default=None, hidden=True,
+              help="accepted for Celery compatibility; not written")
+@click.pass_obj
+def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: float | None,
+                 schedule_file: str | None, pidfile: str | None) -> None:
+    """Send periodic tasks.  Run as many as you like: one leads, the others stand by."""
+    from conveyor.beat import Beat, load_scheduler
+    from conveyor.log import setup_logging
+
+    app = obj.app
+    setup_logging(loglevel, app.conf.worker_log_format)
+    if schedule_file or pidfile:
+        log.warning("beat: --schedule/--pidfile are ignored; run history lives in the broker "
+                    "and any number of beat processes may run")
+    if max_interval is not None:
+        app.conf.update({"beat_max_loop_interval": max_interval}, source="--max-interval")
+    service = Beat(app, load_scheduler(app, scheduler))
+    _install_signals(service)
+    service.run()
+
+
+def _install_signals(service: Beat) -> None:
+    """First SIGTERM/SIGINT: finish the pass and release the lease.  Second: leave now."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if service.stopping:
+            raise SystemExit(1)
+        log.info("beat: shutting down (signal %d)", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

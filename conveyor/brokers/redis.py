@@ -1,0 +1,378 @@
+"""The Redis broker: the scale-out choice, a few round trips per batch.
+
+Every operation that changes more than one key is one Lua script
+(``redis_scripts/*.lua``, with ``_common.lua`` prepended), so it is atomic and
+costs one round trip whatever the batch size.  Scripts read the server's clock
+(``TIME``): lease deadlines and ETAs are judged by one clock, never by the
+clients', so a worker with a skewed clock neither runs a delayed task early
+nor has its lease expire under it.  ETAs arrive as absolute Unix times from
+producers, and that is accepted.  Requires Redis 6.2 or later (``LPOP`` with a
+count); Redis Cluster is not supported (scripts build keys from the prefix).
+
+Key layout
+==========
+
+``P`` is the key prefix (``?prefix=`` in the URL, default ``conveyor``);
+``{q}`` a queue name, ``{p}`` a priority 0..9, ids are message ids.
+
+================================  =======  ==========================================  ===========
+key                               type     holds / written by                          expires
+================================  =======  ==========================================  ===========
+``P:msg``                         hash     id -> body; enqueue, replay; removed by     with the
+                                           ack, dead_letter, purge                     message
+``P:prio``                        hash     id -> priority, only when not 0             with the
+                                                                                       message
+``P:token``                       hash     id -> token of the current lease; reserve   lease end
+                                           sets, ack/requeue/dead_letter/reclaim drop
+``P:deliv``                       hash     id -> times handed out; reserve increments  with the
+                                                                                       message
+``P:ready:{q}:{p}``               list     ids ready now, oldest at the head; RPUSH    never
+                                           on enqueue, LPUSH on return, LPOP on reserve (empty
+                                                                                       lists vanish)
+``P:delayed:{q}``                 zset     id scored by due time (server ms); enqueue  —
+                                           with a future ETA, requeue with a delay
+``P:inflight:{q}``                zset     id scored by lease deadline (server ms);    —
+                                           reserve adds, extend moves, ack removes
+``P:wake:{q}``                    list     at most one token; pushed whenever a        never
+                                           message becomes ready, BLPOPped by idle
+                                           consumers
+``P:dead:{q}``                    zset     dead letter id scored by failure time (ms)  never
+``P:deadmsg:{q}``                 hash     id -> ``failed_ms:prio:len:`` + reason +    never
+                                           body; dead_letter writes, replay/discard
+``P:queues``                      set      every queue name ever enqueued to           never
+``P:idem:{key}``                  string   owning message id; enqueue (SET NX PX)      idempotency
+                                                                                       ttl (1 day)
+``P:revoked:{task_id}``           string   ``1`` terminate, ``0`` just skip; revoke    revoke ttl
+``P:mutex:{name}``                string   holder of a named lease (beat leader)       lease ttl
+================================  =======  ==========================================  ===========
+
+A message lives in exactly one of ``ready``, ``delayed`` or ``inflight`` of
+its queue, and in ``P:msg`` while it does.  Reserve first moves due delayed
+messages to the back of their ready list and expired leases to the front
+(bounded, 1,000 per queue per call), then pops.
+
+Why one list per (queue, priority) rather than one sorted set per queue
+------------------------------------------------------------------------
+
+Pushing and popping a list is O(1) and needs no sequence counter for FIFO
+order; ten priorities are a small, fixed number of keys to look at inside one
+script, and ``LPOP key count`` takes a whole batch of one priority at once.
+A sorted set would need a score combining priority and a global sequence
+number, O(log n) per operation, and more memory per entry.  The price is ten
+``LLEN``/``DEL`` in ``stats`` and ``purge``, which are rare.
+
+Waiting without polling
+-----------------------
+
+An idle consumer blocks in ``BLPOP`` on the wake lists of its queues.  Its
+timeout is capped by the time until the earliest delayed message or lease of
+those queues (which the reserve script returns, in server time) and by one
+second, after which it runs reserve again.  Each wake list keeps at most one
+token; a consumer that takes a full batch and leaves messages behind pushes a
+new token, so a burst wakes consumers one after another instead of all at once,
+and a token consumed by a consumer that then found nothing costs only that one
+extra reserve.
+
+Failures
+--------
+
+redis-py's own retries are off (see :mod:`conveyor._redis`).  Writes raise
+:class:`~conveyor.exceptions.BrokerUnavailable` once, naming the server and
+whether the write ran; reads (stats, queues, dead letters, revocations,
+lease holders) retry a few times with jittered backoff first.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import Script
+
+from conveyor._redis import (
+    ClientHolder,
+    RedisOptions,
+    as_text,
+    parse_redis_url,
+    retry_read,
+    translate_errors,
+)
+from conveyor.brokers.base import (
+    MAX_PRIORITY,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Envelope,
+    QueueStats,
+)
+from conveyor.exceptions import BrokerUnavailable
+
+DEFAULT_IDEMPOTENCY_TTL = 86400.0
+ENQUEUE_CHUNK = 1000  # messages per script call: bounds how long one call holds the server
+MAX_BLOCK = 1.0  # longest BLPOP before reserve runs again (catches anything missed)
+_SCRIPT_NAMES = (
+    "enqueue", "reserve", "ack", "extend", "requeue", "dead_letter", "stats", "purge",
+    "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
+)
+_ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are deduplicated"
+_RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
+
+
+@functools.cache
+def _load_script_text(name: str) -> str:
+    folder = resources.files("conveyor.brokers").joinpath("redis_scripts")
+    common = folder.joinpath("_common.lua").read_text(encoding="utf-8")
+    return common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _ms(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))
+
+
+class RedisBroker(Broker):
+    """Broker on one Redis server; see the module docstring for the layout."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        self._options: RedisOptions = parse_redis_url(url, options)
+        self._prefix = self._options.prefix
+        self._holder = ClientHolder(self._options)
+        # Script objects only hash their text and remember a client for its
+        # encoder; each call passes the current (per-process) client.
+        client = self._holder.client
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(_load_script_text(name)) for name in _SCRIPT_NAMES
+        }
+        # BLPOP must return before the socket read times out.
+        self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
+
+    # -- plumbing ----------------------------------------------------------
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](args=(self._prefix, *args), client=self._holder.client)
+
+    @contextmanager
+    def _errors(self, action: str, retry_hint: str = "", read: bool = False) -> Iterator[None]:
+        with translate_errors(self._options.address, action, BrokerUnavailable, retry_hint,
+                              changes_nothing=read):
+            yield
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    # -- producing -------------------------------------------------------
+    def enqueue(self, envelope: Envelope) -> str:
+        with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
+            reply = self._run("enqueue", *_envelope_args(envelope))
+        return as_text(reply[1]) if reply else envelope.id
+
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """One script call per 1,000 messages, each atomic on its own.
+
+        If the server goes away part way, the error says how many messages
+        were already stored; sending them all again is safe (ids dedupe).
+        """
+        owners = [envelope.id for envelope in envelopes]
+        for start in range(0, len(envelopes), ENQUEUE_CHUNK):
+            chunk = envelopes[start:start + ENQUEUE_CHUNK]
+            args: list[Any] = []
+            for envelope in chunk:
+                args.extend(_envelope_args(envelope))
+            action = f"enqueue_many of messages {start + 1}..{start + len(chunk)}"
+            hint = _ENQUEUE_RETRY_HINT
+            if start:
+                hint = f"messages 1..{start} were stored; {hint}"
+            with self._errors(action, hint):
+                reply = self._run("enqueue", *args)
+            for i in range(0, len(reply), 2):
+                owners[start + int(reply[i]) - 1] = as_text(reply[i + 1])
+        return owners
+
+    # -- consuming -------------------------------------------------------
+    def reserve(
+        self, queues: Sequence[str], count: int, lease: float, timeout: float
+    ) -> list[Delivery]:
+        """Lease up to ``count`` messages, blocking (not polling) up to ``timeout`` s."""
+        if count <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + max(0.0, timeout)
+        wake_keys = [self._key("wake", queue) for queue in queues]
+        while True:
+            with self._errors("reserve", _RESERVE_RETRY_HINT):
+                got, hint = self._reserve_once(queues, count, lease)
+            remaining = deadline - time.monotonic()
+            if got or remaining <= 0:
+                return got
+            block = min(remaining, self._max_block, hint if hint is not None else remaining)
+            if block >= 0.001:
+                # Losing a wake token to a broken connection is harmless.
+                with self._errors("reserve", read=True):
+                    self._holder.client.blpop(wake_keys, timeout=block)
+
+    def _reserve_once(
+        self, queues: Sequence[str], count: int, lease: float
+    ) -> tuple[list[Delivery], float | None]:
+        token_base = secrets.token_hex(8) + "-"
+        reply = self._run("reserve", count, _ms(lease), token_base, *queues)
+        hint_ms = int(reply[0])
+        return _read_leased(reply, token_base), (None if hint_ms < 0 else hint_ms / 1000)
+
+    @staticmethod
+    def _lease_args(deliveries: Sequence[Delivery]) -> list[str]:
+        args: list[str] = []
+        for d in deliveries:
+            args.extend((d.id, d.token, d.queue))
+        return args
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        if not deliveries:
+            return []
+        with self._errors("ack"):
+            reply = self._run("ack", *self._lease_args(deliveries))
+        return [bool(flag) for flag in reply]
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        with self._errors("requeue"):
+            done = self._run("requeue", delivery.id, delivery.token, delivery.queue,
+                             _ms(delay), "1" if count else "0")
+        return bool(done)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        with self._errors("dead_letter"):
+            done = self._run("dead_letter", delivery.id, delivery.token, delivery.queue,
+                             reason.encode())
+        return bool(done)
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        if not deliveries:
+            return []
+        with self._errors("extend"):
+            reply = self._run("extend", _ms(lease), *self._lease_args(deliveries))
+        return [bool(flag) for flag in reply]
+
+    # -- inspection and repair --------------------------------------------
+    def queues(self) -> list[str]:
+        with self._errors("queues", read=True):
+            names = retry_read(lambda: self._holder.client.smembers(self._key("queues")))
+        return sorted(as_text(name) for name in names)
+
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        names = self.queues() if queues is None else list(queues)
+        if not names:
+            return []
+        with self._errors("stats", read=True):
+            flat = retry_read(lambda: self._run("stats", *names))
+        return [
+            QueueStats(name, int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
+            for name, i in zip(names, range(0, len(flat), 4), strict=True)
+        ]
+
+    def purge(self, queue: str) -> int:
+        with self._errors("purge"):
+            return int(self._run("purge", queue))
+
+    def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        with self._errors("dead_letters", read=True):
+            flat = retry_read(lambda: self._run("dead_letters", queue, max(0, offset), limit))
+        return [_unpack_dead(queue, flat[i].decode(), flat[i + 1])
+                for i in range(0, len(flat), 2)]
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        with self._errors("replay_dead"):
+            return int(self._run("replay_dead", queue, *(ids or ())))
+
+    def discard_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        with self._errors("discard_dead"):
+            return int(self._run("discard_dead", queue, *(ids or ())))
+
+    # -- control plane ---------------------------------------------------
+    def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:
+        """One key per task id with Redis's own expiry; one pipelined round trip."""
+        if not ids:
+            return
+        pipe = self._holder.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.set(self._key("revoked", task_id), "1" if terminate else "0", px=max(1, _ms(ttl)))
+        with self._errors("revoke"):
+            pipe.execute()
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        """A single MGET, so workers can check every message of a batch cheaply."""
+        if not ids:
+            return {}
+        keys = [self._key("revoked", task_id) for task_id in ids]
+        with self._errors("revoked", read=True):
+            flags = retry_read(lambda: self._holder.client.mget(keys))
+        pairs = zip(ids, flags, strict=True)
+        return {task_id: flag == b"1" for task_id, flag in pairs if flag is not None}
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        with self._errors("acquire_lease"):
+            return bool(self._run("acquire_lease", name, holder, max(1, _ms(ttl))))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._errors("release_lease"):
+            self._run("release_lease", name, holder)
+
+    def lease_holder(self, name: str) -> str | None:
+        with self._errors("lease_holder", read=True):
+            holder = retry_read(lambda: self._holder.client.get(self._key("mutex", name)))
+        return None if holder is None else as_text(holder)
+
+    def ping(self) -> bool:
+        with self._errors("ping", read=True):
+            return bool(self._holder.client.ping())
+
+    def close(self) -> None:
+        self._holder.close()
+
+
+def _read_leased(reply: list[Any], token_base: str) -> list[Delivery]:
+    """Deliveries from reserve.lua's reply (see its header for the layout)."""
+    out: list[Delivery] = []
+    pos = 1
+    while pos < len(reply):
+        queue, priority, n = as_text(reply[pos]), int(reply[pos + 1]), int(reply[pos + 2])
+        pos += 3
+        for i in range(pos, pos + 3 * n, 3):
+            out.append(Delivery(
+                id=as_text(reply[i]), queue=queue, body=reply[i + 1],
+                deliveries=int(reply[i + 2]), token=f"{token_base}{len(out) + 1}",
+                priority=priority,
+            ))
+        pos += 3 * n
+    return out
+
+
+def _envelope_args(env: Envelope) -> tuple[str, bytes]:
+    """The header and body enqueue.lua reads (see its comment for the format)."""
+    for what, text in (("id", env.id), ("queue", env.queue), ("key", env.idempotency_key)):
+        if text is not None and "\n" in text:
+            raise ValueError(f"message {what} {text!r} contains a newline")
+    priority = min(max(int(env.priority), 0), MAX_PRIORITY)
+    eta = "" if env.eta is None else _ms(env.eta)
+    ttl = env.idempotency_ttl if env.idempotency_ttl is not None else DEFAULT_IDEMPOTENCY_TTL
+    key = env.idempotency_key or ""
+    return f"{env.id}\n{env.queue}\n{priority}\n{eta}\n{key}\n{max(1, _ms(ttl))}", env.body
+
+
+def _unpack_dead(queue: str, message_id: str, packed: bytes) -> DeadLetter:
+    """Read ``failed_ms:priority:reason_length:`` + reason + body (see dead_letter.lua)."""
+    failed_ms, _priority, length, rest = packed.split(b":", 3)
+    size = int(length)
+    return DeadLetter(
+        id=message_id,
+        queue=queue,
+        body=rest[size:],
+        reason=rest[:size].decode("utf-8", "replace"),
+        failed_at=int(failed_ms) / 1000,
+    )

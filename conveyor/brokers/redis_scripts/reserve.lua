@@ -1,0 +1,111 @@
+-- reserve: lease up to `count` ready messages.
+-- ARGV: prefix, count, lease_ms, token_base, queue...
+-- Returns {hint_ms, then per ready list popped: queue, priority, n, then n
+-- times id, body, deliveries}.  The i-th message overall (from 1) has token
+-- token_base .. i; the client rebuilds it rather than reading it back, and
+-- queue and priority come once per list: the reply is half the size.
+-- hint_ms matters only when nothing was taken: milliseconds until the earliest
+-- delayed message or lease of these queues comes due (-1: none), which the
+-- client uses to cap its BLPOP on the wake lists.
+--
+-- Order: priority 9 down to 0; within a priority, queues in the order given;
+-- within a queue, first in first out.  LMPOP (Redis 7) pops from the first
+-- non-empty list of a key list ordered exactly so, a whole batch at a time.
+-- Tokens are token_base .. n: the client makes token_base random (Lua has no
+-- good randomness), n keeps them unique within the call.
+
+local count = tonumber(ARGV[2])
+local lease_ms = tonumber(ARGV[3])
+local token_base = ARGV[4]
+local queues = {}
+for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
+
+-- Lease popped ids of one ready list: five commands for the whole slice.
+local function lease(queue, prio, ids, deadline, taken, out)
+  local bodies = redis.call('HMGET', MSG, unpack(ids))
+  local counts = redis.call('HMGET', DELIV, unpack(ids))
+  local leases, tokens, deliveries = {}, {}, {}
+  local header = #out
+  out[header + 1], out[header + 2], out[header + 3] = queue, prio, 0
+  for i, id in ipairs(ids) do
+    local body = bodies[i]
+    if body then  -- an id without a body is an orphan: drop it
+      taken = taken + 1
+      local token = token_base .. taken
+      local n = (tonumber(counts[i]) or 0) + 1
+      leases[#leases + 1], leases[#leases + 2] = deadline, id
+      tokens[#tokens + 1], tokens[#tokens + 2] = id, token
+      deliveries[#deliveries + 1], deliveries[#deliveries + 2] = id, n
+      local k = #out
+      out[k + 1], out[k + 2], out[k + 3] = id, body, n
+    end
+  end
+  out[header + 3] = #leases / 2
+  if #leases > 0 then
+    redis.call('ZADD', inflight_key(queue), unpack(leases))
+    redis.call('HSET', TOKEN, unpack(tokens))
+    redis.call('HSET', DELIV, unpack(deliveries))
+  end
+  return taken
+end
+
+local function first_score(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) end
+  return nil
+end
+
+local function next_due_in(now)
+  local best = -1
+  for _, queue in ipairs(queues) do
+    for _, key in ipairs({delayed_key(queue), inflight_key(queue)}) do
+      local due = first_score(key)
+      if due then
+        local wait = math.max(0, due - now)
+        if best < 0 or wait < best then best = wait end
+      end
+    end
+  end
+  return best
+end
+
+local now = now_ms()
+for _, queue in ipairs(queues) do
+  promote_due(queue, now)
+  reclaim_expired(queue, now)
+end
+
+-- LMPOP numkeys key... LEFT COUNT n, keys by priority, then queue order.
+local args, origin = {0}, {}
+for prio = 9, 0, -1 do
+  for _, queue in ipairs(queues) do
+    local key = ready_key(queue, prio)
+    args[#args + 1] = key
+    origin[key] = {queue, prio}
+  end
+end
+args[1] = #args - 1
+args[#args + 1], args[#args + 2], args[#args + 3] = 'LEFT', 'COUNT', 0
+local count_at = #args
+
+local out = {0}
+local taken = 0
+local deadline = now + lease_ms
+while taken < count do
+  args[count_at] = math.min(count - taken, SLICE)
+  local popped = redis.call('LMPOP', unpack(args))
+  if not popped then break end
+  local from = origin[popped[1]]
+  taken = lease(from[1], from[2], popped[2], deadline, taken, out)
+end
+
+if taken >= count then
+  -- A full batch may have left messages behind while other consumers sleep
+  -- on the single wake token this call's consumer used up: pass it on.
+  for _, queue in ipairs(queues) do
+    if redis.call('EXISTS', unpack(ready_keys(queue))) > 0 then wake(queue) end
+  end
+elseif taken == 0 then
+  out[1] = next_due_in(now)
+end
+return out

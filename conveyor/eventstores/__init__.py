@@ -1,0 +1,23 @@
+"""Event store implementations (see :mod:`conveyor.events` for what they keep).
+
+``memory`` for tests, ``sqlite`` beside the embedded broker, ``redis`` for
+scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme.
+Each module documents its storage layout at the top.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:
+    """A stored heartbeat as the monitor reads it: with ``online`` decided here."""
+    beat = float(info.get("heartbeat_at") or 0)
+    ttl = float(info.get("ttl") or 10)
+    online = info.get("offline_at") is None and now - beat <= ttl
+    return {**info, "online": online}
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), default=str)

@@ -1,0 +1,213 @@
+"""Read models: what the pages, the JSON API, /metrics and the CLI show.
+
+Plain functions from the app and its stores to JSON-ready dicts, with no
+web framework in sight, so the CLI (``conveyor status``) and the HTTP API
+agree on every number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.monitor")
+
+HOUR, DAY = 3600, 86400
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def step_for(window: int) -> int:
+    """Chart resolution: a point per minute up to three hours, per 10 minutes beyond."""
+    return 60 if window <= 3 * HOUR else 600
+
+
+# -- histograms ----------------------------------------------------------------
+def percentile(counts: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile of a bucketed histogram, interpolated inside its bucket."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = BUCKETS[index - 1] if index > 0 else 0.0
+            if index >= len(BUCKETS):
+                return BUCKETS[-1]  # above the last bound: report the bound
+            return low + (BUCKETS[index] - low) * ((rank - seen) / count)
+        seen += count
+    return BUCKETS[-1]
+
+
+@dataclass
+class _Agg:
+    """Counters and both histograms for one time bucket or one task."""
+
+    counts: dict[str, float] = field(default_factory=dict)
+    hist: dict[str, list[float]] = field(
+        default_factory=lambda: {RUNTIME: [0.0] * (len(BUCKETS) + 1),
+                                 WAIT: [0.0] * (len(BUCKETS) + 1)})
+    sums: dict[str, float] = field(default_factory=lambda: {RUNTIME: 0.0, WAIT: 0.0})
+
+    def add(self, metric: str, value: float) -> None:
+        kind, _, rest = metric.partition(":")
+        if kind == "n":
+            self.counts[rest] = self.counts.get(rest, 0) + value
+        elif kind in self.hist and rest == "sum":
+            self.sums[kind] += value
+        elif kind in self.hist and rest.isdigit() and int(rest) <= len(BUCKETS):
+            self.hist[kind][int(rest)] += value
+
+    @property
+    def total(self) -> float:
+        return sum(self.counts.get(s, 0) for s in OUTCOMES)
+
+    def latency(self, kind: str) -> dict[str, float | None]:
+        counts = self.hist[kind]
+        seen = sum(counts)
+        out: dict[str, float | None] = {
+            f"p{int(q * 100)}": percentile(counts, q) for q in PERCENTILES}
+        out["mean"] = self.sums[kind] / seen if seen else None
+        out["count"] = seen
+        return out
+
+
+def overview(store: EventStore, window: int = HOUR, now: float | None = None) -> dict[str, Any]:
+    """Throughput, outcome rates and latency percentiles over the last ``window`` s."""
+    now = time.time() if now is None else now
+    step = step_for(window)
+    first = int((now - window) // step * step) + step
+    points = {t: _Agg() for t in range(first, int(now) + 1, step)}
+    tasks: dict[str, _Agg] = {}
+    whole = _Agg()
+    for t, name, metric, value in store.cells(first, now, step):
+        if t in points:
+            points[t].add(metric, value)
+        tasks.setdefault(name, _Agg()).add(metric, value)
+        whole.add(metric, value)
+    total = whole.total
+    return {
+        "window": window,
+        "step": step,
+        "now": now,
+        "series": [_point(t, agg, step) for t, agg in points.items()],
+        "totals": {**{s: whole.counts.get(s, 0) for s in OUTCOMES}, "total": total},
+        "rates": _rates(whole),
+        "throughput_per_minute": total / (window / 60),
+        "latency": {"runtime": whole.latency(RUNTIME), "wait": whole.latency(WAIT)},
+        "tasks": sorted((_task_row(name, agg) for name, agg in tasks.items()),
+                        key=lambda row: -row["total"]),
+    }
+
+
+def _point(t: int, agg: _Agg, step: int) -> dict[str, Any]:
+    runtime, wait = agg.latency(RUNTIME), agg.latency(WAIT)
+    return {
+        "t": t,
+        **{s: agg.counts.get(s, 0) for s in OUTCOMES},
+        "per_minute": agg.total / (step / 60),
+        "runtime_p50": runtime["p50"], "runtime_p95": runtime["p95"],
+        "wait_p50": wait["p50"], "wait_p95": wait["p95"],
+    }
+
+
+def _rates(agg: _Agg) -> dict[str, float | None]:
+    total = agg.total
+    if not total:
+        return {"success": None, "failure": None, "retry": None}
+    failed = agg.counts.get("FAILURE", 0) + agg.counts.get(DEAD, 0)
+    return {"success": agg.counts.get("SUCCESS", 0) / total, "failure": failed / total,
+            "retry": agg.counts.get("RETRY", 0) / total}
+
+
+def _task_row(name: str, agg: _Agg) -> dict[str, Any]:
+    runtime, wait = agg.latency(RUNTIME), agg.latency(WAIT)
+    return {"name": name, **{s: agg.counts.get(s, 0) for s in OUTCOMES}, "total": agg.total,
+            "runtime_p50": runtime["p50"], "runtime_p95": runtime["p95"],
+            "runtime_mean": runtime["mean"], "wait_p50": wait["p50"], "wait_p95": wait["p95"]}
+
+
+def histograms(store: EventStore, window: int, now: float | None = None) -> dict[str, _Agg]:
+    """Per task: cumulative counters and histograms over ``window`` (for /metrics)."""
+    now = time.time() if now is None else now
+    out: dict[str, _Agg] = {}
+    for _, name, metric, value in store.cells(now - window, now, window):
+        out.setdefault(name, _Agg()).add(metric, value)
+    return out
+
+
+# -- workers and queues --------------------------------------------------------
+def workers(store: EventStore, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker heard from in the last hour, online ones first."""
+    now = time.time() if now is None else now
+    out = []
+    for info in store.workers():
+        beat = float(info.get("heartbeat_at") or 0)
+        out.append({**info, "last_seen": now - beat,
+                    "active_count": len(info.get("active") or [])})
+    out.sort(key=lambda w: (not w["online"], str(w.get("hostname")), str(w.get("id"))))
+    return out
+
+
+def queues(app: Conveyor, store: EventStore, window: int = HOUR,
+           now: float | None = None) -> dict[str, Any]:
+    """Live depths per queue, plus the per-minute samples for the history chart."""
+    now = time.time() if now is None else now
+    broker = app.broker
+    try:
+        store.sample_queues(broker)  # workers sample too; whoever comes first
+    except Exception as exc:  # a read-only view must still answer
+        log.warning("could not sample queue depths: %s", exc)
+    current = [{"queue": s.queue, "ready": s.ready, "delayed": s.delayed,
+                "inflight": s.inflight, "dead": s.dead} for s in broker.stats()]
+    history: dict[str, list[dict[str, Any]]] = {}
+    for s in store.queue_samples(now - window, now):
+        history.setdefault(s.queue, []).append(
+            {"t": s.minute, "ready": s.ready, "delayed": s.delayed,
+             "inflight": s.inflight, "dead": s.dead})
+    return {"now": now, "window": window, "queues": current, "history": history}
+
+
+def schedules(app: Conveyor) -> dict[str, Any]:
+    """Beat entries with last and next run, and who holds the beat lease."""
+    try:
+        from conveyor.beat import beat_status
+    except ImportError:  # a build without beat: show the settings as they are
+        return {"holder": app.broker.lease_holder("beat"), "entries": [
+            {"name": name, "task": spec.get("task"), "schedule": repr(spec.get("schedule"))}
+            for name, spec in app.conf.beat_schedule.items()]}
+    return beat_status(app)
+
+
+def dead_letters(app: Conveyor, queue: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Dead letters, newest first, with the task name and arguments read from the body."""
+    broker = app.broker
+    names = [queue] if queue else broker.queues()
+    out = []
+    for name in names:
+        for letter in broker.dead_letters(name, limit=limit):
+            out.append({"id": letter.id, "queue": letter.queue, "reason": letter.reason,
+                        "failed_at": letter.failed_at, **_body_view(letter.body)})
+    out.sort(key=lambda d: -float(d["failed_at"] or 0))
+    return out[:limit]
+
+
+def _body_view(body: bytes) -> dict[str, Any]:
+    text = body.decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {"task": None, "task_id": None, "args": None, "kwargs": None, "body": text[:4096]}
+    if not isinstance(doc, dict):
+        return {"task": None, "task_id": None, "args": None, "kwargs": None, "body": text[:4096]}
+    return {"task": doc.get("task"), "task_id": doc.get("id"), "args": doc.get("args"),
+            "kwargs": doc.get("kwargs"), "body": json.dumps(doc, indent=2)[:16384]}

@@ -1,0 +1,160 @@
+"""Task views: search, running tasks with progress, and one task's whole story.
+
+A task's detail joins three sources: the result store (args, kwargs,
+result or traceback, retries, family links), the event index (queue,
+worker, timings) and the timeline (what happened, including actions taken
+here).  Results stored with pickle are not unpickled by the monitor: it
+shows that a value exists, not the value, so looking at a task can never
+run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from conveyor import states
+from conveyor.events import EventStore, TaskQuery
+from conveyor.exceptions import ConveyorError
+from conveyor.results import ResultRecord, Stored
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.monitor")
+MAX_FAMILY = 200
+
+
+def search(store: EventStore, query: TaskQuery) -> list[dict[str, Any]]:
+    return [entry.to_dict() for entry in store.tasks(query)]
+
+
+def progress_of(meta: Any) -> float | None:
+    """Percent done from PROGRESS meta: ``{"current", "total"}``, ``percent`` or ``progress``."""
+    if not isinstance(meta, dict):
+        return None
+    current, total = meta.get("current", meta.get("done")), meta.get("total")
+    if _num(current) and _num(total) and total > 0:
+        return max(0.0, min(100.0, 100.0 * current / total))
+    for key in ("percent", "progress"):
+        value = meta.get(key)
+        if _num(value):
+            return max(0.0, min(100.0, value * 100 if key == "progress" and value <= 1 else value))
+    return None
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def decode(stored: Stored | None) -> ResultRecord | None:
+    """A stored record, without ever unpickling (pickled values become a placeholder)."""
+    if stored is None:
+        return None
+    try:
+        return ResultRecord.decode(stored.payload, accept_content=["json"])
+    except (ConveyorError, ValueError, TypeError):
+        try:
+            doc = json.loads(stored.payload)
+        except ValueError:
+            return ResultRecord(task_id="?", state=stored.state, result="<undecodable record>")
+        doc["result"] = f"<{doc.get('content_type', 'non-JSON')} value not shown>"
+        doc.pop("content_type", None)
+        fields = {k: v for k, v in doc.items() if k in ResultRecord.__dataclass_fields__}
+        return ResultRecord(**fields)
+
+
+def running(app: Conveyor, store: EventStore) -> list[dict[str, Any]]:
+    """What online workers run now, with progress where tasks report it."""
+    active = [{**task, "worker": w["id"]} for w in store.workers() if w["online"]
+              for task in (w.get("active") or [])]
+    if not active:
+        return []
+    stored = app.backend.get_many([str(task["id"]) for task in active])
+    for task, found in zip(active, stored, strict=True):
+        record = decode(found)
+        task["state"] = record.state if record else states.STARTED
+        meta = record.result if record and record.state not in states.READY_STATES else None
+        task["meta"] = plain(meta)
+        task["progress"] = progress_of(meta)
+    return active
+
+
+def detail(app: Conveyor, store: EventStore, task_id: str) -> dict[str, Any] | None:
+    """Everything known about one task, or None when nothing is."""
+    record = decode(app.backend.get(task_id))
+    entry = store.task(task_id)
+    timeline = [e.to_dict() for e in store.timeline(task_id)]
+    if record is None and entry is None and not timeline:
+        return None
+    out: dict[str, Any] = {"task_id": task_id, "state": states.PENDING}
+    if entry is not None:
+        out.update(entry.to_dict())
+    if record is not None:
+        out.update(_record_fields(record))
+    out["timeline"] = timeline
+    out["progress"] = progress_of(record.result) if record else None
+    out["revoked"] = task_id in app.broker.revoked([task_id])
+    out["children"] = _family(app, store, record.children if record else [])
+    out["group"] = _group(app, store, record.group_id if record else None)
+    return out
+
+
+def _record_fields(record: ResultRecord) -> dict[str, Any]:
+    fields = {
+        "state": record.state, "args": plain(record.args), "kwargs": plain(record.kwargs),
+        "result": plain(record.result), "traceback": record.traceback,
+        "exc_type": record.exc_type, "exc_module": record.exc_module,
+        "retries": record.retries, "parent_id": record.parent_id, "root_id": record.root_id,
+        "group_id": record.group_id, "date_started": record.date_started,
+        "date_done": record.date_done,
+    }
+    if record.task:
+        fields["name"] = record.task
+    if record.queue:
+        fields["queue"] = record.queue
+    if record.worker:
+        fields["worker_host"] = record.worker
+    return fields
+
+
+def _family(app: Conveyor, store: EventStore, ids: list[str]) -> list[dict[str, Any]]:
+    ids = ids[:MAX_FAMILY]
+    if not ids:
+        return []
+    found = app.backend.get_many(ids)
+    out = []
+    for task_id, stored in zip(ids, found, strict=True):
+        entry = store.task(task_id)
+        record = decode(stored)
+        out.append({"task_id": task_id,
+                    "state": stored.state if stored else (entry.state if entry else "PENDING"),
+                    "name": (record.task if record else None) or (entry.name if entry else None)})
+    return out
+
+
+def _group(app: Conveyor, store: EventStore, group_id: str | None) -> dict[str, Any] | None:
+    if not group_id:
+        return None
+    body = app.backend.load_group(group_id)
+    members: list[str] = []
+    if body is not None:
+        try:
+            members = [str(m) for m in json.loads(body).get("results", [])]
+        except (ValueError, AttributeError):
+            members = []
+    return {"group_id": group_id, "members": _family(app, store, members)}
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of a decoded value (odd types become their repr)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if depth > 20:
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    return repr(value)

@@ -1,0 +1,82 @@
+"""The project layout Celery users know, worker processes, and the management commands."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from conveyor import states
+from conveyor.contrib.django.models import TaskResult
+from conveyor.contrib.django.tasks import RUNNER
+from tests.django.conftest import Processes, wait_for
+from tests.django.testapp.models import Touch
+from tests.django.testapp.tasks import add, routed_report, touch
+
+
+def test_settings_come_through_the_celery_namespace(app: Any) -> None:
+    conf = app.conf
+    assert conf.result_backend == "django-db"
+    assert conf.task_routes == {"tests.django.testapp.tasks.routed_*": {"queue": "orders"}}
+    assert "settings-tick" in conf.beat_schedule
+
+
+def test_autodiscovery_finds_tasks_in_installed_apps(app: Any) -> None:
+    app.finalize()
+    assert {add.name, touch.name, RUNNER} <= set(app.tasks)
+
+
+def test_routes_apply(app: Any) -> None:
+    routed_report.delay("x")
+    assert [s.ready for s in app.broker.stats(["orders"])] == [1]
+
+
+def test_a_worker_process_sets_django_up_before_importing_tasks(
+        app: Any, processes: Processes, tmp_path: Path) -> None:
+    """tasks.py imports models at module level; the prefork worker runs it on the test DB."""
+    log = tmp_path / "worker.log"
+    worker = processes.start("-m", "conveyor", "-A", "tests.django.proj", "worker", "-Q",
+                             "default,orders", "-c", "2", "-P", "prefork", "-l", "INFO",
+                             output=log)
+    app.config_from_object({"broker_url": processes.env["CONVEYOR_TEST_BROKER"]},
+                           namespace=None)
+    results = [touch.delay(f"w{i}") for i in range(4)]
+    assert all(r.get(timeout=60)["count"] >= 1 for r in results), log.read_text()
+    assert Touch.objects.filter(key__startswith="w").count() == 4
+    assert routed_report.delay("q").get(timeout=30) == "report q"
+    done = TaskResult.objects.filter(task_id__in=[r.id for r in results])
+    assert {row.status for row in done} == {states.SUCCESS}
+    assert worker.poll() is None
+
+
+def test_manage_py_worker_command(app: Any, processes: Processes, tmp_path: Path) -> None:
+    """``manage.py conveyor_worker`` is ``conveyor -A <project app> worker``."""
+    log = tmp_path / "manage-worker.log"
+    processes.start("-m", "django", "conveyor_worker", "-Q", "default", "-c", "1",
+                    "-P", "threads", output=log)
+    app.config_from_object({"broker_url": processes.env["CONVEYOR_TEST_BROKER"]},
+                           namespace=None)
+    result = touch.delay("manage")
+    wait_for(lambda: result.ready(), 60, f"the task to run; log:\n{log.read_text()}")
+    assert Touch.objects.filter(key="manage").exists()
+
+
+def test_manage_py_help_lists_the_cli(processes: Processes) -> None:
+    done = processes.run("-m", "django", "conveyor", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "worker" in done.stdout and "beat" in done.stdout
+    beat_help = processes.run("-m", "django", "conveyor_beat", "--help")
+    assert beat_help.returncode == 0 and "--scheduler" in beat_help.stdout
+
+
+def test_call_command_runs_cli_commands(app: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    add.delay(1, 2)
+    call_command("conveyor", "queues", stdout=io.StringIO())
+    out = capsys.readouterr().out
+    assert "default" in out and "ready" in out
+    with pytest.raises(CommandError):
+        call_command("conveyor", "no-such-command")

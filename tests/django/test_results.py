@@ -1,0 +1,115 @@
+"""``result_backend = "django-db"``: the result store contract, and what the database shows."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from conveyor import states
+from conveyor.contrib.django.models import ChordPart, TaskResult
+from conveyor.contrib.django.results import DjangoResultStore
+from conveyor.results import result_store_from_url
+from conveyor.results.record import ResultRecord
+from conveyor.testing import run_worker
+
+# The shared contract, run against the Django store (fixtures below override the URL).
+from tests.contract.test_result_contract import (  # noqa: F401 - collected here
+    store,
+    test_chord_join_fires_once_in_order,
+    test_chord_join_is_exactly_once_across_processes,
+    test_forget,
+    test_get_many_in_order,
+    test_groups,
+    test_set_get_round_trip,
+    test_ttl_expires_results,
+    test_wait_ignores_unready_states_and_times_out,
+    test_wait_wakes_on_write,
+)
+
+
+@pytest.fixture
+def backend_url(transactional_db: None) -> str:
+    return "django-db"
+
+
+def test_django_db_url_opens_the_django_store(transactional_db: None) -> None:
+    assert isinstance(result_store_from_url("django-db"), DjangoResultStore)
+
+
+def test_chord_redelivery_does_not_count_twice(transactional_db: None) -> None:
+    s = DjangoResultStore()
+    assert s.chord_add("c2", 0, 2, b"a", 60) is None
+    assert s.chord_add("c2", 0, 2, b"a", 60) is None
+    assert ChordPart.objects.filter(group_id="c2").count() == 1
+    assert s.chord_add("c2", 1, 2, b"b", 60) == [b"a", b"b"]
+
+
+def test_worker_results_fill_the_admin_columns(app: Any) -> None:
+    from tests.django.testapp.tasks import add
+
+    with run_worker(app, queues=["default"]) as worker:
+        result = add.delay(2, 3)
+        assert result.get(timeout=10) == 5
+        worker.join()
+    row = TaskResult.objects.get(task_id=result.id)
+    assert (row.status, row.task_name, row.task_args, row.result) == (
+        states.SUCCESS, "tests.django.testapp.tasks.add", "[2, 3]", "5")
+    assert row.worker and row.date_done and row.date_started and row.expires_at
+    assert row.queue == "default" and row.retries == 0
+
+
+def test_failures_keep_type_message_and_traceback(app: Any) -> None:
+    from tests.django.testapp.tasks import process_order
+
+    with run_worker(app, queues=["default"]) as worker:
+        result = process_order.delay(424242)
+        worker.join()
+    row = TaskResult.objects.get(task_id=result.id)
+    assert row.status == states.FAILURE
+    assert '"exc_type": "Order.DoesNotExist"' in (row.result or "")
+    assert "Traceback" in (row.traceback or "")
+    with pytest.raises(Exception, match="matching query does not exist"):
+        result.get(timeout=5)
+
+
+def test_round_trip_speed(transactional_db: None) -> None:
+    """A budget, not a benchmark: a set+get pair stays well under 20 ms."""
+    s = DjangoResultStore()
+    count = 200
+    start = time.perf_counter()
+    for i in range(count):
+        s.set(f"speed-{i}", states.SUCCESS, b'{"task_id": "x", "state": "SUCCESS"}', 60)
+        assert s.get(f"speed-{i}") is not None
+    per_pair = (time.perf_counter() - start) / count
+    print(f"\nDjangoResultStore set+get round trip: {per_pair * 1000:.2f} ms")
+    assert per_pair < 0.02
+
+
+def test_chord_fail_closes_the_join_once(transactional_db: None) -> None:
+    s = DjangoResultStore()
+    assert s.chord_add("f", 0, 2, b"a", 60) is None
+    assert s.chord_fail("f", 60) is True
+    assert s.chord_fail("f", 60) is False
+    assert s.chord_add("f", 1, 2, b"b", 60) is None  # closed: the body never fires
+    assert not ChordPart.objects.filter(group_id="f").exists()
+    assert s.chord_add("g", 0, 1, b"a", 60) == [b"a"]
+    assert s.chord_fail("g", 60) is False  # fired first: nothing to fail
+
+
+def test_set_fenced_refuses_a_stale_run(transactional_db: None) -> None:
+    from conveyor.results.record import Attempt
+
+    s = DjangoResultStore()
+
+    def payload(attempt: Attempt) -> bytes:
+        return ResultRecord(task_id="t", state=states.STARTED,
+                            attempt=attempt.as_list()).encode()
+
+    newer, older = Attempt(100, 0, 2), Attempt(100, 0, 1)
+    assert s.set_fenced("t", states.STARTED, payload(newer), 60, newer)
+    assert not s.set_fenced("t", states.SUCCESS, payload(older), 60, older)
+    got = s.get("t")
+    assert got is not None and got.state == states.STARTED
+    assert s.set_fenced("t", states.SUCCESS, payload(newer), 60, newer)

@@ -1,0 +1,103 @@
+"""Fixtures for the fault-injection suite, the ``--soak`` option and the figures table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor
+
+from ..conftest import IN_CI, require_service
+from ..integration.processes import Ledger
+from .harness import FIGURES, RedisServer, Workers
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the 10-minute soak test (tests/faults/test_soak.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak: the long soak test; runs only with --soak")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak", default=False):
+        return
+    skip = pytest.mark.skip(reason="the soak runs only with --soak (make soak)")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("fault-injection figures")
+    for figures in FIGURES:
+        terminalreporter.write_line(figures.line())
+
+
+def require_redis_server() -> None:
+    """The ``redis-server`` binary, for tests that start (and kill) their own Redis."""
+    if RedisServer.available():
+        return
+    if IN_CI:
+        pytest.fail("redis-server is not installed (CI=true: it is required)")
+    pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | None]:
+    """One Redis for the suite on a port of its own, so no other test run can flush it."""
+    if not RedisServer.available():
+        yield None
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def fault_redis_url(request: pytest.FixtureRequest,
+                    private_redis: RedisServer | None) -> str:
+    """A clean Redis database: the private server when there is one, else db 15."""
+    if private_redis is None:
+        return str(request.getfixturevalue("redis_url"))
+    require_service("Redis", "127.0.0.1", private_redis.port)
+    private_redis.flush()
+    return private_redis.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("fault_redis_url"))
+
+
+@pytest.fixture
+def backend(url: str) -> str:
+    return url.split(":", 1)[0]
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[Conveyor]:
+    app = Conveyor("fault-client", broker=url, set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.txt")
+
+
+@pytest.fixture
+def workers(url: str, ledger: Ledger, tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(url, ledger, tmp_path)
+    yield started
+    started.stop_all()

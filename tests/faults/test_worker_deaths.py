@@ -1,0 +1,163 @@
+"""Guarantees 1, 2 and 5 against dying workers (cases 1, 2 and 6), on SQLite and Redis.
+
+* The whole worker SIGKILLed with 100 tasks leased: another worker has them
+  within one lease, and every one completes.
+* One prefork child SIGKILLed mid-task: its task is handed back at once.
+* A task holding the GIL in C for three leases: its lease is kept by the
+  supervisor, so it runs exactly once.
+* Poison tasks (segfault, ``os._exit``, running out of memory): dead-lettered
+  after ``task_max_deliveries`` with the reason, while the rest flows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from conveyor import Conveyor
+
+from ..integration.processes import Ledger, children_of, wait_for
+from .harness import (
+    LEASE,
+    Figures,
+    Workers,
+    assert_nothing_lost,
+    kill_group,
+    report,
+    settled,
+    task,
+    total_queue,
+    wait_ready,
+)
+
+
+def send(client: Conveyor, name: str, *args: object, count: int = 1) -> list[str]:
+    return [client.send_task(task(name), list(args)).id for _ in range(count)]
+
+
+def test_sigkill_of_the_whole_worker_with_100_in_flight(
+        client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
+    ids = send(client, "sleep", 0.5, count=100)
+    first = workers.start("-c", "4", "--prefetch-multiplier", "25")
+    second = workers.start("-c", "10", "--prefetch-multiplier", "1")
+    wait_ready(workers, second)
+    wait_for(lambda: client.broker.stats(["default"])[0].inflight >= 90
+             and len(ledger.events("start")) >= 4, 30, "100 tasks leased by the first worker")
+    held_by_first = {e[1] for e in ledger.events("start")}
+    before = len(ledger.events("start"))
+    kill_group(first)
+    killed_at = time.monotonic()
+    wait_for(lambda: len(ledger.events("start")) > before, LEASE + 10, "the first re-run")
+    recovery = time.monotonic() - killed_at
+    wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to complete")
+    total = total_queue(client.broker, ledger, ids)
+    assert_nothing_lost(total, may_repeat=held_by_first)
+    assert not total.dead
+    report(Figures("1a SIGKILL whole worker, 100 in flight", backend, len(ids), 1,
+                   len(total.lost), len(total.duplicates), recovery, f"lease {LEASE:g}s"))
+    assert recovery <= LEASE + 1.0, f"recovered after {recovery:.2f}s, lease {LEASE}s"
+    assert second.poll() is None
+
+
+def test_sigkill_of_one_child_mid_task(client: Conveyor, workers: Workers, ledger: Ledger,
+                                       backend: str) -> None:
+    ids = send(client, "sleep", 0.4, count=20)
+    worker = workers.start("-c", "2", "--prefetch-multiplier", "2")
+    wait_for(lambda: len(ledger.events("start")) >= 3, 30, "tasks to start")
+    ended = set(ledger.count("end"))
+    victim, pid = next((t, p) for _, t, _, p in reversed(ledger.events("start")) if t not in ended)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: ledger.count("start")[victim] >= 2, LEASE + 10, "the killed task to rerun")
+    recovery = time.monotonic() - killed_at
+    wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to complete")
+    total = total_queue(client.broker, ledger, ids)
+    assert_nothing_lost(total, may_repeat={victim})
+    report(Figures("1b SIGKILL one prefork child", backend, len(ids), 1, len(total.lost),
+                   len(total.duplicates), recovery, "handed back by the supervisor"))
+    assert recovery < LEASE, "a dead child's task goes back at once, not after its lease"
+    assert worker.poll() is None
+    wait_for(lambda: len(children_of(worker.pid)) == 2, 10, "the dead child to be replaced")
+
+
+def test_a_task_holding_the_gil_for_three_leases_runs_once(
+        client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
+    [held] = send(client, "hold_gil", LEASE * 3 + 0.5)
+    workers.start("-c", "1")
+    wait_for(lambda: ledger.count("start")[held] == 1, 30, "the GIL-holding task to start")
+    # A second worker that would take the message the moment its lease lapsed.
+    rival = workers.start("-c", "2")
+    wait_ready(workers, rival)
+    others = send(client, "sleep", 0, count=5)
+    ids = [held, *others]
+    wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to complete")
+    total = total_queue(client.broker, ledger, ids)
+    assert_nothing_lost(total)
+    assert ledger.count("start")[held] == 1, "the task was handed out twice"
+    report(Figures("2 GIL held in C for 3x lease", backend, len(ids), 1, len(total.lost),
+                   len(total.duplicates), None, f"{LEASE * 3 + 0.5:g}s in C, 1 run"))
+
+
+class OomKiller:
+    """A stand-in for the kernel's OOM killer: SIGKILLs a worker child above ``limit`` bytes."""
+
+    def __init__(self, worker_pid: int, limit: int = 256 * 1024 * 1024) -> None:
+        self.worker_pid = worker_pid
+        self.limit = limit
+        self.kills = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> OomKiller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            for pid in children_of(self.worker_pid):
+                try:
+                    if psutil.Process(pid).memory_info().rss > self.limit:
+                        os.kill(pid, signal.SIGKILL)
+                        self.kills += 1
+                except (psutil.NoSuchProcess, ProcessLookupError):
+                    continue
+
+
+@pytest.fixture
+def oom_killer() -> Iterator[list[OomKiller]]:
+    started: list[OomKiller] = []
+    yield started
+    for killer in started:
+        killer.__exit__()
+
+
+@pytest.mark.parametrize("how", ["segv", "exit", "oom"])
+def test_a_poison_task_is_dead_lettered_and_the_rest_flows(
+        client: Conveyor, workers: Workers, ledger: Ledger, backend: str, how: str,
+        oom_killer: list[OomKiller]) -> None:
+    [bad] = send(client, "poison", how)
+    good = send(client, "sleep", 0.05, count=20)
+    worker = workers.start("-c", "2", task_max_deliveries=3)
+    if how == "oom":
+        oom_killer.append(OomKiller(worker.pid).__enter__())
+    ids = [bad, *good]
+    wait_for(lambda: settled(client.broker, ledger, ids), 60, "poison dead, the rest done")
+    total = total_queue(client.broker, ledger, ids)
+    assert_nothing_lost(total)
+    assert set(total.dead) == {bad}
+    assert "died each time" in total.dead[bad] and "max_deliveries=3" in total.dead[bad]
+    assert ledger.count("start")[bad] == 3
+    assert all(total.completed[i] == 1 for i in good)
+    assert worker.poll() is None, "the worker outlived its poisoned children"
+    report(Figures(f"6 poison task ({how})", backend, len(ids), 3, len(total.lost),
+                   len(total.duplicates), None, "dead-lettered after 3 deliveries"))
