@@ -194,6 +194,8 @@ class ResultSet:
             return states.FAILURE
         if all(s == states.SUCCESS for s in found):
             return states.SUCCESS
+        if all(s in states.READY_STATES for s in found):
+            return states.REVOKED  # finished, some without a value
         return states.PENDING
 
     def _prefetch(self) -> None:

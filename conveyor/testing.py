@@ -57,8 +57,10 @@ class ThreadedWorker:
 def run_worker(app: Conveyor, queues: Sequence[str] | None = None, concurrency: int = 2,
                pool: str = "threads", **options: object) -> Iterator[ThreadedWorker]:
     """Run a worker for the duration of a ``with`` block."""
-    runner = ThreadedWorker(Worker(app, queues=queues, concurrency=concurrency, pool=pool,
-                                   **options)).start()  # type: ignore[arg-type]
+    worker = Worker(app, queues=queues, concurrency=concurrency, pool=pool,
+                    **options)  # type: ignore[arg-type]
+    worker.poll_interval = 0.1  # tests stop many workers; do not wait a second each
+    runner = ThreadedWorker(worker).start()
     try:
         yield runner
     finally:

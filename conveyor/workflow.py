@@ -54,7 +54,7 @@ from conveyor.canvas import (
     seeded_ids,
 )
 from conveyor.context import Request
-from conveyor.exceptions import BrokerError, NotRegistered, SerializationError
+from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
 from conveyor.serialization import (
     JSON,
     check_accepted,
@@ -339,6 +339,16 @@ def on_failure(app: Conveyor, message: Message, exc: BaseException, traceback: s
         fail_scope(app, message.chord, message.id, exc, traceback)
 
 
+def on_revoked(app: Conveyor, message: Message, reason: str) -> None:
+    """A revoked or expired step ends its workflow like a failure, so nothing waits.
+
+    For the executor to call after recording REVOKED: the rest of the chain
+    and the step's chord fail with :class:`TaskRevokedError`; errbacks run.
+    """
+    if message.chain or message.chord is not None or message.errbacks:
+        on_failure(app, message, TaskRevokedError(f"task {message.id} {reason}"), None)
+
+
 def _continue(plan: Plan, message: Message, result: Any) -> None:
     """Send the next chain step with ``result`` prepended to its args."""
     node = Canvas.from_dict(message.chain[0], plan.app)
@@ -475,4 +485,4 @@ def decode_value(app: Conveyor, payload: bytes) -> Any:
     return decode_payload(doc.get("v"), content_type)
 
 
-__all__ = ["launch", "on_failure", "on_success", "result_of", "send"]
+__all__ = ["launch", "on_failure", "on_revoked", "on_success", "result_of", "send"]

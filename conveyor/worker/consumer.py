@@ -61,7 +61,7 @@ class Consumer:
     def __init__(self, executor: Executor, broker_factory: Callable[[], Broker],
                  queues: Sequence[str], prefetch: int, lease: float, reporter: Reporter,
                  stop: threading.Event, max_tasks: int | None = None,
-                 max_memory_kib: int | None = None) -> None:
+                 max_memory_kib: int | None = None, poll: float = 1.0) -> None:
         self.executor = executor
         self._broker_factory = broker_factory
         self.queues = list(queues)
@@ -71,6 +71,7 @@ class Consumer:
         self.stop = stop
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
+        self.poll = poll
         self.processed = 0
         self._backoff = Backoff()
 
@@ -87,7 +88,7 @@ class Consumer:
 
     def _reserve(self) -> list[Delivery]:
         try:
-            batch = self.broker.reserve(self.queues, self._want(), self.lease, timeout=1.0)
+            batch = self.broker.reserve(self.queues, self._want(), self.lease, timeout=self.poll)
         except BrokerError as exc:
             delay = self._backoff.next_delay()
             log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)
@@ -125,6 +126,11 @@ class Consumer:
             # process die with it.
             log.error("could not record the outcome of %s (%s); handing it back", delivery.id, exc)
             return Outcome(REQUEUE, reason=f"outcome not recorded: {exc}")
+        except Exception as exc:
+            # A bug in Conveyor or a hook, not in the task: keep the consumer alive
+            # and keep the message, visibly, where an operator can replay it.
+            log.exception("internal error while running %s", delivery.id)
+            return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
         try:

@@ -120,12 +120,11 @@ class Executor:
                       f"died each time); max_deliveries={limit}")
             self._record_failure(message, delivery, reason)
             return Outcome(DEAD, state=states.FAILURE, reason=reason)
-        if message.expires is not None and message.expires < time.time():
-            self._store(message, delivery, states.REVOKED, result="expired")
-            return Outcome(ACK, state=states.REVOKED, reason="expired")
-        if revoked:
-            self._store(message, delivery, states.REVOKED, result="revoked")
-            return Outcome(ACK, state=states.REVOKED, reason="revoked")
+        why = _revoked_reason(message, revoked)
+        if why is not None:
+            self._store(message, delivery, states.REVOKED, result=why)
+            workflow.on_revoked(self.app, message, why)
+            return Outcome(ACK, state=states.REVOKED, reason=why)
         return None
 
     # -- running -----------------------------------------------------------
@@ -294,6 +293,12 @@ def _superseded(request: Request) -> Outcome:
                 "(this worker held it past its lease)", request.task, request.id,
                 extra={"task_name": request.task, "task_id": request.id})
     return Outcome(ACK, reason="superseded by a later delivery")
+
+
+def _revoked_reason(message: Message, revoked: bool) -> str | None:
+    if message.expires is not None and message.expires < time.time():
+        return "expired"
+    return "revoked" if revoked else None
 
 
 def limit_of(message: Message, header: str, default: float | None) -> float | None:

@@ -66,6 +66,8 @@ class Worker:
         self.heartbeat_interval = conf.worker_heartbeat_interval
         self.shutdown_timeout = conf.worker_shutdown_timeout
         self.events: EventSink = events or app.events
+        # How long an idle consumer blocks in reserve(); bounds warm-shutdown latency.
+        self.poll_interval = 1.0
         self.stopping = False
         self.cold = False
         self.shutdown_deadline = float("inf")

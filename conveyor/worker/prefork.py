@@ -77,7 +77,7 @@ def child_main(worker: Worker, conn: Connection, index: int) -> None:
     consumer = Consumer(
         executor, lambda: app.broker, worker.queues, worker.prefetch, worker.lease,
         PipeReporter(conn), stop, max_tasks=worker.max_tasks_per_child,
-        max_memory_kib=worker.max_memory_per_child,
+        max_memory_kib=worker.max_memory_per_child, poll=worker.poll_interval,
     )
     consumer.run()
     conn.close()

@@ -75,7 +75,8 @@ class ThreadPool:
                             run_sync=self.run_task)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
                             self.worker.prefetch, self.worker.lease,
-                            BookReporter(self.book, key), self.stop)
+                            BookReporter(self.book, key), self.stop,
+                            poll=self.worker.poll_interval)
         try:
             consumer.run()
         except Exception:

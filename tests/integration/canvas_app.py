@@ -43,3 +43,12 @@ def body(values: list[int]) -> list[int]:
 @app.task
 def on_error(task_id: str) -> None:
     note("errback", task_id)
+
+
+@app.task(time_limit=1.0)
+def hang(x: int) -> int:
+    """Killed by its hard time limit: the chord must fail, not wait forever."""
+    import time
+
+    time.sleep(60)
+    return x

@@ -21,6 +21,7 @@ import pytest
 
 from conveyor import Conveyor, GroupResult, chain, chord, group, states
 from conveyor.canvas import Signature
+from conveyor.exceptions import TimeLimitExceeded
 from conveyor.result import AsyncResult
 from conveyor.testing import ThreadedWorker, run_worker
 
@@ -365,12 +366,17 @@ def test_prefork_chord_fires_exactly_once_across_processes(process_url: str,
         failing = failing.link_error(_by_name(client, "on_error"))
         with pytest.raises(ValueError, match="failed"):
             failing.delay().get(timeout=60)
+
+        killed = chord([_by_name(client, "square", 5), _by_name(client, "hang", 6)],
+                       _by_name(client, "body")).link_error(_by_name(client, "on_error"))
+        with pytest.raises(TimeLimitExceeded):
+            killed.delay().get(timeout=60)
         wait_for(lambda: _drained(client), 30, "the queue to drain")
     finally:
         stop(proc)
         client.close()
     lines = [line.split() for line in ledger.read_text().splitlines()]
     assert [line[2] for line in lines if line[0] == "body"] == ["300"]
-    assert len([line for line in lines if line[0] == "errback"]) == 1
+    assert len([line for line in lines if line[0] == "errback"]) == 2  # one per failed chord
     assert len({line[1] for line in lines if line[0] == "header"}) == 2  # both children joined
 

@@ -261,3 +261,80 @@ def test_default_chord_fail_elects_one_caller() -> None:
 
 def test_derived_ids_are_stable() -> None:
     assert derived_id("g", "collect") == derived_id("g", "collect") != derived_id("h", "collect")
+
+
+# -- the runtime, driven by hand ------------------------------------------------------
+
+def test_a_repeated_step_resends_the_same_follow_up(app: Conveyor, add: Task) -> None:
+    from conveyor import workflow
+
+    chain(add.s(1, 1), add.s(2), add.s(3)).link(add.s(0)).delay()
+    (first,) = sent(app)
+    workflow.on_success(app, first, 2)
+    workflow.on_success(app, first, 2)  # its worker died before the ack: run again
+    follow = sent(app)
+    assert len(follow) == 1 and follow[0].args == (2, 2)
+    assert follow[0].parent_id == first.id and follow[0].root_id == first.id
+    assert follow[0].chain[0]["args"] == [3]
+
+
+def test_chord_join_sends_the_body_once_in_header_order(app: Conveyor, add: Task,
+                                                        tsum: Task) -> None:
+    from conveyor import workflow
+
+    result = chord([add.s(i, i) for i in range(4)], tsum.s()).delay()
+    header = sent(app)
+    for message in reversed(header):  # finishing in reverse order
+        workflow.on_success(app, message, message.args[0] * 10)
+    workflow.on_success(app, header[0], 0)  # a redelivered header adds nothing
+    (body,) = sent(app)
+    assert body.id == result.id and body.args == ([0, 10, 20, 30],)
+
+
+def test_chord_failure_is_handled_once(app: Conveyor, add: Task, tsum: Task) -> None:
+    from conveyor import workflow
+
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).link_error(add.si(0, 0)).delay()
+    first, second = sent(app)
+    workflow.on_failure(app, first, ValueError("bad"), None)
+    workflow.on_failure(app, second, ValueError("worse"), None)
+    workflow.on_success(app, second, 4)
+    errbacks = sent(app)
+    assert [m.task for m in errbacks] == ["t.add"] and errbacks[0].args == (0, 0)
+    assert result.state == "FAILURE"
+    with pytest.raises(ValueError, match="bad"):
+        result.get(timeout=1)
+
+
+def test_composition_apply_async_accepts_callbacks_as_signatures(app: Conveyor,
+                                                                 add: Task) -> None:
+    flow = chain(add.s(1, 1), add.s(2))
+    result = flow.apply_async(link=add.s(9), link_error=[add.si(0, 0)], queue="q")
+    (first,) = sent(app, "q")
+    assert first.errbacks == (add.si(0, 0).to_dict(),)
+    last = first.chain[-1]
+    assert last["options"]["link"] == [add.s(9).to_dict()]
+    assert last["options"]["queue"] == "q" and last["options"]["task_id"] == result.id
+
+
+def test_follow_up_with_wrong_arguments_fails_like_a_task(app: Conveyor, add: Task) -> None:
+    from conveyor import workflow
+
+    result = chain(add.s(1, 1), add.s(1, 2)).link_error(add.si(0, 0)).delay()
+    (first,) = sent(app)
+    workflow.on_success(app, first, 2)
+    assert [m.args for m in sent(app)] == [(0, 0)]  # the errback, not the step
+    assert result.state == "FAILURE"
+    with pytest.raises(TypeError, match=r"t\.add"):
+        result.get(timeout=1)
+
+
+def test_a_revoked_header_fails_its_chord(app: Conveyor, add: Task, tsum: Task) -> None:
+    from conveyor import workflow
+    from conveyor.exceptions import TaskRevokedError
+
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
+    first, _ = sent(app)
+    workflow.on_revoked(app, first, "was revoked")
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=1)
