@@ -94,6 +94,7 @@ BEAT_LEASE = "beat"
 MAX_CATCH_UP = 100
 #: Idempotency keys live at least this long, and at least two periods of the entry.
 KEY_TTL_MIN = 3600.0
+KEY_TTL_MAX = 2 * 366 * 86400.0
 POLICIES = ("once", "skip", "all")
 
 _MIN_SLEEP = 0.005
@@ -124,10 +125,11 @@ def key_ttl(schedule: schedules.Schedule, tick: datetime, window: timedelta) -> 
     """How long a tick's key must block repeats: longer than any leader could recompute it.
 
     A tick stays the "latest missed tick" until the next one, so the key
-    outlives two periods, the failover window, and an hour in any case.
+    outlives two periods, the failover window, and an hour in any case (but
+    not two years: a one-shot schedule's "next run" is the end of time).
     """
     period = (_utc(schedule.next_run(tick)) - _utc(tick)).total_seconds()
-    return max(KEY_TTL_MIN, 2 * period, 2 * window.total_seconds())
+    return min(max(KEY_TTL_MIN, 2 * period, 2 * window.total_seconds()), KEY_TTL_MAX)
 
 
 # --------------------------------------------------------------------------- planning
@@ -509,6 +511,10 @@ class Beat:
         self._reported: set[tuple[str, datetime | None]] = set()
         self._stopping = threading.Event()
         self._closed = False
+        # Held for a whole pass; run_embedded makes fork() wait for it, so a
+        # pool child is never forked while this thread holds a lock inside
+        # logging, a stream or a connection (the child would inherit it held).
+        self._busy = threading.Lock()
 
     def __repr__(self) -> str:
         role = "leader" if self.is_leader else "standby"
@@ -546,6 +552,10 @@ class Beat:
 
     def close(self) -> None:
         """Release the lease (so a standby takes over now) and the connections."""
+        with self._busy:
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -584,7 +594,8 @@ class Beat:
 
     def _safe_tick(self) -> float:
         try:
-            return self.tick()
+            with self._busy:
+                return self.tick()
         except Exception as exc:  # the broker may be down: keep trying, never crash-loop
             log.error("beat pass failed: %s; trying again in %.1fs", exc, self.renew_every,
                       exc_info=not isinstance(exc, BrokerError))
@@ -745,6 +756,11 @@ def run_embedded(app: Conveyor, scheduler: str | None = None) -> Beat:
     beat = Beat(app, load_scheduler(app, scheduler))
     beat.load()
     beat.thread = threading.Thread(target=beat.run, name="conveyor-beat", daemon=True)
+    # A prefork pool forks children while beat runs: each fork waits for the
+    # pass in progress to end (see Beat._busy).  Registered for good; a
+    # stopped beat's lock is always free.
+    os.register_at_fork(before=beat._busy.acquire, after_in_parent=beat._busy.release,
+                        after_in_child=beat._busy.release)
     beat.thread.start()
     pid = os.getpid()
 
@@ -798,7 +814,9 @@ def _entry_status(app: Conveyor, sched: Scheduler, entry: Entry, now: datetime,
                       window=failover_window(app.conf), policy=app.conf.beat_missed_policy,
                       start_time=entry.start_time, expires=entry.expires)
     upcoming = plan.send[0] if plan.send else plan.wake
-    count = sched.total_run_count(entry.name) if isinstance(sched, SettingsScheduler) else None
+    # Not part of the plug-in interface; both built-in schedulers offer it.
+    counter = getattr(sched, "total_run_count", None)
+    count = counter(entry.name) if callable(counter) else None
     return {
         "name": entry.name,
         "task": entry.task,

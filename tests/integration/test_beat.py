@@ -833,18 +833,28 @@ def test_beat_process_restarts_continue_and_an_outage_is_not_a_burst(
 def test_worker_dash_b_runs_beat_inside_the_worker(sqlite_url: str, fleet_logs: Path) -> None:
     fleet = BeatFleet(sqlite_url, fleet_logs)
     try:
-        worker = fleet.start("-Q", "unused", "-P", "threads", "-c", "1", "-B", command="worker")
+        # Prefork: pool children are forked while the beat thread runs.
+        worker = fleet.start("-Q", QUEUE, "-c", "2", "-B", command="worker")
         holder = fleet.leader(timeout=15)
         assert fleet.process_of(holder) is worker
-        time.sleep(2.5)
+        time.sleep(3)
         standby = fleet.start()  # a separate beat stands by while the worker's beat leads
         time.sleep(1.5)
         assert fleet.holder() == holder and standby.poll() is None
+        stopped = time.time()
     finally:
         fleet.stop_all()
     assert worker.returncode == 0
-    assert_exactly_once(ticks_of(fleet.sent()), 1.0)
     assert fleet.holder() is None, "the worker's beat did not release the lease on exit"
+    log = (fleet_logs / "worker-0.log").read_text()
+    sent = re.findall(r"beat sent tick \(beat_app.tick\) for tick (\S+)", log)
+    ticks = assert_exactly_once([datetime.fromisoformat(t) for t in sent], 1.0)
+    assert len(ticks) >= 4
+    # The worker ran what its own beat sent.
+    app = Conveyor("check", broker=sqlite_url, set_as_current=False)
+    for tick in ticks:
+        if tick.timestamp() < stopped - 1:
+            assert app.AsyncResult(task_id_for(tick_key("tick", tick))).state == "SUCCESS"
 
 
 def test_cli_registers_the_beat_command() -> None:
