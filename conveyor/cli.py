@@ -132,16 +132,16 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
                   max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child)
     if beat:
-        _embedded_beat(obj.app)
+        node.on_stop.append(_embedded_beat(obj.app).stop)  # no new ticks once shutdown starts
     node.run()
 
 
-def _embedded_beat(app: Conveyor) -> None:
+def _embedded_beat(app: Conveyor) -> Any:
     try:
         from conveyor.beat import run_embedded
     except ImportError as exc:
         raise click.UsageError("beat is not available in this build") from exc
-    run_embedded(app)
+    return run_embedded(app)
 
 
 @main.command()
@@ -250,6 +250,16 @@ def _register_commands() -> None:
 
 _register_commands()
 main.add_command(beat_command)
+
+
+def _register_monitor_commands() -> None:
+    from conveyor.monitor.cli import inspect_command, monitor_command, status_command
+
+    for command in (monitor_command, status_command, inspect_command):
+        main.add_command(command)
+
+
+_register_monitor_commands()
 
 
 def run() -> None:

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,8 @@ class Worker:
         self.heartbeat_interval = conf.worker_heartbeat_interval
         self.shutdown_timeout = conf.worker_shutdown_timeout
         self.events: EventSink = events or app.events
+        # Called (without blocking) when shutdown starts, e.g. to stop an embedded beat.
+        self.on_stop: list[Callable[[], None]] = []
         # How long an idle consumer blocks in reserve(); bounds warm-shutdown latency.
         self.poll_interval = 1.0
         self.stopping = False
@@ -113,6 +115,8 @@ class Worker:
         if self.stopping or cold:
             self.cold = True
         if not self.stopping:
+            for hook in self.on_stop:
+                hook()
             self.stopping = True
             self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
             if self._pool is not None:
