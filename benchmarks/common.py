@@ -64,6 +64,19 @@ class Workers:
                 out.extend(root.children(recursive=True))
         return out
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker tree has used so far.
+
+        A finished child's time shows up in its parent's ``children_*``
+        once reaped (RQ's work horses), a live one's in its own entry.
+        """
+        total = 0.0
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        return total
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM each worker's process group, then SIGKILL what is left."""
         for proc in self.procs:

@@ -41,6 +41,7 @@ METRICS = [
 EXTRA = [
     Metric("processing_steady", "Processing, first to last task", "tasks/s", True),
     Metric("startup", "Worker start to first task", "s", False, 2),
+    Metric("cpu_per_task", "Worker CPU per task", "µs", False),
 ]
 BY_KEY = {m.key: m for m in METRICS + EXTRA}
 
@@ -110,12 +111,12 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         return a / b if a is not None and b else None
 
     rows = [
-        ("Processing ≥ 3× Celery", ratio(proc, proc_celery), 3.0, "×"),
-        ("Processing ahead of every peer", ratio(proc, peer[1] if peer else None), 1.0, "×"),
-        ("Single enqueue ≥ 2× Celery", ratio(one, one_celery), 2.0, "×"),
+        ("Processing ≥ 3x Celery", ratio(proc, proc_celery), 3.0, "x"),
+        ("Processing ahead of every peer", ratio(proc, peer[1] if peer else None), 1.0, "x"),
+        ("Single enqueue ≥ 2x Celery", ratio(one, one_celery), 2.0, "x"),
         ("Bulk enqueue ≥ 50,000 tasks/s", bulk, 50_000.0, "tasks/s"),
         ("Round trip p50 < 2 ms", p50, 2.0, "ms"),
-        ("Worker RSS per process ≤ Celery's", ratio(rss, rss_celery), 1.0, "× Celery"),
+        ("Worker RSS per process ≤ Celery's", ratio(rss, rss_celery), 1.0, "x Celery"),
     ]
     out = []
     for title, value, bound, unit in rows:
@@ -123,7 +124,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             met = None
         elif unit in ("ms",):
             met = value < bound
-        elif unit == "× Celery":
+        elif unit == "x Celery":
             met = value <= bound
         elif title.startswith("Processing ahead"):
             met = value > bound
@@ -140,7 +141,7 @@ def _cell(system: dict[str, Any], metric: Metric, spread: bool) -> str:
         return "n/a" if _unsupported(system, metric) else "error"
     text = metric.fmt(found["median"])
     if spread and len(found["runs"]) > 1:
-        text += f" ({metric.fmt(found['min'])}–{metric.fmt(found['max'])})"
+        text += f" ({metric.fmt(found['min'])}-{metric.fmt(found['max'])})"
     return text
 
 
@@ -153,7 +154,7 @@ def _unsupported(system: dict[str, Any], metric: Metric) -> bool:
 
 
 def _ratio_text(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+    return "—" if value is None else f"{value:.2f}x"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -180,7 +181,7 @@ def _header(data: dict[str, Any]) -> list[str]:
         f"Workloads: enqueue {plan['enqueue_n']:,} no-op tasks; process {plan['process_n']:,} "
         f"queued tasks that each do one Redis INCR with {plan['procs']} worker processes; "
         f"{plan['samples']} round trips after {plan['warmup']} warm-up ones; a chord of "
-        f"{plan['chord_n']:,}. Cells: median (min–max) over the runs. Regenerate with "
+        f"{plan['chord_n']:,}. Cells: median (min-max) over the runs. Regenerate with "
         "`make bench`; method and flags in docs/performance.md.",
         "",
     ]
@@ -202,17 +203,17 @@ def _ratio_table(data: dict[str, Any]) -> list[str]:
     for system in data["systems"]:
         cells = []
         for m in METRICS:
-            value = median(data, system["name"], m.key)
+            value, celery = median(data, system["name"], m.key), base[m.key]
             if m.unit == "MiB":  # memory: plain ratio, lower is better
-                cells.append(_ratio_text(value / base[m.key] if value and base[m.key] else None))
+                cells.append(_ratio_text(value / celery if value and celery else None))
             else:
-                cells.append(_ratio_text(speedup(m, value, base[m.key])))
+                cells.append(_ratio_text(speedup(m, value, celery)))
         rows.append(f"| {system['label']} | " + " | ".join(cells) + " |")
     return [
         "## Ratio to Celery",
         "",
-        "Speed-up over Celery (above 1× is better, for rates and times alike); for memory, "
-        "the plain ratio (below 1× is smaller).",
+        "Speed-up over Celery (above 1x is better, for rates and times alike); for memory, "
+        "the plain ratio (below 1x is smaller).",
         "",
         *rows,
         "",
@@ -239,7 +240,7 @@ def _subject_table(data: dict[str, Any]) -> list[str]:
                     f"{_ratio_text(vs_celery)} | {peer_text} | {_ratio_text(vs_peer)} |")
     return ["## Conveyor (Redis) against Celery and the fastest peer", "",
             "\"Peer\" is any system other than Conveyor; memory ratios are plain "
-            "(below 1× is smaller), the others are speed-ups.", "", *rows, ""]
+            "(below 1x is smaller), the others are speed-ups.", "", *rows, ""]
 
 
 def _targets_table(data: dict[str, Any]) -> list[str]:
@@ -269,13 +270,26 @@ def _notes(data: dict[str, Any]) -> list[str]:
     lines.append("")
     extra = ["## Secondary measures", "",
              "| System | Tasks drained | " + " | ".join(f"{m.title} ({m.unit})" for m in EXTRA)
-             + " |", "|---|---:" + "|---:" * len(EXTRA) + "|"]
+             + " | Load average at each run's start |",
+             "|---|---:" + "|---:" * len(EXTRA) + "|---:|"]
     for s in data["systems"]:
         cells = [_cell(s, m, spread=True) for m in EXTRA]
-        extra.append(f"| {s['label']} | {s['processing_n']:,} | " + " | ".join(cells) + " |")
-    lines += [*extra, ""]
+        load = ", ".join(f"{x:.1f}" for x in s.get("load", []))
+        extra.append(f"| {s['label']} | {s['processing_n']:,} | " + " | ".join(cells)
+                     + f" | {load} |")
+    lines += [*extra, "",
+              "Worker CPU per task is user + system time of the worker process tree from "
+              "the first task to the last, divided by the tasks in between; it moves less "
+              "than wall-clock rates when the machine is shared. The load average (1 min) "
+              "shows how busy the machine was around each system's runs.", ""]
     capped = [s for s in data["systems"] if s["processing_n"] and
               s["processing_n"] < data["plan"]["process_n"]]
+    for s in data["systems"]:
+        counts = {int(r["latency"]["samples"]) for r in s["runs"]
+                  if "samples" in r.get("latency", {})}
+        if counts and max(counts) < data["plan"]["samples"]:
+            lines.append(f"- {s['label']}: {max(counts)} round trips per run instead of "
+                         f"{data['plan']['samples']} (each takes tens of milliseconds or more).")
     for s in capped:
         lines.append(f"- {s['label']} drained {s['processing_n']:,} tasks instead of "
                      f"{data['plan']['process_n']:,} to keep the run within its time budget; "

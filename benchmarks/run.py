@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -127,51 +128,74 @@ class Bench:
         except Exception as exc:
             out["errors"]["processing"] = f"preload: {exc}"
             return None
-        commands = self.system.worker_commands(self.python, self.plan.procs)
-        workers = common.start_workers(commands, self.env, ROOT, self.log)
-        with common.RssSampler(workers) as sampler:
-            drained = self._wait_drained(workers, n)
-        peak = sampler.peak
-        if drained is None:
+        workers, metrics = self.drain(n, self.plan.procs)
+        if metrics is None:
             out["errors"]["processing"] = f"not drained within {self.plan.drain_timeout:.0f}s"
             workers.stop()
             return None
-        total, first, seen_at_first = drained
-        out["processing"] = n / total
-        out["processing_steady"] = (n - seen_at_first) / max(1e-9, total - first)
-        out["processing_n"] = n
-        out["startup"] = first
-        out["rss_total"] = peak.total
-        out["rss_processes"] = peak.processes
-        out["rss_per_process"] = peak.total / max(1, peak.processes)
-        out["rss_largest"] = peak.largest
-        print(f"    processing: {n / total:,.0f} tasks/s ({n} in {total:.2f}s, first INCR at "
-              f"{first:.2f}s); peak RSS {peak.total / 2**20:.0f} MiB in {peak.processes} "
-              f"processes", flush=True)
+        out.update(metrics)
+        print(f"    processing: {metrics['processing']:,.0f} tasks/s ({n} tasks, first at "
+              f"{metrics['startup']:.2f}s, {metrics['cpu_per_task']:,.0f} us CPU each); peak "
+              f"RSS {metrics['rss_total'] / 2**20:.0f} MiB in {metrics['rss_processes']} "
+              "processes", flush=True)
         return workers
 
+    def drain(self, n: int, procs: int,
+              until: int | None = None) -> tuple[common.Workers, dict[str, Any] | None]:
+        """Start ``procs`` workers on a queue of INCR tasks; time until the
+        counter reaches ``until`` (default ``n``).  The workers are left running."""
+        target = until or n
+        commands = self.system.worker_commands(self.python, procs)
+        workers = common.start_workers(commands, self.env, ROOT, self.log)
+        try:
+            with common.RssSampler(workers) as sampler:
+                drained = self._wait_drained(workers, target)
+        except BaseException:  # interrupted or failed: leave no workers behind
+            workers.stop()
+            raise
+        if drained is None:
+            return workers, None
+        peak = sampler.peak
+        total, first, seen_at_first, cpu = drained
+        return workers, {
+            "processing": target / total,
+            "processing_steady": (target - seen_at_first) / max(1e-9, total - first),
+            "processing_n": target,
+            "startup": first,
+            "cpu_per_task": cpu * 1e6 / max(1, target - seen_at_first),
+            "rss_total": peak.total,
+            "rss_processes": peak.processes,
+            "rss_per_process": peak.total / max(1, peak.processes),
+            "rss_largest": peak.largest,
+        }
+
     def _wait_drained(self, workers: common.Workers,
-                      n: int) -> tuple[float, float, int] | None:
-        """(seconds to drained, seconds to the first INCR, count seen then)."""
-        first: tuple[float, int] | None = None
+                      n: int) -> tuple[float, float, int, float] | None:
+        """(seconds to drained, seconds to the first INCR, count seen then,
+        worker CPU seconds used from then to drained)."""
+        first: tuple[float, int, float] | None = None
         deadline = workers.started + self.plan.drain_timeout
         while time.perf_counter() < deadline:
             count = common.counter_value(self.redis)
             now = time.perf_counter()
             if count and first is None:
-                first = (now - workers.started, count)
+                first = (now - workers.started, count, workers.cpu_seconds())
             if count >= n:
                 assert first is not None
-                return now - workers.started, first[0], first[1]
+                cpu = workers.cpu_seconds() - first[2]
+                return now - workers.started, first[0], first[1], cpu
             if not workers.alive():
                 raise RuntimeError(f"workers exited early; see {self.log}")
-            time.sleep(0.002)
+            time.sleep(0.005)
         return None
 
     def _latency(self, workers: common.Workers) -> dict[str, float]:
-        got = self.client("latency", samples=self.plan.samples, warmup=self.plan.warmup)
+        count = min(self.plan.samples, self.system.samples_cap or self.plan.samples)
+        warmup = min(self.plan.warmup, count // 5 or 1)
+        got = self.client("latency", samples=count, warmup=warmup)
         samples = [s * 1000 for s in got["samples"]]
-        result = {
+        result: dict[str, float] = {
+            "samples": len(samples),
             "p50": common.percentile(samples, 50),
             "p99": common.percentile(samples, 99),
             "mean": sum(samples) / len(samples),
@@ -188,20 +212,30 @@ class Bench:
         return float(got["seconds"])
 
 
-def run_system(name: str, plan: Plan) -> dict[str, Any]:
-    system = systems.get(name)()
-    print(f"== {system.label}", flush=True)
-    bench = Bench(system, plan)
-    versions = envs.installed_versions(system.env, system.packages)
-    runs = []
+def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
+    """Round-robin: run 1 of every system, then run 2 of every system, ...
+
+    Interleaving spreads a busy spell of a shared machine over all systems
+    instead of loading it onto whichever one ran then.
+    """
+    benches = []
+    for name in names:
+        system = systems.get(name)()
+        benches.append(Bench(system, plan))  # builds the venv on first use
+    records: list[dict[str, Any]] = [{
+        "name": b.system.name, "label": b.system.label,
+        "versions": envs.installed_versions(b.system.env, b.system.packages),
+        "worker": b.system.worker_flags, "bulk_path": b.system.bulk_path,
+        "chord_path": b.system.chord_path, "redis_db": b.system.db, "runs": [], "load": [],
+    } for b in benches]
     for index in range(plan.repeat):
-        print(f"  run {index + 1}/{plan.repeat}", flush=True)
-        runs.append(bench.repeat(index))
-    return {
-        "name": system.name, "label": system.label, "versions": versions,
-        "worker": system.worker_flags, "bulk_path": system.bulk_path,
-        "chord_path": system.chord_path, "redis_db": system.db, "runs": runs,
-    }
+        for bench, record in zip(benches, records, strict=True):
+            load = os.getloadavg()[0]
+            print(f"== {bench.system.label}: run {index + 1}/{plan.repeat} "
+                  f"(load average {load:.1f})", flush=True)
+            record["runs"].append(bench.repeat(index))
+            record["load"].append(load)
+    return records
 
 
 def machine() -> dict[str, Any]:
@@ -217,6 +251,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _require_redis() -> None:
+    try:
+        common.redis_client(0).ping()
+    except Exception as exc:
+        raise SystemExit(
+            f"Redis is not reachable at {common.REDIS_HOST}:{common.REDIS_PORT} ({exc}); start "
+            "one (e.g. apt-get install redis-server) or set BENCH_REDIS_HOST / BENCH_REDIS_PORT"
+        ) from None
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,13 +276,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(RESULTS / "latest"),
                         help="report path without extension (default benchmarks/results/latest)")
     args = parser.parse_args(argv)
+    # Stopped from outside (SIGTERM, or SIGINT even when started in the
+    # background): unwind, so the finally blocks stop the worker processes.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     plan = Plan.quick(args.repeat) if args.quick else Plan(repeat=args.repeat or 3)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     for name in names:
         systems.get(name)  # fail fast on a typo
+    _require_redis()
     RAW.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = [run_system(name, plan) for name in names]
+    results = run_all(names, plan)
     data = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "duration_s": round(time.time() - started),

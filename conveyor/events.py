@@ -86,6 +86,7 @@ BUCKETS: tuple[float, ...] = (
 DEAD = "DEAD"  # the counter state for dead-lettered messages
 OUTCOMES = (states.SUCCESS, states.FAILURE, states.RETRY, states.REVOKED, DEAD)
 MINUTE = 60
+TOTALS = 0  # the "minute" holding all-time totals
 #: How many task ids the search index keeps (the oldest go first).
 MAX_TASKS = 10_000
 #: How many timeline events one task keeps (a task retried forever stays bounded).
@@ -278,7 +279,7 @@ class TaskClock:
             return replace(started, state=state, at=now, runtime=runtime, info=outcome.reason)
         head = _peek(delivery.body)
         return TaskReport(
-            task_id=_task_id(delivery.id), name=str(head.get("task") or "?"),
+            task_id=_task_id(delivery.id), name=str(head.get("task") or "(undecodable)"),
             queue=delivery.queue, state=state, at=now, retries=int(head.get("retries") or 0),
             sent_at=_number(head.get("created")), info=outcome.reason,
         )
@@ -339,18 +340,15 @@ class Recorder:
             self._timeline.extend(events)
 
     def _count(self, report: TaskReport) -> None:
-        minute = minute_of(report.at)
-        cells = self._cells
-        name = report.name
-        key = (minute, name, f"n:{report.state}")
-        cells[key] = cells.get(key, 0) + 1
+        metrics: list[tuple[str, float]] = [(f"n:{report.state}", 1)]
         for kind, value in ((RUNTIME, report.runtime), (WAIT, report.wait)):
-            if value is None:
-                continue
-            bucket = (minute, name, f"{kind}:{bucket_index(value)}")
-            cells[bucket] = cells.get(bucket, 0) + 1
-            total = (minute, name, f"{kind}:sum")
-            cells[total] = cells.get(total, 0.0) + value
+            if value is not None:
+                metrics += [(f"{kind}:{bucket_index(value)}", 1), (f"{kind}:sum", float(value))]
+        cells = self._cells
+        for minute in (minute_of(report.at), TOTALS):
+            for metric, value in metrics:
+                key = (minute, report.name, metric)
+                cells[key] = cells.get(key, 0) + value
 
     def drain(self, worker: str) -> Batch:
         """Take everything recorded so far, stamped with the worker's id."""
@@ -454,15 +452,24 @@ class EventStore(abc.ABC):
         """True for the first caller of ``name`` within ``ttl`` seconds, across processes."""
 
     @abc.abstractmethod
+    def release(self, name: str) -> None:
+        """Give a claim back (the claimer had nothing to write)."""
+
+    @abc.abstractmethod
     def write_queue_samples(self, samples: Sequence[QueueSample]) -> None:
         """Store depth samples (one per queue and minute; the last write wins)."""
 
     def sample_queues(self, broker: Broker) -> None:
         """Take this minute's queue depth sample unless someone already did."""
         minute = minute_of(time.time())
-        if not self.claim(f"queues:{minute}", ttl=2 * MINUTE):
+        name = f"queues:{minute}"
+        if not self.claim(name, ttl=2 * MINUTE):
             return
-        self.write_queue_samples(samples_from_stats(minute, broker.stats()))
+        samples = samples_from_stats(minute, broker.stats())
+        if samples:
+            self.write_queue_samples(samples)
+        else:  # no queue yet: let the next heartbeat try again this minute
+            self.release(name)
 
     def add_events(self, events: Sequence[TimelineEvent]) -> None:
         """Timeline events from elsewhere (actions taken in the monitor)."""
@@ -493,6 +500,10 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def queue_samples(self, since: float, until: float) -> list[QueueSample]:
         """Depth samples between two times, oldest first."""
+
+    def totals(self) -> list[tuple[str, str, float]]:
+        """All-time counter cells ``(task name, metric, value)``."""
+        return [(task, metric, v) for _, task, metric, v in self.cells(TOTALS, TOTALS, MINUTE)]
 
     def task(self, task_id: str) -> TaskEntry | None:
         found = self.tasks(TaskQuery(task_id=task_id, limit=1))

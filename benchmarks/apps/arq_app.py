@@ -37,4 +37,4 @@ class WorkerSettings:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_worker(WorkerSettings)

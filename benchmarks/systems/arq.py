@@ -44,6 +44,7 @@ class ArqSystem(System):
     requirements = ["arq==0.28.0"]
     packages = ["arq", "redis", "hiredis"]
     db = 7
+    samples_cap = 100  # an idle arq worker polls its queue every 0.5 s (poll_delay default)
     worker_flags = ("python -m benchmarks.apps.arq_app  (arq.run_worker, max_jobs=10, "
                     "log level WARNING; x2 processes)")
 

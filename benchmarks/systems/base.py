@@ -69,6 +69,8 @@ class System:
     # Tasks the processing run drains; slow systems get fewer so a full run
     # stays within its time budget (the report says so).
     processing_cap: ClassVar[int | None] = None
+    # Round trips sampled, for systems whose each one takes tens of ms or more.
+    samples_cap: ClassVar[int | None] = None
 
     def environment(self) -> dict[str, str]:
         """Variables for the workers and the client (both read their URLs from here)."""

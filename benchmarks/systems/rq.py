@@ -66,7 +66,8 @@ class RQSystem(System):
     bulk_path = "Queue.enqueue_many(): one pipeline"
     chord_path = "enqueue(callback, depends_on=[jobs])"
     worker_flags = "rq worker --url URL --quiet bench  (x2 processes; a forked work horse per job)"
-    processing_cap = 2_000  # ~25 ms per job (a fork each): 20,000 would take minutes per run
+    samples_cap = 200  # each round trip forks a work horse (~25 ms)
+    processing_cap = 1_000  # ~25-40 ms per job (a fork each): 20,000 would take 10+ min a run
 
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
         url = self.environment()["BENCH_REDIS_URL"]

@@ -6,60 +6,72 @@ costs one round trip whatever the batch size.  Scripts read the server's clock
 (``TIME``): lease deadlines and ETAs are judged by one clock, never by the
 clients', so a worker with a skewed clock neither runs a delayed task early
 nor has its lease expire under it.  ETAs arrive as absolute Unix times from
-producers, and that is accepted.  Requires Redis 6.2 or later (``LPOP`` with a
-count); Redis Cluster is not supported (scripts build keys from the prefix).
+producers, and that is accepted.  Requires Redis 7.0 or later (``LMPOP``);
+Redis Cluster is not supported (scripts build their keys from the prefix).
 
 Key layout
 ==========
 
-``P`` is the key prefix (``?prefix=`` in the URL, default ``conveyor``);
-``{q}`` a queue name, ``{p}`` a priority 0..9, ids are message ids.
+``P`` is the key prefix (``?prefix=`` in the URL, default ``conveyor``),
+``{q}`` a queue name, ``{p}`` a priority 0..9; hash fields are message ids.
+Nothing here has a Redis expiry unless said: entries are removed by the
+operation that ends them.
 
-================================  =======  ==========================================  ===========
-key                               type     holds / written by                          expires
-================================  =======  ==========================================  ===========
-``P:msg``                         hash     id -> body; enqueue, replay; removed by     with the
-                                           ack, dead_letter, purge                     message
-``P:prio``                        hash     id -> priority, only when not 0             with the
-                                                                                       message
-``P:token``                       hash     id -> token of the current lease; reserve   lease end
-                                           sets, ack/requeue/dead_letter/reclaim drop
-``P:deliv``                       hash     id -> times handed out; reserve increments  with the
-                                                                                       message
-``P:ready:{q}:{p}``               list     ids ready now, oldest at the head; RPUSH    never
-                                           on enqueue, LPUSH on return, LPOP on reserve (empty
-                                                                                       lists vanish)
-``P:delayed:{q}``                 zset     id scored by due time (server ms); enqueue  —
-                                           with a future ETA, requeue with a delay
-``P:inflight:{q}``                zset     id scored by lease deadline (server ms);    —
-                                           reserve adds, extend moves, ack removes
-``P:wake:{q}``                    list     at most one token; pushed whenever a        never
-                                           message becomes ready, BLPOPped by idle
-                                           consumers
-``P:dead:{q}``                    zset     dead letter id scored by failure time (ms)  never
-``P:deadmsg:{q}``                 hash     id -> ``failed_ms:prio:len:`` + reason +    never
-                                           body; dead_letter writes, replay/discard
-``P:queues``                      set      every queue name ever enqueued to           never
-``P:idem:{key}``                  string   owning message id; enqueue (SET NX PX)      idempotency
-                                                                                       ttl (1 day)
-``P:revoked:{task_id}``           string   ``1`` terminate, ``0`` just skip; revoke    revoke ttl
-``P:mutex:{name}``                string   holder of a named lease (beat leader)       lease ttl
-================================  =======  ==========================================  ===========
+``P:msg`` (hash)
+    id -> body.  Written by enqueue and replay_dead; removed by ack,
+    dead_letter and purge.  Its presence is the "already stored" check.
+``P:prio`` (hash)
+    id -> priority, only for priorities other than 0.  Lives as ``P:msg``.
+``P:deliv`` (hash)
+    id -> how many times the message was handed out.  Reserve adds one,
+    ``requeue(count=False)`` takes one back; lives as ``P:msg``.
+``P:token`` (hash)
+    id -> token of the current lease.  Set by reserve; removed by ack,
+    requeue, dead_letter and when an expired lease is reclaimed, which is
+    what fences a stale holder.
+``P:ready:{q}:{p}`` (list)
+    Ids ready now, next out at the head.  Enqueue and due delayed messages
+    RPUSH; requeue and reclaimed leases LPUSH (they were first in line once);
+    reserve pops.
+``P:delayed:{q}`` (sorted set)
+    Id scored by due time (server ms).  Enqueue with a future ETA, requeue
+    with a delay.
+``P:inflight:{q}`` (sorted set)
+    Id scored by lease deadline (server ms).  Reserve adds, extend moves it,
+    ack/requeue/dead_letter remove it, reserve reclaims it when it lapses.
+``P:wake:{q}`` (list)
+    At most one token, pushed when a message is stored for the queue (or a
+    consumer leaves messages behind); idle consumers BLPOP it.
+``P:dead:{q}`` (sorted set)
+    Dead-letter id scored by failure time (server ms), for paging newest first.
+``P:deadmsg:{q}`` (hash)
+    Dead-letter id -> ``failed_ms:priority:reason_bytes:`` + reason + body.
+    Both dead-letter keys are kept until replay_dead or discard_dead.
+``P:queues`` (set)
+    Every queue name ever enqueued to.
+``P:idem:{key}`` (string)
+    The id owning an idempotency key; SET NX PX by enqueue, expires after the
+    envelope's ``idempotency_ttl`` (default one day).
+``P:revoked:{task_id}`` (string)
+    ``1`` (terminate) or ``0``; written by revoke, expires after its ttl.
+``P:mutex:{name}`` (string)
+    The holder of a named lease (beat's leader); expires after its ttl.
 
 A message lives in exactly one of ``ready``, ``delayed`` or ``inflight`` of
 its queue, and in ``P:msg`` while it does.  Reserve first moves due delayed
-messages to the back of their ready list and expired leases to the front
+messages to the back of their ready list and lapsed leases to the front
 (bounded, 1,000 per queue per call), then pops.
 
 Why one list per (queue, priority) rather than one sorted set per queue
 ------------------------------------------------------------------------
 
 Pushing and popping a list is O(1) and needs no sequence counter for FIFO
-order; ten priorities are a small, fixed number of keys to look at inside one
-script, and ``LPOP key count`` takes a whole batch of one priority at once.
-A sorted set would need a score combining priority and a global sequence
-number, O(log n) per operation, and more memory per entry.  The price is ten
-``LLEN``/``DEL`` in ``stats`` and ``purge``, which are rare.
+order, and ``LMPOP`` takes a whole batch from the first non-empty list of
+a key list ordered by priority, then queue order: exactly the contract's
+order, in one command.  A sorted set would need a score combining priority
+and a global sequence number, O(log n) per operation, more memory per
+entry, and a merge across queues in Lua.  The price is ten keys per queue
+to name in reserve, ``stats`` and ``purge``.
 
 Waiting without polling
 -----------------------
@@ -94,6 +106,7 @@ from importlib import resources
 from typing import Any
 
 from redis.commands.core import Script
+from redis.exceptions import ResponseError
 
 from conveyor._redis import (
     ClientHolder,
@@ -111,7 +124,7 @@ from conveyor.brokers.base import (
     Envelope,
     QueueStats,
 )
-from conveyor.exceptions import BrokerUnavailable
+from conveyor.exceptions import BrokerError, BrokerUnavailable
 
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 ENQUEUE_CHUNK = 1000  # messages per script call: bounds how long one call holds the server
@@ -154,7 +167,15 @@ class RedisBroker(Broker):
 
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts[name](args=(self._prefix, *args), client=self._holder.client)
+        try:
+            return self._scripts[name](args=(self._prefix, *args), client=self._holder.client)
+        except ResponseError as exc:
+            if "unknown" in str(exc).lower() and "command" in str(exc).lower():
+                raise BrokerError(
+                    f"Redis at {self._options.address} lacks a command the broker needs "
+                    f"(Redis 7.0 or later is required): {exc}"
+                ) from exc
+            raise
 
     @contextmanager
     def _errors(self, action: str, retry_hint: str = "", read: bool = False) -> Iterator[None]:

@@ -97,6 +97,10 @@ class MemoryEventStore(EventStore):
             self._e.claims[name] = now + ttl
             return True
 
+    def release(self, name: str) -> None:
+        with self._e.lock:
+            self._e.claims.pop(name, None)
+
     def write_queue_samples(self, samples: Sequence[QueueSample]) -> None:
         with self._e.lock:
             for sample in samples:
@@ -110,7 +114,7 @@ class MemoryEventStore(EventStore):
                 return
             e.pruned_at = now
             cutoff = now - self.retention
-            e.cells = {k: v for k, v in e.cells.items() if k[0] >= cutoff - 60}
+            e.cells = {k: v for k, v in e.cells.items() if k[0] >= cutoff - 60 or k[0] == 0}
             e.queues = {k: v for k, v in e.queues.items() if k[0] >= cutoff - 60}
             e.claims = {k: v for k, v in e.claims.items() if v > now}
             old = [tid for tid, t in e.tasks.items() if t.updated_at < cutoff]

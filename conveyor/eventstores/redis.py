@@ -5,6 +5,7 @@
     {p}:ev:c:{minute}       HASH  "<task>\\x1f<metric>" -> value        EXPIRE retention
     {p}:ev:c10:{10 min}     HASH  the same, summed per 10 minutes      EXPIRE retention
                             metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
+    {p}:ev:total            HASH  the same fields, all-time totals (no expiry)
     {p}:ev:tasks            ZSET  task id -> updated_at               (the search index)
     {p}:ev:task             HASH  task id -> index entry JSON
     {p}:ev:tl:{task id}     LIST  timeline event JSON, last MAX_TIMELINE  EXPIRE retention
@@ -29,6 +30,7 @@ from conveyor.events import (
     MAX_TASKS,
     MAX_TIMELINE,
     MINUTE,
+    TOTALS,
     WORKER_DROP_AFTER,
     Batch,
     EventStore,
@@ -73,15 +75,24 @@ class RedisEventStore(EventStore):
         self.client.close()
 
     # -- writes ----------------------------------------------------------------
+    def _server_time(self) -> float:
+        """Redis's clock: heartbeats are stamped and judged by one clock, so a
+        worker whose own clock is off is not listed as offline (or kept online)."""
+        seconds, micros = self.client.time()
+        return float(seconds) + micros / 1_000_000
+
     def worker_heartbeat(self, info: dict[str, Any], ttl: float) -> None:
-        doc = dumps({**info, "ttl": ttl})
-        self._guard(lambda: self.client.hset(f"{self.p}:workers", str(info["id"]), doc))
+        def work() -> None:
+            doc = dumps({**info, "ttl": ttl, "heartbeat_at": self._server_time()})
+            self.client.hset(f"{self.p}:workers", str(info["id"]), doc)
+
+        self._guard(work)
 
     def worker_offline(self, worker_id: str) -> None:
         def work() -> None:
             raw = self.client.hget(f"{self.p}:workers", worker_id)
             if raw is not None:
-                doc = {**json.loads(raw), "offline_at": time.time()}
+                doc = {**json.loads(raw), "offline_at": self._server_time()}
                 self.client.hset(f"{self.p}:workers", worker_id, dumps(doc))
 
         self._guard(work)
@@ -98,12 +109,15 @@ class RedisEventStore(EventStore):
         ttl = int(self.retention) + 2 * ROLLUP
         for (minute, task, metric), value in batch.cells.items():
             field = f"{task}{SEP}{metric}"
-            for key in (f"{self.p}:c:{minute}", f"{self.p}:c10:{minute // ROLLUP * ROLLUP}"):
+            keys = ((f"{self.p}:total",) if minute == TOTALS else
+                    (f"{self.p}:c:{minute}", f"{self.p}:c10:{minute // ROLLUP * ROLLUP}"))
+            for key in keys:
                 if isinstance(value, float):
                     pipe.hincrbyfloat(key, field, value)
                 else:
                     pipe.hincrby(key, field, int(value))
-                pipe.expire(key, ttl)
+                if minute != TOTALS:
+                    pipe.expire(key, ttl)
         if entries:
             pipe.hset(f"{self.p}:task", mapping={e.task_id: e.to_json() for e in entries})
             pipe.zadd(f"{self.p}:tasks", {e.task_id: e.updated_at for e in entries})
@@ -131,6 +145,9 @@ class RedisEventStore(EventStore):
         key = f"{self.p}:claim:{name}"
         return bool(self._guard(lambda: self.client.set(key, b"1", nx=True,
                                                         ex=max(1, int(ttl)))))
+
+    def release(self, name: str) -> None:
+        self._guard(lambda: self.client.delete(f"{self.p}:claim:{name}"))
 
     def write_queue_samples(self, samples: Sequence[QueueSample]) -> None:
         if not samples:
@@ -162,14 +179,15 @@ class RedisEventStore(EventStore):
             pipe.delete(*[f"{self.p}:tl:{tid}" for tid in chunk])
             pipe.execute()
         workers = self.client.hgetall(f"{self.p}:workers")
+        clock = self._server_time()
         gone = [w for w, raw in workers.items()
-                if now - float(json.loads(raw).get("heartbeat_at") or 0) > WORKER_DROP_AFTER]
+                if clock - float(json.loads(raw).get("heartbeat_at") or 0) > WORKER_DROP_AFTER]
         if gone:
             self.client.hdel(f"{self.p}:workers", *gone)
 
     # -- reads -----------------------------------------------------------------
     def workers(self) -> list[dict[str, Any]]:
-        now = time.time()
+        now = self._guard(self._server_time)
         raw = self._guard(lambda: self.client.hgetall(f"{self.p}:workers"))
         infos = [json.loads(v) for _, v in sorted(raw.items())]
         return [worker_view(i, now) for i in infos
@@ -177,6 +195,7 @@ class RedisEventStore(EventStore):
 
     def cells(self, since: float, until: float, step: int) -> list[tuple[int, str, str, float]]:
         width, kind = (ROLLUP, "c10") if step % ROLLUP == 0 else (MINUTE, "c")
+        since = max(since, until - self.retention - 2 * ROLLUP, 1.0)  # keys expire anyway
         starts = list(range(int(since // width) * width, int(until) + 1, width))
         pipe = self.client.pipeline(transaction=False)
         for start in starts:
@@ -190,6 +209,14 @@ class RedisEventStore(EventStore):
                 key = (bucket, task, metric)
                 out[key] = out.get(key, 0.0) + float(raw_value)
         return [(t, task, metric, v) for (t, task, metric), v in sorted(out.items())]
+
+    def totals(self) -> list[tuple[str, str, float]]:
+        fields = self._guard(lambda: self.client.hgetall(f"{self.p}:total"))
+        out = []
+        for raw_field, raw_value in sorted(fields.items()):
+            task, _, metric = raw_field.decode().partition(SEP)
+            out.append((task, metric, float(raw_value)))
+        return out
 
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
         return self._guard(lambda: self._tasks(query))

@@ -7,6 +7,7 @@ prefixed ``conveyor_events_``::
     conveyor_events_workers   id PK, info JSON, heartbeat_at, ttl, offline_at
     conveyor_events_counts    (minute, task, metric) PK -> value     WITHOUT ROWID
                               metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
+                              minute 0: all-time totals, never pruned
     conveyor_events_tasks     task_id PK, name, state, queue, worker, retries,
                               sent_at, started_at, done_at, runtime, wait, info,
                               updated_at (indexed)
@@ -222,6 +223,10 @@ class SQLiteEventStore(EventStore):
 
         return self._write(work)
 
+    def release(self, name: str) -> None:
+        self._write(lambda c: c.execute("DELETE FROM conveyor_events_claims WHERE name = ?",
+                                        (name,)))
+
     def write_queue_samples(self, samples: Sequence[QueueSample]) -> None:
         rows = [(s.minute, s.queue, s.ready, s.delayed, s.inflight, s.dead) for s in samples]
         self._write(lambda c: c.executemany(
@@ -236,7 +241,8 @@ class SQLiteEventStore(EventStore):
         cutoff = now - self.retention
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM conveyor_events_counts WHERE minute < ?", (cutoff - 60,))
+            conn.execute("DELETE FROM conveyor_events_counts WHERE minute < ? AND minute > 0",
+                         (cutoff - 60,))
             conn.execute("DELETE FROM conveyor_events_queues WHERE minute < ?", (cutoff - 60,))
             conn.execute("DELETE FROM conveyor_events_tasks WHERE updated_at < ?", (cutoff,))
             conn.execute(TRIM_TASKS, (self.max_tasks,))

@@ -78,7 +78,7 @@ class Authenticator:
 
 
 def _decode(header: bytes | None) -> tuple[str, str]:
-    if not header or not header[:6].lower() == b"basic ":
+    if not header or header[:6].lower() != b"basic ":
         return "", "\x00"  # still hashed and compared, never matches (passwords are non-empty)
     try:
         text = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")

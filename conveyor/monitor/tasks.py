@@ -34,18 +34,25 @@ def progress_of(meta: Any) -> float | None:
     """Percent done from PROGRESS meta: ``{"current", "total"}``, ``percent`` or ``progress``."""
     if not isinstance(meta, dict):
         return None
-    current, total = meta.get("current", meta.get("done")), meta.get("total")
-    if _num(current) and _num(total) and total > 0:
-        return max(0.0, min(100.0, 100.0 * current / total))
-    for key in ("percent", "progress"):
-        value = meta.get(key)
-        if _num(value):
-            return max(0.0, min(100.0, value * 100 if key == "progress" and value <= 1 else value))
+    current = _num(meta.get("current", meta.get("done")))
+    total = _num(meta.get("total"))
+    if current is not None and total:
+        return _clamp(100.0 * current / total)
+    percent, fraction = _num(meta.get("percent")), _num(meta.get("progress"))
+    if percent is not None:
+        return _clamp(percent)
+    if fraction is not None:
+        return _clamp(fraction * 100 if fraction <= 1 else fraction)
     return None
 
 
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _num(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def _clamp(percent: float) -> float:
+    return max(0.0, min(100.0, percent))
 
 
 def decode(stored: Stored | None) -> ResultRecord | None:
@@ -103,7 +110,8 @@ def detail(app: Conveyor, store: EventStore, task_id: str) -> dict[str, Any] | N
 
 def _record_fields(record: ResultRecord) -> dict[str, Any]:
     fields = {
-        "state": record.state, "args": plain(record.args), "kwargs": plain(record.kwargs),
+        "state": record.state, "args": plain(record.args or []),
+        "kwargs": plain(record.kwargs or {}),
         "result": plain(record.result), "traceback": record.traceback,
         "exc_type": record.exc_type, "exc_module": record.exc_module,
         "retries": record.retries, "parent_id": record.parent_id, "root_id": record.root_id,

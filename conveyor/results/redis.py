@@ -139,6 +139,9 @@ return 1
 """
 
 _LISTEN_SLICE = 5.0  # seconds the listener blocks before looking at its to-do list anyway
+# A listener nobody has waited on for this long closes its connection and
+# ends; the next wait starts a new one.  Bounds idle connections and threads.
+_IDLE_EXIT = 60.0
 
 
 def _encode(state: str, payload: bytes) -> bytes:
@@ -228,7 +231,8 @@ class _ReadyListener:
         backoff = Backoff(base=0.05, cap=2.0)
         while not self._stopping:
             try:
-                self._serve(backoff)
+                if self._serve(backoff):
+                    return
             except CONNECTION_ERRORS as exc:
                 log.warning("result listener lost Redis (%s); reconnecting", exc)
                 self._lost()
@@ -238,8 +242,10 @@ class _ReadyListener:
                 self._lost()
                 time.sleep(backoff.next_delay())
 
-    def _serve(self, backoff: Backoff) -> None:
+    def _serve(self, backoff: Backoff) -> bool:
+        """Read the connection until stopped (False) or idle long enough to end (True)."""
         pubsub = self._holder.client.pubsub()
+        idle_since = time.monotonic()
         try:
             pubsub.subscribe(self._wake_channel)
             while not self._stopping:
@@ -248,9 +254,25 @@ class _ReadyListener:
                 if message is not None:
                     backoff.reset()
                     self._dispatch(message)
+                if self._waiters:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > _IDLE_EXIT and self._retire():
+                    return True
+            return False
         finally:
             with contextlib.suppress(Exception):
                 pubsub.close()
+
+    def _retire(self) -> bool:
+        """End this thread unless a waiter just arrived (decided under the lock,
+        so a new waiter either sees no thread and starts one, or is served)."""
+        with self._lock:
+            if self._waiters:
+                return False
+            self._thread = None
+            self._requested.clear()
+            self._confirmed.clear()
+            return True
 
     def _sync(self, pubsub: PubSub) -> None:
         """Subscribe to newly waited-on channels, unsubscribe from abandoned ones."""

@@ -80,3 +80,29 @@ def test_call_command_runs_cli_commands(app: Any, capsys: pytest.CaptureFixture[
     assert "default" in out and "ready" in out
     with pytest.raises(CommandError):
         call_command("conveyor", "no-such-command")
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["-Q", "x"], ["-A", "SPEC", "worker", "-Q", "x"]),
+    (["-A", "other", "-Q", "x"], ["-A", "other", "worker", "-Q", "x"]),
+    (["-Aother", "-c", "1"], ["-Aother", "worker", "-c", "1"]),
+    (["--app=other"], ["--app=other", "worker"]),
+])
+def test_worker_command_puts_the_app_first(given: list[str], expected: list[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.contrib.django import management
+    from conveyor.contrib.django.management.commands.conveyor_worker import Command
+
+    monkeypatch.delenv("CONVEYOR_APP", raising=False)
+    monkeypatch.setattr(management, "find_app_spec", lambda: "SPEC")
+    assert Command()._arguments(management._with_app(given)) == expected
+
+
+def test_the_imported_app_is_found(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.contrib.django.management import find_app_spec
+
+    spec = find_app_spec()
+    module, _, attr = spec.partition(":")
+    import importlib
+
+    assert getattr(importlib.import_module(module), attr) is app

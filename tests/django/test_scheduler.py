@@ -20,7 +20,7 @@ from conveyor.contrib.django.models import (
 )
 from conveyor.contrib.django.schedulers import NEVER, DatabaseScheduler, clocked
 from conveyor.schedules import crontab, schedule
-from tests.django.conftest import Processes, wait_for
+from tests.django.conftest import ON_POSTGRES, Processes, wait_for
 
 UTC = timezone.utc
 
@@ -206,3 +206,22 @@ def _stable(app: Any, queue: str) -> bool:
     before = _ready(app, queue)
     time.sleep(2.5)
     return _ready(app, queue) == before
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="needs a database server to drop the connection")
+def test_scheduler_survives_a_dropped_connection(app: Any) -> None:
+    import psycopg
+    from django.db import connection
+
+    sched = scheduler(app)
+    interval_task("steady")
+    entry = next(e for e in sched.load() if e.name == "steady")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    assert sched.last_run("steady") is None  # reconnects and answers
+    sched.record_run(entry, datetime(2026, 1, 1, tzinfo=UTC))
+    assert "steady" in {e.name for e in sched.load()}
+    assert PeriodicTask.objects.get(name="steady").total_run_count == 1

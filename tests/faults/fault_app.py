@@ -2,9 +2,7 @@
 
 Settings come from the environment (``CONVEYOR_BROKER_URL`` and friends),
 which the CLI applies.  Every task appends ``event task_id attempt pid``
-lines to the ledger file named by ``LEDGER`` (one ``write`` with
-``O_APPEND``, so lines from many processes never interleave); ``attempt`` is
-the broker's delivery count, so a redelivery shows as a higher number.
+lines to the ledger file named by ``LEDGER`` (see ``tasklog.py``).
 """
 
 from __future__ import annotations
@@ -16,20 +14,9 @@ from typing import Any
 
 from conveyor import Conveyor
 from conveyor.context import current_request
+from tests.faults.tasklog import record
 
 app = Conveyor("fault_app")
-
-
-def record(event: str) -> None:
-    """Append one ledger line for the running task."""
-    request = current_request()
-    attempt = int(request.delivery_info.get("deliveries", 1))
-    line = f"{event} {request.id} {attempt} {os.getpid()}\n"
-    fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
 
 
 @app.task(bind=True)
@@ -73,14 +60,15 @@ def poison(self: Any, how: str) -> None:
 
 
 @app.task(bind=True)
-def orm_write(self: Any, key: str) -> int:
-    """Insert one row into PostgreSQL (``FAULT_PG_DSN``); the primary key makes it once."""
-    import psycopg
-
+def beat_tick(self: Any) -> None:
+    """Sent by beat (case 9); the ledger's ``tick`` line names the tick it was sent for."""
     record("start")
-    with psycopg.connect(os.environ["FAULT_PG_DSN"], connect_timeout=5) as conn:
-        conn.execute("INSERT INTO fault_rows (key, pid) VALUES (%s, %s) "
-                     "ON CONFLICT (key) DO NOTHING", (key, os.getpid()))
-        time.sleep(float(os.environ.get("FAULT_TASK_SECONDS", "0")))
+    tick = current_request().headers.get("beat_tick", "none")
+    record("tick", as_id=str(tick))
     record("end")
-    return os.getpid()
+
+
+if os.environ.get("FAULT_BEAT_INTERVAL"):
+    app.conf.update({"beat_schedule": {"tick": {
+        "task": beat_tick.name, "schedule": float(os.environ["FAULT_BEAT_INTERVAL"]),
+    }}}, source="tests/faults/fault_app.py")

@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -199,8 +198,9 @@ class TotalQueue:
     duplicates: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{len(self.accepted)} accepted, {sum(1 for i in self.accepted if self.completed[i])}"
-                f" completed, {len(self.dead)} dead, lost={self.lost[:5]}, "
+        done = sum(1 for i in self.accepted if self.completed[i])
+        return (f"{len(self.accepted)} accepted, {done} completed, {len(self.dead)} dead, "
+                f"lost={self.lost[:5]}, "
                 f"duplicates={dict(list(self.duplicates.items())[:5])}, leftover={self.leftover}")
 
 
@@ -248,11 +248,11 @@ def assert_nothing_lost(total: TotalQueue, may_repeat: Iterable[str] = ()) -> No
     assert not unexpected, f"completed twice without a fault allowing it: {unexpected}"
 
 
-def started_by(ledger: Ledger, pids: Iterable[int], before: float | None = None) -> set[str]:
-    """Task ids that some process in ``pids`` had started (per the ledger)."""
-    wanted = set(pids)
-    return {task_id for _, task_id, _, pid in ledger.events("start") if pid in wanted}
+def unfinished(ledger: Ledger, settled_ends: int) -> set[str]:
+    """Tasks started but not among the first ``settled_ends`` completions.
 
-
-def now() -> float:
-    return time.monotonic()
+    A fault may repeat these: they were running, or had just finished and
+    their ack may not have been written, when the fault struck.
+    """
+    done = {task_id for _, task_id, _, _ in ledger.events("end")[:max(0, settled_ends)]}
+    return {task_id for _, task_id, _, _ in ledger.events("start")} - done

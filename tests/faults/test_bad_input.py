@@ -37,7 +37,7 @@ def test_garbage_in_the_queue_is_dead_lettered_with_its_reason(
         client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
     good = [client.send_task(task("sleep"), [0]).id for _ in range(10)]
     bad: dict[str, str] = {}
-    for name, (body, reason) in BAD.items():
+    for body, reason in BAD.values():
         message_id = uuid.uuid4().hex
         filled = body.replace(b"%s", message_id.encode())
         client.broker.enqueue(Envelope(id=message_id, queue="default", body=filled))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,14 +31,20 @@ from conveyor.events import (
 )
 from conveyor.message import Message
 from conveyor.testing import run_worker
-from conveyor.worker.execute import ACK, DEAD as DEAD_ACTION, Outcome
+from conveyor.worker.execute import ACK, Outcome
+from conveyor.worker.execute import DEAD as DEAD_ACTION
 
 from .processes import start_worker, stop, wait_for, worker_env
 
 
+def own_prefix() -> dict[str, str]:
+    """Redis keys of this test only (other suites may share the test database)."""
+    return {"prefix": f"test-{uuid.uuid4().hex[:12]}"}
+
+
 @pytest.fixture
 def store(backend_url: str) -> Iterator[EventStore]:
-    opened = store_from_url(backend_url, retention=3600)
+    opened = store_from_url(backend_url, retention=3600, options=own_prefix())
     yield opened
     opened.close()
 
@@ -47,17 +55,22 @@ def entry(task_id: str, state: str, at: float, **fields: object) -> TaskEntry:
                      done_at=at if state != states.STARTED else None, **fields)  # type: ignore[arg-type]
 
 
-def test_heartbeats_list_workers_then_mark_them_offline(store: EventStore) -> None:
-    now = time.time()
-    store.worker_heartbeat({"id": "w1", "hostname": "h", "heartbeat_at": now}, ttl=10)
-    store.worker_heartbeat({"id": "w2", "hostname": "h", "heartbeat_at": now - 30}, ttl=10)
-    store.worker_heartbeat({"id": "w3", "hostname": "h", "heartbeat_at": now - 7200}, ttl=10)
+def test_heartbeats_list_workers_then_mark_them_offline(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.worker_heartbeat({"id": "w2", "hostname": "h", "heartbeat_at": time.time()}, ttl=0.3)
+    time.sleep(0.6)
+    for worker in ("w1", "w3"):
+        store.worker_heartbeat({"id": worker, "hostname": "h", "heartbeat_at": time.time()},
+                               ttl=10)
     store.worker_offline("w1")
     listed = {w["id"]: w for w in store.workers()}
-    assert set(listed) == {"w1", "w2"}  # w3 is past the drop time
-    assert listed["w1"]["online"] is False and "offline_at" in listed["w1"]
+    assert listed["w1"]["online"] is False and "offline_at" in listed["w1"]  # said goodbye
     assert listed["w2"]["online"] is False  # its heartbeat is older than its ttl
-    store.worker_heartbeat({"id": "w2", "hostname": "h", "heartbeat_at": now}, ttl=10)
+    assert listed["w3"]["online"] is True
+    monkeypatch.setattr(sys.modules[type(store).__module__], "WORKER_DROP_AFTER", 0.5)
+    assert {w["id"] for w in store.workers()} == {"w1", "w3"}  # w2 is past the drop time
+    store.worker_heartbeat({"id": "w2", "hostname": "h", "heartbeat_at": time.time()}, ttl=10)
     assert {w["id"]: w["online"] for w in store.workers()}["w2"] is True
 
 
@@ -127,6 +140,11 @@ def test_queue_samples_once_per_minute(store: EventStore) -> None:
             Broker.calls += 1
             return [QueueStats("default", 3, 1, 2, 4)]
 
+    class Empty:
+        def stats(self) -> list[QueueStats]:
+            return []
+
+    store.sample_queues(Empty())  # type: ignore[arg-type]  # nothing to sample: no claim
     broker = Broker()
     store.sample_queues(broker)  # type: ignore[arg-type]
     store.sample_queues(broker)  # type: ignore[arg-type]
@@ -137,7 +155,7 @@ def test_queue_samples_once_per_minute(store: EventStore) -> None:
 
 
 def test_prune_applies_retention_and_the_index_cap(backend_url: str) -> None:
-    store = store_from_url(backend_url, retention=600)
+    store = store_from_url(backend_url, retention=600, options=own_prefix())
     store.max_tasks = 3  # type: ignore[attr-defined]
     now = time.time()
     old = minute_of(now) - 3600
@@ -277,7 +295,11 @@ def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> Non
             return all(f is not None and f.state == states.SUCCESS for f in found)
 
         wait_for(all_indexed, 15, "the index to show every task")
-        [worker] = store.workers()
+        def own() -> list[dict[str, object]]:  # Redis may be shared with other suites
+            return [w for w in store.workers() if w["pid"] == proc.pid]
+
+        wait_for(own, 10, "its heartbeat")
+        [worker] = own()
         assert worker["online"] and worker["pool"] == "prefork" and worker["processed"] >= 6
         entry = store.task(results[0].id)
         assert entry is not None and entry.runtime is not None and entry.runtime >= 0.05
@@ -285,4 +307,20 @@ def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> Non
     finally:
         stop(proc)
         client.close()
-    assert [w["online"] for w in store.workers()] == [False]
+    assert [w["online"] for w in store.workers() if w["pid"] == proc.pid] == [False]
+
+
+def test_totals_are_kept_beyond_the_retention(backend_url: str) -> None:
+    store = store_from_url(backend_url, retention=600, options=own_prefix())
+    recorder = Recorder()
+    old = time.time() - 3600
+    recorder.add(TaskReport("a", "proj.t", "q", states.SUCCESS, old, runtime=0.2, wait=0.01))
+    recorder.add(TaskReport("b", "proj.t", "q", states.FAILURE, time.time(), runtime=0.3))
+    store.write(recorder.drain("w"))
+    store.prune(time.time() + 61)
+    totals = {(task, metric): v for task, metric, v in store.totals()}
+    assert totals[("proj.t", "n:SUCCESS")] == 1 and totals[("proj.t", "n:FAILURE")] == 1
+    assert totals[("proj.t", "rt:sum")] == pytest.approx(0.5)
+    recent = store.cells(time.time() - 300, time.time(), 60)
+    assert {m for _, _, m, _ in recent if m.startswith("n:")} == {"n:FAILURE"}
+    store.close()

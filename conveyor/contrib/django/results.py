@@ -188,13 +188,15 @@ class DjangoResultStore(ResultStore):
                 [ChordPart(group_id=chord_id, index=index, payload=payload,
                            expires_at=expires)], ignore_conflicts=True)
             counter = self._locked_counter(db, chord_id, size, expires)
-            if counter.fired:
-                return None
             parts = ChordPart.objects.using(db).filter(group_id=chord_id)
+            if counter.fired:
+                parts.delete()  # a late (or redelivered) member of a closed chord
+                return None
             if parts.count() < size:
                 return None
             ChordCounter.objects.using(db).filter(pk=counter.pk).update(fired=True)
             payloads = dict(parts.filter(index__lt=size).values_list("index", "payload"))
+            parts.delete()
         return [bytes(payloads[i]) for i in range(size)]
 
     def chord_fail(self, chord_id: str, ttl: float) -> bool:

@@ -107,6 +107,9 @@ class DatabaseScheduler(Scheduler):
 
     # -- the interface --------------------------------------------------------------
     def load(self) -> list[Entry]:
+        # Connection hygiene once per refresh (CONN_MAX_AGE, a health check);
+        # the per-pass calls below only reconnect when a query finds the
+        # connection dead, so a pass costs no extra round trips.
         prepare_connections()
         try:
             rows = retry_on_disconnect(self.db, self._enabled_rows)
@@ -131,7 +134,6 @@ class DatabaseScheduler(Scheduler):
         with the tick's identity fixed at the clock time, under
         ``beat_missed_policy`` like any missed tick.
         """
-        prepare_connections()
         row = retry_on_disconnect(self.db, lambda: PeriodicTask.objects.using(self.db)
                                   .filter(name=name)
                                   .values_list("last_run_at", "clocked__clocked_time").first())
@@ -155,7 +157,6 @@ class DatabaseScheduler(Scheduler):
                                    "total_run_count": F("total_run_count") + 1}
         if entry.one_off:
             changes["enabled"] = False
-        prepare_connections()
         retry_on_disconnect(self.db, lambda: PeriodicTask.objects.using(self.db)
                             .filter(name=entry.name).update(**changes))
 

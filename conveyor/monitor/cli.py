@@ -1,0 +1,188 @@
+"""Commands: ``monitor`` (the web UI), and its terminal siblings ``status`` and ``inspect``.
+
+``status`` and ``inspect`` read the same stores as the web pages (through
+``conveyor.monitor.data``), so a terminal and a browser never disagree.
+They need no web dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+
+from conveyor.events import EventStore, store_for
+from conveyor.monitor import data, tasks
+
+
+def _store(obj: Any) -> EventStore:
+    return store_for(obj.app)
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    cells = [tuple("-" if c is None else str(c) for c in row) for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _mib(kib: Any) -> str:
+    return f"{kib / 1024:.1f} MiB" if isinstance(kib, (int, float)) else "-"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+
+
+# -- monitor -----------------------------------------------------------------------
+def credentials(options: tuple[str, ...], env_name: str | None, configured: list[str]) -> list[str]:
+    """Admin ``user:pass`` entries from the flags, an environment variable, and settings."""
+    users = [*options, *configured]
+    if env_name:
+        value = os.environ.get(env_name)
+        if not value:
+            raise click.UsageError(f"--basic-auth-env {env_name}: the variable is not set")
+        users.append(value)
+    return users
+
+
+@click.command("monitor")
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="interface to listen on (0.0.0.0 for all)")
+@click.option("--basic-auth", "basic_auth", multiple=True, metavar="USER:PASS",
+              help="an admin account (repeatable, or comma separated)")
+@click.option("--basic-auth-env", default=None, metavar="VAR",
+              help="read USER:PASS[,USER:PASS] from this environment variable")
+@click.option("--readonly-auth", multiple=True, metavar="USER:PASS",
+              help="an account that may look but not act (repeatable)")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.pass_obj
+def monitor_command(obj: Any, port: int, address: str, basic_auth: tuple[str, ...],
+                    basic_auth_env: str | None, readonly_auth: tuple[str, ...],
+                    loglevel: str) -> None:
+    """Serve the web dashboard, JSON API and /metrics (basic auth required)."""
+    try:
+        import uvicorn
+
+        from conveyor.monitor.app import create_app
+    except ImportError as exc:
+        raise click.UsageError(f"the monitor needs its extras: pip install 'conveyor[monitor]' "
+                               f"({exc})") from exc
+    app = obj.app
+    users = credentials(basic_auth, basic_auth_env, list(app.conf.monitor_basic_auth))
+    readonly = [*readonly_auth, *app.conf.monitor_readonly_auth]
+    if not users:
+        raise click.UsageError(
+            "the monitor needs at least one account: --basic-auth user:pass, "
+            "--basic-auth-env VAR, CONVEYOR_MONITOR_BASIC_AUTH or monitor_basic_auth")
+    try:
+        asgi = create_app(app, users, readonly)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    app.finalize()
+    click.echo(f"conveyor monitor on http://{address}:{port}/ ({len(users)} admin entries, "
+               f"{len(readonly)} read-only)")
+    uvicorn.run(asgi, host=address, port=port, log_level=loglevel.lower(), access_log=False)
+
+
+# -- status --------------------------------------------------------------------------
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_obj
+def status_command(obj: Any, as_json: bool) -> None:
+    """Workers: online or offline, what they run, what they did."""
+    found = data.workers(_store(obj))
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    rows = [(w.get("id"), "online" if w["online"] else "OFFLINE", w.get("pool"),
+             w.get("concurrency"), ",".join(w.get("queues") or []), w["active_count"],
+             w.get("processed"), w.get("failed"), _mib(w.get("memory_kib")),
+             _ago(w.get("last_seen"))) for w in found]
+    _table(("worker", "status", "pool", "conc", "queues", "active", "processed", "failed",
+            "memory", "heartbeat"), rows)
+    online = sum(1 for w in found if w["online"])
+    click.echo(f"\n{online} online, {len(found) - online} offline")
+
+
+# -- inspect -------------------------------------------------------------------------
+@click.group("inspect")
+def inspect_command() -> None:
+    """Look inside the running system: active tasks, scheduled work, worker stats."""
+
+
+@inspect_command.command("active")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inspect_active(obj: Any, as_json: bool) -> None:
+    """Tasks running now, per worker, with progress where reported."""
+    running = tasks.running(obj.app, _store(obj))
+    if as_json:
+        click.echo(json.dumps(running, indent=2, default=str))
+        return
+    now = time.time()
+    rows = [(t["worker"], t["id"], t.get("task"), t.get("queue"),
+             _secs(now - float(t.get("started_at") or now)),
+             "-" if t.get("progress") is None else f"{t['progress']:.0f}%") for t in running]
+    _table(("worker", "task id", "name", "queue", "running", "progress"), rows)
+
+
+@inspect_command.command("scheduled")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inspect_scheduled(obj: Any, as_json: bool) -> None:
+    """Delayed messages waiting in the broker (countdown, eta, retry backoff) and beat entries."""
+    app = obj.app
+    delayed = [{"queue": s.queue, "delayed": s.delayed} for s in app.broker.stats()]
+    beat = data.schedules(app)
+    if as_json:
+        click.echo(json.dumps({"delayed": delayed, "beat": beat}, indent=2, default=str))
+        return
+    click.echo("Delayed messages (they wait in the broker, not in workers):")
+    _table(("queue", "delayed"), [(d["queue"], d["delayed"]) for d in delayed])
+    click.echo(f"\nBeat (lease holder: {beat.get('holder') or 'nobody'}):")
+    _table(("entry", "task", "schedule", "last run", "next run"),
+           [(e.get("name"), e.get("task"), e.get("schedule"), e.get("last_run_at"),
+             e.get("next_run")) for e in beat.get("entries", [])])
+
+
+@inspect_command.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inspect_stats(obj: Any, as_json: bool) -> None:
+    """Per worker counters, and per task outcomes and latency over the last hour."""
+    store = _store(obj)
+    found = data.workers(store)
+    hour = data.overview(store, data.HOUR)
+    if as_json:
+        click.echo(json.dumps({"workers": found, "last_hour": hour}, indent=2, default=str))
+        return
+    _table(("worker", "pid", "pool", "conc", "processed", "by state", "memory", "up since"),
+           [(w.get("id"), w.get("pid"), w.get("pool"), w.get("concurrency"), w.get("processed"),
+             " ".join(f"{k}={v}" for k, v in sorted((w.get("counts") or {}).items())),
+             _mib(w.get("memory_kib")),
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.get("started_at") or 0)))
+            for w in found])
+    click.echo(f"\nLast hour: {hour['totals']['total']:.0f} runs, "
+               f"{hour['throughput_per_minute']:.1f}/min")
+    _table(("task", "total", "ok", "failed", "retried", "run p50", "run p95", "wait p50"),
+           [(t["name"], f"{t['total']:.0f}", f"{t['SUCCESS']:.0f}", f"{t['FAILURE']:.0f}",
+             f"{t['RETRY']:.0f}", _secs(t["runtime_p50"]), _secs(t["runtime_p95"]),
+             _secs(t["wait_p50"])) for t in hour["tasks"]])
