@@ -62,7 +62,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.client import PubSub
-from redis.exceptions import NoScriptError
 
 from conveyor._redis import (
     CONNECTION_ERRORS,
@@ -115,6 +114,18 @@ return 1
 
 # Record header `index`; the call that completes the set (and only that one,
 # guarded by SET NX on the done marker) gets every part in index order.
+# set_many: KEYS are result keys; ARGV: px, then per key its value and the
+# channel to publish it on ('' for a state that is not ready).
+_SET_MANY = """
+local px = ARGV[1]
+for i, key in ipairs(KEYS) do
+  local value, channel = ARGV[2 * i], ARGV[2 * i + 1]
+  redis.call('SET', key, value, 'PX', px)
+  if channel ~= '' then redis.call('PUBLISH', channel, value) end
+end
+return #KEYS
+"""
+
 _CHORD_ADD = """
 local parts, done = KEYS[1], KEYS[2]
 local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
@@ -321,6 +332,7 @@ class RedisResultStore(ResultStore):
         self._holder = ClientHolder(self._options)
         client = self._holder.client
         self._set_and_publish = client.register_script(_SET_AND_PUBLISH)
+        self._set_many = client.register_script(_SET_MANY)
         self._chord_add = client.register_script(_CHORD_ADD)
         self._chord_fail = client.register_script(_CHORD_FAIL)
         self._set_fenced = client.register_script(_SET_FENCED)
@@ -369,36 +381,17 @@ class RedisResultStore(ResultStore):
         return bool(done)
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
-        """One pipelined round trip for the whole batch.
-
-        The pipeline calls the script by its hash directly: redis-py would
-        otherwise ask the server whether the script exists before every batch
-        (an extra round trip).  If the server lost its scripts (a restart),
-        the script is loaded and the batch, whose writes are all idempotent,
-        is sent again.
-        """
+        """One script call for the whole batch: one command to pack, one reply to read."""
         if not items:
             return
-        with self._errors(f"storing {len(items)} results"):
-            replies = self._pipelined_set(items, ttl)
-            if any(isinstance(r, NoScriptError) for r in replies):
-                self._holder.client.script_load(_SET_AND_PUBLISH)
-                replies = self._pipelined_set(items, ttl)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-
-    def _pipelined_set(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> list[Any]:
-        pipe = self._holder.client.pipeline(transaction=False)
-        px = _ms(ttl)
+        keys: list[str] = []
+        args: list[Any] = [_ms(ttl)]
         for task_id, state, payload in items:
-            key, value = self._key("result", task_id), _encode(state, payload)
-            if state in READY_STATES:
-                pipe.evalsha(self._set_and_publish.sha, 1, key, value, px,
-                             self._key("result-ready", task_id))
-            else:
-                pipe.set(key, value, px=px)
-        return list(pipe.execute(raise_on_error=False))
+            keys.append(self._key("result", task_id))
+            ready = state in READY_STATES
+            args += [_encode(state, payload), self._key("result-ready", task_id) if ready else ""]
+        with self._errors(f"storing {len(items)} results"):
+            self._set_many(keys=keys, args=args, client=self._holder.client)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
