@@ -116,3 +116,36 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "not installed"
+
+
+@click.command("healthcheck")
+@click.option("--worker", "node", default=None,
+              help="node name (-n) to look for; default: any worker on this host")
+@click.pass_context
+def healthcheck_command(ctx: click.Context, node: str | None) -> None:
+    """Exit 0 when the broker answers and a worker here is heartbeating (for probes)."""
+    import socket
+
+    from conveyor.events import store_for
+    from conveyor.exceptions import ConveyorError
+
+    app = ctx.obj.app
+    try:
+        app.broker.ping()
+    except (ConveyorError, OSError) as exc:
+        raise click.ClickException(f"broker {app.conf.broker_url} does not answer: {exc}") from exc
+    host = socket.gethostname()
+    workers = [w for w in store_for(app).workers() if w.get("online")]
+    mine = [w for w in workers if _is_ours(w, node, host)]
+    if not mine:
+        wanted = node or f"any worker on {host}"
+        raise click.ClickException(f"no heartbeat from {wanted} ({len(workers)} online elsewhere)")
+    click.echo(f"ok: broker answers; {len(mine)} worker(s) heartbeating: "
+               + ", ".join(str(w.get("hostname")) for w in mine))
+
+
+def _is_ours(worker: dict[str, Any], node: str | None, host: str) -> bool:
+    name = str(worker.get("hostname") or "")
+    if node is not None:
+        return name == node
+    return name.rpartition("@")[2] == host or name == host
