@@ -173,7 +173,7 @@ class Conveyor:
         if self._finalized:
             return
         self._finalized = True
-        for module in self._include:
+        for module in [*self._include, *self.conf.imports]:
             importlib.import_module(module)
         for pkgs, related in self._autodiscover:
             self._discover(pkgs, related)

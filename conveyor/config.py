@@ -47,6 +47,18 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "result_persistent": "results persist as the result store does",
     "task_create_missing_queues": "queues are always created on first use",
     "worker_cancel_long_running_tasks_on_connection_loss": "leases make this unnecessary",
+    "broker_heartbeat": "connections are health-checked by the client",
+    "task_default_exchange": "there are no exchanges; queues are addressed directly",
+    "task_default_exchange_type": "there are no exchanges; queues are addressed directly",
+    "task_default_routing_key": "there are no routing keys; use task_routes or queue=",
+    "worker_disable_rate_limits": "rate limits apply only to tasks that set rate_limit",
+    "result_chord_join_timeout": "chords join atomically; nothing polls",
+    "worker_lost_wait": "the supervisor notices lost children at once",
+}
+
+# Celery settings whose meaning Conveyor keeps under its one name for it.
+RENAMED_CELERY_SETTINGS: dict[str, str] = {
+    "include": "imports",
 }
 
 
@@ -92,6 +104,8 @@ class Settings:
     task_default_rate_limit: str | None = None
     task_idempotency_ttl: float | None = None  # None: result_expires
     task_enqueue_on_commit: bool = False
+    # Modules imported when the app is finalized (worker/beat start)
+    imports: list[str] = field(default_factory=list)
     # Routing
     task_routes: Any = None
     task_default_queue: str = "default"
@@ -143,6 +157,9 @@ class Settings:
                 stacklevel=4,
             )
             return None
+        if key in RENAMED_CELERY_SETTINGS:
+            return (f"{source}: {key} is called {RENAMED_CELERY_SETTINGS[key]} in Conveyor "
+                    f"(same meaning); rename it")
         if key not in _HINTS:
             return _unknown_key_message(key, source)
         try:

@@ -12,7 +12,7 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-TEST_REDIS_DB = 15
+TEST_REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "15"))
 PG_DSN = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -169,7 +169,9 @@ def _import_exception(module: str | None, name: str | None) -> type[BaseExceptio
     if not module or not name:
         return None
     try:
-        candidate = getattr(importlib.import_module(module), name, None)
+        candidate: Any = importlib.import_module(module)
+        for part in name.split("."):  # qualified names, e.g. Order.DoesNotExist
+            candidate = getattr(candidate, part)
     except Exception:
         return None
     if isinstance(candidate, type) and issubclass(candidate, BaseException):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import sys
 import types
 import uuid
 from decimal import Decimal
@@ -67,6 +68,16 @@ def test_wrong_type_names_key_and_value() -> None:
 def test_celery_only_settings_warn_instead_of_failing() -> None:
     with pytest.warns(ConfigWarning, match="task_always_eager is ignored by Conveyor"):
         Settings().update({"task_always_eager": True})
+
+
+def test_celery_include_is_named_imports_here() -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"include is called imports in Conveyor \(same meaning\); rename"):
+        Settings().update({"include": ["proj.tasks"]})
+    app = make_app(imports=["tests.unit.pkg_autodiscover.beta.tasks"])
+    assert "tests.unit.pkg_autodiscover.beta.tasks" not in sys.modules
+    app.finalize()
+    assert "tests.unit.pkg_autodiscover.beta.tasks.beta_task" in app.tasks
 
 
 def test_plain_module_without_namespace() -> None:
@@ -209,9 +220,8 @@ def test_shared_task_declared_before_the_app_exists() -> None:
 
 def test_autodiscover_plain_packages() -> None:
     app = make_app()
-    app.autodiscover_tasks(["tests.unit.pkg_autodiscover.alpha",
-                            "tests.unit.pkg_autodiscover.beta"])
-    assert "tests.unit.pkg_autodiscover.alpha.tasks.alpha_task" not in app.tasks  # lazy
+    app.autodiscover_tasks(["tests.unit.pkg_autodiscover.alpha"])
+    assert "tests.unit.pkg_autodiscover.alpha.tasks" not in sys.modules  # lazy
     app.finalize()
     assert "tests.unit.pkg_autodiscover.alpha.tasks.alpha_task" in app.tasks
 
@@ -258,12 +268,20 @@ def test_oversized_result_is_refused_and_large_one_warned(
     assert "results are meant to be small" in caplog.text
 
 
+class Outer:
+    class Missing(LookupError):
+        """Like Django's Model.DoesNotExist: an exception class nested in a class."""
+
+
 def test_failures_come_back_as_the_same_type_with_the_remote_traceback() -> None:
     record = ResultRecord(task_id="t", state=states.FAILURE, result="no such order",
                           exc_type="KeyError", exc_module="builtins", traceback="Traceback...")
     exc = record.exception()
     assert isinstance(exc, KeyError)
     assert "Remote traceback (task t)" in exc.__notes__[0]
+    nested = ResultRecord(task_id="t", state=states.FAILURE, result="gone",
+                          exc_type="Outer.Missing", exc_module=__name__)
+    assert isinstance(nested.exception(), Outer.Missing)
     unknown = ResultRecord(task_id="t", state=states.FAILURE, result="boom",
                            exc_type="GoneError", exc_module="nowhere.at.all")
     assert isinstance(unknown.exception(), RemoteTaskError)

@@ -1,0 +1,6 @@
+from conveyor import shared_task
+
+
+@shared_task
+def beta_task() -> str:
+    return "beta"
