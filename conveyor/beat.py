@@ -175,6 +175,11 @@ def plan_ticks(
     if first > now:
         return TickPlan((), _bounded(first, start_time, expires), False)
     send, dropped = _choose(schedule, after, now, edge, policy, limit)
+    if last is None:
+        # A never-run entry counts from the edge, so that a process taking over
+        # still sends a first tick its predecessor did not; but at most that one:
+        # the earlier ticks of the window predate the entry (no burst on adding it).
+        send = send[-1:]
     latest = _recent(schedule, after, now, 1)[0][-1]
     kept = tuple(tick for tick in send if _in_force(tick, start_time, expires))
     return TickPlan(kept, _bounded(_utc(schedule.next_run(latest)), start_time, expires), dropped)

@@ -875,3 +875,12 @@ def test_beat_stops_at_start_on_a_bad_entry(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "beat_schedule['tick']['schedule']: run_every must be greater than zero" in (
         done.stderr)
+
+
+def test_an_entry_added_while_beat_runs_sends_no_burst() -> None:
+    # A 2 s entry appears in a running beat: the 25 s failover window holds ~12 of
+    # its grid ticks, none of which existed for it; at most the latest is sent.
+    now = datetime(2024, 1, 1, 12, 0, 1, tzinfo=UTC)
+    plan = plan_ticks(schedule(2), last=None, now=now, cutoff=now - timedelta(minutes=5),
+                      window=timedelta(seconds=25))
+    assert plan.send == (datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC),)
