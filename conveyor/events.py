@@ -42,7 +42,9 @@ number of task names, :data:`MAX_TASKS` and :data:`MAX_TIMELINE`; see
 from __future__ import annotations
 
 import abc
+import bisect
 import json
+import logging
 import os
 import threading
 import time
@@ -52,6 +54,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
+from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -85,6 +88,7 @@ BUCKETS: tuple[float, ...] = (
 )
 DEAD = "DEAD"  # the counter state for dead-lettered messages
 OUTCOMES = (states.SUCCESS, states.FAILURE, states.RETRY, states.REVOKED, DEAD)
+log = logging.getLogger("conveyor.events")
 MINUTE = 60
 TOTALS = 0  # the "minute" holding all-time totals
 #: How many task ids the search index keeps (the oldest go first).
@@ -102,11 +106,8 @@ RUNTIME, WAIT = "rt", "qw"
 
 
 def bucket_index(seconds: float) -> int:
-    """The histogram bucket a duration falls in."""
-    for index, bound in enumerate(BUCKETS):
-        if seconds <= bound:
-            return index
-    return len(BUCKETS)
+    """The histogram bucket a duration falls in (bounds are inclusive)."""
+    return bisect.bisect_left(BUCKETS, seconds)
 
 
 def minute_of(ts: float) -> int:
@@ -114,7 +115,7 @@ def minute_of(ts: float) -> int:
 
 
 # -- values --------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskReport:
     """A task starting (state STARTED) or ending in a worker, as a consumer saw it."""
 
@@ -131,7 +132,7 @@ class TaskReport:
     info: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskEntry:
     """One task in the search index: its latest known state."""
 
@@ -164,7 +165,7 @@ class TaskEntry:
         return cls.from_dict(json.loads(text))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimelineEvent:
     """Something that happened to a task, for its detail page."""
 
@@ -312,91 +313,108 @@ def _number(value: Any) -> float | None:
 
 
 class Recorder:
-    """A worker's in-memory aggregate of task reports, drained once per heartbeat.
+    """A worker's in-memory record of task reports, turned into a :class:`Batch`
+    once per heartbeat.
 
+    ``add`` only appends (it runs for every task start and finish); the
+    counting, the index entries and the timeline are built in :meth:`drain`.
     Thread-safe.  While the store cannot be written, counters keep adding up
-    (they are small); the task index and timeline keep at most
-    :data:`MAX_PENDING_TASKS` entries and count what they drop.
+    (they are small); index entries and timeline events are kept for at most
+    ``max_pending`` reports, and :attr:`dropped` counts the rest.
     """
 
     def __init__(self, max_pending: int = MAX_PENDING_TASKS) -> None:
         self._lock = threading.Lock()
         self._max = max_pending
-        self._cells: dict[tuple[int, str, str], float] = {}
-        self._tasks: dict[str, TaskEntry] = {}
+        self._reports: list[TaskReport] = []
+        self._cells: dict[tuple[int, str, str], float] = {}  # counted, not yet written
+        self._entries: list[TaskEntry] = []  # from a batch the store refused
         self._timeline: list[TimelineEvent] = []
         self.dropped = 0
 
     def add(self, report: TaskReport) -> None:
-        entry = _entry_for(report)
-        events = _events_for(report)
         with self._lock:
-            if report.state != states.STARTED:
-                self._count(report)
-            if len(self._tasks) >= self._max and report.task_id not in self._tasks:
-                self.dropped += 1
-                return
-            self._tasks[report.task_id] = entry
-            self._timeline.extend(events)
-
-    def _count(self, report: TaskReport) -> None:
-        metrics: list[tuple[str, float]] = [(f"n:{report.state}", 1)]
-        for kind, value in ((RUNTIME, report.runtime), (WAIT, report.wait)):
-            if value is not None:
-                metrics += [(f"{kind}:{bucket_index(value)}", 1), (f"{kind}:sum", float(value))]
-        cells = self._cells
-        for minute in (minute_of(report.at), TOTALS):
-            for metric, value in metrics:
-                key = (minute, report.name, metric)
-                cells[key] = cells.get(key, 0) + value
+            self._reports.append(report)
+            if len(self._reports) > self._max:  # the store is away: keep counting only
+                _count(self._reports, self._cells)
+                self.dropped += len(self._reports)
+                self._reports = []
 
     def drain(self, worker: str) -> Batch:
-        """Take everything recorded so far, stamped with the worker's id."""
+        """Everything recorded since the last drain, stamped with the worker's id."""
         with self._lock:
-            cells, tasks, timeline = self._cells, self._tasks, self._timeline
-            self._cells, self._tasks, self._timeline = {}, {}, []
-        return Batch(
-            worker=worker,
-            cells=cells,
-            tasks=[replace(e, worker=worker) for e in tasks.values()],
-            timeline=[replace(e, worker=worker) for e in timeline],
-        )
+            reports, cells = self._reports, self._cells
+            entries, timeline = self._entries, self._timeline
+            self._reports, self._cells, self._entries, self._timeline = [], {}, [], []
+        _count(reports, cells)
+        latest = {r.task_id: r for r in reports}  # one index entry per task
+        entries += [_entry_for(r, worker) for r in latest.values()]
+        for report in reports:
+            timeline += _events_for(report, worker)
+        return Batch(worker=worker, cells=cells, tasks=entries, timeline=timeline)
 
     def restore(self, batch: Batch) -> None:
         """Put back a batch the store refused, so the next flush carries it."""
         with self._lock:
             for key, value in batch.cells.items():
                 self._cells[key] = self._cells.get(key, 0) + value
-            for entry in batch.tasks:
-                if len(self._tasks) < self._max:
-                    self._tasks.setdefault(entry.task_id, entry)
-            room = max(0, self._max * 4 - len(self._timeline))
+            room = max(0, self._max - len(self._entries))
+            self._entries[:0] = batch.tasks[-room:] if room else []
+            room = max(0, 4 * self._max - len(self._timeline))
             self._timeline[:0] = batch.timeline[-room:] if room else []
+            self.dropped += len(batch.tasks) - min(len(batch.tasks), room)
 
 
-def _entry_for(report: TaskReport) -> TaskEntry:
+_COUNT_METRIC = {state: f"n:{state}" for state in OUTCOMES}
+_BUCKET_METRIC = {kind: [f"{kind}:{i}" for i in range(len(BUCKETS) + 1)]
+                  for kind in (RUNTIME, WAIT)}
+
+
+def _count(reports: Sequence[TaskReport], cells: dict[tuple[int, str, str], float]) -> None:
+    """Add finished reports to per-minute cells and to the all-time totals."""
+    fresh: dict[tuple[int, str, str], float] = {}
+    for report in reports:
+        if report.state == states.STARTED:
+            continue
+        minute, name = minute_of(report.at), report.name
+        key = (minute, name, _COUNT_METRIC.get(report.state) or f"n:{report.state}")
+        fresh[key] = fresh.get(key, 0) + 1
+        for kind, value in ((RUNTIME, report.runtime), (WAIT, report.wait)):
+            if value is None:
+                continue
+            key = (minute, name, _BUCKET_METRIC[kind][bucket_index(value)])
+            fresh[key] = fresh.get(key, 0) + 1
+            key = (minute, name, f"{kind}:sum")
+            fresh[key] = fresh.get(key, 0.0) + value
+    for (minute, name, metric), value in fresh.items():
+        for key in ((minute, name, metric), (TOTALS, name, metric)):
+            cells[key] = cells.get(key, 0) + value
+
+
+def _entry_for(report: TaskReport, worker: str) -> TaskEntry:
     done = report.at if report.state != states.STARTED else None
     return TaskEntry(
         task_id=report.task_id, name=report.name, state=report.state, queue=report.queue,
-        retries=report.retries, sent_at=report.sent_at, started_at=report.started_at,
-        done_at=done, runtime=report.runtime, wait=report.wait, info=report.info,
-        updated_at=report.at,
+        worker=worker, retries=report.retries, sent_at=report.sent_at,
+        started_at=report.started_at, done_at=done, runtime=report.runtime, wait=report.wait,
+        info=report.info, updated_at=report.at,
     )
 
 
-def _events_for(report: TaskReport) -> list[TimelineEvent]:
+def _events_for(report: TaskReport, worker: str) -> list[TimelineEvent]:
     tid = report.task_id
     if report.state == states.STARTED:
         events = []
         if report.sent_at is not None:
             what = "sent" if report.retries == 0 else f"retry {report.retries} sent"
-            events.append(TimelineEvent(tid, report.sent_at, "SENT", what))
+            events.append(TimelineEvent(tid, report.sent_at, "SENT", what, worker))
         waited = f"waited {report.wait:.3f}s in {report.queue}" if report.wait is not None else ""
-        events.append(TimelineEvent(tid, report.at, states.STARTED, waited))
+        events.append(TimelineEvent(tid, report.at, states.STARTED, waited, worker))
         return events
     parts = [f"ran {report.runtime:.3f}s" if report.runtime is not None else "",
              report.info or ""]
-    return [TimelineEvent(tid, report.at, report.state, "; ".join(p for p in parts if p))]
+    return [TimelineEvent(tid, report.at, report.state, "; ".join(p for p in parts if p),
+                          worker)]
 
 
 # -- the store -----------------------------------------------------------------
@@ -550,8 +568,6 @@ def store_from_url(url: str, retention: float = 86400.0,
 
         prefix = str((options or {}).get("prefix") or "conveyor")
         return RedisEventStore(url, retention, prefix=prefix)
-    from conveyor.exceptions import ConfigurationError
-
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 
@@ -582,7 +598,12 @@ def store_for(app: Conveyor) -> EventStore:
 
 
 def events_for(app: Conveyor) -> EventSink:
-    """What ``app.events`` returns: the store, or :class:`NullEvents` when disabled."""
+    """What ``app.events`` returns: the store, or :class:`NullEvents` when disabled
+    or when the backend has no event store (a worker must start regardless)."""
     if not app.conf.events_enabled:
         return NullEvents()
-    return store_for(app)
+    try:
+        return store_for(app)
+    except ConfigurationError as exc:
+        log.warning("task events are off: %s", exc)
+        return NullEvents()

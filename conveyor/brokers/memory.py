@@ -44,6 +44,7 @@ class _MemoryServer:
     delayed: list[tuple[float, int, str]] = field(default_factory=list)
     inflight: dict[str, _Stored] = field(default_factory=dict)
     dead: dict[str, list[DeadLetter]] = field(default_factory=dict)
+    dead_priority: dict[str, int] = field(default_factory=dict)  # id -> priority, for replay
     keys: dict[str, tuple[str, float]] = field(default_factory=dict)
     revoked: dict[str, tuple[float, bool]] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -198,6 +199,7 @@ class MemoryBroker(Broker):
             del self._s.messages[delivery.id]
             letter = DeadLetter(delivery.id, delivery.queue, delivery.body, reason, time.time())
             self._s.dead.setdefault(delivery.queue, []).append(letter)
+            self._s.dead_priority[delivery.id] = stored.envelope.priority
             return True
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
@@ -255,13 +257,17 @@ class MemoryBroker(Broker):
             taken = self._take_dead(queue, ids)
             now = time.time()
             for letter in taken:
-                self._put(Envelope(letter.id, letter.queue, letter.body), now)
+                priority = self._s.dead_priority.pop(letter.id, 0)
+                self._put(Envelope(letter.id, letter.queue, letter.body, priority), now)
             self._s.lock.notify_all()
             return len(taken)
 
     def discard_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
         with self._s.lock:
-            return len(self._take_dead(queue, ids))
+            taken = self._take_dead(queue, ids)
+            for letter in taken:
+                self._s.dead_priority.pop(letter.id, None)
+            return len(taken)
 
     # -- control plane ---------------------------------------------------
     def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:

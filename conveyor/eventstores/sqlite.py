@@ -8,6 +8,7 @@ prefixed ``conveyor_events_``::
     conveyor_events_counts    (minute, task, metric) PK -> value     WITHOUT ROWID
                               metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
                               minute 0: all-time totals, never pruned
+    conveyor_events_counts10  the same, summed per 10 minutes (what the day view reads)
     conveyor_events_tasks     task_id PK, name, state, queue, worker, retries,
                               sent_at, started_at, done_at, runtime, wait, info,
                               updated_at (indexed)
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS conveyor_events_workers (
 CREATE TABLE IF NOT EXISTS conveyor_events_counts (
     minute INTEGER NOT NULL, task TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (minute, task, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conveyor_events_counts10 (
+    minute INTEGER NOT NULL, task TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (minute, task, metric)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conveyor_events_tasks (
     task_id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, queue TEXT,
     worker TEXT, retries INTEGER NOT NULL DEFAULT 0, sent_at REAL, started_at REAL,
@@ -88,19 +92,22 @@ WHERE excluded.updated_at >= conveyor_events_tasks.updated_at
            AND conveyor_events_tasks.state IN ({_OUTCOME_LIST})
            AND conveyor_events_tasks.retries >= excluded.retries)
 """
+ROLLUP = 600
 ADD_CELL = """
 INSERT INTO conveyor_events_counts (minute, task, metric, value) VALUES (?, ?, ?, ?)
 ON CONFLICT (minute, task, metric) DO UPDATE SET value = value + excluded.value
 """
+ADD_ROLLUP = ADD_CELL.replace("conveyor_events_counts", "conveyor_events_counts10")
 TRIM_TASKS = """
 DELETE FROM conveyor_events_tasks WHERE task_id IN (
     SELECT task_id FROM conveyor_events_tasks ORDER BY updated_at DESC LIMIT -1 OFFSET ?)
 """
-# Orphans: events of tasks no longer indexed; monitor actions on tasks that never
-# reached a worker are kept an hour.
+# Orphans: events of tasks no longer indexed.  Monitor actions on tasks that never
+# reached a worker (revoked while queued, say) are kept an hour.
 TRIM_ORPHANS = """
-DELETE FROM conveyor_events_timeline WHERE ts < ? AND task_id NOT IN (
-    SELECT task_id FROM conveyor_events_tasks)
+DELETE FROM conveyor_events_timeline
+WHERE (kind != 'ACTION' OR ts < ?)
+  AND task_id NOT IN (SELECT task_id FROM conveyor_events_tasks)
 """
 TRIM_TIMELINES = f"""
 DELETE FROM conveyor_events_timeline WHERE rowid IN (
@@ -202,6 +209,7 @@ class SQLiteEventStore(EventStore):
 
         def work(conn: sqlite3.Connection) -> None:
             conn.executemany(ADD_CELL, [(*k, v) for k, v in batch.cells.items()])
+            conn.executemany(ADD_ROLLUP, _rollups(batch.cells))
             conn.executemany(UPSERT_TASK, [_task_row(e) for e in batch.tasks])
             conn.executemany(
                 "INSERT INTO conveyor_events_timeline (task_id, ts, kind, detail, worker) "
@@ -243,6 +251,8 @@ class SQLiteEventStore(EventStore):
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM conveyor_events_counts WHERE minute < ? AND minute > 0",
                          (cutoff - 60,))
+            conn.execute("DELETE FROM conveyor_events_counts10 WHERE minute < ?",
+                         (cutoff - ROLLUP,))
             conn.execute("DELETE FROM conveyor_events_queues WHERE minute < ?", (cutoff - 60,))
             conn.execute("DELETE FROM conveyor_events_tasks WHERE updated_at < ?", (cutoff,))
             conn.execute(TRIM_TASKS, (self.max_tasks,))
@@ -271,10 +281,13 @@ class SQLiteEventStore(EventStore):
         return out
 
     def cells(self, since: float, until: float, step: int) -> list[tuple[int, str, str, float]]:
+        table, width = "conveyor_events_counts", 60
+        if step % ROLLUP == 0 and since > 0:
+            table, width = "conveyor_events_counts10", ROLLUP
         rows = self._read(
-            "SELECT (minute / ?) * ?, task, metric, SUM(value) FROM conveyor_events_counts "
+            f"SELECT (minute / ?) * ?, task, metric, SUM(value) FROM {table} "
             "WHERE minute >= ? AND minute <= ? GROUP BY 1, 2, 3 ORDER BY 1",
-            (step, step, int(since // 60) * 60, until))
+            (step, step, int(since // width) * width, until))
         return [(int(t), task, metric, float(v)) for t, task, metric, v in rows]
 
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
@@ -295,6 +308,16 @@ class SQLiteEventStore(EventStore):
             "SELECT minute, queue, ready, delayed, inflight, dead FROM conveyor_events_queues "
             "WHERE minute >= ? AND minute <= ? ORDER BY minute, queue", (since, until))
         return [QueueSample(*row) for row in rows]
+
+
+def _rollups(cells: dict[tuple[int, str, str], float]) -> list[tuple[int, str, str, float]]:
+    """Minute cells summed per 10 minutes (the all-time totals are not rolled up)."""
+    out: dict[tuple[int, str, str], float] = {}
+    for (minute, task, metric), value in cells.items():
+        if minute > 0:
+            key = (minute // ROLLUP * ROLLUP, task, metric)
+            out[key] = out.get(key, 0) + value
+    return [(*key, value) for key, value in out.items()]
 
 
 def _task_row(entry: TaskEntry) -> tuple[Any, ...]:

@@ -7,6 +7,7 @@ agree on every number.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -48,6 +49,22 @@ def percentile(counts: Sequence[float], q: float) -> float | None:
     return BUCKETS[-1]
 
 
+@functools.cache
+def _parse(metric: str) -> tuple[str, str, int]:
+    """``n:SUCCESS`` -> (n, SUCCESS, 0); ``rt:sum`` -> (sum, rt, 0); ``rt:3`` -> (bucket, rt, 3).
+
+    Cached: a day's cells repeat the same few dozen metric names.
+    """
+    kind, _, rest = metric.partition(":")
+    if kind == "n":
+        return "n", rest, 0
+    if kind in (RUNTIME, WAIT) and rest == "sum":
+        return "sum", kind, 0
+    if kind in (RUNTIME, WAIT) and rest.isdigit() and int(rest) <= len(BUCKETS):
+        return "bucket", kind, int(rest)
+    return "other", "", 0
+
+
 @dataclass
 class _Agg:
     """Counters and both histograms for one time bucket or one task."""
@@ -59,13 +76,23 @@ class _Agg:
     sums: dict[str, float] = field(default_factory=lambda: {RUNTIME: 0.0, WAIT: 0.0})
 
     def add(self, metric: str, value: float) -> None:
-        kind, _, rest = metric.partition(":")
+        kind, key, index = _parse(metric)
         if kind == "n":
-            self.counts[rest] = self.counts.get(rest, 0) + value
-        elif kind in self.hist and rest == "sum":
-            self.sums[kind] += value
-        elif kind in self.hist and rest.isdigit() and int(rest) <= len(BUCKETS):
-            self.hist[kind][int(rest)] += value
+            self.counts[key] = self.counts.get(key, 0) + value
+        elif kind == "sum":
+            self.sums[key] += value
+        elif kind == "bucket":
+            self.hist[key][index] += value
+
+    def merge(self, other: _Agg) -> None:
+        for state, count in other.counts.items():
+            self.counts[state] = self.counts.get(state, 0) + count
+        for kind, row in other.hist.items():
+            mine = self.hist[kind]
+            for index, count in enumerate(row):
+                mine[index] += count
+        for kind, total in other.sums.items():
+            self.sums[kind] += total
 
     @property
     def total(self) -> float:
@@ -92,8 +119,12 @@ def overview(store: EventStore, window: int = HOUR, now: float | None = None) ->
     for t, name, metric, value in store.cells(first, now, step):
         if t in points:
             points[t].add(metric, value)
-        tasks.setdefault(name, _Agg()).add(metric, value)
-        whole.add(metric, value)
+        agg = tasks.get(name)
+        if agg is None:
+            agg = tasks[name] = _Agg()
+        agg.add(metric, value)
+    for agg in tasks.values():
+        whole.merge(agg)
     total = whole.total
     return {
         "window": window,

@@ -105,14 +105,36 @@ class Consumer:
     def _run_batch(self, batch: list[Delivery]) -> None:
         self.reporter.held(batch)
         revoked = self._revoked(batch)
+        reserved = time.monotonic()
         for index, delivery in enumerate(batch):
             if self.stop.is_set():
                 self._hand_back(batch[index:])
                 return
+            if not self._still_held(delivery, reserved):
+                self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
+                continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
             self._settle(delivery, outcome)
             self.reporter.done(delivery, outcome)
             self.processed += 1
+
+    def _still_held(self, delivery: Delivery, reserved: float) -> bool:
+        """Is a message that waited in the prefetch buffer for half a lease still ours?
+
+        If this worker's renewals stalled meanwhile (its process was paused, or
+        a frozen process held the SQLite file's lock), its lease may have run
+        out and another consumer may be running it: then it is not started here.
+        """
+        if time.monotonic() - reserved < self.lease / 2:
+            return True
+        try:
+            [held] = self.broker.extend([delivery], self.lease)
+        except BrokerError:
+            return True  # cannot tell; running it again is allowed, losing it is not
+        if not held:
+            log.warning("lease of %s lapsed while it waited to start; another consumer has "
+                        "it, so it is not started here", delivery.id)
+        return held
 
     def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
         try:

@@ -117,9 +117,25 @@ class Processes:
                 proc.wait(10)
 
 
+OWN_REDIS_DB = 14
+
+
 @pytest.fixture(params=["sqlite", "redis"])
-def process_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"{request.param}_url"))
+def process_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """SQLite, or Redis in a database of its own: the worker, beat and monitor are
+    separate processes, and must not meet other suites' messages in the shared one."""
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    if request.param == "sqlite":
+        yield url
+        return
+    import redis
+
+    own = url.rsplit("/", 1)[0] + f"/{OWN_REDIS_DB}"
+    client = redis.Redis.from_url(own)
+    client.flushdb()
+    yield own
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 Its task runs elsewhere meanwhile; when the paused worker wakes and finishes
 the same task, its late result must not replace the newer attempt's, and its
-late acknowledgement must be refused (guarantee 1, ADR 0001 and 0002).
+late acknowledgement must be refused (guarantee 1, ADR 0001 and 0002).  What
+it had prefetched and not started went elsewhere too, and is not started
+again when it wakes.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from .harness import (
 
 def test_a_worker_paused_past_its_lease_cannot_overwrite_the_newer_attempt(
         client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
-    stale = workers.start("-c", "1")
     result = client.send_task(task("sleep"), [1.0])
+    prefetched = [client.send_task(task("sleep"), [0]).id for _ in range(2)]
+    stale = workers.start("-c", "1", "--prefetch-multiplier", "3")
     wait_for(lambda: ledger.count("start")[result.id] == 1, 30, "the first attempt to start")
     [(_, _, _, stale_pid)] = ledger.events("start")
     kill_group(stale, signal.SIGSTOP)
@@ -45,19 +48,22 @@ def test_a_worker_paused_past_its_lease_cannot_overwrite_the_newer_attempt(
 
     kill_group(stale, signal.SIGCONT)
     wait_for(lambda: ledger.count("end")[result.id] == 2, 30, "the stale attempt to finish")
-    wait_for(lambda: "ack of" in workers.logs(), 10, "the stale worker's ack to be refused")
+    wait_for(lambda: workers.logs().count("lapsed while it waited to start") == 2, 10,
+             "the stale worker to drop what it had prefetched")
+    assert "ack of" in workers.logs(), "the stale worker's ack was not refused"
     assert "result refused, a later delivery of the message took over" in workers.logs()
+    assert all(ledger.count("start")[i] == 1 for i in prefetched), "a prefetched task ran twice"
     after = client.send_task(task("sleep"), [0])
     wait_ready(workers, fresh)
     assert after.get(timeout=30) > 0
 
     assert client.AsyncResult(result.id).get(timeout=5) == fresh_pid, \
         "the stale worker's late result replaced the newer attempt's"
-    ids = [result.id, after.id]
+    ids = [result.id, *prefetched, after.id]
     wait_for(lambda: settled(client.broker, ledger, ids), 30, "nothing left in flight")
     total = total_queue(client.broker, ledger, ids)
     assert_nothing_lost(total, may_repeat={result.id})
     assert stale.poll() is None, "the resumed worker carries on"
     report(Figures("3 SIGSTOP past the lease, SIGCONT", backend, len(ids), 1, len(total.lost),
                    len(total.duplicates), taken_over,
-                   "stale result and ack refused; duplicate run allowed (paused holder)"))
+                   "stale result+ack refused, 2 prefetched not rerun; 1 rerun (paused holder)"))

@@ -36,15 +36,34 @@ from conveyor.worker.execute import DEAD as DEAD_ACTION
 
 from .processes import start_worker, stop, wait_for, worker_env
 
-
-def own_prefix() -> dict[str, str]:
-    """Redis keys of this test only (other suites may share the test database)."""
-    return {"prefix": f"test-{uuid.uuid4().hex[:12]}"}
+OWN_REDIS_DB = 13  # other suites flush the shared test database while these run
 
 
 @pytest.fixture
-def store(backend_url: str) -> Iterator[EventStore]:
-    opened = store_from_url(backend_url, retention=3600, options=own_prefix())
+def store_url(backend_url: str) -> Iterator[str]:
+    """The backend, with Redis keys of this test only, in a database of their own."""
+    if not backend_url.startswith("redis"):
+        yield backend_url
+        return
+    import redis
+
+    url = backend_url.rsplit("/", 1)[0] + f"/{OWN_REDIS_DB}"
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield f"{url}#{prefix}"
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def open_store(url: str, retention: float) -> EventStore:
+    base, _, prefix = url.partition("#")
+    return store_from_url(base, retention=retention, options={"prefix": prefix or "conveyor"})
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[EventStore]:
+    opened = open_store(store_url, 3600)
     yield opened
     opened.close()
 
@@ -154,8 +173,8 @@ def test_queue_samples_once_per_minute(store: EventStore) -> None:
         "default", 3, 1, 2, 4)
 
 
-def test_prune_applies_retention_and_the_index_cap(backend_url: str) -> None:
-    store = store_from_url(backend_url, retention=600, options=own_prefix())
+def test_prune_applies_retention_and_the_index_cap(store_url: str) -> None:
+    store = open_store(store_url, 600)
     store.max_tasks = 3  # type: ignore[attr-defined]
     now = time.time()
     old = minute_of(now) - 3600
@@ -165,7 +184,7 @@ def test_prune_applies_retention_and_the_index_cap(backend_url: str) -> None:
     store.prune(now + 61)
     kept = {e.task_id for e in store.tasks(TaskQuery())}
     assert kept == {"t2", "t3", "t4"}
-    if not backend_url.startswith("redis"):  # Redis counters expire by themselves
+    if not store_url.startswith("redis"):  # Redis counters expire by themselves
         assert store.cells(old, old, 60) == []
     store.close()
 
@@ -272,10 +291,20 @@ def test_worker_writes_heartbeats_counters_and_the_index(sqlite_url: str) -> Non
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def process_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def process_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite, or a Redis database of its own: a worker process must not take
+    other suites' messages from the shared test database."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("redis_url"))
+        yield f"sqlite:///{tmp_path / 'broker.db'}"
+        return
+    import redis
+
+    own = str(request.getfixturevalue("redis_url")).rsplit("/", 1)[0] + f"/{OWN_REDIS_DB}"
+    client = redis.Redis.from_url(own)
+    client.flushdb()
+    yield own
+    client.flushdb()
+    client.close()
 
 
 def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> None:
@@ -310,8 +339,8 @@ def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> Non
     assert [w["online"] for w in store.workers() if w["pid"] == proc.pid] == [False]
 
 
-def test_totals_are_kept_beyond_the_retention(backend_url: str) -> None:
-    store = store_from_url(backend_url, retention=600, options=own_prefix())
+def test_totals_are_kept_beyond_the_retention(store_url: str) -> None:
+    store = open_store(store_url, 600)
     recorder = Recorder()
     old = time.time() - 3600
     recorder.add(TaskReport("a", "proj.t", "q", states.SUCCESS, old, runtime=0.2, wait=0.01))
