@@ -278,7 +278,7 @@ class TaskClock:
             started = current[1]
             runtime = outcome.runtime or now - (started.started_at or now)
             return replace(started, state=state, at=now, runtime=runtime, info=outcome.reason)
-        head = _peek(delivery.body)
+        head = _peek(delivery.body, limit=None)  # rare: refused or dead-lettered unstarted
         return TaskReport(
             task_id=_task_id(delivery.id), name=str(head.get("task") or "(undecodable)"),
             queue=delivery.queue, state=state, at=now, retries=int(head.get("retries") or 0),
@@ -300,7 +300,14 @@ def _task_id(delivery_id: str) -> str:
     return delivery_id.split("~", 1)[0]  # retries are stored as <task id>~<n>
 
 
-def _peek(body: bytes) -> dict[str, Any]:
+#: Bodies above this are not parsed a second time for their timing fields (the
+#: executor has decoded them already); such tasks are recorded without a queue wait.
+PEEK_LIMIT = 64 * 1024
+
+
+def _peek(body: bytes, limit: int | None = PEEK_LIMIT) -> dict[str, Any]:
+    if limit is not None and len(body) > limit:
+        return {}
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -371,3 +371,21 @@ def test_status_and_inspect_print_tables(app: Conveyor) -> None:
     assert scheduled.exit_code == 0 and "Delayed messages" in scheduled.output
     as_json = runner.invoke(status_command, ["--json"], obj=obj)
     assert '"processed"' in as_json.output
+
+
+def test_percentiles_and_progress_conventions() -> None:
+    from conveyor.events import BUCKETS, bucket_index
+    from conveyor.monitor.data import percentile
+    from conveyor.monitor.tasks import progress_of
+
+    counts = [0.0] * (len(BUCKETS) + 1)
+    counts[bucket_index(0.2)] = 50  # (0.1, 0.25]
+    counts[bucket_index(3.0)] = 50  # (2.5, 5]
+    assert 0.1 < (percentile(counts, 0.5) or 0) <= 0.25
+    assert 2.5 < (percentile(counts, 0.99) or 0) <= 5
+    assert percentile([0.0] * len(counts), 0.5) is None
+    assert progress_of({"current": 3, "total": 12}) == 25
+    assert progress_of({"percent": 140}) == 100
+    assert progress_of({"progress": 0.5}) == 50
+    assert progress_of({"current": 1, "total": 0}) is None
+    assert progress_of("half") is None
