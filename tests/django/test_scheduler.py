@@ -189,6 +189,7 @@ def test_admin_edits_reach_a_running_beat(app: Any, processes: Processes,
     row = interval_task("live", seconds=1, queue="ticks")
     wait_for(lambda: _ready(app, "ticks") >= 2, 20, "ticks of the new entry")
 
+    row.refresh_from_db()  # the admin edits a freshly loaded row, not a stale copy
     row.queue = "moved"  # an edit, as the admin's save() makes it
     row.save()
     wait_for(lambda: _ready(app, "moved") >= 1, 20, "ticks on the edited queue")
