@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -90,6 +90,12 @@ def beats(url: str, tmp_path: Path) -> Iterator[Beats]:
     fleet.stop_all()
 
 
+def more_ticks(ledger: Ledger, count: int) -> Callable[[], bool]:
+    """A condition: ``count`` more ticks ran than now."""
+    seen = len(ledger.events("tick"))
+    return lambda: len(ledger.events("tick")) >= seen + count
+
+
 def ticks_in(ledger: Ledger) -> list[datetime]:
     return [datetime.fromisoformat(t) for _, t, _, _ in ledger.events("tick")]
 
@@ -111,9 +117,7 @@ def test_beat_leader_killed_twice_each_tick_runs_once(
         leader = beats.leader(client, other_than=leader)
         takeovers.append(time.monotonic() - killed_at)
         beats.start()
-        seen = len(ledger.events("tick"))
-        wait_for(lambda seen=seen: len(ledger.events("tick")) >= seen + 2, 15,
-                 "the new leader's ticks to run")
+        wait_for(more_ticks(ledger, 2), 15, "the new leader's ticks to run")
     beats.stop_all()
 
     ids = [task_id for _, task_id, _, _ in ledger.events("start")]

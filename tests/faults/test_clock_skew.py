@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import Conveyor
+from conveyor.events import EventStore
 
 from ..conftest import IN_CI
 from ..integration.processes import Ledger, children_of, wait_for
@@ -103,7 +104,9 @@ def test_workers_an_hour_off_neither_run_early_nor_lose_their_lease(
     due = sent + COUNTDOWN
     ids = [long_task, *delayed]
     wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to run")
-    online = {w["pid"]: w["online"] for w in client.events.workers()}
+    events = client.events
+    assert isinstance(events, EventStore)
+    online = {w["pid"]: w["online"] for w in events.workers()}
 
     total = total_queue(client.broker, ledger, ids)
     assert_nothing_lost(total)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 
 from conveyor import Conveyor
@@ -20,7 +21,7 @@ PROCESSES, THREADS, SENDS = 8, 5, 25  # 8 * 5 * 25 = 1,000 enqueues
 KEY = "order-42-confirmation"
 
 
-def produce(url: str, barrier: Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def produce(url: str, barrier: Barrier, out: Queue[list[str]]) -> None:
     app = Conveyor("producer", broker=url, set_as_current=False)
     ids: list[str] = []
     lock = threading.Lock()

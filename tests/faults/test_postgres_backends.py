@@ -92,8 +92,10 @@ def test_postgres_backends_terminated_mid_run(pg_dsn: str, fault_db: str,
         total = total_queue(client.broker, ledger, ids)
         assert_nothing_lost(total)
         with psycopg.connect(db_dsn(pg_dsn, fault_db)) as conn:
-            rows = dict(conn.execute("SELECT key, count(*) FROM testapp_touch GROUP BY key"))
-            results = dict(conn.execute("SELECT task_id, status FROM conveyor_taskresult"))
+            rows: dict[str, int] = dict(
+                conn.execute("SELECT key, count(*) FROM testapp_touch GROUP BY key").fetchall())
+            results: dict[str, str] = dict(
+                conn.execute("SELECT task_id, status FROM conveyor_taskresult").fetchall())
         assert {f"k{i}": 1 for i in range(TASKS)} == rows, "a task's row is missing or doubled"
         assert all(results.get(i) == "SUCCESS" for i in ids), \
             {i: results.get(i) for i in ids if results.get(i) != "SUCCESS"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,21 +61,21 @@ class Soak:
         self.stop = threading.Event()
         self.pool = [self.start_worker() for _ in range(WORKERS)]
 
-    def start_worker(self) -> object:
+    def start_worker(self) -> subprocess.Popen[bytes]:
         return self.workers.start("-c", "3", "--prefetch-multiplier", "4")
 
     def produce(self) -> None:
         while not self.stop.wait(0.01):
-            delay = self.rng.random() < 0.1
+            countdown = self.rng.uniform(0.5, 3) if self.rng.random() < 0.1 else None
             try:
                 result = self.client.send_task(task("sleep"), [self.rng.uniform(0, 0.3)],
-                                               countdown=self.rng.uniform(0.5, 3) if delay else None)
+                                               countdown=countdown)
                 self.accepted.append(result.id)
             except BrokerError:
                 self.refused += 1  # only while Redis is down; the producer carries on
 
-    def _pids(self, proc: object) -> set[int]:
-        return {proc.pid, *children_of(proc.pid)}  # type: ignore[attr-defined]
+    def _pids(self, proc: subprocess.Popen[bytes]) -> set[int]:
+        return {proc.pid, *children_of(proc.pid)}
 
     def _hit(self, pids: set[int]) -> None:
         """Tasks the hit processes had started may run again."""
@@ -83,12 +84,12 @@ class Soak:
     def kill_worker(self) -> None:
         victim = self.rng.choice(self.pool)
         pids = self._pids(victim)
-        kill_group(victim)  # type: ignore[arg-type]
+        kill_group(victim)
         self._hit(pids)
         self.pool[self.pool.index(victim)] = self.start_worker()
 
     def kill_child(self) -> None:
-        kids = children_of(self.rng.choice(self.pool).pid)  # type: ignore[attr-defined]
+        kids = children_of(self.rng.choice(self.pool).pid)
         if kids:
             victim = self.rng.choice(kids)
             os.kill(victim, signal.SIGKILL)
@@ -98,14 +99,14 @@ class Soak:
         victim = self.rng.choice(self.pool)
         pids = self._pids(victim)
         settled_ends = len(self.ledger.events("end")) - 3 * WORKERS * 4
-        kill_group(victim, signal.SIGSTOP)  # type: ignore[arg-type]
+        kill_group(victim, signal.SIGSTOP)
         time.sleep(LEASE * 1.5)  # the fault itself: frozen past its lease
         self._hit(pids)
         if self.redis is None:
             # On SQLite a process frozen inside a write transaction holds the
             # file's lock: nobody renews, so every worker's leases may lapse.
             self.may_repeat |= unfinished(self.ledger, settled_ends)
-        kill_group(victim, signal.SIGCONT)  # type: ignore[arg-type]
+        kill_group(victim, signal.SIGCONT)
 
     def restart_redis(self) -> None:
         assert self.redis is not None

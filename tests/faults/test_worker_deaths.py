@@ -45,15 +45,17 @@ def test_sigkill_of_the_whole_worker_with_100_in_flight(
         client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
     ids = send(client, "sleep", 0.5, count=100)
     first = workers.start("-c", "4", "--prefetch-multiplier", "25")
-    second = workers.start("-c", "10", "--prefetch-multiplier", "1")
-    wait_ready(workers, second)
-    wait_for(lambda: client.broker.stats(["default"])[0].inflight >= 90
+    wait_for(lambda: client.broker.stats(["default"])[0].inflight == 100
              and len(ledger.events("start")) >= 4, 30, "100 tasks leased by the first worker")
-    held_by_first = {e[1] for e in ledger.events("start")}
-    before = len(ledger.events("start"))
+    # A second worker, idle: everything is leased, until the first worker dies.
+    second = workers.start("-c", "10", "--prefetch-multiplier", "1")
+    wait_for(lambda: len(children_of(second.pid)) == 10, 30, "the second worker's children")
+    rescuers = set(children_of(second.pid))
     kill_group(first)
     killed_at = time.monotonic()
-    wait_for(lambda: len(ledger.events("start")) > before, LEASE + 10, "the first re-run")
+    held_by_first = {e[1] for e in ledger.events("start")}
+    wait_for(lambda: any(pid in rescuers for *_, pid in ledger.events("start")), LEASE + 10,
+             "the second worker to take over")
     recovery = time.monotonic() - killed_at
     wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to complete")
     total = total_queue(client.broker, ledger, ids)
