@@ -6,7 +6,7 @@
 Both talk to the broker directly (no worker), so every commit is theirs.  The
 producer appends ``acked <id> 0 <pid>`` lines only after ``enqueue_many``
 returned; the consumer appends ``claim <id> <deliveries> <pid>`` after each
-reservation and ``ack``/``stale`` after acknowledging.  Any error is written
+reservation, ``acking`` just before acknowledging and ``ack``/``stale`` after.  Any error is written
 to ``LEDGER.errors`` with its text, and the process goes on.
 """
 
@@ -53,6 +53,9 @@ def consume(url: str, ledger: str, stopfile: str, lease: float) -> None:
             if got:
                 append(ledger, [f"claim {d.id} {d.deliveries} {pid}\n" for d in got])
                 time.sleep(0.002)  # "work": a kill now leaves leased messages behind
+                # Logged before acking: a kill between the ack's commit and the "ack"
+                # line below would otherwise look like a lost message.
+                append(ledger, [f"acking {d.id} {d.deliveries} {pid}\n" for d in got])
                 flags = broker.ack(got)
                 append(ledger, [f"{'ack' if ok else 'stale'} {d.id} {d.deliveries} {pid}\n"
                                 for d, ok in zip(got, flags, strict=True)])

@@ -112,7 +112,12 @@ def test_eight_processes_on_one_sqlite_file_with_kill_9(tmp_path: Path) -> None:
     claims: dict[str, list[int]] = defaultdict(list)
     for _, task_id, _, pid in ledger.events("claim"):
         claims[task_id].append(pid)
-    lost = sorted(acked - set(consumed))
+    # A consumer killed between its ack's commit and its "ack" line leaves only
+    # "acking": that batch was acked (or is redelivered), not lost.  Nothing else
+    # may be missing.
+    unlogged = {task_id for _, task_id, _, pid in ledger.events("acking")
+                if pid in killed_consumers}
+    lost = sorted(acked - set(consumed) - unlogged)
     assert not lost, f"{len(lost)} acknowledged enqueues lost, e.g. {lost[:5]}"
     assert not [i for i, n in consumed.items() if n > 1], "acknowledged twice"
     twice = {i: pids for i, pids in claims.items() if len(pids) > 1}
