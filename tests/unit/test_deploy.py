@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -405,7 +406,12 @@ def wait_for(path: Path, text: str, seconds: float = 15.0) -> str:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-@pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisord is not installed")
+# supervisord is a dev dependency, installed beside this interpreter (not always on PATH).
+SUPERVISORD = shutil.which("supervisord", path=os.path.dirname(sys.executable)) or shutil.which(
+    "supervisord")
+
+
+@pytest.mark.skipif(SUPERVISORD is None, reason="supervisord is not installed")
 def test_supervisord_runs_the_generated_programs(tmp_path: Path) -> None:
     spec = DeploySpec(
         app="myproject",
@@ -423,11 +429,13 @@ def test_supervisord_runs_the_generated_programs(tmp_path: Path) -> None:
             str(tmp_path / "s.sock"),
         )
     )
-    subprocess.run(["supervisord", "-c", str(conf)], check=True, timeout=30)
+    assert SUPERVISORD is not None
+    subprocess.run([SUPERVISORD, "-c", str(conf)], check=True, timeout=30)
     try:
         log = wait_for(tmp_path / "conveyor-worker-default.log", "TRICKY [")
     finally:
-        subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], timeout=30, check=False)
+        subprocess.run([str(Path(SUPERVISORD).with_name("supervisorctl")), "-c", str(conf),
+                        "shutdown"], timeout=30, check=False)
     assert "ARGV -A myproject worker -Q default -c 2 -l INFO -n default@%h" in log
     assert f"TRICKY [{TRICKY}]" in log
 
