@@ -372,7 +372,7 @@ class Conveyor:
 
         False when the write was refused because a later run of the same task
         call already wrote (the request's worker lost its lease; see
-        docs/decisions/0002).
+        docs/decisions/0004).
         """
         record = self.record_for(request, state, result, exc, traceback, **extra)
         return self.write_record(record)

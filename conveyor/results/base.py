@@ -46,7 +46,7 @@ class ResultStore(abc.ABC):
         """Store unless a later run of the same task call already did; True if stored.
 
         A worker writes through this, so one that was paused past its lease
-        cannot replace the newer run's record (docs/decisions/0002).  This
+        cannot replace the newer run's record (docs/decisions/0004).  This
         default reads, compares and writes in three steps; stores override
         it to do them atomically.
         """

@@ -104,7 +104,7 @@ class Attempt:
 
     A worker paused past its lease (SIGSTOP, a long GC, a VM migration) may
     wake and finish a task that another worker has run again meanwhile; its
-    late write must not replace the newer run's (docs/decisions/0002).
+    late write must not replace the newer run's (docs/decisions/0004).
     ``sent`` (the message's creation time, in microseconds) tells one message
     from another sent with the same task id; ``retries`` and ``deliveries``
     order the runs of one message: the broker counts every hand-out, so the

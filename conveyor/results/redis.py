@@ -89,7 +89,7 @@ return 1
 
 # set_fenced: SET (and PUBLISH a ready state) unless the stored record was
 # written by a later run of the same task call (Attempt.superseded_by, in Lua;
-# docs/decisions/0002).  ARGV: value, px, channel ('' = none), sent, retries,
+# docs/decisions/0004).  ARGV: value, px, channel ('' = none), sent, retries,
 # deliveries.  Returns 1 if stored, 0 if refused.
 _SET_FENCED = """
 local stored = redis.call('GET', KEYS[1])

@@ -1,4 +1,4 @@
-"""The result fence behind case 3, store by store (docs/decisions/0002).
+"""The result fence behind case 3, store by store (docs/decisions/0004).
 
 A run that lost its lease must not replace the record of the run that took
 over; a retry, a repeated write of the same run, or a new send of the same
