@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", default=",".join(systems.ALL),
                         help=f"comma-separated, from: {','.join(systems.ALL)}")
     parser.add_argument("--repeat", type=int, default=None, help="runs per system (default 3)")
-    parser.add_argument("--output", default=str(RESULTS / "latest"),
-                        help="report path without extension (default benchmarks/results/latest)")
+    parser.add_argument("--output", default=None,
+                        help="report path without extension (default benchmarks/results/latest; "
+                        "benchmarks/results/raw/quick with --quick, so a quick run never "
+                        "replaces the committed report)")
     args = parser.parse_args(argv)
     # Stopped from outside (SIGTERM, or SIGINT even when started in the
     # background): unwind, so the finally blocks stop the worker processes.
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "systems": results,
     }
-    out = Path(args.output)
+    out = Path(args.output or (RAW / "quick" if args.quick else RESULTS / "latest"))
     out.parent.mkdir(parents=True, exist_ok=True)
     data = report.summarize_all(data)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")

@@ -93,11 +93,11 @@ def backlog_scaling(bench: Bench, backlogs: list[int], window: int,
 
 def chart(data: dict[str, Any], path: Path) -> None:
     workers = svg.Panel(
-        "Throughput by worker processes", "worker processes (2 cores)",
+        "Throughput by worker processes", "worker processes (2 cores; log scale)",
         "tasks/s, start to drained",
         [svg.Series(s["label"], [(r["procs"], r["rate"]) for r in s["workers"]])
          for s in data["systems"] if s["workers"]],
-        x_ticks=data["procs"])
+        log_x=True, x_ticks=data["procs"])
     backlog_series = [
         svg.Series(f"{s['label']}: processing", [(r["backlog"], r["steady"]) for r in s["backlog"]])
         for s in data["systems"] if s.get("backlog")]
@@ -155,7 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=None, help="tasks per worker-count run")
     parser.add_argument("--window", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--redraw", action="store_true",
+                        help="only redraw the chart and table from results/scaling.json")
     args = parser.parse_args(argv)
+    if args.redraw:
+        data = json.loads((RESULTS / "scaling.json").read_text())
+        (RESULTS / "scaling.md").write_text(markdown(data))
+        chart(data, CHART)
+        return
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     n = args.n or (2_000 if args.quick else 20_000)
