@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
-from typing_extensions import Self
-
 if TYPE_CHECKING:
+    from typing_extensions import Self  # annotations only: not a runtime dependency
+
     from conveyor.app import Conveyor
     from conveyor.result import AsyncResult, GroupResult
 
