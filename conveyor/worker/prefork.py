@@ -239,6 +239,10 @@ class PreforkPool:
             self.worker.heartbeat(self.book, len(self.children))
 
     def _extend(self) -> None:
+        # Read what children said first: a message acked since the last poll is no
+        # longer held, and renewing it would be misreported as a lost lease.
+        for key in list(self.children):
+            self._drain(key)
         held = self.book.all_held()
         if not held:
             return
