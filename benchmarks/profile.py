@@ -38,7 +38,8 @@ def aggregate(path: Path, top: int = 40) -> str:
         n = int(count)
         total += n
         frames = stack.split(";")
-        procs[frames[0][:70]] += n
+        owner = [f for f in frames if f.startswith("process ")] or frames[:1]
+        procs[owner[-1][:70]] += n  # a child's stack starts with its parent's frames
         leaf[frames[-1]] += n
         for frame in {re.sub(r":\d+\)", ")", f) for f in frames}:
             inclusive[frame] += n
