@@ -364,13 +364,13 @@ def _read_leased(reply: list[Any], token_base: str) -> list[Delivery]:
     while pos < len(reply):
         queue, priority, n = as_text(reply[pos]), int(reply[pos + 1]), int(reply[pos + 2])
         pos += 3
-        for i in range(pos, pos + 3 * n, 3):
+        for i in range(pos, pos + 4 * n, 4):
             out.append(Delivery(
                 id=as_text(reply[i]), queue=queue, body=reply[i + 1],
                 deliveries=int(reply[i + 2]), token=f"{token_base}{len(out) + 1}",
-                priority=priority,
+                priority=priority, revoked=reply[i + 3] == 1,
             ))
-        pos += 3 * n
+        pos += 4 * n
     return out
 
 

@@ -155,6 +155,8 @@ class Consumer:
             return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
+        if all(d.revoked is not None for d in batch):  # the broker checked while leasing
+            return {task_id_of(d) for d in batch if d.revoked}
         try:
             return set(self.broker.revoked([task_id_of(d) for d in batch]))
         except BrokerError:

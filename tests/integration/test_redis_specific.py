@@ -532,3 +532,11 @@ def test_an_idle_result_listener_ends_and_a_later_wait_starts_another(
     assert got is not None and got.payload == b"2"
     store.close()
     writer.close()
+
+
+def test_reserve_reports_revocations_of_the_leased_tasks(broker: RedisBroker) -> None:
+    """Reserve checks revocations while leasing, so consumers skip the extra MGET."""
+    broker.enqueue_many([Envelope(id=i, queue="q", body=b"x") for i in ("t1", "t2~1", "t3")])
+    broker.revoke(["t2", "t3"], ttl=60, terminate=True)
+    got = {d.id: d.revoked for d in broker.reserve(["q"], 10, lease=30, timeout=0)}
+    assert got == {"t1": False, "t2~1": True, "t3": True}

@@ -1,7 +1,9 @@
 -- reserve: lease up to `count` ready messages.
 -- ARGV: prefix, count, lease_ms, token_base, queue...
 -- Returns {hint_ms, then per ready list popped: queue, priority, n, then n
--- times id, body, deliveries}.  The i-th message overall (from 1) has token
+-- times id, body, deliveries, revoked}.  ``revoked`` is 1 when
+-- P:revoked:<task id> exists (the task id is the message id up to its first
+-- ``~``), so the consumer needs no separate revocation round trip per batch.  The i-th message overall (from 1) has token
 -- token_base .. i; the client rebuilds it rather than reading it back, and
 -- queue and priority come once per list: the reply is half the size.
 -- hint_ms matters only when nothing was taken: milliseconds until the earliest
@@ -24,6 +26,9 @@ for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
 local function lease(queue, prio, ids, deadline, taken, out)
   local bodies = redis.call('HMGET', MSG, unpack(ids))
   local counts = redis.call('HMGET', DELIV, unpack(ids))
+  local revoked_keys = {}
+  for i, id in ipairs(ids) do revoked_keys[i] = P .. ':revoked:' .. string.match(id, '^[^~]*') end
+  local revoked = redis.call('MGET', unpack(revoked_keys))
   local leases, tokens, deliveries = {}, {}, {}
   local header = #out
   out[header + 1], out[header + 2], out[header + 3] = queue, prio, 0
@@ -38,6 +43,7 @@ local function lease(queue, prio, ids, deadline, taken, out)
       deliveries[#deliveries + 1], deliveries[#deliveries + 2] = id, n
       local k = #out
       out[k + 1], out[k + 2], out[k + 3] = id, body, n
+      out[k + 4] = revoked[i] and 1 or 0
     end
   end
   out[header + 3] = #leases / 2
