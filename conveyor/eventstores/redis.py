@@ -7,23 +7,35 @@
                             metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
     {p}:ev:total            HASH  the same fields, all-time totals (no expiry)
     {p}:ev:tasks            ZSET  task id -> updated_at               (the search index)
-    {p}:ev:task             HASH  task id -> index entry JSON
-    {p}:ev:tl:{task id}     LIST  timeline event JSON, last MAX_TIMELINE  EXPIRE retention
+    {p}:ev:task             HASH  task id -> index entry JSON, with "tl": the task's
+                                  timeline as [ts, kind, detail, worker] rows (last MAX_TIMELINE)
+    {p}:ev:tl:{task id}     LIST  timeline event JSON of events written without an index
+                                  entry (monitor actions), last MAX_TIMELINE  EXPIRE retention
     {p}:ev:q:{minute}       HASH  queue -> [ready, delayed, inflight, dead]  EXPIRE retention
     {p}:ev:claim:{name}     STRING  SET NX EX: who samples queue depths this minute
 
 Counters and samples expire by themselves.  The index (``tasks``/``task``,
 with the timelines) is trimmed to the retention and ``MAX_TASKS`` by
 :meth:`RedisEventStore.prune`, which each process runs at most once a
-minute after a write.  A worker's batch is one pipeline, after one HMGET
-that keeps the newest index entry when two workers report on one task.
+minute after a write.
+
+A worker's batch costs two round trips and no command per task: an HMGET of
+the batch's index entries, then one pipeline with the counters and one
+``upsert_tasks.lua`` call that stores every merged entry (newest wins,
+timelines joined) unless another writer changed it since the HMGET; those
+few are read and merged again.  Keeping a task's timeline inside its entry
+replaced a list per task (RPUSH + LTRIM + EXPIRE: three commands per task,
+finding 3 in ``docs/performance.md``).  A task's timeline, as read, is its
+entry's rows plus its ``tl:`` list.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
 from typing import Any, TypeVar
 
 from conveyor.events import (
@@ -44,6 +56,9 @@ from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.events")
+#: Rounds of read, merge, compare-and-set for entries other writers keep changing.
+UPSERT_TRIES = 5
 ROLLUP = 600
 SEP = "\x1f"
 PAGE = 500
@@ -63,6 +78,9 @@ class RedisEventStore(EventStore):
         self.client: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
                                                 health_check_interval=30)
         self._error: type[Exception] = redis.RedisError
+        self._upsert_script = self.client.register_script(
+            resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")
+            .read_text(encoding="utf-8"))
         self._pruned_at = 0.0
 
     def _guard(self, work: Callable[[], T]) -> T:
@@ -104,10 +122,27 @@ class RedisEventStore(EventStore):
         self.prune()
 
     def _write(self, batch: Batch) -> None:
-        entries = self._merged(batch.tasks)
+        entries = _latest(batch.tasks)
+        events = _by_task(batch.timeline)
         pipe = self.client.pipeline(transaction=False)
+        self._add_cells(pipe, batch.cells)
+        for task_id in events.keys() - entries.keys():  # no entry to keep them in (actions)
+            key = f"{self.p}:tl:{task_id}"
+            pipe.rpush(key, *[dumps(e.to_dict()) for e in events[task_id]])
+            pipe.ltrim(key, -MAX_TIMELINE, -1)
+            pipe.expire(key, int(self.retention))
+        pending = self._upsert(pipe, entries, events)
+        for _ in range(UPSERT_TRIES):
+            if not pending:
+                return
+            pending = self._upsert(self.client.pipeline(transaction=False),
+                                   {tid: entries[tid] for tid in pending}, events)
+        log.warning("event store: %d index entries kept changing under this writer; "
+                    "their events are dropped", len(pending))
+
+    def _add_cells(self, pipe: Any, cells: dict[tuple[int, str, str], float]) -> None:
         ttl = int(self.retention) + 2 * ROLLUP
-        for (minute, task, metric), value in batch.cells.items():
+        for (minute, task, metric), value in cells.items():
             field = f"{task}{SEP}{metric}"
             keys = ((f"{self.p}:total",) if minute == TOTALS else
                     (f"{self.p}:c:{minute}", f"{self.p}:c10:{minute // ROLLUP * ROLLUP}"))
@@ -118,28 +153,26 @@ class RedisEventStore(EventStore):
                     pipe.hincrby(key, field, int(value))
                 if minute != TOTALS:
                     pipe.expire(key, ttl)
-        if entries:
-            pipe.hset(f"{self.p}:task", mapping={e.task_id: e.to_json() for e in entries})
-            pipe.zadd(f"{self.p}:tasks", {e.task_id: e.updated_at for e in entries})
-        for task_id, events in _by_task(batch.timeline).items():
-            key = f"{self.p}:tl:{task_id}"
-            pipe.rpush(key, *[dumps(e.to_dict()) for e in events])
-            pipe.ltrim(key, -MAX_TIMELINE, -1)
-            pipe.expire(key, int(self.retention))
-        pipe.execute()
 
-    def _merged(self, entries: Sequence[TaskEntry]) -> list[TaskEntry]:
-        """The entries that win against what is stored (newest wins)."""
+    def _upsert(self, pipe: Any, entries: dict[str, TaskEntry],
+                events: dict[str, list[TimelineEvent]]) -> list[str]:
+        """Merge ``entries`` and their events with what is stored and write them in
+        ``pipe`` (one HMGET first); the task ids another writer changed meanwhile."""
         if not entries:
+            pipe.execute()
             return []
-        stored = self.client.hmget(f"{self.p}:task", [e.task_id for e in entries])
-        out = []
-        for entry, raw in zip(entries, stored, strict=True):
-            current = TaskEntry.from_json(raw) if raw else None
-            kept = newer(current, entry)
-            if kept is entry:
-                out.append(entry)
-        return out
+        ids = list(entries)
+        stored = self.client.hmget(f"{self.p}:task", ids)
+        args: list[Any] = []
+        for task_id, raw in zip(ids, stored, strict=True):
+            merged = _merge(entries[task_id], events.get(task_id, ()), raw)
+            if merged is not None:
+                args += (task_id, raw or b"", merged[0], merged[1])
+        if args:
+            self._upsert_script(keys=[f"{self.p}:task", f"{self.p}:tasks"], args=args,
+                                client=pipe)
+        replies = pipe.execute()
+        return [c.decode() for c in replies[-1]] if args else []
 
     def claim(self, name: str, ttl: float) -> bool:
         key = f"{self.p}:claim:{name}"
@@ -249,8 +282,12 @@ class RedisEventStore(EventStore):
             yield [TaskEntry.from_json(r) for r in raws if r]
 
     def timeline(self, task_id: str) -> list[TimelineEvent]:
-        raws = self._guard(lambda: self.client.lrange(f"{self.p}:tl:{task_id}", 0, -1))
-        events = [TimelineEvent.from_dict(json.loads(r)) for r in raws]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(f"{self.p}:task", task_id)
+        pipe.lrange(f"{self.p}:tl:{task_id}", 0, -1)
+        raw, loose = self._guard(pipe.execute)
+        events = _timeline_rows(task_id, raw)
+        events += [TimelineEvent.from_dict(json.loads(r)) for r in loose]
         return sorted(events, key=lambda e: e.ts)
 
     def queue_samples(self, since: float, until: float) -> list[QueueSample]:
@@ -265,6 +302,40 @@ class RedisEventStore(EventStore):
                 ready, delayed, inflight, dead = json.loads(raw)
                 out.append(QueueSample(minute, queue.decode(), ready, delayed, inflight, dead))
         return [s for s in out if since <= s.minute]
+
+
+def _latest(entries: Sequence[TaskEntry]) -> dict[str, TaskEntry]:
+    """One entry per task (a restored batch and a fresh one may both name a task)."""
+    out: dict[str, TaskEntry] = {}
+    for entry in entries:
+        out[entry.task_id] = newer(out.get(entry.task_id), entry)
+    return out
+
+
+def _merge(incoming: TaskEntry, events: Sequence[TimelineEvent],
+           raw: bytes | None) -> tuple[str, float] | None:
+    """The entry JSON to store (newest entry, joined timeline) and its score, or
+    None when what is stored already says it all."""
+    rows = [[e.ts, e.kind, e.detail, e.worker] for e in events]
+    if raw is None:
+        keep = incoming
+    else:
+        doc = json.loads(raw)
+        current = TaskEntry.from_dict(doc)
+        keep = newer(current, incoming)
+        if keep is current and not rows:
+            return None
+        rows = sorted(doc.get("tl", []) + rows, key=lambda row: row[0])[-MAX_TIMELINE:]
+    out = keep.to_dict()
+    out["tl"] = rows[-MAX_TIMELINE:]
+    return dumps(out), keep.updated_at
+
+
+def _timeline_rows(task_id: str, raw: bytes | None) -> list[TimelineEvent]:
+    if raw is None:
+        return []
+    rows = json.loads(raw).get("tl", [])
+    return [TimelineEvent(task_id, ts, kind, detail, worker) for ts, kind, detail, worker in rows]
 
 
 def _by_task(events: Sequence[TimelineEvent]) -> dict[str, list[TimelineEvent]]:

@@ -1,0 +1,136 @@
+"""Task timelines across heartbeats and writers, and the cheap event paths (finding 3)."""
+# ruff: noqa: F811 - the store fixtures are imported from test_events and used by name
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from conveyor import states
+from conveyor.brokers.base import Delivery
+from conveyor.events import Batch, EventStore, Recorder, TaskClock, TaskEntry, TimelineEvent
+from conveyor.eventstores.redis import RedisEventStore
+from conveyor.message import Message
+from conveyor.worker.execute import ACK, Outcome
+
+from .test_events import open_store, store, store_url  # noqa: F401 - fixtures
+
+
+def _delivery(message: Message) -> Delivery:
+    return Delivery(id=message.id, queue="default", body=message.encode(), deliveries=1,
+                    token="t")
+
+
+def _run(recorder: Recorder, message: Message, state: str, runtime: float) -> None:
+    clock, delivery = TaskClock(), _delivery(message)
+    recorder.add(clock.start(delivery, message.task))
+    report = clock.finish(delivery, Outcome(ACK, state=state, runtime=runtime))
+    assert report is not None
+    recorder.add(report)
+
+
+def test_a_task_started_and_finished_in_different_heartbeats_has_one_timeline(
+    store: EventStore,
+) -> None:
+    message = Message(id="split", task="proj.add", created=time.time() - 1.0)
+    clock, delivery, recorder = TaskClock(), _delivery(message), Recorder()
+    recorder.add(clock.start(delivery, "proj.add"))
+    store.write(recorder.drain("w1"))
+    report = clock.finish(delivery, Outcome(ACK, state=states.SUCCESS, runtime=0.25))
+    assert report is not None
+    recorder.add(report)
+    store.write(recorder.drain("w1"))
+    assert [e.kind for e in store.timeline("split")] == ["SENT", "STARTED", "SUCCESS"]
+    found = store.task("split")
+    assert found is not None and (found.state, found.runtime) == (states.SUCCESS, 0.25)
+
+
+def test_retries_keep_every_attempt_and_actions_in_the_timeline(store: EventStore) -> None:
+    first = Message(id="again", task="proj.flaky", created=time.time() - 2.0)
+    recorder = Recorder()
+    _run(recorder, first, states.RETRY, 0.1)
+    store.write(recorder.drain("w1"))
+    _run(recorder, first.evolve(retries=1, created=time.time()), states.SUCCESS, 0.2)
+    store.add_events([TimelineEvent("again", time.time() + 1, "ACTION", "noted by ops")])
+    store.write(recorder.drain("w2"))
+    kinds = [e.kind for e in store.timeline("again")]
+    assert kinds == ["SENT", "STARTED", "RETRY", "SENT", "STARTED", "SUCCESS", "ACTION"]
+    found = store.task("again")
+    assert found is not None and (found.state, found.retries, found.worker) == (
+        states.SUCCESS, 1, "w2")
+
+
+def test_clock_uses_the_decoded_message_instead_of_the_body() -> None:
+    message = Message(id="m", task="proj.add", created=time.time() - 3.0, retries=2)
+    garbled = Delivery(id="m", queue="default", body=b"not json", deliveries=1, token="t")
+    report = TaskClock().start(garbled, "proj.add", message=message)
+    assert report.sent_at == message.created and report.retries == 2
+    assert report.wait is not None and 2.9 < report.wait < 4
+    peeked = TaskClock().start(_delivery(message), "proj.add")
+    assert (peeked.sent_at, peeked.retries) == (report.sent_at, report.retries)
+
+
+def test_entries_round_trip_through_their_dicts() -> None:
+    entry = TaskEntry("t", "proj.add", states.SUCCESS, queue="q", worker="w", retries=1,
+                      sent_at=1.0, started_at=2.0, done_at=3.0, runtime=1.0, wait=1.0,
+                      info="ok", updated_at=3.0)
+    assert TaskEntry.from_json(entry.to_json()) == entry
+    event = TimelineEvent("t", 1.5, "SENT", "sent", "w")
+    assert TimelineEvent.from_dict(json.loads(json.dumps(event.to_dict()))) == event
+
+
+# -- Redis only: compare-and-set against a concurrent writer, and the old layout ----------
+@pytest.fixture
+def redis_store(store: EventStore) -> RedisEventStore:
+    if not isinstance(store, RedisEventStore):
+        pytest.skip("Redis layout")
+    return store
+
+
+def entry(task_id: str, state: str, at: float, retries: int = 0) -> TaskEntry:
+    return TaskEntry(task_id, "proj.add", state, queue="default", retries=retries,
+                     done_at=None if state == states.STARTED else at, updated_at=at)
+
+
+def test_a_writer_racing_another_merges_again_and_loses_nothing(
+    redis_store: RedisEventStore, store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = open_store(store_url, 3600)
+    now = time.time()
+    real_hmget = redis_store.client.hmget
+    raced: list[bool] = []
+
+    def hmget_then_race(*args: Any, **kwargs: Any) -> Any:
+        stored = real_hmget(*args, **kwargs)
+        if not raced:  # another worker writes the same task between our read and write
+            raced.append(True)
+            other.write(Batch("w2", tasks=[entry("x", states.RETRY, now)],
+                              timeline=[TimelineEvent("x", now, "RETRY", "", "w2")]))
+        return stored
+
+    monkeypatch.setattr(redis_store.client, "hmget", hmget_then_race)
+    redis_store.write(Batch("w1", tasks=[entry("x", states.STARTED, now + 1, retries=1)],
+                            timeline=[TimelineEvent("x", now + 1, "STARTED", "", "w1")]))
+    other.close()
+    assert raced
+    assert [(e.kind, e.worker) for e in redis_store.timeline("x")] == [
+        ("RETRY", "w2"), ("STARTED", "w1")]
+    found = redis_store.task("x")
+    assert found is not None and (found.state, found.retries) == (states.STARTED, 1)
+
+
+def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEventStore) -> None:
+    now = time.time()
+    old = entry("legacy", states.SUCCESS, now)
+    redis_store.client.hset(f"{redis_store.p}:task", "legacy", old.to_json())
+    redis_store.client.zadd(f"{redis_store.p}:tasks", {"legacy": now})
+    redis_store.client.rpush(f"{redis_store.p}:tl:legacy", json.dumps(
+        TimelineEvent("legacy", now - 1, "STARTED", "", "w").to_dict()))
+    redis_store.write(Batch("w", tasks=[entry("legacy", states.SUCCESS, now + 1)],
+                            timeline=[TimelineEvent("legacy", now + 1, "ACTION", "", "w")]))
+    assert [e.kind for e in redis_store.timeline("legacy")] == ["STARTED", "ACTION"]
+    assert redis_store.task("legacy") is not None
