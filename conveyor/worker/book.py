@@ -73,19 +73,21 @@ class LeaseBook:
             slot.running = Running(delivery, task, now, deadline)
 
     def done(self, key: int, delivery_id: str, state: str | None,
-             report: TaskReport | None = None) -> None:
+             report: TaskReport | None = None) -> Delivery | None:
+        """Forget a finished delivery; returns it if it was held."""
         if report is not None:
             self.recorder.add(report)
         with self._lock:
             slot = self.slots.get(key)
             if slot is None:
-                return
-            slot.held.pop(delivery_id, None)
+                return None
+            delivery = slot.held.pop(delivery_id, None)
             if slot.running is not None and slot.running.delivery.id == delivery_id:
                 slot.running = None
             slot.processed += 1
             if state:
                 self.counts[state] += 1
+            return delivery
 
     def all_held(self) -> list[Delivery]:
         with self._lock:

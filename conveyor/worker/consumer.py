@@ -34,11 +34,19 @@ def task_id_of(delivery: Delivery) -> str:
 
 
 class Reporter(Protocol):
-    """Receives what a consumer holds and runs (for leases, limits, counters)."""
+    """Receives what a consumer holds and runs (for leases, limits, counters).
+
+    A reporter may buffer; ``flush`` is called before the consumer waits for
+    more work.  When ``acks`` is true, the reporter's receiver acknowledges
+    finished messages (``done`` with an ACK outcome) and the consumer does not.
+    """
+
+    acks: bool
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
     def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None: ...
     def done(self, delivery: Delivery, outcome: Outcome) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Backoff:
@@ -82,9 +90,11 @@ class Consumer:
     def run(self) -> None:
         """Loop until stopped or recycled (max tasks / max memory)."""
         while not self.stop.is_set() and not self._should_recycle():
+            self.reporter.flush()
             batch = self._reserve()
             if batch:
                 self._run_batch(batch)
+        self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
         try:
@@ -179,6 +189,8 @@ class Consumer:
     def _settle_once(self, delivery: Delivery, outcome: Outcome) -> None:
         broker = self.broker
         if outcome.action == ACK:
+            if self.reporter.acks:
+                return  # the reporter's receiver acknowledges it, with others
             if not broker.ack([delivery])[0]:
                 log.warning("ack of %s refused: its lease had lapsed and the message went to "
                             "another consumer", delivery.id)
