@@ -19,5 +19,10 @@ def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:
     return {**info, "online": online}
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def dumps(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), default=str)
+    """Compact JSON; one encoder for all calls (``json.dumps`` with options builds
+    an encoder per call)."""
+    return _ENCODER.encode(doc)
