@@ -253,13 +253,48 @@ class Conveyor:
     def build_message(self, name: str, args: Any = None, kwargs: Any = None,
                       _task: Task | None = None, **options: Any) -> Message:
         """The message ``send_task`` would send (validated, not yet sent)."""
+        task = _task or self.tasks.get(name)
+        parent = running_request()
+        if options:
+            message = self._message_with_options(name, task, args, kwargs, options, parent)
+        else:
+            message = self._plain_message(name, task, args, kwargs, parent)
+        if parent is not None:
+            parent.children.append(message.id)
+        return message
+
+    def _plain_message(self, name: str, task: Task | None, args: Any, kwargs: Any,
+                       parent: Request | None) -> Message:
+        """A call with no options (``.delay()``, bulk sends): only what can differ.
+
+        Same result as :meth:`_message_with_options` with empty options, at
+        half the cost: every option lookup, the ETA and the headers are skipped.
+        """
+        route = self._route(name, task, args, kwargs, {})
+        topts = task.options if task is not None else None
+        expires = topts.expires if topts is not None else None
+        return Message(
+            id=new_id(),
+            task=name,
+            args=tuple(args) if args else (),
+            kwargs=dict(kwargs) if kwargs else {},
+            queue=route["queue"],
+            priority=_priority(route.get("priority"), task, self),
+            expires=None if expires is None else _expires(expires),
+            root_id=parent.root_id if parent else None,
+            parent_id=parent.id if parent else None,
+            content_type=content_type_for(
+                (topts and topts.serializer) or self.conf.task_serializer
+            ),
+        )
+
+    def _message_with_options(self, name: str, task: Task | None, args: Any, kwargs: Any,
+                              options: dict[str, Any], parent: Request | None) -> Message:
         unknown = set(options) - _SEND_OPTIONS
         if unknown:
             raise TypeError(f"apply_async() got unknown option(s): {', '.join(sorted(unknown))}")
-        task = _task or self.tasks.get(name)
         route = self._route(name, task, args, kwargs, options)
-        parent = running_request()
-        message = Message(
+        return Message(
             id=options.get("task_id") or new_id(),
             task=name,
             args=tuple(args or ()),
@@ -283,9 +318,6 @@ class Conveyor:
                 or self.conf.task_serializer
             ),
         )
-        if parent is not None:
-            parent.children.append(message.id)
-        return message
 
     def _route(self, name: str, task: Task | None, args: Any, kwargs: Any,
                options: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,8 @@ breaking a broker: the worker decodes, and dead-letters what it cannot.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,8 +30,18 @@ SignatureDict = dict[str, Any]
 
 
 def new_id() -> str:
-    """A fresh task id (UUID4 text, like Celery's)."""
-    return str(uuid.uuid4())
+    """A fresh task id (UUID4 text, like Celery's).
+
+    Formats 16 random bytes directly, with the version (4) and variant (RFC
+    4122) bits set as ``uuid.uuid4`` sets them: the same text at a third of
+    ``str(uuid.uuid4())``'s cost, which matters when sending thousands.
+    """
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# The variant's two top bits are 10: the 17th hex digit is one of 8, 9, a, b.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class MessageDecodeError(SerializationError):
@@ -70,16 +80,58 @@ class Message:
 
     def encode(self) -> bytes:
         """Serialize to the wire format; raises naming the argument that cannot travel."""
-        # Not dataclasses.asdict: it deep-copies every argument, which is slow on the
-        # hot path and crashes on values (sockets, locks) before we can name them.
-        doc = {name: getattr(self, name) for name in _FIELD_ORDER}
-        doc["args"] = _encode_args(self.args, self.content_type)
-        doc["kwargs"] = _encode_kwargs(self.kwargs, self.content_type)
-        doc["headers"] = to_jsonable(self.headers, "headers")
-        doc["chain"] = list(self.chain)
-        doc["callbacks"] = list(self.callbacks)
-        doc["errbacks"] = list(self.errbacks)
-        return dumps_json(_drop_defaults(doc)).encode("utf-8")
+        return dumps_json(self._doc()).encode("utf-8")
+
+    def _doc(self) -> dict[str, Any]:
+        """The wire document: fields in declaration order, those at their default left out.
+
+        Written field by field (not ``dataclasses.asdict``, which deep-copies
+        every argument and crashes on sockets or locks before we can name them;
+        not a loop comparing all 22 fields with their defaults, which cost
+        more than the JSON encoding): sending thousands of messages is a hot path.
+        """
+        content_type = self.content_type
+        doc: dict[str, Any] = {"id": self.id, "task": self.task}
+        if self.args or content_type != JSON:
+            doc["args"] = _encode_args(self.args, content_type)
+        if self.kwargs or content_type != JSON:
+            doc["kwargs"] = _encode_kwargs(self.kwargs, content_type)
+        doc["queue"] = self.queue
+        if self.priority:
+            doc["priority"] = self.priority
+        if self.retries:
+            doc["retries"] = self.retries
+        if self.eta is not None:
+            doc["eta"] = self.eta
+        if self.expires is not None:
+            doc["expires"] = self.expires
+        doc["created"] = self.created
+        self._add_workflow(doc)
+        if self.headers:
+            doc["headers"] = to_jsonable(self.headers, "headers")
+        if content_type != JSON:
+            doc["content_type"] = content_type
+        doc["v"] = self.v
+        return doc
+
+    def _add_workflow(self, doc: dict[str, Any]) -> None:
+        """The workflow fields, which most messages (a plain ``.delay()``) lack."""
+        if self.root_id is not None:
+            doc["root_id"] = self.root_id
+        if self.parent_id is not None:
+            doc["parent_id"] = self.parent_id
+        if self.group_id is not None:
+            doc["group_id"] = self.group_id
+        if self.group_index is not None:
+            doc["group_index"] = self.group_index
+        if self.chord:
+            doc["chord"] = self.chord
+        if self.chain:
+            doc["chain"] = list(self.chain)
+        if self.callbacks:
+            doc["callbacks"] = list(self.callbacks)
+        if self.errbacks:
+            doc["errbacks"] = list(self.errbacks)
 
     @classmethod
     def decode(cls, body: bytes, accept_content: list[str]) -> Message:
@@ -114,26 +166,6 @@ class Message:
 
 _FIELD_ORDER = tuple(Message.__dataclass_fields__)
 _FIELDS = frozenset(_FIELD_ORDER)
-_DEFAULTS = {
-    name: f.default
-    for name, f in Message.__dataclass_fields__.items()
-    if f.default is not None and not callable(f.default) and name not in ("v", "queue")
-}
-
-
-def _drop_defaults(doc: dict[str, Any]) -> dict[str, Any]:
-    """Leave out fields at their default so the common message stays small."""
-    return {
-        k: v
-        for k, v in doc.items()
-        if (v is not None and v != () and v != [] and v != {} and _DEFAULTS.get(k, _MISSING) != v)
-        or k in ("id", "task", "v", "queue")
-    }
-
-
-_MISSING = object()
-
-
 def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")

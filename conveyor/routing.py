@@ -19,6 +19,7 @@ from conveyor.exceptions import ConfigurationError
 
 RouteResult = dict[str, Any]
 Router = Callable[..., Any]
+_MAX_KEPT = 4096  # task names whose route is remembered
 
 
 class Routes:
@@ -26,6 +27,11 @@ class Routes:
 
     def __init__(self, spec: Any) -> None:
         self._routers: list[Router] = [self._compile(item) for item in _as_list(spec)]
+        # Pattern routers look only at the name, so their answer per name can
+        # be kept; a callable router may look at the arguments, so it cannot.
+        self._by_name: dict[str, RouteResult] | None = (
+            {} if all(isinstance(r, _PatternRouter) for r in self._routers) else None
+        )
 
     @staticmethod
     def _compile(item: Any) -> Router:
@@ -39,7 +45,21 @@ class Routes:
 
     def route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               options: Mapping[str, Any]) -> RouteResult:
-        """Options (at least perhaps ``queue``) from the first router that answers."""
+        """Options (at least perhaps ``queue``) from the first router that answers.
+
+        The caller must not change the returned dict (it may be shared).
+        """
+        if self._by_name is None:
+            return self._route(name, args, kwargs, options)
+        known = self._by_name.get(name)
+        if known is None:
+            if len(self._by_name) >= _MAX_KEPT:  # names sent by send_task are unbounded
+                self._by_name.clear()
+            known = self._by_name[name] = self._route(name, args, kwargs, options)
+        return known
+
+    def _route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+               options: Mapping[str, Any]) -> RouteResult:
         for router in self._routers:
             answer = _call_router(router, name, args, kwargs, options)
             if answer:

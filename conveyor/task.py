@@ -99,6 +99,7 @@ class Task:
         self.fn = fn
         self.options = options
         self._app = app
+        self._signature: tuple[Callable[..., Any], inspect.Signature | None] | None = None
         functools.update_wrapper(self, fn)
         self.is_async = inspect.iscoroutinefunction(fn)
 
@@ -189,9 +190,8 @@ class Task:
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Catch a wrong call at the caller, not in a worker minutes later."""
-        try:
-            signature = inspect.signature(self.fn)
-        except (TypeError, ValueError):
+        signature = self._fn_signature()
+        if signature is None:
             return
         try:
             if self.options.bind:
@@ -200,6 +200,16 @@ class Task:
                 signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}{signature}: {exc}") from None
+
+    def _fn_signature(self) -> inspect.Signature | None:
+        """``fn``'s signature, kept: computing it costs more than building the message."""
+        if self._signature is None or self._signature[0] is not self.fn:
+            try:
+                signature: inspect.Signature | None = inspect.signature(self.fn)
+            except (TypeError, ValueError):
+                signature = None
+            self._signature = (self.fn, signature)
+        return self._signature[1]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A partial signature: a chain prepends the previous result to ``args``."""

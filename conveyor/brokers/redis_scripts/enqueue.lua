@@ -11,16 +11,8 @@
 -- Writes are grouped: one HSET for all bodies, one RPUSH per ready list, one
 -- ZADD per delayed set, whatever the batch size.
 
-local function split_header(header)
-  local out, pos = {}, 1
-  for _ = 1, 5 do
-    local stop = string.find(header, '\n', pos, true)
-    out[#out + 1] = string.sub(header, pos, stop - 1)
-    pos = stop + 1
-  end
-  out[#out + 1] = string.sub(header, pos)
-  return out
-end
+-- One pattern match per header (cheaper than five finds and six subs).
+local HEADER = '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$'
 
 -- The id already owning this idempotency key, or nil after claiming it.
 local function key_owner(id, idem, ttl)
@@ -32,44 +24,67 @@ local function key_owner(id, idem, ttl)
   return nil
 end
 
+-- Ready ids grouped by queue, then priority: nested tables, so no key string
+-- is built per message (one RPUSH per list at the end).
+local function add_ready(ready, queue, prio, id)
+  local by_prio = ready[queue]
+  if not by_prio then
+    by_prio = {}
+    ready[queue] = by_prio
+  end
+  local list = by_prio[prio]
+  if not list then
+    list = {}
+    by_prio[prio] = list
+  end
+  list[#list + 1] = id
+end
+
 local now = now_ms()
-local headers, ids = {}, {}
-for i = 2, #ARGV, 2 do
-  local header = split_header(ARGV[i])
-  headers[#headers + 1] = header
-  ids[#ids + 1] = header[1]
+local count = (#ARGV - 1) / 2
+-- Parallel arrays, not a table per message: this loop is most of the script.
+local ids, queues, prios, etas, idems, ttls = {}, {}, {}, {}, {}, {}
+for n = 1, count do
+  ids[n], queues[n], prios[n], etas[n], idems[n], ttls[n] = string.match(ARGV[2 * n], HEADER)
 end
 local existing = hmget(MSG, ids)
 
 local others, seen, touched = {}, {}, {}
-local bodies, prios, ready, delayed = {}, {}, {}, {}
-for n, header in ipairs(headers) do
-  local id, queue, prio, eta, idem, ttl = unpack(header)
+local bodies, prio_fields, ready, delayed = {}, {}, {}, {}
+local n_bodies, n_prios = 0, 0
+for n = 1, count do
+  local id, queue, prio = ids[n], queues[n], prios[n]
   local owner = nil
   if existing[n] or seen[id] then
     owner = id
-  elseif idem ~= '' then
-    owner = key_owner(id, idem, ttl)
+  elseif idems[n] ~= '' then
+    owner = key_owner(id, idems[n], ttls[n])
   end
   if owner then
     others[#others + 1], others[#others + 2] = n, owner
   else
     seen[id] = true
     touched[queue] = true
-    bodies[#bodies + 1], bodies[#bodies + 2] = id, ARGV[2 * n + 1]
-    if prio ~= '0' then prios[#prios + 1], prios[#prios + 2] = id, prio end
-    local due = tonumber(eta)
+    bodies[n_bodies + 1], bodies[n_bodies + 2] = id, ARGV[2 * n + 1]
+    n_bodies = n_bodies + 2
+    if prio ~= '0' then
+      prio_fields[n_prios + 1], prio_fields[n_prios + 2] = id, prio
+      n_prios = n_prios + 2
+    end
+    local due = tonumber(etas[n])
     if due and due > now then
       group(delayed, delayed_key(queue), due, id)
     else
-      group(ready, ready_key(queue, prio), id)
+      add_ready(ready, queue, prio, id)
     end
   end
 end
 
 in_slices(bodies, 'HSET', MSG)
-in_slices(prios, 'HSET', PRIO)
-for key, list in pairs(ready) do in_slices(list, 'RPUSH', key) end
+in_slices(prio_fields, 'HSET', PRIO)
+for queue, by_prio in pairs(ready) do
+  for prio, list in pairs(by_prio) do in_slices(list, 'RPUSH', ready_key(queue, prio)) end
+end
 for key, list in pairs(delayed) do in_slices(list, 'ZADD', key) end
 -- A delayed message wakes a consumer too, so it re-reads the earliest ETA
 -- and sleeps exactly until then.
