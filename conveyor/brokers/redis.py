@@ -106,7 +106,7 @@ from importlib import resources
 from typing import Any
 
 from redis.commands.core import Script
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from conveyor._redis import (
     ClientHolder,
@@ -193,26 +193,70 @@ class RedisBroker(Broker):
         return as_text(reply[1]) if reply else envelope.id
 
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
-        """One script call per 1,000 messages, each atomic on its own.
+        """One script call per 1,000 messages, each atomic on its own, two in flight.
 
-        If the server goes away part way, the error says how many messages
-        were already stored; sending them all again is safe (ids dedupe).
+        Chunk *k+1* is packed and sent before chunk *k*'s reply is read, so
+        Redis runs one chunk while Python prepares the next.  If the server
+        goes away part way, the error says how many messages were already
+        stored; sending them all again is safe (ids dedupe).  A server that
+        lost the script (restart, ``SCRIPT FLUSH``) gets it again and the
+        chunks from the first refused one are sent again (dedupe, again).
         """
         owners = [envelope.id for envelope in envelopes]
-        for start in range(0, len(envelopes), ENQUEUE_CHUNK):
-            chunk = envelopes[start:start + ENQUEUE_CHUNK]
-            args: list[Any] = []
-            for envelope in chunk:
-                args.extend(_envelope_args(envelope))
-            action = f"enqueue_many of messages {start + 1}..{start + len(chunk)}"
-            hint = _ENQUEUE_RETRY_HINT
-            if start:
-                hint = f"messages 1..{start} were stored; {hint}"
-            with self._errors(action, hint):
-                reply = self._run("enqueue", *args)
-            for i in range(0, len(reply), 2):
-                owners[start + int(reply[i]) - 1] = as_text(reply[i + 1])
+        if not owners:
+            return owners
+        try:
+            self._enqueue_pipelined(envelopes, 0, owners)
+        except _ScriptMissing as missing:
+            with self._errors("enqueue_many (loading the script)", _ENQUEUE_RETRY_HINT):
+                self._holder.client.script_load(self._scripts["enqueue"].script)
+            self._enqueue_pipelined(envelopes, missing.start, owners)
         return owners
+
+    def _enqueue_pipelined(self, envelopes: Sequence[Envelope], first: int,
+                           owners: list[str]) -> None:
+        """Send chunks from ``first`` on, reading each reply after sending the next."""
+        pool = self._holder.client.connection_pool
+        pending: list[tuple[int, int]] = []  # (start, size) sent, reply not read yet
+        with self._chunk_errors(first, min(ENQUEUE_CHUNK, len(envelopes) - first), pending):
+            conn = pool.get_connection()
+        try:
+            for start in range(first, len(envelopes), ENQUEUE_CHUNK):
+                chunk = envelopes[start:start + ENQUEUE_CHUNK]
+                with self._chunk_errors(start, len(chunk), pending):
+                    conn.send_command("EVALSHA", self._scripts["enqueue"].sha, 0, self._prefix,
+                                      *_chunk_args(chunk))
+                pending.append((start, len(chunk)))
+                if len(pending) == 2:
+                    self._read_chunk(conn, pending, owners)
+            while pending:
+                self._read_chunk(conn, pending, owners)
+        finally:
+            if pending:  # replies left unread would answer the next caller's command
+                conn.disconnect()
+            pool.release(conn)
+
+    def _read_chunk(self, conn: Any, pending: list[tuple[int, int]],
+                    owners: list[str]) -> None:
+        start, size = pending[0]
+        with self._chunk_errors(start, size, pending):
+            try:
+                reply = conn.read_response()
+            except NoScriptError as exc:
+                raise _ScriptMissing(start) from exc
+        pending.pop(0)
+        for i in range(0, len(reply), 2):
+            owners[start + int(reply[i]) - 1] = as_text(reply[i + 1])
+
+    @contextmanager
+    def _chunk_errors(self, start: int, size: int,
+                      pending: list[tuple[int, int]]) -> Iterator[None]:
+        stored = pending[0][0] if pending else start  # chunks before it were confirmed
+        hint = _ENQUEUE_RETRY_HINT
+        if stored:
+            hint = f"messages 1..{stored} were stored; {hint}"
+        with self._errors(f"enqueue_many of messages {start + 1}..{start + size}", hint):
+            yield
 
     # -- consuming -------------------------------------------------------
     def reserve(
@@ -372,6 +416,25 @@ def _read_leased(reply: list[Any], token_base: str) -> list[Delivery]:
             ))
         pos += 4 * n
     return out
+
+
+class _ScriptMissing(Exception):
+    """The server answered NOSCRIPT for the chunk starting at ``start``."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
+        self.start = start
+
+
+def _chunk_args(chunk: Sequence[Envelope]) -> list[str | bytes]:
+    """enqueue.lua's arguments for a chunk: header and body of each message."""
+    args: list[str | bytes] = []
+    append = args.append
+    for envelope in chunk:
+        header, body = _envelope_args(envelope)
+        append(header)
+        append(body)
+    return args
 
 
 def _envelope_args(env: Envelope) -> tuple[str, bytes]:

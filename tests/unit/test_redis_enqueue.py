@@ -1,0 +1,53 @@
+"""RedisBroker.enqueue_many keeps two chunks in flight; these try to break that."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conveyor.brokers.base import Envelope
+from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker, _load_script_text
+
+
+def envelopes(n: int, queue: str = "q") -> list[Envelope]:
+    return [Envelope(id=f"m{i}", queue=queue, body=f"body {i}".encode()) for i in range(n)]
+
+
+@pytest.fixture
+def broker(redis_url: str) -> RedisBroker:
+    return RedisBroker(f"{redis_url}?prefix=t-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_script_the_server_lacks_is_loaded_and_the_refused_chunks_sent_again(
+    broker: RedisBroker,
+) -> None:
+    # A script text this server has never seen stands in for a restarted or
+    # flushed server (SCRIPT FLUSH would disturb everyone sharing it).
+    text = _load_script_text("enqueue") + f"\n-- {uuid.uuid4().hex}\n"
+    broker._scripts["enqueue"] = broker._holder.client.register_script(text)
+    envs = envelopes(2 * ENQUEUE_CHUNK + 500)
+    assert broker.enqueue_many(envs + envs[:3]) == [e.id for e in envs + envs[:3]]
+    got = broker.reserve(["q"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)
+    assert [d.body for d in got] == [e.body for e in envs]
+
+
+def test_a_failure_between_chunks_leaves_the_connection_clean(broker: RedisBroker) -> None:
+    envs = envelopes(ENQUEUE_CHUNK + 10)
+    bad = Envelope(id="bad\nid", queue="q", body=b"x")
+    with pytest.raises(ValueError, match="contains a newline"):
+        # The first chunk is already sent when the second fails to pack.
+        broker.enqueue_many([*envs[:ENQUEUE_CHUNK], bad])
+    # The first chunk's reply was never read; a reused connection would hand
+    # it to the next command.  The next calls must see their own replies.
+    assert broker.enqueue_many(envs) == [e.id for e in envs]
+    assert broker.stats(["q"])[0].ready == ENQUEUE_CHUNK + 10
+    assert broker.enqueue(Envelope(id="solo", queue="q", body=b"s")) == "solo"
+
+
+def test_idempotency_keys_across_chunks_return_the_first_owner(broker: RedisBroker) -> None:
+    keyed = [Envelope(id=f"k{i}", queue="q", body=b"x", idempotency_key=f"key{i % 5}")
+             for i in range(ENQUEUE_CHUNK + 5)]
+    owners = broker.enqueue_many(keyed)
+    assert owners == [f"k{i % 5}" for i in range(ENQUEUE_CHUNK + 5)]
+    assert broker.stats(["q"])[0].ready == 5
