@@ -9,6 +9,7 @@ re-raise the same type when it can import it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -58,26 +59,38 @@ class ResultRecord:
         return replace(self, **changes)
 
     def encode(self, max_bytes: int | None = None, warn_bytes: int | None = None) -> bytes:
-        """Serialize; refuse above ``max_bytes`` and log above ``warn_bytes``."""
-        doc = {name: getattr(self, name) for name in _FIELD_ORDER}  # no deep copy (hot path)
-        doc["result"] = encode_payload(self.result, self.content_type, "the task's return value")
-        doc["args"] = _safe_jsonable(self.args)
-        doc["kwargs"] = _safe_jsonable(self.kwargs)
-        # "result" always stays: a task that returned [] must not read back as None.
-        body = dumps_json({k: v for k, v in doc.items()
-                           if k == "result" or (v is not None and v != [])}).encode()
+        """Serialize; refuse above ``max_bytes`` and log above ``warn_bytes``.
+
+        Every worker run writes one or two records, so this builds the
+        document in one pass (no copy of the record, no filtering pass).
+        Fields that are None or an empty list are left out; "result" always
+        stays, so a task that returned [] does not read back as None.
+        """
+        doc: dict[str, Any] = {
+            "task_id": self.task_id,
+            "state": self.state,
+            "result": encode_payload(self.result, self.content_type, "the task's return value"),
+        }
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is None or (type(value) is list and not value):
+                continue
+            doc[name] = _safe_jsonable(value) if name in _INFORMATIVE else value
+        body = dumps_json(doc).encode()
         _check_size(self, len(body), max_bytes, warn_bytes)
         return body
 
     @classmethod
     def decode(cls, payload: bytes, accept_content: list[str] | None = None) -> ResultRecord:
-        doc = json.loads(payload)
+        """Parse a stored record; fields this version does not know are dropped."""
+        doc = json.loads(payload.decode())  # records are UTF-8: skip loads' sniffing
         content_type = doc.get("content_type", JSON)
         if accept_content is not None:
-            check_accepted(content_type, accept_content)
+            _check_accepted(content_type, tuple(accept_content))
         doc["result"] = decode_payload(doc.get("result"), content_type)
-        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if not doc.keys() <= _FIELDS:
+            doc = {k: v for k, v in doc.items() if k in _FIELDS}
+        return cls(**doc)
 
     def exception(self) -> BaseException:
         """Rebuild the task's exception, the same type where it can be imported."""
@@ -96,6 +109,11 @@ class ResultRecord:
 
 
 _FIELD_ORDER = tuple(ResultRecord.__dataclass_fields__)
+# encode() writes task_id, state and result first, then these in field order.
+_FIELDS = frozenset(_FIELD_ORDER)
+_OPTIONAL_FIELDS = tuple(f for f in _FIELD_ORDER if f not in ("task_id", "state", "result"))
+_INFORMATIVE = frozenset({"args", "kwargs"})  # user values: stored as far as JSON can
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})  # to_jsonable keeps these
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +161,17 @@ class Attempt:
         return stored.retries > self.retries and stored.sent > self.sent
 
 
+@functools.lru_cache(maxsize=64)
+def _check_accepted(content_type: str, accept_content: tuple[str, ...]) -> None:
+    """check_accepted, once per (type, setting): every AsyncResult read passes here.
+    A refusal raises, and exceptions are not cached, so it raises every time."""
+    check_accepted(content_type, list(accept_content))
+
+
 def _safe_jsonable(value: Any) -> Any:
     """Args are informative only in results: store what JSON can, repr the rest."""
+    if type(value) is list and all(type(item) in _JSON_SCALARS for item in value):
+        return value  # the common case, as to_jsonable would return it, without its walk
     try:
         return to_jsonable(value, "args")
     except SerializationError:

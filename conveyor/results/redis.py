@@ -1,4 +1,4 @@
-"""Results in Redis: one key per task, pub/sub to wake waiters.
+"""Results in Redis: one key per task, a short-lived list to wake waiters.
 
 Key layout
 ==========
@@ -8,6 +8,12 @@ Key layout
 ``P:result:{task_id}`` (string)
     ``state`` + ``\\n`` + payload.  Written by :meth:`set` (workers), deleted by
     :meth:`forget`; expires after the ``ttl`` of the last write.
+``P:result-notify:{task_id}`` (list of one value)
+    The stored value of a ready state (SUCCESS, FAILURE, REVOKED), pushed by
+    the same script that writes it, for waiters blocked on the list.  Expires
+    after ``_NOTIFY_TTL_MS`` (or the result's ``ttl`` if that is shorter);
+    deleted by every write of a state that is not ready and by :meth:`forget`,
+    so it never announces a value the result key no longer holds.
 ``P:group:{group_id}`` (string)
     A group's description, from :meth:`save_group`; expires after its ``ttl``.
 ``P:chord:{chord_id}:parts`` (hash)
@@ -17,11 +23,6 @@ Key layout
     ``1`` once the chord fired, ``failed`` once :meth:`chord_fail` closed it;
     whoever sets it first (SET NX) wins, so a chord fires or fails once.
     Expires after its ``ttl``.
-``P:result-ready:{task_id}`` (pub/sub channel)
-    The stored value, published by the write of a ready state
-    (SUCCESS, FAILURE, REVOKED).
-``P:result-listener:{uuid}`` (pub/sub channel)
-    Nudges one store object's listener thread (see below).
 
 One string per result makes :meth:`get` one ``GET`` and :meth:`get_many` one
 ``MGET``; the state is the text before the first newline (state names have
@@ -33,35 +34,34 @@ share one database and prefix.
 Waiting
 =======
 
-:meth:`wait` does not poll.  A ready-state write runs a small script that
-``SET``s the key and ``PUBLISH``es the same value on ``P:result-ready:{task_id}``
-(one round trip, the value sent once).  Each store object keeps **one**
-subscriber connection, owned by one daemon thread (redis-py's ``PubSub`` is
-not safe to share between threads).  A waiting thread registers an event for
-its task id and nudges the listener, which subscribes; once Redis confirms
-the subscription the waiter reads the key (so a write that happened before
-the subscription is not missed), then sleeps on its event until the
-published value arrives.  A result that is already ready costs one ``GET``
-and no subscription at all.
+:meth:`wait` does not poll and needs no helper thread.  A ready-state write
+runs one script that ``SET``s the result key and replaces the notify list with
+the same value (``RPUSH`` + ``PEXPIRE``, and ``LTRIM`` to the newest if a value
+was already there: one round trip, the value sent once).  A waiter first
+``GET``s the result key (a result that is already there costs that one
+command), then blocks in its own thread on
+``BRPOPLPUSH notify notify``: the pop moves the value back onto the same
+list, so the list is never emptied and Redis serves *every* client blocked on
+it, in this process or any other, with one push.  A write that lands between
+the ``GET`` and the block is still found, because the list outlives it by
+``_NOTIFY_TTL_MS``.  The block lasts at most ``_BLOCK_SLICE`` (and less than
+the socket timeout) before the waiter reads the result key again, which
+bounds the wait of a waiter that was descheduled for longer than the list
+lives.  Each blocked waiter holds one pooled connection for the duration.
 
-If the subscriber connection breaks, the listener wakes every waiter (they
-read the key again) and reconnects with capped, jittered backoff,
-re-subscribing to whatever is still waited on.
+If Redis goes away while a waiter blocks, the waiter retries with capped,
+jittered backoff until its timeout, then reports the outage as a
+:class:`~conveyor.exceptions.ResultError`.  Needs Redis 6.0+ (fractional
+blocking timeouts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
-
-from redis.client import PubSub
 
 from conveyor._redis import (
     CONNECTION_ERRORS,
@@ -80,18 +80,32 @@ from conveyor.states import READY_STATES
 
 log = logging.getLogger("conveyor.results.redis")
 
-# SET with expiry and publish the same bytes: one round trip, the value sent once.
-_SET_AND_PUBLISH = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[1])
+# How one result is stored, shared by the write scripts: SET the result key,
+# then replace the notify list (a ready state leaves its value there, alone,
+# for waiters; any other state deletes it).  notify_px '0' = not ready.
+_STORE = """
+local function store(key, notify, value, px, notify_px)
+  redis.call('SET', key, value, 'PX', px)
+  if notify_px == '0' then
+    redis.call('DEL', notify)
+  else
+    if redis.call('RPUSH', notify, value) > 1 then redis.call('LTRIM', notify, -1, -1) end
+    redis.call('PEXPIRE', notify, notify_px)
+  end
+end
+"""
+
+# set: KEYS result key, notify key; ARGV value, px, notify_px.
+_SET = _STORE + """
+store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 
-# set_fenced: SET (and PUBLISH a ready state) unless the stored record was
-# written by a later run of the same task call (Attempt.superseded_by, in Lua;
-# docs/decisions/0004).  ARGV: value, px, channel ('' = none), sent, retries,
-# deliveries.  Returns 1 if stored, 0 if refused.
-_SET_FENCED = """
+# set_fenced: store unless the stored record was written by a later run of
+# the same task call (Attempt.superseded_by, in Lua; docs/decisions/0004), so
+# only an accepted write wakes waiters.  KEYS as for set; ARGV value, px,
+# notify_px, sent, retries, deliveries.  Returns 1 if stored, 0 if refused.
+_SET_FENCED = _STORE + """
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local newline = string.find(stored, '\\n', 1, true) or 0
@@ -107,25 +121,22 @@ if stored then
     end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
+"""
+
+# set_many: KEYS are (result key, notify key) pairs; ARGV px, then per pair
+# its value and notify_px.
+_SET_MANY = _STORE + """
+local px = ARGV[1]
+for i = 1, #KEYS, 2 do
+  store(KEYS[i], KEYS[i + 1], ARGV[i + 1], px, ARGV[i + 2])
+end
+return #KEYS / 2
 """
 
 # Record header `index`; the call that completes the set (and only that one,
 # guarded by SET NX on the done marker) gets every part in index order.
-# set_many: KEYS are result keys; ARGV: px, then per key its value and the
-# channel to publish it on ('' for a state that is not ready).
-_SET_MANY = """
-local px = ARGV[1]
-for i, key in ipairs(KEYS) do
-  local value, channel = ARGV[2 * i], ARGV[2 * i + 1]
-  redis.call('SET', key, value, 'PX', px)
-  if channel ~= '' then redis.call('PUBLISH', channel, value) end
-end
-return #KEYS
-"""
-
 _CHORD_ADD = """
 local parts, done = KEYS[1], KEYS[2]
 local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
@@ -149,10 +160,11 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-_LISTEN_SLICE = 5.0  # seconds the listener blocks before looking at its to-do list anyway
-# A listener nobody has waited on for this long closes its connection and
-# ends; the next wait starts a new one.  Bounds idle connections and threads.
-_IDLE_EXIT = 60.0
+# How long the notify list outlives a write: it only has to cover a waiter
+# between its GET and its block, so it stays short (no second copy of every
+# result lingers); _BLOCK_SLICE bounds a waiter that misses it anyway.
+_NOTIFY_TTL_MS = 5000
+_BLOCK_SLICE = 2.0  # seconds; also kept under half the socket timeout
 
 
 def _encode(state: str, payload: bytes) -> bytes:
@@ -170,156 +182,13 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-@dataclass(eq=False)
-class _Waiter:
-    """One thread waiting for one task id."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    value: bytes | None = None
+def _notify_px(state: str, px: int) -> int:
+    """How long the notify list lives: 0 (no list) for states that are not ready."""
+    return min(px, _NOTIFY_TTL_MS) if state in READY_STATES else 0
 
 
-class _ReadyListener:
-    """The store's single subscriber connection and the thread that reads it."""
-
-    def __init__(self, holder: ClientHolder, wake_channel: str) -> None:
-        self._holder = holder
-        self._wake_channel = wake_channel.encode()
-        self._lock = threading.Lock()
-        self._waiters: dict[bytes, set[_Waiter]] = {}
-        self._confirmed: set[bytes] = set()  # channels Redis confirmed we are subscribed to
-        self._requested: set[bytes] = set()  # channels we sent SUBSCRIBE for
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-
-    # -- waiter side -------------------------------------------------------
-    @contextlib.contextmanager
-    def watch(self, channel: bytes) -> Iterator[_Waiter]:
-        waiter = _Waiter()
-        with self._lock:
-            first = channel not in self._waiters
-            self._waiters.setdefault(channel, set()).add(waiter)
-            started = self._ensure_thread()
-        try:
-            if first and not started:
-                self._nudge()
-            yield waiter
-        finally:
-            with self._lock:
-                group = self._waiters.get(channel)
-                if group is not None:
-                    group.discard(waiter)
-                    if not group:
-                        del self._waiters[channel]  # unsubscribed at the next loop
-
-    def confirmed(self, channel: bytes) -> bool:
-        with self._lock:
-            return channel in self._confirmed
-
-    def _ensure_thread(self) -> bool:
-        """Start the listener if needed (lock held); True if it was just started."""
-        if self._thread is not None and self._thread.is_alive():
-            return False
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="conveyor-results-listener",
-                                        daemon=True)
-        self._thread.start()
-        return True
-
-    def _nudge(self) -> None:
-        """Interrupt the listener's blocking read so it subscribes now."""
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            self._holder.client.publish(self._wake_channel, b"")
-
-    def stop(self) -> None:
-        self._stopping = True
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._nudge()
-            thread.join(timeout=2.0)
-
-    # -- listener thread ---------------------------------------------------
-    def _run(self) -> None:
-        backoff = Backoff(base=0.05, cap=2.0)
-        while not self._stopping:
-            try:
-                if self._serve(backoff):
-                    return
-            except CONNECTION_ERRORS as exc:
-                log.warning("result listener lost Redis (%s); reconnecting", exc)
-                self._lost()
-                time.sleep(backoff.next_delay())
-            except Exception:  # a bug here must not silently strand waiters
-                log.exception("result listener failed; restarting it")
-                self._lost()
-                time.sleep(backoff.next_delay())
-
-    def _serve(self, backoff: Backoff) -> bool:
-        """Read the connection until stopped (False) or idle long enough to end (True)."""
-        pubsub = self._holder.client.pubsub()
-        idle_since = time.monotonic()
-        try:
-            pubsub.subscribe(self._wake_channel)
-            while not self._stopping:
-                self._sync(pubsub)
-                message = pubsub.get_message(timeout=_LISTEN_SLICE)
-                if message is not None:
-                    backoff.reset()
-                    self._dispatch(message)
-                if self._waiters:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > _IDLE_EXIT and self._retire():
-                    return True
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                pubsub.close()
-
-    def _retire(self) -> bool:
-        """End this thread unless a waiter just arrived (decided under the lock,
-        so a new waiter either sees no thread and starts one, or is served)."""
-        with self._lock:
-            if self._waiters:
-                return False
-            self._thread = None
-            self._requested.clear()
-            self._confirmed.clear()
-            return True
-
-    def _sync(self, pubsub: PubSub) -> None:
-        """Subscribe to newly waited-on channels, unsubscribe from abandoned ones."""
-        with self._lock:
-            wanted = set(self._waiters)
-            add = wanted - self._requested
-            drop = self._requested - wanted
-            self._requested = wanted
-        if add:
-            pubsub.subscribe(*add)
-        if drop:
-            pubsub.unsubscribe(*drop)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if channel == self._wake_channel:
-            return
-        with self._lock:
-            if kind == "subscribe":
-                self._confirmed.add(channel)
-            elif kind == "unsubscribe":
-                self._confirmed.discard(channel)
-            waiters = list(self._waiters.get(channel, ()))
-        for waiter in waiters:
-            if kind == "message":
-                waiter.value = message["data"]
-            waiter.event.set()
-
-    def _lost(self) -> None:
-        """The connection broke: nothing is subscribed; let every waiter re-read."""
-        with self._lock:
-            self._confirmed.clear()
-            self._requested.clear()
-            waiters = [w for group in self._waiters.values() for w in group]
-        for waiter in waiters:
-            waiter.event.set()
+def _ready(stored: Stored | None) -> bool:
+    return stored is not None and stored.ready
 
 
 class RedisResultStore(ResultStore):
@@ -331,14 +200,14 @@ class RedisResultStore(ResultStore):
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
         client = self._holder.client
-        self._set_and_publish = client.register_script(_SET_AND_PUBLISH)
+        self._set = client.register_script(_SET)
         self._set_many = client.register_script(_SET_MANY)
         self._chord_add = client.register_script(_CHORD_ADD)
         self._chord_fail = client.register_script(_CHORD_FAIL)
         self._set_fenced = client.register_script(_SET_FENCED)
-        self._listener_pid = os.getpid()
-        self._listener_obj: _ReadyListener | None = None
-        self._listener_lock = threading.Lock()
+        # A block must end well before the socket times out, or a quiet wait
+        # would read as a broken connection.
+        self._block_slice = min(_BLOCK_SLICE, self._options.socket_timeout / 2)
 
     # -- plumbing ----------------------------------------------------------
     def _key(self, *parts: str) -> str:
@@ -347,57 +216,46 @@ class RedisResultStore(ResultStore):
     def _errors(self, action: str, read: bool = False) -> contextlib.AbstractContextManager[None]:
         return translate_errors(self._options.address, action, ResultError, changes_nothing=read)
 
-    def _listener(self) -> _ReadyListener:
-        """This process's listener; a forked child builds its own, lazily."""
-        if self._listener_pid != os.getpid():
-            self._listener_pid = os.getpid()
-            self._listener_lock = threading.Lock()
-            self._listener_obj = None
-        with self._listener_lock:
-            if self._listener_obj is None:
-                wake = self._key("result-listener", uuid.uuid4().hex)
-                self._listener_obj = _ReadyListener(self._holder, wake)
-            return self._listener_obj
-
     # -- writing -----------------------------------------------------------
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
-        client = self._holder.client
-        key, value, px = self._key("result", task_id), _encode(state, payload), _ms(ttl)
+        """One script: store, and wake waiters if ``state`` is ready."""
+        px = _ms(ttl)
+        keys = [self._key("result", task_id), self._key("result-notify", task_id)]
         with self._errors(f"storing the result of {task_id}"):
-            if state in READY_STATES:
-                channel = self._key("result-ready", task_id)
-                self._set_and_publish(keys=[key], args=[value, px, channel], client=client)
-            else:
-                client.set(key, value, px=px)
+            self._set(keys=keys, args=[_encode(state, payload), px, _notify_px(state, px)],
+                      client=self._holder.client)
 
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
-        """One script: compare with the stored record's attempt, then write (and publish)."""
-        key, value = self._key("result", task_id), _encode(state, payload)
-        channel = self._key("result-ready", task_id) if state in READY_STATES else ""
+        """One script: compare with the stored record's attempt, then store (and wake)."""
+        px = _ms(ttl)
+        keys = [self._key("result", task_id), self._key("result-notify", task_id)]
+        args: list[Any] = [_encode(state, payload), px, _notify_px(state, px),
+                attempt.sent, attempt.retries, attempt.deliveries]
         with self._errors(f"storing the result of {task_id}"):
-            done = self._set_fenced(keys=[key], args=[value, _ms(ttl), channel, *attempt.as_list()],
-                                    client=self._holder.client)
+            done = self._set_fenced(keys=keys, args=args, client=self._holder.client)
         return bool(done)
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """One script call for the whole batch: one command to pack, one reply to read."""
         if not items:
             return
+        px = _ms(ttl)
         keys: list[str] = []
-        args: list[Any] = [_ms(ttl)]
+        args: list[Any] = [px]
         for task_id, state, payload in items:
-            keys.append(self._key("result", task_id))
-            ready = state in READY_STATES
-            args += [_encode(state, payload), self._key("result-ready", task_id) if ready else ""]
+            keys += [self._key("result", task_id), self._key("result-notify", task_id)]
+            args += [_encode(state, payload), _notify_px(state, px)]
         with self._errors(f"storing {len(items)} results"):
             self._set_many(keys=keys, args=args, client=self._holder.client)
 
     def forget(self, task_ids: Sequence[str]) -> None:
+        """Delete the results and their notify lists (a later wait must not see them)."""
         if not task_ids:
             return
+        keys = [self._key(kind, t) for t in task_ids for kind in ("result", "result-notify")]
         with self._errors("forget"):
-            self._holder.client.delete(*(self._key("result", t) for t in task_ids))
+            self._holder.client.delete(*keys)
 
     # -- reading -----------------------------------------------------------
     def get(self, task_id: str) -> Stored | None:
@@ -414,28 +272,42 @@ class RedisResultStore(ResultStore):
         return [_decode(as_bytes(raw)) for raw in raws]
 
     def wait(self, task_id: str, timeout: float | None) -> Stored | None:
-        """Block until ``task_id`` is ready; woken by pub/sub, never by polling."""
+        """Block until ``task_id`` is ready; woken by the write, in this thread.
+
+        The first read raises if Redis is down; once waiting, an outage is
+        retried until the deadline (module docstring, "Waiting").
+        """
         current = self.get(task_id)
-        if (current is not None and current.ready) or (timeout is not None and timeout <= 0):
+        if _ready(current) or (timeout is not None and timeout <= 0):
             return current
         deadline = deadline_after(timeout)
-        channel = self._key("result-ready", task_id).encode()
-        listener = self._listener()
-        with listener.watch(channel) as waiter:
-            while True:
-                # Clear before looking, so a wake-up after the look is not lost.
-                waiter.event.clear()
-                published = _decode(waiter.value)
-                if published is not None and published.ready:
-                    return published
-                if listener.confirmed(channel):
-                    current = self.get(task_id)
-                    if current is not None and current.ready:
-                        return current
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return self.get(task_id)
-                waiter.event.wait(remaining)
+        key, notify = self._key("result", task_id), self._key("result-notify", task_id)
+        backoff = Backoff(base=0.05, cap=1.0)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self.get(task_id)
+            try:
+                pushed = self._block(notify, remaining)
+                if _ready(pushed):
+                    return pushed
+                current = _decode(as_bytes(self._holder.client.get(key)))
+                if _ready(current):
+                    return current
+                backoff.reset()
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    log.warning("waiting for %s: lost Redis (%s); retrying", task_id, exc)
+                time.sleep(delay if remaining is None else min(delay, remaining))
+
+    def _block(self, notify: str, remaining: float | None) -> Stored | None:
+        """Wait on the notify list without emptying it (the pop pushes the value
+        back), so every waiter on it wakes; None when the slice ran out."""
+        span = self._block_slice if remaining is None else min(self._block_slice, remaining)
+        raw = self._holder.client.execute_command(
+            "BRPOPLPUSH", notify, notify, f"{max(span, 0.001):.3f}")  # "0" would block forever
+        return _decode(as_bytes(raw))
 
     # -- groups and chords -------------------------------------------------
     def save_group(self, group_id: str, payload: bytes, ttl: float) -> None:
@@ -469,8 +341,6 @@ class RedisResultStore(ResultStore):
         return 0  # Redis expires every key itself
 
     def close(self) -> None:
-        if self._listener_obj is not None and self._listener_pid == os.getpid():
-            self._listener_obj.stop()
         self._holder.close()
 
 

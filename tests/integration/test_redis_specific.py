@@ -227,7 +227,7 @@ DOCUMENTED_KEYS = [
     r"msg", r"prio", r"token", r"deliv", r"queues",
     r"ready:{q}:\d", r"delayed:{q}", r"inflight:{q}", r"wake:{q}",
     r"dead:{q}", r"deadmsg:{q}", r"idem:.+", r"revoked:.+", r"mutex:.+",
-    r"result:.+", r"group:.+", r"chord:.+:(parts|done)",
+    r"result:.+", r"result-notify:.+", r"group:.+", r"chord:.+:(parts|done)",
 ]
 
 
@@ -506,32 +506,6 @@ def test_a_chord_fires_or_fails_exactly_once_across_processes(prefixed: str) -> 
     for p in procs:
         p.join(10)
     assert outcomes == ["failed"]  # index 150 never arrives, so the set cannot complete
-
-
-def test_an_idle_result_listener_ends_and_a_later_wait_starts_another(
-    prefixed: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import conveyor.results.redis as results_redis
-
-    monkeypatch.setattr(results_redis, "_IDLE_EXIT", 0.2)
-    monkeypatch.setattr(results_redis, "_LISTEN_SLICE", 0.05)
-    store = RedisResultStore(prefixed)
-    writer = RedisResultStore(prefixed)
-
-    def listeners() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name == "conveyor-results-listener"}
-
-    before = listeners()
-    threading.Timer(0.2, lambda: writer.set("one", states.SUCCESS, b"1", 60)).start()
-    assert store.wait("one", timeout=5) is not None
-    ours = listeners() - before
-    assert len(ours) == 1
-    wait_until(lambda: not any(t.is_alive() for t in ours), 5, "the idle listener to end")
-    threading.Timer(0.2, lambda: writer.set("two", states.SUCCESS, b"2", 60)).start()
-    got = store.wait("two", timeout=5)
-    assert got is not None and got.payload == b"2"
-    store.close()
-    writer.close()
 
 
 def test_reserve_reports_revocations_of_the_leased_tasks(broker: RedisBroker) -> None:
