@@ -23,6 +23,7 @@ from typing import Protocol
 
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
+from conveyor.message import Message
 from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
 
 log = logging.getLogger("conveyor.worker")
@@ -44,7 +45,8 @@ class Reporter(Protocol):
     acks: bool
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
-    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None: ...
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
+                message: Message | None = None) -> None: ...
     def done(self, delivery: Delivery, outcome: Outcome) -> None: ...
     def flush(self) -> None: ...
 

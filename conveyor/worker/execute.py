@@ -71,8 +71,8 @@ class Executor:
                 on_start: OnStart | None = None) -> Outcome:
         """Run one delivery end to end and say what to do with it.
 
-        ``on_start(task_name, hard_limit)`` is called just before the task
-        runs, so a supervisor can enforce the hard time limit.
+        ``on_start(task_name, hard_limit, message)`` is called just before the
+        task runs, so a supervisor can enforce the hard time limit.
         """
         if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
             return Outcome(DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
@@ -109,7 +109,7 @@ class Executor:
                 return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
                                f"in this worker (is its module imported or autodiscovered?)")
         if on_start is not None:
-            on_start(task.name, limit_of(message, "time_limit", task.time_limit))
+            on_start(task.name, limit_of(message, "time_limit", task.time_limit), message)
         return self._run(task, message, delivery)
 
     def _refuse(self, message: Message, delivery: Delivery, revoked: bool) -> Outcome | None:
@@ -280,7 +280,7 @@ class SoftTimer(Protocol):
     def disarm(self) -> None: ...
 
 
-OnStart = Callable[[str, "float | None"], None]
+OnStart = Callable[[str, "float | None", Message], None]
 
 
 def _superseded(request: Request) -> Outcome:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.brokers.base import Delivery
 from conveyor.events import TaskClock, killed_report
 from conveyor.exceptions import BrokerError, TaskRevokedError, TimeLimitExceeded
+from conveyor.message import Message
 from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook, Running
 from conveyor.worker.consumer import Consumer, task_id_of
@@ -63,9 +64,10 @@ class PipeReporter:
     def held(self, deliveries: Sequence[Delivery]) -> None:
         self._pending.append(("held", list(deliveries)))
 
-    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
+                message: Message | None = None) -> None:
         self._pending.append(("run", delivery.id, task, hard_limit,
-                              self.clock.start(delivery, task)))
+                              self.clock.start(delivery, task, message=message)))
         self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:

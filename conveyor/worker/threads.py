@@ -24,6 +24,7 @@ from conveyor.brokers.base import Delivery
 from conveyor.context import Request
 from conveyor.events import TaskClock
 from conveyor.exceptions import BrokerError, TimeLimitExceeded
+from conveyor.message import Message
 from conveyor.task import Task
 from conveyor.worker.book import LeaseBook
 from conveyor.worker.consumer import Consumer
@@ -51,9 +52,10 @@ class BookReporter:
     def held(self, deliveries: Sequence[Delivery]) -> None:
         self.book.held(self.key, list(deliveries))
 
-    def running(self, delivery: Delivery, task: str, hard_limit: float | None) -> None:
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
+                message: Message | None = None) -> None:
         self.book.running(self.key, delivery.id, task, hard_limit,
-                          self.clock.start(delivery, task))
+                          self.clock.start(delivery, task, message=message))
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         self.book.done(self.key, delivery.id, outcome.state,

@@ -122,6 +122,8 @@ def test_a_task_that_kills_its_process_is_dead_lettered(client: Conveyor, spawn,
         poison.get(timeout=60)
     assert all(r.get(timeout=30) > 0 for r in healthy)
     assert ledger.count("start")[poison.id] == 3
+    # The failure is recorded first, then the message is moved: wait for the move.
+    wait_for(lambda: client.broker.dead_letters("default"), 10, "the dead letter")
     [letter] = client.broker.dead_letters("default")
     assert letter.id == poison.id and "died each time" in letter.reason
 
