@@ -270,7 +270,7 @@ class Conveyor:
         Same result as :meth:`_message_with_options` with empty options, at
         half the cost: every option lookup, the ETA and the headers are skipped.
         """
-        route = self._route(name, task, args, kwargs, {})
+        routed = self.routes.route(name, args or (), kwargs or {}, {})
         topts = task.options if task is not None else None
         expires = topts.expires if topts is not None else None
         return Message(
@@ -278,8 +278,9 @@ class Conveyor:
             task=name,
             args=tuple(args) if args else (),
             kwargs=dict(kwargs) if kwargs else {},
-            queue=route["queue"],
-            priority=_priority(route.get("priority"), task, self),
+            # As _route decides, without building a dict per message.
+            queue=routed.get("queue") or (topts and topts.queue) or self.conf.task_default_queue,
+            priority=_priority(routed.get("priority"), task, self),
             expires=None if expires is None else _expires(expires),
             root_id=parent.root_id if parent else None,
             parent_id=parent.id if parent else None,

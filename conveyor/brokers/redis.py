@@ -439,14 +439,25 @@ def _chunk_args(chunk: Sequence[Envelope]) -> list[str | bytes]:
 
 def _envelope_args(env: Envelope) -> tuple[str, bytes]:
     """The header and body enqueue.lua reads (see its comment for the format)."""
+    priority = env.priority
+    if priority.__class__ is not int or not 0 <= priority <= MAX_PRIORITY:
+        priority = min(max(int(priority), 0), MAX_PRIORITY)
+    eta = "" if env.eta is None else _ms(env.eta)
+    key = env.idempotency_key
+    if key is None:
+        header = f"{env.id}\n{env.queue}\n{priority}\n{eta}\n\n"  # no key: no ttl
+    else:
+        ttl = env.idempotency_ttl if env.idempotency_ttl is not None else DEFAULT_IDEMPOTENCY_TTL
+        header = f"{env.id}\n{env.queue}\n{priority}\n{eta}\n{key}\n{max(1, _ms(ttl))}"
+    if header.count("\n") != 5:  # one count for the three free-text fields
+        _refuse_newline(env)
+    return header, env.body
+
+
+def _refuse_newline(env: Envelope) -> None:
     for what, text in (("id", env.id), ("queue", env.queue), ("key", env.idempotency_key)):
         if text is not None and "\n" in text:
             raise ValueError(f"message {what} {text!r} contains a newline")
-    priority = min(max(int(env.priority), 0), MAX_PRIORITY)
-    eta = "" if env.eta is None else _ms(env.eta)
-    ttl = env.idempotency_ttl if env.idempotency_ttl is not None else DEFAULT_IDEMPOTENCY_TTL
-    key = env.idempotency_key or ""
-    return f"{env.id}\n{env.queue}\n{priority}\n{eta}\n{key}\n{max(1, _ms(ttl))}", env.body
 
 
 def _unpack_dead(queue: str, message_id: str, packed: bytes) -> DeadLetter:

@@ -1,6 +1,7 @@
 -- enqueue: store messages, each at most once.
 -- ARGV: prefix, then two per message: a header and the body.  The header is
 --   id \n queue \n priority (0..9) \n eta_ms ('' = now) \n idempotency key ('' = none) \n key ttl_ms
+--   (the ttl is '' when there is no key)
 -- (two arguments instead of seven: packing arguments is most of a producer's
 -- cost, so this nearly doubles enqueue_many's rate).
 -- Returns {n, owner, ...} only for the messages *not* stored under their own
