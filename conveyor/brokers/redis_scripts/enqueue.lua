@@ -41,7 +41,7 @@ local function add_ready(ready, queue, prio, id)
   list[#list + 1] = id
 end
 
-local now = now_ms()
+local now = nil  -- read (TIME) only when some message has an ETA
 local count = (#ARGV - 1) / 2
 -- Parallel arrays, not a table per message: this loop is most of the script.
 local ids, queues, prios, etas, idems, ttls = {}, {}, {}, {}, {}, {}
@@ -73,6 +73,7 @@ for n = 1, count do
       n_prios = n_prios + 2
     end
     local due = tonumber(etas[n])
+    if due and not now then now = now_ms() end
     if due and due > now then
       group(delayed, delayed_key(queue), due, id)
     else
