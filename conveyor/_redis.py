@@ -204,7 +204,7 @@ class ClientHolder:
 
     redis-py's pool already drops inherited connections after a fork; holding
     the client here as well lets the broker and the store rebuild their own
-    per-process state (scripts, the pub/sub listener) at the same moment.
+    per-process state (scripts) at the same moment.
     """
 
     def __init__(self, options: RedisOptions) -> None:
