@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from conveyor.worker.book import LeaseBook, Running
 from conveyor.worker.consumer import Consumer, task_id_of
 from conveyor.worker.execute import ACK, Executor, Outcome
 from conveyor.worker.timeouts import SignalTimer
+from conveyor.worker.watch import ChildWatch
 
 if TYPE_CHECKING:
     from conveyor.worker.main import Worker
@@ -128,6 +129,7 @@ class PreforkPool:
         self._last_beat = 0.0
         self.executor = Executor(self.app, worker.hostname)
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
+        self.watch = ChildWatch()
 
     # -- children ----------------------------------------------------------
     def spawn(self) -> None:
@@ -140,6 +142,7 @@ class PreforkPool:
         process.start()
         writer.close()
         self.children[key] = _Child(process, reader, time.monotonic())
+        self.watch.add(key, reader.fileno(), process.sentinel)
         log.debug("started child %d (pid %s)", key, process.pid)
 
     def _fill(self) -> None:
@@ -167,22 +170,18 @@ class PreforkPool:
             time.sleep(self.acks.wait_time(0.5))
 
     def _poll(self, timeout: float) -> None:
-        conns = {c.conn: key for key, c in self.children.items()}
-        sentinels = {c.process.sentinel: key for key, c in self.children.items()}
-        ready = wait([*conns, *sentinels], timeout)
-        for item in ready:
-            if item in conns:
-                self._drain(conns[item])
-        for item in ready:
-            if item in sentinels:
-                self._reap(sentinels[item])
+        reports, exits = self.watch.wait(timeout)
+        for key in reports:
+            self._drain(key)
+        for key in exits:
+            self._reap(key)
 
     def _drain(self, key: int) -> None:
         child = self.children.get(key)
         if child is None:
             return
         try:
-            while child.conn.poll():
+            while self.watch.readable(key):
                 self._handle(key, child.conn.recv())
         except (EOFError, OSError):
             pass  # the child is gone; its sentinel reports that
@@ -205,6 +204,7 @@ class PreforkPool:
     def _reap(self, key: int) -> None:
         child = self.children.pop(key)
         self._drain_closed(key, child)
+        self.watch.remove(key)
         child.process.join(1)
         slot = self.book.remove_slot(key)
         code = child.process.exitcode
@@ -332,6 +332,7 @@ class PreforkPool:
             child = self.children.pop(key)
             child.process.join(5)
             self._drain_closed(key, child)  # what it finished is acknowledged, not redone
+            self.watch.remove(key)
             slot = self.book.remove_slot(key)
             if slot is not None:
                 self._hand_back(slot.held.values(), count=False)
