@@ -598,8 +598,8 @@ def store_from_url(url: str, retention: float = 86400.0,
     if scheme in ("redis", "rediss", "unix"):
         from conveyor.eventstores.redis import RedisEventStore
 
-        prefix = str((options or {}).get("prefix") or "conveyor")
-        return RedisEventStore(url, retention, prefix=prefix)
+        prefix = (options or {}).get("prefix")
+        return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None)
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 

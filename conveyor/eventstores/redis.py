@@ -1,5 +1,6 @@
 """Redis event store: keys under ``{prefix}:ev:`` (prefix ``conveyor`` by default,
-``broker_transport_options["prefix"]`` otherwise), on its own redis-py client::
+``broker_transport_options["prefix"]`` or the URL's ``?prefix=`` otherwise, as for
+the broker), on its own redis-py client::
 
     {p}:ev:workers          HASH  worker id -> heartbeat info JSON (with ttl, offline_at)
     {p}:ev:c:{minute}       HASH  "<task>\\x1f<metric>" -> value        EXPIRE retention
@@ -67,16 +68,19 @@ PAGE = 500
 class RedisEventStore(EventStore):
     """See module docstring."""
 
-    def __init__(self, url: str, retention: float = 86400.0, prefix: str = "conveyor",
+    def __init__(self, url: str, retention: float = 86400.0, prefix: str | None = None,
                  max_tasks: int = MAX_TASKS) -> None:
         import redis
 
+        from conveyor._redis import parse_redis_url
+
+        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``prefix`` overrides.
+        options = parse_redis_url(url, {"prefix": prefix} if prefix else None)
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
-        self.p = f"{prefix}:ev"
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
-                                                health_check_interval=30)
+        self.p = f"{options.prefix}:ev"
+        self.client: Any = redis.Redis(**options.client_kwargs)
         self._error: type[Exception] = redis.RedisError
         self._upsert_script = self.client.register_script(
             resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")

@@ -11,7 +11,15 @@ import pytest
 
 from conveyor import states
 from conveyor.brokers.base import Delivery
-from conveyor.events import Batch, EventStore, Recorder, TaskClock, TaskEntry, TimelineEvent
+from conveyor.events import (
+    Batch,
+    EventStore,
+    Recorder,
+    TaskClock,
+    TaskEntry,
+    TimelineEvent,
+    store_from_url,
+)
 from conveyor.eventstores.redis import RedisEventStore
 from conveyor.message import Message
 from conveyor.worker.execute import ACK, Outcome
@@ -134,3 +142,21 @@ def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEvent
                             timeline=[TimelineEvent("legacy", now + 1, "ACTION", "", "w")]))
     assert [e.kind for e in redis_store.timeline("legacy")] == ["STARTED", "ACTION"]
     assert redis_store.task("legacy") is not None
+
+
+def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEventStore,
+                                                         store_url: str) -> None:
+    import redis
+
+    base = store_url.partition("#")[0]
+    prefix = f"evtest-{time.time_ns()}"
+    opened = store_from_url(f"{base}?prefix={prefix}")
+    try:
+        opened.write(Batch("w", tasks=[entry("p", states.SUCCESS, time.time())]))
+        client = redis.Redis.from_url(base)
+        keys = list(client.scan_iter(f"{prefix}:ev:*"))
+        assert {k.decode() for k in keys} >= {f"{prefix}:ev:task", f"{prefix}:ev:tasks"}
+        client.delete(*keys)
+        client.close()
+    finally:
+        opened.close()
