@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
@@ -28,7 +28,7 @@ from conveyor.config import (
 )
 from conveyor.context import Request, running_request
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
-from conveyor.message import Message, new_id
+from conveyor.message import BodyTemplate, Message, new_id
 from conveyor.results import ResultRecord, ResultStore, result_store_from_url
 from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
@@ -49,6 +49,10 @@ _SEND_OPTIONS = frozenset({
     "serializer", "retries", "routing_key", "exchange", "shadow", "max_deliveries",
     "idempotency_ttl",
 })
+
+
+# Options that name one message: meaningless for a batch of them.
+_PER_MESSAGE_OPTIONS = frozenset({"task_id", "idempotency_key", "idempotency_ttl", "group_index"})
 
 
 class Conveyor:
@@ -255,13 +259,16 @@ class Conveyor:
         """The message ``send_task`` would send (validated, not yet sent)."""
         task = _task or self.tasks.get(name)
         parent = running_request()
-        if options:
-            message = self._message_with_options(name, task, args, kwargs, options, parent)
-        else:
-            message = self._plain_message(name, task, args, kwargs, parent)
+        message = self._new_message(name, task, args, kwargs, options, parent)
         if parent is not None:
             parent.children.append(message.id)
         return message
+
+    def _new_message(self, name: str, task: Task | None, args: Any, kwargs: Any,
+                     options: dict[str, Any], parent: Request | None) -> Message:
+        if options:
+            return self._message_with_options(name, task, args, kwargs, options, parent)
+        return self._plain_message(name, task, args, kwargs, parent)
 
     def _plain_message(self, name: str, task: Task | None, args: Any, kwargs: Any,
                        parent: Request | None) -> Message:
@@ -338,6 +345,66 @@ class Conveyor:
                 headers[key] = options[key]
         return headers
 
+    def send_many(self, name: str, calls: Iterable[Any], **options: Any) -> list[AsyncResult]:
+        """Send one message per call of task ``name``, in as few broker calls as it takes.
+
+        Each call is a tuple or list of positional arguments, or a dict of
+        keyword arguments: ``app.send_many("shop.resize", [(img,) for img in ids])``.
+        ``options`` are ``apply_async``'s and apply to every call; options that
+        name one message (``task_id``, ``idempotency_key``) are refused.  Every
+        call is checked and encoded before anything is sent, so a bad argument
+        sends nothing.  Much faster than a loop of ``apply_async`` (one round
+        trip per 1,000 messages on Redis) and than building messages one by one:
+        the shared fields are encoded once.
+        """
+        on_commit = options.pop("on_commit", None)
+        if on_commit is None:
+            on_commit = self.conf.task_enqueue_on_commit
+        refused = sorted(_PER_MESSAGE_OPTIONS & set(options))
+        if refused:
+            raise TypeError(f"send_many() sends many messages; {', '.join(refused)} "
+                            "names one (use apply_async)")
+        ids, envelopes = self._batch(name, [_split_call(call) for call in calls], options)
+        if envelopes and not (on_commit and signals.defer_until_commit(
+                lambda: self.broker.enqueue_many(envelopes))):
+            self.broker.enqueue_many(envelopes)
+        return [self.AsyncResult(task_id, task_name=name) for task_id in ids]
+
+    def _batch(self, name: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+               options: dict[str, Any]) -> tuple[list[str], list[Envelope]]:
+        """Ids and envelopes for ``send_many`` (the caller's task learns of its children)."""
+        task = self.tasks.get(name)
+        parent = running_request()
+        if task is not None and task.options.typing:
+            _check_calls(task, calls)
+        if self.routes.by_name_only or options.get("queue"):
+            prototype = self._new_message(name, task, (), {}, options, parent)
+            ids, envelopes = self._from_template(prototype, calls)
+        else:  # a router may look at each call's arguments
+            messages = [self._new_message(name, task, args, kwargs, options, parent)
+                        for args, kwargs in calls]
+            ids, envelopes = [m.id for m in messages], [self.envelope(m) for m in messages]
+        if parent is not None:
+            parent.children.extend(ids)
+        return ids, envelopes
+
+    def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+                       ) -> tuple[list[str], list[Envelope]]:
+        template = BodyTemplate(prototype)
+        limit = self.conf.task_message_max_bytes
+        suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
+        queue, priority, eta = prototype.queue, prototype.priority, prototype.eta
+        ids: list[str] = []
+        envelopes: list[Envelope] = []
+        for args, kwargs in calls:
+            task_id = new_id()
+            body = template.body(task_id, args, kwargs, time.time())
+            if limit is not None and len(body) > limit:
+                _refuse_size(prototype.task, task_id, body, limit)
+            ids.append(task_id)
+            envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
+        return ids, envelopes
+
     def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None,
                 idempotency_ttl: float | None = None) -> list[str]:
         """Encode and store messages (one batch); returns the ids the broker holds."""
@@ -351,10 +418,7 @@ class Conveyor:
         body = message.encode()
         limit = self.conf.task_message_max_bytes
         if limit is not None and len(body) > limit:
-            raise SerializationError(
-                f"task {message.task}[{message.id}]: the message is {len(body)} bytes, above "
-                f"task_message_max_bytes={limit}; pass a reference to large data (a path, "
-                "a row id) instead of the data itself")
+            _refuse_size(message.task, message.id, body, limit)
         return Envelope(
             id=broker_message_id(message),
             queue=message.queue,
@@ -465,6 +529,39 @@ class Conveyor:
     @property
     def hostname(self) -> str:
         return socket.gethostname()
+
+
+def _refuse_size(task: str, task_id: str, body: bytes, limit: int) -> None:
+    raise SerializationError(
+        f"task {task}[{task_id}]: the message is {len(body)} bytes, above "
+        f"task_message_max_bytes={limit}; pass a reference to large data (a path, "
+        "a row id) instead of the data itself")
+
+
+def _check_calls(task: Task, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Check each call against the task's signature, each shape of call once.
+
+    Binding depends only on how many positional arguments there are and on
+    the keyword names, so a thousand calls of one shape need one check.
+    """
+    checked: set[tuple[int, tuple[str, ...]]] = set()
+    for args, kwargs in calls:
+        shape = (len(args), tuple(kwargs))
+        if shape not in checked:
+            task._check_arguments(args, kwargs)
+            checked.add(shape)
+
+
+def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """One item of ``send_many``'s calls as (args, kwargs)."""
+    if isinstance(call, (tuple, list)):
+        return tuple(call), {}
+    if isinstance(call, Mapping):
+        return (), dict(call)
+    raise TypeError(
+        f"send_many() takes each call as a tuple or list of positional arguments or a dict "
+        f"of keyword arguments, got {type(call).__name__} {call!r}; for one argument per "
+        "call write [(x,) for x in items]")
 
 
 def _attempt(request: Request) -> list[int] | None:

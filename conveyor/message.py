@@ -166,6 +166,44 @@ class Message:
 
 _FIELD_ORDER = tuple(Message.__dataclass_fields__)
 _FIELDS = frozenset(_FIELD_ORDER)
+class BodyTemplate:
+    """Bodies of many calls of one task that share everything but id, arguments and time.
+
+    A batch send (:meth:`Conveyor.send_many`) encodes the shared fields once
+    and splices each call's id, ``args``, ``kwargs`` and ``created`` in, which
+    gives the same bytes as :meth:`Message.encode` of the same message at a
+    fraction of the cost (no ``Message`` object, no per-field checks).
+    """
+
+    def __init__(self, prototype: Message) -> None:
+        self.prototype = prototype
+        doc = prototype.evolve(args=(), kwargs={})._doc()
+        keys = list(doc)
+        created = keys.index("created")
+        self._head = ',"task":' + dumps_json(prototype.task)
+        shared = [key for key in keys[2:created] if key not in ("args", "kwargs")]
+        self._middle = "," + _members(doc, shared) + ',"created":'
+        self._tail = "," + _members(doc, keys[created + 1:]) + "}"
+        self._typed = prototype.content_type != JSON
+
+    def body(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             created: float) -> bytes:
+        """The encoded message for one call; raises naming an argument that cannot travel."""
+        content_type = self.prototype.content_type
+        parts = ['{"id":', dumps_json(task_id), self._head]
+        if args or self._typed:
+            parts += [',"args":', dumps_json(_encode_args(args, content_type))]
+        if kwargs or self._typed:
+            parts += [',"kwargs":', dumps_json(_encode_kwargs(kwargs, content_type))]
+        parts += [self._middle, repr(created), self._tail]
+        return "".join(parts).encode("utf-8")
+
+
+def _members(doc: dict[str, Any], keys: list[str]) -> str:
+    """``"k":v,...`` for ``keys`` of ``doc``: a JSON object's inside, without braces."""
+    return dumps_json({key: doc[key] for key in keys})[1:-1]
+
+
 def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")

@@ -43,6 +43,11 @@ class Routes:
             f"task_routes entry {item!r} must be a dict of patterns or a callable"
         )
 
+    @property
+    def by_name_only(self) -> bool:
+        """True when the answer depends on the task name alone (no callable routers)."""
+        return self._by_name is not None
+
     def route(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
               options: Mapping[str, Any]) -> RouteResult:
         """Options (at least perhaps ``queue``) from the first router that answers.

@@ -24,8 +24,7 @@ class ConveyorClient(Client):
             send()
 
     def _bulk(self, name: str, n: int) -> None:
-        build = self.app.build_message
-        self.app.enqueue([build(name) for _ in range(n)])
+        self.app.send_many(name, [()] * n)
 
     def enqueue_bulk(self, n: int) -> None:
         self._bulk("bench.noop", n)
@@ -53,7 +52,7 @@ class ConveyorRedis(System):
     requirements = [f"-e {ROOT}[redis]", "redis==8.1.0", "typing_extensions==4.16.0"]
     packages = ["conveyor", "redis", "hiredis"]
     db = 1
-    bulk_path = "app.enqueue(messages): one Lua call per 1,000"
+    bulk_path = "app.send_many(name, calls): one Lua call per 1,000, two in flight"
     chord_path = "chord(header)(callback)"
     worker_flags = "conveyor -A benchmarks.apps.conveyor_app worker -P prefork -c 2 -l WARNING"
 
@@ -75,7 +74,7 @@ class ConveyorSQLite(ConveyorRedis):
     name = "conveyor-sqlite"
     label = "Conveyor (SQLite)"
     db = 2  # only the INCR counter lives in Redis
-    bulk_path = "app.enqueue(messages): one transaction"
+    bulk_path = "app.send_many(name, calls): one transaction"
     worker_flags = ConveyorRedis.worker_flags + "  (broker and results: sqlite:///file.db)"
 
     def environment(self) -> dict[str, str]:

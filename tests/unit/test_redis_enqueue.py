@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.brokers.base import Envelope
 from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker, _load_script_text
 
@@ -51,3 +52,12 @@ def test_idempotency_keys_across_chunks_return_the_first_owner(broker: RedisBrok
     owners = broker.enqueue_many(keyed)
     assert owners == [f"k{i % 5}" for i in range(ENQUEUE_CHUNK + 5)]
     assert broker.stats(["q"])[0].ready == 5
+
+
+def test_send_many_on_redis_stores_every_call(redis_url: str) -> None:
+    app = Conveyor("redis-send-many", broker=f"{redis_url}?prefix=t-{uuid.uuid4().hex[:8]}",
+                   set_as_current=False)
+    results = app.send_many("t.any", [(i,) for i in range(2 * ENQUEUE_CHUNK + 7)], priority=4)
+    got = app.broker.reserve(["default"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)
+    assert [d.id for d in got] == [r.id for r in results]
+    assert {d.priority for d in got} == {4}

@@ -8,11 +8,15 @@ a message from an older producer and one from this version are the same bytes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, signals
+from conveyor.app import _split_call
+from conveyor.context import Request, pop_request, push_request
+from conveyor.exceptions import SerializationError
 from conveyor.message import Message, new_id
 from conveyor.routing import Routes
 from conveyor.serialization import PICKLE
@@ -77,8 +81,9 @@ def _comparable(message: Message) -> dict[str, Any]:
     """The document without what differs between two calls (id, times)."""
     doc = message._doc()
     del doc["id"], doc["created"]
-    if "expires" in doc:
-        doc["expires"] = round(doc["expires"] - message.created)
+    for relative in ("expires", "eta"):
+        if relative in doc:
+            doc[relative] = round(doc[relative] - message.created)
     return doc
 
 
@@ -138,3 +143,114 @@ def test_argument_check_sees_a_replaced_function() -> None:
     add.delay(1)  # the new function takes one argument
     with pytest.raises(TypeError, match="too many positional arguments"):
         add.delay(1, 2)
+
+
+# -- send_many ----------------------------------------------------------------
+
+def _stored(app: Conveyor, queue: str = "default") -> list[Message]:
+    deliveries = app.broker.reserve([queue], 10_000, lease=30, timeout=0)
+    return [Message.decode(d.body, ["json", "pickle"]) for d in deliveries]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"priority": 7, "countdown": 60, "expires": 300, "headers": {"trace": "x"}},
+    {"serializer": "pickle", "queue": "other", "time_limit": 5, "link": None},
+])
+def test_send_many_bodies_are_what_encode_gives_for_the_same_message(
+    options: dict[str, Any],
+) -> None:
+    app = make_app(accept_content=["json", "pickle"])
+    calls: list[Any] = [(1, "a"), [2, (3, 4)], {"n": 5}, ()]
+    ids, envelopes = app._batch("t.any", [_split_call(c) for c in calls], dict(options))
+    assert len(set(ids)) == len(calls)
+    for task_id, envelope, call in zip(ids, envelopes, calls, strict=True):
+        sent = Message.decode(envelope.body, ["json", "pickle"])
+        assert sent.id == task_id and envelope.id == task_id
+        assert (sent.args, sent.kwargs) == _split_call(call)
+        assert envelope.body == sent.encode()  # the bytes Message.encode writes
+        assert (envelope.queue, envelope.priority, envelope.eta) == (
+            sent.queue, sent.priority, sent.eta)
+    one = app.build_message("t.any", (1, "a"), {}, **options)
+    first = Message.decode(envelopes[0].body, ["json", "pickle"])
+    assert _comparable(first) == _comparable(one)
+
+
+def test_send_many_sends_every_call_in_order() -> None:
+    app = make_app()
+
+    @app.task(name="t.add")
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    results = app.send_many("t.add", [(i,) for i in range(1500)] + [{"a": 1, "b": 2}])
+    stored = _stored(app)
+    assert [m.id for m in stored] == [r.id for r in results]
+    assert [m.args for m in stored[:3]] == [(0,), (1,), (2,)]
+    assert stored[-1].kwargs == {"a": 1, "b": 2}
+    assert app.send_many("t.add", []) == []
+
+
+def test_send_many_checks_every_call_before_sending_anything() -> None:
+    app = make_app()
+
+    @app.task(name="t.add")
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    with pytest.raises(TypeError, match="missing a required argument"):
+        app.send_many("t.add", [(1,), (2, 3), ()])
+    with pytest.raises(SerializationError, match="positional argument 0"):
+        app.send_many("t.add", [(1,), (object(),)])
+    with pytest.raises(TypeError, match=r"write \[\(x,\) for x in items\]"):
+        app.send_many("t.add", [1, 2])
+    with pytest.raises(TypeError, match="idempotency_key, task_id names one"):
+        app.send_many("t.add", [(1,)], task_id="x", idempotency_key="k")
+    assert _stored(app) == []
+
+
+def test_send_many_refuses_a_message_above_the_size_limit() -> None:
+    app = make_app(task_message_max_bytes=200)
+    with pytest.raises(SerializationError, match="task_message_max_bytes=200"):
+        app.send_many("t.any", [("small",), ("x" * 300,)])
+    assert _stored(app) == []
+
+
+def test_send_many_asks_a_callable_router_about_each_call() -> None:
+    def by_size(name: str, args: Any, kwargs: Any, options: Any) -> str:
+        return "big" if args[0] > 10 else "small"
+
+    app = make_app(task_routes=[by_size])
+    app.send_many("t.any", [(1,), (99,), (2,)])
+    assert [m.args for m in _stored(app, "small")] == [(1,), (2,)]
+    assert [m.args for m in _stored(app, "big")] == [(99,)]
+
+
+def test_send_many_inside_a_task_records_children_and_workflow_ids() -> None:
+    app = make_app()
+    parent = Request(id="parent-1", root_id="root-1")
+    token = push_request(parent)
+    try:
+        results = app.send_many("t.any", [(1,), (2,)])
+    finally:
+        pop_request(token)
+    assert parent.children == [r.id for r in results]
+    assert {(m.root_id, m.parent_id) for m in _stored(app)} == {("root-1", "parent-1")}
+
+
+def test_send_many_on_commit_waits_for_the_transaction() -> None:
+    app = make_app()
+    held: list[Callable[[], object]] = []
+
+    def transaction(send: Callable[[], object]) -> bool:
+        held.append(send)
+        return True
+
+    signals.add_deferrer(transaction)
+    try:
+        results = app.send_many("t.any", [(1,), (2,)], on_commit=True)
+    finally:
+        signals.remove_deferrer(transaction)
+    assert _stored(app) == [] and len(held) == 1
+    held[0]()
+    assert [m.id for m in _stored(app)] == [r.id for r in results]
