@@ -368,7 +368,9 @@ class Conveyor:
         if envelopes and not (on_commit and signals.defer_until_commit(
                 lambda: self.broker.enqueue_many(envelopes))):
             self.broker.enqueue_many(envelopes)
-        return [self.AsyncResult(task_id, task_name=name) for task_id in ids]
+        from conveyor.result import AsyncResult
+
+        return [AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
 
     def _batch(self, name: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
                options: dict[str, Any]) -> tuple[list[str], list[Envelope]]:
