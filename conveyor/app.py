@@ -378,7 +378,8 @@ class Conveyor:
         task = self.tasks.get(name)
         parent = running_request()
         if task is not None and task.options.typing:
-            _check_calls(task, calls)
+            for args, kwargs in calls:
+                task._check_arguments(args, kwargs)
         if self.routes.by_name_only or options.get("queue"):
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
@@ -538,20 +539,6 @@ def _refuse_size(task: str, task_id: str, body: bytes, limit: int) -> None:
         f"task {task}[{task_id}]: the message is {len(body)} bytes, above "
         f"task_message_max_bytes={limit}; pass a reference to large data (a path, "
         "a row id) instead of the data itself")
-
-
-def _check_calls(task: Task, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
-    """Check each call against the task's signature, each shape of call once.
-
-    Binding depends only on how many positional arguments there are and on
-    the keyword names, so a thousand calls of one shape need one check.
-    """
-    checked: set[tuple[int, tuple[str, ...]]] = set()
-    for args, kwargs in calls:
-        shape = (len(args), tuple(kwargs))
-        if shape not in checked:
-            task._check_arguments(args, kwargs)
-            checked.add(shape)
 
 
 def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

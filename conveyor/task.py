@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_MAX_SHAPES = 64  # call shapes remembered per task as fitting its signature
 
 
 def parse_rate_limit(value: str | float | None) -> float | None:
@@ -100,6 +101,7 @@ class Task:
         self.options = options
         self._app = app
         self._signature: tuple[Callable[..., Any], inspect.Signature | None] | None = None
+        self._fitting_shapes: set[tuple[Any, ...]] = set()  # see _check_arguments
         functools.update_wrapper(self, fn)
         self.is_async = inspect.iscoroutinefunction(fn)
 
@@ -193,6 +195,11 @@ class Task:
         signature = self._fn_signature()
         if signature is None:
             return
+        # Binding depends only on how many positional arguments there are and
+        # on the keyword names, so each shape of call that fits is checked once.
+        shape = (self.options.bind, len(args), *kwargs)
+        if shape in self._fitting_shapes:
+            return
         try:
             if self.options.bind:
                 signature.bind(None, *args, **kwargs)
@@ -200,6 +207,8 @@ class Task:
                 signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}{signature}: {exc}") from None
+        if len(self._fitting_shapes) < _MAX_SHAPES:
+            self._fitting_shapes.add(shape)
 
     def _fn_signature(self) -> inspect.Signature | None:
         """``fn``'s signature, kept: computing it costs more than building the message."""
@@ -209,6 +218,7 @@ class Task:
             except (TypeError, ValueError):
                 signature = None
             self._signature = (self.fn, signature)
+            self._fitting_shapes = set()
         return self._signature[1]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:

@@ -135,6 +135,9 @@ def test_argument_check_sees_a_replaced_function() -> None:
 
     with pytest.raises(TypeError, match="missing a required argument"):
         add.delay(1)
+    add.delay(1, 2)  # fits: this shape of call is remembered as fitting
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        add.delay(1, 2, c=3)
 
     def one(a: int) -> int:
         return a
@@ -142,7 +145,7 @@ def test_argument_check_sees_a_replaced_function() -> None:
     add.fn = one
     add.delay(1)  # the new function takes one argument
     with pytest.raises(TypeError, match="too many positional arguments"):
-        add.delay(1, 2)
+        add.delay(1, 2)  # fitted the old function; the new one is asked again
 
 
 # -- send_many ----------------------------------------------------------------
