@@ -69,8 +69,10 @@ from conveyor._redis import (
     ClientHolder,
     RedisOptions,
     as_bytes,
+    call,
     parse_redis_url,
     retry_read,
+    run_script,
     translate_errors,
 )
 from conveyor.exceptions import ResultError
@@ -221,9 +223,9 @@ class RedisResultStore(ResultStore):
         """One script: store, and wake waiters if ``state`` is ready."""
         px = _ms(ttl)
         keys = [self._key("result", task_id), self._key("result-notify", task_id)]
+        args: list[Any] = [_encode(state, payload), px, _notify_px(state, px)]
         with self._errors(f"storing the result of {task_id}"):
-            self._set(keys=keys, args=[_encode(state, payload), px, _notify_px(state, px)],
-                      client=self._holder.client)
+            run_script(self._holder.client, self._set, keys, args)
 
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
@@ -233,7 +235,7 @@ class RedisResultStore(ResultStore):
         args: list[Any] = [_encode(state, payload), px, _notify_px(state, px),
                 attempt.sent, attempt.retries, attempt.deliveries]
         with self._errors(f"storing the result of {task_id}"):
-            done = self._set_fenced(keys=keys, args=args, client=self._holder.client)
+            done = run_script(self._holder.client, self._set_fenced, keys, args)
         return bool(done)
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
@@ -261,7 +263,7 @@ class RedisResultStore(ResultStore):
     def get(self, task_id: str) -> Stored | None:
         key = self._key("result", task_id)
         with self._errors(f"reading the result of {task_id}", read=True):
-            return _decode(as_bytes(retry_read(lambda: self._holder.client.get(key))))
+            return _decode(retry_read(lambda: call(self._holder.client, "GET", key)))
 
     def get_many(self, task_ids: Sequence[str]) -> list[Stored | None]:
         if not task_ids:
@@ -291,7 +293,7 @@ class RedisResultStore(ResultStore):
                 pushed = self._block(notify, remaining)
                 if _ready(pushed):
                     return pushed
-                current = _decode(as_bytes(self._holder.client.get(key)))
+                current = _decode(call(self._holder.client, "GET", key))
                 if _ready(current):
                     return current
                 backoff.reset()
@@ -305,9 +307,9 @@ class RedisResultStore(ResultStore):
         """Wait on the notify list without emptying it (the pop pushes the value
         back), so every waiter on it wakes; None when the slice ran out."""
         span = self._block_slice if remaining is None else min(self._block_slice, remaining)
-        raw = self._holder.client.execute_command(
-            "BRPOPLPUSH", notify, notify, f"{max(span, 0.001):.3f}")  # "0" would block forever
-        return _decode(as_bytes(raw))
+        raw = call(self._holder.client, "BRPOPLPUSH", notify, notify,
+                   f"{max(span, 0.001):.3f}")  # "0" would block forever
+        return _decode(raw)
 
     # -- groups and chords -------------------------------------------------
     def save_group(self, group_id: str, payload: bytes, ttl: float) -> None:

@@ -1,0 +1,70 @@
+"""``conveyor._redis.call`` and ``run_script``: the direct command path.
+
+They skip redis-py's per-command layers, so they must keep what those layers
+guarantee: a connection that failed mid-command never hands its late reply to
+the next caller, an error reply leaves the connection usable, and a script
+the server forgot is loaded again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from conveyor import states
+from conveyor._redis import call, run_script
+from conveyor.results.record import Attempt
+from conveyor.results.redis import RedisResultStore
+from tests.integration.test_redis_specific import RedisServer, private_redis  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def key() -> str:
+    return f"call-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url, socket_timeout=0.3)
+    yield c
+    c.close()
+
+
+def test_a_command_cut_off_by_a_timeout_does_not_leak_its_reply(
+        client: redis.Redis, redis_url: str, key: str) -> None:
+    with pytest.raises(redis.TimeoutError):
+        call(client, "BLPOP", f"{key}:list", 2)  # outlives the 0.3 s socket timeout
+    client.set(key, b"mine")
+    other = redis.Redis.from_url(redis_url)
+    other.rpush(f"{key}:list", b"late")  # would answer the abandoned BLPOP, were it alive
+    other.close()
+    assert call(client, "GET", key) == b"mine"
+    assert call(client, "LRANGE", f"{key}:list", 0, -1) == [b"late"]  # nobody popped it
+
+
+def test_an_error_reply_raises_and_keeps_the_connection(client: redis.Redis, key: str) -> None:
+    client.set(key, b"text")
+    with pytest.raises(redis.ResponseError):
+        call(client, "INCR", key)
+    pool = client.connection_pool
+    idle = list(pool._available_connections)
+    assert len(idle) == 1 and idle[0]._sock is not None
+    assert call(client, "GET", key) == b"text"
+
+
+def test_a_script_the_server_forgot_is_loaded_again(private_redis: RedisServer) -> None:  # noqa: F811
+    store = RedisResultStore(private_redis.url)
+    attempt = Attempt(1, 0, 1)
+    assert store.set_fenced("a", states.SUCCESS, b"{}", 60, attempt)
+    redis.Redis(port=private_redis.port).script_flush()
+    assert store.set_fenced("b", states.SUCCESS, b"{}", 60, attempt)
+    client = redis.Redis(port=private_redis.port)
+    assert run_script(client, client.register_script("return 7"), [], []) == 7
+    assert [s.state if s else None for s in store.get_many(["a", "b"])] == [states.SUCCESS] * 2
+    client.close()
+    store.close()
