@@ -365,9 +365,12 @@ class Conveyor:
             raise TypeError(f"send_many() sends many messages; {', '.join(refused)} "
                             "names one (use apply_async)")
         ids, envelopes = self._batch(name, [_split_call(call) for call in calls], options)
-        if envelopes and not (on_commit and signals.defer_until_commit(
-                lambda: self.broker.enqueue_many(envelopes))):
+
+        def send() -> None:
             self.broker.enqueue_many(envelopes)
+
+        if envelopes and not (on_commit and signals.defer_until_commit(send)):
+            send()
         from conveyor.result import AsyncResult
 
         return [AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
