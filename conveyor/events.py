@@ -483,6 +483,7 @@ class EventStore(abc.ABC):
 
     url: str
     retention: float = 86400.0
+    _sampled_minute: int | None = None  # the minute whose queue sample is settled
 
     # -- written by workers ----------------------------------------------------
     @abc.abstractmethod
@@ -510,14 +511,21 @@ class EventStore(abc.ABC):
         """Store depth samples (one per queue and minute; the last write wins)."""
 
     def sample_queues(self, broker: Broker) -> None:
-        """Take this minute's queue depth sample unless someone already did."""
+        """Take this minute's queue depth sample unless someone already did.
+
+        Asks the store at most once a minute once the minute is settled (sampled
+        here or claimed elsewhere): heartbeats come every few seconds."""
         minute = minute_of(time.time())
+        if self._sampled_minute == minute:
+            return
         name = f"queues:{minute}"
         if not self.claim(name, ttl=2 * MINUTE):
+            self._sampled_minute = minute
             return
         samples = samples_from_stats(minute, broker.stats())
         if samples:
             self.write_queue_samples(samples)
+            self._sampled_minute = minute
         else:  # no queue yet: let the next heartbeat try again this minute
             self.release(name)
 

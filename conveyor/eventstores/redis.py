@@ -8,8 +8,8 @@ the broker), on its own redis-py client::
                             metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
     {p}:ev:total            HASH  the same fields, all-time totals (no expiry)
     {p}:ev:tasks            ZSET  task id -> updated_at               (the search index)
-    {p}:ev:task             HASH  task id -> index entry JSON, with "tl": the task's
-                                  timeline as [ts, kind, detail, worker] rows (last MAX_TIMELINE)
+    {p}:ev:task             HASH  task id -> index entry, a JSON array that ends with
+                                  the task's timeline (last MAX_TIMELINE); see _encode
     {p}:ev:tl:{task id}     LIST  timeline event JSON of events written without an index
                                   entry (monitor actions), last MAX_TIMELINE  EXPIRE retention
     {p}:ev:q:{minute}       HASH  queue -> [ready, delayed, inflight, dead]  EXPIRE retention
@@ -262,7 +262,7 @@ class RedisEventStore(EventStore):
         if query.task_id:
             raw = self.client.hget(f"{self.p}:task", query.task_id)
             if raw is not None:
-                entry = TaskEntry.from_json(raw)
+                entry = _entry(query.task_id, raw)
                 return [entry] if query.matches(entry) else []
         found: list[TaskEntry] = []
         for page in self._pages(query):
@@ -283,7 +283,7 @@ class RedisEventStore(EventStore):
                 return
             offset += len(ids)
             raws = self.client.hmget(f"{self.p}:task", ids)
-            yield [TaskEntry.from_json(r) for r in raws if r]
+            yield [_entry(i, r) for i, r in zip(ids, raws, strict=True) if r]
 
     def timeline(self, task_id: str) -> list[TimelineEvent]:
         pipe = self.client.pipeline(transaction=False)
@@ -316,30 +316,63 @@ def _latest(entries: Sequence[TaskEntry]) -> dict[str, TaskEntry]:
     return out
 
 
+# An index entry is stored as a JSON array (field names and float digits were most
+# of the cost of writing one): times and durations in integer microseconds, except
+# updated_at, which stays the exact float of the index score.
+#   [1, name, state, queue, worker, retries, sent_at, started_at, done_at, runtime,
+#    wait, info, updated_at, [[ts, kind, detail, worker], ...]]
+# Entries written before this layout (a JSON object in seconds, no timeline) are read too.
+ENTRY_VERSION = 1
+_Row = list[Any]  # [ts in microseconds, kind, detail, worker]
+
+
+def _us(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1_000_000)
+
+
+def _s(micros: int | None) -> float | None:
+    return None if micros is None else micros / 1_000_000
+
+
+def _encode(e: TaskEntry, rows: list[_Row]) -> str:
+    return dumps([ENTRY_VERSION, e.name, e.state, e.queue, e.worker, e.retries, _us(e.sent_at),
+                  _us(e.started_at), _us(e.done_at), _us(e.runtime), _us(e.wait), e.info,
+                  e.updated_at, rows])
+
+
+def _decode(task_id: str, raw: bytes) -> tuple[TaskEntry, list[_Row]]:
+    doc = json.loads(raw)
+    if isinstance(doc, dict):  # the earlier layout
+        return TaskEntry.from_dict(doc), []
+    (_, name, state, queue, worker, retries, sent, started, done, runtime, wait, info,
+     updated, rows) = doc
+    return TaskEntry(task_id, name, state, queue, worker, retries, _s(sent), _s(started),
+                     _s(done), _s(runtime), _s(wait), info, updated), rows
+
+
 def _merge(incoming: TaskEntry, events: Sequence[TimelineEvent],
            raw: bytes | None) -> tuple[str, float] | None:
-    """The entry JSON to store (newest entry, joined timeline) and its score, or
-    None when what is stored already says it all."""
-    rows = [[e.ts, e.kind, e.detail, e.worker] for e in events]
-    if raw is None:
-        keep = incoming
-    else:
-        doc = json.loads(raw)
-        current = TaskEntry.from_dict(doc)
+    """The entry to store (newest entry, joined timeline) and its score, or None
+    when what is stored already says it all."""
+    rows: list[_Row] = [[round(e.ts * 1_000_000), e.kind, e.detail, e.worker] for e in events]
+    keep = incoming
+    if raw is not None:
+        current, stored = _decode(incoming.task_id, raw)
         keep = newer(current, incoming)
         if keep is current and not rows:
             return None
-        rows = sorted(doc.get("tl", []) + rows, key=lambda row: row[0])[-MAX_TIMELINE:]
-    out = keep.to_dict()
-    out["tl"] = rows[-MAX_TIMELINE:]
-    return dumps(out), keep.updated_at
+        rows = sorted(stored + rows, key=lambda row: row[0])
+    return _encode(keep, rows[-MAX_TIMELINE:]), keep.updated_at
+
+
+def _entry(task_id: bytes | str, raw: bytes) -> TaskEntry:
+    return _decode(task_id.decode() if isinstance(task_id, bytes) else task_id, raw)[0]
 
 
 def _timeline_rows(task_id: str, raw: bytes | None) -> list[TimelineEvent]:
-    if raw is None:
-        return []
-    rows = json.loads(raw).get("tl", [])
-    return [TimelineEvent(task_id, ts, kind, detail, worker) for ts, kind, detail, worker in rows]
+    rows = _decode(task_id, raw)[1] if raw is not None else []
+    return [TimelineEvent(task_id, ts / 1_000_000, kind, detail, worker)
+            for ts, kind, detail, worker in rows]
 
 
 def _by_task(events: Sequence[TimelineEvent]) -> dict[str, list[TimelineEvent]]:

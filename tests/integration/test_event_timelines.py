@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conveyor import states
-from conveyor.brokers.base import Delivery
+from conveyor.brokers.base import Delivery, QueueStats
 from conveyor.events import (
     Batch,
     EventStore,
@@ -18,6 +18,7 @@ from conveyor.events import (
     TaskClock,
     TaskEntry,
     TimelineEvent,
+    minute_of,
     store_from_url,
 )
 from conveyor.eventstores.redis import RedisEventStore
@@ -160,3 +161,27 @@ def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEvent
         client.close()
     finally:
         opened.close()
+
+
+def test_a_settled_minute_is_not_claimed_again(store: EventStore, store_url: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broker:
+        def stats(self) -> list[QueueStats]:
+            return [QueueStats("default", 1, 0, 0, 0)]
+
+    other = open_store(store_url, 3600)
+    claims: list[str] = []
+    real_claim = other.claim
+
+    def counted(name: str, ttl: float) -> bool:
+        claims.append(name)
+        return real_claim(name, ttl)
+
+    monkeypatch.setattr(other, "claim", counted)
+    minute = minute_of(time.time())
+    monkeypatch.setattr("conveyor.events.time.time", lambda: minute + 1.0)
+    store.sample_queues(Broker())  # type: ignore[arg-type]  # this one samples the minute
+    for _ in range(3):  # heartbeats of another worker in the same minute
+        other.sample_queues(Broker())  # type: ignore[arg-type]
+    other.close()
+    assert claims == [f"queues:{minute}"]  # asked once, then known to be taken
