@@ -131,7 +131,12 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
-        """Move a leased message to its queue's dead-letter list with ``reason``."""
+        """Move a leased message to its queue's dead-letter list with ``reason``.
+
+        A queue holds at most one dead letter per message id: dead-lettering
+        an id again (it was replayed or re-sent, and failed again) replaces
+        the earlier entry with the newer body, reason and time.
+        """
 
     @abc.abstractmethod
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:

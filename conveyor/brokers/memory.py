@@ -198,7 +198,8 @@ class MemoryBroker(Broker):
             del self._s.inflight[delivery.id]
             del self._s.messages[delivery.id]
             letter = DeadLetter(delivery.id, delivery.queue, delivery.body, reason, time.time())
-            self._s.dead.setdefault(delivery.queue, []).append(letter)
+            earlier = self._s.dead.get(delivery.queue, [])
+            self._s.dead[delivery.queue] = [d for d in earlier if d.id != delivery.id] + [letter]
             self._s.dead_priority[delivery.id] = stored.envelope.priority
             return True
 

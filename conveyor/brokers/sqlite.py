@@ -33,7 +33,8 @@ usually shares the file, and the application's own tables can coexist)::
 
     conveyor_queues   (name PRIMARY KEY)        every queue that has held a message
     conveyor_dead     (n INTEGER PRIMARY KEY, id, queue, priority, body, reason, failed_at)
-                      index (queue, n): newest first per queue
+                      index (queue, n): newest first per queue;
+                      index (queue, id): at most one letter per id
     conveyor_keys     (key PRIMARY KEY, message_id, expires_at)   idempotency keys
     conveyor_revoked  (task_id PRIMARY KEY, expires_at, terminate)
     conveyor_leases   (name PRIMARY KEY, holder, expires_at)     beat's leader lease
@@ -104,6 +105,7 @@ SCHEMA = (
         failed_at REAL NOT NULL,
         body BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS conveyor_dead_queue ON conveyor_dead (queue, n)",
+    "CREATE INDEX IF NOT EXISTS conveyor_dead_id ON conveyor_dead (queue, id)",
     """CREATE TABLE IF NOT EXISTS conveyor_keys (
         key TEXT PRIMARY KEY,
         message_id TEXT NOT NULL,
@@ -160,6 +162,7 @@ REQUEUE = f"""
 EXTEND = f"UPDATE conveyor_messages SET due = ? WHERE {HELD}"
 TAKE_HELD = f"DELETE FROM conveyor_messages WHERE {HELD} RETURNING queue, priority, body"
 SELECT_HELD = f"SELECT queue, priority, body FROM conveyor_messages WHERE {HELD}"
+DROP_DEAD_ID = "DELETE FROM conveyor_dead WHERE queue = ? AND id = ?"  # one letter per id
 INSERT_DEAD = """
     INSERT INTO conveyor_dead (id, queue, priority, reason, failed_at, body)
     VALUES (?, ?, ?, ?, ?, ?)"""
@@ -347,6 +350,7 @@ class SQLiteBroker(Broker):
             if row is None:
                 return False
             queue, priority, body = row
+            conn.execute(DROP_DEAD_ID, (queue, delivery.id))
             conn.execute(INSERT_DEAD, (delivery.id, queue, priority, reason, time.time(), body))
             return True
 

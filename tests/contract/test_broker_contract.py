@@ -165,6 +165,19 @@ def test_dead_letter_keeps_reason_and_body_and_can_replay(broker: Broker) -> Non
     assert drain(broker, ["q"]) == ["poison"]
 
 
+def test_a_message_dead_lettered_again_replaces_its_earlier_letter(broker: Broker) -> None:
+    e = env("poison")
+    broker.enqueue(e)
+    [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    broker.dead_letter(d, "first failure")
+    broker.enqueue(Envelope(id=e.id, queue="q", body=b"poison again"))  # re-sent, same id
+    [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
+    assert broker.dead_letter(d, "second failure") is True
+    [letter] = broker.dead_letters("q")
+    assert (letter.id, letter.body, letter.reason) == (e.id, b"poison again", "second failure")
+    assert broker.stats(["q"])[0].dead == 1
+
+
 def test_discard_dead(broker: Broker) -> None:
     for i in range(3):
         broker.enqueue(env(str(i)))

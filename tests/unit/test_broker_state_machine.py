@@ -227,7 +227,8 @@ class BrokerMachine(RuleBasedStateMachine):
         assert self.broker.dead_letter(delivery, reason) == (msg is not None)
         if msg is not None:
             del self.model.messages[msg.id]
-            self.model.dead[msg.queue].append((msg.id, reason, msg.priority, msg.body))
+            letters = [d for d in self.model.dead[msg.queue] if d[0] != msg.id]  # one per id
+            self.model.dead[msg.queue] = [*letters, (msg.id, reason, msg.priority, msg.body)]
 
     @rule(delivery=deliveries)
     def extend(self, delivery: Delivery) -> None:
