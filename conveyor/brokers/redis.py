@@ -112,8 +112,10 @@ from conveyor._redis import (
     ClientHolder,
     RedisOptions,
     as_text,
+    call,
     parse_redis_url,
     retry_read,
+    run_script,
     translate_errors,
 )
 from conveyor.brokers.base import (
@@ -168,7 +170,7 @@ class RedisBroker(Broker):
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
         try:
-            return self._scripts[name](args=(self._prefix, *args), client=self._holder.client)
+            return run_script(self._holder.client, self._scripts[name], [], [self._prefix, *args])
         except ResponseError as exc:
             if "unknown" in str(exc).lower() and "command" in str(exc).lower():
                 raise BrokerError(
@@ -277,7 +279,7 @@ class RedisBroker(Broker):
             if block >= 0.001:
                 # Losing a wake token to a broken connection is harmless.
                 with self._errors("reserve", read=True):
-                    self._holder.client.blpop(wake_keys, timeout=block)
+                    call(self._holder.client, "BLPOP", *wake_keys, f"{block:.3f}")
 
     def _reserve_once(
         self, queues: Sequence[str], count: int, lease: float
