@@ -22,7 +22,7 @@ minute after a write.
 
 A worker's batch costs two round trips and no command per task: an HMGET of
 the batch's index entries, then one pipeline with the counters and one
-``upsert_tasks.lua`` call that stores every merged entry (newest wins,
+``upsert_tasks.lua`` call per 500 tasks that stores every merged entry (newest wins,
 timelines joined) unless another writer changed it since the HMGET; those
 few are read and merged again.  Keeping a task's timeline inside its entry
 replaced a list per task (RPUSH + LTRIM + EXPIRE: three commands per task,
@@ -60,6 +60,8 @@ T = TypeVar("T")
 log = logging.getLogger("conveyor.events")
 #: Rounds of read, merge, compare-and-set for entries other writers keep changing.
 UPSERT_TRIES = 5
+#: Entries per script call: each call blocks Redis for a few ms at most, not a whole batch.
+UPSERT_CHUNK = 500
 ROLLUP = 600
 SEP = "\x1f"
 PAGE = 500
@@ -172,11 +174,13 @@ class RedisEventStore(EventStore):
             merged = _merge(entries[task_id], events.get(task_id, ()), raw)
             if merged is not None:
                 args += (task_id, raw or b"", merged[0], merged[1])
-        if args:
-            self._upsert_script(keys=[f"{self.p}:task", f"{self.p}:tasks"], args=args,
-                                client=pipe)
+        keys = [f"{self.p}:task", f"{self.p}:tasks"]
+        step = 4 * UPSERT_CHUNK
+        calls = range(0, len(args), step)
+        for start in calls:
+            self._upsert_script(keys=keys, args=args[start:start + step], client=pipe)
         replies = pipe.execute()
-        return [c.decode() for c in replies[-1]] if args else []
+        return [c.decode() for reply in replies[len(replies) - len(calls):] for c in reply]
 
     def claim(self, name: str, ttl: float) -> bool:
         key = f"{self.p}:claim:{name}"

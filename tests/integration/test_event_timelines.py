@@ -185,3 +185,28 @@ def test_a_settled_minute_is_not_claimed_again(store: EventStore, store_url: str
         other.sample_queues(Broker())  # type: ignore[arg-type]
     other.close()
     assert claims == [f"queues:{minute}"]  # asked once, then known to be taken
+
+
+def test_large_batches_go_in_several_script_calls_and_conflicts_come_back_from_any(
+    redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("conveyor.eventstores.redis.UPSERT_CHUNK", 2)
+    other = open_store(store_url, 3600)
+    now = time.time()
+    real_hmget = redis_store.client.hmget
+
+    def hmget_then_race(*args: Any, **kwargs: Any) -> Any:
+        stored = real_hmget(*args, **kwargs)
+        if other.task("t0") is None:  # a task of the first of three calls changes
+            other.write(Batch("w2", tasks=[entry("t0", states.RETRY, now)],
+                              timeline=[TimelineEvent("t0", now, "RETRY", "", "w2")]))
+        return stored
+
+    monkeypatch.setattr(redis_store.client, "hmget", hmget_then_race)
+    ids = [f"t{i}" for i in range(5)]
+    redis_store.write(Batch("w1", tasks=[entry(t, states.STARTED, now + 1, 1) for t in ids],
+                            timeline=[TimelineEvent(t, now + 1, "STARTED", "", "w1")
+                                      for t in ids]))
+    other.close()
+    assert all(redis_store.task(t) is not None for t in ids)
+    assert [e.kind for e in redis_store.timeline("t0")] == ["RETRY", "STARTED"]
