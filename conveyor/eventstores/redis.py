@@ -8,14 +8,16 @@ the broker), on its own redis-py client::
                             metric: n:<STATE> | rt:<bucket> | rt:sum | qw:<bucket> | qw:sum
     {p}:ev:total            HASH  the same fields, all-time totals (no expiry)
     {p}:ev:tasks            ZSET  task id -> updated_at               (the search index)
-    {p}:ev:task             HASH  task id -> index entry, a JSON array that ends with
+    {p}:ev:entry            HASH  task id -> index entry, a JSON array that ends with
                                   the task's timeline (last MAX_TIMELINE); see _encode
+    {p}:ev:task             HASH  task id -> index entry JSON object, as written before
+                                  (read, pruned, no longer written; gone after a retention)
     {p}:ev:tl:{task id}     LIST  timeline event JSON of events written without an index
                                   entry (monitor actions), last MAX_TIMELINE  EXPIRE retention
     {p}:ev:q:{minute}       HASH  queue -> [ready, delayed, inflight, dead]  EXPIRE retention
     {p}:ev:claim:{name}     STRING  SET NX EX: who samples queue depths this minute
 
-Counters and samples expire by themselves.  The index (``tasks``/``task``,
+Counters and samples expire by themselves.  The index (``tasks``/``entry``,
 with the timelines) is trimmed to the retention and ``MAX_TASKS`` by
 :meth:`RedisEventStore.prune`, which each process runs at most once a
 minute after a write.
@@ -168,13 +170,13 @@ class RedisEventStore(EventStore):
             pipe.execute()
             return []
         ids = list(entries)
-        stored = self.client.hmget(f"{self.p}:task", ids)
+        stored = self.client.hmget(f"{self.p}:entry", ids)
         args: list[Any] = []
         for task_id, raw in zip(ids, stored, strict=True):
             merged = _merge(entries[task_id], events.get(task_id, ()), raw)
             if merged is not None:
                 args += (task_id, raw or b"", merged[0], merged[1])
-        keys = [f"{self.p}:task", f"{self.p}:tasks"]
+        keys = [f"{self.p}:entry", f"{self.p}:tasks"]
         step = 4 * UPSERT_CHUNK
         calls = range(0, len(args), step)
         for start in calls:
@@ -216,6 +218,7 @@ class RedisEventStore(EventStore):
         for chunk in _chunks([o.decode() for o in old], PAGE):
             pipe = self.client.pipeline(transaction=False)
             pipe.zrem(index, *chunk)
+            pipe.hdel(f"{self.p}:entry", *chunk)
             pipe.hdel(f"{self.p}:task", *chunk)
             pipe.delete(*[f"{self.p}:tl:{tid}" for tid in chunk])
             pipe.execute()
@@ -264,9 +267,8 @@ class RedisEventStore(EventStore):
 
     def _tasks(self, query: TaskQuery) -> list[TaskEntry]:
         if query.task_id:
-            raw = self.client.hget(f"{self.p}:task", query.task_id)
-            if raw is not None:
-                entry = _entry(query.task_id, raw)
+            [entry] = self._entries([query.task_id])
+            if entry is not None:
                 return [entry] if query.matches(entry) else []
         found: list[TaskEntry] = []
         for page in self._pages(query):
@@ -286,12 +288,20 @@ class RedisEventStore(EventStore):
             if not ids:
                 return
             offset += len(ids)
-            raws = self.client.hmget(f"{self.p}:task", ids)
-            yield [_entry(i, r) for i, r in zip(ids, raws, strict=True) if r]
+            yield [e for e in self._entries([i.decode() for i in ids]) if e is not None]
+
+    def _entries(self, ids: list[str]) -> list[TaskEntry | None]:
+        """Index entries by id, in this layout or (written before it) the previous one."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(f"{self.p}:entry", ids)
+        pipe.hmget(f"{self.p}:task", ids)
+        raws, legacy = pipe.execute()
+        return [_entry(i, r or old) if (r or old) else None
+                for i, r, old in zip(ids, raws, legacy, strict=True)]
 
     def timeline(self, task_id: str) -> list[TimelineEvent]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(f"{self.p}:task", task_id)
+        pipe.hget(f"{self.p}:entry", task_id)
         pipe.lrange(f"{self.p}:tl:{task_id}", 0, -1)
         raw, loose = self._guard(pipe.execute)
         events = _timeline_rows(task_id, raw)
@@ -344,14 +354,20 @@ def _encode(e: TaskEntry, rows: list[_Row]) -> str:
                   e.updated_at, rows])
 
 
-def _decode(task_id: str, raw: bytes) -> tuple[TaskEntry, list[_Row]]:
-    doc = json.loads(raw)
-    if isinstance(doc, dict):  # the earlier layout
-        return TaskEntry.from_dict(doc), []
-    (_, name, state, queue, worker, retries, sent, started, done, runtime, wait, info,
-     updated, rows) = doc
-    return TaskEntry(task_id, name, state, queue, worker, retries, _s(sent), _s(started),
-                     _s(done), _s(runtime), _s(wait), info, updated), rows
+def _decode(task_id: str, raw: bytes) -> tuple[TaskEntry, list[_Row]] | None:
+    """An entry and its timeline rows; None for what this version cannot read (it is
+    then overwritten, not allowed to stop every later write)."""
+    try:
+        doc = json.loads(raw)
+        if isinstance(doc, dict):  # the previous layout ({p}:ev:task)
+            return TaskEntry.from_dict(doc), []
+        (_, name, state, queue, worker, retries, sent, started, done, runtime, wait, info,
+         updated, rows) = doc
+        return TaskEntry(task_id, name, state, queue, worker, retries, _s(sent), _s(started),
+                         _s(done), _s(runtime), _s(wait), info, updated), list(rows)
+    except (ValueError, TypeError) as exc:
+        log.warning("event store: unreadable index entry for %s: %s", task_id, exc)
+        return None
 
 
 def _merge(incoming: TaskEntry, events: Sequence[TimelineEvent],
@@ -360,8 +376,9 @@ def _merge(incoming: TaskEntry, events: Sequence[TimelineEvent],
     when what is stored already says it all."""
     rows: list[_Row] = [[round(e.ts * 1_000_000), e.kind, e.detail, e.worker] for e in events]
     keep = incoming
-    if raw is not None:
-        current, stored = _decode(incoming.task_id, raw)
+    decoded = _decode(incoming.task_id, raw) if raw is not None else None
+    if decoded is not None:
+        current, stored = decoded
         keep = newer(current, incoming)
         if keep is current and not rows:
             return None
@@ -369,12 +386,14 @@ def _merge(incoming: TaskEntry, events: Sequence[TimelineEvent],
     return _encode(keep, rows[-MAX_TIMELINE:]), keep.updated_at
 
 
-def _entry(task_id: bytes | str, raw: bytes) -> TaskEntry:
-    return _decode(task_id.decode() if isinstance(task_id, bytes) else task_id, raw)[0]
+def _entry(task_id: str, raw: bytes) -> TaskEntry | None:
+    decoded = _decode(task_id, raw)
+    return decoded[0] if decoded is not None else None
 
 
 def _timeline_rows(task_id: str, raw: bytes | None) -> list[TimelineEvent]:
-    rows = _decode(task_id, raw)[1] if raw is not None else []
+    decoded = _decode(task_id, raw) if raw is not None else None
+    rows = decoded[1] if decoded is not None else []
     return [TimelineEvent(task_id, ts / 1_000_000, kind, detail, worker)
             for ts, kind, detail, worker in rows]
 

@@ -1,6 +1,6 @@
 -- Upsert index entries, each only if it is still what the writer read (compare and set).
 --
--- KEYS[1]  {p}:ev:task   HASH  task id -> index entry JSON (with its timeline, "tl")
+-- KEYS[1]  {p}:ev:entry  HASH  task id -> index entry (a JSON array ending with its timeline)
 -- KEYS[2]  {p}:ev:tasks  ZSET  task id -> updated_at (ZADD GT: the score only moves forward)
 -- ARGV     repeated groups of four: task id, the entry the writer read ("" for none),
 --          the entry to store, its updated_at

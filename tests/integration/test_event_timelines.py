@@ -17,6 +17,7 @@ from conveyor.events import (
     Recorder,
     TaskClock,
     TaskEntry,
+    TaskQuery,
     TimelineEvent,
     minute_of,
     store_from_url,
@@ -143,6 +144,21 @@ def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEvent
                             timeline=[TimelineEvent("legacy", now + 1, "ACTION", "", "w")]))
     assert [e.kind for e in redis_store.timeline("legacy")] == ["STARTED", "ACTION"]
     assert redis_store.task("legacy") is not None
+    only_old = entry("only-old", states.FAILURE, now - 5)
+    redis_store.client.hset(f"{redis_store.p}:task", "only-old", only_old.to_json())
+    redis_store.client.zadd(f"{redis_store.p}:tasks", {"only-old": now - 5})
+    assert [e.task_id for e in redis_store.tasks(TaskQuery())] == ["legacy", "only-old"]
+    assert redis_store.task("only-old") == only_old
+
+
+def test_an_unreadable_entry_is_replaced_not_fatal(redis_store: RedisEventStore) -> None:
+    now = time.time()
+    redis_store.client.hset(f"{redis_store.p}:entry", "bad", b"[9, 1]")
+    redis_store.client.zadd(f"{redis_store.p}:tasks", {"bad": now})
+    assert redis_store.tasks(TaskQuery()) == []
+    redis_store.write(Batch("w", tasks=[entry("bad", states.SUCCESS, now + 1)]))
+    found = redis_store.task("bad")
+    assert found is not None and found.state == states.SUCCESS
 
 
 def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEventStore,
@@ -156,7 +172,7 @@ def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEvent
         opened.write(Batch("w", tasks=[entry("p", states.SUCCESS, time.time())]))
         client = redis.Redis.from_url(base)
         keys = list(client.scan_iter(f"{prefix}:ev:*"))
-        assert {k.decode() for k in keys} >= {f"{prefix}:ev:task", f"{prefix}:ev:tasks"}
+        assert {k.decode() for k in keys} >= {f"{prefix}:ev:entry", f"{prefix}:ev:tasks"}
         client.delete(*keys)
         client.close()
     finally:
