@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 POOLS = ("prefork", "threads", "async", "solo")
+MEMORY_EVERY = 10.0  # seconds between measurements of the worker's memory for heartbeats
 
 
 def expand_hostname(template: str | None, app_name: str) -> str:
@@ -76,6 +77,7 @@ class Worker:
         self.started_at = time.time()
         self._pool: Any = None
         self._ready = threading.Event()
+        self._memory: tuple[float, int | None] = (-MEMORY_EVERY, None)  # (measured at, KiB)
 
     @property
     def id(self) -> str:
@@ -150,7 +152,7 @@ class Worker:
             "counts": dict(book.counts),
             "processed": sum(book.counts.values()),
             "failed": book.counts.get("FAILURE", 0),
-            "memory_kib": _memory_kib(),
+            "memory_kib": self._memory_kib(),
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }
@@ -160,6 +162,14 @@ class Worker:
             self.events.sample_queues(self.app.broker)
         except Exception as exc:  # heartbeats must never stop the worker
             log.warning("heartbeat failed: %s", exc)
+
+    def _memory_kib(self) -> int | None:
+        """The tree's resident memory, measured at most every :data:`MEMORY_EVERY`
+        seconds: psutil scans every process on the host (~2 ms) to find children."""
+        now = time.monotonic()
+        if now - self._memory[0] >= MEMORY_EVERY:
+            self._memory = (now, _memory_kib())
+        return self._memory[1]
 
     def _flush(self, book: LeaseBook) -> None:
         """Write the task events recorded since the last heartbeat (kept on failure)."""

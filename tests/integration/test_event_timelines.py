@@ -226,3 +226,25 @@ def test_large_batches_go_in_several_script_calls_and_conflicts_come_back_from_a
     other.close()
     assert all(redis_store.task(t) is not None for t in ids)
     assert [e.kind for e in redis_store.timeline("t0")] == ["RETRY", "STARTED"]
+
+
+def test_heartbeats_measure_memory_at_most_every_few_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor import Conveyor
+    from conveyor.worker import main
+
+    calls: list[int] = []
+
+    def measured() -> int:
+        calls.append(1)
+        return 1234
+
+    monkeypatch.setattr(main, "_memory_kib", measured)
+    worker = main.Worker(Conveyor("mem", broker="memory://", set_as_current=False),
+                         pool="threads", concurrency=1)
+    assert [worker._memory_kib() for _ in range(3)] == [1234] * 3
+    assert len(calls) == 1  # one process scan for three heartbeats
+    worker._memory = (time.monotonic() - main.MEMORY_EVERY, 1234)
+    worker._memory_kib()
+    assert len(calls) == 2
