@@ -140,11 +140,17 @@ class RedisEventStore(EventStore):
             pipe.ltrim(key, -MAX_TIMELINE, -1)
             pipe.expire(key, int(self.retention))
         pending = self._upsert(pipe, entries, events)
-        for _ in range(UPSERT_TRIES):
-            if not pending:
-                return
-            pending = self._upsert(self.client.pipeline(transaction=False),
-                                   {tid: entries[tid] for tid in pending}, events)
+        # The counters are written now: from here on an error must not hand the
+        # batch back to the worker (it would count them twice).
+        try:
+            for _ in range(UPSERT_TRIES):
+                if not pending:
+                    return
+                pending = self._upsert(self.client.pipeline(transaction=False),
+                                       {tid: entries[tid] for tid in pending}, events)
+        except self._error as exc:
+            log.warning("event store: %d index entries not written: %s", len(pending), exc)
+            return
         log.warning("event store: %d index entries kept changing under this writer; "
                     "their events are dropped", len(pending))
 

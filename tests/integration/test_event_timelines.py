@@ -248,3 +248,31 @@ def test_heartbeats_measure_memory_at_most_every_few_seconds(
     worker._memory = (time.monotonic() - main.MEMORY_EVERY, 1234)
     worker._memory_kib()
     assert len(calls) == 2
+
+
+def test_a_failed_retry_round_does_not_hand_back_counters_already_written(
+    redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+
+    other = open_store(store_url, 3600)
+    now = time.time()
+    real_hmget = redis_store.client.hmget
+    rounds: list[int] = []
+
+    def racing_then_failing(*args: Any, **kwargs: Any) -> Any:
+        rounds.append(1)
+        if len(rounds) == 2:
+            raise redis.ConnectionError("connection lost")
+        stored = real_hmget(*args, **kwargs)
+        other.write(Batch("w2", tasks=[entry("c", states.RETRY, now)]))
+        return stored
+
+    monkeypatch.setattr(redis_store.client, "hmget", racing_then_failing)
+    minute = minute_of(now)
+    redis_store.write(Batch("w1", cells={(minute, "proj.add", "n:SUCCESS"): 1},
+                            tasks=[entry("c", states.SUCCESS, now + 1)]))  # does not raise
+    other.close()
+    assert len(rounds) == 2
+    assert ("proj.add", "n:SUCCESS", 1.0) in [
+        (task, metric, value) for _, task, metric, value in redis_store.cells(minute, minute, 60)]
