@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -105,28 +106,40 @@ def entry(task_id: str, state: str, at: float, retries: int = 0) -> TaskEntry:
                      done_at=None if state == states.STARTED else at, updated_at=at)
 
 
+def after_each_read(monkeypatch: pytest.MonkeyPatch, store: RedisEventStore,
+                    act: Callable[[int], None]) -> list[int]:
+    """Run ``act(n)`` after the store's n-th HMGET of index entries, before it writes
+    (another writer racing it, or the connection failing); the reads made so far."""
+    real_hmget = store.client.hmget
+    reads: list[int] = []
+
+    def hmget(*args: Any, **kwargs: Any) -> Any:
+        stored = real_hmget(*args, **kwargs)
+        reads.append(1)
+        act(len(reads))
+        return stored
+
+    monkeypatch.setattr(store.client, "hmget", hmget)
+    return reads
+
+
 def test_a_writer_racing_another_merges_again_and_loses_nothing(
     redis_store: RedisEventStore, store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     other = open_store(store_url, 3600)
     now = time.time()
-    real_hmget = redis_store.client.hmget
-    raced: list[bool] = []
 
-    def hmget_then_race(*args: Any, **kwargs: Any) -> Any:
-        stored = real_hmget(*args, **kwargs)
-        if not raced:  # another worker writes the same task between our read and write
-            raced.append(True)
+    def race(read: int) -> None:  # another worker writes the same task meanwhile
+        if read == 1:
             other.write(Batch("w2", tasks=[entry("x", states.RETRY, now)],
                               timeline=[TimelineEvent("x", now, "RETRY", "", "w2")]))
-        return stored
 
-    monkeypatch.setattr(redis_store.client, "hmget", hmget_then_race)
+    reads = after_each_read(monkeypatch, redis_store, race)
     redis_store.write(Batch("w1", tasks=[entry("x", states.STARTED, now + 1, retries=1)],
                             timeline=[TimelineEvent("x", now + 1, "STARTED", "", "w1")]))
     other.close()
-    assert raced
+    assert len(reads) == 2  # read, conflict, read again
     assert [(e.kind, e.worker) for e in redis_store.timeline("x")] == [
         ("RETRY", "w2"), ("STARTED", "w1")]
     found = redis_store.task("x")
@@ -209,16 +222,13 @@ def test_large_batches_go_in_several_script_calls_and_conflicts_come_back_from_a
     monkeypatch.setattr("conveyor.eventstores.redis.UPSERT_CHUNK", 2)
     other = open_store(store_url, 3600)
     now = time.time()
-    real_hmget = redis_store.client.hmget
 
-    def hmget_then_race(*args: Any, **kwargs: Any) -> Any:
-        stored = real_hmget(*args, **kwargs)
-        if other.task("t0") is None:  # a task of the first of three calls changes
+    def race(read: int) -> None:  # a task of the first of three calls changes
+        if read == 1:
             other.write(Batch("w2", tasks=[entry("t0", states.RETRY, now)],
                               timeline=[TimelineEvent("t0", now, "RETRY", "", "w2")]))
-        return stored
 
-    monkeypatch.setattr(redis_store.client, "hmget", hmget_then_race)
+    after_each_read(monkeypatch, redis_store, race)
     ids = [f"t{i}" for i in range(5)]
     redis_store.write(Batch("w1", tasks=[entry(t, states.STARTED, now + 1, 1) for t in ids],
                             timeline=[TimelineEvent(t, now + 1, "STARTED", "", "w1")
@@ -257,22 +267,17 @@ def test_a_failed_retry_round_does_not_hand_back_counters_already_written(
 
     other = open_store(store_url, 3600)
     now = time.time()
-    real_hmget = redis_store.client.hmget
-    rounds: list[int] = []
 
-    def racing_then_failing(*args: Any, **kwargs: Any) -> Any:
-        rounds.append(1)
-        if len(rounds) == 2:
+    def race_then_fail(read: int) -> None:
+        if read == 2:
             raise redis.ConnectionError("connection lost")
-        stored = real_hmget(*args, **kwargs)
         other.write(Batch("w2", tasks=[entry("c", states.RETRY, now)]))
-        return stored
 
-    monkeypatch.setattr(redis_store.client, "hmget", racing_then_failing)
+    reads = after_each_read(monkeypatch, redis_store, race_then_fail)
     minute = minute_of(now)
     redis_store.write(Batch("w1", cells={(minute, "proj.add", "n:SUCCESS"): 1},
                             tasks=[entry("c", states.SUCCESS, now + 1)]))  # does not raise
     other.close()
-    assert len(rounds) == 2
+    assert len(reads) == 2
     assert ("proj.add", "n:SUCCESS", 1.0) in [
         (task, metric, value) for _, task, metric, value in redis_store.cells(minute, minute, 60)]
