@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import Delivery
-from conveyor.events import TaskClock, killed_report
+from conveyor.events import TaskClock, TaskReport, killed_report
 from conveyor.exceptions import BrokerError, TaskRevokedError, TimeLimitExceeded
 from conveyor.message import Message
 from conveyor.worker.acks import AckBuffer
@@ -46,7 +46,8 @@ _CTX = multiprocessing.get_context("fork")
 class PipeReporter:
     """A child's side of the pipe: tells the supervisor what it holds and runs.
 
-    Reports are buffered and sent as one list per pipe message: what came
+    Task reports travel as plain tuples (a sixth of a dataclass's pickling
+    cost).  Reports are buffered and sent as one list per pipe message: what came
     before (the batch just leased, the task just finished) goes with the
     next task's start, or with the flush before the consumer waits for
     more.  That is about one message (one supervisor wake-up) per task
@@ -68,12 +69,13 @@ class PipeReporter:
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
                 message: Message | None = None) -> None:
         self._pending.append(("run", delivery.id, task, hard_limit,
-                              self.clock.start(delivery, task, message=message)))
+                              self.clock.start(delivery, task, message=message).to_tuple()))
         self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        report = self.clock.finish(delivery, outcome)
         self._pending.append(("done", delivery.id, outcome.state, outcome.action == ACK,
-                              self.clock.finish(delivery, outcome)))
+                              report and report.to_tuple()))
 
     def flush(self) -> None:
         if self._pending:
@@ -193,10 +195,12 @@ class PreforkPool:
             if kind == "held":
                 self.book.held(key, msg[1])
             elif kind == "run":
-                self.book.running(key, *msg[1:])
+                delivery_id, task, hard_limit, report = msg[1:]
+                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report))
             elif kind == "done":
                 delivery_id, state, ack, report = msg[1:]
-                delivery = self.book.done(key, delivery_id, state, report)
+                delivery = self.book.done(key, delivery_id, state,
+                                          report and TaskReport(*report))
                 if ack and delivery is not None:
                     self.acks.add(delivery)
 
