@@ -363,7 +363,11 @@ def _continue(plan: Plan, message: Message, result: Any) -> None:
 
 
 def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
-    """Add this header value; the call that completes the set sends the body."""
+    """Add this header value; the call that completes the set sends the body.
+
+    A redelivered completer gets the parts again and sends the body again,
+    minus the messages that already started (:func:`_drop_started`).
+    """
     app = plan.app
     try:
         payload = encode_value(app, result)
@@ -383,7 +387,31 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
     except _BUILD_ERRORS as exc:
         abandon(app, body, tail, scope.get("chord"), exc)
         return
+    _drop_started(step)
     plan.extend(step)
+
+
+def _drop_started(step: Plan) -> None:
+    """Leave out body messages that already have a result record.
+
+    ``chord_add`` gives the parts to the completing header again when it is
+    redelivered (its first run may have died before the body was sent).  A
+    body message the first run did send is either still in the broker,
+    queued or leased (same id: the enqueue is a no-op), or has finished, and
+    then it has a record (workers store before they acknowledge): sending it
+    again would run it twice.  One ``get_many`` per fired chord.
+    The window left (docs/decisions/0002-canvas.md): a body task with
+    ``ignore_result`` leaves no record, and a first copy that finishes and
+    is acknowledged between this read and the enqueue below runs again.
+    """
+    if not step.messages:
+        return
+    found = step.app.backend.get_many([m.id for m in step.messages])
+    if any(stored is not None for stored in found):
+        log.warning("chord body already started; not sending it again",
+                    extra={"task_id": step.messages[0].id})
+        step.messages = [m for m, stored in zip(step.messages, found, strict=True)
+                         if stored is None]
 
 
 def abandon(app: Conveyor, node: Canvas, tail: Tail, scope: Scope | None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,10 +95,14 @@ class ResultStore(abc.ABC):
     ) -> list[bytes] | None:
         """Record header result ``index`` of ``size``.
 
-        Returns every header payload in index order to exactly one caller:
-        the one whose call completed the set.  Repeated calls for the same
-        index (a redelivered header task) do not count twice.  Everyone else
-        gets None.
+        Returns every header payload in index order to the call that
+        completed the set.  Repeated calls for the same index (a redelivered
+        header task) do not count twice.  Everyone else gets None, except a
+        repeated call for the completing index: it gets the same parts again,
+        for as long as they are kept (``ttl``), because its first caller may
+        have died before sending the body (the caller then checks whether
+        the body already ran; docs/decisions/0002-canvas.md).  A store must
+        therefore remember which index completed the join, and keep the parts.
         """
 
     def chord_fail(self, chord_id: str, ttl: float) -> bool:
@@ -110,9 +115,13 @@ class ResultStore(abc.ABC):
         ``chord_add`` returns None for a closed chord).  This default uses a
         one-member join as the exactly-once flag: it elects one failing
         caller but does not stop a set that completes anyway (only possible
-        when a redelivered header both succeeded and failed).
+        when a redelivered header both succeeded and failed).  Every caller
+        is that join's index 0, and a repeated completer gets the parts
+        again, so each caller offers a token of its own: the winner is the
+        one whose token comes back.
         """
-        return self.chord_add(f"{chord_id}:failed", 0, 1, b"", ttl) is not None
+        token = uuid.uuid4().bytes
+        return self.chord_add(f"{chord_id}:failed", 0, 1, token, ttl) == [token]
 
     def cleanup(self) -> int:
         """Remove expired entries where the backend does not expire them itself."""

@@ -17,7 +17,10 @@ class _MemoryResults:
     results: dict[str, tuple[Stored, float]] = field(default_factory=dict)
     groups: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     chords: dict[str, dict[int, bytes]] = field(default_factory=dict)
-    chords_done: set[str] = field(default_factory=set)
+    # chord id -> the header index whose chord_add completed the join, or
+    # None when chord_fail closed it; a fired chord keeps its parts so the
+    # completer's repeated call gets them again.
+    chords_done: dict[str, int | None] = field(default_factory=dict)
 
 
 _STORES: dict[str, _MemoryResults] = {}
@@ -83,20 +86,21 @@ class MemoryResultStore(ResultStore):
     ) -> list[bytes] | None:
         with self._m.cond:
             if chord_id in self._m.chords_done:
-                return None
+                if self._m.chords_done[chord_id] != index:
+                    return None
+                return [self._m.chords[chord_id][i] for i in range(size)]
             parts = self._m.chords.setdefault(chord_id, {})
             parts[index] = payload
             if len(parts) < size:
                 return None
-            self._m.chords_done.add(chord_id)
-            del self._m.chords[chord_id]
+            self._m.chords_done[chord_id] = index
             return [parts[i] for i in range(size)]
 
     def chord_fail(self, chord_id: str, ttl: float) -> bool:
         with self._m.cond:
             if chord_id in self._m.chords_done:
                 return False
-            self._m.chords_done.add(chord_id)
+            self._m.chords_done[chord_id] = None
             self._m.chords.pop(chord_id, None)
             return True
 

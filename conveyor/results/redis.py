@@ -18,11 +18,14 @@ Key layout
     A group's description, from :meth:`save_group`; expires after its ``ttl``.
 ``P:chord:{chord_id}:parts`` (hash)
     Header index -> payload, from :meth:`chord_add`; expires after its ``ttl``
-    and is deleted when the chord fires.
+    (kept after the chord fires, so the completer's repeat gets them again;
+    deleted when :meth:`chord_fail` closes the chord).
 ``P:chord:{chord_id}:done`` (string)
-    ``1`` once the chord fired, ``failed`` once :meth:`chord_fail` closed it;
-    whoever sets it first (SET NX) wins, so a chord fires or fails once.
-    Expires after its ``ttl``.
+    ``fired:{index}`` once the chord fired (``index`` completed the join;
+    ``1`` as earlier versions wrote it: fired, completer unknown), ``failed`` once
+    :meth:`chord_fail` closed it; whoever sets it first wins (both scripts
+    check it), so a chord fires or fails once.  Expires after its ``ttl``,
+    with the parts.
 
 One string per result makes :meth:`get` one ``GET`` and :meth:`get_many` one
 ``MGET``; the state is the text before the first newline (state names have
@@ -137,20 +140,25 @@ end
 return #KEYS / 2
 """
 
-# Record header `index`; the call that completes the set (and only that one,
-# guarded by SET NX on the done marker) gets every part in index order.
+# Record header `index`; the call that completes the set gets every part in
+# index order and names itself in the done marker, so its own repeat (a
+# redelivered completer) gets the parts again; anyone else after that gets
+# nothing.  Parts that expired meanwhile mean nothing to send (false).
 _CHORD_ADD = """
 local parts, done = KEYS[1], KEYS[2]
 local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-if redis.call('EXISTS', done) == 1 then return false end
-redis.call('HSET', parts, index, ARGV[3])
-redis.call('PEXPIRE', parts, ttl)
-if redis.call('HLEN', parts) < size then return false end
-if not redis.call('SET', done, '1', 'NX', 'PX', ttl) then return false end
+local closed = redis.call('GET', done)
+if closed and closed ~= 'fired:' .. index then return false end
+if not closed then
+  redis.call('HSET', parts, index, ARGV[3])
+  redis.call('PEXPIRE', parts, ttl)
+  if redis.call('HLEN', parts) < size then return false end
+  redis.call('SET', done, 'fired:' .. index, 'PX', ttl)
+end
 local fields = {}
 for i = 0, size - 1 do fields[#fields + 1] = i end
 local all = redis.call('HMGET', parts, unpack(fields))
-redis.call('DEL', parts)
+for i = 1, size do if not all[i] then return false end end
 return all
 """
 

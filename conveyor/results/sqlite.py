@@ -11,7 +11,11 @@ Schema (prefixed ``conveyor_`` like the broker's tables, which share the file)::
     conveyor_chord_parts  (chord_id, idx, expires_at, payload BLOB,
                            PRIMARY KEY (chord_id, idx))
                           one row per header result; the key makes a redelivered
-                          header replace its part instead of counting twice
+                          header replace its part instead of counting twice.
+                          Kept after the chord fires (until they expire), plus
+                          one row at idx = size whose payload is the decimal
+                          header index that completed the join: that index's
+                          repeated chord_add gets the parts again
     conveyor_chords_done  (chord_id PRIMARY KEY, expires_at)
                           the join's "closed" mark, set when it fires or fails:
                           only the caller whose insert succeeds gets the parts
@@ -89,6 +93,7 @@ CHORD_PARTS = """
     SELECT payload FROM conveyor_chord_parts
     WHERE chord_id = ? AND idx >= 0 AND idx < ? ORDER BY idx"""
 CHORD_DROP_PARTS = "DELETE FROM conveyor_chord_parts WHERE chord_id = ?"
+CHORD_COMPLETER = "SELECT payload FROM conveyor_chord_parts WHERE chord_id = ? AND idx = ?"
 CLEANUP = (
     "DELETE FROM conveyor_results WHERE expires_at <= ?",
     "DELETE FROM conveyor_groups WHERE expires_at <= ?",
@@ -200,18 +205,18 @@ class SQLiteResultStore(ResultStore):
     ) -> list[bytes] | None:
         # One BEGIN IMMEDIATE transaction: across processes, exactly one caller
         # sees the count reach ``size`` and wins the insert of the done mark.
+        # The completer names itself in a row at idx = size (see the schema).
         def join(conn: Connection) -> list[bytes] | None:
             if conn.execute(CHORD_IS_DONE, (chord_id,)).fetchone() is not None:
-                return None
+                return _repeat(conn, chord_id, index, size)
             expires = time.time() + ttl
             conn.execute(CHORD_PUT_PART, (chord_id, index, expires, payload))
             if conn.execute(CHORD_COUNT, (chord_id, size)).fetchone()[0] < size:
                 return None
             if conn.execute(CHORD_MARK_DONE, (chord_id, expires)).rowcount != 1:
                 return None
-            parts = [bytes(p) for (p,) in conn.execute(CHORD_PARTS, (chord_id, size))]
-            conn.execute(CHORD_DROP_PARTS, (chord_id,))
-            return parts
+            conn.execute(CHORD_PUT_PART, (chord_id, size, expires, str(index).encode()))
+            return [bytes(p) for (p,) in conn.execute(CHORD_PARTS, (chord_id, size))]
 
         return self._db.write(join)
 
@@ -242,3 +247,12 @@ def _get_many(task_ids: list[str], now: float, conn: Connection) -> dict[str, St
         for task_id, state, payload in conn.execute(sql, (*chunk, now)):
             found[task_id] = Stored(state, bytes(payload))
     return found
+
+
+def _repeat(conn: Connection, chord_id: str, index: int, size: int) -> list[bytes] | None:
+    """The parts again for the index that completed a fired chord; None for anyone else."""
+    completer = conn.execute(CHORD_COMPLETER, (chord_id, size)).fetchone()
+    if completer is None or bytes(completer[0]) != str(index).encode():
+        return None  # failed, fired by another index, or the parts expired
+    parts = [bytes(p) for (p,) in conn.execute(CHORD_PARTS, (chord_id, size))]
+    return parts if len(parts) == size else None

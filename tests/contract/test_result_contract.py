@@ -81,9 +81,29 @@ def test_chord_join_fires_once_in_order(store: ResultStore) -> None:
     assert store.chord_add("c", 2, 3, b"two", 60) is None
     assert store.chord_add("c", 0, 3, b"zero", 60) is None
     assert store.chord_add("c", 0, 3, b"zero-again", 60) is None  # redelivered header
-    assert store.chord_add("c", 1, 3, b"one", 60) in ([b"zero", b"one", b"two"],
-                                                     [b"zero-again", b"one", b"two"])
-    assert store.chord_add("c", 1, 3, b"one", 60) is None
+    fired = store.chord_add("c", 1, 3, b"one", 60)
+    assert fired in ([b"zero", b"one", b"two"], [b"zero-again", b"one", b"two"])
+    assert store.chord_add("c", 2, 3, b"two", 60) is None  # a late repeat of another header
+    assert store.chord_add("c", 0, 3, b"zero", 60) is None
+
+
+def test_chord_completer_repeat_gets_the_parts_again(store: ResultStore) -> None:
+    """A redelivered completer (killed before it sent the body) must be able to send it."""
+    assert store.chord_add("r", 1, 2, b"one", 60) is None
+    assert store.chord_add("r", 0, 2, b"zero", 60) == [b"zero", b"one"]
+    assert store.chord_add("r", 0, 2, b"zero-again", 60) == [b"zero", b"one"]
+    assert store.chord_add("r", 0, 2, b"zero-again", 60) == [b"zero", b"one"]
+    assert store.chord_add("r", 1, 2, b"one-again", 60) is None
+    assert store.chord_fail("r", 60) is False  # a fired chord never fails
+    assert store.chord_add("r", 0, 2, b"zero", 60) == [b"zero", b"one"]
+
+
+def test_failed_chord_never_fires_for_a_repeat(store: ResultStore) -> None:
+    assert store.chord_add("f", 0, 2, b"zero", 60) is None
+    assert store.chord_fail("f", 60) is True
+    for index in (1, 1, 0):
+        assert store.chord_add("f", index, 2, b"x", 60) is None
+    assert store.chord_fail("f", 60) is False
 
 
 def _join(url: str, chord_id: str, indexes: list[int], size: int,

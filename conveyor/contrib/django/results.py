@@ -18,7 +18,10 @@ are copied out of it for the admin and for queries.
   Every caller inserts before it locks and holds the lock until commit, so
   the last caller to take the lock sees every part, and the closed mark under
   the lock lets only one caller through.  ``chord_fail`` closes the same row
-  under the same lock, so a chord either fires or fails, once.
+  under the same lock, so a chord either fires or fails, once.  A fired
+  chord keeps its parts until they expire, plus a part at ``index = size``
+  whose payload is the (decimal) header index that completed the join: that
+  index's repeated call (a redelivered completer) gets the parts again.
 * ``set_fenced`` (the worker's write) reads, compares attempts and writes in
   one transaction that first locks the row.
 * Expired rows are ignored by reads and deleted by :meth:`cleanup`, which
@@ -190,13 +193,30 @@ class DjangoResultStore(ResultStore):
             counter = self._locked_counter(db, chord_id, size, expires)
             parts = ChordPart.objects.using(db).filter(group_id=chord_id)
             if counter.fired:
-                parts.delete()  # a late (or redelivered) member of a closed chord
-                return None
+                return self._repeat(parts, index, size)
             if parts.count() < size:
                 return None
             ChordCounter.objects.using(db).filter(pk=counter.pk).update(fired=True)
-            payloads = dict(parts.filter(index__lt=size).values_list("index", "payload"))
-            parts.delete()
+            ChordPart.objects.using(db).create(group_id=chord_id, index=size,
+                                               payload=str(index).encode(), expires_at=expires)
+            return self._ordered(parts, size)
+
+    @staticmethod
+    def _repeat(parts: Any, index: int, size: int) -> list[bytes] | None:
+        """A closed chord: its parts again for the completing index, None for anyone else."""
+        completer = parts.filter(index=size).values_list("payload", flat=True).first()
+        if completer is None:
+            parts.delete()  # failed: a late (or redelivered) member's part goes too
+            return None
+        if bytes(completer) != str(index).encode():
+            return None
+        return DjangoResultStore._ordered(parts, size)
+
+    @staticmethod
+    def _ordered(parts: Any, size: int) -> list[bytes] | None:
+        payloads = dict(parts.filter(index__lt=size).values_list("index", "payload"))
+        if len(payloads) < size:
+            return None  # expired meanwhile: nothing left to send
         return [bytes(payloads[i]) for i in range(size)]
 
     def chord_fail(self, chord_id: str, ttl: float) -> bool:
