@@ -94,10 +94,13 @@ def test_entries_round_trip_through_their_dicts() -> None:
 
 
 # -- Redis only: compare-and-set against a concurrent writer, and the old layout ----------
+# Collected for Redis alone (not skipped on the other stores).
+redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+
+
 @pytest.fixture
 def redis_store(store: EventStore) -> RedisEventStore:
-    if not isinstance(store, RedisEventStore):
-        pytest.skip("Redis layout")
+    assert isinstance(store, RedisEventStore), "mark the test @redis_only"
     return store
 
 
@@ -123,6 +126,7 @@ def after_each_read(monkeypatch: pytest.MonkeyPatch, store: RedisEventStore,
     return reads
 
 
+@redis_only
 def test_a_writer_racing_another_merges_again_and_loses_nothing(
     redis_store: RedisEventStore, store_url: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -146,6 +150,7 @@ def test_a_writer_racing_another_merges_again_and_loses_nothing(
     assert found is not None and (found.state, found.retries) == (states.STARTED, 1)
 
 
+@redis_only
 def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEventStore) -> None:
     now = time.time()
     old = entry("legacy", states.SUCCESS, now)
@@ -164,6 +169,7 @@ def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEvent
     assert redis_store.task("only-old") == only_old
 
 
+@redis_only
 def test_an_unreadable_entry_is_replaced_not_fatal(redis_store: RedisEventStore) -> None:
     now = time.time()
     redis_store.client.hset(f"{redis_store.p}:entry", "bad", b"[9, 1]")
@@ -174,6 +180,7 @@ def test_an_unreadable_entry_is_replaced_not_fatal(redis_store: RedisEventStore)
     assert found is not None and found.state == states.SUCCESS
 
 
+@redis_only
 def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEventStore,
                                                          store_url: str) -> None:
     import redis
@@ -216,6 +223,7 @@ def test_a_settled_minute_is_not_claimed_again(store: EventStore, store_url: str
     assert claims == [f"queues:{minute}"]  # asked once, then known to be taken
 
 
+@redis_only
 def test_large_batches_go_in_several_script_calls_and_conflicts_come_back_from_any(
     redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -260,6 +268,7 @@ def test_heartbeats_measure_memory_at_most_every_few_seconds(
     assert len(calls) == 2
 
 
+@redis_only
 def test_a_failed_retry_round_does_not_hand_back_counters_already_written(
     redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
