@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,10 @@ from conveyor.events import TaskClock
 from conveyor.exceptions import BrokerError, TimeLimitExceeded
 from conveyor.message import Message
 from conveyor.task import Task
+from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import Executor, Outcome, call_task
+from conveyor.worker.execute import ACK, Executor, Outcome, call_task
 from conveyor.worker.timeouts import ThreadTimer, _raise_in
 
 if TYPE_CHECKING:
@@ -38,12 +39,16 @@ log = logging.getLogger("conveyor.worker")
 
 
 class BookReporter:
-    """A consumer thread's reports, written straight into the ledger."""
+    """A consumer thread's reports, written straight into the ledger.
 
-    acks = False  # consumer threads acknowledge for themselves
+    Finished messages are handed to ``ack`` (the pool's supervisor thread
+    acknowledges them a few at a time, as the prefork supervisor does).
+    """
 
-    def __init__(self, book: LeaseBook, key: int) -> None:
-        self.book, self.key = book, key
+    acks = True
+
+    def __init__(self, book: LeaseBook, key: int, ack: Callable[[Delivery], None]) -> None:
+        self.book, self.key, self.ack = book, key, ack
         self.clock = TaskClock()
 
     def flush(self) -> None:
@@ -60,6 +65,8 @@ class BookReporter:
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         self.book.done(self.key, delivery.id, outcome.state,
                        self.clock.finish(delivery, outcome))
+        if outcome.action == ACK:
+            self.ack(delivery)
 
 
 class ThreadPool:
@@ -73,6 +80,26 @@ class ThreadPool:
         self.threads: dict[int, threading.Thread] = {}
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
+        self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
+        self._acks_lock = threading.Lock()
+        self._wake = threading.Event()  # set when the first pending ack arrives
+
+    def _ack(self, delivery: Delivery) -> None:
+        """Called from consumer threads; wakes the supervisor once per bunch."""
+        with self._acks_lock:
+            first = not len(self.acks)
+            self.acks.add(delivery)
+        if first:
+            self._wake.set()
+
+    def _flush_acks(self, force: bool = False) -> float:
+        """Send due (or, with ``force``, all) acks; return how long to sleep at most."""
+        with self._acks_lock:
+            if force:
+                self.acks.flush()
+            else:
+                self.acks.flush_due()
+            return self.acks.wait_time(0.2)
 
     def run_task(self, task: Task, request: Request) -> Any:
         return call_task(task, request)
@@ -82,7 +109,7 @@ class ThreadPool:
                             run_sync=self.run_task)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
                             self.worker.prefetch, self.worker.lease,
-                            BookReporter(self.book, key), self.stop,
+                            BookReporter(self.book, key, self._ack), self.stop,
                             poll=self.worker.poll_interval)
         try:
             consumer.run()
@@ -102,7 +129,10 @@ class ThreadPool:
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
             self._periodic()
-            time.sleep(0.05) if self.worker.stopping else self.stop.wait(0.2)
+            self._wake.wait(min(0.05, self._flush_acks()) if self.worker.stopping
+                            else self._flush_acks())
+            self._wake.clear()
+        self._flush_acks(force=True)
         self._hand_back_all()
 
     def begin_shutdown(self) -> None:

@@ -253,3 +253,32 @@ def test_routes_and_per_call_queue(app: Conveyor) -> None:
     explicit = build.apply_async(queue="urgent")
     assert app.broker.stats(["urgent"])[0].ready == 1
     assert explicit.state == states.PENDING
+
+
+def test_thread_pool_acknowledges_finished_tasks_in_bunches(app: Conveyor) -> None:
+    """Consumer threads hand finished messages to the supervisor thread, which
+    acknowledges several per call: all leave the broker, in fewer calls."""
+    calls: list[int] = []
+    broker = app.broker
+    real_ack = broker.ack
+
+    def counting_ack(deliveries: list[object]) -> list[bool]:
+        calls.append(len(deliveries))
+        return real_ack(deliveries)  # type: ignore[arg-type]
+
+    broker.ack = counting_ack  # type: ignore[method-assign,assignment]
+
+    @app.task
+    def noop(i: int) -> int:
+        return i
+
+    results = [noop.delay(i) for i in range(40)]
+    with run_worker(app, concurrency=2):
+        assert [r.get(timeout=10) for r in results] == list(range(40))
+        deadline = time.monotonic() + 10
+        while sum(calls) < 40:
+            assert time.monotonic() < deadline, f"only {sum(calls)} of 40 acknowledged"
+            time.sleep(0.01)
+    [stats] = broker.stats([app.conf.task_default_queue])
+    assert (stats.ready, stats.inflight) == (0, 0)
+    assert sum(calls) == 40 and len(calls) < 40, calls
