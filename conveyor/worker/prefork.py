@@ -83,16 +83,23 @@ class PipeReporter:
             self.conn.send(reports)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this child if the supervisor dies."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this child if the supervisor dies.
+
+    A supervisor that died between the fork and the ``prctl`` call would not
+    trigger it, and the orphan would go on taking tasks for no one: so the
+    child checks that its parent is still the one that forked it.
+    """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def child_main(worker: Worker, conn: Connection, index: int) -> None:
-    """Entry point of a child process."""
-    _die_with_parent()
+def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> None:
+    """Entry point of a child process (``parent``: the supervisor's pid)."""
+    _die_with_parent(parent)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -139,7 +146,7 @@ class PreforkPool:
         self._next_key += 1
         reader, writer = _CTX.Pipe(duplex=False)
         self.book.add_slot(key)
-        process = _CTX.Process(target=child_main, args=(self.worker, writer, key),
+        process = _CTX.Process(target=child_main, args=(self.worker, writer, key, os.getpid()),
                                name=f"conveyor-child-{key}", daemon=False)
         process.start()
         writer.close()

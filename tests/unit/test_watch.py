@@ -1,4 +1,4 @@
-"""The supervisor's poll set: reports read in bunches, exits seen at once."""
+"""The supervisor and its children: the poll set (reports in bunches, exits at once), and orphans."""
 
 from __future__ import annotations
 
@@ -43,3 +43,24 @@ def test_reports_and_exits_are_told_apart_and_reports_come_in_bunches() -> None:
         process.join()
         watch.remove(7)
     assert watch.wait(0) == ([], [])
+
+
+def _check_parent(parent: int) -> None:
+    from conveyor.worker.prefork import _die_with_parent
+
+    _die_with_parent(parent)  # exits at once (code 1) if the parent is not `parent`
+
+
+def test_a_child_whose_supervisor_is_already_gone_exits_at_once() -> None:
+    """The kernel's parent-death signal misses a parent that died before the
+    child asked for it; the child checks its parent itself."""
+    import os
+
+    orphan = _CTX.Process(target=_check_parent, args=(os.getpid() + 1_000_000,))
+    orphan.start()
+    orphan.join(10)
+    assert orphan.exitcode == 1
+    child = _CTX.Process(target=_check_parent, args=(os.getpid(),))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
