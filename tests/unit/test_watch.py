@@ -1,4 +1,4 @@
-"""The supervisor and its children: the poll set (reports in bunches, exits at once), and orphans."""
+"""The supervisor and its children: the poll set (reports in bunches), and orphans."""
 
 from __future__ import annotations
 
