@@ -60,6 +60,18 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def redis_prefix() -> str:
+    """A Redis key prefix no other test uses."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def prefixed(redis_url: str, redis_prefix: str) -> str:
+    """The test database under a key prefix of this test alone."""
+    return f"{redis_url}?prefix={redis_prefix}"
+
+
+@pytest.fixture
 def memory_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"
 

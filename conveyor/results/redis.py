@@ -257,7 +257,7 @@ class RedisResultStore(ResultStore):
             keys += [self._key("result", task_id), self._key("result-notify", task_id)]
             args += [_encode(state, payload), _notify_px(state, px)]
         with self._errors(f"storing {len(items)} results"):
-            self._set_many(keys=keys, args=args, client=self._holder.client)
+            run_script(self._holder.client, self._set_many, keys, args)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the results and their notify lists (a later wait must not see them)."""
@@ -337,15 +337,15 @@ class RedisResultStore(ResultStore):
             raise ValueError(f"chord {chord_id}: header index {index} is outside 0..{size - 1}")
         keys = [self._key("chord", chord_id, "parts"), self._key("chord", chord_id, "done")]
         with self._errors(f"joining chord {chord_id}"):
-            parts = self._chord_add(keys=keys, args=[index, size, payload, _ms(ttl)],
-                                    client=self._holder.client)
+            parts = run_script(self._holder.client, self._chord_add, keys,
+                               [index, size, payload, _ms(ttl)])
         return None if parts is None else [bytes(p) for p in parts]
 
     def chord_fail(self, chord_id: str, ttl: float) -> bool:
         """Atomic with :meth:`chord_add`: both claim the chord's done marker."""
         keys = [self._key("chord", chord_id, "parts"), self._key("chord", chord_id, "done")]
         with self._errors(f"failing chord {chord_id}"):
-            return bool(self._chord_fail(keys=keys, args=[_ms(ttl)], client=self._holder.client))
+            return bool(run_script(self._holder.client, self._chord_fail, keys, [_ms(ttl)]))
 
     def cleanup(self) -> int:
         return 0  # Redis expires every key itself

@@ -129,8 +129,8 @@ class ThreadPool:
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
             self._periodic()
-            self._wake.wait(min(0.05, self._flush_acks()) if self.worker.stopping
-                            else self._flush_acks())
+            timeout = self._flush_acks()
+            self._wake.wait(min(0.05, timeout) if self.worker.stopping else timeout)
             self._wake.clear()
         self._flush_acks(force=True)
         self._hand_back_all()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,18 +28,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"w-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def url(redis_url: str, prefix: str) -> str:
-    return f"{redis_url}?prefix={prefix}"
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[RedisResultStore]:
-    s = RedisResultStore(url)
+def store(prefixed: str) -> Iterator[RedisResultStore]:
+    s = RedisResultStore(prefixed)
     yield s
     s.close()
 
@@ -59,21 +48,21 @@ def _blocked_waiters(raw: redis.Redis) -> int:
                if c.get("cmd") == "brpoplpush" and int(c.get("db", -1)) == db)
 
 
-def _wait_in_child(url: str, task_id: str, out: Any) -> None:
-    s = RedisResultStore(url)
+def _wait_in_child(prefixed: str, task_id: str, out: Any) -> None:
+    s = RedisResultStore(prefixed)
     got = s.wait(task_id, timeout=10)
     out.put(None if got is None else (got.state, got.payload))
     s.close()
 
 
-def test_one_write_wakes_every_waiter_in_every_process(store: RedisResultStore, url: str,
+def test_one_write_wakes_every_waiter_in_every_process(store: RedisResultStore, prefixed: str,
                                                        raw: redis.Redis) -> None:
     got: list[Any] = []
     threads = [threading.Thread(target=lambda: got.append(store.wait("many", timeout=10)))
                for _ in range(4)]
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_wait_in_child, args=(url, "many", out)) for _ in range(2)]
+    procs = [ctx.Process(target=_wait_in_child, args=(prefixed, "many", out)) for _ in range(2)]
     for t in threads:
         t.start()
     for p in procs:
@@ -82,7 +71,7 @@ def test_one_write_wakes_every_waiter_in_every_process(store: RedisResultStore, 
     while _blocked_waiters(raw) < 6:  # all six are blocked on the list
         assert time.monotonic() < deadline, "waiters never blocked"
         time.sleep(0.01)
-    RedisResultStore(url).set("many", states.SUCCESS, b"v", 60)
+    RedisResultStore(prefixed).set("many", states.SUCCESS, b"v", 60)
     for t in threads:
         t.join(10)
     children = [out.get(timeout=10) for _ in procs]
@@ -93,10 +82,10 @@ def test_one_write_wakes_every_waiter_in_every_process(store: RedisResultStore, 
 
 
 def test_a_write_between_the_read_and_the_block_is_not_missed(
-        store: RedisResultStore, prefix: str, raw: redis.Redis) -> None:
+        store: RedisResultStore, redis_prefix: str, raw: redis.Redis) -> None:
     """The read found nothing and the write came before the block: only the
     notify list (left by the write) can tell the waiter."""
-    raw.rpush(f"{prefix}:result-notify:late", b"SUCCESS\nv")
+    raw.rpush(f"{redis_prefix}:result-notify:late", b"SUCCESS\nv")
     start = time.monotonic()
     got = store.wait("late", timeout=10)
     assert got is not None and got.payload == b"v"
@@ -104,56 +93,57 @@ def test_a_write_between_the_read_and_the_block_is_not_missed(
 
 
 def test_a_waiter_that_missed_the_list_finds_the_result_after_one_slice(
-        url: str, prefix: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        prefixed: str, redis_prefix: str, raw: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(results_redis, "_BLOCK_SLICE", 0.2)
-    store = RedisResultStore(url)
+    store = RedisResultStore(prefixed)
     got: list[Any] = []
     t = threading.Thread(target=lambda: got.append(store.wait("quiet", timeout=10)))
     t.start()
     time.sleep(0.05)
-    raw.set(f"{prefix}:result:quiet", b"SUCCESS\nv", px=60_000)  # no notify list at all
+    raw.set(f"{redis_prefix}:result:quiet", b"SUCCESS\nv", px=60_000)  # no notify list at all
     t.join(5)
     assert got and got[0] is not None and got[0].payload == b"v"
     store.close()
 
 
-def test_a_refused_fenced_write_wakes_nobody(store: RedisResultStore, prefix: str,
+def test_a_refused_fenced_write_wakes_nobody(store: RedisResultStore, redis_prefix: str,
                                              raw: redis.Redis) -> None:
     newer, stale = Attempt(100, 0, 2), Attempt(100, 0, 1)
     assert store.set_fenced("f", states.STARTED, b'{"attempt":[100,0,2]}', 60, newer)
     assert not store.set_fenced("f", states.SUCCESS, b'{"attempt":[100,0,1]}', 60, stale)
-    assert raw.exists(f"{prefix}:result-notify:f") == 0
+    assert raw.exists(f"{redis_prefix}:result-notify:f") == 0
     got = store.wait("f", timeout=0.3)
     assert got is not None and got.state == states.STARTED
     assert store.set_fenced("f", states.SUCCESS, b'{"attempt":[100,0,2]}', 60, newer)
-    assert raw.lrange(f"{prefix}:result-notify:f", 0, -1) == [
+    assert raw.lrange(f"{redis_prefix}:result-notify:f", 0, -1) == [
         b'SUCCESS\n{"attempt":[100,0,2]}']
 
 
 def test_a_state_that_is_not_ready_clears_an_earlier_announcement(
-        store: RedisResultStore, prefix: str, raw: redis.Redis) -> None:
+        store: RedisResultStore, redis_prefix: str, raw: redis.Redis) -> None:
     """A task id sent again: its waiter must not get the previous send's value."""
     store.set("again", states.SUCCESS, b"old", 60)
     store.set("again", states.STARTED, b"new run", 60)
-    assert raw.exists(f"{prefix}:result-notify:again") == 0
+    assert raw.exists(f"{redis_prefix}:result-notify:again") == 0
     got = store.wait("again", timeout=0.3)
     assert got is not None and got.state == states.STARTED
     store.set_many([("again", states.SUCCESS, b"x"), ("again", states.RETRY, b"y")], 60)
-    assert raw.exists(f"{prefix}:result-notify:again") == 0
+    assert raw.exists(f"{redis_prefix}:result-notify:again") == 0
 
 
 def test_the_notify_list_is_short_lived_and_forgotten_with_the_result(
-        store: RedisResultStore, prefix: str, raw: redis.Redis) -> None:
+        store: RedisResultStore, redis_prefix: str, raw: redis.Redis) -> None:
     store.set("n", states.SUCCESS, b"v", 3600)
-    notify = f"{prefix}:result-notify:n"
+    notify = f"{redis_prefix}:result-notify:n"
     assert 0 < raw.pttl(notify) <= results_redis._NOTIFY_TTL_MS
     assert raw.llen(notify) == 1
     store.set("n", states.FAILURE, b"w", 3600)  # a rewrite replaces, never appends
     assert raw.lrange(notify, 0, -1) == [b"FAILURE\nw"]
     store.set("short", states.SUCCESS, b"v", 0.5)  # never outlives its result
-    assert 0 < raw.pttl(f"{prefix}:result-notify:short") <= 500
+    assert 0 < raw.pttl(f"{redis_prefix}:result-notify:short") <= 500
     store.forget(["n"])
-    assert raw.exists(notify, f"{prefix}:result:n") == 0
+    assert raw.exists(notify, f"{redis_prefix}:result:n") == 0
     assert store.wait("n", timeout=0.2) is None
 
 

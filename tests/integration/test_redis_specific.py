@@ -55,12 +55,6 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.fixture
-def prefixed(redis_url: str) -> str:
-    """The test database with a key prefix no other test uses."""
-    return f"{redis_url}?prefix=t-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
 def broker(prefixed: str) -> Iterator[RedisBroker]:
     b = RedisBroker(prefixed)
     yield b
