@@ -69,6 +69,11 @@ def move_settings_intervals(apps: Any, schema_editor: Any, convert: Any) -> None
         tasks.filter(interval=row, from_settings=True).update(interval=existing)
         if not shared:
             row.delete()
+    if schema_editor.connection.vendor == "postgresql":
+        # Fire the foreign-key checks of the rows changed above now: PostgreSQL
+        # refuses the schema changes of this migration (its index, or dropping
+        # the column backwards) while deferred checks are pending.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
