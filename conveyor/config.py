@@ -54,6 +54,9 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "worker_disable_rate_limits": "rate limits apply only to tasks that set rate_limit",
     "result_chord_join_timeout": "chords join atomically; nothing polls",
     "worker_lost_wait": "the supervisor notices lost children at once",
+    "beat_sync_every": "beat records each run as it sends it; there is nothing to batch",
+    "beat_schedule_filename": "run history is kept beside the broker's data, not in a file",
+    "beat_cron_starting_deadline": "missed ticks follow beat_missed_policy ('skip' drops them)",
 }
 
 # Celery settings whose meaning Conveyor keeps under its one name for it.

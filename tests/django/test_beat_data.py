@@ -265,3 +265,28 @@ def test_saving_a_disabled_task_forgets_its_last_run(app: Any) -> None:
     row.enabled = False
     row.save()
     assert PeriodicTask.objects.get(pk=row.pk).last_run_at is None
+
+
+# --------------------------------------------------------------------------- beat settings
+
+
+def test_celerys_beat_settings_are_honoured_or_listed(app: Any) -> None:
+    """Celery: app/defaults.py beat namespace. beat_scheduler (Celery's django-celery-beat
+    path included) picks the scheduler and beat_max_loop_interval bounds beat's sleep, as in
+    Celery: beat.py Service; the three that concern Celery's shelve file and its crontab
+    catch-up are accepted and named in the no-effect warning."""
+    from conveyor.beat import Beat, load_scheduler
+    from conveyor.config import IGNORED_CELERY_SETTINGS, ConfigWarning
+
+    app.config_from_object({"CELERY_BEAT_SCHEDULER":
+                            "django_celery_beat.schedulers:DatabaseScheduler",
+                            "CELERY_BEAT_MAX_LOOP_INTERVAL": 2.5}, namespace="CELERY")
+    scheduler = load_scheduler(app)
+    assert isinstance(scheduler, DatabaseScheduler)
+    beat = Beat(app, scheduler)
+    assert beat.max_interval == 2.5 and scheduler.refresh_interval == 2.5
+    beat.close()
+    for name in ("beat_sync_every", "beat_schedule_filename", "beat_cron_starting_deadline"):
+        assert name in IGNORED_CELERY_SETTINGS
+        with pytest.warns(ConfigWarning, match=name):
+            app.config_from_object({f"CELERY_{name.upper()}": 1}, namespace="CELERY")

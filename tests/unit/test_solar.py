@@ -202,7 +202,7 @@ def test_from_string_reads_cron_order() -> None:
 
 
 def test_from_string_refuses_the_wrong_number_of_fields() -> None:
-    with pytest.raises(ScheduleError, match="needs 5 fields .* got 6 in '0 0 \\* \\* \\* 2026'"):
+    with pytest.raises(ScheduleError, match=r"needs 5 fields .* got 6 in '0 0 \* \* \* 2026'"):
         crontab.from_string("0 0 * * * 2026")
     with pytest.raises(ScheduleError, match="got 1"):
         crontab.from_string("@daily")

@@ -49,7 +49,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from conveyor import states
+from conveyor import schedules, states
 from conveyor.contrib.django._time import aware
 from conveyor.schedules import Schedule, ScheduleError, crontab, schedule, solar
 
@@ -132,7 +132,7 @@ class IntervalSchedule(models.Model):
         return schedule(timedelta(**{self.period: self.every}))
 
     @classmethod
-    def from_schedule(cls, when: schedule, period: str = SECONDS) -> IntervalSchedule:
+    def from_schedule(cls, when: schedules.schedule, period: str = SECONDS) -> IntervalSchedule:
         """The row for ``when`` in ``period`` units (saved or not), as django-celery-beat's.
 
         django-celery-beat stores a schedule read from settings in whole
@@ -223,7 +223,7 @@ class SolarSchedule(models.Model):
         return solar(self.event, float(self.latitude), float(self.longitude))
 
     @classmethod
-    def from_schedule(cls, when: solar) -> SolarSchedule:
+    def from_schedule(cls, when: schedules.solar) -> SolarSchedule:
         """The row for ``when`` (saved or not), as django-celery-beat's."""
         spec = {"event": when.event, "latitude": stored_degrees(when.lat),
                 "longitude": stored_degrees(when.lon)}
