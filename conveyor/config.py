@@ -224,6 +224,8 @@ def _coerce(key: str, value: Any) -> Any:
     if key in _SECONDS:
         if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
             raise TypeError(f"must be seconds (a number or timedelta), got {value!r}")
+        if key == "beat_max_loop_interval" and _seconds(value) == 0:
+            return Settings.beat_max_loop_interval  # Celery's 0: "the scheduler's default"
         return _seconds(value)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")

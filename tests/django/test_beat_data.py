@@ -286,6 +286,10 @@ def test_celerys_beat_settings_are_honoured_or_listed(app: Any) -> None:
     beat = Beat(app, scheduler)
     assert beat.max_interval == 2.5 and scheduler.refresh_interval == 2.5
     beat.close()
+    # Celery's default, 0, means "the scheduler's own default" (Celery: beat.py Scheduler
+    # __init__ falls back on it); Conveyor's is 5 seconds for every scheduler.
+    app.config_from_object({"CELERY_BEAT_MAX_LOOP_INTERVAL": 0}, namespace="CELERY")
+    assert app.conf.beat_max_loop_interval == 5.0
     for name in ("beat_sync_every", "beat_schedule_filename", "beat_cron_starting_deadline"):
         assert name in IGNORED_CELERY_SETTINGS
         with pytest.warns(ConfigWarning, match=name):
