@@ -59,6 +59,7 @@ __all__ = [
     "TimeZone",
     "as_schedule",
     "crontab",
+    "crontab_parser",
     "schedule",
     "schedule_from_dict",
     "solar",
@@ -396,6 +397,30 @@ def _span(spec: _FieldSpec, first: int, last: int) -> list[int]:
     if first > spec.high:  # "7-2": Sunday written as 7 starts the week
         return list(range(spec.low, last + 1))
     return list(range(first, spec.high + 1)) + list(range(spec.low, last + 1))
+
+
+class crontab_parser:  # lower case: Celery's spelling
+    """Celery's stand-alone field parser: ``crontab_parser(60).parse("*/15") == {0, 15, 30, 45}``.
+
+    Values run from ``min_`` to ``min_ + max_ - 1`` (``crontab_parser(31, 1)``
+    for days of the month); day and month names are read in any field, as in
+    Celery.  The syntax is the crontab fields' own; a bad expression raises
+    ``ScheduleError``, also reachable as ``crontab_parser.ParseException``.
+    """
+
+    ParseException = ScheduleError
+
+    def __init__(self, max_: int = 60, min_: int = 0) -> None:
+        if isinstance(max_, bool) or not isinstance(max_, int) or max_ < 1:
+            raise ScheduleError(f"crontab_parser max_ must be a positive int, got {max_!r}")
+        top = min_ + max_ - 1
+        self._spec = _FieldSpec("expression", min_, top, top, {**_DAY_NAMES, **_MONTH_NAMES})
+
+    def parse(self, spec: str) -> set[int]:
+        """The values ``spec`` names, e.g. ``"1-5,*/20"``."""
+        if not isinstance(spec, str):
+            raise self._spec.error(f"{spec!r} is not a cron expression")
+        return set(_parse_text(self._spec, spec.strip()))
 
 
 def _next_in(values: tuple[int, ...], at_least: int) -> int | None:

@@ -1,4 +1,4 @@
-"""``solar`` schedules and ``crontab.from_string``.
+"""``solar`` schedules, and Celery's ``crontab.from_string`` and ``crontab_parser``.
 
 Solar times are checked against published almanac tables (the U.S. Naval
 Observatory's, which round to the minute) with a tolerance of a minute, and
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conveyor import _sun
-from conveyor.schedules import ScheduleError, crontab, schedule_from_dict, solar
+from conveyor.schedules import ScheduleError, crontab, crontab_parser, schedule_from_dict, solar
 
 UTC = timezone.utc
 TOLERANCE = timedelta(seconds=60)
@@ -208,3 +208,18 @@ def test_from_string_refuses_the_wrong_number_of_fields() -> None:
         crontab.from_string("@daily")
     with pytest.raises(ScheduleError, match="field 'hour': 24 is out of range"):
         crontab.from_string("0 24 * * *")
+
+
+def test_crontab_parser_as_celerys() -> None:
+    """Celery: schedules.py crontab_parser(max_, min_).parse expands one field to a set."""
+    assert crontab_parser(60).parse("*/15") == {0, 15, 30, 45}
+    assert crontab_parser(24).parse("*/4") == {0, 4, 8, 12, 16, 20}
+    assert crontab_parser(7).parse("*") == set(range(7))
+    assert crontab_parser(31, 1).parse("*/3") == set(range(1, 32, 3))
+    assert crontab_parser(12, 1).parse("2-12/2") == {2, 4, 6, 8, 10, 12}
+    assert crontab_parser(7).parse("mon-wed,fri") == {1, 2, 3, 5}
+    assert crontab_parser(12, 1).parse("nov-feb") == {11, 12, 1, 2}
+    with pytest.raises(crontab_parser.ParseException, match="60 is out of range 0-59"):
+        crontab_parser(60).parse("60")
+    with pytest.raises(ValueError, match="empty expression"):
+        crontab_parser(60).parse("")
