@@ -223,3 +223,22 @@ def test_crontab_parser_as_celerys() -> None:
         crontab_parser(60).parse("60")
     with pytest.raises(ValueError, match="empty expression"):
         crontab_parser(60).parse("")
+
+
+def test_beat_plans_solar_ticks_across_days_and_outages() -> None:
+    """Beat's planner on a solar schedule: the tick after yesterday's sunset is today's, and
+    after an outage the missed sunsets follow beat_missed_policy like any other ticks."""
+    from conveyor.beat import plan_ticks
+
+    oslo = solar("sunset", 59.91, 10.75)
+    day1 = oslo.next_run(datetime(2026, 3, 1, tzinfo=UTC))
+    day2, day3 = oslo.next_run(day1), oslo.next_run(oslo.next_run(day1))
+    window = timedelta(seconds=30)
+    plan = plan_ticks(oslo, last=day1, now=day2 + timedelta(seconds=1), cutoff=None,
+                      window=window)
+    assert plan.send == (day2,) and plan.wake == day3 and not plan.dropped
+    back = day1 + timedelta(days=4, hours=1)  # beat was down for four sunsets
+    once = plan_ticks(oslo, last=day1, now=back, cutoff=back, window=window, policy="once")
+    assert len(once.send) == 1 and once.dropped and once.send[0] < back
+    every = plan_ticks(oslo, last=day1, now=back, cutoff=back, window=window, policy="all")
+    assert len(every.send) == 4 and every.send[0] == day2
