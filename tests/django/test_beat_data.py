@@ -15,13 +15,15 @@ from django.test import Client
 from django.urls import reverse
 
 from conveyor.contrib.django.models import (
+    ClockedSchedule,
+    CrontabSchedule,
     IntervalSchedule,
     PeriodicTask,
     SolarSchedule,
 )
-from conveyor.contrib.django.schedulers import DatabaseScheduler
+from conveyor.contrib.django.schedulers import DatabaseScheduler, clocked
 from conveyor.message import Message
-from conveyor.schedules import ScheduleError, schedule, solar
+from conveyor.schedules import ScheduleError, crontab, schedule, solar
 from tests.django.conftest import Processes, wait_for
 
 UTC = timezone.utc
@@ -63,7 +65,8 @@ def test_get_or_create_finds_the_row_beat_wrote(app: Any) -> None:
 
 def test_interval_from_schedule_and_str(app: Any) -> None:
     """django-celery-beat: models.py IntervalSchedule.from_schedule (an unsaved row when none
-    matches) and __str__ ("every minute", "every 5 minutes")."""
+    matches) and __str__ ("every minute", "every 5 minutes"); CrontabSchedule and
+    ClockedSchedule.from_schedule likewise."""
     fresh = IntervalSchedule.from_schedule(schedule(90))
     assert (fresh.pk, fresh.every, fresh.period) == (None, 90, "seconds")
     fresh.save()
@@ -72,6 +75,14 @@ def test_interval_from_schedule_and_str(app: Any) -> None:
     with pytest.raises(ScheduleError, match="not a whole number of minutes"):
         IntervalSchedule.from_schedule(schedule(90), period="minutes")
     assert str(IntervalSchedule(every=1, period="minutes")) == "every minute"
+    cron = CrontabSchedule.from_schedule(crontab(minute=5, hour="*/2", tz="Asia/Kathmandu"))
+    assert (cron.pk, cron.minute, cron.hour, cron.timezone) == (None, "5", "*/2",
+                                                               "Asia/Kathmandu")
+    cron.save()
+    assert CrontabSchedule.from_schedule(crontab(minute=5, hour="*/2",
+                                                 tz="Asia/Kathmandu")) == cron
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    assert ClockedSchedule.from_schedule(clocked(when)).clocked_time == when
     assert str(IntervalSchedule(every=5, period="minutes")) == "every 5 minutes"
 
 
@@ -294,3 +305,22 @@ def test_celerys_beat_settings_are_honoured_or_listed(app: Any) -> None:
         assert name in IGNORED_CELERY_SETTINGS
         with pytest.warns(ConfigWarning, match=name):
             app.config_from_object({f"CELERY_{name.upper()}": 1}, namespace="CELERY")
+
+
+def test_a_solar_row_without_the_library_is_skipped_and_logged(
+        app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Without PyEphem a solar row cannot be planned: beat logs why and runs the others."""
+    from conveyor import _sun
+
+    sched = DatabaseScheduler(app)
+    here = SolarSchedule.objects.create(event="sunset", latitude=10, longitude=10)
+    PeriodicTask.objects.create(name="dusk-row", task=ADD, solar=here)
+
+    def missing() -> None:
+        raise _sun.SolarLibraryMissing("solar schedules need PyEphem: pip install "
+                                       "'conveyor[solar]' (or 'ephem')")
+
+    monkeypatch.setattr(_sun, "_ephem", missing)
+    names = {entry.name for entry in sched.load()}
+    assert "dusk-row" not in names and "settings-tick" in names
+    assert "periodic task 'dusk-row' skipped" in caplog.text and "conveyor[solar]" in caplog.text

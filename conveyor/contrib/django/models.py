@@ -181,6 +181,17 @@ class CrontabSchedule(models.Model):
                        day_of_month=self.day_of_month, month_of_year=self.month_of_year,
                        tz=self.timezone or None)
 
+    @classmethod
+    def from_schedule(cls, when: schedules.crontab) -> CrontabSchedule:
+        """The row for ``when`` (saved or not), as django-celery-beat's; a crontab that
+        follows the app's zone is stored in the project's default zone."""
+        data = when.to_dict()
+        spec = {name: data[name] for name in ("minute", "hour", "day_of_week",
+                                              "day_of_month", "month_of_year")}
+        spec["timezone"] = data["tz"] or default_timezone()
+        found = cls.objects.filter(**spec).order_by("pk").first()
+        return found if found is not None else cls(**spec)
+
 
 #: django-celery-beat's solar events, in its order, with its labels.
 SOLAR_SCHEDULES = [
@@ -254,6 +265,12 @@ class ClockedSchedule(models.Model):
         from conveyor.contrib.django.schedulers import clocked
 
         return clocked(aware(self.clocked_time))
+
+    @classmethod
+    def from_schedule(cls, when: Any) -> ClockedSchedule:
+        """The row for a ``clocked`` schedule (saved or not), as django-celery-beat's."""
+        found = cls.objects.filter(clocked_time=when.clocked_time).order_by("pk").first()
+        return found if found is not None else cls(clocked_time=when.clocked_time)
 
 
 # --------------------------------------------------------------------------- periodic tasks
