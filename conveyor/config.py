@@ -54,6 +54,9 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "worker_disable_rate_limits": "rate limits apply only to tasks that set rate_limit",
     "result_chord_join_timeout": "chords join atomically; nothing polls",
     "worker_lost_wait": "the supervisor notices lost children at once",
+    "beat_sync_every": "beat records each run as it sends it; there is nothing to batch",
+    "beat_schedule_filename": "run history is kept beside the broker's data, not in a file",
+    "beat_cron_starting_deadline": "missed ticks follow beat_missed_policy ('skip' drops them)",
 }
 
 # Celery settings whose meaning Conveyor keeps under its one name for it.
@@ -221,6 +224,8 @@ def _coerce(key: str, value: Any) -> Any:
     if key in _SECONDS:
         if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
             raise TypeError(f"must be seconds (a number or timedelta), got {value!r}")
+        if key == "beat_max_loop_interval" and _seconds(value) == 0:
+            return Settings.beat_max_loop_interval  # Celery's 0: "the scheduler's default"
         return _seconds(value)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
