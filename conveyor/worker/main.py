@@ -96,6 +96,7 @@ class Worker:
     def run(self, install_signals: bool = True) -> None:
         """Serve until shut down (blocks)."""
         self.app.finalize()
+        self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
         self._pool = self._make_pool()
