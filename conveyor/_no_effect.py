@@ -256,7 +256,8 @@ NO_EFFECT: dict[str, NoEffect] = {
     "task_always_eager": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_eager_propagates": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_store_eager_result": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "worker_hijack_root_logger": NoEffect("bool", True, _slice("signals")),  # owned by slice signals
+    "worker_hijack_root_logger": NoEffect("bool", True,
+                                          _slice("signals")),  # owned by slice signals
     "worker_task_log_format": NoEffect("str", None, _slice("signals")),  # owned by slice signals
     "worker_log_color": NoEffect("bool", None, _slice("signals")),  # owned by slice signals
     "worker_redirect_stdouts": NoEffect("bool", True, _slice("signals")),  # owned by slice signals

@@ -46,12 +46,9 @@ class ConfigWarning(UserWarning):
     """A setting was accepted but has no effect in Conveyor."""
 
 
-def _s(default: Any, doc: str, celery: str = SAME) -> Any:
-    """A setting: its default, a one-line meaning, and how it compares with Celery's."""
-    meta = {"doc": doc, "celery": celery}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def _doc(doc: str, celery: str = SAME) -> dict[str, str]:
+    """A setting's one-line meaning and how it compares with Celery's (for docs/settings.md)."""
+    return {"doc": doc, "celery": celery}
 
 
 _LEASES = "different on purpose: leases replace visibility_timeout (docs/guarantees.md)"
@@ -62,131 +59,182 @@ class Settings:
     """Every setting Conveyor reads, with its default.  See docs/settings.md."""
 
     # Broker and results
-    broker_url: str = _s(DEFAULT_BROKER_URL, "where messages wait: sqlite:///path, redis://, "
-                         "rediss:// or memory://", "different on purpose: SQLite by default, "
-                         "so nothing needs installing")
-    result_backend: str | None = _s(None, "where results live; None keeps them beside the "
-                                    "broker; also db+sqlite:/// and django-db",
-                                    "different on purpose: None stores results beside the broker")
-    broker_transport_options: dict[str, Any] = _s({}, "options of the broker client (Redis: "
-                                                  "prefix, socket_timeout, max_connections, ...)")
-    broker_lease_timeout: float = _s(30.0, "seconds a reserved message stays leased; renewed "
-                                     "while its task runs", CONVEYOR_ONLY)
-    broker_connection_timeout: float = _s(4.0, "seconds to wait while connecting to a Redis "
-                                          "broker (SQLite opens a local file: nothing to wait on)")
-    broker_use_ssl: bool | dict[str, Any] = _s(False, "TLS options for a rediss:// broker: "
-                                               "ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
-                                               "ssl_keyfile", "different on purpose: the URL "
-                                               "must be rediss://, else the broker is refused")
-    result_backend_transport_options: dict[str, Any] = _s(
-        {}, "options of the Redis result store client (same keys as the broker's)")
-    result_backend_always_retry: bool = _s(False, "retry result-store calls that failed to "
-                                           "connect (not the chord failure flag)")
-    result_backend_max_retries: float = _s(math.inf, "how many times such a call is retried")
-    result_backend_base_sleep_between_retries_ms: int = _s(
-        10, "first backoff between those retries (ms), doubling, with full jitter")
-    result_backend_max_sleep_between_retries_ms: int = _s(10000, "cap of that backoff (ms)")
-    redis_backend_use_ssl: bool | dict[str, Any] | None = _s(
-        None, "TLS options for a rediss:// result backend (keys as broker_use_ssl)",
-        "different on purpose: the URL must be rediss://, else the store is refused")
-    redis_socket_timeout: float | None = _s(None, "socket timeout of the Redis result store; "
-                                            "None: 5 s", "different on purpose: 5 s by "
-                                            "default, not 120 s, so an outage is noticed")
-    redis_socket_connect_timeout: float | None = _s(None, "connect timeout of the Redis "
-                                                    "result store; None: 4 s")
-    redis_max_connections: int | None = _s(None, "pool size of the Redis result store client")
-    result_expires: float = _s(86400.0, "seconds a stored result is kept")
-    result_max_bytes: int = _s(8 * 1024 * 1024, "largest encoded result accepted; a larger "
-                               "one fails the task with a clear error", CONVEYOR_ONLY)
-    result_warn_bytes: int = _s(1024 * 1024, "encoded results above this are logged as a "
-                                "warning", CONVEYOR_ONLY)
+    broker_url: str = field(default=DEFAULT_BROKER_URL, metadata=_doc(
+        "where messages wait: sqlite:///path, redis://, rediss:// or memory://",
+        "different on purpose: SQLite by default, so nothing needs installing"))
+    result_backend: str | None = field(default=None, metadata=_doc(
+        "where results live; None keeps them beside the broker; also db+sqlite:/// and django-db",
+        "different on purpose: None stores results beside the broker"))
+    broker_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
+        "options of the broker client (Redis: prefix, socket_timeout, max_connections, ...)"))
+    broker_lease_timeout: float = field(default=30.0, metadata=_doc(
+        "seconds a reserved message stays leased; renewed while its task runs",
+        CONVEYOR_ONLY))
+    broker_connection_timeout: float = field(default=4.0, metadata=_doc(
+        "seconds to wait while connecting to a Redis broker (SQLite opens a local file: nothing to "
+        "wait on)"))
+    broker_use_ssl: bool | dict[str, Any] = field(default=False, metadata=_doc(
+        "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
+        "ssl_keyfile",
+        "different on purpose: the URL must be rediss://, else the broker is refused"))
+    result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
+        "options of the Redis result store client (the same keys as the broker's)"))
+    result_backend_always_retry: bool = field(default=False, metadata=_doc(
+        "retry result-store calls that failed to connect (not the chord failure flag)"))
+    result_backend_max_retries: float = field(default=math.inf, metadata=_doc(
+        "how many times such a call is retried"))
+    result_backend_base_sleep_between_retries_ms: int = field(default=10, metadata=_doc(
+        "first backoff between those retries (ms), doubling, with full jitter"))
+    result_backend_max_sleep_between_retries_ms: int = field(default=10000, metadata=_doc(
+        "cap of that backoff (ms)"))
+    redis_backend_use_ssl: bool | dict[str, Any] | None = field(default=None, metadata=_doc(
+        "TLS options for a rediss:// result backend (keys as broker_use_ssl)",
+        "different on purpose: the URL must be rediss://, else the store is refused"))
+    redis_socket_timeout: float | None = field(default=None, metadata=_doc(
+        "socket timeout of the Redis result store; None: 5 s",
+        "different on purpose: 5 s by default, not 120 s, so an outage is noticed"))
+    redis_socket_connect_timeout: float | None = field(default=None, metadata=_doc(
+        "connect timeout of the Redis result store; None: 4 s"))
+    redis_max_connections: int | None = field(default=None, metadata=_doc(
+        "pool size of the Redis result store client"))
+    result_expires: float = field(default=86400.0, metadata=_doc(
+        "seconds a stored result is kept"))
+    result_max_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc(
+        "largest encoded result accepted; a larger one fails the task with a clear error",
+        CONVEYOR_ONLY))
+    result_warn_bytes: int = field(default=1024 * 1024, metadata=_doc(
+        "encoded results above this are logged as a warning",
+        CONVEYOR_ONLY))
     # Serialization
-    accept_content: list[str] = _s(["json"], "content types a worker accepts")
-    result_accept_content: list[str] | None = _s(None, "content types accepted for results; "
-                                                 "None: accept_content")
-    task_serializer: str = _s("json", "how task arguments are encoded")
-    result_serializer: str = _s("json", "how results are encoded")
+    accept_content: list[str] = field(default_factory=lambda: ["json"], metadata=_doc(
+        "content types a worker accepts"))
+    result_accept_content: list[str] | None = field(default=None, metadata=_doc(
+        "content types accepted for results; None: accept_content"))
+    task_serializer: str = field(default="json", metadata=_doc(
+        "how task arguments are encoded"))
+    result_serializer: str = field(default="json", metadata=_doc(
+        "how results are encoded"))
     # Time
-    timezone: str = _s("UTC", "the zone crontab schedules are read in")
+    timezone: str = field(default="UTC", metadata=_doc(
+        "the zone crontab schedules are read in"))
     # Tasks
-    task_soft_time_limit: float | None = _s(None, "seconds before SoftTimeLimitExceeded is "
-                                            "raised in a task")
-    task_time_limit: float | None = _s(None, "seconds before the process running a task is "
-                                       "killed and replaced")
-    task_acks_late: bool = _s(True, "acknowledge a message after its task finished",
-                              "different on purpose: late acks by default, so nothing is lost")
-    task_acks_on_failure_or_timeout: bool = _s(True, "acknowledge failed and timed-out tasks")
-    task_reject_on_worker_lost: bool = _s(True, "hand a task back when its process dies")
-    task_max_deliveries: int = _s(5, "deliveries before a message that keeps killing its "
-                                  "process is dead-lettered", CONVEYOR_ONLY)
-    task_message_max_bytes: int | None = _s(16 * 1024 * 1024, "largest message: refused at "
-                                            "send, dead-lettered on receipt", CONVEYOR_ONLY)
-    task_default_retry_delay: float = _s(180.0, "default countdown of self.retry()",
-                                         "Celery: the task attribute default_retry_delay")
-    task_default_max_retries: int = _s(3, "default max_retries of a task",
-                                       "Celery: the task attribute max_retries")
-    task_ignore_result: bool = _s(False, "do not store results of tasks by default")
-    task_store_errors_even_if_ignored: bool = _s(False, "store failures of tasks that ignore "
-                                                 "their result")
-    task_track_started: bool = _s(False, "record STARTED when a task starts")
-    task_default_rate_limit: str | None = _s(None, "rate limit of tasks that set none")
-    task_idempotency_ttl: float | None = _s(None, "seconds an idempotency key blocks repeats; "
-                                            "None: result_expires", CONVEYOR_ONLY)
-    task_enqueue_on_commit: bool = _s(False, "send tasks when the caller's database "
-                                      "transaction commits", CONVEYOR_ONLY)
+    task_soft_time_limit: float | None = field(default=None, metadata=_doc(
+        "seconds before SoftTimeLimitExceeded is raised in a task"))
+    task_time_limit: float | None = field(default=None, metadata=_doc(
+        "seconds before the process running a task is killed and replaced"))
+    task_acks_late: bool = field(default=True, metadata=_doc(
+        "acknowledge a message after its task finished",
+        "different on purpose: late acks by default, so nothing is lost"))
+    task_acks_on_failure_or_timeout: bool = field(default=True, metadata=_doc(
+        "acknowledge failed and timed-out tasks"))
+    task_reject_on_worker_lost: bool = field(default=True, metadata=_doc(
+        "hand a task back when its process dies"))
+    task_max_deliveries: int = field(default=5, metadata=_doc(
+        "deliveries before a message that keeps killing its process is dead-lettered",
+        CONVEYOR_ONLY))
+    task_message_max_bytes: int | None = field(default=16 * 1024 * 1024, metadata=_doc(
+        "largest message: refused at send, dead-lettered on receipt",
+        CONVEYOR_ONLY))
+    task_default_retry_delay: float = field(default=180.0, metadata=_doc(
+        "default countdown of self.retry()",
+        "Celery: the task attribute default_retry_delay"))
+    task_default_max_retries: int = field(default=3, metadata=_doc(
+        "default max_retries of a task",
+        "Celery: the task attribute max_retries"))
+    task_ignore_result: bool = field(default=False, metadata=_doc(
+        "do not store results of tasks by default"))
+    task_store_errors_even_if_ignored: bool = field(default=False, metadata=_doc(
+        "store failures of tasks that ignore their result"))
+    task_track_started: bool = field(default=False, metadata=_doc(
+        "record STARTED when a task starts"))
+    task_default_rate_limit: str | None = field(default=None, metadata=_doc(
+        "rate limit of tasks that set none"))
+    task_idempotency_ttl: float | None = field(default=None, metadata=_doc(
+        "seconds an idempotency key blocks repeats; None: result_expires",
+        CONVEYOR_ONLY))
+    task_enqueue_on_commit: bool = field(default=False, metadata=_doc(
+        "send tasks when the caller's database transaction commits",
+        CONVEYOR_ONLY))
     # Modules imported when the app is finalized (worker/beat start)
-    imports: list[str] = _s([], "modules imported when a worker or beat starts")
-    include: list[str] = _s([], "more modules imported at start, after imports")
+    imports: list[str] = field(default_factory=list, metadata=_doc(
+        "modules imported when a worker or beat starts"))
+    include: list[str] = field(default_factory=list, metadata=_doc(
+        "more modules imported at start, after imports"))
     # Routing
-    task_routes: Any = _s(None, "which queue a task goes to (patterns, routers)")
-    task_default_queue: str = _s("default", "the queue of tasks no route names",
-                                 "different on purpose: 'default', not 'celery'")
-    task_default_priority: int = _s(0, "priority of messages that set none")
-    task_queues: list[str] | None = _s(None, "queues a worker serves when -Q is not given")
+    task_routes: Any = field(default=None, metadata=_doc(
+        "which queue a task goes to (patterns, routers)"))
+    task_default_queue: str = field(default="default", metadata=_doc(
+        "the queue of tasks no route names",
+        "different on purpose: 'default', not 'celery'"))
+    task_default_priority: int = field(default=0, metadata=_doc(
+        "priority of messages that set none"))
+    task_queues: list[str] | None = field(default=None, metadata=_doc(
+        "queues a worker serves when -Q is not given"))
     # Worker
-    worker_concurrency: int | None = _s(None, "processes or threads per worker; None: CPUs")
-    worker_pool: str = _s("prefork", "prefork, threads, async or solo",
-                          "different on purpose: no eventlet or gevent; async runs coroutines")
-    worker_prefetch_multiplier: int = _s(4, "messages each process reserves ahead")
-    worker_max_tasks_per_child: int | None = _s(None, "tasks before a child is replaced")
-    worker_max_memory_per_child: int | None = _s(None, "KiB of resident memory before a "
-                                                 "child is replaced")
-    worker_shutdown_timeout: float = _s(60.0, "seconds a warm shutdown waits for running "
-                                        "tasks", CONVEYOR_ONLY)
-    worker_heartbeat_interval: float = _s(2.0, "seconds between worker heartbeats (leases, "
-                                          "monitor)", CONVEYOR_ONLY)
-    worker_log_format: str | None = _s(None, "log format of the worker and beat")
-    worker_task_log_format: str | None = _s(None, "log format of task loggers")
+    worker_concurrency: int | None = field(default=None, metadata=_doc(
+        "processes or threads per worker; None: CPUs"))
+    worker_pool: str = field(default="prefork", metadata=_doc(
+        "prefork, threads, async or solo",
+        "different on purpose: no eventlet or gevent; async runs coroutines"))
+    worker_prefetch_multiplier: int = field(default=4, metadata=_doc(
+        "messages each process reserves ahead"))
+    worker_max_tasks_per_child: int | None = field(default=None, metadata=_doc(
+        "tasks before a child is replaced"))
+    worker_max_memory_per_child: int | None = field(default=None, metadata=_doc(
+        "KiB of resident memory before a child is replaced"))
+    worker_shutdown_timeout: float = field(default=60.0, metadata=_doc(
+        "seconds a warm shutdown waits for running tasks",
+        CONVEYOR_ONLY))
+    worker_heartbeat_interval: float = field(default=2.0, metadata=_doc(
+        "seconds between worker heartbeats (leases, monitor)",
+        CONVEYOR_ONLY))
+    worker_log_format: str | None = field(default=None, metadata=_doc(
+        "log format of the worker and beat"))
+    worker_task_log_format: str | None = field(default=None, metadata=_doc(
+        "log format of task loggers"))
     # Beat
-    beat_schedule: dict[str, Any] = _s({}, "periodic tasks")
-    beat_scheduler: str | None = _s(None, "scheduler class (dotted path)",
-                                    "different on purpose: None is beat's in-broker scheduler")
-    beat_lease_timeout: float = _s(10.0, "seconds a beat leader holds its lease; a standby "
-                                   "takes over after it", CONVEYOR_ONLY)
-    beat_max_loop_interval: float = _s(5.0, "longest sleep between beat ticks")
-    beat_missed_policy: str = _s("once", "ticks missed while beat was down: once, skip or all",
-                                 CONVEYOR_ONLY)
+    beat_schedule: dict[str, Any] = field(default_factory=dict, metadata=_doc(
+        "periodic tasks"))
+    beat_scheduler: str | None = field(default=None, metadata=_doc(
+        "scheduler class (dotted path)",
+        "different on purpose: None is beat's in-broker scheduler"))
+    beat_lease_timeout: float = field(default=10.0, metadata=_doc(
+        "seconds a beat leader holds its lease; a standby takes over after it",
+        CONVEYOR_ONLY))
+    beat_max_loop_interval: float = field(default=5.0, metadata=_doc(
+        "longest sleep between beat ticks"))
+    beat_missed_policy: str = field(default="once", metadata=_doc(
+        "ticks missed while beat was down: once, skip or all",
+        CONVEYOR_ONLY))
     # Monitor
-    monitor_basic_auth: list[str] = _s([], "user:password pairs of the monitor",
-                                       CONVEYOR_ONLY)
-    monitor_readonly_auth: list[str] = _s([], "user:password pairs with read-only access",
-                                          CONVEYOR_ONLY)
-    monitor_retention: float = _s(86400.0, "seconds the monitor keeps task events",
-                                  CONVEYOR_ONLY)
+    monitor_basic_auth: list[str] = field(default_factory=list, metadata=_doc(
+        "user:password pairs of the monitor",
+        CONVEYOR_ONLY))
+    monitor_readonly_auth: list[str] = field(default_factory=list, metadata=_doc(
+        "user:password pairs with read-only access",
+        CONVEYOR_ONLY))
+    monitor_retention: float = field(default=86400.0, metadata=_doc(
+        "seconds the monitor keeps task events",
+        CONVEYOR_ONLY))
     # Events
-    events_enabled: bool = _s(True, "write task and worker events for the monitor",
-                              CONVEYOR_ONLY)
+    events_enabled: bool = field(default=True, metadata=_doc(
+        "write task and worker events for the monitor",
+        CONVEYOR_ONLY))
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_extra", {})  # no-effect names that were set
-        object.__setattr__(self, "_set", set())  # every name set after creation
-        object.__setattr__(self, "_listeners", [])
+    # Bookkeeping, last so that the dataclass's defaults above are in place before it
+    # exists (until then an assignment is the dataclass filling in a default).
+    _extra: dict[str, Any] = field(  # no-effect names that were set, with their values
+        default_factory=dict, init=False, repr=False, compare=False)
+    _listeners: list[Callable[[], None]] = field(
+        default_factory=list, init=False, repr=False, compare=False)
+    _set: set[str] = field(  # every name set after creation
+        default_factory=set, init=False, repr=False, compare=False)
 
     # -- names ------------------------------------------------------------------
     @classmethod
     def names(cls) -> list[str]:
         """Every setting this object holds as a field."""
-        return [f.name for f in fields(cls)]
+        return [f.name for f in fields(cls) if not f.name.startswith("_")]
 
     @classmethod
     def known(cls) -> list[str]:
@@ -241,7 +289,7 @@ class Settings:
         self._set.add(key)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if "_set" not in self.__dict__:  # the dataclass filling in its defaults
+        if name.startswith("_") or "_set" not in self.__dict__:  # bookkeeping, or a default
             object.__setattr__(self, name, value)
             return
         self.update({name: value}, source="app.conf")
@@ -347,7 +395,7 @@ class Settings:
 
 
 _HINTS: dict[str, Any] = get_type_hints(Settings)
-_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(Settings)}
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(Settings) if f.name[0] != "_"}
 _SECONDS = {
     "result_expires", "broker_lease_timeout", "broker_connection_timeout",
     "task_soft_time_limit", "task_time_limit", "task_default_retry_delay",
