@@ -66,7 +66,9 @@ class Settings:
         "where results live; None keeps them beside the broker; also db+sqlite:/// and django-db",
         "different on purpose: None stores results beside the broker"))
     broker_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "options of the broker client (Redis: prefix, socket_timeout, max_connections, ...)"))
+        "options of the broker client (Redis: prefix, socket_timeout, max_connections, ...)",
+        "different on purpose: the keys are the client's own; Celery's visibility_timeout and "
+        "the like are named as ignored"))
     broker_lease_timeout: float = field(default=30.0, metadata=_doc(
         "seconds a reserved message stays leased; renewed while its task runs",
         CONVEYOR_ONLY))
@@ -78,7 +80,8 @@ class Settings:
         "ssl_keyfile",
         "different on purpose: the URL must be rediss://, else the broker is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "options of the Redis result store client (the same keys as the broker's)"))
+        "options of the Redis result store client (the same keys as the broker's)",
+        "different on purpose: the keys are the Redis client's own, as for the broker"))
     result_backend_always_retry: bool = field(default=False, metadata=_doc(
         "retry result-store calls that failed to connect (not the chord failure flag)"))
     result_backend_max_retries: float = field(default=math.inf, metadata=_doc(
@@ -167,9 +170,11 @@ class Settings:
         "the queue of tasks no route names",
         "different on purpose: 'default', not 'celery'"))
     task_default_priority: int = field(default=0, metadata=_doc(
-        "priority of messages that set none"))
+        "priority of messages that set none",
+        "different on purpose: 0 by default (Celery: None)"))
     task_queues: list[str] | None = field(default=None, metadata=_doc(
-        "queues a worker serves when -Q is not given"))
+        "queues a worker serves when -Q is not given",
+        "different on purpose: a list of queue names"))
     # Worker
     worker_concurrency: int | None = field(default=None, metadata=_doc(
         "processes or threads per worker; None: CPUs"))
@@ -177,7 +182,8 @@ class Settings:
         "prefork, threads, async or solo",
         "different on purpose: no eventlet or gevent; async runs coroutines"))
     worker_prefetch_multiplier: int = field(default=4, metadata=_doc(
-        "messages each process reserves ahead"))
+        "messages each process reserves ahead",
+        "different on purpose: 0 reads as 1 (leases bound what a worker holds)"))
     worker_max_tasks_per_child: int | None = field(default=None, metadata=_doc(
         "tasks before a child is replaced"))
     worker_max_memory_per_child: int | None = field(default=None, metadata=_doc(
@@ -189,7 +195,8 @@ class Settings:
         "seconds between worker heartbeats (leases, monitor)",
         CONVEYOR_ONLY))
     worker_log_format: str | None = field(default=None, metadata=_doc(
-        "log format of the worker and beat"))
+        "log format of the worker and beat",
+        "different on purpose: None is Conveyor's format, which names the task id"))
     worker_task_log_format: str | None = field(default=None, metadata=_doc(
         "log format of task loggers"))
     # Beat
@@ -202,7 +209,8 @@ class Settings:
         "seconds a beat leader holds its lease; a standby takes over after it",
         CONVEYOR_ONLY))
     beat_max_loop_interval: float = field(default=5.0, metadata=_doc(
-        "longest sleep between beat ticks"))
+        "longest sleep between beat ticks",
+        "different on purpose: 5 s by default, so a standby beat notices a lost leader soon"))
     beat_missed_policy: str = field(default="once", metadata=_doc(
         "ticks missed while beat was down: once, skip or all",
         CONVEYOR_ONLY))
