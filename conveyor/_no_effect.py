@@ -41,8 +41,6 @@ NO_SIGNING = ("only used by Celery's 'auth' serializer (message signing), which 
               "offer; task_serializer='auth' is refused")
 SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
               "SQLite store, which manages its own connection and table")
-RECONNECT = ("workers always reconnect with capped, jittered backoff and never give up "
-             "(guarantee 8: nothing crash-loops); stop a worker with SIGTERM")
 
 
 def _backend(name: str) -> str:
@@ -115,9 +113,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "database_url": NoEffect("str", None, "set result_backend to the db+<url> form instead"),
     # -- broker connection ------------------------------------------------------
     "broker_channel_error_retry": NoEffect("bool", False, AMQP),
-    "broker_connection_max_retries": NoEffect("int", 100, RECONNECT),
-    "broker_connection_retry": NoEffect("bool", True, RECONNECT),
-    "broker_connection_retry_on_startup": NoEffect("bool", None, RECONNECT),
     "broker_failover_strategy": NoEffect("any", None,
                                          "broker_url names one server; failover lists are not "
                                          "supported (use a Redis Sentinel or managed endpoint)"),

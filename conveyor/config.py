@@ -75,6 +75,16 @@ class Settings:
     broker_connection_timeout: float = field(default=4.0, metadata=_doc(
         "seconds to wait while connecting to a Redis broker (SQLite opens a local file: nothing to "
         "wait on)"))
+    broker_connection_retry: bool = field(default=True, metadata=_doc(
+        "retry reaching the broker when a worker starts, if broker_connection_retry_on_startup "
+        "is None",
+        "different on purpose: a running worker always reconnects (guarantee 8), so only the "
+        "start is governed"))
+    broker_connection_retry_on_startup: bool | None = field(default=None, metadata=_doc(
+        "retry reaching the broker when a worker starts; False: fail at once"))
+    broker_connection_max_retries: int | None = field(default=None, metadata=_doc(
+        "retries at start before the worker gives up; 0 or None: forever",
+        "different on purpose: forever by default (Celery: 100); counts retries at start only"))
     broker_use_ssl: bool | dict[str, Any] = field(default=False, metadata=_doc(
         "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
         "ssl_keyfile",

@@ -99,6 +99,11 @@ class Worker:
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
+        from conveyor.worker.startup import wait_for_broker
+
+        address = _safe_url(self.app.conf.broker_url)
+        if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
+            return
         self._pool = self._make_pool()
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),

@@ -230,3 +230,46 @@ def test_current_app_follows_the_current_app() -> None:
     second = Conveyor("second", broker="memory://second", set_as_current=False)
     second.set_current()
     assert current_app.conf is second.conf and current_app() is second
+
+
+# -- broker connection retries at start ------------------------------------------------
+
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
+
+
+def start_worker(caplog: pytest.LogCaptureFixture, **settings: Any) -> Exception | None:
+    from conveyor.worker.main import Worker
+
+    app = Conveyor("retry", broker=UNREACHABLE, set_as_current=False, **settings)
+    worker = Worker(app, concurrency=1, pool="threads")
+    with caplog.at_level(logging.ERROR, logger="conveyor.worker"):
+        try:
+            worker.run(install_signals=False)
+        except BrokerError as exc:
+            return exc
+    return None
+
+
+@pytest.mark.parametrize("settings", [
+    {"broker_connection_retry_on_startup": False},
+    {"broker_connection_retry": False},  # decides when ..._on_startup is None, as in Celery
+])
+def test_a_worker_that_may_not_retry_fails_at_start(
+        caplog: pytest.LogCaptureFixture, settings: dict[str, bool]) -> None:
+    """Celery: worker/consumer/consumer.py ensure_connected connects once when retrying at
+    start is disabled, and the worker shuts down with an error."""
+    error = start_worker(caplog, **settings)
+    assert error is not None and f"{next(iter(settings))} is False: not retrying" in str(error)
+    assert caplog.records == []  # no "trying again"
+
+
+def test_a_worker_gives_up_after_broker_connection_max_retries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Celery: broker_connection_max_retries bounds the retries before the worker gives up."""
+    error = start_worker(caplog, broker_connection_max_retries=3)
+    assert error is not None and "after 3 retries (broker_connection_max_retries)" in str(error)
+    assert [r.getMessage().rsplit("(", 1)[1] for r in caplog.records] == ["1/3)", "2/3)", "3/3)"]
+    on_startup_wins = start_worker(caplog, broker_connection_retry=False,
+                                   broker_connection_retry_on_startup=True,
+                                   broker_connection_max_retries=1)
+    assert on_startup_wins is not None and "after 1 retries" in str(on_startup_wins)
