@@ -85,7 +85,7 @@ class Settings:
     broker_connection_max_retries: int | None = field(default=None, metadata=_doc(
         "retries at start before the worker gives up; 0 or None: forever",
         "different on purpose: forever by default (Celery: 100); counts retries at start only"))
-    broker_use_ssl: bool | dict[str, Any] = field(default=False, metadata=_doc(
+    broker_use_ssl: bool | dict[str, Any] | None = field(default=False, metadata=_doc(
         "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
         "ssl_keyfile",
         "different on purpose: the URL must be rediss://, else the broker is refused"))
@@ -577,7 +577,7 @@ def _cert_reqs(key: str, value: Any) -> str:
     """``ssl.CERT_REQUIRED`` (as Celery's docs write it) or a name, as a name."""
     if isinstance(value, int) and not isinstance(value, bool):
         try:
-            return ssl.VerifyMode(value).name.lower()
+            return ssl.VerifyMode(value).name.lower().removeprefix("cert_")
         except ValueError:
             pass
     if isinstance(value, str):

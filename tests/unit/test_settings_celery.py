@@ -11,6 +11,7 @@ import ast
 import json
 import logging
 import math
+import ssl
 import types
 import uuid
 from datetime import timedelta
@@ -276,3 +277,36 @@ def test_a_worker_says_nothing_when_no_such_setting_was_set(
             run_worker(make_app(), concurrency=1):
         pass
     assert [r for r in caplog.records if r.name == "conveyor.config"] == []
+
+
+# -- a Django project's settings, as project templates write them -----------------------
+
+def django_settings(url: str) -> types.SimpleNamespace:
+    tls = url.startswith("rediss://")
+    use_ssl = {"ssl_cert_reqs": ssl.CERT_NONE} if tls else None
+    return types.SimpleNamespace(
+        DEBUG=False, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url,
+        CELERY_RESULT_EXTENDED=True, CELERY_RESULT_BACKEND_ALWAYS_RETRY=True,
+        CELERY_RESULT_BACKEND_MAX_RETRIES=10, CELERY_ACCEPT_CONTENT=["json"],
+        CELERY_TASK_SERIALIZER="json", CELERY_RESULT_SERIALIZER="json",
+        CELERY_TASK_TIME_LIMIT=5 * 60, CELERY_TASK_SOFT_TIME_LIMIT=60,
+        CELERY_BEAT_SCHEDULER="django_celery_beat.schedulers:DatabaseScheduler",
+        CELERY_WORKER_SEND_TASK_EVENTS=True, CELERY_TASK_SEND_SENT_EVENT=True,
+        CELERY_WORKER_HIJACK_ROOT_LOGGER=False, CELERY_BROKER_USE_SSL=use_ssl,
+        CELERY_REDIS_BACKEND_USE_SSL=use_ssl, CELERY_TIMEZONE="UTC",
+    )
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://localhost:6380/0"])
+def test_a_django_project_templates_celery_settings_load(url: str) -> None:
+    """The settings a popular Django project template writes (TLS options only for
+    rediss://, None otherwise) load, and reach the clients' options."""
+    app = make_app()
+    app.config_from_object(django_settings(url), namespace="CELERY")
+    assert app.conf.result_backend_always_retry and app.conf.result_retry() is not None
+    assert set(app.conf.no_effect_set()) == {
+        "result_extended", "task_send_sent_event", "worker_hijack_root_logger",
+        "worker_send_task_events"}
+    expected = {"ssl_cert_reqs": "none"} if url.startswith("rediss") else {}
+    for options in (app.conf.broker_options(), app.conf.result_options()):
+        assert {k: v for k, v in options.items() if k.startswith("ssl")} == expected
