@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import ssl
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import timedelta
@@ -43,7 +42,8 @@ CONVEYOR_ONLY = "Conveyor only"
 
 
 class ConfigWarning(UserWarning):
-    """A setting was accepted but has no effect in Conveyor."""
+    """Kept for imports of earlier versions; no-effect settings are now logged once
+    when a worker starts (:meth:`Settings.warn_no_effect`)."""
 
 
 def _doc(doc: str, celery: str = SAME) -> dict[str, str]:
@@ -271,7 +271,6 @@ class Settings:
         lines = "; ".join(f"{name} ({reason})" for name, reason in named.items())
         text = f"{len(named)} setting(s) have no effect in Conveyor: {lines}"
         logging.getLogger("conveyor.config").warning("%s", text)
-        warnings.warn(text, ConfigWarning, stacklevel=2)
         return text
 
     def add_listener(self, callback: Callable[[], None]) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import conveyor
 from conveyor import Conveyor, shared_task, states
-from conveyor.config import ConfigWarning, Settings
+from conveyor.config import Settings
 from conveyor.exceptions import (
     ConfigurationError,
     ContentDisallowed,
@@ -70,8 +70,7 @@ def test_celery_only_settings_load_and_are_named_at_worker_start() -> None:
     conf = Settings()
     conf.update({"task_always_eager": True})
     assert conf.task_always_eager is True
-    with pytest.warns(ConfigWarning, match="task_always_eager"):
-        conf.warn_no_effect()
+    assert "task_always_eager (implemented in" in (conf.warn_no_effect() or "")
 
 
 def test_celery_include_and_imports_both_load() -> None:
