@@ -39,7 +39,8 @@ is a mapping as Celery's is: `app.conf.update(mapping, key=value)`,
 
 Every name in Celery 5.x's defaults table loads.  Each is either read here with
 Celery's meaning (first table), or accepted with no effect (second table): a
-worker names those that were set in one warning when it starts.  A name in
+worker names those set to anything but Celery's default in one warning when it
+starts.  A name in
 neither table is refused with the closest known name suggested, from every
 entry point (an environment variable only when it is a near miss of a setting:
 `CONVEYOR_APP` is not one).  Every value is checked against its type and range,
@@ -92,8 +93,8 @@ def render() -> str:
                         _status(f.name, f.metadata["celery"]), f.metadata["doc"]))
     out += ["", "## Celery settings with no effect here", "",
             "Accepted (their values are type-checked), named in the worker's startup warning "
-            "when set, and otherwise without effect.  `app.conf[name]` answers the value set, "
-            "or Celery's default.", "",
+            "when set to anything but Celery's default, and otherwise without effect.  "
+            "`app.conf[name]` answers the value set, or Celery's default.", "",
             _row("setting", "Celery default", "why it has no effect here"),
             _row("---", "---", "---")]
     for name in sorted(NO_EFFECT):

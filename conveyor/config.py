@@ -260,8 +260,10 @@ class Settings:
         return [*_FIELDS, *(n for n in NO_EFFECT if n not in _FIELDS)]
 
     def no_effect_set(self) -> dict[str, str]:
-        """No-effect names set so far, with their reasons (for the startup warning)."""
-        return {name: NO_EFFECT[name].reason for name in sorted(self._set) if name in NO_EFFECT}
+        """No-effect names set to something other than Celery's default, with their
+        reasons (for the startup warning: ``task_always_eager = False`` asks for nothing)."""
+        return {name: NO_EFFECT[name].reason for name in sorted(self._set)
+                if name in NO_EFFECT and self[name] != NO_EFFECT[name].default}
 
     def warn_no_effect(self) -> str | None:
         """One warning naming every no-effect setting that was set; None if none was."""
@@ -435,11 +437,12 @@ _CHOICES = {
 _TLS_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
-def unknown_key_message(key: str, source: str) -> str:
-    """``unknown setting 'x' (did you mean y?)``, for every entry point."""
+def unknown_key_message(key: str, source: str | None = None) -> str:
+    """``source: unknown setting 'x' (did you mean y?)``, for every entry point."""
     close = difflib.get_close_matches(key, Settings.known(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return f"{source}: unknown setting {key!r}{hint}"
+    where = f"{source}: " if source else ""
+    return f"{where}unknown setting {key!r}{hint}"
 
 
 def check_value(key: str, value: Any) -> Any:
@@ -448,7 +451,7 @@ def check_value(key: str, value: Any) -> Any:
     Raises ValueError or TypeError with a message that starts with the key.
     """
     if key not in _FIELDS and key not in NO_EFFECT:
-        raise ValueError(unknown_key_message(key, "")[2:])
+        raise ValueError(unknown_key_message(key))
     try:
         if key in _FIELDS:
             return _coerce(key, value)
