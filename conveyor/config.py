@@ -390,10 +390,14 @@ class Settings:
         return opts
 
     def result_options(self) -> dict[str, Any]:
-        """What the result store client is built with (Celery's redis_* settings)."""
-        if self.result_backend is None:  # beside the broker: the broker's client settings
-            return self.broker_options() if _is_redis(self.broker_url) else {}
-        url = self.result_backend
+        """What the result store client is built with (Celery's redis_* settings).
+
+        Results kept beside the broker (no ``result_backend``) take the broker's
+        TLS options unless ``redis_backend_use_ssl`` says otherwise, and not its
+        other transport options (a key prefix set there keeps naming the broker's
+        keys only, as before).
+        """
+        url = self.result_url
         opts = dict(self.result_backend_transport_options)
         if _is_redis(url):
             for option, name in (("socket_timeout", "redis_socket_timeout"),
@@ -401,7 +405,10 @@ class Settings:
                                  ("max_connections", "redis_max_connections")):
                 if getattr(self, name) is not None:
                     opts.setdefault(option, getattr(self, name))
-        opts.update(tls_options("redis_backend_use_ssl", self.redis_backend_use_ssl, url))
+        key, tls = "redis_backend_use_ssl", self.redis_backend_use_ssl
+        if self.result_backend is None and not tls:
+            key, tls = "broker_use_ssl", self.broker_use_ssl
+        opts.update(tls_options(key, tls, url))
         return opts
 
     def result_retry(self) -> tuple[float, float, float] | None:
