@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -99,8 +100,6 @@ class Worker:
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
-        from conveyor.worker.startup import wait_for_broker
-
         address = _safe_url(self.app.conf.broker_url)
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
