@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
 from conveyor import _state, signals, states
@@ -28,7 +27,13 @@ from conveyor.config import (
 )
 from conveyor.context import Request, running_request
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
-from conveyor.message import BodyTemplate, Message, new_id
+from conveyor.message import (
+    BodyTemplate,
+    Message,
+    eta_timestamp,
+    expires_timestamp,
+    new_id,
+)
 from conveyor.results import ResultRecord, ResultStore, result_store_from_url
 from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
@@ -288,7 +293,7 @@ class Conveyor:
             # As _route decides, without building a dict per message.
             queue=routed.get("queue") or (topts and topts.queue) or self.conf.task_default_queue,
             priority=_priority(routed.get("priority"), task, self),
-            expires=None if expires is None else _expires(expires),
+            expires=None if expires is None else _expires(expires, self.conf),
             root_id=parent.root_id if parent else None,
             parent_id=parent.id if parent else None,
             content_type=content_type_for(
@@ -310,8 +315,9 @@ class Conveyor:
             queue=route["queue"],
             priority=_priority(options.get("priority", route.get("priority")), task, self),
             retries=int(options.get("retries") or 0),
-            eta=_eta(options.get("eta"), options.get("countdown")),
-            expires=_expires(options.get("expires", task.options.expires if task else None)),
+            eta=_eta(options.get("eta"), options.get("countdown"), self.conf),
+            expires=_expires(options.get("expires", task.options.expires if task else None),
+                             self.conf),
             root_id=options.get("root_id") or (parent.root_id if parent else None),
             parent_id=options.get("parent_id") or (parent.id if parent else None),
             group_id=options.get("group_id"),
@@ -584,28 +590,12 @@ def _priority(value: Any, task: Task | None, app: Conveyor) -> int:
     return value
 
 
-def _eta(eta: Any, countdown: Any) -> float | None:
-    if eta is not None and countdown is not None:
-        raise ValueError("pass either eta or countdown, not both")
-    if countdown is not None:
-        return time.time() + float(countdown)
-    if eta is None:
-        return None
-    if isinstance(eta, datetime):
-        if eta.tzinfo is None:
-            raise ValueError(f"eta {eta!r} is naive; pass an aware datetime (e.g. with tz=UTC)")
-        return eta.timestamp()
-    return float(eta)
+def _eta(eta: Any, countdown: Any, conf: Settings) -> float | None:
+    return eta_timestamp(eta, countdown, conf.enable_utc, conf.timezone)
 
 
-def _expires(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"expires {value!r} is naive; pass an aware datetime")
-        return value.timestamp()
-    return time.time() + float(value)
+def _expires(value: Any, conf: Settings) -> float | None:
+    return expires_timestamp(value, conf.enable_utc, conf.timezone)
 
 
 def _sig_dicts(value: Any) -> tuple[dict[str, Any], ...]:

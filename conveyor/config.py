@@ -34,7 +34,6 @@ class ConfigWarning(UserWarning):
 
 # Celery settings that have no meaning here: accepted, warned about, ignored.
 IGNORED_CELERY_SETTINGS: dict[str, str] = {
-    "enable_utc": "times are always stored in UTC; `timezone` sets the schedule zone",
     "result_extended": "task name, args and worker are always stored with results",
     "worker_send_task_events": "events are always written (cheaply) for the monitor",
     "task_send_sent_event": "events are always written (cheaply) for the monitor",
@@ -89,6 +88,7 @@ class Settings:
     result_serializer: str = "json"
     # Time
     timezone: str = "UTC"
+    enable_utc: bool = True  # naive eta/expires datetimes: UTC, else in `timezone`
     # Tasks
     task_soft_time_limit: float | None = None
     task_time_limit: float | None = None
