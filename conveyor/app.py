@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from conveyor import _state, signals, states
+from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
     DEFAULT_NAMESPACE,
@@ -73,6 +74,7 @@ class Conveyor:
         self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
         self._finalized = False
         self._routes: Routes | None = None
+        self._steps: tuple[Any, tuple[int, ...]] | None = None  # (setting, parsed)
         self._broker: tuple[int, Broker] | None = None
         self._results: tuple[int, ResultStore] | None = None
         if broker:
@@ -292,7 +294,7 @@ class Conveyor:
             kwargs=dict(kwargs) if kwargs else {},
             # As _route decides, without building a dict per message.
             queue=routed.get("queue") or (topts and topts.queue) or self.conf.task_default_queue,
-            priority=_priority(routed.get("priority"), task, self),
+            priority=_priority(None, routed, task, self, parent),
             expires=None if expires is None else _expires(expires, self.conf),
             root_id=parent.root_id if parent else None,
             parent_id=parent.id if parent else None,
@@ -313,7 +315,7 @@ class Conveyor:
             args=tuple(args or ()),
             kwargs=dict(kwargs or {}),
             queue=route["queue"],
-            priority=_priority(options.get("priority", route.get("priority")), task, self),
+            priority=_priority(options.get("priority"), route, task, self, parent),
             retries=int(options.get("retries") or 0),
             eta=_eta(options.get("eta"), options.get("countdown"), self.conf),
             expires=_expires(options.get("expires", task.options.expires if task else None),
@@ -405,7 +407,7 @@ class Conveyor:
         template = BodyTemplate(prototype)
         limit = self.conf.task_message_max_bytes
         suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
-        queue, priority, eta = prototype.queue, prototype.priority, prototype.eta
+        queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
         ids: list[str] = []
         envelopes: list[Envelope] = []
         for args, kwargs in calls:
@@ -416,6 +418,14 @@ class Conveyor:
             ids.append(task_id)
             envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
         return ids, envelopes
+
+    def broker_priority(self, message: Message) -> int:
+        """The step the broker orders ``message`` by (``priority_steps``, see conveyor.priority)."""
+        raw = self.conf.broker_transport_options.get("priority_steps")
+        cached = self._steps
+        if cached is None or cached[0] is not raw:
+            cached = self._steps = (raw, priorities.parse_steps(raw))
+        return priorities.step_of(message.priority, cached[1])
 
     def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None,
                 idempotency_ttl: float | None = None) -> list[str]:
@@ -435,7 +445,7 @@ class Conveyor:
             id=broker_message_id(message),
             queue=message.queue,
             body=body,
-            priority=message.priority,
+            priority=self.broker_priority(message),
             eta=message.eta,
             idempotency_key=idempotency_key,
             idempotency_ttl=(idempotency_ttl or self.conf.idempotency_ttl)
@@ -580,14 +590,14 @@ def _origin(task: Task) -> tuple[str, str]:
     return (getattr(task.fn, "__module__", ""), getattr(task.fn, "__qualname__", ""))
 
 
-def _priority(value: Any, task: Task | None, app: Conveyor) -> int:
-    if value is None:
-        value = task.options.priority if task and task.options.priority is not None else None
-    if value is None:
-        value = app.conf.task_default_priority
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise ConfigurationError(f"priority must be an integer 0..9 (9 most urgent), got {value!r}")
-    return value
+def _priority(call: Any, route: Mapping[str, Any], task: Task | None, app: Conveyor,
+              parent: Request | None) -> int:
+    """Celery's precedence: the call, the task, the route, the parent, the default."""
+    conf = app.conf
+    inherited = (parent.delivery_info.get("priority")
+                 if parent is not None and conf.task_inherit_parent_priority else None)
+    return priorities.resolve(call, task.options.priority if task is not None else None,
+                            route.get("priority"), inherited, conf.task_default_priority)
 
 
 def _eta(eta: Any, countdown: Any, conf: Settings) -> float | None:

@@ -44,7 +44,7 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "task_always_eager": "there is no eager mode; use broker_url='memory://' in tests",
     "task_eager_propagates": "there is no eager mode; use broker_url='memory://' in tests",
     "result_persistent": "results persist as the result store does",
-    "task_create_missing_queues": "queues are always created on first use",
+    "task_queue_max_priority": "AMQP's x-max-priority; priorities here are always 0..9",
     "worker_cancel_long_running_tasks_on_connection_loss": "leases make this unnecessary",
     "broker_heartbeat": "connections are health-checked by the client",
     "task_default_exchange": "there are no exchanges; queues are addressed directly",
@@ -109,8 +109,10 @@ class Settings:
     # Routing
     task_routes: Any = None
     task_default_queue: str = "default"
-    task_default_priority: int = 0
-    task_queues: list[str] | None = None
+    task_default_priority: int | None = None  # None: 0, the most urgent (Celery on Redis)
+    task_inherit_parent_priority: bool = False
+    task_queues: Any = None  # names, conveyor.Queue or kombu Queue objects; see queues.py
+    task_create_missing_queues: bool = True
     # Worker
     worker_concurrency: int | None = None
     worker_pool: str = "prefork"
