@@ -35,6 +35,7 @@ from conveyor.message import (
     expires_timestamp,
     new_id,
 )
+from conveyor.queues import check_declared, queue_name
 from conveyor.results import ResultRecord, ResultStore, result_store_from_url
 from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
@@ -284,16 +285,19 @@ class Conveyor:
         Same result as :meth:`_message_with_options` with empty options, at
         half the cost: every option lookup, the ETA and the headers are skipped.
         """
-        routed = self.routes.route(name, args or (), kwargs or {}, {})
+        routed = self.routes.route(name, args or (), kwargs or {}, {}, task)
         topts = task.options if task is not None else None
         expires = topts.expires if topts is not None else None
+        # As _route decides, without building a dict per message.
+        queue = (topts and topts.queue) or routed.get("queue") or self.conf.task_default_queue
+        if not self.conf.task_create_missing_queues:
+            self._check_declared(queue)
         return Message(
             id=new_id(),
             task=name,
             args=tuple(args) if args else (),
             kwargs=dict(kwargs) if kwargs else {},
-            # As _route decides, without building a dict per message.
-            queue=routed.get("queue") or (topts and topts.queue) or self.conf.task_default_queue,
+            queue=queue,
             priority=_priority(None, routed, task, self, parent),
             expires=None if expires is None else _expires(expires, self.conf),
             root_id=parent.root_id if parent else None,
@@ -337,14 +341,18 @@ class Conveyor:
 
     def _route(self, name: str, task: Task | None, args: Any, kwargs: Any,
                options: dict[str, Any]) -> dict[str, Any]:
-        if options.get("queue"):
-            return {"queue": options["queue"]}
-        routed = self.routes.route(name, args or (), kwargs or {}, options)
-        if routed.get("queue"):
-            return routed
-        if task is not None and task.options.queue:
-            return {**routed, "queue": task.options.queue}
-        return {**routed, "queue": self.conf.task_default_queue}
+        """Celery's precedence for the queue: the call, the task, ``task_routes``, the default."""
+        routed = self.routes.route(name, args or (), kwargs or {}, options, task)
+        queue = (options.get("queue") or (task is not None and task.options.queue)
+                 or routed.get("queue") or self.conf.task_default_queue)
+        queue = queue_name(queue)
+        if not self.conf.task_create_missing_queues:
+            self._check_declared(queue)
+        return {**routed, "queue": queue}
+
+    def _check_declared(self, queue: str) -> None:
+        conf = self.conf
+        check_declared(queue, conf.task_queues, conf.task_default_queue)
 
     def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
         headers = dict(options.get("headers") or {})

@@ -226,6 +226,10 @@ def _coerce(key: str, value: Any) -> Any:
         return _seconds(value)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key == "task_queues":
+        from conveyor.queues import parse_queues
+
+        return parse_queues(value)
     if key in ("monitor_basic_auth", "monitor_readonly_auth") and isinstance(value, str):
         return [item for item in value.split(",") if item]
     return _check_type(_HINTS[key], value)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.queues import queue_names
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -50,7 +51,7 @@ class Worker:
                  events: EventSink | None = None) -> None:
         conf = app.conf
         self.app = app
-        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_name = pool or conf.worker_pool
         if self.pool_name not in POOLS:
