@@ -113,7 +113,7 @@ def _warn_amqp_only(queues: list[Queue], source: str) -> None:
     used = sorted({f for queue in queues for f in queue.amqp_fields})
     if used:
         warnings.warn(
-            f"{source}: {', '.join(used)} have no effect here (AMQP declarations: SQLite "
+            f"{source}: no effect here for {', '.join(used)} (AMQP declarations: SQLite "
             "and Redis queues are addressed by name, priorities are always 0..9)",
             ConfigWarning, stacklevel=5)
 
