@@ -78,7 +78,7 @@ def test_priority_steps_of_every_level_keep_all_ten_apart(make_app: Any) -> None
 
 @pytest.mark.parametrize("inherit", [True, False])
 def test_children_inherit_the_parent_priority_when_asked(make_app: Any, inherit: bool) -> None:
-    """Celery: app/base.py send_task uses the parent's priority under task_inherit_parent_priority."""
+    """Celery: app/base.py send_task takes the parent's priority (task_inherit_parent_priority)."""
     app = make_app(task_inherit_parent_priority=inherit)
     seen: list[Any] = []
     done = threading.Event()

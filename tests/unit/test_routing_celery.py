@@ -143,3 +143,21 @@ def test_create_missing_queues_off_refuses_undeclared_queues() -> None:
     with pytest.raises(QueueNotFound):
         bare.build_message("any.task", queue="other")
     assert queue_of(make_app(), "any.task", queue="anything") == "anything"
+
+
+def test_priority_precedence_call_task_route_default() -> None:
+    """Celery: the call, then the task's priority, then the route; the default comes last here."""
+    app = make_app(task_routes={"p.*": {"priority": 3}}, task_default_priority=5)
+
+    @app.task(name="p.own", priority=8)
+    def own() -> None: ...
+
+    def priority_of(name: str, **options: Any) -> int:
+        return app.build_message(name, (), {}, **options).priority
+
+    assert priority_of("p.own", priority=1) == 1
+    assert priority_of("p.own") == 8
+    assert priority_of("p.routed") == 3
+    assert priority_of("other") == 5
+    with pytest.raises(ConfigurationError, match="0 most urgent"):
+        priority_of("other", priority=10)
