@@ -94,9 +94,21 @@ class Canvas(abc.ABC):
         """Change send options (``queue``, ``countdown``, ...) here; returns this value.
 
         In place, as Celery's ``set``: ``sig.set(queue="q")`` alone is enough.
+        ``immutable=`` applies to the calls inside (Celery's ``set_immutable``).
         """
+        immutable = options.pop("immutable", None)
+        if immutable is not None:
+            self.set_immutable(bool(immutable))
         self.options.update(_callbacks_as_dicts(options))
         return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        """Make the calls inside ignore (or take) the previous result, as Celery does."""
+        parts = getattr(self, "tasks", None)
+        if isinstance(self, chord):
+            parts = self.header.tasks  # as Celery: the body keeps its own setting
+        for part in parts or ():
+            part.set_immutable(immutable)
 
     def copy_with(self, **options: Any) -> Self:
         """A copy with send options changed; this value is left as it is."""
@@ -212,11 +224,16 @@ class Signature(Canvas):
 
     def clone(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Signature:
-        """A copy; ``args`` are appended and ``kwargs``/``options`` merged."""
+        """A copy with partial arguments applied (as Celery's ``clone``).
+
+        ``args`` are put before the signature's own and ``kwargs`` merged,
+        unless the signature is immutable; ``options`` are merged either way.
+        """
+        call_args, call_kwargs = self.partial(tuple(args or ()), dict(kwargs or {}))
         return Signature(
             self.task,
-            self.args + tuple(args or ()),
-            {**self.kwargs, **(kwargs or {})},
+            call_args,
+            call_kwargs,
             {**self.options, **_callbacks_as_dicts(options)},
             self.immutable,
             self._app,
@@ -253,9 +270,10 @@ class Signature(Canvas):
         return self.apply_async(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the task here, now."""
+        """Run the task here, now; partial arguments as :meth:`clone` applies them."""
         task = self.app.get_task(self.task)
-        return task(*(self.args + args), **{**self.kwargs, **kwargs})
+        call_args, call_kwargs = self.partial(args, kwargs)
+        return task(*call_args, **call_kwargs)
 
     # -- freezing ------------------------------------------------------------
     def freeze(self, ids: IdSource = random_ids) -> Signature:

@@ -18,7 +18,7 @@ order uses the step.
 Which priority a message gets, first match wins: ``apply_async(priority=)``,
 the task's ``priority`` option, the route's ``priority``, the running
 parent task's priority under ``task_inherit_parent_priority``, then
-``task_default_priority`` (None: 0).  See docs/decisions/0007-priority-order.md,
+``task_default_priority`` (None: 0).  See docs/decisions/0008-celery-priority-order.md,
 which also says how RabbitMQ's order (higher first) will map.
 """
 

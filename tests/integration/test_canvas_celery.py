@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor import Conveyor, chain, signature
+from conveyor import Conveyor, chain, group, signature
 from conveyor.context import Request
 from conveyor.testing import run_worker
 
@@ -117,7 +117,8 @@ def test_errbacks_in_both_styles_run(app: Conveyor) -> None:
 
 
 def test_get_inside_a_task_is_refused_unless_allowed(app: Conveyor) -> None:
-    """Celery: result.py assert_will_not_block (disable_sync_subtasks=True by default)."""
+    """Celery: result.py assert_will_not_block (disable_sync_subtasks=True by default),
+    in AsyncResult.get and GroupResult.get alike."""
     @app.task(name="cc.child")
     def child() -> int:
         return 7
@@ -125,6 +126,12 @@ def test_get_inside_a_task_is_refused_unless_allowed(app: Conveyor) -> None:
     @app.task(name="cc.waits")
     def waits(allow: bool) -> Any:
         pending = child.delay()
+        try:
+            group(child.s(), child.s()).delay().get(timeout=T)
+        except RuntimeError:
+            pass
+        else:
+            return "a group result was waited on"
         if allow:
             return pending.get(timeout=T, disable_sync_subtasks=False)
         try:

@@ -76,7 +76,8 @@ def test_set_and_link_change_the_signature_in_place_as_celery(add: Task) -> None
     assert base.options == {"queue": "orders", "countdown": 5}
     copy = base.copy_with(queue="other")
     assert copy.options["queue"] == "other" and base.options["queue"] == "orders"
-    assert base.clone((2,), {"k": 1}).args == (1, 2)
+    assert base.clone((2,), {"k": 1}).args == (2, 1)  # Celery: partial args go first
+    assert add.si(1, 2).clone((3,)).args == (1, 2)
     assert base.set(immutable=True) is base and base.immutable
     callback = add.s(10)
     assert base.link(callback) is callback
@@ -85,6 +86,9 @@ def test_set_and_link_change_the_signature_in_place_as_celery(add: Task) -> None
     assert base.link_error(errback) is errback and base.on_error(errback) is base
     assert base.options["link_error"] == [add.s(0).to_dict()]  # added once
     assert add.s(1) == add.s(1) and add.s(1) != add.s(2)
+    members = group(add.s(1), add.s(2))
+    assert members.set(immutable=True, queue="q") is members  # Celery: set_immutable
+    assert all(t.immutable for t in members.tasks) and "immutable" not in members.options
 
 
 def test_signature_immutable_keyword_as_celery(add: Task) -> None:

@@ -2,7 +2,7 @@
 
 Until this migration Conveyor served 9 first, so a row saved with
 priority 9 meant "most urgent"; Conveyor now follows Celery on Redis (lower
-is more urgent, see docs/decisions/0007-priority-order.md).  Each stored
+is more urgent, see docs/decisions/0008-celery-priority-order.md).  Each stored
 priority ``p`` becomes ``9 - p`` (anything above 9, which the form refused,
 is read as 9 first), so every periodic task keeps the urgency it was given.
 Empty priorities (the task's or the app's default) stay empty.  Applying
