@@ -161,3 +161,13 @@ def test_priority_precedence_call_task_route_default() -> None:
     assert priority_of("other") == 5
     with pytest.raises(ConfigurationError, match="0 most urgent"):
         priority_of("other", priority=10)
+
+
+def test_priority_steps_are_checked() -> None:
+    """kombu: priority_steps is a list of priorities; a bad one is named, not ignored."""
+    app = make_app(broker_transport_options={"priority_steps": "0,3"})
+    with pytest.raises(ConfigurationError, match="priority_steps"):
+        app.send_task("any.task")
+    stepped = make_app(broker_transport_options={"priority_steps": [0, 5]})
+    message = stepped.build_message("any.task", priority=4)
+    assert (message.priority, stepped.broker_priority(message)) == (4, 0)
