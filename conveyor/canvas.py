@@ -115,8 +115,11 @@ class Canvas(abc.ABC):
         return self._with_options({**self.options, **_callbacks_as_dicts(options)})
 
     def link(self, callback: Canvas) -> Canvas:
-        """Send ``callback`` with the result on success; returns ``callback`` (as Celery)."""
-        self.options["link"] = _merged(self.options.get("link"), [callback.to_dict()])
+        """Send ``callback`` with the result on success; returns ``callback`` (as Celery).
+
+        A signature dict (as messages carry them) is accepted too.
+        """
+        self.options["link"] = _merged(self.options.get("link"), [_as_dict(callback)])
         return callback
 
     def link_error(self, errback: Canvas) -> Canvas:
@@ -126,7 +129,7 @@ class Canvas(abc.ABC):
         in the worker as ``errback(request, exc, traceback)``; one taking a
         single argument is sent as a task with the failed task's id.
         """
-        self.options["link_error"] = _merged(self.options.get("link_error"), [errback.to_dict()])
+        self.options["link_error"] = _merged(self.options.get("link_error"), [_as_dict(errback)])
         return errback
 
     def on_error(self, errback: Canvas) -> Self:
@@ -597,7 +600,13 @@ def signature(task: Any, args: Any = (), kwargs: Mapping[str, Any] | None = None
     return Signature(task, args, kwargs, {**(options or {}), **extra}, immutable, app)
 
 
-maybe_signature = signature
+def maybe_signature(value: Any, app: Conveyor | None = None) -> Canvas | None:
+    """Celery's ``maybe_signature``: None stays None, anything else as :func:`signature`."""
+    if value is None or isinstance(value, Canvas):
+        return value
+    if isinstance(value, Mapping):
+        return Canvas.from_dict(value, app)
+    return signature(value, app=app)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -672,6 +681,14 @@ def _merged(existing: Any, extra: Sequence[dict[str, Any]]) -> list[dict[str, An
         if item not in out:
             out.append(dict(item))
     return out
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, Canvas):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"expected a signature or a signature dict, got {value!r}")
 
 
 def _callbacks_as_dicts(options: dict[str, Any]) -> dict[str, Any]:

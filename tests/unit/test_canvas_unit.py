@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, GroupResult, chain, chord, chunks, group, signature
-from conveyor.canvas import Canvas, Signature, derived_id, xmap, xstarmap
+from conveyor.canvas import Canvas, Signature, derived_id, maybe_signature, xmap, xstarmap
 from conveyor.message import Message
 from conveyor.result import AsyncResult
 from conveyor.results.base import ResultStore
@@ -86,6 +86,9 @@ def test_set_and_link_change_the_signature_in_place_as_celery(add: Task) -> None
     assert base.link_error(errback) is errback and base.on_error(errback) is base
     assert base.options["link_error"] == [add.s(0).to_dict()]  # added once
     assert add.s(1) == add.s(1) and add.s(1) != add.s(2)
+    as_dict = add.s(7).to_dict()
+    assert base.link(as_dict) is as_dict and base.options["link"][-1] == as_dict
+    assert maybe_signature(None) is None and maybe_signature(as_dict) == add.s(7)
     members = group(add.s(1), add.s(2))
     assert members.set(immutable=True, queue="q") is members  # Celery: set_immutable
     assert all(t.immutable for t in members.tasks) and "immutable" not in members.options
