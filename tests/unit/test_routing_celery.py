@@ -171,3 +171,13 @@ def test_priority_steps_are_checked() -> None:
     stepped = make_app(broker_transport_options={"priority_steps": [0, 5]})
     message = stepped.build_message("any.task", priority=4)
     assert (message.priority, stepped.broker_priority(message)) == (4, 0)
+
+
+def test_worker_refuses_undeclared_queues_when_create_missing_is_off() -> None:
+    """Celery: worker -Q of a queue missing from task_queues fails when create-missing is off."""
+    from conveyor.worker.main import Worker
+
+    app = make_app(task_create_missing_queues=False, task_queues=["default", "reports"])
+    assert Worker(app, queues=["reports"], pool="threads").queues == ["reports"]
+    with pytest.raises(QueueNotFound, match="'nope'"):
+        Worker(app, queues=["nope"], pool="threads")
