@@ -486,3 +486,26 @@ def test_each_thread_uses_its_own_connection(broker: SQLiteBroker) -> None:
         t.join()
     assert len({id(c) for c in conns}) == 4
     assert broker.stats(["q"])[0].ready == 4
+
+
+def test_a_file_from_before_the_priority_change_gets_the_new_index(url: str,
+                                                                   db_path: Path) -> None:
+    """docs/decisions/0008: the descending ready index is replaced on open; queued rows stay."""
+    first = SQLiteBroker(url)
+    first.enqueue(env("old-default"))
+    first.enqueue(env("old-nine", priority=9))
+    first.close()
+    with sqlite3.connect(db_path) as conn:  # what an older Conveyor left behind
+        conn.execute("DROP INDEX conveyor_messages_by_priority")
+        conn.execute("""CREATE INDEX conveyor_messages_ready ON conveyor_messages
+                        (queue, priority DESC, seq) WHERE state = 'ready'""")
+    upgraded = SQLiteBroker(url)
+    try:
+        got = upgraded.reserve(["q"], 2, lease=30, timeout=0)
+        assert [d.id for d in got] == ["old-default", "old-nine"]  # read in the new order
+        with sqlite3.connect(db_path) as conn:
+            names = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "conveyor_messages_by_priority" in names and "conveyor_messages_ready" not in names
+    finally:
+        upgraded.close()
