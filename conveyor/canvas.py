@@ -194,7 +194,7 @@ class Canvas(abc.ABC):
 
 
 class Signature(Canvas):
-    """An immutable task call: name, args, kwargs, send options, callbacks."""
+    """One task call: name, args, kwargs, send options and callbacks."""
 
     __slots__ = ("args", "immutable", "kwargs", "task")
 
