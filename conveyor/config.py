@@ -41,7 +41,6 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "broker_connection_retry_on_startup": "workers always retry with capped backoff",
     "broker_connection_retry": "workers always retry with capped backoff",
     "broker_pool_limit": "connection pools are sized automatically",
-    "worker_hijack_root_logger": "use -l/--loglevel; the root logger is left alone",
     "task_always_eager": "there is no eager mode; use broker_url='memory://' in tests",
     "task_eager_propagates": "there is no eager mode; use broker_url='memory://' in tests",
     "result_persistent": "results persist as the result store does",
@@ -119,8 +118,11 @@ class Settings:
     worker_max_memory_per_child: int | None = None  # KiB, as in Celery
     worker_shutdown_timeout: float = 60.0
     worker_heartbeat_interval: float = 2.0
-    worker_log_format: str | None = None
-    worker_task_log_format: str | None = None
+    worker_log_format: str | None = None  # None: conveyor.log.DEFAULT_FORMAT
+    worker_task_log_format: str | None = None  # None: conveyor.log.DEFAULT_TASK_FORMAT
+    worker_hijack_root_logger: bool = True
+    worker_redirect_stdouts: bool = True
+    worker_redirect_stdouts_level: str = "WARNING"
     # Beat
     beat_schedule: dict[str, Any] = field(default_factory=dict)
     beat_scheduler: str | None = None
