@@ -69,11 +69,13 @@ class Signal:
                  ) -> None:
         self.name = name
         self.providing_args = frozenset(providing_args or ())
-        self._entries: tuple[_Entry, ...] = ()
+        #: The connections, as in Celery a plain attribute: ``if signal.receivers:``
+        #: is the cheapest "does anyone listen?" (the worker asks per task).
+        self.receivers: tuple[_Entry, ...] = ()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<Signal {self.name} ({len(self._entries)} receivers)>"
+        return f"<Signal {self.name} ({len(self.receivers)} receivers)>"
 
     # -- connecting ------------------------------------------------------------
     def connect(self, *args: Any, **kwargs: Any) -> Any:
@@ -106,8 +108,8 @@ class Signal:
         if weak:
             held = self._weak(receiver)
         with self._lock:
-            if all(entry[0] != key for entry in self._entries):
-                self._entries = (*self._live(), (key, key[1], held))
+            if all(entry[0] != key for entry in self.receivers):
+                self.receivers = (*self._live(), (key, key[1], held))
         return receiver
 
     def _weak(self, receiver: Receiver) -> _Ref:
@@ -122,24 +124,21 @@ class Signal:
         key = (dispatch_uid or sender_key(receiver), sender_key(sender))
         with self._lock:
             kept = tuple(e for e in self._live() if e[0] != key)
-            removed = len(kept) != len(self._entries)
-            self._entries = kept
+            removed = len(kept) != len(self.receivers)
+            self.receivers = kept
         return removed
 
     def _prune(self) -> None:
         with self._lock:
-            self._entries = self._live()
+            self.receivers = self._live()
 
     def _live(self) -> tuple[_Entry, ...]:
-        return tuple(e for e in self._entries if _resolve(e[2]) is not None)
+        return tuple(e for e in self.receivers if _resolve(e[2]) is not None)
 
     # -- sending ---------------------------------------------------------------
-    @property
-    def receivers(self) -> list[Receiver]:
-        """The live receivers, whatever their sender (empty: nobody listens)."""
-        if not self._entries:
-            return []
-        return [r for r in (_resolve(e[2]) for e in self._entries) if r is not None]
+    def live_receivers(self) -> list[Receiver]:
+        """The live receivers, whatever their sender."""
+        return [r for r in (_resolve(e[2]) for e in self.receivers) if r is not None]
 
     def has_listeners(self, sender: Any = None) -> bool:
         return bool(self._for(sender))
@@ -147,7 +146,7 @@ class Signal:
     def _for(self, sender: Any) -> list[Receiver]:
         key = sender_key(sender)
         found = []
-        for _, wanted, held in self._entries:
+        for _, wanted, held in self.receivers:
             if wanted in (_ANY, key):
                 receiver = _resolve(held)
                 if receiver is not None:
@@ -156,7 +155,7 @@ class Signal:
 
     def send(self, sender: Any = None, **named: Any) -> list[tuple[Receiver, Any]]:
         """Call the receivers for ``sender``; a receiver's exception is logged and returned."""
-        if not self._entries:
+        if not self.receivers:
             return []
         responses: list[tuple[Receiver, Any]] = []
         for receiver in self._for(sender):
