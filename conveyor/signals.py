@@ -69,6 +69,10 @@ celeryd_init = worker_configure
 #: sender=the hostname, after the worker is set up and before it consumes.
 celeryd_after_setup = Signal("celeryd_after_setup", {"instance", "conf"})
 worker_init = Signal("worker_init")
+#: sender=the prefork pool, in the worker process, before each child is forked.
+worker_before_create_process = Signal("worker_before_create_process")
+#: sender=the worker, before each heartbeat it publishes.
+heartbeat_sent = Signal("heartbeat_sent")
 worker_ready = Signal("worker_ready")
 worker_process_init = Signal("worker_process_init")
 worker_process_shutdown = Signal("worker_process_shutdown", {"pid", "exitcode"})
@@ -132,6 +136,7 @@ __all__ = [
     "celeryd_after_setup",
     "celeryd_init",
     "defer_until_commit",
+    "heartbeat_sent",
     "import_modules",
     "message_postrun",
     "message_prerun",
@@ -147,6 +152,7 @@ __all__ = [
     "task_revoked",
     "task_success",
     "task_unknown",
+    "worker_before_create_process",
     "worker_configure",
     "worker_init",
     "worker_process_init",

@@ -166,6 +166,7 @@ class Worker:
     # -- heartbeat ---------------------------------------------------------
     def heartbeat(self, book: LeaseBook, slots: int) -> None:
         """Publish this worker's state (called by the pool's supervisor loop)."""
+        signals.heartbeat_sent.send(sender=self)
         running = book.running_tasks()
         info = {
             "id": self.id,

@@ -149,6 +149,7 @@ class PreforkPool:
     def spawn(self) -> None:
         key = self._next_key
         self._next_key += 1
+        signals.worker_before_create_process.send(sender=self)
         reader, writer = _CTX.Pipe(duplex=False)
         self.book.add_slot(key)
         process = _CTX.Process(target=child_main, args=(self.worker, writer, key, os.getpid()),

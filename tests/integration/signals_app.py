@@ -70,7 +70,7 @@ def _plain_receiver(name: str) -> Any:
 for _name in ("celeryd_init", "worker_init", "worker_ready", "worker_process_init",
               "worker_process_shutdown", "worker_shutting_down", "worker_shutdown",
               "beat_init", "beat_embedded_init", "import_modules", "after_setup_logger",
-              "after_setup_task_logger"):
+              "after_setup_task_logger", "worker_before_create_process", "heartbeat_sent"):
     _KEEP.append(_plain_receiver(_name))
     getattr(signals, _name).connect(_KEEP[-1])
 

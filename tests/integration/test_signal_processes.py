@@ -92,9 +92,11 @@ def test_task_and_worker_signals_in_real_worker_processes(
         url: str, pool: str, spawn: Spawn, lines: Lines) -> None:
     """Celery: task_received/prerun/success/failure/postrun fire where the task runs,
     with sender=task (trace.py); worker_process_init and worker_process_shutdown in each
-    prefork child (concurrency/prefork.py); celeryd_init, worker_init, worker_ready,
-    worker_shutting_down(sig, how, exitcode) and worker_shutdown once in the main
-    process (apps/worker.py); beat_init and beat_embedded_init for ``-B`` (beat.py)."""
+    prefork child (concurrency/prefork.py), worker_before_create_process before each fork
+    (asynpool.py); heartbeat_sent per heartbeat (worker/heartbeat.py); celeryd_init,
+    worker_init, worker_ready, worker_shutting_down(sig, how, exitcode) and worker_shutdown
+    once in the main process (apps/worker.py); beat_init and beat_embedded_init for
+    ``-B`` (beat.py)."""
     client = Conveyor("client", broker=url, set_as_current=False)
     try:
         good = client.send_task(f"{APP}.ok", [1])
@@ -109,11 +111,15 @@ def test_task_and_worker_signals_in_real_worker_processes(
         assert [d.split()[:2] for _, d in lines.of("task_failure")] == [[f"{APP}.fail", bad.id]]
         assert {d.split()[2] for _, d in lines.of("task_postrun")} == {"SUCCESS", "FAILURE"}
         ran_in = {pid for pid, _ in lines.of("task_prerun")}
+        wait_for(lambda: lines.of("heartbeat_sent"), 10, "a heartbeat")
+        assert {pid for pid, _ in lines.of("heartbeat_sent")} == {worker.pid}
         if pool == "prefork":
             children = set(children_of(worker.pid))
             inits = {pid for pid, _ in lines.of("worker_process_init")}
             assert len(inits) == 2 and inits == children and worker.pid not in inits
             assert ran_in <= children
+            assert lines.of("worker_before_create_process") == [
+                (worker.pid, "PreforkPool ")] * 2
         else:
             assert ran_in == {worker.pid} and lines.of("worker_process_init") == []
         for name in ("celeryd_init", "worker_init", "worker_ready", "beat_embedded_init"):

@@ -179,6 +179,7 @@ def test_every_celery_signal_name_exists_with_celery_arguments() -> None:
                  "task_internal_error", "after_task_publish", "worker_init", "worker_ready",
                  "worker_process_init", "worker_process_shutdown", "worker_shutting_down",
                  "worker_shutdown", "beat_init", "beat_embedded_init", "after_setup_logger",
-                 "after_setup_task_logger", "import_modules", "celeryd_after_setup"):
+                 "after_setup_task_logger", "import_modules", "celeryd_after_setup",
+                 "worker_before_create_process", "heartbeat_sent"):
         assert isinstance(getattr(signals, name), Signal), name
     assert signals.worker_configure is signals.celeryd_init
