@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from conveyor import Conveyor, signals
@@ -39,6 +40,12 @@ def ok(x: int) -> int:
 
 
 @app.task
+def sleepy(seconds: float) -> None:
+    write("sleepy_started", sleepy.request.id)
+    time.sleep(seconds)
+
+
+@app.task
 def fail() -> None:
     raise ValueError("fails on purpose")
 
@@ -48,13 +55,14 @@ def _task_receiver(name: str) -> Any:
         task = getattr(sender, "name", None) or kw["request"].task  # received: the executor
         task_id = (kw.get("task_id") or getattr(kw.get("request"), "id", "")
                    or sender.request.id)  # task_success: Celery's receivers read it there
-        write(name, f"{task} {task_id} {kw.get('state', '')}")
+        extra = kw.get("state") or kw.get("exception") or kw.get("signum") or ""
+        write(name, f"{task} {task_id} {extra!r}")
     return receiver
 
 
 _KEEP = []
 for _name in ("task_prerun", "task_postrun", "task_success", "task_failure",
-              "task_received"):
+              "task_received", "task_revoked"):
     _KEEP.append(_task_receiver(_name))
     getattr(signals, _name).connect(_KEEP[-1])
 

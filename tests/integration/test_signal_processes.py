@@ -109,7 +109,7 @@ def test_task_and_worker_signals_in_real_worker_processes(
             assert sorted(d.split()[1] for _, d in lines.of(name)) == sorted([good.id, bad.id])
         assert [d.split()[:2] for _, d in lines.of("task_success")] == [[f"{APP}.ok", good.id]]
         assert [d.split()[:2] for _, d in lines.of("task_failure")] == [[f"{APP}.fail", bad.id]]
-        assert {d.split()[2] for _, d in lines.of("task_postrun")} == {"SUCCESS", "FAILURE"}
+        assert {d.split()[2] for _, d in lines.of("task_postrun")} == {"'SUCCESS'", "'FAILURE'"}
         ran_in = {pid for pid, _ in lines.of("task_prerun")}
         wait_for(lambda: lines.of("heartbeat_sent"), 10, "a heartbeat")
         assert {pid for pid, _ in lines.of("heartbeat_sent")} == {worker.pid}
@@ -134,6 +134,29 @@ def test_task_and_worker_signals_in_real_worker_processes(
         assert names.index("celeryd_init") < names.index("worker_init") < names.index(
             "after_setup_logger") < names.index("worker_ready")
         assert names[-1] == "worker_shutdown"
+    finally:
+        client.close()
+
+
+def test_hard_time_limit_and_terminate_send_failure_and_revoked_from_the_supervisor(
+        url: str, spawn: Spawn, lines: Lines) -> None:
+    """Celery: worker/request.py on_timeout sends task_failure(exception=TimeLimitExceeded)
+    and a terminating revoke sends task_revoked(terminated=True, signum) from the main
+    process, whose pool killed the child.  Conveyor kills with SIGKILL (signum 9)."""
+    client = Conveyor("client", broker=url, set_as_current=False)
+    try:
+        limited = client.send_task(f"{APP}.sleepy", [30], time_limit=0.5)
+        stopped = client.send_task(f"{APP}.sleepy", [30])
+        worker = spawn(url, "worker", "-P", "prefork", "-c", "2")
+        wait_for(lambda: len(lines.of("sleepy_started")) == 2, 30, "both tasks to start")
+        client.revoke(stopped.id, terminate=True)
+        wait_for(lambda: lines.of("task_failure") and lines.of("task_revoked"), 30,
+                 "the kill signals")
+        [(pid, failure)] = lines.of("task_failure")
+        assert pid == worker.pid
+        assert failure.startswith(f"{APP}.sleepy {limited.id} TimeLimitExceeded(")
+        [(pid, revoked)] = lines.of("task_revoked")
+        assert pid == worker.pid and revoked == f"{APP}.sleepy {stopped.id} 9"
     finally:
         client.close()
 
