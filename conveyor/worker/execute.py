@@ -89,7 +89,6 @@ class Executor:
                 DEAD, reason=f"undecodable message: {exc}"))
         # Hooks wrap every result write about this message (integrations use
         # them for per-task hygiene such as database connections).
-        announce.received(self, message, delivery)
         signals.message_prerun.send(self.app, task_id=message.id, task=message.task,
                                     message=message)
         outcome: Outcome | None = None
@@ -114,6 +113,7 @@ class Executor:
                 announce.unknown(self, message, exc)
                 return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
                                f"in this worker (is its module imported or autodiscovered?)")
+        announce.received(self, message, delivery)  # as Celery: not for revoked or unknown
         if on_start is not None:
             on_start(task.name, limit_of(message, "time_limit", task.time_limit), message)
         return self._run(task, message, delivery)

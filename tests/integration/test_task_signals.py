@@ -146,7 +146,8 @@ def test_retry_sends_task_retry_with_request_reason_and_einfo(
 def test_revoked_and_expired_send_task_revoked(app: Conveyor,
                                                listen: Callable[..., Seen]) -> None:
     """Celery: worker/request.py sends task_revoked(sender=task, request, terminated,
-    signum, expired) for revoked and expired messages."""
+    signum, expired) for revoked and expired messages; strategy.py sends no task_received
+    for them."""
     @app.task
     def work() -> None:
         pass
@@ -154,7 +155,7 @@ def test_revoked_and_expired_send_task_revoked(app: Conveyor,
     revoked = work.delay()
     app.revoke(revoked.id)
     expired = work.apply_async(expires=datetime.now(timezone.utc) - timedelta(seconds=1))
-    seen = listen(signals.task_revoked, signals.task_prerun)
+    seen = listen(signals.task_revoked, signals.task_prerun, signals.task_received)
     with run_worker(app) as worker:
         worker.join()
     by_id = {kw["request"].id: (sender, kw) for sender, kw in named(seen, "task_revoked")}
@@ -162,7 +163,7 @@ def test_revoked_and_expired_send_task_revoked(app: Conveyor,
     assert {k: v for k, v in by_id[revoked.id][1].items() if k != "request"} == {
         "terminated": False, "signum": None, "expired": False}
     assert by_id[expired.id][1]["expired"] is True
-    assert named(seen, "task_prerun") == []  # neither ran
+    assert named(seen, "task_prerun") == named(seen, "task_received") == []  # neither ran
 
 
 def test_unknown_task_and_undecodable_body_send_task_unknown_and_task_rejected(
