@@ -154,6 +154,7 @@ class LoggingProxy(io.TextIOBase):
         self.logger, self.level, self.original = logger, level, original
         self._partial = ""
         self._local = threading.local()
+        self._lock = threading.Lock()  # threads pool: one partial line per proxy
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -162,7 +163,8 @@ class LoggingProxy(io.TextIOBase):
     def write(self, data: str) -> int:
         if getattr(self._local, "busy", False):
             return self.original.write(data)
-        *lines, self._partial = (self._partial + data).split("\n")
+        with self._lock:
+            *lines, self._partial = (self._partial + data).split("\n")
         for line in lines:
             self._log(line)
         return len(data)
@@ -177,9 +179,9 @@ class LoggingProxy(io.TextIOBase):
             self._local.busy = False
 
     def flush(self) -> None:
-        if self._partial:
+        with self._lock:
             line, self._partial = self._partial, ""
-            self._log(line)
+        self._log(line)
 
     def isatty(self) -> bool:
         return False

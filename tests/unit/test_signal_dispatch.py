@@ -183,3 +183,31 @@ def test_every_celery_signal_name_exists_with_celery_arguments() -> None:
                  "worker_before_create_process", "heartbeat_sent"):
         assert isinstance(getattr(signals, name), Signal), name
     assert signals.worker_configure is signals.celeryd_init
+
+
+def test_logging_proxy_logs_whole_lines_and_never_loops() -> None:
+    """Celery: app/log.py redirect_stdouts logs what is written to stdout line by line
+    (LoggingProxy); a write made while logging goes to the real stream."""
+    import io
+
+    from conveyor.log import LoggingProxy
+
+    records: list[str] = []
+    real = io.StringIO()
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+            proxy.write("written while logging\n")  # must not recurse
+
+    logger = logging.getLogger("conveyor.test-proxy")
+    logger.propagate = False
+    logger.addHandler(Recorder())
+    proxy = LoggingProxy(logger, logging.WARNING, real)
+    proxy.write("one\ntw")
+    proxy.write("o\n\n")
+    proxy.write("tail")
+    assert records == ["one", "two"]
+    proxy.flush()
+    assert records == ["one", "two", "tail"]
+    assert real.getvalue() == "written while logging\n" * 3
