@@ -123,6 +123,7 @@ class Settings:
     worker_hijack_root_logger: bool = True
     worker_redirect_stdouts: bool = True
     worker_redirect_stdouts_level: str = "WARNING"
+    worker_log_color: bool | None = None  # None: colour when stderr is a terminal
     # Beat
     beat_schedule: dict[str, Any] = field(default_factory=dict)
     beat_scheduler: str | None = None

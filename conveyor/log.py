@@ -81,21 +81,48 @@ def _configured(logger: logging.Logger) -> bool:
     return any(not isinstance(h, logging.NullHandler) for h in logger.handlers)
 
 
-def _add_handler(logger: logging.Logger, fmt: str) -> None:
+#: Celery's colours by level (INFO stays plain).
+_COLORS = {"DEBUG": "\x1b[34m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m",
+           "CRITICAL": "\x1b[35m"}
+
+
+class ColorFormatter(logging.Formatter):
+    """Colours a whole line by its level, as Celery's ``ColorFormatter``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        color = _COLORS.get(record.levelname)
+        return f"{color}{line}\x1b[0m" if color else line
+
+
+def _stderr() -> TextIO:
+    """The real stderr, under a redirect too (so handlers never write to a proxy)."""
+    stream = sys.stderr
+    return stream.original if isinstance(stream, LoggingProxy) else stream
+
+
+def use_color(setting: bool | None) -> bool:
+    """Celery's ``worker_log_color``: off when False, else only on a terminal."""
+    if setting is False:
+        return False
+    isatty = getattr(_stderr(), "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _add_handler(logger: logging.Logger, fmt: str, colorize: bool) -> None:
     """Give ``logger`` a stderr handler, unless it already has one (as Celery does)."""
     if _configured(logger):
         return
-    stream = sys.stderr if not isinstance(sys.stderr, LoggingProxy) else sys.__stderr__
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(_stderr())
     handler.addFilter(TaskContextFilter())
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(ColorFormatter(fmt) if colorize else logging.Formatter(fmt))
     logger.addHandler(handler)
 
 
 def setup_logging(level: str | int = "INFO", fmt: str | None = None, *,
                   task_fmt: str | None = None, hijack_root: bool = True,
                   redirect_stdouts: bool = False, redirect_level: str | int = "WARNING",
-                  logfile: str | None = None) -> bool:
+                  colorize: bool | None = False, logfile: str | None = None) -> bool:
     """Configure logging for a worker or beat process, as Celery's ``Logging.setup``.
 
     A connected ``setup_logging`` signal receiver takes over: Conveyor then
@@ -105,24 +132,27 @@ def setup_logging(level: str | int = "INFO", fmt: str | None = None, *,
     handler is added only if the root has none); task loggers get their own
     handler in ``task_fmt`` and stop propagating; then ``after_setup_logger``
     and ``after_setup_task_logger`` are sent, and ``print`` output is logged
-    at ``redirect_level`` when ``redirect_stdouts`` is on.
+    at ``redirect_level`` when ``redirect_stdouts`` is on.  ``colorize``
+    (``worker_log_color``) colours lines by level on a terminal; None: if
+    stderr is one.
     """
     from conveyor import signals
 
     levelno = _level(level)
     fmt = fmt or DEFAULT_FORMAT
-    args = {"loglevel": levelno, "logfile": logfile, "format": fmt, "colorize": False}
+    color = use_color(colorize)
+    args = {"loglevel": levelno, "logfile": logfile, "format": fmt, "colorize": color}
     if signals.setup_logging.send(sender=None, **args):
         return True
     root, task_logger = logging.getLogger(), logging.getLogger(TASK_LOGGER)
     if hijack_root:
         for logger in (root, task_logger, logging.getLogger(REDIRECTED_LOGGER)):
             logger.handlers[:] = []
-    _add_handler(root, fmt)
+    _add_handler(root, fmt, color)
     root.setLevel(levelno)
     signals.after_setup_logger.send(sender=None, logger=root, **args)
     task_fmt = task_fmt or DEFAULT_TASK_FORMAT
-    _add_handler(task_logger, task_fmt)
+    _add_handler(task_logger, task_fmt, color)
     task_logger.setLevel(levelno)
     task_logger.propagate = False
     signals.after_setup_task_logger.send(sender=None, logger=task_logger,
@@ -138,7 +168,8 @@ def setup_logging_for(app: Conveyor, level: str | int) -> bool:
     return setup_logging(level, conf.worker_log_format, task_fmt=conf.worker_task_log_format,
                          hijack_root=conf.worker_hijack_root_logger,
                          redirect_stdouts=conf.worker_redirect_stdouts,
-                         redirect_level=conf.worker_redirect_stdouts_level)
+                         redirect_level=conf.worker_redirect_stdouts_level,
+                         colorize=conf.worker_log_color)
 
 
 class LoggingProxy(io.TextIOBase):

@@ -207,6 +207,7 @@ def test_log_formats_task_format_and_redirected_print(
     assert f"TASKFMT {APP}.ok[{task_id}]: task says 1" in text
     assert "MAINFMT INFO worker " in text  # the worker's own lines
     assert "MAINFMT ERROR printed from task 1" in text
+    assert "\x1b[" not in text  # not a terminal: no colour
     [(_, root)] = lines.of("after_setup_logger")
     assert root == f"NoneType loglevel=20 format={MAIN_FMT}"
     [(_, task)] = lines.of("after_setup_task_logger")
@@ -239,3 +240,43 @@ def test_connected_setup_logging_means_conveyor_configures_nothing(
     assert "\nprinted from task 1\n" in text
     assert lines.of("after_setup_logger") == lines.of("after_setup_task_logger") == []
     assert os.environ.get("CUSTOM_LOGGING") is None  # the test process is untouched
+
+
+def _run_on_terminal(url: str, tmp_path: Path, lines: Lines, **settings: object) -> bytes:
+    """Run ``ok(1)`` on a worker whose stderr is a pseudo-terminal; return what it wrote."""
+    import pty
+    import select
+
+    client = Conveyor("client", broker=url, set_as_current=False)
+    master, slave = pty.openpty()
+    env = worker_env(url, tmp_path / "ledger.txt", worker_heartbeat_interval=0.5, **settings)
+    env["SIGNAL_LOG"] = str(lines.path)
+    cmd = [sys.executable, "-m", "conveyor", "-A", APP, "worker", "-l", "INFO",
+           "-P", "threads", "-c", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        assert client.send_task(f"{APP}.ok", [1]).get(timeout=60) == 1
+        while b"printed from task 1" not in seen:  # bounded by the select timeout
+            ready, _, _ = select.select([master], [], [], 20)
+            assert ready, f"no output on the terminal; got {seen!r}"
+            seen += os.read(master, 65536)
+        return seen
+    finally:
+        stop(proc)
+        os.close(master)
+        client.close()
+
+
+def test_worker_log_color_on_a_terminal(sqlite_only: str, lines: Lines,
+                                        tmp_path: Path) -> None:
+    """Celery: app/log.py supports_color: lines are coloured by level when stderr is a
+    terminal and worker_log_color is not False (a redirected print is a WARNING: yellow);
+    False turns colour off.  Output to a file is never coloured (the other tests)."""
+    coloured = _run_on_terminal(sqlite_only, tmp_path, lines)
+    [line] = [x for x in coloured.splitlines() if b"printed from task 1" in x]
+    assert line.startswith(b"\x1b[33m") and line.endswith(b"\x1b[0m")
+    plain = _run_on_terminal(sqlite_only, tmp_path, lines, worker_log_color=False)
+    assert b"printed from task 1" in plain and b"\x1b[" not in plain
