@@ -45,8 +45,9 @@ before_task_publish = Signal("before_task_publish", {
 after_task_publish = Signal("after_task_publish", {"body", "exchange", "routing_key", "headers"})
 
 # -- the worker, per task (sender: the task object unless noted) --------------
-#: sender=the worker's executor; ``request`` describes the message.  Sent when
-#: the message is decoded, just before it is checked and run.
+#: sender=the worker's executor; ``request`` describes the message.  Sent just
+#: before the run, once the message passed its checks (not for revoked,
+#: expired or unknown ones, as in Celery).
 task_received = Signal("task_received", {"request"})
 task_prerun = Signal("task_prerun", {"task_id", "task", "args", "kwargs"})
 task_postrun = Signal("task_postrun", {"task_id", "task", "args", "kwargs", "retval", "state"})
