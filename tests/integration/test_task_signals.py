@@ -54,14 +54,21 @@ def named(seen: Seen, name: str) -> list[tuple[Any, dict[str, Any]]]:
     return [(sender, kw) for n, sender, kw in seen if n == name]
 
 
+@pytest.mark.parametrize("pool", ["threads", "async", "solo"])
 def test_success_sends_received_prerun_success_postrun_with_celery_arguments(
-        app: Conveyor, listen: Callable[..., Seen]) -> None:
+        app: Conveyor, listen: Callable[..., Seen], pool: str) -> None:
     """Celery: app/trace.py sends task_prerun(sender=task, task_id, task, args, kwargs)
     before the run, task_success(sender=task, result) and task_postrun(..., retval, state)
-    after it; worker/strategy.py sends task_received(sender=consumer, request)."""
-    @app.task
-    def add(a: int, b: int = 0) -> int:
-        return a + b
+    after it; worker/strategy.py sends task_received(sender=consumer, request).  On every
+    pool (prefork: test_signal_processes.py), ``async def`` tasks on the async one."""
+    if pool == "async":
+        @app.task
+        async def add(a: int, b: int = 0) -> int:
+            return a + b
+    else:
+        @app.task
+        def add(a: int, b: int = 0) -> int:
+            return a + b
 
     request_ids: list[str | None] = []
 
@@ -72,7 +79,7 @@ def test_success_sends_received_prerun_success_postrun_with_celery_arguments(
     seen = listen(signals.task_received, signals.task_prerun, signals.task_success,
                   signals.task_postrun)
     try:
-        with run_worker(app) as worker:
+        with run_worker(app, pool=pool) as worker:
             result = add.delay(2, b=3)
             assert result.get(timeout=10) == 5
             worker.join()
