@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import signals
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -105,8 +106,12 @@ class Worker:
     def run(self, install_signals: bool = True) -> None:
         """Serve until shut down (blocks)."""
         self.app.finalize()
+        self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
+        address = _safe_url(self.app.conf.broker_url)
+        if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
+            return
         self._pool = self._make_pool()
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
