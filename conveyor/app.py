@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, signals, states
+from conveyor import _state, publishing, signals, states
 from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
@@ -190,6 +190,7 @@ class Conveyor:
         if self._finalized:
             return
         self._finalized = True
+        signals.import_modules.send(sender=self)
         for module in [*self._include, *self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         for pkgs, related in self._autodiscover:
@@ -390,6 +391,7 @@ class Conveyor:
 
         def send() -> None:
             self.broker.enqueue_many(envelopes)
+            publishing.after_envelopes(envelopes)
 
         if envelopes and not (on_commit and signals.defer_until_commit(send)):
             send()
@@ -405,12 +407,12 @@ class Conveyor:
         if task is not None and task.options.typing:
             for args, kwargs in calls:
                 task._check_arguments(args, kwargs)
-        if self.routes.by_name_only or options.get("queue"):
+        if (self.routes.by_name_only or options.get("queue")) and not publishing.watched():
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
         else:  # a router may look at each call's arguments
-            messages = [self._new_message(name, task, args, kwargs, options, parent)
-                        for args, kwargs in calls]
+            messages = publishing.before([self._new_message(name, task, args, kwargs, options,
+                                                            parent) for args, kwargs in calls])
             ids, envelopes = [m.id for m in messages], [self.envelope(m) for m in messages]
         if parent is not None:
             parent.children.extend(ids)
@@ -444,10 +446,14 @@ class Conveyor:
     def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None,
                 idempotency_ttl: float | None = None) -> list[str]:
         """Encode and store messages (one batch); returns the ids the broker holds."""
+        messages = publishing.before(messages)
         envelopes = [self.envelope(m, idempotency_key, idempotency_ttl) for m in messages]
         if len(envelopes) == 1:
-            return [self.broker.enqueue(envelopes[0])]
-        return self.broker.enqueue_many(envelopes)
+            ids = [self.broker.enqueue(envelopes[0])]
+        else:
+            ids = self.broker.enqueue_many(envelopes)
+        publishing.after(messages)
+        return ids
 
     def envelope(self, message: Message, idempotency_key: str | None = None,
                  idempotency_ttl: float | None = None) -> Envelope:

@@ -214,7 +214,16 @@ class Settings:
         "log format of the worker and beat",
         "different on purpose: None is Conveyor's format, which names the task id"))
     worker_task_log_format: str | None = field(default=None, metadata=_doc(
-        "log format of task loggers"))
+        "log format of lines logged through get_task_logger (%(task_name)s, %(task_id)s)",
+        "different on purpose: None is the worker's line, which names the task and its id"))
+    worker_hijack_root_logger: bool = field(default=True, metadata=_doc(
+        "replace the root logger's handlers at start; False leaves them alone"))
+    worker_redirect_stdouts: bool = field(default=True, metadata=_doc(
+        "log what worker and beat print to stdout and stderr"))
+    worker_redirect_stdouts_level: str = field(default="WARNING", metadata=_doc(
+        "level of those redirected lines"))
+    worker_log_color: bool | None = field(default=None, metadata=_doc(
+        "colour log lines by level; None: when stderr is a terminal; False: never"))
     # Beat
     beat_schedule: dict[str, Any] = field(default_factory=dict, metadata=_doc(
         "periodic tasks"))
