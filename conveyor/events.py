@@ -45,6 +45,7 @@ import abc
 import bisect
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
 from conveyor.exceptions import ConfigurationError
+from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -281,7 +283,7 @@ class TaskClock:
         else:
             head = _peek(delivery.body)
             sent, eta = _number(head.get("created")), _number(head.get("eta"))
-            retries = int(head.get("retries") or 0)
+            retries = _count_of(head.get("retries"))
         due = max(sent or 0.0, eta or 0.0)
         report = TaskReport(
             task_id=_task_id(delivery.id), name=task, queue=delivery.queue,
@@ -292,22 +294,35 @@ class TaskClock:
         return report
 
     def finish(self, delivery: Delivery, outcome: _Outcome) -> TaskReport | None:
+        """The outcome's report, or None when there is nothing to count.
+
+        Never raises: it runs after the message was settled, in the loop that
+        must go on serving, on bodies that may be anything at all."""
         state = DEAD if outcome.action == "dead" else outcome.state
         current, self._current = self._current, None
         if state is None:
             return None  # handed back unstarted, or ignored: nothing to count
+        try:
+            return self._report(delivery, outcome, state, current)
+        except Exception:
+            log.exception("no event recorded for %s", delivery.id)
+            return None
+
+    def _report(self, delivery: Delivery, outcome: _Outcome, state: str,
+                current: tuple[str, TaskReport] | None) -> TaskReport:
         now = time.time()
+        info = None if outcome.reason is None else printable(outcome.reason)
         if current is not None and current[0] == delivery.id:
             s = current[1]
             runtime = outcome.runtime or now - (s.started_at or now)
             # Built directly: dataclasses.replace costs ten times as much.
             return TaskReport(s.task_id, s.name, s.queue, state, now, s.retries, s.sent_at,
-                              s.started_at, runtime, s.wait, outcome.reason)
+                              s.started_at, runtime, s.wait, info)
         head = _peek(delivery.body, limit=None)  # rare: refused or dead-lettered unstarted
         return TaskReport(
-            task_id=_task_id(delivery.id), name=str(head.get("task") or "(undecodable)"),
-            queue=delivery.queue, state=state, at=now, retries=int(head.get("retries") or 0),
-            sent_at=_number(head.get("created")), info=outcome.reason,
+            task_id=_task_id(delivery.id), name=printable(_name_of(head.get("task"))),
+            queue=delivery.queue, state=state, at=now, retries=_count_of(head.get("retries")),
+            sent_at=_number(head.get("created")), info=info,
         )
 
 
@@ -330,18 +345,40 @@ def _task_id(delivery_id: str) -> str:
 PEEK_LIMIT = 64 * 1024
 
 
+#: The longest task name an event carries (a hostile body may name anything).
+MAX_NAME = 200
+
+
 def _peek(body: bytes, limit: int | None = PEEK_LIMIT) -> dict[str, Any]:
+    """The body's top-level fields, or nothing: any body at all, however hostile
+    (nested past the recursion limit, not UTF-8, not an object), gives a dict."""
     if limit is not None and len(body) > limit:
         return {}
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, MemoryError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, or None (NaN and infinities are no time)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count_of(value: Any) -> int:
+    """A retry count from a body: a non-negative int, else 0."""
+    return value if type(value) is int and 0 <= value < 2**31 else 0
+
+
+def _name_of(value: Any) -> str:
+    return value[:MAX_NAME] if isinstance(value, str) and value else "(undecodable)"
 
 
 class Recorder:

@@ -21,7 +21,9 @@ from conveyor.serialization import (
     decode_payload,
     dumps_json,
     encode_payload,
+    printable,
     to_jsonable,
+    utf8,
 )
 
 PROTOCOL_VERSION = 1
@@ -80,7 +82,16 @@ class Message:
 
     def encode(self) -> bytes:
         """Serialize to the wire format; raises naming the argument that cannot travel."""
-        return dumps_json(self._doc()).encode("utf-8")
+        return utf8(dumps_json(self._doc()), self._named)
+
+    def _named(self) -> list[tuple[str, Any]]:
+        """The values a body is made of, named as errors name them."""
+        return [*((f"positional argument {i}", v) for i, v in enumerate(self.args)),
+                *((f"keyword argument {k!r}", v) for k, v in self.kwargs.items()),
+                *((f"the name of keyword argument {printable(k)!r}", k) for k in self.kwargs),
+                ("the task name", self.task), ("the queue", self.queue),
+                ("the headers", self.headers), ("the workflow", [self.chain, self.chord,
+                                                                 self.callbacks, self.errbacks])]
 
     def _doc(self) -> dict[str, Any]:
         """The wire document: fields in declaration order, those at their default left out.
@@ -144,6 +155,8 @@ class Message:
             if not isinstance(doc.get(required), str):
                 raise MessageDecodeError(f"message has no string field {required!r}")
         content_type = doc.get("content_type", JSON)
+        if not isinstance(content_type, str):
+            raise MessageDecodeError("message field 'content_type' must be a string")
         check_accepted(content_type, accept_content)
         return cls._from_doc(doc, content_type)
 
@@ -159,9 +172,12 @@ class Message:
             extra["callbacks"] = tuple(extra.get("callbacks", ()))
             extra["errbacks"] = tuple(extra.get("errbacks", ()))
             extra["headers"] = decode_payload(extra.get("headers", {}), JSON)
+            check_fields(extra)
             return cls(args=tuple(args), kwargs=dict(kwargs), **extra)
-        except (TypeError, ValueError) as exc:
-            raise MessageDecodeError(f"malformed message fields: {exc}") from exc
+        except MessageDecodeError:
+            raise
+        except Exception as exc:  # hostile input: any failure to decode is the body's fault
+            raise MessageDecodeError(f"malformed message fields: {exc!r}"[:500]) from exc
 
 
 _FIELD_ORDER = tuple(Message.__dataclass_fields__)
@@ -196,7 +212,8 @@ class BodyTemplate:
         if kwargs or self._typed:
             parts += [',"kwargs":', dumps_json(_encode_kwargs(kwargs, content_type))]
         parts += [self._middle, repr(created), self._tail]
-        return "".join(parts).encode("utf-8")
+        return utf8("".join(parts), lambda: self.prototype.evolve(
+            id=task_id, args=args, kwargs=kwargs)._named())
 
 
 def _members(doc: dict[str, Any], keys: list[str]) -> str:
@@ -231,6 +248,65 @@ def _parse(body: bytes) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageDecodeError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MessageDecodeError("body is nested too deeply to decode") from exc
+    except ValueError as exc:  # e.g. an integer longer than int_max_str_digits
+        raise MessageDecodeError(f"body is not usable JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise MessageDecodeError(f"body is a JSON {type(doc).__name__}, not an object")
     return doc
+
+
+# -- envelope field checks (a body written straight into the broker skipped .delay()) --
+_BOUND = 2**31  # retries, priority, group_index, max_deliveries: far above any real value
+_TEXT_FIELDS = ("queue", "root_id", "parent_id", "group_id")
+_TIME_FIELDS = ("eta", "expires", "created")
+_COUNT_FIELDS = ("priority", "retries", "group_index")
+_LIMIT_HEADERS = ("time_limit", "soft_time_limit")
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """Refuse envelope fields of the wrong type or out of range, naming the field.
+
+    Without this a hostile body (``"retries": 10**4000``, ``"eta": "soon"``)
+    would fail deep inside the worker, or make it compute ``2 ** retries``.
+    """
+    for name in _TEXT_FIELDS:
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise MessageDecodeError(f"message field {name!r} must be a string")
+    for name in _TIME_FIELDS:
+        nullable = name != "created"
+        if (name in fields and not (nullable and fields[name] is None)
+                and not _finite(fields[name])):
+            raise MessageDecodeError(f"message field {name!r} must be a finite number")
+    for name in _COUNT_FIELDS:
+        if fields.get(name) is not None and not _count(fields[name]):
+            raise MessageDecodeError(f"message field {name!r} must be an integer "
+                                     f"from 0 to {_BOUND - 1}")
+    if fields.get("chord") is not None and not isinstance(fields["chord"], dict):
+        raise MessageDecodeError("message field 'chord' must be an object")
+    for name in ("chain", "callbacks", "errbacks"):
+        if not all(isinstance(item, dict) for item in fields.get(name, ())):
+            raise MessageDecodeError(f"message field {name!r} must be a list of objects")
+    _check_headers(fields.get("headers"))
+
+
+def _check_headers(headers: Any) -> None:
+    if not isinstance(headers, dict):
+        raise MessageDecodeError("message field 'headers' must be an object")
+    for name in _LIMIT_HEADERS:
+        value = headers.get(name)
+        if value is not None and not (_finite(value) and value >= 0):
+            raise MessageDecodeError(f"message header {name!r} must be a number of seconds")
+    deliveries = headers.get("max_deliveries")
+    if deliveries is not None and not (_count(deliveries) and deliveries > 0):
+        raise MessageDecodeError("message header 'max_deliveries' must be a positive integer")
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -1e18 < value < 1e18)  # also false for NaN
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _BOUND
