@@ -259,7 +259,8 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 # -- envelope field checks (a body written straight into the broker skipped .delay()) --
 _BOUND = 2**31  # retries, priority, group_index, max_deliveries: far above any real value
-_TEXT_FIELDS = ("queue", "root_id", "parent_id", "group_id")
+_TEXT_FIELDS = ("id", "task", "queue", "root_id", "parent_id", "group_id")
+_MAX_TEXT = 1000  # ids and names become store keys
 _TIME_FIELDS = ("eta", "expires", "created")
 _COUNT_FIELDS = ("priority", "retries", "group_index")
 _LIMIT_HEADERS = ("time_limit", "soft_time_limit")
@@ -272,15 +273,21 @@ def check_fields(fields: dict[str, Any]) -> None:
     would fail deep inside the worker, or make it compute ``2 ** retries``.
     """
     for name in _TEXT_FIELDS:
-        if fields.get(name) is not None and not isinstance(fields[name], str):
-            raise MessageDecodeError(f"message field {name!r} must be a string")
+        value = fields.get(name)
+        if value is None and name not in ("id", "task"):
+            continue
+        if not (isinstance(value, str) and len(value) <= _MAX_TEXT and _utf8(value)):
+            raise MessageDecodeError(f"message field {name!r} must be well-formed text "
+                                     f"of at most {_MAX_TEXT} characters")
     for name in _TIME_FIELDS:
         nullable = name != "created"
         if (name in fields and not (nullable and fields[name] is None)
                 and not _finite(fields[name])):
             raise MessageDecodeError(f"message field {name!r} must be a finite number")
     for name in _COUNT_FIELDS:
-        if fields.get(name) is not None and not _count(fields[name]):
+        nullable = name == "group_index"
+        if (name in fields and not (nullable and fields[name] is None)
+                and not _count(fields[name])):
             raise MessageDecodeError(f"message field {name!r} must be an integer "
                                      f"from 0 to {_BOUND - 1}")
     if fields.get("chord") is not None and not isinstance(fields["chord"], dict):
@@ -310,3 +317,11 @@ def _finite(value: Any) -> bool:
 
 def _count(value: Any) -> bool:
     return type(value) is int and 0 <= value < _BOUND
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
