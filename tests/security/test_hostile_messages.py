@@ -227,3 +227,60 @@ def test_hypothesis_envelopes_never_stop_the_worker(memory_url: str) -> None:
         assert worker.worker._pool.replaced == 0
     assert sent[0] >= 1000
     app.close()
+
+
+# -- values that cannot be stored ----------------------------------------------------
+@pytest.fixture
+def store_app(url: str) -> Iterator[Conveyor]:
+    """An app whose broker and result store are the parametrized SQLite or Redis."""
+    from tests.security import hostile_app
+
+    app = Conveyor("values", broker=url, result_backend=url, set_as_current=False)
+    for task in (hostile_app.echo, hostile_app.give_back):
+        app.task(name=task.name)(task.run)
+    yield app
+    app.close()
+
+
+def test_a_lone_surrogate_argument_is_refused_at_delay(store_app: Conveyor) -> None:
+    """Refused before anything is sent, naming the argument (as a model instance is,
+    guarantee 5).  Celery's JSON encoder would fail on it with a bare
+    UnicodeEncodeError from deep inside kombu."""
+    from conveyor.exceptions import SerializationError
+
+    echo = store_app.tasks[corpus.ECHO]
+    with pytest.raises(SerializationError, match=r"positional argument 1 holds a lone"):
+        echo.delay("fine", "bad \ud800")
+    with pytest.raises(SerializationError, match=r"keyword argument 'note'\['x'\] holds"):
+        echo.delay(note={"x": "\udfff"})
+    with pytest.raises(SerializationError, match=r"name of keyword argument"):
+        echo.apply_async(kwargs={"\ud800": 1})
+    assert sum(s.ready for s in store_app.broker.stats(["default"])) == 0
+
+
+def test_a_result_that_cannot_be_stored_is_a_clear_failure(store_app: Conveyor) -> None:
+    """A task returning a lone surrogate used to run, fail to store its result and be
+    dead-lettered after its side effects (issue 15, finding 3): now its record
+    is a FAILURE that names the value, and the message is acknowledged."""
+    give_back = store_app.tasks[f"{corpus.APP}.give_back"]
+    with run_worker(store_app, concurrency=1) as worker:
+        result = give_back.delay("surrogate")
+        with pytest.raises(Exception, match="the task's return value holds a lone surrogate"):
+            result.get(timeout=15)
+        worker.join(15)
+    assert result.state == "FAILURE"
+    [stats] = store_app.broker.stats(["default"])
+    assert stats.dead == 0
+
+
+def test_nan_and_infinity_results_round_trip(store_app: Conveyor) -> None:
+    """Decision (docs/security.md): NaN and Infinity travel as Python's json (and
+    kombu's, so Celery's) writes them, the non-standard tokens NaN/Infinity, and
+    read back as the same floats; the monitor shows them as text."""
+    give_back = store_app.tasks[f"{corpus.APP}.give_back"]
+    echo = store_app.tasks[corpus.ECHO]
+    with run_worker(store_app, concurrency=1):
+        nan = give_back.delay("nan").get(timeout=15)
+        assert give_back.delay("inf").get(timeout=15) == float("inf")
+        assert echo.delay(float("-inf")).get(timeout=15) == [[float("-inf")], {}]
+    assert nan != nan
