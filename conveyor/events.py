@@ -75,6 +75,7 @@ __all__ = [
     "Recorder",
     "TaskClock",
     "TaskEntry",
+    "TaskPage",
     "TaskQuery",
     "TaskReport",
     "TimelineEvent",
@@ -223,6 +224,9 @@ class TaskQuery:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+    #: Look at no more than this many of the most recent entries in the time range
+    #: (None: all); bounds a search that matches little (the monitor sets it).
+    scan: int | None = None
 
     def matches(self, entry: TaskEntry) -> bool:
         checks = (
@@ -234,6 +238,16 @@ class TaskQuery:
             self.until is None or entry.updated_at <= self.until,
         )
         return all(checks)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """A search's answer; ``complete`` is False when it stopped at ``query.scan``
+    entries, so older entries (before the oldest one looked at) may match too."""
+
+    entries: list[TaskEntry]
+    complete: bool = True
+    oldest: float | None = None  # updated_at of the oldest entry looked at
 
 
 @dataclass
@@ -587,6 +601,10 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
         """Index entries matching ``query``, most recently updated first."""
+
+    def search(self, query: TaskQuery) -> TaskPage:
+        """:meth:`tasks`, saying whether the scan was cut at ``query.scan``."""
+        return TaskPage(self.tasks(query))
 
     @abc.abstractmethod
     def timeline(self, task_id: str) -> list[TimelineEvent]:
