@@ -246,7 +246,11 @@ def encode_payload(value: Any, content_type: str, where: str) -> Any:
             return base64.b64encode(pickle.dumps(value)).decode("ascii")
         except Exception as exc:
             raise SerializationError(f"{where} cannot be pickled: {exc}") from exc
-    return to_jsonable(value, where)
+    try:
+        return to_jsonable(value, where)
+    except RecursionError:
+        raise SerializationError(f"{where} is nested too deeply to serialize (a few hundred "
+                                 "levels at most)") from None
 
 
 def decode_payload(value: Any, content_type: str) -> Any:

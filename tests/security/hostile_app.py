@@ -35,6 +35,11 @@ def ping(tag: str) -> int:
 @app.task
 def give_back(value: str) -> Any:
     """Returns a value the result store cannot hold for the names below."""
+    if value == "deep":
+        deep: list[Any] = []
+        for _ in range(3000):
+            deep = [deep]
+        return deep
     return {"surrogate": "\ud800", "nan": float("nan"), "inf": float("inf")}[value]
 
 

@@ -284,3 +284,22 @@ def test_nan_and_infinity_results_round_trip(store_app: Conveyor) -> None:
         assert give_back.delay("inf").get(timeout=15) == float("inf")
         assert echo.delay(float("-inf")).get(timeout=15) == [[float("-inf")], {}]
     assert nan != nan
+
+
+def test_a_result_nested_too_deeply_is_a_clear_failure(store_app: Conveyor) -> None:
+    """Used to be dead-lettered as an internal error after the task ran (RecursionError)."""
+    echo = store_app.tasks[corpus.ECHO]
+    deep: list[Any] = []
+    for _ in range(3000):
+        deep = [deep]
+    from conveyor.exceptions import SerializationError
+
+    with pytest.raises(SerializationError, match="positional argument 0 is nested too deeply"):
+        echo.delay(deep)
+    give_back = store_app.tasks[f"{corpus.APP}.give_back"]
+    with run_worker(store_app, concurrency=1) as worker:
+        result = give_back.delay("deep")
+        with pytest.raises(Exception, match="return value is nested too deeply"):
+            result.get(timeout=15)
+        worker.join(15)
+    assert store_app.broker.stats(["default"])[0].dead == 0
