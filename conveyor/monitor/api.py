@@ -121,7 +121,7 @@ def endpoint(fn: Callable[[Monitor, Request], Any]) -> Callable[[Monitor], Handl
 def window_of(request: Request) -> int:
     raw = request.query_params.get("window", "1h")
     if raw not in WINDOWS:
-        raise BadRequest(f"window must be one of 1h, 24h (got {raw!r})")
+        raise BadRequest(f"window must be one of 1h, 24h (got {printable(raw, 40)!r})")
     return WINDOWS[raw]
 
 
