@@ -19,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
-from conveyor.exceptions import ConfigurationError
+from conveyor.exceptions import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -178,9 +178,11 @@ class Worker:
             return
         try:
             self.events.write(batch)
-        except Exception:
+        except BrokerError:  # the store is away: the next heartbeat carries the batch
             book.recorder.restore(batch)
             raise
+        except Exception:  # the store refused the data: carrying it on would fail forever
+            log.exception("dropped %d task events the event store refused", len(batch.tasks))
 
     def _goodbye(self) -> None:
         book = getattr(self._pool, "book", None)

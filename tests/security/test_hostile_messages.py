@@ -303,3 +303,36 @@ def test_a_result_nested_too_deeply_is_a_clear_failure(store_app: Conveyor) -> N
             result.get(timeout=15)
         worker.join(15)
     assert store_app.broker.stats(["default"])[0].dead == 0
+
+
+def test_a_batch_of_events_the_store_refuses_is_dropped_not_retried_forever(
+        memory_url: str) -> None:
+    """A batch the store refuses for its data (it used to be a NULL retries count
+    from a hostile body) was put back and refused again at every heartbeat, so no
+    task event was recorded again; now only a store that is away keeps it."""
+    from conveyor.events import TaskReport
+    from conveyor.exceptions import BrokerError
+    from conveyor.worker.book import LeaseBook
+    from conveyor.worker.main import Worker
+
+    class Refusing:
+        def __init__(self, error: Exception) -> None:
+            self.error, self.written = error, 0
+
+        def write(self, batch: Any) -> None:
+            self.written += 1
+            raise self.error
+
+    app = Conveyor("flush", broker=memory_url, set_as_current=False)
+    for error, kept in ((ValueError("NOT NULL constraint failed"), 0),
+                        (BrokerError("event store away"), 1)):
+        book = LeaseBook()
+        book.recorder.add(TaskReport("t1", "x", "default", "SUCCESS", 1.0))
+        worker = Worker(app, pool="threads", events=Refusing(error))  # type: ignore[arg-type]
+        if kept:
+            with pytest.raises(BrokerError):
+                worker._flush(book)
+        else:
+            worker._flush(book)
+        assert len(book.recorder.drain("w").tasks) == kept
+    app.close()
