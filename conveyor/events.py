@@ -45,7 +45,6 @@ import abc
 import bisect
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -359,6 +358,8 @@ def _task_id(delivery_id: str) -> str:
 PEEK_LIMIT = 64 * 1024
 
 
+#: Times beyond this many seconds either side of 1970 are not times (year 5138).
+MAX_TIME = 1e11
 #: The longest task name an event carries (a hostile body may name anything).
 MAX_NAME = 200
 
@@ -376,14 +377,11 @@ def _peek(body: bytes, limit: int | None = PEEK_LIMIT) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
-    """A finite number, or None (NaN and infinities are no time)."""
+    """A time from a body (Unix seconds), or None: NaN, infinities and numbers
+    no clock shows (stores turn times into microseconds) are no time."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return number if math.isfinite(number) else None
+    return float(value) if -MAX_TIME < value < MAX_TIME else None
 
 
 def _count_of(value: Any) -> int:
