@@ -91,13 +91,19 @@ class Consumer:
         return self._broker_factory()
 
     def run(self) -> None:
-        """Loop until stopped or recycled (max tasks / max memory)."""
-        while not self.stop.is_set() and not self._should_recycle():
+        """Loop until stopped or recycled (max tasks / max memory).
+
+        Whatever ends the loop, what the reporter holds is sent: if the loop
+        died, its supervisor then knows what to hand back at once.
+        """
+        try:
+            while not self.stop.is_set() and not self._should_recycle():
+                self.reporter.flush()
+                batch = self._reserve()
+                if batch:
+                    self._run_batch(batch)
+        finally:
             self.reporter.flush()
-            batch = self._reserve()
-            if batch:
-                self._run_batch(batch)
-        self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
         try:

@@ -4,7 +4,9 @@
 ``ping`` appends a line to the ledger named by ``LEDGER`` (so a test counts
 the good messages that ran).  With ``HOSTILE_BREAK_SUPERVISOR`` set, the thread
 pool's supervisor raises on its tenth round: the uncontainable internal crash
-that must make the worker exit non-zero.
+that must make the worker exit non-zero.  With ``HOSTILE_KILL_ONCE`` set to a
+file path, the first consumer to meet a message whose id starts with
+``die-`` raises SystemExit (once: the file records it).
 """
 
 from __future__ import annotations
@@ -56,3 +58,18 @@ if os.environ.get("HOSTILE_BREAK_SUPERVISOR"):
         _periodic(self)
 
     ThreadPool._periodic = _broken  # type: ignore[method-assign]
+
+
+if os.environ.get("HOSTILE_KILL_ONCE"):
+    from conveyor.worker.consumer import Consumer
+
+    _execute = Consumer._execute
+
+    def _dies_once(self: Consumer, delivery: Any, revoked: bool) -> Any:
+        marker = os.environ["HOSTILE_KILL_ONCE"]
+        if delivery.id.startswith("die-") and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise SystemExit(7)  # not contained: the consumer loop ends
+        return _execute(self, delivery, revoked)
+
+    Consumer._execute = _dies_once  # type: ignore[method-assign]

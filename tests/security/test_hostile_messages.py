@@ -144,6 +144,29 @@ def test_an_uncontainable_crash_makes_the_worker_exit_non_zero(client: Conveyor,
     assert "supervisor broken on purpose" in worker.log.read_text()
 
 
+def test_a_dead_childs_prefetched_messages_come_back_at_once(client: Conveyor,
+                                                             tmp_path: Path) -> None:
+    """Issue 15: a prefork child that died held prefetched messages the supervisor
+    had not been told of, so they waited a whole lease (30 s here); the loop now
+    reports what it holds however it ends, and they run on the next child."""
+    from conveyor.message import Message
+
+    die = Message(id="die-1", task=corpus.PING, args=("die-1",))
+    client.broker.enqueue(Envelope(id=die.id, queue="default", body=die.encode()))
+    tags = [f"prefetched-{i}" for i in range(3)]
+    for tag in tags:
+        client.send_task(corpus.PING, [tag])
+    marker = tmp_path / "died"
+    worker = WorkerProcess(client.conf.broker_url, tmp_path, "-P", "prefork", "-c", "1",
+                           "--prefetch-multiplier", "4", CONVEYOR_BROKER_LEASE_TIMEOUT="30",
+                           HOSTILE_KILL_ONCE=str(marker))
+    try:
+        wait_for(marker.exists, 30, "the child to die")
+        wait_for(lambda: {*tags, "die-1"} <= worker.tags(), 12, "the prefetched messages")
+    finally:
+        assert worker.stop() == 0
+
+
 # -- in process: a consumer thread that dies is replaced ---------------------------
 def test_a_dead_consumer_thread_is_replaced(memory_url: str, monkeypatch: Any) -> None:
     """A consumer loop that dies of an internal error (injected here: no message
