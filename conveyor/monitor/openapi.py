@@ -84,10 +84,15 @@ SCHEMAS: dict[str, Any] = {
         "timeline": {"type": "array", "items": _ref("TimelineEvent")},
         "children": {"type": "array", "items": _obj({"task_id": STR, "state": STR,
                                                      "name": STR_OR_NULL})},
-        "group": {"type": ["object", "null"]}})]},
+        "group": {"type": ["object", "null"]},
+        "truncated": {"type": "boolean", "description": "values were cut short for display "
+                      "(NaN/Infinity appear as strings); GET /api/tasks/{task_id}/record "
+                      "has the whole"}})]},
     "DeadLetter": _obj({"id": STR, "queue": STR, "reason": STR, "failed_at": NUM,
                         "task": STR_OR_NULL, "task_id": STR_OR_NULL, "args": {},
-                        "kwargs": {}, "body": STR}),
+                        "kwargs": {}, "body": STR, "size": NUM,
+                        "truncated": {"type": "boolean", "description": "args, kwargs or body "
+                                      "cut short; GET /api/dead-letters/body has the whole"}}),
     "DeadLetterAction": _obj({"queue": STR, "ids": {"type": ["array", "null"], "items": STR}},
                              ["queue"]),
 }
