@@ -331,7 +331,7 @@ class TaskClock:
             # Built directly: dataclasses.replace costs ten times as much.
             return TaskReport(s.task_id, s.name, s.queue, state, now, s.retries, s.sent_at,
                               s.started_at, runtime, s.wait, info)
-        head = _peek(delivery.body, limit=None)  # rare: refused or dead-lettered unstarted
+        head = _peek(delivery.body) or _head(delivery.body)  # rare: refused unstarted
         return TaskReport(
             task_id=_task_id(delivery.id), name=printable(_name_of(head.get("task"))),
             queue=delivery.queue, state=state, at=now, retries=_count_of(head.get("retries")),
@@ -374,6 +374,20 @@ def _peek(body: bytes, limit: int | None = PEEK_LIMIT) -> dict[str, Any]:
     except (ValueError, RecursionError, MemoryError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _head(body: bytes) -> dict[str, Any]:
+    """The task name of a body too large to parse again, from its first bytes
+    (an encoded message starts with its id and task name); else nothing."""
+    start = body.find(b'"task":', 0, 4096)
+    if start < 0:
+        return {}
+    text = body[start + 7:start + 7 + 2 * MAX_NAME].decode("utf-8", "replace").lstrip()
+    try:
+        name, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return {}
+    return {"task": name}
 
 
 def _number(value: Any) -> float | None:
