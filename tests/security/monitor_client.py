@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.testclient import TestClient
+with warnings.catch_warnings():  # Starlette would rather have httpx2; httpx works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from conveyor import Conveyor
 from conveyor.monitor.app import create_app
