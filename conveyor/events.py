@@ -284,6 +284,7 @@ class TaskClock:
 
     def __init__(self) -> None:
         self._current: tuple[str, TaskReport] | None = None
+        self._unstarted_names: set[str] = set()
 
     def start(self, delivery: Delivery, task: str, *,
               message: Message | None = None) -> TaskReport:
@@ -333,10 +334,22 @@ class TaskClock:
                               s.started_at, runtime, s.wait, info)
         head = _peek(delivery.body) or _head(delivery.body)  # rare: refused unstarted
         return TaskReport(
-            task_id=_task_id(delivery.id), name=printable(_name_of(head.get("task"))),
+            task_id=_task_id(delivery.id), name=self._bounded(_name_of(head.get("task"))),
             queue=delivery.queue, state=state, at=now, retries=_count_of(head.get("retries")),
             sent_at=_number(head.get("created")), info=info,
         )
+
+    def _bounded(self, name: str) -> str:
+        """The name to count a never-started message under: as the body gives it, for
+        the first MAX_UNSTARTED_NAMES names; a writer flooding the broker with made-up
+        names must not add a counter series for each."""
+        name = printable(name)
+        if name in self._unstarted_names:
+            return name
+        if len(self._unstarted_names) >= MAX_UNSTARTED_NAMES:
+            return "(other names)"
+        self._unstarted_names.add(name)
+        return name
 
 
 def killed_report(delivery: Delivery, task: str, state: str, started_monotonic: float,
@@ -360,6 +373,8 @@ PEEK_LIMIT = 64 * 1024
 
 #: Times beyond this many seconds either side of 1970 are not times (year 5138).
 MAX_TIME = 1e11
+#: Distinct names one consumer counts never-started messages under (see TaskClock._bounded).
+MAX_UNSTARTED_NAMES = 1000
 #: The longest task name an event carries (a hostile body may name anything).
 MAX_NAME = 200
 

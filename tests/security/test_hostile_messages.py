@@ -360,3 +360,21 @@ def test_a_batch_of_events_the_store_refuses_is_dropped_not_retried_forever(
             worker._flush(book)
         assert len(book.recorder.drain("w").tasks) == kept
     app.close()
+
+
+def test_made_up_task_names_add_a_bounded_number_of_counter_series() -> None:
+    """A writer flooding the broker with a new task name per message must not make
+    the event store (and every monitor overview) grow a counter series for each."""
+    from conveyor.brokers.base import Delivery
+    from conveyor.events import MAX_UNSTARTED_NAMES, TaskClock
+    from conveyor.worker.execute import DEAD, Outcome
+
+    clock = TaskClock()
+    names = set()
+    for i in range(MAX_UNSTARTED_NAMES + 50):
+        body = json.dumps({"id": f"m{i}", "task": f"made.up.{i}"}).encode()
+        report = clock.finish(Delivery(id=f"m{i}", queue="q", body=body, deliveries=1, token="t"),
+                              Outcome(DEAD, reason="unknown task"))
+        assert report is not None
+        names.add(report.name)
+    assert len(names) == MAX_UNSTARTED_NAMES + 1 and "(other names)" in names
