@@ -4,13 +4,15 @@ Each family is what a careless or hostile writer with broker access could
 put in a queue: nesting deeper than any parser's recursion limit, numbers
 no float holds, NaN and Infinity tokens, lone surrogates, every envelope
 field with every wrong type, truncated JSON, huge strings, unknown or
-refused content types, tagged values that do not decode.  None may take
+refused content types, tagged values that do not decode, and a seeded
+mutation of a valid call (bytes flipped, tokens spliced in, slices cut).  None may take
 down a worker process or thread (guarantee 9).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -115,7 +117,30 @@ def _odd_bytes() -> Iterator[bytes]:
         yield dump(doc(content_type=content_type, args="gASVAAAAAAAAAAA="))
 
 
-FAMILIES = (_nesting, _numbers, _surrogates, _wrong_types, _truncated, _odd_bytes)
+TOKENS = (b"NaN", b"-Infinity", b"1e999", b"null", b"[]", b"{}", b'"\\ud800"', b"[[[[[[",
+          b"]]]", b'"', b",", b":", b"\\", b"\xff", b"9" * 40, b'{"__t": "x"}', b"true")
+
+
+def _mutations(count: int = 400, seed: int = 15) -> Iterator[bytes]:
+    """Valid calls with random bytes flipped, tokens spliced in and slices cut out."""
+    rng = random.Random(seed)  # fixed: the same corpus every run
+    base = dump(doc(args=[1, "two", [3.0, None]], kwargs={"k": {"v": True}},
+                    headers={"time_limit": 5}, retries=1, eta=1.7e9, priority=3))
+    for _ in range(count):
+        body = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(body))
+            kind = rng.randrange(3)
+            if kind == 0:
+                body[at] = rng.randrange(256)
+            elif kind == 1:
+                body[at:at] = rng.choice(TOKENS)
+            else:
+                del body[at:at + rng.randint(1, 12)]
+        yield bytes(body)
+
+
+FAMILIES = (_nesting, _numbers, _surrogates, _wrong_types, _truncated, _odd_bytes, _mutations)
 
 
 def bodies() -> list[bytes]:
