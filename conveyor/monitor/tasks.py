@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.events import EventStore, TaskQuery
+from conveyor.events import EventStore
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor import values
 from conveyor.results import ResultRecord, Stored
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.monitor")
 MAX_FAMILY = 200
-
-
-def search(store: EventStore, query: TaskQuery) -> list[dict[str, Any]]:
-    return [entry.to_dict() for entry in store.tasks(query)]
 
 
 def progress_of(meta: Any) -> float | None:
