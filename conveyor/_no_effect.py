@@ -265,9 +265,6 @@ NO_EFFECT: dict[str, NoEffect] = {
                                                 _slice("options")),  # owned by slice options
     "task_reject_on_worker_lost": NoEffect("bool", None,
                                            _slice("options")),  # owned by slice options
-    "task_queue_max_priority": NoEffect("int", None, _slice("canvas")),  # owned by slice canvas
-    "task_inherit_parent_priority": NoEffect("bool", False,
-                                             _slice("canvas")),  # owned by slice canvas
-    "task_create_missing_queues": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
-    "enable_utc": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
+    "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
+                                        "SQLite every queue has priorities 0..9"),
 }

@@ -130,6 +130,8 @@ class Settings:
     # Time
     timezone: str = field(default="UTC", metadata=_doc(
         "the zone crontab schedules are read in"))
+    enable_utc: bool = field(default=True, metadata=_doc(
+        "naive eta/expires datetimes are read as UTC; False: in `timezone`"))
     # Tasks
     task_soft_time_limit: float | None = field(default=None, metadata=_doc(
         "seconds before SoftTimeLimitExceeded is raised in a task"))
@@ -175,16 +177,20 @@ class Settings:
         "more modules imported at start, after imports"))
     # Routing
     task_routes: Any = field(default=None, metadata=_doc(
-        "which queue a task goes to (patterns, routers)"))
+        "which queue a task goes to: dict (glob or regex keys), list, router function or "
+        "dotted path"))
     task_default_queue: str = field(default="default", metadata=_doc(
         "the queue of tasks no route names",
         "different on purpose: 'default', not 'celery'"))
-    task_default_priority: int = field(default=0, metadata=_doc(
-        "priority of messages that set none",
-        "different on purpose: 0 by default (Celery: None)"))
-    task_queues: list[str] | None = field(default=None, metadata=_doc(
-        "queues a worker serves when -Q is not given",
-        "different on purpose: a list of queue names"))
+    task_default_priority: int | None = field(default=None, metadata=_doc(
+        "priority of messages that set none; None: 0, the most urgent (Celery on Redis)"))
+    task_inherit_parent_priority: bool = field(default=False, metadata=_doc(
+        "a task sent from a running task takes that task's priority"))
+    task_queues: Any = field(default=None, metadata=_doc(
+        "queues a worker serves when -Q is not given: names, conveyor.Queue or kombu Queue "
+        "objects"))
+    task_create_missing_queues: bool = field(default=True, metadata=_doc(
+        "False: sending to, or consuming, a queue not in task_queues raises QueueNotFound"))
     # Worker
     worker_concurrency: int | None = field(default=None, metadata=_doc(
         "processes or threads per worker; None: CPUs"))
@@ -479,6 +485,10 @@ def _coerce(key: str, value: Any) -> Any:
         return _number(_seconds(value), key in _POSITIVE)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key == "task_queues":
+        from conveyor.queues import parse_queues
+
+        return parse_queues(value)
     if key in ("monitor_basic_auth", "monitor_readonly_auth") and isinstance(value, str):
         return [item for item in value.split(",") if item]
     checked = _check_type(_HINTS[key], value)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
 from conveyor.exceptions import BrokerError, ConfigurationError
+from conveyor.queues import check_declared, queue_names
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -51,7 +52,10 @@ class Worker:
                  events: EventSink | None = None) -> None:
         conf = app.conf
         self.app = app
-        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
+        if not conf.task_create_missing_queues:  # Celery refuses -Q of an undeclared queue
+            for name in self.queues:
+                check_declared(name, conf.task_queues, conf.task_default_queue)
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_name = pool or conf.worker_pool
         if self.pool_name not in POOLS:

@@ -70,6 +70,8 @@ def test_every_celery_setting_name_loads(namespace: str | None) -> None:
             refused.append(f"{name}: {exc}")
             continue
         value = app.conf[name]
+        if name == "task_queues":  # names read back as conveyor.Queue objects
+            value = [queue.name for queue in value]
         assert value == sample, name  # ints read back as floats where seconds are meant
         if name in NO_EFFECT:
             warned = name in app.conf.no_effect_set()
@@ -83,7 +85,7 @@ def test_every_celery_setting_name_loads(namespace: str | None) -> None:
 
 
 # The counts the migration guide quotes (docs/migrating-from-celery.md, "Settings").
-COUNTS = {"implemented": 44, "no_effect": 154, "refused": 0}
+COUNTS = {"implemented": 47, "no_effect": 151, "refused": 0}
 
 
 def test_every_no_effect_name_is_a_celery_name_with_a_reason() -> None:
