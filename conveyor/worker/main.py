@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import signals
 from conveyor.events import EventSink
-from conveyor.exceptions import ConfigurationError
+from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.worker.startup import wait_for_broker
 
@@ -215,9 +215,11 @@ class Worker:
             return
         try:
             self.events.write(batch)
-        except Exception:
+        except BrokerError:  # the store is away: the next heartbeat carries the batch
             book.recorder.restore(batch)
             raise
+        except Exception:  # the store refused the data: carrying it on would fail forever
+            log.exception("dropped %d task events the event store refused", len(batch.tasks))
 
     def _goodbye(self) -> None:
         book = getattr(self._pool, "book", None)
