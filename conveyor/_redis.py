@@ -12,6 +12,18 @@
   enqueue or a reserve whose first attempt may already have run.  Reads that
   are safe to repeat go through :func:`retry_read` (capped, jittered backoff);
   writes fail once, with a clear error, and the caller decides.
+* Pooled connections that died are dropped, not reused: when a command on one
+  connection fails (a timeout, a reset), every idle connection of the same
+  pool is closed too (:class:`DroppingPool`).  They share the path that just
+  failed; after a half-open outage (a NAT or firewall that dropped its state)
+  each would otherwise cost a full ``socket_timeout`` on its next use, long
+  enough for the leases it was meant to renew to lapse.
+* Every blocking call is bounded: ``socket_timeout`` (default 5 s) caps each
+  read and write, ``socket_connect_timeout`` (4 s) each connect, and the idle
+  ``BLPOP`` blocks at most half the socket timeout, so it never looks like a
+  dead connection.  A connection idle for ``health_check_interval`` (30 s) is
+  pinged before use; TCP keepalive is on.  See docs/operations.md, "Redis in
+  production", for what each bounds.
 * :func:`translate_errors` maps redis-py's connection errors onto Conveyor's
   exceptions with a message naming the server and whether the operation ran.
 """
@@ -199,6 +211,38 @@ def as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
+class DroppingPool(redis.ConnectionPool):
+    """A connection pool that closes its idle connections when one breaks in use.
+
+    redis-py disconnects a connection whose command failed (timeout, reset,
+    protocol error) before it comes back, so a connection released without a
+    socket broke in use.  Its idle siblings most likely went the same way;
+    closing them makes the next caller connect afresh (bounded by
+    ``socket_connect_timeout``) instead of waiting ``socket_timeout`` on a
+    dead socket.  A healthy server costs only the reconnects.
+    """
+
+    def release(self, connection: Any) -> None:
+        broke = not connection.is_connected
+        super().release(connection)
+        if broke:
+            self.disconnect(inuse_connections=False)
+
+
+def new_client(kwargs: Mapping[str, Any]) -> redis.Redis:
+    """A ``redis.Redis`` for ``kwargs`` whose pool is a :class:`DroppingPool`.
+
+    redis-py maps client options onto connection arguments (TCP, TLS, unix
+    socket) in ``Redis.__init__``; the pool is rebuilt from that mapping rather
+    than repeating it here.
+    """
+    template = redis.Redis(**kwargs).connection_pool  # opens no connection
+    pool = DroppingPool(connection_class=template.connection_class,
+                        max_connections=template.max_connections,
+                        **template.connection_kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
 class ClientHolder:
     """One ``redis.Redis`` (and its pool) per process.
 
@@ -227,7 +271,7 @@ class ClientHolder:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = redis.Redis(**self.options.client_kwargs)
+                    self._client = new_client(self.options.client_kwargs)
                 client = self._client
         return client
 
