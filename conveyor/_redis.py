@@ -83,6 +83,8 @@ _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
     "ssl_certfile": str,
     "ssl_keyfile": str,
     "master_name": str,
+    "wait_replicas": int,
+    "wait_timeout": float,
     "min_other_sentinels": int,
     "sentinel_kwargs": dict,
 }
@@ -119,6 +121,9 @@ class RedisOptions:
     address: str  # "host:port" or the socket path, for error messages
     client_kwargs: dict[str, Any] = field(default_factory=dict)
     sentinel: SentinelOptions | None = None
+    # Enqueues return only once this many replicas confirmed them (``WAIT``).
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
 
     @property
     def socket_timeout(self) -> float:
@@ -162,6 +167,10 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     }
     if "max_connections" in settings:
         kwargs["max_connections"] = settings.pop("max_connections")
+    waits = {"wait_replicas": settings.pop("wait_replicas", 0),
+             "wait_timeout": settings.pop("wait_timeout", 1.0)}
+    if waits["wait_replicas"] < 0 or not waits["wait_timeout"] > 0:
+        raise ConfigurationError(f"{url!r}: wait_replicas must be >= 0 and wait_timeout > 0")
     prefix = settings.pop("prefix", DEFAULT_PREFIX)
     if not prefix:
         raise ConfigurationError(f"{url!r}: the key prefix must not be empty")
@@ -188,7 +197,7 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     if leftover:
         raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to sentinel:// URLs")
     return RedisOptions(url=url, prefix=prefix, address=address, client_kwargs=kwargs,
-                        sentinel=sentinel)
+                        sentinel=sentinel, **waits)
 
 
 def _sentinel_options(url: str, settings: dict[str, Any]) -> SentinelOptions:
@@ -455,6 +464,31 @@ def call(client: redis.Redis, *args: Any) -> Any:
     try:
         conn.send_command(*args)
         return conn.read_response()
+    finally:
+        pool.release(conn)
+
+
+def run_script_and_wait(client: redis.Redis, script: Script, args: list[Any],
+                        replicas: int, timeout: float) -> tuple[Any, int]:
+    """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.
+
+    ``WAIT`` counts the replicas that confirmed every write made so far on
+    *its* connection, so it must follow the write on the connection that
+    made it.  Returns the script's reply and how many replicas confirmed.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_command("SCRIPT", "LOAD", script.script)
+            conn.read_response()
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        return reply, int(conn.read_response())
     finally:
         pool.release(conn)
 
