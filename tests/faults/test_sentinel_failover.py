@@ -12,8 +12,9 @@ flowing, the master is SIGKILLed.  Then:
   against it within the failover time plus a few seconds, by themselves;
 * sends made while there was no master raised ``BrokerUnavailable``, quickly;
 * the ledger: a task ran twice only around the kill (its ack may not have
-  reached a replica, or its 2 s lease lapsed during the failover), and the only tasks lost are ones acknowledged in the
-  last moment before the kill, which asynchronous replication may lose
+  reached a replica, or its 2 s lease lapsed during the failover), and the
+  only tasks lost are ones acknowledged in the last moment before the kill,
+  which asynchronous replication may lose
   (docs/operations.md, "Redis in production"); the figures say how many;
 * with ``wait_replicas=1`` (an enqueue returns only once a replica confirmed
   it, ``WAIT``) none is lost: the sentinels promote the most up-to-date
