@@ -33,9 +33,19 @@ import builtins
 from datetime import datetime
 from typing import Any
 
+from conveyor import redact
+
 
 class ConveyorError(Exception):
-    """Root of every error Conveyor raises."""
+    """Root of every error Conveyor raises.
+
+    Text arguments pass through :func:`conveyor.redact.text`, so a message
+    that names a broker or store URL never carries its password, whoever
+    formats it (issue 15, finding 1).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact.text(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(ConveyorError, ValueError):

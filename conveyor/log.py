@@ -12,6 +12,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from conveyor import redact
 from conveyor.context import running_request
 
 
@@ -49,11 +50,19 @@ class TaskContextFilter(logging.Filter):
 DEFAULT_FORMAT = "[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s%(task)s"
 
 
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then hides URL passwords and
+    ``secret=value`` pairs in it: a log line is the easiest place to leak one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact.text(super().format(record))
+
+
 def setup_logging(level: str | int = "INFO", fmt: str | None = None) -> None:
     """Configure the root handler for worker/beat processes (CLI only)."""
     handler = logging.StreamHandler()
     handler.addFilter(TaskContextFilter())
-    handler.setFormatter(logging.Formatter(fmt or DEFAULT_FORMAT))
+    handler.setFormatter(RedactingFormatter(fmt or DEFAULT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)

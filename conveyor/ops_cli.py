@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from conveyor import deploy
+from conveyor import deploy, redact
 
 
 def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: str | None,
@@ -80,19 +80,6 @@ def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:
         click.echo(deploy.docker_compose(spec))
 
 
-_SECRET_WORDS = ("password", "secret", "token", "auth", "key")
-
-
-def _mask(key: str, value: Any) -> Any:
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:********@{host}"
-    if any(word in key for word in _SECRET_WORDS) and value:
-        return "********"
-    return value
-
-
 @click.command("report")
 @click.pass_context
 def report_command(ctx: click.Context) -> None:
@@ -106,7 +93,7 @@ def report_command(ctx: click.Context) -> None:
         click.echo(f"  {dist}: {_version(dist)}")
     click.echo(f"app: {app.main}  tasks: {len(app.tasks)}")
     for key, value in sorted(app.conf.as_dict().items()):
-        click.echo(f"  {key} = {_mask(key, value)!r}")
+        click.echo(f"  {key} = {redact.value(key, value)!r}")
 
 
 def _version(dist: str) -> str:
@@ -133,7 +120,8 @@ def healthcheck_command(ctx: click.Context, node: str | None) -> None:
     try:
         app.broker.ping()
     except (ConveyorError, OSError) as exc:
-        raise click.ClickException(f"broker {app.conf.broker_url} does not answer: {exc}") from exc
+        where, why = redact.url(app.conf.broker_url), redact.text(str(exc))
+        raise click.ClickException(f"broker {where} does not answer: {why}") from exc
     host = socket.gethostname()
     workers = [w for w in store_for(app).workers() if w.get("online")]
     mine = [w for w in workers if _is_ours(w, node, host)]

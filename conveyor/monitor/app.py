@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.exceptions import ConveyorError
 from conveyor.monitor import api, pages
 from conveyor.monitor.auth import (
     ADMIN,
@@ -64,7 +65,10 @@ def create_app(conveyor_app: Conveyor, users: Sequence[str],
     monitor = api.Monitor(conveyor_app)
 
     def metrics_endpoint(request: Request) -> Response:
-        body = metrics.render(monitor.app, monitor.store)
+        try:
+            body = metrics.render(monitor.app, monitor.store)
+        except ConveyorError as exc:  # a scraper sees "down", not a dropped connection
+            return PlainTextResponse(f"store unavailable: {exc}\n", status_code=503)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     routes = [

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from conveyor import redact
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
 
@@ -101,7 +102,7 @@ class Worker:
         self._pool = self._make_pool()
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
-                 _safe_url(self.app.conf.broker_url))
+                 redact.url(self.app.conf.broker_url))
         self._ready.set()
         try:
             self._pool.run()
@@ -208,13 +209,3 @@ def _memory_kib() -> int | None:
         return sum(int(p.memory_info().rss) for p in procs) // 1024
     except Exception:  # a child exiting mid-count, or no psutil
         return None
-
-
-def _safe_url(url: str) -> str:
-    """Hide a password in a URL for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
