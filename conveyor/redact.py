@@ -4,12 +4,12 @@ Every error, log line, report, health check and API answer that can carry a
 broker or store URL, or an options dict, passes through here, so a password
 never leaves the process that was given it.  The rule:
 
-* a URL's userinfo password becomes ``***`` (the user name stays: it helps
+* a URL's userinfo password becomes ``********`` (the user name stays: it helps
   tell two servers apart and is not a secret);
 * a query parameter whose *name* looks secret (see :func:`is_secret_key`)
-  keeps its name and loses its value: ``?password=***``;
+  keeps its name and loses its value: ``?password=********``;
 * in an options mapping (``broker_transport_options``, ...) the value under a
-  secret-looking key becomes ``***``, at any depth, and string values that
+  secret-looking key becomes ``********``, at any depth, and string values that
   are URLs are redacted as URLs;
 * free text (an exception message, a log line) has every ``scheme://...``
   token redacted as a URL and every ``name=value`` pair with a secret name
@@ -29,7 +29,7 @@ from urllib.parse import SplitResult, urlsplit
 
 __all__ = ["MASK", "is_secret_key", "options", "text", "url", "value"]
 
-MASK = "***"
+MASK = "********"
 
 #: Name parts that mark a secret wherever they appear in a key.
 _SECRET_PARTS = frozenset({
@@ -41,23 +41,28 @@ _SECRET_PARTS = frozenset({
 _KEY_SUFFIX = "key"
 
 _URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
-_PAIR = re.compile(r"(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>['\"]?\s*[=:]\s*[\[(]?['\"]?)"
+_PAIR = re.compile(r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>['\"]?\s*[=:]\s*[\[(]?['\"]?)"
                    r"(?P<value>[^\s'\",&;)}\]]+)")
 
 
-def is_secret_key(name: object) -> bool:
+def is_secret_key(name: object, *, key_suffix: bool = True) -> bool:
     """True for option or query names that hold a secret (``password``, ``sentinel_password``,
-    ``token``, ``secret``, ``auth``, ``api_key``, ``security_key``, ...)."""
+    ``token``, ``secret``, ``auth``, ``api_key``, ``security_key``, ...).
+
+    In free text ``key_suffix=False``: ``NAME_KEY=...`` in a sentence is more
+    often a variable's name than a secret's."""
     if not isinstance(name, str):
         return False
     parts = [p for p in re.split(r"[^a-z0-9]+", name.lower()) if p]
     if not parts:
         return False
-    return any(p in _SECRET_PARTS for p in parts) or parts[-1] == _KEY_SUFFIX
+    if any(p in _SECRET_PARTS for p in parts):
+        return True
+    return key_suffix and len(parts) > 1 and parts[-1] == _KEY_SUFFIX
 
 
 def url(address: str) -> str:
-    """``address`` with its password and secret query values replaced by ``***``.
+    """``address`` with its password and secret query values replaced by :data:`MASK`.
 
     Celery's ``sentinel://a;sentinel://b`` lists are redacted one URL at a time.
     """
@@ -124,6 +129,6 @@ def _url_token(match: re.Match[str]) -> str:
 
 
 def _mask_pair(match: re.Match[str]) -> str:
-    if not is_secret_key(match.group("name")) or match.group("value") == MASK:
+    if not is_secret_key(match.group("name"), key_suffix=False) or match.group("value") == MASK:
         return match.group(0)
     return f"{match.group('name')}{match.group('sep')}{MASK}"

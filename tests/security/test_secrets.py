@@ -56,20 +56,21 @@ def add(a, b):
 def test_redaction_rule() -> None:
     """One rule for URLs, options and free text; user names and ordinary keys stay."""
     assert redact.url(f"redis://u:{PLANTED}@h:1/0?password={PLANTED}&prefix=p") == \
-        "redis://u:***@h:1/0?password=***&prefix=p"
+        "redis://u:********@h:1/0?password=********&prefix=p"
     assert redact.url(f"sentinel://:{PLANTED}@a;sentinel://:{PLANTED}@b?sentinel_password=x") \
-        == "sentinel://:***@a;sentinel://:***@b?sentinel_password=***"
+        == "sentinel://:********@a;sentinel://:********@b?sentinel_password=********"
     assert redact.url(f"amqp://guest:{PLANTED}@rabbit//?token={PLANTED}&auth_key=k") == \
-        "amqp://guest:***@rabbit//?token=***&auth_key=***"
+        "amqp://guest:********@rabbit//?token=********&auth_key=********"
     nested = {"password": PLANTED, "inner": {"api_key": PLANTED, "key_prefix": "kp",
                                              "url": f"redis://:{PLANTED}@h"}, "n": 3}
-    assert redact.options(nested) == {"password": "***", "n": 3, "inner": {
-        "api_key": "***", "key_prefix": "kp", "url": "redis://:***@h"}}
-    assert redact.value("monitor_basic_auth", [f"a:{PLANTED}"]) == "***"
+    assert redact.options(nested) == {"password": "********", "n": 3, "inner": {
+        "api_key": "********", "key_prefix": "kp", "url": "redis://:********@h"}}
+    assert redact.value("monitor_basic_auth", [f"a:{PLANTED}"]) == "********"
     assert redact.value("broker_url", "redis://h:1/0") == "redis://h:1/0"
     line = f"failed at redis://:{PLANTED}@h/0 with {{'password': '{PLANTED}'}} token={PLANTED}"
     assert PLANTED not in redact.text(line)
-    assert "redis://:***@h/0" in redact.text(line)
+    assert redact.text("bad item 'BAD-KEY=value'") == "bad item 'BAD-KEY=value'"
+    assert "redis://:********@h/0" in redact.text(line)
 
 
 def test_errors_are_redacted_at_the_source() -> None:
