@@ -41,7 +41,8 @@ _SECRET_PARTS = frozenset({
 _KEY_SUFFIX = "key"
 
 _URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
-_PAIR = re.compile(r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>['\"]?\s*[=:]\s*[\[(]?['\"]?)"
+_PAIR = re.compile(r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z][A-Za-z0-9_.-]*)"
+                   r"(?P<sep>['\"]?\s*[=:]\s*[\[(]?['\"]?)"
                    r"(?P<value>[^\s'\",&;)}\]]+)")
 
 
