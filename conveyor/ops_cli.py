@@ -37,7 +37,12 @@ def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: st
 @click.option("--monitor-port", type=int, default=None)
 @click.option("--monitor-auth-env", default=None)
 @click.option("--monitor-env-file", default=None)
-@click.option("--user", default=None)
+@click.option("--user", default=None, help="the unprivileged account the programs run as")
+@click.option("--allow-root", is_flag=True, default=None,
+              help="generate files without --user (the programs then run as root)")
+@click.option("--env-file", default=None,
+              help="where secret --env items are written, mode 0600 "
+                   "(default /etc/conveyor/NAME.env)")
 @click.option("--directory", default=None, help="working directory (default: here)")
 @click.option("--venv", default=None, help="virtualenv holding conveyor (default: this one)")
 @click.option("--log-dir", default=None)
@@ -58,6 +63,7 @@ def deploy_command(ctx: click.Context, target: str, queues: tuple[str, ...], bea
     try:
         spec = _spec(context.spec, queues, beat, beat_scheduler, monitor, options, timeout)
         _emit(target, spec, output)
+        _write_env_file(spec)
     except deploy.DeployError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -78,6 +84,23 @@ def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:
             click.echo(f"wrote {folder / name}")
     else:
         click.echo(deploy.docker_compose(spec))
+
+
+def _write_env_file(spec: deploy.DeploySpec) -> None:
+    """Secrets go to their own file, created mode 0600 (never world-readable, even briefly)."""
+    text = deploy.env_file_text(spec)
+    if text is None:
+        return
+    path = deploy.env_file_path(spec)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise deploy.DeployError(f"cannot write the secrets file {path} ({exc.strerror}); "
+                                 "choose another with --env-file") from exc
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode on open(): tighten it
+        handle.write(text)
+    click.echo(f"wrote the secret variables to {path} (mode 0600)", err=True)
 
 
 @click.command("report")

@@ -15,7 +15,6 @@ covers query parameters, options and every error.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,8 @@ from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.monitor.openapi import openapi_schema
 from conveyor.monitor.pages import PAGES
 from tests.integration.processes import stop, wait_for
-from tests.integration.test_monitor_api import free_port
+from tests.security import private_redis
+from tests.security.private_redis import free_port
 
 PLANTED = "Pl4nted-s3cret-XYZ"
 ADMIN = ("boss", "admin-pw-1")
@@ -109,32 +109,10 @@ class System:
         return proc
 
 
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        pytest.skip("redis-server is not installed")
-    proc = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1",
-                             "--requirepass", PLANTED, "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    import redis
-
-    client = redis.Redis(port=port, password=PLANTED)
-    wait_for(lambda: _pings(client), 10, "the private Redis")
-    return proc
-
-
-def _pings(client: object) -> bool:
-    try:
-        return bool(client.ping())  # type: ignore[attr-defined]
-    except Exception:
-        return False
-
-
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
     port = free_port()
-    redis_proc = _start_redis(port, tmp_path)
+    redis_proc = private_redis.start(port, tmp_path, PLANTED)
     (tmp_path / "secapp.py").write_text(textwrap.dedent(APP_SOURCE))
     env = dict(os.environ)
     env.update({
