@@ -86,6 +86,8 @@ class Settings:
     accept_content: list[str] = field(default_factory=lambda: ["json"])
     result_accept_content: list[str] | None = None
     task_serializer: str = "json"
+    message_signing_key: str | None = None  # HMAC key: see conveyor/signing.py
+    message_signing_key_file: str | None = None
     result_serializer: str = "json"
     # Time
     timezone: str = "UTC"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import redact
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.signing import pickle_warning
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -103,6 +104,9 @@ class Worker:
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
                  redact.url(self.app.conf.broker_url))
+        risk = pickle_warning(self.app.conf)
+        if risk:
+            log.warning("%s", risk)
         self._ready.set()
         try:
             self._pool.run()
