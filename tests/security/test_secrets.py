@@ -200,6 +200,14 @@ def test_no_command_or_route_shows_the_password(system: System) -> None:
     system.outputs["worker"] = worker_log.read_text(errors="replace")
     system.outputs["monitor"] = monitor_log.read_text(errors="replace")
 
+    bad = dict(system.env, CONVEYOR_BROKER_URL=f"redis://:{PLANTED}@127.0.0.1:{system.port}/0"
+                                                  f"?password={PLANTED}&bogus=1")
+    for args in (("report",), ("worker", "-P", "solo"), ("beat",), ("status",)):
+        done = subprocess.run([sys.executable, "-m", "conveyor", "-A", "secapp", *args],
+                              cwd=system.root, env=bad, capture_output=True, text=True,
+                              timeout=60, check=False)
+        system.outputs[f"config error: {args}"] = done.stdout + done.stderr
+    assert "bogus" in system.outputs["config error: ('worker', '-P', 'solo')"]
     assert "heartbeat failed" in system.outputs["worker"]
     assert "does not answer" in system.outputs["down: conveyor healthcheck --worker sec@host"]
     leaks = [label for label, text in system.outputs.items() if PLANTED in text]
