@@ -79,8 +79,10 @@ def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:
             return
         folder = Path(output)
         folder.mkdir(parents=True, exist_ok=True)
+        # Units that point at the secrets file are not for every local user either.
+        mode = 0o640 if deploy.secret_env(spec) else 0o644
         for name, text in units.items():
-            (folder / name).write_text(text)
+            _write(folder / name, text, mode)
             click.echo(f"wrote {folder / name}")
     else:
         click.echo(deploy.docker_compose(spec))
@@ -93,14 +95,19 @@ def _write_env_file(spec: deploy.DeploySpec) -> None:
         return
     path = deploy.env_file_path(spec)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _write(Path(path), text, 0o600)
     except OSError as exc:
         raise deploy.DeployError(f"cannot write the secrets file {path} ({exc.strerror}); "
                                  "choose another with --env-file") from exc
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(fd, 0o600)  # an existing file keeps its mode on open(): tighten it
-        handle.write(text)
     click.echo(f"wrote the secret variables to {path} (mode 0600)", err=True)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Create or replace ``path`` with ``mode`` from the first byte (no umask window)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, mode)  # an existing file keeps its old mode on open(): set it
+        handle.write(text)
 
 
 @click.command("report")

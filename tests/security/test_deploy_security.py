@@ -68,6 +68,8 @@ def test_secrets_go_to_a_0600_file_never_inline(target: str, tmp_path: Path) -> 
     assert str(env_file) in generated  # referenced by path
     assert "CONVEYOR_BROKER_URL, CONVEYOR_RESULT_BACKEND, PAYMENT_API_TOKEN" in generated
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    for unit in out_dir.glob("*"):  # files that point at the secrets are not world-readable
+        assert stat.S_IMODE(unit.stat().st_mode) & 0o007 == 0, unit
     assert parse_env_file(env_file.read_text()) == {
         "CONVEYOR_BROKER_URL": f"redis://:{SECRET}@10.0.0.5:6379/0",
         "CONVEYOR_RESULT_BACKEND": f"redis://10.0.0.5/1?password={SECRET}",
