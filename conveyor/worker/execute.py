@@ -32,7 +32,6 @@ from conveyor.exceptions import (
     TaskRevokedError,
 )
 from conveyor.message import Message, MessageDecodeError
-from conveyor.signing import SignatureError, verify
 from conveyor.task import Task
 
 log = logging.getLogger("conveyor.worker")
@@ -81,7 +80,7 @@ class Executor:
                            f"task_message_max_bytes={self.max_bytes}")
         try:
             message = Message.decode(self._verified(delivery.body), self.accept)
-        except SignatureError as exc:
+        except signing.SignatureError as exc:
             return Outcome(DEAD, reason=f"refused before decoding: {exc}")
         except ContentDisallowed as exc:
             return Outcome(DEAD, reason=f"content type refused: {exc}")
@@ -266,7 +265,7 @@ class Executor:
 
     def _verified(self, body: bytes) -> bytes:
         """The body to decode: checked and stripped of its signature when a key is set."""
-        return body if self.signing_key is None else verify(body, self.signing_key)
+        return body if self.signing_key is None else signing.verify(body, self.signing_key)
 
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
