@@ -163,7 +163,8 @@ def _sweep_cli(sys_: System, label: str) -> None:
                  ("queues",), ("purge", "-f", "-Q", "celery"),
                  ("dead-letters", "list"), ("dead-letters", "replay", "-Q", "celery"),
                  ("dead-letters", "purge", "-Q", "celery"), ("revoke", "abc"),
-                 ("call", "secapp.add", "-a", "[1, 2]")):
+                 ("call", "secapp.add", "-a", "[1, 2]"), ("tasks",),
+                 ("drain-celery", f"redis://:{PLANTED}@127.0.0.1:{sys_.port}/2")):
         sys_.cli(label, *args)
 
 

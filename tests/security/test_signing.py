@@ -157,3 +157,23 @@ def test_unsigned_messages_never_run_and_are_dead_lettered(worker: Path, url: st
     assert log.count("allow pickle") == 1 and "unsigned messages are refused" in log
     outsider.close()
     insider.close()
+
+
+def test_beat_warns_once_when_pickle_is_accepted(tmp_path: Path) -> None:
+    """Beat sends messages too: it names the risk at start, once."""
+    (tmp_path / "signapp.py").write_text(textwrap.dedent(APP_SOURCE))
+    log = tmp_path / "beat.log"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path),
+               CONVEYOR_BROKER_URL=f"sqlite:///{tmp_path / 'b.db'}")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "conveyor", "-A", "signapp", "beat"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: "beat" in log.read_text() and "starting" in log.read_text(), 60,
+                 "beat to start")
+    finally:
+        stop(proc, signal.SIGTERM)
+    text = log.read_text()
+    assert text.count("allow pickle") == 1, text
+    assert "anyone who can write to the broker can run any code" in text
