@@ -97,10 +97,14 @@ def _query_pair(pair: str) -> str:
 
 
 def options(found: Any) -> Any:
-    """A copy of a settings value with secrets masked, at any depth."""
+    """A copy of a settings value with secrets masked, at any depth.
+
+    Under a secret-looking key a value is masked unless it is a mapping, which
+    is searched instead: ``beat_schedule = {"refresh-auth-token": {...}}`` is
+    an entry's name, not a secret.
+    """
     if isinstance(found, Mapping):
-        return {k: MASK if is_secret_key(k) and found[k] not in (None, "")
-                else options(found[k]) for k in found}
+        return {k: _under(k, found[k]) for k in found}
     if isinstance(found, (list, tuple)):
         return type(found)(options(item) for item in found)
     if isinstance(found, str) and "://" in found:
@@ -108,11 +112,17 @@ def options(found: Any) -> Any:
     return found
 
 
+def _under(key: Any, found: Any) -> Any:
+    if not is_secret_key(key) or found in (None, "") or isinstance(found, Mapping):
+        return options(found)
+    return MASK
+
+
 def value(key: str, found: Any) -> Any:
     """A setting for display: masked whole when its name is secret, else :func:`options`."""
-    if is_secret_key(key) and found not in (None, "", [], (), {}):
-        return MASK
-    return options(found)
+    if isinstance(found, Mapping):
+        return options(found)
+    return _under(key, found) if found not in ([], ()) else found
 
 
 def text(message: str) -> str:

@@ -66,6 +66,10 @@ def test_redaction_rule() -> None:
     assert redact.options(nested) == {"password": "********", "n": 3, "inner": {
         "api_key": "********", "key_prefix": "kp", "url": "redis://:********@h"}}
     assert redact.value("monitor_basic_auth", [f"a:{PLANTED}"]) == "********"
+    schedule = {"refresh-auth-token": {"task": "t", "schedule": 60.0}}
+    assert redact.value("beat_schedule", schedule) == schedule
+    assert redact.options({"auth": {"password": PLANTED, "user": "u"}}) == {
+        "auth": {"password": "********", "user": "u"}}
     assert redact.value("broker_url", "redis://h:1/0") == "redis://h:1/0"
     line = f"failed at redis://:{PLANTED}@h/0 with {{'password': '{PLANTED}'}} token={PLANTED}"
     assert PLANTED not in redact.text(line)
