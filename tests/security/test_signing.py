@@ -1,6 +1,6 @@
 """Pickle's risk is announced, and signed messages keep broker writers out (issue 15, finding 5).
 
-A real worker process (``conveyor worker -P threads``) with a signing key
+A real worker process (threads and prefork pools) with a signing key
 serves a queue on SQLite and Redis.  Bodies injected straight into the
 broker without the key (plain JSON calling a registered task, a pickle
 payload that would run a shell command when unpickled, a body signed with
@@ -103,16 +103,17 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture
-def worker(url: str, tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=["threads", "prefork"])
+def worker(url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     (tmp_path / "signapp.py").write_text(textwrap.dedent(APP_SOURCE))
     log = tmp_path / "worker.log"
     env = dict(os.environ, PYTHONPATH=str(tmp_path), CONVEYOR_BROKER_URL=url,
                CONVEYOR_MESSAGE_SIGNING_KEY=KEY)
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "conveyor", "-A", "signapp", "worker",
-                                 "-P", "threads", "-c", "2", "-Q", QUEUE], cwd=tmp_path, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 "-P", request.param, "-c", "2", "-Q", QUEUE], cwd=tmp_path,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         wait_for(lambda: " ready: " in log.read_text(), 60, "the worker to be ready")
         yield log
