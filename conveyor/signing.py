@@ -18,8 +18,9 @@ list``): unknown members are ignored.
 The key comes from ``message_signing_key`` (e.g. ``CONVEYOR_MESSAGE_SIGNING_KEY``
 in the environment) or ``message_signing_key_file`` (a file only the service
 user can read).  Celery's ``auth`` serializer signs with X.509 keys and
-certificates (``security_key``/``security_certificate``); those settings are
-not accepted here, because a shared HMAC key gives the same protection
+certificates (``security_key``/``security_certificate``); those settings
+load with no effect here (``conveyor/_no_effect.py``), because a shared HMAC
+key gives the same protection
 against broker writers with one secret instead of a PKI.
 
 Not covered: a broker writer can replay a message it has seen (same task,

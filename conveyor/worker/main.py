@@ -22,6 +22,7 @@ from conveyor import redact
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
 from conveyor.signing import pickle_warning
+from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -98,8 +99,12 @@ class Worker:
     def run(self, install_signals: bool = True) -> None:
         """Serve until shut down (blocks)."""
         self.app.finalize()
+        self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
+        address = redact.url(self.app.conf.broker_url)
+        if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
+            return
         self._pool = self._make_pool()
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
