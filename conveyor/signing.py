@@ -20,8 +20,8 @@ in the environment) or ``message_signing_key_file`` (a file only the service
 user can read).  Celery's ``auth`` serializer signs with X.509 keys and
 certificates (``security_key``/``security_certificate``); those settings
 load with no effect here (``conveyor/_no_effect.py``), because a shared HMAC
-key gives the same protection
-against broker writers with one secret instead of a PKI.
+key gives the same protection against broker writers with one secret
+instead of a PKI.
 
 Not covered: a broker writer can replay a message it has seen (same task,
 same arguments); tasks that must not run twice use ``idempotency_key``.
