@@ -121,6 +121,7 @@ class Worker:
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
                  _safe_url(self.app.conf.broker_url))
+        self._log_tasks()
         self._ready.set()
         signals.worker_ready.send(sender=self)
         try:
@@ -140,6 +141,12 @@ class Worker:
             self._pool.run()
         finally:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+    def _log_tasks(self) -> None:
+        """The registered tasks, one a line, as Celery's start-up banner lists them."""
+        names = sorted(name for name in self.app.tasks if not name.startswith("conveyor."))
+        log.info("worker %s knows %d task(s):%s", self.hostname, len(names),
+                 "".join(f"\n  . {name}" for name in names))
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
