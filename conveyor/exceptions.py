@@ -4,9 +4,14 @@ The tree::
 
     ConveyorError
     ├── ConfigurationError          settings that are unknown, mistyped or inconsistent
+    │   └── QueueNotFound           routed to an undeclared queue (create-missing off)
     ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
+    ├── SolarLibraryMissing         a solar schedule without PyEphem (conveyor._sun)
+    ├── DeployError                 deployment files that cannot be generated (conveyor.deploy)
+    ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result
-    │   └── ContentDisallowed       a content type outside ``accept_content``
+    │   ├── ContentDisallowed       a content type outside ``accept_content``
+    │   └── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
     ├── BrokerError                 the broker refused or could not be reached
     │   └── BrokerUnavailable       connection lost; the operation did not happen
     ├── ResultError
@@ -50,6 +55,13 @@ class ConveyorError(Exception):
 
 class ConfigurationError(ConveyorError, ValueError):
     """A setting is unknown, has the wrong type, or contradicts another."""
+
+
+class QueueNotFound(ConfigurationError):
+    """A task was routed to a queue missing from ``task_queues`` (Celery's name).
+
+    Only with ``task_create_missing_queues = False``.
+    """
 
 
 class SerializationError(ConveyorError, TypeError):

@@ -24,6 +24,8 @@ from typing import Protocol
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
+from conveyor.serialization import printable
+from conveyor.worker import announce
 from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
 
 log = logging.getLogger("conveyor.worker")
@@ -90,13 +92,19 @@ class Consumer:
         return self._broker_factory()
 
     def run(self) -> None:
-        """Loop until stopped or recycled (max tasks / max memory)."""
-        while not self.stop.is_set() and not self._should_recycle():
+        """Loop until stopped or recycled (max tasks / max memory).
+
+        Whatever ends the loop, what the reporter holds is sent: if the loop
+        died, its supervisor then knows what to hand back at once.
+        """
+        try:
+            while not self.stop.is_set() and not self._should_recycle():
+                self.reporter.flush()
+                batch = self._reserve()
+                if batch:
+                    self._run_batch(batch)
+        finally:
             self.reporter.flush()
-            batch = self._reserve()
-            if batch:
-                self._run_batch(batch)
-        self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
         try:
@@ -126,9 +134,19 @@ class Consumer:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
-            self._settle(delivery, outcome)
-            self.reporter.done(delivery, outcome)
+            self._finish(delivery, outcome)
             self.processed += 1
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Settle and report one message; nothing a message holds may end the loop."""
+        try:
+            self._settle(delivery, outcome)
+        except Exception:
+            log.exception("could not settle %s; its lease will hand it out again", delivery.id)
+        try:
+            self.reporter.done(delivery, outcome)
+        except Exception:
+            log.exception("could not report the end of %s", delivery.id)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
@@ -159,11 +177,13 @@ class Consumer:
             # away: hand the message back to run again rather than let the
             # process die with it.
             log.error("could not record the outcome of %s (%s); handing it back", delivery.id, exc)
+            announce.internal_error(self.executor, delivery, exc)
             return Outcome(REQUEUE, reason=f"outcome not recorded: {exc}")
         except Exception as exc:
             # A bug in Conveyor or a hook, not in the task: keep the consumer alive
             # and keep the message, visibly, where an operator can replay it.
             log.exception("internal error while running %s", delivery.id)
+            announce.internal_error(self.executor, delivery, exc)
             return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
@@ -199,8 +219,9 @@ class Consumer:
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == DEAD:
-            log.error("dead-lettering %s: %s", delivery.id, outcome.reason)
-            broker.dead_letter(delivery, outcome.reason or "dead-lettered")
+            reason = printable(outcome.reason or "dead-lettered")
+            log.error("dead-lettering %s: %s", delivery.id, reason)
+            broker.dead_letter(delivery, reason)
 
     def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Warm shutdown: give back what was fetched but not started, at once."""
