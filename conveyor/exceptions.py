@@ -11,7 +11,8 @@ The tree::
     ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result
     │   ├── ContentDisallowed       a content type outside ``accept_content``
-    │   └── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
+    │   ├── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
+    │   └── SignatureError          a body without a valid signature (conveyor.signing)
     ├── BrokerError                 the broker refused or could not be reached
     │   └── BrokerUnavailable       connection lost; the operation did not happen
     ├── ResultError
