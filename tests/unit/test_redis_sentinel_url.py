@@ -59,3 +59,10 @@ def test_transport_options_from_the_environment_are_json() -> None:
     """How a worker started by a process manager gets ``master_name``."""
     values = values_from_env({"CONVEYOR_BROKER_TRANSPORT_OPTIONS": '{"master_name": "main"}'})
     assert values["broker_transport_options"] == {"master_name": "main"}
+
+
+def test_wait_replicas_for_the_result_store_is_refused() -> None:
+    from conveyor.results.redis import RedisResultStore
+
+    with pytest.raises(ConfigurationError, match="wait_replicas applies to the broker"):
+        RedisResultStore("redis://127.0.0.1:1/0", wait_replicas=1)
