@@ -169,6 +169,11 @@ class RedisBroker(Broker):
         # BLPOP must return before the socket read times out.
         self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
 
+    @property
+    def socket_timeout(self) -> float:
+        """The longest any one call blocks on a connection (see conveyor._redis)."""
+        return self._options.socket_timeout
+
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
         try:

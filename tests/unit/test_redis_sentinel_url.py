@@ -66,3 +66,18 @@ def test_wait_replicas_for_the_result_store_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="wait_replicas applies to the broker"):
         RedisResultStore("redis://127.0.0.1:1/0", wait_replicas=1)
+
+
+def test_a_socket_timeout_that_outlasts_a_third_of_the_lease_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from conveyor import Conveyor
+    from conveyor.worker.startup import warn_if_calls_outlast_leases
+
+    app = Conveyor("t", broker="redis://127.0.0.1:1/0?socket_timeout=5", set_as_current=False)
+    try:
+        assert warn_if_calls_outlast_leases(app, 30.0) is False
+        with caplog.at_level("WARNING", logger="conveyor.worker"):
+            assert warn_if_calls_outlast_leases(app, 6.0) is True
+        assert "socket_timeout (5s) is above a third of broker_lease_timeout" in caplog.text
+    finally:
+        app.close()
