@@ -24,6 +24,9 @@ flowing, the master is SIGKILLed.  Then:
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,9 +37,18 @@ import pytest
 from conveyor import Conveyor
 from conveyor.exceptions import BrokerError
 
-from ..integration.processes import Ledger, wait_for
+from ..integration.processes import ROOT, Ledger, wait_for
 from .conftest import require_redis_server
-from .harness import Figures, Workers, assert_nothing_lost, report, settled, total_queue
+from .harness import (
+    APP,
+    Figures,
+    Workers,
+    assert_nothing_lost,
+    kill_group,
+    report,
+    settled,
+    total_queue,
+)
 from .sentinels import MASTER_NAME, SentinelSet
 from .test_half_open import in_flight
 from .test_redis_restart import Producer
@@ -118,3 +130,39 @@ def test_master_killed_and_replica_promoted(sentinels: SentinelSet, tmp_path: Pa
         producer.stop.set()
         workers.stop_all()
         client.close()
+
+
+@pytest.mark.slow
+def test_beat_carries_on_after_a_failover(sentinels: SentinelSet, tmp_path: Path) -> None:
+    """Beat (its leader lease and run history on Redis) sends ticks again after the
+    master is killed and a replica promoted, without being restarted."""
+    ledger = Ledger(tmp_path / "ledger.txt")
+    workers = Workers(sentinels.url, ledger, tmp_path)
+    env = {**os.environ, "CONVEYOR_BROKER_URL": sentinels.url, "PYTHONPATH": str(ROOT),
+           "CONVEYOR_BROKER_TRANSPORT_OPTIONS": json.dumps(OPTIONS), "LEDGER": str(ledger.path),
+           "CONVEYOR_BEAT_LEASE_TIMEOUT": "2", "CONVEYOR_BEAT_MAX_LOOP_INTERVAL": "1",
+           "FAULT_BEAT_INTERVAL": "0.5"}
+    with open(tmp_path / "beat.log", "ab") as log:
+        beat = subprocess.Popen([sys.executable, "-m", "conveyor", "-A", APP, "beat", "-l", "INFO"],
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        workers.start("-c", "1", broker_transport_options=json.dumps(OPTIONS))
+        wait_for(lambda: len(ledger.events("tick")) >= 3, 30, "ticks to flow")
+        old = sentinels.kill_master()
+        killed = time.monotonic()
+        wait_for(lambda: sentinels.master_port() not in (None, old), 30, "a replica promoted")
+        promoted = time.monotonic() - killed
+        ticks = len(ledger.events("tick"))
+        wait_for(lambda: len(ledger.events("tick")) >= ticks + 3, promoted + 15,
+                 "ticks after the failover")
+        recovery = time.monotonic() - killed
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-3000:]
+        # Ticks every 0.5 s; beat's 2 s leader lease may lapse during the failover.
+        assert recovery < promoted + 5, f"ticks resumed {recovery:.1f}s after the kill"
+        report(Figures("13b Sentinel: beat across a failover", "sentinel",
+                       len(ledger.events("tick")), 1, 0, 0, recovery,
+                       f"promoted after {promoted:.1f}s"))
+    finally:
+        kill_group(beat)
+        workers.stop_all()
