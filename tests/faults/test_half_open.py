@@ -208,3 +208,24 @@ def test_dead_pooled_connections_are_dropped_not_reused(proxy: FaultProxy) -> No
         assert time.monotonic() - began < SOCKET_TIMEOUT / 2, "a dead connection was reused"
     finally:
         holder.close()
+
+
+def test_producer_through_delay_reset_and_heal(proxy: FaultProxy) -> None:
+    """The proxy's other modes, seen by ``.delay()``: a slow path only slows it, a reset
+    one fails it at once with ``BrokerUnavailable``, and it works again after."""
+    app = Conveyor("producer", broker=proxy.url(query=QUERY), set_as_current=False)
+    try:
+        app.send_task(task("sleep"), [0.0])
+        proxy.slow(0.2)
+        began = time.monotonic()
+        app.send_task(task("sleep"), [0.0])
+        assert 0.35 <= time.monotonic() - began < SOCKET_TIMEOUT + 0.5  # 0.2 s each way
+        proxy.reset()
+        began = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="is unavailable"):
+            app.send_task(task("sleep"), [0.0])
+        assert time.monotonic() - began < SOCKET_TIMEOUT
+        proxy.passthrough()
+        assert app.send_task(task("sleep"), [0.0]).id
+    finally:
+        app.close()
