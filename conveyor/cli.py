@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 from typing import Any
 
 import click
 
+from conveyor import flag_notes
 from conveyor.app import Conveyor
 from conveyor.beat_cli import beat_command
+from conveyor.daemon import daemon_options, daemonize
 from conveyor.exceptions import ConfigurationError
 
+log = logging.getLogger("conveyor.cli")
 APP_ATTRS = ("app", "conveyor_app", "celery_app", "celery", "conveyor")
 APP_MODULES = ("conveyor", "celery")
 
@@ -107,34 +111,99 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [q.strip() for v in values for q in v.split(",") if q.strip()]
 
 
+GREENLET_POOLS = ("gevent", "eventlet")
+
+
 @main.command()
 @click.option("-Q", "--queues", multiple=True, help="queues to serve, comma separated")
+@click.option("-X", "--exclude-queues", multiple=True,
+              help="serve every queue (task_queues or the default) except these")
 @click.option("-c", "--concurrency", type=int, default=None)
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "async", "solo"]))
+@click.option("-P", "--pool",
+              type=click.Choice(["prefork", "threads", "async", "solo", *GREENLET_POOLS]))
 @click.option("-n", "--hostname", default=None, help="node name; %h expands to the host")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--prefetch-multiplier", type=int, default=None)
+@click.option("-O", "--optimization", type=click.Choice(["fair", "default"]), default=None,
+              help="accepted: every slot reserves only when free (see the startup note)")
 @click.option("--max-tasks-per-child", type=int, default=None)
 @click.option("--max-memory-per-child", type=int, default=None, help="KiB")
+@click.option("--time-limit", type=float, default=None, help="hard limit, s (task_time_limit)")
+@click.option("--soft-time-limit", type=float, default=None,
+              help="soft limit, s (task_soft_time_limit)")
+@click.option("--purge", "--discard", "purge_first", is_flag=True,
+              help="drop every waiting message in the worker's queues before starting")
+@click.option("-I", "--include", multiple=True, help="modules to import, comma separated")
+@click.option("--heartbeat-interval", type=float, default=None,
+              help="seconds between heartbeats (worker_heartbeat_interval)")
+@click.option("-E", "--task-events", "--events", "task_events", is_flag=True,
+              help="accepted: events are always on")
+@click.option("--without-gossip", is_flag=True, help="accepted: there is no gossip")
+@click.option("--without-mingle", is_flag=True, help="accepted: there is no mingle")
+@click.option("--without-heartbeat", is_flag=True,
+              help="accepted: heartbeats renew leases and stay on")
 @click.option("-B", "--beat", is_flag=True, help="also run beat (under the same leader lease)")
+@daemon_options
 @pass_ctx
 def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           beat: bool) -> None:
+           beat: bool, **flags: Any) -> None:
     """Start a worker."""
     from conveyor.log import setup_logging_for
     from conveyor.worker import Worker
+    from conveyor.worker.main import expand_hostname
 
+    if pool in GREENLET_POOLS:
+        raise click.UsageError(
+            f"-P {pool}: Conveyor has no greenlet pool; its pools are prefork (processes), "
+            "threads and async (async def tasks on an event loop; the I/O-bound case "
+            "gevent/eventlet serve) and solo. See docs/migrating-from-celery.md")
+    app = obj.app
+    notes = flag_notes.given(flags, flag_notes.WORKER_NOTES)
+    _worker_settings(app, flags)
+    serve = _worker_queues(app, _split(queues), _split(flags.pop("exclude_queues")))
+    logfile = daemonize(flags, expand_hostname(hostname, app.main.split(".")[0]))
     # Celery's order: celeryd_init and worker_init (in Worker()), then logging.
-    node = Worker(obj.app, queues=_split(queues) or None, concurrency=concurrency, pool=pool,
+    node = Worker(app, queues=serve, concurrency=concurrency, pool=pool,
                   hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                   max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child)
-    setup_logging_for(obj.app, loglevel)
+    setup_logging_for(app, loglevel, logfile=logfile)
+    flag_notes.log_notes("worker", notes)
+    if flags.pop("purge_first"):
+        for name in node.queues:
+            log.warning("--purge: dropped %d message(s) from %s", app.broker.purge(name), name)
     if beat:
-        node.on_stop.append(_embedded_beat(obj.app).stop)  # no new ticks once shutdown starts
+        node.on_stop.append(_embedded_beat(app).stop)  # no new ticks once shutdown starts
     node.run()
+
+
+def _worker_settings(app: Conveyor, flags: dict[str, Any]) -> None:
+    """Flags that are settings in Celery too: applied to ``app.conf`` as Celery does."""
+    values = {key: flags.pop(flag) for flag, key in (
+        ("time_limit", "task_time_limit"), ("soft_time_limit", "task_soft_time_limit"),
+        ("heartbeat_interval", "worker_heartbeat_interval"))}
+    values = {key: value for key, value in values.items() if value is not None}
+    if values:
+        app.conf.update(values, source="the worker command line")
+    for module in _split(flags.pop("include")):
+        importlib.import_module(module)
+
+
+def _worker_queues(app: Conveyor, queues: list[str], exclude: list[str]) -> list[str] | None:
+    """``-Q`` minus ``-X``; with only ``-X``, the app's queues minus those (as Celery)."""
+    if not exclude:
+        return queues or None
+    from conveyor.queues import queue_names
+
+    conf = app.conf
+    base = queues or queue_names(conf.task_queues) or [conf.task_default_queue]
+    left = [name for name in base if name not in exclude]
+    if not left:
+        raise click.UsageError(f"-X {','.join(exclude)} leaves no queue to serve "
+                               f"(the worker would serve {', '.join(base)})")
+    return left
 
 
 def _embedded_beat(app: Conveyor) -> Any:
