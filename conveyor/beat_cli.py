@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.beat")
 
 
-# Celery's short scheduler names (``-S django`` is django-celery-beat's own alias).
-SCHEDULER_SHORT_NAMES = {"django": "conveyor.contrib.django.schedulers:DatabaseScheduler"}
-
-
 @click.command("beat")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-S", "--scheduler", default=None,
@@ -52,7 +48,6 @@ def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: f
     flag_notes.log_notes("beat", notes)
     if max_interval is not None:
         app.conf.update({"beat_max_loop_interval": max_interval}, source="--max-interval")
-    scheduler = SCHEDULER_SHORT_NAMES.get(scheduler or "", scheduler)
     service = Beat(app, load_scheduler(app, scheduler))
     _install_signals(service)
     service.run()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
@@ -105,6 +106,36 @@ def main(ctx: click.Context, spec: str | None, workdir: str | None) -> None:
     if workdir:
         os.chdir(workdir)
     ctx.obj = Context(spec)
+
+
+class _Iso8601(click.ParamType):
+    """Celery's ``ISO8601`` argument type (a naive time is UTC, as for ``eta=``)."""
+
+    name = "iso-8601"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time", param, ctx)
+
+
+class _Iso8601OrSeconds(_Iso8601):
+    name = "iso-8601 or seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return super().convert(value, param, ctx)
+
+
+_ISO8601 = _Iso8601()
+_ISO8601_OR_SECONDS = _Iso8601OrSeconds()
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -215,16 +246,33 @@ def _embedded_beat(app: Conveyor) -> Any:
 
 
 @main.command()
-@click.option("-Q", "--queues", multiple=True, required=True)
+@click.option("-Q", "--queues", multiple=True,
+              help="queues to purge, comma separated (default: task_queues or the default)")
+@click.option("-X", "--exclude-queues", multiple=True, help="queues not to purge")
 @click.option("-f", "--force", is_flag=True, help="do not ask for confirmation")
 @pass_ctx
-def purge(obj: Context, queues: tuple[str, ...], force: bool) -> None:
-    """Drop every ready and delayed message in the given queues."""
-    names = _split(queues)
+def purge(obj: Context, queues: tuple[str, ...], exclude_queues: tuple[str, ...],
+          force: bool) -> None:
+    """Drop every ready and delayed message in the app's queues (or -Q's), minus -X's."""
+    from conveyor.queues import queue_names
+
+    conf = obj.app.conf
+    chosen = _split(queues) or queue_names(conf.task_queues) or [conf.task_default_queue]
+    excluded = set(_split(exclude_queues))
+    names = sorted({name for name in chosen if name not in excluded})
+    if not names:
+        click.echo("No queues to purge.")
+        return
     if not force:
-        click.confirm(f"Drop all waiting messages in {', '.join(names)}?", abort=True)
+        click.confirm(f"WARNING: this removes every waiting task from {len(names)} queue(s): "
+                      f"{', '.join(names)}. There is no undo.\n(-f skips this question)\n"
+                      "Delete them all?", abort=True)
+    total = 0
     for name in names:
-        click.echo(f"{name}: purged {obj.app.broker.purge(name)} messages")
+        count = obj.app.broker.purge(name)
+        total += count
+        click.echo(f"{name}: purged {count} messages")
+    click.echo(f"Purged {total} message(s) from {len(names)} queue(s).")
 
 
 @main.command()
@@ -292,15 +340,32 @@ def revoke(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None:
 @click.argument("name")
 @click.option("-a", "--args", default="[]", help="JSON list")
 @click.option("-k", "--kwargs", default="{}", help="JSON object")
+@click.option("--eta", type=_ISO8601, default=None, help="ISO 8601 time to run at")
+@click.option("--countdown", type=float, default=None, help="seconds from now to run at")
+@click.option("--expires", type=_ISO8601_OR_SECONDS, default=None,
+              help="ISO 8601 time, or seconds from now, after which it is not run")
+@click.option("--serializer", default="json", show_default=True)
 @click.option("-Q", "--queue", default=None)
-@click.option("--countdown", type=float, default=None)
 @pass_ctx
-def call(obj: Context, name: str, args: str, kwargs: str, queue: str | None,
-         countdown: float | None) -> None:
+def call(obj: Context, name: str, args: str, kwargs: str, eta: datetime | None,
+         countdown: float | None, expires: datetime | float | None, serializer: str,
+         queue: str | None) -> None:
     """Send a task by name and print its id."""
-    result = obj.app.send_task(name, json.loads(args), json.loads(kwargs), queue=queue,
-                               countdown=countdown)
+    result = obj.app.send_task(name, _json(args, list, "--args"), _json(kwargs, dict, "--kwargs"),
+                               queue=queue, countdown=countdown, eta=eta, expires=expires,
+                               serializer=serializer)
     click.echo(result.id)
+
+
+def _json(text: str, kind: type, option: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from exc
+    if not isinstance(value, kind):
+        raise click.BadParameter(f"must be a JSON {'list' if kind is list else 'object'}",
+                                 param_hint=option)
+    return value
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -323,6 +388,11 @@ def _register_commands() -> None:
     main.add_command(deploy_command)
     main.add_command(report_command)
     main.add_command(healthcheck_command)
+    from conveyor.multi_cli import multi_command
+    from conveyor.tools_cli import events_command, result_command, shell_command
+
+    for command in (result_command, events_command, shell_command, multi_command):
+        main.add_command(command)
 
 
 _register_commands()

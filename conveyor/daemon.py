@@ -22,9 +22,11 @@ import contextlib
 import grp
 import os
 import pwd
+import signal
 import socket
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import click
@@ -102,6 +104,13 @@ def write_pidfile(path: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{pid}\n")
     atexit.register(_release, path, pid)
+    # Until the worker or beat installs its own handler: exit through atexit, so a
+    # SIGTERM during start-up still removes the pidfile.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _release(path: str, pid: int) -> None:
