@@ -70,27 +70,32 @@ def events_command(obj: Any, dump: bool, as_json: bool, max_events: int | None,
 
 
 def _follow(store: Any, since: float, deadline: float | None, as_json: bool) -> Any:
-    """Each (task, state) seen for the first time after ``since``, oldest update first."""
+    """Each task event after ``since`` once, in time order per task.
+
+    The index says which tasks changed; their timelines hold every event
+    (sent, started, and the outcome), which a batch flush would otherwise
+    fold into the last state."""
     from conveyor.events import TaskQuery
 
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, float, str]] = set()
     while deadline is None or time.monotonic() < deadline:
         entries = store.tasks(TaskQuery(since=since - 5.0, limit=1000))  # flushes land late
         for entry in sorted(entries, key=lambda e: e.updated_at):
-            key = (entry.task_id, entry.state)
-            if key not in seen and entry.updated_at >= since:
-                seen.add(key)
-                yield _dump_line(entry, as_json)
+            for event in store.timeline(entry.task_id):
+                key = (event.task_id, event.ts, event.kind)
+                if key not in seen and event.ts >= since:
+                    seen.add(key)
+                    yield _dump_line(entry.name, event, as_json)
         time.sleep(POLL)
 
 
-def _dump_line(entry: Any, as_json: bool) -> str:
+def _dump_line(name: str, event: Any, as_json: bool) -> str:
+    kind = f"task-{event.kind.lower()}"
     if as_json:
-        return json.dumps({"type": f"task-{entry.state.lower()}", **entry.to_dict()})
-    stamp = datetime.fromtimestamp(entry.updated_at, timezone.utc).isoformat(timespec="seconds")
-    info = f" {entry.info}" if entry.info else ""
-    return (f"{entry.worker or '-'} [{stamp}] task-{entry.state.lower()}: "
-            f"{entry.name}[{entry.task_id}]{info}")
+        return json.dumps({"type": kind, "name": name, **event.to_dict()})
+    stamp = datetime.fromtimestamp(event.ts, timezone.utc).isoformat(timespec="milliseconds")
+    detail = f" {event.detail}" if event.detail else ""
+    return f"{event.worker or '-'} [{stamp}] {kind}: {name}[{event.task_id}]{detail}"
 
 
 @click.command("shell")
