@@ -31,11 +31,11 @@ WORK = f"{APP}.work"
 class Cli:
     """``python -m conveyor -A worker_app ...`` against one SQLite broker and result store."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, broker_url: str | None = None) -> None:
         self.folder = folder
         self.ledger = Ledger(folder / "ledger")
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGER": str(self.ledger.path),
-                    "CONVEYOR_BROKER_URL": f"sqlite:///{folder}/broker.db",
+                    "CONVEYOR_BROKER_URL": broker_url or f"sqlite:///{folder}/broker.db",
                     "CONVEYOR_RESULT_BACKEND": f"sqlite:///{folder}/results.db"}
 
     def __call__(self, *args: str, stdin: str | None = None,
@@ -198,8 +198,12 @@ def test_multi_start_and_stopwait_two_nodes(tmp_path: Path) -> None:
     assert not list((tmp_path / "run").iterdir())
 
 
-def test_purge_asks_first_and_defaults_to_the_apps_queues(tmp_path: Path) -> None:
-    cli = Cli(tmp_path)
+@pytest.mark.parametrize("broker", ["sqlite", "redis"])
+def test_purge_asks_first_and_defaults_to_the_apps_queues(tmp_path: Path, broker: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    """Celery's purge: the app's queues without -Q, -X excluded, a question unless -f."""
+    url = request.getfixturevalue("redis_url") if broker == "redis" else None
+    cli = Cli(tmp_path, url)
     app = cli.app()
     for queue in ("default", "default", "other"):
         app.send_task(WORK, queue=queue)
