@@ -5,13 +5,15 @@ The command line is Celery's (``celery/bin/multi.py``, ``celery/apps/multi.py``)
     conveyor multi start w1 w2 -A proj -l INFO \\
         --pidfile=/var/run/conveyor/%n.pid --logfile=/var/log/conveyor/%n%I.log
 
-Node names come first: ``w1`` (becomes ``w1@<host>``), ``w1@host``, or a
-count (``3`` is ``celery1..celery3`` as in Celery).  Everything after them
-is handed to ``conveyor worker`` for each node, with ``-n NODE --detach``
-and the node's expanded ``--pidfile``/``--logfile`` (Celery's defaults
-``/var/run/celery/%n.pid`` and ``/var/log/celery/%n%I.log``, folders made
-when missing).  ``stop`` and ``kill`` find a node through its pidfile.
-Celery's per-node options (``-c:w1 4``) are refused by name.
+``-A`` may also come before ``multi``, as in Celery's systemd guide
+(``conveyor -A proj multi start w1 ...``).  Node names come first: ``w1``
+(becomes ``w1@<host>``), ``w1@host``, or a count (``3`` is ``celery1`` to
+``celery3``, as in Celery).  Everything after them is handed to ``conveyor
+worker`` for each node, with ``-n NODE --detach`` and the node's expanded
+``--pidfile``/``--logfile`` (Celery's defaults ``/var/run/celery/%n.pid``
+and ``/var/log/celery/%n%I.log``, folders made when missing).  ``stop`` and
+``kill`` find a node through its pidfile.  Celery's per-node options
+(``-c:w1 4``) are refused by name.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def _take(words: list[str], names: tuple[str, ...]) -> str | None:
     return found
 
 
-def build_nodes(words: list[str]) -> list[Node]:
+def build_nodes(words: list[str], app_spec: str | None = None) -> list[Node]:
+    """The nodes and their commands; ``app_spec`` is a ``-A`` given before ``multi``
+    (``conveyor -A proj multi start w1``, the form of Celery's systemd guide)."""
     names, options = parse_nodes(list(words))
     for word in options:
         if word.startswith("-") and ":" in word.partition("=")[0]:
@@ -91,6 +95,8 @@ def build_nodes(words: list[str]) -> list[Node]:
         value = _take(options, (flag,))
         if value is not None:
             main += [flag, value]
+    if app_spec and not {"-A", "--app"} & set(main):
+        main = ["-A", app_spec, *main]
     pid_template = _take(options, ("--pidfile", "-p")) or DEFAULT_PIDFILE
     log_template = _take(options, ("--logfile", "-f")) or DEFAULT_LOGFILE
     _take(options, ("-n", "--hostname"))
@@ -109,9 +115,10 @@ def build_nodes(words: list[str]) -> list[Node]:
                                           "allow_interspersed_args": False})
 @click.argument("action", type=click.Choice(ACTIONS))
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
-def multi_command(action: str, words: tuple[str, ...]) -> None:
+@click.pass_context
+def multi_command(ctx: click.Context, action: str, words: tuple[str, ...]) -> None:
     """Start and stop several detached workers by node name, as Celery's multi."""
-    nodes = build_nodes(list(words))
+    nodes = build_nodes(list(words), getattr(ctx.obj, "spec", None))
     if action == "show":
         click.echo("\n".join(" ".join(node.argv) for node in nodes))
     elif action == "names":

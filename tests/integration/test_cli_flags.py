@@ -176,13 +176,11 @@ def test_stale_pidfile_is_replaced_and_sigterm_removes_it(tmp_path: Path) -> Non
 
 
 def test_multi_start_and_stopwait_two_nodes(tmp_path: Path) -> None:
-    """The form of Celery's daemonizing guide: names first, %n in the paths."""
+    """The forms of Celery's daemonizing guide: names first, %n in the paths, and -A
+    before multi (its systemd unit's ``-A $CELERY_APP multi start $CELERYD_NODES``)."""
     cli = Cli(tmp_path)
     paths = (f"--pidfile={tmp_path}/run/%n.pid", f"--logfile={tmp_path}/log/%n%I.log")
-    started = subprocess.run(
-        [sys.executable, "-m", "conveyor", "multi", "start", "w1", "w2", "-A", APP,
-         "-P", "threads", "-c", "1", *paths], cwd=ROOT, env=cli.env, capture_output=True,
-        text=True, timeout=60, check=False)
+    started = cli("multi", "start", "w1", "w2", "-P", "threads", "-c", "1", *paths)
     assert started.returncode == 0, started.stdout + started.stderr
     pids = [_pid(tmp_path / "run" / f"w{i}.pid") for i in (1, 2)]
     assert len(set(pids)) == 2 and all(alive(p) for p in pids)

@@ -47,6 +47,8 @@ def test_multi_builds_each_nodes_worker_command(tmp_path: Path) -> None:
     assert node.argv[6:] == ("-c", "2", "-n", "w1@box", "--detach",
                              f"--pidfile={tmp_path}/w1.pid", f"--logfile={tmp_path}/w1.log")
     assert node.pidfile == f"{tmp_path}/w1.pid"
+    before = build_nodes(["w1", "-c", "2"], app_spec="proj")[0]  # conveyor -A proj multi ...
+    assert before.argv[3:6] == ("-A", "proj", "worker")
     with pytest.raises(click.UsageError, match="-c:w1: per-node options"):
         build_nodes(["w1", "-c:w1", "4"])
 
