@@ -134,9 +134,10 @@ def monitor_command(obj: Any, port: int, address: str, basic_auth: tuple[str, ..
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     app.finalize()
-    click.echo(f"conveyor monitor on {serve.scheme}://{address}:{port}/ ({len(users)} admin "
-               f"entries, {len(readonly)} read-only, "
-               f"{len(security['trusted_proxy'])} trusted proxies)")
+    click.echo(f"conveyor monitor on {serve.scheme}://{address}:{port}/ "
+               f"({_count(len(users), 'admin account')}, "
+               f"{_count(len(readonly), 'read-only account')}, "
+               f"{_count(len(security['trusted_proxy']), 'trusted proxy', 'trusted proxies')})")
     uvicorn.run(asgi, **serve.uvicorn_kwargs())
 
 
@@ -158,6 +159,10 @@ def _build(app: Any, create_app: Any, users: list[str], readonly: list[str], add
                       throttle=LoginThrottle(limit=security["login_attempts"]),
                       body_timeout=security["body_timeout"])
     return asgi, serve
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 # -- status --------------------------------------------------------------------------
