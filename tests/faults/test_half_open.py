@@ -229,3 +229,33 @@ def test_producer_through_delay_reset_and_heal(proxy: FaultProxy) -> None:
         assert app.send_task(task("sleep"), [0.0]).id
     finally:
         app.close()
+
+
+def test_monitor_answers_during_and_after_a_blackhole(proxy: FaultProxy) -> None:
+    """The monitor's pages read Redis through the same bounded clients: while the path
+    is dead an API call answers (an error) within the timeouts instead of hanging, and
+    after the heal it answers normally again."""
+    import httpx
+
+    from ..integration.test_monitor_api import Served
+
+    app = Conveyor("mon", broker=proxy.url(query=QUERY), set_as_current=False)
+    try:
+        with Served(app) as api:
+            assert api.get("/api/workers").status_code == 200
+            proxy.blackhole()
+            began = time.monotonic()
+            try:
+                status = api.get("/api/workers", timeout=8 * SOCKET_TIMEOUT).status_code
+            except httpx.HTTPError as exc:  # pragma: no cover - the assertion explains
+                raise AssertionError(f"the monitor did not answer: {exc!r}") from exc
+            took = time.monotonic() - began
+            assert status >= 500 and took < 6 * SOCKET_TIMEOUT, (status, took)
+            proxy.heal()
+            began = time.monotonic()
+            wait_for(lambda: api.get("/api/workers").status_code == 200, 10,
+                     "the monitor to answer after the heal")
+            report(Figures("12b monitor across a blackhole", "redis", 0, 1, 0, 0,
+                           time.monotonic() - began, f"answered {status} in {took:.1f}s"))
+    finally:
+        app.close()
