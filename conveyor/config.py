@@ -42,8 +42,6 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "broker_connection_retry": "workers always retry with capped backoff",
     "broker_pool_limit": "connection pools are sized automatically",
     "worker_hijack_root_logger": "use -l/--loglevel; the root logger is left alone",
-    "task_always_eager": "there is no eager mode; use broker_url='memory://' in tests",
-    "task_eager_propagates": "there is no eager mode; use broker_url='memory://' in tests",
     "result_persistent": "results persist as the result store does",
     "task_create_missing_queues": "queues are always created on first use",
     "worker_cancel_long_running_tasks_on_connection_loss": "leases make this unnecessary",
@@ -104,6 +102,10 @@ class Settings:
     task_default_rate_limit: str | None = None
     task_idempotency_ttl: float | None = None  # None: result_expires
     task_enqueue_on_commit: bool = False
+    # Eager mode, for tests: calls run in the caller's process (conveyor.eager)
+    task_always_eager: bool = False
+    task_eager_propagates: bool = False
+    task_store_eager_result: bool = False
     # Modules imported when the app is finalized (worker/beat start)
     imports: list[str] = field(default_factory=list)
     # Routing

@@ -1,0 +1,86 @@
+"""``Task.replace``: a running task hands its place in the workflow to a canvas.
+
+As Celery's (``celery/app/task.py`` ``Task.replace``), the replacement
+inherits everything that waited for the task: its ``link`` callbacks and
+``link_error`` errbacks, the rest of its chain, its chord (or group) slot,
+and its task id, which the replacement's final result is stored under, so
+an ``AsyncResult`` held for the task resolves to the replacement's value.
+A group replacement is collected into one value (a list), as Celery's
+``celery.accumulate`` does.
+
+The replacement is sent like any follow-up (:func:`conveyor.workflow.launch`)
+with ids derived from the task's id, so a redelivered task that replaces
+itself again sends messages the broker already holds.  The replacement's
+final message keeps the task's id; its broker id carries the replacement
+depth (``<id>~r<n>``, see :func:`conveyor.app.broker_message_id`) so it never
+collides with the message still leased by the task being replaced.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from conveyor.canvas import COLLECT_TASK, Canvas, Signature, chain, chord, group, seeded_ids
+from conveyor.exceptions import ConfigurationError, Ignore
+
+if TYPE_CHECKING:
+    from conveyor.message import Message
+    from conveyor.task import Task
+
+NESTING = "replaced_task_nesting"  # message header: how many replacements deep
+
+
+def replace(task: Task, sig: Canvas) -> Any:
+    """Send ``sig`` in the running task's place and stop the task (raises ``Ignore``)."""
+    if "chord" in sig.options:
+        raise ConfigurationError("a signature replacing a task must not be part of a chord")
+    if isinstance(sig, chain) and not sig.tasks:
+        raise ConfigurationError("cannot replace a task with an empty chain")
+    request = task.request
+    if request.is_eager:
+        from conveyor import eager
+
+        return eager.apply_canvas(task.app, sig).get()
+    message = request.message
+    if message is None:  # called directly: nothing waits for this call (as Celery)
+        sig.apply_async()
+        raise Ignore(f"replaced by {sig!r}")
+    _send(task, sig, message)
+    raise Ignore(f"replaced by {sig!r}")
+
+
+def _send(task: Task, sig: Canvas, message: Message) -> None:
+    from conveyor.workflow import Plan, launch
+
+    app = task.app
+    nesting = int(message.headers.get(NESTING) or 0) + 1
+    node = _taking_over(sig, message)
+    frozen = node.freeze(seeded_ids(f"{message.id}:replaced:{nesting}"))
+    plan = Plan(app, root_id=message.root_id or message.id, parent_id=message.id)
+    launch(plan, frozen, (), {}, tuple(message.chain), message.chord)
+    plan.messages = [_in_place_of(m, message, nesting) for m in plan.messages]
+    plan.commit()
+
+
+def _taking_over(sig: Canvas, message: Message) -> Canvas:
+    """``sig`` carrying the task's callbacks and errbacks, its final result named as the task."""
+    node = sig
+    if isinstance(node, group):
+        node = chord(node, Signature(COLLECT_TASK, app=node._app), app=node._app)
+    if message.callbacks:
+        node = node.set(link=[*(node.options.get("link") or ()), *message.callbacks])
+    if message.errbacks:
+        node = node.set(link_error=[*(node.options.get("link_error") or ()),
+                                    *message.errbacks])
+    return node._named(message.id)
+
+
+def _in_place_of(sent: Message, original: Message, nesting: int) -> Message:
+    """The message that finishes under the task's id keeps its group slot and depth."""
+    if sent.id != original.id:
+        return sent
+    return sent.evolve(headers={**sent.headers, NESTING: nesting},
+                       group_id=original.group_id, group_index=original.group_index)
+
+
+__all__ = ["replace"]
