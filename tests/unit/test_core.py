@@ -66,8 +66,8 @@ def test_wrong_type_names_key_and_value() -> None:
 
 
 def test_celery_only_settings_warn_instead_of_failing() -> None:
-    with pytest.warns(ConfigWarning, match="task_always_eager is ignored by Conveyor"):
-        Settings().update({"task_always_eager": True})
+    with pytest.warns(ConfigWarning, match="result_persistent is ignored by Conveyor"):
+        Settings().update({"result_persistent": True})
 
 
 def test_celery_include_is_named_imports_here() -> None:
