@@ -27,6 +27,7 @@ APP = "tests.integration.task_classes_app"
 POOLS = ["prefork", "threads", "async", "solo"]
 
 Hooks = Callable[[str], list[dict[str, Any]]]
+Starter = Callable[[str], "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -61,7 +62,7 @@ def hooks(ledger: Path) -> Hooks:
 
 
 @pytest.fixture
-def worker(url: str, ledger: Path, tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+def worker(url: str, ledger: Path, tmp_path: Path) -> Iterator[Starter]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(pool: str) -> subprocess.Popen[bytes]:
