@@ -20,7 +20,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from conveyor.canvas import COLLECT_TASK, Canvas, Signature, chain, chord, group, seeded_ids
+from conveyor.canvas import (
+    COLLECT_TASK,
+    Canvas,
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    seeded_ids,
+)
 from conveyor.exceptions import ConfigurationError, Ignore
 
 if TYPE_CHECKING:
@@ -54,17 +63,16 @@ def _send(task: Task, sig: Canvas, message: Message) -> None:
 
     app = task.app
     nesting = int(message.headers.get(NESTING) or 0) + 1
-    node = _taking_over(sig, message)
+    node = _taking_over(sig, message, nesting)
     frozen = node.freeze(seeded_ids(f"{message.id}:replaced:{nesting}"))
     plan = Plan(app, root_id=message.root_id or message.id, parent_id=message.id)
     launch(plan, frozen, (), {}, tuple(message.chain), message.chord)
-    plan.messages = [_in_place_of(m, message, nesting) for m in plan.messages]
     plan.commit()
 
 
-def _taking_over(sig: Canvas, message: Message) -> Canvas:
-    """``sig`` carrying the task's callbacks and errbacks, its final result named as the task."""
-    node = sig
+def _taking_over(sig: Canvas, message: Message, nesting: int) -> Canvas:
+    """``sig`` carrying the task's callbacks and errbacks, its final call in the task's place."""
+    node = sig.group() if isinstance(sig, chunks) else sig
     if isinstance(node, group):
         node = chord(node, Signature(COLLECT_TASK, app=node._app), app=node._app)
     if message.callbacks:
@@ -72,15 +80,25 @@ def _taking_over(sig: Canvas, message: Message) -> Canvas:
     if message.errbacks:
         node = node.set(link_error=[*(node.options.get("link_error") or ()),
                                     *message.errbacks])
-    return node._named(message.id)
+    return _final_call(node._named(message.id), message, nesting)
 
 
-def _in_place_of(sent: Message, original: Message, nesting: int) -> Message:
-    """The message that finishes under the task's id keeps its group slot and depth."""
-    if sent.id != original.id:
-        return sent
-    return sent.evolve(headers={**sent.headers, NESTING: nesting},
-                       group_id=original.group_id, group_index=original.group_index)
+def _final_call(node: Canvas, message: Message, nesting: int) -> Canvas:
+    """``node`` with its final call marked: the task's group slot and the depth header.
+
+    The final call is built by a worker later (after the chain steps before
+    it), so the marks travel as the call's own options.
+    """
+    if isinstance(node, chain):
+        *first, last = node.tasks
+        return chain(*first, _final_call(last, message, nesting), options=node.options,
+                     app=node._app)
+    if isinstance(node, chord) and node.body is not None:
+        return chord(node.header, _final_call(node.body, message, nesting), node.options,
+                     node._app)
+    headers = {**(node.options.get("headers") or {}), NESTING: nesting}
+    slot = {"group_id": message.group_id, "group_index": message.group_index}
+    return node.set(headers=headers, **{k: v for k, v in slot.items() if v is not None})
 
 
 __all__ = ["replace"]
