@@ -309,3 +309,13 @@ def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:
     for result in results:
         ids.extend(_flat_ids(result.results) if isinstance(result, GroupResult) else [result.id])
     return ids
+
+
+def __getattr__(name: str) -> Any:
+    """``from conveyor.result import EagerResult`` (Celery's import path); it lives in
+    conveyor.eager, which needs this module first."""
+    if name == "EagerResult":
+        from conveyor.eager import EagerResult
+
+        return EagerResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,7 +54,10 @@ def test_apply_returns_an_eager_result_with_celerys_api(app: Conveyor) -> None:
     def fail() -> None:
         raise ValueError("no good")
 
+    from conveyor.result import EagerResult as CeleryPath  # celery.result.EagerResult
+
     ok = add.apply((2, 3), task_id="chosen-id")
+    assert CeleryPath is EagerResult
     assert isinstance(ok, EagerResult) and isinstance(ok, AsyncResult)
     assert (ok.id, ok.get(), ok.result, ok.state, ok.status) == (
         "chosen-id", 5, 5, states.SUCCESS, states.SUCCESS)

@@ -6,13 +6,15 @@ What the hooks do in workers is in tests/integration/test_task_classes.py.
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, Task, shared_task
+from conveyor import Conveyor, Task, shared_task, states
 from conveyor.config import ConfigWarning
 from conveyor.exceptions import ConfigurationError
 from conveyor.task import NO_EFFECT_TASK_OPTIONS
@@ -202,3 +204,35 @@ def test_register_task_applies_options(app: Conveyor) -> None:
     task: Any = app.register_task(Slow(), time_limit=5.0, max_retries=1)
     assert (task.time_limit, task.max_retries) == (5.0, 1)
     assert app.tasks[task.name] is task
+
+
+def test_track_started_and_ignore_result_as_task_options(backend_url: str) -> None:
+    """Celery: Task.track_started (default task_track_started) makes the worker store
+    STARTED; Task.ignore_result stores nothing (app/trace.py build_tracer)."""
+    app = Conveyor("opts", broker=backend_url, set_as_current=False)
+    gate = threading.Event()
+
+    @app.task(track_started=True)
+    def slow() -> int:
+        gate.wait(10)
+        return 1
+
+    @app.task(ignore_result=True)
+    def quiet() -> int:
+        return 2
+
+    try:
+        with run_worker(app) as worker:
+            started = slow.delay()
+            deadline = time.monotonic() + 10
+            while started.state != states.STARTED:
+                assert time.monotonic() < deadline, started.state
+                time.sleep(0.01)
+            gate.set()
+            assert started.get(timeout=10) == 1
+            unrecorded = quiet.delay()
+            worker.join()
+        assert unrecorded.state == states.PENDING
+    finally:
+        gate.set()
+        app.close()
