@@ -367,3 +367,30 @@ def test_eager_settings_load_without_a_warning() -> None:
         warnings.simplefilter("error")
         Settings().update({"task_always_eager": True, "task_eager_propagates": True,
                            "task_store_eager_result": True})
+
+
+def test_on_commit_calls_run_when_the_transaction_commits(eager: Conveyor) -> None:
+    """Celery: delay_on_commit sends (so, under eager, runs) only on commit; here the
+    eager run waits for the caller's open transaction as a send would."""
+    from conveyor import signals
+
+    pending: list[Any] = []
+
+    def in_transaction(send: Any) -> bool:
+        pending.append(send)
+        return True
+
+    @eager.task
+    def later(x: int) -> int:
+        calls.append(x)
+        return x
+
+    signals.add_deferrer(in_transaction)
+    try:
+        result = later.delay_on_commit(4)
+        assert calls == [] and not result.ready()
+        for send in pending:  # the transaction commits
+            send()
+    finally:
+        signals.remove_deferrer(in_transaction)
+    assert calls == [4] and result.get() == 4
