@@ -386,6 +386,10 @@ class Task:
 
         Under ``task_always_eager`` the task runs here instead (see :meth:`apply`).
         """
+        if not self.options.name:
+            raise ConfigurationError(
+                f"{type(self).__qualname__} has no name: give the class a name attribute or "
+                "register it with app.register_task() before sending it")
         if self.options.typing:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         app = self.app

@@ -134,6 +134,12 @@ def test_class_based_tasks_register_and_run_through_a_worker(app: Conveyor) -> N
     with pytest.raises(TypeError, match="has no run\\(\\) method"):
         Task()
 
+    class Unregistered(Task):
+        def run(self) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="Unregistered has no name"):
+        Unregistered().delay()
+
 
 def test_app_task_cls_sets_the_default_base(memory_url: str) -> None:
     """Celery: Celery(task_cls=...) is the default base of @app.task."""
