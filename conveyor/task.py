@@ -552,6 +552,8 @@ class Task:
         copy._signature, copy._fitting_shapes = None, set()
         if self._class_based:
             copy.fn = copy.run  # the copy's own bound run()
+        elif "run" in vars(self):  # see _setup: run() bound to the copy, not to self
+            copy.run = functools.partial(Task.run, copy)  # type: ignore[method-assign]
         return copy
 
 
