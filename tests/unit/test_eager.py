@@ -342,10 +342,11 @@ def test_nested_calls_and_get_inside_an_eager_task(eager: Conveyor) -> None:
     @eager.task(bind=True)
     def outer(self: Task, x: int) -> list[Any]:
         child = inner.delay(x)
-        return [child.get(), self.request.id]
+        both = group(inner.s(x), inner.s(x + 1)).delay()
+        return [child.get(), both.get(), self.request.id]
 
     result = outer.delay(1)
-    assert result.get() == [2, result.id]
+    assert result.get() == [2, [2, 3], result.id]
 
 
 def test_replace_in_eager_mode_returns_the_replacement_value(eager: Conveyor) -> None:
