@@ -277,7 +277,8 @@ class Task:
         if cls.run is Task.run:
             raise TypeError(f"{cls.__qualname__}() has no run() method: define run() in the "
                             "class, or decorate a function with @app.task(base=...)")
-        return self.run, options or task_options(cls.run, "", {}, cls)
+        return self.run, options or task_options(cls.run, cls._class_options.get("name") or "",
+                                                 {}, cls)
 
     def _setup(self, fn: Callable[..., Any], options: TaskOptions,
                app: Conveyor | None) -> None:
@@ -566,7 +567,10 @@ def task_options(fn: Any, default_name: str, given: dict[str, Any],
             f"task {getattr(fn, '__qualname__', fn)!r}: unknown option(s) "
             f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(TaskOptions.accepted()))}"
         )
-    given = {**base._class_options, **given}
+    # A class's ``name`` names its own (class-based) task, never the functions
+    # decorated with it as base (Celery gives those their own names too).
+    inherited = {k: v for k, v in base._class_options.items() if k != "name"}
+    given = {**inherited, **given}
     if not given.get("name"):
         given["name"] = default_name
     for name in ("autoretry_for", "dont_autoretry_for"):

@@ -242,3 +242,23 @@ def test_track_started_and_ignore_result_as_task_options(backend_url: str) -> No
     finally:
         gate.set()
         app.close()
+
+
+def test_a_base_class_call_wrapper_and_name(app: Conveyor) -> None:
+    """Celery: a base class overriding __call__ wraps every run (the common "context
+    task" pattern: the worker calls the task object); a decorated function keeps its
+    own name even when the base class has one (app/base.py _task_from_fun sets name)."""
+    class InContext(app.Task):
+        name = "the.base"
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return ("wrapped", super().__call__(*args, **kwargs))
+
+    @app.task(base=InContext)
+    def plain(x: int) -> int:
+        return x + 1
+
+    assert plain.name == "tests.unit.test_task_attributes.plain"
+    with run_worker(app):
+        assert plain.delay(1).get(timeout=10) == ("wrapped", 2)
+
