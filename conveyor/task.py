@@ -196,6 +196,17 @@ class _FromSetting:
         return getattr(task.app.conf, SETTING_ONLY_ATTRIBUTES[self.name])
 
 
+def _mixin_options(cls: type) -> dict[str, Any]:
+    """Option values set by classes mixed in before ``Task`` that are not task classes."""
+    found: dict[str, Any] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if base is object or (isinstance(base, type) and issubclass(base, Task)):
+            continue
+        found.update({name: value for name, value in vars(base).items()
+                      if name in CLASS_OPTIONS and not isinstance(value, _Option)})
+    return found
+
+
 class Task:
     """A task: a function (or a subclass's ``run``) with its options and hooks.
 
@@ -255,10 +266,14 @@ class Task:
             raise ConfigurationError(
                 f"{cls.__qualname__}: {', '.join(refused)} cannot be set per task here; "
                 f"set {settings} instead")
-        found = {name: own[name] for name in CLASS_OPTIONS & set(own)
-                 if not isinstance(own[name], _Option)}
+        found = _mixin_options(cls)
+        found.update({name: own[name] for name in CLASS_OPTIONS & set(own)
+                      if not isinstance(own[name], _Option)})
         for name in found:
-            delattr(cls, name)  # so the _Option on Task answers for every task
+            if name in own:
+                delattr(cls, name)  # so the _Option on Task answers for every task
+            else:  # set by a mixin: shadow it with the option on this class
+                setattr(cls, name, Task.__dict__[name])
         cls._class_options = {**cls._class_options, **found}
 
     def __init__(self, fn: Callable[..., Any] | None = None, options: TaskOptions | None = None,

@@ -108,6 +108,14 @@ def test_base_class_attributes_helpers_and_hooks_reach_the_task(app: Conveyor) -
         assert bound.delay().get(timeout=10) == "hi from tests.unit.test_task_attributes.bound"
     assert bound.with_options(queue="x").greet().startswith("hi"), "copies keep the class"
 
+    class RoutedMixin:  # not a task class: its options still count
+        queue = "mixed-in"
+
+    @app.task(base=type("Mixed", (RoutedMixin, Base), {}))
+    def mixed() -> None: ...
+
+    assert mixed.queue == "mixed-in" and mixed.options.queue == "mixed-in"
+
 
 def test_class_based_tasks_register_and_run_through_a_worker(app: Conveyor) -> None:
     """Celery: app/base.py register_task - an instance (or class) with run(); unnamed
