@@ -270,3 +270,21 @@ def test_a_base_class_call_wrapper_and_name(app: Conveyor) -> None:
     with run_worker(app):
         assert plain.delay(1).get(timeout=10) == ("wrapped", 2)
 
+
+
+def test_replace_called_directly_sends_the_replacement(app: Conveyor) -> None:
+    """Celery: Task.on_replace outside eager mode sends the signature and raises Ignore,
+    also when the task was called as a plain function."""
+    from conveyor.exceptions import Ignore
+
+    @app.task
+    def target(x: int) -> int:
+        return x
+
+    @app.task(bind=True)
+    def replacer(self: Task, x: int) -> Any:
+        return self.replace(target.s(x))
+
+    with pytest.raises(Ignore, match="replaced by"):
+        replacer(3)
+    assert [s.ready for s in app.broker.stats(["default"])] == [1]
