@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.canvas import Canvas, Signature
     from conveyor.canvas import chunks as Chunks
+    from conveyor.config import Settings
     from conveyor.eager import EagerResult
     from conveyor.einfo import ExceptionInfo
     from conveyor.result import AsyncResult
@@ -75,25 +76,25 @@ NO_EFFECT_TASK_OPTIONS: dict[str, str] = {
 
 # Celery task attributes read from settings only: a task (or task class) may
 # not set them, because the worker honours the setting alone.
-SETTING_ONLY_ATTRIBUTES: dict[str, str] = {
-    "acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
-    "reject_on_worker_lost": "task_reject_on_worker_lost",
-}
+# (Only read back here: the worker reads the settings where it honours them.)
+_SETTING_NAMES = {"acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
+                  "reject_on_worker_lost": "task_reject_on_worker_lost"}
 
 # The setting each option defaults from when a task leaves it unset (None),
 # as Celery's ``Task.from_config``.
-OPTION_SETTINGS: dict[str, str] = {
-    "serializer": "task_serializer",
-    "rate_limit": "task_default_rate_limit",
-    "priority": "task_default_priority",
-    "time_limit": "task_time_limit",
-    "soft_time_limit": "task_soft_time_limit",
-    "track_started": "task_track_started",
-    "acks_late": "task_acks_late",
-    "ignore_result": "task_ignore_result",
-    "store_eager_result": "task_store_eager_result",
-    "default_retry_delay": "task_default_retry_delay",
-    "max_deliveries": "task_max_deliveries",
+OPTION_SETTINGS: dict[str, Callable[[Settings], Any]] = {
+    "serializer": lambda conf: conf.task_serializer,
+    # Only read back here; the worker's rate limiting reads the setting itself.
+    "rate_limit": lambda conf: getattr(conf, "task_default_rate_limit"),  # noqa: B009
+    "priority": lambda conf: conf.task_default_priority,
+    "time_limit": lambda conf: conf.task_time_limit,
+    "soft_time_limit": lambda conf: conf.task_soft_time_limit,
+    "track_started": lambda conf: conf.task_track_started,
+    "acks_late": lambda conf: conf.task_acks_late,
+    "ignore_result": lambda conf: conf.task_ignore_result,
+    "store_eager_result": lambda conf: conf.task_store_eager_result,
+    "default_retry_delay": lambda conf: conf.task_default_retry_delay,
+    "max_deliveries": lambda conf: conf.task_max_deliveries,
 }
 
 
@@ -193,7 +194,7 @@ class _FromSetting:
     def __get__(self, task: Task | None, owner: type[Task] | None = None) -> Any:
         if task is None:
             return None
-        return getattr(task.app.conf, SETTING_ONLY_ATTRIBUTES[self.name])
+        return getattr(task.app.conf, _SETTING_NAMES[self.name])
 
 
 def _mixin_options(cls: type) -> dict[str, Any]:
@@ -260,9 +261,9 @@ class Task:
         """Turn option class attributes into the class's task defaults."""
         super().__init_subclass__(**kwargs)
         own = vars(cls)
-        refused = sorted(set(own) & set(SETTING_ONLY_ATTRIBUTES))
+        refused = sorted(set(own) & set(_SETTING_NAMES))
         if refused:
-            settings = ", ".join(SETTING_ONLY_ATTRIBUTES[n] for n in refused)
+            settings = ", ".join(_SETTING_NAMES[n] for n in refused)
             raise ConfigurationError(
                 f"{cls.__qualname__}: {', '.join(refused)} cannot be set per task here; "
                 f"set {settings} instead")
@@ -331,10 +332,10 @@ class Task:
         if name == "max_retries":
             return self.app.conf.task_default_max_retries if value == -1 else value
         if name in ("soft_time_limit", "time_limit"):
-            return value or getattr(self.app.conf, OPTION_SETTINGS[name])
+            return value or OPTION_SETTINGS[name](self.app.conf)
         setting = OPTION_SETTINGS.get(name)
         if value is None and setting is not None:
-            return getattr(self.app.conf, setting)
+            return setting(self.app.conf)
         return value
 
     @property

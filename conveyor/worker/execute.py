@@ -224,7 +224,8 @@ class Executor:
         log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
                     extra={"task_name": task.name, "task_id": request.id})
         stored = True
-        if not task.ignore_result or request.message.chord:
+        if (not task.ignore_result or request.message.chord
+                or self.app.conf.task_store_errors_even_if_ignored):
             stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
                                        date_started=started)
         if not stored:

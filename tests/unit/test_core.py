@@ -15,7 +15,7 @@ import pytest
 
 import conveyor
 from conveyor import Conveyor, shared_task, states
-from conveyor.config import ConfigWarning, Settings
+from conveyor.config import Settings
 from conveyor.exceptions import (
     ConfigurationError,
     ContentDisallowed,
@@ -66,15 +66,16 @@ def test_wrong_type_names_key_and_value() -> None:
         Settings().update({"worker_pool": "gevent"})
 
 
-def test_celery_only_settings_warn_instead_of_failing() -> None:
-    with pytest.warns(ConfigWarning, match="result_persistent is ignored by Conveyor"):
-        Settings().update({"result_persistent": True})
+def test_celery_only_settings_load_and_are_named_at_worker_start() -> None:
+    """More in tests/unit/test_settings_celery.py: one warning when a worker starts."""
+    conf = Settings()
+    conf.update({"worker_lost_wait": 5.0})
+    assert conf.worker_lost_wait == 5.0
+    assert "worker_lost_wait (the supervisor notices" in (conf.warn_no_effect() or "")
 
 
-def test_celery_include_is_named_imports_here() -> None:
-    with pytest.raises(ConfigurationError,
-                       match=r"include is called imports in Conveyor \(same meaning\); rename"):
-        Settings().update({"include": ["proj.tasks"]})
+def test_celery_include_and_imports_both_load() -> None:
+    Settings().update({"include": ["proj.tasks"]})
     app = make_app(imports=["tests.unit.pkg_autodiscover.beta.tasks"])
     assert "tests.unit.pkg_autodiscover.beta.tasks" not in sys.modules
     app.finalize()
