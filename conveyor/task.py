@@ -18,10 +18,10 @@ from __future__ import annotations
 import copy as _copy
 import functools
 import inspect
+import logging
 import re
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from conveyor.eager import EagerResult
     from conveyor.einfo import ExceptionInfo
     from conveyor.result import AsyncResult
+
+log = logging.getLogger("conveyor.task")
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -592,10 +594,7 @@ def task_options(fn: Any, default_name: str, given: dict[str, Any],
     for name in ("autoretry_for", "dont_autoretry_for"):
         if name in given:
             given[name] = tuple(given[name])
-    options = TaskOptions(**given)
-    _warn_no_effect(f"task {options.name or getattr(fn, '__qualname__', fn)}",
-                    options.no_effect())
-    return options
+    return TaskOptions(**given)
 
 
 def make_task(base: type[Task], fn: Callable[..., Any], options: TaskOptions,
@@ -616,24 +615,39 @@ def make_task(base: type[Task], fn: Callable[..., Any], options: TaskOptions,
 
 
 def strip_no_effect(options: dict[str, Any]) -> dict[str, Any]:
-    """Per-call options without the AMQP-only ones (warned about once per name)."""
+    """Per-call options without the AMQP-only ones (each named in a warning once)."""
     found = [name for name in NO_EFFECT_TASK_OPTIONS if name in options]
     if not found:
         return options
     new = [name for name in found if name not in _WARNED_CALL_OPTIONS]
-    _WARNED_CALL_OPTIONS.update(new)
-    _warn_no_effect("apply_async()", new)
+    if new:
+        _WARNED_CALL_OPTIONS.update(new)
+        log.warning("apply_async(): %s", _no_effect_text(new))
     return {key: value for key, value in options.items() if key not in NO_EFFECT_TASK_OPTIONS}
 
 
 _WARNED_CALL_OPTIONS: set[str] = set()
 
 
-def _warn_no_effect(where: str, names: list[str]) -> None:
-    if not names:
-        return
-    from conveyor.config import ConfigWarning
+def warn_no_effect_options(tasks: Iterable[Task]) -> str | None:
+    """One warning naming the tasks that set AMQP-only options (at worker start).
 
+    The task-option counterpart of ``Settings.warn_no_effect``; None when no
+    task sets one.
+    """
+    used: dict[str, list[str]] = {}
+    for task in tasks:
+        for name in task.options.no_effect():
+            used.setdefault(name, []).append(task.name)
+    if not used:
+        return None
+    where = "; ".join(f"{name} (tasks {', '.join(sorted(names))})"
+                      for name, names in used.items())
+    text = f"task options with no effect in Conveyor: {where}: {_no_effect_text(list(used))}"
+    log.warning("%s", text)
+    return text
+
+
+def _no_effect_text(names: list[str]) -> str:
     reasons = "; ".join(f"{name}: {NO_EFFECT_TASK_OPTIONS[name]}" for name in names)
-    warnings.warn(f"{where}: {', '.join(names)} accepted but has no effect in Conveyor "
-                  f"({reasons})", ConfigWarning, stacklevel=4)
+    return f"{', '.join(names)} accepted but has no effect in Conveyor ({reasons})"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class Worker:
         """Serve until shut down (blocks)."""
         self.app.finalize()
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
+        warn_no_effect_options(set(self.app.tasks.values()))  # and every AMQP-only task option
         if install_signals:
             self._install_signals()
         address = _safe_url(self.app.conf.broker_url)

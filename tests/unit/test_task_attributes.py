@@ -6,16 +6,15 @@ What the hooks do in workers is in tests/integration/test_task_classes.py.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, Task, shared_task, states
-from conveyor.config import ConfigWarning
 from conveyor.exceptions import ConfigurationError
 from conveyor.task import NO_EFFECT_TASK_OPTIONS
 from conveyor.testing import run_worker
@@ -175,35 +174,41 @@ def test_setting_only_attributes_are_refused_on_task_classes() -> None:
             reject_on_worker_lost = True
 
 
-def test_amqp_only_options_are_accepted_listed_and_warned_about(app: Conveyor) -> None:
+def test_amqp_only_options_are_accepted_listed_and_warned_about(
+        app: Conveyor, caplog: pytest.LogCaptureFixture) -> None:
     """Celery accepts delivery_mode, exchange, exchange_type, routing_key, mandatory and
     immediate on the decorator and per call (app/task.py extract_exec_options); they
-    only mean something to AMQP, so here they load, read back, and warn once, by name."""
+    only mean something to AMQP, so here they load and read back, a worker names the
+    tasks that set them in one warning when it starts, and a call naming one is
+    warned about once per option."""
     assert set(NO_EFFECT_TASK_OPTIONS) == {"delivery_mode", "exchange", "exchange_type",
                                            "routing_key", "mandatory", "immediate"}
-    with pytest.warns(ConfigWarning, match=r"delivery_mode, exchange accepted but has no "
-                                           r"effect.*AMQP message persistence"):
-        @app.task(delivery_mode=2, exchange="tasks")
-        def persistent() -> int:
-            return 1
 
-    assert (persistent.delivery_mode, persistent.exchange) == (2, "tasks")
+    @app.task(delivery_mode=2, exchange="tasks")
+    def persistent() -> int:
+        return 1
 
     class Routed(Task):
         routing_key = "rk"
 
-    with pytest.warns(ConfigWarning, match="routing_key accepted but has no effect"):
-        @app.task(base=Routed)
-        def routed() -> None: ...
+    @app.task(base=Routed)
+    def routed() -> None: ...
 
-    with pytest.warns(ConfigWarning, match="mandatory, immediate accepted but has no effect"):
+    assert (persistent.delivery_mode, persistent.exchange, routed.routing_key) == (
+        2, "tasks", "rk")
+    with caplog.at_level(logging.WARNING, logger="conveyor.task"):
         result = persistent.apply_async(mandatory=True, immediate=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per option name, not on every call
         persistent.apply_async(mandatory=True)
-    assert [s.ready for s in app.broker.stats(["default"])] == [2], "both were sent"
-    with run_worker(app):
-        assert result.get(timeout=10) == 1
+        with run_worker(app):
+            assert result.get(timeout=10) == 1
+    warned = [r.getMessage() for r in caplog.records if r.name == "conveyor.task"]
+    assert len(warned) == 2, warned
+    assert warned[0].startswith("apply_async(): mandatory, immediate accepted but has no "
+                                "effect in Conveyor (mandatory: an AMQP publish flag")
+    startup = warned[1]
+    assert "delivery_mode (tasks tests.unit.test_task_attributes.persistent)" in startup
+    assert "routing_key (tasks tests.unit.test_task_attributes.routed)" in startup
+    assert "AMQP message persistence" in startup
 
 
 def test_unknown_task_options_still_fail_with_the_known_ones_listed(app: Conveyor) -> None:
