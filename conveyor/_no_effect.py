@@ -248,13 +248,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_timer": NoEffect("str", None, IN_BROKER),
     "worker_timer_precision": NoEffect("float", 1.0, IN_BROKER),
     # -- implemented on other branches of issue 14 ------------------------------------
-    "worker_hijack_root_logger": NoEffect("bool", True,
-                                          _slice("signals")),  # owned by slice signals
-    "worker_task_log_format": NoEffect("str", None, _slice("signals")),  # owned by slice signals
-    "worker_log_color": NoEffect("bool", None, _slice("signals")),  # owned by slice signals
-    "worker_redirect_stdouts": NoEffect("bool", True, _slice("signals")),  # owned by slice signals
-    "worker_redirect_stdouts_level": NoEffect("str", "WARNING",
-                                              _slice("signals")),  # owned by slice signals
     "task_default_rate_limit": NoEffect("str", None, _slice("options")),  # owned by slice options
     "worker_disable_rate_limits": NoEffect("bool", False,
                                            _slice("options")),  # owned by slice options
@@ -262,9 +255,6 @@ NO_EFFECT: dict[str, NoEffect] = {
                                                 _slice("options")),  # owned by slice options
     "task_reject_on_worker_lost": NoEffect("bool", None,
                                            _slice("options")),  # owned by slice options
-    "task_queue_max_priority": NoEffect("int", None, _slice("canvas")),  # owned by slice canvas
-    "task_inherit_parent_priority": NoEffect("bool", False,
-                                             _slice("canvas")),  # owned by slice canvas
-    "task_create_missing_queues": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
-    "enable_utc": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
+    "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
+                                        "SQLite every queue has priorities 0..9"),
 }

@@ -50,6 +50,7 @@ from conveyor.exceptions import (
 from conveyor.message import Message
 from conveyor.result import AsyncResult, GroupResult
 from conveyor.results.record import ResultRecord
+from conveyor.worker import announce
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -200,28 +201,45 @@ def _attempts(app: Conveyor, task: Task, message: Message, propagate: bool,
 
 def _trace(app: Conveyor, task: Task, request: EagerRequest, propagate: bool,
            result: EagerResult) -> None:
+    """One attempt, with the signals Celery's tracer sends for eager runs too."""
     token = push_request(request)
+    announce.prerun(task, request)
     try:
-        try:
-            hooks.before_start(task, request)
-            retval = _call(task, request)
-        except Retry as exc:
-            hooks.retried(task, request, exc)
-            result.settle(states.RETRY, exc.exc, None, request.retries)
-            return
-        except Ignore as exc:
-            result.settle(IGNORED, exc, None, request.retries)
-            return
-        except Reject as exc:
-            result.settle(REJECTED, exc, None, request.retries)
-            return
-        except Exception as exc:
-            if not _autoretried(task, request, exc, result):
-                _fail(app, task, request, exc, tb.format_exc(), propagate, result)
-            return
-        _succeed(app, task, request, retval, propagate, result)
+        _attempt(app, task, request, propagate, result)
     finally:
+        _postrun(task, request, result)
         pop_request(token)
+
+
+def _attempt(app: Conveyor, task: Task, request: EagerRequest, propagate: bool,
+             result: EagerResult) -> None:
+    try:
+        hooks.before_start(task, request)
+        retval = _call(task, request)
+    except Retry as exc:
+        hooks.retried(task, request, exc)
+        announce.retried(task, request, exc)
+        result.settle(states.RETRY, exc.exc, None, request.retries)
+        return
+    except Ignore as exc:
+        result.settle(IGNORED, exc, None, request.retries)
+        return
+    except Reject as exc:
+        result.settle(REJECTED, exc, None, request.retries)
+        return
+    except Exception as exc:
+        if not _autoretried(task, request, exc, result):
+            _fail(app, task, request, exc, tb.format_exc(), propagate, result)
+        return
+    _succeed(app, task, request, retval, propagate, result)
+
+
+def _postrun(task: Task, request: EagerRequest, result: EagerResult) -> None:
+    from conveyor.worker.execute import ACK, Outcome
+
+    if result.state == states.PENDING:  # the attempt raised out (task_eager_propagates)
+        return
+    announce.postrun(task, request, result.result, Outcome(ACK, state=result.state))
 
 
 def _call(task: Task, request: Request) -> Any:
@@ -266,6 +284,7 @@ def _autoretried(task: Task, request: EagerRequest, exc: Exception,
         task.retry(exc=exc, **opts.retry_kwargs)
     except Retry as again:
         hooks.retried(task, request, again)
+        announce.retried(task, request, again)
         result.settle(states.RETRY, exc, None, request.retries)
         return True
     except Exception:
@@ -296,6 +315,7 @@ def _succeed(app: Conveyor, task: Task, request: EagerRequest, retval: Any, prop
     for callback in request.message.callbacks:
         apply_canvas(app, Canvas.from_dict(callback, app), (value,), {})
     hooks.succeeded(task, request, retval)
+    announce.succeeded(task, request, retval)
 
 
 def _fail(app: Conveyor, task: Task, request: EagerRequest, exc: BaseException, trace: str,
@@ -308,16 +328,33 @@ def _fail(app: Conveyor, task: Task, request: EagerRequest, exc: BaseException, 
         app.store_state(request, states.FAILURE, exc=exc, traceback=trace)
     result.settle(states.FAILURE, exc, trace, request.retries)
     assert request.message is not None and request.id is not None
-    run_errbacks(app, request.message.errbacks, request.id)
+    run_errbacks(app, request.message.errbacks, request, exc, trace)
     hooks.failed(task, request, exc, trace)
+    announce.failed(task, request, exc, trace)
     if propagate:
         raise exc
 
 
-def run_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], failed_id: str) -> None:
-    """Run each ``link_error`` errback here with the failed task's id."""
-    for errback in errbacks:
-        apply_canvas(app, Canvas.from_dict(errback, app), (failed_id,), {})
+def run_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], request: Request,
+                 exc: BaseException | None, traceback: str | None) -> None:
+    """Run ``link_error`` errbacks here, in Celery's two styles (:mod:`conveyor.errbacks`):
+    ``errback(request, exc, traceback)`` for the current style, else with the task id."""
+    from conveyor import errbacks as styles
+
+    inline, old_style = styles.split_styles(app, errbacks)
+    if exc is not None:
+        styles.call_inline(inline, request, exc, traceback)
+    for errback in old_style:
+        apply_canvas(app, Canvas.from_dict(errback, app), (request.id,), {})
+
+
+def _errbacks_for(app: Conveyor, errbacks: Sequence[dict[str, Any]],
+                  failed: EagerResult) -> None:
+    """A workflow's errbacks, for its first failed member ``failed``."""
+    exc = failed.result if isinstance(failed.result, BaseException) else None
+    request = Request(id=failed.id, task=failed.task_name, root_id=failed.id,
+                      called_directly=False, is_eager=True)
+    run_errbacks(app, errbacks, request, exc, failed.traceback)
 
 
 # -- canvases ---------------------------------------------------------------------
@@ -374,7 +411,7 @@ def _run_group(app: Conveyor, node: group, args: tuple[Any, ...],
     outcome = GroupResult(str(node.id), members, app)
     failed = first_failed(outcome)
     if failed is not None and node.options.get("link_error"):
-        run_errbacks(app, node.options["link_error"], failed.id)
+        _errbacks_for(app, node.options["link_error"], failed)
     return outcome
 
 
@@ -388,7 +425,7 @@ def _run_chord(app: Conveyor, node: chord, args: tuple[Any, ...],
     if failed is not None:
         errbacks = [e for e in entry_errbacks(node.body)
                     if e not in (node.header.options.get("link_error") or ())]
-        run_errbacks(app, errbacks, failed.id)
+        _errbacks_for(app, errbacks, failed)
         return _failed_steps(app, [node.body], header, failure_of(failed))
     if not all(finished(member) for member in header.results):
         return _unrun(app, node.body, header)  # a worker would never fire this body

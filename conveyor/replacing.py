@@ -75,11 +75,11 @@ def _taking_over(sig: Canvas, message: Message, nesting: int) -> Canvas:
     node = sig.group() if isinstance(sig, chunks) else sig
     if isinstance(node, group):
         node = chord(node, Signature(COLLECT_TASK, app=node._app), app=node._app)
-    if message.callbacks:
-        node = node.set(link=[*(node.options.get("link") or ()), *message.callbacks])
+    if message.callbacks:  # (copies: the caller's signature is left as it was)
+        node = node.copy_with(link=[*(node.options.get("link") or ()), *message.callbacks])
     if message.errbacks:
-        node = node.set(link_error=[*(node.options.get("link_error") or ()),
-                                    *message.errbacks])
+        node = node.copy_with(link_error=[*(node.options.get("link_error") or ()),
+                                          *message.errbacks])
     return _final_call(node._named(message.id), message, nesting)
 
 
@@ -98,7 +98,7 @@ def _final_call(node: Canvas, message: Message, nesting: int) -> Canvas:
                      node._app)
     headers = {**(node.options.get("headers") or {}), NESTING: nesting}
     slot = {"group_id": message.group_id, "group_index": message.group_index}
-    return node.set(headers=headers, **{k: v for k, v in slot.items() if v is not None})
+    return node.copy_with(headers=headers, **{k: v for k, v in slot.items() if v is not None})
 
 
 __all__ = ["replace"]

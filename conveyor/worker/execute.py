@@ -33,6 +33,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message, MessageDecodeError
 from conveyor.task import Task
+from conveyor.worker import announce
 
 log = logging.getLogger("conveyor.worker")
 
@@ -75,26 +76,29 @@ class Executor:
         task runs, so a supervisor can enforce the hard time limit.
         """
         if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
-            return Outcome(DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
-                           f"task_message_max_bytes={self.max_bytes}")
+            return announce.rejected(self, delivery, None, Outcome(
+                DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
+                f"task_message_max_bytes={self.max_bytes}"))
         try:
             message = Message.decode(delivery.body, self.accept)
         except ContentDisallowed as exc:
-            return Outcome(DEAD, reason=f"content type refused: {exc}")
+            return announce.rejected(self, delivery, exc, Outcome(
+                DEAD, reason=f"content type refused: {exc}"))
         except (MessageDecodeError, SerializationError) as exc:
-            return Outcome(DEAD, reason=f"undecodable message: {exc}")
+            return announce.rejected(self, delivery, exc, Outcome(
+                DEAD, reason=f"undecodable message: {exc}"))
         # Hooks wrap every result write about this message (integrations use
         # them for per-task hygiene such as database connections).
-        signals.task_prerun.send(self.app, task_id=message.id, task=message.task,
-                                 message=message)
+        signals.message_prerun.send(self.app, task_id=message.id, task=message.task,
+                                    message=message)
         outcome: Outcome | None = None
         try:
             outcome = self._dispatch(message, delivery, revoked, on_start)
             return outcome
         finally:
-            signals.task_postrun.send(self.app, task_id=message.id, task=message.task,
-                                      message=message,
-                                      state=outcome.state if outcome else None)
+            signals.message_postrun.send(self.app, task_id=message.id, task=message.task,
+                                         message=message,
+                                         state=outcome.state if outcome else None)
 
     def _dispatch(self, message: Message, delivery: Delivery, revoked: bool,
                   on_start: OnStart | None) -> Outcome:
@@ -105,9 +109,11 @@ class Executor:
         if task is None:
             try:
                 task = self.app.get_task(message.task)
-            except KeyError:
+            except KeyError as exc:
+                announce.unknown(self, message, exc)
                 return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
                                f"in this worker (is its module imported or autodiscovered?)")
+        announce.received(self, message, delivery)  # as Celery: not for revoked or unknown
         if on_start is not None:
             on_start(task.name, limit_of(message, "time_limit", task.time_limit), message)
         return self._run(task, message, delivery)
@@ -124,6 +130,8 @@ class Executor:
         if why is not None:
             self._store(message, delivery, states.REVOKED, result=why)
             workflow.on_revoked(self.app, message, why)
+            announce.revoked(self.app, message, Request.from_message(
+                message, delivery, self.hostname), expired=why == "expired")
             return Outcome(ACK, state=states.REVOKED, reason=why)
         return None
 
@@ -131,6 +139,7 @@ class Executor:
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
+        announce.prerun(task, request)
         if (task.track_started and not task.ignore_result
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
             return _superseded(request)
@@ -140,9 +149,11 @@ class Executor:
             result = self._call(task, request, soft)
         except BaseException as exc:
             pop_request(token)
-            return self._handle_error(task, request, exc, started)
+            return announce.postrun(task, request, exc,
+                                    self._handle_error(task, request, exc, started))
         pop_request(token)
-        return self._succeed(task, request, result, started)
+        return announce.postrun(task, request, result,
+                                self._succeed(task, request, result, started))
 
     def _call(self, task: Task, request: Request, soft: float | None) -> Any:
         if soft is None or self.timer is None:
@@ -169,6 +180,7 @@ class Executor:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
         hooks.succeeded(task, request, result)
+        announce.succeeded(task, request, result)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,
@@ -176,6 +188,7 @@ class Executor:
         """Map what the task raised to an outcome."""
         if isinstance(exc, Retry):
             hooks.retried(task, request, exc)
+            announce.retried(task, request, exc)
             return Outcome(ACK, state=states.RETRY, runtime=time.time() - started)
         if isinstance(exc, Ignore):
             return Outcome(ACK, runtime=time.time() - started)
@@ -200,6 +213,7 @@ class Executor:
             task.retry(exc=exc, **opts.retry_kwargs)
         except Retry as again:
             hooks.retried(task, request, again)
+            announce.retried(task, request, again)
             return Outcome(ACK, state=states.RETRY)
         except BaseException:
             return None  # retries exhausted: the original error stands
@@ -214,6 +228,7 @@ class Executor:
         assert request.message is not None
         self._store(request.message, request.delivery, states.FAILURE, result=reason,
                     exc_type="Reject", exc_module="conveyor.exceptions")
+        announce.failed(self.app.tasks.get(request.task or "", request.task), request, exc)
         return Outcome(DEAD, state=states.FAILURE, reason=reason)
 
     def _fail(self, task: Task, request: Request, exc: BaseException, started: float,
@@ -232,6 +247,7 @@ class Executor:
             return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
         hooks.failed(task, request, exc, trace)
+        announce.failed(task, request, exc, trace)
         return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
@@ -268,6 +284,7 @@ class Executor:
         request = Request.from_message(message, delivery, self.hostname)
         self.app.store_state(request, states.FAILURE, exc=WorkerLostError(reason))
         workflow.on_failure(self.app, message, WorkerLostError(reason), None)
+        announce.lost(self.app, message, request, WorkerLostError(reason))
 
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
@@ -283,6 +300,7 @@ class Executor:
             task = self.app.tasks.get(message.task)
             if task is not None:  # as Celery's on_timeout: the hooks run in the parent
                 hooks.failed(task, request, exc, None)
+        announce.killed(self.app, message, request, exc)
 
 
 class SoftTimer(Protocol):
