@@ -395,3 +395,51 @@ def test_on_commit_calls_run_when_the_transaction_commits(eager: Conveyor) -> No
     finally:
         signals.remove_deferrer(in_transaction)
     assert calls == [4] and result.get() == 4
+
+
+def test_eager_runs_send_celerys_task_signals(eager: Conveyor) -> None:
+    """Celery: app/trace.py sends task_prerun, task_success/task_failure/task_retry and
+    task_postrun for eager runs too (build_tracer(eager=True))."""
+    from conveyor import signals
+
+    @eager.task(bind=True)
+    def once(self: Task, fail: bool) -> int:
+        if not self.request.retries:
+            raise self.retry(exc=OSError("again"))
+        if fail:
+            raise ValueError("no")
+        return 1
+
+    def receiver(signal: Any = None, sender: Any = None, **kwargs: Any) -> None:
+        calls.append((signal.name, sender.name, kwargs.get("state")))
+
+    names = ("task_prerun", "task_postrun", "task_success", "task_failure", "task_retry")
+    for name in names:
+        getattr(signals, name).connect(receiver, weak=False)
+    try:
+        once.delay(False)
+        once.delay(True)
+    finally:
+        for name in names:
+            getattr(signals, name).disconnect(receiver)
+    run = [("task_prerun", once.name, None), ("task_retry", once.name, None),
+           ("task_postrun", once.name, states.RETRY), ("task_prerun", once.name, None)]
+    assert calls == [*run, ("task_success", once.name, None),
+                     ("task_postrun", once.name, states.SUCCESS),
+                     *run, ("task_failure", once.name, None),
+                     ("task_postrun", once.name, states.FAILURE)]
+
+
+def test_current_style_errbacks_are_called_in_eager_runs(eager: Conveyor) -> None:
+    """Celery: backends/base.py _call_task_errbacks calls an errback taking more than one
+    argument as errback(request, exc, traceback)."""
+    @eager.task
+    def fail() -> None:
+        raise KeyError("gone")
+
+    @eager.task
+    def on_error(request: Any, exc: BaseException, traceback: str) -> None:
+        calls.append((request.id, type(exc).__name__, "KeyError" in traceback))
+
+    failed = fail.apply_async(link_error=on_error.s())
+    assert calls == [(failed.id, "KeyError", True)]

@@ -39,7 +39,8 @@ def test_every_option_reads_back_with_celerys_defaults_from_settings(app: Convey
         "tests.unit.test_task_attributes.plain", 3, 180.0)
     assert (plain.serializer, plain.rate_limit, plain.priority, plain.time_limit,
             plain.soft_time_limit, plain.track_started, plain.acks_late, plain.ignore_result,
-            plain.store_eager_result) == ("json", None, 0, None, None, False, True, False, False)
+            plain.store_eager_result) == ("json", None, None, None, None, False, True, False,
+                                          False)
     assert (plain.queue, plain.expires, plain.autoretry_for, plain.retry_backoff,
             plain.retry_backoff_max, plain.retry_jitter, plain.typing) == (
         None, None, (), False, 600.0, True, True)
