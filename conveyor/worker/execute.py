@@ -180,7 +180,7 @@ class Executor:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
         hooks.succeeded(task, request, result)
-        announce.succeeded(task, request, result)
+        announce.succeeded(task, request, result, runtime)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,
