@@ -27,8 +27,10 @@ members) is a child of the run that sent it, in the same trace:
   every header; links from the body to the other headers' spans are not
   made yet (docs/monitoring.md, "Traces", says what that needs).
 
-The ``async`` pool runs coroutines with the consumer thread's context, so
-the span is current inside ``async def`` tasks too.  Prefork children
+The span is current inside ``async def`` tasks too: ``asyncio.run`` (solo,
+threads, prefork) and ``run_coroutine_threadsafe`` (the ``async`` pool's
+shared loop) both start the coroutine in a copy of the calling thread's
+context variables, where ``task_prerun`` attached it.  Prefork children
 inherit the receivers; configure the SDK's exporters in
 ``worker_process_init`` as for any forking server.
 """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import threading
 import time
@@ -214,7 +213,7 @@ class AsyncPool(ThreadPool):
         if not task.is_async:
             return call_task(task, request)
         future: Future[Any] = asyncio.run_coroutine_threadsafe(
-            _in_context(contextvars.copy_context(), _with_request(task, request)), self.loop)
+            _with_request(task, request), self.loop)
         return future.result()
 
     def run(self) -> None:
@@ -223,17 +222,6 @@ class AsyncPool(ThreadPool):
             super().run()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-async def _in_context(context: contextvars.Context, coro: Any) -> Any:
-    """Run ``coro`` with the consumer thread's context variables (a copy).
-
-    ``run_coroutine_threadsafe`` would give it the loop thread's context, so
-    whatever a ``task_prerun`` receiver made current (a tracing span, a log
-    context) would be missing inside the task; as ``asyncio.run`` does for
-    the other pools, the task starts from the caller's.
-    """
-    return await context.run(asyncio.get_running_loop().create_task, coro)
 
 
 async def _with_request(task: Task, request: Request) -> Any:

@@ -113,7 +113,7 @@ def test_web_request_chain_with_a_retry_is_one_trace(traced: Any) -> None:
     assert step1.attributes["messaging.message.id"] == result.parent.parent.id
 
 
-@pytest.mark.parametrize("pool", ["threads", "async"])
+@pytest.mark.parametrize("pool", ["solo", "threads", "async"])
 def test_async_task_sees_its_span(traced: Any, pool: str) -> None:
     _, exporter = traced
     app = make_test_app("otel-async")
