@@ -168,3 +168,26 @@ def test_chord_body_shares_the_trace_of_its_headers(traced: Any) -> None:
     assert len(completers) == 1  # the body was sent inside the completing header's run
     assert body[0] is _child(spans, _child(spans, completers[0], f"send {queue}"),
                              f"process {queue}")
+
+
+def test_uninstrument_stops_tracing_and_instrument_is_idempotent() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = make_test_app("otel-off")
+
+    @app.task(name="t.one")
+    def one() -> int:
+        return 1
+
+    instrumentor = ConveyorInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    instrumentor.instrument(tracer_provider=provider)  # a second call adds no receivers
+    with run_worker(app, concurrency=1):
+        assert one.delay().get(timeout=10) == 1
+        assert len(_spans(exporter, 2)) == 2
+        instrumentor.uninstrument()
+        assert not instrumentor.is_instrumented
+        traced = one.delay()
+        assert traced.get(timeout=10) == 1
+    assert len(exporter.get_finished_spans()) == 2
