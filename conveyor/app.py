@@ -8,6 +8,7 @@ children never share a socket with their parent.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -45,6 +46,7 @@ from conveyor.task import Task, task_options
 
 if TYPE_CHECKING:
     from conveyor import result as _result
+    from conveyor.control.api import Control
     from conveyor.events import EventSink
     from conveyor.result import AsyncResult
 
@@ -567,6 +569,13 @@ class Conveyor:
         """Revoke tasks: queued ones are skipped, running ones stopped if ``terminate``."""
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         self.broker.revoke(ids, self.conf.result_expires, terminate=terminate)
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """Celery's ``app.control``: remote control of running workers."""
+        from conveyor.control.api import Control
+
+        return Control(self)
 
     @property
     def hostname(self) -> str:

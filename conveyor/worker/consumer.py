@@ -75,7 +75,9 @@ class Consumer:
                  max_memory_kib: int | None = None, poll: float = 1.0) -> None:
         self.executor = executor
         self._broker_factory = broker_factory
-        self.queues = list(queues)
+        # The worker's own list when given one: remote control (add/cancel_consumer)
+        # changes it in place, and the next reserve sees the change.
+        self.queues = queues
         self.prefetch = max(1, prefetch)
         self.lease = lease
         self.reporter = reporter
@@ -100,8 +102,12 @@ class Consumer:
         self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
+        queues = list(self.queues)
+        if not queues:  # every queue cancelled by remote control: wait for one to be added
+            self.stop.wait(self.poll)
+            return []
         try:
-            batch = self.broker.reserve(self.queues, self._want(), self.lease, timeout=self.poll)
+            batch = self.broker.reserve(queues, self._want(), self.lease, timeout=self.poll)
         except BrokerError as exc:
             delay = self._backoff.next_delay()
             log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)

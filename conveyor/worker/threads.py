@@ -78,6 +78,10 @@ class ThreadPool:
         self.book = LeaseBook()
         self.stop = threading.Event()
         self.threads: dict[int, threading.Thread] = {}
+        self.stops: dict[int, threading.Event] = {}  # per slot, so the pool can shrink
+        self._next_key = 0
+        self._size = worker.concurrency
+        self._size_lock = threading.Lock()
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
@@ -109,25 +113,55 @@ class ThreadPool:
                             run_sync=self.run_task)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
                             self.worker.prefetch, self.worker.lease,
-                            BookReporter(self.book, key, self._ack), self.stop,
+                            BookReporter(self.book, key, self._ack), self.stops[key],
                             poll=self.worker.poll_interval)
         try:
             consumer.run()
         except Exception:
             log.exception("consumer thread %d crashed", key)
 
+    def _start_slot(self) -> None:
+        key = self._next_key
+        self._next_key += 1
+        self.book.add_slot(key)
+        self.stops[key] = threading.Event()
+        thread = threading.Thread(target=self._consume, args=(key,),
+                                  name=f"conveyor-consumer-{key}", daemon=True)
+        self.threads[key] = thread
+        thread.start()
+
+    def resize(self, size: int) -> None:
+        """Remote control's pool_grow/pool_shrink: applied by the supervising loop."""
+        with self._size_lock:
+            self._size = size
+        self.worker.concurrency = size
+        self._wake.set()
+
+    def _apply_size(self) -> None:
+        """Start slots up to the size; ask the newest to stop after their task beyond it."""
+        with self._size_lock:
+            size = self._size
+        live = [k for k, t in self.threads.items() if t.is_alive() and not self.stops[k].is_set()]
+        for _ in range(size - len(live)):
+            self._start_slot()
+        for key in sorted(live, reverse=True)[:max(0, len(live) - size)]:
+            self.stops[key].set()
+        for key in [k for k, t in self.threads.items() if not t.is_alive()]:
+            del self.threads[key], self.stops[key]
+            slot = self.book.remove_slot(key)
+            for delivery in slot.held.values() if slot is not None else ():
+                with contextlib.suppress(BrokerError):
+                    self.app.broker.requeue(delivery, count=False)
+
     def run(self) -> None:
-        for key in range(self.worker.concurrency):
-            self.book.add_slot(key)
-            thread = threading.Thread(target=self._consume, args=(key,),
-                                      name=f"conveyor-consumer-{key}", daemon=True)
-            self.threads[key] = thread
-            thread.start()
+        self._apply_size()
         while any(t.is_alive() for t in self.threads.values()):
             if self.worker.stopping:
-                self.stop.set()
+                self.begin_shutdown()
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
+            else:
+                self._apply_size()
             self._periodic()
             timeout = self._flush_acks()
             self._wake.wait(min(0.05, timeout) if self.worker.stopping else timeout)
@@ -137,6 +171,8 @@ class ThreadPool:
 
     def begin_shutdown(self) -> None:
         self.stop.set()
+        for stop in list(self.stops.values()):
+            stop.set()
 
     def _periodic(self) -> None:
         now = time.monotonic()
