@@ -24,6 +24,7 @@ seconds until its timeout or until it has as many as it expects.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from sqlite3 import Connection
@@ -53,6 +54,11 @@ SCHEMA = (
 )
 SCHEMA_VERSION = 1
 _SQLITE_OPTIONS = ("synchronous", "busy_timeout")
+
+
+def _replies_after(command_id: str, after: int, conn: Connection) -> list[Any]:
+    return conn.execute("SELECT n, body FROM conveyor_control_replies WHERE command_id = ? "
+                        "AND n > ? ORDER BY n", (command_id, after)).fetchall()
 
 
 class SQLiteListener(Listener):
@@ -107,9 +113,7 @@ class SQLiteChannel(ControlChannel):
         deadline = time.monotonic() + timeout
         last, count = 0, 0
         while limit is None or count < limit:
-            rows = self._db.query(lambda c, after=last: c.execute(
-                "SELECT n, body FROM conveyor_control_replies WHERE command_id = ? AND n > ? "
-                "ORDER BY n", (command_id, after)).fetchall())
+            rows = self._db.query(functools.partial(_replies_after, command_id, last))
             for n, body in rows:
                 last = int(n)
                 count += 1

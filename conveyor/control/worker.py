@@ -51,13 +51,18 @@ class ControlThread:
         return control
 
     def stop(self) -> None:
+        """Ask the thread to end; it closes its connections itself, within
+        :data:`RECEIVE_WAIT` s, so stopping a worker never waits for it."""
         self._stop.set()
-        self._thread.join(RECEIVE_WAIT * 4)
-        if self._listener is not None:
-            self._listener.close()
-        self.channel.close()
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_listener()
+            self.channel.close()
+
+    def _serve(self) -> None:
         backoff = Backoff()
         while not self._stop.is_set():
             try:
