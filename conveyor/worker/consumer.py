@@ -114,7 +114,16 @@ class Consumer:
             self.stop.wait(delay)
             return []
         self._backoff.reset()
-        return batch
+        return self._still_consumed(batch)
+
+    def _still_consumed(self, batch: list[Delivery]) -> list[Delivery]:
+        """Hand back what a reserve begun before a cancel_consumer took from that queue."""
+        current = self.queues
+        dropped = [d for d in batch if d.queue not in current]
+        for delivery in dropped:
+            with contextlib.suppress(BrokerError):  # else its lease hands it out again
+                self.broker.requeue(delivery, count=False)
+        return [d for d in batch if d.queue in current] if dropped else batch
 
     def _want(self) -> int:
         if self.max_tasks is None:

@@ -149,6 +149,8 @@ class PreforkPool:
         self._retire = 0  # children to stop (pool_shrink)
         self._recycle = False  # replace every child (its queues or task limits changed)
         self._requests = threading.Lock()
+        self._applied = threading.Condition(self._requests)
+        self._generation = 0  # request batches applied so far
 
     # -- children ----------------------------------------------------------
     def spawn(self) -> None:
@@ -177,19 +179,34 @@ class PreforkPool:
         with self._requests:
             self._retire += max(0, self.worker.concurrency - size)
             self.worker.concurrency = size
+            self._wait_applied()
 
     def refresh(self) -> None:
         """Children are forked with the worker's queues and task limits: replace them,
-        each after its current task, so a remote-control change reaches them."""
+        each after its current task, so a remote-control change reaches them.
+
+        Returns once the old children were told to stop, so no task started after
+        the command's reply runs with the old settings."""
         with self._requests:
             self._recycle = True
+            self._wait_applied()
+
+    def _wait_applied(self) -> None:
+        """Called with the lock held: wait (bounded) for the supervising loop to apply."""
+        wanted = self._generation + 1
+        self._applied.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                               timeout=5.0)
 
     def _apply_requests(self) -> None:
         with self._requests:
             retire, self._retire = self._retire, 0
             recycle, self._recycle = self._recycle, False
-        if not retire and not recycle:
-            return
+            if retire or recycle:
+                self._stop_children(retire, recycle)
+            self._generation += 1
+            self._applied.notify_all()
+
+    def _stop_children(self, retire: int, recycle: bool) -> None:
         busy = {key for key, _ in self.book.running_tasks()}
         serving = [k for k, child in self.children.items() if not child.retiring]
         idle_first = sorted(serving, key=lambda k: k in busy)

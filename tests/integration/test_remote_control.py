@@ -20,7 +20,7 @@ import pytest
 
 from conveyor import Conveyor, states
 
-from .processes import ROOT, Ledger, start_worker, stop, wait_for, worker_env
+from .processes import ROOT, Ledger, children_of, start_worker, stop, wait_for, worker_env
 
 APP = "tests.integration.worker_app"
 WORK = f"{APP}.work"
@@ -137,9 +137,10 @@ def test_pool_grow_and_shrink_change_how_many_run_at_once(
     assert [kind for kind, _ in lines] == ["start", "end", "start", "end"]  # one at a time
 
 
-def test_time_limit_reaches_prefork_children(
+def test_prefork_children_take_new_time_limits_and_the_pool_resizes(
         client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]], ledger: Ledger) -> None:
-    spawn("-P", "prefork", "-c", "1")
+    """Children are forked with the limits: the pool replaces them (after their task)."""
+    proc = spawn("-P", "prefork", "-c", "1")
     assert client.control.time_limit(WORK, hard=1.0, reply=True, destination=[NODE]) == [
         {NODE: {"ok": "time limits set successfully"}}]
     result = client.send_task(WORK, args=[30.0])
@@ -149,7 +150,13 @@ def test_time_limit_reaches_prefork_children(
     assert result.state == states.FAILURE
     assert time.monotonic() - began < 10
 
+    client.control.pool_grow(2, destination=[NODE], reply=True)
+    wait_for(lambda: len(children_of(proc.pid)) == 3, 20, "three children")
+    client.control.pool_shrink(1, destination=[NODE], reply=True)
+    wait_for(lambda: len(children_of(proc.pid)) == 2, 20, "two children")
 
+
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)  # the CLI is transport-blind
 def test_cli_inspect_ping_exit_status(url: str, tmp_path: Path,
                                       spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     """Container health checks loop on ``inspect ping``: 0 with a worker, 69 without."""
