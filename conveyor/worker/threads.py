@@ -87,6 +87,10 @@ class ThreadPool:
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
         self._acks_lock = threading.Lock()
         self._wake = threading.Event()  # set when the first pending ack arrives
+        self._started: dict[int, float] = {}  # consumer key -> when its thread started
+        self._crashes = 0  # consumer threads in a row that died young
+        self._respawn_after = 0.0
+        self.replaced = 0  # consumer threads replaced after a crash
 
     def _ack(self, delivery: Delivery) -> None:
         """Called from consumer threads; wakes the supervisor once per bunch."""
@@ -117,18 +121,52 @@ class ThreadPool:
                             poll=self.worker.poll_interval)
         try:
             consumer.run()
-        except Exception:
-            log.exception("consumer thread %d crashed", key)
+        except BaseException:  # even SystemExit: the supervisor replaces this thread
+            log.exception("consumer thread %d crashed; it will be replaced", key)
+        finally:
+            self._wake.set()  # let the supervisor notice at once
 
-    def _start_slot(self) -> None:
-        key = self._next_key
-        self._next_key += 1
+    def _start(self, key: int) -> None:
         self.book.add_slot(key)
         self.stops[key] = threading.Event()
         thread = threading.Thread(target=self._consume, args=(key,),
                                   name=f"conveyor-consumer-{key}", daemon=True)
         self.threads[key] = thread
+        self._started[key] = time.monotonic()
+        self._next_key = max(self._next_key, key + 1)
         thread.start()
+
+    def _replace_dead(self) -> None:
+        """Start a new consumer for each one that ended while the worker serves.
+
+        A consumer thread only ends on its own after an internal error the
+        consumer could not contain; what it held goes back to the broker (the
+        running message counted as a delivery, as when a prefork child dies).
+        Replacements of threads that die young are spaced out, as prefork's are.
+        A thread retired by ``pool_shrink`` ends too: it is not replaced.
+        """
+        if self.worker.stopping or time.monotonic() < self._respawn_after:
+            return
+        for key, thread in list(self.threads.items()):
+            if thread.is_alive():
+                continue
+            slot = self.book.remove_slot(key)
+            if slot is not None:
+                running = slot.running.delivery.id if slot.running else None
+                for delivery in slot.held.values():
+                    with contextlib.suppress(BrokerError):
+                        self.app.broker.requeue(delivery, count=delivery.id == running)
+            if self.stops[key].is_set():  # retired
+                del self.threads[key], self.stops[key]
+                continue
+            young = time.monotonic() - self._started.get(key, 0.0) < 2.0
+            self._crashes = self._crashes + 1 if young else 0
+            if self._crashes > 3:
+                delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
+                log.error("consumer threads keep dying; waiting %.1fs before the next", delay)
+                self._respawn_after = time.monotonic() + delay
+            self.replaced += 1
+            self._start(key)
 
     def resize(self, size: int) -> None:
         """Remote control's pool_grow/pool_shrink: applied by the supervising loop."""
@@ -141,26 +179,21 @@ class ThreadPool:
         """Start slots up to the size; ask the newest to stop after their task beyond it."""
         with self._size_lock:
             size = self._size
-        live = [k for k, t in self.threads.items() if t.is_alive() and not self.stops[k].is_set()]
-        for _ in range(size - len(live)):
-            self._start_slot()
-        for key in sorted(live, reverse=True)[:max(0, len(live) - size)]:
+        serving = [k for k in self.threads if not self.stops[k].is_set()]
+        for _ in range(size - len(serving)):
+            self._start(self._next_key)
+        for key in sorted(serving, reverse=True)[:max(0, len(serving) - size)]:
             self.stops[key].set()
-        for key in [k for k, t in self.threads.items() if not t.is_alive()]:
-            del self.threads[key], self.stops[key]
-            slot = self.book.remove_slot(key)
-            for delivery in slot.held.values() if slot is not None else ():
-                with contextlib.suppress(BrokerError):
-                    self.app.broker.requeue(delivery, count=False)
 
     def run(self) -> None:
         self._apply_size()
-        while any(t.is_alive() for t in self.threads.values()):
+        while any(t.is_alive() for t in self.threads.values()) or not self.worker.stopping:
             if self.worker.stopping:
                 self.begin_shutdown()
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
             else:
+                self._replace_dead()
                 self._apply_size()
             self._periodic()
             timeout = self._flush_acks()
