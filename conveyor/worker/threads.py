@@ -82,6 +82,8 @@ class ThreadPool:
         self._next_key = 0
         self._size = worker.concurrency
         self._size_lock = threading.Lock()
+        self._resized = threading.Condition(self._size_lock)
+        self._generation = 0  # passes of _apply_size so far
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
@@ -169,21 +171,27 @@ class ThreadPool:
             self._start(key)
 
     def resize(self, size: int) -> None:
-        """Remote control's pool_grow/pool_shrink: applied by the supervising loop."""
+        """Remote control's pool_grow/pool_shrink, applied by the supervising loop;
+        returns once applied, so no task sent after the reply meets the old size."""
         with self._size_lock:
             self._size = size
-        self.worker.concurrency = size
-        self._wake.set()
+            self.worker.concurrency = size
+            wanted = self._generation + 1
+            self._wake.set()
+            self._resized.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                                   timeout=5.0)
 
     def _apply_size(self) -> None:
         """Start slots up to the size; ask the newest to stop after their task beyond it."""
         with self._size_lock:
             size = self._size
-        serving = [k for k in self.threads if not self.stops[k].is_set()]
-        for _ in range(size - len(serving)):
-            self._start(self._next_key)
-        for key in sorted(serving, reverse=True)[:max(0, len(serving) - size)]:
-            self.stops[key].set()
+            serving = [k for k in self.threads if not self.stops[k].is_set()]
+            for _ in range(size - len(serving)):
+                self._start(self._next_key)
+            for key in sorted(serving, reverse=True)[:max(0, len(serving) - size)]:
+                self.stops[key].set()
+            self._generation += 1
+            self._resized.notify_all()
 
     def run(self) -> None:
         self._apply_size()
