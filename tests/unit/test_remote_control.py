@@ -45,7 +45,7 @@ def test_replies_are_keyed_by_node_and_filtered_by_destination(
     assert app.control.ping(destination=["other@host"], timeout=0.2) == []
     assert app.control.inspect(destination=["other@host"], timeout=0.2).ping() is None
     # Celery: a single destination string gets that node's reply alone.
-    assert app.control.inspect(destination=NODE).registered() == ["jobs.add"]
+    assert "jobs.add" in app.control.inspect(destination=NODE).registered()
     reply = app.control.broadcast("no_such_thing", reply=True, destination=[NODE])
     assert reply == [{NODE: {"error": "No such control command: no_such_thing"}}]
 
