@@ -74,6 +74,11 @@ def _status(reply: Any) -> str:
     return json.dumps(reply, default=str)
 
 
+def _listed(reply: Any) -> list[Any]:
+    """A worker's list reply; an error reply (a dict) shows as nothing in a table."""
+    return reply if isinstance(reply, list) else []
+
+
 def _short(value: Any, width: int = 40) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -99,7 +104,7 @@ def inspect_reserved(obj: Any, timeout: float, destination: str | None, as_json:
     emit(replies, as_json, lambda r: table(
         ("worker", "task id", "name", "queue", "args"),
         [(n, t["id"], t.get("name"), t.get("delivery_info", {}).get("routing_key"),
-          _short(t.get("args"))) for n, tasks in sorted(r.items()) for t in tasks]))
+          _short(t.get("args"))) for n, tasks in sorted(r.items()) for t in _listed(tasks)]))
 
 
 @click.command("registered")
@@ -110,7 +115,8 @@ def inspect_registered(obj: Any, timeout: float, destination: str | None,
     """Task names each worker knows (``conveyor tasks`` lists them without a worker)."""
     replies = ask(obj.app, "registered", timeout, destination)
     emit(replies, as_json, lambda r: table(
-        ("worker", "task"), [(n, name) for n, names in sorted(r.items()) for name in names]))
+        ("worker", "task"),
+        [(n, name) for n, names in sorted(r.items()) for name in _listed(names)]))
 
 
 @click.command("revoked")
@@ -120,7 +126,7 @@ def inspect_revoked(obj: Any, timeout: float, destination: str | None, as_json: 
     """Task ids revoked by broadcast since each worker started."""
     replies = ask(obj.app, "revoked", timeout, destination)
     emit(replies, as_json, lambda r: table(
-        ("worker", "task id"), [(n, i) for n, ids in sorted(r.items()) for i in ids]))
+        ("worker", "task id"), [(n, i) for n, ids in sorted(r.items()) for i in _listed(ids)]))
 
 
 @click.command("active_queues")
@@ -131,7 +137,7 @@ def inspect_active_queues(obj: Any, timeout: float, destination: str | None,
     """The queues each worker reserves from now."""
     replies = ask(obj.app, "active_queues", timeout, destination)
     emit(replies, as_json, lambda r: table(
-        ("worker", "queue"), [(n, q["name"]) for n, qs in sorted(r.items()) for q in qs]))
+        ("worker", "queue"), [(n, q["name"]) for n, qs in sorted(r.items()) for q in _listed(qs)]))
 
 
 @click.command("conf")
@@ -158,7 +164,7 @@ def active_rows(replies: dict[str, Any], progress: dict[str, Any]) -> list[tuple
     return [(n, t["id"], t.get("name"), t.get("delivery_info", {}).get("routing_key"),
              f"{now - float(t.get('time_start') or now):.1f}s", _short(t.get("args"), 30),
              "-" if progress.get(t["id"]) is None else f"{progress[t['id']]:.0f}%")
-            for n, tasks in sorted(replies.items()) for t in tasks]
+            for n, tasks in sorted(replies.items()) for t in _listed(tasks)]
 
 
 WORKER_INSPECT = (inspect_ping, inspect_reserved, inspect_registered, inspect_revoked,

@@ -68,7 +68,7 @@ class ControlThread:
             try:
                 commands = self._listen().receive(RECEIVE_WAIT)
                 backoff.reset()
-            except ConveyorError as exc:
+            except Exception as exc:  # a broken connection, or anything else: never stop
                 self._drop_listener()
                 delay = backoff.next_delay()
                 log.warning("control channel unavailable (%s); retrying in %.2fs", exc, delay)
@@ -97,5 +97,5 @@ class ControlThread:
             return
         try:
             self.channel.reply(command.id, self.worker.hostname, reply)
-        except ConveyorError as exc:
+        except Exception as exc:  # the sender times out; this thread carries on
             log.warning("could not reply to control command %s: %s", command.name, exc)
