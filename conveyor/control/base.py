@@ -124,6 +124,8 @@ def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChann
     from conveyor.exceptions import ConfigurationError
 
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    # Read by the app for task messages; the broker warned about Celery-only ones already.
+    options = {k: v for k, v in (options or {}).items() if k != "priority_steps"}
     if scheme == "memory":
         from conveyor.control.memory import MemoryChannel
 

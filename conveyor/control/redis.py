@@ -66,7 +66,10 @@ class RedisListener(Listener):
 
 class RedisChannel(ControlChannel):
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
-        self._options = parse_redis_url(url, options)
+        from conveyor._redis import _CELERY_ONLY
+
+        quiet = {k: v for k, v in (options or {}).items() if k not in _CELERY_ONLY}
+        self._options = parse_redis_url(url, quiet)
         self._holder = ClientHolder(self._options)
         self._channel = f"{self._options.prefix}:control"
         self._block = min(MAX_BLOCK, self._options.socket_timeout / 2)
