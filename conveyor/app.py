@@ -245,6 +245,8 @@ class Conveyor:
         return events_for(self)
 
     def close(self) -> None:
+        if "control" in self.__dict__:  # opened by app.control (a cached property)
+            self.control.close()
         for held in (self._broker, self._results):
             if held is not None and held[0] == os.getpid():
                 held[1].close()

@@ -10,6 +10,7 @@ when no worker answered.  What differs, and why, is in
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -51,14 +52,19 @@ class Control:
     @property
     def channel(self) -> ControlChannel:
         """This process's control channel (reopened after fork)."""
-        import os
-
         with self._lock:
             if self._channel is None or self._channel[0] != os.getpid():
                 conf = self.app.conf
                 self._channel = (os.getpid(),
                                  channel_for(conf.broker_url, conf.broker_options()))
             return self._channel[1]
+
+    def close(self) -> None:
+        """Release this process's control channel (reopened on next use)."""
+        with self._lock:
+            held, self._channel = self._channel, None
+        if held is not None and held[0] == os.getpid():
+            held[1].close()
 
     def inspect(self, destination: str | Sequence[str] | None = None, timeout: float = 1.0,
                 callback: Callable[[dict[str, Any]], None] | None = None,
