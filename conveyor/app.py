@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, publishing, signals, states
+from conveyor import _state, publishing, signals, signing, states
 from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
@@ -435,6 +435,7 @@ class Conveyor:
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
         template = BodyTemplate(prototype)
+        key = signing.key_for(self.conf)
         limit = self.conf.task_message_max_bytes
         suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
         queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
@@ -443,6 +444,8 @@ class Conveyor:
         for args, kwargs in calls:
             task_id = new_id()
             body = template.body(task_id, args, kwargs, time.time())
+            if key is not None:
+                body = signing.sign(body, key)
             if limit is not None and len(body) > limit:
                 _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
@@ -472,6 +475,9 @@ class Conveyor:
     def envelope(self, message: Message, idempotency_key: str | None = None,
                  idempotency_ttl: float | None = None) -> Envelope:
         body = message.encode()
+        key = signing.key_for(self.conf)
+        if key is not None:
+            body = signing.sign(body, key)
         limit = self.conf.task_message_max_bytes
         if limit is not None and len(body) > limit:
             _refuse_size(message.task, message.id, body, limit)
