@@ -203,9 +203,10 @@ class Inspect:
         return by_node
 
     def ping(self, destination: str | Sequence[str] | None = None) -> dict[str, Any] | None:
-        if destination is not None:
-            self.destination = destination
-        return self._request("ping")
+        if destination is None:
+            return self._request("ping")
+        return Inspect(self.control, destination, self.timeout, self.callback,
+                       self.limit)._request("ping")
 
     def active(self, safe: bool | None = None) -> dict[str, Any] | None:
         return self._request("active", safe=safe)
