@@ -252,9 +252,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_timer": NoEffect("str", None, IN_BROKER),
     "worker_timer_precision": NoEffect("float", 1.0, IN_BROKER),
     # -- implemented on other branches of issue 14 ------------------------------------
-    "task_always_eager": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "task_eager_propagates": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "task_store_eager_result": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_default_rate_limit": NoEffect("str", None, _slice("options")),  # owned by slice options
     "worker_disable_rate_limits": NoEffect("bool", False,
                                            _slice("options")),  # owned by slice options

@@ -23,6 +23,7 @@ from conveyor.events import EventSink
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.signing import pickle_warning
+from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Worker:
         """Serve until shut down (blocks)."""
         self.app.finalize()
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
+        warn_no_effect_options(set(self.app.tasks.values()))  # and every AMQP-only task option
         if install_signals:
             self._install_signals()
         address = redact.url(self.app.conf.broker_url)
