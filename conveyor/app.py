@@ -8,6 +8,7 @@ children never share a socket with their parent.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -45,6 +46,7 @@ from conveyor.task import Task, make_task, strip_no_effect, task_options
 
 if TYPE_CHECKING:
     from conveyor import result as _result
+    from conveyor.control.api import Control
     from conveyor.events import EventSink
     from conveyor.result import AsyncResult
 
@@ -275,6 +277,8 @@ class Conveyor:
         return events_for(self)
 
     def close(self) -> None:
+        if "control" in self.__dict__:  # opened by app.control (a cached property)
+            self.control.close()
         for held in (self._broker, self._results):
             if held is not None and held[0] == os.getpid():
                 held[1].close()
@@ -616,6 +620,13 @@ class Conveyor:
         """Revoke tasks: queued ones are skipped, running ones stopped if ``terminate``."""
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         self.broker.revoke(ids, self.conf.result_expires, terminate=terminate)
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """Celery's ``app.control``: remote control of running workers."""
+        from conveyor.control.api import Control
+
+        return Control(self)
 
     @property
     def hostname(self) -> str:

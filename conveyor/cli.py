@@ -418,9 +418,10 @@ main.add_command(beat_command)
 
 
 def _register_monitor_commands() -> None:
+    from conveyor.control.cli import control_command
     from conveyor.monitor.cli import inspect_command, monitor_command, status_command
 
-    for command in (monitor_command, status_command, inspect_command):
+    for command in (monitor_command, status_command, inspect_command, control_command):
         main.add_command(command)
 
 

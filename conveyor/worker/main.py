@@ -121,6 +121,9 @@ class Worker:
             return
         warn_if_calls_outlast_leases(self.app, self.lease)
         self._pool = self._make_pool()
+        from conveyor.control.worker import ControlThread
+
+        control = ControlThread.start_for(self)  # answers even when every slot is busy
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
@@ -134,6 +137,8 @@ class Worker:
         try:
             self._run_pool()
         finally:
+            if control is not None:
+                control.stop()
             self._goodbye()
             signals.worker_shutdown.send(sender=self)
             log.info("worker %s stopped", self.hostname)
