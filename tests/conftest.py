@@ -59,6 +59,18 @@ def pg_dsn() -> str:
 
 
 @pytest.fixture
+def pg_url(pg_dsn: str) -> Iterator[str]:
+    """``pg_dsn`` with a schema of this test's own (``?schema=``), dropped afterwards,
+    so parallel runs and other engineers' tests never meet."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"{pg_dsn}?schema={schema}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 

@@ -1,0 +1,220 @@
+"""PostgreSQL plumbing shared by the stores that live in one database: URLs,
+connections, errors and schema versions.
+
+URLs are libpq's (``postgresql://user:password@host:port/dbname?sslmode=...``;
+``postgres://`` is the same) plus one parameter of Conveyor's own,
+``schema=NAME`` (default ``public``): every table lives in that schema, which
+is created when missing, so several applications (or test runs) can share a
+database without meeting.  Every other query parameter goes to libpq as is.
+
+Connections: a small pool per process (psycopg 3, autocommit on; several
+statements that must commit together run in an explicit transaction).  The
+pool notices a fork and starts empty in the child: psycopg never closes a
+connection it inherited (libpq's socket stays the parent's), so the parent
+loses nothing.  A connection that failed is thrown away, not reused.
+
+Errors: a connection that cannot be made or is lost mid-call raises
+:class:`~conveyor.exceptions.BrokerUnavailable` naming the server without
+its password.
+
+Schema versions: each component (``broker``, ...) records the version of
+the tables it created in ``conveyor_schema (component PRIMARY KEY, version)``;
+creating or upgrading runs under a transaction-scoped advisory lock, so
+processes starting together do not race, and a database written by a newer,
+incompatible Conveyor is refused with a clear error instead of being
+misread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - exercised only without the extra
+    psycopg = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+SCHEMES = ("postgresql", "postgres")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+POOL_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    """Where to connect (``conninfo`` has the password; never print it) and
+    which schema holds the tables; ``address`` is safe to print."""
+
+    conninfo: str
+    schema: str
+    address: str
+
+
+def parse_postgres_url(url: str, schema: object = None) -> PostgresOptions:
+    """Split Conveyor's ``schema`` parameter off a libpq URL.
+
+    ``schema`` (from transport options) wins over the URL's when both are set.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        raise ConfigurationError(f"{redact_url(url)!r} is not a postgresql:// URL")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    from_url = [v for k, v in query if k == "schema"]
+    rest = [(k, v) for k, v in query if k != "schema"]
+    name = str(schema) if schema is not None else (from_url[-1] if from_url else "public")
+    if not _IDENTIFIER.match(name):
+        raise ConfigurationError(
+            f"PostgreSQL schema {name!r} (in {redact_url(url)!r}): use lower-case letters, "
+            "digits and underscores, starting with a letter or underscore")
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    host = parts.hostname or "localhost"
+    address = f"{host}:{parts.port or 5432}{parts.path or '/'}"
+    return PostgresOptions(conninfo, name, address)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for errors and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def require_psycopg() -> None:
+    if psycopg is None:
+        raise ConfigurationError(
+            "a postgresql:// URL needs psycopg 3: pip install 'conveyor[postgres]'")
+
+
+class Pool:
+    """A few autocommit connections, reused per process; see the module docstring."""
+
+    def __init__(self, options: PostgresOptions, size: int = POOL_SIZE) -> None:
+        require_psycopg()
+        self.options = options
+        self._size = size
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new connection of its own (the caller closes it)."""
+        with errors(self.options.address, "connect"):
+            return psycopg.connect(self.options.conninfo, autocommit=True,
+                                   application_name="conveyor")
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._take()
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(conn)
+
+    def run(self, action: str, work: Callable[[psycopg.Connection[Any]], T],
+            transaction: bool = False) -> T:
+        """``work(conn)`` on a pooled connection, in a transaction if asked."""
+        with errors(self.options.address, action), self.connection() as conn:
+            if not transaction:
+                return work(conn)
+            with conn.transaction():
+                return work(conn)
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._idle, self._pid = [], os.getpid()  # the parent's: leave them be
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and not conn.broken:
+                    return conn
+        return self.connect()
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            if self._pid == os.getpid() and len(self._idle) < self._size and not conn.broken:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            mine = self._pid == os.getpid()
+        for conn in idle if mine else ():
+            conn.close()
+
+
+@contextmanager
+def errors(address: str, action: str) -> Iterator[None]:
+    """Turn a lost or refused connection into BrokerUnavailable, naming the server."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise BrokerUnavailable(
+            f"PostgreSQL at {address}: {action} failed, the connection was refused or "
+            f"lost ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return re.sub(r"password=\S+", "password=***", text[0]) if text else type(exc).__name__
+
+
+SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS {schema}.conveyor_schema (
+    component text PRIMARY KEY,
+    version integer NOT NULL)"""
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('conveyor_schema.' || %s))"
+SCHEMA_FOUND = "SELECT version FROM {schema}.conveyor_schema WHERE component = %s"
+SCHEMA_SET = """
+    INSERT INTO {schema}.conveyor_schema (component, version) VALUES (%s, %s)
+    ON CONFLICT (component) DO UPDATE SET version = excluded.version"""
+
+
+def ensure_schema(pool: Pool, component: str, version: int,
+                  migrations: Sequence[Sequence[str]]) -> None:
+    """Create or upgrade ``component``'s tables: ``migrations[i]`` brings v``i`` to v``i+1``.
+
+    Statements are templates with ``{schema}`` for the quoted schema name.
+    """
+    schema = quoted(pool.options.schema)
+
+    def upgrade(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(SCHEMA_LOCK, (pool.options.schema,))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")  # type: ignore[arg-type]
+        conn.execute(SCHEMA_TABLE.format(schema=schema))  # type: ignore[arg-type]
+        row = conn.execute(SCHEMA_FOUND.format(schema=schema),  # type: ignore[arg-type]
+                           (component,)).fetchone()
+        found = 0 if row is None else int(row[0])
+        if found > version:
+            raise ConfigurationError(
+                f"PostgreSQL at {pool.options.address} holds a {component} schema version "
+                f"{found} in schema {pool.options.schema!r}, newer than this Conveyor "
+                f"understands ({version}); upgrade Conveyor")
+        for step in migrations[found:version]:
+            for statement in step:
+                conn.execute(statement.format(schema=schema))  # type: ignore[arg-type]
+        if found != version:
+            conn.execute(SCHEMA_SET.format(schema=schema),  # type: ignore[arg-type]
+                         (component, version))
+
+    pool.run("create the schema", upgrade, transaction=True)
+
+
+def quoted(identifier: str) -> str:
+    """A checked identifier (see ``_IDENTIFIER``) in double quotes."""
+    return f'"{identifier}"'
