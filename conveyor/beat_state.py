@@ -377,6 +377,10 @@ def open_beat_state(app: Conveyor) -> BeatState:
         return SQLiteBeatState(url, options)
     if scheme in ("redis", "rediss", "unix"):
         return RedisBeatState(url, options)
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "beat keeps its run history beside the broker, and the PostgreSQL broker has no "
+            "beat state yet: run beat with a sqlite:// or redis:// broker_url for now")
     raise ConfigurationError(
         f"beat cannot keep its run history beside broker_url {url!r}: "
         "supported schemes are sqlite://, redis://, rediss://, unix:// and memory://"

@@ -608,6 +608,10 @@ def store_from_url(url: str, retention: float = 86400.0,
 
         prefix = (options or {}).get("prefix")
         return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None)
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "there is no PostgreSQL event store yet; for task events (monitor, inspect) set "
+            "result_backend to redis://host:port/db or sqlite:///path.db")
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 

@@ -106,6 +106,16 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture(params=[*BACKENDS, "postgres"])
+def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(broker_url, result_backend)`` for each backend kind, plus the PostgreSQL
+    broker with results in SQLite (PostgreSQL has no result or event store yet)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    return url, url
+
+
 @pytest.fixture
 def make_url(backend_url: str) -> Callable[[], str]:
     return lambda: backend_url

@@ -587,9 +587,7 @@ class Listener:
     def stop(self) -> None:
         self._closed = True
         if self._pid == os.getpid():
-            self._stopping.set()
-            if self._thread is not None:
-                self._thread.join(2.0)
+            self._stopping.set()  # the thread closes its connection within a second
 
 
 def _poll_interval(value: object) -> float:

@@ -52,6 +52,12 @@ def _open(url: str, options: dict[str, Any]) -> ResultStore:
         from conveyor.contrib.django.results import DjangoResultStore
 
         return DjangoResultStore()
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"result_backend {_safe(url)!r}: Conveyor has no PostgreSQL result store yet "
+            "(results default to the broker's URL, so a postgresql:// broker needs this "
+            "setting); set result_backend to redis://host:port/db, sqlite:///path.db or "
+            "django-db (which keeps results in your Django database, PostgreSQL included)")
     raise ConfigurationError(f"result_backend {_safe(url)!r}: unsupported scheme; {_ALTERNATIVES}")
 
 
