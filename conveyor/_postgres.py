@@ -195,9 +195,9 @@ def ensure_schema(pool: Pool, component: str, version: int,
 
     def upgrade(conn: psycopg.Connection[Any]) -> None:
         conn.execute(SCHEMA_LOCK, (pool.options.schema,))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")  # type: ignore[arg-type]
-        conn.execute(SCHEMA_TABLE.format(schema=schema))  # type: ignore[arg-type]
-        row = conn.execute(SCHEMA_FOUND.format(schema=schema),  # type: ignore[arg-type]
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        conn.execute(SCHEMA_TABLE.format(schema=schema))
+        row = conn.execute(SCHEMA_FOUND.format(schema=schema),
                            (component,)).fetchone()
         found = 0 if row is None else int(row[0])
         if found > version:
@@ -207,9 +207,9 @@ def ensure_schema(pool: Pool, component: str, version: int,
                 f"understands ({version}); upgrade Conveyor")
         for step in migrations[found:version]:
             for statement in step:
-                conn.execute(statement.format(schema=schema))  # type: ignore[arg-type]
+                conn.execute(statement.format(schema=schema))
         if found != version:
-            conn.execute(SCHEMA_SET.format(schema=schema),  # type: ignore[arg-type]
+            conn.execute(SCHEMA_SET.format(schema=schema),
                          (component, version))
 
     pool.run("create the schema", upgrade, transaction=True)

@@ -562,7 +562,7 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 conn = self._pool.connect()
-            except Exception as exc:  # noqa: BLE001 - waiters poll meanwhile
+            except Exception as exc:
                 log.warning("PostgreSQL broker: cannot listen (%s); polling", exc)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -570,7 +570,7 @@ class Listener:
             try:
                 self._serve(conn)
                 backoff = 0.1
-            except Exception as exc:  # noqa: BLE001 - reconnect; waiters poll meanwhile
+            except Exception as exc:
                 log.warning("PostgreSQL broker: lost the LISTEN connection (%s)", exc)
             finally:
                 self._ready.clear()
