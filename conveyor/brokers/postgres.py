@@ -74,11 +74,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conveyor._postgres import Pool, ensure_schema, parse_postgres_url, quoted
+from conveyor._postgres import Pool, ensure_schema, errors, parse_postgres_url, quoted
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.broker")
+IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg at import time
 
 SCHEMA_VERSION = 1
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((
@@ -295,8 +296,10 @@ class PostgresBroker(Broker):
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
+        # All plain: one statement, atomic on its own; keys need a transaction.
+        keyed = any(e.idempotency_key is not None for e in envelopes)
         return list(self._run("enqueue", lambda c: self.store(c, envelopes),
-                              transaction=True))
+                              transaction=keyed))
 
     def store(self, conn: _Conn, envelopes: Sequence[Envelope]) -> list[str]:
         """Write ``envelopes`` on ``conn``, inside whatever transaction it is in.
@@ -318,6 +321,29 @@ class PostgresBroker(Broker):
                 ids.append(self._store_keyed(conn, env, now))
         self._housekeep(conn, now)
         return ids
+
+    def store_in(self, conn: _Conn, envelopes: Sequence[Envelope]) -> list[str]:
+        """Write ``envelopes`` on the caller's psycopg connection, in its transaction.
+
+        Nothing is visible to workers (and no notification is sent) until the
+        caller commits; a rollback leaves nothing queued.  Inside an open
+        transaction this runs in a savepoint; on an idle connection it opens
+        the transaction the caller will commit; on an autocommit connection
+        it commits at once.
+        """
+        import psycopg
+
+        if not isinstance(conn, psycopg.Connection):
+            raise ConfigurationError(
+                f"connection= takes a psycopg 3 connection, not {type(conn).__name__} "
+                "(Celery's kombu connection argument has no counterpart here)")
+        with errors(self._pool.options.address, "enqueue"):
+            if not conn.autocommit and conn.info.transaction_status == IDLE:
+                # psycopg's transaction() would begin *and commit* here: let the
+                # statements open the caller's transaction instead.
+                return self.store(conn, envelopes)
+            with conn.transaction():
+                return self.store(conn, envelopes)
 
     def _insert(self, conn: _Conn, envelopes: Sequence[Envelope], now: float) -> None:
         due = [e.eta if e.eta is not None and e.eta > now else None for e in envelopes]
