@@ -39,8 +39,9 @@ IN_BROKER = "delayed tasks wait in the broker, not in a worker-side timer (guara
 NO_COMPRESSION = "messages and results are not compressed; keep arguments small or pass ids"
 NO_SIGNING = ("only used by Celery's 'auth' serializer (message signing), which Conveyor does not "
               "offer; task_serializer='auth' is refused")
-SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
-              "SQLite store, which manages its own connection and table")
+SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// and db+postgresql:// "
+              "URLs map to Conveyor's SQLite and PostgreSQL stores, which manage their own "
+              "connections and tables")
 
 
 def _backend(name: str) -> str:

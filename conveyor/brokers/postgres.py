@@ -66,19 +66,15 @@ minute per broker, inside a write that happens anyway.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conveyor._postgres import Pool, ensure_schema, errors, parse_postgres_url, quoted
+from conveyor._postgres import Listener, Pool, ensure_schema, errors, parse_postgres_url, quoted
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import ConfigurationError
 
-log = logging.getLogger("conveyor.broker")
 IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg at import time
 
 SCHEMA_VERSION = 1
@@ -526,94 +522,6 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         self._listener.stop()
         self._pool.close()
-
-
-class Listener:
-    """One connection per process that ``LISTEN``s and counts notifications.
-
-    Waiters remember the count before they look for work and sleep until it
-    changes; the thread starts on the first wait and restarts after a fork
-    or a lost connection (waiters poll meanwhile).
-    """
-
-    def __init__(self, pool: Pool, channel: str) -> None:
-        self._pool = pool
-        self._channel = channel
-        self._pid = -1
-        self._closed = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._cond = threading.Condition()
-        self._count = 0
-        self._ready = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def generation(self) -> int:
-        """The notification count, starting the listener first if needed."""
-        self._start()
-        with self._cond:
-            return self._count
-
-    def listening(self) -> bool:
-        return self._ready.is_set()
-
-    def wait(self, generation: int, seconds: float) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._count != generation, timeout=seconds)
-
-    def _start(self) -> None:
-        if self._closed or (self._pid == os.getpid() and self._thread is not None):
-            return
-        with self._cond:
-            if self._pid != os.getpid():
-                self._reset()
-                self._pid = os.getpid()
-            started = self._thread is None
-            if started:
-                self._thread = threading.Thread(
-                    target=self._listen, name="conveyor-pg-listen", daemon=True)
-                self._thread.start()
-        if started:
-            self._ready.wait(2.0)  # LISTEN in place before the first look for work
-
-    def _bump(self) -> None:
-        with self._cond:
-            self._count += 1
-            self._cond.notify_all()
-
-    def _listen(self) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                conn = self._pool.connect()
-            except Exception as exc:
-                log.warning("PostgreSQL broker: cannot listen (%s); polling", exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            try:
-                self._serve(conn)
-                backoff = 0.1
-            except Exception as exc:
-                log.warning("PostgreSQL broker: lost the LISTEN connection (%s)", exc)
-            finally:
-                self._ready.clear()
-                conn.close()
-
-    def _serve(self, conn: _Conn) -> None:
-        conn.execute(f"LISTEN {quoted(self._channel)}")
-        self._ready.set()
-        self._bump()  # anything sent while not listening: look again
-        while not self._stopping.is_set():
-            for _ in conn.notifies(timeout=1.0):
-                self._bump()
-
-    def stop(self) -> None:
-        self._closed = True
-        if self._pid == os.getpid():
-            self._stopping.set()  # the thread closes its connection within a second
 
 
 def _poll_interval(value: object) -> float:
