@@ -21,9 +21,9 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def app(pg_url: str, tmp_path: Path) -> Iterator[Conveyor]:
-    application = Conveyor("txn", broker=pg_url, backend=f"sqlite:///{tmp_path / 'r.db'}",
-                           set_as_current=False)
+def app(pg_url: str) -> Iterator[Conveyor]:
+    """Broker and results both in PostgreSQL (the results beside the broker)."""
+    application = Conveyor("txn", broker=pg_url, set_as_current=False)
     yield application
     application.close()
 
