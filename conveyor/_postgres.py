@@ -128,8 +128,23 @@ class Pool:
         self._give_back(conn)
 
     def run(self, action: str, work: Callable[[psycopg.Connection[Any]], T],
-            transaction: bool = False) -> T:
-        """``work(conn)`` on a pooled connection, in a transaction if asked."""
+            transaction: bool = False, retry: bool = False) -> T:
+        """``work(conn)`` on a pooled connection, in a transaction if asked.
+
+        ``retry``: ``work`` may run twice (it reads, or repeating it is
+        harmless), so a connection that went stale while idle (a server
+        restart, a terminated backend) costs one more try on a new
+        connection instead of an error.
+        """
+        try:
+            return self._run_once(action, work, transaction)
+        except BrokerUnavailable:
+            if not retry:
+                raise
+        return self._run_once(action, work, transaction)
+
+    def _run_once(self, action: str, work: Callable[[psycopg.Connection[Any]], T],
+                  transaction: bool) -> T:
         with errors(self.options.address, action), self.connection() as conn:
             if not transaction:
                 return work(conn)

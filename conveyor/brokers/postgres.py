@@ -251,6 +251,8 @@ HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 DEFAULT_POLL_INTERVAL = 1.0
 OPTIONS = ("schema", "poll_interval")
+RETRIED = frozenset({"reserve", "list queues", "stats", "list dead letters",
+                     "read revocations", "read a lease", "ping"})
 
 _Conn = Any  # psycopg.Connection[Any]; psycopg is an optional dependency
 
@@ -283,7 +285,9 @@ class PostgresBroker(Broker):
         return found
 
     def _run(self, action: str, work: Callable[[_Conn], Any], transaction: bool = False) -> Any:
-        return self._pool.run(action, work, transaction)
+        # Reads (and reserve, whose lease simply runs out if its answer was
+        # lost) may be tried again on a fresh connection; writes are not.
+        return self._pool.run(action, work, transaction, retry=action in RETRIED)
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:

@@ -115,6 +115,7 @@ CLEANUP = (
 )
 CLEANUP_EVERY = 1000
 POLL = 1.0
+RETRIED = frozenset({"read results", "load a group", "store results", "save a group"})
 
 _Conn = Any  # psycopg.Connection[Any]; psycopg is an optional dependency
 
@@ -136,7 +137,8 @@ class PostgresResultStore(ResultStore):
         return template.replace("{s}", self._schema)
 
     def _run(self, action: str, work: Callable[[_Conn], Any], transaction: bool = False) -> Any:
-        return self._pool.run(action, work, transaction)
+        # Reads and plain upserts of a result may repeat; joins and fenced writes may not.
+        return self._pool.run(action, work, transaction, retry=action in RETRIED)
 
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, payload)], ttl)
