@@ -156,7 +156,8 @@ MAKE_DUE_READY = """
 # The best ``count`` ready rows: one index walk per queue (priority, seq),
 # merged by priority, then the queue's rank in the request, then FIFO.  The
 # token is the reservation's random prefix plus the row's seq: unique per
-# message and fresh per reservation.
+# message and fresh per reservation.  Whether the task (the message id up to
+# its first "~") is revoked comes back too, saving the worker a round trip.
 LEASE = """
     UPDATE {s}.conveyor_messages m
     SET state = 'leased', token = %(prefix)s || '.' || m.seq, due = %(until)s,
@@ -170,7 +171,9 @@ LEASE = """
               FOR UPDATE SKIP LOCKED) c
           ORDER BY c.priority, q.rank, c.seq LIMIT %(count)s) pick
     WHERE m.seq = pick.seq
-    RETURNING m.priority, pick.rank, m.seq, m.id, m.queue, m.body, m.deliveries, m.token"""
+    RETURNING m.priority, pick.rank, m.seq, m.id, m.queue, m.body, m.deliveries, m.token,
+        EXISTS (SELECT 1 FROM {s}.conveyor_revoked r
+                WHERE r.task_id = split_part(m.id, '~', 1) AND r.expires_at > %(now)s)"""
 NEXT_DUE = "SELECT min(due) FROM {s}.conveyor_messages WHERE state <> 'ready'"
 
 HELD = "id = %s AND token = %s AND state = 'leased'"
@@ -406,13 +409,13 @@ class PostgresBroker(Broker):
         conn.execute(self.sql(MAKE_DUE_READY), (now,))
         rows = conn.execute(self.sql(LEASE), {
             "prefix": uuid.uuid4().hex, "until": now + lease, "queues": names,
-            "count": count}).fetchall()
+            "count": count, "now": now}).fetchall()
         if not rows:
             return [], conn.execute(self.sql(NEXT_DUE)).fetchone()[0]
         rows.sort(key=lambda row: row[:3])  # RETURNING has no order: priority, rank, seq
         return [
-            Delivery(id_, queue, bytes(body), deliveries, token, priority)
-            for priority, _, _, id_, queue, body, deliveries, token in rows
+            Delivery(id_, queue, bytes(body), deliveries, token, priority, bool(revoked))
+            for priority, _, _, id_, queue, body, deliveries, token, revoked in rows
         ], None
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:

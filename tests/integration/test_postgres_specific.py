@@ -65,3 +65,15 @@ def test_terminated_backends_cost_readers_nothing_and_a_producer_one_clear_error
     broker.enqueue(Envelope("m3", "q", b"3"))
     assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m1", "m3"]
     broker.close()
+
+
+def test_reserve_reports_revocations_of_the_leased_tasks(pg_url: str) -> None:
+    """Reserve checks revocations while leasing (the task id is the message id up
+    to its first "~"), so consumers skip the extra query, as on Redis."""
+    broker = broker_from_url(pg_url)
+    broker.enqueue_many([Envelope(id=i, queue="q", body=b"x") for i in ("t1", "t2~1", "t3")])
+    broker.revoke(["t2", "t3"], ttl=60, terminate=True)
+    broker.revoke(["t1"], ttl=-1)  # expired: not revoked any more
+    got = {d.id: d.revoked for d in broker.reserve(["q"], 10, lease=30, timeout=0)}
+    assert got == {"t1": False, "t2~1": True, "t3": True}
+    broker.close()
