@@ -392,8 +392,7 @@ class PostgresBroker(Broker):
         while True:
             generation = self._listener.generation()  # before looking: no wake-up is missed
             got, next_due = self._run(
-                "reserve", lambda c: self._reserve_once(c, names, count, lease),
-                transaction=True)
+                "reserve", lambda c: self._reserve_once(c, names, count, lease))
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
                 return got
@@ -406,12 +405,17 @@ class PostgresBroker(Broker):
         self, conn: _Conn, names: list[str], count: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
         now = time.time()
-        conn.execute(self.sql(MAKE_DUE_READY), (now,))
-        rows = conn.execute(self.sql(LEASE), {
-            "prefix": uuid.uuid4().hex, "until": now + lease, "queues": names,
-            "count": count, "now": now}).fetchall()
+        # One transaction, sent in one go (pipeline mode): the earliest due
+        # time is asked for whether or not anything was leased.
+        with conn.pipeline(), conn.transaction():
+            conn.execute(self.sql(MAKE_DUE_READY), (now,))
+            leased = conn.execute(self.sql(LEASE), {
+                "prefix": uuid.uuid4().hex, "until": now + lease, "queues": names,
+                "count": count, "now": now})
+            due = conn.execute(self.sql(NEXT_DUE))
+        rows = leased.fetchall()
         if not rows:
-            return [], conn.execute(self.sql(NEXT_DUE)).fetchone()[0]
+            return [], due.fetchone()[0]
         rows.sort(key=lambda row: row[:3])  # RETURNING has no order: priority, rank, seq
         return [
             Delivery(id_, queue, bytes(body), deliveries, token, priority, bool(revoked))
