@@ -40,19 +40,12 @@ ALWAYS_CONTROL = ("every worker answers remote control "
                   "(its control thread holds one idle connection)")
 IN_BROKER = "delayed tasks wait in the broker, not in a worker-side timer (guarantee 3)"
 NO_COMPRESSION = "messages and results are not compressed; keep arguments small or pass ids"
-<<<<<<< HEAD
-NO_SIGNING = ("only used by Celery's 'auth' serializer (message signing), which Conveyor does not "
-              "offer; task_serializer='auth' is refused")
-SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// and db+postgresql:// "
-              "URLs map to Conveyor's SQLite and PostgreSQL stores, which manage their own "
-              "connections and tables")
-=======
 NO_SIGNING = ("only used by Celery's 'auth' serializer (X.509 message signing); Conveyor signs "
               "with a shared HMAC key instead: message_signing_key or message_signing_key_file "
               "(docs/security.md); task_serializer='auth' is refused")
-SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
-              "SQLite store, which manages its own connection and table")
->>>>>>> main
+SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// and db+postgresql:// "
+              "URLs map to Conveyor's SQLite and PostgreSQL stores, which manage their own "
+              "connections and tables")
 
 
 def _backend(name: str) -> str:
