@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from conveyor import redact
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
 try:
@@ -84,14 +85,8 @@ def parse_postgres_url(url: str, schema: object = None) -> PostgresOptions:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for errors and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL without its password (or secret query values), for errors and logs."""
+    return redact.url(url)
 
 
 def require_psycopg() -> None:
@@ -189,7 +184,10 @@ def errors(address: str, action: str) -> Iterator[None]:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return re.sub(r"password=\S+", "password=***", text[0]) if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # libpq quotes conninfo as key=value pairs, which redact.text leaves alone.
+    return re.sub(r"password=\S+", "password=***", redact.text(text[0]))
 
 
 SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS {schema}.conveyor_schema (
