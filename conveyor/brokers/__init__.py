@@ -9,7 +9,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "broker
 
 
 def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broker:
-    """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``, ``memory://``."""
+    """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``,
+    ``postgresql://``/``postgres://``, ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     opts = dict(options or {})
     # Read by the app, which hands brokers a priority already grouped in its step.
@@ -26,7 +27,11 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url, **opts)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.brokers.postgres import PostgresBroker
+
+        return PostgresBroker(url, **opts)
     raise ConfigurationError(
         f"broker_url {url!r}: unsupported scheme {scheme!r}; use sqlite:///path.db, "
-        "redis://host:port/db or memory://"
+        "redis://host:port/db, postgresql://user@host/dbname or memory://"
     )

@@ -12,6 +12,16 @@ import pytest
 
 from conveyor.brokers import Broker, Envelope, broker_from_url
 
+from ..conftest import BACKENDS
+
+
+@pytest.fixture(params=[*BACKENDS, "postgres"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Every backend kind, plus PostgreSQL, which is a broker only (for now)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
 
 @pytest.fixture
 def broker(backend_url: str) -> Iterator[Broker]:
