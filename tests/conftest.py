@@ -119,3 +119,25 @@ def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
 @pytest.fixture
 def make_url(backend_url: str) -> Callable[[], str]:
     return lambda: backend_url
+
+
+# tests/django/proj sets DJANGO_SETTINGS_MODULE when imported, as a Celery
+# project's celery.py does; tests/django configures Django without it. Left in
+# os.environ it would reach every later subprocess (workers, monitors started
+# from tmp folders), which would then try to import tests.django.settings.
+_LEAKED_DJANGO = "tests.django.settings"
+
+
+def _drop_leaked_django_settings() -> None:
+    if os.environ.get("DJANGO_SETTINGS_MODULE") == _LEAKED_DJANGO:
+        del os.environ["DJANGO_SETTINGS_MODULE"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _drop_leaked_django_settings()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_django_settings() -> Iterator[None]:
+    yield
+    _drop_leaked_django_settings()
