@@ -75,6 +75,56 @@ def prefixed(redis_url: str, redis_prefix: str) -> str:
     return f"{redis_url}?prefix={redis_prefix}"
 
 
+RABBIT_PORT = 5672
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test session alone (rabbitmqctl takes seconds)."""
+    require_service("RabbitMQ", "127.0.0.1", RABBIT_PORT)
+    import subprocess
+
+    vhost = f"conveyor-test-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True)
+    yield vhost
+    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
+AMQP_TEST_QUEUES = ("q", "a", "b", "celery", "default", "orders", "slow")
+
+
+def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> None:
+    """Delete the Conveyor topology of ``queues`` so each test starts empty."""
+    import pika
+
+    from conveyor import _amqp
+
+    o = _amqp.parse_amqp_url(url)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        o.host, o.port, o.vhost, pika.PlainCredentials(o.username, o.password)))
+    ch = conn.channel()
+    for queue in queues:
+        names = [queue, _amqp.dead_name(queue)] + [
+            _amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
+        for name in names:
+            ch.queue_delete(name)
+    conn.close()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq_vhost: str, tmp_path: Path) -> Iterator[str]:
+    """The session's vhost, emptied, with its side store in this test's directory."""
+    from urllib.parse import quote
+
+    url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(rabbitmq_vhost)}"
+           f"?queue_type=classic&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
+    wipe_amqp_queues(url)
+    yield url
+    wipe_amqp_queues(url)
+
+
 @pytest.fixture
 def memory_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"

@@ -9,7 +9,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "broker
 
 
 def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broker:
-    """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``, ``memory://``."""
+    """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``,
+    ``amqp://``/``amqps://``/``pyamqp://`` (RabbitMQ), ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     opts = dict(options or {})
     # Read by the app, which hands brokers a priority already grouped in its step.
@@ -26,7 +27,11 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url, **opts)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        from conveyor.brokers.amqp import AMQPBroker
+
+        return AMQPBroker(url, **opts)
     raise ConfigurationError(
         f"broker_url {url!r}: unsupported scheme {scheme!r}; use sqlite:///path.db, "
-        "redis://host:port/db or memory://"
+        "redis://host:port/db, amqp://user:password@host:port/vhost or memory://"
     )

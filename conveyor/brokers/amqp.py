@@ -1,0 +1,419 @@
+"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0009-rabbitmq-broker.md.
+
+A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
+the message out again when the connection drops (the worker died), and this
+object hands it back (``basic.nack`` with requeue) when a lease runs out
+unrenewed.  Every publish waits for the publisher confirm.  Idempotency keys,
+revocations and beat leases live in the store named by ``state_url`` (a
+sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up.
+
+Delivery counts: a republished message (requeue, delay) carries the count so
+far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
+``x-delivery-count`` (quorum queues: exact) or the ``redelivered`` flag
+(classic queues: at most one more, so a lower bound).
+
+The queue layout is drawn in :mod:`conveyor._amqp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from conveyor import _amqp
+from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
+from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+
+T = TypeVar("T")
+_DELIVERIES = "x-conveyor-deliveries"
+_ETA = "x-conveyor-eta"
+_REASON = "x-conveyor-reason"
+_FAILED_AT = "x-conveyor-failed-at"
+_IDEMPOTENCY = "conveyor.idempotency:"
+_RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
+              pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+
+
+@dataclass
+class _Lease:
+    queue: str
+    tag: int
+    generation: int
+    deadline: float
+    delivery: Delivery
+    properties: pika.BasicProperties
+
+
+class AMQPBroker(Broker):
+    """One connection and one confirm-mode channel, serialised by a lock."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        from conveyor.brokers import broker_from_url
+
+        self.url = url
+        self._opts = _amqp.parse_amqp_url(url, options)
+        self._state = broker_from_url(self._opts.state_url)
+        self._lock = threading.RLock()
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._generation = 0
+        self._declared: set[str] = set()
+        self._leases: dict[str, _Lease] = {}
+
+    # -- connection ------------------------------------------------------------
+    def _params(self) -> pika.ConnectionParameters:
+        o = self._opts
+        extra: dict[str, Any] = {}
+        if o.tls:
+            extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+        if o.heartbeat is not None:
+            extra["heartbeat"] = o.heartbeat
+        return pika.ConnectionParameters(
+            host=o.host, port=o.port, virtual_host=o.vhost,
+            credentials=pika.PlainCredentials(o.username, o.password),
+            socket_timeout=o.connect_timeout, blocked_connection_timeout=60, **extra)
+
+    def _chan(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._drop()
+            try:
+                self._conn = pika.BlockingConnection(self._params())
+            except pika.exceptions.ProbableAuthenticationError:
+                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} refused the "
+                                        "credentials") from None
+            except pika.exceptions.AMQPConnectionError as exc:
+                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} is unreachable: "
+                                        f"{type(exc).__name__}") from None
+            self._channel = self._conn.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+    def _drop(self) -> None:
+        """Forget a broken connection: its leases went back to RabbitMQ with it."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = self._channel = None
+        self._generation += 1
+        self._declared.clear()
+        self._leases.clear()
+
+    def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
+        """Run ``op`` on the channel, reconnecting with backoff when the link fails."""
+        with self._lock:
+            for attempt in range(attempts):
+                try:
+                    return op(self._chan())
+                except _RETRYABLE:
+                    self._drop()
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    self._drop()
+                    if exc.reply_code in (404, 406):  # NOT_FOUND, PRECONDITION_FAILED
+                        raise ConfigurationError(f"RabbitMQ at {self._opts.place} refused: "
+                                                 f"{exc.reply_text}") from None
+                except BrokerUnavailable:
+                    if attempt == attempts - 1:
+                        raise
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+            raise BrokerUnavailable(f"RabbitMQ at {self._opts.place}: connection kept failing")
+
+    def _declare(self, ch: BlockingChannel, queue: str) -> None:
+        if queue in self._declared:
+            return
+        args: dict[str, Any] = {"x-queue-type": self._opts.queue_type,
+                                "x-dead-letter-exchange": _amqp.DEAD_EXCHANGE,
+                                "x-dead-letter-routing-key": queue}
+        if self._opts.queue_type == "classic":
+            args["x-max-priority"] = MAX_PRIORITY
+        ch.queue_declare(queue, durable=True, arguments=args)
+        ch.exchange_declare(_amqp.DEAD_EXCHANGE, "direct", durable=True)
+        dead = _amqp.dead_name(queue)
+        ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
+        ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
+        self._declare_ladder(ch, queue)
+        self._declared.add(queue)
+
+    def _declare_ladder(self, ch: BlockingChannel, queue: str) -> None:
+        due = _amqp.due_name(queue)
+        ch.exchange_declare(due, "fanout", durable=True)
+        ch.queue_bind(queue, due)
+        below = due
+        for level in range(_amqp.LEVELS):
+            name = _amqp.delay_name(queue, level)
+            ch.exchange_declare(name, "topic", durable=True)
+            ch.queue_declare(name, durable=True, arguments={
+                "x-queue-type": "classic", "x-dead-letter-exchange": below,
+                "x-message-ttl": int(round(_amqp.TICK * 1000)) * 2**level})
+            ch.queue_bind(name, name, routing_key=_amqp.level_pattern(level, "1"))
+            ch.exchange_bind(below, name, routing_key=_amqp.level_pattern(level, "0"))
+            below = name
+
+    # -- producing ---------------------------------------------------------------
+    def enqueue(self, envelope: Envelope) -> str:
+        return self.enqueue_many([envelope])[0]
+
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
+        ids = [self._claim_key(e) for e in envelopes]
+        fresh = [e for e, owner in zip(envelopes, ids, strict=True) if owner == e.id]
+        self._run(lambda ch: [self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
+                              for e in fresh])
+        return ids
+
+    def _claim_key(self, envelope: Envelope) -> str:
+        """The id owning ``envelope``'s idempotency key (its own when it is new)."""
+        if envelope.idempotency_key is None:
+            return envelope.id
+        name = _IDEMPOTENCY + envelope.idempotency_key
+        ttl = envelope.idempotency_ttl or 86400.0
+        for _ in range(10):
+            if self._state.acquire_lease(name, envelope.id, ttl):
+                return envelope.id
+            holder = self._state.lease_holder(name)
+            if holder is not None:
+                return holder
+        raise BrokerUnavailable("idempotency key store kept changing under the claim")
+
+    def _publish(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
+                 priority: int, eta: float | None, deliveries: int) -> None:
+        """Publish and wait for the confirm (pika raises on a nack or a return)."""
+        self._declare(ch, queue)
+        headers: dict[str, Any] = {_DELIVERIES: deliveries}
+        exchange, key = "", queue
+        wait = (eta - time.time()) if eta is not None else 0.0
+        if wait > _amqp.TICK / 2:
+            headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
+            exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
+            key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))
+        props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
+                                     priority=MAX_PRIORITY - priority)
+        ch.basic_publish(exchange, key, body, props, mandatory=True)
+
+    # -- consuming ---------------------------------------------------------------
+    def reserve(self, queues: Sequence[str], count: int, lease: float,
+                timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            got = self._run(lambda ch: self._take(ch, queues, count, lease))
+            if got or time.monotonic() >= deadline:
+                return got
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
+
+    def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
+              lease: float) -> list[Delivery]:
+        self._expire(ch)
+        out: list[Delivery] = []
+        for queue in queues:
+            self._declare(ch, queue)
+            while len(out) < count:
+                method, props, body = ch.basic_get(queue, auto_ack=False)
+                if method is None:
+                    break
+                got = self._leased(ch, queue, method, props, body, lease)
+                if got is not None:
+                    out.append(got)
+        return out
+
+    def _leased(self, ch: BlockingChannel, queue: str, method: Any,
+                props: pika.BasicProperties, body: bytes, lease: float) -> Delivery | None:
+        headers = props.headers or {}
+        base = int(headers.get(_DELIVERIES, 0))
+        eta = headers.get(_ETA)
+        if eta is not None and int(eta) / 1000 - time.time() > 1.0:  # beyond the ladder's top
+            self._publish(ch, queue, props.message_id, body,
+                          MAX_PRIORITY - (props.priority or 0), int(eta) / 1000, base)
+            ch.basic_ack(method.delivery_tag)
+            return None
+        redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
+        token = uuid.uuid4().hex
+        delivery = Delivery(id=str(props.message_id), queue=queue, body=body,
+                            deliveries=base + redelivered + 1, token=token,
+                            priority=max(0, MAX_PRIORITY - (props.priority or 0)))
+        self._leases[token] = _Lease(queue, method.delivery_tag, self._generation,
+                                     time.monotonic() + lease, delivery, props)
+        return delivery
+
+    def _expire(self, ch: BlockingChannel) -> None:
+        """Hand back deliveries whose lease ran out unrenewed."""
+        now = time.monotonic()
+        for token, held in list(self._leases.items()):
+            if held.deadline <= now:
+                del self._leases[token]
+                ch.basic_nack(held.tag, requeue=True)
+
+    def _held(self, ch: BlockingChannel, delivery: Delivery) -> _Lease | None:
+        self._expire(ch)
+        held = self._leases.get(delivery.token)
+        return held if held is not None and held.generation == self._generation else None
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        def op(ch: BlockingChannel) -> list[bool]:
+            out = []
+            for d in deliveries:
+                held = self._held(ch, d)
+                if held is not None:
+                    del self._leases[d.token]
+                    ch.basic_ack(held.tag)
+                out.append(held is not None)
+            return out
+        return self._run(op, attempts=1)
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            eta = time.time() + delay if delay > 0 else None
+            seen = delivery.deliveries if count else delivery.deliveries - 1
+            self._publish(ch, held.queue, delivery.id, delivery.body, delivery.priority,
+                          eta, seen)
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._run(op, attempts=1)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            self._sweep_dead(held.queue, {delivery.id}, replay=False)
+            headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
+            props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2,
+                                         headers=headers)
+            ch.basic_publish(_amqp.DEAD_EXCHANGE, held.queue, delivery.body, props,
+                             mandatory=True)
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._run(op, attempts=1)
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        def op(ch: BlockingChannel) -> list[bool]:
+            out = []
+            for d in deliveries:
+                held = self._held(ch, d)
+                if held is not None:
+                    held.deadline = time.monotonic() + lease
+                out.append(held is not None)
+            assert self._conn is not None
+            self._conn.process_data_events(0)  # answer heartbeats on a busy worker
+            return out
+        return self._run(op, attempts=1)
+
+    # -- inspection and repair -------------------------------------------------------
+    def queues(self) -> list[str]:
+        """Queues this connection has used (RabbitMQ lists queues only over HTTP)."""
+        with self._lock:
+            return sorted(self._declared)
+
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        names = list(self.queues() if queues is None else queues)
+        return self._run(lambda ch: [self._stats_of(ch, q) for q in names])
+
+    def _stats_of(self, ch: BlockingChannel, queue: str) -> QueueStats:
+        self._declare(ch, queue)
+
+        def count(name: str) -> int:
+            return int(ch.queue_declare(name, passive=True).method.message_count)
+
+        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
+        inflight = sum(1 for held in self._leases.values() if held.queue == queue)
+        return QueueStats(queue, count(queue), delayed, inflight, count(_amqp.dead_name(queue)))
+
+    def purge(self, queue: str) -> int:
+        def op(ch: BlockingChannel) -> int:
+            self._declare(ch, queue)
+            names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
+            return sum(int(ch.queue_purge(n).method.message_count) for n in names)
+        return self._run(op)
+
+    @contextlib.contextmanager
+    def _side_channel(self) -> Iterator[BlockingChannel]:
+        """A channel of its own: closing it returns every letter it did not ack."""
+        with self._lock:
+            self._run(lambda ch: None)
+            assert self._conn is not None
+            ch = self._conn.channel()
+            ch.confirm_delivery()
+            try:
+                yield ch
+            finally:
+                with contextlib.suppress(Exception):
+                    ch.close()
+
+    def _letters(self, ch: BlockingChannel, queue: str) -> Iterator[tuple[int, DeadLetter]]:
+        self._declare(ch, queue)
+        for _ in range(int(ch.queue_declare(_amqp.dead_name(queue), passive=True)
+                           .method.message_count)):
+            method, props, body = ch.basic_get(_amqp.dead_name(queue), auto_ack=False)
+            if method is None:
+                return
+            headers = props.headers or {}
+            reason = headers.get(_REASON)
+            if reason is None:  # dead-lettered by RabbitMQ itself (x-death)
+                death = (headers.get("x-death") or [{}])[0]
+                reason = f"rejected by RabbitMQ: {death.get('reason', 'unknown')}"
+            yield method.delivery_tag, DeadLetter(
+                str(props.message_id), queue, body,
+                reason.decode() if isinstance(reason, bytes) else str(reason),
+                int(headers.get(_FAILED_AT, 0)) / 1000)
+
+    def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        with self._side_channel() as ch:
+            letters = [letter for _, letter in self._letters(ch, queue)]
+        letters.reverse()
+        return letters[offset:offset + limit]
+
+    def _sweep_dead(self, queue: str, ids: set[str] | None, replay: bool) -> int:
+        done = 0
+        with self._side_channel() as ch:
+            for tag, letter in self._letters(ch, queue):
+                if ids is None or letter.id in ids:
+                    if replay:
+                        self._publish(ch, queue, letter.id, letter.body, 0, None, 0)
+                    ch.basic_ack(tag)
+                    done += 1
+        return done
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._sweep_dead(queue, None if ids is None else set(ids), replay=True)
+
+    def discard_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._sweep_dead(queue, None if ids is None else set(ids), replay=False)
+
+    # -- control plane: in the state store ---------------------------------------------
+    def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:
+        self._state.revoke(ids, ttl, terminate)
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        return self._state.revoked(ids)
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        return self._state.acquire_lease(name, holder, ttl)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._state.release_lease(name, holder)
+
+    def lease_holder(self, name: str) -> str | None:
+        return self._state.lease_holder(name)
+
+    def ping(self) -> bool:
+        self._run(lambda ch: ch.connection.process_data_events(0))
+        return self._state.ping()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+        self._state.close()
