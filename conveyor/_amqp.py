@@ -6,7 +6,7 @@ slash inside a vhost name.  ``pyamqp://`` is read as ``amqp://`` and
 ``amqps://`` turns TLS on (port 5671 by default).
 
 Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
-``Q`` (docs/decisions/0009-rabbitmq-broker.md):
+``Q`` (docs/decisions/0010-rabbitmq-broker.md):
 
 * ``Q`` -- the work queue: durable, quorum by default (``queue_type``), or
   classic with ``x-max-priority`` 9; dead-letters into ``conveyor.dead``.
@@ -101,6 +101,20 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
         state_url=str(state_url), connect_timeout=float(settings.get("connect_timeout", 4.0)))
 
 
+def amqp_options(opts: dict[str, Any], result_backend: str | None,
+                 use_ssl: object) -> dict[str, Any]:
+    """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
+    ``result_backend`` (docs/decisions/0010-rabbitmq-broker.md)."""
+    if isinstance(use_ssl, dict) and use_ssl:
+        raise ConfigurationError(
+            "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
+            "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
+    scheme = (result_backend or "").split("://", 1)[0].lower()
+    if "state_url" not in opts and scheme in ("redis", "rediss", "unix", "sqlite"):
+        opts["state_url"] = result_backend
+    return opts
+
+
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in settings.items():
@@ -154,3 +168,15 @@ def dead_name(queue: str) -> str:
 
 
 DEAD_EXCHANGE = "conveyor.dead"
+SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SCHEMES if "://" in url else False
+
+
+def not_in_rabbitmq(what: str) -> ConfigurationError:
+    """The error for a store that other brokers keep beside themselves."""
+    return ConfigurationError(
+        f"{what} cannot be kept in RabbitMQ (an amqp:// broker_url): set result_backend "
+        "to redis://host:port/db or sqlite:///path.db")

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from conveyor._amqp import is_amqp
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -371,6 +372,9 @@ def open_beat_state(app: Conveyor) -> BeatState:
     url = app.conf.broker_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     options = dict(app.conf.broker_transport_options)
+    if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0010)
+        url, options = str(app.conf.broker_options()["state_url"]), {}
+        scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryBeatState(url)
     if scheme == "sqlite":

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -608,6 +609,8 @@ def store_from_url(url: str, retention: float = 86400.0,
 
         prefix = (options or {}).get("prefix")
         return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None)
+    if is_amqp(url):
+        raise not_in_rabbitmq("task events")
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 

@@ -1,4 +1,4 @@
-"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0009-rabbitmq-broker.md.
+"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0010-rabbitmq-broker.md.
 
 A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
 the message out again when the connection drops (the worker died), and this
@@ -128,32 +128,53 @@ class AMQPBroker(Broker):
             raise BrokerUnavailable(f"RabbitMQ at {self._opts.place}: connection kept failing")
 
     def _declare(self, ch: BlockingChannel, queue: str) -> None:
+        """Declare ``queue``'s topology once per connection; the dead-letter queue is
+        declared last, so finding it means an earlier process declared the rest."""
         if queue in self._declared:
             return
+        if self._exists(_amqp.dead_name(queue)):
+            self._declared.add(queue)
+            return
+        self._declare_ladder(ch, queue)
         args: dict[str, Any] = {"x-queue-type": self._opts.queue_type,
                                 "x-dead-letter-exchange": _amqp.DEAD_EXCHANGE,
                                 "x-dead-letter-routing-key": queue}
         if self._opts.queue_type == "classic":
             args["x-max-priority"] = MAX_PRIORITY
         ch.queue_declare(queue, durable=True, arguments=args)
+        ch.queue_bind(queue, _amqp.due_name(queue))
         ch.exchange_declare(_amqp.DEAD_EXCHANGE, "direct", durable=True)
         dead = _amqp.dead_name(queue)
         ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
         ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
-        self._declare_ladder(ch, queue)
         self._declared.add(queue)
 
-    def _declare_ladder(self, ch: BlockingChannel, queue: str) -> None:
+    def _exists(self, queue: str) -> bool:
+        """Passive check on a channel of its own (a miss closes the channel)."""
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        with contextlib.suppress(Exception):
+            probe.close()
+        return True
+
+    def _declare_ladder(self, blocking: BlockingChannel, queue: str) -> None:
+        """Sixty declarations sent without waiting for each answer (``nowait``, which
+        pika's channel does when given no callback): one round trip instead of sixty.
+        A refusal closes the channel, which the next synchronous call reports."""
+        ch = blocking._impl
         due = _amqp.due_name(queue)
         ch.exchange_declare(due, "fanout", durable=True)
-        ch.queue_bind(queue, due)
         below = due
         for level in range(_amqp.LEVELS):
             name = _amqp.delay_name(queue, level)
             ch.exchange_declare(name, "topic", durable=True)
             ch.queue_declare(name, durable=True, arguments={
                 "x-queue-type": "classic", "x-dead-letter-exchange": below,
-                "x-message-ttl": int(round(_amqp.TICK * 1000)) * 2**level})
+                "x-message-ttl": round(_amqp.TICK * 1000) * 2**level})
             ch.queue_bind(name, name, routing_key=_amqp.level_pattern(level, "1"))
             ch.exchange_bind(below, name, routing_key=_amqp.level_pattern(level, "0"))
             below = name
@@ -165,8 +186,10 @@ class AMQPBroker(Broker):
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
         ids = [self._claim_key(e) for e in envelopes]
         fresh = [e for e, owner in zip(envelopes, ids, strict=True) if owner == e.id]
-        self._run(lambda ch: [self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
-                              for e in fresh])
+        def op(ch: BlockingChannel) -> None:
+            for e in fresh:
+                self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
+        self._run(op)
         return ids
 
     def _claim_key(self, envelope: Envelope) -> str:
@@ -190,7 +213,7 @@ class AMQPBroker(Broker):
         headers: dict[str, Any] = {_DELIVERIES: deliveries}
         exchange, key = "", queue
         wait = (eta - time.time()) if eta is not None else 0.0
-        if wait > _amqp.TICK / 2:
+        if eta is not None and wait > _amqp.TICK / 2:
             headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
             exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
             key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))

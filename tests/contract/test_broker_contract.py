@@ -235,7 +235,7 @@ def test_idempotency_key_expires(broker: Broker) -> None:
 
 def test_same_message_id_is_not_stored_twice(broker: Broker, backend_url: str) -> None:
     skip_on_amqp(backend_url, "RabbitMQ cannot look a message id up; a retry written "
-                 "twice by a crash is delivered twice (docs/decisions/0009-rabbitmq-broker.md)")
+                 "twice by a crash is delivered twice (docs/decisions/0010-rabbitmq-broker.md)")
     e = Envelope(id="retry~1", queue="q", body=b"one")
     broker.enqueue(e)
     broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))
