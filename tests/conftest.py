@@ -79,17 +79,25 @@ RABBIT_PORT = 5672
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_vhost() -> Iterator[str]:
-    """A RabbitMQ virtual host of this test session alone (rabbitmqctl takes seconds)."""
+def rabbitmq_vhost() -> str:
+    """A RabbitMQ virtual host per test Redis database (so per xdist worker and per
+    engineer), created when missing and kept: rabbitmqctl takes seconds a call, and
+    each test purges the queues it uses (``amqp_url``)."""
     require_service("RabbitMQ", "127.0.0.1", RABBIT_PORT)
     import subprocess
 
-    vhost = f"conveyor-test-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)
-    yield vhost
-    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+    import pika
+
+    vhost = f"conveyor-test-{TEST_REDIS_DB}"
+    try:
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", RABBIT_PORT, vhost, pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1)).close()
+    except pika.exceptions.AMQPConnectionError:
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest",
+                        ".*", ".*", ".*"], check=True, capture_output=True)
+    return vhost
 
 
 AMQP_TEST_QUEUES = ("q", "a", "b", "celery", "default", "orders", "slow")
