@@ -1,0 +1,72 @@
+"""A real prefork worker on RabbitMQ, SIGKILLed mid-task (guarantee 1).
+
+On RabbitMQ a lease is the worker's channel holding the unacked delivery, so
+a worker that dies hands its messages back when its connection drops, at
+once rather than after the lease (docs/decisions/0010-rabbitmq-broker.md).
+RabbitMQ's reliability guide describes that redelivery:
+https://www.rabbitmq.com/docs/reliability#consumer-side
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor
+
+from .processes import Ledger, start_worker, stop, wait_for, worker_env
+
+WORK = "tests.integration.worker_app.work"
+LEASE = 60.0  # far longer than the test: redelivery must come from the dropped connection
+
+
+@pytest.fixture
+def urls(amqp_url: str, sqlite_url: str) -> tuple[str, str]:
+    return amqp_url, sqlite_url
+
+
+@pytest.fixture
+def client(urls: tuple[str, str]) -> Iterator[Conveyor]:
+    app = Conveyor("client", broker=urls[0], backend=urls[1], set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def spawn(urls: tuple[str, str], tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen[bytes]] = []
+    ledger = Ledger(tmp_path / "ledger.txt")
+
+    def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], Ledger]:
+        env = worker_env(urls[0], ledger.path, result_backend=urls[1],
+                         broker_lease_timeout=LEASE, worker_heartbeat_interval=0.5)
+        proc = start_worker(env, "-P", "prefork", *args, log=tmp_path / "worker.log")
+        procs.append(proc)
+        return proc, ledger
+
+    yield _spawn
+    for proc in procs:
+        stop(proc, signal.SIGKILL, timeout=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigkilled_worker_has_its_message_redelivered_at_once(client: Conveyor, spawn) -> None:
+    result = client.send_task(WORK, [3.0])
+    first, ledger = spawn("-c", "1")
+    wait_for(lambda: ledger.events("start"), 30, "the task to start")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    killed_at = time.monotonic()
+    second, _ = spawn("-c", "1")
+    wait_for(lambda: len(ledger.events("start")) >= 2, 30, "the task to start again")
+    assert time.monotonic() - killed_at < LEASE / 2, "redelivered by the dropped connection"
+    assert result.get(timeout=30) > 0
+    assert [e[1] for e in ledger.events("end")] == [result.id]
+    assert second.poll() is None
