@@ -78,17 +78,16 @@ def prefixed(redis_url: str, redis_prefix: str) -> str:
 RABBIT_PORT = 5672
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_vhost() -> str:
+def rabbitmq_vhost(queue_type: str) -> str:
     """A RabbitMQ virtual host per test Redis database (so per xdist worker and per
-    engineer), created when missing and kept: rabbitmqctl takes seconds a call, and
-    each test purges the queues it uses (``amqp_url``)."""
+    engineer) and queue type, created when missing and kept: rabbitmqctl takes
+    seconds a call, and each test purges the queues it uses (``amqp_url``)."""
     require_service("RabbitMQ", "127.0.0.1", RABBIT_PORT)
     import subprocess
 
     import pika
 
-    vhost = f"conveyor-test-{TEST_REDIS_DB}"
+    vhost = f"conveyor-test-{TEST_REDIS_DB}-{queue_type}"
     try:
         pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", RABBIT_PORT, vhost, pika.PlainCredentials("guest", "guest"),
@@ -128,16 +127,28 @@ def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> No
     conn.close()
 
 
-@pytest.fixture
-def amqp_url(rabbitmq_vhost: str, tmp_path: Path) -> Iterator[str]:
-    """The session's vhost, emptied, with its side store in this test's directory."""
+def _amqp_url(queue_type: str, tmp_path: Path) -> Iterator[str]:
     from urllib.parse import quote
 
-    url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(rabbitmq_vhost)}"
-           f"?queue_type=classic&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
+    vhost = rabbitmq_vhost(queue_type)
+    url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(vhost)}"
+           f"?queue_type={queue_type}&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
     wipe_amqp_queues(url)
     yield url
     wipe_amqp_queues(url)
+
+
+@pytest.fixture
+def amqp_url(tmp_path: Path) -> Iterator[str]:
+    """RabbitMQ with classic queues (they have priorities), emptied, with its side
+    store in this test's directory."""
+    yield from _amqp_url("classic", tmp_path)
+
+
+@pytest.fixture
+def amqp_quorum_url(tmp_path: Path) -> Iterator[str]:
+    """RabbitMQ with quorum queues, the default (no priorities in RabbitMQ 3.10)."""
+    yield from _amqp_url("quorum", tmp_path)
 
 
 @pytest.fixture
