@@ -17,6 +17,7 @@ The queue layout is drawn in :mod:`conveyor._amqp`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ssl
 import threading
@@ -40,6 +41,8 @@ _ETA = "x-conveyor-eta"
 _REASON = "x-conveyor-reason"
 _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
+_WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
+_PUSH_GRACE = 0.05
 _RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
               pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
 
@@ -69,6 +72,8 @@ class AMQPBroker(Broker):
         self._generation = 0
         self._declared: set[str] = set()
         self._leases: dict[str, _Lease] = {}
+        # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
+        self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
 
     # -- connection ------------------------------------------------------------
     def _params(self) -> pika.ConnectionParameters:
@@ -107,6 +112,7 @@ class AMQPBroker(Broker):
         self._generation += 1
         self._declared.clear()
         self._leases.clear()
+        self._pushed.clear()
 
     def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
         """Run ``op`` on the channel, reconnecting with backoff when the link fails."""
@@ -224,29 +230,64 @@ class AMQPBroker(Broker):
     # -- consuming ---------------------------------------------------------------
     def reserve(self, queues: Sequence[str], count: int, lease: float,
                 timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        pause = 0.002
-        while True:
-            got = self._run(lambda ch: self._take(ch, queues, count, lease))
-            if got or time.monotonic() >= deadline:
-                return got
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
+        """Take from what the consumers were pushed, topped up by ``basic.get`` (so
+        a message already queued is never missed), then wait for pushes in short
+        slices, letting other threads ack and extend in between."""
+        got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=True))
+        # A message given back a moment ago may be on its way to a consumer, where
+        # basic.get cannot see it: even timeout=0 waits one grace for pushes.
+        deadline = time.monotonic() + max(timeout, _PUSH_GRACE)
+        while not got and time.monotonic() < deadline:
+            got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=False))
+        return got
 
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
-              lease: float) -> list[Delivery]:
+              lease: float, poll: bool) -> list[Delivery]:
         self._expire(ch)
-        out: list[Delivery] = []
         for queue in queues:
             self._declare(ch, queue)
-            while len(out) < count:
-                method, props, body = ch.basic_get(queue, auto_ack=False)
-                if method is None:
-                    break
-                got = self._leased(ch, queue, method, props, body, lease)
-                if got is not None:
-                    out.append(got)
+            self._consume(ch, queue, count)
+        ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
+        out: list[Delivery] = []
+        for queue in queues:
+            self._from_pushed(ch, queue, count, lease, out)
+            while poll and len(out) < count and self._get_one(ch, queue, lease, out):
+                ch.connection.process_data_events(0)
+                self._from_pushed(ch, queue, count, lease, out)
         return out
+
+    def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
+                     out: list[Delivery]) -> None:
+        pushed = self._pushed.get(queue)
+        while pushed and len(out) < count:
+            got = self._leased(ch, queue, *pushed.popleft(), lease)
+            if got is not None:
+                out.append(got)
+
+    def _get_one(self, ch: BlockingChannel, queue: str, lease: float,
+                 out: list[Delivery]) -> bool:
+        """``basic.get`` one message (``False``: none ready).  It sees what is queued
+        but not yet pushed; one at a time, because a get is a Raft command on quorum
+        queues and pushes usually arrive meanwhile."""
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        if method is None:
+            return False
+        got = self._leased(ch, queue, method, props, body, lease)
+        if got is not None:
+            out.append(got)
+        return True
+
+    def _consume(self, ch: BlockingChannel, queue: str, count: int) -> None:
+        """Start a consumer on ``queue`` whose prefetch is this first ``count``:
+        RabbitMQ pushes up to that many unacked messages (leased or waiting here)."""
+        if queue in self._pushed:
+            return
+        buffer: collections.deque[tuple[Any, pika.BasicProperties, bytes]] = (
+            collections.deque())
+        self._pushed[queue] = buffer
+        ch.basic_qos(prefetch_count=max(1, count))
+        ch.basic_consume(queue, lambda _c, method, props, body: buffer.append(
+            (method, props, body)), auto_ack=False)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
                 props: pika.BasicProperties, body: bytes, lease: float) -> Delivery | None:
@@ -353,13 +394,19 @@ class AMQPBroker(Broker):
 
         delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
         inflight = sum(1 for held in self._leases.values() if held.queue == queue)
-        return QueueStats(queue, count(queue), delayed, inflight, count(_amqp.dead_name(queue)))
+        waiting = len(self._pushed.get(queue, ()))
+        return QueueStats(queue, count(queue) + waiting, delayed, inflight,
+                          count(_amqp.dead_name(queue)))
 
     def purge(self, queue: str) -> int:
         def op(ch: BlockingChannel) -> int:
             self._declare(ch, queue)
             names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
-            return sum(int(ch.queue_purge(n).method.message_count) for n in names)
+            pushed = self._pushed.get(queue, collections.deque())
+            dropped = len(pushed)
+            while pushed:
+                ch.basic_ack(pushed.popleft()[0].delivery_tag)
+            return dropped + sum(int(ch.queue_purge(n).method.message_count) for n in names)
         return self._run(op)
 
     @contextlib.contextmanager
