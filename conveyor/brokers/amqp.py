@@ -47,6 +47,13 @@ _RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostErr
               pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
 
 
+def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """A declaration RabbitMQ refuses (a queue of another type or arguments, or one
+    deleted under us), as opposed to ``consumer_timeout`` closing the channel."""
+    text = str(exc.reply_text)
+    return exc.reply_code == 404 or "inequivalent arg" in text
+
+
 @dataclass
 class _Lease:
     queue: str
@@ -115,16 +122,23 @@ class AMQPBroker(Broker):
         self._pushed.clear()
 
     def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
-        """Run ``op`` on the channel, reconnecting with backoff when the link fails."""
+        """Run ``op`` on the channel, reconnecting with backoff when the link fails.
+
+        A publisher blocked by a memory or disk alarm past ``blocked_connection_timeout``
+        gets :class:`BrokerUnavailable` at once, not a retry loop."""
         with self._lock:
             for attempt in range(attempts):
                 try:
                     return op(self._chan())
+                except pika.exceptions.ConnectionBlockedTimeout:
+                    self._drop()
+                    raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} blocked this "
+                                            "connection (memory or disk alarm)") from None
                 except _RETRYABLE:
                     self._drop()
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     self._drop()
-                    if exc.reply_code in (404, 406):  # NOT_FOUND, PRECONDITION_FAILED
+                    if _refused(exc):
                         raise ConfigurationError(f"RabbitMQ at {self._opts.place} refused: "
                                                  f"{exc.reply_text}") from None
                 except BrokerUnavailable:
@@ -132,6 +146,14 @@ class AMQPBroker(Broker):
                         raise
                 time.sleep(min(2.0, 0.1 * 2**attempt))
             raise BrokerUnavailable(f"RabbitMQ at {self._opts.place}: connection kept failing")
+
+    def _settle(self, op: Callable[[BlockingChannel], T], lost: T) -> T:
+        """Run an ack-like ``op`` once: if the connection is gone, so are its leases
+        (RabbitMQ hands the messages out again), and ``lost`` says so."""
+        try:
+            return self._run(op, attempts=1)
+        except BrokerUnavailable:
+            return lost
 
     def _declare(self, ch: BlockingChannel, queue: str) -> None:
         """Declare ``queue``'s topology once per connection; the dead-letter queue is
@@ -331,7 +353,7 @@ class AMQPBroker(Broker):
                     ch.basic_ack(held.tag)
                 out.append(held is not None)
             return out
-        return self._run(op, attempts=1)
+        return self._settle(op, [False] * len(deliveries))
 
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
         def op(ch: BlockingChannel) -> bool:
@@ -345,7 +367,7 @@ class AMQPBroker(Broker):
             del self._leases[delivery.token]
             ch.basic_ack(held.tag)
             return True
-        return self._run(op, attempts=1)
+        return self._settle(op, False)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         def op(ch: BlockingChannel) -> bool:
@@ -361,7 +383,7 @@ class AMQPBroker(Broker):
             del self._leases[delivery.token]
             ch.basic_ack(held.tag)
             return True
-        return self._run(op, attempts=1)
+        return self._settle(op, False)
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         def op(ch: BlockingChannel) -> list[bool]:
@@ -374,7 +396,7 @@ class AMQPBroker(Broker):
             assert self._conn is not None
             self._conn.process_data_events(0)  # answer heartbeats on a busy worker
             return out
-        return self._run(op, attempts=1)
+        return self._settle(op, [False] * len(deliveries))
 
     # -- inspection and repair -------------------------------------------------------
     def queues(self) -> list[str]:

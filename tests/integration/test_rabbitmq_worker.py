@@ -70,3 +70,29 @@ def test_sigkilled_worker_has_its_message_redelivered_at_once(client: Conveyor, 
     assert result.get(timeout=30) > 0
     assert [e[1] for e in ledger.events("end")] == [result.id]
     assert second.poll() is None
+
+
+def test_connections_closed_by_the_server_are_survived(amqp_quorum_url: str) -> None:
+    """``rabbitmqctl close_all_connections`` on our vhost: the leased message comes
+    back (counted), the old lease is fenced, and producer and consumer reconnect."""
+    from urllib.parse import unquote, urlsplit
+
+    from conveyor.brokers import Envelope, broker_from_url
+
+    broker = broker_from_url(amqp_quorum_url)
+    try:
+        broker.enqueue(Envelope(id="m", queue="q", body=b"x"))
+        [held] = broker.reserve(["q"], 1, lease=60, timeout=5)
+        vhost = unquote(urlsplit(amqp_quorum_url).path[1:])
+        subprocess.run(["rabbitmqctl", "close_all_connections", "--vhost", vhost, "test"],
+                       check=True, capture_output=True)
+        assert broker.ack([held]) == [False], "the lease went with the connection"
+        broker.enqueue(Envelope(id="n", queue="q", body=b"y"))
+        got = broker.reserve(["q"], 2, lease=60, timeout=5)
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += broker.reserve(["q"], 2 - len(got), lease=60, timeout=1)
+        assert sorted((d.id, d.deliveries) for d in got) == [("m", 2), ("n", 1)]
+        assert broker.ack(got) == [True, True]
+    finally:
+        broker.close()
