@@ -37,8 +37,9 @@ EVENTS = "events are always written to Conveyor's event store (read by the monit
 NO_CONTROL = "no broadcast control channel: inspect and revoke go through the broker's own keys"
 IN_BROKER = "delayed tasks wait in the broker, not in a worker-side timer (guarantee 3)"
 NO_COMPRESSION = "messages and results are not compressed; keep arguments small or pass ids"
-NO_SIGNING = ("only used by Celery's 'auth' serializer (message signing), which Conveyor does not "
-              "offer; task_serializer='auth' is refused")
+NO_SIGNING = ("only used by Celery's 'auth' serializer (X.509 message signing); Conveyor signs "
+              "with a shared HMAC key instead: message_signing_key or message_signing_key_file "
+              "(docs/security.md); task_serializer='auth' is refused")
 SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
               "SQLite store, which manages its own connection and table")
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, publishing, signals, states
+from conveyor import _state, publishing, signals, signing, states
 from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
@@ -75,6 +75,7 @@ class Conveyor:
         self._include = list(include)
         self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
         self._finalized = False
+        self._env_prefixes = ["CONVEYOR_"]
         self._routes: Routes | None = None
         self._steps: tuple[Any, tuple[int, ...]] | None = None  # (setting, parsed)
         self._broker: tuple[int, Broker] | None = None
@@ -115,11 +116,20 @@ class Conveyor:
         self.conf.update(values, source=where)
         if "broker_url" not in values and self.conf.broker_url == DEFAULT_BROKER_URL:
             self.conf.broker_url = _anchored_default_broker(obj)
+        if namespace:
+            self._env_prefixes = list(dict.fromkeys(
+                ["CONVEYOR_", namespace.rstrip("_").upper() + "_"]))
         self._invalidate()
 
-    def config_from_env(self, prefix: str = "CONVEYOR_") -> None:
-        """Apply ``CONVEYOR_BROKER_URL`` and friends from the environment."""
-        self.conf.update(values_from_env(prefix=prefix), source="environment")
+    def config_from_env(self, prefix: str | None = None) -> None:
+        """Apply ``CONVEYOR_BROKER_URL`` and friends from the environment.
+
+        Without ``prefix``: ``CONVEYOR_*``, then the namespace settings were
+        read with (``CELERY_*`` after ``config_from_object(..., namespace="CELERY")``),
+        so an environment variable follows the same naming as the settings file.
+        """
+        for each in [prefix] if prefix else self._env_prefixes:
+            self.conf.update(values_from_env(prefix=each), source="environment")
         self._invalidate()
 
     def _invalidate(self) -> None:
@@ -421,6 +431,7 @@ class Conveyor:
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
         template = BodyTemplate(prototype)
+        key = signing.key_for(self.conf)
         limit = self.conf.task_message_max_bytes
         suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
         queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
@@ -429,6 +440,8 @@ class Conveyor:
         for args, kwargs in calls:
             task_id = new_id()
             body = template.body(task_id, args, kwargs, time.time())
+            if key is not None:
+                body = signing.sign(body, key)
             if limit is not None and len(body) > limit:
                 _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
@@ -458,6 +471,9 @@ class Conveyor:
     def envelope(self, message: Message, idempotency_key: str | None = None,
                  idempotency_ttl: float | None = None) -> Envelope:
         body = message.encode()
+        key = signing.key_for(self.conf)
+        if key is not None:
+            body = signing.sign(body, key)
         limit = self.conf.task_message_max_bytes
         if limit is not None and len(body) > limit:
             _refuse_size(message.task, message.id, body, limit)

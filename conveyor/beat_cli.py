@@ -44,6 +44,11 @@ def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: f
                     "and any number of beat processes may run")
     if max_interval is not None:
         app.conf.update({"beat_max_loop_interval": max_interval}, source="--max-interval")
+    from conveyor.signing import pickle_warning
+
+    risk = pickle_warning(app.conf)
+    if risk:
+        log.warning("beat: %s", risk)
     service = Beat(app, load_scheduler(app, scheduler))
     _install_signals(service)
     service.run()

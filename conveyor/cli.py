@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -94,13 +95,30 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "spec", envvar="CONVEYOR_APP", help="module, module:app or package")
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="load KEY=VALUE lines (secrets) into the environment before the app")
 @click.version_option(package_name="conveyor")
 @click.pass_context
-def main(ctx: click.Context, spec: str | None, workdir: str | None) -> None:
+def main(ctx: click.Context, spec: str | None, workdir: str | None,
+         env_file: str | None) -> None:
     """Conveyor: a production task queue."""
     if workdir:
         os.chdir(workdir)
+    if env_file:
+        _load_env_file(env_file)
     ctx.obj = Context(spec)
+
+
+def _load_env_file(path: str) -> None:
+    """What ``conveyor deploy supervisor`` points programs at (supervisord cannot read one)."""
+    from conveyor.deploy import DeployError, parse_env_file
+
+    if os.stat(path).st_mode & 0o077:
+        click.echo(f"warning: {path} is readable by other users; chmod 600 it", err=True)
+    try:
+        os.environ.update(parse_env_file(Path(path).read_text(encoding="utf-8")))
+    except DeployError as exc:
+        raise click.UsageError(f"--env-file {path}: {exc}") from exc
 
 
 def _split(values: tuple[str, ...]) -> list[str]:

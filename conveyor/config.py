@@ -126,6 +126,13 @@ class Settings:
         "content types accepted for results; None: accept_content"))
     task_serializer: str = field(default="json", metadata=_doc(
         "how task arguments are encoded"))
+    message_signing_key: str | None = field(default=None, metadata=_doc(
+        "HMAC key (16+ bytes): senders sign each message, workers dead-letter unsigned ones "
+        "before decoding (docs/security.md); Celery's X.509 security_* settings have no effect",
+        CONVEYOR_ONLY))
+    message_signing_key_file: str | None = field(default=None, metadata=_doc(
+        "a file holding that key (keep it mode 0600)",
+        CONVEYOR_ONLY))
     result_serializer: str = field(default="json", metadata=_doc(
         "how results are encoded"))
     # Time

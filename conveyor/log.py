@@ -21,6 +21,7 @@ import threading
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+from conveyor import redact
 from conveyor.context import running_request
 
 if TYPE_CHECKING:
@@ -86,7 +87,15 @@ _COLORS = {"DEBUG": "\x1b[34m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m",
            "CRITICAL": "\x1b[35m"}
 
 
-class ColorFormatter(logging.Formatter):
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then hides URL passwords and
+    ``secret=value`` pairs in it: a log line is the easiest place to leak one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact.text(super().format(record))
+
+
+class ColorFormatter(RedactingFormatter):
     """Colours a whole line by its level, as Celery's ``ColorFormatter``."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -115,7 +124,7 @@ def _add_handler(logger: logging.Logger, fmt: str, colorize: bool) -> None:
         return
     handler = logging.StreamHandler(_stderr())
     handler.addFilter(TaskContextFilter())
-    handler.setFormatter(ColorFormatter(fmt) if colorize else logging.Formatter(fmt))
+    handler.setFormatter(ColorFormatter(fmt) if colorize else RedactingFormatter(fmt))
     logger.addHandler(handler)
 
 

@@ -51,15 +51,31 @@ def _secs(value: float | None) -> str:
 
 
 # -- monitor -----------------------------------------------------------------------
-def credentials(options: tuple[str, ...], env_name: str | None, configured: list[str]) -> list[str]:
-    """Admin ``user:pass`` entries from the flags, an environment variable, and settings."""
+def credentials(options: tuple[str, ...], env_name: str | None, configured: list[str],
+                files: tuple[str, ...] = ()) -> list[str]:
+    """Admin ``user:pass`` entries from the flags, an environment variable, files and settings."""
+    from conveyor.monitor.auth import read_users_file
+
     users = [*options, *configured]
     if env_name:
         value = os.environ.get(env_name)
         if not value:
             raise click.UsageError(f"--basic-auth-env {env_name}: the variable is not set")
         users.append(value)
+    try:
+        users += [entry for path in files for entry in read_users_file(path)]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     return users
+
+
+def _warn_argv_secrets(basic_auth: tuple[str, ...], readonly_auth: tuple[str, ...]) -> None:
+    flags = [name for name, given in (("--basic-auth", basic_auth),
+                                      ("--readonly-auth", readonly_auth)) if given]
+    if flags:
+        click.echo(f"warning: {' and '.join(flags)} put passwords on the command line, where "
+                   "every local user can read them (ps, /proc); use --basic-auth-env VAR, "
+                   "--basic-auth-file PATH or CONVEYOR_MONITOR_BASIC_AUTH instead", err=True)
 
 
 @click.command("monitor")
@@ -67,17 +83,35 @@ def credentials(options: tuple[str, ...], env_name: str | None, configured: list
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="interface to listen on (0.0.0.0 for all)")
 @click.option("--basic-auth", "basic_auth", multiple=True, metavar="USER:PASS",
-              help="an admin account (repeatable, or comma separated)")
+              help="an admin account (repeatable); visible in ps: prefer the env or file forms")
 @click.option("--basic-auth-env", default=None, metavar="VAR",
               help="read USER:PASS[,USER:PASS] from this environment variable")
+@click.option("--basic-auth-file", multiple=True, metavar="PATH",
+              help="read admin USER:PASS lines from this file (mode 0600)")
 @click.option("--readonly-auth", multiple=True, metavar="USER:PASS",
               help="an account that may look but not act (repeatable)")
+@click.option("--readonly-auth-file", multiple=True, metavar="PATH",
+              help="read read-only USER:PASS lines from this file")
+@click.option("--certfile", default=None, help="serve HTTPS with this certificate (PEM)")
+@click.option("--keyfile", default=None, help="the certificate's private key (PEM)")
+@click.option("--trusted-proxy", multiple=True, metavar="ADDRESS[/BITS]",
+              help="a single-sign-on proxy whose user header is believed (repeatable)")
+@click.option("--proxy-user-header", default="X-Forwarded-User", show_default=True)
+@click.option("--proxy-role", type=click.Choice(["readonly", "admin"]), default="readonly",
+              show_default=True, help="what users vouched for by the proxy may do")
+@click.option("--login-attempts", type=click.IntRange(1), default=10, show_default=True,
+              help="failed logins per client within a minute before 429s start")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="seconds a client has to send a request's headers")
+@click.option("--body-timeout", type=float, default=30.0, show_default=True,
+              help="seconds a request body may stall before 408")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.pass_obj
 def monitor_command(obj: Any, port: int, address: str, basic_auth: tuple[str, ...],
-                    basic_auth_env: str | None, readonly_auth: tuple[str, ...],
-                    loglevel: str) -> None:
-    """Serve the web dashboard, JSON API and /metrics (basic auth required)."""
+                    basic_auth_env: str | None, basic_auth_file: tuple[str, ...],
+                    readonly_auth: tuple[str, ...], readonly_auth_file: tuple[str, ...],
+                    loglevel: str, **security: Any) -> None:
+    """Serve the web dashboard, JSON API and /metrics (authentication required)."""
     try:
         import uvicorn
 
@@ -85,21 +119,45 @@ def monitor_command(obj: Any, port: int, address: str, basic_auth: tuple[str, ..
     except ImportError as exc:
         raise click.UsageError(f"the monitor needs its extras: pip install 'conveyor[monitor]' "
                                f"({exc})") from exc
+    _warn_argv_secrets(basic_auth, readonly_auth)
     app = obj.app
-    users = credentials(basic_auth, basic_auth_env, list(app.conf.monitor_basic_auth))
-    readonly = [*readonly_auth, *app.conf.monitor_readonly_auth]
-    if not users:
+    users = credentials(basic_auth, basic_auth_env, list(app.conf.monitor_basic_auth),
+                        basic_auth_file)
+    readonly = [*readonly_auth, *app.conf.monitor_readonly_auth,
+                *credentials((), None, [], readonly_auth_file)]
+    if not users and not security["trusted_proxy"]:
         raise click.UsageError(
-            "the monitor needs at least one account: --basic-auth user:pass, "
-            "--basic-auth-env VAR, CONVEYOR_MONITOR_BASIC_AUTH or monitor_basic_auth")
+            "the monitor needs at least one account: --basic-auth-env VAR, --basic-auth-file "
+            "PATH, CONVEYOR_MONITOR_BASIC_AUTH or monitor_basic_auth (or --trusted-proxy)")
     try:
-        asgi = create_app(app, users, readonly)
+        asgi, serve = _build(app, create_app, users, readonly, address, port, loglevel, security)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     app.finalize()
-    click.echo(f"conveyor monitor on http://{address}:{port}/ ({len(users)} admin entries, "
-               f"{len(readonly)} read-only)")
-    uvicorn.run(asgi, host=address, port=port, log_level=loglevel.lower(), access_log=False)
+    click.echo(f"conveyor monitor on {serve.scheme}://{address}:{port}/ ({len(users)} admin "
+               f"entries, {len(readonly)} read-only, "
+               f"{len(security['trusted_proxy'])} trusted proxies)")
+    uvicorn.run(asgi, **serve.uvicorn_kwargs())
+
+
+def _build(app: Any, create_app: Any, users: list[str], readonly: list[str], address: str,
+           port: int, loglevel: str, security: dict[str, Any]) -> tuple[Any, Any]:
+    from conveyor.monitor.auth import LoginThrottle, ProxyTrust
+    from conveyor.monitor.serve import ServeOptions
+
+    serve = ServeOptions(host=address, port=port, certfile=security["certfile"],
+                         keyfile=security["keyfile"],
+                         header_timeout=security["header_timeout"],
+                         log_level=loglevel.lower())
+    if not 0 < security["body_timeout"] <= 3600:
+        raise ValueError(f"--body-timeout must be in (0, 3600] seconds, "
+                         f"got {security['body_timeout']}")
+    proxy = ProxyTrust.parse(security["trusted_proxy"], security["proxy_user_header"],
+                             security["proxy_role"])
+    asgi = create_app(app, users, readonly, proxy=proxy,
+                      throttle=LoginThrottle(limit=security["login_attempts"]),
+                      body_timeout=security["body_timeout"])
+    return asgi, serve
 
 
 # -- status --------------------------------------------------------------------------

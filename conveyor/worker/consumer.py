@@ -24,6 +24,7 @@ from typing import Protocol
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
+from conveyor.serialization import printable
 from conveyor.worker import announce
 from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
 
@@ -91,13 +92,19 @@ class Consumer:
         return self._broker_factory()
 
     def run(self) -> None:
-        """Loop until stopped or recycled (max tasks / max memory)."""
-        while not self.stop.is_set() and not self._should_recycle():
+        """Loop until stopped or recycled (max tasks / max memory).
+
+        Whatever ends the loop, what the reporter holds is sent: if the loop
+        died, its supervisor then knows what to hand back at once.
+        """
+        try:
+            while not self.stop.is_set() and not self._should_recycle():
+                self.reporter.flush()
+                batch = self._reserve()
+                if batch:
+                    self._run_batch(batch)
+        finally:
             self.reporter.flush()
-            batch = self._reserve()
-            if batch:
-                self._run_batch(batch)
-        self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
         try:
@@ -127,9 +134,19 @@ class Consumer:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
-            self._settle(delivery, outcome)
-            self.reporter.done(delivery, outcome)
+            self._finish(delivery, outcome)
             self.processed += 1
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Settle and report one message; nothing a message holds may end the loop."""
+        try:
+            self._settle(delivery, outcome)
+        except Exception:
+            log.exception("could not settle %s; its lease will hand it out again", delivery.id)
+        try:
+            self.reporter.done(delivery, outcome)
+        except Exception:
+            log.exception("could not report the end of %s", delivery.id)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
@@ -202,8 +219,9 @@ class Consumer:
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == DEAD:
-            log.error("dead-lettering %s: %s", delivery.id, outcome.reason)
-            broker.dead_letter(delivery, outcome.reason or "dead-lettered")
+            reason = printable(outcome.reason or "dead-lettered")
+            log.error("dead-lettering %s: %s", delivery.id, reason)
+            broker.dead_letter(delivery, reason)
 
     def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Warm shutdown: give back what was fetched but not started, at once."""

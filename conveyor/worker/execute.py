@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conveyor import signals, states, workflow
+from conveyor import signals, signing, states, workflow
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request, pop_request, push_request
@@ -63,6 +63,7 @@ class Executor:
         self.accept = app.conf.accept_content
         self.max_deliveries = app.conf.task_max_deliveries
         self.max_bytes = app.conf.task_message_max_bytes
+        self.signing_key = signing.key_for(app.conf)
         self.timer = timer
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
@@ -80,7 +81,9 @@ class Executor:
                 DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
                 f"task_message_max_bytes={self.max_bytes}"))
         try:
-            message = Message.decode(delivery.body, self.accept)
+            message = Message.decode(self._verified(delivery.body), self.accept)
+        except signing.SignatureError as exc:
+            return Outcome(DEAD, reason=f"refused before decoding: {exc}")
         except ContentDisallowed as exc:
             return announce.rejected(self, delivery, exc, Outcome(
                 DEAD, reason=f"content type refused: {exc}"))
@@ -175,7 +178,7 @@ class Executor:
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
-        announce.succeeded(task, request, result)
+        announce.succeeded(task, request, result, runtime)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,
@@ -278,10 +281,14 @@ class Executor:
         workflow.on_failure(self.app, message, WorkerLostError(reason), None)
         announce.lost(self.app, message, request, WorkerLostError(reason))
 
+    def _verified(self, body: bytes) -> bytes:
+        """The body to decode: checked and stripped of its signature when a key is set."""
+        return body if self.signing_key is None else signing.verify(body, self.signing_key)
+
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
         try:
-            message = Message.decode(body, self.accept)
+            message = Message.decode(self._verified(body), self.accept)
         except SerializationError:
             return
         request = Request.from_message(message, delivery, self.hostname)

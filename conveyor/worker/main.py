@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor import signals
+from conveyor import redact, signals
 from conveyor.events import EventSink
-from conveyor.exceptions import ConfigurationError
+from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
+from conveyor.signing import pickle_warning
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -113,14 +114,18 @@ class Worker:
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         if install_signals:
             self._install_signals()
-        address = _safe_url(self.app.conf.broker_url)
+        address = redact.url(self.app.conf.broker_url)
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
         self._pool = self._make_pool()
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
-                 _safe_url(self.app.conf.broker_url))
+                 redact.url(self.app.conf.broker_url))
+        self._log_tasks()
+        risk = pickle_warning(self.app.conf)
+        if risk:
+            log.warning("%s", risk)
         self._ready.set()
         signals.worker_ready.send(sender=self)
         try:
@@ -140,6 +145,12 @@ class Worker:
             self._pool.run()
         finally:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+    def _log_tasks(self) -> None:
+        """The registered tasks, one a line, as Celery's start-up banner lists them."""
+        names = sorted(name for name in self.app.tasks if not name.startswith("conveyor."))
+        log.info("worker %s knows %d task(s):%s", self.hostname, len(names),
+                 "".join(f"\n  . {name}" for name in names))
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
@@ -215,9 +226,11 @@ class Worker:
             return
         try:
             self.events.write(batch)
-        except Exception:
+        except BrokerError:  # the store is away: the next heartbeat carries the batch
             book.recorder.restore(batch)
             raise
+        except Exception:  # the store refused the data: carrying it on would fail forever
+            log.exception("dropped %d task events the event store refused", len(batch.tasks))
 
     def _goodbye(self) -> None:
         book = getattr(self._pool, "book", None)
@@ -245,13 +258,3 @@ def _memory_kib() -> int | None:
         return sum(int(p.memory_info().rss) for p in procs) // 1024
     except Exception:  # a child exiting mid-count, or no psutil
         return None
-
-
-def _safe_url(url: str) -> str:
-    """Hide a password in a URL for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conveyor import Conveyor, states
 from conveyor.exceptions import Reject
 from conveyor.monitor.app import create_app
-from conveyor.monitor.auth import Authenticator, parse_users
+from conveyor.monitor.auth import Authenticator, LoginThrottle, parse_users
 from conveyor.monitor.cli import inspect_command, status_command
 from conveyor.monitor.openapi import openapi_schema
 from conveyor.testing import run_worker
@@ -44,7 +44,10 @@ class Served:
     """A uvicorn server on a thread, stopped at the end of the test."""
 
     def __init__(self, app: Conveyor) -> None:
-        asgi = create_app(app, [f"{ADMIN[0]}:{ADMIN[1]}"], [f"{VIEWER[0]}:{VIEWER[1]}"])
+        # Throttling off: these tests send hundreds of wrong logins on purpose
+        # (tests/security/test_monitor_hardening.py covers the throttle).
+        asgi = create_app(app, [f"{ADMIN[0]}:{ADMIN[1]}"], [f"{VIEWER[0]}:{VIEWER[1]}"],
+                          throttle=LoginThrottle(limit=1_000_000))
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))

@@ -53,7 +53,7 @@ def test_deploy_systemd_writes_unit_files(tmp_path: Path) -> None:
     env = worker_env(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "ledger")
     out = tmp_path / "units"
     result = conveyor(env, "deploy", "systemd", "--queue", "default:2", "--beat",
-                      "--directory", str(tmp_path), "-o", str(out))
+                      "--user", "svc", "--directory", str(tmp_path), "-o", str(out))
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["conveyor-beat.service", "conveyor-worker-default.service",
