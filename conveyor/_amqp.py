@@ -163,8 +163,11 @@ def due_name(queue: str) -> str:
     return f"conveyor.delay.{queue}.due"
 
 
+DEAD_QUEUE_PREFIX = "conveyor.dead."
+
+
 def dead_name(queue: str) -> str:
-    return f"conveyor.dead.{queue}"
+    return f"{DEAD_QUEUE_PREFIX}{queue}"
 
 
 DEAD_EXCHANGE = "conveyor.dead"

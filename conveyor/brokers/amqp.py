@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import ssl
 import threading
 import time
@@ -45,6 +46,18 @@ _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
 _RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
               pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+
+
+class _QuietProbe(logging.Filter):
+    """pika warns of every channel the broker closes; the probe's expected miss on a
+    queue never declared before (``conveyor.dead.*``) is not worth a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("NOT_FOUND" in message and f"'{_amqp.DEAD_QUEUE_PREFIX}" in message)
+
+
+logging.getLogger("pika.channel").addFilter(_QuietProbe())
 
 
 def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
