@@ -28,7 +28,14 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
 
         return RedisBroker(url, **opts)
     if scheme in ("amqp", "amqps", "pyamqp"):
-        from conveyor.brokers.amqp import AMQPBroker
+        try:
+            from conveyor.brokers.amqp import AMQPBroker
+        except ModuleNotFoundError as exc:
+            if exc.name != "pika":
+                raise
+            raise ConfigurationError(
+                f"broker_url is {scheme}:// (RabbitMQ), whose client is not installed: "
+                "pip install 'conveyor[rabbitmq]'") from None
 
         return AMQPBroker(url, **opts)
     raise ConfigurationError(

@@ -81,3 +81,14 @@ def _routes(key: str, pattern: str) -> bool:
     """A topic binding match ('*' one word, '#' zero or more), as RabbitMQ does."""
     rx = pattern.replace(".", r"\.").replace("*", r"[^.]+").replace(r"\.#", r"(\..*)?")
     return re.fullmatch(rx, key) is not None
+
+
+def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from conveyor.brokers import broker_from_url
+
+    monkeypatch.setitem(sys.modules, "pika", None)
+    monkeypatch.delitem(sys.modules, "conveyor.brokers.amqp", raising=False)
+    with pytest.raises(ConfigurationError, match=r"conveyor\[rabbitmq\]"):
+        broker_from_url("amqp://h//", STATE)
