@@ -13,6 +13,8 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 * ``conveyor.dead`` -- direct exchange; routing key ``Q`` reaches
   ``conveyor.dead.Q``, a durable classic queue of dead letters whose reason is
   the ``x-conveyor-reason`` header.
+* ``conveyor.queues`` -- a classic queue holding one message per work queue
+  created in the vhost (its name), so that ``queues()`` can list them.
 * ``conveyor.delay.Q.<k>`` for k = LEVELS-1 .. 0 -- a topic exchange and a
   classic queue of the same name holding messages for ``2**k`` ticks
   (``x-message-ttl``) before dead-lettering them into level k-1's exchange.
@@ -164,6 +166,7 @@ def due_name(queue: str) -> str:
 
 
 DEAD_QUEUE_PREFIX = "conveyor.dead."
+REGISTRY = "conveyor.queues"  # one message per work queue ever declared: its name
 
 
 def dead_name(queue: str) -> str:

@@ -188,6 +188,9 @@ class AMQPBroker(Broker):
         dead = _amqp.dead_name(queue)
         ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
         ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
+        ch.queue_declare(_amqp.REGISTRY, durable=True, arguments={"x-queue-type": "classic"})
+        ch.basic_publish("", _amqp.REGISTRY, queue.encode(),
+                         pika.BasicProperties(delivery_mode=2), mandatory=True)
         self._declared.add(queue)
 
     def _exists(self, queue: str) -> bool:
@@ -413,9 +416,19 @@ class AMQPBroker(Broker):
 
     # -- inspection and repair -------------------------------------------------------
     def queues(self) -> list[str]:
-        """Queues this connection has used (RabbitMQ lists queues only over HTTP)."""
-        with self._lock:
-            return sorted(self._declared)
+        """Every queue whose topology a process created in this vhost: one message
+        each in ``conveyor.queues``, read and handed back (RabbitMQ lists queues
+        only over its HTTP API)."""
+        names = set(self._declared)
+        with self._side_channel() as ch:
+            ch.queue_declare(_amqp.REGISTRY, durable=True,
+                             arguments={"x-queue-type": "classic"})
+            while True:
+                method, _props, body = ch.basic_get(_amqp.REGISTRY, auto_ack=False)
+                if method is None:
+                    break
+                names.add(body.decode())
+        return sorted(names)
 
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         names = list(self.queues() if queues is None else queues)
