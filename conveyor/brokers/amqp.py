@@ -60,6 +60,17 @@ class _QuietProbe(logging.Filter):
 logging.getLogger("pika.channel").addFilter(_QuietProbe())
 
 
+_log = logging.getLogger("conveyor.brokers.amqp")
+
+
+def _explain_close(exc: pika.exceptions.ChannelClosedByBroker) -> None:
+    """Say why RabbitMQ took leases away, when the reason is a server setting."""
+    if "acknowledgement" in str(exc.reply_text) and "timed out" in str(exc.reply_text):
+        _log.error("RabbitMQ's consumer_timeout closed the channel of a running task, and "
+                   "will hand its message out again: set consumer_timeout in rabbitmq.conf "
+                   "above the longest task (docs/operations.md, RabbitMQ)")
+
+
 def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     """A declaration RabbitMQ refuses (a queue of another type or arguments, or one
     deleted under us), as opposed to ``consumer_timeout`` closing the channel."""
@@ -91,6 +102,7 @@ class AMQPBroker(Broker):
         self._channel: BlockingChannel | None = None
         self._generation = 0
         self._declared: set[str] = set()
+        self._warned: set[str] = set()  # quorum queues told they ignore priorities
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
@@ -151,6 +163,7 @@ class AMQPBroker(Broker):
                     self._drop()
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     self._drop()
+                    _explain_close(exc)
                     if _refused(exc):
                         raise ConfigurationError(f"RabbitMQ at {self._opts.place} refused: "
                                                  f"{exc.reply_text}") from None
@@ -261,6 +274,11 @@ class AMQPBroker(Broker):
             headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
             exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
             key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))
+        if priority and self._opts.queue_type == "quorum" and queue not in self._warned:
+            self._warned.add(queue)
+            _log.warning("queue %s is a quorum queue, which has no priorities in RabbitMQ "
+                         "3.10: priority %d is kept in the message but served first in, "
+                         "first out (queue_type='classic' honours it)", queue, priority)
         props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
                                      priority=MAX_PRIORITY - priority)
         ch.basic_publish(exchange, key, body, props, mandatory=True)

@@ -96,3 +96,19 @@ def test_connections_closed_by_the_server_are_survived(amqp_quorum_url: str) -> 
         assert broker.ack(got) == [True, True]
     finally:
         broker.close()
+
+
+def test_a_priority_on_a_quorum_queue_is_warned_about(amqp_quorum_url: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ 3.10 quorum queues serve first in, first out; saying so beats silence."""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    broker = broker_from_url(amqp_quorum_url)
+    try:
+        with caplog.at_level("WARNING", logger="conveyor.brokers.amqp"):
+            broker.enqueue(Envelope(id="p", queue="q", body=b"x", priority=3))
+            broker.enqueue(Envelope(id="r", queue="q", body=b"x", priority=3))
+        warned = [r for r in caplog.records if "no priorities" in r.getMessage()]
+        assert len(warned) == 1 and "queue_type='classic'" in warned[0].getMessage()
+    finally:
+        broker.close()

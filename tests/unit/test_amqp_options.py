@@ -92,3 +92,14 @@ def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delitem(sys.modules, "conveyor.brokers.amqp", raising=False)
     with pytest.raises(ConfigurationError, match=r"conveyor\[rabbitmq\]"):
         broker_from_url("amqp://h//", STATE)
+
+
+def test_beat_history_goes_to_the_side_store(tmp_path: object) -> None:
+    from conveyor.beat_state import SQLiteBeatState, open_beat_state
+
+    app = Conveyor("x", broker="amqp://h//", backend=f"sqlite:///{tmp_path}/r.db",
+                   set_as_current=False)
+    assert isinstance(open_beat_state(app), SQLiteBeatState)
+    bare = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
+    with pytest.raises(ConfigurationError, match="result_backend"):
+        open_beat_state(bare)
