@@ -307,8 +307,7 @@ class AMQPBroker(Broker):
         out: list[Delivery] = []
         for queue in queues:
             self._from_pushed(ch, queue, count, lease, out)
-            while poll and len(out) < count and self._get_one(ch, queue, lease, out):
-                ch.connection.process_data_events(0)
+            while poll and len(out) < count and self._get_one(ch, queue):
                 self._from_pushed(ch, queue, count, lease, out)
         return out
 
@@ -320,17 +319,18 @@ class AMQPBroker(Broker):
             if got is not None:
                 out.append(got)
 
-    def _get_one(self, ch: BlockingChannel, queue: str, lease: float,
-                 out: list[Delivery]) -> bool:
-        """``basic.get`` one message (``False``: none ready).  It sees what is queued
-        but not yet pushed; one at a time, because a get is a Raft command on quorum
-        queues and pushes usually arrive meanwhile."""
+    def _get_one(self, ch: BlockingChannel, queue: str) -> bool:
+        """``basic.get`` one message into the pushed buffer (``False``: none ready).
+
+        It sees what is queued but not yet pushed; one at a time, because a get
+        is a Raft command on quorum queues and pushes usually arrive meanwhile.
+        Deliveries RabbitMQ pushed before answering precede the answer on the
+        wire, so they are buffered first and first in, first out holds."""
         method, props, body = ch.basic_get(queue, auto_ack=False)
         if method is None:
             return False
-        got = self._leased(ch, queue, method, props, body, lease)
-        if got is not None:
-            out.append(got)
+        ch.connection.process_data_events(0)
+        self._pushed[queue].append((method, props, body))
         return True
 
     def _consume(self, ch: BlockingChannel, queue: str, count: int) -> None:
