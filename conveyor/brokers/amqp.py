@@ -307,8 +307,11 @@ class AMQPBroker(Broker):
         out: list[Delivery] = []
         for queue in queues:
             self._from_pushed(ch, queue, count, lease, out)
-            while poll and len(out) < count and self._get_one(ch, queue):
+            while poll and len(out) < count:
+                more = self._get_one(ch, queue)
                 self._from_pushed(ch, queue, count, lease, out)
+                if not more:
+                    break
         return out
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
@@ -324,12 +327,13 @@ class AMQPBroker(Broker):
 
         It sees what is queued but not yet pushed; one at a time, because a get
         is a Raft command on quorum queues and pushes usually arrive meanwhile.
-        Deliveries RabbitMQ pushed before answering precede the answer on the
-        wire, so they are buffered first and first in, first out holds."""
+        Deliveries RabbitMQ pushed before answering (even an empty answer: the
+        rest may all be on their way here) precede the answer on the wire, so
+        they are buffered first: nothing is missed and first in, first out holds."""
         method, props, body = ch.basic_get(queue, auto_ack=False)
+        ch.connection.process_data_events(0)
         if method is None:
             return False
-        ch.connection.process_data_events(0)
         self._pushed[queue].append((method, props, body))
         return True
 
