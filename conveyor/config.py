@@ -178,6 +178,14 @@ class Settings:
     task_enqueue_on_commit: bool = field(default=False, metadata=_doc(
         "send tasks when the caller's database transaction commits",
         CONVEYOR_ONLY))
+    task_always_eager: bool = field(default=False, metadata=_doc(
+        "run .delay()/.apply_async() in the caller's process (tests)",
+        "different on purpose: arguments and results are still encoded as for the broker"))
+    task_eager_propagates: bool = field(default=False, metadata=_doc(
+        "an eager task's error is raised from the call",
+        "different on purpose: the task's hooks and errbacks run before it is raised"))
+    task_store_eager_result: bool = field(default=False, metadata=_doc(
+        "eager runs write their results to the result store"))
     # Modules imported when the app is finalized (worker/beat start)
     imports: list[str] = field(default_factory=list, metadata=_doc(
         "modules imported when a worker or beat starts"))

@@ -903,7 +903,9 @@ def docker_compose(
         _check_text(label, text)
         if not text:
             raise DeployError(f"{label} must not be empty")
-    notes = ["Run one beat only: do not scale the beat service."] if spec.beat else []
+    notes = (["One beat service is generated; more replicas are safe (one leads under a "
+              "lease, each tick is sent once) but only one does the work."]
+             if spec.beat else [])
     notes += _auth_note(spec, "in the shell or in .env next to this file")
     document: dict[str, _YamlValue] = {
         "services": _compose_services(spec, image, broker_url),

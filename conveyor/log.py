@@ -171,14 +171,17 @@ def setup_logging(level: str | int = "INFO", fmt: str | None = None, *,
     return False
 
 
-def setup_logging_for(app: Conveyor, level: str | int) -> bool:
-    """:func:`setup_logging` with the app's ``worker_*`` logging settings (CLI)."""
+def setup_logging_for(app: Conveyor, level: str | int, logfile: str | None = None) -> bool:
+    """:func:`setup_logging` with the app's ``worker_*`` logging settings (CLI).
+
+    ``logfile`` (``-f``) is only passed on to signal receivers: the command
+    has already pointed stderr, where the handlers write, at it."""
     conf = app.conf
     return setup_logging(level, conf.worker_log_format, task_fmt=conf.worker_task_log_format,
                          hijack_root=conf.worker_hijack_root_logger,
                          redirect_stdouts=conf.worker_redirect_stdouts,
                          redirect_level=conf.worker_redirect_stdouts_level,
-                         colorize=conf.worker_log_color)
+                         colorize=conf.worker_log_color, logfile=logfile)
 
 
 class LoggingProxy(io.TextIOBase):

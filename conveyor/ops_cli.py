@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: st
 @click.option("--queue", "--worker", "queues", multiple=True,
               help="QUEUE[,QUEUE]:CONCURRENCY, one worker program each (repeatable)")
 @click.option("--beat", is_flag=True, help="add exactly one beat program")
-@click.option("--beat-scheduler", default=None)
-@click.option("--monitor", is_flag=True)
-@click.option("--monitor-port", type=int, default=None)
-@click.option("--monitor-auth-env", default=None)
-@click.option("--monitor-env-file", default=None)
+@click.option("--beat-scheduler", default=None,
+              help="beat's --scheduler, e.g. django (the database scheduler)")
+@click.option("--monitor", is_flag=True, help="add the web monitor (bound to 127.0.0.1)")
+@click.option("--monitor-port", type=int, default=None, help="the monitor's port (5555)")
+@click.option("--monitor-auth-env", default=None,
+              help="variable holding the monitor's USER:PASS (CONVEYOR_MONITOR_BASIC_AUTH)")
+@click.option("--monitor-env-file", default=None,
+              help="file that sets that variable for the monitor program (mode 0600)")
 @click.option("--user", default=None, help="the unprivileged account the programs run as")
 @click.option("--allow-root", is_flag=True, default=None,
               help="generate files without --user (the programs then run as root)")
@@ -45,8 +49,10 @@ def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: st
                    "(default /etc/conveyor/NAME.env)")
 @click.option("--directory", default=None, help="working directory (default: here)")
 @click.option("--venv", default=None, help="virtualenv holding conveyor (default: this one)")
-@click.option("--log-dir", default=None)
-@click.option("--loglevel", default=None)
+@click.option("--log-dir", default=None,
+              help="supervisor: where program logs go (default /var/log/conveyor; "
+                   "created if missing)")
+@click.option("--loglevel", default=None, help="-l of every program (INFO)")
 @click.option("--name", default=None, help="prefix for program and unit names")
 @click.option("--env", multiple=True, help="KEY=VALUE for every program (repeatable)")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
@@ -64,8 +70,32 @@ def deploy_command(ctx: click.Context, target: str, queues: tuple[str, ...], bea
         spec = _spec(context.spec, queues, beat, beat_scheduler, monitor, options, timeout)
         _emit(target, spec, output)
         _write_env_file(spec)
+        if target == "supervisor":
+            _ensure_log_dir(spec)
     except deploy.DeployError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _ensure_log_dir(spec: deploy.DeploySpec) -> None:
+    """supervisord refuses to start a program whose log directory is missing: make it
+    (owned by the programs' user when run as root), or say exactly how to."""
+    path = spec.log_dir
+    if os.path.isdir(path):
+        return
+    owner = f" && sudo chown {spec.user} {path}" if spec.user else ""
+    try:
+        os.makedirs(path, mode=0o750)
+    except OSError as exc:
+        click.echo(f"note: log directory {path} is missing and could not be created ({exc}); "
+                   f"run: sudo mkdir -p {path}{owner}", err=True)
+        return
+    click.echo(f"note: created log directory {path}", err=True)
+    if spec.user and os.geteuid() == 0:
+        try:
+            shutil.chown(path, user=spec.user)
+        except (OSError, LookupError) as exc:
+            click.echo(f"note: could not give {path} to {spec.user} ({exc}); "
+                       f"run: sudo chown {spec.user} {path}", err=True)
 
 
 def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:

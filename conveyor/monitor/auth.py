@@ -31,6 +31,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import json
 import math
 import threading
 import time
@@ -220,14 +221,14 @@ class BasicAuthMiddleware:
         client = self._client(scope, headers)
         wait = self.throttle.blocked_for(client)
         if wait > 0:
-            await _respond(send, 429, b"too many failed logins; try again later\n",
+            await _respond(send, 429, "too many failed logins; try again later",
                            [(b"retry-after", str(math.ceil(wait)).encode())])
             return
         found = self._identify(scope, headers)
         if found is None:
             if b"authorization" in headers:
                 self.throttle.failed(client)
-            await _respond(send, 401, b"authentication required\n",
+            await _respond(send, 401, "authentication required",
                            [(b"www-authenticate", f'Basic realm="{REALM}"'.encode())])
             return
         if b"authorization" in headers:
@@ -235,10 +236,10 @@ class BasicAuthMiddleware:
         user, role = found
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             if role != ADMIN:
-                await _respond(send, 403, b"read-only user: actions are not allowed\n")
+                await _respond(send, 403, "read-only user: actions are not allowed")
                 return
             if ACTION_HEADER not in headers:
-                await _respond(send, 403, b"missing X-Conveyor-Action header\n")
+                await _respond(send, 403, "missing X-Conveyor-Action header")
                 return
         scope.setdefault("state", {})
         scope["state"]["user"] = user
@@ -246,9 +247,11 @@ class BasicAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-async def _respond(send: Send, status: int, body: bytes,
+async def _respond(send: Send, status: int, error: str,
                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"),
+    """The API's error shape, ``{"error": "..."}``, as every other error answer has."""
+    body = json.dumps({"error": error}).encode()
+    headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

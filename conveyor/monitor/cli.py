@@ -1,19 +1,29 @@
 """Commands: ``monitor`` (the web UI), and its terminal siblings ``status`` and ``inspect``.
 
-``status`` and ``inspect`` read the same stores as the web pages (through
-``conveyor.monitor.data``), so a terminal and a browser never disagree.
-They need no web dependencies.
+``status`` and ``inspect scheduled`` read the same stores as the web pages
+(through ``conveyor.monitor.data``), so a terminal and a browser never
+disagree.  The other ``inspect`` subcommands ask the running workers, as
+Celery's do (:mod:`conveyor.control.cli`); ``inspect stats`` adds the last
+hour from the event store to the workers' answers.  They need no web
+dependencies.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import click
 
+from conveyor import states
+from conveyor.control.cli import (
+    WORKER_INSPECT,
+    active_rows,
+    ask,
+    remote_options,
+    stats_rows,
+)
 from conveyor.events import EventStore, store_for
 from conveyor.monitor import data, tasks
 
@@ -134,9 +144,10 @@ def monitor_command(obj: Any, port: int, address: str, basic_auth: tuple[str, ..
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     app.finalize()
-    click.echo(f"conveyor monitor on {serve.scheme}://{address}:{port}/ ({len(users)} admin "
-               f"entries, {len(readonly)} read-only, "
-               f"{len(security['trusted_proxy'])} trusted proxies)")
+    click.echo(f"conveyor monitor on {serve.scheme}://{address}:{port}/ "
+               f"({_count(len(users), 'admin account')}, "
+               f"{_count(len(readonly), 'read-only account')}, "
+               f"{_count(len(security['trusted_proxy']), 'trusted proxy', 'trusted proxies')})")
     uvicorn.run(asgi, **serve.uvicorn_kwargs())
 
 
@@ -158,6 +169,10 @@ def _build(app: Any, create_app: Any, users: list[str], readonly: list[str], add
                       throttle=LoginThrottle(limit=security["login_attempts"]),
                       body_timeout=security["body_timeout"])
     return asgi, serve
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 # -- status --------------------------------------------------------------------------
@@ -183,23 +198,36 @@ def status_command(obj: Any, as_json: bool) -> None:
 # -- inspect -------------------------------------------------------------------------
 @click.group("inspect")
 def inspect_command() -> None:
-    """Look inside the running system: active tasks, scheduled work, worker stats."""
+    """Look inside the running system: ask the workers (Celery's commands), or read
+    the broker and event store (scheduled)."""
 
 
 @inspect_command.command("active")
-@click.option("--json", "as_json", is_flag=True)
+@remote_options
 @click.pass_obj
-def inspect_active(obj: Any, as_json: bool) -> None:
-    """Tasks running now, per worker, with progress where reported."""
-    running = tasks.running(obj.app, _store(obj))
+def inspect_active(obj: Any, timeout: float, destination: str | None, as_json: bool) -> None:
+    """Tasks running now, as each worker reports them, with progress where reported."""
+    replies = ask(obj.app, "active", timeout, destination)
     if as_json:
-        click.echo(json.dumps(running, indent=2, default=str))
+        click.echo(json.dumps(replies, indent=2, default=str))
         return
-    now = time.time()
-    rows = [(t["worker"], t["id"], t.get("task"), t.get("queue"),
-             _secs(now - float(t.get("started_at") or now)),
-             "-" if t.get("progress") is None else f"{t['progress']:.0f}%") for t in running]
-    _table(("worker", "task id", "name", "queue", "running", "progress"), rows)
+    _table(("worker", "task id", "name", "queue", "running", "args", "progress"),
+           active_rows(replies, _progress(obj.app, replies)))
+
+
+def _progress(app: Any, replies: dict[str, Any]) -> dict[str, Any]:
+    """Progress the running tasks stored with update_state (None where they did not)."""
+    ids = [str(t["id"]) for running in replies.values() for t in running]
+    try:
+        stored = app.backend.get_many(ids) if ids else []
+    except Exception:  # progress is a nicety; the workers' answer stands without it
+        return {}
+    out = {}
+    for task_id, found in zip(ids, stored, strict=True):
+        record = tasks.decode(found)
+        if record is not None and record.state not in states.READY_STATES:
+            out[task_id] = tasks.progress_of(record.result)
+    return out
 
 
 @inspect_command.command("scheduled")
@@ -222,25 +250,24 @@ def inspect_scheduled(obj: Any, as_json: bool) -> None:
 
 
 @inspect_command.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@remote_options
 @click.pass_obj
-def inspect_stats(obj: Any, as_json: bool) -> None:
-    """Per worker counters, and per task outcomes and latency over the last hour."""
-    store = _store(obj)
-    found = data.workers(store)
-    hour = data.overview(store, data.HOUR)
+def inspect_stats(obj: Any, timeout: float, destination: str | None, as_json: bool) -> None:
+    """Each worker's answer (Celery's stats), then per task outcomes and latency over
+    the last hour from the event store (tables only; --json prints the workers' answers)."""
+    replies = ask(obj.app, "stats", timeout, destination)
     if as_json:
-        click.echo(json.dumps({"workers": found, "last_hour": hour}, indent=2, default=str))
+        click.echo(json.dumps(replies, indent=2, default=str))
         return
-    _table(("worker", "pid", "pool", "conc", "processed", "by state", "memory", "up since"),
-           [(w.get("id"), w.get("pid"), w.get("pool"), w.get("concurrency"), w.get("processed"),
-             " ".join(f"{k}={v}" for k, v in sorted((w.get("counts") or {}).items())),
-             _mib(w.get("memory_kib")),
-             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.get("started_at") or 0)))
-            for w in found])
+    _table(("worker", "pid", "pool", "conc", "processed", "uptime"), stats_rows(replies))
+    hour = data.overview(_store(obj), data.HOUR)
     click.echo(f"\nLast hour: {hour['totals']['total']:.0f} runs, "
                f"{hour['throughput_per_minute']:.1f}/min")
     _table(("task", "total", "ok", "failed", "retried", "run p50", "run p95", "wait p50"),
            [(t["name"], f"{t['total']:.0f}", f"{t['SUCCESS']:.0f}", f"{t['FAILURE']:.0f}",
              f"{t['RETRY']:.0f}", _secs(t["runtime_p50"]), _secs(t["runtime_p95"]),
              _secs(t["wait_p50"])) for t in hour["tasks"]])
+
+
+for _command in WORKER_INSPECT:
+    inspect_command.add_command(_command)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conveyor import signals, signing, states, workflow
+from conveyor import hooks, signals, signing, states, workflow
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request, pop_request, push_request
@@ -143,7 +143,7 @@ class Executor:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
         announce.prerun(task, request)
-        if (self.track_started and not task.ignore_result
+        if (task.track_started and not task.ignore_result
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
             return _superseded(request)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
@@ -160,12 +160,16 @@ class Executor:
 
     def _call(self, task: Task, request: Request, soft: float | None) -> Any:
         if soft is None or self.timer is None:
-            return self._run_sync(task, request)
+            return self._start(task, request)
         self.timer.arm(soft)
         try:
-            return self._run_sync(task, request)
+            return self._start(task, request)
         finally:
             self.timer.disarm()
+
+    def _start(self, task: Task, request: Request) -> Any:
+        hooks.before_start(task, request)  # inside the run: what it raises is the outcome
+        return self._run_sync(task, request)
 
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
         assert request.message is not None
@@ -178,6 +182,7 @@ class Executor:
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
+        hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
@@ -185,6 +190,7 @@ class Executor:
                       started: float) -> Outcome:
         """Map what the task raised to an outcome."""
         if isinstance(exc, Retry):
+            hooks.retried(task, request, exc)
             announce.retried(task, request, exc)
             return Outcome(ACK, state=states.RETRY, runtime=time.time() - started)
         if isinstance(exc, Ignore):
@@ -209,6 +215,7 @@ class Executor:
         try:
             task.retry(exc=exc, **opts.retry_kwargs)
         except Retry as again:
+            hooks.retried(task, request, again)
             announce.retried(task, request, again)
             return Outcome(ACK, state=states.RETRY)
         except BaseException:
@@ -242,6 +249,7 @@ class Executor:
         if not stored:
             return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
+        hooks.failed(task, request, exc, trace)
         announce.failed(task, request, exc, trace)
         return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
 
@@ -296,6 +304,9 @@ class Executor:
         self.app.store_state(request, state, exc=exc)
         if state == states.FAILURE:
             workflow.on_failure(self.app, message, exc, None)
+            task = self.app.tasks.get(message.task)
+            if task is not None:  # as Celery's on_timeout: the hooks run in the parent
+                hooks.failed(task, request, exc, None)
         announce.killed(self.app, message, request, exc)
 
 

@@ -23,6 +23,7 @@ from conveyor.events import EventSink
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.signing import pickle_warning
+from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -112,12 +113,16 @@ class Worker:
         """Serve until shut down (blocks)."""
         self.app.finalize()
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
+        warn_no_effect_options(set(self.app.tasks.values()))  # and every AMQP-only task option
         if install_signals:
             self._install_signals()
         address = redact.url(self.app.conf.broker_url)
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
         self._pool = self._make_pool()
+        from conveyor.control.worker import ControlThread
+
+        control = ControlThread.start_for(self)  # answers even when every slot is busy
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
@@ -131,6 +136,8 @@ class Worker:
         try:
             self._run_pool()
         finally:
+            if control is not None:
+                control.stop()
             self._goodbye()
             signals.worker_shutdown.send(sender=self)
             log.info("worker %s stopped", self.hostname)

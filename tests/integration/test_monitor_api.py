@@ -109,6 +109,7 @@ def test_every_route_needs_credentials(api: httpx.Client) -> None:
             response = httpx.get(f"{api.base_url}{path}", auth=auth)  # type: ignore[arg-type]
             assert response.status_code == 401, (path, auth)
             assert response.headers["www-authenticate"].startswith("Basic")
+            assert response.json() == {"error": "authentication required"}  # monitoring.md
     assert httpx.post(f"{api.base_url}/api/tasks/x/revoke", headers=ACT).status_code == 401
     assert api.get("/api/me").json() == {"user": "admin", "role": "admin"}
     assert api.get("/").headers["content-security-policy"].startswith("default-src 'self'")
@@ -119,7 +120,10 @@ def test_read_only_users_look_but_do_not_act(api: httpx.Client) -> None:
     assert api.get("/api/workers", **viewer).status_code == 200  # type: ignore[arg-type]
     denied = api.post("/api/tasks/x/revoke", headers=ACT, **viewer)  # type: ignore[arg-type]
     assert denied.status_code == 403
-    assert api.post("/api/tasks/x/revoke").status_code == 403  # no X-Conveyor-Action
+    assert denied.json() == {"error": "read-only user: actions are not allowed"}
+    missing = api.post("/api/tasks/x/revoke")
+    assert missing.status_code == 403  # no X-Conveyor-Action
+    assert missing.json() == {"error": "missing X-Conveyor-Action header"}
 
 
 def test_credentials_are_compared_in_constant_work(monkeypatch: pytest.MonkeyPatch) -> None:
