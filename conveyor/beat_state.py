@@ -372,7 +372,7 @@ def open_beat_state(app: Conveyor) -> BeatState:
     url = app.conf.broker_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     options = dict(app.conf.broker_transport_options)
-    if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0010)
+    if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0014)
         state = app.conf.broker_options().get("state_url")
         if not state:
             raise not_in_rabbitmq("beat's run history")

@@ -1,4 +1,4 @@
-"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0010-rabbitmq-broker.md.
+"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0014-rabbitmq-broker.md.
 
 A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
 the message out again when the connection drops (the worker died), and this
@@ -464,8 +464,12 @@ class AMQPBroker(Broker):
 
         delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
         inflight = sum(1 for held in self._leases.values() if held.queue == queue)
+        ready = count(queue)
+        # Deliveries pushed before that answer precede it on the wire: buffer them, or
+        # a message on its way here would be counted nowhere.
+        ch.connection.process_data_events(0)
         waiting = len(self._pushed.get(queue, ()))
-        return QueueStats(queue, count(queue) + waiting, delayed, inflight,
+        return QueueStats(queue, ready + waiting, delayed, inflight,
                           count(_amqp.dead_name(queue)))
 
     def purge(self, queue: str) -> int:

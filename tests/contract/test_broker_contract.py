@@ -63,7 +63,7 @@ def test_lower_priority_first_then_fifo(broker: Broker, backend_url: str) -> Non
     """Celery on Redis: kombu serves priority 0 first, 9 last."""
     if "queue_type=quorum" in backend_url:
         pytest.skip("RabbitMQ 3.10 quorum queues have no priorities: first in, first out "
-                    "(docs/decisions/0010-rabbitmq-broker.md)")
+                    "(docs/decisions/0014-rabbitmq-broker.md)")
     broker.enqueue(env("late1", priority=9))
     broker.enqueue(env("urgent1", priority=0))
     broker.enqueue(env("mid", priority=5))
@@ -234,7 +234,7 @@ def test_idempotency_key_expires(broker: Broker) -> None:
 
 def test_same_message_id_is_not_stored_twice(broker: Broker, backend_url: str) -> None:
     skip_on_amqp(backend_url, "RabbitMQ cannot look a message id up; a retry written "
-                 "twice by a crash is delivered twice (docs/decisions/0010-rabbitmq-broker.md)")
+                 "twice by a crash is delivered twice (docs/decisions/0014-rabbitmq-broker.md)")
     e = Envelope(id="retry~1", queue="q", body=b"one")
     broker.enqueue(e)
     broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))
