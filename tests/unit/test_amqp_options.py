@@ -103,3 +103,13 @@ def test_beat_history_goes_to_the_side_store(tmp_path: object) -> None:
     bare = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
     with pytest.raises(ConfigurationError, match="result_backend"):
         open_beat_state(bare)
+
+
+def test_remote_control_goes_through_the_side_store(tmp_path: object) -> None:
+    from conveyor.control import channel_for
+    from conveyor.control.sqlite import SQLiteChannel
+
+    state = f"sqlite:///{tmp_path}/state.db"
+    assert isinstance(channel_for("amqp://h//", {"state_url": state}), SQLiteChannel)
+    with pytest.raises(ConfigurationError, match="result_backend"):
+        channel_for("amqp://h//", {})
