@@ -382,7 +382,7 @@ def open_beat_state(app: Conveyor) -> BeatState:
         return MemoryBeatState(url)
     if scheme == "sqlite":
         return SQLiteBeatState(url, options)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         return RedisBeatState(url, options)
     raise ConfigurationError(
         f"beat cannot keep its run history beside broker_url {url!r}: "

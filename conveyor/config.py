@@ -426,9 +426,10 @@ class Settings:
         """What the result store client is built with (Celery's redis_* settings).
 
         Results kept beside the broker (no ``result_backend``) take the broker's
-        TLS options unless ``redis_backend_use_ssl`` says otherwise, and not its
-        other transport options (a key prefix set there keeps naming the broker's
-        keys only, as before).
+        TLS options unless ``redis_backend_use_ssl`` says otherwise, and its
+        Sentinel options (``master_name`` …), and not its other transport
+        options (a key prefix set there keeps naming the broker's keys only,
+        as before).
         """
         url = self.result_url
         opts = dict(self.result_backend_transport_options)
@@ -442,6 +443,10 @@ class Settings:
         if self.result_backend is None and not tls:
             key, tls = "broker_use_ssl", self.broker_use_ssl
         opts.update(tls_options(key, tls, url))
+        if self.result_backend is None:  # the same sentinels: the same master name
+            for name in ("master_name", "min_other_sentinels", "sentinel_kwargs"):
+                if name in self.broker_transport_options:
+                    opts.setdefault(name, self.broker_transport_options[name])
         return opts
 
     def result_retry(self) -> tuple[float, float, float] | None:
@@ -592,7 +597,7 @@ def _scheme(url: str) -> str:
 
 
 def _is_redis(url: str) -> bool:
-    return _scheme(url) in ("redis", "rediss", "unix")
+    return _scheme(url) in ("redis", "rediss", "unix", "sentinel")
 
 
 def tls_options(key: str, value: bool | dict[str, Any] | None, url: str) -> dict[str, Any]:
@@ -720,7 +725,10 @@ def _env_kind(key: str) -> str:
     if key in _SECONDS:
         return "float"
     hint = _HINTS[key]
-    base = {getattr(a, "__origin__", a) for a in getattr(hint, "__args__", (hint,))}
+    # ``dict[str, Any]`` has __args__ too: only a union's arguments are alternatives.
+    alternatives = (hint,) if getattr(hint, "__origin__", None) else getattr(
+        hint, "__args__", (hint,))
+    base = {getattr(a, "__origin__", a) for a in alternatives}
     for kind, typ in (("bool", bool), ("int", int), ("float", float), ("list", list),
                       ("dict", dict), ("str", str)):
         if typ in base:

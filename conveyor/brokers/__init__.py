@@ -23,7 +23,7 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         from conveyor.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, **opts)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url, **opts)

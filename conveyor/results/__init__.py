@@ -33,7 +33,7 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
 
 def _open(url: str, options: dict[str, Any]) -> ResultStore:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         from conveyor.results.redis import RedisResultStore
 
         return RedisResultStore(url, **options)
