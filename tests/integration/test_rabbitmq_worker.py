@@ -24,6 +24,7 @@ from .processes import Ledger, start_worker, stop, wait_for, worker_env
 
 WORK = "tests.integration.worker_app.work"
 LEASE = 60.0  # far longer than the test: redelivery must come from the dropped connection
+QUEUE = "killed"  # this test's alone: no consumer another test left open can take it
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def spawn(urls: tuple[str, str], tmp_path: Path) -> Iterator:
     ledger = Ledger(tmp_path / "ledger.txt")
 
     def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], Ledger]:
-        env = worker_env(urls[0], ledger.path, result_backend=urls[1],
+        env = worker_env(urls[0], ledger.path, result_backend=urls[1], task_default_queue=QUEUE,
                          broker_lease_timeout=LEASE, worker_heartbeat_interval=0.5)
         proc = start_worker(env, "-P", "prefork", *args, log=tmp_path / "worker.log")
         procs.append(proc)
@@ -58,7 +59,7 @@ def spawn(urls: tuple[str, str], tmp_path: Path) -> Iterator:
 
 
 def test_sigkilled_worker_has_its_message_redelivered_at_once(client: Conveyor, spawn) -> None:
-    result = client.send_task(WORK, [3.0])
+    result = client.send_task(WORK, [3.0], queue=QUEUE)
     first, ledger = spawn("-c", "1")
     wait_for(lambda: ledger.events("start"), 30, "the task to start")
     os.killpg(first.pid, signal.SIGKILL)
