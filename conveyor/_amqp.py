@@ -6,7 +6,7 @@ slash inside a vhost name.  ``pyamqp://`` is read as ``amqp://`` and
 ``amqps://`` turns TLS on (port 5671 by default).
 
 Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
-``Q`` (docs/decisions/0014-rabbitmq-broker.md):
+``Q`` (docs/decisions/0016-rabbitmq-broker.md):
 
 * ``Q`` -- the work queue: durable, quorum by default (``queue_type``), or
   classic with ``x-max-priority`` 9; dead-letters into ``conveyor.dead``.
@@ -106,7 +106,7 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
 def amqp_options(opts: dict[str, Any], result_backend: str | None,
                  use_ssl: object) -> dict[str, Any]:
     """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
-    ``result_backend`` (docs/decisions/0014-rabbitmq-broker.md)."""
+    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md)."""
     if isinstance(use_ssl, dict) and use_ssl:
         raise ConfigurationError(
             "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "

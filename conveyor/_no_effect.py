@@ -43,8 +43,9 @@ NO_COMPRESSION = "messages and results are not compressed; keep arguments small 
 NO_SIGNING = ("only used by Celery's 'auth' serializer (X.509 message signing); Conveyor signs "
               "with a shared HMAC key instead: message_signing_key or message_signing_key_file "
               "(docs/security.md); task_serializer='auth' is refused")
-SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
-              "SQLite store, which manages its own connection and table")
+SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// and db+postgresql:// "
+              "URLs map to Conveyor's SQLite and PostgreSQL stores, which manage their own "
+              "connections and tables")
 
 
 def _backend(name: str) -> str:

@@ -61,7 +61,7 @@ class Settings:
 
     # Broker and results
     broker_url: str = field(default=DEFAULT_BROKER_URL, metadata=_doc(
-        "where messages wait: sqlite:///path, redis://, rediss:// or memory://",
+        "where messages wait: sqlite:///path, redis://, rediss://, postgresql:// or memory://",
         "different on purpose: SQLite by default, so nothing needs installing"))
     result_backend: str | None = field(default=None, metadata=_doc(
         "where results live; None keeps them beside the broker; also db+sqlite:/// and django-db",

@@ -59,6 +59,18 @@ def pg_dsn() -> str:
 
 
 @pytest.fixture
+def pg_url(pg_dsn: str) -> Iterator[str]:
+    """``pg_dsn`` with a schema of this test's own (``?schema=``), dropped afterwards,
+    so parallel runs and other engineers' tests never meet."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"{pg_dsn}?schema={schema}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
@@ -171,6 +183,19 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'conveyor.db'}"
     return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture(params=[*BACKENDS, "postgres", "amqp"])
+def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(broker_url, result_backend)`` for each backend kind, plus the PostgreSQL
+    broker with results in SQLite (PostgreSQL has no result or event store yet) and
+    RabbitMQ with results in SQLite (RabbitMQ keeps no records)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    if request.param == "amqp":
+        return str(request.getfixturevalue("amqp_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    return url, url
 
 
 @pytest.fixture

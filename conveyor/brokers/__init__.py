@@ -10,7 +10,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "broker
 
 def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broker:
     """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``,
-    ``amqp://``/``amqps://``/``pyamqp://`` (RabbitMQ), ``memory://``."""
+    ``amqp://``/``amqps://``/``pyamqp://`` (RabbitMQ), ``postgresql://``/``postgres://``,
+    ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     opts = dict(options or {})
     # Read by the app, which hands brokers a priority already grouped in its step.
@@ -27,6 +28,10 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url, **opts)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.brokers.postgres import PostgresBroker
+
+        return PostgresBroker(url, **opts)
     if scheme in ("amqp", "amqps", "pyamqp"):
         try:
             from conveyor.brokers.amqp import AMQPBroker
@@ -40,5 +45,6 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         return AMQPBroker(url, **opts)
     raise ConfigurationError(
         f"broker_url {url!r}: unsupported scheme {scheme!r}; use sqlite:///path.db, "
-        "redis://host:port/db, amqp://user:password@host:port/vhost or memory://"
+        "redis://host:port/db, postgresql://user@host/dbname, "
+        "amqp://user:password@host:port/vhost or memory://"
     )

@@ -1,4 +1,4 @@
-"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0014-rabbitmq-broker.md.
+"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0016-rabbitmq-broker.md.
 
 A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
 the message out again when the connection drops (the worker died), and this

@@ -130,7 +130,7 @@ def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChann
     # Read by the app for task messages; the broker warned about Celery-only ones already.
     options = {k: v for k, v in (options or {}).items() if k != "priority_steps"}
     if scheme in ("amqp", "amqps", "pyamqp"):
-        # RabbitMQ keeps no records: control goes through its side store (ADR 0014).
+        # RabbitMQ keeps no records: control goes through its side store (ADR 0016).
         from conveyor._amqp import not_in_rabbitmq
 
         state = options.get("state_url")

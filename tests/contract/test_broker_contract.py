@@ -25,6 +25,16 @@ def skip_on_amqp(url: str, why: str) -> None:
     if url.startswith("amqp://"):
         pytest.skip(f"RabbitMQ: {why}")
 
+from ..conftest import BACKENDS
+
+
+@pytest.fixture(params=[*BACKENDS, "postgres"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Every backend kind, plus PostgreSQL, which is a broker only (for now)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
 
 @pytest.fixture
 def broker(backend_url: str) -> Iterator[Broker]:
@@ -63,7 +73,7 @@ def test_lower_priority_first_then_fifo(broker: Broker, backend_url: str) -> Non
     """Celery on Redis: kombu serves priority 0 first, 9 last."""
     if "queue_type=quorum" in backend_url:
         pytest.skip("RabbitMQ 3.10 quorum queues have no priorities: first in, first out "
-                    "(docs/decisions/0014-rabbitmq-broker.md)")
+                    "(docs/decisions/0016-rabbitmq-broker.md)")
     broker.enqueue(env("late1", priority=9))
     broker.enqueue(env("urgent1", priority=0))
     broker.enqueue(env("mid", priority=5))
@@ -234,7 +244,7 @@ def test_idempotency_key_expires(broker: Broker) -> None:
 
 def test_same_message_id_is_not_stored_twice(broker: Broker, backend_url: str) -> None:
     skip_on_amqp(backend_url, "RabbitMQ cannot look a message id up; a retry written "
-                 "twice by a crash is delivered twice (docs/decisions/0014-rabbitmq-broker.md)")
+                 "twice by a crash is delivered twice (docs/decisions/0016-rabbitmq-broker.md)")
     e = Envelope(id="retry~1", queue="q", body=b"one")
     broker.enqueue(e)
     broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))

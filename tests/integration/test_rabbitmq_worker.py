@@ -2,7 +2,7 @@
 
 On RabbitMQ a lease is the worker's channel holding the unacked delivery, so
 a worker that dies hands its messages back when its connection drops, at
-once rather than after the lease (docs/decisions/0014-rabbitmq-broker.md).
+once rather than after the lease (docs/decisions/0016-rabbitmq-broker.md).
 RabbitMQ's reliability guide describes that redelivery:
 https://www.rabbitmq.com/docs/reliability#consumer-side
 """

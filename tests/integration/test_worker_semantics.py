@@ -22,25 +22,15 @@ from conveyor.exceptions import (
     TaskRevokedError,
 )
 from conveyor.testing import run_worker
-from tests.conftest import BACKENDS
 
 CALLS: dict[str, list[float]] = {}
 
 
-@pytest.fixture(params=[*BACKENDS, "amqp"])
-def urls(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(broker, results): each backend for both, and RabbitMQ with results in SQLite."""
-    if request.param == "amqp":
-        return (str(request.getfixturevalue("amqp_url")),
-                str(request.getfixturevalue("sqlite_url")))
-    url = str(request.getfixturevalue(f"{request.param}_url"))
-    return url, url
-
-
 @pytest.fixture
-def app(urls: tuple[str, str]) -> Iterator[Conveyor]:
+def app(app_urls: tuple[str, str]) -> Iterator[Conveyor]:
     CALLS.clear()
-    application = Conveyor("semantics", broker=urls[0], backend=urls[1],
+    broker, backend = app_urls
+    application = Conveyor("semantics", broker=broker, backend=backend,
                            set_as_current=False)
     yield application
     application.close()

@@ -2,7 +2,7 @@
 
 URL forms follow kombu's (``amqp://user:password@host:port/vhost``, ``//``
 for the ``/`` vhost): /work/ref/kombu/kombu/utils/url.py and Celery's broker
-docs.  The ladder is docs/decisions/0014-rabbitmq-broker.md; delays of days
+docs.  The ladder is docs/decisions/0016-rabbitmq-broker.md; delays of days
 are checked here by arithmetic (simulated), short ones in the broker contract.
 """
 
