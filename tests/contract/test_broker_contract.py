@@ -11,12 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor.brokers import Broker, Envelope, broker_from_url
-from tests.conftest import BACKENDS
+
+from ..conftest import BACKENDS
 
 
-@pytest.fixture(params=[*BACKENDS, "amqp", "amqp_quorum"])
+@pytest.fixture(params=[*BACKENDS, "postgres", "amqp", "amqp_quorum"])
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """Every broker, RabbitMQ with classic and with quorum queues included."""
+    """Every broker: PostgreSQL (a broker only, for now), and RabbitMQ with classic
+    and with quorum queues."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
@@ -24,16 +28,6 @@ def skip_on_amqp(url: str, why: str) -> None:
     """A rule RabbitMQ cannot keep; ``why`` is the documented weaker rule."""
     if url.startswith("amqp://"):
         pytest.skip(f"RabbitMQ: {why}")
-
-from ..conftest import BACKENDS
-
-
-@pytest.fixture(params=[*BACKENDS, "postgres"])
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """Every backend kind, plus PostgreSQL, which is a broker only (for now)."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture
