@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -373,6 +374,12 @@ def open_beat_state(app: Conveyor) -> BeatState:
     url = app.conf.broker_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     options = dict(app.conf.broker_transport_options)
+    if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0016)
+        state = app.conf.broker_options().get("state_url")
+        if not state:
+            raise not_in_rabbitmq("beat's run history")
+        url, options = str(state), {}
+        scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryBeatState(url)
     if scheme == "sqlite":

@@ -32,6 +32,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_type_hints
 
+from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
 from conveyor.exceptions import ConfigurationError
 
@@ -416,6 +417,8 @@ class Settings:
         opts = dict(self.broker_transport_options)
         if _is_redis(self.broker_url):
             opts.setdefault("socket_connect_timeout", self.broker_connection_timeout)
+        if is_amqp(self.broker_url):
+            return amqp_options(opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts
 

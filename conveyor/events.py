@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 from conveyor.serialization import printable
 
@@ -697,6 +698,8 @@ def store_from_url(url: str, retention: float = 86400.0,
         raise ConfigurationError(
             "there is no PostgreSQL event store yet; for task events (monitor, inspect) set "
             "result_backend to redis://host:port/db or sqlite:///path.db")
+    if is_amqp(url):
+        raise not_in_rabbitmq("task events")
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 

@@ -10,7 +10,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "broker
 
 def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broker:
     """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``,
-    ``postgresql://``/``postgres://``, ``memory://``."""
+    ``amqp://``/``amqps://``/``pyamqp://`` (RabbitMQ), ``postgresql://``/``postgres://``,
+    ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     opts = dict(options or {})
     # Read by the app, which hands brokers a priority already grouped in its step.
@@ -31,7 +32,19 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
         from conveyor.brokers.postgres import PostgresBroker
 
         return PostgresBroker(url, **opts)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        try:
+            from conveyor.brokers.amqp import AMQPBroker
+        except ModuleNotFoundError as exc:
+            if exc.name != "pika":
+                raise
+            raise ConfigurationError(
+                f"broker_url is {scheme}:// (RabbitMQ), whose client is not installed: "
+                "pip install 'conveyor[rabbitmq]'") from None
+
+        return AMQPBroker(url, **opts)
     raise ConfigurationError(
         f"broker_url {url!r}: unsupported scheme {scheme!r}; use sqlite:///path.db, "
-        "redis://host:port/db, postgresql://user@host/dbname or memory://"
+        "redis://host:port/db, postgresql://user@host/dbname, "
+        "amqp://user:password@host:port/vhost or memory://"
     )

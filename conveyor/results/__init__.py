@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 from conveyor.results.base import ResultStore, Stored
 from conveyor.results.record import ResultRecord
@@ -57,6 +58,9 @@ def _open(url: str, options: dict[str, Any]) -> ResultStore:
         from conveyor.results.postgres import PostgresResultStore
 
         return PostgresResultStore(url)
+    if is_amqp(url):
+        raise not_in_rabbitmq("results (result_backend is unset, so they would go beside the "
+                              "broker)")
     raise ConfigurationError(f"result_backend {_safe(url)!r}: unsupported scheme; {_ALTERNATIVES}")
 
 
