@@ -54,6 +54,7 @@ Polling
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -61,7 +62,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -208,6 +209,54 @@ class Backoff:
 
 class _Local(threading.local):
     conn: sqlite3.Connection | None = None
+
+
+class _ForkGuard:
+    """Keeps ``fork()`` out of every SQLite call made by another thread.
+
+    A process forked while one of its threads is inside SQLite's C library
+    hands the child that library's mutexes locked, and the child hangs in its
+    first ``sqlite3.connect``.  The prefork supervisor forks children while a
+    control thread (and an embedded beat) make SQLite calls beside it, so
+    every call holds this guard shared and every fork (``os.register_at_fork``)
+    holds it alone: a fork waits for calls under way to end, calls wait for
+    the fork.  Uncontended, it costs two lock round trips per SQLite call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition(threading.Lock())
+        self._active = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._lock:
+            while self._forking:
+                self._lock.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    self._lock.notify_all()
+
+    def before_fork(self) -> None:
+        self._lock.acquire()  # held through the fork: no new call starts
+        self._forking = True
+        while self._active:
+            self._lock.wait()
+
+    def after_fork(self) -> None:
+        self._forking = False
+        self._lock.notify_all()
+        self._lock.release()
+
+
+FORK_GUARD = _ForkGuard()
+os.register_at_fork(before=FORK_GUARD.before_fork, after_in_parent=FORK_GUARD.after_fork,
+                    after_in_child=FORK_GUARD.after_fork)
 
 
 class Database:
@@ -361,7 +410,8 @@ class Database:
         retries = 0
         while True:
             try:
-                return attempt()
+                with FORK_GUARD.shared():
+                    return attempt()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or retries >= LOCKED_RETRIES:
                     raise self._error(exc) from exc
