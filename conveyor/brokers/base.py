@@ -32,6 +32,9 @@ checks them against every broker):
 * Leases (``acquire_lease``) are named mutual-exclusion records with a
   holder and a time to live, for beat's leader election.
 * Revocations are stored here too, so workers started later still see them.
+* Rate slots (``take_rate_slot``) space out the starts of a named global rate
+  limit shared by every worker of the broker: a slot is taken atomically, so
+  two workers never get the same one.
 """
 
 from __future__ import annotations
@@ -190,6 +193,19 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def lease_holder(self, name: str) -> str | None:
         """Who holds the named lease now, if anyone."""
+
+    @abc.abstractmethod
+    def take_rate_slot(self, name: str, interval: float, within: float) -> float:
+        """Reserve the next start slot of the global rate limit ``name``.
+
+        Slots of one name are at least ``interval`` seconds apart, whoever takes
+        them (a token bucket of capacity one, kept as the time of the next free
+        slot).  Returns the seconds from now to the next free slot, ``0.0`` when
+        it is now.  When that is at most ``within`` seconds the slot is the
+        caller's (it must start then, not before); when it is further away
+        nothing is taken, so a caller that asks too early holds no slot hostage,
+        and may ask again ``result - within`` seconds later.
+        """
 
     def ping(self) -> bool:
         """True when the broker answers."""

@@ -56,6 +56,9 @@ operation that ends them.
     ``1`` (terminate) or ``0``; written by revoke, expires after its ttl.
 ``P:mutex:{name}`` (string)
     The holder of a named lease (beat's leader); expires after its ttl.
+``P:rate:{name}`` (string)
+    A global rate limit's next free start slot (server microseconds);
+    written by take_rate_slot, expires when the bucket is full again.
 
 A message lives in exactly one of ``ready``, ``delayed`` or ``inflight`` of
 its queue, and in ``P:msg`` while it does.  Reserve first moves due delayed
@@ -134,6 +137,7 @@ MAX_BLOCK = 1.0  # longest BLPOP before reserve runs again (catches anything mis
 _SCRIPT_NAMES = (
     "enqueue", "reserve", "ack", "extend", "requeue", "dead_letter", "stats", "purge",
     "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
+    "take_rate_slot",
 )
 _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are deduplicated"
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
@@ -394,6 +398,12 @@ class RedisBroker(Broker):
         with self._errors("lease_holder", read=True):
             holder = retry_read(lambda: self._holder.client.get(self._key("mutex", name)))
         return None if holder is None else as_text(holder)
+
+    def take_rate_slot(self, name: str, interval: float, within: float) -> float:
+        with self._errors("take_rate_slot"):
+            wait_us = self._run("take_rate_slot", name, max(1, math.ceil(interval * 1e6)),
+                                max(0, math.floor(within * 1e6)))
+        return int(wait_us) / 1e6
 
     def ping(self) -> bool:
         with self._errors("ping", read=True):
