@@ -51,7 +51,6 @@ IGNORED_CELERY_SETTINGS: dict[str, str] = {
     "task_default_exchange": "there are no exchanges; queues are addressed directly",
     "task_default_exchange_type": "there are no exchanges; queues are addressed directly",
     "task_default_routing_key": "there are no routing keys; use task_routes or queue=",
-    "worker_disable_rate_limits": "rate limits apply only to tasks that set rate_limit",
     "result_chord_join_timeout": "chords join atomically; nothing polls",
     "worker_lost_wait": "the supervisor notices lost children at once",
 }
@@ -101,7 +100,8 @@ class Settings:
     task_default_max_retries: int = 3
     task_ignore_result: bool = False
     task_track_started: bool = False  # costs a write per task; heartbeats list running ones
-    task_default_rate_limit: str | None = None
+    task_default_rate_limit: str | None = None  # per worker, as Celery's
+    worker_disable_rate_limits: bool = False  # per-worker limits only; global ones stay
     task_idempotency_ttl: float | None = None  # None: result_expires
     task_enqueue_on_commit: bool = False
     # Modules imported when the app is finalized (worker/beat start)

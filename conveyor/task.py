@@ -65,9 +65,13 @@ class TaskOptions:
     soft_time_limit: float | None = None
     time_limit: float | None = None
     acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
+    reject_on_worker_lost: bool | None = None
+    track_started: bool | None = None
     queue: str | None = None
     priority: int | None = None
     rate_limit: str | float | None = None
+    global_rate_limit: str | float | None = None  # shared by every worker (Conveyor's own)
     ignore_result: bool | None = None
     expires: float | None = None
     serializer: str | None = None
@@ -76,6 +80,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         parse_rate_limit(self.rate_limit)
+        parse_rate_limit(self.global_rate_limit)
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(
                 f"task {self.name}: priority must be 0..9, got {self.priority}"
@@ -138,6 +143,21 @@ class Task:
     def acks_late(self) -> bool:
         late = self.options.acks_late
         return self.app.conf.task_acks_late if late is None else late
+
+    @property
+    def acks_on_failure_or_timeout(self) -> bool:
+        acks = self.options.acks_on_failure_or_timeout
+        return self.app.conf.task_acks_on_failure_or_timeout if acks is None else acks
+
+    @property
+    def reject_on_worker_lost(self) -> bool:
+        reject = self.options.reject_on_worker_lost
+        return self.app.conf.task_reject_on_worker_lost if reject is None else reject
+
+    @property
+    def track_started(self) -> bool:
+        track = self.options.track_started
+        return self.app.conf.task_track_started if track is None else track
 
     @property
     def ignore_result(self) -> bool:

@@ -7,12 +7,23 @@ broker right after it finishes (ack late, by default).  What it holds is
 reported to a :class:`Reporter`, which keeps the leases renewed from
 elsewhere (the supervisor process, or a lease-keeper thread), so a task that
 blocks the interpreter cannot lose its lease.
+
+A message over its task's rate limit is held, not refused (as Celery's
+consumer holds it): it stays in this consumer's prefetch, its lease renewed
+with the rest, while the consumer runs what else it holds, and it runs when
+its slot comes (:mod:`conveyor.worker.ratelimit`).  Held messages count
+against the prefetch, so a consumer full of them fetches no more.
+
+A task with ``acks_late=False`` is acknowledged just before it runs (Celery's
+at-most-once mode): if its process dies mid-task, the message is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -24,7 +35,16 @@ from typing import Protocol
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
-from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
+from conveyor.worker.execute import (
+    ACK,
+    ACKED,
+    DEAD,
+    HOLD,
+    REDELIVER,
+    REQUEUE,
+    Executor,
+    Outcome,
+)
 
 log = logging.getLogger("conveyor.worker")
 
@@ -46,7 +66,7 @@ class Reporter(Protocol):
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
-                message: Message | None = None) -> None: ...
+                message: Message | None = None, acked: bool = False) -> None: ...
     def done(self, delivery: Delivery, outcome: Outcome) -> None: ...
     def flush(self) -> None: ...
 
@@ -84,6 +104,12 @@ class Consumer:
         self.poll = poll
         self.processed = 0
         self._backoff = Backoff()
+        # Rate-limited messages waiting for their slot: (due, n, reserved at, delivery).
+        self._held: list[tuple[float, int, float, Delivery]] = []
+        self._order = itertools.count()
+        self._early_ack = frozenset(name for name, task in executor.app.tasks.items()
+                                    if not task.acks_late)
+        self._acked_early: set[str] = set()
 
     @property
     def broker(self) -> Broker:
@@ -96,11 +122,22 @@ class Consumer:
             batch = self._reserve()
             if batch:
                 self._run_batch(batch)
+            if self._held:
+                self._run_due()
+        self._hand_back([entry[3] for entry in self._held])
+        self._held.clear()
         self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
+        want, timeout = self._want(), self.poll
+        if self._held:  # wake for the first held message's slot; held ones fill prefetch
+            want -= len(self._held)
+            timeout = min(timeout, max(0.0, self._held[0][0] - time.monotonic()))
+            if want <= 0:
+                self.stop.wait(timeout)
+                return []
         try:
-            batch = self.broker.reserve(self.queues, self._want(), self.lease, timeout=self.poll)
+            batch = self.broker.reserve(self.queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
             delay = self._backoff.next_delay()
             log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)
@@ -126,9 +163,43 @@ class Consumer:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
+            self._finish(delivery, outcome, reserved)
+
+    def _finish(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
+        if outcome.action == HOLD:
+            entry = (time.monotonic() + outcome.delay, next(self._order), reserved, delivery)
+            heapq.heappush(self._held, entry)
+            return
+        if self._acked_early and delivery.id in self._acked_early:
+            self._acked_early.discard(delivery.id)
+            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime)
+        else:
             self._settle(delivery, outcome)
-            self.reporter.done(delivery, outcome)
-            self.processed += 1
+        self.reporter.done(delivery, outcome)
+        self.processed += 1
+
+    def _run_due(self) -> None:
+        """Run the held messages whose rate-limit slot has come."""
+        now = time.monotonic()
+        due: list[tuple[float, int, float, Delivery]] = []
+        while self._held and self._held[0][0] <= now:
+            due.append(heapq.heappop(self._held))
+        if not due:
+            return
+        try:  # revoked while it waited? (the flag from the lease is old by now)
+            revoked = set(self.broker.revoked([task_id_of(entry[3]) for entry in due]))
+        except BrokerError:
+            revoked = set()
+        for index, (_, _, reserved, delivery) in enumerate(due):
+            if self.stop.is_set():
+                for entry in due[index:]:
+                    heapq.heappush(self._held, entry)  # handed back when run() ends
+                return
+            if not self._still_held(delivery, reserved):
+                self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
+                continue
+            self._finish(delivery, self._execute(delivery, task_id_of(delivery) in revoked),
+                         reserved)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
@@ -150,10 +221,10 @@ class Consumer:
 
     def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
         try:
-            return self.executor.execute(
-                delivery, revoked=revoked,
-                on_start=functools.partial(self.reporter.running, delivery),
-            )
+            return self.executor.execute(delivery, revoked=revoked,
+                                         on_start=self._on_start(delivery))
+        except _AckRefused:
+            return Outcome(REQUEUE, reason="lease lost before an early ack")
         except (BrokerError, ResultError) as exc:
             # The result store (or the broker, for a follow-up message) stayed
             # away: hand the message back to run again rather than let the
@@ -165,6 +236,24 @@ class Consumer:
             # and keep the message, visibly, where an operator can replay it.
             log.exception("internal error while running %s", delivery.id)
             return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
+
+    def _on_start(self, delivery: Delivery) -> Callable[..., None]:
+        if not self._early_ack:
+            return functools.partial(self.reporter.running, delivery)
+        return functools.partial(self._starting, delivery)
+
+    def _starting(self, delivery: Delivery, task: str, hard_limit: float | None,
+                  message: Message | None = None) -> None:
+        """Just before the task runs: acknowledge now when it has ``acks_late=False``."""
+        if message is None or message.task not in self._early_ack:
+            self.reporter.running(delivery, task, hard_limit, message)
+            return
+        if not self.broker.ack([delivery])[0]:
+            log.warning("early ack of %s refused: its lease had lapsed and the message went "
+                        "to another consumer; not running it here", delivery.id)
+            raise _AckRefused(delivery.id)
+        self._acked_early.add(delivery.id)
+        self.reporter.running(delivery, task, hard_limit, message, acked=True)
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
         if all(d.revoked is not None for d in batch):  # the broker checked while leasing
@@ -198,6 +287,9 @@ class Consumer:
                             "another consumer", delivery.id)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
+        elif outcome.action == REDELIVER:
+            log.warning("handing %s back to run again: %s", delivery.id, outcome.reason)
+            broker.requeue(delivery, count=True)
         elif outcome.action == DEAD:
             log.error("dead-lettering %s: %s", delivery.id, outcome.reason)
             broker.dead_letter(delivery, outcome.reason or "dead-lettered")
@@ -205,6 +297,8 @@ class Consumer:
     def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Warm shutdown: give back what was fetched but not started, at once."""
         for delivery in deliveries:
+            if self.executor.gate is not None:
+                self.executor.gate.forget(delivery)
             with contextlib.suppress(BrokerError):  # else its lease hands it out again
                 self.broker.requeue(delivery, count=False)
             self.reporter.done(delivery, Outcome(REQUEUE, reason="shutdown"))
@@ -218,6 +312,10 @@ class Consumer:
                      rss_kib(), self.max_memory_kib)
             return True
         return False
+
+
+class _AckRefused(Exception):
+    """An early ack found the lease gone: the message is another consumer's now."""
 
 
 def rss_kib() -> int:

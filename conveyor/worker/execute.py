@@ -30,6 +30,7 @@ from conveyor.exceptions import (
     Retry,
     SerializationError,
     TaskRevokedError,
+    TimeLimitExceeded,
 )
 from conveyor.message import Message, MessageDecodeError
 from conveyor.task import Task
@@ -39,6 +40,9 @@ log = logging.getLogger("conveyor.worker")
 ACK = "ack"
 REQUEUE = "requeue"
 DEAD = "dead"
+REDELIVER = "redeliver"  # requeue counted as a delivery (max_deliveries ends loops)
+HOLD = "hold"  # over a rate limit: keep it, run it ``delay`` seconds from now
+ACKED = "acked"  # acknowledged before it ran (acks_late=False): nothing left to settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,8 @@ class Executor:
     """Runs messages for one worker process (or thread pool)."""
 
     def __init__(self, app: Conveyor, hostname: str, timer: SoftTimer | None = None,
-                 run_sync: Callable[[Task, Request], Any] | None = None) -> None:
+                 run_sync: Callable[[Task, Request], Any] | None = None,
+                 gate: Gate | None = None) -> None:
         self.app = app
         self.hostname = hostname
         self.accept = app.conf.accept_content
@@ -65,6 +70,7 @@ class Executor:
         self.timer = timer
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
+        self.gate = gate  # rate limits (conveyor.worker.ratelimit); None: no task has one
 
     # -- entry point -------------------------------------------------------
     def execute(self, delivery: Delivery, revoked: bool = False,
@@ -83,6 +89,10 @@ class Executor:
             return Outcome(DEAD, reason=f"content type refused: {exc}")
         except (MessageDecodeError, SerializationError) as exc:
             return Outcome(DEAD, reason=f"undecodable message: {exc}")
+        if self.gate is not None and not revoked:
+            wait = self.gate.hold(message.task, delivery)
+            if wait > 0.0:
+                return Outcome(HOLD, delay=wait)
         # Hooks wrap every result write about this message (integrations use
         # them for per-task hygiene such as database connections).
         signals.task_prerun.send(self.app, task_id=message.id, task=message.task,
@@ -109,7 +119,8 @@ class Executor:
                 return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
                                f"in this worker (is its module imported or autodiscovered?)")
         if on_start is not None:
-            on_start(task.name, limit_of(message, "time_limit", task.time_limit), message)
+            on_start(message.headers.get("shadow") or task.name,
+                     limit_of(message, "time_limit", task.time_limit), message)
         return self._run(task, message, delivery)
 
     def _refuse(self, message: Message, delivery: Delivery, revoked: bool) -> Outcome | None:
@@ -131,7 +142,8 @@ class Executor:
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
-        if (self.track_started and not task.ignore_result
+        track = task.options.track_started
+        if ((self.track_started if track is None else track) and not _ignored(task, request)
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
             return _superseded(request)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
@@ -156,7 +168,7 @@ class Executor:
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
         assert request.message is not None
         runtime = time.time() - started
-        if not task.ignore_result:
+        if not _ignored(task, request):
             try:
                 if not self._store_final(request, states.SUCCESS, result=result,
                                          date_started=started):
@@ -217,13 +229,13 @@ class Executor:
         log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
                     extra={"task_name": task.name, "task_id": request.id})
         stored = True
-        if not task.ignore_result or request.message.chord:
+        if not _ignored(task, request) or request.message.chord:
             stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
                                        date_started=started)
         if not stored:
             return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
-        return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
+        return failed_outcome(task, exc, time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
         """Write a run's final state, riding out a store outage of up to one lease.
@@ -271,6 +283,37 @@ class Executor:
         self.app.store_state(request, state, exc=exc)
         if state == states.FAILURE:
             workflow.on_failure(self.app, message, exc, None)
+
+
+def failed_outcome(task: Task, exc: BaseException, runtime: float = 0.0) -> Outcome:
+    """What happens to a failed task's message (Celery: worker/request.py on_failure).
+
+    With late acks and ``acks_on_failure_or_timeout=False`` it is not
+    acknowledged: a hard time limit gives it back to run again (a counted
+    delivery, so ``max_deliveries`` ends a loop); any other failure rejects it
+    without requeueing, which here means the dead-letter queue, with the reason.
+    """
+    if not task.acks_late or task.acks_on_failure_or_timeout:
+        return Outcome(ACK, state=states.FAILURE, runtime=runtime)
+    if isinstance(exc, TimeLimitExceeded):
+        return Outcome(REDELIVER, state=states.FAILURE, runtime=runtime,
+                       reason="hard time limit, acks_on_failure_or_timeout=False")
+    return Outcome(DEAD, state=states.FAILURE, runtime=runtime,
+                   reason=f"failed with {type(exc).__name__} and "
+                          f"acks_on_failure_or_timeout=False: {exc}")
+
+
+def _ignored(task: Task, request: Request) -> bool:
+    """No result is stored: the task's option, or ``apply_async(ignore_result=...)``."""
+    ignore = request.headers.get("ignore_result") if request.headers else None
+    return task.ignore_result if ignore is None else bool(ignore)
+
+
+class Gate(Protocol):
+    """Rate limits: how long a message must wait before its task starts."""
+
+    def hold(self, task: str, delivery: Delivery) -> float: ...
+    def forget(self, delivery: Delivery) -> None: ...
 
 
 class SoftTimer(Protocol):

@@ -24,6 +24,7 @@ from conveyor.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.worker.book import LeaseBook, Running
+    from conveyor.worker.ratelimit import RateLimits
 
 log = logging.getLogger("conveyor.worker")
 POOLS = ("prefork", "threads", "async", "solo")
@@ -76,6 +77,7 @@ class Worker:
         self.shutdown_deadline = float("inf")
         self.started_at = time.time()
         self._pool: Any = None
+        self.rate_limits: RateLimits | None = None  # set when run() has the final task list
         self._ready = threading.Event()
         self._memory: tuple[float, int | None] = (-MEMORY_EVERY, None)  # (measured at, KiB)
 
@@ -96,6 +98,10 @@ class Worker:
     def run(self, install_signals: bool = True) -> None:
         """Serve until shut down (blocks)."""
         self.app.finalize()
+        from conveyor.worker.ratelimit import RateLimits
+
+        # Before the pool forks: its children share the per-worker slots.
+        self.rate_limits = RateLimits.for_app(self.app)
         if install_signals:
             self._install_signals()
         self._pool = self._make_pool()
