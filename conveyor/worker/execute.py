@@ -125,7 +125,7 @@ class Executor:
 
     def _refuse(self, message: Message, delivery: Delivery, revoked: bool) -> Outcome | None:
         """Messages that must not run: too many deaths, expired, revoked."""
-        limit = message.headers.get("max_deliveries") or self.max_deliveries
+        limit = self._max_deliveries(message) if delivery.deliveries > 1 else 1
         if delivery.deliveries > limit:
             reason = (f"delivered {delivery.deliveries - 1} times without finishing (its worker "
                       f"died each time); max_deliveries={limit}")
@@ -137,6 +137,12 @@ class Executor:
             workflow.on_revoked(self.app, message, why)
             return Outcome(ACK, state=states.REVOKED, reason=why)
         return None
+
+    def _max_deliveries(self, message: Message) -> int:
+        """The call's ``max_deliveries``, else the task's, else the setting."""
+        task = self.app.tasks.get(message.task)
+        own = task.options.max_deliveries if task is not None else None
+        return int(message.headers.get("max_deliveries") or own or self.max_deliveries)
 
     # -- running -----------------------------------------------------------
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
