@@ -1,0 +1,84 @@
+"""Per-call and per-task options on the real worker path (in-process worker).
+
+Each runs on memory, SQLite and Redis: the message is encoded, stored,
+reserved, decoded and acknowledged as in production.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conveyor import Conveyor, states
+from conveyor.events import EventStore
+from conveyor.testing import run_worker
+
+
+def test_apply_async_ignore_result_stores_nothing(backend_url: str) -> None:
+    """Celery: apply_async(ignore_result=True) skips storing this call's result
+    (app/task.py apply_async docs), while other calls of the task still store."""
+    app = Conveyor("opts", broker=backend_url)
+    ran = threading.Event()
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        if a == 100:
+            ran.set()
+        return a + b
+
+    with run_worker(app) as worker:
+        stored = add.apply_async((1, 2))
+        ignored = add.apply_async((100, 2), ignore_result=True)
+        assert stored.get(timeout=20) == 3
+        assert ran.wait(20)
+        worker.join()
+    assert app.AsyncResult(ignored.id).state == states.PENDING
+
+
+def test_track_started_as_a_task_option(backend_url: str) -> None:
+    """Celery: Task.track_started (task option, not only the setting) records STARTED."""
+    app = Conveyor("opts", broker=backend_url)
+    release = threading.Event()
+
+    @app.task(track_started=True)
+    def tracked() -> str:
+        release.wait(20)
+        return "done"
+
+    @app.task
+    def untracked() -> str:
+        release.wait(20)
+        return "done"
+
+    with run_worker(app, concurrency=2):
+        one, two = tracked.delay(), untracked.delay()
+        deadline = time.monotonic() + 20
+        while app.AsyncResult(one.id).state != states.STARTED:
+            assert time.monotonic() < deadline, "STARTED was never recorded"
+            time.sleep(0.02)
+        assert app.AsyncResult(two.id).state == states.PENDING  # the setting is off
+        release.set()
+        assert one.get(timeout=20) == two.get(timeout=20) == "done"
+
+
+def test_shadow_names_the_call_in_results_and_the_monitor(sqlite_url: str) -> None:
+    """Celery: apply_async(shadow=...) shows another name in logs and the monitor
+    (worker/request.py takes it as the request's name); the real task runs."""
+    app = Conveyor("opts", broker=sqlite_url, worker_heartbeat_interval=0.2)
+
+    @app.task
+    def render(page: str) -> str:
+        return f"<{page}>"
+
+    with run_worker(app) as worker:
+        result = render.apply_async(("home",), shadow="render[home]")
+        assert result.get(timeout=20) == "<home>"
+        assert app.AsyncResult(result.id).name == "render[home]"
+        worker.join()
+        store = app.events
+        assert isinstance(store, EventStore)
+        deadline = time.monotonic() + 10
+        while (entry := store.task(result.id)) is None or entry.state != states.SUCCESS:
+            assert time.monotonic() < deadline, "the monitor never listed the task"
+            time.sleep(0.05)
+    assert entry.name == "render[home]"
