@@ -93,6 +93,8 @@ class Settings:
     task_time_limit: float | None = None
     task_acks_late: bool = True
     task_acks_on_failure_or_timeout: bool = True
+    task_acks_on_failure: bool | None = None  # None: task_acks_on_failure_or_timeout
+    task_acks_on_timeout: bool | None = None  # None: task_acks_on_failure_or_timeout
     task_reject_on_worker_lost: bool = True
     task_max_deliveries: int = 5
     task_message_max_bytes: int | None = 16 * 1024 * 1024  # refused at send, dead on receipt

@@ -66,6 +66,8 @@ class TaskOptions:
     time_limit: float | None = None
     acks_late: bool | None = None
     acks_on_failure_or_timeout: bool | None = None
+    acks_on_failure: bool | None = None  # None: acks_on_failure_or_timeout
+    acks_on_timeout: bool | None = None  # None: acks_on_failure_or_timeout
     reject_on_worker_lost: bool | None = None
     track_started: bool | None = None
     queue: str | None = None
@@ -148,6 +150,21 @@ class Task:
     def acks_on_failure_or_timeout(self) -> bool:
         acks = self.options.acks_on_failure_or_timeout
         return self.app.conf.task_acks_on_failure_or_timeout if acks is None else acks
+
+    @property
+    def acks_on_failure(self) -> bool:
+        """Celery 5.5's split of ``acks_on_failure_or_timeout``: option, setting, then it."""
+        for value in (self.options.acks_on_failure, self.app.conf.task_acks_on_failure):
+            if value is not None:
+                return value
+        return self.acks_on_failure_or_timeout
+
+    @property
+    def acks_on_timeout(self) -> bool:
+        for value in (self.options.acks_on_timeout, self.app.conf.task_acks_on_timeout):
+            if value is not None:
+                return value
+        return self.acks_on_failure_or_timeout
 
     @property
     def reject_on_worker_lost(self) -> bool:

@@ -294,19 +294,23 @@ class Executor:
 def failed_outcome(task: Task, exc: BaseException, runtime: float = 0.0) -> Outcome:
     """What happens to a failed task's message (Celery: worker/request.py on_failure).
 
-    With late acks and ``acks_on_failure_or_timeout=False`` it is not
-    acknowledged: a hard time limit gives it back to run again (a counted
-    delivery, so ``max_deliveries`` ends a loop); any other failure rejects it
-    without requeueing, which here means the dead-letter queue, with the reason.
+    With late acks and ``acks_on_timeout=False`` a task past its hard time
+    limit is given back to run again (a counted delivery, so
+    ``max_deliveries`` ends a loop); with ``acks_on_failure=False`` any other
+    failure rejects it without requeueing, which here means the dead-letter
+    queue, with the reason.  Both default to ``acks_on_failure_or_timeout``.
     """
-    if not task.acks_late or task.acks_on_failure_or_timeout:
+    if not task.acks_late:
         return Outcome(ACK, state=states.FAILURE, runtime=runtime)
     if isinstance(exc, TimeLimitExceeded):
+        if task.acks_on_timeout:
+            return Outcome(ACK, state=states.FAILURE, runtime=runtime)
         return Outcome(REDELIVER, state=states.FAILURE, runtime=runtime,
-                       reason="hard time limit, acks_on_failure_or_timeout=False")
+                       reason="hard time limit exceeded and acks_on_timeout is off")
+    if task.acks_on_failure:
+        return Outcome(ACK, state=states.FAILURE, runtime=runtime)
     return Outcome(DEAD, state=states.FAILURE, runtime=runtime,
-                   reason=f"failed with {type(exc).__name__} and "
-                          f"acks_on_failure_or_timeout=False: {exc}")
+                   reason=f"failed with {type(exc).__name__} and acks_on_failure is off: {exc}")
 
 
 def _ignored(task: Task, request: Request) -> bool:

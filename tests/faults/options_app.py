@@ -77,6 +77,19 @@ def fails_unacked() -> None:
     raise ValueError("boom")
 
 
+@app.task(acks_on_failure=False)
+def fails_acks_on_failure_off() -> None:
+    record("start")
+    raise ValueError("boom")
+
+
+@app.task(acks_on_timeout=False)
+def fails_acks_on_timeout_off() -> None:
+    """A plain failure: only timeouts are left unacknowledged."""
+    record("start")
+    raise ValueError("boom")
+
+
 @app.task(acks_on_failure_or_timeout=False, time_limit=0.5, max_deliveries=2)
 def times_out_unacked() -> None:
     _sleep(30)
