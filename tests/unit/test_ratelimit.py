@@ -1,0 +1,82 @@
+"""The rate-limit gate (conveyor/worker/ratelimit.py) on the memory broker.
+
+Real worker processes are in tests/faults/test_rate_limits.py; these pin the
+decisions: who is limited, what is reserved when, and what costs nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import ConfigurationError
+from conveyor.worker.ratelimit import GLOBAL_HORIZON, RateLimits
+
+
+def delivery(n: int) -> Delivery:
+    return Delivery(id=f"m{n}", queue="default", body=b"{}", deliveries=1, token="t")
+
+
+def test_no_limits_means_no_gate(memory_url: str) -> None:
+    """The worker pays nothing for rate limits when no task has one."""
+    app = Conveyor("rl", broker=memory_url, set_as_current=False)
+    app.task(lambda: None, name="plain")
+    assert RateLimits.for_app(app) is None
+
+
+def test_default_rate_limit_applies_to_tasks_without_their_own(memory_url: str) -> None:
+    """Celery: task_default_rate_limit is the rate_limit of tasks that set none."""
+    app = Conveyor("rl", broker=memory_url, set_as_current=False,
+                   task_default_rate_limit="10/s")
+    app.task(lambda: None, name="plain")
+    app.task(lambda: None, name="own", rate_limit="60/m")
+    limits = RateLimits.for_app(app)
+    assert limits is not None
+    assert limits.local["plain"] == pytest.approx(0.1)
+    assert limits.local["own"] == pytest.approx(1.0)
+    # As in Celery (whose built-in tasks read the setting too), built-ins are limited.
+    assert limits.local["conveyor.map"] == pytest.approx(0.1)
+
+
+def test_disable_rate_limits_keeps_global_ones(memory_url: str) -> None:
+    app = Conveyor("rl", broker=memory_url, set_as_current=False,
+                   worker_disable_rate_limits=True)
+    app.task(lambda: None, name="own", rate_limit="1/s", global_rate_limit="2/s")
+    limits = RateLimits.for_app(app)
+    assert limits is not None and limits.local == {} and limits.shared == {"own": 0.5}
+
+
+def test_a_held_message_keeps_its_slot(memory_url: str) -> None:
+    app = Conveyor("rl", broker=memory_url, set_as_current=False)
+    app.task(lambda: None, name="own", rate_limit="2/s")
+    limits = RateLimits.for_app(app)
+    assert limits is not None
+    gate = limits.gate(lambda: app.broker)
+    assert gate.hold("own", delivery(1)) == 0.0
+    first = gate.hold("own", delivery(2))
+    assert 0.4 < first <= 0.5
+    again = gate.hold("own", delivery(2))  # asked again: the same slot, not a new one
+    assert 0 < again <= first
+    assert 0.9 < gate.hold("own", delivery(3)) <= 1.0
+
+
+def test_a_far_global_slot_is_not_taken(memory_url: str) -> None:
+    """Beyond the horizon nothing is reserved: the gate says when to ask again."""
+    app = Conveyor("rl", broker=memory_url, set_as_current=False)
+    app.task(lambda: None, name="g", global_rate_limit="1/s")
+    limits = RateLimits.for_app(app)
+    assert limits is not None
+    gate = limits.gate(lambda: app.broker)
+    assert gate.hold("g", delivery(1)) == 0.0
+    assert 0.9 < gate.hold("g", delivery(2)) <= GLOBAL_HORIZON  # taken: 1 s away
+    retry = gate.hold("g", delivery(3))  # 2 s away: not taken
+    assert 0.9 < retry <= 1.0
+    wait = app.broker.take_rate_slot("task:g", 1.0, within=10)
+    assert 1.9 < wait <= 2.0  # the slot message 3 was told about is still free
+
+
+def test_bad_global_rate_limit_is_refused() -> None:
+    app = Conveyor("rl", broker="memory://rl-bad", set_as_current=False)
+    with pytest.raises(ConfigurationError, match="rate_limit 'often'"):
+        app.task(lambda: None, name="bad", global_rate_limit="often")
