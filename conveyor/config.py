@@ -104,6 +104,7 @@ class Settings:
     task_track_started: bool = False  # costs a write per task; heartbeats list running ones
     task_default_rate_limit: str | None = None  # per worker, as Celery's
     worker_disable_rate_limits: bool = False  # per-worker limits only; global ones stay
+    queue_global_rate_limits: dict[str, Any] = field(default_factory=dict)  # shared by workers
     task_idempotency_ttl: float | None = None  # None: result_expires
     task_enqueue_on_commit: bool = False
     # Modules imported when the app is finalized (worker/beat start)

@@ -306,12 +306,13 @@ class MemoryBroker(Broker):
                 return None
             return current[0]
 
-    def take_rate_slot(self, name: str, interval: float, within: float) -> float:
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
         with self._s.lock:
             now = time.monotonic()
-            slot = max(now, self._s.rate_slots.get(name, 0.0))
+            slot = max([now, *(self._s.rate_slots.get(name, 0.0) for name, _ in limits)])
             if slot - now <= within:
-                self._s.rate_slots[name] = slot + interval
+                for name, interval in limits:
+                    self._s.rate_slots[name] = slot + interval
             return slot - now
 
 

@@ -399,10 +399,12 @@ class RedisBroker(Broker):
             holder = retry_read(lambda: self._holder.client.get(self._key("mutex", name)))
         return None if holder is None else as_text(holder)
 
-    def take_rate_slot(self, name: str, interval: float, within: float) -> float:
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        args: list[Any] = [max(0, math.floor(within * 1e6))]
+        for name, interval in limits:
+            args += [name, max(1, math.ceil(interval * 1e6))]
         with self._errors("take_rate_slot"):
-            wait_us = self._run("take_rate_slot", name, max(1, math.ceil(interval * 1e6)),
-                                max(0, math.floor(within * 1e6)))
+            wait_us = self._run("take_rate_slot", *args)
         return int(wait_us) / 1e6
 
     def ping(self) -> bool:

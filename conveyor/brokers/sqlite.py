@@ -464,13 +464,15 @@ class SQLiteBroker(Broker):
         row = self._db.query(lambda c: c.execute(LEASE_HOLDER, (name, time.time())).fetchone())
         return None if row is None else str(row[0])
 
-    def take_rate_slot(self, name: str, interval: float, within: float) -> float:
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
         def take(conn: Connection) -> float:
             now = time.time()  # read under the write lock: takers are serialised
-            row = conn.execute(RATE_NEXT, (name,)).fetchone()
-            slot = max(now, float(row[0]) if row else 0.0)
+            slot = now
+            for name, _ in limits:
+                row = conn.execute(RATE_NEXT, (name,)).fetchone()
+                slot = max(slot, float(row[0]) if row else 0.0)
             if slot - now <= within:
-                conn.execute(RATE_TAKE, (name, slot + interval))
+                conn.executemany(RATE_TAKE, [(name, slot + gap) for name, gap in limits])
             return slot - now
 
         return self._db.write(take)

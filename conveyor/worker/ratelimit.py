@@ -8,9 +8,12 @@ runs what else it holds, and starts it when its slot comes.  Its lease is
 renewed meanwhile like any held message's, so a rate-limited backlog is never
 handed out again.  ``worker_disable_rate_limits`` turns these off.
 
-``global_rate_limit="100/m"`` is Conveyor's addition: the slots live in the
-broker (:meth:`~conveyor.brokers.base.Broker.take_rate_slot`), so every worker
-of the broker shares one limit.  A worker takes a slot only when it is near
+``global_rate_limit="100/m"`` (a task option) and the
+``queue_global_rate_limits`` setting (``{"emails": "100/m"}``: every task
+sent to that queue) are Conveyor's addition: their slots live in the broker
+(:meth:`~conveyor.brokers.base.Broker.take_rate_slot`), so every worker of
+the broker shares one limit.  A message under both a task and a queue limit
+takes a slot under each at once.  A worker takes a slot only when it is near
 (:data:`GLOBAL_HORIZON`), so a worker that stops holds few slots hostage.
 ``worker_disable_rate_limits`` leaves it on: one worker that ignored a limit
 shared with others would break it for all.
@@ -30,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import Broker, Delivery
-from conveyor.exceptions import BrokerError
+from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.task import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -76,9 +79,11 @@ class WorkerSlots:
 class RateLimits:
     """Each task's limits as seconds between starts, read once when the worker starts."""
 
-    def __init__(self, local: dict[str, float], shared: dict[str, float]) -> None:
+    def __init__(self, local: dict[str, float], shared: dict[str, float],
+                 queues: dict[str, float] | None = None) -> None:
         self.local = local  # task name -> per-worker interval
         self.shared = shared  # task name -> global interval
+        self.queues = queues or {}  # queue name -> global interval
         self.slots = WorkerSlots(sorted(local))
 
     @classmethod
@@ -96,9 +101,10 @@ class RateLimits:
             global_rate = parse_rate_limit(task.options.global_rate_limit)
             if global_rate:
                 shared[name] = 1.0 / global_rate
-        if not local and not shared:
+        queues = _queue_limits(app.conf.queue_global_rate_limits)
+        if not local and not shared and not queues:
             return None
-        return cls(local, shared)
+        return cls(local, shared, queues)
 
     def gate(self, broker: Callable[[], Broker]) -> Gate:
         """A gate for one consumer (each keeps its own reservations)."""
@@ -121,9 +127,11 @@ class Gate:
         """Seconds ``delivery`` must still wait before it starts (0.0: start now)."""
         start = self._reserved.get(delivery.id)
         if start is None:
-            if task not in self.limits.local and task not in self.limits.shared:
+            limits = self.limits
+            if (task not in limits.local and task not in limits.shared
+                    and delivery.queue not in limits.queues):
                 return 0.0
-            wait, taken = self._take(task)
+            wait, taken = self._take(task, delivery.queue)
             if not taken:
                 return wait  # ask again then: nothing is reserved meanwhile
             start = time.monotonic() + wait
@@ -138,17 +146,19 @@ class Gate:
         """The delivery will not run here (handed back, lease lost)."""
         self._reserved.pop(delivery.id, None)
 
-    def _take(self, task: str) -> tuple[float, bool]:
-        """Reserve every slot ``task`` needs: (wait until the latest, whether taken).
+    def _take(self, task: str, queue: str) -> tuple[float, bool]:
+        """Reserve every slot the message needs: (wait until the latest, whether taken).
 
-        The global slot is asked for first: when it is not near, nothing is
+        Global slots are asked for first: when they are not near, nothing is
         taken, not even the per-worker slot, and the wait says when to ask again.
         """
         wait = 0.0
-        interval = self.limits.shared.get(task)
-        if interval is not None:
+        shared = [(f"task:{task}", self.limits.shared.get(task)),
+                  (f"queue:{queue}", self.limits.queues.get(queue))]
+        wanted = [(name, interval) for name, interval in shared if interval is not None]
+        if wanted:
             try:
-                wait = self._broker().take_rate_slot(f"task:{task}", interval, GLOBAL_HORIZON)
+                wait = self._broker().take_rate_slot(wanted, GLOBAL_HORIZON)
             except BrokerError as exc:
                 log.warning("could not take a global rate-limit slot for %s (%s); retrying",
                             task, exc)
@@ -159,3 +169,16 @@ class Gate:
         if interval is not None:
             wait = max(wait, self.limits.slots.take(task, interval))
         return wait, True
+
+
+def _queue_limits(table: dict[str, str | float]) -> dict[str, float]:
+    """``queue_global_rate_limits`` as seconds between starts, checked entry by entry."""
+    out: dict[str, float] = {}
+    for queue, limit in table.items():
+        try:
+            rate = parse_rate_limit(limit)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"queue_global_rate_limits[{queue!r}]: {exc}") from None
+        if rate:
+            out[queue] = 1.0 / rate
+    return out

@@ -16,6 +16,8 @@ from conveyor.context import current_request
 from tests.faults.tasklog import record
 
 app = Conveyor("options_app")
+app.conf.update({"queue_global_rate_limits": {"emails": "2/s"}},
+                source="tests/faults/options_app.py")
 
 
 def _note_start() -> None:
@@ -38,6 +40,14 @@ def per_worker() -> None:
 @app.task(global_rate_limit="2/s")
 def shared() -> None:
     """At most two starts a second across every worker of the broker."""
+    _note_start()
+    record("start")
+    record("end")
+
+
+@app.task
+def mail() -> None:
+    """No limit of its own: sent to the "emails" queue, which has a global one."""
     _note_start()
     record("start")
     record("end")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conveyor import Conveyor
 
 from ..integration.processes import Ledger, children_of, wait_for
@@ -94,19 +96,23 @@ def test_worker_disable_rate_limits(client: Conveyor, tmp_path: Path, ledger: Le
         workers.stop_all()
 
 
+@pytest.mark.parametrize(("task", "queue"), [("shared", "default"), ("mail", "emails")])
 def test_global_rate_limit_is_shared_by_two_workers(
-        client: Conveyor, tmp_path: Path, ledger: Ledger, url: str) -> None:
+        client: Conveyor, tmp_path: Path, ledger: Ledger, url: str, task: str,
+        queue: str) -> None:
     """Conveyor's addition (Celery has none): the slots live in the broker, so
-    two workers together start six "2/s" tasks half a second apart."""
+    two workers together start six "2/s" tasks half a second apart, under a
+    task's global_rate_limit or its queue's (queue_global_rate_limits)."""
     workers = Workers(url, ledger, tmp_path, app=APP)
     try:
-        procs = [workers.start("-c", "2", "--prefetch-multiplier", "1") for _ in range(2)]
+        procs = [workers.start("-c", "2", "--prefetch-multiplier", "1", "-Q", queue)
+                 for _ in range(2)]
         for proc in procs:
             wait_ready(workers, proc)
         wait_for(lambda: all(len(children_of(p.pid)) == 2 for p in procs), 30, "children")
-        ids = [client.send_task(f"{APP}.shared").id for _ in range(6)]
-        wait_for(lambda: settled(client.broker, ledger, ids), 30, "every task to run")
-        assert_nothing_lost(total_queue(client.broker, ledger, ids))
+        ids = [client.send_task(f"{APP}.{task}", queue=queue).id for _ in range(6)]
+        wait_for(lambda: settled(client.broker, ledger, ids, [queue]), 30, "every task to run")
+        assert_nothing_lost(total_queue(client.broker, ledger, ids, [queue]))
         got = starts(ledger)
         assert len(got) == 6
         assert_spaced([t for t, _ in got], INTERVAL)

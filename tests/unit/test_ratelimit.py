@@ -72,7 +72,7 @@ def test_a_far_global_slot_is_not_taken(memory_url: str) -> None:
     assert 0.9 < gate.hold("g", delivery(2)) <= GLOBAL_HORIZON  # taken: 1 s away
     retry = gate.hold("g", delivery(3))  # 2 s away: not taken
     assert 0.9 < retry <= 1.0
-    wait = app.broker.take_rate_slot("task:g", 1.0, within=10)
+    wait = app.broker.take_rate_slot([("task:g", 1.0)], within=10)
     assert 1.9 < wait <= 2.0  # the slot message 3 was told about is still free
 
 
@@ -80,3 +80,24 @@ def test_bad_global_rate_limit_is_refused() -> None:
     app = Conveyor("rl", broker="memory://rl-bad", set_as_current=False)
     with pytest.raises(ConfigurationError, match="rate_limit 'often'"):
         app.task(lambda: None, name="bad", global_rate_limit="often")
+
+
+def test_queue_global_limit_applies_to_every_task_of_the_queue(memory_url: str) -> None:
+    app = Conveyor("rl", broker=memory_url, set_as_current=False,
+                   queue_global_rate_limits={"emails": "60/m"})
+    app.task(lambda: None, name="plain")
+    limits = RateLimits.for_app(app)
+    assert limits is not None and limits.queues == {"emails": 1.0}
+    gate = limits.gate(lambda: app.broker)
+    mail = [Delivery(id=f"e{n}", queue="emails", body=b"{}", deliveries=1, token="t")
+            for n in range(2)]
+    assert gate.hold("plain", mail[0]) == 0.0
+    assert 0.9 < gate.hold("plain", mail[1]) <= 1.0
+    assert gate.hold("plain", delivery(9)) == 0.0  # another queue: not limited
+
+
+def test_bad_queue_limit_names_the_queue(memory_url: str) -> None:
+    app = Conveyor("rl", broker=memory_url, set_as_current=False,
+                   queue_global_rate_limits={"emails": "lots"})
+    with pytest.raises(ConfigurationError, match=r"queue_global_rate_limits\['emails'\]"):
+        RateLimits.for_app(app)
