@@ -195,11 +195,14 @@ class Consumer:
                 for entry in due[index:]:
                     heapq.heappush(self._held, entry)  # handed back when run() ends
                 return
-            if not self._still_held(delivery, reserved):
+            was_revoked = task_id_of(delivery) in revoked
+            held = self._still_held(delivery, reserved)
+            if (was_revoked or not held) and self.executor.gate is not None:
+                self.executor.gate.forget(delivery)  # it will not start: its slot goes unused
+            if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
-            self._finish(delivery, self._execute(delivery, task_id_of(delivery) in revoked),
-                         reserved)
+            self._finish(delivery, self._execute(delivery, was_revoked), reserved)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool:
         """Is a message that waited in the prefetch buffer for half a lease still ours?

@@ -6,11 +6,14 @@ decisions: who is limited, what is reserved when, and what costs nothing.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, states
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import ConfigurationError
+from conveyor.testing import run_worker
 from conveyor.worker.ratelimit import GLOBAL_HORIZON, RateLimits
 
 
@@ -101,3 +104,24 @@ def test_bad_queue_limit_names_the_queue(memory_url: str) -> None:
                    queue_global_rate_limits={"emails": "lots"})
     with pytest.raises(ConfigurationError, match=r"queue_global_rate_limits\['emails'\]"):
         RateLimits.for_app(app)
+
+
+def test_a_message_revoked_while_held_does_not_run(memory_url: str) -> None:
+    """Celery checks revocation when a held request leaves the bucket for the
+    pool (worker/request.py execute_using_pool); so does the consumer."""
+    app = Conveyor("rl", broker=memory_url, set_as_current=False)
+    ran: list[int] = []
+    first = threading.Event()
+
+    @app.task(rate_limit="2/s")
+    def limited(n: int) -> None:
+        ran.append(n)
+        first.set()
+
+    with run_worker(app, concurrency=1) as worker:
+        results = [limited.delay(n) for n in range(3)]
+        assert first.wait(10)  # the batch is leased and two messages are held
+        results[2].revoke()
+        worker.join()
+    assert ran == [0, 1]
+    assert app.AsyncResult(results[2].id).state == states.REVOKED
