@@ -56,3 +56,14 @@ def add_shared_task(task: Task) -> None:
         _shared.append(task)
         for app in list(_apps):
             app._register(task)
+
+
+def swap_current(app: Conveyor | None) -> Conveyor | None:
+    """Make ``app`` current (None: none) and return the previous one, to restore later.
+
+    For test fixtures, which must leave the current app as they found it.
+    """
+    global _current
+    with _lock:
+        previous, _current = _current, app
+        return previous

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, overload
 from conveyor import _state, signals, states
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
+    DEFAULT_BROKER_URL,
     DEFAULT_NAMESPACE,
     Settings,
     load_object,
@@ -101,7 +102,10 @@ class Conveyor:
                     return
                 raise
         where = f"{namespace}_* settings" if namespace else "settings"
-        self.conf.update(values_from_object(obj, namespace), source=where)
+        values = values_from_object(obj, namespace)
+        self.conf.update(values, source=where)
+        if "broker_url" not in values and self.conf.broker_url == DEFAULT_BROKER_URL:
+            self.conf.broker_url = _anchored_default_broker(obj)
         self._invalidate()
 
     def config_from_env(self, prefix: str = "CONVEYOR_") -> None:
@@ -637,3 +641,20 @@ def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         return task
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _anchored_default_broker(settings: Any) -> str:
+    """The default SQLite file, next to a Django project's ``BASE_DIR`` when it has one.
+
+    Relative to the working directory, a shell started one folder away from
+    the worker would write to another file and wait for ever; a Django
+    project has a fixed anchor, so the default uses it.  Without one (plain
+    Python) the default stays relative to the working directory.
+    """
+    base = getattr(settings, "BASE_DIR", None)
+    if isinstance(settings, Mapping):
+        base = settings.get("BASE_DIR")
+    if not isinstance(base, (str, os.PathLike)):
+        return DEFAULT_BROKER_URL
+    return f"sqlite:///{os.path.join(os.fspath(base), 'conveyor.db')}"
+

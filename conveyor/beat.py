@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from conveyor import schedules
-from conveyor.beat_state import ALIVE_AT, CUTOFF, BeatState, open_beat_state
+from conveyor.beat_state import ALIVE_AT, CUTOFF, SCHEDULER, BeatState, open_beat_state
 from conveyor.config import load_object
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
 from conveyor.scheduler import Entry, Scheduler
@@ -664,8 +664,8 @@ class Beat:
         alive = self.state.get(ALIVE_AT)
         cutoff = self.state.get(CUTOFF)
         if alive is None or now - alive > self.window:
-            since = "never" if alive is None else alive.isoformat()
-            log.info("beat %s leads; no beat ran since %s, so ticks missed until now follow "
+            since = "before" if alive is None else f"since {alive.isoformat()}"
+            log.info("beat %s leads; no beat ran %s, so ticks missed until now follow "
                      "beat_missed_policy=%r", self.holder, since, self.policy)
             self.state.advance(CUTOFF, now)
             cutoff = now if cutoff is None else max(cutoff, now)
@@ -675,6 +675,7 @@ class Beat:
         # Written at once: a leader that dies during its first pass must not
         # make the next one mistake a failover for an outage.
         self.state.advance(ALIVE_AT, now)
+        self.state.set_note(SCHEDULER, scheduler_path(self.scheduler))
         self._cutoff = cutoff
         self._reported.clear()
         self._loaded_at = None  # a standby's entries may be stale: read them again
@@ -780,16 +781,30 @@ def run_embedded(app: Conveyor, scheduler: str | None = None) -> Beat:
 # --------------------------------------------------------------------------- status
 
 
+def scheduler_path(scheduler: Scheduler) -> str:
+    """``module:Class``, the form ``--scheduler`` takes."""
+    kind = type(scheduler)
+    return f"{kind.__module__}:{kind.__qualname__}"
+
+
 def beat_status(app: Conveyor, scheduler: Scheduler | None = None,
                 now: datetime | None = None) -> dict[str, Any]:
     """What the monitor's schedules page shows: the lease holder and each entry's runs.
 
-    JSON-ready: times are ISO 8601 strings in UTC.  Pass a long-lived
-    ``scheduler`` to avoid opening one per call.
+    The entries are those of the scheduler the last leading beat ran (it
+    notes its path in the beat state), so a beat started with
+    ``--scheduler`` is reported as it runs, not as the settings would start
+    it; before any beat ran, the configured one.  JSON-ready: times are ISO
+    8601 strings in UTC.  Pass a long-lived ``scheduler`` to avoid opening
+    one per call.
     """
-    own = scheduler is None
-    sched = load_scheduler(app) if scheduler is None else scheduler
     state = open_beat_state(app)
+    try:
+        running = state.note(SCHEDULER)
+        sched = load_scheduler(app, running) if scheduler is None else scheduler
+    except BaseException:
+        state.close()
+        raise
     try:
         now = _utc(now or datetime.now(UTC))
         cutoff = state.get(CUTOFF)
@@ -803,11 +818,13 @@ def beat_status(app: Conveyor, scheduler: Scheduler | None = None,
             "missed_policy": app.conf.beat_missed_policy,
             "lease_timeout": app.conf.beat_lease_timeout,
             "scheduler": type(sched).__name__,
+            "scheduler_path": scheduler_path(sched),
+            "scheduler_from": "running beat" if running else "settings",
             "entries": [_entry_status(app, sched, entry, now, cutoff) for entry in sched.load()],
         }
     finally:
         state.close()
-        if own:
+        if scheduler is None:
             sched.close()
 
 

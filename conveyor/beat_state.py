@@ -27,12 +27,16 @@ SQLite (in the broker's file; component ``beat`` in ``conveyor_schema``)::
     conveyor_beat_meta   (key TEXT PRIMARY KEY, value_us INTEGER)
       alive_at         the end of the last pass a leader completed
       cutoff           ticks at or before it were due while no beat ran
+    conveyor_beat_notes  (key TEXT PRIMARY KEY, value TEXT)
+      scheduler        import path of the scheduler the last leader ran, so the
+                       monitor shows that one, however beat was started
 
 Redis (``P`` is the broker's key prefix, ``conveyor`` by default)::
 
     P:beat:last_run   hash   entry name -> last_run_us
     P:beat:runs       hash   entry name -> total_run_count
     P:beat:meta       hash   alive_at, cutoff -> microseconds
+    P:beat:notes      hash   scheduler -> import path
 
 None of these expire: one small record per entry name.
 """
@@ -50,7 +54,7 @@ from conveyor.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
-__all__ = ["ALIVE_AT", "CUTOFF", "BeatState", "EntryRuns", "open_beat_state"]
+__all__ = ["ALIVE_AT", "CUTOFF", "SCHEDULER", "BeatState", "EntryRuns", "open_beat_state"]
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,6 +62,7 @@ _MICROSECOND = timedelta(microseconds=1)
 
 ALIVE_AT = "alive_at"
 CUTOFF = "cutoff"
+SCHEDULER = "scheduler"
 
 
 def to_micros(moment: datetime) -> int:
@@ -116,6 +121,15 @@ class BeatState(abc.ABC):
     @abc.abstractmethod
     def _raise_meta(self, key: str, micros: int) -> None: ...
 
+    # -- notes: small facts about the running beat, last writer wins -----------
+    @abc.abstractmethod
+    def note(self, key: str) -> str | None:
+        """A note such as ``scheduler``, or None if never written."""
+
+    @abc.abstractmethod
+    def set_note(self, key: str, value: str) -> None:
+        """Write a note (the leader writes them when it takes the lease)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -128,6 +142,7 @@ class _MemoryData:
         self.lock = threading.Lock()
         self.runs: dict[str, tuple[int, int]] = {}
         self.meta: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
 
 
 _MEMORY: dict[str, _MemoryData] = {}
@@ -164,6 +179,14 @@ class MemoryBeatState(BeatState):
         with self._data.lock:
             self._data.meta[key] = max(micros, self._data.meta.get(key, micros))
 
+    def note(self, key: str) -> str | None:
+        with self._data.lock:
+            return self._data.notes.get(key)
+
+    def set_note(self, key: str, value: str) -> None:
+        with self._data.lock:
+            self._data.notes[key] = value
+
 
 def reset_memory_beat_state() -> None:
     """Forget every in-process history (for test isolation)."""
@@ -182,6 +205,10 @@ _SQLITE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS conveyor_beat_meta (
         key TEXT PRIMARY KEY,
         value_us INTEGER NOT NULL)""",
+    # Added without a version bump: creating it is all an older file needs.
+    """CREATE TABLE IF NOT EXISTS conveyor_beat_notes (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
 )
 _SQLITE_RUNS = "SELECT name, last_run_us, total_run_count FROM conveyor_beat_runs"
 _SQLITE_RUN = _SQLITE_RUNS + " WHERE name = ?"
@@ -196,6 +223,8 @@ _SQLITE_RAISE_META = """
     INSERT INTO conveyor_beat_meta (key, value_us) VALUES (?, ?)
     ON CONFLICT (key) DO UPDATE SET value_us = excluded.value_us
     WHERE excluded.value_us > conveyor_beat_meta.value_us"""
+_SQLITE_GET_NOTE = "SELECT value FROM conveyor_beat_notes WHERE key = ?"
+_SQLITE_SET_NOTE = "INSERT OR REPLACE INTO conveyor_beat_notes (key, value) VALUES (?, ?)"
 
 
 class SQLiteBeatState(BeatState):
@@ -233,6 +262,13 @@ class SQLiteBeatState(BeatState):
     def _raise_meta(self, key: str, micros: int) -> None:
         self._db.write(lambda c: c.execute(_SQLITE_RAISE_META, (key, micros)))
 
+    def note(self, key: str) -> str | None:
+        row = self._db.query(lambda c: c.execute(_SQLITE_GET_NOTE, (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def set_note(self, key: str, value: str) -> None:
+        self._db.write(lambda c: c.execute(_SQLITE_SET_NOTE, (key, value)))
+
     def close(self) -> None:
         self._db.close()
 
@@ -263,6 +299,7 @@ class RedisBeatState(BeatState):
         self._last_run = f"{prefix}:beat:last_run"
         self._counts = f"{prefix}:beat:runs"
         self._meta = f"{prefix}:beat:meta"
+        self._notes = f"{prefix}:beat:notes"
         self._raise = self._holder.client.register_script(_REDIS_RAISE)
 
     def _errors(self, action: str) -> Any:
@@ -313,6 +350,17 @@ class RedisBeatState(BeatState):
     def _raise_meta(self, key: str, micros: int) -> None:
         with self._errors("write"):
             self._raise(keys=[self._meta], args=[key, micros], client=self._holder.client)
+
+    def note(self, key: str) -> str | None:
+        from conveyor._redis import as_text, retry_read
+
+        with self._errors("read"):
+            value = retry_read(lambda: self._holder.client.hget(self._notes, key))
+        return None if value is None else as_text(value)
+
+    def set_note(self, key: str, value: str) -> None:
+        with self._errors("write"):
+            self._holder.client.hset(self._notes, key, value)
 
     def close(self) -> None:
         self._holder.close()

@@ -242,8 +242,14 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
 
 
 def _register_commands() -> None:
+    from conveyor.celery_drain_cli import drain_celery_command
+    from conveyor.migrate.cli import migrate_command
     from conveyor.ops_cli import deploy_command, healthcheck_command, report_command
+    from conveyor.registry_cli import tasks_command
 
+    main.add_command(tasks_command)
+    main.add_command(migrate_command)
+    main.add_command(drain_celery_command)
     main.add_command(deploy_command)
     main.add_command(report_command)
     main.add_command(healthcheck_command)

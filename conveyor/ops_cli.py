@@ -98,13 +98,15 @@ def _mask(key: str, value: Any) -> Any:
 def report_command(ctx: click.Context) -> None:
     """Versions and effective settings (secrets masked), for bug reports."""
     from conveyor import __version__
+    from conveyor.registry_cli import registered
 
     app = ctx.obj.app
+    tasks = registered(app)  # after autodiscovery, as a worker sees them
     click.echo(f"conveyor {__version__}  python {platform.python_version()}  "
                f"{platform.system()} {platform.release()}")
     for dist in ("redis", "Django", "click", "starlette", "uvicorn"):
         click.echo(f"  {dist}: {_version(dist)}")
-    click.echo(f"app: {app.main}  tasks: {len(app.tasks)}")
+    click.echo(f"app: {app.main}  tasks: {len(tasks)}")
     for key, value in sorted(app.conf.as_dict().items()):
         click.echo(f"  {key} = {_mask(key, value)!r}")
 

@@ -141,8 +141,9 @@ class AsyncResult:
         stored = self.app.backend.wait(self.id, timeout)
         if stored is None or not stored.ready:
             state = stored.state if stored else states.PENDING
+            hint = _nobody_working(self.app) if state == states.PENDING else ""
             raise TimeoutError(
-                f"task {self.id} did not finish within {timeout}s (state {state})"
+                f"task {self.id} did not finish within {timeout}s (state {state}){hint}"
             )
         self._cache = ResultRecord.decode(stored.payload, self._accept())
         return self._cache
@@ -309,3 +310,34 @@ def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:
     for result in results:
         ids.extend(_flat_ids(result.results) if isinstance(result, GroupResult) else [result.id])
     return ids
+
+
+def _nobody_working(app: Conveyor) -> str:
+    """Why a PENDING task may never start, for the timeout's message.
+
+    The usual cause is no worker on this broker at all (none started, or one
+    started against another broker URL: a relative SQLite path read from
+    another directory).  Said from the workers' heartbeats; any error while
+    looking is swallowed, since the timeout is the error being reported.
+    """
+    from conveyor.events import store_for
+
+    try:
+        online = [w for w in store_for(app).workers() if w.get("online")]
+    except Exception:  # a hint must never hide the timeout
+        return ""
+    where = _broker_place(app.conf.broker_url)
+    if not online:
+        return (f"; no worker is online on broker {where}: start one "
+                f"(conveyor -A {app.main} worker) against the same broker_url")
+    served = sorted({q for w in online for q in (w.get("queues") or [])})
+    return (f"; {len(online)} worker(s) online on {where}, serving queues "
+            f"{', '.join(served) or '(none)'}: is the task routed to one of them?")
+
+
+def _broker_place(url: str) -> str:
+    """The broker's scheme and place, without credentials or options."""
+    scheme, _, rest = url.partition("://")
+    place = rest.rpartition("@")[2].split("?", 1)[0]
+    return f"{scheme}://{place}"
+

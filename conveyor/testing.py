@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from conveyor.app import Conveyor
 from conveyor.exceptions import TimeoutError
@@ -65,3 +67,76 @@ def run_worker(app: Conveyor, queues: Sequence[str] | None = None, concurrency: 
         yield runner
     finally:
         runner.stop()
+
+
+# -- Celery's testing names (celery.contrib.testing) ------------------------------
+
+TEST_CONFIG: dict[str, object] = {
+    # The real path, in process: messages are still encoded and decoded.
+    "broker_url": "memory://",
+    "result_backend": "memory://",
+    "timezone": "UTC",
+}
+PING_TASK = "conveyor.testing.ping"
+
+
+def make_test_app(name: str = "conveyor.tests", config: Mapping[str, Any] | None = None,
+                  **parameters: Any) -> Conveyor:
+    """A fresh app for one test (Celery: ``TestApp``): in-memory broker and results of
+    its own, then ``config`` on top; ``parameters`` go to :class:`Conveyor` itself.
+
+    Each app gets its own ``memory://`` name unless ``config`` chooses a URL, so
+    two tests never see each other's messages.
+    """
+    settings: dict[str, Any] = {**TEST_CONFIG, **(config or {})}
+    own = f"memory://{name}-{uuid.uuid4().hex}"
+    for key in ("broker_url", "result_backend"):
+        if settings[key] == "memory://":
+            settings[key] = own
+    parameters.setdefault("set_as_current", False)
+    return Conveyor(name, **parameters, **settings)
+
+
+def _register_ping(app: Conveyor) -> None:
+    if PING_TASK not in app.tasks:
+        app.task(name=PING_TASK)(_pong)
+
+
+def _pong() -> str:
+    return "pong"
+
+
+@contextmanager
+def start_worker(app: Conveyor, concurrency: int = 1, pool: str = "solo",
+                 loglevel: str | int | None = None, perform_ping_check: bool = True,
+                 ping_task_timeout: float = 10.0, shutdown_timeout: float = 10.0,
+                 queues: Sequence[str] | None = None, **options: Any) -> Iterator[ThreadedWorker]:
+    """Celery's ``start_worker``: a real worker in a thread for a ``with`` block.
+
+    With ``perform_ping_check`` a ``ping`` task makes one round trip through the
+    broker before the block starts (as Celery's does), so a test never races a
+    worker that is not consuming yet. ``loglevel`` sets up logging as the
+    worker command would; None leaves the test runner's logging alone.
+    """
+    if loglevel is not None:
+        from conveyor.log import setup_logging
+
+        setup_logging(str(loglevel), app.conf.worker_log_format)
+    if perform_ping_check:
+        _register_ping(app)
+    worker = Worker(app, queues=queues, concurrency=concurrency, pool=pool,
+                    **options)
+    worker.poll_interval = 0.1
+    runner = ThreadedWorker(worker).start()
+    try:
+        if perform_ping_check:
+            answer = app.send_task(PING_TASK, queue=worker.queues[0]).get(
+                timeout=ping_task_timeout)
+            if answer != "pong":
+                raise AssertionError(f"the test worker answered {answer!r} to ping")
+        yield runner
+    finally:
+        runner.stop(timeout=shutdown_timeout)
+        if runner.thread.is_alive():
+            raise RuntimeError(f"the test worker did not stop within {shutdown_timeout}s: "
+                               "a task is still running (raise shutdown_timeout?)")

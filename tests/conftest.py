@@ -12,7 +12,11 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-TEST_REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "15"))
+# One Redis database per pytest-xdist worker (gw0 -> 15, gw1 -> 11, ...; 12, 13 and 14
+# belong to the beat, event and browser suites), so parallel workers never flush each other.
+_XDIST_DBS = (15, 11, 10, 9, 8, 7, 6, 5)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+TEST_REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", str(_XDIST_DBS[_WORKER % 8])))
 PG_DSN = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

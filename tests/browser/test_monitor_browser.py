@@ -387,4 +387,7 @@ def _schedules_page(page: Any, base: str, shots: Shots, expect: Any) -> None:
     expect(page.locator("#entries")).to_contain_text("refresh-exchange-rates", timeout=WAIT_MS)
     expect(page.locator("#b-holder")).not_to_have_text(EMPTY, timeout=WAIT_MS)
     expect(page.locator("#b-holder")).not_to_contain_text("nobody", timeout=WAIT_MS)
+    # The scheduler the running beat uses, said as such (issue 16).
+    expect(page.locator("#b-scheduler")).to_have_text("SettingsScheduler", timeout=WAIT_MS)
+    expect(page.locator("#b-scheduler-from")).to_contain_text("running beat")
     shots.take("schedules")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,21 @@ def test_the_imported_app_is_found(app: Any, monkeypatch: pytest.MonkeyPatch) ->
     import importlib
 
     assert getattr(importlib.import_module(module), attr) is app
+
+
+def test_conveyor_tasks_lists_what_autodiscovery_finds(processes: Processes) -> None:
+    """Issue 16: Celery users list tasks with ``celery inspect registered``; here
+    ``conveyor tasks`` does it without a worker, after Django's autodiscovery
+    (the test app's tasks are imported by nothing but ``autodiscover_tasks()``),
+    with each task's queue as routing sends it; ``report`` counts the same."""
+    done = processes.run("-m", "conveyor", "-A", "tests.django.proj", "tasks", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["tests.django.testapp.tasks.add"]["queue"] == "default"
+    assert rows["tests.django.testapp.tasks.routed_report"]["queue"] == "orders"
+    assert not any(name.startswith("conveyor.") for name in rows)
+    text = processes.run("-m", "conveyor", "-A", "tests.django.proj", "tasks").stdout
+    assert "tests.django.testapp.tasks.routed_report  queue=orders" in text
+    assert text.strip().endswith(f"{len(rows)} tasks")
+    report = processes.run("-m", "conveyor", "-A", "tests.django.proj", "report").stdout
+    assert f"app: proj  tasks: {len(rows)}" in report

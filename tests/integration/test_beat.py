@@ -607,6 +607,41 @@ def test_beat_status_for_the_schedules_page(memory_url: str, clock: FakeClock) -
     assert beat_status(beat.app)["holder"] is None
 
 
+class PlugInScheduler(ChangingScheduler):
+    """A scheduler named by ``--scheduler`` only, never by the settings."""
+
+    entries = [Entry("from-plug-in", "tasks.plugged", schedule(30))]
+
+
+@pytest.mark.parametrize("kind", ["memory_url", "sqlite_url", "prefixed"])
+def test_beat_status_reports_the_scheduler_beat_runs_not_the_configured_one(
+        kind: str, request: pytest.FixtureRequest, clock: FakeClock) -> None:
+    """Issue 16: a beat started with ``--scheduler`` was shown as the settings
+    scheduler with the settings' entries.  The leader notes its scheduler's
+    path in the beat state; the monitor's status loads that one."""
+    url = str(request.getfixturevalue(kind))
+    app = make_app(url, {"from-settings": every(10)})
+    assert beat_status(app)["scheduler_from"] == "settings"
+    beat = Beat(app, PlugInScheduler(app), holder="plug-in", clock=clock)
+    run_for([beat], clock, 2)
+    status = beat_status(make_app(url, {"from-settings": every(10)}), now=clock.now())
+    assert status["scheduler"] == "PlugInScheduler"
+    assert status["scheduler_path"] == "tests.integration.test_beat:PlugInScheduler"
+    assert status["scheduler_from"] == "running beat"
+    assert [e["name"] for e in status["entries"]] == ["from-plug-in"]
+    beat.close()
+
+
+def test_first_leader_log_says_no_beat_ran_before(
+        memory_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="conveyor")
+    beat = make_beat(memory_url, clock, "first")
+    run_for([beat], clock, 1)
+    assert any("no beat ran before" in r.getMessage() for r in caplog.records)
+    assert not any("since never" in r.getMessage() for r in caplog.records)
+    beat.close()
+
+
 def test_run_embedded_sends_from_a_thread_under_the_same_lease(memory_url: str) -> None:
     app = make_app(memory_url, {"fast": every(0.2)}, beat_lease_timeout=1.0,
                    beat_max_loop_interval=0.2)

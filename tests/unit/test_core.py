@@ -9,6 +9,7 @@ import sys
 import types
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -299,3 +300,20 @@ def test_public_names_are_exported_and_importable() -> None:
     )
     from conveyor.log import get_task_logger  # noqa: F401
     from conveyor.schedules import crontab, schedule  # noqa: F401
+
+
+def test_a_django_projects_default_sqlite_file_is_next_to_base_dir(tmp_path: Path) -> None:
+    """Issue 16: the default ``sqlite:///conveyor.db`` was relative to the working
+    directory, so a shell started one folder away from the worker wrote to
+    another file and its ``get()`` waited for nothing.  With a settings object
+    that has ``BASE_DIR`` (every Django project), the default file is there."""
+    app = Conveyor("anchored", set_as_current=False)
+    app.config_from_object(types.SimpleNamespace(BASE_DIR=tmp_path), namespace="CELERY")
+    assert app.conf.broker_url == f"sqlite:///{tmp_path / 'conveyor.db'}"
+    chosen = Conveyor("chosen", set_as_current=False)
+    chosen.config_from_object(types.SimpleNamespace(
+        BASE_DIR=tmp_path, CELERY_BROKER_URL="sqlite:///elsewhere.db"), namespace="CELERY")
+    assert chosen.conf.broker_url == "sqlite:///elsewhere.db"  # an explicit URL is kept
+    plain = Conveyor("plain", set_as_current=False)
+    plain.config_from_object(types.SimpleNamespace(CELERY_TIMEZONE="UTC"), namespace="CELERY")
+    assert plain.conf.broker_url == "sqlite:///conveyor.db"  # no anchor: as documented

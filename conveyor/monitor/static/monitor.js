@@ -57,6 +57,15 @@
     var d = new Date(t * 1000);
     return d.toLocaleDateString() + " " + d.toLocaleTimeString();
   }
+  // Beat's times are shown in the project's zone (the `timezone` setting), the
+  // zone the schedules page names, not in whatever zone the browser is in.
+  function whenIn(t, zone) {
+    if (!t) return "–";
+    try {
+      return new Intl.DateTimeFormat(undefined, { timeZone: zone, year: "numeric", month: "2-digit",
+        day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(new Date(t * 1000));
+    } catch (err) { return when(t) + " (browser zone)"; }
+  }
   function ago(s) {
     if (s == null) return "–";
     if (s < 60) return s.toFixed(1) + " s ago";
@@ -376,15 +385,19 @@
     live(function () {
       return api("/api/schedules").then(function (doc) {
         $("b-holder").textContent = doc.holder || "nobody (beat is not running)";
-        $("b-alive").textContent = doc.alive_at ? "last pass " + when(Date.parse(doc.alive_at) / 1000) : "";
-        $("b-tz").textContent = doc.timezone || "UTC";
+        var zone = doc.timezone || "UTC";
+        var iso = function (s) { return s ? whenIn(Date.parse(s) / 1000, zone) : "–"; };
+        $("b-alive").textContent = doc.alive_at ? "last pass " + iso(doc.alive_at) : "";
+        $("b-tz").textContent = zone;
         $("b-policy").textContent = doc.missed_policy ? "missed ticks: " + doc.missed_policy : "";
+        $("b-scheduler").textContent = doc.scheduler || "–";
+        $("b-scheduler-from").textContent = doc.scheduler_from === "running beat"
+          ? "as the running beat uses it" : "from the settings (no beat has run yet)";
         fill(document.querySelector("#entries tbody"), (doc.entries || []).map(function (e) {
-          var iso = function (s) { return s ? when(Date.parse(s) / 1000) : "–"; };
           return h("tr", {}, td(e.name), td(e.task), td(e.schedule, "mono"),
             td(e.enabled === false ? "no" : "yes"), td(iso(e.last_run_at)), td(iso(e.next_run)),
             td(e.total_run_count == null ? "–" : num(e.total_run_count), "n"));
-        }), "no beat_schedule entries");
+        }), "no periodic entries");
       });
     });
   }

@@ -1,0 +1,5 @@
+import celery
+
+
+def is_app(value):
+    return isinstance(value, celery.Celery)

@@ -1,0 +1,2 @@
+# An old settings module with a typo the migration must point at.
+CELERY_TASK_ACK_LATE = True

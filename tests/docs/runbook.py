@@ -1,0 +1,64 @@
+"""Read a documentation page as a runbook: its marked code blocks, in order.
+
+A page marks a fenced block for the docs tests with an HTML comment on the
+line before it, which readers of the rendered page never see::
+
+    <!-- docs-test: write invoices/tasks.py -->      the block is that file
+    <!-- docs-test: append proj/settings.py -->      the block is added to it
+    <!-- docs-test: sh -->                           each line is a command
+    <!-- docs-test: background worker -->           the command keeps running
+    <!-- docs-test: django-shell -->                 a >>> session, outputs checked
+    <!-- docs-test: error-contains NAME=VALUE -->    that setting fails with the block's text
+
+Unmarked blocks are illustrations (other brokers, placeholders) and are not
+run. Keeping the marks in the page, beside the text, is what makes the page
+and the test unable to drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_MARK = re.compile(r"^<!-- docs-test: (?P<action>[\w-]+)(?: (?P<arg>.*?))? -->$")
+_FENCE = re.compile(r"^```")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One marked block: what to do with it, its argument, and its text."""
+
+    action: str
+    arg: str
+    body: str
+    line: int  # where the mark is, for failure messages
+
+
+def steps(page: Path) -> list[Step]:
+    """The marked blocks of ``page``, in reading order."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    found: list[Step] = []
+    for number, line in enumerate(lines):
+        mark = _MARK.match(line.strip())
+        if mark is None:
+            continue
+        start = number + 1
+        if start >= len(lines) or not _FENCE.match(lines[start]):
+            raise ValueError(f"{page.name}:{number + 1}: a docs-test mark must precede a block")
+        end = next(i for i in range(start + 1, len(lines)) if _FENCE.match(lines[i]))
+        body = "\n".join(lines[start + 1:end]) + "\n"
+        found.append(Step(mark["action"], mark["arg"] or "", body, number + 1))
+    return found
+
+
+def shell_session(body: str) -> list[tuple[str, str]]:
+    """Pairs of (statement, expected output) from a ``>>>`` transcript."""
+    pairs: list[tuple[str, str]] = []
+    for line in body.splitlines():
+        if line.startswith(">>> "):
+            pairs.append((line[4:], ""))
+        elif line.strip() and pairs:
+            statement, output = pairs[-1]
+            pairs[-1] = (statement, (output + "\n" + line).strip())
+    return pairs
