@@ -232,8 +232,9 @@ class Executor:
         assert request.message is not None
         if isinstance(exc, MaxRetriesExceededError) and exc.__context__ is not None:
             exc = exc.__context__
-        log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
-                    extra={"task_name": task.name, "task_id": request.id})
+        shown = request.headers.get("shadow") or task.name  # Celery logs the shadow name
+        log.warning("task %s[%s] failed: %r", shown, request.id, exc,
+                    extra={"task_name": shown, "task_id": request.id})
         stored = True
         if not _ignored(task, request) or request.message.chord:
             stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
