@@ -91,7 +91,10 @@ class RateLimits:
         """The app's limits, or None when no task has one (the worker then pays nothing)."""
         local: dict[str, float] = {}
         shared: dict[str, float] = {}
-        default = parse_rate_limit(app.conf.task_default_rate_limit)
+        try:
+            default = parse_rate_limit(app.conf.task_default_rate_limit)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"task_default_rate_limit: {exc}") from None
         per_worker = not app.conf.worker_disable_rate_limits
         for name, task in app.tasks.items():
             rate = parse_rate_limit(task.options.rate_limit)

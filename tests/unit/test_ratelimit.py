@@ -125,3 +125,10 @@ def test_a_message_revoked_while_held_does_not_run(memory_url: str) -> None:
         worker.join()
     assert ran == [0, 1]
     assert app.AsyncResult(results[2].id).state == states.REVOKED
+
+
+def test_bad_default_rate_limit_names_the_setting(memory_url: str) -> None:
+    app = Conveyor("rl", broker=memory_url, set_as_current=False,
+                   task_default_rate_limit="fast")
+    with pytest.raises(ConfigurationError, match="task_default_rate_limit: rate_limit 'fast'"):
+        RateLimits.for_app(app)
