@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from conveyor import Conveyor, states
 from conveyor.events import EventStore
 from conveyor.testing import run_worker
@@ -84,21 +86,22 @@ def test_shadow_names_the_call_in_results_and_the_monitor(sqlite_url: str) -> No
     assert entry.name == "render[home]"
 
 
-def test_task_acks_late_false_setting_acks_before_the_run(backend_url: str) -> None:
+@pytest.mark.parametrize(("late", "inflight"), [(False, 0), (True, 1)])
+def test_task_acks_late_setting_decides_when_the_message_is_acked(
+        backend_url: str, late: bool, inflight: int) -> None:
     """Celery: task_acks_late=False (Celery's default) acknowledges the message
     before the task runs (worker/request.py on_accepted); late acks after it."""
-    seen: dict[str, int] = {}
-    for late in (False, True):
-        app = Conveyor(f"opts-{late}", broker=backend_url, task_acks_late=late)
-        looked = threading.Event()
+    app = Conveyor("opts", broker=backend_url, task_acks_late=late)
+    seen: list[int] = []
+    looked = threading.Event()
 
-        @app.task
-        def look() -> None:
-            seen[str(late)] = app.broker.stats(["default"])[0].inflight
-            looked.set()
+    @app.task
+    def look() -> None:
+        seen.append(app.broker.stats(["default"])[0].inflight)
+        looked.set()
 
-        with run_worker(app, concurrency=1) as worker:
-            look.delay()
-            assert looked.wait(20)
-            worker.join()
-    assert seen == {"False": 0, "True": 1}
+    with run_worker(app, concurrency=1) as worker:
+        look.delay()
+        assert looked.wait(20)
+        worker.join()
+    assert seen == [inflight]
