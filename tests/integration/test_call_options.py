@@ -105,3 +105,22 @@ def test_task_acks_late_setting_decides_when_the_message_is_acked(
         assert looked.wait(20)
         worker.join()
     assert seen == [inflight]
+
+
+def test_task_default_rate_limit_limits_tasks_without_their_own(backend_url: str) -> None:
+    """Celery: task_default_rate_limit is the rate_limit of every task without one
+    (app/task.py reads it from the setting), enforced per worker."""
+    app = Conveyor("opts", broker=backend_url, task_default_rate_limit="4/s")
+    starts: list[float] = []
+
+    @app.task
+    def tick() -> None:
+        starts.append(time.monotonic())
+
+    with run_worker(app, concurrency=2) as worker:
+        results = [tick.delay() for _ in range(4)]
+        for result in results:
+            result.get(timeout=20)
+        worker.join()
+    starts.sort()
+    assert all(t - starts[0] >= k * 0.25 - 0.05 for k, t in enumerate(starts)), starts
