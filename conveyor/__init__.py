@@ -1,10 +1,11 @@
 """Conveyor: a production task queue with Celery's habits.
 
-    from conveyor import Conveyor, shared_task, chain, group, chord, signature
+    from conveyor import Conveyor, shared_task, chain, group, chord, signature, current_app
 """
 
 from __future__ import annotations
 
+from conveyor._current import current_app
 from conveyor.app import Conveyor, shared_task
 from conveyor.canvas import Signature, chain, chord, chunks, group, signature
 from conveyor.result import AsyncResult, GroupResult, ResultSet
@@ -23,6 +24,7 @@ __all__ = [
     "chain",
     "chord",
     "chunks",
+    "current_app",
     "group",
     "shared_task",
     "signature",

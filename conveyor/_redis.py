@@ -73,7 +73,7 @@ _CELERY_ONLY = {
     "priority_steps": "all ten priorities 0..9 are always kept apart",
     "sep": "priority queues are separate keys, not name suffixes",
     "queue_order_strategy": "queues are always read in the order the worker lists them",
-    "max_retries": "connection retries are the worker's job; see broker_connection_max_retries",
+    "max_retries": "connection retries are the worker's job",
     "interval_start": "connection retries are the worker's job",
     "interval_step": "connection retries are the worker's job",
     "interval_max": "connection retries are the worker's job",

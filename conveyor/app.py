@@ -77,6 +77,7 @@ class Conveyor:
             settings["result_backend"] = backend
         if settings:
             self.conf.update(settings, source="Conveyor()")
+        self.conf.add_listener(self._invalidate)  # a changed setting takes effect
         _state.register_app(self, set_as_current)
 
     def __repr__(self) -> str:
@@ -181,7 +182,7 @@ class Conveyor:
         if self._finalized:
             return
         self._finalized = True
-        for module in [*self._include, *self.conf.imports]:
+        for module in [*self._include, *self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         for pkgs, related in self._autodiscover:
             self._discover(pkgs, related)
@@ -202,7 +203,7 @@ class Conveyor:
         """This process's broker connection (reopened after fork)."""
         pid = os.getpid()
         if self._broker is None or self._broker[0] != pid:
-            opts = dict(self.conf.broker_transport_options)
+            opts = self.conf.broker_options()
             self._broker = (pid, broker_from_url(self.conf.broker_url, opts))
         return self._broker[1]
 
@@ -211,7 +212,8 @@ class Conveyor:
         """This process's result store (reopened after fork)."""
         pid = os.getpid()
         if self._results is None or self._results[0] != pid:
-            self._results = (pid, result_store_from_url(self.conf.result_url))
+            self._results = (pid, result_store_from_url(
+                self.conf.result_url, self.conf.result_options(), self.conf.result_retry()))
         return self._results[1]
 
     @property

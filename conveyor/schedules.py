@@ -1,6 +1,6 @@
-"""When periodic tasks run: ``crontab`` (wall-clock times) and ``schedule`` (intervals).
+"""When periodic tasks run: ``crontab`` (wall-clock times), ``schedule`` (intervals), ``solar``.
 
-The two kinds exist because users mean two different things:
+The first two kinds exist because users mean two different things:
 
 * ``schedule(300)`` means "every five minutes, counted from the last run". It is
   arithmetic on absolute time, so daylight saving never stretches or shrinks an
@@ -32,6 +32,9 @@ day_of_week="mon")`` runs on the 1st and on every Monday. When one of them is
 ``next_run`` never walks minute by minute: it steps month, day, hour, minute,
 jumping straight to the next allowed value of each field, so even a schedule
 that only matches on 29 February is answered in microseconds.
+
+``solar`` runs at sunrise, sunset, noon or a twilight at a place; the
+astronomy lives in ``conveyor/_sun.py``.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ __all__ = [
     "TimeZone",
     "as_schedule",
     "crontab",
+    "crontab_parser",
     "schedule",
     "schedule_from_dict",
+    "solar",
 ]
 
 #: What a crontab field accepts: an expression such as ``"*/15"``, one int, or ints.
@@ -394,6 +399,30 @@ def _span(spec: _FieldSpec, first: int, last: int) -> list[int]:
     return list(range(first, spec.high + 1)) + list(range(spec.low, last + 1))
 
 
+class crontab_parser:  # lower case: Celery's spelling
+    """Celery's stand-alone field parser: ``crontab_parser(60).parse("*/15") == {0, 15, 30, 45}``.
+
+    Values run from ``min_`` to ``min_ + max_ - 1`` (``crontab_parser(31, 1)``
+    for days of the month); day and month names are read in any field, as in
+    Celery.  The syntax is the crontab fields' own; a bad expression raises
+    ``ScheduleError``, also reachable as ``crontab_parser.ParseException``.
+    """
+
+    ParseException = ScheduleError
+
+    def __init__(self, max_: int = 60, min_: int = 0) -> None:
+        if isinstance(max_, bool) or not isinstance(max_, int) or max_ < 1:
+            raise ScheduleError(f"crontab_parser max_ must be a positive int, got {max_!r}")
+        top = min_ + max_ - 1
+        self._spec = _FieldSpec("expression", min_, top, top, {**_DAY_NAMES, **_MONTH_NAMES})
+
+    def parse(self, spec: str) -> set[int]:
+        """The values ``spec`` names, e.g. ``"1-5,*/20"``."""
+        if not isinstance(spec, str):
+            raise self._spec.error(f"{spec!r} is not a cron expression")
+        return set(_parse_text(self._spec, spec.strip()))
+
+
 def _next_in(values: tuple[int, ...], at_least: int) -> int | None:
     """The smallest allowed value >= ``at_least``, or None when the field must roll over."""
     index = bisect.bisect_left(values, at_least)
@@ -504,6 +533,26 @@ class crontab(Schedule):  # lower case: Celery's spelling, so imports move uncha
                 f"in month_of_year {self.month_of_year!r}"
             )
 
+    @classmethod
+    def from_string(cls, expression: str, tz: TimeZone | None = None) -> crontab:
+        """A crontab from a cron line's five fields, in cron's order.
+
+        ``crontab.from_string("*/5 9-17 * * mon-fri")`` reads minute, hour,
+        day of month, month, day of week (the order of a crontab file, not of
+        this class's arguments), as Celery's ``crontab.from_string`` does.
+        Fields are separated by any run of spaces or tabs.
+        """
+        if not isinstance(expression, str):
+            raise ScheduleError(f"crontab.from_string needs a string, got {expression!r}")
+        fields = expression.split()
+        if len(fields) != len(_FIELD_NAMES):
+            raise ScheduleError(
+                f"crontab.from_string needs 5 fields (minute hour day_of_month month_of_year "
+                f"day_of_week), got {len(fields)} in {expression!r}"
+            )
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        return cls(minute, hour, day_of_week, day_of_month, month_of_year, tz=tz)
+
     def __repr__(self) -> str:
         parts = [f"{name}={getattr(self, name)!r}" for name in _FIELD_NAMES]
         parts = [part for part in parts if not part.endswith("='*'")]
@@ -612,11 +661,97 @@ class crontab(Schedule):  # lower case: Celery's spelling, so imports move uncha
         return cls(minute, hour, day_of_week, day_of_month, month_of_year, tz=data.get("tz"))
 
 
+# --------------------------------------------------------------------------- solar
+
+# The longest run of days without a given event anywhere on Earth is under a
+# year (polar night at a pole); two years bounds the search with room to spare.
+_SOLAR_SEARCH_DAYS = 2 * 366
+
+
+def _degrees(value: object, what: str, limit: int) -> float:
+    """A latitude or longitude as a float (Decimal from the database is fine), range-checked."""
+    if isinstance(value, bool):
+        raise ScheduleError(f"{what} must be a number of degrees, got {value!r}")
+    try:
+        degrees = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ScheduleError(f"{what} must be a number of degrees, got {value!r}") from exc
+    if not -limit <= degrees <= limit:
+        raise ScheduleError(f"{what} must be between -{limit} and {limit}, got {value!r}")
+    return degrees
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class solar(Schedule):  # lower case: Celery's spelling, so imports move unchanged
+    """Run at a solar event at a place: ``solar("sunset", 59.91, 10.75)`` (Oslo).
+
+    Events (Celery's): ``dawn_astronomical``, ``dawn_nautical``, ``dawn_civil``,
+    ``sunrise``, ``solar_noon``, ``sunset``, ``dusk_civil``, ``dusk_nautical``,
+    ``dusk_astronomical``.  Latitude is north positive, longitude east positive.
+    Needs PyEphem (``pip install "conveyor[solar]"``); the definitions are in
+    ``conveyor/_sun.py``.
+
+    On days when the event does not happen (polar day or night) there is no
+    run: the next run is the next day the event happens.  Celery instead
+    wakes a minute after the sun's lowest point and runs the task then.
+    Times are instants, so the schedule has no zone and ``with_tz`` is a no-op.
+    """
+
+    type_name: ClassVar[str] = "solar"
+    event: str
+    lat: float
+    lon: float
+
+    def __init__(self, event: str, lat: float, lon: float) -> None:
+        from conveyor import _sun
+
+        if event not in _sun.EVENTS:
+            raise ScheduleError(
+                f"unknown solar event {event!r}; expected one of {', '.join(sorted(_sun.EVENTS))}"
+            )
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "lat", _degrees(lat, "latitude", 90))
+        object.__setattr__(self, "lon", _degrees(lon, "longitude", 180))
+        _sun.check_library()
+
+    def __repr__(self) -> str:
+        return f"solar({self.event!r}, {self.lat!r}, {self.lon!r})"
+
+    def next_run(self, after: datetime) -> datetime:
+        """The first occurrence of the event strictly after ``after``, in UTC."""
+        from conveyor import _sun
+
+        after_utc = _as_utc(after, "after")
+        first = _sun.day_of(after_utc, self.lon)
+        for day in range(first, first + _SOLAR_SEARCH_DAYS):
+            for moment in _sun.events_on(self.event, self.lat, self.lon, day):
+                if moment > after_utc:
+                    return moment
+        raise ScheduleError(f"{self!r} does not occur within two years of {after.isoformat()}")
+
+    def with_tz(self, tz: TimeZone) -> solar:
+        """Self: solar events are instants, not wall-clock times (the zone is still checked)."""
+        _zone(tz)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": "solar", "event": "sunset", "lat": 59.91, "lon": 10.75}``."""
+        return {"type": self.type_name, "event": self.event, "lat": self.lat, "lon": self.lon}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> solar:
+        """The inverse of ``to_dict``."""
+        keys = {"event", "lat", "lon"}
+        _check_keys(data, cls.type_name, required=keys, allowed=keys)
+        return cls(data["event"], data["lat"], data["lon"])
+
+
 # --------------------------------------------------------------------------- helpers
 
-_KINDS: dict[str, type[schedule] | type[crontab]] = {
+_KINDS: dict[str, type[schedule] | type[crontab] | type[solar]] = {
     schedule.type_name: schedule,
     crontab.type_name: crontab,
+    solar.type_name: solar,
 }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -215,12 +214,13 @@ class _Rewriter(cst.CSTTransformer):
                 self._check_setting(node, name.value)
 
     def _check_setting(self, node: cst.CSTNode, name: str) -> None:
-        from conveyor.config import IGNORED_CELERY_SETTINGS, Settings
+        from conveyor._no_effect import NO_EFFECT
+        from conveyor.config import Settings
 
         key = name[len("CELERY_"):].lower()
-        if key in IGNORED_CELERY_SETTINGS:
-            self._note(node, f"{name} has no effect in Conveyor: {IGNORED_CELERY_SETTINGS[key]}")
-        elif key not in {f.name for f in fields(Settings)}:
+        if key in NO_EFFECT:
+            self._note(node, f"{name} has no effect in Conveyor: {NO_EFFECT[key].reason}")
+        elif key not in Settings.known():
             self._note(node, f"{name} is not a Conveyor setting: the app would refuse it "
                              "(see docs/settings.md)")
 

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from conveyor.exceptions import ConfigurationError
 from conveyor.results.base import ResultStore, Stored
 from conveyor.results.record import ResultRecord
 
 __all__ = ["ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
 
+_ALTERNATIVES = "use sqlite:///path.db, redis://host:port/db, memory:// or django-db"
 
-def result_store_from_url(url: str) -> ResultStore:
-    """Open the store a URL names: ``sqlite://``, ``redis://``, ``memory://``, ``django-db``."""
+
+def result_store_from_url(url: str, options: dict[str, Any] | None = None,
+                          retry: tuple[float, float, float] | None = None) -> ResultStore:
+    """Open the store a URL names: ``sqlite://``, ``redis://``, ``memory://``, ``django-db``,
+    or Celery's ``db+sqlite:///path``.
+
+    ``options`` configure a Redis store's client; ``retry`` (max retries,
+    first sleep, max sleep) wraps the store so that calls which could not
+    reach it are retried (Celery's ``result_backend_always_retry``).
+    """
+    store = _open(_from_sqlalchemy_form(url), dict(options or {}))
+    if retry is not None:
+        from conveyor.results.retrying import RetryingResultStore
+
+        store = RetryingResultStore(store, *retry)
+    return store
+
+
+def _open(url: str, options: dict[str, Any]) -> ResultStore:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url
+    if scheme in ("redis", "rediss", "unix"):
+        from conveyor.results.redis import RedisResultStore
+
+        return RedisResultStore(url, **options)
+    if options:
+        raise ConfigurationError(
+            f"result_backend_transport_options ({', '.join(sorted(options))}) apply to Redis "
+            f"result stores, not {scheme}")
     if scheme == "memory":
         from conveyor.results.memory import MemoryResultStore
 
@@ -20,15 +48,39 @@ def result_store_from_url(url: str) -> ResultStore:
         from conveyor.results.sqlite import SQLiteResultStore
 
         return SQLiteResultStore(url)
-    if scheme in ("redis", "rediss", "unix"):
-        from conveyor.results.redis import RedisResultStore
-
-        return RedisResultStore(url)
     if scheme in ("django-db", "django"):
         from conveyor.contrib.django.results import DjangoResultStore
 
         return DjangoResultStore()
+    raise ConfigurationError(f"result_backend {_safe(url)!r}: unsupported scheme; {_ALTERNATIVES}")
+
+
+def _from_sqlalchemy_form(url: str) -> str:
+    """Celery's SQLAlchemy backend URLs: ``db+sqlite:///path`` is Conveyor's SQLite store.
+
+    Other ``db+`` databases are refused by name: a PostgreSQL result store
+    does not exist yet, and MySQL and the rest are not planned.
+    """
+    if not url.lower().startswith("db+"):
+        return url
+    inner = url[3:]
+    dialect = inner.split("://", 1)[0].split("+", 1)[0].lower()
+    if dialect == "sqlite":
+        return "sqlite://" + inner.split("://", 1)[1] if "://" in inner else inner
+    if dialect in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"result_backend {_safe(url)!r}: Conveyor has no PostgreSQL result store yet; "
+            "meanwhile use redis://host:port/db, sqlite:///path.db or django-db (which keeps "
+            "results in your Django database, PostgreSQL included)")
     raise ConfigurationError(
-        f"result_backend {url!r}: unsupported scheme; use sqlite:///path.db, "
-        "redis://host:port/db, memory:// or django-db"
-    )
+        f"result_backend {_safe(url)!r}: Celery's SQLAlchemy backend for {dialect} has no "
+        f"counterpart here; {_ALTERNATIVES}, or db+sqlite:///path.db")
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"

@@ -236,7 +236,8 @@ class Executor:
         log.warning("task %s[%s] failed: %r", shown, request.id, exc,
                     extra={"task_name": shown, "task_id": request.id})
         stored = True
-        if not _ignored(task, request) or request.message.chord:
+        if (not _ignored(task, request) or request.message.chord
+                or self.app.conf.task_store_errors_even_if_ignored):
             stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
                                        date_started=started)
         if not stored:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -98,12 +99,16 @@ class Worker:
     def run(self, install_signals: bool = True) -> None:
         """Serve until shut down (blocks)."""
         self.app.finalize()
+        self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         from conveyor.worker.ratelimit import RateLimits
 
         # Before the pool forks: its children share the per-worker slots.
         self.rate_limits = RateLimits.for_app(self.app)
         if install_signals:
             self._install_signals()
+        address = _safe_url(self.app.conf.broker_url)
+        if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
+            return
         self._pool = self._make_pool()
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),

@@ -14,6 +14,7 @@ from conveyor.contrib.django.models import (
     CrontabSchedule,
     IntervalSchedule,
     PeriodicTask,
+    SolarSchedule,
     TaskResult,
 )
 from conveyor.contrib.django.results import DjangoResultStore
@@ -52,10 +53,11 @@ def test_periodic_task_pages_render(admin_client: Client, periodic: PeriodicTask
     assert b'<datalist id="id_task_choices">' in add.content
     assert b'<option value="tests.django.testapp.tasks.add">' in add.content
     change = admin_client.get(reverse("admin:conveyor_periodictask_change", args=[periodic.pk]))
-    assert change.status_code == 200 and b"run_now" not in change.content
+    assert change.status_code == 200 and b"run_tasks" not in change.content
 
 
-@pytest.mark.parametrize("model", [IntervalSchedule, CrontabSchedule, ClockedSchedule],
+@pytest.mark.parametrize("model", [IntervalSchedule, CrontabSchedule, ClockedSchedule,
+                                   SolarSchedule],
                          ids=lambda m: m.__name__)
 def test_schedule_pages_render(admin_client: Client, app: Any, model: Any) -> None:
     name = model._meta.model_name
@@ -80,10 +82,10 @@ def test_adding_a_periodic_task_validates_the_schedule(admin_client: Client, app
     assert PeriodicTask.objects.get(name="n").interval == every
 
 
-def test_run_now_enable_and_disable_actions(admin_client: Client, app: Any,
-                                            periodic: PeriodicTask) -> None:
+def test_run_enable_and_disable_actions(admin_client: Client, app: Any,
+                                        periodic: PeriodicTask) -> None:
     url = reverse("admin:conveyor_periodictask_changelist")
-    response = admin_client.post(url, {"action": "run_now", "_selected_action": [periodic.pk]},
+    response = admin_client.post(url, {"action": "run_tasks", "_selected_action": [periodic.pk]},
                                  follow=True)
     assert b"Sent 1 task" in response.content
     (delivery,) = app.broker.reserve(["orders"], 1, 30, 1)

@@ -16,6 +16,7 @@ from conveyor.contrib.django.models import (
     IntervalSchedule,
     PeriodicTask,
     PeriodicTasks,
+    SolarSchedule,
     TaskResult,
 )
 from conveyor.contrib.django.schedulers import NEVER, DatabaseScheduler, clocked
@@ -26,7 +27,8 @@ UTC = timezone.utc
 
 # The names django-celery-beat and django-celery-results users' code and data rely on.
 COMPATIBLE_FIELDS = {
-    PeriodicTask: ["name", "task", "interval", "crontab", "clocked", "args", "kwargs", "queue",
+    PeriodicTask: ["name", "task", "interval", "crontab", "solar", "clocked", "args", "kwargs",
+                   "queue",
                    "exchange", "routing_key", "headers", "priority", "expires",
                    "expire_seconds", "one_off", "start_time", "enabled", "last_run_at",
                    "total_run_count", "date_changed", "description"],
@@ -34,6 +36,7 @@ COMPATIBLE_FIELDS = {
     CrontabSchedule: ["minute", "hour", "day_of_week", "day_of_month", "month_of_year",
                       "timezone"],
     ClockedSchedule: ["clocked_time"],
+    SolarSchedule: ["event", "latitude", "longitude"],
     TaskResult: ["task_id", "periodic_task_name", "task_name", "task_args", "task_kwargs",
                  "status", "worker", "content_type", "content_encoding", "result",
                  "date_created", "date_started", "date_done", "traceback", "meta"],
@@ -62,7 +65,8 @@ def test_settings_entries_are_written_to_the_database(app: Any) -> None:
     assert row.from_settings and row.enabled
     assert (row.task, row.queue, json.loads(row.args)) == (
         "tests.django.testapp.tasks.add", "beat", [1, 2])
-    assert (row.interval.every, row.interval.period) == (1, "hours")
+    # Stored as django-celery-beat stores it: whole seconds.
+    assert (row.interval.every, row.interval.period) == (3600, "seconds")
 
 
 def test_settings_sync_keeps_admin_choices_and_drops_removed_entries(app: Any) -> None:
@@ -77,7 +81,7 @@ def test_settings_sync_keeps_admin_choices_and_drops_removed_entries(app: Any) -
     assert (kept.enabled, kept.total_run_count) == (False, 7)
     assert set(PeriodicTask.objects.values_list("name", flat=True)) == {"settings-tick",
                                                                         "admin-made"}
-    assert IntervalSchedule.objects.filter(every=1, period="hours").count() == 1
+    assert IntervalSchedule.objects.filter(every=3600, period="seconds").count() == 1
 
 
 def test_crontab_settings_entry_keeps_its_zone(app: Any) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import conveyor
 from conveyor import Conveyor, shared_task, states
-from conveyor.config import ConfigWarning, Settings
+from conveyor.config import Settings
 from conveyor.exceptions import (
     ConfigurationError,
     ContentDisallowed,
@@ -66,15 +66,16 @@ def test_wrong_type_names_key_and_value() -> None:
         Settings().update({"worker_pool": "gevent"})
 
 
-def test_celery_only_settings_warn_instead_of_failing() -> None:
-    with pytest.warns(ConfigWarning, match="task_always_eager is ignored by Conveyor"):
-        Settings().update({"task_always_eager": True})
+def test_celery_only_settings_load_and_are_named_at_worker_start() -> None:
+    """More in tests/unit/test_settings_celery.py: one warning when a worker starts."""
+    conf = Settings()
+    conf.update({"task_always_eager": True})
+    assert conf.task_always_eager is True
+    assert "task_always_eager (implemented in" in (conf.warn_no_effect() or "")
 
 
-def test_celery_include_is_named_imports_here() -> None:
-    with pytest.raises(ConfigurationError,
-                       match=r"include is called imports in Conveyor \(same meaning\); rename"):
-        Settings().update({"include": ["proj.tasks"]})
+def test_celery_include_and_imports_both_load() -> None:
+    Settings().update({"include": ["proj.tasks"]})
     app = make_app(imports=["tests.unit.pkg_autodiscover.beta.tasks"])
     assert "tests.unit.pkg_autodiscover.beta.tasks" not in sys.modules
     app.finalize()

@@ -2,9 +2,11 @@
 
 Periodic tasks: the task field suggests the names registered in the
 project's Conveyor app (typing any other name is allowed: the worker may
-know tasks this web process does not), and the actions enable, disable or
-send the selected tasks now.  Changes are picked up by a running beat
-within a few seconds.
+know tasks this web process does not), and the actions are
+django-celery-beat's: enable, disable, toggle, or run the selected tasks
+now.  Disabling forgets the last run, as django-celery-beat does, so a task
+enabled again starts afresh.  Changes are picked up by a running beat within
+a few seconds.
 
 Task results are written by workers, so their admin shows and searches them
 but offers no way to add or edit one.
@@ -17,7 +19,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Case, DateTimeField, F, QuerySet, Value, When
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -31,6 +33,7 @@ from conveyor.contrib.django.models import (
     IntervalSchedule,
     PeriodicTask,
     PeriodicTasks,
+    SolarSchedule,
     TaskResult,
 )
 from conveyor.serialization import from_jsonable
@@ -86,14 +89,14 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "one_off", "from_settings", "task", "queue")
     search_fields = ("name", "task", "description")
     readonly_fields = ("last_run_at", "total_run_count", "date_changed", "from_settings")
-    actions = ("run_now", "enable_tasks", "disable_tasks")
-    list_select_related = ("interval", "crontab", "clocked")
+    actions = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks")
+    list_select_related = ("interval", "crontab", "solar", "clocked")
     fieldsets = (
         (None, {"fields": ("name", "task", "enabled", "description")}),
-        (_("Schedule"), {"fields": ("interval", "crontab", "clocked", "start_time",
+        (_("Schedule"), {"fields": ("interval", "crontab", "solar", "clocked", "start_time",
                                     "expires", "one_off"),
-                         "description": _("Choose exactly one of interval, crontab or "
-                                          "clocked.")}),
+                         "description": _("Choose exactly one of interval, crontab, solar "
+                                          "or clocked.")}),
         (_("Arguments"), {"fields": ("args", "kwargs")}),
         (_("Sending"), {"fields": ("queue", "priority", "expire_seconds", "headers",
                                    "exchange", "routing_key"),
@@ -106,8 +109,8 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
     def schedule_description(self, obj: PeriodicTask) -> str:
         return obj.schedule_description
 
-    @admin.action(description=_("Run selected tasks now"))
-    def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+    @admin.action(description=_("Run selected tasks"))
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         app = conveyor_app()
         sent: list[str] = []
         for row in queryset:
@@ -117,8 +120,9 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
             except ValueError as exc:
                 self.message_user(request, f"{row.name}: bad arguments ({exc})", messages.ERROR)
                 continue
-            options = {"queue": row.queue} if row.queue else {}
-            result = app.send_task(row.task, args, kwargs, **options)
+            options: dict[str, Any] = {"queue": row.queue} if row.queue else {}
+            result = app.send_task(row.task, args, kwargs,
+                                   headers={"periodic_task_name": row.name}, **options)
             sent.append(f"{row.name} → {result.id}")
         if sent:
             self.message_user(request, ngettext("Sent %(n)d task: %(ids)s",
@@ -127,17 +131,25 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Enable selected tasks"))
     def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
-        self._set_enabled(request, queryset, True)
+        self._report(request, queryset.update(enabled=True), _("enabled"))
 
     @admin.action(description=_("Disable selected tasks"))
     def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
-        self._set_enabled(request, queryset, False)
+        self._report(request, queryset.update(enabled=False, last_run_at=None), _("disabled"))
 
-    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[PeriodicTask],
-                     enabled: bool) -> None:
-        count = queryset.update(enabled=enabled)
+    @admin.action(description=_("Toggle activity of selected tasks"))
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        # One statement, so a task changed meanwhile is flipped from what it is now.
+        # Tasks it disables forget their last run, as the disable action's do.
+        count = queryset.update(
+            enabled=Case(When(enabled=True, then=Value(False)), default=Value(True)),
+            last_run_at=Case(When(enabled=True, then=Value(None, output_field=DateTimeField())),
+                             default=F("last_run_at")),
+        )
+        self._report(request, count, _("toggled"))
+
+    def _report(self, request: HttpRequest, count: int, word: Any) -> None:
         PeriodicTasks.update_changed()
-        word = _("enabled") if enabled else _("disabled")
         self.message_user(request, ngettext("%(n)d task %(word)s", "%(n)d tasks %(word)s", count)
                           % {"n": count, "word": word}, messages.SUCCESS)
 
@@ -158,6 +170,12 @@ class CrontabScheduleAdmin(admin.ModelAdmin):
 @admin.register(ClockedSchedule)
 class ClockedScheduleAdmin(admin.ModelAdmin):
     list_display = ("__str__", "clocked_time")
+
+
+@admin.register(SolarSchedule)
+class SolarScheduleAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "event", "latitude", "longitude")
+    list_filter = ("event",)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

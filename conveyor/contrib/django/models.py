@@ -10,9 +10,13 @@ django-celery-beat / -results             here
 ``CrontabSchedule(minute, hour, ...,      same (``timezone`` is an IANA name)
 timezone)``
 ``ClockedSchedule(clocked_time)``         same
+``SolarSchedule(event, latitude,          same (needs ``conveyor[solar]`` to run)
+longitude)``
 ``PeriodicTask(name, task, interval,      same, plus ``from_settings`` (rows written
-crontab, clocked, args, kwargs, queue,    from ``beat_schedule``)
-..., last_run_at, total_run_count)``
+crontab, solar, clocked, args, kwargs,    from ``beat_schedule``)
+queue, ..., last_run_at,
+total_run_count)``
+``PeriodicTask.objects.enabled()``        same
 ``PeriodicTasks.update_changed()``        same (informational: the scheduler reloads)
 ``TaskResult(task_id, status, result,     same, plus ``retries``, ``queue`` and the
 traceback, date_done, ...)``              stored record (``payload``, ``expires_at``)
@@ -23,6 +27,7 @@ traceback, date_done, ...)``              stored record (``payload``, ``expires_
 
 Tables (app label ``conveyor``): ``conveyor_intervalschedule``,
 ``conveyor_crontabschedule``, ``conveyor_clockedschedule``,
+``conveyor_solarschedule`` (unique ``(event, latitude, longitude)``),
 ``conveyor_periodictask``, ``conveyor_periodictasks``, ``conveyor_taskresult``
 (unique ``task_id``; indexes on ``status``, ``task_name``, ``date_done``,
 ``expires_at``), ``conveyor_groupresult``, ``conveyor_chordcounter`` (unique
@@ -33,18 +38,20 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from conveyor import states
+from conveyor import schedules, states
 from conveyor.contrib.django._time import aware
-from conveyor.schedules import Schedule, ScheduleError, crontab, schedule
+from conveyor.schedules import Schedule, ScheduleError, crontab, schedule, solar
 
 # --------------------------------------------------------------------------- validators
 
@@ -108,16 +115,36 @@ class IntervalSchedule(models.Model):
         ordering = ["period", "every"]
 
     def __str__(self) -> str:
-        unit = self.period[:-1] if self.every == 1 else self.period
-        return f"every {self.every} {unit}"
+        if self.every == 1:  # "every minute", as django-celery-beat shows it
+            return f"every {self.period[:-1]}"
+        return f"every {self.every} {self.period}"
 
     def clean(self) -> None:
         if not self.every:
             raise ValidationError({"every": _("must be at least 1")})
 
     @property
+    def period_singular(self) -> str:
+        return self.period[:-1]
+
+    @property
     def schedule(self) -> Schedule:
         return schedule(timedelta(**{self.period: self.every}))
+
+    @classmethod
+    def from_schedule(cls, when: schedules.schedule, period: str = SECONDS) -> IntervalSchedule:
+        """The row for ``when`` in ``period`` units (saved or not), as django-celery-beat's.
+
+        django-celery-beat stores a schedule read from settings in whole
+        seconds (``every=300, period="seconds"`` for five minutes), so this
+        finds the rows its code made.  An interval that is not a whole number
+        of ``period`` is refused rather than rounded.
+        """
+        every, rest = divmod(when.run_every, timedelta(**{period: 1}))
+        if rest or every < 1:
+            raise ScheduleError(f"{when!r} is not a whole number of {period}")
+        found = cls.objects.filter(every=every, period=period).order_by("pk").first()
+        return found if found is not None else cls(every=every, period=period)
 
 
 class CrontabSchedule(models.Model):
@@ -154,6 +181,71 @@ class CrontabSchedule(models.Model):
                        day_of_month=self.day_of_month, month_of_year=self.month_of_year,
                        tz=self.timezone or None)
 
+    @classmethod
+    def from_schedule(cls, when: schedules.crontab) -> CrontabSchedule:
+        """The row for ``when`` (saved or not), as django-celery-beat's; a crontab that
+        follows the app's zone is stored in the project's default zone."""
+        data = when.to_dict()
+        spec = {name: data[name] for name in ("minute", "hour", "day_of_week",
+                                              "day_of_month", "month_of_year")}
+        spec["timezone"] = data["tz"] or default_timezone()
+        found = cls.objects.filter(**spec).order_by("pk").first()
+        return found if found is not None else cls(**spec)
+
+
+#: django-celery-beat's solar events, in its order, with its labels.
+SOLAR_SCHEDULES = [
+    ("dawn_astronomical", _("Astronomical dawn")),
+    ("dawn_civil", _("Civil dawn")),
+    ("dawn_nautical", _("Nautical dawn")),
+    ("dusk_astronomical", _("Astronomical dusk")),
+    ("dusk_civil", _("Civil dusk")),
+    ("dusk_nautical", _("Nautical dusk")),
+    ("solar_noon", _("Solar noon")),
+    ("sunrise", _("Sunrise")),
+    ("sunset", _("Sunset")),
+]
+
+
+class SolarSchedule(models.Model):
+    """At a solar event (sunrise, sunset, a dawn or dusk, solar noon) at a place."""
+
+    event = models.CharField(_("solar event"), max_length=24, choices=SOLAR_SCHEDULES)
+    latitude = models.DecimalField(
+        _("latitude"), max_digits=9, decimal_places=6,
+        validators=[MinValueValidator(-90), MaxValueValidator(90)],
+        help_text=_("Degrees, north positive"))
+    longitude = models.DecimalField(
+        _("longitude"), max_digits=9, decimal_places=6,
+        validators=[MinValueValidator(-180), MaxValueValidator(180)],
+        help_text=_("Degrees, east positive"))
+
+    class Meta:
+        verbose_name = _("solar event")
+        verbose_name_plural = _("solar events")
+        ordering = ["event", "latitude", "longitude"]
+        unique_together = [("event", "latitude", "longitude")]
+
+    def __str__(self) -> str:
+        return f"{self.get_event_display()} ({self.latitude}, {self.longitude})"
+
+    @property
+    def schedule(self) -> Schedule:
+        return solar(self.event, float(self.latitude), float(self.longitude))
+
+    @classmethod
+    def from_schedule(cls, when: schedules.solar) -> SolarSchedule:
+        """The row for ``when`` (saved or not), as django-celery-beat's."""
+        spec = {"event": when.event, "latitude": stored_degrees(when.lat),
+                "longitude": stored_degrees(when.lon)}
+        found = cls.objects.filter(**spec).first()
+        return found if found is not None else cls(**spec)
+
+
+def stored_degrees(degrees: float) -> Decimal:
+    """Degrees as the latitude/longitude columns keep them: six decimal places (~10 cm)."""
+    return Decimal(repr(degrees)).quantize(Decimal("0.000001"))
+
 
 class ClockedSchedule(models.Model):
     """Once, at ``clocked_time`` (its periodic task must be ``one_off``)."""
@@ -174,12 +266,30 @@ class ClockedSchedule(models.Model):
 
         return clocked(aware(self.clocked_time))
 
+    @classmethod
+    def from_schedule(cls, when: Any) -> ClockedSchedule:
+        """The row for a ``clocked`` schedule (saved or not), as django-celery-beat's."""
+        found = cls.objects.filter(clocked_time=when.clocked_time).order_by("pk").first()
+        return found if found is not None else cls(clocked_time=when.clocked_time)
+
 
 # --------------------------------------------------------------------------- periodic tasks
 
 
+class PeriodicTaskQuerySet(models.QuerySet["PeriodicTask"]):
+    """``PeriodicTask.objects``: django-celery-beat's manager methods."""
+
+    def enabled(self) -> PeriodicTaskQuerySet:
+        """Enabled rows, with their schedule rows fetched in the same query."""
+        return self.filter(enabled=True).select_related("interval", "crontab", "solar",
+                                                        "clocked")
+
+
+SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
+
+
 class PeriodicTask(models.Model):
-    """A task beat sends on one of the three kinds of schedule."""
+    """A task beat sends on one of the four kinds of schedule."""
 
     name = models.CharField(_("name"), max_length=200, unique=True,
                             help_text=_("A short description that identifies this entry"))
@@ -189,6 +299,8 @@ class PeriodicTask(models.Model):
                                  null=True, blank=True, verbose_name=_("interval schedule"))
     crontab = models.ForeignKey(CrontabSchedule, on_delete=models.CASCADE,
                                 null=True, blank=True, verbose_name=_("crontab schedule"))
+    solar = models.ForeignKey(SolarSchedule, on_delete=models.CASCADE,
+                              null=True, blank=True, verbose_name=_("solar schedule"))
     clocked = models.ForeignKey(ClockedSchedule, on_delete=models.CASCADE,
                                 null=True, blank=True, verbose_name=_("clocked schedule"))
     args = models.TextField(_("positional arguments"), blank=True, default="[]",
@@ -224,6 +336,8 @@ class PeriodicTask(models.Model):
         _("from settings"), default=False, editable=False,
         help_text=_("Written from beat_schedule when beat starts; edit the settings"))
 
+    objects = PeriodicTaskQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("periodic task")
         verbose_name_plural = _("periodic tasks")
@@ -233,8 +347,10 @@ class PeriodicTask(models.Model):
         return f"{self.name}: {self.schedule_description}"
 
     @property
-    def schedule_model(self) -> IntervalSchedule | CrontabSchedule | ClockedSchedule | None:
-        return self.interval or self.crontab or self.clocked
+    def schedule_model(
+        self,
+    ) -> IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule | None:
+        return self.interval or self.crontab or self.solar or self.clocked
 
     @property
     def schedule(self) -> Schedule:
@@ -249,16 +365,20 @@ class PeriodicTask(models.Model):
         return str(chosen) if chosen is not None else "no schedule"
 
     def clean(self) -> None:
-        chosen = [f for f in ("interval", "crontab", "clocked") if getattr(self, f"{f}_id")]
+        chosen = [f for f in SCHEDULE_KINDS if getattr(self, f"{f}_id")]
         if len(chosen) != 1:
-            raise ValidationError(_("Choose exactly one schedule: interval, crontab or "
-                                    "clocked."))
+            raise ValidationError(_("Choose exactly one schedule: interval, crontab, solar "
+                                    "or clocked."))
         if self.clocked_id and not self.one_off:
             raise ValidationError({"one_off": _("A clocked schedule runs once: tick one-off.")})
         if self.priority is not None and self.priority > 9:
             raise ValidationError({"priority": _("0..9, 9 most urgent")})
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        # As django-celery-beat: a disabled task forgets its last run, so that
+        # enabling it again starts it afresh instead of catching up on the pause.
+        if not self.enabled:
+            self.last_run_at = None
         super().save(*args, **kwargs)
         PeriodicTasks.update_changed()
 
@@ -394,6 +514,8 @@ __all__ = [
     "GroupResult",
     "IntervalSchedule",
     "PeriodicTask",
+    "PeriodicTaskQuerySet",
     "PeriodicTasks",
+    "SolarSchedule",
     "TaskResult",
 ]

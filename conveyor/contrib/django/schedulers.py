@@ -12,7 +12,13 @@ At start the ``beat_schedule`` setting is written into the database, so
 settings entries show in the admin beside the others: rows are created or
 updated by name and marked ``from_settings``; such rows whose name left the
 setting are deleted.  ``enabled`` and the run history of a settings row are
-kept, so an operator can pause a settings entry from the admin.
+kept, so an operator can pause a settings entry from the admin.  Schedules
+are stored as django-celery-beat stores them: an interval in whole seconds
+(``every=300, period="seconds"`` for ``300`` or ``timedelta(minutes=5)``;
+an interval with a fraction of a second in microseconds, which
+django-celery-beat cannot store), so ``IntervalSchedule.objects
+.get_or_create(every=300, period=IntervalSchedule.SECONDS)`` finds the row
+beat wrote; a ``solar`` schedule as a ``SolarSchedule`` row.
 
 A row that cannot be turned into an entry (bad JSON, bad crontab field) is
 skipped with an error in the log instead of stopping beat.  If the database
@@ -40,6 +46,8 @@ from conveyor.contrib.django.models import (
     IntervalSchedule,
     PeriodicTask,
     PeriodicTasks,
+    SolarSchedule,
+    stored_degrees,
 )
 from conveyor.scheduler import Entry, Scheduler
 from conveyor.schedules import (
@@ -49,6 +57,7 @@ from conveyor.schedules import (
     as_schedule,
     crontab,
     schedule,
+    solar,
 )
 from conveyor.serialization import from_jsonable, to_jsonable
 
@@ -122,8 +131,7 @@ class DatabaseScheduler(Scheduler):
         return list(entries)
 
     def _enabled_rows(self) -> list[PeriodicTask]:
-        return list(PeriodicTask.objects.using(self.db).filter(enabled=True)
-                    .select_related("interval", "crontab", "clocked"))
+        return list(PeriodicTask.objects.using(self.db).enabled())
 
     def last_run(self, name: str) -> datetime | None:
         """``last_run_at``; a clocked entry that never ran counts as armed at its clock time.
@@ -173,7 +181,7 @@ class DatabaseScheduler(Scheduler):
             args = tuple(from_jsonable(json.loads(row.args or "[]")))
             kwargs = from_jsonable(json.loads(row.kwargs or "{}"))
             options = _options(row)
-        except (ScheduleError, ValueError, TypeError) as exc:
+        except (ScheduleError, ValueError, TypeError, ImportError) as exc:
             log.error("periodic task %r skipped: %s", row.name, exc)
             return None
         if not isinstance(kwargs, dict):
@@ -205,7 +213,7 @@ class DatabaseScheduler(Scheduler):
         for name, spec in specs.items():
             try:
                 fields = self._fields_from_spec(name, spec)
-            except (ScheduleError, KeyError, TypeError, ValueError) as exc:
+            except (ScheduleError, KeyError, TypeError, ValueError, ImportError) as exc:
                 log.error("beat_schedule entry %r not written to the database: %s", name, exc)
                 continue
             row = PeriodicTask.objects.using(self.db).filter(name=name).first()
@@ -238,7 +246,7 @@ class DatabaseScheduler(Scheduler):
             "headers": json.dumps(options.get("headers") or {}),
             "one_off": False,
             "from_settings": True,
-            "interval": None, "crontab": None, "clocked": None,
+            "interval": None, "crontab": None, "solar": None, "clocked": None,
             "description": spec.get("description") or "From the beat_schedule setting.",
         }
         kind, row = self._schedule_row(as_schedule(spec["schedule"]))
@@ -256,6 +264,10 @@ class DatabaseScheduler(Scheduler):
                 CrontabSchedule, self.db, minute=data["minute"], hour=data["hour"],
                 day_of_week=data["day_of_week"], day_of_month=data["day_of_month"],
                 month_of_year=data["month_of_year"], timezone=data["tz"] or self.tz)
+        if isinstance(when, solar):
+            return "solar", _first_or_create(
+                SolarSchedule, self.db, event=when.event, latitude=stored_degrees(when.lat),
+                longitude=stored_degrees(when.lon))
         if isinstance(when, clocked):
             return "clocked", _first_or_create(ClockedSchedule, self.db,
                                                clocked_time=to_db(when.clocked_time))
@@ -278,19 +290,12 @@ def _aware_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else aware(value).astimezone(_UTC)
 
 
-_UNITS = (("days", 86400), ("hours", 3600), ("minutes", 60), ("seconds", 1))
-
-
 def _interval_parts(every: timedelta) -> tuple[int, str]:
-    """The largest whole unit: 300 s is "5 minutes" in the admin."""
+    """Whole seconds, as django-celery-beat stores intervals; microseconds for a fraction."""
     micros = every // timedelta(microseconds=1)
     if micros % 1_000_000:
         return micros, IntervalSchedule.MICROSECONDS
-    seconds = micros // 1_000_000
-    for unit, size in _UNITS:
-        if seconds % size == 0:
-            return seconds // size, unit
-    return seconds, IntervalSchedule.SECONDS
+    return micros // 1_000_000, IntervalSchedule.SECONDS
 
 
 def _first_or_create(model: Any, using: str, **fields: Any) -> Any:
