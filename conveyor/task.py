@@ -153,7 +153,7 @@ class Task:
 
     @property
     def acks_on_failure(self) -> bool:
-        """Celery 5.5's split of ``acks_on_failure_or_timeout``: option, setting, then it."""
+        """Celery 5.6's split of ``acks_on_failure_or_timeout``: option, setting, then it."""
         for value in (self.options.acks_on_failure, self.app.conf.task_acks_on_failure):
             if value is not None:
                 return value

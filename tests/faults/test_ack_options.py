@@ -84,7 +84,7 @@ def test_reject_on_worker_lost_false_fails_with_worker_lost(
 @pytest.mark.parametrize("name", ["fails_unacked", "fails_acks_on_failure_off"])
 def test_failure_without_ack_is_rejected_to_the_dead_letters(
         client: Conveyor, worker: Workers, ledger: Ledger, name: str) -> None:
-    """Celery: on_failure with acks_on_failure_or_timeout=False (or 5.5's
+    """Celery: on_failure with acks_on_failure_or_timeout=False (or 5.6's
     acks_on_failure=False) rejects the message without requeue (RabbitMQ routes
     it to a dead-letter exchange); here it goes to the dead-letter queue with
     the reason, and the FAILURE is recorded."""
@@ -118,7 +118,7 @@ def test_hard_timeout_with_ack_runs_once(client: Conveyor, worker: Workers,
 
 def test_acks_on_timeout_off_still_acks_a_plain_failure(
         client: Conveyor, worker: Workers, ledger: Ledger) -> None:
-    """Celery 5.5: acks_on_timeout applies to time limits only; a failure is acked."""
+    """Celery 5.6: acks_on_timeout applies to time limits only; a failure is acked."""
     task_id = client.send_task(f"{APP}.fails_acks_on_timeout_off").id
     wait_for(lambda: final_state(client, task_id) == "FAILURE", 30, "the failure record")
     wait_for(lambda: empty(client), 10, "the ack")
