@@ -8,6 +8,7 @@ from __future__ import annotations
 from conveyor._current import current_app
 from conveyor.app import Conveyor, shared_task
 from conveyor.canvas import Signature, chain, chord, chunks, group, signature
+from conveyor.queues import Queue
 from conveyor.result import AsyncResult, GroupResult, ResultSet
 from conveyor.task import Task
 
@@ -17,6 +18,7 @@ __all__ = [
     "AsyncResult",
     "Conveyor",
     "GroupResult",
+    "Queue",
     "ResultSet",
     "Signature",
     "Task",

@@ -245,16 +245,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "task_always_eager": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_eager_propagates": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_store_eager_result": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "worker_hijack_root_logger": NoEffect("bool", True,
-                                          _slice("signals")),  # owned by slice signals
-    "worker_task_log_format": NoEffect("str", None, _slice("signals")),  # owned by slice signals
-    "worker_log_color": NoEffect("bool", None, _slice("signals")),  # owned by slice signals
-    "worker_redirect_stdouts": NoEffect("bool", True, _slice("signals")),  # owned by slice signals
-    "worker_redirect_stdouts_level": NoEffect("str", "WARNING",
-                                              _slice("signals")),  # owned by slice signals
-    "task_queue_max_priority": NoEffect("int", None, _slice("canvas")),  # owned by slice canvas
-    "task_inherit_parent_priority": NoEffect("bool", False,
-                                             _slice("canvas")),  # owned by slice canvas
-    "task_create_missing_queues": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
-    "enable_utc": NoEffect("bool", True, _slice("canvas")),  # owned by slice canvas
+    "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
+                                        "SQLite every queue has priorities 0..9"),
 }

@@ -70,7 +70,6 @@ _CELERY_ONLY = {
     "visibility_timeout": "leases replace it (broker_lease_timeout, renewed while a task runs)",
     "fanout_prefix": "Conveyor has no fanout exchanges",
     "fanout_patterns": "Conveyor has no fanout exchanges",
-    "priority_steps": "all ten priorities 0..9 are always kept apart",
     "sep": "priority queues are separate keys, not name suffixes",
     "queue_order_strategy": "queues are always read in the order the worker lists them",
     "max_retries": "connection retries are the worker's job",

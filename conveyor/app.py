@@ -14,10 +14,10 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, signals, states
+from conveyor import _state, publishing, signals, states
+from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
     DEFAULT_BROKER_URL,
@@ -29,7 +29,14 @@ from conveyor.config import (
 )
 from conveyor.context import Request, running_request
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
-from conveyor.message import BodyTemplate, Message, new_id
+from conveyor.message import (
+    BodyTemplate,
+    Message,
+    eta_timestamp,
+    expires_timestamp,
+    new_id,
+)
+from conveyor.queues import check_declared, queue_name
 from conveyor.results import ResultRecord, ResultStore, result_store_from_url
 from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
@@ -69,6 +76,7 @@ class Conveyor:
         self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
         self._finalized = False
         self._routes: Routes | None = None
+        self._steps: tuple[Any, tuple[int, ...]] | None = None  # (setting, parsed)
         self._broker: tuple[int, Broker] | None = None
         self._results: tuple[int, ResultStore] | None = None
         if broker:
@@ -182,6 +190,7 @@ class Conveyor:
         if self._finalized:
             return
         self._finalized = True
+        signals.import_modules.send(sender=self)
         for module in [*self._include, *self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         for pkgs, related in self._autodiscover:
@@ -283,18 +292,21 @@ class Conveyor:
         Same result as :meth:`_message_with_options` with empty options, at
         half the cost: every option lookup, the ETA and the headers are skipped.
         """
-        routed = self.routes.route(name, args or (), kwargs or {}, {})
+        routed = self.routes.route(name, args or (), kwargs or {}, {}, task)
         topts = task.options if task is not None else None
         expires = topts.expires if topts is not None else None
+        # As _route decides, without building a dict per message.
+        queue = (topts and topts.queue) or routed.get("queue") or self.conf.task_default_queue
+        if not self.conf.task_create_missing_queues:
+            self._check_declared(queue)
         return Message(
             id=new_id(),
             task=name,
             args=tuple(args) if args else (),
             kwargs=dict(kwargs) if kwargs else {},
-            # As _route decides, without building a dict per message.
-            queue=routed.get("queue") or (topts and topts.queue) or self.conf.task_default_queue,
-            priority=_priority(routed.get("priority"), task, self),
-            expires=None if expires is None else _expires(expires),
+            queue=queue,
+            priority=_priority(None, routed, task, self, parent),
+            expires=None if expires is None else _expires(expires, self.conf),
             root_id=parent.root_id if parent else None,
             parent_id=parent.id if parent else None,
             content_type=content_type_for(
@@ -314,10 +326,11 @@ class Conveyor:
             args=tuple(args or ()),
             kwargs=dict(kwargs or {}),
             queue=route["queue"],
-            priority=_priority(options.get("priority", route.get("priority")), task, self),
+            priority=_priority(options.get("priority"), route, task, self, parent),
             retries=int(options.get("retries") or 0),
-            eta=_eta(options.get("eta"), options.get("countdown")),
-            expires=_expires(options.get("expires", task.options.expires if task else None)),
+            eta=_eta(options.get("eta"), options.get("countdown"), self.conf),
+            expires=_expires(options.get("expires", task.options.expires if task else None),
+                             self.conf),
             root_id=options.get("root_id") or (parent.root_id if parent else None),
             parent_id=options.get("parent_id") or (parent.id if parent else None),
             group_id=options.get("group_id"),
@@ -335,14 +348,18 @@ class Conveyor:
 
     def _route(self, name: str, task: Task | None, args: Any, kwargs: Any,
                options: dict[str, Any]) -> dict[str, Any]:
-        if options.get("queue"):
-            return {"queue": options["queue"]}
-        routed = self.routes.route(name, args or (), kwargs or {}, options)
-        if routed.get("queue"):
-            return routed
-        if task is not None and task.options.queue:
-            return {**routed, "queue": task.options.queue}
-        return {**routed, "queue": self.conf.task_default_queue}
+        """Celery's precedence for the queue: the call, the task, ``task_routes``, the default."""
+        routed = self.routes.route(name, args or (), kwargs or {}, options, task)
+        queue = (options.get("queue") or (task is not None and task.options.queue)
+                 or routed.get("queue") or self.conf.task_default_queue)
+        queue = queue_name(queue)
+        if not self.conf.task_create_missing_queues:
+            self._check_declared(queue)
+        return {**routed, "queue": queue}
+
+    def _check_declared(self, queue: str) -> None:
+        conf = self.conf
+        check_declared(queue, conf.task_queues, conf.task_default_queue)
 
     def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
         headers = dict(options.get("headers") or {})
@@ -374,6 +391,7 @@ class Conveyor:
 
         def send() -> None:
             self.broker.enqueue_many(envelopes)
+            publishing.after_envelopes(envelopes)
 
         if envelopes and not (on_commit and signals.defer_until_commit(send)):
             send()
@@ -389,12 +407,12 @@ class Conveyor:
         if task is not None and task.options.typing:
             for args, kwargs in calls:
                 task._check_arguments(args, kwargs)
-        if self.routes.by_name_only or options.get("queue"):
+        if (self.routes.by_name_only or options.get("queue")) and not publishing.watched():
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
         else:  # a router may look at each call's arguments
-            messages = [self._new_message(name, task, args, kwargs, options, parent)
-                        for args, kwargs in calls]
+            messages = publishing.before([self._new_message(name, task, args, kwargs, options,
+                                                            parent) for args, kwargs in calls])
             ids, envelopes = [m.id for m in messages], [self.envelope(m) for m in messages]
         if parent is not None:
             parent.children.extend(ids)
@@ -405,7 +423,7 @@ class Conveyor:
         template = BodyTemplate(prototype)
         limit = self.conf.task_message_max_bytes
         suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
-        queue, priority, eta = prototype.queue, prototype.priority, prototype.eta
+        queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
         ids: list[str] = []
         envelopes: list[Envelope] = []
         for args, kwargs in calls:
@@ -417,13 +435,25 @@ class Conveyor:
             envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
         return ids, envelopes
 
+    def broker_priority(self, message: Message) -> int:
+        """The step the broker orders ``message`` by (``priority_steps``, see conveyor.priority)."""
+        raw = self.conf.broker_transport_options.get("priority_steps")
+        cached = self._steps
+        if cached is None or cached[0] is not raw:
+            cached = self._steps = (raw, priorities.parse_steps(raw))
+        return priorities.step_of(message.priority, cached[1])
+
     def enqueue(self, messages: Sequence[Message], idempotency_key: str | None = None,
                 idempotency_ttl: float | None = None) -> list[str]:
         """Encode and store messages (one batch); returns the ids the broker holds."""
+        messages = publishing.before(messages)
         envelopes = [self.envelope(m, idempotency_key, idempotency_ttl) for m in messages]
         if len(envelopes) == 1:
-            return [self.broker.enqueue(envelopes[0])]
-        return self.broker.enqueue_many(envelopes)
+            ids = [self.broker.enqueue(envelopes[0])]
+        else:
+            ids = self.broker.enqueue_many(envelopes)
+        publishing.after(messages)
+        return ids
 
     def envelope(self, message: Message, idempotency_key: str | None = None,
                  idempotency_ttl: float | None = None) -> Envelope:
@@ -435,7 +465,7 @@ class Conveyor:
             id=broker_message_id(message),
             queue=message.queue,
             body=body,
-            priority=message.priority,
+            priority=self.broker_priority(message),
             eta=message.eta,
             idempotency_key=idempotency_key,
             idempotency_ttl=(idempotency_ttl or self.conf.idempotency_ttl)
@@ -580,38 +610,22 @@ def _origin(task: Task) -> tuple[str, str]:
     return (getattr(task.fn, "__module__", ""), getattr(task.fn, "__qualname__", ""))
 
 
-def _priority(value: Any, task: Task | None, app: Conveyor) -> int:
-    if value is None:
-        value = task.options.priority if task and task.options.priority is not None else None
-    if value is None:
-        value = app.conf.task_default_priority
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise ConfigurationError(f"priority must be an integer 0..9 (9 most urgent), got {value!r}")
-    return value
+def _priority(call: Any, route: Mapping[str, Any], task: Task | None, app: Conveyor,
+              parent: Request | None) -> int:
+    """Celery's precedence: the call, the task, the route, the parent, the default."""
+    conf = app.conf
+    inherited = (parent.delivery_info.get("priority")
+                 if parent is not None and conf.task_inherit_parent_priority else None)
+    return priorities.resolve(call, task.options.priority if task is not None else None,
+                            route.get("priority"), inherited, conf.task_default_priority)
 
 
-def _eta(eta: Any, countdown: Any) -> float | None:
-    if eta is not None and countdown is not None:
-        raise ValueError("pass either eta or countdown, not both")
-    if countdown is not None:
-        return time.time() + float(countdown)
-    if eta is None:
-        return None
-    if isinstance(eta, datetime):
-        if eta.tzinfo is None:
-            raise ValueError(f"eta {eta!r} is naive; pass an aware datetime (e.g. with tz=UTC)")
-        return eta.timestamp()
-    return float(eta)
+def _eta(eta: Any, countdown: Any, conf: Settings) -> float | None:
+    return eta_timestamp(eta, countdown, conf.enable_utc, conf.timezone)
 
 
-def _expires(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"expires {value!r} is naive; pass an aware datetime")
-        return value.timestamp()
-    return time.time() + float(value)
+def _expires(value: Any, conf: Settings) -> float | None:
+    return expires_timestamp(value, conf.enable_utc, conf.timezone)
 
 
 def _sig_dicts(value: Any) -> tuple[dict[str, Any], ...]:

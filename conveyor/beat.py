@@ -59,7 +59,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from conveyor import schedules
+from conveyor import schedules, signals
 from conveyor.beat_state import ALIVE_AT, CUTOFF, SCHEDULER, BeatState, open_beat_state
 from conveyor.config import load_object
 from conveyor.exceptions import BrokerError, ConfigurationError, ConveyorError
@@ -532,6 +532,9 @@ class Beat:
             self.app.finalize()
             if self._loaded_at is None:
                 self.load()
+            signals.beat_init.send(sender=self)
+            if self.thread is threading.current_thread():  # started by run_embedded
+                signals.beat_embedded_init.send(sender=self)
             log.info("beat %s starting: %d entries, scheduler %s, lease %gs, missed-tick "
                      "policy %r, time zone %s", self.holder, len(self.entries),
                      type(self.scheduler).__name__, self.lease_ttl, self.policy, self.tz.key)

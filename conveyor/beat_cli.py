@@ -35,10 +35,10 @@ def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: f
                  schedule_file: str | None, pidfile: str | None) -> None:
     """Send periodic tasks.  Run as many as you like: one leads, the others stand by."""
     from conveyor.beat import Beat, load_scheduler
-    from conveyor.log import setup_logging
+    from conveyor.log import setup_logging_for
 
     app = obj.app
-    setup_logging(loglevel, app.conf.worker_log_format)
+    setup_logging_for(app, loglevel)
     if schedule_file or pidfile:
         log.warning("beat: --schedule/--pidfile are ignored; run history lives in the broker "
                     "and any number of beat processes may run")

@@ -1,10 +1,12 @@
 """Canvas: task calls described as values, and compositions of them.
 
 A :class:`Signature` is one task call; :class:`chain`, :class:`group`,
-:class:`chord` and :class:`chunks` compose calls.  Every canvas value is
-immutable (``set``, ``link`` and ``|`` return new values) and turns into a
-JSON document with :meth:`Canvas.to_dict` and back with
-:meth:`Canvas.from_dict`; compositions carry a ``"subtask_type"`` key.
+:class:`chord` and :class:`chunks` compose calls.  As in Celery, ``set``,
+``link`` and ``link_error`` change the value they are called on (Celery code
+calls them without reassigning); ``|``, ``clone`` and freezing make new
+values.  Every canvas value turns into a JSON document with
+:meth:`Canvas.to_dict` and back with :meth:`Canvas.from_dict`; compositions
+carry a ``"subtask_type"`` key.
 
 Sending a composition first *freezes* it: every task call and every group
 gets its id, and options given to a composition are pushed down to the
@@ -89,18 +91,51 @@ class Canvas(abc.ABC):
         """A copy of this value with ``options`` replacing its options."""
 
     def set(self, **options: Any) -> Self:
-        """A copy with send options changed (``queue``, ``countdown``, ...)."""
+        """Change send options (``queue``, ``countdown``, ...) here; returns this value.
+
+        In place, as Celery's ``set``: ``sig.set(queue="q")`` alone is enough.
+        ``immutable=`` applies to the calls inside (Celery's ``set_immutable``).
+        """
+        immutable = options.pop("immutable", None)
+        if immutable is not None:
+            self.set_immutable(bool(immutable))
+        self.options.update(_callbacks_as_dicts(options))
+        return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        """Make the calls inside ignore (or take) the previous result, as Celery does."""
+        parts = getattr(self, "tasks", None)
+        if isinstance(self, chord):
+            parts = self.header.tasks  # as Celery: the body keeps its own setting
+        for part in parts or ():
+            part.set_immutable(immutable)
+
+    def copy_with(self, **options: Any) -> Self:
+        """A copy with send options changed; this value is left as it is."""
         return self._with_options({**self.options, **_callbacks_as_dicts(options)})
 
-    def link(self, callback: Canvas) -> Self:
-        """A copy that sends ``callback`` with the result on success."""
-        return self.set(link=_merged(self.options.get("link"), [callback.to_dict()]))
+    def link(self, callback: Canvas) -> Canvas:
+        """Send ``callback`` with the result on success; returns ``callback`` (as Celery).
 
-    def link_error(self, errback: Canvas) -> Self:
-        """A copy that sends ``errback`` with the failed task's id on failure."""
-        return self.set(link_error=_merged(self.options.get("link_error"), [errback.to_dict()]))
+        A signature dict (as messages carry them) is accepted too.
+        """
+        self.options["link"] = _merged(self.options.get("link"), [_as_dict(callback)])
+        return callback
 
-    on_error = link_error
+    def link_error(self, errback: Canvas) -> Canvas:
+        """Run ``errback`` on failure; returns ``errback`` (as Celery).
+
+        An errback task taking more than one positional argument is called
+        in the worker as ``errback(request, exc, traceback)``; one taking a
+        single argument is sent as a task with the failed task's id.
+        """
+        self.options["link_error"] = _merged(self.options.get("link_error"), [_as_dict(errback)])
+        return errback
+
+    def on_error(self, errback: Canvas) -> Self:
+        """Like :meth:`link_error`, but returns this value, for ``sig.on_error(e).delay()``."""
+        self.link_error(errback)
+        return self
 
     def __or__(self, other: object) -> Canvas:
         if not isinstance(other, Canvas):
@@ -123,7 +158,7 @@ class Canvas(abc.ABC):
         from conveyor import workflow
 
         on_commit = options.pop("on_commit", None)
-        node = self.set(**options) if options else self
+        node = self.copy_with(**options) if options else self
         return workflow.send(self.app, node, tuple(args or ()), dict(kwargs or {}), on_commit)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -159,7 +194,7 @@ class Canvas(abc.ABC):
 
 
 class Signature(Canvas):
-    """An immutable task call: name, args, kwargs, send options, callbacks."""
+    """One task call: name, args, kwargs, send options and callbacks."""
 
     __slots__ = ("args", "immutable", "kwargs", "task")
 
@@ -192,22 +227,29 @@ class Signature(Canvas):
 
     def clone(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Signature:
-        """A copy; ``args`` are appended and ``kwargs``/``options`` merged."""
+        """A copy with partial arguments applied (as Celery's ``clone``).
+
+        ``args`` are put before the signature's own and ``kwargs`` merged,
+        unless the signature is immutable; ``options`` are merged either way.
+        """
+        call_args, call_kwargs = self.partial(tuple(args or ()), dict(kwargs or {}))
         return Signature(
             self.task,
-            self.args + tuple(args or ()),
-            {**self.kwargs, **(kwargs or {})},
+            call_args,
+            call_kwargs,
             {**self.options, **_callbacks_as_dicts(options)},
             self.immutable,
             self._app,
         )
 
     def set(self, immutable: bool | None = None, **options: Any) -> Signature:
-        """A copy with send options changed (``queue``, ``countdown``, ...)."""
-        copy = self.clone(**options)
+        """Change send options (and ``immutable``) here; returns this signature."""
         if immutable is not None:
-            copy.immutable = immutable
-        return copy
+            self.immutable = immutable
+        return super().set(**options)
+
+    def set_immutable(self, immutable: bool) -> None:
+        self.immutable = immutable
 
     def partial(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[
             tuple[Any, ...], dict[str, Any]]:
@@ -231,16 +273,17 @@ class Signature(Canvas):
         return self.apply_async(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the task here, now."""
+        """Run the task here, now; partial arguments as :meth:`clone` applies them."""
         task = self.app.get_task(self.task)
-        return task(*(self.args + args), **{**self.kwargs, **kwargs})
+        call_args, call_kwargs = self.partial(args, kwargs)
+        return task(*call_args, **call_kwargs)
 
     # -- freezing ------------------------------------------------------------
     def freeze(self, ids: IdSource = random_ids) -> Signature:
-        return self if "task_id" in self.options else self.set(task_id=ids())
+        return self if "task_id" in self.options else self.copy_with(task_id=ids())
 
     def _named(self, task_id: str) -> Signature:
-        return self.set(task_id=task_id)
+        return self.copy_with(task_id=task_id)
 
     # -- wire form ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -307,7 +350,7 @@ class chain(Canvas):
         return chain(*[step.freeze(ids) for step in steps], app=self._app)
 
     def _named(self, task_id: str) -> chain:
-        return self.set(task_id=task_id)
+        return self.copy_with(task_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {"subtask_type": "chain", "tasks": [t.to_dict() for t in self.tasks],
@@ -366,7 +409,8 @@ class group(Canvas):
                 member = _with_callbacks(member, "link", own["link"])
             if isinstance(member, Signature):
                 task_id = member.options.get("task_id") or ids()
-                members.append(member.set(group_id=group_id, group_index=index, task_id=task_id))
+                members.append(member.copy_with(group_id=group_id, group_index=index,
+                                                task_id=task_id))
             else:
                 members.append(member.freeze(ids))
         kept = {"group_id": group_id}
@@ -375,7 +419,7 @@ class group(Canvas):
         return group(members, options=kept, app=self._app)
 
     def _named(self, task_id: str) -> group:
-        return self.set(group_id=task_id)
+        return self.copy_with(group_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {"subtask_type": "group", "tasks": [t.to_dict() for t in self.tasks],
@@ -427,7 +471,7 @@ class chord(Canvas):
         own = self.options
         header = _timing(_inherit(self.header, own), own)
         if own.get("group_id"):
-            header = header.set(group_id=own["group_id"])
+            header = header.copy_with(group_id=own["group_id"])
         body = _inherit(self.body, own)
         for key in ("link", "link_error"):
             if own.get(key):
@@ -439,7 +483,7 @@ class chord(Canvas):
         return chord(frozen_header, body.freeze(ids), app=self._app)
 
     def _named(self, task_id: str) -> chord:
-        return self.set(task_id=task_id)
+        return self.copy_with(task_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {"subtask_type": "chord", "header": self.header.to_dict(),
@@ -497,7 +541,7 @@ class chunks(Canvas):
         return self.group().freeze(ids)
 
     def _named(self, task_id: str) -> chunks:
-        return self.set(group_id=task_id)
+        return self.copy_with(group_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
         from conveyor.serialization import to_jsonable
@@ -540,17 +584,29 @@ def signature(task: Any, args: Any = (), kwargs: Mapping[str, Any] | None = None
 
 def signature(task: Any, args: Any = (), kwargs: Mapping[str, Any] | None = None,
               options: Mapping[str, Any] | None = None, **extra: Any) -> Canvas:
-    """Celery's ``signature(name_or_task, args, kwargs, options)``; also rebuilds dicts."""
+    """Celery's ``signature(name_or_task, args, kwargs, options, immutable=, app=)``.
+
+    Other keywords are send options, as in Celery.  A dict (a signature as
+    messages carry it) is rebuilt.
+    """
     if isinstance(task, Signature):
         return task.clone()
     if isinstance(task, Canvas):
         return task
     if isinstance(task, Mapping):
-        return Canvas.from_dict(task)
-    return Signature(task, args, kwargs, {**(options or {}), **extra})
+        return Canvas.from_dict(task, extra.get("app"))
+    immutable = bool(extra.pop("immutable", False))
+    app = extra.pop("app", None)
+    return Signature(task, args, kwargs, {**(options or {}), **extra}, immutable, app)
 
 
-maybe_signature = signature
+def maybe_signature(value: Any, app: Conveyor | None = None) -> Canvas | None:
+    """Celery's ``maybe_signature``: None stays None, anything else as :func:`signature`."""
+    if value is None or isinstance(value, Canvas):
+        return value
+    if isinstance(value, Mapping):
+        return Canvas.from_dict(value, app)
+    return signature(value, app=app)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -627,6 +683,14 @@ def _merged(existing: Any, extra: Sequence[dict[str, Any]]) -> list[dict[str, An
     return out
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, Canvas):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"expected a signature or a signature dict, got {value!r}")
+
+
 def _callbacks_as_dicts(options: dict[str, Any]) -> dict[str, Any]:
     """``link=sig`` or ``link=[sig, ...]`` kept as a list of dicts, so values stay JSON."""
     for key in ("link", "link_error"):
@@ -640,20 +704,20 @@ def _callbacks_as_dicts(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_callbacks(node: Canvas, key: str, callbacks: Sequence[dict[str, Any]]) -> Canvas:
-    return node.set(**{key: _merged(node.options.get(key), callbacks)})
+    return node.copy_with(**{key: _merged(node.options.get(key), callbacks)})
 
 
 def _inherit(node: Canvas, options: Mapping[str, Any]) -> Canvas:
     """Plain send options of a composition apply to its parts, unless they set their own."""
     extra = {k: v for k, v in options.items() if k not in _STRUCTURAL and k not in node.options}
-    return node.set(**extra) if extra else node
+    return node.copy_with(**extra) if extra else node
 
 
 def _timing(node: Canvas, options: Mapping[str, Any]) -> Canvas:
     """``countdown``/``eta`` delay what is sent first, not every later step."""
     extra = {k: options[k] for k in _TIMING if options.get(k) is not None
              and k not in node.options}
-    return node.set(**extra) if extra else node
+    return node.copy_with(**extra) if extra else node
 
 
 __all__ = [

@@ -123,14 +123,15 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            beat: bool) -> None:
     """Start a worker."""
-    from conveyor.log import setup_logging
+    from conveyor.log import setup_logging_for
     from conveyor.worker import Worker
 
-    setup_logging(loglevel, obj.app.conf.worker_log_format)
+    # Celery's order: celeryd_init and worker_init (in Worker()), then logging.
     node = Worker(obj.app, queues=_split(queues) or None, concurrency=concurrency, pool=pool,
                   hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                   max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child)
+    setup_logging_for(obj.app, loglevel)
     if beat:
         node.on_stop.append(_embedded_beat(obj.app).stop)  # no new ticks once shutdown starts
     node.run()

@@ -130,6 +130,8 @@ class Settings:
     # Time
     timezone: str = field(default="UTC", metadata=_doc(
         "the zone crontab schedules are read in"))
+    enable_utc: bool = field(default=True, metadata=_doc(
+        "naive eta/expires datetimes are read as UTC; False: in `timezone`"))
     # Tasks
     task_soft_time_limit: float | None = field(default=None, metadata=_doc(
         "seconds before SoftTimeLimitExceeded is raised in a task"))
@@ -188,16 +190,20 @@ class Settings:
         "more modules imported at start, after imports"))
     # Routing
     task_routes: Any = field(default=None, metadata=_doc(
-        "which queue a task goes to (patterns, routers)"))
+        "which queue a task goes to: dict (glob or regex keys), list, router function or "
+        "dotted path"))
     task_default_queue: str = field(default="default", metadata=_doc(
         "the queue of tasks no route names",
         "different on purpose: 'default', not 'celery'"))
-    task_default_priority: int = field(default=0, metadata=_doc(
-        "priority of messages that set none",
-        "different on purpose: 0 by default (Celery: None)"))
-    task_queues: list[str] | None = field(default=None, metadata=_doc(
-        "queues a worker serves when -Q is not given",
-        "different on purpose: a list of queue names"))
+    task_default_priority: int | None = field(default=None, metadata=_doc(
+        "priority of messages that set none; None: 0, the most urgent (Celery on Redis)"))
+    task_inherit_parent_priority: bool = field(default=False, metadata=_doc(
+        "a task sent from a running task takes that task's priority"))
+    task_queues: Any = field(default=None, metadata=_doc(
+        "queues a worker serves when -Q is not given: names, conveyor.Queue or kombu Queue "
+        "objects"))
+    task_create_missing_queues: bool = field(default=True, metadata=_doc(
+        "False: sending to, or consuming, a queue not in task_queues raises QueueNotFound"))
     # Worker
     worker_concurrency: int | None = field(default=None, metadata=_doc(
         "processes or threads per worker; None: CPUs"))
@@ -224,7 +230,16 @@ class Settings:
         "log format of the worker and beat",
         "different on purpose: None is Conveyor's format, which names the task id"))
     worker_task_log_format: str | None = field(default=None, metadata=_doc(
-        "log format of task loggers"))
+        "log format of lines logged through get_task_logger (%(task_name)s, %(task_id)s)",
+        "different on purpose: None is the worker's line, which names the task and its id"))
+    worker_hijack_root_logger: bool = field(default=True, metadata=_doc(
+        "replace the root logger's handlers at start; False leaves them alone"))
+    worker_redirect_stdouts: bool = field(default=True, metadata=_doc(
+        "log what worker and beat print to stdout and stderr"))
+    worker_redirect_stdouts_level: str = field(default="WARNING", metadata=_doc(
+        "level of those redirected lines"))
+    worker_log_color: bool | None = field(default=None, metadata=_doc(
+        "colour log lines by level; None: when stderr is a terminal; False: never"))
     # Beat
     beat_schedule: dict[str, Any] = field(default_factory=dict, metadata=_doc(
         "periodic tasks"))
@@ -495,6 +510,10 @@ def _coerce(key: str, value: Any) -> Any:
         return _number(_seconds(value), key in _POSITIVE)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key == "task_queues":
+        from conveyor.queues import parse_queues
+
+        return parse_queues(value)
     if key in ("monitor_basic_auth", "monitor_readonly_auth") and isinstance(value, str):
         return [item for item in value.split(",") if item]
     checked = _check_type(_HINTS[key], value)

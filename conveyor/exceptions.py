@@ -4,6 +4,7 @@ The tree::
 
     ConveyorError
     ├── ConfigurationError          settings that are unknown, mistyped or inconsistent
+    │   └── QueueNotFound           routed to an undeclared queue (create-missing off)
     ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
     ├── SerializationError          a value that cannot travel in a message or a result
     │   └── ContentDisallowed       a content type outside ``accept_content``
@@ -40,6 +41,13 @@ class ConveyorError(Exception):
 
 class ConfigurationError(ConveyorError, ValueError):
     """A setting is unknown, has the wrong type, or contradicts another."""
+
+
+class QueueNotFound(ConfigurationError):
+    """A task was routed to a queue missing from ``task_queues`` (Celery's name).
+
+    Only with ``task_create_missing_queues = False``.
+    """
 
 
 class SerializationError(ConveyorError, TypeError):

@@ -12,7 +12,9 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from conveyor.exceptions import SerializationError
 from conveyor.serialization import (
@@ -234,3 +236,52 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise MessageDecodeError(f"body is a JSON {type(doc).__name__}, not an object")
     return doc
+
+
+# -- times given by callers -------------------------------------------------------
+
+def eta_timestamp(eta: Any, countdown: Any, enable_utc: bool = True,
+                  zone: str = "UTC") -> float | None:
+    """The Unix time an ``eta``/``countdown`` means (None: run now).
+
+    ``eta`` may be a datetime, an ISO 8601 string or a Unix time.  A naive
+    datetime is read as Celery reads it: UTC under ``enable_utc`` (the
+    default), else in the ``timezone`` setting's zone.
+    """
+    if eta is not None and countdown is not None:
+        raise ValueError("pass either eta or countdown, not both")
+    if countdown is not None:
+        return time.time() + float(countdown)
+    if eta is None:
+        return None
+    return moment_timestamp(eta, "eta", enable_utc, zone)
+
+
+def expires_timestamp(value: Any, enable_utc: bool = True, zone: str = "UTC") -> float | None:
+    """The Unix time ``expires`` means: seconds from now, or a moment read as ``eta`` is."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return time.time() + float(value)
+    return moment_timestamp(value, "expires", enable_utc, zone)
+
+
+def moment_timestamp(value: Any, what: str, enable_utc: bool, zone: str) -> float:
+    """A datetime, ISO 8601 text or Unix time as a Unix time; naive reads as Celery does."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{what} {value!r} is not an ISO 8601 date and time") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=naive_zone(enable_utc, zone))
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a datetime, ISO 8601 text or Unix time, got {value!r}")
+    return float(value)
+
+
+def naive_zone(enable_utc: bool, zone: str) -> tzinfo:
+    """The zone a naive datetime is in: UTC with ``enable_utc``, else ``timezone``."""
+    return timezone.utc if enable_utc else ZoneInfo(zone)

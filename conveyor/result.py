@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
+from conveyor.context import running_request
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 from conveyor.results.base import Stored
 from conveyor.results.record import ResultRecord
@@ -86,9 +88,12 @@ class AsyncResult:
         return record.traceback if record else None
 
     @property
-    def date_done(self) -> float | None:
+    def date_done(self) -> datetime | None:
+        """When the task finished, as an aware UTC datetime (as Celery's)."""
         record = self._record()
-        return record.date_done if record else None
+        if record is None or record.date_done is None:
+            return None
+        return datetime.fromtimestamp(record.date_done, tz=timezone.utc)
 
     @property
     def retries(self) -> int:
@@ -122,8 +127,12 @@ class AsyncResult:
         """Wait for the task and return its value (or raise its exception).
 
         ``interval`` is accepted for Celery compatibility and ignored: stores
-        wake the waiter when the result is written.
+        wake the waiter when the result is written.  Inside a running task
+        this raises :class:`RuntimeError` unless ``disable_sync_subtasks=False``
+        (as Celery: waiting on another task from a task can deadlock a worker).
         """
+        if disable_sync_subtasks:
+            assert_will_not_block()
         record = self._wait(timeout)
         if record.state == states.SUCCESS:
             return record.result
@@ -225,17 +234,21 @@ class ResultSet:
         return not self.ready()
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float = 0.5) -> list[Any]:
+            interval: float = 0.5, disable_sync_subtasks: bool = True) -> list[Any]:
         """Every value, in order; ``timeout`` bounds the whole wait.
 
-        With ``propagate`` the first failed member (in order) raises.
+        With ``propagate`` the first failed member (in order) raises.  Inside
+        a running task, :class:`RuntimeError` unless ``disable_sync_subtasks=False``.
         """
+        if disable_sync_subtasks:
+            assert_will_not_block()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._prefetch()
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(result.get(timeout=remaining, propagate=propagate))
+            values.append(result.get(timeout=remaining, propagate=propagate,
+                                     disable_sync_subtasks=False))
         return values
 
     join = get
@@ -297,6 +310,19 @@ class GroupResult(ResultSet):
         """Forget the members' results."""
         if self.app is not None:
             self.app.backend.forget(_flat_ids(self.results))
+
+
+WOULD_BLOCK = (
+    "never call result.get() inside a task: it can deadlock the worker (every slot "
+    "waiting on tasks queued behind it); chain the tasks instead, or pass "
+    "disable_sync_subtasks=False if you accept the risk"
+)
+
+
+def assert_will_not_block() -> None:
+    """Refuse to wait on a result from inside a running task (Celery's rule)."""
+    if running_request() is not None:
+        raise RuntimeError(WOULD_BLOCK)
 
 
 def save_group(app: Conveyor, group_id: str, ids: Sequence[str]) -> None:

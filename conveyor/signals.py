@@ -1,77 +1,104 @@
-"""Hooks for integrations: around each task, and around sending inside a transaction.
+"""Celery's signals, sent at Celery's moments with Celery's arguments, and the commit hook.
 
-Two small mechanisms, both generic (the Django integration is one user):
+Every signal of ``celery.signals`` that has a meaning here exists under the
+same name, with the same ``sender`` and keyword arguments, so a receiver
+written for Celery connects unchanged (see :mod:`conveyor.dispatch` for
+``connect``/``send``).  Where an argument only means something on AMQP, the
+value Celery users actually read is passed instead (``routing_key`` is the
+queue, ``exchange`` is ``""``); the table in docs/migrating-from-celery.md
+("Signals and logging") lists each difference and why.
 
-* :class:`Signal` — a list of receivers called in order.  The worker sends
-  :data:`task_prerun` after decoding a message and before anything about it
-  is written (its STARTED result included), and :data:`task_postrun` after
-  its final result is written, whatever happened.  Integrations use them for
-  per-task resource hygiene, e.g. database connections.  A receiver that
-  raises is logged and skipped: a broken integration must not make the
-  worker drop or repeat messages.
+A receiver that raises is logged and skipped: a broken integration must not
+make the worker drop or repeat messages.  Nothing is sent when nothing is
+connected (one truthiness test), so unused signals cost the worker nothing.
 
-* :func:`defer_until_commit` — asks the registered *deferrers* whether the
-  caller is inside a database transaction; the first that says yes takes the
-  send and runs it when that transaction commits (and never, if it rolls
-  back).  Without a deferrer, or outside a transaction, sending happens now.
+Two Conveyor hooks wrap the handling of every decoded message, whatever
+happens to it (revoked, unknown, run): :data:`message_prerun` before any
+result write about it and :data:`message_postrun` after the last.  The
+Django integration uses them for database-connection hygiene, which must
+also cover the REVOKED and FAILURE records of messages that never run (the
+Celery signals ``task_prerun``/``task_postrun`` only wrap a run).
 
+:func:`defer_until_commit` asks the registered *deferrers* whether the
+caller is inside a database transaction; the first that says yes takes the
+send and runs it when that transaction commits (and never, if it rolls
+back).  Without a deferrer, or outside a transaction, sending happens now.
 Receivers and deferrers are registered explicitly by the integration (the
 Django app does it in ``AppConfig.ready``); nothing here switches on by itself.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
-from typing import Any
 
-log = logging.getLogger("conveyor.signals")
+from conveyor.dispatch import Receiver, Signal
 
-Receiver = Callable[..., Any]
 #: Takes a zero-argument send; returns True if it will run it at commit time.
 Deferrer = Callable[[Callable[[], object]], bool]
 
+# -- sending (sender: the task name) ------------------------------------------
+#: Before a message goes to the broker.  ``headers`` may be changed: keys a
+#: receiver adds travel with the message (``self.request.headers``).
+before_task_publish = Signal("before_task_publish", {
+    "body", "exchange", "routing_key", "headers", "properties", "declare", "retry_policy"})
+#: After the broker took the message.
+after_task_publish = Signal("after_task_publish", {"body", "exchange", "routing_key", "headers"})
 
-class Signal:
-    """Receivers called with keyword arguments, in the order they connected."""
+# -- the worker, per task (sender: the task object unless noted) --------------
+#: sender=the worker's executor; ``request`` describes the message.  Sent just
+#: before the run, once the message passed its checks (not for revoked,
+#: expired or unknown ones, as in Celery).
+task_received = Signal("task_received", {"request"})
+task_prerun = Signal("task_prerun", {"task_id", "task", "args", "kwargs"})
+task_postrun = Signal("task_postrun", {"task_id", "task", "args", "kwargs", "retval", "state"})
+task_success = Signal("task_success", {"result"})
+task_retry = Signal("task_retry", {"request", "reason", "einfo"})
+task_failure = Signal("task_failure", {
+    "task_id", "exception", "args", "kwargs", "traceback", "einfo"})
+task_internal_error = Signal("task_internal_error", {
+    "task_id", "args", "kwargs", "request", "exception", "traceback", "einfo"})
+task_revoked = Signal("task_revoked", {"request", "terminated", "signum", "expired"})
+#: sender=the executor; a message that cannot be a task (undecodable, refused).
+task_rejected = Signal("task_rejected", {"message", "exc"})
+#: sender=the executor; a task name this worker does not know.
+task_unknown = Signal("task_unknown", {"message", "exc", "name", "id"})
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._receivers: list[Receiver] = []
-        self._lock = threading.Lock()
+# -- the worker process ---------------------------------------------------------
+#: sender=the hostname, before the worker is set up (Celery's ``celeryd_init``).
+worker_configure = Signal("celeryd_init", {"instance", "conf", "options"})
+celeryd_init = worker_configure
+#: sender=the hostname, after the worker is set up and before it consumes.
+celeryd_after_setup = Signal("celeryd_after_setup", {"instance", "conf"})
+worker_init = Signal("worker_init")
+#: sender=the prefork pool, in the worker process, before each child is forked.
+worker_before_create_process = Signal("worker_before_create_process")
+#: sender=the worker, before each heartbeat it publishes.
+heartbeat_sent = Signal("heartbeat_sent")
+worker_ready = Signal("worker_ready")
+worker_process_init = Signal("worker_process_init")
+worker_process_shutdown = Signal("worker_process_shutdown", {"pid", "exitcode"})
+worker_shutting_down = Signal("worker_shutting_down", {"sig", "how", "exitcode"})
+worker_shutdown = Signal("worker_shutdown")
+#: sender=the app, before the ``imports``/``include`` modules are imported.
+import_modules = Signal("import_modules")
 
-    def __repr__(self) -> str:
-        return f"<Signal {self.name} ({len(self._receivers)} receivers)>"
+# -- beat ------------------------------------------------------------------------
+beat_init = Signal("beat_init")
+beat_embedded_init = Signal("beat_embedded_init")
 
-    def connect(self, receiver: Receiver) -> Receiver:
-        """Add ``receiver`` (once); usable as a decorator."""
-        with self._lock:
-            if receiver not in self._receivers:
-                self._receivers = [*self._receivers, receiver]
-        return receiver
+# -- logging (sender: None) ----------------------------------------------------
+#: Connected: Conveyor configures no logging at all (the receiver does).
+setup_logging = Signal("setup_logging", {"loglevel", "logfile", "format", "colorize"})
+after_setup_logger = Signal("after_setup_logger", {
+    "logger", "loglevel", "logfile", "format", "colorize"})
+after_setup_task_logger = Signal("after_setup_task_logger", {
+    "logger", "loglevel", "logfile", "format", "colorize"})
 
-    def disconnect(self, receiver: Receiver) -> None:
-        with self._lock:
-            self._receivers = [r for r in self._receivers if r != receiver]
-
-    @property
-    def receivers(self) -> list[Receiver]:
-        return list(self._receivers)
-
-    def send(self, sender: Any = None, **kwargs: Any) -> None:
-        """Call every receiver; exceptions are logged, never raised."""
-        for receiver in self._receivers:  # a copy-on-write list: safe to iterate
-            try:
-                receiver(sender=sender, signal=self, **kwargs)
-            except Exception:
-                log.exception("%s receiver %r failed", self.name, receiver)
-
-
-#: ``sender=app, task_id, task (name), message`` — before any result write.
-task_prerun = Signal("task_prerun")
-#: ``sender=app, task_id, task (name), message, state`` — after the last result write.
-task_postrun = Signal("task_postrun")
+# -- Conveyor's own hooks (sender: the app) -----------------------------------
+#: ``task_id, task (name), message`` — before any result write about a message.
+message_prerun = Signal("message_prerun", {"task_id", "task", "message"})
+#: ``task_id, task (name), message, state`` — after the last result write.
+message_postrun = Signal("message_postrun", {"task_id", "task", "message", "state"})
 
 _deferrers: list[Deferrer] = []
 
@@ -98,10 +125,40 @@ def defer_until_commit(send: Callable[[], object]) -> bool:
 
 __all__ = [
     "Deferrer",
+    "Receiver",
     "Signal",
     "add_deferrer",
+    "after_setup_logger",
+    "after_setup_task_logger",
+    "after_task_publish",
+    "beat_embedded_init",
+    "beat_init",
+    "before_task_publish",
+    "celeryd_after_setup",
+    "celeryd_init",
     "defer_until_commit",
+    "heartbeat_sent",
+    "import_modules",
+    "message_postrun",
+    "message_prerun",
     "remove_deferrer",
+    "setup_logging",
+    "task_failure",
+    "task_internal_error",
     "task_postrun",
     "task_prerun",
+    "task_received",
+    "task_rejected",
+    "task_retry",
+    "task_revoked",
+    "task_success",
+    "task_unknown",
+    "worker_before_create_process",
+    "worker_configure",
+    "worker_init",
+    "worker_process_init",
+    "worker_process_shutdown",
+    "worker_ready",
+    "worker_shutdown",
+    "worker_shutting_down",
 ]

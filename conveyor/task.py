@@ -328,7 +328,10 @@ class Task:
 
     def _retry_eta(self, eta: datetime | None, countdown: float | None, retries: int) -> float:
         if eta is not None:
-            return eta.timestamp()
+            from conveyor.message import moment_timestamp  # naive: as at send
+
+            conf = self.app.conf
+            return moment_timestamp(eta, "eta", conf.enable_utc, conf.timezone)
         if countdown is None:
             backoff = self.options.backoff
             countdown = backoff.countdown(retries) if backoff else self.default_retry_delay

@@ -37,11 +37,13 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from conveyor import errbacks as errbacks_module
 from conveyor import signals, states
 from conveyor.canvas import (
     COLLECT_TASK,
@@ -332,11 +334,12 @@ def on_success(app: Conveyor, message: Message, result: Any) -> None:
 
 
 def on_failure(app: Conveyor, message: Message, exc: BaseException, traceback: str | None) -> None:
-    """Send errbacks, fail the rest of the chain, fail the task's chord or group once."""
-    send_errbacks(app, message.errbacks, message.id, f"{message.id}:errback")
+    """Run errbacks, fail the rest of the chain, fail the task's chord or group once."""
+    request = _failed_request(message)
+    send_errbacks(app, message.errbacks, request, exc, traceback, f"{message.id}:errback")
     mark_failed(app, ids_in(message.chain), exc, traceback)
     if message.chord is not None:
-        fail_scope(app, message.chord, message.id, exc, traceback)
+        fail_scope(app, message.chord, message.id, exc, traceback, request)
 
 
 def on_revoked(app: Conveyor, message: Message, reason: str) -> None:
@@ -420,22 +423,25 @@ def abandon(app: Conveyor, node: Canvas, tail: Tail, scope: Scope | None,
     first = result_of(app, node, None, FINAL).id
     log.error("could not send follow-up %r: %s", node, exc, extra={"task_id": first})
     mark_failed(app, ids_in([node.to_dict(), *tail]), exc, None)
-    send_errbacks(app, entry_errbacks(node), first, f"{first}:errback")
+    send_errbacks(app, entry_errbacks(node), Request(id=first, root_id=first), exc, None,
+                  f"{first}:errback")
     if scope is not None:
         fail_scope(app, scope, first, exc, None)
 
 
 def fail_scope(app: Conveyor, scope: Scope, failed_id: str, exc: BaseException,
-               traceback: str | None) -> None:
+               traceback: str | None, request: Request | None = None) -> None:
     """Fail a chord (or a group's error scope) once, then its outer scope."""
     if not app.backend.chord_fail(scope["id"], app.conf.result_expires):
         return
     if _is_join(scope):
         mark_failed(app, ids_in([scope["body"], *(scope.get("chain") or ())]), exc, traceback)
-    send_errbacks(app, scope.get("errbacks") or (), failed_id, f"{scope['id']}:errback")
+    failed = request or Request(id=failed_id, root_id=failed_id)
+    send_errbacks(app, scope.get("errbacks") or (), failed, exc, traceback,
+                  f"{scope['id']}:errback")
     outer = scope.get("chord")
     if outer is not None:
-        fail_scope(app, outer, failed_id, exc, traceback)
+        fail_scope(app, outer, failed_id, exc, traceback, request)
 
 
 def _add_callbacks(plan: Plan, callbacks: Sequence[dict[str, Any]], args: tuple[Any, ...],
@@ -451,14 +457,27 @@ def _add_callbacks(plan: Plan, callbacks: Sequence[dict[str, Any]], args: tuple[
         plan.extend(step)
 
 
-def send_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], failed_id: str,
-                  seed: str) -> None:
-    """Send each errback with the failed task's id (ids derived from ``seed``)."""
+def send_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], request: Request,
+                  exc: BaseException, traceback: str | None, seed: str) -> None:
+    """Call current-style errbacks here; send old-style ones with the failed task's id.
+
+    Which is which: :mod:`conveyor.errbacks`.  Sent ones get ids derived from ``seed``.
+    """
     if not errbacks:
         return
-    plan = Plan(app, parent_id=failed_id, root_id=failed_id)
-    _add_callbacks(plan, errbacks, (failed_id,), seed)
+    inline, sent = errbacks_module.split_styles(app, errbacks)
+    errbacks_module.call_inline(inline, request, exc, traceback)
+    if not sent:
+        return
+    failed_id = str(request.id)
+    plan = Plan(app, parent_id=failed_id, root_id=request.root_id or failed_id)
+    _add_callbacks(plan, sent, (failed_id,), seed)
     plan.commit()
+
+
+def _failed_request(message: Message) -> Request:
+    """What a current-style errback receives as ``request`` (Celery's task request)."""
+    return Request.from_message(message, None, socket.gethostname())
 
 
 def ids_in(nodes: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:

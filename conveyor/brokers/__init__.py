@@ -12,6 +12,8 @@ def broker_from_url(url: str, options: dict[str, object] | None = None) -> Broke
     """Open the broker a URL names: ``sqlite://``, ``redis://``/``rediss://``, ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     opts = dict(options or {})
+    # Read by the app, which hands brokers a priority already grouped in its step.
+    opts.pop("priority_steps", None)
     if scheme == "memory":
         from conveyor.brokers.memory import MemoryBroker
 

@@ -10,7 +10,8 @@ is how nothing is lost when a worker dies.
 Rules every implementation keeps (``tests/contract/test_broker_contract.py``
 checks them against every broker):
 
-* Order: higher ``priority`` first (0..9, 9 most urgent), then the order of
+* Order: lower ``priority`` first (0..9, 0 most urgent: Celery's order on
+  Redis, docs/decisions/0008-celery-priority-order.md), then the order of
   ``queues`` as passed to :meth:`reserve`, then first-in first-out.
 * A message with an ``eta`` in the future is not handed out before it; it
   becomes due within a second of its time.

@@ -98,7 +98,7 @@ class MemoryBroker(Broker):
             stored.due = eta
             heapq.heappush(self._s.delayed, (eta, stored.seq, stored.envelope.id))
         else:
-            prio = MAX_PRIORITY - stored.envelope.priority
+            prio = stored.envelope.priority  # lower first (the contract's order)
             queue = self._s.ready.setdefault(stored.envelope.queue, [])
             heapq.heappush(queue, (prio, stored.seq, stored.envelope.id))
 

@@ -13,7 +13,8 @@ Key layout
 ==========
 
 ``P`` is the key prefix (``?prefix=`` in the URL, default ``conveyor``),
-``{q}`` a queue name, ``{p}`` a priority 0..9; hash fields are message ids.
+``{q}`` a queue name, ``{p}`` a priority 0..9 (0 most urgent, served first);
+hash fields are message ids.
 Nothing here has a Redis expiry unless said: entries are removed by the
 operation that ends them.
 

@@ -13,7 +13,7 @@ usually shares the file, and the application's own tables can coexist)::
       id         TEXT UNIQUE           the envelope id; UNIQUE makes "an id already
                                        stored is not stored again" a plain upsert
       queue      TEXT
-      priority   INTEGER               0..9, 9 most urgent
+      priority   INTEGER               0..9, 0 most urgent (Celery's order on Redis)
       state      TEXT                  'ready' | 'delayed' | 'leased'
       due        REAL                  when the row next needs attention: the ETA of
                                        a delayed row, the lease end of a leased one,
@@ -24,7 +24,7 @@ usually shares the file, and the application's own tables can coexist)::
       body       BLOB                  last, so reading the other columns never
                                        touches a large body's overflow pages
 
-      conveyor_messages_ready (queue, priority DESC, seq) WHERE state = 'ready'
+      conveyor_messages_by_priority (queue, priority, seq) WHERE state = 'ready'
           "next ready messages of this queue": an index walk, no sort, whatever
           the backlog; also counts ready rows for stats
       conveyor_messages_due (due) WHERE state != 'ready'
@@ -94,8 +94,10 @@ SCHEMA = (
         deliveries INTEGER NOT NULL DEFAULT 0,
         created REAL NOT NULL,
         body BLOB NOT NULL)""",
-    """CREATE INDEX IF NOT EXISTS conveyor_messages_ready
-        ON conveyor_messages (queue, priority DESC, seq) WHERE state = 'ready'""",
+    # Until 0.x the order was 9 first, on an index of that name; it is replaced.
+    "DROP INDEX IF EXISTS conveyor_messages_ready",
+    """CREATE INDEX IF NOT EXISTS conveyor_messages_by_priority
+        ON conveyor_messages (queue, priority, seq) WHERE state = 'ready'""",
     """CREATE INDEX IF NOT EXISTS conveyor_messages_due
         ON conveyor_messages (due) WHERE state != 'ready'""",
     "CREATE TABLE IF NOT EXISTS conveyor_queues (name TEXT PRIMARY KEY)",
@@ -145,7 +147,7 @@ MAKE_DUE_READY = """
     WHERE state != 'ready' AND due <= ?"""
 READY_IN_QUEUE = """
     SELECT seq, priority FROM conveyor_messages
-    WHERE state = 'ready' AND queue = ? ORDER BY priority DESC, seq LIMIT ?"""
+    WHERE state = 'ready' AND queue = ? ORDER BY priority, seq LIMIT ?"""
 # The token is the reservation's random prefix plus the row's seq: unique per
 # message and fresh per reservation, in a single statement.
 LEASE = """
@@ -509,7 +511,7 @@ def _best(conn: Connection, names: list[str], count: int) -> list[int]:
     single query ordering by a CASE over the queues would sort every ready row.
     """
     candidates = [
-        (-priority, rank, seq)
+        (priority, rank, seq)
         for rank, name in enumerate(names)
         for seq, priority in conn.execute(READY_IN_QUEUE, (name, count))
     ]

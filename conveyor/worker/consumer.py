@@ -35,6 +35,7 @@ from typing import Protocol
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
+from conveyor.worker import announce
 from conveyor.worker.execute import (
     ACK,
     ACKED,
@@ -233,11 +234,13 @@ class Consumer:
             # away: hand the message back to run again rather than let the
             # process die with it.
             log.error("could not record the outcome of %s (%s); handing it back", delivery.id, exc)
+            announce.internal_error(self.executor, delivery, exc)
             return Outcome(REQUEUE, reason=f"outcome not recorded: {exc}")
         except Exception as exc:
             # A bug in Conveyor or a hook, not in the task: keep the consumer alive
             # and keep the message, visibly, where an operator can replay it.
             log.exception("internal error while running %s", delivery.id)
+            announce.internal_error(self.executor, delivery, exc)
             return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
 
     def _on_start(self, delivery: Delivery) -> Callable[..., None]:

@@ -34,6 +34,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message, MessageDecodeError
 from conveyor.task import Task
+from conveyor.worker import announce
 
 log = logging.getLogger("conveyor.worker")
 
@@ -81,30 +82,33 @@ class Executor:
         task runs, so a supervisor can enforce the hard time limit.
         """
         if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
-            return Outcome(DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
-                           f"task_message_max_bytes={self.max_bytes}")
+            return announce.rejected(self, delivery, None, Outcome(
+                DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
+                f"task_message_max_bytes={self.max_bytes}"))
         try:
             message = Message.decode(delivery.body, self.accept)
         except ContentDisallowed as exc:
-            return Outcome(DEAD, reason=f"content type refused: {exc}")
+            return announce.rejected(self, delivery, exc, Outcome(
+                DEAD, reason=f"content type refused: {exc}"))
         except (MessageDecodeError, SerializationError) as exc:
-            return Outcome(DEAD, reason=f"undecodable message: {exc}")
+            return announce.rejected(self, delivery, exc, Outcome(
+                DEAD, reason=f"undecodable message: {exc}"))
         if self.gate is not None and not revoked:
             wait = self.gate.hold(message.task, delivery)
             if wait > 0.0:
                 return Outcome(HOLD, delay=wait)
         # Hooks wrap every result write about this message (integrations use
         # them for per-task hygiene such as database connections).
-        signals.task_prerun.send(self.app, task_id=message.id, task=message.task,
-                                 message=message)
+        signals.message_prerun.send(self.app, task_id=message.id, task=message.task,
+                                    message=message)
         outcome: Outcome | None = None
         try:
             outcome = self._dispatch(message, delivery, revoked, on_start)
             return outcome
         finally:
-            signals.task_postrun.send(self.app, task_id=message.id, task=message.task,
-                                      message=message,
-                                      state=outcome.state if outcome else None)
+            signals.message_postrun.send(self.app, task_id=message.id, task=message.task,
+                                         message=message,
+                                         state=outcome.state if outcome else None)
 
     def _dispatch(self, message: Message, delivery: Delivery, revoked: bool,
                   on_start: OnStart | None) -> Outcome:
@@ -115,9 +119,11 @@ class Executor:
         if task is None:
             try:
                 task = self.app.get_task(message.task)
-            except KeyError:
+            except KeyError as exc:
+                announce.unknown(self, message, exc)
                 return Outcome(DEAD, reason=f"unknown task {message.task!r}: not registered "
                                f"in this worker (is its module imported or autodiscovered?)")
+        announce.received(self, message, delivery)  # as Celery: not for revoked or unknown
         if on_start is not None:
             on_start(message.headers.get("shadow") or task.name,
                      limit_of(message, "time_limit", task.time_limit), message)
@@ -135,6 +141,8 @@ class Executor:
         if why is not None:
             self._store(message, delivery, states.REVOKED, result=why)
             workflow.on_revoked(self.app, message, why)
+            announce.revoked(self.app, message, Request.from_message(
+                message, delivery, self.hostname), expired=why == "expired")
             return Outcome(ACK, state=states.REVOKED, reason=why)
         return None
 
@@ -148,6 +156,7 @@ class Executor:
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
+        announce.prerun(task, request)
         track = task.options.track_started
         if ((self.track_started if track is None else track) and not _ignored(task, request)
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
@@ -158,9 +167,11 @@ class Executor:
             result = self._call(task, request, soft)
         except BaseException as exc:
             pop_request(token)
-            return self._handle_error(task, request, exc, started)
+            return announce.postrun(task, request, exc,
+                                    self._handle_error(task, request, exc, started))
         pop_request(token)
-        return self._succeed(task, request, result, started)
+        return announce.postrun(task, request, result,
+                                self._succeed(task, request, result, started))
 
     def _call(self, task: Task, request: Request, soft: float | None) -> Any:
         if soft is None or self.timer is None:
@@ -182,12 +193,14 @@ class Executor:
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
+        announce.succeeded(task, request, result)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,
                       started: float) -> Outcome:
         """Map what the task raised to an outcome."""
         if isinstance(exc, Retry):
+            announce.retried(task, request, exc)
             return Outcome(ACK, state=states.RETRY, runtime=time.time() - started)
         if isinstance(exc, Ignore):
             return Outcome(ACK, runtime=time.time() - started)
@@ -210,7 +223,8 @@ class Executor:
         token = push_request(request)
         try:
             task.retry(exc=exc, **opts.retry_kwargs)
-        except Retry:
+        except Retry as again:
+            announce.retried(task, request, again)
             return Outcome(ACK, state=states.RETRY)
         except BaseException:
             return None  # retries exhausted: the original error stands
@@ -225,6 +239,7 @@ class Executor:
         assert request.message is not None
         self._store(request.message, request.delivery, states.FAILURE, result=reason,
                     exc_type="Reject", exc_module="conveyor.exceptions")
+        announce.failed(self.app.tasks.get(request.task or "", request.task), request, exc)
         return Outcome(DEAD, state=states.FAILURE, reason=reason)
 
     def _fail(self, task: Task, request: Request, exc: BaseException, started: float,
@@ -243,6 +258,7 @@ class Executor:
         if not stored:
             return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
+        announce.failed(task, request, exc, trace)
         return failed_outcome(task, exc, time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
@@ -279,6 +295,7 @@ class Executor:
         request = Request.from_message(message, delivery, self.hostname)
         self.app.store_state(request, states.FAILURE, exc=WorkerLostError(reason))
         workflow.on_failure(self.app, message, WorkerLostError(reason), None)
+        announce.lost(self.app, message, request, WorkerLostError(reason))
 
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
@@ -291,6 +308,7 @@ class Executor:
         self.app.store_state(request, state, exc=exc)
         if state == states.FAILURE:
             workflow.on_failure(self.app, message, exc, None)
+        announce.killed(self.app, message, request, exc)
 
 
 def failed_outcome(task: Task, exc: BaseException, runtime: float = 0.0) -> Outcome:

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from conveyor import signals
 from conveyor.events import EventSink
 from conveyor.exceptions import ConfigurationError
+from conveyor.queues import check_declared, queue_names
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -52,15 +54,25 @@ class Worker:
                  events: EventSink | None = None) -> None:
         conf = app.conf
         self.app = app
-        self.queues = list(queues or conf.task_queues or [conf.task_default_queue])
+        self.hostname = expand_hostname(hostname, app.main.split(".")[0])
+        # Celery's celeryd_init: before the worker reads its settings, so a
+        # receiver can adjust them per node.
+        signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options={
+            "queues": queues, "concurrency": concurrency, "pool": pool, "hostname": hostname,
+            "prefetch_multiplier": prefetch_multiplier, "max_tasks_per_child": max_tasks_per_child,
+            "max_memory_per_child": max_memory_per_child})
+        self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
+        if not conf.task_create_missing_queues:  # Celery refuses -Q of an undeclared queue
+            for name in self.queues:
+                check_declared(name, conf.task_queues, conf.task_default_queue)
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_name = pool or conf.worker_pool
         if self.pool_name not in POOLS:
             raise ConfigurationError(f"--pool must be one of {', '.join(POOLS)}, "
                                      f"got {self.pool_name!r}")
-        if self.pool_name == "solo":
+        self.solo = self.pool_name == "solo"
+        if self.solo:
             self.pool_name, self.concurrency = "threads", 1
-        self.hostname = expand_hostname(hostname, app.main.split(".")[0])
         self.prefetch = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
@@ -81,6 +93,7 @@ class Worker:
         self.rate_limits: RateLimits | None = None  # set when run() has the final task list
         self._ready = threading.Event()
         self._memory: tuple[float, int | None] = (-MEMORY_EVERY, None)  # (measured at, KiB)
+        signals.worker_init.send(sender=self)
 
     @property
     def id(self) -> str:
@@ -110,15 +123,29 @@ class Worker:
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
         self._pool = self._make_pool()
+        signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
                  _safe_url(self.app.conf.broker_url))
         self._ready.set()
+        signals.worker_ready.send(sender=self)
+        try:
+            self._run_pool()
+        finally:
+            self._goodbye()
+            signals.worker_shutdown.send(sender=self)
+            log.info("worker %s stopped", self.hostname)
+
+    def _run_pool(self) -> None:
+        if not self.solo:
+            self._pool.run()
+            return
+        # Celery's solo pool runs tasks in the worker process: that process is the "child".
+        signals.worker_process_init.send(sender=None)
         try:
             self._pool.run()
         finally:
-            self._goodbye()
-            log.info("worker %s stopped", self.hostname)
+            signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
@@ -138,9 +165,13 @@ class Worker:
 
     def _install_signals(self) -> None:
         def warm(signum: int, frame: FrameType | None) -> None:
+            signals.worker_shutting_down.send(sender=self.hostname, how="Warm", exitcode=0,
+                                              sig=signal.Signals(signum).name)
             self.request_stop()
 
         def cold(signum: int, frame: FrameType | None) -> None:
+            signals.worker_shutting_down.send(sender=self.hostname, how="Cold", exitcode=1,
+                                              sig=signal.Signals(signum).name)
             self.request_stop(cold=True)
 
         signal.signal(signal.SIGTERM, warm)
@@ -150,6 +181,7 @@ class Worker:
     # -- heartbeat ---------------------------------------------------------
     def heartbeat(self, book: LeaseBook, slots: int) -> None:
         """Publish this worker's state (called by the pool's supervisor loop)."""
+        signals.heartbeat_sent.send(sender=self)
         running = book.running_tasks()
         info = {
             "id": self.id,

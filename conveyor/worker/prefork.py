@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from conveyor import signals
 from conveyor.brokers.base import Delivery
 from conveyor.events import TaskClock, TaskReport, killed_report
 from conveyor.exceptions import (
@@ -121,7 +122,11 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
         PipeReporter(conn), stop, max_tasks=worker.max_tasks_per_child,
         max_memory_kib=worker.max_memory_per_child, poll=worker.poll_interval,
     )
-    consumer.run()
+    signals.worker_process_init.send(sender=None)
+    try:
+        consumer.run()
+    finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     conn.close()
 
 
@@ -154,6 +159,7 @@ class PreforkPool:
     def spawn(self) -> None:
         key = self._next_key
         self._next_key += 1
+        signals.worker_before_create_process.send(sender=self)
         reader, writer = _CTX.Pipe(duplex=False)
         self.book.add_slot(key)
         process = _CTX.Process(target=child_main, args=(self.worker, writer, key, os.getpid()),

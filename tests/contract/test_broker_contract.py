@@ -46,13 +46,14 @@ def test_fifo_within_a_queue(broker: Broker) -> None:
     assert drain(broker, ["q"]) == [str(i) for i in range(20)]
 
 
-def test_higher_priority_first_then_fifo(broker: Broker) -> None:
-    broker.enqueue(env("low1", priority=0))
-    broker.enqueue(env("high1", priority=9))
+def test_lower_priority_first_then_fifo(broker: Broker) -> None:
+    """Celery on Redis: kombu serves priority 0 first, 9 last."""
+    broker.enqueue(env("late1", priority=9))
+    broker.enqueue(env("urgent1", priority=0))
     broker.enqueue(env("mid", priority=5))
-    broker.enqueue(env("high2", priority=9))
-    broker.enqueue(env("low2", priority=0))
-    assert drain(broker, ["q"]) == ["high1", "high2", "mid", "low1", "low2"]
+    broker.enqueue(env("urgent2", priority=0))
+    broker.enqueue(env("late2", priority=9))
+    assert drain(broker, ["q"]) == ["urgent1", "urgent2", "mid", "late1", "late2"]
 
 
 def test_queue_order_breaks_priority_ties(broker: Broker) -> None:

@@ -51,8 +51,8 @@ class Opened:
 
 
 def test_the_app_wires_the_hooks() -> None:
-    assert prepare_connections in signals.task_prerun.receivers
-    assert release_connections in signals.task_postrun.receivers
+    assert prepare_connections in signals.message_prerun.live_receivers()
+    assert release_connections in signals.message_postrun.live_receivers()
 
 
 @pytest.mark.parametrize("max_age", [0], indirect=True)

@@ -94,14 +94,17 @@ def test_queue_and_priority_reach_the_message(app: Any) -> None:
     (delivery,) = app.broker.reserve(["emails"], 1, 30, 1)
     message = Message.decode(delivery.body, ["json"])
     assert (message.id, message.task, message.queue) == (result.id, RUNNER, "emails")
-    assert message.priority == conveyor_priority(50, 0) > 0
+    assert message.priority == conveyor_priority(50, 0) == 0  # 0: already the most urgent
     with pytest.raises(InvalidTaskError):
         jobs.multiply.using(queue_name="nowhere")
 
 
 def test_priorities_keep_their_order() -> None:
+    """Django: higher first; Conveyor (as Celery on Redis): lower first."""
     values = [conveyor_priority(p, 4) for p in (-100, -50, -1, 0, 1, 50, 100)]
-    assert values == sorted(values) and values[0] == 0 and values[3] == 4 and values[-1] == 9
+    assert values == sorted(values, reverse=True)
+    assert values[0] == 9 and values[3] == 4 and values[-1] == 0
+    assert conveyor_priority(-100, None) == 9 and conveyor_priority(100, None) == 0
 
 
 def test_run_after_waits_in_the_broker(app: Any) -> None:

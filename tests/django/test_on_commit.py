@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
+from conveyor.message import Message
 from conveyor.testing import run_worker
 from tests.django.testapp.models import Order
 from tests.django.testapp.tasks import add, process_order, routed_report
@@ -59,7 +60,8 @@ def test_options_survive_the_wait(app: Any) -> None:
     with transaction.atomic():
         routed_report.apply_async_on_commit(("q1",), priority=7)
     (delivery,) = app.broker.reserve(["orders"], 1, 30, 1)  # routed by CELERY_TASK_ROUTES
-    assert delivery.priority == 7
+    assert delivery.priority == 6  # 7 is served in its priority step, 6
+    assert Message.decode(delivery.body, ["json"]).priority == 7
 
 
 def test_bad_arguments_fail_at_the_call_not_at_commit(app: Any) -> None:

@@ -131,7 +131,7 @@ def test_chain_passes_each_result_to_the_next_step(flow: Flow) -> None:
 
 def test_chain_failure_stops_the_chain_and_calls_its_errback_once(flow: Flow) -> None:
     flow_ = chain(flow.add.s(1, 1), flow.fail.s(), flow.never.s(), flow.never.s())
-    result = flow_.link_error(flow.on_error.s()).delay()
+    result = flow_.on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     failing = result.parent.parent  # type: ignore[union-attr]
     assert isinstance(failing, AsyncResult) and failing.state == states.FAILURE
@@ -153,7 +153,7 @@ def test_group_results_come_in_group_order(flow: Flow) -> None:
 
 def test_group_failure_is_reported_and_its_errback_called_once(flow: Flow) -> None:
     members = group(flow.add.s(1, 1), flow.fail.s(), flow.fail.s(), flow.add.s(2, 2))
-    result = members.link_error(flow.on_error.s()).delay()
+    result = members.on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     values = result.get(timeout=T, propagate=False)
     assert values[0] == 2 and isinstance(values[1], ValueError) and values[3] == 4
@@ -178,7 +178,7 @@ def test_chord_body_runs_once_with_results_in_header_order(flow: Flow) -> None:
 
 def test_failing_header_fails_the_chord_without_running_the_body(flow: Flow) -> None:
     header = [flow.add.s(1, 1), flow.fail.s(), flow.fail.s(), flow.add.s(2, 2)]
-    result = chord(header, flow.body.s()).link_error(flow.on_error.s()).delay()
+    result = chord(header, flow.body.s()).on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     assert result.state == states.FAILURE
     assert flow.events("body") == []
@@ -203,7 +203,7 @@ def test_chord_inside_a_chain_feeds_the_next_steps(flow: Flow) -> None:
     assert isinstance(body.parent, GroupResult) and body.parent.get(timeout=T) == [3, 4]
 
     broken = chord([flow.add.s(1), flow.fail.s()], flow.body.s())
-    result = chain(flow.add.s(1, 1), broken, flow.never.s()).link_error(flow.on_error.s()).delay()
+    result = chain(flow.add.s(1, 1), broken, flow.never.s()).on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     assert flow.events("body") == [] and flow.events("never") == []
     assert len(flow.events("errback")) == 1
@@ -239,7 +239,7 @@ def test_chord_whose_header_holds_chains(flow: Flow) -> None:
 
     broken = [chain(flow.add.s(1, 1), flow.mul.s(10)),
               chain(flow.add.s(2, 2), flow.fail.s(), flow.never.s())]
-    result = chord(broken, flow.body.s()).link_error(flow.on_error.s()).delay()
+    result = chord(broken, flow.body.s()).on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     assert flow.events("body") == ["4"] and flow.events("never") == []
     assert len(flow.events("errback")) == 1
@@ -250,7 +250,7 @@ def test_chord_whose_body_is_a_chain(flow: Flow) -> None:
     assert chord(header, chain(flow.tsum.s(), flow.mul.s(10))).delay().get(timeout=T) == 60
 
     body = chain(flow.tsum.s(), flow.fail.s(), flow.never.s())
-    result = chord(header, body).link_error(flow.on_error.s()).delay()
+    result = chord(header, body).on_error(flow.on_error.s()).delay()
     failed_with_boom(result)
     assert flow.events("never") == [] and len(flow.events("errback")) == 1
 
@@ -273,7 +273,7 @@ def test_chord_of_chords_and_groups(flow: Flow) -> None:
     assert result.get(timeout=T) == [6, [6, 8]]
 
     broken = chord([flow.add.s(1, 1), flow.fail.s()], flow.tsum.s())
-    outer = chord([broken, flow.add.s(0, 0)], flow.body.s()).link_error(flow.on_error.s())
+    outer = chord([broken, flow.add.s(0, 0)], flow.body.s()).on_error(flow.on_error.s())
     failed_with_boom(outer.delay())
     assert flow.events("body") == ["2"] and len(flow.events("errback")) == 1
 
@@ -281,7 +281,9 @@ def test_chord_of_chords_and_groups(flow: Flow) -> None:
 # -- callbacks and results -------------------------------------------------------------
 
 def test_link_sends_the_callback_with_the_result(flow: Flow) -> None:
-    flow.add.s(2, 3).link(flow.on_done.s()).delay().get(timeout=T)
+    sig = flow.add.s(2, 3)
+    sig.link(flow.on_done.s())
+    sig.delay().get(timeout=T)
     assert flow.events("callback") == ["5"]
 
 
@@ -363,12 +365,12 @@ def test_prefork_chord_fires_exactly_once_across_processes(process_url: str,
         broken = [_by_name(client, "square", 1), _by_name(client, "fail", 2),
                   _by_name(client, "fail", 3), _by_name(client, "square", 4)]
         failing = chord(broken, _by_name(client, "body"))
-        failing = failing.link_error(_by_name(client, "on_error"))
+        failing = failing.on_error(_by_name(client, "on_error"))
         with pytest.raises(ValueError, match="failed"):
             failing.delay().get(timeout=60)
 
         killed = chord([_by_name(client, "square", 5), _by_name(client, "hang", 6)],
-                       _by_name(client, "body")).link_error(_by_name(client, "on_error"))
+                       _by_name(client, "body")).on_error(_by_name(client, "on_error"))
         with pytest.raises(TimeLimitExceeded):
             killed.delay().get(timeout=60)
         wait_for(lambda: _drained(client), 30, "the queue to drain")

@@ -21,7 +21,8 @@ pytest_plugins = ("pytester",)
 
 def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     pytester.makepyfile(test_project=source)
-    return pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", *args)
+    # pytest-django (loaded by entry point) would read the outer run's DJANGO_SETTINGS_MODULE.
+    return pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:django", *args)
 
 
 def test_celery_app_and_worker_run_a_task_through_the_real_path(

@@ -391,7 +391,7 @@ def test_priorities_outside_0_to_9_are_clamped(broker: RedisBroker) -> None:
     broker.enqueue(env("low", priority=-3))
     broker.enqueue(env("high", priority=42))
     got = broker.reserve(["q"], 2, lease=30, timeout=0)
-    assert [(d.body, d.priority) for d in got] == [(b"high", 9), (b"low", 0)]
+    assert [(d.body, d.priority) for d in got] == [(b"low", 0), (b"high", 9)]
 
 
 def test_result_wait_is_woken_by_the_write_not_by_polling(prefixed: str) -> None:

@@ -164,11 +164,11 @@ def test_broker_and_result_store_share_one_file(url: str, db_path: Path) -> None
 
 def test_priority_then_queue_order_then_fifo_across_queues(broker: SQLiteBroker) -> None:
     broker.enqueue_many([
-        env("c-low", "c"), env("a-low", "a"), env("b-high", "b", 7),
-        env("c-high", "c", 7), env("a-low2", "a"), env("b-low", "b"),
+        env("c-late", "c", 7), env("a-now", "a"), env("b-late", "b", 7),
+        env("c-now", "c"), env("a-now2", "a"), env("b-now", "b"),
     ])
     got = broker.reserve(["b", "a", "c", "b"], 10, lease=30, timeout=0)
-    assert [d.id for d in got] == ["b-high", "c-high", "b-low", "a-low", "a-low2", "c-low"]
+    assert [d.id for d in got] == ["b-now", "a-now", "a-now2", "c-now", "b-late", "c-late"]
 
 
 def test_mixed_keyed_and_plain_batch_keeps_its_order(broker: SQLiteBroker) -> None:
@@ -185,7 +185,7 @@ def test_works_without_update_returning(broker: SQLiteBroker,
     monkeypatch.setattr(sqlite_broker, "HAS_RETURNING", False)
     broker.enqueue_many([env("a"), env("b", priority=5), env("c")])
     got = broker.reserve(["q"], 3, lease=30, timeout=0)
-    assert [d.id for d in got] == ["b", "a", "c"]
+    assert [d.id for d in got] == ["a", "c", "b"]
     assert [d.deliveries for d in got] == [1, 1, 1]
     assert all(broker.dead_letter(d, "bad") for d in got)
     assert broker.replay_dead("q", ["a"]) == 1
@@ -486,3 +486,26 @@ def test_each_thread_uses_its_own_connection(broker: SQLiteBroker) -> None:
         t.join()
     assert len({id(c) for c in conns}) == 4
     assert broker.stats(["q"])[0].ready == 4
+
+
+def test_a_file_from_before_the_priority_change_gets_the_new_index(url: str,
+                                                                   db_path: Path) -> None:
+    """docs/decisions/0008: the descending ready index is replaced on open; queued rows stay."""
+    first = SQLiteBroker(url)
+    first.enqueue(env("old-default"))
+    first.enqueue(env("old-nine", priority=9))
+    first.close()
+    with sqlite3.connect(db_path) as conn:  # what an older Conveyor left behind
+        conn.execute("DROP INDEX conveyor_messages_by_priority")
+        conn.execute("""CREATE INDEX conveyor_messages_ready ON conveyor_messages
+                        (queue, priority DESC, seq) WHERE state = 'ready'""")
+    upgraded = SQLiteBroker(url)
+    try:
+        got = upgraded.reserve(["q"], 2, lease=30, timeout=0)
+        assert [d.id for d in got] == ["old-default", "old-nine"]  # read in the new order
+        with sqlite3.connect(db_path) as conn:
+            names = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "conveyor_messages_by_priority" in names and "conveyor_messages_ready" not in names
+    finally:
+        upgraded.close()

@@ -103,12 +103,12 @@ def check_choice(model: Model, queues: list[str], count: int, got: list[Delivery
     assert set(ids) <= set(ready), f"handed out what is not ready: {set(ids) - set(ready)}"
     assert len(ids) == min(count, len(ready)), (len(ids), count, len(ready))
     rank = {q: i for i, q in enumerate(queues)}
-    keys = [(-ready[i].priority, rank[ready[i].queue]) for i in ids]
+    keys = [(ready[i].priority, rank[ready[i].queue]) for i in ids]
     assert keys == sorted(keys), f"batch not in priority, then queue order: {keys}"
     left = [m for m in ready.values() if m.id not in set(ids)]
     if keys and left:
         worst = max(keys)
-        assert all((-m.priority, rank[m.queue]) >= worst for m in left), \
+        assert all((m.priority, rank[m.queue]) >= worst for m in left), \
             "a more urgent message (or an earlier queue's) was left behind"
     for msg in (ready[i] for i in ids if ready[i].pristine):
         older = [m for m in left if m.pristine and m.queue == msg.queue

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, GroupResult, chain, chord, chunks, group, signature
-from conveyor.canvas import Canvas, Signature, derived_id, xmap, xstarmap
+from conveyor.canvas import Canvas, Signature, derived_id, maybe_signature, xmap, xstarmap
 from conveyor.message import Message
 from conveyor.result import AsyncResult
 from conveyor.results.base import ResultStore
@@ -69,20 +69,41 @@ def test_signature_forms_and_partial_args(add: Task) -> None:
     assert add.si(2, 3).partial((1,), {"z": 0}) == ((2, 3), {})
 
 
-def test_signatures_are_values_set_and_clone_copy(add: Task) -> None:
+def test_set_and_link_change_the_signature_in_place_as_celery(add: Task) -> None:
+    """Celery: canvas.py Signature.set returns self; link/link_error return the callback."""
     base = add.s(1)
-    changed = base.set(queue="orders", countdown=5)
-    assert base.options == {}
-    assert changed.options == {"queue": "orders", "countdown": 5}
-    assert base.clone((2,), {"k": 1}).args == (1, 2)
-    assert base.set(immutable=True).immutable and not base.immutable
-    linked = base.link(add.s(10))
-    assert "link" not in base.options and linked.options["link"] == [add.s(10).to_dict()]
-    assert base == add.s(1) and base != add.s(2)
+    assert base.set(queue="orders", countdown=5) is base
+    assert base.options == {"queue": "orders", "countdown": 5}
+    copy = base.copy_with(queue="other")
+    assert copy.options["queue"] == "other" and base.options["queue"] == "orders"
+    assert base.clone((2,), {"k": 1}).args == (2, 1)  # Celery: partial args go first
+    assert add.si(1, 2).clone((3,)).args == (1, 2)
+    assert base.set(immutable=True) is base and base.immutable
+    callback = add.s(10)
+    assert base.link(callback) is callback
+    assert base.options["link"] == [add.s(10).to_dict()]
+    errback = add.s(0)
+    assert base.link_error(errback) is errback and base.on_error(errback) is base
+    assert base.options["link_error"] == [add.s(0).to_dict()]  # added once
+    assert add.s(1) == add.s(1) and add.s(1) != add.s(2)
+    as_dict = add.s(7).to_dict()
+    assert base.link(as_dict) is as_dict and base.options["link"][-1] == as_dict
+    assert maybe_signature(None) is None and maybe_signature(as_dict) == add.s(7)
+    members = group(add.s(1), add.s(2))
+    assert members.set(immutable=True, queue="q") is members  # Celery: set_immutable
+    assert all(t.immutable for t in members.tasks) and "immutable" not in members.options
+
+
+def test_signature_immutable_keyword_as_celery(add: Task) -> None:
+    """Celery: canvas.py signature(varies, ..., immutable=True) builds an immutable signature."""
+    sig = signature("t.add", (2, 3), immutable=True, queue="q")
+    assert sig.immutable and sig.options == {"queue": "q"}
+    assert sig.partial((1,), {}) == ((2, 3), {})
 
 
 def test_signature_json_round_trip(add: Task) -> None:
-    sig = add.si(1, 2).set(queue="q", priority=5).link_error(add.s(0))
+    sig = add.si(1, 2).set(queue="q", priority=5)
+    sig.link_error(add.s(0))
     again = Canvas.from_dict(json.loads(json.dumps(sig.to_dict())))
     assert again == sig and isinstance(again, Signature) and again.immutable
 
@@ -93,7 +114,7 @@ def test_nested_canvas_round_trips_through_json(add: Task, tsum: Task) -> None:
         chord([chain(add.s(1), add.s(2)), group(add.s(3), add.s(4))], tsum.s().set(queue="x")),
         group(add.s(5), add.s(6)),
         chunks(add, [(1, 2), (3, 4)], 1),
-    ).link_error(add.si(0, 0))
+    ).on_error(add.si(0, 0))
     doc = flow.to_dict()
     assert doc["subtask_type"] == "chain"
     assert doc["tasks"][1]["subtask_type"] == "chord"
@@ -143,7 +164,9 @@ def test_empty_chain_and_bodyless_chord_are_refused(app: Conveyor, add: Task) ->
 def test_freeze_pushes_chain_options_to_the_right_steps(add: Task) -> None:
     err, done = add.si(0, 0), add.s(100)
     flow = chain(add.s(1, 1), add.s(2), add.s(3)).set(queue="q", countdown=5, task_id="last")
-    frozen = flow.link_error(err).link(done).freeze()
+    flow.link_error(err)
+    flow.link(done)
+    frozen = flow.freeze()
     assert isinstance(frozen, chain)
     first, middle, last = frozen.tasks
     assert all(step.options["queue"] == "q" for step in frozen.tasks)
@@ -166,7 +189,7 @@ def test_freeze_is_idempotent_and_names_every_call(add: Task, tsum: Task) -> Non
 
 def test_chord_link_error_goes_to_the_body(add: Task, tsum: Task) -> None:
     err = add.si(0, 0)
-    frozen = chord([add.s(1, 1)], tsum.s()).link_error(err).freeze()
+    frozen = chord([add.s(1, 1)], tsum.s()).on_error(err).freeze()
     assert isinstance(frozen, chord) and frozen.body is not None
     assert frozen.body.options["link_error"] == [err.to_dict()]
     assert "link_error" not in frozen.header.tasks[0].options
@@ -268,7 +291,9 @@ def test_derived_ids_are_stable() -> None:
 def test_a_repeated_step_resends_the_same_follow_up(app: Conveyor, add: Task) -> None:
     from conveyor import workflow
 
-    chain(add.s(1, 1), add.s(2), add.s(3)).link(add.s(0)).delay()
+    flow = chain(add.s(1, 1), add.s(2), add.s(3))
+    flow.link(add.s(0))
+    flow.delay()
     (first,) = sent(app)
     workflow.on_success(app, first, 2)
     workflow.on_success(app, first, 2)  # its worker died before the ack: run again
@@ -291,16 +316,20 @@ def test_chord_join_sends_the_body_once_in_header_order(app: Conveyor, add: Task
     assert body.id == result.id and body.args == ([0, 10, 20, 30],)
 
 
+ELSEWHERE = signature("t.elsewhere", (0, 0), immutable=True)
+"""An errback this process does not have: sent as a task (Celery: backends/base.py)."""
+
+
 def test_chord_failure_is_handled_once(app: Conveyor, add: Task, tsum: Task) -> None:
     from conveyor import workflow
 
-    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).link_error(add.si(0, 0)).delay()
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).on_error(ELSEWHERE).delay()
     first, second = sent(app)
     workflow.on_failure(app, first, ValueError("bad"), None)
     workflow.on_failure(app, second, ValueError("worse"), None)
     workflow.on_success(app, second, 4)
     errbacks = sent(app)
-    assert [m.task for m in errbacks] == ["t.add"] and errbacks[0].args == (0, 0)
+    assert [m.task for m in errbacks] == ["t.elsewhere"] and errbacks[0].args == (0, 0)
     assert result.state == "FAILURE"
     with pytest.raises(ValueError, match="bad"):
         result.get(timeout=1)
@@ -320,7 +349,7 @@ def test_composition_apply_async_accepts_callbacks_as_signatures(app: Conveyor,
 def test_follow_up_with_wrong_arguments_fails_like_a_task(app: Conveyor, add: Task) -> None:
     from conveyor import workflow
 
-    result = chain(add.s(1, 1), add.s(1, 2)).link_error(add.si(0, 0)).delay()
+    result = chain(add.s(1, 1), add.s(1, 2)).on_error(ELSEWHERE).delay()
     (first,) = sent(app)
     workflow.on_success(app, first, 2)
     assert [m.args for m in sent(app)] == [(0, 0)]  # the errback, not the step

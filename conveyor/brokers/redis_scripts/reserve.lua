@@ -10,7 +10,7 @@
 -- delayed message or lease of these queues comes due (-1: none), which the
 -- client uses to cap its BLPOP on the wake lists.
 --
--- Order: priority 9 down to 0; within a priority, queues in the order given;
+-- Order: priority 0 up to 9 (0 most urgent, as Celery on Redis); within a priority, queues in the order given;
 -- within a queue, first in first out.  LMPOP (Redis 7) pops from the first
 -- non-empty list of a key list ordered exactly so, a whole batch at a time.
 -- Tokens are token_base .. n: the client makes token_base random (Lua has no
@@ -83,7 +83,7 @@ end
 
 -- LMPOP numkeys key... LEFT COUNT n, keys by priority, then queue order.
 local args, origin = {0}, {}
-for prio = 9, 0, -1 do
+for prio = 0, 9 do
   for _, queue in ipairs(queues) do
     local key = ready_key(queue, prio)
     args[#args + 1] = key

@@ -112,8 +112,8 @@ def install() -> None:
     global _installed
     from conveyor import signals
 
-    signals.task_prerun.connect(prepare_connections)
-    signals.task_postrun.connect(release_connections)
+    signals.message_prerun.connect(prepare_connections)
+    signals.message_postrun.connect(release_connections)
     if not _installed:
         _installed = True
         os.register_at_fork(after_in_child=forget_inherited_connections)
@@ -123,8 +123,8 @@ def uninstall() -> None:
     """Disconnect the task hooks (tests); the fork hook cannot be removed and is harmless."""
     from conveyor import signals
 
-    signals.task_prerun.disconnect(prepare_connections)
-    signals.task_postrun.disconnect(release_connections)
+    signals.message_prerun.disconnect(prepare_connections)
+    signals.message_postrun.disconnect(release_connections)
 
 
 __all__ = [

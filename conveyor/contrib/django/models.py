@@ -316,7 +316,7 @@ class PeriodicTask(models.Model):
     headers = models.TextField(_("headers"), blank=True, default="{}",
                                validators=[validate_json_dict])
     priority = models.PositiveIntegerField(_("priority"), null=True, blank=True, default=None,
-                                           help_text=_("0..9, 9 most urgent"))
+                                           help_text=_("0..9, 0 most urgent"))
     expires = models.DateTimeField(_("expires"), null=True, blank=True,
                                    help_text=_("No runs after this time"))
     expire_seconds = models.PositiveIntegerField(
@@ -372,7 +372,7 @@ class PeriodicTask(models.Model):
         if self.clocked_id and not self.one_off:
             raise ValidationError({"one_off": _("A clocked schedule runs once: tick one-off.")})
         if self.priority is not None and self.priority > 9:
-            raise ValidationError({"priority": _("0..9, 9 most urgent")})
+            raise ValidationError({"priority": _("0..9, 0 most urgent")})
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # As django-celery-beat: a disabled task forgets its last run, so that

@@ -18,8 +18,9 @@ serves the queue runs Django tasks beside Conveyor's own, with Conveyor's
 delivery guarantees, and results come from the app's result store.
 
 * ``queue_name`` is the Conveyor queue; ``run_after`` becomes the message's
-  ETA (it waits in the broker); ``priority`` (-100..100, 0 the default) maps
-  onto Conveyor's 0..9 keeping its order, with 0 meaning the app's default.
+  ETA (it waits in the broker); ``priority`` (-100..100, higher first, 0 the
+  default) maps onto Conveyor's 0..9 (lower first, as Celery on Redis)
+  keeping its order, with 0 meaning the app's default.
 * ``get_result`` works from any process: the id is the Conveyor task id.
   ``enqueue`` writes a PENDING record first, so a queued task answers READY
   rather than "does not exist".
@@ -89,13 +90,14 @@ def _require_api() -> Any:
     return _core
 
 
-def conveyor_priority(priority: int, default: int) -> int:
-    """Django's -100..100 (0 = default) onto Conveyor's 0..9, keeping order."""
+def conveyor_priority(priority: int, default: int | None) -> int:
+    """Django's -100..100 (higher first, 0 = default) onto Conveyor's 0..9 (lower first)."""
+    base = default or 0
     if priority > 0:
-        return min(9, default + math.ceil(priority * (9 - default) / 100))
+        return max(0, base - math.ceil(priority * base / 100))
     if priority < 0:
-        return max(0, default - math.ceil(-priority * default / 100))
-    return default
+        return min(9, base + math.ceil(-priority * (9 - base) / 100))
+    return base
 
 
 def _moment(epoch: float | None) -> datetime | None:

@@ -1,0 +1,140 @@
+"""Declared queues: ``task_queues`` as Celery accepts it.
+
+``task_queues`` may be a list or tuple of queue names, of :class:`Queue`
+objects (this module's, or kombu's: anything with a ``.name``), or Celery's
+older dict form ``{"name": {"routing_key": ..., ...}}``.  A worker with no
+``-Q`` consumes every declared queue, in the order given; with
+``task_create_missing_queues = False`` a task routed to a queue that is not
+declared is refused at send with :class:`QueueNotFound` (Celery's rule).
+
+What matters here is the name.  The AMQP fields (exchange, routing key,
+queue arguments such as ``x-max-priority``) shape nothing on SQLite and
+Redis, where queues are addressed directly and priorities are always 0..9
+(as on Celery's Redis transport): they are kept on the object for an AMQP
+broker and named in one warning when the setting is loaded, so nothing is
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.exceptions import ConfigurationError, QueueNotFound
+
+# Keys of Celery's dict form that are AMQP declarations (no effect here).
+_AMQP_KEYS = frozenset({
+    "exchange", "exchange_type", "routing_key", "binding_key", "queue_arguments",
+    "max_priority", "durable", "auto_delete", "exclusive",
+})
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One declared queue (Celery's ``kombu.Queue`` with the fields that matter here).
+
+    ``Queue("reports")``, ``Queue("reports", routing_key="reports")``,
+    ``Queue("urgent", queue_arguments={"x-max-priority": 10})``.
+    """
+
+    name: str
+    exchange: Any = None
+    routing_key: str | None = None
+    queue_arguments: dict[str, Any] = field(default_factory=dict)
+    max_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"Queue needs a non-empty name, got {self.name!r}")
+
+    @property
+    def amqp_fields(self) -> list[str]:
+        """The AMQP-only fields this queue sets (no effect on SQLite or Redis)."""
+        found = [key for key in ("exchange", "routing_key") if getattr(self, key)]
+        found += [f"queue_arguments[{key!r}]" for key in self.queue_arguments]
+        if self.max_priority is not None:
+            found.append("max_priority")
+        return found
+
+
+def parse_queues(value: Any, source: str = "task_queues") -> list[Queue] | None:
+    """``task_queues`` in any of Celery's forms as a list of :class:`Queue`."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        queues = [_from_mapping(name, spec, source) for name, spec in value.items()]
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"{source} must be a list of queue names or Queue objects, got {value!r}")
+    else:
+        queues = [as_queue(item, source) for item in value]
+    _warn_amqp_only(queues, source)
+    return queues
+
+
+def as_queue(item: Any, source: str = "task_queues") -> Queue:
+    """A name, a :class:`Queue`, or a kombu-like object with ``.name``, as a Queue."""
+    if isinstance(item, Queue):
+        return item
+    if isinstance(item, str):
+        return Queue(item)
+    name = getattr(item, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(
+            f"{source}: {item!r} is neither a queue name nor a Queue with a name")
+    exchange = getattr(item, "exchange", None)
+    return Queue(
+        name,
+        exchange=getattr(exchange, "name", exchange) or None,
+        routing_key=getattr(item, "routing_key", None) or None,
+        queue_arguments=dict(getattr(item, "queue_arguments", None) or {}),
+        max_priority=getattr(item, "max_priority", None),
+    )
+
+
+def _from_mapping(name: Any, spec: Any, source: str) -> Queue:
+    if isinstance(spec, Queue) or hasattr(spec, "name"):
+        return as_queue(spec, source)
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - _AMQP_KEYS)
+    if unknown:
+        raise ConfigurationError(f"{source}[{name!r}]: unknown queue option(s) "
+                                 f"{', '.join(unknown)}")
+    return Queue(str(name), exchange=spec.get("exchange"), routing_key=spec.get("routing_key"),
+                 queue_arguments=dict(spec.get("queue_arguments") or {}),
+                 max_priority=spec.get("max_priority"))
+
+
+def _warn_amqp_only(queues: list[Queue], source: str) -> None:
+    from conveyor.config import ConfigWarning
+
+    used = sorted({f for queue in queues for f in queue.amqp_fields})
+    if used:
+        warnings.warn(
+            f"{source}: no effect here for {', '.join(used)} (AMQP declarations: SQLite "
+            "and Redis queues are addressed by name, priorities are always 0..9)",
+            ConfigWarning, stacklevel=5)
+
+
+def queue_name(value: Any) -> str:
+    """A route's ``queue`` (a name or a Queue-like object) as a name."""
+    return value if isinstance(value, str) else as_queue(value, "queue").name
+
+
+def queue_names(queues: Iterable[Any] | None) -> list[str]:
+    return [queue_name(q) for q in queues or ()]
+
+
+def check_declared(name: str, declared: Iterable[Any] | None, default_queue: str) -> None:
+    """Celery's ``task_create_missing_queues = False``: only declared queues take tasks."""
+    known = queue_names(declared) if declared is not None else [default_queue]
+    if name not in known:
+        raise QueueNotFound(
+            f"queue {name!r} is missing from task_queues ({', '.join(known)}) and "
+            "task_create_missing_queues is False")
+
+
+__all__ = ["Queue", "QueueNotFound", "as_queue", "check_declared", "parse_queues",
+           "queue_name", "queue_names"]
