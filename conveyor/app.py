@@ -75,6 +75,7 @@ class Conveyor:
         self._include = list(include)
         self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
         self._finalized = False
+        self._env_prefixes = ["CONVEYOR_"]
         self._routes: Routes | None = None
         self._steps: tuple[Any, tuple[int, ...]] | None = None  # (setting, parsed)
         self._broker: tuple[int, Broker] | None = None
@@ -115,11 +116,20 @@ class Conveyor:
         self.conf.update(values, source=where)
         if "broker_url" not in values and self.conf.broker_url == DEFAULT_BROKER_URL:
             self.conf.broker_url = _anchored_default_broker(obj)
+        if namespace:
+            self._env_prefixes = list(dict.fromkeys(
+                ["CONVEYOR_", namespace.rstrip("_").upper() + "_"]))
         self._invalidate()
 
-    def config_from_env(self, prefix: str = "CONVEYOR_") -> None:
-        """Apply ``CONVEYOR_BROKER_URL`` and friends from the environment."""
-        self.conf.update(values_from_env(prefix=prefix), source="environment")
+    def config_from_env(self, prefix: str | None = None) -> None:
+        """Apply ``CONVEYOR_BROKER_URL`` and friends from the environment.
+
+        Without ``prefix``: ``CONVEYOR_*``, then the namespace settings were
+        read with (``CELERY_*`` after ``config_from_object(..., namespace="CELERY")``),
+        so an environment variable follows the same naming as the settings file.
+        """
+        for each in [prefix] if prefix else self._env_prefixes:
+            self.conf.update(values_from_env(prefix=each), source="environment")
         self._invalidate()
 
     def _invalidate(self) -> None:

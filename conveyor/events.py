@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
 from conveyor.exceptions import ConfigurationError
+from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -73,6 +74,7 @@ __all__ = [
     "Recorder",
     "TaskClock",
     "TaskEntry",
+    "TaskPage",
     "TaskQuery",
     "TaskReport",
     "TimelineEvent",
@@ -221,6 +223,9 @@ class TaskQuery:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+    #: Look at no more than this many of the most recent entries in the time range
+    #: (None: all); bounds a search that matches little (the monitor sets it).
+    scan: int | None = None
 
     def matches(self, entry: TaskEntry) -> bool:
         checks = (
@@ -232,6 +237,16 @@ class TaskQuery:
             self.until is None or entry.updated_at <= self.until,
         )
         return all(checks)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """A search's answer; ``complete`` is False when it stopped at ``query.scan``
+    entries, so older entries (before the oldest one looked at) may match too."""
+
+    entries: list[TaskEntry]
+    complete: bool = True
+    oldest: float | None = None  # updated_at of the oldest entry looked at
 
 
 @dataclass
@@ -269,6 +284,7 @@ class TaskClock:
 
     def __init__(self) -> None:
         self._current: tuple[str, TaskReport] | None = None
+        self._unstarted_names: set[str] = set()
 
     def start(self, delivery: Delivery, task: str, *,
               message: Message | None = None) -> TaskReport:
@@ -281,7 +297,7 @@ class TaskClock:
         else:
             head = _peek(delivery.body)
             sent, eta = _number(head.get("created")), _number(head.get("eta"))
-            retries = int(head.get("retries") or 0)
+            retries = _count_of(head.get("retries"))
         due = max(sent or 0.0, eta or 0.0)
         report = TaskReport(
             task_id=_task_id(delivery.id), name=task, queue=delivery.queue,
@@ -292,23 +308,48 @@ class TaskClock:
         return report
 
     def finish(self, delivery: Delivery, outcome: _Outcome) -> TaskReport | None:
+        """The outcome's report, or None when there is nothing to count.
+
+        Never raises: it runs after the message was settled, in the loop that
+        must go on serving, on bodies that may be anything at all."""
         state = DEAD if outcome.action == "dead" else outcome.state
         current, self._current = self._current, None
         if state is None:
             return None  # handed back unstarted, or ignored: nothing to count
+        try:
+            return self._report(delivery, outcome, state, current)
+        except Exception:
+            log.exception("no event recorded for %s", delivery.id)
+            return None
+
+    def _report(self, delivery: Delivery, outcome: _Outcome, state: str,
+                current: tuple[str, TaskReport] | None) -> TaskReport:
         now = time.time()
+        info = None if outcome.reason is None else printable(outcome.reason)
         if current is not None and current[0] == delivery.id:
             s = current[1]
             runtime = outcome.runtime or now - (s.started_at or now)
             # Built directly: dataclasses.replace costs ten times as much.
             return TaskReport(s.task_id, s.name, s.queue, state, now, s.retries, s.sent_at,
-                              s.started_at, runtime, s.wait, outcome.reason)
-        head = _peek(delivery.body, limit=None)  # rare: refused or dead-lettered unstarted
+                              s.started_at, runtime, s.wait, info)
+        head = _peek(delivery.body) or _head(delivery.body)  # rare: refused unstarted
         return TaskReport(
-            task_id=_task_id(delivery.id), name=str(head.get("task") or "(undecodable)"),
-            queue=delivery.queue, state=state, at=now, retries=int(head.get("retries") or 0),
-            sent_at=_number(head.get("created")), info=outcome.reason,
+            task_id=_task_id(delivery.id), name=self._bounded(_name_of(head.get("task"))),
+            queue=delivery.queue, state=state, at=now, retries=_count_of(head.get("retries")),
+            sent_at=_number(head.get("created")), info=info,
         )
+
+    def _bounded(self, name: str) -> str:
+        """The name to count a never-started message under: as the body gives it, for
+        the first MAX_UNSTARTED_NAMES names; a writer flooding the broker with made-up
+        names must not add a counter series for each."""
+        name = printable(name)
+        if name in self._unstarted_names:
+            return name
+        if len(self._unstarted_names) >= MAX_UNSTARTED_NAMES:
+            return "(other names)"
+        self._unstarted_names.add(name)
+        return name
 
 
 def killed_report(delivery: Delivery, task: str, state: str, started_monotonic: float,
@@ -330,18 +371,55 @@ def _task_id(delivery_id: str) -> str:
 PEEK_LIMIT = 64 * 1024
 
 
+#: Times beyond this many seconds either side of 1970 are not times (year 5138).
+MAX_TIME = 1e11
+#: Distinct names one consumer counts never-started messages under (see TaskClock._bounded).
+MAX_UNSTARTED_NAMES = 1000
+#: The longest task name an event carries (a hostile body may name anything).
+MAX_NAME = 200
+
+
 def _peek(body: bytes, limit: int | None = PEEK_LIMIT) -> dict[str, Any]:
+    """The body's top-level fields, or nothing: any body at all, however hostile
+    (nested past the recursion limit, not UTF-8, not an object), gives a dict."""
     if limit is not None and len(body) > limit:
         return {}
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, MemoryError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
 
+def _head(body: bytes) -> dict[str, Any]:
+    """The task name of a body too large to parse again, from its first bytes
+    (an encoded message starts with its id and task name); else nothing."""
+    start = body.find(b'"task":', 0, 4096)
+    if start < 0:
+        return {}
+    text = body[start + 7:start + 7 + 2 * MAX_NAME].decode("utf-8", "replace").lstrip()
+    try:
+        name, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return {}
+    return {"task": name}
+
+
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A time from a body (Unix seconds), or None: NaN, infinities and numbers
+    no clock shows (stores turn times into microseconds) are no time."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if -MAX_TIME < value < MAX_TIME else None
+
+
+def _count_of(value: Any) -> int:
+    """A retry count from a body: a non-negative int, else 0."""
+    return value if type(value) is int and 0 <= value < 2**31 else 0
+
+
+def _name_of(value: Any) -> str:
+    return value[:MAX_NAME] if isinstance(value, str) and value else "(undecodable)"
 
 
 class Recorder:
@@ -550,6 +628,10 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
         """Index entries matching ``query``, most recently updated first."""
+
+    def search(self, query: TaskQuery) -> TaskPage:
+        """:meth:`tasks`, saying whether the scan was cut at ``query.scan``."""
+        return TaskPage(self.tasks(query))
 
     @abc.abstractmethod
     def timeline(self, task_id: str) -> list[TimelineEvent]:

@@ -6,8 +6,12 @@ The tree::
     ├── ConfigurationError          settings that are unknown, mistyped or inconsistent
     │   └── QueueNotFound           routed to an undeclared queue (create-missing off)
     ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
+    ├── SolarLibraryMissing         a solar schedule without PyEphem (conveyor._sun)
+    ├── DeployError                 deployment files that cannot be generated (conveyor.deploy)
+    ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result
-    │   └── ContentDisallowed       a content type outside ``accept_content``
+    │   ├── ContentDisallowed       a content type outside ``accept_content``
+    │   └── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
     ├── BrokerError                 the broker refused or could not be reached
     │   └── BrokerUnavailable       connection lost; the operation did not happen
     ├── ResultError

@@ -23,7 +23,9 @@ from conveyor.serialization import (
     decode_payload,
     dumps_json,
     encode_payload,
+    printable,
     to_jsonable,
+    utf8,
 )
 
 PROTOCOL_VERSION = 1
@@ -82,7 +84,16 @@ class Message:
 
     def encode(self) -> bytes:
         """Serialize to the wire format; raises naming the argument that cannot travel."""
-        return dumps_json(self._doc()).encode("utf-8")
+        return utf8(dumps_json(self._doc()), self._named)
+
+    def _named(self) -> list[tuple[str, Any]]:
+        """The values a body is made of, named as errors name them."""
+        return [*((f"positional argument {i}", v) for i, v in enumerate(self.args)),
+                *((f"keyword argument {k!r}", v) for k, v in self.kwargs.items()),
+                *((f"the name of keyword argument {printable(k)!r}", k) for k in self.kwargs),
+                ("the task name", self.task), ("the queue", self.queue),
+                ("the headers", self.headers), ("the workflow", [self.chain, self.chord,
+                                                                 self.callbacks, self.errbacks])]
 
     def _doc(self) -> dict[str, Any]:
         """The wire document: fields in declaration order, those at their default left out.
@@ -146,6 +157,8 @@ class Message:
             if not isinstance(doc.get(required), str):
                 raise MessageDecodeError(f"message has no string field {required!r}")
         content_type = doc.get("content_type", JSON)
+        if not isinstance(content_type, str):
+            raise MessageDecodeError("message field 'content_type' must be a string")
         check_accepted(content_type, accept_content)
         return cls._from_doc(doc, content_type)
 
@@ -161,9 +174,12 @@ class Message:
             extra["callbacks"] = tuple(extra.get("callbacks", ()))
             extra["errbacks"] = tuple(extra.get("errbacks", ()))
             extra["headers"] = decode_payload(extra.get("headers", {}), JSON)
+            check_fields(extra)
             return cls(args=tuple(args), kwargs=dict(kwargs), **extra)
-        except (TypeError, ValueError) as exc:
-            raise MessageDecodeError(f"malformed message fields: {exc}") from exc
+        except MessageDecodeError:
+            raise
+        except Exception as exc:  # hostile input: any failure to decode is the body's fault
+            raise MessageDecodeError(f"malformed message fields: {exc!r}"[:500]) from exc
 
 
 _FIELD_ORDER = tuple(Message.__dataclass_fields__)
@@ -198,7 +214,8 @@ class BodyTemplate:
         if kwargs or self._typed:
             parts += [',"kwargs":', dumps_json(_encode_kwargs(kwargs, content_type))]
         parts += [self._middle, repr(created), self._tail]
-        return "".join(parts).encode("utf-8")
+        return utf8("".join(parts), lambda: self.prototype.evolve(
+            id=task_id, args=args, kwargs=kwargs)._named())
 
 
 def _members(doc: dict[str, Any], keys: list[str]) -> str:
@@ -233,6 +250,10 @@ def _parse(body: bytes) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageDecodeError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MessageDecodeError("body is nested too deeply to decode") from exc
+    except ValueError as exc:  # e.g. an integer longer than int_max_str_digits
+        raise MessageDecodeError(f"body is not usable JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise MessageDecodeError(f"body is a JSON {type(doc).__name__}, not an object")
     return doc
@@ -285,3 +306,80 @@ def moment_timestamp(value: Any, what: str, enable_utc: bool, zone: str) -> floa
 def naive_zone(enable_utc: bool, zone: str) -> tzinfo:
     """The zone a naive datetime is in: UTC with ``enable_utc``, else ``timezone``."""
     return timezone.utc if enable_utc else ZoneInfo(zone)
+
+
+# -- envelope field checks (a body written straight into the broker skipped .delay()) --
+_BOUND = 2**31  # retries, priority, group_index, max_deliveries: far above any real value
+_MAX_TEXT = 1000  # ids and names become store keys
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= _MAX_TEXT and (
+        value.isascii() or _utf8(value))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(value: Any) -> bool:
+    # Unix times and seconds; far wider than any real one, and false for NaN.
+    return (type(value) is float or type(value) is int) and -1e11 < value < 1e11
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _BOUND
+
+
+def _objects(value: Any) -> bool:
+    return all(isinstance(item, dict) for item in value)
+
+
+def _headers(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for name in ("time_limit", "soft_time_limit"):
+        limit = value.get(name)
+        if limit is not None and not (_finite(limit) and limit >= 0):
+            raise MessageDecodeError(f"message header {name!r} must be a number of seconds")
+    deliveries = value.get("max_deliveries")
+    if deliveries is not None and not (_count(deliveries) and deliveries > 0):
+        raise MessageDecodeError("message header 'max_deliveries' must be a positive integer")
+    return True
+
+
+_TEXT_RULE = f"well-formed text of at most {_MAX_TEXT} characters"
+_COUNT_RULE = f"an integer from 0 to {_BOUND - 1}"
+#: field -> (check, accepts None, what it must be)
+_CHECKS: dict[str, tuple[Any, bool, str]] = {
+    "id": (_text, False, _TEXT_RULE), "task": (_text, False, _TEXT_RULE),
+    "queue": (_text, False, _TEXT_RULE), "root_id": (_text, True, _TEXT_RULE),
+    "parent_id": (_text, True, _TEXT_RULE), "group_id": (_text, True, _TEXT_RULE),
+    "created": (_finite, False, "a finite number"), "eta": (_finite, True, "a finite number"),
+    "expires": (_finite, True, "a finite number"), "priority": (_count, False, _COUNT_RULE),
+    "retries": (_count, False, _COUNT_RULE), "group_index": (_count, True, _COUNT_RULE),
+    "chord": (lambda v: isinstance(v, dict), True, "an object"),
+    "chain": (_objects, False, "a list of objects"),
+    "callbacks": (_objects, False, "a list of objects"),
+    "errbacks": (_objects, False, "a list of objects"),
+    "headers": (_headers, False, "an object"),
+}
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """Refuse envelope fields of the wrong type or out of range, naming the field.
+
+    Without this a hostile body (``"retries": 10**4000``, ``"eta": "soon"``)
+    would fail deep inside the worker, or make it compute ``2 ** retries``.
+    Only the fields present are looked at (a plain call has five).
+    """
+    for name, value in fields.items():
+        rule = _CHECKS.get(name)
+        if rule is None or (value is None and rule[1]):
+            continue
+        if not rule[0](value):
+            raise MessageDecodeError(f"message field {name!r} must be {rule[2]}")

@@ -14,7 +14,7 @@ import base64
 import json
 import pickle
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,6 +52,18 @@ _DECODERS: dict[str, _Decoder] = {
     "set": set,
     "tuple": tuple,
 }
+
+
+def printable(text: str, limit: int = 2000) -> str:
+    """``text`` cut to ``limit`` characters, lone surrogates written as ``\\udXXX``.
+
+    For reasons and names that come from a message body (a hostile body may
+    hold ``"\\ud800"``, which no UTF-8 store, log or page can carry).
+    """
+    text = text[:limit]
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def content_type_for(name: str) -> str:
@@ -176,6 +188,57 @@ def dumps_json(value: Any) -> str:
     return "".join(_COMPACT(value, 0))
 
 
+def utf8(text: str, named: Callable[[], Iterable[tuple[str, Any]]]) -> bytes:
+    """``text`` (JSON made from the ``named`` values) as UTF-8, or an error naming
+    the value that holds a lone surrogate (``"\\ud800"``), which UTF-8 cannot carry.
+
+    Checked only when encoding fails, so sending pays nothing for it.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        for where, value in named():
+            found = surrogate_in(value, where)
+            if found is not None:
+                raise SerializationError(
+                    f"{found} holds a lone surrogate, which UTF-8 (and so no broker or "
+                    "result store) can carry; pass well-formed text (e.g. decode bytes "
+                    "with errors='replace')") from None
+        raise SerializationError("the message holds a lone surrogate, which UTF-8 "
+                                 "cannot carry") from None
+
+
+def surrogate_in(value: Any, where: str, depth: int = 0) -> str | None:
+    """Where in ``value`` a string with a lone surrogate is, or None."""
+    if isinstance(value, str):
+        return None if _encodes(value) else where
+    if depth > 100:
+        return None
+    items: list[tuple[str, Any]]
+    if isinstance(value, (list, tuple)):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            name = printable(str(key))
+            items += [(f"{where}, the key {name!r},", key), (f"{where}[{name!r}]", item)]
+    else:
+        return None
+    for path, item in items:
+        found = surrogate_in(item, path, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode_payload(value: Any, content_type: str, where: str) -> Any:
     """Encode a value for a message or result according to its content type."""
     if content_type == PICKLE:
@@ -183,7 +246,11 @@ def encode_payload(value: Any, content_type: str, where: str) -> Any:
             return base64.b64encode(pickle.dumps(value)).decode("ascii")
         except Exception as exc:
             raise SerializationError(f"{where} cannot be pickled: {exc}") from exc
-    return to_jsonable(value, where)
+    try:
+        return to_jsonable(value, where)
+    except RecursionError:
+        raise SerializationError(f"{where} is nested too deeply to serialize (a few hundred "
+                                 "levels at most)") from None
 
 
 def decode_payload(value: Any, content_type: str) -> Any:

@@ -21,6 +21,7 @@ from conveyor.events import (
     EventStore,
     QueueSample,
     TaskEntry,
+    TaskPage,
     TaskQuery,
     TimelineEvent,
     newer,
@@ -143,11 +144,18 @@ class MemoryEventStore(EventStore):
         return [(t, task, metric, v) for (t, task, metric), v in sorted(out.items())]
 
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
+        return self.search(query).entries
+
+    def search(self, query: TaskQuery) -> TaskPage:
         with self._e.lock:
             entries = list(self._e.tasks.values())
-        found = [e for e in entries if query.matches(e)]
-        found.sort(key=lambda e: e.updated_at, reverse=True)
-        return found[: query.limit]
+        entries.sort(key=lambda e: e.updated_at, reverse=True)
+        span = TaskQuery(since=query.since, until=query.until)
+        in_range = [e for e in entries if span.matches(e)]
+        looked = in_range if query.scan is None else in_range[: query.scan]
+        found = [e for e in looked if query.matches(e)][: query.limit]
+        complete = len(looked) == len(in_range) or len(found) >= query.limit
+        return TaskPage(found, complete, looked[-1].updated_at if looked else None)
 
     def timeline(self, task_id: str) -> list[TimelineEvent]:
         with self._e.lock:

@@ -51,6 +51,7 @@ from conveyor.events import (
     EventStore,
     QueueSample,
     TaskEntry,
+    TaskPage,
     TaskQuery,
     TimelineEvent,
     newer,
@@ -269,19 +270,27 @@ class RedisEventStore(EventStore):
         return out
 
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
+        return self.search(query).entries
+
+    def search(self, query: TaskQuery) -> TaskPage:
         return self._guard(lambda: self._tasks(query))
 
-    def _tasks(self, query: TaskQuery) -> list[TaskEntry]:
+    def _tasks(self, query: TaskQuery) -> TaskPage:
         if query.task_id:
             [entry] = self._entries([query.task_id])
             if entry is not None:
-                return [entry] if query.matches(entry) else []
+                return TaskPage([entry] if query.matches(entry) else [])
         found: list[TaskEntry] = []
+        seen, oldest = 0, None
         for page in self._pages(query):
             found.extend(e for e in page if query.matches(e))
+            seen += len(page)
+            oldest = page[-1].updated_at if page else oldest
             if len(found) >= query.limit:
-                break
-        return found[: query.limit]
+                return TaskPage(found[: query.limit], True, oldest)
+            if query.scan is not None and seen >= query.scan:
+                return TaskPage(found, False, oldest)
+        return TaskPage(found, True, oldest)
 
     def _pages(self, query: TaskQuery) -> Iterator[list[TaskEntry]]:
         """Index entries newest first, a page at a time, within the query's times."""
@@ -289,8 +298,9 @@ class RedisEventStore(EventStore):
         bottom = "-inf" if query.since is None else query.since
         offset = 0
         while True:
+            size = PAGE if query.scan is None else max(1, min(PAGE, query.scan - offset))
             ids: list[bytes] = list(self.client.zrevrangebyscore(
-                f"{self.p}:tasks", top, bottom, start=offset, num=PAGE))
+                f"{self.p}:tasks", top, bottom, start=offset, num=size))
             if not ids:
                 return
             offset += len(ids)

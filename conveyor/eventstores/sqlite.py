@@ -42,6 +42,7 @@ from conveyor.events import (
     EventStore,
     QueueSample,
     TaskEntry,
+    TaskPage,
     TaskQuery,
     TimelineEvent,
 )
@@ -291,11 +292,30 @@ class SQLiteEventStore(EventStore):
         return [(int(t), task, metric, float(v)) for t, task, metric, v in rows]
 
     def tasks(self, query: TaskQuery) -> list[TaskEntry]:
+        return self.search(query).entries
+
+    def search(self, query: TaskQuery) -> TaskPage:
         where, params = _task_filter(query)
-        rows = self._read(
-            f"SELECT {', '.join(_TASK_COLUMNS)} FROM conveyor_events_tasks {where} "
-            "ORDER BY updated_at DESC LIMIT ?", (*params, query.limit))
-        return [TaskEntry(*row) for row in rows]
+        columns = ", ".join(_TASK_COLUMNS)
+        if query.scan is None or query.task_id:
+            rows = self._read(f"SELECT {columns} FROM conveyor_events_tasks {where} "
+                              "ORDER BY updated_at DESC LIMIT ?", (*params, query.limit))
+            return TaskPage([TaskEntry(*row) for row in rows])
+        # The newest ``scan`` rows in the time range (by the updated_at index), filtered.
+        span, span_params = _task_filter(TaskQuery(since=query.since, until=query.until))
+        recent = (f"SELECT * FROM conveyor_events_tasks {span} "
+                  "ORDER BY updated_at DESC LIMIT ?")
+        rows = self._read(f"SELECT {columns} FROM ({recent}) {where} "
+                          "ORDER BY updated_at DESC LIMIT ?",
+                          (*span_params, query.scan, *params, query.limit))
+        found = [TaskEntry(*row) for row in rows]
+        if len(found) >= query.limit:
+            return TaskPage(found)
+        # The oldest row looked at, and whether any row lies beyond it.
+        edge = self._read(f"SELECT updated_at FROM conveyor_events_tasks {span} "
+                          "ORDER BY updated_at DESC LIMIT 2 OFFSET ?",
+                          (*span_params, max(0, query.scan - 1)))
+        return TaskPage(found, complete=len(edge) < 2, oldest=edge[0][0] if edge else None)
 
     def timeline(self, task_id: str) -> list[TimelineEvent]:
         rows = self._read(

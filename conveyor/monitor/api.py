@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from starlette.routing import Route
 
 from conveyor.events import EventStore, TaskQuery, store_for
 from conveyor.exceptions import ConveyorError
-from conveyor.monitor import actions, data, tasks
+from conveyor.monitor import actions, data, tasks, values
 from conveyor.monitor.openapi import openapi_schema
+from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -32,6 +34,10 @@ log = logging.getLogger("conveyor.monitor")
 Handler = Callable[[Request], Any]
 WINDOWS = {"1h": data.HOUR, "3600": data.HOUR, "24h": data.DAY, "1d": data.DAY,
            "86400": data.DAY}
+
+
+#: How many of the most recent index entries one task search looks at, at most.
+SCAN = 5000
 
 
 class BadRequest(ValueError):
@@ -63,12 +69,28 @@ class Monitor:
         return value
 
 
+class SafeJSON(JSONResponse):
+    """Strict JSON whatever a stored value holds (NaN, lone surrogates, deep nesting)."""
+
+    def render(self, content: Any) -> bytes:
+        return values.dumps(content)
+
+
 def _json(value: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(value, status_code=status, headers={"cache-control": "no-store"})
+    return SafeJSON(value, status_code=status, headers={"cache-control": "no-store"})
 
 
 def guarded(run: Callable[[], Any], path: str) -> Response:
     """Run a handler body: JSON out, errors mapped to status codes."""
+    try:
+        return _guarded(run, path)
+    except Exception:  # a record no one foresaw: say so without a stack trace or a URL
+        log.exception("monitor %s failed", path)
+        return _json({"error": "internal error in the monitor; its log has the details"},
+                     500)
+
+
+def _guarded(run: Callable[[], Any], path: str) -> Response:
     try:
         result = run()
     except BadRequest as exc:
@@ -99,7 +121,7 @@ def endpoint(fn: Callable[[Monitor, Request], Any]) -> Callable[[Monitor], Handl
 def window_of(request: Request) -> int:
     raw = request.query_params.get("window", "1h")
     if raw not in WINDOWS:
-        raise BadRequest(f"window must be one of 1h, 24h (got {raw!r})")
+        raise BadRequest(f"window must be one of 1h, 24h (got {printable(raw, 40)!r})")
     return WINDOWS[raw]
 
 
@@ -108,21 +130,36 @@ def _float(request: Request, name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be a Unix time in seconds, got {raw!r}") from exc
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not -1e11 < value < 1e11:  # also refuses nan and inf, which reach the stores badly
+        raise BadRequest(f"{name} must be a Unix time in seconds, got {printable(raw, 40)!r}")
+    return value
+
+
+def limit_of(request: Request, default: int = 100, most: int = 1000) -> int:
+    """The ``limit`` parameter: an integer from 1 to ``most``, else a 400 naming it."""
+    raw = request.query_params.get("limit")
+    if raw in (None, ""):
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be an integer from 1 to {most}, "
+                         f"got {printable(raw, 40)!r}")
+    return limit
 
 
 def task_query(request: Request) -> TaskQuery:
     params = request.query_params
-    try:
-        limit = min(1000, max(1, int(params.get("limit", "100"))))
-    except ValueError as exc:
-        raise BadRequest("limit must be an integer") from exc
+    limit = limit_of(request)
     return TaskQuery(task_id=params.get("id") or None, name=params.get("name") or None,
                      state=(params.get("state") or "").upper() or None,
                      queue=params.get("queue") or None, since=_float(request, "since"),
-                     until=_float(request, "until"), limit=limit)
+                     until=_float(request, "until"), limit=limit, scan=SCAN)
 
 
 def user_of(request: Request) -> str:
@@ -162,7 +199,12 @@ def get_queues(m: Monitor, request: Request) -> Any:
 
 @endpoint
 def get_tasks(m: Monitor, request: Request) -> Any:
-    return {"tasks": tasks.search(m.store, task_query(request))}
+    """Matching tasks among the SCAN most recent in the time range (bounded work
+    whatever the filter); ``complete`` false means older ones may match too:
+    search again with ``until`` set to ``oldest``."""
+    page = m.store.search(task_query(request))
+    return {"tasks": [entry.to_dict() for entry in page.entries], "complete": page.complete,
+            "searched": SCAN, "oldest": page.oldest}
 
 
 @endpoint
@@ -180,13 +222,38 @@ def get_task(m: Monitor, request: Request) -> Any:
 
 
 @endpoint
+def get_task_record(m: Monitor, request: Request) -> Any:
+    """The stored record, whole and as stored: what the task page shows cut short."""
+    task_id = request.path_params["task_id"]
+    stored = m.app.backend.get(task_id)
+    if stored is None:
+        raise LookupError(f"no result record for task {task_id}")
+    return _download(stored.payload, f"task-{task_id}.json")
+
+
+@endpoint
 def get_dead_letters(m: Monitor, request: Request) -> Any:
-    try:
-        limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
-    except ValueError as exc:
-        raise BadRequest("limit must be an integer") from exc
     queue = request.query_params.get("queue") or None
-    return {"dead_letters": data.dead_letters(m.app, queue, limit)}
+    return {"dead_letters": data.dead_letters(m.app, queue, limit_of(request))}
+
+
+@endpoint
+def get_dead_letter_body(m: Monitor, request: Request) -> Any:
+    """One dead letter's body, whole and as stored (the list shows it cut short)."""
+    queue, letter_id = request.query_params.get("queue"), request.query_params.get("id")
+    if not queue or not letter_id:
+        raise BadRequest("give the queue and id parameters")
+    body = data.dead_letter_body(m.app, queue, letter_id)
+    if body is None:
+        raise LookupError(f"no dead letter {letter_id} in {queue}")
+    return _download(body, f"dead-letter-{letter_id}.json")
+
+
+def _download(body: bytes, filename: str) -> Response:
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)[:120]
+    return Response(body, media_type="application/octet-stream", headers={
+        "content-disposition": f'attachment; filename="{safe_name}"',
+        "cache-control": "no-store"})
 
 
 @endpoint
@@ -262,7 +329,9 @@ def routes(monitor: Monitor) -> list[Route]:
         Route("/api/tasks", get_tasks(monitor)),
         Route("/api/tasks/running", get_running(monitor)),
         Route("/api/tasks/{task_id}", get_task(monitor)),
+        Route("/api/tasks/{task_id}/record", get_task_record(monitor)),
         Route("/api/dead-letters", get_dead_letters(monitor)),
+        Route("/api/dead-letters/body", get_dead_letter_body(monitor)),
         Route("/api/schedules", get_schedules(monitor)),
         Route("/api/me", get_me),
         Route("/api/openapi.json", get_openapi),

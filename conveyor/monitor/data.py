@@ -8,14 +8,16 @@ agree on every number.
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
+from conveyor.monitor import values
+from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -219,26 +221,68 @@ def schedules(app: Conveyor) -> dict[str, Any]:
     return beat_status(app)
 
 
+#: Dead letters larger than this are listed without parsing their body (download it).
+PARSE_LIMIT = 1024 * 1024
+#: What one letter's arguments and body text may take in the list.
+LETTER_BUDGET = 2048
+#: How far the download route looks for one letter, newest first.
+FIND_LIMIT = 10_000
+
+
 def dead_letters(app: Conveyor, queue: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Dead letters, newest first, with the task name and arguments read from the body."""
+    """Dead letters, newest first, with the task name and arguments read from the body.
+
+    Every value is shown cut short (``truncated`` says when): one letter of
+    megabytes must not make each poll of the page as large.
+    """
     broker = app.broker
     names = [queue] if queue else broker.queues()
     out = []
     for name in names:
         for letter in broker.dead_letters(name, limit=limit):
-            out.append({"id": letter.id, "queue": letter.queue, "reason": letter.reason,
-                        "failed_at": letter.failed_at, **_body_view(letter.body)})
-    out.sort(key=lambda d: -float(d["failed_at"] or 0))
+            out.append({"id": letter.id, "queue": letter.queue,
+                        "reason": printable(str(letter.reason or ""), LETTER_BUDGET),
+                        "failed_at": _time(letter.failed_at), "size": len(letter.body),
+                        **_body_view(letter.body)})
+    out.sort(key=lambda d: -d["failed_at"])
     return out[:limit]
 
 
-def _body_view(body: bytes) -> dict[str, Any]:
-    text = body.decode("utf-8", "replace")
+def dead_letter_body(app: Conveyor, queue: str, letter_id: str) -> bytes | None:
+    """One letter's body as stored, or None (looked for among the newest FIND_LIMIT)."""
+    for offset in range(0, FIND_LIMIT, 500):
+        letters = app.broker.dead_letters(queue, limit=500, offset=offset)
+        for letter in letters:
+            if letter.id == letter_id:
+                return letter.body
+        if len(letters) < 500:
+            return None
+    return None
+
+
+def _time(value: Any) -> float:
     try:
-        doc = json.loads(text)
-    except ValueError:
-        return {"task": None, "task_id": None, "args": None, "kwargs": None, "body": text[:4096]}
+        number = float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _body_view(body: bytes) -> dict[str, Any]:
+    doc, why = values.parse(body, PARSE_LIMIT)
     if not isinstance(doc, dict):
-        return {"task": None, "task_id": None, "args": None, "kwargs": None, "body": text[:4096]}
-    return {"task": doc.get("task"), "task_id": doc.get("id"), "args": doc.get("args"),
-            "kwargs": doc.get("kwargs"), "body": json.dumps(doc, indent=2)[:16384]}
+        text = body[:LETTER_BUDGET].decode("utf-8", "replace")
+        note = why or f"a JSON {type(doc).__name__}, not a message"
+        return {"task": None, "task_id": None, "args": None, "kwargs": None,
+                "body": f"{text}\n…({note})" if len(body) > LETTER_BUDGET else text,
+                "truncated": len(body) > LETTER_BUDGET}
+    args, cut_args = values.shown(doc.get("args"), LETTER_BUDGET)
+    kwargs, cut_kwargs = values.shown(doc.get("kwargs"), LETTER_BUDGET)
+    shown, cut_body = values.shown(doc, LETTER_BUDGET)
+    return {"task": _text(doc.get("task")), "task_id": _text(doc.get("id")),
+            "args": args, "kwargs": kwargs, "body": values.dumps_pretty(shown),
+            "truncated": cut_args or cut_kwargs or cut_body}
+
+
+def _text(value: Any) -> str | None:
+    return printable(value, 200) if isinstance(value, str) else None

@@ -84,10 +84,15 @@ SCHEMAS: dict[str, Any] = {
         "timeline": {"type": "array", "items": _ref("TimelineEvent")},
         "children": {"type": "array", "items": _obj({"task_id": STR, "state": STR,
                                                      "name": STR_OR_NULL})},
-        "group": {"type": ["object", "null"]}})]},
+        "group": {"type": ["object", "null"]},
+        "truncated": {"type": "boolean", "description": "values were cut short for display "
+                      "(NaN/Infinity appear as strings); GET /api/tasks/{task_id}/record "
+                      "has the whole"}})]},
     "DeadLetter": _obj({"id": STR, "queue": STR, "reason": STR, "failed_at": NUM,
                         "task": STR_OR_NULL, "task_id": STR_OR_NULL, "args": {},
-                        "kwargs": {}, "body": STR}),
+                        "kwargs": {}, "body": STR, "size": NUM,
+                        "truncated": {"type": "boolean", "description": "args, kwargs or body "
+                                      "cut short; GET /api/dead-letters/body has the whole"}}),
     "DeadLetterAction": _obj({"queue": STR, "ids": {"type": ["array", "null"], "items": STR}},
                              ["queue"]),
 }
@@ -120,7 +125,13 @@ def _paths() -> dict[str, Any]:
                 _query("until", "Unix time: updated at or before", NUM),
                 _query("limit", "at most this many (1-1000, default 100)", {"type": "integer"}),
             ],
-            "responses": _ok(_obj({"tasks": {"type": "array", "items": _ref("TaskEntry")}}))}},
+            "responses": {**_ok(_obj({
+                "tasks": {"type": "array", "items": _ref("TaskEntry")},
+                "complete": {"type": "boolean", "description": "false: only the `searched` "
+                             "most recent tasks were looked at; older ones may match (search "
+                             "again with until=oldest)"},
+                "searched": NUM, "oldest": NUM})),
+                "400": {"description": "a malformed parameter (named in the error)"}}}},
         "/api/tasks/running": {"get": {
             "summary": "Tasks running on online workers, with progress from update_state",
             "responses": _ok(_obj({"tasks": {"type": "array",
@@ -129,6 +140,13 @@ def _paths() -> dict[str, Any]:
             "summary": "One task: arguments, result or traceback, family and timeline",
             "parameters": [TASK_ID],
             "responses": {**_ok(_ref("TaskDetail")), "404": {"description": "unknown task"}}}},
+        "/api/tasks/{task_id}/record": {"get": {
+            "summary": "The task's stored record, whole (the task page shows values cut "
+                       "short when `truncated` is true)",
+            "parameters": [TASK_ID],
+            "responses": {"200": {"description": "the record as stored", "content": {
+                "application/octet-stream": {"schema": STR}}},
+                "404": {"description": "no record"}}}},
         "/api/tasks/{task_id}/{action}": {"post": {
             "summary": "retry (send again as a new task), revoke, or terminate",
             "parameters": [TASK_ID, {"name": "action", "in": "path", "required": True,
@@ -141,9 +159,17 @@ def _paths() -> dict[str, Any]:
         "/api/dead-letters": {"get": {
             "summary": "Dead letters, newest first, with reason and body",
             "parameters": [_query("queue", "only this queue"),
-                           _query("limit", "at most this many", {"type": "integer"})],
-            "responses": _ok(_obj({"dead_letters": {"type": "array",
-                                                    "items": _ref("DeadLetter")}}))}},
+                           _query("limit", "at most this many (1-1000, default 100)",
+                                  {"type": "integer"})],
+            "responses": {**_ok(_obj({"dead_letters": {"type": "array",
+                                                       "items": _ref("DeadLetter")}})),
+                          "400": {"description": "a malformed parameter"}}}},
+        "/api/dead-letters/body": {"get": {
+            "summary": "One dead letter's body, whole (the list shows it cut short)",
+            "parameters": [_query("queue", "its queue"), _query("id", "its message id")],
+            "responses": {"200": {"description": "the body as stored", "content": {
+                "application/octet-stream": {"schema": STR}}},
+                "404": {"description": "no such letter among the newest 10,000"}}}},
         "/api/dead-letters/{action}": {"post": {
             "summary": "replay (back on the queue) or discard; ids null means all of the queue",
             "parameters": [{"name": "action", "in": "path", "required": True,

@@ -15,8 +15,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.events import EventStore, TaskQuery
+from conveyor.events import EventStore
 from conveyor.exceptions import ConveyorError
+from conveyor.monitor import values
 from conveyor.results import ResultRecord, Stored
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.monitor")
 MAX_FAMILY = 200
-
-
-def search(store: EventStore, query: TaskQuery) -> list[dict[str, Any]]:
-    return [entry.to_dict() for entry in store.tasks(query)]
 
 
 def progress_of(meta: Any) -> float | None:
@@ -61,10 +58,10 @@ def decode(stored: Stored | None) -> ResultRecord | None:
         return None
     try:
         return ResultRecord.decode(stored.payload, accept_content=["json"])
-    except (ConveyorError, ValueError, TypeError):
+    except (ConveyorError, ValueError, TypeError, RecursionError):
         try:
             doc = json.loads(stored.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ResultRecord(task_id="?", state=stored.state, result="<undecodable record>")
         doc["result"] = f"<{doc.get('content_type', 'non-JSON')} value not shown>"
         doc.pop("content_type", None)
@@ -109,10 +106,14 @@ def detail(app: Conveyor, store: EventStore, task_id: str) -> dict[str, Any] | N
 
 
 def _record_fields(record: ResultRecord) -> dict[str, Any]:
+    args, cut_args = values.shown(record.args or [])
+    kwargs, cut_kwargs = values.shown(record.kwargs or {})
+    result, cut_result = values.shown(record.result)
+    traceback, cut_tb = values.shown(record.traceback, 4 * values.BUDGET)
     fields = {
-        "state": record.state, "args": plain(record.args or []),
-        "kwargs": plain(record.kwargs or {}),
-        "result": plain(record.result), "traceback": record.traceback,
+        "state": record.state, "args": args, "kwargs": kwargs, "result": result,
+        "traceback": traceback,
+        "truncated": cut_args or cut_kwargs or cut_result or cut_tb,
         "exc_type": record.exc_type, "exc_module": record.exc_module,
         "retries": record.retries, "parent_id": record.parent_id, "root_id": record.root_id,
         "group_id": record.group_id, "date_started": record.date_started,
@@ -155,14 +156,6 @@ def _group(app: Conveyor, store: EventStore, group_id: str | None) -> dict[str, 
     return {"group_id": group_id, "members": _family(app, store, members)}
 
 
-def plain(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy of a decoded value (odd types become their repr)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if depth > 20:
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v, depth + 1) for k, v in value.items()}
-    return repr(value)
+def plain(value: Any) -> Any:
+    """A JSON-safe, size-bounded copy of a decoded value (odd types become their repr)."""
+    return values.shown(value)[0]

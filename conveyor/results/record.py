@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from conveyor import states
 from conveyor.exceptions import RemoteTaskError, ResultTooLarge, SerializationError
 from conveyor.serialization import (
     JSON,
@@ -24,6 +25,7 @@ from conveyor.serialization import (
     dumps_json,
     encode_payload,
     to_jsonable,
+    utf8,
 )
 
 log = logging.getLogger("conveyor.results")
@@ -76,9 +78,26 @@ class ResultRecord:
             if value is None or (type(value) is list and not value):
                 continue
             doc[name] = _safe_jsonable(value) if name in _INFORMATIVE else value
-        body = dumps_json(doc).encode()
+        text = dumps_json(doc)
+        try:
+            body = text.encode()
+        except UnicodeEncodeError:
+            body = self._escaped(text)
         _check_size(self, len(body), max_bytes, warn_bytes)
         return body
+
+    def _escaped(self, text: str) -> bytes:
+        """A record holding a lone surrogate: refused when it is the task's value,
+        else (arguments, an exception's text) stored as a ``\\udXXX`` JSON escape.
+
+        The escape is valid JSON and reads back as the same string; a value is
+        refused all the same, so the caller learns of it (as a FAILURE naming
+        it) rather than handing it to code that cannot write it anywhere.
+        """
+        if self.state != states.FAILURE:
+            utf8(dumps_json(encode_payload(self.result, self.content_type, "result")),
+                 lambda: [("the task's return value", self.result)])
+        return text.encode("utf-8", "backslashreplace")
 
     @classmethod
     def decode(cls, payload: bytes, accept_content: list[str] | None = None) -> ResultRecord:

@@ -14,6 +14,8 @@ worker does not know the task); the executor (which has ``app`` and
 
 from __future__ import annotations
 
+import logging
+import reprlib
 import signal as os_signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +40,20 @@ def _task_of(app: Conveyor, name: str) -> Any:
     return task if task is not None else name
 
 
+# Celery's per-task lines at INFO ("Task x[id] received", "... succeeded in 0.01s: 5"),
+# which operators read all day; nothing is formatted when INFO is off (-l WARNING).
+log = logging.getLogger("conveyor.worker")
+_SHOWN_RESULT = 200  # characters of a result's repr in the "succeeded" line
+
+
+def _shown(value: Any) -> str:
+    text = reprlib.repr(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOWN_RESULT else text[:_SHOWN_RESULT] + "..."
+
+
 def received(executor: Executor, message: Message, delivery: Delivery) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("Task %s[%s] received", message.task, message.id)
     if signals.task_received.receivers:
         request = Request.from_message(message, delivery, executor.hostname)
         signals.task_received.send(sender=executor, request=request)
@@ -103,14 +118,19 @@ def _quiet_state(retval: Any) -> str | None:
     return None
 
 
-def succeeded(task: Task, request: Request, result: Any) -> None:
+def succeeded(task: Task, request: Request, result: Any, runtime: float | None = None) -> None:
     """``task_success``; receivers read the id as Celery's do, ``sender.request.id``."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("Task %s[%s] succeeded in %.3fs: %s", task.name, request.id, runtime or 0.0,
+                 _shown(result))
     if signals.task_success.receivers:
         with _running(request):
             signals.task_success.send(sender=task, result=result)
 
 
 def retried(task: Task, request: Request, reason: Retry) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("Task %s[%s] retry: %s", task.name, request.id, reason)
     if signals.task_retry.receivers:
         with _running(request):
             signals.task_retry.send(sender=task, request=request, reason=reason,

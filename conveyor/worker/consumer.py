@@ -35,6 +35,7 @@ from typing import Protocol
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
+from conveyor.serialization import printable
 from conveyor.worker import announce
 from conveyor.worker.execute import (
     ACK,
@@ -117,17 +118,22 @@ class Consumer:
         return self._broker_factory()
 
     def run(self) -> None:
-        """Loop until stopped or recycled (max tasks / max memory)."""
-        while not self.stop.is_set() and not self._should_recycle():
+        """Loop until stopped or recycled (max tasks / max memory).
+
+        Whatever ends the loop, what the reporter holds is sent: if the loop
+        died, its supervisor then knows what to hand back at once.
+        """
+        try:
+            while not self.stop.is_set() and not self._should_recycle():
+                self.reporter.flush()
+                batch = self._reserve()
+                if batch:
+                    self._run_batch(batch)
+                if self._held:
+                    self._run_due()
+        finally:
+            self._release_held()
             self.reporter.flush()
-            batch = self._reserve()
-            if batch:
-                self._run_batch(batch)
-            if self._held:
-                self._run_due()
-        self._hand_back([entry[3] for entry in self._held])
-        self._held.clear()
-        self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
         want, timeout = self._want(), self.poll
@@ -164,9 +170,10 @@ class Consumer:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
-            self._finish(delivery, outcome, reserved)
+            self._conclude(delivery, outcome, reserved)
 
-    def _finish(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
+    def _conclude(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
+        """Keep a rate-limited message for its slot, or settle and report a finished one."""
         if outcome.action == HOLD:
             entry = (time.monotonic() + outcome.delay, next(self._order), reserved, delivery)
             heapq.heappush(self._held, entry)
@@ -174,10 +181,16 @@ class Consumer:
         if self._acked_early and delivery.id in self._acked_early:
             self._acked_early.discard(delivery.id)
             outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime)
-        else:
-            self._settle(delivery, outcome)
-        self.reporter.done(delivery, outcome)
+        self._finish(delivery, outcome)
         self.processed += 1
+
+    def _release_held(self) -> None:
+        """The loop ends: hand back what waits for a rate-limit slot, at once."""
+        held, self._held = [entry[3] for entry in self._held], []
+        try:
+            self._hand_back(held)
+        except Exception:
+            log.exception("could not hand back %d held messages; their leases will", len(held))
 
     def _run_due(self) -> None:
         """Run the held messages whose rate-limit slot has come."""
@@ -203,7 +216,18 @@ class Consumer:
             if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
-            self._finish(delivery, self._execute(delivery, was_revoked), reserved)
+            self._conclude(delivery, self._execute(delivery, was_revoked), reserved)
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Settle and report one message; nothing a message holds may end the loop."""
+        try:
+            self._settle(delivery, outcome)
+        except Exception:
+            log.exception("could not settle %s; its lease will hand it out again", delivery.id)
+        try:
+            self.reporter.done(delivery, outcome)
+        except Exception:
+            log.exception("could not report the end of %s", delivery.id)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
@@ -297,8 +321,9 @@ class Consumer:
             log.warning("handing %s back to run again: %s", delivery.id, outcome.reason)
             broker.requeue(delivery, count=True)
         elif outcome.action == DEAD:
-            log.error("dead-lettering %s: %s", delivery.id, outcome.reason)
-            broker.dead_letter(delivery, outcome.reason or "dead-lettered")
+            reason = printable(outcome.reason or "dead-lettered")
+            log.error("dead-lettering %s: %s", delivery.id, reason)
+            broker.dead_letter(delivery, reason)
 
     def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Warm shutdown: give back what was fetched but not started, at once."""

@@ -193,7 +193,7 @@ class Executor:
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
-        announce.succeeded(task, request, result)
+        announce.succeeded(task, request, result, runtime)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,

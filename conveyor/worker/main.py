@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import signals
 from conveyor.events import EventSink
-from conveyor.exceptions import ConfigurationError
+from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.worker.startup import wait_for_broker
 
@@ -127,6 +127,7 @@ class Worker:
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
                  _safe_url(self.app.conf.broker_url))
+        self._log_tasks()
         self._ready.set()
         signals.worker_ready.send(sender=self)
         try:
@@ -146,6 +147,12 @@ class Worker:
             self._pool.run()
         finally:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+    def _log_tasks(self) -> None:
+        """The registered tasks, one a line, as Celery's start-up banner lists them."""
+        names = sorted(name for name in self.app.tasks if not name.startswith("conveyor."))
+        log.info("worker %s knows %d task(s):%s", self.hostname, len(names),
+                 "".join(f"\n  . {name}" for name in names))
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
@@ -221,9 +228,11 @@ class Worker:
             return
         try:
             self.events.write(batch)
-        except Exception:
+        except BrokerError:  # the store is away: the next heartbeat carries the batch
             book.recorder.restore(batch)
             raise
+        except Exception:  # the store refused the data: carrying it on would fail forever
+            log.exception("dropped %d task events the event store refused", len(batch.tasks))
 
     def _goodbye(self) -> None:
         book = getattr(self._pool, "book", None)

@@ -83,6 +83,10 @@ class ThreadPool:
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
         self._acks_lock = threading.Lock()
         self._wake = threading.Event()  # set when the first pending ack arrives
+        self._started: dict[int, float] = {}  # consumer key -> when its thread started
+        self._crashes = 0  # consumer threads in a row that died young
+        self._respawn_after = 0.0
+        self.replaced = 0  # consumer threads replaced after a crash
 
     def _ack(self, delivery: Delivery) -> None:
         """Called from consumer threads; wakes the supervisor once per bunch."""
@@ -115,21 +119,56 @@ class ThreadPool:
                             poll=self.worker.poll_interval)
         try:
             consumer.run()
-        except Exception:
-            log.exception("consumer thread %d crashed", key)
+        except BaseException:  # even SystemExit: the supervisor replaces this thread
+            log.exception("consumer thread %d crashed; it will be replaced", key)
+        finally:
+            self._wake.set()  # let the supervisor notice at once
+
+    def _start(self, key: int) -> None:
+        self.book.add_slot(key)
+        thread = threading.Thread(target=self._consume, args=(key,),
+                                  name=f"conveyor-consumer-{key}", daemon=True)
+        self.threads[key] = thread
+        self._started[key] = time.monotonic()
+        thread.start()
+
+    def _replace_dead(self) -> None:
+        """Start a new consumer for each one that ended while the worker serves.
+
+        A consumer thread only ends on its own after an internal error the
+        consumer could not contain; what it held goes back to the broker (the
+        running message counted as a delivery, as when a prefork child dies).
+        Replacements of threads that die young are spaced out, as prefork's are.
+        """
+        if self.worker.stopping or time.monotonic() < self._respawn_after:
+            return
+        for key, thread in list(self.threads.items()):
+            if thread.is_alive():
+                continue
+            slot = self.book.remove_slot(key)
+            if slot is not None:
+                running = slot.running.delivery.id if slot.running else None
+                for delivery in slot.held.values():
+                    with contextlib.suppress(BrokerError):
+                        self.app.broker.requeue(delivery, count=delivery.id == running)
+            young = time.monotonic() - self._started.get(key, 0.0) < 2.0
+            self._crashes = self._crashes + 1 if young else 0
+            if self._crashes > 3:
+                delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
+                log.error("consumer threads keep dying; waiting %.1fs before the next", delay)
+                self._respawn_after = time.monotonic() + delay
+            self.replaced += 1
+            self._start(key)
 
     def run(self) -> None:
         for key in range(self.worker.concurrency):
-            self.book.add_slot(key)
-            thread = threading.Thread(target=self._consume, args=(key,),
-                                      name=f"conveyor-consumer-{key}", daemon=True)
-            self.threads[key] = thread
-            thread.start()
-        while any(t.is_alive() for t in self.threads.values()):
+            self._start(key)
+        while any(t.is_alive() for t in self.threads.values()) or not self.worker.stopping:
             if self.worker.stopping:
                 self.stop.set()
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
+            self._replace_dead()
             self._periodic()
             timeout = self._flush_acks()
             self._wake.wait(min(0.05, timeout) if self.worker.stopping else timeout)

@@ -11,6 +11,7 @@ ran, where and how often.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -173,3 +174,24 @@ def test_max_tasks_per_child_recycles(client: Conveyor, spawn, ledger: Ledger) -
     spawn("-c", "1", "--max-tasks-per-child", "2")
     pids = [r.get(timeout=30) for r in results]
     assert len(set(pids)) == 3
+
+
+def test_the_worker_logs_its_tasks_and_each_task_as_celery_does(
+        client: Conveyor, spawn, tmp_path: Path) -> None:
+    """Issue 16: at INFO a worker lists its tasks at start, and says of each task that it
+    was received, succeeded (with its run time and value) or will be retried, in
+    Celery's wording (celery/app/trace.py LOG_SUCCESS, worker/strategy.py "Received
+    task")."""
+    spawn()
+    log = tmp_path / "worker.log"
+    wait_for(lambda: "ready" in log.read_text(), 30, "the worker to start")
+    assert "  . tests.integration.worker_app.flaky" in log.read_text()
+    work = client.send_task("tests.integration.worker_app.work", (0.0,))
+    flaky = client.send_task("tests.integration.worker_app.flaky")
+    assert flaky.get(timeout=30) == "second try" and work.get(timeout=30) is not None
+    text = log.read_text()
+    assert f"Task tests.integration.worker_app.work[{work.id}] received" in text
+    assert re.search(rf"Task tests.integration.worker_app.work\[{work.id}\] succeeded in "
+                     r"\d+\.\d{3}s: ", text)
+    assert re.search(rf"Task tests.integration.worker_app.flaky\[{flaky.id}\] retry: "
+                     r"Retry in 0\.\d+s", text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 from conveyor import Conveyor
 from conveyor.exceptions import SoftTimeLimitExceeded
@@ -85,3 +86,11 @@ def crash(self: object, how: str = "exit") -> None:
     if how == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     os._exit(3)
+
+
+@app.task(bind=True, max_retries=1)
+def flaky(self: Any) -> str:
+    """Fails its first attempt with a retry, succeeds on the second."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    return "second try"

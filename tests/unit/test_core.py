@@ -318,3 +318,19 @@ def test_a_django_projects_default_sqlite_file_is_next_to_base_dir(tmp_path: Pat
     plain = Conveyor("plain", set_as_current=False)
     plain.config_from_object(types.SimpleNamespace(CELERY_TIMEZONE="UTC"), namespace="CELERY")
     assert plain.conf.broker_url == "sqlite:///conveyor.db"  # no anchor: as documented
+
+
+def test_environment_variables_follow_the_settings_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: monitoring.md says ``CELERY_MONITOR_BASIC_AUTH`` works under
+    ``namespace="CELERY"``; only ``CONVEYOR_*`` was read from the environment."""
+    monkeypatch.setenv("CELERY_MONITOR_BASIC_AUTH", "ops:one")
+    monkeypatch.setenv("CONVEYOR_TASK_DEFAULT_QUEUE", "from-conveyor")
+    app = make_app()
+    app.config_from_object(types.SimpleNamespace(CELERY_TIMEZONE="UTC"), namespace="CELERY")
+    app.config_from_env()
+    assert app.conf.monitor_basic_auth == ["ops:one"]
+    assert app.conf.task_default_queue == "from-conveyor"
+    plain = make_app()
+    plain.config_from_env()  # no namespace was used: CELERY_* is not this app's
+    assert plain.conf.monitor_basic_auth == []

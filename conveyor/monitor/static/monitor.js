@@ -264,6 +264,10 @@
             td(t.worker, "mono"), td(t.retries, "n"), td(when(t.started_at)), td(secs(t.runtime), "n"),
             td(secs(t.wait), "n"), td(when(t.updated_at)));
         }), "no task matches");
+        var more = $("t-more");
+        more.hidden = doc.complete !== false;
+        more.textContent = doc.complete === false ? "Searched the " + num(doc.searched) +
+          " most recent tasks; older ones may match too: set Until to " + when(doc.oldest) + " to search further back." : "";
       });
       return Promise.all([running, found]);
     });
@@ -321,6 +325,9 @@
         var failed = t.state === "FAILURE" || t.state === "RETRY";
         $("t-result-title").textContent = failed ? "Exception" : (t.state === "PROGRESS" ? "Progress meta" : "Result");
         $("t-result").textContent = failed && t.exc_type ? t.exc_type + ": " + t.result : pretty(t.result);
+        var whole = $("t-whole");
+        whole.hidden = !t.truncated;
+        whole.href = "/api/tasks/" + encodeURIComponent(id) + "/record";
         $("t-traceback-panel").hidden = !t.traceback;
         $("t-traceback").textContent = t.traceback || "";
         fill(document.querySelector("#t-timeline tbody"), (t.timeline || []).map(function (e) {
@@ -363,7 +370,9 @@
         var queues = {};
         fill(document.querySelector("#dead tbody"), doc.dead_letters.map(function (d) {
           queues[d.queue] = (queues[d.queue] || 0) + 1;
-          var details = h("details", {}, h("summary", { text: d.reason }), h("pre", { text: d.body }));
+          var whole = "/api/dead-letters/body?queue=" + encodeURIComponent(d.queue) + "&id=" + encodeURIComponent(d.id);
+          var details = h("details", {}, h("summary", { text: d.reason }), h("pre", { text: d.body }),
+            d.truncated ? h("a", { href: whole, class: "download", text: "shown cut short: download the whole message (" + num(d.size) + " bytes)" }) : "");
           return h("tr", {}, td(d.task_id ? taskLink(d.task_id) : d.id, "mono"), td(d.task), td(d.queue),
             td(details, "reason"), td(when(d.failed_at)),
             td(h("div", { class: "row-actions" },
