@@ -34,11 +34,15 @@ URL_PARTS = "the URL carries it: put it in broker_url (scheme://user:password@ho
 RESULT_URL_PARTS = ("the URL carries it: put it in result_backend "
                     "(redis://user:password@host:port/db)")
 EVENTS = "events are always written to Conveyor's event store (read by the monitor), not to AMQP"
-NO_CONTROL = "no broadcast control channel: inspect and revoke go through the broker's own keys"
+NO_CONTROL = ("remote control uses Conveyor's own channel beside the broker (conveyor/control/), "
+              "not kombu exchanges and queues")
+ALWAYS_CONTROL = ("every worker answers remote control "
+                  "(its control thread holds one idle connection)")
 IN_BROKER = "delayed tasks wait in the broker, not in a worker-side timer (guarantee 3)"
 NO_COMPRESSION = "messages and results are not compressed; keep arguments small or pass ids"
-NO_SIGNING = ("only used by Celery's 'auth' serializer (message signing), which Conveyor does not "
-              "offer; task_serializer='auth' is refused")
+NO_SIGNING = ("only used by Celery's 'auth' serializer (X.509 message signing); Conveyor signs "
+              "with a shared HMAC key instead: message_signing_key or message_signing_key_file "
+              "(docs/security.md); task_serializer='auth' is refused")
 SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
               "SQLite store, which manages its own connection and table")
 
@@ -149,7 +153,7 @@ NO_EFFECT: dict[str, NoEffect] = {
     "event_serializer": NoEffect("str", "json", "events are always stored as JSON"),
     "task_send_sent_event": NoEffect("bool", False, EVENTS),
     "worker_send_task_events": NoEffect("bool", False, EVENTS),
-    "worker_enable_remote_control": NoEffect("bool", True, NO_CONTROL),
+    "worker_enable_remote_control": NoEffect("bool", True, ALWAYS_CONTROL),
     # -- beat -------------------------------------------------------------------
     "beat_cron_starting_deadline": NoEffect("int", None, "replaced by beat_missed_policy"),
     "beat_schedule_filename": NoEffect("str", "celerybeat-schedule",
@@ -242,9 +246,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_timer": NoEffect("str", None, IN_BROKER),
     "worker_timer_precision": NoEffect("float", 1.0, IN_BROKER),
     # -- implemented on other branches of issue 14 ------------------------------------
-    "task_always_eager": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "task_eager_propagates": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
-    "task_store_eager_result": NoEffect("bool", False, _slice("tasks")),  # owned by slice tasks
     "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
                                         "SQLite every queue has priorities 0..9"),
 }

@@ -8,6 +8,7 @@ children never share a socket with their parent.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, publishing, signals, states
+from conveyor import _state, publishing, signals, signing, states
 from conveyor import priority as priorities
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
@@ -41,10 +42,11 @@ from conveyor.results import ResultRecord, ResultStore, result_store_from_url
 from conveyor.results.record import Attempt, describe_exception
 from conveyor.routing import Routes
 from conveyor.serialization import content_type_for
-from conveyor.task import Task, task_options
+from conveyor.task import Task, make_task, strip_no_effect, task_options
 
 if TYPE_CHECKING:
     from conveyor import result as _result
+    from conveyor.control.api import Control
     from conveyor.events import EventSink
     from conveyor.result import AsyncResult
 
@@ -68,10 +70,13 @@ class Conveyor:
 
     def __init__(self, main: str | None = None, broker: str | None = None,
                  backend: str | None = None, include: Iterable[str] = (),
-                 set_as_current: bool = True, **settings: Any) -> None:
+                 set_as_current: bool = True, task_cls: type[Task] | str | None = None,
+                 **settings: Any) -> None:
         self.main = main or "__main__"
         self.conf = Settings()
         self.tasks: dict[str, Task] = {}
+        self._task_cls = task_cls  # the default base= of @app.task (Celery's task_cls)
+        self._app_task: type[Task] | None = None
         self._include = list(include)
         self._autodiscover: list[tuple[Sequence[str] | None, str]] = []
         self._finalized = False
@@ -145,13 +150,42 @@ class Conveyor:
 
     def task(self, fn: Callable[..., Any] | None = None,
              **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Decorator: ``@app.task`` or ``@app.task(bind=True, max_retries=3)``."""
+        """Decorator: ``@app.task`` or ``@app.task(bind=True, max_retries=3, base=MyTask)``."""
+        base = options.pop("base", None) or self._default_base()
+
         def decorate(func: Callable[..., Any]) -> Task:
-            task = Task(func, task_options(func, self.default_task_name(func), options), self)
+            opts = task_options(func, self.default_task_name(func), options, _base(base))
+            task = make_task(base, func, opts, self)
             self._register(task)
             return task
 
         return decorate(fn) if fn is not None else decorate
+
+    def _default_base(self) -> type[Task]:
+        base = self._task_cls
+        if isinstance(base, str):
+            base = self._task_cls = load_object(base)
+        return base or Task
+
+    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+        """Register a class-based task (an instance, or a class to instantiate).
+
+        As Celery's: a task without a ``name`` is named after its class
+        (``module.ClassName``); ``options`` are task options applied on top
+        of the class's.
+        """
+        if isinstance(task, type):
+            task = task()
+        if not isinstance(task, Task):
+            raise TypeError(f"register_task() takes a Task subclass or instance, got {task!r}")
+        if options:
+            task_options(task.fn, task.name, options)  # names unknown options
+            task = task.with_options(**options)
+        if not task.name:
+            task.name = self.default_task_name(type(task))
+        task._app = self
+        self._register(task)
+        return task
 
     def default_task_name(self, fn: Callable[..., Any]) -> str:
         module = fn.__module__
@@ -243,6 +277,8 @@ class Conveyor:
         return events_for(self)
 
     def close(self) -> None:
+        if "control" in self.__dict__:  # opened by app.control (a cached property)
+            self.control.close()
         for held in (self._broker, self._results):
             if held is not None and held[0] == os.getpid():
                 held[1].close()
@@ -326,6 +362,7 @@ class Conveyor:
 
     def _message_with_options(self, name: str, task: Task | None, args: Any, kwargs: Any,
                               options: dict[str, Any], parent: Request | None) -> Message:
+        options = strip_no_effect(options)
         unknown = set(options) - _SEND_OPTIONS
         if unknown:
             raise TypeError(f"apply_async() got unknown option(s): {', '.join(sorted(unknown))}")
@@ -431,6 +468,7 @@ class Conveyor:
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
         template = BodyTemplate(prototype)
+        key = signing.key_for(self.conf)
         limit = self.conf.task_message_max_bytes
         suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
         queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
@@ -439,6 +477,8 @@ class Conveyor:
         for args, kwargs in calls:
             task_id = new_id()
             body = template.body(task_id, args, kwargs, time.time())
+            if key is not None:
+                body = signing.sign(body, key)
             if limit is not None and len(body) > limit:
                 _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
@@ -468,6 +508,9 @@ class Conveyor:
     def envelope(self, message: Message, idempotency_key: str | None = None,
                  idempotency_ttl: float | None = None) -> Envelope:
         body = message.encode()
+        key = signing.key_for(self.conf)
+        if key is not None:
+            body = signing.sign(body, key)
         limit = self.conf.task_message_max_bytes
         if limit is not None and len(body) > limit:
             _refuse_size(message.task, message.id, body, limit)
@@ -578,9 +621,32 @@ class Conveyor:
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         self.broker.revoke(ids, self.conf.result_expires, terminate=terminate)
 
+    @functools.cached_property
+    def control(self) -> Control:
+        """Celery's ``app.control``: remote control of running workers."""
+        from conveyor.control.api import Control
+
+        return Control(self)
+
     @property
     def hostname(self) -> str:
         return socket.gethostname()
+
+
+def _app_task_class(app: Conveyor) -> type[Task]:
+    """``app.Task``: the base class for this app's task classes (``class MyTask(app.Task)``).
+
+    A subclass of :class:`conveyor.Task` whose tasks belong to this app even
+    when created outside a decorator (``app.register_task(MyTask())``).  Set
+    on the class after its body, where the name ``Task`` means the task class.
+    """
+    if app._app_task is None:
+        app._app_task = type("Task", (Task,), {"_bound_app": app, "__module__": __name__,
+                                               "__qualname__": "Conveyor.Task"})
+    return app._app_task
+
+
+Conveyor.Task = property(_app_task_class)  # type: ignore[attr-defined]
 
 
 def _refuse_size(task: str, task_id: str, body: bytes, limit: int) -> None:
@@ -612,8 +678,12 @@ def _attempt(request: Request) -> list[int] | None:
 
 def broker_message_id(message: Message) -> str:
     """Broker ids: the task id, suffixed per retry so a retry never collides
-    with the attempt still holding its lease."""
-    return message.id if message.retries == 0 else f"{message.id}~{message.retries}"
+    with the attempt still holding its lease (and per replacement: ``Task.replace``)."""
+    base = message.id
+    nesting = message.headers.get("replaced_task_nesting") if message.headers else None
+    if nesting:
+        base = f"{base}~r{nesting}"
+    return base if message.retries == 0 else f"{base}~{message.retries}"
 
 
 def _origin(task: Task) -> tuple[str, str]:
@@ -660,13 +730,23 @@ def _django_apps() -> list[str]:
 
 def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     """Like ``app.task``, for reusable apps that do not know the project's app."""
+    base = options.pop("base", None) or Task
+
     def decorate(func: Callable[..., Any]) -> Task:
         name = f"{func.__module__}.{func.__name__}"
-        task = Task(func, task_options(func, name, options), app=None)
+        task = make_task(base, func, task_options(func, name, options, _base(base)), app=None)
         _state.add_shared_task(task)
         return task
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _base(base: Any) -> type[Task]:
+    """``base=`` checked to be a task class (for a clear error before it is used)."""
+    if not (isinstance(base, type) and issubclass(base, Task)):
+        raise ConfigurationError(f"base={base!r} is not a task class: subclass conveyor.Task "
+                                 "(or app.Task)")
+    return base
 
 
 def _anchored_default_broker(settings: Any) -> str:

@@ -410,6 +410,7 @@ def _check_sendable(app: Conveyor, entry: Entry, where: str) -> None:
 
 
 _SCHEDULER_ALIASES = {
+    "django": "conveyor.contrib.django.schedulers:DatabaseScheduler",  # django-celery-beat's -S
     "django_celery_beat.schedulers:DatabaseScheduler":
         "conveyor.contrib.django.schedulers:DatabaseScheduler",
     "django_celery_beat.schedulers.DatabaseScheduler":

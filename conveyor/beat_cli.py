@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from conveyor import flag_notes
+from conveyor.daemon import daemon_options, daemonize
 
 if TYPE_CHECKING:
     from conveyor.beat import Beat
@@ -22,28 +26,33 @@ log = logging.getLogger("conveyor.beat")
 @click.command("beat")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-S", "--scheduler", default=None,
-              help="dotted path of a conveyor.scheduler.Scheduler subclass "
+              help="dotted path of a conveyor.scheduler.Scheduler subclass, or 'django' "
                    "(default: beat_scheduler, else the beat_schedule setting)")
 @click.option("--max-interval", type=float, default=None,
               help="longest sleep between passes, in seconds (beat_max_loop_interval)")
-@click.option("-s", "--schedule", "schedule_file", default=None, hidden=True,
+@click.option("-s", "--schedule", "schedule_file", default=None,
               help="accepted for Celery compatibility; run history lives in the broker")
-@click.option("--pidfile", default=None, hidden=True,
-              help="accepted for Celery compatibility; not written")
+@daemon_options
 @click.pass_obj
 def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: float | None,
-                 schedule_file: str | None, pidfile: str | None) -> None:
+                 **flags: Any) -> None:
     """Send periodic tasks.  Run as many as you like: one leads, the others stand by."""
     from conveyor.beat import Beat, load_scheduler
     from conveyor.log import setup_logging_for
 
     app = obj.app
-    setup_logging_for(app, loglevel)
-    if schedule_file or pidfile:
-        log.warning("beat: --schedule/--pidfile are ignored; run history lives in the broker "
-                    "and any number of beat processes may run")
+    notes = flag_notes.given(flags, flag_notes.BEAT_NOTES)
+    flags.pop("schedule_file")
+    logfile = daemonize(flags, f"beat@{socket.gethostname()}")
+    setup_logging_for(app, loglevel, logfile=logfile)
+    flag_notes.log_notes("beat", notes)
     if max_interval is not None:
         app.conf.update({"beat_max_loop_interval": max_interval}, source="--max-interval")
+    from conveyor.signing import pickle_warning
+
+    risk = pickle_warning(app.conf)
+    if risk:
+        log.warning("beat: %s", risk)
     service = Beat(app, load_scheduler(app, scheduler))
     _install_signals(service)
     service.run()

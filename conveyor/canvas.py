@@ -159,7 +159,17 @@ class Canvas(abc.ABC):
 
         on_commit = options.pop("on_commit", None)
         node = self.copy_with(**options) if options else self
+        if self.app.conf.task_always_eager:
+            return node.apply(args, kwargs)
         return workflow.send(self.app, node, tuple(args or ()), dict(kwargs or {}), on_commit)
+
+    def apply(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:
+        """Run here and now, in order, as workers would (eager mode, see conveyor.eager)."""
+        from conveyor import eager
+
+        node = self.copy_with(**options) if options else self
+        return eager.apply_canvas(self.app, node, tuple(args or ()), dict(kwargs or {}))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -271,6 +281,13 @@ class Signature(Canvas):
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
+
+    def apply(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:
+        """Run the call here as a worker would (``Task.apply``); returns an ``EagerResult``."""
+        call_args, call_kwargs = self.partial(tuple(args or ()), dict(kwargs or {}))
+        return self.app.get_task(self.task).apply(call_args, call_kwargs,
+                                                  **{**self.options, **options})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task here, now; partial arguments as :meth:`clone` applies them."""

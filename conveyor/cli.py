@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
 
+from conveyor import flag_notes
 from conveyor.app import Conveyor
 from conveyor.beat_cli import beat_command
+from conveyor.daemon import daemon_options, daemonize
 from conveyor.exceptions import ConfigurationError
 
+log = logging.getLogger("conveyor.cli")
 APP_ATTRS = ("app", "conveyor_app", "celery_app", "celery", "conveyor")
 APP_MODULES = ("conveyor", "celery")
 
@@ -94,47 +100,159 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "spec", envvar="CONVEYOR_APP", help="module, module:app or package")
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="load KEY=VALUE lines (secrets) into the environment before the app")
 @click.version_option(package_name="conveyor")
 @click.pass_context
-def main(ctx: click.Context, spec: str | None, workdir: str | None) -> None:
+def main(ctx: click.Context, spec: str | None, workdir: str | None,
+         env_file: str | None) -> None:
     """Conveyor: a production task queue."""
     if workdir:
         os.chdir(workdir)
+    if env_file:
+        _load_env_file(env_file)
     ctx.obj = Context(spec)
+
+
+def _load_env_file(path: str) -> None:
+    """What ``conveyor deploy supervisor`` points programs at (supervisord cannot read one)."""
+    from conveyor.deploy import DeployError, parse_env_file
+
+    if os.stat(path).st_mode & 0o077:
+        click.echo(f"warning: {path} is readable by other users; chmod 600 it", err=True)
+    try:
+        os.environ.update(parse_env_file(Path(path).read_text(encoding="utf-8")))
+    except DeployError as exc:
+        raise click.UsageError(f"--env-file {path}: {exc}") from exc
+
+
+class _Iso8601(click.ParamType):
+    """Celery's ``ISO8601`` argument type (a naive time is UTC, as for ``eta=``)."""
+
+    name = "iso-8601"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time", param, ctx)
+
+
+class _Iso8601OrSeconds(_Iso8601):
+    name = "iso-8601 or seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return super().convert(value, param, ctx)
+
+
+_ISO8601 = _Iso8601()
+_ISO8601_OR_SECONDS = _Iso8601OrSeconds()
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [q.strip() for v in values for q in v.split(",") if q.strip()]
 
 
+GREENLET_POOLS = ("gevent", "eventlet")
+
+
 @main.command()
 @click.option("-Q", "--queues", multiple=True, help="queues to serve, comma separated")
+@click.option("-X", "--exclude-queues", multiple=True,
+              help="serve every queue (task_queues or the default) except these")
 @click.option("-c", "--concurrency", type=int, default=None)
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "async", "solo"]))
+@click.option("-P", "--pool",
+              type=click.Choice(["prefork", "threads", "async", "solo", *GREENLET_POOLS]))
 @click.option("-n", "--hostname", default=None, help="node name; %h expands to the host")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--prefetch-multiplier", type=int, default=None)
+@click.option("-O", "--optimization", type=click.Choice(["fair", "default"]), default=None,
+              help="accepted: every slot reserves only when free (see the startup note)")
 @click.option("--max-tasks-per-child", type=int, default=None)
 @click.option("--max-memory-per-child", type=int, default=None, help="KiB")
+@click.option("--time-limit", type=float, default=None, help="hard limit, s (task_time_limit)")
+@click.option("--soft-time-limit", type=float, default=None,
+              help="soft limit, s (task_soft_time_limit)")
+@click.option("--purge", "--discard", "purge_first", is_flag=True,
+              help="drop every waiting message in the worker's queues before starting")
+@click.option("-I", "--include", multiple=True, help="modules to import, comma separated")
+@click.option("--heartbeat-interval", type=float, default=None,
+              help="seconds between heartbeats (worker_heartbeat_interval)")
+@click.option("-E", "--task-events", "--events", "task_events", is_flag=True,
+              help="accepted: events are always on")
+@click.option("--without-gossip", is_flag=True, help="accepted: there is no gossip")
+@click.option("--without-mingle", is_flag=True, help="accepted: there is no mingle")
+@click.option("--without-heartbeat", is_flag=True,
+              help="accepted: heartbeats renew leases and stay on")
 @click.option("-B", "--beat", is_flag=True, help="also run beat (under the same leader lease)")
+@daemon_options
 @pass_ctx
 def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           beat: bool) -> None:
+           beat: bool, **flags: Any) -> None:
     """Start a worker."""
     from conveyor.log import setup_logging_for
     from conveyor.worker import Worker
+    from conveyor.worker.main import expand_hostname
 
+    if pool in GREENLET_POOLS:
+        raise click.UsageError(
+            f"-P {pool}: Conveyor has no greenlet pool; its pools are prefork (processes), "
+            "threads and async (async def tasks on an event loop; the I/O-bound case "
+            "gevent/eventlet serve) and solo. See docs/migrating-from-celery.md")
+    app = obj.app
+    notes = flag_notes.given(flags, flag_notes.WORKER_NOTES)
+    _worker_settings(app, flags)
+    serve = _worker_queues(app, _split(queues), _split(flags.pop("exclude_queues")))
+    logfile = daemonize(flags, expand_hostname(hostname, app.main.split(".")[0]))
     # Celery's order: celeryd_init and worker_init (in Worker()), then logging.
-    node = Worker(obj.app, queues=_split(queues) or None, concurrency=concurrency, pool=pool,
+    node = Worker(app, queues=serve, concurrency=concurrency, pool=pool,
                   hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                   max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child)
-    setup_logging_for(obj.app, loglevel)
+    setup_logging_for(app, loglevel, logfile=logfile)
+    flag_notes.log_notes("worker", notes)
+    if flags.pop("purge_first"):
+        for name in node.queues:
+            log.warning("--purge: dropped %d message(s) from %s", app.broker.purge(name), name)
     if beat:
-        node.on_stop.append(_embedded_beat(obj.app).stop)  # no new ticks once shutdown starts
+        node.on_stop.append(_embedded_beat(app).stop)  # no new ticks once shutdown starts
     node.run()
+
+
+def _worker_settings(app: Conveyor, flags: dict[str, Any]) -> None:
+    """Flags that are settings in Celery too: applied to ``app.conf`` as Celery does."""
+    values = {key: flags.pop(flag) for flag, key in (
+        ("time_limit", "task_time_limit"), ("soft_time_limit", "task_soft_time_limit"),
+        ("heartbeat_interval", "worker_heartbeat_interval"))}
+    values = {key: value for key, value in values.items() if value is not None}
+    if values:
+        app.conf.update(values, source="the worker command line")
+    for module in _split(flags.pop("include")):
+        importlib.import_module(module)
+
+
+def _worker_queues(app: Conveyor, queues: list[str], exclude: list[str]) -> list[str] | None:
+    """``-Q`` minus ``-X``; with only ``-X``, the app's queues minus those (as Celery)."""
+    if not exclude:
+        return queues or None
+    from conveyor.queues import queue_names
+
+    conf = app.conf
+    base = queues or queue_names(conf.task_queues) or [conf.task_default_queue]
+    left = [name for name in base if name not in exclude]
+    if not left:
+        raise click.UsageError(f"-X {','.join(exclude)} leaves no queue to serve "
+                               f"(the worker would serve {', '.join(base)})")
+    return left
 
 
 def _embedded_beat(app: Conveyor) -> Any:
@@ -146,16 +264,33 @@ def _embedded_beat(app: Conveyor) -> Any:
 
 
 @main.command()
-@click.option("-Q", "--queues", multiple=True, required=True)
+@click.option("-Q", "--queues", multiple=True,
+              help="queues to purge, comma separated (default: task_queues or the default)")
+@click.option("-X", "--exclude-queues", multiple=True, help="queues not to purge")
 @click.option("-f", "--force", is_flag=True, help="do not ask for confirmation")
 @pass_ctx
-def purge(obj: Context, queues: tuple[str, ...], force: bool) -> None:
-    """Drop every ready and delayed message in the given queues."""
-    names = _split(queues)
+def purge(obj: Context, queues: tuple[str, ...], exclude_queues: tuple[str, ...],
+          force: bool) -> None:
+    """Drop every ready and delayed message in the app's queues (or -Q's), minus -X's."""
+    from conveyor.queues import queue_names
+
+    conf = obj.app.conf
+    chosen = _split(queues) or queue_names(conf.task_queues) or [conf.task_default_queue]
+    excluded = set(_split(exclude_queues))
+    names = sorted({name for name in chosen if name not in excluded})
+    if not names:
+        click.echo("No queues to purge.")
+        return
     if not force:
-        click.confirm(f"Drop all waiting messages in {', '.join(names)}?", abort=True)
+        click.confirm(f"WARNING: this removes every waiting task from {len(names)} queue(s): "
+                      f"{', '.join(names)}. There is no undo.\n(-f skips this question)\n"
+                      "Delete them all?", abort=True)
+    total = 0
     for name in names:
-        click.echo(f"{name}: purged {obj.app.broker.purge(name)} messages")
+        count = obj.app.broker.purge(name)
+        total += count
+        click.echo(f"{name}: purged {count} messages")
+    click.echo(f"Purged {total} message(s) from {len(names)} queue(s).")
 
 
 @main.command()
@@ -223,15 +358,32 @@ def revoke(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None:
 @click.argument("name")
 @click.option("-a", "--args", default="[]", help="JSON list")
 @click.option("-k", "--kwargs", default="{}", help="JSON object")
+@click.option("--eta", type=_ISO8601, default=None, help="ISO 8601 time to run at")
+@click.option("--countdown", type=float, default=None, help="seconds from now to run at")
+@click.option("--expires", type=_ISO8601_OR_SECONDS, default=None,
+              help="ISO 8601 time, or seconds from now, after which it is not run")
+@click.option("--serializer", default="json", show_default=True)
 @click.option("-Q", "--queue", default=None)
-@click.option("--countdown", type=float, default=None)
 @pass_ctx
-def call(obj: Context, name: str, args: str, kwargs: str, queue: str | None,
-         countdown: float | None) -> None:
+def call(obj: Context, name: str, args: str, kwargs: str, eta: datetime | None,
+         countdown: float | None, expires: datetime | float | None, serializer: str,
+         queue: str | None) -> None:
     """Send a task by name and print its id."""
-    result = obj.app.send_task(name, json.loads(args), json.loads(kwargs), queue=queue,
-                               countdown=countdown)
+    result = obj.app.send_task(name, _json(args, list, "--args"), _json(kwargs, dict, "--kwargs"),
+                               queue=queue, countdown=countdown, eta=eta, expires=expires,
+                               serializer=serializer)
     click.echo(result.id)
+
+
+def _json(text: str, kind: type, option: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from exc
+    if not isinstance(value, kind):
+        raise click.BadParameter(f"must be a JSON {'list' if kind is list else 'object'}",
+                                 param_hint=option)
+    return value
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -254,6 +406,11 @@ def _register_commands() -> None:
     main.add_command(deploy_command)
     main.add_command(report_command)
     main.add_command(healthcheck_command)
+    from conveyor.multi_cli import multi_command
+    from conveyor.tools_cli import events_command, result_command, shell_command
+
+    for command in (result_command, events_command, shell_command, multi_command):
+        main.add_command(command)
 
 
 _register_commands()
@@ -261,9 +418,10 @@ main.add_command(beat_command)
 
 
 def _register_monitor_commands() -> None:
+    from conveyor.control.cli import control_command
     from conveyor.monitor.cli import inspect_command, monitor_command, status_command
 
-    for command in (monitor_command, status_command, inspect_command):
+    for command in (monitor_command, status_command, inspect_command, control_command):
         main.add_command(command)
 
 

@@ -125,6 +125,13 @@ class Settings:
         "content types accepted for results; None: accept_content"))
     task_serializer: str = field(default="json", metadata=_doc(
         "how task arguments are encoded"))
+    message_signing_key: str | None = field(default=None, metadata=_doc(
+        "HMAC key (16+ bytes): senders sign each message, workers dead-letter unsigned ones "
+        "before decoding (docs/security.md); Celery's X.509 security_* settings have no effect",
+        CONVEYOR_ONLY))
+    message_signing_key_file: str | None = field(default=None, metadata=_doc(
+        "a file holding that key (keep it mode 0600)",
+        CONVEYOR_ONLY))
     result_serializer: str = field(default="json", metadata=_doc(
         "how results are encoded"))
     # Time
@@ -183,6 +190,14 @@ class Settings:
     task_enqueue_on_commit: bool = field(default=False, metadata=_doc(
         "send tasks when the caller's database transaction commits",
         CONVEYOR_ONLY))
+    task_always_eager: bool = field(default=False, metadata=_doc(
+        "run .delay()/.apply_async() in the caller's process (tests)",
+        "different on purpose: arguments and results are still encoded as for the broker"))
+    task_eager_propagates: bool = field(default=False, metadata=_doc(
+        "an eager task's error is raised from the call",
+        "different on purpose: the task's hooks and errbacks run before it is raised"))
+    task_store_eager_result: bool = field(default=False, metadata=_doc(
+        "eager runs write their results to the result store"))
     # Modules imported when the app is finalized (worker/beat start)
     imports: list[str] = field(default_factory=list, metadata=_doc(
         "modules imported when a worker or beat starts"))

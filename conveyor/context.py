@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from conveyor.brokers.base import Delivery
     from conveyor.message import Message
+
+
+_R = TypeVar("_R", bound="Request")
 
 
 @dataclass
@@ -34,12 +37,14 @@ class Request:
     delivery_info: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, Any] = field(default_factory=dict)
     called_directly: bool = True
+    is_eager: bool = False  # run in the caller's process by Task.apply / eager mode
     message: Message | None = None
     delivery: Delivery | None = None
     children: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_message(cls, message: Message, delivery: Delivery | None, hostname: str) -> Request:
+    def from_message(cls: type[_R], message: Message, delivery: Delivery | None,
+                     hostname: str) -> _R:
         """The request for a message a worker is about to run."""
         return cls(
             id=message.id,

@@ -32,6 +32,18 @@ runs, so every value we write passes through one escaper per format:
 
 Values a format cannot represent raise :class:`DeployError` naming the value
 rather than being written in a form that means something else.
+
+Two defaults protect a careless deployment (issue 15, finding 4):
+
+* no file is generated without ``user`` (the programs would run as root)
+  unless ``allow_root`` says that is meant;
+* an ``env`` item whose name or value looks secret (``redact.is_secret_key``,
+  or a URL with a password) is never written inline: it goes to one
+  environment file (``env_file``, mode 0600, written by the CLI) that the
+  generated files reference by path: systemd ``EnvironmentFile=``, compose
+  ``env_file:``, and for supervisord (which has no such setting) the
+  ``conveyor --env-file PATH`` option, which loads it before the app.  The
+  "regenerate" comment names those variables but never their values.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TypeAlias
 
+from conveyor import redact
 from conveyor.exceptions import ConveyorError
 
 __all__ = [
@@ -54,9 +67,12 @@ __all__ = [
     "DeploySpec",
     "QueueWorker",
     "docker_compose",
+    "env_file_text",
     "parse_env",
+    "parse_env_file",
     "parse_queue_spec",
     "regenerate_command",
+    "secret_env",
     "stop_timeout",
     "supervisor_config",
     "supervisord_main_config",
@@ -72,6 +88,11 @@ STOP_MARGIN_SECONDS = 10
 #: ``user:password``; the monitor reads the variable itself, so the secret is
 #: neither in the generated file nor in the process's argv (visible in ``ps``).
 MONITOR_AUTH_FLAG = "--basic-auth-env"
+
+#: Settings the monitor reads its accounts from (``config_from_env``): like
+#: ``monitor_auth_env`` they belong to the monitor's own environment, never
+#: to every program's.
+_MONITOR_CREDENTIAL_SUFFIXES = ("_MONITOR_BASIC_AUTH", "_MONITOR_READONLY_AUTH")
 
 _START_SECONDS = 5  # a process that lives this long counts as started
 _WORKER_PRIORITY = 200  # supervisord starts low numbers first, stops them last
@@ -159,6 +180,10 @@ class DeploySpec:
     #: systemd only: the file holding ``monitor_auth_env=user:password`` for the
     #: monitor unit; ``None`` means ``/etc/conveyor/<name>-monitor.env``.
     monitor_env_file: str | None = None
+    #: Generate files whose programs run as root (no ``user``): refused unless set.
+    allow_root: bool = False
+    #: Where secret ``env`` items go; ``None`` means ``/etc/conveyor/<name>.env``.
+    env_file: str | None = None
 
     def __post_init__(self) -> None:
         _check_processes(self)
@@ -184,6 +209,8 @@ def _host_paths(spec: DeploySpec) -> list[tuple[str, str]]:
         paths.append(("venv", spec.venv))
     if spec.monitor_env_file is not None:
         paths.append(("monitor_env_file", spec.monitor_env_file))
+    if secret_env(spec):
+        paths.append(("env_file", env_file_path(spec)))
     return paths
 
 
@@ -241,10 +268,11 @@ def _check_env(env: Iterable[tuple[str, str]], auth_env: str) -> None:
             raise DeployError(f"bad environment variable name {key!r}")
         if key in seen:
             raise DeployError(f"environment variable {key!r} given twice")
-        if key == auth_env:
+        if key == auth_env or key.endswith(_MONITOR_CREDENTIAL_SUFFIXES):
             raise DeployError(
-                f"{key} holds the monitor's credentials and must not be written into "
-                "generated files; set it in the process manager's environment instead"
+                f"{key} holds the monitor's credentials: the monitor reads them from "
+                f"${auth_env}, set in the monitor's own environment (see --monitor-env-file), "
+                "not in every program's"
             )
         _check_text(f"environment variable {key}", value)
         seen.add(key)
@@ -355,7 +383,8 @@ def stop_timeout(spec: DeploySpec) -> int:
 _OPTION_DEFAULTS = {
     field.name: field.default
     for field in fields(DeploySpec)
-    if field.name not in ("app", "workers", "beat", "beat_scheduler", "monitor", "env")
+    if field.name not in ("app", "workers", "beat", "beat_scheduler", "monitor", "env",
+                          "allow_root")
 }
 
 
@@ -373,8 +402,83 @@ def regenerate_command(spec: DeploySpec, target: str) -> str:
         value = getattr(spec, name)
         if value != default:
             words.append(f"--{name.replace('_', '-')}={value}")
-    words += [f"--env={key}={value}" for key, value in spec.env]
+    if spec.allow_root:
+        words.append("--allow-root")
+    words += [f"--env={key}={value}" for key, value in public_env(spec)]
     return shlex.join(words)
+
+
+# --- secrets: which env items go to the environment file ------------------
+
+
+def is_secret(key: str, value: str) -> bool:
+    """A name like ``*_PASSWORD``/``*_TOKEN``, or a value holding a URL password."""
+    return redact.is_secret_key(key) or redact.text(value) != value
+
+
+def secret_env(spec: DeploySpec) -> tuple[tuple[str, str], ...]:
+    """The ``env`` items that go to the environment file."""
+    return tuple((k, v) for k, v in spec.env if is_secret(k, v))
+
+
+def public_env(spec: DeploySpec) -> tuple[tuple[str, str], ...]:
+    """The ``env`` items written inline."""
+    return tuple((k, v) for k, v in spec.env if not is_secret(k, v))
+
+
+def env_file_path(spec: DeploySpec) -> str:
+    """Where the secret ``env`` items are written (absolute for supervisord and systemd)."""
+    return spec.env_file or f"/etc/conveyor/{spec.name}.env"
+
+
+def env_file_text(spec: DeploySpec) -> str | None:
+    """The environment file's content (``KEY='value'`` lines), or None without secrets.
+
+    Single quotes are literal for systemd, compose and :func:`parse_env_file`;
+    a value holding one is double-quoted with ``\\ " $ ` `` escaped instead.
+    """
+    secrets = secret_env(spec)
+    if not secrets:
+        return None
+    lines = [f"# Secrets for the {spec.name} programs (conveyor deploy). Keep it mode 0600."]
+    lines += [f"{key}={_env_file_value(value)}" for key, value in secrets]
+    return "\n".join(lines) + "\n"
+
+
+def _env_file_value(value: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + re.sub(r'([\\"$`])', r"\\\1", value) + '"'
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Read what :func:`env_file_text` writes (and plain ``KEY=value`` lines)."""
+    found: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not _ENV_KEY_RE.fullmatch(key.strip()):
+            raise DeployError(f"environment file line {number}: expected KEY=VALUE")
+        found[key.strip()] = _unquote(value.strip())
+    return found
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _require_user(spec: DeploySpec, target: str) -> None:
+    if spec.user is None and not spec.allow_root:
+        raise DeployError(
+            f"{target}: no --user given, so every program would run as root; pass --user NAME "
+            "(an unprivileged account), or --allow-root if root is really meant"
+        )
 
 
 
@@ -384,6 +488,11 @@ def _header(spec: DeploySpec, target: str, notes: Sequence[str] = ()) -> list[st
         "# regenerated; change the options and run again instead:",
         f"#   {regenerate_command(spec, target)}",
     ]
+    secrets = secret_env(spec)
+    if secrets:
+        names = ", ".join(key for key, _ in secrets)
+        lines += [f"# {names}: kept in {env_file_path(spec)} (mode 0600), not here;",
+                  "# give them again with --env when you regenerate."]
     lines += [f"# {note}" for note in notes]
     return lines
 
@@ -438,8 +547,15 @@ def _sup_env_value(key: str, value: str) -> str:
 def _supervisor_environment(spec: DeploySpec) -> str:
     return ",".join(
         f"{key}={_sup(f'environment variable {key}', _sup_env_value(key, value))}"
-        for key, value in spec.env
+        for key, value in public_env(spec)
     )
+
+
+def _supervisor_command(spec: DeploySpec, program: _Program) -> str:
+    # supervisord has no environment-file setting: conveyor loads it itself.
+    head = (spec.executable, "--env-file", env_file_path(spec)) if secret_env(spec) else (
+        spec.executable,)
+    return shlex.join((*head, *program.args))
 
 
 def _require_absolute(spec: DeploySpec, target: str) -> None:
@@ -457,12 +573,13 @@ def _program_names(spec: DeploySpec) -> list[str]:
 
 def _supervisor_programs(spec: DeploySpec) -> list[str]:
     _require_absolute(spec, "supervisor")
+    _require_user(spec, "supervisor")
     names = _program_names(spec)
     lines = [f"[group:{spec.name}]", f"programs={','.join(names)}", ""]
     environment = _supervisor_environment(spec)
     log_dir = spec.log_dir.rstrip("/") or "/"
     for name, program in zip(names, _programs(spec), strict=True):
-        command = shlex.join((spec.executable, *program.args))
+        command = _supervisor_command(spec, program)
         lines += [f"[program:{name}]", f"command={_sup('command', command)}"]
         lines.append(f"directory={_sup('directory', spec.directory)}")
         if spec.user:
@@ -593,7 +710,9 @@ def _systemd_service(spec: DeploySpec, name: str, program: _Program) -> str:
     if spec.user:
         lines.append(f"User={_systemd_escape(spec.user)}")
     lines.append(f"WorkingDirectory={_systemd_escape(spec.directory)}")
-    lines += [_systemd_env_line(key, value) for key, value in spec.env]
+    lines += [_systemd_env_line(key, value) for key, value in public_env(spec)]
+    if secret_env(spec):
+        lines.append(f"EnvironmentFile={_systemd_escape(env_file_path(spec))}")
     if program.suffix == "monitor":
         # Not optional ('-' prefix): a monitor without its credentials file
         # must fail to start rather than come up without authentication.
@@ -627,6 +746,7 @@ def systemd_units(spec: DeploySpec) -> dict[str, str]:
     the target reaches every service through their ``PartOf=``.
     """
     _require_absolute(spec, "systemd")
+    _require_user(spec, "systemd")
     units: dict[str, str] = {}
     for program in _programs(spec):
         name = f"{spec.name}-{program.suffix}.service"
@@ -719,7 +839,9 @@ def _yaml_inline(value: _YamlValue) -> str:
 def _compose_services(spec: DeploySpec, image: str, broker_url: str) -> dict[str, _YamlValue]:
     # User --env items come last so they can override the broker URL.
     environment = {"CONVEYOR_BROKER_URL": _compose_text(broker_url)}
-    environment.update({key: _compose_text(value) for key, value in spec.env})
+    for key, _ in secret_env(spec):  # environment: would win over env_file:
+        environment.pop(key, None)
+    environment.update({key: _compose_text(value) for key, value in public_env(spec)})
     services: dict[str, _YamlValue] = {
         "redis": {
             "image": "redis:7",
@@ -750,6 +872,10 @@ def _compose_services(spec: DeploySpec, image: str, broker_url: str) -> dict[str
             "stop_signal": "SIGTERM",
             "stop_grace_period": f"{stop_timeout(spec)}s",
         }
+        if spec.user:
+            service["user"] = spec.user
+        if secret_env(spec):
+            service["env_file"] = [env_file_path(spec)]
         if program.suffix == "monitor":
             auth = spec.monitor_auth_env
             service["environment"] = {
@@ -772,11 +898,14 @@ def docker_compose(
     apply: the image decides where the code is and who runs it, and logs go
     to stdout where ``docker compose logs`` finds them.
     """
+    _require_user(spec, "compose")
     for label, text in (("image", image), ("broker_url", broker_url)):
         _check_text(label, text)
         if not text:
             raise DeployError(f"{label} must not be empty")
-    notes = ["Run one beat only: do not scale the beat service."] if spec.beat else []
+    notes = (["One beat service is generated; more replicas are safe (one leads under a "
+              "lease, each tick is sent once) but only one does the work."]
+             if spec.beat else [])
     notes += _auth_note(spec, "in the shell or in .env next to this file")
     document: dict[str, _YamlValue] = {
         "services": _compose_services(spec, image, broker_url),

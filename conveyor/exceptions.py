@@ -11,7 +11,8 @@ The tree::
     ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result
     │   ├── ContentDisallowed       a content type outside ``accept_content``
-    │   └── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
+    │   ├── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
+    │   └── SignatureError          a body without a valid signature (conveyor.signing)
     ├── BrokerError                 the broker refused or could not be reached
     │   └── BrokerUnavailable       connection lost; the operation did not happen
     ├── ResultError
@@ -38,9 +39,19 @@ import builtins
 from datetime import datetime
 from typing import Any
 
+from conveyor import redact
+
 
 class ConveyorError(Exception):
-    """Root of every error Conveyor raises."""
+    """Root of every error Conveyor raises.
+
+    Text arguments pass through :func:`conveyor.redact.text`, so a message
+    that names a broker or store URL never carries its password, whoever
+    formats it (issue 15, finding 1).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact.text(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(ConveyorError, ValueError):

@@ -21,6 +21,7 @@ import threading
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+from conveyor import redact
 from conveyor.context import running_request
 
 if TYPE_CHECKING:
@@ -86,7 +87,15 @@ _COLORS = {"DEBUG": "\x1b[34m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m",
            "CRITICAL": "\x1b[35m"}
 
 
-class ColorFormatter(logging.Formatter):
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, traceback included, then hides URL passwords and
+    ``secret=value`` pairs in it: a log line is the easiest place to leak one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact.text(super().format(record))
+
+
+class ColorFormatter(RedactingFormatter):
     """Colours a whole line by its level, as Celery's ``ColorFormatter``."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -115,7 +124,7 @@ def _add_handler(logger: logging.Logger, fmt: str, colorize: bool) -> None:
         return
     handler = logging.StreamHandler(_stderr())
     handler.addFilter(TaskContextFilter())
-    handler.setFormatter(ColorFormatter(fmt) if colorize else logging.Formatter(fmt))
+    handler.setFormatter(ColorFormatter(fmt) if colorize else RedactingFormatter(fmt))
     logger.addHandler(handler)
 
 
@@ -162,14 +171,17 @@ def setup_logging(level: str | int = "INFO", fmt: str | None = None, *,
     return False
 
 
-def setup_logging_for(app: Conveyor, level: str | int) -> bool:
-    """:func:`setup_logging` with the app's ``worker_*`` logging settings (CLI)."""
+def setup_logging_for(app: Conveyor, level: str | int, logfile: str | None = None) -> bool:
+    """:func:`setup_logging` with the app's ``worker_*`` logging settings (CLI).
+
+    ``logfile`` (``-f``) is only passed on to signal receivers: the command
+    has already pointed stderr, where the handlers write, at it."""
     conf = app.conf
     return setup_logging(level, conf.worker_log_format, task_fmt=conf.worker_task_log_format,
                          hijack_root=conf.worker_hijack_root_logger,
                          redirect_stdouts=conf.worker_redirect_stdouts,
                          redirect_level=conf.worker_redirect_stdouts_level,
-                         colorize=conf.worker_log_color)
+                         colorize=conf.worker_log_color, logfile=logfile)
 
 
 class LoggingProxy(io.TextIOBase):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from conveyor import deploy
+from conveyor import deploy, redact
 
 
 def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: str | None,
@@ -32,16 +33,26 @@ def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: st
 @click.option("--queue", "--worker", "queues", multiple=True,
               help="QUEUE[,QUEUE]:CONCURRENCY, one worker program each (repeatable)")
 @click.option("--beat", is_flag=True, help="add exactly one beat program")
-@click.option("--beat-scheduler", default=None)
-@click.option("--monitor", is_flag=True)
-@click.option("--monitor-port", type=int, default=None)
-@click.option("--monitor-auth-env", default=None)
-@click.option("--monitor-env-file", default=None)
-@click.option("--user", default=None)
+@click.option("--beat-scheduler", default=None,
+              help="beat's --scheduler, e.g. django (the database scheduler)")
+@click.option("--monitor", is_flag=True, help="add the web monitor (bound to 127.0.0.1)")
+@click.option("--monitor-port", type=int, default=None, help="the monitor's port (5555)")
+@click.option("--monitor-auth-env", default=None,
+              help="variable holding the monitor's USER:PASS (CONVEYOR_MONITOR_BASIC_AUTH)")
+@click.option("--monitor-env-file", default=None,
+              help="file that sets that variable for the monitor program (mode 0600)")
+@click.option("--user", default=None, help="the unprivileged account the programs run as")
+@click.option("--allow-root", is_flag=True, default=None,
+              help="generate files without --user (the programs then run as root)")
+@click.option("--env-file", default=None,
+              help="where secret --env items are written, mode 0600 "
+                   "(default /etc/conveyor/NAME.env)")
 @click.option("--directory", default=None, help="working directory (default: here)")
 @click.option("--venv", default=None, help="virtualenv holding conveyor (default: this one)")
-@click.option("--log-dir", default=None)
-@click.option("--loglevel", default=None)
+@click.option("--log-dir", default=None,
+              help="supervisor: where program logs go (default /var/log/conveyor; "
+                   "created if missing)")
+@click.option("--loglevel", default=None, help="-l of every program (INFO)")
 @click.option("--name", default=None, help="prefix for program and unit names")
 @click.option("--env", multiple=True, help="KEY=VALUE for every program (repeatable)")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
@@ -58,8 +69,33 @@ def deploy_command(ctx: click.Context, target: str, queues: tuple[str, ...], bea
     try:
         spec = _spec(context.spec, queues, beat, beat_scheduler, monitor, options, timeout)
         _emit(target, spec, output)
+        _write_env_file(spec)
+        if target == "supervisor":
+            _ensure_log_dir(spec)
     except deploy.DeployError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _ensure_log_dir(spec: deploy.DeploySpec) -> None:
+    """supervisord refuses to start a program whose log directory is missing: make it
+    (owned by the programs' user when run as root), or say exactly how to."""
+    path = spec.log_dir
+    if os.path.isdir(path):
+        return
+    owner = f" && sudo chown {spec.user} {path}" if spec.user else ""
+    try:
+        os.makedirs(path, mode=0o750)
+    except OSError as exc:
+        click.echo(f"note: log directory {path} is missing and could not be created ({exc}); "
+                   f"run: sudo mkdir -p {path}{owner}", err=True)
+        return
+    click.echo(f"note: created log directory {path}", err=True)
+    if spec.user and os.geteuid() == 0:
+        try:
+            shutil.chown(path, user=spec.user)
+        except (OSError, LookupError) as exc:
+            click.echo(f"note: could not give {path} to {spec.user} ({exc}); "
+                       f"run: sudo chown {spec.user} {path}", err=True)
 
 
 def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:
@@ -73,24 +109,35 @@ def _emit(target: str, spec: deploy.DeploySpec, output: str | None) -> None:
             return
         folder = Path(output)
         folder.mkdir(parents=True, exist_ok=True)
+        # Units that point at the secrets file are not for every local user either.
+        mode = 0o640 if deploy.secret_env(spec) else 0o644
         for name, text in units.items():
-            (folder / name).write_text(text)
+            _write(folder / name, text, mode)
             click.echo(f"wrote {folder / name}")
     else:
         click.echo(deploy.docker_compose(spec))
 
 
-_SECRET_WORDS = ("password", "secret", "token", "auth", "key")
+def _write_env_file(spec: deploy.DeploySpec) -> None:
+    """Secrets go to their own file, created mode 0600 (never world-readable, even briefly)."""
+    text = deploy.env_file_text(spec)
+    if text is None:
+        return
+    path = deploy.env_file_path(spec)
+    try:
+        _write(Path(path), text, 0o600)
+    except OSError as exc:
+        raise deploy.DeployError(f"cannot write the secrets file {path} ({exc.strerror}); "
+                                 "choose another with --env-file") from exc
+    click.echo(f"wrote the secret variables to {path} (mode 0600)", err=True)
 
 
-def _mask(key: str, value: Any) -> Any:
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:********@{host}"
-    if any(word in key for word in _SECRET_WORDS) and value:
-        return "********"
-    return value
+def _write(path: Path, text: str, mode: int) -> None:
+    """Create or replace ``path`` with ``mode`` from the first byte (no umask window)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, mode)  # an existing file keeps its old mode on open(): set it
+        handle.write(text)
 
 
 @click.command("report")
@@ -108,7 +155,7 @@ def report_command(ctx: click.Context) -> None:
         click.echo(f"  {dist}: {_version(dist)}")
     click.echo(f"app: {app.main}  tasks: {len(tasks)}")
     for key, value in sorted(app.conf.as_dict().items()):
-        click.echo(f"  {key} = {_mask(key, value)!r}")
+        click.echo(f"  {key} = {redact.value(key, value)!r}")
 
 
 def _version(dist: str) -> str:
@@ -135,7 +182,8 @@ def healthcheck_command(ctx: click.Context, node: str | None) -> None:
     try:
         app.broker.ping()
     except (ConveyorError, OSError) as exc:
-        raise click.ClickException(f"broker {app.conf.broker_url} does not answer: {exc}") from exc
+        where, why = redact.url(app.conf.broker_url), redact.text(str(exc))
+        raise click.ClickException(f"broker {where} does not answer: {why}") from exc
     host = socket.gethostname()
     workers = [w for w in store_for(app).workers() if w.get("online")]
     mine = [w for w in workers if _is_ours(w, node, host)]

@@ -321,7 +321,8 @@ WOULD_BLOCK = (
 
 def assert_will_not_block() -> None:
     """Refuse to wait on a result from inside a running task (Celery's rule)."""
-    if running_request() is not None:
+    request = running_request()
+    if request is not None and not request.is_eager:  # an eager run never waits (as Celery)
         raise RuntimeError(WOULD_BLOCK)
 
 
@@ -336,6 +337,16 @@ def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:
     for result in results:
         ids.extend(_flat_ids(result.results) if isinstance(result, GroupResult) else [result.id])
     return ids
+
+
+def __getattr__(name: str) -> Any:
+    """``from conveyor.result import EagerResult`` (Celery's import path); it lives in
+    conveyor.eager, which needs this module first."""
+    if name == "EagerResult":
+        from conveyor.eager import EagerResult
+
+        return EagerResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _nobody_working(app: Conveyor) -> str:

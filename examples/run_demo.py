@@ -345,8 +345,10 @@ Where to look
   then open Conveyor > Task results and Conveyor > Periodic tasks.
   Queues from the command line:
       cd {shop} && ../../.venv/bin/python manage.py conveyor queues
-  The monitor (task history, workers, queues):
-      cd {shop} && ../../.venv/bin/conveyor -A shop monitor --port 5555
+  The monitor (task history, workers, queues), with an account from the environment:
+      cd {shop} && CONVEYOR_MONITOR_BASIC_AUTH=admin:admin \\
+          ../../.venv/bin/conveyor -A shop monitor --port 5555
+  then open http://127.0.0.1:5555/ (admin / admin).
 """, flush=True)
 
 

@@ -74,7 +74,7 @@ def _test_worker(app: Conveyor, includes: Sequence[str], class_tasks: Sequence[A
     for module in includes:
         importlib.import_module(module)
     for task in class_tasks:
-        app.register_task(task)  # type: ignore[attr-defined]  # lands with task classes
+        app.register_task(task)
     with start_worker(app, pool=pool, **dict(parameters)) as worker:
         yield worker
 

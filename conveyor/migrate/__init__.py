@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from conveyor.migrate.commands import rewrite_commands
-from conveyor.migrate.pycode import rewrite_python
 from conveyor.migrate.report import Finding, Report
 from conveyor.migrate.requirements import rewrite_quoted_requirements, rewrite_requirements
 
@@ -31,6 +30,8 @@ def rewriter_for(path: Path) -> Rewrite | None:
     """Which rewrite a file gets, by its name; None leaves it alone."""
     name = path.name
     if path.suffix == ".py":
+        from conveyor.migrate.pycode import rewrite_python  # LibCST: loaded only to migrate
+
         return rewrite_python
     if name == "pyproject.toml":
         return rewrite_quoted_requirements

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from conveyor.migrate import Report, migrate_project
+if TYPE_CHECKING:
+    from conveyor.migrate import Report
 
 
 @click.command("migrate")
@@ -22,6 +24,8 @@ def migrate_command(path: Path, check: bool) -> None:
     and compose files, and requirements. Ends with everything it could not
     map, with file and line.
     """
+    from conveyor.migrate import migrate_project  # LibCST loads only for this command
+
     report = migrate_project(path, check=check)
     if check:
         _print_diff(report)

@@ -89,6 +89,11 @@ def _check(path: Path, number: int, line: str, report: Report) -> None:
 def _check_options(path: Path, number: int, name: str, command: click.Command,
                    words: list[str], report: Report) -> None:
     accepted = _options(command)
+    if name == "multi":  # multi hands its options to each node's worker command
+        from conveyor.cli import main
+
+        accepted |= _options(main) | _options(main.commands["worker"])
+        words = [w for w in words if w.partition("=")[0] not in ("-p",)]
     if isinstance(command, click.Group):
         sub = next((w for w in words if not w.startswith("-")), None)
         if sub is not None and sub in command.commands:

@@ -8,19 +8,23 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.exceptions import ConveyorError
 from conveyor.monitor import api, pages
 from conveyor.monitor.auth import (
     ADMIN,
     READONLY,
     Authenticator,
     BasicAuthMiddleware,
+    LoginThrottle,
+    ProxyTrust,
     parse_users,
 )
+from conveyor.monitor.serve import DEFAULT_BODY_TIMEOUT, BodyTimeout
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -55,16 +59,25 @@ class SecurityHeaders:
 
 
 def create_app(conveyor_app: Conveyor, users: Sequence[str],
-               readonly_users: Sequence[str] = ()) -> Starlette:
-    """The monitor for ``conveyor_app``; ``users`` are ``user:password`` admins."""
+               readonly_users: Sequence[str] = (), *, proxy: ProxyTrust | None = None,
+               throttle: LoginThrottle | None = None,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Starlette:
+    """The monitor for ``conveyor_app``; ``users`` are ``user:password`` admins.
+
+    ``proxy`` trusts a single-sign-on proxy's user header from its addresses
+    (then basic accounts are optional); ``throttle`` limits failed logins.
+    """
     from conveyor.monitor import metrics
 
     accounts = parse_users(users, ADMIN) + parse_users(readonly_users, READONLY)
-    auth = Authenticator(accounts)
+    auth = Authenticator(accounts, allow_none=bool(proxy and proxy.networks))
     monitor = api.Monitor(conveyor_app)
 
     def metrics_endpoint(request: Request) -> Response:
-        body = metrics.render(monitor.app, monitor.store)
+        try:
+            body = metrics.render(monitor.app, monitor.store)
+        except ConveyorError as exc:  # a scraper sees "down", not a dropped connection
+            return PlainTextResponse(f"store unavailable: {exc}\n", status_code=503)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     routes = [
@@ -73,5 +86,6 @@ def create_app(conveyor_app: Conveyor, users: Sequence[str],
         Mount("/static", StaticFiles(directory=pages.STATIC), name="static"),
         *pages.routes(),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(BasicAuthMiddleware, auth=auth)]
+    middleware = [Middleware(BodyTimeout, timeout=body_timeout), Middleware(SecurityHeaders),
+                  Middleware(BasicAuthMiddleware, auth=auth, throttle=throttle, proxy=proxy)]
     return Starlette(routes=routes, middleware=middleware)

@@ -44,6 +44,7 @@ class LeaseBook:
         self._lock = threading.Lock()
         self.slots: dict[int, Slot] = {}
         self.counts: Counter[str] = Counter()
+        self.task_counts: Counter[str] = Counter()  # finished runs per task name (inspect stats)
         self.recorder = Recorder()  # task events for the monitor, flushed per heartbeat
 
     def add_slot(self, key: int) -> None:
@@ -86,6 +87,7 @@ class LeaseBook:
                 return None
             delivery = slot.held.pop(delivery_id, None)
             if slot.running is not None and slot.running.delivery.id == delivery_id:
+                self.task_counts[slot.running.task] += 1
                 slot.running = None
             slot.processed += 1
             if state:

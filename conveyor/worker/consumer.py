@@ -96,7 +96,9 @@ class Consumer:
                  max_memory_kib: int | None = None, poll: float = 1.0) -> None:
         self.executor = executor
         self._broker_factory = broker_factory
-        self.queues = list(queues)
+        # The worker's own list when given one: remote control (add/cancel_consumer)
+        # changes it in place, and the next reserve sees the change.
+        self.queues = queues
         self.prefetch = max(1, prefetch)
         self.lease = lease
         self.reporter = reporter
@@ -140,18 +142,28 @@ class Consumer:
         if self._held:  # wake for the first held message's slot; held ones fill prefetch
             want -= len(self._held)
             timeout = min(timeout, max(0.0, self._held[0][0] - time.monotonic()))
-            if want <= 0:
-                self.stop.wait(timeout)
-                return []
+        queues = list(self.queues)
+        if not queues or want <= 0:  # no queue (all cancelled by remote control), or full
+            self.stop.wait(timeout)
+            return []
         try:
-            batch = self.broker.reserve(self.queues, want, self.lease, timeout=timeout)
+            batch = self.broker.reserve(queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
             delay = self._backoff.next_delay()
             log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)
             self.stop.wait(delay)
             return []
         self._backoff.reset()
-        return batch
+        return self._still_consumed(batch)
+
+    def _still_consumed(self, batch: list[Delivery]) -> list[Delivery]:
+        """Hand back what a reserve begun before a cancel_consumer took from that queue."""
+        current = self.queues
+        dropped = [d for d in batch if d.queue not in current]
+        for delivery in dropped:
+            with contextlib.suppress(BrokerError):  # else its lease hands it out again
+                self.broker.requeue(delivery, count=False)
+        return [d for d in batch if d.queue in current] if dropped else batch
 
     def _want(self) -> int:
         if self.max_tasks is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conveyor import signals, states, workflow
+from conveyor import hooks, signals, signing, states, workflow
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request, pop_request, push_request
@@ -68,6 +68,7 @@ class Executor:
         self.accept = app.conf.accept_content
         self.max_deliveries = app.conf.task_max_deliveries
         self.max_bytes = app.conf.task_message_max_bytes
+        self.signing_key = signing.key_for(app.conf)
         self.timer = timer
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
@@ -86,7 +87,9 @@ class Executor:
                 DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
                 f"task_message_max_bytes={self.max_bytes}"))
         try:
-            message = Message.decode(delivery.body, self.accept)
+            message = Message.decode(self._verified(delivery.body), self.accept)
+        except signing.SignatureError as exc:
+            return Outcome(DEAD, reason=f"refused before decoding: {exc}")
         except ContentDisallowed as exc:
             return announce.rejected(self, delivery, exc, Outcome(
                 DEAD, reason=f"content type refused: {exc}"))
@@ -157,8 +160,7 @@ class Executor:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
         announce.prerun(task, request)
-        track = task.options.track_started
-        if ((self.track_started if track is None else track) and not _ignored(task, request)
+        if (task.track_started and not _ignored(task, request)
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
             return _superseded(request)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
@@ -175,12 +177,16 @@ class Executor:
 
     def _call(self, task: Task, request: Request, soft: float | None) -> Any:
         if soft is None or self.timer is None:
-            return self._run_sync(task, request)
+            return self._start(task, request)
         self.timer.arm(soft)
         try:
-            return self._run_sync(task, request)
+            return self._start(task, request)
         finally:
             self.timer.disarm()
+
+    def _start(self, task: Task, request: Request) -> Any:
+        hooks.before_start(task, request)  # inside the run: what it raises is the outcome
+        return self._run_sync(task, request)
 
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
         assert request.message is not None
@@ -193,6 +199,7 @@ class Executor:
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
+        hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
         return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
 
@@ -200,6 +207,7 @@ class Executor:
                       started: float) -> Outcome:
         """Map what the task raised to an outcome."""
         if isinstance(exc, Retry):
+            hooks.retried(task, request, exc)
             announce.retried(task, request, exc)
             return Outcome(ACK, state=states.RETRY, runtime=time.time() - started)
         if isinstance(exc, Ignore):
@@ -224,6 +232,7 @@ class Executor:
         try:
             task.retry(exc=exc, **opts.retry_kwargs)
         except Retry as again:
+            hooks.retried(task, request, again)
             announce.retried(task, request, again)
             return Outcome(ACK, state=states.RETRY)
         except BaseException:
@@ -258,6 +267,7 @@ class Executor:
         if not stored:
             return _superseded(request)
         workflow.on_failure(self.app, request.message, exc, trace)
+        hooks.failed(task, request, exc, trace)
         announce.failed(task, request, exc, trace)
         return failed_outcome(task, exc, time.time() - started)
 
@@ -297,10 +307,14 @@ class Executor:
         workflow.on_failure(self.app, message, WorkerLostError(reason), None)
         announce.lost(self.app, message, request, WorkerLostError(reason))
 
+    def _verified(self, body: bytes) -> bytes:
+        """The body to decode: checked and stripped of its signature when a key is set."""
+        return body if self.signing_key is None else signing.verify(body, self.signing_key)
+
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
         try:
-            message = Message.decode(body, self.accept)
+            message = Message.decode(self._verified(body), self.accept)
         except SerializationError:
             return
         request = Request.from_message(message, delivery, self.hostname)
@@ -308,6 +322,9 @@ class Executor:
         self.app.store_state(request, state, exc=exc)
         if state == states.FAILURE:
             workflow.on_failure(self.app, message, exc, None)
+            task = self.app.tasks.get(message.task)
+            if task is not None:  # as Celery's on_timeout: the hooks run in the parent
+                hooks.failed(task, request, exc, None)
         announce.killed(self.app, message, request, exc)
 
 

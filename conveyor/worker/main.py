@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor import signals
+from conveyor import redact, signals
 from conveyor.events import EventSink
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
+from conveyor.signing import pickle_warning
+from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker
 
 if TYPE_CHECKING:
@@ -113,26 +115,35 @@ class Worker:
         """Serve until shut down (blocks)."""
         self.app.finalize()
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
+        warn_no_effect_options(set(self.app.tasks.values()))  # and every AMQP-only task option
         from conveyor.worker.ratelimit import RateLimits
 
         # Before the pool forks: its children share the per-worker slots.
         self.rate_limits = RateLimits.for_app(self.app)
         if install_signals:
             self._install_signals()
-        address = _safe_url(self.app.conf.broker_url)
+        address = redact.url(self.app.conf.broker_url)
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
         self._pool = self._make_pool()
+        from conveyor.control.worker import ControlThread
+
+        control = ControlThread.start_for(self)  # answers even when every slot is busy
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         log.info("worker %s ready: pool=%s concurrency=%d queues=%s broker=%s",
                  self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
-                 _safe_url(self.app.conf.broker_url))
+                 redact.url(self.app.conf.broker_url))
         self._log_tasks()
+        risk = pickle_warning(self.app.conf)
+        if risk:
+            log.warning("%s", risk)
         self._ready.set()
         signals.worker_ready.send(sender=self)
         try:
             self._run_pool()
         finally:
+            if control is not None:
+                control.stop()
             self._goodbye()
             signals.worker_shutdown.send(sender=self)
             log.info("worker %s stopped", self.hostname)
@@ -260,13 +271,3 @@ def _memory_kib() -> int | None:
         return sum(int(p.memory_info().rss) for p in procs) // 1024
     except Exception:  # a child exiting mid-count, or no psutil
         return None
-
-
-def _safe_url(url: str) -> str:
-    """Hide a password in a URL for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -136,6 +136,7 @@ class _Child:
         self.conn = conn
         self.started = started
         self.kill_reason: tuple[BaseException, Running] | None = None
+        self.retiring = False  # told to stop after its task (pool shrink or recycle)
 
 
 class PreforkPool:
@@ -154,6 +155,12 @@ class PreforkPool:
         self.executor = Executor(self.app, worker.hostname)
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
         self.watch = ChildWatch()
+        # Asked from the control thread, applied by the supervising loop.
+        self._retire = 0  # children to stop (pool_shrink)
+        self._recycle = False  # replace every child (its queues or task limits changed)
+        self._requests = threading.Lock()
+        self._applied = threading.Condition(self._requests)
+        self._generation = 0  # request batches applied so far
 
     # -- children ----------------------------------------------------------
     def spawn(self) -> None:
@@ -173,13 +180,59 @@ class PreforkPool:
     def _fill(self) -> None:
         if self.worker.stopping or time.monotonic() < self._respawn_after:
             return
-        while len(self.children) < self.worker.concurrency:
+        while len(self.children) - len(self._stopping()) < self.worker.concurrency:
             self.spawn()
 
     # -- the loop ----------------------------------------------------------
+    def resize(self, size: int) -> None:
+        """Remote control's pool_grow/pool_shrink (extra children stop after their task)."""
+        with self._requests:
+            self._retire += max(0, self.worker.concurrency - size)
+            self.worker.concurrency = size
+            self._wait_applied()
+
+    def refresh(self) -> None:
+        """Children are forked with the worker's queues and task limits: replace them,
+        each after its current task, so a remote-control change reaches them.
+
+        Returns once the old children were told to stop, so no task started after
+        the command's reply runs with the old settings."""
+        with self._requests:
+            self._recycle = True
+            self._wait_applied()
+
+    def _wait_applied(self) -> None:
+        """Called with the lock held: wait (bounded) for the supervising loop to apply."""
+        wanted = self._generation + 1
+        self._applied.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                               timeout=5.0)
+
+    def _apply_requests(self) -> None:
+        with self._requests:
+            retire, self._retire = self._retire, 0
+            recycle, self._recycle = self._recycle, False
+            if retire or recycle:
+                self._stop_children(retire, recycle)
+            self._generation += 1
+            self._applied.notify_all()
+
+    def _stop_children(self, retire: int, recycle: bool) -> None:
+        busy = {key for key, _ in self.book.running_tasks()}
+        serving = [k for k, child in self.children.items() if not child.retiring]
+        idle_first = sorted(serving, key=lambda k: k in busy)
+        for key in idle_first if recycle else idle_first[:retire]:
+            child = self.children[key]
+            child.retiring = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGTERM)
+
+    def _stopping(self) -> list[int]:
+        return [k for k, child in self.children.items() if child.retiring]
+
     def run(self) -> None:
         self._fill()
         while self.children or not self.worker.stopping:
+            self._apply_requests()
             self._fill()
             self._poll(self.acks.wait_time(0.2))
             self.acks.flush_due()
@@ -374,7 +427,7 @@ class PreforkPool:
 
     # -- shutdown ----------------------------------------------------------
     def begin_shutdown(self) -> None:
-        for child in self.children.values():
+        for child in list(self.children.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.process.pid or 0, signal.SIGTERM)
 

@@ -78,6 +78,12 @@ class ThreadPool:
         self.book = LeaseBook()
         self.stop = threading.Event()
         self.threads: dict[int, threading.Thread] = {}
+        self.stops: dict[int, threading.Event] = {}  # per slot, so the pool can shrink
+        self._next_key = 0
+        self._size = worker.concurrency
+        self._size_lock = threading.Lock()
+        self._resized = threading.Condition(self._size_lock)
+        self._generation = 0  # passes of _apply_size so far
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
@@ -115,7 +121,7 @@ class ThreadPool:
                             gate=limits.gate(lambda: self.app.broker) if limits else None)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
                             self.worker.prefetch, self.worker.lease,
-                            BookReporter(self.book, key, self._ack), self.stop,
+                            BookReporter(self.book, key, self._ack), self.stops[key],
                             poll=self.worker.poll_interval)
         try:
             consumer.run()
@@ -126,10 +132,12 @@ class ThreadPool:
 
     def _start(self, key: int) -> None:
         self.book.add_slot(key)
+        self.stops[key] = threading.Event()
         thread = threading.Thread(target=self._consume, args=(key,),
                                   name=f"conveyor-consumer-{key}", daemon=True)
         self.threads[key] = thread
         self._started[key] = time.monotonic()
+        self._next_key = max(self._next_key, key + 1)
         thread.start()
 
     def _replace_dead(self) -> None:
@@ -139,6 +147,7 @@ class ThreadPool:
         consumer could not contain; what it held goes back to the broker (the
         running message counted as a delivery, as when a prefork child dies).
         Replacements of threads that die young are spaced out, as prefork's are.
+        A thread retired by ``pool_shrink`` ends too: it is not replaced.
         """
         if self.worker.stopping or time.monotonic() < self._respawn_after:
             return
@@ -151,6 +160,9 @@ class ThreadPool:
                 for delivery in slot.held.values():
                     with contextlib.suppress(BrokerError):
                         self.app.broker.requeue(delivery, count=delivery.id == running)
+            if self.stops[key].is_set():  # retired
+                del self.threads[key], self.stops[key]
+                continue
             young = time.monotonic() - self._started.get(key, 0.0) < 2.0
             self._crashes = self._crashes + 1 if young else 0
             if self._crashes > 3:
@@ -160,15 +172,39 @@ class ThreadPool:
             self.replaced += 1
             self._start(key)
 
+    def resize(self, size: int) -> None:
+        """Remote control's pool_grow/pool_shrink, applied by the supervising loop;
+        returns once applied, so no task sent after the reply meets the old size."""
+        with self._size_lock:
+            self._size = size
+            self.worker.concurrency = size
+            wanted = self._generation + 1
+            self._wake.set()
+            self._resized.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                                   timeout=5.0)
+
+    def _apply_size(self) -> None:
+        """Start slots up to the size; ask the newest to stop after their task beyond it."""
+        with self._size_lock:
+            size = self._size
+            serving = [k for k in self.threads if not self.stops[k].is_set()]
+            for _ in range(size - len(serving)):
+                self._start(self._next_key)
+            for key in sorted(serving, reverse=True)[:max(0, len(serving) - size)]:
+                self.stops[key].set()
+            self._generation += 1
+            self._resized.notify_all()
+
     def run(self) -> None:
-        for key in range(self.worker.concurrency):
-            self._start(key)
+        self._apply_size()
         while any(t.is_alive() for t in self.threads.values()) or not self.worker.stopping:
             if self.worker.stopping:
-                self.stop.set()
+                self.begin_shutdown()
                 if self.worker.cold or time.monotonic() > self.worker.shutdown_deadline:
                     break
-            self._replace_dead()
+            else:
+                self._replace_dead()
+                self._apply_size()
             self._periodic()
             timeout = self._flush_acks()
             self._wake.wait(min(0.05, timeout) if self.worker.stopping else timeout)
@@ -178,6 +214,8 @@ class ThreadPool:
 
     def begin_shutdown(self) -> None:
         self.stop.set()
+        for stop in list(self.stops.values()):
+            stop.set()
 
     def _periodic(self) -> None:
         now = time.monotonic()

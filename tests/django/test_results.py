@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -74,17 +73,15 @@ def test_failures_keep_type_message_and_traceback(app: Any) -> None:
         result.get(timeout=5)
 
 
-def test_round_trip_speed(transactional_db: None) -> None:
-    """A budget, not a benchmark: a set+get pair stays well under 20 ms."""
+def test_set_then_get_returns_every_record(transactional_db: None) -> None:
+    """Each stored record reads back at once (its speed is measured in benchmarks/, not
+    asserted here: a timed unit test fails on a loaded machine for no fault of the code)."""
     s = DjangoResultStore()
-    count = 200
-    start = time.perf_counter()
-    for i in range(count):
-        s.set(f"speed-{i}", states.SUCCESS, b'{"task_id": "x", "state": "SUCCESS"}', 60)
-        assert s.get(f"speed-{i}") is not None
-    per_pair = (time.perf_counter() - start) / count
-    print(f"\nDjangoResultStore set+get round trip: {per_pair * 1000:.2f} ms")
-    assert per_pair < 0.02
+    for i in range(50):
+        payload = f'{{"task_id": "rt-{i}", "state": "SUCCESS"}}'.encode()
+        s.set(f"rt-{i}", states.SUCCESS, payload, 60)
+        stored = s.get(f"rt-{i}")
+        assert stored is not None and stored.payload == payload
 
 
 def test_chord_fail_closes_the_join_once(transactional_db: None) -> None:

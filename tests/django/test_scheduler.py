@@ -230,3 +230,11 @@ def test_scheduler_survives_a_dropped_connection(app: Any) -> None:
     sched.record_run(entry, datetime(2026, 1, 1, tzinfo=UTC))
     assert "steady" in {e.name for e in sched.load()}
     assert PeriodicTask.objects.get(name="steady").total_run_count == 1
+
+
+def test_the_short_alias_django_names_the_database_scheduler(app: Any) -> None:
+    """``beat -S django``: django-celery-beat registers ``django`` as an alias of its
+    DatabaseScheduler (its setup.py entry point); Conveyor maps it onto its own."""
+    from conveyor.beat import load_scheduler
+
+    assert type(load_scheduler(app, "django")) is DatabaseScheduler

@@ -1,7 +1,8 @@
 """docs/getting-started.md, run as a newcomer would: from a built wheel in a
 fresh virtualenv, every marked step in order (startproject, the app module,
-settings, a model, migrations, a task, a worker process, a call from
-Django's shell, the page's own pytest test).
+settings, a model, migrations, tasks, a worker process, a call from
+Django's shell, beat sending a periodic task, the monitor answering with
+the account from the environment, the page's own pytest test).
 
 When this fails, the page and the code have drifted apart: fix whichever is
 wrong, never the test's copy of the page (there is none: it reads the page).
@@ -50,12 +51,17 @@ def env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     """A fresh virtualenv with the wheel installed as the page says, and its PATH."""
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", str(venv)], venv, dict(os.environ))
-    _run([str(venv / "bin" / "pip"), "install", "-q", f"conveyor[django] @ {wheel.as_uri()}",
-          "pytest", "pytest-django"], venv, dict(os.environ), timeout=600)
+    requirement = f"conveyor[django,monitor] @ {wheel.as_uri()}"
+    _run([str(venv / "bin" / "pip"), "install", "-q", requirement, "pytest", "pytest-django"],
+         venv, dict(os.environ), timeout=600)
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("CONVEYOR_", "DJANGO_", "PYTHON", "VIRTUAL_ENV"))}
     clean["PATH"] = f"{venv / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
     return clean
+
+
+# What each background program prints once it is up.
+_STARTED = {"worker": "ready", "beat": "starting", "monitor": "conveyor monitor on"}
 
 
 @pytest.fixture
@@ -127,7 +133,7 @@ def test_getting_started_page_runs_as_written(env: dict[str, str], tmp_path: Pat
             out = log.open("w")
             workers.append(subprocess.Popen(step.body.strip(), shell=True, cwd=project, env=env,
                                             stdout=out, stderr=subprocess.STDOUT, text=True))
-            _wait_for(log, "ready", workers[-1])
+            _wait_for(log, _STARTED[step.arg], workers[-1])
         elif step.action == "django-shell":
             _django_shell(step, project, env)
         elif step.action == "error-contains":

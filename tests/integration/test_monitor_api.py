@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conveyor import Conveyor, states
 from conveyor.exceptions import Reject
 from conveyor.monitor.app import create_app
-from conveyor.monitor.auth import Authenticator, parse_users
+from conveyor.monitor.auth import Authenticator, LoginThrottle, parse_users
 from conveyor.monitor.cli import inspect_command, status_command
 from conveyor.monitor.openapi import openapi_schema
 from conveyor.testing import run_worker
@@ -44,7 +44,10 @@ class Served:
     """A uvicorn server on a thread, stopped at the end of the test."""
 
     def __init__(self, app: Conveyor) -> None:
-        asgi = create_app(app, [f"{ADMIN[0]}:{ADMIN[1]}"], [f"{VIEWER[0]}:{VIEWER[1]}"])
+        # Throttling off: these tests send hundreds of wrong logins on purpose
+        # (tests/security/test_monitor_hardening.py covers the throttle).
+        asgi = create_app(app, [f"{ADMIN[0]}:{ADMIN[1]}"], [f"{VIEWER[0]}:{VIEWER[1]}"],
+                          throttle=LoginThrottle(limit=1_000_000))
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
@@ -106,6 +109,7 @@ def test_every_route_needs_credentials(api: httpx.Client) -> None:
             response = httpx.get(f"{api.base_url}{path}", auth=auth)  # type: ignore[arg-type]
             assert response.status_code == 401, (path, auth)
             assert response.headers["www-authenticate"].startswith("Basic")
+            assert response.json() == {"error": "authentication required"}  # monitoring.md
     assert httpx.post(f"{api.base_url}/api/tasks/x/revoke", headers=ACT).status_code == 401
     assert api.get("/api/me").json() == {"user": "admin", "role": "admin"}
     assert api.get("/").headers["content-security-policy"].startswith("default-src 'self'")
@@ -116,7 +120,10 @@ def test_read_only_users_look_but_do_not_act(api: httpx.Client) -> None:
     assert api.get("/api/workers", **viewer).status_code == 200  # type: ignore[arg-type]
     denied = api.post("/api/tasks/x/revoke", headers=ACT, **viewer)  # type: ignore[arg-type]
     assert denied.status_code == 403
-    assert api.post("/api/tasks/x/revoke").status_code == 403  # no X-Conveyor-Action
+    assert denied.json() == {"error": "read-only user: actions are not allowed"}
+    missing = api.post("/api/tasks/x/revoke")
+    assert missing.status_code == 403  # no X-Conveyor-Action
+    assert missing.json() == {"error": "missing X-Conveyor-Action header"}
 
 
 def test_credentials_are_compared_in_constant_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
+
 from .processes import ROOT, start_worker, stop, wait_for, worker_env
 
 APP = "tests.integration.worker_app"
@@ -53,7 +55,7 @@ def test_deploy_systemd_writes_unit_files(tmp_path: Path) -> None:
     env = worker_env(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "ledger")
     out = tmp_path / "units"
     result = conveyor(env, "deploy", "systemd", "--queue", "default:2", "--beat",
-                      "--directory", str(tmp_path), "-o", str(out))
+                      "--user", "svc", "--directory", str(tmp_path), "-o", str(out))
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["conveyor-beat.service", "conveyor-worker-default.service",
@@ -68,3 +70,24 @@ def test_deploy_rejects_bad_queue_specs(tmp_path: Path) -> None:
     result = conveyor(env, "deploy", "supervisor", "--queue", "default:zero")
     assert result.returncode == 2
     assert "default:zero" in result.stderr
+
+
+def test_deploy_supervisor_creates_its_log_directory_and_says_so(tmp_path: Path) -> None:
+    """Issue 16: supervisord refuses to start a program whose log folder is missing
+    ("The directory named as part of the path ... does not exist")."""
+    env = worker_env(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "ledger")
+    logs = tmp_path / "var" / "log" / "conveyor"
+    result = conveyor(env, "deploy", "supervisor", "--queue", "default:1", "--allow-root",
+                      "--directory", str(tmp_path), "--log-dir", str(logs))
+    assert result.returncode == 0, result.stderr
+    assert logs.is_dir()
+    assert f"created log directory {logs}" in result.stderr
+    assert f"stdout_logfile={logs}/" in result.stdout
+
+
+def test_every_deploy_option_says_what_it_does() -> None:
+    from conveyor.ops_cli import deploy_command
+
+    undocumented = [p.name for p in deploy_command.params
+                    if isinstance(p, click.Option) and not p.help]
+    assert undocumented == []

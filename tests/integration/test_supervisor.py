@@ -10,6 +10,7 @@ graceful group restart mid-run loses nothing, and two beat programs
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import subprocess
@@ -21,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.deploy import DeploySpec, QueueWorker, supervisor_config, supervisord_main_config
+from conveyor.deploy import (
+    DeploySpec,
+    QueueWorker,
+    env_file_text,
+    supervisor_config,
+    supervisord_main_config,
+)
 
 from .processes import ROOT, Ledger, wait_for, worker_env
 
@@ -70,7 +77,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def specs(tmp_path: Path) -> tuple[DeploySpec, DeploySpec]:
     common = {"app": APP, "directory": str(ROOT), "venv": sys.prefix,
-              "log_dir": str(tmp_path / "logs"), "shutdown_timeout": 20.0}
+              "log_dir": str(tmp_path / "logs"), "shutdown_timeout": 20.0,
+              "user": getpass.getuser()}
     main = DeploySpec(workers=(QueueWorker("default", 2),), beat=True, name="conv", **common)
     # The mistake the guarantee covers: a second beat program, e.g. from a stale config file.
     stray = DeploySpec(workers=(), beat=True, name="stray", **common)
@@ -133,3 +141,43 @@ def test_supervisor_runs_restarts_and_loses_nothing(supervisor: tuple[Supervisor
     assert len(tick_ids) <= elapsed / BEAT_EVERY + 2, (len(tick_ids), elapsed)
     assert len(tick_ids) >= (elapsed - 30) / BEAT_EVERY, (len(tick_ids), elapsed)
     client.close()
+
+
+def test_secrets_reach_the_programs_only_through_the_0600_file(tmp_path: Path) -> None:
+    """Issue 15, finding 4: the broker password is in no generated file and no argv;
+    the worker gets it from the environment file (``conveyor --env-file``, since
+    supervisord has no such setting) and runs tasks against a Redis that needs it."""
+    from tests.security import private_redis
+
+    password = "sup-s3cret-Q9"
+    port = private_redis.free_port()
+    redis_proc = private_redis.start(port, tmp_path, password)
+    broker = f"redis://:{password}@127.0.0.1:{port}/0"
+    (tmp_path / "logs").mkdir()
+    ledger = Ledger(tmp_path / "ledger.txt")
+    spec = DeploySpec(app=APP, workers=(QueueWorker("default", 1),), name="sec",
+                      directory=str(ROOT), venv=sys.prefix, log_dir=str(tmp_path / "logs"),
+                      user=getpass.getuser(), env=(("CONVEYOR_BROKER_URL", broker),),
+                      env_file=str(tmp_path / "secrets.env"))
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(supervisord_main_config(spec, str(tmp_path), str(tmp_path / "sd.pid"),
+                                            str(tmp_path / "sd.log"), str(tmp_path / "sd.sock")))
+    fd = os.open(tmp_path / "secrets.env", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (env_file_text(spec) or "").encode())
+    os.close(fd)
+    assert password not in conf.read_text()
+    env = worker_env("sqlite:///nowhere-else.db", ledger.path, worker_heartbeat_interval=0.5)
+    del env["CONVEYOR_BROKER_URL"]  # only the file has it
+    sup = Supervisor(conf, env)
+    try:
+        wait_for(lambda: sup.status().get("sec:sec-worker-default") == "RUNNING", 60,
+                 "the worker to be RUNNING", interval=0.5)
+        client = Conveyor("client", broker=broker, set_as_current=False)
+        assert client.send_task(WORK, [0.0], queue="default").get(timeout=60) > 0
+        client.close()
+        argv = Path(f"/proc/{sup.pid('sec:sec-worker-default')}/cmdline").read_bytes()
+        assert password.encode() not in argv and b"--env-file" in argv
+    finally:
+        sup.close()
+        redis_proc.kill()
+        redis_proc.wait(10)

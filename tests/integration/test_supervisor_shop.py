@@ -9,6 +9,7 @@ two beats send each tick of a 1-second database schedule once.
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import sqlite3
@@ -64,7 +65,7 @@ def shop(url: str, tmp_path: Path) -> Iterator[tuple[Supervisor, dict[str, str]]
            f"PeriodicTask.objects.create(name='tick', task='newsletter.tasks.send_daily_digest',"
            f" interval=every, queue='{TICK_QUEUE}')")
     common = {"app": "shop", "directory": str(SHOP), "venv": sys.prefix,
-              "log_dir": str(var / "logs"), "shutdown_timeout": 20.0,
+              "log_dir": str(var / "logs"), "shutdown_timeout": 20.0, "user": getpass.getuser(),
               "beat_scheduler": "conveyor.contrib.django.schedulers:DatabaseScheduler"}
     workers = (QueueWorker("default", 1), QueueWorker("orders", 1), QueueWorker("reports", 1))
     main = DeploySpec(workers=workers, beat=True, name="shop", **common)

@@ -69,9 +69,9 @@ def test_wrong_type_names_key_and_value() -> None:
 def test_celery_only_settings_load_and_are_named_at_worker_start() -> None:
     """More in tests/unit/test_settings_celery.py: one warning when a worker starts."""
     conf = Settings()
-    conf.update({"task_always_eager": True})
-    assert conf.task_always_eager is True
-    assert "task_always_eager (implemented in" in (conf.warn_no_effect() or "")
+    conf.update({"worker_lost_wait": 5.0})
+    assert conf.worker_lost_wait == 5.0
+    assert "worker_lost_wait (the supervisor notices" in (conf.warn_no_effect() or "")
 
 
 def test_celery_include_and_imports_both_load() -> None:

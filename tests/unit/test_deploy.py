@@ -8,6 +8,7 @@ that is the property worth testing, more than the exact text.
 from __future__ import annotations
 
 import configparser
+import getpass
 import importlib.util
 import os
 import re
@@ -149,7 +150,7 @@ def test_nothing_to_deploy_is_refused() -> None:
 
 
 def test_beat_alone_is_enough() -> None:
-    spec = DeploySpec(app="myproject", workers=(), beat=True, directory="/srv")
+    spec = DeploySpec(app="myproject", workers=(), beat=True, directory="/srv", user="app")
     assert list(systemd_units(spec)) == ["conveyor-beat.service", "conveyor.target"]
 
 
@@ -421,6 +422,7 @@ def test_supervisord_runs_the_generated_programs(tmp_path: Path) -> None:
         log_dir=str(tmp_path),
         env=(("TRICKY", TRICKY),),
         shutdown_timeout=1,
+        user=getpass.getuser(),  # supervisord "drops" to the user it already is
     )
     conf = tmp_path / "supervisord.conf"
     conf.write_text(
@@ -534,6 +536,7 @@ def test_systemd_needs_an_absolute_directory() -> None:
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     spec = make_spec(
         user=None,
+        allow_root=True,
         directory=str(tmp_path),
         venv=str(fake_venv(tmp_path)),
         monitor_env_file=str(tmp_path / "monitor.env"),
@@ -602,7 +605,8 @@ def test_compose_parses_as_yaml() -> None:
 
 
 def test_compose_without_beat_or_monitor() -> None:
-    text = docker_compose(DeploySpec(app="p", workers=(QueueWorker("default"),)))
+    text = docker_compose(DeploySpec(app="p", workers=(QueueWorker("default"),),
+                                     allow_root=True))
     assert "  beat:" not in text and "  monitor:" not in text
     assert "  worker-default:" in text
 

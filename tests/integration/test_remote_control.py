@@ -1,0 +1,171 @@
+"""Remote control against real worker processes, on SQLite and Redis (issue 18, item 1).
+
+Each command's effect on the running worker is checked, not only its reply:
+Celery's meanings are in /work/ref/celery/celery/worker/control.py
+(``ping``, ``active``, ``cancel_consumer``, ``time_limit``, ``pool_grow``,
+``shutdown``) and the reply shapes in celery/app/control.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, states
+
+from .processes import ROOT, Ledger, children_of, start_worker, stop, wait_for, worker_env
+
+APP = "tests.integration.worker_app"
+WORK = f"{APP}.work"
+NODE = "ctl@test"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("prefixed"))
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[Conveyor]:
+    app = Conveyor("client", broker=url, set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.txt")
+
+
+@pytest.fixture
+def spawn(url: str, ledger: Ledger, tmp_path: Path,
+          client: Conveyor) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a worker named NODE and return once it answers ping."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(*args: str) -> subprocess.Popen[bytes]:
+        env = worker_env(url, ledger.path, worker_heartbeat_interval=0.5)
+        proc = start_worker(env, "-n", NODE, *args, log=tmp_path / "worker.log")
+        procs.append(proc)
+        wait_for(lambda: proc.poll() is not None or client.control.ping([NODE], timeout=0.3), 30,
+                 "the worker to answer ping")
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        return proc
+
+    yield _spawn
+    for proc in procs:
+        stop(proc, signal.SIGKILL, timeout=10)
+
+
+def started(ledger: Ledger, task_id: str) -> bool:
+    return task_id in ledger.count("start")
+
+
+def test_inspect_answers_while_every_slot_is_busy_and_shutdown_exits_0(
+        client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]], ledger: Ledger) -> None:
+    busy = client.send_task(WORK, args=[3.0])
+    waiting = client.send_task(WORK, args=[0.0])  # both queued first: one batch reserves both
+    proc = spawn("-P", "threads", "-c", "1", "-Q", "default,extra")
+    wait_for(lambda: started(ledger, busy.id), 20, "the long task to start")
+
+    # Celery's shapes: a list of {node: reply} for ping, {node: ...} for inspect.
+    began = time.monotonic()
+    assert client.control.ping(destination=[NODE], timeout=2.0) == [{NODE: {"ok": "pong"}}]
+    assert time.monotonic() - began < 1.0  # the one slot is busy; the control thread is not
+    inspect = client.control.inspect(destination=[NODE], timeout=2.0)
+    [active] = inspect.active()[NODE]
+    assert (active["id"], active["name"], active["args"]) == (busy.id, WORK, [3.0])
+    assert [r["id"] for r in inspect.reserved()[NODE]] == [waiting.id]  # prefetched, not started
+    assert inspect.scheduled() == {NODE: []}
+    assert WORK in inspect.registered()[NODE]
+    assert [q["name"] for q in inspect.active_queues()[NODE]] == ["default", "extra"]
+    stats = inspect.stats()[NODE]
+    assert stats["pid"] == proc.pid and stats["pool"]["max-concurrency"] == 1
+    assert "@" not in str(inspect.conf()[NODE]).replace(NODE, "")  # no credentials shown
+    assert client.control.inspect(destination=["nobody@nowhere"], timeout=0.3).ping() is None
+
+    client.control.shutdown(destination=[NODE])
+    assert proc.wait(30) == 0  # warm: the running task finished first
+    assert busy.get(timeout=5) > 0
+
+
+def test_cancel_consumer_leaves_the_queue_alone_until_add_consumer(
+        client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]], ledger: Ledger) -> None:
+    spawn("-P", "threads", "-c", "2", "-Q", "default,extra")
+    assert client.control.cancel_consumer("extra", reply=True, destination=[NODE]) == [
+        {NODE: {"ok": "no longer consuming from extra"}}]
+    parked = client.send_task(WORK, queue="extra")
+    sentinel = client.send_task(WORK)  # sent after: once it ran, the worker polled both
+    assert sentinel.get(timeout=20) > 0
+    assert not started(ledger, parked.id)
+    [extra] = client.broker.stats(["extra"])
+    assert extra.ready == 1
+    queues = client.control.inspect([NODE]).active_queues()
+    assert [q["name"] for q in queues[NODE]] == ["default"]
+
+    assert client.control.add_consumer("extra", reply=True, destination=[NODE]) == [
+        {NODE: {"ok": "add consumer extra"}}]
+    assert parked.get(timeout=20) > 0
+
+
+def test_pool_grow_and_shrink_change_how_many_run_at_once(
+        client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]], ledger: Ledger) -> None:
+    spawn("-P", "threads", "-c", "1", "--prefetch-multiplier", "1")
+    grown = client.control.pool_grow(2, reply=True, destination=[NODE])
+    assert grown == [{NODE: {"ok": "pool will grow"}}]
+    assert client.control.inspect([NODE]).stats()[NODE]["pool"]["max-concurrency"] == 3
+    three = [client.send_task(WORK, args=[2.5]) for _ in range(3)]
+    wait_for(lambda: all(started(ledger, r.id) for r in three), 20, "three tasks at once")
+    assert not ledger.events("end")  # all three started before any ended
+    for result in three:
+        result.get(timeout=20)
+
+    shrunk = client.control.pool_shrink(2, reply=True, destination=[NODE])
+    assert shrunk == [{NODE: {"ok": "pool will shrink"}}]
+    first, second = (client.send_task(WORK, args=[1.0]) for _ in range(2))
+    first.get(timeout=20), second.get(timeout=20)
+    lines = [(e[0], e[1]) for e in ledger.events() if e[1] in (first.id, second.id)]
+    assert [kind for kind, _ in lines] == ["start", "end", "start", "end"]  # one at a time
+
+
+def test_prefork_children_take_new_time_limits_and_the_pool_resizes(
+        client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]], ledger: Ledger) -> None:
+    """Children are forked with the limits: the pool replaces them (after their task)."""
+    proc = spawn("-P", "prefork", "-c", "1")
+    assert client.control.time_limit(WORK, hard=1.0, reply=True, destination=[NODE]) == [
+        {NODE: {"ok": "time limits set successfully"}}]
+    result = client.send_task(WORK, args=[30.0])
+    began = time.monotonic()
+    with pytest.raises(Exception, match="time limit"):
+        result.get(timeout=20)
+    assert result.state == states.FAILURE
+    assert time.monotonic() - began < 10
+
+    client.control.pool_grow(2, destination=[NODE], reply=True)
+    wait_for(lambda: len(children_of(proc.pid)) == 3, 20, "three children")
+    client.control.pool_shrink(1, destination=[NODE], reply=True)
+    wait_for(lambda: len(children_of(proc.pid)) == 2, 20, "two children")
+
+
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)  # the CLI is transport-blind
+def test_cli_inspect_ping_exit_status(url: str, tmp_path: Path,
+                                      spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """Container health checks loop on ``inspect ping``: 0 with a worker, 69 without."""
+    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "conveyor", "-A", APP, "inspect", "ping", "-t", "0.5"]
+    alone = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 69, alone.stdout + alone.stderr  # Celery: EX_UNAVAILABLE
+    spawn("-P", "threads", "-c", "1")
+    found = subprocess.run([*cmd, "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert '"ok": "pong"' in found.stdout and NODE in found.stdout
