@@ -92,6 +92,8 @@ OPTION_SETTINGS: dict[str, Callable[[Settings], Any]] = {
     "acks_late": lambda conf: conf.task_acks_late,
     "acks_on_failure_or_timeout": lambda conf: conf.task_acks_on_failure_or_timeout,
     "reject_on_worker_lost": lambda conf: conf.task_reject_on_worker_lost,
+    "acks_on_failure": lambda conf: conf.task_acks_on_failure,  # None: the one above
+    "acks_on_timeout": lambda conf: conf.task_acks_on_timeout,  # None: the one above
     "ignore_result": lambda conf: conf.task_ignore_result,
     "store_eager_result": lambda conf: conf.task_store_eager_result,
     "default_retry_delay": lambda conf: conf.task_default_retry_delay,
@@ -327,7 +329,7 @@ class Task:
             return value or OPTION_SETTINGS[name](self.app.conf)
         if name in ("acks_on_failure", "acks_on_timeout"):  # Celery 5.6's split
             if value is None:
-                value = getattr(self.app.conf, f"task_{name}")
+                value = OPTION_SETTINGS[name](self.app.conf)
             return self._option("acks_on_failure_or_timeout") if value is None else value
         setting = OPTION_SETTINGS.get(name)
         if value is None and setting is not None:
