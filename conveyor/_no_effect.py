@@ -43,8 +43,9 @@ NO_COMPRESSION = "messages and results are not compressed; keep arguments small 
 NO_SIGNING = ("only used by Celery's 'auth' serializer (X.509 message signing); Conveyor signs "
               "with a shared HMAC key instead: message_signing_key or message_signing_key_file "
               "(docs/security.md); task_serializer='auth' is refused")
-SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// URLs map to Conveyor's "
-              "SQLite store, which manages its own connection and table")
+SQLALCHEMY = ("Celery's SQLAlchemy result backend setting: db+sqlite:/// and db+postgresql:// "
+              "URLs map to Conveyor's SQLite and PostgreSQL stores, which manage their own "
+              "connections and tables")
 
 
 def _backend(name: str) -> str:
@@ -120,8 +121,9 @@ NO_EFFECT: dict[str, NoEffect] = {
     "broker_failover_strategy": NoEffect("any", None,
                                          "broker_url names one server; failover lists are not "
                                          "supported (use a Redis Sentinel or managed endpoint)"),
-    "broker_heartbeat": NoEffect("int", 120, "AMQP heartbeats; Redis connections are "
-                                             "health-checked by the client instead"),
+    "broker_heartbeat": NoEffect("int", 120, "on amqp:// the server's heartbeat applies unless "
+                                             "broker_transport_options['heartbeat'] sets it; "
+                                             "Redis connections are health-checked instead"),
     "broker_heartbeat_checkrate": NoEffect("float", 3.0, AMQP),
     "broker_host": NoEffect("str", None, URL_PARTS),
     "broker_login_method": NoEffect("str", None, AMQP),

@@ -2,8 +2,14 @@
 
 * :func:`parse_redis_url` turns ``redis://[user:password@]host[:port][/db]``,
   ``rediss://…`` (TLS) or ``unix:///path/redis.sock?db=N`` plus options into
-  :class:`RedisOptions`.  ``?prefix=`` (or the ``prefix`` option) sets the key
-  prefix, ``conveyor`` by default, so two apps can share one database.
+  :class:`RedisOptions`.  Celery's Sentinel form,
+  ``sentinel://[:password@]host:26379[/db];sentinel://host2:26379`` with the
+  ``master_name`` option (``sentinel_kwargs`` for the sentinels' own
+  connections, ``min_other_sentinels``), reaches the master those sentinels
+  name, and the next one after a failover; as in Celery, the database and
+  password come from the first address and apply to the master.
+  ``?prefix=`` (or the ``prefix`` option) sets the key prefix, ``conveyor``
+  by default, so two apps can share one database.
 * :class:`ClientHolder` builds the ``redis.Redis`` client lazily and again in a
   forked child: a socket inherited across ``fork()`` must never be used by two
   processes.
@@ -12,6 +18,18 @@
   enqueue or a reserve whose first attempt may already have run.  Reads that
   are safe to repeat go through :func:`retry_read` (capped, jittered backoff);
   writes fail once, with a clear error, and the caller decides.
+* Pooled connections that died are dropped, not reused: when a command on one
+  connection fails (a timeout, a reset), every idle connection of the same
+  pool is closed too (:class:`DroppingPool`).  They share the path that just
+  failed; after a half-open outage (a NAT or firewall that dropped its state)
+  each would otherwise cost a full ``socket_timeout`` on its next use, long
+  enough for the leases it was meant to renew to lapse.
+* Every blocking call is bounded: ``socket_timeout`` (default 5 s) caps each
+  read and write, ``socket_connect_timeout`` (4 s) each connect, and the idle
+  ``BLPOP`` blocks at most half the socket timeout, so it never looks like a
+  dead connection.  A connection idle for ``health_check_interval`` (30 s) is
+  pinged before use; TCP keepalive is on.  See docs/operations.md, "Redis in
+  production", for what each bounds.
 * :func:`translate_errors` maps redis-py's connection errors onto Conveyor's
   exceptions with a message naming the server and whether the operation ran.
 """
@@ -33,6 +51,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from conveyor.exceptions import ConfigurationError
 
@@ -63,7 +82,16 @@ _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
     "ssl_ca_certs": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
+    "master_name": str,
+    "wait_replicas": int,
+    "wait_timeout": float,
+    "min_other_sentinels": int,
+    "sentinel_kwargs": dict,
 }
+
+# Only meaningful with a sentinel:// URL.
+_SENTINEL_ONLY = ("master_name", "min_other_sentinels", "sentinel_kwargs")
+DEFAULT_SENTINEL_PORT = 26379
 
 # Celery's Redis transport options that have no meaning here: said once, then ignored.
 _CELERY_ONLY = {
@@ -92,18 +120,32 @@ class RedisOptions:
     prefix: str
     address: str  # "host:port" or the socket path, for error messages
     client_kwargs: dict[str, Any] = field(default_factory=dict)
+    sentinel: SentinelOptions | None = None
+    # Enqueues return only once this many replicas confirmed them (``WAIT``).
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
 
     @property
     def socket_timeout(self) -> float:
         return float(self.client_kwargs["socket_timeout"])
 
 
+@dataclass(frozen=True)
+class SentinelOptions:
+    """The sentinels to ask, and for which master."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master_name: str
+    min_other_sentinels: int = 0
+    sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> RedisOptions:
     """Read a ``redis://``, ``rediss://`` or ``unix://`` URL; ``options`` override its query."""
-    parts = urlsplit(url)
+    parts = urlsplit(url.split(";", 1)[0])
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"{url!r}: expected redis://, rediss:// or unix://")
+    if scheme not in ("redis", "rediss", "unix", "sentinel"):
+        raise ConfigurationError(f"{url!r}: expected redis://, rediss://, unix:// or sentinel://")
     settings: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         settings[key] = value
@@ -125,10 +167,20 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     }
     if "max_connections" in settings:
         kwargs["max_connections"] = settings.pop("max_connections")
+    waits = {"wait_replicas": settings.pop("wait_replicas", 0),
+             "wait_timeout": settings.pop("wait_timeout", 1.0)}
+    if waits["wait_replicas"] < 0 or not waits["wait_timeout"] > 0:
+        raise ConfigurationError(f"{url!r}: wait_replicas must be >= 0 and wait_timeout > 0")
     prefix = settings.pop("prefix", DEFAULT_PREFIX)
     if not prefix:
         raise ConfigurationError(f"{url!r}: the key prefix must not be empty")
-    if scheme == "unix":
+    sentinel = None
+    if scheme == "sentinel":
+        sentinel = _sentinel_options(url, settings)
+        kwargs["db"] = _db_from_path(url, parts.path, settings)
+        address = f"master {sentinel.master_name!r} of sentinels " + ",".join(
+            f"{host}:{port}" for host, port in sentinel.hosts)
+    elif scheme == "unix":
         kwargs["unix_socket_path"] = unquote(parts.path)
         kwargs["db"] = settings.pop("db", 0)
         address = kwargs["unix_socket_path"]
@@ -141,7 +193,31 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     leftover = sorted(k for k in settings if k.startswith("ssl_"))
     if leftover:
         raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to rediss:// URLs")
-    return RedisOptions(url=url, prefix=prefix, address=address, client_kwargs=kwargs)
+    leftover = sorted(k for k in settings if k in _SENTINEL_ONLY)
+    if leftover:
+        raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to sentinel:// URLs")
+    return RedisOptions(url=url, prefix=prefix, address=address, client_kwargs=kwargs,
+                        sentinel=sentinel, **waits)
+
+
+def _sentinel_options(url: str, settings: dict[str, Any]) -> SentinelOptions:
+    """The sentinels of a ``sentinel://a;sentinel://b`` URL and the Sentinel options."""
+    hosts: list[tuple[str, int]] = []
+    for chunk in url.split(";"):
+        part = urlsplit(chunk.strip())
+        if part.scheme.lower() != "sentinel" or not part.hostname:
+            raise ConfigurationError(
+                f"{url!r}: every address must be sentinel://host:port, separated by ';'")
+        hosts.append((part.hostname, part.port or DEFAULT_SENTINEL_PORT))
+    master_name = settings.pop("master_name", None)
+    if not master_name:
+        raise ConfigurationError(
+            f"{url!r}: a sentinel:// URL needs the master_name option "
+            "(broker_transport_options or result_backend_transport_options)")
+    extra = dict(settings.pop("sentinel_kwargs", {}))
+    sentinel_kwargs = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **extra}
+    return SentinelOptions(tuple(hosts), master_name,
+                           settings.pop("min_other_sentinels", 0), sentinel_kwargs)
 
 
 def _checked(url: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +275,59 @@ def as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
+class _DropsIdleOnFailure:
+    """A connection pool that closes its idle connections when one breaks in use.
+
+    redis-py disconnects a connection whose command failed (timeout, reset,
+    protocol error) before it comes back, so a connection released without a
+    socket broke in use.  Its idle siblings most likely went the same way;
+    closing them makes the next caller connect afresh (bounded by
+    ``socket_connect_timeout``) instead of waiting ``socket_timeout`` on a
+    dead socket.  A healthy server costs only the reconnects.
+    """
+
+    def release(self, connection: Any) -> None:
+        broke = not connection.is_connected
+        super().release(connection)  # type: ignore[misc]
+        if broke:
+            self.disconnect(inuse_connections=False)  # type: ignore[attr-defined]
+
+
+class DroppingPool(_DropsIdleOnFailure, redis.ConnectionPool):
+    """A pool to one server that drops idle connections when one breaks."""
+
+
+class DroppingSentinelPool(_DropsIdleOnFailure, SentinelConnectionPool):
+    """A pool to the master sentinels name, dropping idle connections when one breaks.
+
+    Connections ask the sentinels for the master's address whenever they
+    connect, so after a failover the first failure sends every next call to
+    the new master instead of to the old one's dead sockets.
+    """
+
+
+def _sentinel_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions) -> redis.Redis:
+    manager = Sentinel(list(sentinel.hosts), min_other_sentinels=sentinel.min_other_sentinels,
+                       sentinel_kwargs=dict(sentinel.sentinel_kwargs), **kwargs)
+    return manager.master_for(sentinel.master_name, connection_pool_class=DroppingSentinelPool)
+
+
+def new_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions | None = None) -> redis.Redis:
+    """A ``redis.Redis`` for ``kwargs`` whose pool is a :class:`DroppingPool`.
+
+    redis-py maps client options onto connection arguments (TCP, TLS, unix
+    socket) in ``Redis.__init__``; the pool is rebuilt from that mapping rather
+    than repeating it here.
+    """
+    if sentinel is not None:
+        return _sentinel_client(kwargs, sentinel)
+    template = redis.Redis(**kwargs).connection_pool  # opens no connection
+    pool = DroppingPool(connection_class=template.connection_class,
+                        max_connections=template.max_connections,
+                        **template.connection_kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
 class ClientHolder:
     """One ``redis.Redis`` (and its pool) per process.
 
@@ -227,7 +356,7 @@ class ClientHolder:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = redis.Redis(**self.options.client_kwargs)
+                    self._client = new_client(self.options.client_kwargs, self.options.sentinel)
                 client = self._client
         return client
 
@@ -267,8 +396,8 @@ def failed_before_sending(error: BaseException) -> bool:
     both fail before anything runs; a connection that breaks after the
     command was written leaves the outcome unknown.
     """
-    if isinstance(error, redis.BusyLoadingError):
-        return True
+    if isinstance(error, redis.BusyLoadingError | MasterNotFoundError):
+        return True  # (no master known to the sentinels: nothing was sent)
     text = str(error).lower()
     return isinstance(error, redis.ConnectionError) and (
         "connecting to" in text or "connection refused" in text
@@ -335,6 +464,31 @@ def call(client: redis.Redis, *args: Any) -> Any:
     try:
         conn.send_command(*args)
         return conn.read_response()
+    finally:
+        pool.release(conn)
+
+
+def run_script_and_wait(client: redis.Redis, script: Script, args: list[Any],
+                        replicas: int, timeout: float) -> tuple[Any, int]:
+    """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.
+
+    ``WAIT`` counts the replicas that confirmed every write made so far on
+    *its* connection, so it must follow the write on the connection that
+    made it.  Returns the script's reply and how many replicas confirmed.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_command("SCRIPT", "LOAD", script.script)
+            conn.read_response()
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        return reply, int(conn.read_response())
     finally:
         pool.release(conn)
 

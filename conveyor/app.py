@@ -299,7 +299,14 @@ class Conveyor:
         sends only when the caller's open database transaction commits, and
         never if it rolls back; outside a transaction it sends now.  The
         message is built (and its arguments checked) here, either way.
+
+        ``connection=`` (a psycopg 3 connection to the PostgreSQL broker's
+        database) writes the message on that connection, inside its open
+        transaction: queued if and only if the caller commits.
         """
+        connection = options.pop("connection", None)
+        if connection is not None:
+            return self._send_in_transaction(connection, name, args, kwargs, _task, options)
         on_commit = options.pop("on_commit", None)
         if on_commit is None:
             on_commit = self.conf.task_enqueue_on_commit
@@ -313,6 +320,27 @@ class Conveyor:
             ):
                 return self.AsyncResult(message.id, task_name=name)
         ids = self.enqueue([message], idempotency_key=key, idempotency_ttl=ttl)
+        return self.AsyncResult(ids[0], task_name=name)
+
+    def _send_in_transaction(self, connection: Any, name: str, args: Any, kwargs: Any,
+                             task: Task | None, options: dict[str, Any]) -> AsyncResult:
+        from conveyor.brokers.postgres import PostgresBroker
+
+        broker = self.broker
+        if not isinstance(broker, PostgresBroker):
+            raise ConfigurationError(
+                "send_task(connection=...) writes the message in your PostgreSQL transaction "
+                "and needs a postgresql:// broker_url")
+        if options.pop("on_commit", None):
+            raise ConfigurationError(
+                "send_task(connection=...) already sends with your transaction's commit; "
+                "drop on_commit=True")
+        message = self.build_message(name, args, kwargs, _task=task, **options)
+        key, ttl = options.get("idempotency_key"), options.get("idempotency_ttl")
+        messages = publishing.before([message])
+        envelopes = [self.envelope(m, key, ttl) for m in messages]
+        ids = broker.store_in(connection, envelopes)
+        publishing.after(messages)
         return self.AsyncResult(ids[0], task_name=name)
 
     def build_message(self, name: str, args: Any = None, kwargs: Any = None,

@@ -4,7 +4,9 @@ Whichever beat process leads, it must know when each entry last ran (so a
 restart or a failover neither repeats nor forgets a tick) and when *any* beat
 last ran (so ticks missed while none ran can follow ``beat_missed_policy``).
 Both live where the broker keeps its data: the same SQLite file, the same Redis
-database and key prefix, or, for ``memory://``, a dict shared by the process.
+database and key prefix, the same PostgreSQL schema
+(``conveyor/beat_state_postgres.py``), or, for ``memory://``, a dict shared by
+the process.
 
 Times are stored as whole microseconds since the Unix epoch (UTC).  They are
 exact: a tick one process derives from a stored ``last_run_at`` is identical,
@@ -49,6 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -371,13 +374,23 @@ def open_beat_state(app: Conveyor) -> BeatState:
     url = app.conf.broker_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     options = dict(app.conf.broker_transport_options)
+    if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0016)
+        state = app.conf.broker_options().get("state_url")
+        if not state:
+            raise not_in_rabbitmq("beat's run history")
+        url, options = str(state), {}
+        scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryBeatState(url)
     if scheme == "sqlite":
         return SQLiteBeatState(url, options)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         return RedisBeatState(url, options)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.beat_state_postgres import PostgresBeatState
+
+        return PostgresBeatState(url, options)
     raise ConfigurationError(
         f"beat cannot keep its run history beside broker_url {url!r}: "
-        "supported schemes are sqlite://, redis://, rediss://, unix:// and memory://"
+        "supported schemes are sqlite://, redis://, rediss://, unix://, postgresql:// and memory://"
     )

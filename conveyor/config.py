@@ -32,6 +32,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_type_hints
 
+from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
 from conveyor.exceptions import ConfigurationError
 
@@ -60,7 +61,7 @@ class Settings:
 
     # Broker and results
     broker_url: str = field(default=DEFAULT_BROKER_URL, metadata=_doc(
-        "where messages wait: sqlite:///path, redis://, rediss:// or memory://",
+        "where messages wait: sqlite:///path, redis://, rediss://, postgresql:// or memory://",
         "different on purpose: SQLite by default, so nothing needs installing"))
     result_backend: str | None = field(default=None, metadata=_doc(
         "where results live; None keeps them beside the broker; also db+sqlite:/// and django-db",
@@ -432,6 +433,8 @@ class Settings:
         opts = dict(self.broker_transport_options)
         if _is_redis(self.broker_url):
             opts.setdefault("socket_connect_timeout", self.broker_connection_timeout)
+        if is_amqp(self.broker_url):
+            return amqp_options(opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts
 
@@ -439,9 +442,10 @@ class Settings:
         """What the result store client is built with (Celery's redis_* settings).
 
         Results kept beside the broker (no ``result_backend``) take the broker's
-        TLS options unless ``redis_backend_use_ssl`` says otherwise, and not its
-        other transport options (a key prefix set there keeps naming the broker's
-        keys only, as before).
+        TLS options unless ``redis_backend_use_ssl`` says otherwise, and its
+        Sentinel options (``master_name`` …), and not its other transport
+        options (a key prefix set there keeps naming the broker's keys only,
+        as before).
         """
         url = self.result_url
         opts = dict(self.result_backend_transport_options)
@@ -455,6 +459,10 @@ class Settings:
         if self.result_backend is None and not tls:
             key, tls = "broker_use_ssl", self.broker_use_ssl
         opts.update(tls_options(key, tls, url))
+        if self.result_backend is None:  # the same sentinels: the same master name
+            for name in ("master_name", "min_other_sentinels", "sentinel_kwargs"):
+                if name in self.broker_transport_options:
+                    opts.setdefault(name, self.broker_transport_options[name])
         return opts
 
     def result_retry(self) -> tuple[float, float, float] | None:
@@ -605,7 +613,7 @@ def _scheme(url: str) -> str:
 
 
 def _is_redis(url: str) -> bool:
-    return _scheme(url) in ("redis", "rediss", "unix")
+    return _scheme(url) in ("redis", "rediss", "unix", "sentinel")
 
 
 def tls_options(key: str, value: bool | dict[str, Any] | None, url: str) -> dict[str, Any]:
@@ -733,7 +741,10 @@ def _env_kind(key: str) -> str:
     if key in _SECONDS:
         return "float"
     hint = _HINTS[key]
-    base = {getattr(a, "__origin__", a) for a in getattr(hint, "__args__", (hint,))}
+    # ``dict[str, Any]`` has __args__ too: only a union's arguments are alternatives.
+    alternatives = (hint,) if getattr(hint, "__origin__", None) else getattr(
+        hint, "__args__", (hint,))
+    base = {getattr(a, "__origin__", a) for a in alternatives}
     for kind, typ in (("bool", bool), ("int", int), ("float", float), ("list", list),
                       ("dict", dict), ("str", str)):
         if typ in base:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import states
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 from conveyor.serialization import printable
 
@@ -685,11 +686,20 @@ def store_from_url(url: str, retention: float = 86400.0,
         from conveyor.eventstores.sqlite import SQLiteEventStore
 
         return SQLiteEventStore(url, retention)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         from conveyor.eventstores.redis import RedisEventStore
 
         prefix = (options or {}).get("prefix")
-        return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None)
+        sentinel = {key: value for key, value in (options or {}).items()
+                    if key in ("master_name", "min_other_sentinels", "sentinel_kwargs")}
+        return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None,
+                               sentinel=sentinel)
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "there is no PostgreSQL event store yet; for task events (monitor, inspect) set "
+            "result_backend to redis://host:port/db or sqlite:///path.db")
+    if is_amqp(url):
+        raise not_in_rabbitmq("task events")
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
 
 

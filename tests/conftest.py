@@ -59,6 +59,18 @@ def pg_dsn() -> str:
 
 
 @pytest.fixture
+def pg_url(pg_dsn: str) -> Iterator[str]:
+    """``pg_dsn`` with a schema of this test's own (``?schema=``), dropped afterwards,
+    so parallel runs and other engineers' tests never meet."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"{pg_dsn}?schema={schema}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
@@ -73,6 +85,85 @@ def redis_prefix() -> str:
 def prefixed(redis_url: str, redis_prefix: str) -> str:
     """The test database under a key prefix of this test alone."""
     return f"{redis_url}?prefix={redis_prefix}"
+
+
+RABBIT_PORT = 5672
+
+
+def rabbitmq_vhost(queue_type: str) -> str:
+    """A RabbitMQ virtual host per test Redis database (so per xdist worker and per
+    engineer) and queue type, created when missing and kept: rabbitmqctl takes
+    seconds a call, and each test purges the queues it uses (``amqp_url``)."""
+    require_service("RabbitMQ", "127.0.0.1", RABBIT_PORT)
+    import subprocess
+
+    import pika
+
+    vhost = f"conveyor-test-{TEST_REDIS_DB}-{queue_type}"
+    try:
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", RABBIT_PORT, vhost, pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1)).close()
+    except pika.exceptions.AMQPConnectionError:
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest",
+                        ".*", ".*", ".*"], check=True, capture_output=True)
+    return vhost
+
+
+# The queues the RabbitMQ-parametrized tests use: the per-test wipe purges these
+# (RabbitMQ lists queues only over HTTP).  A new test on another queue adds it here.
+AMQP_TEST_QUEUES = ("q", "a", "b", "default", "reports", "urgent", "celery",
+                    "killed")
+
+
+def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> None:
+    """Purge the Conveyor topology of ``queues`` so each test starts empty.
+
+    Purged, not deleted: RabbitMQ takes about half a second to create one work
+    queue's thirty durable queues, which would then be paid by every test."""
+    import pika
+
+    from conveyor import _amqp
+
+    o = _amqp.parse_amqp_url(url)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        o.host, o.port, o.vhost, pika.PlainCredentials(o.username, o.password)))
+    for queue in queues:
+        ch = conn.channel()
+        try:
+            ch.queue_declare(_amqp.dead_name(queue), passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            continue  # never declared in this vhost
+        for name in [queue, _amqp.dead_name(queue)] + [
+                _amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]:
+            ch.queue_purge(name)
+        ch.close()
+    conn.close()
+
+
+def _amqp_url(queue_type: str, tmp_path: Path) -> Iterator[str]:
+    from urllib.parse import quote
+
+    vhost = rabbitmq_vhost(queue_type)
+    url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(vhost)}"
+           f"?queue_type={queue_type}&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
+    wipe_amqp_queues(url)
+    yield url
+    wipe_amqp_queues(url)
+
+
+@pytest.fixture
+def amqp_url(tmp_path: Path) -> Iterator[str]:
+    """RabbitMQ with classic queues (they have priorities), emptied, with its side
+    store in this test's directory."""
+    yield from _amqp_url("classic", tmp_path)
+
+
+@pytest.fixture
+def amqp_quorum_url(tmp_path: Path) -> Iterator[str]:
+    """RabbitMQ with quorum queues, the default (no priorities in RabbitMQ 3.10)."""
+    yield from _amqp_url("quorum", tmp_path)
 
 
 @pytest.fixture
@@ -94,6 +185,41 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture(params=[*BACKENDS, "postgres", "amqp"])
+def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(broker_url, result_backend)`` for each backend kind, plus the PostgreSQL
+    broker with results in SQLite (PostgreSQL has no result or event store yet) and
+    RabbitMQ with results in SQLite (RabbitMQ keeps no records)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    if request.param == "amqp":
+        return str(request.getfixturevalue("amqp_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    return url, url
+
+
 @pytest.fixture
 def make_url(backend_url: str) -> Callable[[], str]:
     return lambda: backend_url
+
+
+# tests/django/proj sets DJANGO_SETTINGS_MODULE when imported, as a Celery
+# project's celery.py does; tests/django configures Django without it. Left in
+# os.environ it would reach every later subprocess (workers, monitors started
+# from tmp folders), which would then try to import tests.django.settings.
+_LEAKED_DJANGO = "tests.django.settings"
+
+
+def _drop_leaked_django_settings() -> None:
+    if os.environ.get("DJANGO_SETTINGS_MODULE") == _LEAKED_DJANGO:
+        del os.environ["DJANGO_SETTINGS_MODULE"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _drop_leaked_django_settings()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_django_settings() -> Iterator[None]:
+    yield
+    _drop_leaked_django_settings()

@@ -120,6 +120,7 @@ from conveyor._redis import (
     parse_redis_url,
     retry_read,
     run_script,
+    run_script_and_wait,
     translate_errors,
 )
 from conveyor.brokers.base import (
@@ -172,6 +173,11 @@ class RedisBroker(Broker):
         # BLPOP must return before the socket read times out.
         self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
 
+    @property
+    def socket_timeout(self) -> float:
+        """The longest any one call blocks on a connection (see conveyor._redis)."""
+        return self._options.socket_timeout
+
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
         try:
@@ -195,9 +201,27 @@ class RedisBroker(Broker):
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
+        wanted = self._options.wait_replicas
         with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
-            reply = self._run("enqueue", *_envelope_args(envelope))
+            if not wanted:
+                reply = self._run("enqueue", *_envelope_args(envelope))
+            else:
+                reply, confirmed = run_script_and_wait(
+                    self._holder.client, self._scripts["enqueue"],
+                    [self._prefix, *_envelope_args(envelope)], wanted,
+                    self._options.wait_timeout)
+                self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
+
+    def _check_replicated(self, confirmed: int, action: str) -> None:
+        """Refuse an enqueue fewer replicas confirmed than ``wait_replicas`` asks."""
+        wanted = self._options.wait_replicas
+        if confirmed < wanted:
+            raise BrokerUnavailable(
+                f"Redis at {self._options.address}: {action} stored on the master but "
+                f"confirmed by {confirmed} of the {wanted} replicas wait_replicas asks for "
+                f"within {self._options.wait_timeout:g}s, so a failover could lose it; "
+                f"{_ENQUEUE_RETRY_HINT}")
 
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
         """One script call per 1,000 messages, each atomic on its own, two in flight.
@@ -238,10 +262,21 @@ class RedisBroker(Broker):
                     self._read_chunk(conn, pending, owners)
             while pending:
                 self._read_chunk(conn, pending, owners)
+            self._wait_on(conn)
         finally:
             if pending:  # replies left unread would answer the next caller's command
                 conn.disconnect()
             pool.release(conn)
+
+    def _wait_on(self, conn: Any) -> None:
+        """``WAIT`` after a batch, on the connection that wrote it (``wait_replicas``)."""
+        wanted = self._options.wait_replicas
+        if not wanted:
+            return
+        with self._errors("enqueue_many (waiting for replicas)", _ENQUEUE_RETRY_HINT):
+            conn.send_command("WAIT", wanted, max(1, int(self._options.wait_timeout * 1000)))
+            confirmed = int(conn.read_response())
+        self._check_replicated(confirmed, "enqueue_many")
 
     def _read_chunk(self, conn: Any, pending: list[tuple[int, int]],
                     owners: list[str]) -> None:

@@ -129,6 +129,14 @@ def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChann
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     # Read by the app for task messages; the broker warned about Celery-only ones already.
     options = {k: v for k, v in (options or {}).items() if k != "priority_steps"}
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        # RabbitMQ keeps no records: control goes through its side store (ADR 0016).
+        from conveyor._amqp import not_in_rabbitmq
+
+        state = options.get("state_url")
+        if not state:
+            raise not_in_rabbitmq("remote control's replies")
+        return channel_for(str(state))
     if scheme == "memory":
         from conveyor.control.memory import MemoryChannel
 

@@ -74,18 +74,20 @@ class RedisEventStore(EventStore):
     """See module docstring."""
 
     def __init__(self, url: str, retention: float = 86400.0, prefix: str | None = None,
-                 max_tasks: int = MAX_TASKS) -> None:
+                 max_tasks: int = MAX_TASKS, sentinel: dict[str, Any] | None = None) -> None:
         import redis
 
-        from conveyor._redis import parse_redis_url
+        from conveyor._redis import new_client, parse_redis_url
 
-        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``prefix`` overrides.
-        options = parse_redis_url(url, {"prefix": prefix} if prefix else None)
+        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``prefix`` overrides;
+        # ``sentinel``: the broker's master_name (and friends) for a sentinel:// URL.
+        extra = dict(sentinel or {}, **({"prefix": prefix} if prefix else {}))
+        options = parse_redis_url(url, extra or None)
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
         self.p = f"{options.prefix}:ev"
-        self.client: Any = redis.Redis(**options.client_kwargs)
+        self.client: Any = new_client(options.client_kwargs, options.sentinel)
         self._error: type[Exception] = redis.RedisError
         self._upsert_script = self.client.register_script(
             resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")

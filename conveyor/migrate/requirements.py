@@ -20,7 +20,7 @@ _REQUIREMENT = re.compile(
     r"(?P<rest>[^#\n]*)(?P<comment>#.*)?$", re.IGNORECASE)
 _QUOTED = re.compile(r"([\"'])(?P<name>celery|django-celery-beat|django-celery-results|flower)"
                      r"(?P<extras>\[[^\]]*\])?[^\"']*\1", re.IGNORECASE)
-_CELERY_EXTRAS = {"redis": "redis", "django": "django"}
+_CELERY_EXTRAS = {"redis": "redis", "django": "django", "librabbitmq": "rabbitmq"}
 
 
 def _extras_for(name: str, extras: str | None, report: Report, path: Path, line: int) -> set[str]:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 from conveyor.results.base import ResultStore, Stored
 from conveyor.results.record import ResultRecord
 
 __all__ = ["ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
 
-_ALTERNATIVES = "use sqlite:///path.db, redis://host:port/db, memory:// or django-db"
+_ALTERNATIVES = ("use sqlite:///path.db, redis://host:port/db, postgresql://user@host/db, "
+                 "memory:// or django-db")
 
 
 def result_store_from_url(url: str, options: dict[str, Any] | None = None,
                           retry: tuple[float, float, float] | None = None) -> ResultStore:
-    """Open the store a URL names: ``sqlite://``, ``redis://``, ``memory://``, ``django-db``,
-    or Celery's ``db+sqlite:///path``.
+    """Open the store a URL names: ``sqlite://``, ``redis://``, ``postgresql://``,
+    ``memory://``, ``django-db``, or Celery's ``db+sqlite:///path`` and ``db+postgresql://``.
 
     ``options`` configure a Redis store's client; ``retry`` (max retries,
     first sleep, max sleep) wraps the store so that calls which could not
@@ -32,7 +34,7 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
 
 def _open(url: str, options: dict[str, Any]) -> ResultStore:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "sentinel"):
         from conveyor.results.redis import RedisResultStore
 
         return RedisResultStore(url, **options)
@@ -52,14 +54,22 @@ def _open(url: str, options: dict[str, Any]) -> ResultStore:
         from conveyor.contrib.django.results import DjangoResultStore
 
         return DjangoResultStore()
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.results.postgres import PostgresResultStore
+
+        return PostgresResultStore(url)
+    if is_amqp(url):
+        raise not_in_rabbitmq("results (result_backend is unset, so they would go beside the "
+                              "broker)")
     raise ConfigurationError(f"result_backend {_safe(url)!r}: unsupported scheme; {_ALTERNATIVES}")
 
 
 def _from_sqlalchemy_form(url: str) -> str:
     """Celery's SQLAlchemy backend URLs: ``db+sqlite:///path`` is Conveyor's SQLite store.
 
-    Other ``db+`` databases are refused by name: a PostgreSQL result store
-    does not exist yet, and MySQL and the rest are not planned.
+    ``db+postgresql[+driver]://`` is Conveyor's PostgreSQL store (psycopg 3
+    whatever the driver named).  Other ``db+`` databases are refused by name:
+    MySQL and the rest are not planned.
     """
     if not url.lower().startswith("db+"):
         return url
@@ -68,10 +78,7 @@ def _from_sqlalchemy_form(url: str) -> str:
     if dialect == "sqlite":
         return "sqlite://" + inner.split("://", 1)[1] if "://" in inner else inner
     if dialect in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            f"result_backend {_safe(url)!r}: Conveyor has no PostgreSQL result store yet; "
-            "meanwhile use redis://host:port/db, sqlite:///path.db or django-db (which keeps "
-            "results in your Django database, PostgreSQL included)")
+        return "postgresql://" + inner.split("://", 1)[1]  # any +driver: psycopg 3 here
     raise ConfigurationError(
         f"result_backend {_safe(url)!r}: Celery's SQLAlchemy backend for {dialect} has no "
         f"counterpart here; {_ALTERNATIVES}, or db+sqlite:///path.db")

@@ -78,7 +78,7 @@ from conveyor._redis import (
     run_script,
     translate_errors,
 )
-from conveyor.exceptions import ResultError
+from conveyor.exceptions import ConfigurationError, ResultError
 from conveyor.results.base import ResultStore, Stored, deadline_after
 from conveyor.results.record import Attempt
 from conveyor.states import READY_STATES
@@ -207,6 +207,9 @@ class RedisResultStore(ResultStore):
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self._options: RedisOptions = parse_redis_url(url, options)
+        if self._options.wait_replicas:
+            raise ConfigurationError("wait_replicas applies to the broker's enqueues "
+                                     "(broker_transport_options), not to the result store")
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
         client = self._holder.client

@@ -108,6 +108,7 @@ class Consumer:
         self.poll = poll
         self.processed = 0
         self._backoff = Backoff()
+        self._asked = 0.0  # monotonic time the last reserve was sent: its leases run from here
         # Rate-limited messages waiting for their slot: (due, n, reserved at, delivery).
         self._held: list[tuple[float, int, float, Delivery]] = []
         self._order = itertools.count()
@@ -146,6 +147,7 @@ class Consumer:
         if not queues or want <= 0:  # no queue (all cancelled by remote control), or full
             self.stop.wait(timeout)
             return []
+        self._asked = time.monotonic()
         try:
             batch = self.broker.reserve(queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
@@ -172,13 +174,18 @@ class Consumer:
 
     def _run_batch(self, batch: list[Delivery]) -> None:
         self.reporter.held(batch)
+        reserved = self._asked
         revoked = self._revoked(batch)
-        reserved = time.monotonic()
         for index, delivery in enumerate(batch):
             if self.stop.is_set():
                 self._hand_back(batch[index:])
                 return
-            if not self._still_held(delivery, reserved):
+            held = self._still_held(delivery, reserved)
+            if held is None:  # the broker is out of reach and the leases ran out
+                for left in batch[index:]:
+                    self.reporter.done(left, Outcome(REQUEUE, reason="lease lapsed"))
+                return
+            if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
@@ -241,19 +248,28 @@ class Consumer:
         except Exception:
             log.exception("could not report the end of %s", delivery.id)
 
-    def _still_held(self, delivery: Delivery, reserved: float) -> bool:
+    def _still_held(self, delivery: Delivery, reserved: float) -> bool | None:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
 
-        If this worker's renewals stalled meanwhile (its process was paused, or
-        a frozen process held the SQLite file's lock), its lease may have run
-        out and another consumer may be running it: then it is not started here.
+        If this worker's renewals stalled meanwhile (its process was paused, a
+        frozen process held the SQLite file's lock, the path to the broker went
+        half-open), its lease may have run out and another consumer may be
+        running it: then it is not started here.  ``None``: the broker cannot
+        be reached and the lease, counted from when reserve was sent, has run
+        out; the message stays with the broker, which hands it out again, so
+        skipping it loses nothing.
         """
         if time.monotonic() - reserved < self.lease / 2:
             return True
         try:
             [held] = self.broker.extend([delivery], self.lease)
-        except BrokerError:
-            return True  # cannot tell; running it again is allowed, losing it is not
+        except BrokerError as exc:
+            if time.monotonic() < reserved + self.lease:
+                return True  # still within the lease it was reserved with
+            log.warning("cannot renew the lease of %s (%s) and it has run out; not starting "
+                        "it or the rest of its batch: the broker hands them out again",
+                        delivery.id, exc)
+            return None
         if not held:
             log.warning("lease of %s lapsed while it waited to start; another consumer has "
                         "it, so it is not started here", delivery.id)

@@ -24,7 +24,7 @@ from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.signing import pickle_warning
 from conveyor.task import warn_no_effect_options
-from conveyor.worker.startup import wait_for_broker
+from conveyor.worker.startup import wait_for_broker, warn_if_calls_outlast_leases
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -125,6 +125,7 @@ class Worker:
         address = redact.url(self.app.conf.broker_url)
         if not wait_for_broker(self.app, lambda: self.stopping, address, time.sleep):
             return
+        warn_if_calls_outlast_leases(self.app, self.lease)
         self._pool = self._make_pool()
         from conveyor.control.worker import ControlThread
 

@@ -57,3 +57,19 @@ def wait_for_broker(app: Conveyor, stopping: Callable[[], bool], address: str,
                       address, exc, delay, attempt, limit or "forever")
             sleep(delay)
     return False
+
+
+def warn_if_calls_outlast_leases(app: Conveyor, lease: float) -> bool:
+    """Say so when one broker call may block longer than a third of the lease.
+
+    The supervisor renews leases every third of the lease; a renewal stuck on
+    a connection that stopped answering lasts up to the socket timeout, and
+    must end before the lease does (docs/operations.md, "Redis in production").
+    """
+    timeout = getattr(app.broker, "socket_timeout", None)
+    if timeout is None or timeout <= lease / 3:
+        return False
+    log.warning("the broker's socket_timeout (%gs) is above a third of broker_lease_timeout "
+                "(%gs): a call stuck on a dead connection can outlast the leases it renews; "
+                "lower socket_timeout in broker_transport_options", timeout, lease)
+    return True

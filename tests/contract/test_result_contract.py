@@ -12,6 +12,16 @@ import pytest
 from conveyor import states
 from conveyor.results import ResultStore, result_store_from_url
 
+from ..conftest import BACKENDS
+
+
+@pytest.fixture(params=[*BACKENDS, "postgres"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Every backend kind, plus the PostgreSQL store (which has no event store yet)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
 
 @pytest.fixture
 def store(backend_url: str) -> Iterator[ResultStore]:

@@ -74,9 +74,19 @@ def fault_redis_url(request: pytest.FixtureRequest,
 
 @pytest.fixture(params=["sqlite", "redis"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The broker URL.  ``postgres`` is not in the default set: a test opts in with
+    ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return str(request.getfixturevalue("fault_redis_url"))
+
+
+@pytest.fixture
+def results_url(url: str, tmp_path: Path) -> str | None:
+    """Where results go: beside the broker, except for PostgreSQL (no result store yet)."""
+    return f"sqlite:///{tmp_path / 'results.db'}" if url.startswith("postgres") else None
 
 
 @pytest.fixture
@@ -85,8 +95,8 @@ def backend(url: str) -> str:
 
 
 @pytest.fixture
-def client(url: str) -> Iterator[Conveyor]:
-    app = Conveyor("fault-client", broker=url, set_as_current=False)
+def client(url: str, results_url: str | None) -> Iterator[Conveyor]:
+    app = Conveyor("fault-client", broker=url, backend=results_url, set_as_current=False)
     yield app
     app.close()
 
@@ -97,7 +107,8 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 @pytest.fixture
-def workers(url: str, ledger: Ledger, tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(url, ledger, tmp_path)
+def workers(url: str, results_url: str | None, ledger: Ledger,
+            tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(url, ledger, tmp_path, results=results_url)
     yield started
     started.stop_all()

@@ -75,8 +75,10 @@ def report(figures: Figures) -> Figures:
 class Workers:
     """Starts ``conveyor worker`` processes for one test and kills what is left."""
 
-    def __init__(self, url: str, ledger: Ledger, log_dir: Path, app: str = APP) -> None:
+    def __init__(self, url: str, ledger: Ledger, log_dir: Path, app: str = APP,
+                 results: str | None = None) -> None:
         self.url = url
+        self.results = results  # result_backend; None keeps results beside the broker
         self.ledger = ledger
         self.log_dir = log_dir
         self.app = app
@@ -87,6 +89,8 @@ class Workers:
         """One worker (its own process group); ``prefix`` wraps it (e.g. faketime)."""
         settings.setdefault("broker_lease_timeout", LEASE)
         settings.setdefault("worker_heartbeat_interval", 0.5)
+        if self.results is not None:
+            settings.setdefault("result_backend", self.results)
         full_env = worker_env(self.url, self.ledger.path, **settings)
         full_env.update(env or {})
         cmd = [*prefix, sys.executable, "-m", "conveyor", "-A", self.app, "worker",

@@ -408,15 +408,18 @@ def test_the_idempotency_key_fences_a_send_that_slipped_past_the_lease_check(
     assert b.scheduler.last_run("tick") == at(70)
 
 
-def test_restart_neither_repeats_nor_forgets(sqlite_url: str, clock: FakeClock) -> None:
-    first = make_beat(sqlite_url, clock, "first")
+@pytest.mark.parametrize("kind", ["sqlite_url", "pg_url"])
+def test_restart_neither_repeats_nor_forgets(kind: str, request: pytest.FixtureRequest,
+                                             clock: FakeClock) -> None:
+    url = str(request.getfixturevalue(kind))  # a broker that outlives the process
+    first = make_beat(url, clock, "first")
     run_for([first], clock, 60)
     first.close()
     clock.advance(12)  # a restart shorter than the failover window (25 s)
-    second = make_beat(sqlite_url, clock, "second")
+    second = make_beat(url, clock, "second")
     run_for([second], clock, 60)
     second.close()
-    messages = drain(broker_from_url(sqlite_url))
+    messages = drain(broker_from_url(url))
     assert assert_exactly_once(ticks_of(messages), 10) == grid(at(10), at(130), 10)
     runs = open_beat_state(second.app).runs()
     assert runs["tick"].last_run_at == at(130) and runs["tick"].total_run_count == 13
@@ -613,7 +616,7 @@ class PlugInScheduler(ChangingScheduler):
     entries = [Entry("from-plug-in", "tasks.plugged", schedule(30))]
 
 
-@pytest.mark.parametrize("kind", ["memory_url", "sqlite_url", "prefixed"])
+@pytest.mark.parametrize("kind", ["memory_url", "sqlite_url", "prefixed", "pg_url"])
 def test_beat_status_reports_the_scheduler_beat_runs_not_the_configured_one(
         kind: str, request: pytest.FixtureRequest, clock: FakeClock) -> None:
     """Issue 16: a beat started with ``--scheduler`` was shown as the settings

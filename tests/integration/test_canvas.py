@@ -1,4 +1,4 @@
-"""Canvas end to end through real workers, on memory, SQLite and Redis.
+"""Canvas end to end through real workers, on memory, SQLite, Redis and a PostgreSQL broker.
 
 Every composition from docs/canvas.md runs once as it should and once with a
 failure in the middle.  Tasks append lines to a ledger file, so "the body ran
@@ -33,10 +33,12 @@ T = 30.0  # generous bound on every wait; the tests finish far sooner
 class Flow:
     """A fresh app with the tasks the tests compose, and the ledger they write."""
 
-    def __init__(self, url: str, ledger: Path) -> None:
-        self.url = url
+    def __init__(self, url: str, ledger: Path, broker: str | None = None) -> None:
+        self.url = url  # where results live
+        self.broker = broker or url
         self.ledger = ledger
-        self.app = app = Conveyor("canvas-test", broker=url, backend=url, set_as_current=False)
+        self.app = app = Conveyor("canvas-test", broker=self.broker, backend=url,
+                                  set_as_current=False)
         note = self.note
 
         @app.task
@@ -104,8 +106,9 @@ class Flow:
 
 
 @pytest.fixture
-def flow(backend_url: str, tmp_path: Path) -> Iterator[Flow]:
-    made = Flow(backend_url, tmp_path / "ledger.txt")
+def flow(app_urls: tuple[str, str], tmp_path: Path) -> Iterator[Flow]:
+    broker, backend = app_urls
+    made = Flow(backend, tmp_path / "ledger.txt", broker=broker)
     with run_worker(made.app, concurrency=4) as worker:
         made.worker = worker
         yield made
@@ -297,7 +300,8 @@ def test_children_are_the_tasks_a_task_sent(flow: Flow) -> None:
 def test_group_result_restores_in_another_app(flow: Flow) -> None:
     result = group(flow.add.s(i, i) for i in range(5)).delay()
     result.get(timeout=T)
-    other = Conveyor("canvas-client", broker=flow.url, backend=flow.url, set_as_current=False)
+    other = Conveyor("canvas-client", broker=flow.broker, backend=flow.url,
+                     set_as_current=False)
     restored = GroupResult.restore(result.id, app=other)
     assert restored is not None and restored.get(timeout=T) == [0, 2, 4, 6, 8]
     other.close()

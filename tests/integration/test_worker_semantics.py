@@ -27,9 +27,10 @@ CALLS: dict[str, list[float]] = {}
 
 
 @pytest.fixture
-def app(backend_url: str) -> Iterator[Conveyor]:
+def app(app_urls: tuple[str, str]) -> Iterator[Conveyor]:
     CALLS.clear()
-    application = Conveyor("semantics", broker=backend_url, backend=backend_url,
+    broker, backend = app_urls
+    application = Conveyor("semantics", broker=broker, backend=backend,
                            set_as_current=False)
     yield application
     application.close()

@@ -47,6 +47,14 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The stores the value tests run on: PostgreSQL too (its text and bytea rules
+    differ), without repeating the costly pool matrix on it."""
+    name = {"postgres": "pg_url"}.get(request.param, f"{request.param}_url")
+    return str(request.getfixturevalue(name))
+
+
 @pytest.fixture
 def client(url: str) -> Iterator[Conveyor]:
     app = Conveyor("hostile-client", broker=url, set_as_current=False)
@@ -255,11 +263,11 @@ def test_hypothesis_envelopes_never_stop_the_worker(memory_url: str) -> None:
 
 # -- values that cannot be stored ----------------------------------------------------
 @pytest.fixture
-def store_app(url: str) -> Iterator[Conveyor]:
-    """An app whose broker and result store are the parametrized SQLite or Redis."""
+def store_app(store_url: str) -> Iterator[Conveyor]:
+    """An app whose broker and result store are the parametrized SQLite, Redis or PostgreSQL."""
     from tests.security import hostile_app
 
-    app = Conveyor("values", broker=url, result_backend=url, set_as_current=False)
+    app = Conveyor("values", broker=store_url, result_backend=store_url, set_as_current=False)
     for task in (hostile_app.echo, hostile_app.give_back):
         app.task(name=task.name)(task.run)
     yield app

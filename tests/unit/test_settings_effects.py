@@ -170,11 +170,20 @@ def test_db_sqlite_result_backend_is_the_sqlite_store(backend_url: str, tmp_path
     assert again is not None and again.state == states.SUCCESS
 
 
+def test_db_postgresql_result_backend_is_the_postgres_store(pg_url: str) -> None:
+    """Celery's ``db+postgresql+psycopg2://`` URL: Conveyor's store, on psycopg 3."""
+    from conveyor.results.postgres import PostgresResultStore
+
+    store = result_store_from_url("db+" + pg_url.replace("postgresql://", "postgresql+psycopg2://"))
+    assert isinstance(store, PostgresResultStore)
+    store.set("t", states.SUCCESS, b"{}", 60)
+    assert store.get("t") == result_store_from_url(pg_url).get("t")
+    store.close()
+
+
 @pytest.mark.parametrize(("url", "expected"), [
-    ("db+postgresql://u:s3cret@db/results", "no PostgreSQL result store yet; meanwhile use "
-                                            "redis://"),
-    ("db+postgresql+psycopg2://u:s3cret@db/r", "no PostgreSQL result store yet"),
     ("db+mysql://u:s3cret@db/results", "SQLAlchemy backend for mysql has no counterpart"),
+    ("db+oracle://u:s3cret@db/results", "SQLAlchemy backend for oracle has no counterpart"),
 ])
 def test_other_db_result_backends_are_refused_naming_the_alternative(
         url: str, expected: str) -> None:

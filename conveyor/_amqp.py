@@ -1,0 +1,188 @@
+"""RabbitMQ connection settings and the delay-ladder topology (no I/O here).
+
+URL forms are Celery's (kombu's): ``amqp://user:password@host:port/vhost``;
+an empty path or ``//`` is the ``/`` virtual host, ``%2F`` in the path is a
+slash inside a vhost name.  ``pyamqp://`` is read as ``amqp://`` and
+``amqps://`` turns TLS on (port 5671 by default).
+
+Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
+``Q`` (docs/decisions/0016-rabbitmq-broker.md):
+
+* ``Q`` -- the work queue: durable, quorum by default (``queue_type``), or
+  classic with ``x-max-priority`` 9; dead-letters into ``conveyor.dead``.
+* ``conveyor.dead`` -- direct exchange; routing key ``Q`` reaches
+  ``conveyor.dead.Q``, a durable classic queue of dead letters whose reason is
+  the ``x-conveyor-reason`` header.
+* ``conveyor.queues`` -- a classic queue holding one message per work queue
+  created in the vhost (its name), so that ``queues()`` can list them.
+* ``conveyor.delay.Q.<k>`` for k = LEVELS-1 .. 0 -- a topic exchange and a
+  classic queue of the same name holding messages for ``2**k`` ticks
+  (``x-message-ttl``) before dead-lettering them into level k-1's exchange.
+  A delayed message's routing key spells its delay in binary, one word per
+  level, most significant first; exchange k sends words whose k-th bit is 1
+  into its queue and the rest on to exchange k-1.  Level 0 hands on to
+  ``conveyor.delay.Q.due``, a fanout exchange bound to ``Q``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from conveyor.exceptions import ConfigurationError
+
+TICK = 0.01  # seconds per ladder tick: the delay precision
+LEVELS = 28  # 2**28 ticks = 31 days; longer delays go round again
+MAX_TICKS = 2**LEVELS - 1
+QUEUE_TYPES = ("quorum", "classic")
+
+# Transport options (broker_transport_options or the URL query) and their types.
+_OPTIONS: dict[str, type] = {
+    "heartbeat": int,
+    "confirm_publish": bool,
+    "queue_type": str,
+    "state_url": str,
+    "connect_timeout": float,
+}
+
+
+@dataclass(frozen=True)
+class AMQPOptions:
+    """Everything needed to connect, parsed once from the URL and options."""
+
+    host: str
+    port: int
+    vhost: str
+    username: str
+    password: str
+    tls: bool
+    heartbeat: int | None
+    queue_type: str
+    state_url: str
+    connect_timeout: float
+
+    @property
+    def place(self) -> str:
+        """Where the broker is, for error messages: never the password."""
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{self.username}@{self.host}:{self.port}/{self.vhost}"
+
+
+def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptions:
+    """Read a Celery-style AMQP URL and ``broker_transport_options``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("amqp", "amqps", "pyamqp"):
+        raise ConfigurationError(f"broker_url: {scheme}:// is not an AMQP URL")
+    settings: dict[str, Any] = dict(parse_qsl(parts.query))
+    settings.update(options or {})
+    settings = _checked(settings)
+    if settings.get("confirm_publish") is False:
+        raise ConfigurationError(
+            "broker_transport_options['confirm_publish']=False is refused: every "
+            "enqueue waits for RabbitMQ's publisher confirm so that nothing is lost")
+    queue_type = str(settings.get("queue_type", "quorum"))
+    if queue_type not in QUEUE_TYPES:
+        raise ConfigurationError(f"broker_transport_options['queue_type']={queue_type!r}: "
+                                 f"use one of {', '.join(QUEUE_TYPES)}")
+    state_url = settings.get("state_url")
+    if not state_url:
+        raise ConfigurationError(
+            "an amqp:// broker keeps idempotency keys, revocations and beat leases "
+            "outside RabbitMQ: set result_backend to a redis:// or sqlite:// URL, or "
+            "broker_transport_options['state_url'] to one")
+    tls = scheme == "amqps"
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return AMQPOptions(
+        host=parts.hostname or "localhost", port=parts.port or (5671 if tls else 5672),
+        vhost=unquote(path) or "/", username=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"), tls=tls,
+        heartbeat=settings.get("heartbeat"), queue_type=queue_type,
+        state_url=str(state_url), connect_timeout=float(settings.get("connect_timeout", 4.0)))
+
+
+def amqp_options(opts: dict[str, Any], result_backend: str | None,
+                 use_ssl: object) -> dict[str, Any]:
+    """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
+    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md)."""
+    if isinstance(use_ssl, dict) and use_ssl:
+        raise ConfigurationError(
+            "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
+            "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
+    scheme = (result_backend or "").split("://", 1)[0].lower()
+    if "state_url" not in opts and scheme in ("redis", "rediss", "unix", "sentinel", "sqlite"):
+        opts["state_url"] = result_backend
+    return opts
+
+
+def _checked(settings: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        kind = _OPTIONS.get(key)
+        if kind is None:
+            raise ConfigurationError(
+                f"broker option {key!r} does not apply to RabbitMQ; known: {', '.join(_OPTIONS)}")
+        out[key] = _coerce(key, kind, value)
+    return out
+
+
+def _coerce(key: str, kind: type, value: Any) -> Any:
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigurationError(f"broker option {key}={value!r}: expected true or false")
+        return value.lower() in ("1", "true", "yes")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"broker option {key}={value!r}: expected {kind.__name__}") from None
+
+
+# -- the delay ladder ---------------------------------------------------------------
+def delay_ticks(seconds: float) -> int:
+    """Ticks to wait, rounded up (never early), capped at the ladder's top."""
+    return min(MAX_TICKS, max(1, math.ceil(seconds / TICK - 1e-9)))
+
+
+def delay_routing_key(ticks: int) -> str:
+    """The binary spelling of ``ticks``: one word per level, level LEVELS-1 first."""
+    return ".".join("1" if ticks >> level & 1 else "0" for level in range(LEVELS - 1, -1, -1))
+
+
+def level_pattern(level: int, bit: str) -> str:
+    """Topic binding that matches keys whose ``level`` word is ``bit``."""
+    before = LEVELS - 1 - level
+    return ".".join(["*"] * before + [bit, "#"])
+
+
+def delay_name(queue: str, level: int) -> str:
+    return f"conveyor.delay.{queue}.{level}"
+
+
+def due_name(queue: str) -> str:
+    return f"conveyor.delay.{queue}.due"
+
+
+DEAD_QUEUE_PREFIX = "conveyor.dead."
+REGISTRY = "conveyor.queues"  # one message per work queue ever declared: its name
+
+
+def dead_name(queue: str) -> str:
+    return f"{DEAD_QUEUE_PREFIX}{queue}"
+
+
+DEAD_EXCHANGE = "conveyor.dead"
+SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SCHEMES if "://" in url else False
+
+
+def not_in_rabbitmq(what: str) -> ConfigurationError:
+    """The error for a store that other brokers keep beside themselves."""
+    return ConfigurationError(
+        f"{what} cannot be kept in RabbitMQ (an amqp:// broker_url): set result_backend "
+        "to redis://host:port/db or sqlite:///path.db")

@@ -1,0 +1,566 @@
+"""RabbitMQ (AMQP 0-9-1) broker on pika: docs/decisions/0016-rabbitmq-broker.md.
+
+A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
+the message out again when the connection drops (the worker died), and this
+object hands it back (``basic.nack`` with requeue) when a lease runs out
+unrenewed.  Every publish waits for the publisher confirm.  Idempotency keys,
+revocations and beat leases live in the store named by ``state_url`` (a
+sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up.
+
+Delivery counts: a republished message (requeue, delay) carries the count so
+far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
+``x-delivery-count`` (quorum queues: exact) or the ``redelivered`` flag
+(classic queues: at most one more, so a lower bound).
+
+The queue layout is drawn in :mod:`conveyor._amqp`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from conveyor import _amqp
+from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
+from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+
+T = TypeVar("T")
+_DELIVERIES = "x-conveyor-deliveries"
+_ETA = "x-conveyor-eta"
+_REASON = "x-conveyor-reason"
+_FAILED_AT = "x-conveyor-failed-at"
+_IDEMPOTENCY = "conveyor.idempotency:"
+_WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
+_PUSH_GRACE = 0.05
+_RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
+              pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+
+
+class _QuietProbe(logging.Filter):
+    """pika warns of every channel the broker closes; the probe's expected miss on a
+    queue never declared before (``conveyor.dead.*``) is not worth a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("NOT_FOUND" in message and f"'{_amqp.DEAD_QUEUE_PREFIX}" in message)
+
+
+logging.getLogger("pika.channel").addFilter(_QuietProbe())
+
+
+_log = logging.getLogger("conveyor.brokers.amqp")
+
+
+def _explain_close(exc: pika.exceptions.ChannelClosedByBroker) -> None:
+    """Say why RabbitMQ took leases away, when the reason is a server setting."""
+    if "acknowledgement" in str(exc.reply_text) and "timed out" in str(exc.reply_text):
+        _log.error("RabbitMQ's consumer_timeout closed the channel of a running task, and "
+                   "will hand its message out again: set consumer_timeout in rabbitmq.conf "
+                   "above the longest task (docs/operations.md, RabbitMQ)")
+
+
+def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """A declaration RabbitMQ refuses (a queue of another type or arguments, or one
+    deleted under us), as opposed to ``consumer_timeout`` closing the channel."""
+    text = str(exc.reply_text)
+    return exc.reply_code == 404 or "inequivalent arg" in text
+
+
+@dataclass
+class _Lease:
+    queue: str
+    tag: int
+    generation: int
+    deadline: float
+    delivery: Delivery
+    properties: pika.BasicProperties
+
+
+class AMQPBroker(Broker):
+    """One connection and one confirm-mode channel, serialised by a lock."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        from conveyor.brokers import broker_from_url
+
+        self.url = url
+        self._opts = _amqp.parse_amqp_url(url, options)
+        self._state = broker_from_url(self._opts.state_url)
+        self._lock = threading.RLock()
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._generation = 0
+        self._declared: set[str] = set()
+        self._warned: set[str] = set()  # quorum queues told they ignore priorities
+        self._leases: dict[str, _Lease] = {}
+        # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
+        self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
+
+    # -- connection ------------------------------------------------------------
+    def _params(self) -> pika.ConnectionParameters:
+        o = self._opts
+        extra: dict[str, Any] = {}
+        if o.tls:
+            extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+        if o.heartbeat is not None:
+            extra["heartbeat"] = o.heartbeat
+        return pika.ConnectionParameters(
+            host=o.host, port=o.port, virtual_host=o.vhost,
+            credentials=pika.PlainCredentials(o.username, o.password),
+            socket_timeout=o.connect_timeout, blocked_connection_timeout=60, **extra)
+
+    def _chan(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._drop()
+            try:
+                self._conn = pika.BlockingConnection(self._params())
+            except pika.exceptions.ProbableAuthenticationError:
+                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} refused the "
+                                        "credentials") from None
+            except pika.exceptions.AMQPConnectionError as exc:
+                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} is unreachable: "
+                                        f"{type(exc).__name__}") from None
+            self._channel = self._conn.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+    def _drop(self) -> None:
+        """Forget a broken connection: its leases went back to RabbitMQ with it."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = self._channel = None
+        self._generation += 1
+        self._declared.clear()
+        self._leases.clear()
+        self._pushed.clear()
+
+    def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
+        """Run ``op`` on the channel, reconnecting with backoff when the link fails.
+
+        A publisher blocked by a memory or disk alarm past ``blocked_connection_timeout``
+        gets :class:`BrokerUnavailable` at once, not a retry loop."""
+        with self._lock:
+            for attempt in range(attempts):
+                try:
+                    return op(self._chan())
+                except pika.exceptions.ConnectionBlockedTimeout:
+                    self._drop()
+                    raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} blocked this "
+                                            "connection (memory or disk alarm)") from None
+                except _RETRYABLE:
+                    self._drop()
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    self._drop()
+                    _explain_close(exc)
+                    if _refused(exc):
+                        raise ConfigurationError(f"RabbitMQ at {self._opts.place} refused: "
+                                                 f"{exc.reply_text}") from None
+                except BrokerUnavailable:
+                    if attempt == attempts - 1:
+                        raise
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+            raise BrokerUnavailable(f"RabbitMQ at {self._opts.place}: connection kept failing")
+
+    def _settle(self, op: Callable[[BlockingChannel], T], lost: T) -> T:
+        """Run an ack-like ``op`` once: if the connection is gone, so are its leases
+        (RabbitMQ hands the messages out again), and ``lost`` says so."""
+        try:
+            return self._run(op, attempts=1)
+        except BrokerUnavailable:
+            return lost
+
+    def _declare(self, ch: BlockingChannel, queue: str) -> None:
+        """Declare ``queue``'s topology once per connection; the dead-letter queue is
+        declared last, so finding it means an earlier process declared the rest."""
+        if queue in self._declared:
+            return
+        if self._exists(_amqp.dead_name(queue)):
+            self._declared.add(queue)
+            return
+        self._declare_ladder(ch, queue)
+        args: dict[str, Any] = {"x-queue-type": self._opts.queue_type,
+                                "x-dead-letter-exchange": _amqp.DEAD_EXCHANGE,
+                                "x-dead-letter-routing-key": queue}
+        if self._opts.queue_type == "classic":
+            args["x-max-priority"] = MAX_PRIORITY
+        ch.queue_declare(queue, durable=True, arguments=args)
+        ch.queue_bind(queue, _amqp.due_name(queue))
+        ch.exchange_declare(_amqp.DEAD_EXCHANGE, "direct", durable=True)
+        dead = _amqp.dead_name(queue)
+        ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
+        ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
+        ch.queue_declare(_amqp.REGISTRY, durable=True, arguments={"x-queue-type": "classic"})
+        ch.basic_publish("", _amqp.REGISTRY, queue.encode(),
+                         pika.BasicProperties(delivery_mode=2), mandatory=True)
+        self._declared.add(queue)
+
+    def _exists(self, queue: str) -> bool:
+        """Passive check on a channel of its own (a miss closes the channel)."""
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            probe.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        with contextlib.suppress(Exception):
+            probe.close()
+        return True
+
+    def _declare_ladder(self, blocking: BlockingChannel, queue: str) -> None:
+        """Sixty declarations sent without waiting for each answer (``nowait``, which
+        pika's channel does when given no callback): one round trip instead of sixty.
+        A refusal closes the channel, which the next synchronous call reports."""
+        ch = blocking._impl
+        due = _amqp.due_name(queue)
+        ch.exchange_declare(due, "fanout", durable=True)
+        below = due
+        for level in range(_amqp.LEVELS):
+            name = _amqp.delay_name(queue, level)
+            ch.exchange_declare(name, "topic", durable=True)
+            ch.queue_declare(name, durable=True, arguments={
+                "x-queue-type": "classic", "x-dead-letter-exchange": below,
+                "x-message-ttl": round(_amqp.TICK * 1000) * 2**level})
+            ch.queue_bind(name, name, routing_key=_amqp.level_pattern(level, "1"))
+            ch.exchange_bind(below, name, routing_key=_amqp.level_pattern(level, "0"))
+            below = name
+
+    # -- producing ---------------------------------------------------------------
+    def enqueue(self, envelope: Envelope) -> str:
+        return self.enqueue_many([envelope])[0]
+
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
+        ids = [self._claim_key(e) for e in envelopes]
+        fresh = [e for e, owner in zip(envelopes, ids, strict=True) if owner == e.id]
+        def op(ch: BlockingChannel) -> None:
+            for e in fresh:
+                self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
+        self._run(op)
+        return ids
+
+    def _claim_key(self, envelope: Envelope) -> str:
+        """The id owning ``envelope``'s idempotency key (its own when it is new)."""
+        if envelope.idempotency_key is None:
+            return envelope.id
+        name = _IDEMPOTENCY + envelope.idempotency_key
+        ttl = envelope.idempotency_ttl or 86400.0
+        for _ in range(10):
+            if self._state.acquire_lease(name, envelope.id, ttl):
+                return envelope.id
+            holder = self._state.lease_holder(name)
+            if holder is not None:
+                return holder
+        raise BrokerUnavailable("idempotency key store kept changing under the claim")
+
+    def _publish(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
+                 priority: int, eta: float | None, deliveries: int) -> None:
+        """Publish and wait for the confirm (pika raises on a nack or a return)."""
+        self._declare(ch, queue)
+        headers: dict[str, Any] = {_DELIVERIES: deliveries}
+        exchange, key = "", queue
+        wait = (eta - time.time()) if eta is not None else 0.0
+        if eta is not None and wait > _amqp.TICK / 2:
+            headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
+            exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
+            key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))
+        if priority and self._opts.queue_type == "quorum" and queue not in self._warned:
+            self._warned.add(queue)
+            _log.warning("queue %s is a quorum queue, which has no priorities in RabbitMQ "
+                         "3.10: priority %d is kept in the message but served first in, "
+                         "first out (queue_type='classic' honours it)", queue, priority)
+        props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
+                                     priority=MAX_PRIORITY - priority)
+        ch.basic_publish(exchange, key, body, props, mandatory=True)
+
+    # -- consuming ---------------------------------------------------------------
+    def reserve(self, queues: Sequence[str], count: int, lease: float,
+                timeout: float) -> list[Delivery]:
+        """Take from what the consumers were pushed, topped up by ``basic.get`` (so
+        a message already queued is never missed), then wait for pushes in short
+        slices, letting other threads ack and extend in between."""
+        got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=True))
+        # A message given back a moment ago may be on its way to a consumer, where
+        # basic.get cannot see it: even timeout=0 waits one grace for pushes.
+        deadline = time.monotonic() + max(timeout, _PUSH_GRACE)
+        while not got and time.monotonic() < deadline:
+            got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=False))
+        return got
+
+    def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
+              lease: float, poll: bool) -> list[Delivery]:
+        self._expire(ch)
+        for queue in queues:
+            self._declare(ch, queue)
+            self._consume(ch, queue, count)
+        ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
+        out: list[Delivery] = []
+        for queue in queues:
+            self._from_pushed(ch, queue, count, lease, out)
+            while poll and len(out) < count:
+                more = self._get_one(ch, queue)
+                self._from_pushed(ch, queue, count, lease, out)
+                if not more:
+                    break
+        return out
+
+    def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
+                     out: list[Delivery]) -> None:
+        pushed = self._pushed.get(queue)
+        while pushed and len(out) < count:
+            got = self._leased(ch, queue, *pushed.popleft(), lease)
+            if got is not None:
+                out.append(got)
+
+    def _get_one(self, ch: BlockingChannel, queue: str) -> bool:
+        """``basic.get`` one message into the pushed buffer (``False``: none ready).
+
+        It sees what is queued but not yet pushed; one at a time, because a get
+        is a Raft command on quorum queues and pushes usually arrive meanwhile.
+        Deliveries RabbitMQ pushed before answering (even an empty answer: the
+        rest may all be on their way here) precede the answer on the wire, so
+        they are buffered first: nothing is missed and first in, first out holds."""
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        ch.connection.process_data_events(0)
+        if method is None:
+            return False
+        self._pushed[queue].append((method, props, body))
+        return True
+
+    def _consume(self, ch: BlockingChannel, queue: str, count: int) -> None:
+        """Start a consumer on ``queue`` whose prefetch is this first ``count``:
+        RabbitMQ pushes up to that many unacked messages (leased or waiting here)."""
+        if queue in self._pushed:
+            return
+        buffer: collections.deque[tuple[Any, pika.BasicProperties, bytes]] = (
+            collections.deque())
+        self._pushed[queue] = buffer
+        ch.basic_qos(prefetch_count=max(1, count))
+        ch.basic_consume(queue, lambda _c, method, props, body: buffer.append(
+            (method, props, body)), auto_ack=False)
+
+    def _leased(self, ch: BlockingChannel, queue: str, method: Any,
+                props: pika.BasicProperties, body: bytes, lease: float) -> Delivery | None:
+        headers = props.headers or {}
+        base = int(headers.get(_DELIVERIES, 0))
+        eta = headers.get(_ETA)
+        if eta is not None and int(eta) / 1000 - time.time() > 1.0:  # beyond the ladder's top
+            self._publish(ch, queue, props.message_id, body,
+                          MAX_PRIORITY - (props.priority or 0), int(eta) / 1000, base)
+            ch.basic_ack(method.delivery_tag)
+            return None
+        redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
+        token = uuid.uuid4().hex
+        delivery = Delivery(id=str(props.message_id), queue=queue, body=body,
+                            deliveries=base + redelivered + 1, token=token,
+                            priority=max(0, MAX_PRIORITY - (props.priority or 0)))
+        self._leases[token] = _Lease(queue, method.delivery_tag, self._generation,
+                                     time.monotonic() + lease, delivery, props)
+        return delivery
+
+    def _expire(self, ch: BlockingChannel) -> None:
+        """Hand back deliveries whose lease ran out unrenewed."""
+        now = time.monotonic()
+        for token, held in list(self._leases.items()):
+            if held.deadline <= now:
+                del self._leases[token]
+                ch.basic_nack(held.tag, requeue=True)
+
+    def _held(self, ch: BlockingChannel, delivery: Delivery) -> _Lease | None:
+        self._expire(ch)
+        held = self._leases.get(delivery.token)
+        return held if held is not None and held.generation == self._generation else None
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        def op(ch: BlockingChannel) -> list[bool]:
+            out = []
+            for d in deliveries:
+                held = self._held(ch, d)
+                if held is not None:
+                    del self._leases[d.token]
+                    ch.basic_ack(held.tag)
+                out.append(held is not None)
+            return out
+        return self._settle(op, [False] * len(deliveries))
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            eta = time.time() + delay if delay > 0 else None
+            seen = delivery.deliveries if count else delivery.deliveries - 1
+            self._publish(ch, held.queue, delivery.id, delivery.body, delivery.priority,
+                          eta, seen)
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._settle(op, False)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            self._sweep_dead(held.queue, {delivery.id}, replay=False)
+            headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
+            props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2,
+                                         headers=headers)
+            ch.basic_publish(_amqp.DEAD_EXCHANGE, held.queue, delivery.body, props,
+                             mandatory=True)
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._settle(op, False)
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        def op(ch: BlockingChannel) -> list[bool]:
+            out = []
+            for d in deliveries:
+                held = self._held(ch, d)
+                if held is not None:
+                    held.deadline = time.monotonic() + lease
+                out.append(held is not None)
+            assert self._conn is not None
+            self._conn.process_data_events(0)  # answer heartbeats on a busy worker
+            return out
+        return self._settle(op, [False] * len(deliveries))
+
+    # -- inspection and repair -------------------------------------------------------
+    def queues(self) -> list[str]:
+        """Every queue whose topology a process created in this vhost: one message
+        each in ``conveyor.queues``, read and handed back (RabbitMQ lists queues
+        only over its HTTP API)."""
+        names = set(self._declared)
+        with self._side_channel() as ch:
+            ch.queue_declare(_amqp.REGISTRY, durable=True,
+                             arguments={"x-queue-type": "classic"})
+            while True:
+                method, _props, body = ch.basic_get(_amqp.REGISTRY, auto_ack=False)
+                if method is None:
+                    break
+                names.add(body.decode())
+        return sorted(names)
+
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        names = list(self.queues() if queues is None else queues)
+        return self._run(lambda ch: [self._stats_of(ch, q) for q in names])
+
+    def _stats_of(self, ch: BlockingChannel, queue: str) -> QueueStats:
+        self._declare(ch, queue)
+
+        def count(name: str) -> int:
+            return int(ch.queue_declare(name, passive=True).method.message_count)
+
+        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
+        inflight = sum(1 for held in self._leases.values() if held.queue == queue)
+        ready = count(queue)
+        # Deliveries pushed before that answer precede it on the wire: buffer them, or
+        # a message on its way here would be counted nowhere.
+        ch.connection.process_data_events(0)
+        waiting = len(self._pushed.get(queue, ()))
+        return QueueStats(queue, ready + waiting, delayed, inflight,
+                          count(_amqp.dead_name(queue)))
+
+    def purge(self, queue: str) -> int:
+        def op(ch: BlockingChannel) -> int:
+            self._declare(ch, queue)
+            names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
+            pushed = self._pushed.get(queue, collections.deque())
+            dropped = len(pushed)
+            while pushed:
+                ch.basic_ack(pushed.popleft()[0].delivery_tag)
+            return dropped + sum(int(ch.queue_purge(n).method.message_count) for n in names)
+        return self._run(op)
+
+    @contextlib.contextmanager
+    def _side_channel(self) -> Iterator[BlockingChannel]:
+        """A channel of its own: closing it returns every letter it did not ack."""
+        with self._lock:
+            self._run(lambda ch: None)
+            assert self._conn is not None
+            ch = self._conn.channel()
+            ch.confirm_delivery()
+            try:
+                yield ch
+            finally:
+                with contextlib.suppress(Exception):
+                    ch.close()
+
+    def _letters(self, ch: BlockingChannel, queue: str) -> Iterator[tuple[int, DeadLetter]]:
+        self._declare(ch, queue)
+        for _ in range(int(ch.queue_declare(_amqp.dead_name(queue), passive=True)
+                           .method.message_count)):
+            method, props, body = ch.basic_get(_amqp.dead_name(queue), auto_ack=False)
+            if method is None:
+                return
+            headers = props.headers or {}
+            reason = headers.get(_REASON)
+            if reason is None:  # dead-lettered by RabbitMQ itself (x-death)
+                death = (headers.get("x-death") or [{}])[0]
+                reason = f"rejected by RabbitMQ: {death.get('reason', 'unknown')}"
+            yield method.delivery_tag, DeadLetter(
+                str(props.message_id), queue, body,
+                reason.decode() if isinstance(reason, bytes) else str(reason),
+                int(headers.get(_FAILED_AT, 0)) / 1000)
+
+    def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        with self._side_channel() as ch:
+            letters = [letter for _, letter in self._letters(ch, queue)]
+        letters.reverse()
+        return letters[offset:offset + limit]
+
+    def _sweep_dead(self, queue: str, ids: set[str] | None, replay: bool) -> int:
+        done = 0
+        with self._side_channel() as ch:
+            for tag, letter in self._letters(ch, queue):
+                if ids is None or letter.id in ids:
+                    if replay:
+                        self._publish(ch, queue, letter.id, letter.body, 0, None, 0)
+                    ch.basic_ack(tag)
+                    done += 1
+        return done
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._sweep_dead(queue, None if ids is None else set(ids), replay=True)
+
+    def discard_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._sweep_dead(queue, None if ids is None else set(ids), replay=False)
+
+    # -- control plane: in the state store ---------------------------------------------
+    def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:
+        self._state.revoke(ids, ttl, terminate)
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        return self._state.revoked(ids)
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        return self._state.acquire_lease(name, holder, ttl)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._state.release_lease(name, holder)
+
+    def lease_holder(self, name: str) -> str | None:
+        return self._state.lease_holder(name)
+
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        return self._state.take_rate_slot(limits, within)
+
+    def ping(self) -> bool:
+        self._run(lambda ch: ch.connection.process_data_events(0))
+        return self._state.ping()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+        self._state.close()

@@ -1,0 +1,115 @@
+"""A real prefork worker on RabbitMQ, SIGKILLed mid-task (guarantee 1).
+
+On RabbitMQ a lease is the worker's channel holding the unacked delivery, so
+a worker that dies hands its messages back when its connection drops, at
+once rather than after the lease (docs/decisions/0016-rabbitmq-broker.md).
+RabbitMQ's reliability guide describes that redelivery:
+https://www.rabbitmq.com/docs/reliability#consumer-side
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor
+
+from .processes import Ledger, start_worker, stop, wait_for, worker_env
+
+WORK = "tests.integration.worker_app.work"
+LEASE = 60.0  # far longer than the test: redelivery must come from the dropped connection
+QUEUE = "killed"  # this test's alone: no consumer another test left open can take it
+
+
+@pytest.fixture
+def urls(amqp_url: str, sqlite_url: str) -> tuple[str, str]:
+    return amqp_url, sqlite_url
+
+
+@pytest.fixture
+def client(urls: tuple[str, str]) -> Iterator[Conveyor]:
+    app = Conveyor("client", broker=urls[0], backend=urls[1], set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def spawn(urls: tuple[str, str], tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen[bytes]] = []
+    ledger = Ledger(tmp_path / "ledger.txt")
+
+    def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], Ledger]:
+        env = worker_env(urls[0], ledger.path, result_backend=urls[1], task_default_queue=QUEUE,
+                         broker_lease_timeout=LEASE, worker_heartbeat_interval=0.5)
+        proc = start_worker(env, "-P", "prefork", *args, log=tmp_path / "worker.log")
+        procs.append(proc)
+        return proc, ledger
+
+    yield _spawn
+    for proc in procs:
+        stop(proc, signal.SIGKILL, timeout=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigkilled_worker_has_its_message_redelivered_at_once(client: Conveyor, spawn) -> None:
+    result = client.send_task(WORK, [3.0], queue=QUEUE)
+    first, ledger = spawn("-c", "1")
+    wait_for(lambda: ledger.events("start"), 30, "the task to start")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    killed_at = time.monotonic()
+    second, _ = spawn("-c", "1")
+    wait_for(lambda: len(ledger.events("start")) >= 2, 30, "the task to start again")
+    assert time.monotonic() - killed_at < LEASE / 2, "redelivered by the dropped connection"
+    assert result.get(timeout=30) > 0
+    assert [e[1] for e in ledger.events("end")] == [result.id]
+    assert second.poll() is None
+
+
+def test_connections_closed_by_the_server_are_survived(amqp_quorum_url: str) -> None:
+    """``rabbitmqctl close_all_connections`` on our vhost: the leased message comes
+    back (counted), the old lease is fenced, and producer and consumer reconnect."""
+    from urllib.parse import unquote, urlsplit
+
+    from conveyor.brokers import Envelope, broker_from_url
+
+    broker = broker_from_url(amqp_quorum_url)
+    try:
+        broker.enqueue(Envelope(id="m", queue="q", body=b"x"))
+        [held] = broker.reserve(["q"], 1, lease=60, timeout=5)
+        vhost = unquote(urlsplit(amqp_quorum_url).path[1:])
+        subprocess.run(["rabbitmqctl", "close_all_connections", "--vhost", vhost, "test"],
+                       check=True, capture_output=True)
+        assert broker.ack([held]) == [False], "the lease went with the connection"
+        broker.enqueue(Envelope(id="n", queue="q", body=b"y"))
+        got = broker.reserve(["q"], 2, lease=60, timeout=5)
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += broker.reserve(["q"], 2 - len(got), lease=60, timeout=1)
+        assert sorted((d.id, d.deliveries) for d in got) == [("m", 2), ("n", 1)]
+        assert broker.ack(got) == [True, True]
+    finally:
+        broker.close()
+
+
+def test_a_priority_on_a_quorum_queue_is_warned_about(amqp_quorum_url: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ 3.10 quorum queues serve first in, first out; saying so beats silence."""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    broker = broker_from_url(amqp_quorum_url)
+    try:
+        with caplog.at_level("WARNING", logger="conveyor.brokers.amqp"):
+            broker.enqueue(Envelope(id="p", queue="q", body=b"x", priority=3))
+            broker.enqueue(Envelope(id="r", queue="q", body=b"x", priority=3))
+        warned = [r for r in caplog.records if "no priorities" in r.getMessage()]
+        assert len(warned) == 1 and "queue_type='classic'" in warned[0].getMessage()
+    finally:
+        broker.close()

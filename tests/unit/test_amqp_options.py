@@ -1,0 +1,115 @@
+"""RabbitMQ URL forms, transport options and the delay ladder's arithmetic.
+
+URL forms follow kombu's (``amqp://user:password@host:port/vhost``, ``//``
+for the ``/`` vhost): /work/ref/kombu/kombu/utils/url.py and Celery's broker
+docs.  The ladder is docs/decisions/0016-rabbitmq-broker.md; delays of days
+are checked here by arithmetic (simulated), short ones in the broker contract.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conveyor import Conveyor, _amqp
+from conveyor.exceptions import ConfigurationError
+
+STATE = {"state_url": "sqlite:///state.db"}
+
+
+@pytest.mark.parametrize(("url", "vhost", "port", "tls"), [
+    ("amqp://guest:guest@localhost:5672//", "/", 5672, False),
+    ("amqp://guest:guest@localhost", "/", 5672, False),
+    ("pyamqp://u:p@h/orders", "orders", 5672, False),
+    ("amqps://u:p@h/team%2Fa", "team/a", 5671, True),
+])
+def test_celery_url_forms(url: str, vhost: str, port: int, tls: bool) -> None:
+    o = _amqp.parse_amqp_url(url, STATE)
+    assert (o.vhost, o.port, o.tls) == (vhost, port, tls)
+
+
+def test_place_never_shows_the_password() -> None:
+    o = _amqp.parse_amqp_url("amqp://me:s3cret@h/v", STATE)
+    assert "s3cret" not in o.place and "me@h" in o.place
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"visibility_timeout": 10}, "visibility_timeout"),
+    ({"confirm_publish": False}, "confirm_publish"),
+    ({"queue_type": "stream"}, "queue_type"),
+    ({"heartbeat": "often"}, "heartbeat"),
+])
+def test_options_that_do_not_apply_are_refused_by_name(options: dict, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        _amqp.parse_amqp_url("amqp://h//", {**STATE, **options})
+
+
+def test_the_side_store_is_required_and_defaults_to_the_result_backend() -> None:
+    with pytest.raises(ConfigurationError, match="state_url"):
+        _amqp.parse_amqp_url("amqp://h//", {})
+    app = Conveyor("x", broker="amqp://h//", backend="redis://r:6379/1", set_as_current=False)
+    assert app.conf.broker_options()["state_url"] == "redis://r:6379/1"
+
+
+def test_results_beside_rabbitmq_name_the_setting_to_use() -> None:
+    app = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
+    with pytest.raises(ConfigurationError, match="result_backend") as err:
+        _ = app.backend
+    assert "pw" not in str(err.value)
+
+
+@pytest.mark.parametrize("seconds", [0.01, 0.8, 59.99, 3600.0, 86400 * 30.0])
+def test_delay_ladder_spells_every_delay_from_10ms_to_30_days(seconds: float) -> None:
+    ticks = _amqp.delay_ticks(seconds)
+    key = _amqp.delay_routing_key(ticks)
+    words = key.split(".")
+    assert len(words) == _amqp.LEVELS
+    # The levels a message passes through (bit set: waits there 2**level ticks).
+    waited = sum(2**level for level in range(_amqp.LEVELS)
+                 if _routes(key, _amqp.level_pattern(level, "1")))
+    assert waited == ticks
+    assert seconds <= waited * _amqp.TICK < seconds + _amqp.TICK  # never early
+
+
+def test_delays_beyond_the_ladder_are_capped_and_go_round_again() -> None:
+    assert _amqp.delay_ticks(86400 * 365.0) == _amqp.MAX_TICKS
+    assert _amqp.MAX_TICKS * _amqp.TICK > 86400 * 31
+
+
+def _routes(key: str, pattern: str) -> bool:
+    """A topic binding match ('*' one word, '#' zero or more), as RabbitMQ does."""
+    rx = pattern.replace(".", r"\.").replace("*", r"[^.]+").replace(r"\.#", r"(\..*)?")
+    return re.fullmatch(rx, key) is not None
+
+
+def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from conveyor.brokers import broker_from_url
+
+    monkeypatch.setitem(sys.modules, "pika", None)
+    monkeypatch.delitem(sys.modules, "conveyor.brokers.amqp", raising=False)
+    with pytest.raises(ConfigurationError, match=r"conveyor\[rabbitmq\]"):
+        broker_from_url("amqp://h//", STATE)
+
+
+def test_beat_history_goes_to_the_side_store(tmp_path: object) -> None:
+    from conveyor.beat_state import SQLiteBeatState, open_beat_state
+
+    app = Conveyor("x", broker="amqp://h//", backend=f"sqlite:///{tmp_path}/r.db",
+                   set_as_current=False)
+    assert isinstance(open_beat_state(app), SQLiteBeatState)
+    bare = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
+    with pytest.raises(ConfigurationError, match="result_backend"):
+        open_beat_state(bare)
+
+
+def test_remote_control_goes_through_the_side_store(tmp_path: object) -> None:
+    from conveyor.control import channel_for
+    from conveyor.control.sqlite import SQLiteChannel
+
+    state = f"sqlite:///{tmp_path}/state.db"
+    assert isinstance(channel_for("amqp://h//", {"state_url": state}), SQLiteChannel)
+    with pytest.raises(ConfigurationError, match="result_backend"):
+        channel_for("amqp://h//", {})
