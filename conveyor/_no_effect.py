@@ -192,12 +192,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "security_key": NoEffect("str", None, NO_SIGNING),
     "security_key_password": NoEffect("any", None, NO_SIGNING),
     # -- tasks --------------------------------------------------------------------
-    "task_acks_on_failure": NoEffect("bool", None,
-                                     "Celery 5.6's split of task_acks_on_failure_or_timeout; "
-                                     "not honoured apart from it yet"),
-    "task_acks_on_timeout": NoEffect("bool", None,
-                                     "Celery 5.6's split of task_acks_on_failure_or_timeout; "
-                                     "not honoured apart from it yet"),
     "task_allow_error_cb_on_chord_header": NoEffect(
         "bool", False, "a chord's link_error is called once when a header task fails "
                        "(guarantee 7, docs/canvas.md); header errbacks are not added"),
@@ -254,13 +248,6 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_timer": NoEffect("str", None, IN_BROKER),
     "worker_timer_precision": NoEffect("float", 1.0, IN_BROKER),
     # -- implemented on other branches of issue 14 ------------------------------------
-    "task_default_rate_limit": NoEffect("str", None, _slice("options")),  # owned by slice options
-    "worker_disable_rate_limits": NoEffect("bool", False,
-                                           _slice("options")),  # owned by slice options
-    "task_acks_on_failure_or_timeout": NoEffect("bool", True,
-                                                _slice("options")),  # owned by slice options
-    "task_reject_on_worker_lost": NoEffect("bool", None,
-                                           _slice("options")),  # owned by slice options
     "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
                                         "SQLite every queue has priorities 0..9"),
 }

@@ -438,7 +438,7 @@ class Conveyor:
 
     def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
         headers = dict(options.get("headers") or {})
-        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries"):
+        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries", "shadow"):
             if options.get(key) is not None:
                 headers[key] = options[key]
         return headers
@@ -609,7 +609,7 @@ class Conveyor:
             task_id=request.id or "",
             state=state,
             traceback=traceback,
-            task=request.task,
+            task=request.headers.get("shadow") or request.task,  # Celery's shadow name
             args=list(request.args),
             kwargs=request.kwargs,
             queue=message.queue if message else None,

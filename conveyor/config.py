@@ -149,9 +149,18 @@ class Settings:
         "acknowledge a message after its task finished",
         "different on purpose: late acks by default, so nothing is lost"))
     task_acks_on_failure_or_timeout: bool = field(default=True, metadata=_doc(
-        "acknowledge failed and timed-out tasks"))
+        "with late acks: acknowledge failed and timed-out tasks; False dead-letters a failed "
+        "task's message and hands a timed-out one back (counted against max_deliveries)"))
+    task_acks_on_failure: bool | None = field(default=None, metadata=_doc(
+        "the failure half of task_acks_on_failure_or_timeout (Celery 5.6); None: that setting"))
+    task_acks_on_timeout: bool | None = field(default=None, metadata=_doc(
+        "the hard-time-limit half of task_acks_on_failure_or_timeout (Celery 5.6); None: that "
+        "setting"))
     task_reject_on_worker_lost: bool = field(default=True, metadata=_doc(
-        "hand a task back when its process dies"))
+        "with late acks: hand a task back when its prefork child dies; False records "
+        "WorkerLostError and acknowledges it",
+        "different on purpose: True by default (Celery: False), so nothing is lost; "
+        "task_max_deliveries ends a task that keeps killing its process"))
     task_max_deliveries: int = field(default=5, metadata=_doc(
         "deliveries before a message that keeps killing its process is dead-lettered",
         CONVEYOR_ONLY))
@@ -169,9 +178,13 @@ class Settings:
     task_store_errors_even_if_ignored: bool = field(default=False, metadata=_doc(
         "store failures of tasks that ignore their result"))
     task_track_started: bool = field(default=False, metadata=_doc(
-        "record STARTED when a task starts"))
+        "record STARTED when a task starts (a task's track_started option overrides it)"))
     task_default_rate_limit: str | None = field(default=None, metadata=_doc(
-        "rate limit of tasks that set none"))
+        "per-worker rate limit of tasks that set none ('10/s', '100/m', '5/h')"))
+    queue_global_rate_limits: dict[str, Any] = field(default_factory=dict, metadata=_doc(
+        "queue name -> rate limit shared by every worker ({'emails': '100/m'}); see also the "
+        "task option global_rate_limit",
+        CONVEYOR_ONLY))
     task_idempotency_ttl: float | None = field(default=None, metadata=_doc(
         "seconds an idempotency key blocks repeats; None: result_expires",
         CONVEYOR_ONLY))
@@ -220,6 +233,9 @@ class Settings:
         "tasks before a child is replaced"))
     worker_max_memory_per_child: int | None = field(default=None, metadata=_doc(
         "KiB of resident memory before a child is replaced"))
+    worker_disable_rate_limits: bool = field(default=False, metadata=_doc(
+        "turn off per-worker rate limits (rate_limit, task_default_rate_limit)",
+        "different on purpose: global rate limits (a Conveyor addition) stay on"))
     worker_shutdown_timeout: float = field(default=60.0, metadata=_doc(
         "seconds a warm shutdown waits for running tasks",
         CONVEYOR_ONLY))

@@ -79,9 +79,6 @@ NO_EFFECT_TASK_OPTIONS: dict[str, str] = {
 # Celery task attributes read from settings only: a task (or task class) may
 # not set them, because the worker honours the setting alone.
 # (Only read back here: the worker reads the settings where it honours them.)
-_SETTING_NAMES = {"acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
-                  "reject_on_worker_lost": "task_reject_on_worker_lost"}
-
 # The setting each option defaults from when a task leaves it unset (None),
 # as Celery's ``Task.from_config``.
 OPTION_SETTINGS: dict[str, Callable[[Settings], Any]] = {
@@ -93,6 +90,10 @@ OPTION_SETTINGS: dict[str, Callable[[Settings], Any]] = {
     "soft_time_limit": lambda conf: conf.task_soft_time_limit,
     "track_started": lambda conf: conf.task_track_started,
     "acks_late": lambda conf: conf.task_acks_late,
+    "acks_on_failure_or_timeout": lambda conf: conf.task_acks_on_failure_or_timeout,
+    "reject_on_worker_lost": lambda conf: conf.task_reject_on_worker_lost,
+    "acks_on_failure": lambda conf: conf.task_acks_on_failure,  # None: the one above
+    "acks_on_timeout": lambda conf: conf.task_acks_on_timeout,  # None: the one above
     "ignore_result": lambda conf: conf.task_ignore_result,
     "store_eager_result": lambda conf: conf.task_store_eager_result,
     "default_retry_delay": lambda conf: conf.task_default_retry_delay,
@@ -117,10 +118,15 @@ class TaskOptions:
     soft_time_limit: float | None = None
     time_limit: float | None = None
     acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
+    acks_on_failure: bool | None = None  # None: its setting, else acks_on_failure_or_timeout
+    acks_on_timeout: bool | None = None  # None: its setting, else acks_on_failure_or_timeout
+    reject_on_worker_lost: bool | None = None
     track_started: bool | None = None
     queue: str | None = None
     priority: int | None = None
     rate_limit: str | float | None = None
+    global_rate_limit: str | float | None = None  # shared by every worker (Conveyor's own)
     ignore_result: bool | None = None
     store_eager_result: bool | None = None
     expires: float | None = None
@@ -137,6 +143,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         parse_rate_limit(self.rate_limit)
+        parse_rate_limit(self.global_rate_limit)
         if self.priority is not None and not 0 <= self.priority <= 9:
             raise ConfigurationError(
                 f"task {self.name}: priority must be 0..9, got {self.priority}"
@@ -187,18 +194,6 @@ class _Option:
         task.options = replace(task.options, **{self.name: value})
 
 
-class _FromSetting:
-    """A Celery task attribute that only a setting decides (read-only)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, task: Task | None, owner: type[Task] | None = None) -> Any:
-        if task is None:
-            return None
-        return getattr(task.app.conf, _SETTING_NAMES[self.name])
-
-
 def _mixin_options(cls: type) -> dict[str, Any]:
     """Option values set by classes mixed in before ``Task`` that are not task classes."""
     found: dict[str, Any] = {}
@@ -240,10 +235,15 @@ class Task:
     soft_time_limit = _Option()
     time_limit = _Option()
     acks_late = _Option()
+    acks_on_failure_or_timeout = _Option()
+    acks_on_failure = _Option()
+    acks_on_timeout = _Option()
+    reject_on_worker_lost = _Option()
     track_started = _Option()
     queue = _Option()
     priority = _Option()
     rate_limit = _Option()
+    global_rate_limit = _Option()
     ignore_result = _Option()
     store_eager_result = _Option()
     expires = _Option()
@@ -256,19 +256,11 @@ class Task:
     routing_key = _Option()
     mandatory = _Option()
     immediate = _Option()
-    acks_on_failure_or_timeout = _FromSetting()
-    reject_on_worker_lost = _FromSetting()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Turn option class attributes into the class's task defaults."""
         super().__init_subclass__(**kwargs)
         own = vars(cls)
-        refused = sorted(set(own) & set(_SETTING_NAMES))
-        if refused:
-            settings = ", ".join(_SETTING_NAMES[n] for n in refused)
-            raise ConfigurationError(
-                f"{cls.__qualname__}: {', '.join(refused)} cannot be set per task here; "
-                f"set {settings} instead")
         found = _mixin_options(cls)
         found.update({name: own[name] for name in CLASS_OPTIONS & set(own)
                       if not isinstance(own[name], _Option)})
@@ -335,6 +327,10 @@ class Task:
             return self.app.conf.task_default_max_retries if value == -1 else value
         if name in ("soft_time_limit", "time_limit"):
             return value or OPTION_SETTINGS[name](self.app.conf)
+        if name in ("acks_on_failure", "acks_on_timeout"):  # Celery 5.6's split
+            if value is None:
+                value = OPTION_SETTINGS[name](self.app.conf)
+            return self._option("acks_on_failure_or_timeout") if value is None else value
         setting = OPTION_SETTINGS.get(name)
         if value is None and setting is not None:
             return setting(self.app.conf)

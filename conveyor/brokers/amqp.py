@@ -553,6 +553,9 @@ class AMQPBroker(Broker):
     def lease_holder(self, name: str) -> str | None:
         return self._state.lease_holder(name)
 
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        return self._state.take_rate_slot(limits, within)
+
     def ping(self) -> bool:
         self._run(lambda ch: ch.connection.process_data_events(0))
         return self._state.ping()

@@ -33,6 +33,9 @@ checks them against every broker):
 * Leases (``acquire_lease``) are named mutual-exclusion records with a
   holder and a time to live, for beat's leader election.
 * Revocations are stored here too, so workers started later still see them.
+* Rate slots (``take_rate_slot``) space out the starts under named global rate
+  limits shared by every worker of the broker: slots are taken atomically, so
+  two workers never get the same one.
 """
 
 from __future__ import annotations
@@ -191,6 +194,21 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def lease_holder(self, name: str) -> str | None:
         """Who holds the named lease now, if anyone."""
+
+    @abc.abstractmethod
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        """Reserve one start slot under every named global rate limit of ``limits``.
+
+        ``limits`` pairs a name with the least time between two starts under
+        it: slots of one name are at least that far apart, whoever takes them
+        (a token bucket of capacity one, kept as the time of its next free
+        slot).  The caller's slot is the latest of the names' next free slots;
+        returns the seconds from now to it, ``0.0`` when it is now.  When that
+        is at most ``within`` seconds the slot is the caller's under every name
+        at once (it must start then, not before); when it is further away
+        nothing is taken, so a caller that asks too early holds no slot
+        hostage, and may ask again ``result - within`` seconds later.
+        """
 
     def ping(self) -> bool:
         """True when the broker answers."""

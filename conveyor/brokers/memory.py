@@ -48,6 +48,7 @@ class _MemoryServer:
     keys: dict[str, tuple[str, float]] = field(default_factory=dict)
     revoked: dict[str, tuple[float, bool]] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
+    rate_slots: dict[str, float] = field(default_factory=dict)  # name -> next free slot
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -304,6 +305,15 @@ class MemoryBroker(Broker):
             if current is None or current[1] <= time.time():
                 return None
             return current[0]
+
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        with self._s.lock:
+            now = time.monotonic()
+            slot = max([now, *(self._s.rate_slots.get(name, 0.0) for name, _ in limits)])
+            if slot - now <= within:
+                for name, interval in limits:
+                    self._s.rate_slots[name] = slot + interval
+            return slot - now
 
 
 def reset_memory_brokers() -> None:

@@ -45,6 +45,8 @@ is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
                       index (expires_at) for housekeeping
     conveyor_revoked  (task_id PRIMARY KEY, expires_at, terminate)
     conveyor_leases   (name PRIMARY KEY, holder, expires_at)      beat's leader lease
+    conveyor_rate     (name PRIMARY KEY, next_at)   (version 2) a global rate limit's
+                      next free start slot; a row at or before now is a full bucket
 
 Reserving: one transaction makes due rows ready and leases the best ``count``
 ready rows, taken with ``FOR UPDATE SKIP LOCKED`` (one index walk per queue,
@@ -77,7 +79,7 @@ from conveyor.exceptions import ConfigurationError
 
 IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg at import time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     """CREATE TABLE {schema}.conveyor_messages (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -118,6 +120,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = ((
         name text PRIMARY KEY,
         holder text NOT NULL,
         expires_at float8 NOT NULL)""",
+), (
+    """CREATE TABLE {schema}.conveyor_rate (
+        name text PRIMARY KEY,
+        next_at float8 NOT NULL)""",
 ),)
 
 # -- producing ---------------------------------------------------------------
@@ -243,6 +249,14 @@ ACQUIRE_LEASE = """
     WHERE l.holder = excluded.holder OR l.expires_at <= %s"""
 RELEASE_LEASE = "DELETE FROM {s}.conveyor_leases WHERE name = %s AND holder = %s"
 LEASE_HOLDER = "SELECT holder FROM {s}.conveyor_leases WHERE name = %s AND expires_at > %s"
+# Rows locked in name order, so two takers of overlapping names cannot deadlock.
+RATE_LOCK = """
+    INSERT INTO {s}.conveyor_rate (name, next_at) SELECT unnest(%s::text[]), 0
+    ON CONFLICT (name) DO NOTHING"""
+RATE_NEXT = """
+    SELECT max(next_at) FROM (SELECT next_at FROM {s}.conveyor_rate WHERE name = ANY(%s)
+                              ORDER BY name FOR UPDATE) AS held"""
+RATE_TAKE = "UPDATE {s}.conveyor_rate SET next_at = %s WHERE name = %s"
 PING = "SELECT 1"
 
 HOUSEKEEPING = (
@@ -525,6 +539,21 @@ class PostgresBroker(Broker):
         row = self._run("read a lease", lambda c: c.execute(
             self.sql(LEASE_HOLDER), (name, time.time())).fetchone())
         return None if row is None else str(row[0])
+
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        names = sorted({name for name, _ in limits})
+
+        def take(c: _Conn) -> float:
+            c.execute(self.sql(RATE_LOCK), (names,))
+            row = c.execute(self.sql(RATE_NEXT), (names,)).fetchone()
+            now = time.time()  # after the row locks: takers are serialised
+            slot = max(now, float(row[0] or 0.0))
+            if slot - now <= within:
+                for name, interval in limits:
+                    c.execute(self.sql(RATE_TAKE), (slot + interval, name))
+            return slot - now
+
+        return float(self._run("take a rate slot", take, transaction=True))
 
     def ping(self) -> bool:
         self._run("ping", lambda c: c.execute(PING).fetchone())

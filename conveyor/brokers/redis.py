@@ -57,6 +57,9 @@ operation that ends them.
     ``1`` (terminate) or ``0``; written by revoke, expires after its ttl.
 ``P:mutex:{name}`` (string)
     The holder of a named lease (beat's leader); expires after its ttl.
+``P:rate:{name}`` (string)
+    A global rate limit's next free start slot (server microseconds);
+    written by take_rate_slot, expires when the bucket is full again.
 
 A message lives in exactly one of ``ready``, ``delayed`` or ``inflight`` of
 its queue, and in ``P:msg`` while it does.  Reserve first moves due delayed
@@ -136,6 +139,7 @@ MAX_BLOCK = 1.0  # longest BLPOP before reserve runs again (catches anything mis
 _SCRIPT_NAMES = (
     "enqueue", "reserve", "ack", "extend", "requeue", "dead_letter", "stats", "purge",
     "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
+    "take_rate_slot",
 )
 _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are deduplicated"
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
@@ -430,6 +434,14 @@ class RedisBroker(Broker):
         with self._errors("lease_holder", read=True):
             holder = retry_read(lambda: self._holder.client.get(self._key("mutex", name)))
         return None if holder is None else as_text(holder)
+
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        args: list[Any] = [max(0, math.floor(within * 1e6))]
+        for name, interval in limits:
+            args += [name, max(1, math.ceil(interval * 1e6))]
+        with self._errors("take_rate_slot"):
+            wait_us = self._run("take_rate_slot", *args)
+        return int(wait_us) / 1e6
 
     def ping(self) -> bool:
         with self._errors("ping", read=True):

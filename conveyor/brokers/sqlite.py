@@ -38,6 +38,9 @@ usually shares the file, and the application's own tables can coexist)::
     conveyor_keys     (key PRIMARY KEY, message_id, expires_at)   idempotency keys
     conveyor_revoked  (task_id PRIMARY KEY, expires_at, terminate)
     conveyor_leases   (name PRIMARY KEY, holder, expires_at)     beat's leader lease
+    conveyor_rate     (name PRIMARY KEY, next_at)   global rate limits: the next free
+                      start slot (Unix time); a row at or before now is a full bucket,
+                      so housekeeping deletes it
 
 Expired idempotency keys, revocations and leases are deleted at most once a
 minute per broker, inside a write that happens anyway.
@@ -121,6 +124,9 @@ SCHEMA = (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         expires_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS conveyor_rate (
+        name TEXT PRIMARY KEY,
+        next_at REAL NOT NULL)""",
 )
 
 # -- producing ---------------------------------------------------------------
@@ -203,11 +209,16 @@ ACQUIRE_LEASE = """
 PING = "SELECT 1"
 RELEASE_LEASE = "DELETE FROM conveyor_leases WHERE name = ? AND holder = ?"
 LEASE_HOLDER = "SELECT holder FROM conveyor_leases WHERE name = ? AND expires_at > ?"
+RATE_NEXT = "SELECT next_at FROM conveyor_rate WHERE name = ?"
+RATE_TAKE = """
+    INSERT INTO conveyor_rate (name, next_at) VALUES (?, ?)
+    ON CONFLICT (name) DO UPDATE SET next_at = excluded.next_at"""
 
 HOUSEKEEPING = (
     "DELETE FROM conveyor_keys WHERE expires_at <= ?",
     "DELETE FROM conveyor_revoked WHERE expires_at <= ?",
     "DELETE FROM conveyor_leases WHERE expires_at <= ?",
+    "DELETE FROM conveyor_rate WHERE next_at <= ?",
 )
 HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
@@ -454,6 +465,19 @@ class SQLiteBroker(Broker):
     def lease_holder(self, name: str) -> str | None:
         row = self._db.query(lambda c: c.execute(LEASE_HOLDER, (name, time.time())).fetchone())
         return None if row is None else str(row[0])
+
+    def take_rate_slot(self, limits: Sequence[tuple[str, float]], within: float) -> float:
+        def take(conn: Connection) -> float:
+            now = time.time()  # read under the write lock: takers are serialised
+            slot = now
+            for name, _ in limits:
+                row = conn.execute(RATE_NEXT, (name,)).fetchone()
+                slot = max(slot, float(row[0]) if row else 0.0)
+            if slot - now <= within:
+                conn.executemany(RATE_TAKE, [(name, slot + gap) for name, gap in limits])
+            return slot - now
+
+        return self._db.write(take)
 
     def ping(self) -> bool:
         self._db.query(lambda c: c.execute(PING).fetchone())

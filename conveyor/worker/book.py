@@ -25,6 +25,7 @@ class Running:
     task: str
     started: float
     deadline: float | None
+    acked: bool = False  # acknowledged before it ran (acks_late=False): no lease to keep
 
 
 @dataclass
@@ -61,17 +62,19 @@ class LeaseBook:
                 slot.held[d.id] = d
 
     def running(self, key: int, delivery_id: str, task: str, hard_limit: float | None,
-                report: TaskReport | None = None) -> None:
+                report: TaskReport | None = None, acked: bool = False) -> None:
+        """A slot started a task; ``acked``: its message is already acknowledged,
+        so it leaves the held set (no lease to renew, nothing to hand back)."""
         now = time.monotonic()
         if report is not None:
             self.recorder.add(report)
         with self._lock:
             slot = self.slots[key]
-            delivery = slot.held.get(delivery_id)
+            delivery = slot.held.pop(delivery_id, None) if acked else slot.held.get(delivery_id)
             if delivery is None:
                 return
             deadline = now + hard_limit if hard_limit else None
-            slot.running = Running(delivery, task, now, deadline)
+            slot.running = Running(delivery, task, now, deadline, acked)
 
     def done(self, key: int, delivery_id: str, state: str | None,
              report: TaskReport | None = None) -> Delivery | None:

@@ -7,12 +7,23 @@ broker right after it finishes (ack late, by default).  What it holds is
 reported to a :class:`Reporter`, which keeps the leases renewed from
 elsewhere (the supervisor process, or a lease-keeper thread), so a task that
 blocks the interpreter cannot lose its lease.
+
+A message over its task's rate limit is held, not refused (as Celery's
+consumer holds it): it stays in this consumer's prefetch, its lease renewed
+with the rest, while the consumer runs what else it holds, and it runs when
+its slot comes (:mod:`conveyor.worker.ratelimit`).  Held messages count
+against the prefetch, so a consumer full of them fetches no more.
+
+A task with ``acks_late=False`` is acknowledged just before it runs (Celery's
+at-most-once mode): if its process dies mid-task, the message is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -26,7 +37,16 @@ from conveyor.exceptions import BrokerError, ResultError
 from conveyor.message import Message
 from conveyor.serialization import printable
 from conveyor.worker import announce
-from conveyor.worker.execute import ACK, DEAD, REQUEUE, Executor, Outcome
+from conveyor.worker.execute import (
+    ACK,
+    ACKED,
+    DEAD,
+    HOLD,
+    REDELIVER,
+    REQUEUE,
+    Executor,
+    Outcome,
+)
 
 log = logging.getLogger("conveyor.worker")
 
@@ -48,7 +68,7 @@ class Reporter(Protocol):
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
-                message: Message | None = None) -> None: ...
+                message: Message | None = None, acked: bool = False) -> None: ...
     def done(self, delivery: Delivery, outcome: Outcome) -> None: ...
     def flush(self) -> None: ...
 
@@ -89,6 +109,12 @@ class Consumer:
         self.processed = 0
         self._backoff = Backoff()
         self._asked = 0.0  # monotonic time the last reserve was sent: its leases run from here
+        # Rate-limited messages waiting for their slot: (due, n, reserved at, delivery).
+        self._held: list[tuple[float, int, float, Delivery]] = []
+        self._order = itertools.count()
+        self._early_ack = frozenset(name for name, task in executor.app.tasks.items()
+                                    if not task.acks_late)
+        self._acked_early: set[str] = set()
 
     @property
     def broker(self) -> Broker:
@@ -106,17 +132,24 @@ class Consumer:
                 batch = self._reserve()
                 if batch:
                     self._run_batch(batch)
+                if self._held:
+                    self._run_due()
         finally:
+            self._release_held()
             self.reporter.flush()
 
     def _reserve(self) -> list[Delivery]:
+        want, timeout = self._want(), self.poll
+        if self._held:  # wake for the first held message's slot; held ones fill prefetch
+            want -= len(self._held)
+            timeout = min(timeout, max(0.0, self._held[0][0] - time.monotonic()))
         queues = list(self.queues)
-        if not queues:  # every queue cancelled by remote control: wait for one to be added
-            self.stop.wait(self.poll)
+        if not queues or want <= 0:  # no queue (all cancelled by remote control), or full
+            self.stop.wait(timeout)
             return []
         self._asked = time.monotonic()
         try:
-            batch = self.broker.reserve(queues, self._want(), self.lease, timeout=self.poll)
+            batch = self.broker.reserve(queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
             delay = self._backoff.next_delay()
             log.warning("broker unavailable (%s); retrying in %.2fs", exc, delay)
@@ -156,8 +189,53 @@ class Consumer:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
             outcome = self._execute(delivery, task_id_of(delivery) in revoked)
-            self._finish(delivery, outcome)
-            self.processed += 1
+            self._conclude(delivery, outcome, reserved)
+
+    def _conclude(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
+        """Keep a rate-limited message for its slot, or settle and report a finished one."""
+        if outcome.action == HOLD:
+            entry = (time.monotonic() + outcome.delay, next(self._order), reserved, delivery)
+            heapq.heappush(self._held, entry)
+            return
+        if self._acked_early and delivery.id in self._acked_early:
+            self._acked_early.discard(delivery.id)
+            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime)
+        self._finish(delivery, outcome)
+        self.processed += 1
+
+    def _release_held(self) -> None:
+        """The loop ends: hand back what waits for a rate-limit slot, at once."""
+        held, self._held = [entry[3] for entry in self._held], []
+        try:
+            self._hand_back(held)
+        except Exception:
+            log.exception("could not hand back %d held messages; their leases will", len(held))
+
+    def _run_due(self) -> None:
+        """Run the held messages whose rate-limit slot has come."""
+        now = time.monotonic()
+        due: list[tuple[float, int, float, Delivery]] = []
+        while self._held and self._held[0][0] <= now:
+            due.append(heapq.heappop(self._held))
+        if not due:
+            return
+        try:  # revoked while it waited? (the flag from the lease is old by now)
+            revoked = set(self.broker.revoked([task_id_of(entry[3]) for entry in due]))
+        except BrokerError:
+            revoked = set()
+        for index, (_, _, reserved, delivery) in enumerate(due):
+            if self.stop.is_set():
+                for entry in due[index:]:
+                    heapq.heappush(self._held, entry)  # handed back when run() ends
+                return
+            was_revoked = task_id_of(delivery) in revoked
+            held = self._still_held(delivery, reserved)
+            if (was_revoked or not held) and self.executor.gate is not None:
+                self.executor.gate.forget(delivery)  # it will not start: its slot goes unused
+            if not held:
+                self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
+                continue
+            self._conclude(delivery, self._execute(delivery, was_revoked), reserved)
 
     def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
         """Settle and report one message; nothing a message holds may end the loop."""
@@ -199,10 +277,10 @@ class Consumer:
 
     def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
         try:
-            return self.executor.execute(
-                delivery, revoked=revoked,
-                on_start=functools.partial(self.reporter.running, delivery),
-            )
+            return self.executor.execute(delivery, revoked=revoked,
+                                         on_start=self._on_start(delivery))
+        except _AckRefused:
+            return Outcome(REQUEUE, reason="lease lost before an early ack")
         except (BrokerError, ResultError) as exc:
             # The result store (or the broker, for a follow-up message) stayed
             # away: hand the message back to run again rather than let the
@@ -216,6 +294,24 @@ class Consumer:
             log.exception("internal error while running %s", delivery.id)
             announce.internal_error(self.executor, delivery, exc)
             return Outcome(DEAD, reason=f"internal error in the worker: {exc!r}")
+
+    def _on_start(self, delivery: Delivery) -> Callable[..., None]:
+        if not self._early_ack:
+            return functools.partial(self.reporter.running, delivery)
+        return functools.partial(self._starting, delivery)
+
+    def _starting(self, delivery: Delivery, task: str, hard_limit: float | None,
+                  message: Message | None = None) -> None:
+        """Just before the task runs: acknowledge now when it has ``acks_late=False``."""
+        if message is None or message.task not in self._early_ack:
+            self.reporter.running(delivery, task, hard_limit, message)
+            return
+        if not self.broker.ack([delivery])[0]:
+            log.warning("early ack of %s refused: its lease had lapsed and the message went "
+                        "to another consumer; not running it here", delivery.id)
+            raise _AckRefused(delivery.id)
+        self._acked_early.add(delivery.id)
+        self.reporter.running(delivery, task, hard_limit, message, acked=True)
 
     def _revoked(self, batch: Sequence[Delivery]) -> set[str]:
         if all(d.revoked is not None for d in batch):  # the broker checked while leasing
@@ -249,6 +345,9 @@ class Consumer:
                             "another consumer", delivery.id)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
+        elif outcome.action == REDELIVER:
+            log.warning("handing %s back to run again: %s", delivery.id, outcome.reason)
+            broker.requeue(delivery, count=True)
         elif outcome.action == DEAD:
             reason = printable(outcome.reason or "dead-lettered")
             log.error("dead-lettering %s: %s", delivery.id, reason)
@@ -257,6 +356,8 @@ class Consumer:
     def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Warm shutdown: give back what was fetched but not started, at once."""
         for delivery in deliveries:
+            if self.executor.gate is not None:
+                self.executor.gate.forget(delivery)
             with contextlib.suppress(BrokerError):  # else its lease hands it out again
                 self.broker.requeue(delivery, count=False)
             self.reporter.done(delivery, Outcome(REQUEUE, reason="shutdown"))
@@ -270,6 +371,10 @@ class Consumer:
                      rss_kib(), self.max_memory_kib)
             return True
         return False
+
+
+class _AckRefused(Exception):
+    """An early ack found the lease gone: the message is another consumer's now."""
 
 
 def rss_kib() -> int:

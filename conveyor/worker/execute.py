@@ -30,6 +30,7 @@ from conveyor.exceptions import (
     Retry,
     SerializationError,
     TaskRevokedError,
+    TimeLimitExceeded,
 )
 from conveyor.message import Message, MessageDecodeError
 from conveyor.task import Task
@@ -40,6 +41,9 @@ log = logging.getLogger("conveyor.worker")
 ACK = "ack"
 REQUEUE = "requeue"
 DEAD = "dead"
+REDELIVER = "redeliver"  # requeue counted as a delivery (max_deliveries ends loops)
+HOLD = "hold"  # over a rate limit: keep it, run it ``delay`` seconds from now
+ACKED = "acked"  # acknowledged before it ran (acks_late=False): nothing left to settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,8 @@ class Executor:
     """Runs messages for one worker process (or thread pool)."""
 
     def __init__(self, app: Conveyor, hostname: str, timer: SoftTimer | None = None,
-                 run_sync: Callable[[Task, Request], Any] | None = None) -> None:
+                 run_sync: Callable[[Task, Request], Any] | None = None,
+                 gate: Gate | None = None) -> None:
         self.app = app
         self.hostname = hostname
         self.accept = app.conf.accept_content
@@ -67,6 +72,7 @@ class Executor:
         self.timer = timer
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
+        self.gate = gate  # rate limits (conveyor.worker.ratelimit); None: no task has one
 
     # -- entry point -------------------------------------------------------
     def execute(self, delivery: Delivery, revoked: bool = False,
@@ -90,6 +96,10 @@ class Executor:
         except (MessageDecodeError, SerializationError) as exc:
             return announce.rejected(self, delivery, exc, Outcome(
                 DEAD, reason=f"undecodable message: {exc}"))
+        if self.gate is not None and not revoked:
+            wait = self.gate.hold(message.task, delivery)
+            if wait > 0.0:
+                return Outcome(HOLD, delay=wait)
         # Hooks wrap every result write about this message (integrations use
         # them for per-task hygiene such as database connections).
         signals.message_prerun.send(self.app, task_id=message.id, task=message.task,
@@ -118,12 +128,13 @@ class Executor:
                                f"in this worker (is its module imported or autodiscovered?)")
         announce.received(self, message, delivery)  # as Celery: not for revoked or unknown
         if on_start is not None:
-            on_start(task.name, limit_of(message, "time_limit", task.time_limit), message)
+            on_start(message.headers.get("shadow") or task.name,
+                     limit_of(message, "time_limit", task.time_limit), message)
         return self._run(task, message, delivery)
 
     def _refuse(self, message: Message, delivery: Delivery, revoked: bool) -> Outcome | None:
         """Messages that must not run: too many deaths, expired, revoked."""
-        limit = message.headers.get("max_deliveries") or self.max_deliveries
+        limit = self._max_deliveries(message) if delivery.deliveries > 1 else 1
         if delivery.deliveries > limit:
             reason = (f"delivered {delivery.deliveries - 1} times without finishing (its worker "
                       f"died each time); max_deliveries={limit}")
@@ -138,12 +149,18 @@ class Executor:
             return Outcome(ACK, state=states.REVOKED, reason=why)
         return None
 
+    def _max_deliveries(self, message: Message) -> int:
+        """The call's ``max_deliveries``, else the task's, else the setting."""
+        task = self.app.tasks.get(message.task)
+        own = task.options.max_deliveries if task is not None else None
+        return int(message.headers.get("max_deliveries") or own or self.max_deliveries)
+
     # -- running -----------------------------------------------------------
     def _run(self, task: Task, message: Message, delivery: Delivery) -> Outcome:
         request = Request.from_message(message, delivery, self.hostname)
         started = time.time()
         announce.prerun(task, request)
-        if (task.track_started and not task.ignore_result
+        if (task.track_started and not _ignored(task, request)
                 and not self.app.store_state(request, states.STARTED, date_started=started)):
             return _superseded(request)
         soft = limit_of(message, "soft_time_limit", task.soft_time_limit)
@@ -174,7 +191,7 @@ class Executor:
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
         assert request.message is not None
         runtime = time.time() - started
-        if not task.ignore_result:
+        if not _ignored(task, request):
             try:
                 if not self._store_final(request, states.SUCCESS, result=result,
                                          date_started=started):
@@ -239,10 +256,11 @@ class Executor:
         assert request.message is not None
         if isinstance(exc, MaxRetriesExceededError) and exc.__context__ is not None:
             exc = exc.__context__
-        log.warning("task %s[%s] failed: %r", task.name, request.id, exc,
-                    extra={"task_name": task.name, "task_id": request.id})
+        shown = request.headers.get("shadow") or task.name  # Celery logs the shadow name
+        log.warning("task %s[%s] failed: %r", shown, request.id, exc,
+                    extra={"task_name": shown, "task_id": request.id})
         stored = True
-        if (not task.ignore_result or request.message.chord
+        if (not _ignored(task, request) or request.message.chord
                 or self.app.conf.task_store_errors_even_if_ignored):
             stored = self._store_final(request, states.FAILURE, exc=exc, traceback=trace,
                                        date_started=started)
@@ -251,7 +269,7 @@ class Executor:
         workflow.on_failure(self.app, request.message, exc, trace)
         hooks.failed(task, request, exc, trace)
         announce.failed(task, request, exc, trace)
-        return Outcome(ACK, state=states.FAILURE, runtime=time.time() - started)
+        return failed_outcome(task, exc, time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
         """Write a run's final state, riding out a store outage of up to one lease.
@@ -308,6 +326,41 @@ class Executor:
             if task is not None:  # as Celery's on_timeout: the hooks run in the parent
                 hooks.failed(task, request, exc, None)
         announce.killed(self.app, message, request, exc)
+
+
+def failed_outcome(task: Task, exc: BaseException, runtime: float = 0.0) -> Outcome:
+    """What happens to a failed task's message (Celery: worker/request.py on_failure).
+
+    With late acks and ``acks_on_timeout=False`` a task past its hard time
+    limit is given back to run again (a counted delivery, so
+    ``max_deliveries`` ends a loop); with ``acks_on_failure=False`` any other
+    failure rejects it without requeueing, which here means the dead-letter
+    queue, with the reason.  Both default to ``acks_on_failure_or_timeout``.
+    """
+    if not task.acks_late:
+        return Outcome(ACK, state=states.FAILURE, runtime=runtime)
+    if isinstance(exc, TimeLimitExceeded):
+        if task.acks_on_timeout:
+            return Outcome(ACK, state=states.FAILURE, runtime=runtime)
+        return Outcome(REDELIVER, state=states.FAILURE, runtime=runtime,
+                       reason="hard time limit exceeded and acks_on_timeout is off")
+    if task.acks_on_failure:
+        return Outcome(ACK, state=states.FAILURE, runtime=runtime)
+    return Outcome(DEAD, state=states.FAILURE, runtime=runtime,
+                   reason=f"failed with {type(exc).__name__} and acks_on_failure is off: {exc}")
+
+
+def _ignored(task: Task, request: Request) -> bool:
+    """No result is stored: the task's option, or ``apply_async(ignore_result=...)``."""
+    ignore = request.headers.get("ignore_result") if request.headers else None
+    return task.ignore_result if ignore is None else bool(ignore)
+
+
+class Gate(Protocol):
+    """Rate limits: how long a message must wait before its task starts."""
+
+    def hold(self, task: str, delivery: Delivery) -> float: ...
+    def forget(self, delivery: Delivery) -> None: ...
 
 
 class SoftTimer(Protocol):

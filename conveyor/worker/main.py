@@ -29,6 +29,7 @@ from conveyor.worker.startup import wait_for_broker, warn_if_calls_outlast_lease
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.worker.book import LeaseBook, Running
+    from conveyor.worker.ratelimit import RateLimits
 
 log = logging.getLogger("conveyor.worker")
 POOLS = ("prefork", "threads", "async", "solo")
@@ -91,6 +92,7 @@ class Worker:
         self.shutdown_deadline = float("inf")
         self.started_at = time.time()
         self._pool: Any = None
+        self.rate_limits: RateLimits | None = None  # set when run() has the final task list
         self._ready = threading.Event()
         self._memory: tuple[float, int | None] = (-MEMORY_EVERY, None)  # (measured at, KiB)
         signals.worker_init.send(sender=self)
@@ -114,6 +116,10 @@ class Worker:
         self.app.finalize()
         self.app.conf.warn_no_effect()  # one warning naming every no-effect setting that was set
         warn_no_effect_options(set(self.app.tasks.values()))  # and every AMQP-only task option
+        from conveyor.worker.ratelimit import RateLimits
+
+        # Before the pool forks: its children share the per-worker slots.
+        self.rate_limits = RateLimits.for_app(self.app)
         if install_signals:
             self._install_signals()
         address = redact.url(self.app.conf.broker_url)

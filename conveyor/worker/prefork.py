@@ -28,12 +28,19 @@ from typing import TYPE_CHECKING, Any
 from conveyor import signals
 from conveyor.brokers.base import Delivery
 from conveyor.events import TaskClock, TaskReport, killed_report
-from conveyor.exceptions import BrokerError, TaskRevokedError, TimeLimitExceeded
+from conveyor.exceptions import (
+    BrokerError,
+    SerializationError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from conveyor.message import Message
+from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook, Running
 from conveyor.worker.consumer import Consumer, task_id_of
-from conveyor.worker.execute import ACK, Executor, Outcome
+from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.watch import ChildWatch
 
@@ -68,9 +75,10 @@ class PipeReporter:
         self._pending.append(("held", list(deliveries)))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
-                message: Message | None = None) -> None:
+                message: Message | None = None, acked: bool = False) -> None:
         self._pending.append(("run", delivery.id, task, hard_limit,
-                              self.clock.start(delivery, task, message=message).to_tuple()))
+                              self.clock.start(delivery, task, message=message).to_tuple(),
+                              acked))
         self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -106,7 +114,9 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     app = worker.app
-    executor = Executor(app, worker.hostname, timer=SignalTimer())
+    limits = worker.rate_limits
+    executor = Executor(app, worker.hostname, timer=SignalTimer(),
+                        gate=limits.gate(lambda: app.broker) if limits else None)
     consumer = Consumer(
         executor, lambda: app.broker, worker.queues, worker.prefetch, worker.lease,
         PipeReporter(conn), stop, max_tasks=worker.max_tasks_per_child,
@@ -261,8 +271,8 @@ class PreforkPool:
             if kind == "held":
                 self.book.held(key, msg[1])
             elif kind == "run":
-                delivery_id, task, hard_limit, report = msg[1:]
-                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report))
+                delivery_id, task, hard_limit, report, acked = msg[1:]
+                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked)
             elif kind == "done":
                 delivery_id, state, ack, report = msg[1:]
                 delivery = self.book.done(key, delivery_id, state,
@@ -296,13 +306,34 @@ class PreforkPool:
 
     def _lost(self, child: _Child, code: int | None, running: Running,
               held: dict[str, Delivery]) -> None:
+        """A child died mid-task (Celery: worker/request.py on_failure, WorkerLostError).
+
+        ``task_reject_on_worker_lost`` (Conveyor's default: on) hands the
+        message back, counted, so ``max_deliveries`` ends a task that keeps
+        killing its process.  Off, or when the message was acknowledged before
+        the run (``acks_late=False``), the task fails with WorkerLostError.
+        """
         delivery = held.pop(running.delivery.id, running.delivery)
-        log.error("child pid %s exited with %s while running %s[%s]; handing it back",
-                  child.process.pid, _describe_exit(code), running.task, delivery.id)
-        self._hand_back([delivery], count=True)
+        task = self._task_of(delivery)
+        what = (f"child pid {child.process.pid} exited with {_describe_exit(code)} while "
+                f"running {running.task}[{delivery.id}]")
+        if not running.acked and (task is None or task.reject_on_worker_lost):
+            log.error("%s; handing it back", what)
+            self._hand_back([delivery], count=True)
+            return
+        log.error("%s; recording WorkerLostError", what)
+        lost = WorkerLostError(f"Worker exited prematurely: {_describe_exit(code)}.")
+        self._settle_killed((lost, running), held, task)
+
+    def _task_of(self, delivery: Delivery) -> Task | None:
+        try:
+            name = Message.decode(delivery.body, self.app.conf.accept_content).task
+        except SerializationError:
+            return None
+        return self.app.tasks.get(name)
 
     def _settle_killed(self, reason: tuple[BaseException, Running],
-                       held: dict[str, Delivery]) -> None:
+                       held: dict[str, Delivery], task: Task | None = None) -> None:
         exc, running = reason
         delivery = held.pop(running.delivery.id, running.delivery)
         try:
@@ -310,9 +341,20 @@ class PreforkPool:
             state = "REVOKED" if isinstance(exc, TaskRevokedError) else "FAILURE"
             self.book.recorder.add(killed_report(delivery, running.task, state,
                                                  running.started, str(exc)))
-            self.app.broker.ack([delivery])
+            if not running.acked:
+                self._settle_failed(delivery, exc, task or self._task_of(delivery))
         except BrokerError as error:
             log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)
+
+    def _settle_failed(self, delivery: Delivery, exc: BaseException, task: Task | None) -> None:
+        """Ack, or (``acks_on_failure_or_timeout=False``) hand back or dead-letter."""
+        outcome = failed_outcome(task, exc) if task is not None else None
+        if outcome is None or outcome.action == ACK or isinstance(exc, TaskRevokedError):
+            self.app.broker.ack([delivery])
+        elif outcome.action == REDELIVER:
+            self.app.broker.requeue(delivery, count=True)
+        else:
+            self.app.broker.dead_letter(delivery, outcome.reason or "failed")
 
     def _hand_back(self, deliveries: Any, count: bool) -> None:
         for delivery in list(deliveries):

@@ -58,9 +58,9 @@ class BookReporter:
         self.book.held(self.key, list(deliveries))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
-                message: Message | None = None) -> None:
+                message: Message | None = None, acked: bool = False) -> None:
         self.book.running(self.key, delivery.id, task, hard_limit,
-                          self.clock.start(delivery, task, message=message))
+                          self.clock.start(delivery, task, message=message), acked)
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         self.book.done(self.key, delivery.id, outcome.state,
@@ -115,8 +115,10 @@ class ThreadPool:
         return call_task(task, request)
 
     def _consume(self, key: int) -> None:
+        limits = self.worker.rate_limits
         executor = Executor(self.app, self.worker.hostname, timer=ThreadTimer(),
-                            run_sync=self.run_task)
+                            run_sync=self.run_task,
+                            gate=limits.gate(lambda: self.app.broker) if limits else None)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
                             self.worker.prefetch, self.worker.lease,
                             BookReporter(self.book, key, self._ack), self.stops[key],

@@ -315,3 +315,54 @@ def test_revocations(broker: Broker) -> None:
     broker.revoke(["t1"], ttl=60)
     broker.revoke(["t2"], ttl=60, terminate=True)
     assert broker.revoked(["t1", "t2", "t3"]) == {"t1": False, "t2": True}
+
+
+def test_rate_slots_are_spaced_by_the_interval(broker: Broker) -> None:
+    """A global rate limit's slots are ``interval`` apart whoever takes them; one
+    asked for too early is not taken (so nobody holds a far-off slot hostage)."""
+    t = [("t", 0.5)]
+    assert broker.take_rate_slot(t, within=10) == 0.0  # a full bucket: now
+    second = broker.take_rate_slot(t, within=10)
+    third = broker.take_rate_slot(t, within=10)
+    assert 0.4 <= second <= 0.5 and 0.9 <= third <= 1.0
+    too_far = broker.take_rate_slot(t, within=0.2)  # 1.5 s away: not taken
+    assert 1.4 <= too_far <= 1.5
+    assert broker.take_rate_slot(t, within=10) == pytest.approx(too_far, abs=0.05)
+    assert broker.take_rate_slot([("other", 0.5)], within=0) == 0.0  # names are separate
+
+
+def test_a_rate_slot_under_two_limits_waits_for_both(broker: Broker) -> None:
+    """Taken under every name at once, at the latest of their next free slots."""
+    broker.take_rate_slot([("task", 2.0)], within=10)  # task: next free in 2 s
+    wait = broker.take_rate_slot([("task", 2.0), ("queue", 0.5)], within=10)
+    assert 1.9 <= wait <= 2.0
+    # The queue's next slot moved past the common one, by its own interval.
+    assert 2.4 <= broker.take_rate_slot([("queue", 0.5)], within=10) <= 2.5
+    # Too far for one name: nothing is taken under the other either.
+    assert broker.take_rate_slot([("task", 2.0), ("fresh", 1.0)], within=1) > 1
+    assert broker.take_rate_slot([("fresh", 1.0)], within=0) == 0.0
+
+
+def test_rate_slots_are_never_shared_across_processes(broker: Broker, backend_url: str) -> None:
+    if backend_url.startswith("memory"):
+        pytest.skip("the memory broker lives in one process")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        firsts = pool.starmap(_take_slots, [(backend_url, 10)] * 3)
+    # 30 one-second slots were taken; had two takers ever shared one, the next
+    # free slot would be a second nearer than 30 s after the first take.
+    wait = broker.take_rate_slot([("shared", 1.0)], within=60)
+    since_first = time.time() - min(firsts)
+    assert 30 - since_first - 0.05 <= wait <= 30.0
+
+
+def _take_slots(url: str, count: int) -> float:
+    """Take ``count`` slots; return when the first was taken (Unix time)."""
+    b = broker_from_url(url)
+    try:
+        first = time.time()
+        for _ in range(count):
+            b.take_rate_slot([("shared", 1.0)], within=60)
+        return first
+    finally:
+        b.close()

@@ -167,12 +167,25 @@ def test_a_base_that_is_not_a_task_class_is_refused(app: Conveyor) -> None:
         app.task(base=dict)(lambda: None)
 
 
-def test_setting_only_attributes_are_refused_on_task_classes() -> None:
-    """No silent acceptance: the worker follows the setting alone for these, so a class
-    attribute that would be ignored is refused, naming the setting to use."""
-    with pytest.raises(ConfigurationError, match="set task_reject_on_worker_lost instead"):
-        class Lossy(Task):
-            reject_on_worker_lost = True
+def test_ack_options_are_task_options_with_their_settings_as_defaults(app: Conveyor) -> None:
+    """Celery: app/task.py - acks_on_failure_or_timeout and reject_on_worker_lost are task
+    attributes defaulting from their settings; acks_on_failure and acks_on_timeout (5.6)
+    default from theirs, then from acks_on_failure_or_timeout.  A class attribute sets
+    them for the class's tasks, as any option."""
+    class Lossy(Task):
+        reject_on_worker_lost = False
+
+    @app.task(base=Lossy, acks_on_failure_or_timeout=False)
+    def careful() -> None: ...
+
+    @app.task(acks_on_timeout=False)
+    def plain() -> None: ...
+
+    assert careful.reject_on_worker_lost is False and plain.reject_on_worker_lost is True
+    assert (careful.acks_on_failure, careful.acks_on_timeout) == (False, False)
+    assert (plain.acks_on_failure, plain.acks_on_timeout) == (True, False)
+    app.conf.update({"task_acks_on_failure": False})
+    assert plain.acks_on_failure is False
 
 
 def test_amqp_only_options_are_accepted_listed_and_warned_about(
