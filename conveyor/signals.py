@@ -29,6 +29,7 @@ Django app does it in ``AppConfig.ready``); nothing here switches on by itself.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from conveyor.dispatch import Receiver, Signal
@@ -120,7 +121,22 @@ def defer_until_commit(send: Callable[[], object]) -> bool:
     Returns True when a deferrer took it (it will run at commit), False when
     the caller should send now.
     """
+    if not _deferrers:
+        _install_django_if_configured()
     return any(deferrer(send) for deferrer in list(_deferrers))
+
+
+def _install_django_if_configured() -> None:
+    """Celery needs no Django app for on-commit sending, it notices Django by itself;
+    so does this, the first time a send asks: when Django's settings are
+    configured, its transactions defer sends whether or not
+    ``conveyor.contrib.django`` is in ``INSTALLED_APPS``."""
+    conf = sys.modules.get("django.conf")
+    if conf is None or not getattr(conf, "settings", None) or not conf.settings.configured:
+        return
+    from conveyor.contrib.django.transaction import install
+
+    install()
 
 
 __all__ = [
