@@ -274,7 +274,7 @@ def test_a_worker_names_every_no_effect_setting_in_one_warning(
     records = [r for r in caplog.records if r.name == "conveyor.config"]
     assert len(records) == 1
     text = records[0].getMessage()
-    assert text.startswith("2 setting(s) have no effect in Conveyor: broker_heartbeat (AMQP")
+    assert text.startswith("2 setting(s) have no effect in Conveyor: broker_heartbeat (")
     assert "worker_direct (AMQP-only" in text and "task_default_queue" not in text
 
 
