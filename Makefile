@@ -17,7 +17,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --reruns 2 --reruns-delay 1 -rR $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check conveyor tests
