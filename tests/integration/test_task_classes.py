@@ -55,7 +55,10 @@ def hooks(ledger: Path) -> Hooks:
     def read(task_id: str) -> list[dict[str, Any]]:
         if not ledger.exists():
             return []
-        lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+        text = ledger.read_text()
+        # Only whole lines: a worker may be writing the last one as we read.
+        whole = text[:text.rfind("\n") + 1].splitlines()
+        lines = [json.loads(line) for line in whole]
         return [line for line in lines if line["task_id"] == task_id]
 
     return read
