@@ -38,13 +38,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def client(url: str) -> Iterator[Conveyor]:
-    app = Conveyor("client", broker=url, set_as_current=False)
-    yield app
-    app.close()
-
-
-@pytest.fixture
 def ledger(tmp_path: Path) -> Path:
     return tmp_path / "hooks.jsonl"
 
