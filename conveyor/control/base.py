@@ -149,4 +149,8 @@ def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChann
         from conveyor.control.redis import RedisChannel
 
         return RedisChannel(url, options)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.control.postgres import PostgresChannel
+
+        return PostgresChannel(url, options)
     raise ConfigurationError(f"remote control is not available for broker scheme {scheme!r}")
