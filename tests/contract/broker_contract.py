@@ -140,8 +140,8 @@ class BrokerContract:
         assert [d.body for d in got] == [b"late"]
         assert elapsed < 1.5
 
-    def test_expired_lease_is_handed_out_again_and_fences_the_old_holder(self,
-                                                                         broker: Broker) -> None:
+    def test_expired_lease_is_handed_out_again_and_fences_the_old_holder(
+            self, broker: Broker) -> None:
         broker.enqueue(env("job"))
         [first] = broker.reserve(["q"], 1, lease=0.3, timeout=0)
         deadline = time.monotonic() + 5
@@ -207,8 +207,8 @@ class BrokerContract:
         assert broker.dead_letters("q") == []
         assert drain(broker, ["q"]) == ["poison"]
 
-    def test_a_message_dead_lettered_again_replaces_its_earlier_letter(self,
-                                                                       broker: Broker) -> None:
+    def test_a_message_dead_lettered_again_replaces_its_earlier_letter(
+            self, broker: Broker) -> None:
         e = env("poison")
         broker.enqueue(e)
         [d] = broker.reserve(["q"], 1, lease=30, timeout=0)
@@ -262,8 +262,8 @@ class BrokerContract:
         broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))
         assert drain(broker, ["q"]) == ["one"]
 
-    def test_concurrent_idempotent_producers_make_one_message(self,
-                                                              broker: Broker, url: str) -> None:
+    def test_concurrent_idempotent_producers_make_one_message(
+            self, broker: Broker, url: str) -> None:
         ids: list[str] = []
         lock = threading.Lock()
 

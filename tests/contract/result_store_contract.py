@@ -190,8 +190,8 @@ class ResultStoreContract:
         assert not write(store, Attempt(SENT, 0, 1), "stale", states.STARTED)
         assert stored_value(store) == "newer"
 
-    def test_the_same_run_writes_again_and_a_later_one_takes_over(self,
-                                                                  store: ResultStore) -> None:
+    def test_the_same_run_writes_again_and_a_later_one_takes_over(
+            self, store: ResultStore) -> None:
         assert write(store, Attempt(SENT, 0, 1), "started", states.STARTED)
         assert write(store, Attempt(SENT, 0, 1), "done")
         assert write(store, Attempt(SENT, 0, 3), "after a crash")
