@@ -32,7 +32,7 @@ def drain(broker: Broker, queues: list[str], count: int = 100) -> list[str]:
 
 def _consume(url: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     b = broker_from_url(url)
-    seen = []
+    seen: list[str] = []
     while True:
         got = b.reserve(["q"], 5, lease=30, timeout=0.5)
         if not got:
