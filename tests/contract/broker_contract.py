@@ -255,8 +255,8 @@ class BrokerContract:
 
     def test_same_message_id_is_not_stored_twice(self, broker: Broker) -> None:
         if not self.stores_an_id_once:
-            pytest.skip("RabbitMQ: RabbitMQ cannot look a message id up; a retry written twice "
-                        "by a crash is delivered twice (docs/decisions/0016-rabbitmq-broker.md)")
+            pytest.skip("RabbitMQ cannot look a message id up; a retry written twice by a "
+                        "crash is delivered twice (docs/decisions/0016-rabbitmq-broker.md)")
         e = Envelope(id="retry~1", queue="q", body=b"one")
         broker.enqueue(e)
         broker.enqueue(Envelope(id="retry~1", queue="q", body=b"two"))
