@@ -243,7 +243,7 @@ class EventStoreContract:
 
         monkeypatch.setattr(other, "claim", counted)
         minute = minute_of(time.time())
-        monkeypatch.setattr("conveyor.events.time.time", lambda: minute + 1.0)
+        monkeypatch.setattr(time, "time", lambda: minute + 1.0)  # the same clock for both
         store.sample_queues(Broker())  # type: ignore[arg-type]  # this one samples the minute
         for _ in range(3):  # heartbeats of another worker in the same minute
             other.sample_queues(Broker())  # type: ignore[arg-type]
