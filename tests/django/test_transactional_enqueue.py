@@ -172,3 +172,36 @@ def test_killing_the_web_process_never_splits_data_from_task(
             with connection.cursor() as cursor:
                 cursor.execute(f"DROP TRIGGER IF EXISTS conveyor_test_slow_commit ON "
                                f"{connection.ops.quote_name(table)}")
+
+
+# -- the schema, made by manage.py migrate ------------------------------------------
+def schema_version(dsn_params: dict[str, Any], schema: str) -> int | None:
+    import psycopg
+
+    with psycopg.connect(**dsn_params) as conn:
+        found = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".conveyor_schema',)).fetchone()
+        if found is None or found[0] is None:
+            return None
+        row = conn.execute(f'SELECT version FROM "{schema}".conveyor_schema '
+                           "WHERE component = 'broker'").fetchone()
+        return None if row is None else int(row[0])
+
+
+def test_migration_creates_the_broker_tables_in_djangos_database(app: Any) -> None:
+    """0004_postgres_stores: what ``conveyor db upgrade`` does, from ``migrate``, for a
+    PostgreSQL broker in the migrated database; a broker elsewhere is left alone."""
+    from importlib import import_module
+
+    migration = import_module("conveyor.contrib.django.migrations.0004_postgres_stores")
+    params = connection.get_connection_params()
+    here = broker_url()
+    app.config_from_object({"broker_url": here}, namespace=None)
+    with connection.schema_editor() as editor:
+        migration.create_postgres_stores(None, editor)
+    assert schema_version(params, here.rsplit("schema=", 1)[1]) is not None
+    elsewhere = here.replace(f"/{params['dbname']}?", "/postgres?")
+    app.config_from_object({"broker_url": elsewhere}, namespace=None)
+    with connection.schema_editor() as editor:
+        migration.create_postgres_stores(None, editor)
+    assert schema_version({**params, "dbname": "postgres"},
+                          elsewhere.rsplit("schema=", 1)[1]) is None

@@ -53,13 +53,14 @@ def broker_transaction(broker_url: str) -> Any:
     if alias is None or not broker_url.lower().startswith(("postgresql:", "postgres:")):
         return None
     conn = connections[alias]
-    if conn.vendor != "postgresql" or not _same_database(conn, broker_url):
+    if conn.vendor != "postgresql" or not same_database(conn, broker_url):
         return None
     conn.ensure_connection()
     return conn.connection
 
 
-def _same_database(conn: Any, broker_url: str) -> bool:
+def same_database(conn: Any, broker_url: str) -> bool:
+    """Whether Django's connection ``conn`` and the PostgreSQL URL name one database."""
     from psycopg.conninfo import conninfo_to_dict
 
     from conveyor._postgres import parse_postgres_url
@@ -82,4 +83,5 @@ def install() -> None:
     signals.add_transaction_finder(broker_transaction)
 
 
-__all__ = ["broker_transaction", "defer_to_commit", "install", "open_transaction_alias"]
+__all__ = ["broker_transaction", "defer_to_commit", "install", "open_transaction_alias",
+           "same_database"]
