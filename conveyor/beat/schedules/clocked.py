@@ -46,6 +46,7 @@ class clocked(Schedule):  # lower case, like schedule and crontab
         """The inverse of ``to_dict``."""
         check_keys(data, cls.type_name, required={"clocked_time"}, allowed={"clocked_time"})
         try:
-            return cls(datetime.fromisoformat(data["clocked_time"]))
+            when = datetime.fromisoformat(data["clocked_time"])
         except (TypeError, ValueError) as exc:
             raise ScheduleError(f"stored clocked schedule has a bad time: {data!r}") from exc
+        return cls(when)

@@ -56,6 +56,8 @@ class RedisBeatState(BeatState):
     def runs(self, names: list[str] | None = None) -> dict[str, EntryRuns]:
         from conveyor._redis import retry_read
 
+        if names is not None and not names:
+            return {}  # HMGET with no fields is a Redis error
         with self._errors("read"):
             times, counts = retry_read(lambda: self._read_runs(names))
         return {
