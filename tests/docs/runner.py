@@ -1,0 +1,225 @@
+"""Run a page's marked steps (see ``runbook.py``) in a project folder.
+
+One ``Runner`` per page run: it keeps the background programs the page
+starts and stops them at the end, and stops any daemon the page left
+behind (found by the pidfiles in the project folder), so a failing page
+leaves no process running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.docs.runbook import Step, commands, is_session, shell_session, steps
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+# What each background program prints once it is up.
+STARTED = {"worker": "ready", "beat": "starting", "monitor": "conveyor monitor on"}
+# `expect` asks again for this long: programs a page starts take a while to come up.
+EXPECT_WITHIN = 60.0
+_SENTINEL = "--- docs-test output ---"
+
+
+def run(cmd: list[str] | str, cwd: Path, env: dict[str, str], timeout: float = 300,
+        check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), text=True,
+                          capture_output=True, timeout=timeout, input=stdin)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd!r} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def transcript_script(body: str) -> tuple[str, list[str]]:
+    """A ``>>>`` session as a script that prints each shown output after a marker."""
+    lines: list[str] = []
+    expected: list[str] = []
+    for statement, output in shell_session(body):
+        if output:
+            lines += [f"print({_SENTINEL!r})", f"print(repr({statement}))"]
+            expected.append(output)
+        else:
+            lines.append(statement)
+    return "\n".join(lines) + "\n", expected
+
+
+def check_transcript(stdout: str, expected: list[str]) -> None:
+    """Each output the page shows is what the statement printed, in order."""
+    chunks = stdout.split(_SENTINEL + "\n")[1:]
+    assert len(chunks) == len(expected), stdout
+    for chunk, want in zip(chunks, expected, strict=True):
+        wanted = want.splitlines()
+        assert chunk.splitlines()[:len(wanted)] == wanted, f"expected {want!r}, got:\n{chunk}"
+
+
+class Runner:
+    """The steps of one page, run in ``project`` with the docs virtualenv's ``env``."""
+
+    def __init__(self, project: Path, env: dict[str, str], logs: Path,
+                 substitutions: dict[str, str],
+                 projects: Callable[[str], Path] | None = None) -> None:
+        self.project, self.env, self.logs = project, env, logs
+        self.substitutions = substitutions
+        self.projects = projects
+        self.background: list[subprocess.Popen[bytes]] = []
+
+    def substitute(self, text: str) -> str:
+        for placeholder, real in self.substitutions.items():
+            text = text.replace(placeholder, real)
+        return text
+
+    def run_page(self, page: Path, build_only: bool = False) -> int:
+        """Run the page's steps, and return how many ran.
+
+        With ``build_only``, run only what builds the page's project: every file
+        it writes, and the commands before its first background program.
+        """
+        done, started = 0, False
+        for step in steps(page):
+            started = started or step.action == "background"
+            if build_only and not (step.action in ("write", "append", "project")
+                                   or (step.action == "sh" and not started)):
+                continue
+            try:
+                self.run_step(step)
+            except AssertionError as exc:
+                raise AssertionError(f"{page.name}:{step.line}: {exc}") from exc
+            done += 1
+        return done
+
+    def run_step(self, step: Step) -> None:
+        arg, body = self.substitute(step.arg), self.substitute(step.body)
+        handler = getattr(self, "_" + step.action.replace("-", "_"), None)
+        if handler is None:
+            raise AssertionError(f"unknown docs-test action {step.action!r}")
+        handler(arg, body)
+
+    # --- actions ------------------------------------------------------------
+
+    def _project(self, arg: str, body: str) -> None:
+        assert self.projects is not None, "no project builder given"
+        shutil.copytree(self.projects(arg), self.project, dirs_exist_ok=True, symlinks=True)
+
+    def _write(self, arg: str, body: str) -> None:
+        target = self.project / arg
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body)
+
+    def _append(self, arg: str, body: str) -> None:
+        target = self.project / arg
+        target.write_text(target.read_text() + body)
+
+    def _sh(self, arg: str, body: str) -> None:
+        for command in commands(body):
+            run(command, self.project, self.env)
+
+    def _expect(self, arg: str, body: str) -> None:
+        *first, last = commands(body)
+        for command in first:
+            run(command, self.project, self.env)
+        deadline = time.monotonic() + EXPECT_WITHIN
+        while True:
+            proc = run(last, self.project, self.env, check=False, timeout=60)
+            shown = proc.stdout + proc.stderr
+            if proc.returncode == 0 and arg in shown:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{last!r} (exit {proc.returncode}) never showed {arg!r}:"
+                                     f"\n{shown}")
+            time.sleep(0.5)
+
+    def _background(self, arg: str, body: str) -> None:
+        log = self.logs / f"{arg}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(body.strip(), shell=True, cwd=self.project, env=self.env,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.background.append(proc)
+        self._wait_for(log, STARTED[arg], proc)
+
+    def _python(self, arg: str, body: str) -> None:
+        self._script(["python", "-c"], body)
+
+    def _django_shell(self, arg: str, body: str) -> None:
+        self._script(["python", "manage.py", "shell", "-c"], body)
+
+    def _error_contains(self, arg: str, body: str) -> None:
+        """A mistyped setting stops Django with the message the page quotes."""
+        name, _, value = arg.partition("=")
+        settings = self.project / "proj" / "settings.py"
+        original = settings.read_text()
+        settings.write_text(original + f"\n{name} = {value}\n")
+        try:
+            proc = run(["python", "manage.py", "check"], self.project, self.env, check=False,
+                       timeout=60)
+        finally:
+            settings.write_text(original)
+        assert proc.returncode != 0
+        assert body.strip() in proc.stderr, proc.stderr
+
+    # --- helpers --------------------------------------------------------------
+
+    def _script(self, prefix: list[str], body: str) -> None:
+        if not is_session(body):
+            run([*prefix, body], self.project, self.env, timeout=120)
+            return
+        script, expected = transcript_script(body)
+        proc = run([*prefix, script], self.project, self.env, timeout=120)
+        check_transcript(proc.stdout, expected)
+
+    def _wait_for(self, path: Path, text: str, proc: subprocess.Popen[bytes],
+                  timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in path.read_text(errors="replace"):
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {text!r} from {path.stem}:\n{path.read_text(errors='replace')}")
+
+    def close(self) -> None:
+        """Stop what the page started: its background programs, then its daemons."""
+        for proc in self.background:
+            _stop_group(proc)
+        for pidfile in self.project.rglob("*.pid"):
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            _stop_pid(pid)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _stop_pid(pid: int, timeout: float = 30) -> None:
+    """SIGTERM a daemon the page left running, and SIGKILL it if it lingers."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
