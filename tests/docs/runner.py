@@ -8,6 +8,7 @@ leaves no process running.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,30 @@ STARTED = {"worker": "ready", "beat": "starting", "monitor": "conveyor monitor o
 # `expect` asks again for this long: programs a page starts take a while to come up.
 EXPECT_WITHIN = 60.0
 _SENTINEL = "--- docs-test output ---"
+
+# The interpreter behind a page's `python` blocks: one per page, so a block
+# sees the names the blocks above it defined, as a reader's session would.
+# It reads one JSON list of [code, shown] per line and answers one JSON line.
+_SESSION = f"""
+import contextlib, io, json, sys, traceback
+namespace = {{"__name__": "__main__"}}
+for request in sys.stdin:
+    out, ok = io.StringIO(), True
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            for code, shown in json.loads(request):
+                if shown:
+                    value = eval(compile(code, "<page>", "eval"), namespace)
+                    print({_SENTINEL!r})
+                    print(repr(value))
+                else:
+                    exec(compile(code, "<page>", "exec"), namespace)
+        except BaseException:
+            traceback.print_exc()
+            ok = False
+    sys.__stdout__.write(json.dumps({{"ok": ok, "out": out.getvalue()}}) + "\\n")
+    sys.__stdout__.flush()
+"""
 
 
 def run(cmd: list[str] | str, cwd: Path, env: dict[str, str], timeout: float = 300,
@@ -69,6 +94,7 @@ class Runner:
         self.substitutions = substitutions
         self.projects = projects
         self.background: list[subprocess.Popen[bytes]] = []
+        self.session: subprocess.Popen[str] | None = None
 
     def substitute(self, text: str) -> str:
         for placeholder, real in self.substitutions.items():
@@ -145,7 +171,23 @@ class Runner:
         self._wait_for(log, STARTED[arg], proc)
 
     def _python(self, arg: str, body: str) -> None:
-        self._script(["python", "-c"], body)
+        """Run the block in the page's Python session; check the outputs it shows."""
+        if self.session is None:
+            self.session = subprocess.Popen(["python", "-c", _SESSION], cwd=self.project,
+                                            env=self.env, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True)
+        assert self.session.stdin is not None and self.session.stdout is not None
+        if is_session(body):
+            pairs = shell_session(body)
+            request = [(code, bool(shown)) for code, shown in pairs]
+            expected = [shown for _, shown in pairs if shown]
+        else:
+            request, expected = [(body, False)], []
+        self.session.stdin.write(json.dumps(request) + "\n")
+        self.session.stdin.flush()
+        answer = json.loads(self.session.stdout.readline() or '{"ok": false, "out": "died"}')
+        assert answer["ok"], answer["out"]
+        check_transcript(answer["out"], expected)
 
     def _django_shell(self, arg: str, body: str) -> None:
         self._script(["python", "manage.py", "shell", "-c"], body)
@@ -186,7 +228,9 @@ class Runner:
         raise AssertionError(f"no {text!r} from {path.stem}:\n{path.read_text(errors='replace')}")
 
     def close(self) -> None:
-        """Stop what the page started: its background programs, then its daemons."""
+        """Stop what the page started: its session, background programs, then daemons."""
+        if self.session is not None:
+            self.session.communicate(timeout=30)
         for proc in self.background:
             _stop_group(proc)
         for pidfile in self.project.rglob("*.pid"):
