@@ -68,7 +68,8 @@ def transcript_script(body: str) -> tuple[str, list[str]]:
     expected: list[str] = []
     for statement, output in shell_session(body):
         if output:
-            lines += [f"print({_SENTINEL!r})", f"print(repr({statement}))"]
+            # On lines of their own, so a comment after the statement stays a comment.
+            lines += [f"print({_SENTINEL!r})", f"print(repr(\n{statement}\n))"]
             expected.append(output)
         else:
             lines.append(statement)

@@ -16,7 +16,7 @@ from tests.docs.runbook import steps
 from tests.docs.runner import DOCS, ROOT, Runner
 
 PAGES = [ROOT / "README.md", *(DOCS / name for name in (
-    "operations.md", "periodic.md",
+    "operations.md", "periodic.md", "django.md",
 ))]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
