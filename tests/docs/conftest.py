@@ -30,9 +30,7 @@ class DocsEnv:
     def substitutions(self) -> dict[str, str]:
         """Placeholders pages show, and what they stand for here."""
         folder = f"{self.wheel.parent}/"
-        db = os.environ.get("CONVEYOR_TEST_REDIS_DB", "7")
-        return {"/path/to/checkout/dist/": folder, "/path/to/": folder,
-                "redis://localhost:6379/0": f"redis://127.0.0.1:6379/{db}"}
+        return {"/path/to/checkout/dist/": folder, "/path/to/": folder}
 
     def runner(self, project: Path, logs: Path,
                projects: Callable[[str], Path] | None = None) -> Runner:

@@ -6,8 +6,8 @@ line before it, which readers of the rendered page never see::
     <!-- docs-test: write invoices/tasks.py -->      the block is that file
     <!-- docs-test: append proj/settings.py -->      the block is added to it
     <!-- docs-test: sh -->                           each line is a command
-    <!-- docs-test: expect TEXT -->                  commands; the last one's output
-                                                     shows TEXT (asked again for a while)
+    <!-- docs-test: expect [exit=N] TEXT -->         commands; the last one exits N (0)
+                                                     showing TEXT (asked again for a while)
     <!-- docs-test: background worker -->           the command keeps running
     <!-- docs-test: python -->                       a script, or a >>> session whose
                                                      shown outputs are checked

@@ -148,6 +148,11 @@ class Runner:
             run(command, self.project, self.env)
 
     def _expect(self, arg: str, body: str) -> None:
+        """``expect [exit=N] TEXT``: the last command exits N (0) showing TEXT."""
+        status = 0
+        if arg.startswith("exit="):
+            code, _, arg = arg.partition(" ")
+            status = int(code.removeprefix("exit="))
         *first, last = commands(body)
         for command in first:
             run(command, self.project, self.env)
@@ -155,7 +160,7 @@ class Runner:
         while True:
             proc = run(last, self.project, self.env, check=False, timeout=60)
             shown = proc.stdout + proc.stderr
-            if proc.returncode == 0 and arg in shown:
+            if proc.returncode == status and arg in shown:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"{last!r} (exit {proc.returncode}) never showed {arg!r}:"
