@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ DOCS = ROOT / "docs"
 STARTED = {"worker": "ready", "beat": "starting", "monitor": "conveyor monitor on"}
 # `expect` asks again for this long: programs a page starts take a while to come up.
 EXPECT_WITHIN = 60.0
+SESSION_TIMEOUT = 120.0
 _SENTINEL = "--- docs-test output ---"
 
 # The interpreter behind a page's `python` blocks: one per page, so a block
@@ -191,6 +193,9 @@ class Runner:
             request, expected = [(body, False)], []
         self.session.stdin.write(json.dumps(request) + "\n")
         self.session.stdin.flush()
+        # A `.get()` that never returns must fail the page, not hang it.
+        ready, _, _ = select.select([self.session.stdout], [], [], SESSION_TIMEOUT)
+        assert ready, f"the block did not finish within {SESSION_TIMEOUT:.0f}s"
         answer = json.loads(self.session.stdout.readline() or '{"ok": false, "out": "died"}')
         assert answer["ok"], answer["out"]
         check_transcript(answer["out"], expected)
@@ -236,6 +241,7 @@ class Runner:
     def close(self) -> None:
         """Stop what the page started: its session, background programs, then daemons."""
         if self.session is not None:
+            self.session.kill()
             self.session.communicate(timeout=30)
         for proc in self.background:
             _stop_group(proc)

@@ -17,6 +17,7 @@ from tests.docs.runner import DOCS, ROOT, Runner
 
 PAGES = [ROOT / "README.md", *(DOCS / name for name in (
     "operations.md", "periodic.md", "django.md", "testing.md", "switching-over.md",
+    "canvas.md",
 ))]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
