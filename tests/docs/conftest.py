@@ -30,7 +30,12 @@ class DocsEnv:
     def substitutions(self) -> dict[str, str]:
         """Placeholders pages show, and what they stand for here."""
         folder = f"{self.wheel.parent}/"
-        return {"/path/to/checkout/dist/": folder, "/path/to/": folder}
+        shown = {"/path/to/checkout/dist/": folder, "/path/to/": folder}
+        # The monitor's port, where 5555 is taken (another checkout's tests, say).
+        port = os.environ.get("CONVEYOR_TEST_MONITOR_PORT")
+        if port:
+            shown.update({"--port 5555": f"--port {port}", ":5555/": f":{port}/"})
+        return shown
 
     def runner(self, project: Path, logs: Path,
                projects: Callable[[str], Path] | None = None) -> Runner:

@@ -8,6 +8,8 @@ line before it, which readers of the rendered page never see::
     <!-- docs-test: sh -->                           each line is a command
     <!-- docs-test: expect [exit=N] TEXT -->         commands; the last one exits N (0)
                                                      showing TEXT (asked again for a while)
+    <!-- docs-test: console -->                      ``$ command`` lines, each must succeed;
+                                                     the first line shown after one is checked
     <!-- docs-test: background worker -->           the command keeps running
     <!-- docs-test: python -->                       a script, or a >>> session whose
                                                      shown outputs are checked
@@ -104,4 +106,21 @@ def shell_session(body: str) -> list[tuple[str, str]]:
         elif line.strip() and pairs:
             statement, output = pairs[-1]
             pairs[-1] = (statement, (output + "\n" + line).strip())
+    return pairs
+
+
+def console_session(body: str) -> list[tuple[str, list[str]]]:
+    """Pairs of (command, lines shown after it) from a ``$ command`` transcript."""
+    pairs: list[tuple[str, list[str]]] = []
+    continued = False
+    for line in body.splitlines():
+        if line.startswith("$ "):
+            pairs.append((line[2:], []))
+        elif continued and pairs:
+            pairs[-1] = (pairs[-1][0] + " " + line.strip(), pairs[-1][1])
+        elif line.strip() and pairs:
+            pairs[-1][1].append(line)
+        continued = line.rstrip().endswith("\\")
+        if continued and pairs:
+            pairs[-1] = (pairs[-1][0].rstrip()[:-1], pairs[-1][1])
     return pairs

@@ -18,13 +18,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.docs.runbook import Step, commands, is_session, shell_session, steps
+from tests.docs.runbook import (
+    Step,
+    commands,
+    console_session,
+    is_session,
+    shell_session,
+    steps,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
-# What each background program prints once it is up.
-STARTED = {"worker": "ready", "beat": "starting", "monitor": "conveyor monitor on"}
+# What each background program prints once it is up (the monitor: once its port
+# is bound, so a port held by another process fails here, not at the next curl).
+STARTED = {"worker": "ready", "beat": "starting", "monitor": "Uvicorn running on"}
 # `expect` asks again for this long: programs a page starts take a while to come up.
 EXPECT_WITHIN = 60.0
 SESSION_TIMEOUT = 120.0
@@ -168,6 +176,16 @@ class Runner:
                 raise AssertionError(f"{last!r} (exit {proc.returncode}) never showed {arg!r}:"
                                      f"\n{shown}")
             time.sleep(0.5)
+
+    def _console(self, arg: str, body: str) -> None:
+        """A ``$ command`` transcript: every command succeeds, and the first line
+        shown after one (a table's header, say) is among its output lines."""
+        for command, shown in console_session(body):
+            proc = run(command, self.project, self.env, timeout=120)
+            if shown:
+                got = {" ".join(line.split()) for line in proc.stdout.splitlines()}
+                assert " ".join(shown[0].split()) in got, f"{command!r}: no {shown[0]!r} in\n" \
+                    f"{proc.stdout}"
 
     def _background(self, arg: str, body: str) -> None:
         log = self.logs / f"{arg}.log"
