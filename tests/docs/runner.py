@@ -37,6 +37,8 @@ STARTED = {"worker": "ready", "beat": "starting", "monitor": "Uvicorn running on
 EXPECT_WITHIN = 60.0
 SESSION_TIMEOUT = 120.0
 _SENTINEL = "--- docs-test output ---"
+ACTIONS = frozenset({"project", "write", "append", "sh", "expect", "console", "background",
+                     "python", "django-shell", "error-contains"})
 
 # The interpreter behind a page's `python` blocks: one per page, so a block
 # sees the names the blocks above it defined, as a reader's session would.
@@ -133,10 +135,9 @@ class Runner:
 
     def run_step(self, step: Step) -> None:
         arg, body = self.substitute(step.arg), self.substitute(step.body)
-        handler = getattr(self, "_" + step.action.replace("-", "_"), None)
-        if handler is None:
+        if step.action not in ACTIONS:
             raise AssertionError(f"unknown docs-test action {step.action!r}")
-        handler(arg, body)
+        getattr(self, "_" + step.action.replace("-", "_"))(arg, body)
 
     # --- actions ------------------------------------------------------------
 
