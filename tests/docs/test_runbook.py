@@ -55,3 +55,13 @@ def test_transcript_outputs_are_compared_in_order() -> None:
     with pytest.raises(AssertionError, match="expected '3'"):
         check_transcript("--- docs-test output ---\n2\n", ["3"])
     check_transcript("--- docs-test output ---\n2\n", ["2"])
+
+
+def test_every_page_uses_known_actions_only() -> None:
+    """A mistyped mark fails here in a second, not minutes into the slow run."""
+    from tests.docs.runner import ACTIONS
+    from tests.docs.test_pages import PAGES
+
+    used = {(page.name, step.line, step.action) for page in PAGES for step in steps(page)}
+    assert used
+    assert [mark for mark in used if mark[2] not in ACTIONS] == []
