@@ -17,7 +17,7 @@ from conveyor.cli import _LAZY_COMMANDS, all_commands, main
 
 _OTHERS = ("conveyor.multi_cli", "conveyor.ops_cli", "conveyor.deploy", "conveyor.monitor.cli",
            "conveyor.control.cli", "conveyor.migrate.cli", "conveyor.tools_cli",
-           "conveyor.beat_cli")
+           "conveyor.beat.cli", "conveyor.db_cli")
 
 
 def test_loading_the_cli_for_a_worker_imports_no_other_command() -> None:
