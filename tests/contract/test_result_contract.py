@@ -1,4 +1,4 @@
-"""The result store contract (conveyor/results/base.py), run against every store."""
+"""The result store contract (conveyor/resultstores/base.py), run against every store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import states
-from conveyor.results import ResultStore, result_store_from_url
+from conveyor.resultstores import ResultStore, result_store_from_url
 
 from ..conftest import BACKENDS
 

@@ -9,8 +9,8 @@ import pytest
 from conveyor import states
 from conveyor.contrib.django.models import ChordPart, TaskResult
 from conveyor.contrib.django.results import DjangoResultStore
-from conveyor.results import result_store_from_url
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores import result_store_from_url
+from conveyor.resultstores.record import ResultRecord
 from conveyor.testing import run_worker
 
 # The shared contract, run against the Django store (fixtures below override the URL).
@@ -96,7 +96,7 @@ def test_chord_fail_closes_the_join_once(transactional_db: None) -> None:
 
 
 def test_set_fenced_refuses_a_stale_run(transactional_db: None) -> None:
-    from conveyor.results.record import Attempt
+    from conveyor.resultstores.record import Attempt
 
     s = DjangoResultStore()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import states
-from conveyor.results import ResultStore, result_store_from_url
-from conveyor.results.record import Attempt
+from conveyor.resultstores import ResultStore, result_store_from_url
+from conveyor.resultstores.record import Attempt
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

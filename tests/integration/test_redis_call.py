@@ -16,8 +16,8 @@ import redis
 
 from conveyor import states
 from conveyor._redis import call, run_script
-from conveyor.results.record import Attempt
-from conveyor.results.redis import RedisResultStore
+from conveyor.resultstores.record import Attempt
+from conveyor.resultstores.redis import RedisResultStore
 from tests.integration.test_redis_specific import RedisServer, private_redis  # noqa: F401
 
 pytestmark = pytest.mark.redis

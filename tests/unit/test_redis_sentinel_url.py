@@ -62,7 +62,7 @@ def test_transport_options_from_the_environment_are_json() -> None:
 
 
 def test_wait_replicas_for_the_result_store_is_refused() -> None:
-    from conveyor.results.redis import RedisResultStore
+    from conveyor.resultstores.redis import RedisResultStore
 
     with pytest.raises(ConfigurationError, match="wait_replicas applies to the broker"):
         RedisResultStore("redis://127.0.0.1:1/0", wait_replicas=1)

@@ -54,8 +54,8 @@ from conveyor.contrib.django.models import (
     GroupResult,
     TaskResult,
 )
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 
 CLEANUP_EVERY = 1000
 POLL_FIRST = 0.005

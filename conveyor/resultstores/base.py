@@ -1,7 +1,7 @@
 """The result store contract: task states and values, keyed by task id.
 
 A store keeps, per task id, the current state (one of ``conveyor.states``)
-and an opaque payload (an encoded :class:`~conveyor.results.record.ResultRecord`).
+and an opaque payload (an encoded :class:`~conveyor.resultstores.record.ResultRecord`).
 It also keeps group memberships and the chord join: an atomic,
 exactly-once "last header result in" signal that replaces Celery's polling
 ``chord_unlock`` task, and its failure twin, ``chord_fail``.
@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from conveyor.results.record import Attempt
+from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
 

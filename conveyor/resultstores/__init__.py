@@ -6,8 +6,8 @@ from typing import Any
 
 from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
-from conveyor.results.base import ResultStore, Stored
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.base import ResultStore, Stored
+from conveyor.resultstores.record import ResultRecord
 
 __all__ = ["ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
 
@@ -26,7 +26,7 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
     """
     store = _open(_from_sqlalchemy_form(url), dict(options or {}))
     if retry is not None:
-        from conveyor.results.retrying import RetryingResultStore
+        from conveyor.resultstores.retrying import RetryingResultStore
 
         store = RetryingResultStore(store, *retry)
     return store
@@ -35,7 +35,7 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
 def _open(url: str, options: dict[str, Any]) -> ResultStore:
     scheme = url.split("://", 1)[0].lower() if "://" in url else url
     if scheme in ("redis", "rediss", "unix", "sentinel"):
-        from conveyor.results.redis import RedisResultStore
+        from conveyor.resultstores.redis import RedisResultStore
 
         return RedisResultStore(url, **options)
     if options:
@@ -43,11 +43,11 @@ def _open(url: str, options: dict[str, Any]) -> ResultStore:
             f"result_backend_transport_options ({', '.join(sorted(options))}) apply to Redis "
             f"result stores, not {scheme}")
     if scheme == "memory":
-        from conveyor.results.memory import MemoryResultStore
+        from conveyor.resultstores.memory import MemoryResultStore
 
         return MemoryResultStore(url)
     if scheme == "sqlite":
-        from conveyor.results.sqlite import SQLiteResultStore
+        from conveyor.resultstores.sqlite import SQLiteResultStore
 
         return SQLiteResultStore(url)
     if scheme in ("django-db", "django"):
@@ -55,7 +55,7 @@ def _open(url: str, options: dict[str, Any]) -> ResultStore:
 
         return DjangoResultStore()
     if scheme in ("postgresql", "postgres"):
-        from conveyor.results.postgres import PostgresResultStore
+        from conveyor.resultstores.postgres import PostgresResultStore
 
         return PostgresResultStore(url)
     if is_amqp(url):

@@ -79,11 +79,11 @@ from conveyor._redis import (
     translate_errors,
 )
 from conveyor.exceptions import ConfigurationError, ResultError
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
-log = logging.getLogger("conveyor.results.redis")
+log = logging.getLogger("conveyor.resultstores.redis")
 
 # How one result is stored, shared by the write scripts: SET the result key,
 # then replace the notify list (a ready state leaves its value there, alone,
