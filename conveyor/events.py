@@ -53,9 +53,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor import states
+from conveyor import redact, states
 from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
+from conveyor.schemes import scheme_of
 from conveyor.serialization import printable
 
 if TYPE_CHECKING:
@@ -676,31 +677,22 @@ def newer(current: TaskEntry | None, incoming: TaskEntry) -> TaskEntry:
 # -- choosing a store ----------------------------------------------------------
 def store_from_url(url: str, retention: float = 86400.0,
                    options: dict[str, Any] | None = None) -> EventStore:
-    """Open the event store for a result backend or broker URL."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    if scheme == "memory":
-        from conveyor.eventstores.memory import MemoryEventStore
+    """Open the event store for a result backend or broker URL (see
+    :data:`conveyor.eventstores.EVENT_STORES`)."""
+    from conveyor.eventstores import EVENT_STORES
 
-        return MemoryEventStore(url, retention)
-    if scheme == "sqlite":
-        from conveyor.eventstores.sqlite import SQLiteEventStore
-
-        return SQLiteEventStore(url, retention)
-    if scheme in ("redis", "rediss", "unix", "sentinel"):
-        from conveyor.eventstores.redis import RedisEventStore
-
-        prefix = (options or {}).get("prefix")
-        sentinel = {key: value for key, value in (options or {}).items()
-                    if key in ("master_name", "min_other_sentinels", "sentinel_kwargs")}
-        return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None,
-                               sentinel=sentinel)
-    if scheme in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            "there is no PostgreSQL event store yet; for task events (monitor, inspect) set "
-            "result_backend to redis://host:port/db or sqlite:///path.db")
-    if is_amqp(url):
-        raise not_in_rabbitmq("task events")
-    raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
+    scheme = scheme_of(url)
+    if not EVENT_STORES.knows(scheme):
+        if scheme in ("postgresql", "postgres"):
+            raise ConfigurationError(
+                "there is no PostgreSQL event store yet; for task events (monitor, inspect) "
+                "set result_backend to redis://host:port/db or sqlite:///path.db")
+        if is_amqp(url):
+            raise not_in_rabbitmq("task events")
+    cls = EVENT_STORES.load(scheme, setting="task events",
+                            url_for_error=redact.url(url) if "://" in url else url)
+    store: EventStore = cls(url, retention, options=dict(options or {}))
+    return store
 
 
 _OPEN: weakref.WeakKeyDictionary[Conveyor, tuple[int, str, EventStore]] = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,9 @@ class MemoryEventStore(EventStore):
     """See module docstring."""
 
     def __init__(self, url: str = "memory://", retention: float = 86400.0,
-                 max_tasks: int = MAX_TASKS) -> None:
+                 max_tasks: int = MAX_TASKS,
+                 options: Mapping[str, Any] | None = None) -> None:
+        # ``options`` are a Redis client's (see EVENT_STORES); there is no client here.
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks

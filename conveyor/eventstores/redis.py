@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -73,21 +73,23 @@ PAGE = 500
 class RedisEventStore(EventStore):
     """See module docstring."""
 
-    def __init__(self, url: str, retention: float = 86400.0, prefix: str | None = None,
-                 max_tasks: int = MAX_TASKS, sentinel: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, retention: float = 86400.0, max_tasks: int = MAX_TASKS,
+                 options: Mapping[str, Any] | None = None) -> None:
         import redis
 
         from conveyor._redis import new_client, parse_redis_url
 
-        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``prefix`` overrides;
-        # ``sentinel``: the broker's master_name (and friends) for a sentinel:// URL.
-        extra = dict(sentinel or {}, **({"prefix": prefix} if prefix else {}))
-        options = parse_redis_url(url, extra or None)
+        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``options``
+        # override the URL's query: the key prefix and, for a sentinel:// URL,
+        # the master_name (and friends).
+        picked = {key: value for key, value in (options or {}).items()
+                  if key in ("prefix", "master_name", "min_other_sentinels", "sentinel_kwargs")}
+        parsed = parse_redis_url(url, picked or None)
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
-        self.p = f"{options.prefix}:ev"
-        self.client: Any = new_client(options.client_kwargs, options.sentinel)
+        self.p = f"{parsed.prefix}:ev"
+        self.client: Any = new_client(parsed.client_kwargs, parsed.sentinel)
         self._error: type[Exception] = redis.RedisError
         self._upsert_script = self.client.register_script(
             resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")

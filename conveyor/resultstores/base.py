@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
@@ -37,6 +38,10 @@ class ResultStore(abc.ABC):
     """Results for one app.  Thread-safe; not shared across fork."""
 
     url: str
+    #: Whether the store is built with client options (``cls(url, **options)``,
+    #: from ``result_backend_transport_options``); stores that have none are
+    #: built as ``cls(url)`` and such options are refused rather than ignored.
+    takes_transport_options: ClassVar[bool] = False
 
     @abc.abstractmethod
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:

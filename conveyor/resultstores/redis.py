@@ -204,6 +204,8 @@ def _ready(stored: Stored | None) -> bool:
 class RedisResultStore(ResultStore):
     """See the module docstring."""
 
+    takes_transport_options = True
+
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self._options: RedisOptions = parse_redis_url(url, options)

@@ -34,7 +34,9 @@ def backend_url(transactional_db: None) -> str:
 
 
 def test_django_db_url_opens_the_django_store(transactional_db: None) -> None:
+    """Through the ``conveyor.result_stores`` entry point (tests/unit/test_layering.py)."""
     assert isinstance(result_store_from_url("django-db"), DjangoResultStore)
+    assert isinstance(result_store_from_url("django"), DjangoResultStore)
 
 
 def test_chord_redelivery_does_not_count_twice(transactional_db: None) -> None:

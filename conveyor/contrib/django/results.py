@@ -71,6 +71,16 @@ _UPDATED = [
 ]
 
 
+def open_result_store(url: str) -> DjangoResultStore:
+    """What ``result_backend = "django-db"`` (or ``"django"``) opens.
+
+    Registered in ``pyproject.toml`` under the ``conveyor.result_stores``
+    entry-point group, so the core never imports this package: the default
+    database alias is chosen per call by Django's router.
+    """
+    return DjangoResultStore()
+
+
 class DjangoResultStore(ResultStore):
     """See the module docstring."""
 
@@ -330,4 +340,4 @@ def _clip(value: Any, length: int) -> str | None:
     return None if value is None else str(value)[:length]
 
 
-__all__ = ["DjangoResultStore", "columns_from_payload"]
+__all__ = ["DjangoResultStore", "columns_from_payload", "open_result_store"]
