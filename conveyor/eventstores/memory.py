@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.events import (
+from conveyor.eventstores import worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     WORKER_DROP_AFTER,
@@ -26,7 +27,6 @@ from conveyor.events import (
     TimelineEvent,
     newer,
 )
-from conveyor.eventstores import worker_view
 
 
 @dataclass

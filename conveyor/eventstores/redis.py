@@ -41,7 +41,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
-from conveyor.events import (
+from conveyor.eventstores import dumps, worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     MINUTE,
@@ -56,7 +57,6 @@ from conveyor.events import (
     TimelineEvent,
     newer,
 )
-from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError
 
 T = TypeVar("T")

@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from conveyor.events import (
+from conveyor.eventstores import dumps, worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     OUTCOMES,
@@ -46,7 +47,6 @@ from conveyor.events import (
     TaskQuery,
     TimelineEvent,
 )
-from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError, ConfigurationError
 
 T = TypeVar("T")
