@@ -49,7 +49,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
@@ -466,38 +465,3 @@ def call(client: redis.Redis, *args: Any) -> Any:
         return conn.read_response()
     finally:
         pool.release(conn)
-
-
-def run_script_and_wait(client: redis.Redis, script: Script, args: list[Any],
-                        replicas: int, timeout: float) -> tuple[Any, int]:
-    """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.
-
-    ``WAIT`` counts the replicas that confirmed every write made so far on
-    *its* connection, so it must follow the write on the connection that
-    made it.  Returns the script's reply and how many replicas confirmed.
-    """
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        try:
-            conn.send_command("EVALSHA", script.sha, 0, *args)
-            reply = conn.read_response()
-        except redis.exceptions.NoScriptError:
-            conn.send_command("SCRIPT", "LOAD", script.script)
-            conn.read_response()
-            conn.send_command("EVALSHA", script.sha, 0, *args)
-            reply = conn.read_response()
-        conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
-        return reply, int(conn.read_response())
-    finally:
-        pool.release(conn)
-
-
-def run_script(client: redis.Redis, script: Script, keys: list[Any], args: list[Any]) -> Any:
-    """``EVALSHA`` of a registered script through :func:`call`, loading it once
-    if the server does not have it (a restart or ``SCRIPT FLUSH``)."""
-    try:
-        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        client.script_load(script.script)
-        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)

@@ -38,9 +38,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
+from conveyor import _lua
 from conveyor.eventstores import dumps, worker_view
 from conveyor.eventstores.base import (
     MAX_TASKS,
@@ -68,6 +68,7 @@ UPSERT_CHUNK = 500
 ROLLUP = 600
 SEP = "\x1f"
 PAGE = 500
+_UPSERT = _lua.script_file("conveyor.eventstores", "upsert_tasks.lua")
 
 
 class RedisEventStore(EventStore):
@@ -91,9 +92,6 @@ class RedisEventStore(EventStore):
         self.p = f"{parsed.prefix}:ev"
         self.client: Any = new_client(parsed.client_kwargs, parsed.sentinel)
         self._error: type[Exception] = redis.RedisError
-        self._upsert_script = self.client.register_script(
-            resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")
-            .read_text(encoding="utf-8"))
         self._pruned_at = 0.0
 
     def _guard(self, work: Callable[[], T]) -> T:
@@ -190,8 +188,10 @@ class RedisEventStore(EventStore):
         keys = [f"{self.p}:entry", f"{self.p}:tasks"]
         step = 4 * UPSERT_CHUNK
         calls = range(0, len(args), step)
+        if calls:
+            _lua.ensure_loaded(self.client, _UPSERT)
         for start in calls:
-            self._upsert_script(keys=keys, args=args[start:start + step], client=pipe)
+            _lua.queue(pipe, _UPSERT, keys, args[start:start + step])
         replies = pipe.execute()
         return [c.decode() for reply in replies[len(replies) - len(calls):] for c in reply]
 
