@@ -52,6 +52,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._redis_options import _CELERY_ONLY
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.redis")
@@ -92,20 +93,9 @@ _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
 _SENTINEL_ONLY = ("master_name", "min_other_sentinels", "sentinel_kwargs")
 DEFAULT_SENTINEL_PORT = 26379
 
-# Celery's Redis transport options that have no meaning here: said once, then ignored.
-_CELERY_ONLY = {
-    "visibility_timeout": "leases replace it (broker_lease_timeout, renewed while a task runs)",
-    "fanout_prefix": "Conveyor has no fanout exchanges",
-    "fanout_patterns": "Conveyor has no fanout exchanges",
-    "sep": "priority queues are separate keys, not name suffixes",
-    "queue_order_strategy": "queues are always read in the order the worker lists them",
-    "max_retries": "connection retries are the worker's job",
-    "interval_start": "connection retries are the worker's job",
-    "interval_step": "connection retries are the worker's job",
-    "interval_max": "connection retries are the worker's job",
-}
 
 _RENAMED = {"global_keyprefix": "prefix"}
+
 
 _CERT_REQS = {"none": "none", "cert_none": "none", "optional": "optional",
               "cert_optional": "optional", "required": "required", "cert_required": "required"}

@@ -483,10 +483,17 @@ def store_for(app: Conveyor) -> EventStore:
         held = _OPEN.get(app)
         if held is not None and held[0] == pid and held[1] == url:
             return held[2]
-        store = store_from_url(url, app.conf.monitor_retention,
-                               dict(app.conf.broker_transport_options))
+        store = store_from_url(url, app.conf.monitor_retention, _options_for(app, url))
         _OPEN[app] = (pid, url, store)
         return store
+
+
+def _options_for(app: Conveyor, url: str) -> dict[str, Any]:
+    """The client options of the store already at ``url``: the result store's
+    (same prefix, TLS, timeouts), or the broker's when results are in Django."""
+    if url == app.conf.result_url:
+        return app.conf.result_options()
+    return app.conf.broker_options()
 
 
 def events_for(app: Conveyor) -> EventSink:

@@ -79,13 +79,12 @@ class RedisEventStore(EventStore):
         import redis
 
         from conveyor._redis import new_client, parse_redis_url
+        from conveyor._redis_options import connection_options
 
-        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``options``
-        # override the URL's query: the key prefix and, for a sentinel:// URL,
-        # the master_name (and friends).
-        picked = {key: value for key, value in (options or {}).items()
-                  if key in ("prefix", "master_name", "min_other_sentinels", "sentinel_kwargs")}
-        parsed = parse_redis_url(url, picked or None)
+        # The URL rules every Redis store follows (``?prefix=``, TLS, unix sockets,
+        # sentinel://); ``options`` override the query: the same connection
+        # options and prefix as the result store at this URL (events.store_for).
+        parsed = parse_redis_url(url, connection_options(options or {}))
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
