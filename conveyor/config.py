@@ -92,7 +92,8 @@ class Settings:
         "ssl_keyfile",
         "different on purpose: the URL must be rediss://, else the broker is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "options of the Redis result store client (the same keys as the broker's)",
+        "options of the Redis result store client (the same keys as the broker's); unset "
+        "ones come from the broker's: its prefix always, and all of them beside the broker",
         "different on purpose: the keys are the Redis client's own, as for the broker"))
     result_backend_always_retry: bool = field(default=False, metadata=_doc(
         "retry result-store calls that failed to connect (not the chord failure flag)"))

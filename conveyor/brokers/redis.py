@@ -158,7 +158,7 @@ class RedisBroker(Broker):
         self._options: RedisOptions = parse_redis_url(url, options)
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
-        self._scripts: dict[str, LuaScript] = _SCRIPTS
+        self._scripts: dict[str, LuaScript] = dict(_SCRIPTS)
         # BLPOP must return before the socket read times out.
         self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
 
