@@ -4,9 +4,10 @@ The result store used to read only ``result_backend_transport_options``, so
 with ``broker_transport_options={"prefix": ...}`` the messages went under
 the prefix while results, group records and chord counters went under the
 default ``conveyor:``: two apps sharing a database by prefix shared their
-results.  Celery's Redis backend likewise keys results under the same
-``global_keyprefix`` as the transport's keys (kombu transport option), so
-one prefix naming every key is the behaviour users expect.
+results.  (Celery keeps the two apart: its Redis result backend reads
+``global_keyprefix`` from ``result_backend_transport_options`` only.  Here
+the result store's own prefix still wins, and without one the app's single
+prefix applies: ADR 0020.)
 """
 
 from __future__ import annotations
