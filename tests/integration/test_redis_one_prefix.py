@@ -3,8 +3,8 @@
 The result store used to read only ``result_backend_transport_options``, so
 with ``broker_transport_options={"prefix": ...}`` the messages went under
 the prefix while results, group records and chord counters went under the
-default ``conveyor:``: two apps sharing a database by prefix shared their
-results.  (Celery keeps the two apart: its Redis result backend reads
+default ``conveyor:``: two apps sharing a database by prefix kept their
+results in one namespace.  (Celery keeps the two apart: its Redis result backend reads
 ``global_keyprefix`` from ``result_backend_transport_options`` only.  Here
 the result store's own prefix still wins, and without one the app's single
 prefix applies: ADR 0020.)

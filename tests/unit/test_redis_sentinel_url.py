@@ -52,7 +52,8 @@ def test_results_beside_a_sentinel_broker_ask_the_same_master() -> None:
                         broker_transport_options={"master_name": "main", "prefix": "p"})
     options = settings.result_options()
     assert options["master_name"] == "main"
-    assert "prefix" not in options
+    # One prefix for the app's keys (issue 17; this asserted the old split before).
+    assert options["prefix"] == "p"
 
 
 def test_transport_options_from_the_environment_are_json() -> None:
