@@ -18,8 +18,9 @@ mechanism, next to (never inside) the broker's queues:
 * :meth:`ControlChannel.reply` stores one worker's answer to one command;
   :meth:`ControlChannel.replies` waits for answers to a command id.
 
-``tests/contract/test_control_channel_contract.py`` checks these rules on
-every transport; a new one joins by adding its URL there.
+``tests/contract/control_channel_contract.py`` (``ControlChannelContract``)
+checks these rules; a new transport joins with one small subclass that
+supplies its URL (``tests/contract/test_control_channel_<name>.py``).
 
 Destination filtering happens in the worker (a channel delivers every
 command to every listener), so a transport needs no per-worker addressing.
@@ -126,6 +127,7 @@ def encode_reply(node: str, body: Any) -> str:
 
 
 _REDIS = "conveyor.control.redis:RedisChannel"
+_POSTGRES = "conveyor.control.postgres:PostgresChannel"
 _AMQP = "conveyor.control.amqp:side_store_channel"
 
 #: Broker scheme → control channel class (or factory), called as ``cls(url, options)``
@@ -135,6 +137,7 @@ CONTROL_CHANNELS = Family("control channel", "conveyor.control_channels", {
     "memory": "conveyor.control.memory:MemoryChannel",
     "sqlite": "conveyor.control.sqlite:SQLiteChannel",
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS,
+    "postgresql": _POSTGRES, "postgres": _POSTGRES,
     "amqp": _AMQP, "amqps": _AMQP, "pyamqp": _AMQP,
 }, hint="remote control is not available for this broker")
 

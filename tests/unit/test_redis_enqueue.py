@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from conveyor import Conveyor
-from conveyor.brokers.base import Envelope
 from conveyor._lua import LuaScript
+from conveyor.brokers.base import Envelope
 from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker
 
 
