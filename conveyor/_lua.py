@@ -3,7 +3,8 @@
 Every script is a :class:`LuaScript` value, its text and that text's SHA1,
 built once at import (from package files with :func:`script_file`, or from
 text).  It needs no client, so it can be a module constant and is shared by
-every process and connection.
+every process and connection; this module imports the Redis client only
+when a script runs, so modules that define scripts load without the extra.
 
 A script is always called by ``EVALSHA``.  The server may not have it: it
 was restarted, someone ran ``SCRIPT FLUSH``, or a failover promoted a
@@ -28,12 +29,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.exceptions import NoScriptError
-
-from conveyor._redis import call
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["LuaScript", "ensure_loaded", "load", "queue", "run", "run_and_wait",
            "script_file"]
@@ -62,11 +61,17 @@ def script_file(package: str, path: str, *, prelude: str | None = None) -> LuaSc
 
 def load(client: redis.Redis, script: LuaScript) -> None:
     """``SCRIPT LOAD``: the server has the script from now on (until it forgets)."""
+    from conveyor._redis import call
+
     call(client, "SCRIPT", "LOAD", script.script)
 
 
 def run(client: redis.Redis, script: LuaScript, keys: list[Any], args: list[Any]) -> Any:
     """``EVALSHA`` on a pooled connection; loads the script once if the server lacks it."""
+    from redis.exceptions import NoScriptError
+
+    from conveyor._redis import call
+
     try:
         return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
     except NoScriptError:
@@ -82,6 +87,8 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
     *its* connection, so it must follow the write on the connection that
     made it.  Returns the script's reply and how many replicas confirmed.
     """
+    from redis.exceptions import NoScriptError
+
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
@@ -101,6 +108,8 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
 
 def ensure_loaded(client: redis.Redis, *scripts: LuaScript) -> None:
     """Load whichever of ``scripts`` the server lacks (one ``SCRIPT EXISTS``)."""
+    from conveyor._redis import call
+
     present = call(client, "SCRIPT", "EXISTS", *[s.sha for s in scripts])
     for script, there in zip(scripts, present, strict=True):
         if not there:

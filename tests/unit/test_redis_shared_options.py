@@ -75,3 +75,18 @@ def test_events_beside_a_django_result_store_use_the_broker_options() -> None:
 def test_a_non_redis_broker_lends_no_options() -> None:
     app = _app(broker="memory://", result_backend="redis://h:6379/0")
     assert app.conf.result_options() == {}
+
+
+def test_beat_history_reads_the_brokers_client_options() -> None:
+    """It used to get broker_transport_options alone: no TLS from broker_use_ssl,
+    no connect timeout, and the broker-only keys parsed again."""
+    from conveyor.beat.state import open_beat_state
+
+    app = _app(broker="rediss://h:6380/0", broker_use_ssl={"ssl_cert_reqs": "none"},
+               broker_connection_timeout=1.5,
+               broker_transport_options={"prefix": "shop", "wait_replicas": 1,
+                                         "priority_steps": [0, 5]})
+    state: Any = open_beat_state(app)
+    kwargs = state._holder.options.client_kwargs
+    assert (kwargs["ssl_cert_reqs"], kwargs["socket_connect_timeout"]) == ("none", 1.5)
+    assert state._last_run == "shop:beat:last_run"
