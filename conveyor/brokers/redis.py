@@ -100,18 +100,16 @@ lease holders) retry a few times with jittered backoff first.
 
 from __future__ import annotations
 
-import functools
 import math
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
-from redis.commands.core import Script
 from redis.exceptions import NoScriptError, ResponseError
 
+from conveyor._lua import LuaScript, load, run, run_and_wait, script_file
 from conveyor._redis import (
     ClientHolder,
     RedisOptions,
@@ -119,8 +117,6 @@ from conveyor._redis import (
     call_many,
     parse_redis_url,
     retry_read,
-    run_script,
-    run_script_and_wait,
     translate_errors,
 )
 from conveyor.brokers.base import (
@@ -145,11 +141,9 @@ _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
 
 
-@functools.cache
-def _load_script_text(name: str) -> str:
-    folder = resources.files("conveyor.brokers").joinpath("redis_scripts")
-    common = folder.joinpath("_common.lua").read_text(encoding="utf-8")
-    return common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+#: Each script file after ``_common.lua`` (shared helpers), read once.
+_SCRIPTS = {name: script_file("conveyor.brokers", f"redis_scripts/{name}.lua",
+                              prelude="redis_scripts/_common.lua") for name in _SCRIPT_NAMES}
 
 
 def _ms(seconds: float) -> int:
@@ -164,12 +158,7 @@ class RedisBroker(Broker):
         self._options: RedisOptions = parse_redis_url(url, options)
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
-        # Script objects only hash their text and remember a client for its
-        # encoder; each call passes the current (per-process) client.
-        client = self._holder.client
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(_load_script_text(name)) for name in _SCRIPT_NAMES
-        }
+        self._scripts: dict[str, LuaScript] = dict(_SCRIPTS)
         # BLPOP must return before the socket read times out.
         self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
 
@@ -181,7 +170,7 @@ class RedisBroker(Broker):
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
         try:
-            return run_script(self._holder.client, self._scripts[name], [], [self._prefix, *args])
+            return run(self._holder.client, self._scripts[name], [], [self._prefix, *args])
         except ResponseError as exc:
             if "unknown" in str(exc).lower() and "command" in str(exc).lower():
                 raise BrokerError(
@@ -206,7 +195,7 @@ class RedisBroker(Broker):
             if not wanted:
                 reply = self._run("enqueue", *_envelope_args(envelope))
             else:
-                reply, confirmed = run_script_and_wait(
+                reply, confirmed = run_and_wait(
                     self._holder.client, self._scripts["enqueue"],
                     [self._prefix, *_envelope_args(envelope)], wanted,
                     self._options.wait_timeout)
@@ -240,7 +229,7 @@ class RedisBroker(Broker):
             self._enqueue_pipelined(envelopes, 0, owners)
         except _ScriptMissing as missing:
             with self._errors("enqueue_many (loading the script)", _ENQUEUE_RETRY_HINT):
-                self._holder.client.script_load(self._scripts["enqueue"].script)
+                load(self._holder.client, self._scripts["enqueue"])
             self._enqueue_pipelined(envelopes, missing.start, owners)
         return owners
 

@@ -31,7 +31,7 @@ from conveyor._redis import parse_redis_url
 from conveyor.brokers import Envelope, QueueStats
 from conveyor.brokers.redis import RedisBroker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError, ResultError
-from conveyor.results.redis import RedisResultStore
+from conveyor.resultstores.redis import RedisResultStore
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.redis
