@@ -1,0 +1,374 @@
+"""The worker's supervisor: one loop for every pool.
+
+A pool (prefork children, consumer threads) supplies only how to start a
+slot, how to ask it to stop after its task, how to kill it now, and how to
+wait for its reports and its end.  Everything else is here, once: the lease
+book and lease renewal (every failure and every lost lease logged), hard
+time limits and revoke-terminate (the task is killed, its slot replaced and
+``TimeLimitExceeded`` or ``REVOKED`` recorded from here), what a slot that
+died held, heartbeats, batched acknowledgements, resizing and shutdown.
+
+A hard deadline ends the moment the task function returns
+(:func:`until_return`), not when the worker has written its result: a kill
+can only hit the task itself, never Conveyor's own bookkeeping after it.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.context import Request
+from conveyor.events import killed_report
+from conveyor.exceptions import (
+    BrokerError,
+    SerializationError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from conveyor.message import Message
+from conveyor.task import Task
+from conveyor.worker.acks import AckBuffer
+from conveyor.worker.book import LeaseBook, Running
+from conveyor.worker.consumer import task_id_of
+from conveyor.worker.execute import ACK, REDELIVER, Executor, failed_outcome
+
+if TYPE_CHECKING:
+    from conveyor.worker.main import Worker
+
+log = logging.getLogger("conveyor.worker")
+KILLED = -signal.SIGKILL  # the exit code a killed slot ends with
+RunSync = Callable[[Task, Request], Any]
+
+
+def until_return(run: RunSync, returned: Callable[[Delivery], None]) -> RunSync:
+    """Wrap a pool's task call so its slot reports the return at once (the hard
+    deadline ends there); ``returned`` raises if the supervisor killed it first."""
+    def call(task: Task, request: Request) -> Any:
+        try:
+            return run(task, request)
+        finally:
+            if request.delivery is not None:
+                returned(request.delivery)
+    return call
+
+
+@dataclass
+class SlotState:
+    """What the supervisor knows of a slot beyond its lease book entry."""
+
+    started: float
+    kill_reason: tuple[BaseException, Running] | None = None
+    retiring: bool = False  # told to stop after its task (shrink, recycle, shutdown)
+    abandoned: bool = False  # killed by a cold shutdown: everything goes back uncounted
+
+
+class Supervisor(abc.ABC):
+    """Runs in the worker's main thread; a pool subclasses it with its slots."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.book = LeaseBook()
+        self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
+        self._acks_lock = threading.Lock()  # consumer threads add, the supervisor flushes
+        self.executor = Executor(self.app, worker.hostname)  # records killed tasks
+        self.slots: dict[int, SlotState] = {}
+        self.replaced = 0  # slots replaced after a crash or a kill
+        self._next_key = 0
+        self._respawn_after = 0.0
+        self._crashes = 0  # slots in a row that died young
+        self._last_extend = time.monotonic()
+        self._last_beat = 0.0
+        # Asked from the control thread, applied by the supervising loop.
+        self._retire = 0  # slots to stop (pool_shrink)
+        self._recycle = False  # replace every slot
+        self._requests = threading.Lock()
+        self._applied = threading.Condition(self._requests)
+        self._generation = 0  # request batches applied so far
+
+    # -- what a pool supplies -------------------------------------------------
+    @abc.abstractmethod
+    def start_slot(self, key: int) -> None:
+        """Start a slot running a consumer that reports under ``key``."""
+
+    @abc.abstractmethod
+    def stop_slot(self, key: int) -> None:
+        """Ask the slot to stop after its current task."""
+
+    @abc.abstractmethod
+    def kill_slot(self, key: int, in_task: bool) -> None:
+        """End the slot now (``in_task``: it is running a task the book lets be killed).
+
+        Called with the book's lock held when it ends a task, so the slot
+        cannot report that task's return in between."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> list[tuple[int, int | None]]:
+        """Block up to ``timeout`` s taking reports; return the slots that ended
+        (key, exit code: 0 stopped as asked, :data:`KILLED`, else crashed)."""
+
+    @abc.abstractmethod
+    def describe(self, key: int) -> str:
+        """The slot in log lines (``child pid 123``)."""
+
+    def drain(self) -> None:
+        """Take every report sent so far (before renewing leases or killing)."""
+        return None  # threads write into the book directly: nothing waits
+
+    def wake(self) -> None:
+        """Cut the supervisor's :meth:`wait` short (an ack arrived from a thread)."""
+        return None  # prefork: acks arrive in the supervisor's own thread
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        self._fill()
+        while self.slots or not self.worker.stopping:
+            self._apply_requests()
+            self._fill()
+            with self._acks_lock:
+                timeout = self.acks.wait_time(0.2)
+            for key, code in self.wait(timeout):
+                self._ended(key, code)
+            with self._acks_lock:
+                self.acks.flush_due()
+            self._periodic()
+            if self.worker.stopping and (self.worker.cold
+                                         or time.monotonic() > self.worker.shutdown_deadline):
+                self.kill_all()
+        self._flush_acks_before_exit()
+
+    def ack(self, delivery: Delivery) -> None:
+        """A slot finished ``delivery``: acknowledge it with the next few."""
+        with self._acks_lock:
+            first = not len(self.acks)
+            self.acks.add(delivery)
+        if first:
+            self.wake()
+
+    def _flush_acks_before_exit(self) -> None:
+        """A few tries; what is still unsent comes back when its lease runs out."""
+        deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
+        with self._acks_lock:
+            while not self.acks.flush() and time.monotonic() < deadline:
+                time.sleep(self.acks.wait_time(0.5))
+
+    def _fill(self) -> None:
+        if self.worker.stopping or time.monotonic() < self._respawn_after:
+            return
+        while sum(not s.retiring for s in self.slots.values()) < self.worker.concurrency:
+            key, self._next_key = self._next_key, self._next_key + 1
+            self.book.add_slot(key)
+            self.slots[key] = SlotState(time.monotonic())
+            self.start_slot(key)
+
+    def begin_shutdown(self) -> None:
+        """Warm shutdown: every slot stops after its task."""
+        for key, state in list(self.slots.items()):
+            state.retiring = True
+            self.stop_slot(key)
+
+    def kill_all(self) -> None:
+        """Cold shutdown: end every slot now; what they held goes back at once."""
+        running = {key for key, _ in self.book.running_tasks()}
+        for key, state in list(self.slots.items()):
+            if not state.abandoned:
+                state.abandoned = True
+                self.kill_slot(key, key in running)
+
+    # -- remote control: resizing and recycling -----------------------------
+    def resize(self, size: int) -> None:
+        """Remote control's pool_grow/pool_shrink (extra slots stop after their task);
+        returns once applied, so no task sent after the reply meets the old size."""
+        with self._requests:
+            self._retire += max(0, self.worker.concurrency - size)
+            self.worker.concurrency = size
+            self._wait_applied()
+
+    def recycle(self) -> None:
+        """Replace every slot, each after its current task; returns once they were told."""
+        with self._requests:
+            self._recycle = True
+            self._wait_applied()
+
+    def _wait_applied(self) -> None:
+        """Called with the lock held: wait (bounded) for the supervising loop to apply."""
+        wanted = self._generation + 1
+        self.wake()
+        self._applied.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                               timeout=5.0)
+
+    def _apply_requests(self) -> None:
+        with self._requests:
+            retire, self._retire = self._retire, 0
+            recycle, self._recycle = self._recycle, False
+            if retire or recycle:
+                busy = {key for key, _ in self.book.running_tasks()}
+                serving = [k for k, state in self.slots.items() if not state.retiring]
+                idle_first = sorted(serving, key=lambda k: k in busy)
+                for key in idle_first if recycle else idle_first[:retire]:
+                    self.slots[key].retiring = True
+                    self.stop_slot(key)
+            self._generation += 1
+            self._applied.notify_all()
+
+    # -- periodic duties ----------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_extend >= self.worker.extend_every:
+            self._last_extend = now
+            self._extend()
+        overdue = self.book.overdue()
+        if overdue:
+            self.drain()  # a task that returned meanwhile is not killed
+            for key, running in self.book.overdue():
+                limit = (running.deadline or 0) - running.started
+                self._kill(key, TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded"),
+                           running)
+        if now - self._last_beat >= self.worker.heartbeat_interval:
+            self._last_beat = now
+            self._terminate_revoked()
+            self.worker.heartbeat(self.book, len(self.slots))
+
+    def _extend(self) -> None:
+        # Read what slots said first: a message acked since the last poll is no
+        # longer held, and renewing it would be misreported as a lost lease.
+        self.drain()
+        held = self.book.all_held()
+        if not held:
+            return
+        try:
+            kept = self.app.broker.extend(held, self.worker.lease)
+        except BrokerError as exc:
+            log.warning("could not renew %d leases: %s", len(held), exc)
+            return
+        lost = [d.id for d, ok in zip(held, kept, strict=True) if not ok]
+        if lost:
+            log.warning("leases lost for %s (held past their lease?)", ", ".join(lost[:5]))
+
+    def _terminate_revoked(self) -> None:
+        running = self.book.running_tasks()
+        if not running:
+            return
+        try:
+            revoked = self.app.broker.revoked([task_id_of(r.delivery) for _, r in running])
+        except BrokerError:
+            return
+        for key, task in running:
+            if revoked.get(task_id_of(task.delivery)):
+                self._kill(key, TaskRevokedError("terminated by revoke"), task)
+
+    def _kill(self, key: int, exc: BaseException, running: Running) -> None:
+        state = self.slots.get(key)
+        if state is None or state.kill_reason is not None:
+            return
+        if not self.book.claim(key, running, lambda: self.kill_slot(key, True)):
+            return  # it returned just now: its result stands
+        log.error("killing %s running %s[%s]: %s", self.describe(key), running.task,
+                  running.delivery.id, exc)
+        state.kill_reason = (exc, running)
+
+    # -- slots that ended -----------------------------------------------------
+    def _ended(self, key: int, code: int | None) -> None:
+        state = self.slots.pop(key, None)
+        slot = self.book.remove_slot(key)
+        if state is None or slot is None:
+            return
+        running = slot.running
+        if state.abandoned:
+            pass  # cold shutdown: everything goes back below, uncounted
+        elif state.kill_reason is not None and running is not None and not running.returned:
+            self._settle_killed(state.kill_reason[0], running, slot.held)
+        elif code != 0 and running is not None:
+            self._lost(key, code, running, slot.held)
+        self._hand_back(slot.held.values(), count=False)
+        self._note_exit(state, code)
+
+    def _lost(self, key: int, code: int | None, running: Running,
+              held: dict[str, Delivery]) -> None:
+        """A slot died mid-task (Celery: worker/request.py on_failure, WorkerLostError).
+
+        ``task_reject_on_worker_lost`` (Conveyor's default: on) hands the
+        message back, counted, so ``max_deliveries`` ends a task that keeps
+        killing its slot.  Off, or when the message was acknowledged before
+        the run (``acks_late=False``), the task fails with WorkerLostError.
+        """
+        delivery = held.pop(running.delivery.id, running.delivery)
+        task = self._task_of(delivery)
+        what = (f"{self.describe(key)} exited with {describe_exit(code)} while "
+                f"running {running.task}[{delivery.id}]")
+        if not running.acked and (task is None or task.reject_on_worker_lost):
+            log.error("%s; handing it back", what)
+            self._hand_back([delivery], count=True)
+            return
+        log.error("%s; recording WorkerLostError", what)
+        lost = WorkerLostError(f"Worker exited prematurely: {describe_exit(code)}.")
+        self._settle_killed(lost, running, held, task)
+
+    def _task_of(self, delivery: Delivery) -> Task | None:
+        try:
+            name = Message.decode(delivery.body, self.app.conf.accept_content).task
+        except SerializationError:
+            return None
+        return self.app.tasks.get(name)
+
+    def _settle_killed(self, exc: BaseException, running: Running,
+                       held: dict[str, Delivery], task: Task | None = None) -> None:
+        """Record a task ended from here, then ack, hand back or dead-letter its message."""
+        delivery = held.pop(running.delivery.id, running.delivery)
+        try:
+            self.executor.record_killed(delivery.body, exc, delivery)
+            state = "REVOKED" if isinstance(exc, TaskRevokedError) else "FAILURE"
+            self.book.recorder.add(killed_report(delivery, running.task, state,
+                                                 running.started, str(exc)))
+            if running.acked:
+                return
+            task = task or self._task_of(delivery)
+            outcome = failed_outcome(task, exc) if task is not None else None
+            if outcome is None or outcome.action == ACK or isinstance(exc, TaskRevokedError):
+                self.app.broker.ack([delivery])
+            elif outcome.action == REDELIVER:
+                self.app.broker.requeue(delivery, count=True)
+            else:
+                self.app.broker.dead_letter(delivery, outcome.reason or "failed")
+        except BrokerError as error:
+            log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)
+
+    def _hand_back(self, deliveries: Iterable[Delivery], count: bool) -> None:
+        for delivery in list(deliveries):
+            with contextlib.suppress(BrokerError):  # else the lease hands it out again
+                self.app.broker.requeue(delivery, count=count)
+
+    def _note_exit(self, state: SlotState, code: int | None) -> None:
+        """Count replacements; space them out when slots keep dying young."""
+        if state.retiring or state.abandoned or self.worker.stopping:
+            return
+        self.replaced += 1
+        if code == 0 or state.kill_reason is not None:
+            self._crashes = 0
+            return
+        lived = time.monotonic() - state.started
+        self._crashes = self._crashes + 1 if lived < 2.0 else 0
+        if self._crashes > 3:
+            delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
+            log.error("slots keep dying at start; waiting %.1fs before the next", delay)
+            self._respawn_after = time.monotonic() + delay
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
