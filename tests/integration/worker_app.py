@@ -119,11 +119,12 @@ def meet(self: object, expected: int) -> str:
 
 
 @app.task(bind=True)
-def loses_its_lease(self: Any, marker: str) -> str:
-    """Acknowledge its own message (its lease is gone, as when another consumer
-    took it over), then run on until ``marker`` exists (bounded)."""
+def hold(self: Any, marker: str, drop_lease: bool = False) -> str:
+    """Run until ``marker`` exists (bounded); with ``drop_lease``, first acknowledge
+    its own message, so its lease is gone (as when another consumer took it over)."""
     record("start")
-    self.app.broker.ack([self.request.delivery])
+    if drop_lease:
+        self.app.broker.ack([self.request.delivery])
     deadline = time.monotonic() + 30
     while not os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
