@@ -29,16 +29,18 @@ class Running:
     deadline: float | None
     acked: bool = False  # acknowledged before it ran (acks_late=False): no lease to keep
     returned: bool = False  # the task function returned: no deadline, no kill
-    killed: bool = False  # the supervisor is ending it (hard limit, terminate)
+    killed: BaseException | None = None  # why the supervisor ended it (hard limit, terminate)
 
 
 @dataclass
 class Slot:
     """One child process or thread."""
 
+    started: float = field(default_factory=time.monotonic)
     held: dict[str, Delivery] = field(default_factory=dict)
     running: Running | None = None
-    processed: int = 0
+    retiring: bool = False  # told to stop after its task (shrink, recycle, shutdown)
+    abandoned: bool = False  # ended by a cold shutdown: all it held goes back uncounted
 
 
 class LeaseBook:
@@ -97,7 +99,6 @@ class LeaseBook:
             if slot.running is not None and slot.running.delivery.id == delivery_id:
                 self.task_counts[slot.running.task] += 1
                 slot.running = None
-            slot.processed += 1
             if state:
                 self.counts[state] += 1
             return delivery
@@ -114,16 +115,17 @@ class LeaseBook:
             if running is None or running.delivery.id != delivery_id:
                 return slot is not None
             running.returned, running.deadline = True, None
-            return not running.killed
+            return running.killed is None
 
-    def claim(self, key: int, running: Running, kill: Callable[[], None]) -> bool:
+    def claim(self, key: int, running: Running, why: BaseException,
+              kill: Callable[[], None]) -> bool:
         """Kill a slot's task unless it returned: ``kill`` runs under the lock
         :meth:`returned` takes, so the two cannot cross."""
         with self._lock:
             slot = self.slots.get(key)
             if slot is None or slot.running is not running or running.returned or running.killed:
                 return False
-            running.killed = True
+            running.killed = why
             kill()
             return True
 
@@ -145,7 +147,3 @@ class LeaseBook:
     def running_tasks(self) -> list[tuple[int, Running]]:
         with self._lock:
             return [(k, s.running) for k, s in self.slots.items() if s.running is not None]
-
-    def active_count(self) -> int:
-        with self._lock:
-            return sum(1 for s in self.slots.values() if s.running is not None)

@@ -1,16 +1,15 @@
 """The worker's supervisor: one loop for every pool.
 
 A pool (prefork children, consumer threads) supplies only how to start a
-slot, how to ask it to stop after its task, how to kill it now, and how to
-wait for its reports and its end.  Everything else is here, once: the lease
-book and lease renewal (every failure and every lost lease logged), hard
-time limits and revoke-terminate (the task is killed, its slot replaced and
-``TimeLimitExceeded`` or ``REVOKED`` recorded from here), what a slot that
-died held, heartbeats, batched acknowledgements, resizing and shutdown.
+slot, ask it to stop after its task, kill it now, and wait for its reports
+and its end.  Everything else is here, once: the lease book fed by each
+slot's :class:`SlotReporter`, lease renewal (a failure or a lost lease is
+logged), hard time limits and revoke-terminate (the task is killed, its
+slot replaced, ``TimeLimitExceeded`` or REVOKED recorded from here), what
+a dead slot held, heartbeats, batched acknowledgements, resizing, shutdown.
 
 A hard deadline ends the moment the task function returns
-(:func:`until_return`), not when the worker has written its result: a kill
-can only hit the task itself, never Conveyor's own bookkeeping after it.
+(:func:`until_return`), so a kill never hits the worker's own result write.
 """
 
 from __future__ import annotations
@@ -21,15 +20,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request
-from conveyor.events import killed_report
+from conveyor.events import TaskClock, TaskReport, killed_report
 from conveyor.exceptions import (
     BrokerError,
+    ResultError,
     SerializationError,
     TaskRevokedError,
     TimeLimitExceeded,
@@ -38,15 +37,15 @@ from conveyor.exceptions import (
 from conveyor.message import Message
 from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
-from conveyor.worker.book import LeaseBook, Running
+from conveyor.worker.book import LeaseBook, Running, Slot
 from conveyor.worker.consumer import task_id_of
-from conveyor.worker.execute import ACK, REDELIVER, Executor, failed_outcome
+from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
 
 if TYPE_CHECKING:
     from conveyor.worker.main import Worker
 
 log = logging.getLogger("conveyor.worker")
-KILLED = -signal.SIGKILL  # the exit code a killed slot ends with
+KILLED = -signal.SIGKILL  # the exit code of a killed slot
 RunSync = Callable[[Task, Request], Any]
 
 
@@ -62,14 +61,51 @@ def until_return(run: RunSync, returned: Callable[[Delivery], None]) -> RunSync:
     return call
 
 
-@dataclass
-class SlotState:
-    """What the supervisor knows of a slot beyond its lease book entry."""
+class SlotReporter:
+    """A slot's side: tells the supervisor what it holds and runs.
 
-    started: float
-    kill_reason: tuple[BaseException, Running] | None = None
-    retiring: bool = False  # told to stop after its task (shrink, recycle, shutdown)
-    abandoned: bool = False  # killed by a cold shutdown: everything goes back uncounted
+    Reports are plain tuples (a sixth of a dataclass's pickling cost, for a
+    child's pipe) sent as one list: what came before (the batch just leased,
+    the task just finished) goes with the next task's start or the flush
+    before the consumer waits, about one message (one supervisor wake-up) per
+    task.  The supervisor acknowledges ``done`` messages for all its slots a
+    few at a time (:mod:`conveyor.worker.acks`)."""
+
+    acks = True
+
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
+        self.send = send
+        self.clock = TaskClock()
+        self._pending: list[tuple[Any, ...]] = []
+        self._limited: str | None = None  # the running task, when it has a hard limit
+
+    def held(self, deliveries: Sequence[Delivery]) -> None:
+        self._pending.append(("held", list(deliveries)))
+
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
+                message: Message | None = None, acked: bool = False) -> None:
+        self._limited = delivery.id if hard_limit else None
+        self._pending.append(("run", delivery.id, task, hard_limit,
+                              self.clock.start(delivery, task, message=message).to_tuple(),
+                              acked))
+        self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
+
+    def returned(self, delivery: Delivery) -> None:
+        """The task function returned: end its hard deadline at once."""
+        if self._limited == delivery.id:
+            self._limited = None
+            self._pending.append(("ret", delivery.id))
+            self.flush()
+
+    def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        report = self.clock.finish(delivery, outcome)
+        self._pending.append(("done", delivery.id, outcome.state, outcome.action == ACK,
+                              report and report.to_tuple()))
+
+    def flush(self) -> None:
+        if self._pending:
+            reports, self._pending = self._pending, []
+            self.send(reports)
 
 
 class Supervisor(abc.ABC):
@@ -82,7 +118,6 @@ class Supervisor(abc.ABC):
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
         self._acks_lock = threading.Lock()  # consumer threads add, the supervisor flushes
         self.executor = Executor(self.app, worker.hostname)  # records killed tasks
-        self.slots: dict[int, SlotState] = {}
         self.replaced = 0  # slots replaced after a crash or a kill
         self._next_key = 0
         self._respawn_after = 0.0
@@ -90,7 +125,6 @@ class Supervisor(abc.ABC):
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
         # Asked from the control thread, applied by the supervising loop.
-        self._retire = 0  # slots to stop (pool_shrink)
         self._recycle = False  # replace every slot
         self._requests = threading.Lock()
         self._applied = threading.Condition(self._requests)
@@ -99,40 +133,34 @@ class Supervisor(abc.ABC):
     # -- what a pool supplies -------------------------------------------------
     @abc.abstractmethod
     def start_slot(self, key: int) -> None:
-        """Start a slot running a consumer that reports under ``key``."""
+        """Start a slot whose consumer reports under ``key``."""
 
     @abc.abstractmethod
-    def stop_slot(self, key: int) -> None:
-        """Ask the slot to stop after its current task."""
-
-    @abc.abstractmethod
-    def kill_slot(self, key: int, in_task: bool) -> None:
-        """End the slot now (``in_task``: it is running a task the book lets be killed).
-
-        Called with the book's lock held when it ends a task, so the slot
-        cannot report that task's return in between."""
+    def stop_slot(self, key: int, now: bool = False, in_task: bool = False) -> None:
+        """Stop the slot after its task, or ``now`` (``in_task``: ending the task
+        it runs, called under the book's lock)."""
 
     @abc.abstractmethod
     def wait(self, timeout: float) -> list[tuple[int, int | None]]:
-        """Block up to ``timeout`` s taking reports; return the slots that ended
-        (key, exit code: 0 stopped as asked, :data:`KILLED`, else crashed)."""
+        """Take reports for up to ``timeout`` s; return the slots that ended
+        with their exit code (0: stopped as asked, :data:`KILLED`, else crashed)."""
 
-    @abc.abstractmethod
     def describe(self, key: int) -> str:
-        """The slot in log lines (``child pid 123``)."""
+        """The slot in log lines."""
+        return f"slot {key}"
 
     def drain(self) -> None:
         """Take every report sent so far (before renewing leases or killing)."""
-        return None  # threads write into the book directly: nothing waits
+        return None  # threads apply their reports themselves
 
     def wake(self) -> None:
-        """Cut the supervisor's :meth:`wait` short (an ack arrived from a thread)."""
-        return None  # prefork: acks arrive in the supervisor's own thread
+        """Cut :meth:`wait` short."""
+        return None
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> None:
         self._fill()
-        while self.slots or not self.worker.stopping:
+        while self.book.slots or not self.worker.stopping:
             self._apply_requests()
             self._fill()
             with self._acks_lock:
@@ -145,57 +173,67 @@ class Supervisor(abc.ABC):
             if self.worker.stopping and (self.worker.cold
                                          or time.monotonic() > self.worker.shutdown_deadline):
                 self.kill_all()
-        self._flush_acks_before_exit()
+        deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
+        with self._acks_lock:  # a few tries; what stays unsent comes back with its lease
+            while not self.acks.flush() and time.monotonic() < deadline:
+                time.sleep(self.acks.wait_time(0.5))
 
-    def ack(self, delivery: Delivery) -> None:
-        """A slot finished ``delivery``: acknowledge it with the next few."""
+    def apply(self, key: int, reports: list[tuple[Any, ...]]) -> None:
+        """Apply one list of a slot's reports (see :class:`SlotReporter`)."""
+        for msg in reports:
+            kind = msg[0]
+            if kind == "held":
+                self.book.held(key, msg[1])
+            elif kind == "run":
+                delivery_id, task, hard_limit, report, acked = msg[1:]
+                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked)
+            elif kind == "ret":
+                self.book.returned(key, msg[1])
+            elif kind == "done":
+                delivery_id, state, ack, report = msg[1:]
+                delivery = self.book.done(key, delivery_id, state,
+                                          report and TaskReport(*report))
+                if ack and delivery is not None:
+                    self._ack(delivery)
+
+    def _ack(self, delivery: Delivery) -> None:
         with self._acks_lock:
             first = not len(self.acks)
             self.acks.add(delivery)
         if first:
             self.wake()
 
-    def _flush_acks_before_exit(self) -> None:
-        """A few tries; what is still unsent comes back when its lease runs out."""
-        deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
-        with self._acks_lock:
-            while not self.acks.flush() and time.monotonic() < deadline:
-                time.sleep(self.acks.wait_time(0.5))
-
     def _fill(self) -> None:
         if self.worker.stopping or time.monotonic() < self._respawn_after:
             return
-        while sum(not s.retiring for s in self.slots.values()) < self.worker.concurrency:
+        while sum(not s.retiring for s in self.book.slots.values()) < self.worker.concurrency:
             key, self._next_key = self._next_key, self._next_key + 1
             self.book.add_slot(key)
-            self.slots[key] = SlotState(time.monotonic())
             self.start_slot(key)
 
     def begin_shutdown(self) -> None:
         """Warm shutdown: every slot stops after its task."""
-        for key, state in list(self.slots.items()):
-            state.retiring = True
+        for key, slot in list(self.book.slots.items()):
+            slot.retiring = True
             self.stop_slot(key)
 
     def kill_all(self) -> None:
         """Cold shutdown: end every slot now; what they held goes back at once."""
-        running = {key for key, _ in self.book.running_tasks()}
-        for key, state in list(self.slots.items()):
-            if not state.abandoned:
-                state.abandoned = True
-                self.kill_slot(key, key in running)
+        for key, slot in list(self.book.slots.items()):
+            if not slot.abandoned:
+                slot.abandoned = True
+                self.stop_slot(key, now=True)
 
     # -- remote control: resizing and recycling -----------------------------
     def resize(self, size: int) -> None:
         """Remote control's pool_grow/pool_shrink (extra slots stop after their task);
         returns once applied, so no task sent after the reply meets the old size."""
         with self._requests:
-            self._retire += max(0, self.worker.concurrency - size)
             self.worker.concurrency = size
             self._wait_applied()
 
     def recycle(self) -> None:
-        """Replace every slot, each after its current task; returns once they were told."""
+        """Replace every slot, each after its task; returns once they were told."""
         with self._requests:
             self._recycle = True
             self._wait_applied()
@@ -209,14 +247,14 @@ class Supervisor(abc.ABC):
 
     def _apply_requests(self) -> None:
         with self._requests:
-            retire, self._retire = self._retire, 0
             recycle, self._recycle = self._recycle, False
-            if retire or recycle:
+            serving = [k for k, slot in self.book.slots.items() if not slot.retiring]
+            if recycle or len(serving) > self.worker.concurrency:
                 busy = {key for key, _ in self.book.running_tasks()}
-                serving = [k for k, state in self.slots.items() if not state.retiring]
                 idle_first = sorted(serving, key=lambda k: k in busy)
-                for key in idle_first if recycle else idle_first[:retire]:
-                    self.slots[key].retiring = True
+                excess = len(serving) - self.worker.concurrency
+                for key in idle_first if recycle else idle_first[:excess]:
+                    self.book.slots[key].retiring = True
                     self.stop_slot(key)
             self._generation += 1
             self._applied.notify_all()
@@ -227,8 +265,7 @@ class Supervisor(abc.ABC):
         if now - self._last_extend >= self.worker.extend_every:
             self._last_extend = now
             self._extend()
-        overdue = self.book.overdue()
-        if overdue:
+        if self.book.overdue():
             self.drain()  # a task that returned meanwhile is not killed
             for key, running in self.book.overdue():
                 limit = (running.deadline or 0) - running.started
@@ -237,7 +274,7 @@ class Supervisor(abc.ABC):
         if now - self._last_beat >= self.worker.heartbeat_interval:
             self._last_beat = now
             self._terminate_revoked()
-            self.worker.heartbeat(self.book, len(self.slots))
+            self.worker.heartbeat(self.book, len(self.book.slots))
 
     def _extend(self) -> None:
         # Read what slots said first: a message acked since the last poll is no
@@ -268,30 +305,24 @@ class Supervisor(abc.ABC):
                 self._kill(key, TaskRevokedError("terminated by revoke"), task)
 
     def _kill(self, key: int, exc: BaseException, running: Running) -> None:
-        state = self.slots.get(key)
-        if state is None or state.kill_reason is not None:
-            return
-        if not self.book.claim(key, running, lambda: self.kill_slot(key, True)):
-            return  # it returned just now: its result stands
-        log.error("killing %s running %s[%s]: %s", self.describe(key), running.task,
-                  running.delivery.id, exc)
-        state.kill_reason = (exc, running)
+        if self.book.claim(key, running, exc, lambda: self.stop_slot(key, True, True)):
+            log.error("killing %s running %s[%s]: %s", self.describe(key), running.task,
+                      running.delivery.id, exc)
 
     # -- slots that ended -----------------------------------------------------
     def _ended(self, key: int, code: int | None) -> None:
-        state = self.slots.pop(key, None)
         slot = self.book.remove_slot(key)
-        if state is None or slot is None:
+        if slot is None:
             return
         running = slot.running
-        if state.abandoned:
-            pass  # cold shutdown: everything goes back below, uncounted
-        elif state.kill_reason is not None and running is not None and not running.returned:
-            self._settle_killed(state.kill_reason[0], running, slot.held)
-        elif code != 0 and running is not None:
+        if slot.abandoned or running is None:
+            pass  # a cold shutdown hands everything back below, uncounted
+        elif running.killed is not None and not running.returned:
+            self._settle_killed(running.killed, running, slot.held)
+        elif code != 0:
             self._lost(key, code, running, slot.held)
         self._hand_back(slot.held.values(), count=False)
-        self._note_exit(state, code)
+        self._note_exit(slot, code, running is not None and running.killed is not None)
 
     def _lost(self, key: int, code: int | None, running: Running,
               held: dict[str, Delivery]) -> None:
@@ -323,7 +354,7 @@ class Supervisor(abc.ABC):
 
     def _settle_killed(self, exc: BaseException, running: Running,
                        held: dict[str, Delivery], task: Task | None = None) -> None:
-        """Record a task ended from here, then ack, hand back or dead-letter its message."""
+        """Record a task ended from here; then ack, hand back or dead-letter it."""
         delivery = held.pop(running.delivery.id, running.delivery)
         try:
             self.executor.record_killed(delivery.body, exc, delivery)
@@ -340,7 +371,7 @@ class Supervisor(abc.ABC):
                 self.app.broker.requeue(delivery, count=True)
             else:
                 self.app.broker.dead_letter(delivery, outcome.reason or "failed")
-        except BrokerError as error:
+        except (BrokerError, ResultError) as error:
             log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)
 
     def _hand_back(self, deliveries: Iterable[Delivery], count: bool) -> None:
@@ -348,16 +379,15 @@ class Supervisor(abc.ABC):
             with contextlib.suppress(BrokerError):  # else the lease hands it out again
                 self.app.broker.requeue(delivery, count=count)
 
-    def _note_exit(self, state: SlotState, code: int | None) -> None:
+    def _note_exit(self, slot: Slot, code: int | None, killed: bool) -> None:
         """Count replacements; space them out when slots keep dying young."""
-        if state.retiring or state.abandoned or self.worker.stopping:
+        if slot.retiring or slot.abandoned or self.worker.stopping:
             return
         self.replaced += 1
-        if code == 0 or state.kill_reason is not None:
+        if code == 0 or killed:
             self._crashes = 0
             return
-        lived = time.monotonic() - state.started
-        self._crashes = self._crashes + 1 if lived < 2.0 else 0
+        self._crashes = self._crashes + 1 if time.monotonic() - slot.started < 2.0 else 0
         if self._crashes > 3:
             delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
             log.error("slots keep dying at start; waiting %.1fs before the next", delay)

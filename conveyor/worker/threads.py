@@ -14,21 +14,19 @@ tasks run on it concurrently, scheduled from the consumer threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from conveyor.brokers.base import Delivery
 from conveyor.context import Request
-from conveyor.events import TaskClock
-from conveyor.message import Message
 from conveyor.task import Task
-from conveyor.worker.book import LeaseBook
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import ACK, Executor, Outcome, call_task
-from conveyor.worker.supervisor import KILLED, Supervisor, until_return
+from conveyor.worker.execute import Executor, call_task
+from conveyor.worker.supervisor import KILLED, SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import ThreadTimer, _raise_in
 
 if TYPE_CHECKING:
@@ -38,36 +36,16 @@ log = logging.getLogger("conveyor.worker")
 
 
 class SlotKilled(SystemExit):
-    """Raised in a consumer thread the supervisor gave up (hard limit, terminate).
-
-    A ``SystemExit`` so that nothing on the way (the executor, the consumer)
-    records it as the task's outcome: the supervisor records that.
-    """
+    """Ends a consumer thread the supervisor gave up (hard limit, terminate); a
+    ``SystemExit``, so nothing on the way records it as the task's outcome."""
 
 
-class BookReporter:
-    """A consumer thread's reports, written straight into the ledger.
+class _ThreadReporter(SlotReporter):
+    """A consumer thread's reports, applied at once by the supervisor's ``apply``."""
 
-    Finished messages are handed to ``ack`` (the supervisor acknowledges them
-    a few at a time, as it does for prefork children).
-    """
-
-    acks = True
-
-    def __init__(self, book: LeaseBook, key: int, ack: Callable[[Delivery], None]) -> None:
-        self.book, self.key, self.ack = book, key, ack
-        self.clock = TaskClock()
-
-    def flush(self) -> None:
-        pass  # nothing is buffered
-
-    def held(self, deliveries: Sequence[Delivery]) -> None:
-        self.book.held(self.key, list(deliveries))
-
-    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
-                message: Message | None = None, acked: bool = False) -> None:
-        self.book.running(self.key, delivery.id, task, hard_limit,
-                          self.clock.start(delivery, task, message=message), acked)
+    def __init__(self, pool: ThreadPool, key: int) -> None:
+        super().__init__(functools.partial(pool.apply, key))
+        self.book, self.key = pool.book, key
 
     def returned(self, delivery: Delivery) -> None:
         """End the hard deadline; if the supervisor killed the task first, this
@@ -75,12 +53,6 @@ class BookReporter:
         if not self.book.returned(self.key, delivery.id):
             _raise_in(threading.get_ident(), None)
             raise SlotKilled
-
-    def done(self, delivery: Delivery, outcome: Outcome) -> None:
-        self.book.done(self.key, delivery.id, outcome.state,
-                       self.clock.finish(delivery, outcome))
-        if outcome.action == ACK:
-            self.ack(delivery)
 
 
 class ThreadPool(Supervisor):
@@ -94,8 +66,7 @@ class ThreadPool(Supervisor):
         super().__init__(worker)
         self.threads: dict[int, threading.Thread] = {}
         self.stops: dict[int, threading.Event] = {}
-        self._ended_lock = threading.Lock()
-        self._ended_slots: list[tuple[int, int | None]] = []
+        self._exits: deque[tuple[int, int | None]] = deque()  # appended from threads
         self._wake = threading.Event()
 
     def run_task(self, task: Task, request: Request) -> Any:
@@ -108,18 +79,15 @@ class ThreadPool(Supervisor):
         self.threads[key] = thread
         thread.start()
 
-    def stop_slot(self, key: int) -> None:
+    def stop_slot(self, key: int, now: bool = False, in_task: bool = False) -> None:
+        if key not in self.threads:  # ended already: its end is being applied
+            return
         self.stops[key].set()
-
-    def kill_slot(self, key: int, in_task: bool) -> None:
-        thread = self.threads.get(key)
-        self.stops[key].set()
-        if in_task and thread is not None and thread.ident is not None:
+        thread = self.threads[key]
+        if in_task and thread.ident is not None:
             _raise_in(thread.ident, SlotKilled)
-        self._slot_ended(key, KILLED)
-
-    def describe(self, key: int) -> str:
-        return f"consumer thread {key}"
+        if now:
+            self._slot_ended(key, KILLED)
 
     def wake(self) -> None:
         self._wake.set()
@@ -127,21 +95,19 @@ class ThreadPool(Supervisor):
     def wait(self, timeout: float) -> list[tuple[int, int | None]]:
         self._wake.wait(timeout)
         self._wake.clear()
-        with self._ended_lock:
-            ended, self._ended_slots = self._ended_slots, []
+        ended = [self._exits.popleft() for _ in range(len(self._exits))]
         for key, _ in ended:
             self.threads.pop(key, None)
             self.stops.pop(key, None)
         return ended
 
     def _slot_ended(self, key: int, code: int) -> None:
-        with self._ended_lock:
-            self._ended_slots.append((key, code))
+        self._exits.append((key, code))
         self._wake.set()
 
     def _consume(self, key: int) -> None:
         limits = self.worker.rate_limits
-        reporter = BookReporter(self.book, key, self.ack)
+        reporter = _ThreadReporter(self, key)
         executor = Executor(self.app, self.worker.hostname, timer=ThreadTimer(),
                             run_sync=until_return(self.run_task, reporter.returned),
                             gate=limits.gate(lambda: self.app.broker) if limits else None)

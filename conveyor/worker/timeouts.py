@@ -56,10 +56,3 @@ def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
     """Queue ``exc_type`` for the thread's next bytecode (``None``: drop what is queued)."""
     exc = ctypes.c_void_p(None) if exc_type is None else ctypes.py_object(exc_type)
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
-
-
-def timer_for_current_thread() -> SignalTimer | ThreadTimer:
-    """The right strategy for the calling thread."""
-    if threading.current_thread() is threading.main_thread():
-        return SignalTimer()
-    return ThreadTimer()
