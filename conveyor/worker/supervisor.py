@@ -160,6 +160,7 @@ class Supervisor(abc.ABC):
     # -- the loop -------------------------------------------------------------
     def run(self) -> None:
         self._fill()
+        told = False  # begin_shutdown can be called from another thread, mid-_fill
         while self.book.slots or not self.worker.stopping:
             self._apply_requests()
             self._fill()
@@ -170,6 +171,9 @@ class Supervisor(abc.ABC):
             with self._acks_lock:
                 self.acks.flush_due()
             self._periodic()
+            if self.worker.stopping and not told:  # again: a slot may have started meanwhile
+                told = True
+                self.begin_shutdown()
             if self.worker.stopping and (self.worker.cold
                                          or time.monotonic() > self.worker.shutdown_deadline):
                 self.kill_all()
