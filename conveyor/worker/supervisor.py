@@ -176,7 +176,7 @@ class Supervisor(abc.ABC):
                 self.begin_shutdown()
             if self.worker.stopping and (self.worker.cold
                                          or time.monotonic() > self.worker.shutdown_deadline):
-                self.kill_all()
+                self.begin_shutdown(now=True)
         deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
         with self._acks_lock:  # a few tries; what stays unsent comes back with its lease
             while not self.acks.flush() and time.monotonic() < deadline:
@@ -215,23 +215,17 @@ class Supervisor(abc.ABC):
             self.book.add_slot(key)
             self.start_slot(key)
 
-    def begin_shutdown(self) -> None:
-        """Warm shutdown: every slot stops after its task."""
-        for key, slot in list(self.book.slots.items()):
-            slot.retiring = True
-            self.stop_slot(key)
-
-    def kill_all(self) -> None:
-        """Cold shutdown: end every slot now; what they held goes back at once."""
+    def begin_shutdown(self, now: bool = False) -> None:
+        """Warm shutdown: every slot stops after its task; cold (``now``): at once,
+        and what they held goes back uncounted."""
         for key, slot in list(self.book.slots.items()):
             if not slot.abandoned:
-                slot.abandoned = True
-                self.stop_slot(key, now=True)
+                slot.retiring, slot.abandoned = True, now
+                self.stop_slot(key, now=now)
 
     # -- remote control: resizing and recycling -----------------------------
     def resize(self, size: int) -> None:
-        """Remote control's pool_grow/pool_shrink (extra slots stop after their task);
-        returns once applied, so no task sent after the reply meets the old size."""
+        """pool_grow/pool_shrink; returns once applied (extra slots end after their task)."""
         with self._requests:
             self.worker.concurrency = size
             self._wait_applied()
