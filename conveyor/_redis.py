@@ -468,6 +468,31 @@ def call(client: redis.Redis, *args: Any) -> Any:
         pool.release(conn)
 
 
+def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send several commands in one write on one pooled connection; every reply, in order.
+
+    Redis runs a connection's commands one after another, so a command queued
+    behind a blocking one (``BLPOP``) runs the moment the block ends, with no
+    round trip back to the client in between.  Every reply is read before
+    returning (an error reply is returned in its place, as the exception),
+    so the connection goes back to the pool in step; any other failure
+    disconnects it, as in :func:`call`.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    finally:
+        pool.release(conn)
+
+
 def run_script_and_wait(client: redis.Redis, script: Script, args: list[Any],
                         replicas: int, timeout: float) -> tuple[Any, int]:
     """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.

@@ -20,7 +20,6 @@ explicitly (the CLI does).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import logging
@@ -498,8 +497,16 @@ _CHOICES = {
 _TLS_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
+def _close_to_a_setting(key: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(key, Settings.known(), n=1, cutoff=0.9))
+
+
 def unknown_key_message(key: str, source: str | None = None) -> str:
     """``source: unknown setting 'x' (did you mean y?)``, for every entry point."""
+    import difflib  # only for a mistyped key: kept out of every worker process
+
     close = difflib.get_close_matches(key, Settings.known(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     where = f"{source}: " if source else ""
@@ -728,7 +735,7 @@ def values_from_env(
                 out[key] = _parse_env_value(key, raw)
             except ValueError as exc:
                 problems.append(f"environment: {name}: {exc}")
-        elif difflib.get_close_matches(key, Settings.known(), n=1, cutoff=0.9):
+        elif _close_to_a_setting(key):
             problems.append(unknown_key_message(key, f"environment ({name})"))
     if problems:
         raise ConfigurationError("; ".join(problems))

@@ -116,7 +116,7 @@ from conveyor._redis import (
     ClientHolder,
     RedisOptions,
     as_text,
-    call,
+    call_many,
     parse_redis_url,
     retry_read,
     run_script,
@@ -309,25 +309,50 @@ class RedisBroker(Broker):
             return []
         deadline = time.monotonic() + max(0.0, timeout)
         wake_keys = [self._key("wake", queue) for queue in queues]
+        with self._errors("reserve", _RESERVE_RETRY_HINT):
+            got, hint = self._reserve_once(queues, count, lease)
         while True:
-            with self._errors("reserve", _RESERVE_RETRY_HINT):
-                got, hint = self._reserve_once(queues, count, lease)
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
                 return got
             block = min(remaining, self._max_block, hint if hint is not None else remaining)
-            if block >= 0.001:
-                # Losing a wake token to a broken connection is harmless.
-                with self._errors("reserve", read=True):
-                    call(self._holder.client, "BLPOP", *wake_keys, f"{block:.3f}")
+            with self._errors("reserve", _RESERVE_RETRY_HINT):
+                if block >= 0.001:
+                    got, hint = self._block_then_reserve(wake_keys, block, queues, count, lease)
+                else:
+                    got, hint = self._reserve_once(queues, count, lease)
 
     def _reserve_once(
         self, queues: Sequence[str], count: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
         token_base = secrets.token_hex(8) + "-"
         reply = self._run("reserve", count, _ms(lease), token_base, *queues)
-        hint_ms = int(reply[0])
-        return _read_leased(reply, token_base), (None if hint_ms < 0 else hint_ms / 1000)
+        return _leased(reply, token_base)
+
+    def _block_then_reserve(
+        self, wake_keys: list[str], block: float, queues: Sequence[str], count: int,
+        lease: float,
+    ) -> tuple[list[Delivery], float | None]:
+        """``BLPOP`` on the wake lists and the reserve script behind it, sent as one write.
+
+        Redis runs the reserve the moment the block ends (a token arrived or
+        the timeout passed), so a woken consumer has its messages one round
+        trip after the enqueue instead of two.  Losing a wake token to a
+        broken connection is harmless; the reserve's own failure is any
+        reserve's (what it leased is handed out again when the lease runs out).
+        """
+        token_base = secrets.token_hex(8) + "-"
+        script = self._scripts["reserve"]
+        _, reply = call_many(
+            self._holder.client,
+            ("BLPOP", *wake_keys, f"{block:.3f}"),
+            ("EVALSHA", script.sha, 0, self._prefix, count, _ms(lease), token_base, *queues),
+        )
+        if isinstance(reply, ResponseError):
+            # NOSCRIPT after a restart or SCRIPT FLUSH (the plain call loads
+            # it), or an error the plain call reports in its own words.
+            return self._reserve_once(queues, count, lease)
+        return _leased(reply, token_base)
 
     @staticmethod
     def _lease_args(deliveries: Sequence[Delivery]) -> list[str]:
@@ -449,6 +474,12 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self._holder.close()
+
+
+def _leased(reply: list[Any], token_base: str) -> tuple[list[Delivery], float | None]:
+    """reserve.lua's deliveries, and how long until something is due (None: nothing)."""
+    hint_ms = int(reply[0])
+    return _read_leased(reply, token_base), (None if hint_ms < 0 else hint_ms / 1000)
 
 
 def _read_leased(reply: list[Any], token_base: str) -> list[Delivery]:

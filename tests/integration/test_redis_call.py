@@ -1,4 +1,4 @@
-"""``conveyor._redis.call`` and ``run_script``: the direct command path.
+"""``conveyor._redis.call``, ``call_many`` and ``run_script``: the direct command path.
 
 They skip redis-py's per-command layers, so they must keep what those layers
 guarantee: a connection that failed mid-command never hands its late reply to
@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from conveyor import states
-from conveyor._redis import call, run_script
+from conveyor._redis import call, call_many, run_script
 from conveyor.results.record import Attempt
 from conveyor.results.redis import RedisResultStore
 from tests.integration.test_redis_specific import RedisServer, private_redis  # noqa: F401
@@ -68,3 +68,27 @@ def test_a_script_the_server_forgot_is_loaded_again(private_redis: RedisServer) 
     assert [s.state if s else None for s in store.get_many(["a", "b"])] == [states.SUCCESS] * 2
     client.close()
     store.close()
+
+
+def test_commands_sent_together_answer_in_order_with_errors_in_place(
+        client: redis.Redis, key: str) -> None:
+    """``call_many`` reads every reply, so an error in the middle leaves the connection in step."""
+    client.set(key, b"text")
+    replies = call_many(client, ("GET", key), ("INCR", key), ("STRLEN", key))
+    assert replies[0] == b"text"
+    assert isinstance(replies[1], redis.ResponseError)
+    assert replies[2] == 4
+    assert call(client, "GET", key) == b"text"  # the next caller reads its own reply
+
+
+def test_a_command_queued_behind_a_block_runs_when_the_block_ends(
+        client: redis.Redis, redis_url: str, key: str) -> None:
+    """Redis runs a connection's commands in order: the second waits for the first's wake-up."""
+    other = redis.Redis.from_url(redis_url)
+    other.rpush(f"{key}:wake", b"token")
+    popped, after = call_many(client, ("BLPOP", f"{key}:wake", "0.2"),
+                              ("LLEN", f"{key}:wake"))
+    assert popped == [f"{key}:wake".encode(), b"token"] and after == 0
+    timed_out, ran = call_many(client, ("BLPOP", f"{key}:wake", "0.05"), ("PING",))
+    assert timed_out is None and ran in (b"PONG", "PONG", True)
+    other.close()
