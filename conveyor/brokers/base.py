@@ -217,3 +217,5 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+__all__ = ["MAX_PRIORITY", "Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats"]

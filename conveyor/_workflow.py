@@ -43,8 +43,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from conveyor import errbacks as errbacks_module
+from conveyor import _errbacks as errbacks_module
 from conveyor import signals, states
+from conveyor._context import Request
+from conveyor._serialization import (
+    JSON,
+    check_accepted,
+    content_type_for,
+    decode_payload,
+    dumps_json,
+    encode_payload,
+)
 from conveyor.canvas import (
     COLLECT_TASK,
     Canvas,
@@ -55,20 +64,11 @@ from conveyor.canvas import (
     group,
     seeded_ids,
 )
-from conveyor.context import Request
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
-from conveyor.serialization import (
-    JSON,
-    check_accepted,
-    content_type_for,
-    decode_payload,
-    dumps_json,
-    encode_payload,
-)
 
 if TYPE_CHECKING:
+    from conveyor._message import Message
     from conveyor.app import Conveyor
-    from conveyor.message import Message
     from conveyor.result import AsyncResult, GroupResult
     from conveyor.task import Task
 
@@ -461,7 +461,7 @@ def send_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], request: Re
                   exc: BaseException, traceback: str | None, seed: str) -> None:
     """Call current-style errbacks here; send old-style ones with the failed task's id.
 
-    Which is which: :mod:`conveyor.errbacks`.  Sent ones get ids derived from ``seed``.
+    Which is which: :mod:`conveyor._errbacks`.  Sent ones get ids derived from ``seed``.
     """
     if not errbacks:
         return

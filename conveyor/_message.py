@@ -15,8 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from conveyor.exceptions import SerializationError
-from conveyor.serialization import (
+from conveyor._serialization import (
     JSON,
     check_accepted,
     decode_payload,
@@ -26,6 +25,7 @@ from conveyor.serialization import (
     to_jsonable,
     utf8,
 )
+from conveyor.exceptions import SerializationError
 
 PROTOCOL_VERSION = 1
 
