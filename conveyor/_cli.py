@@ -16,6 +16,7 @@ import click
 
 from conveyor import _flag_notes as flag_notes
 from conveyor._daemon import daemon_options, daemonize
+from conveyor._greenlets import EVENTLET_REFUSED, GREENLET_POOLS, reexec_if_needed
 from conveyor.app import Conveyor
 from conveyor.exceptions import ConfigurationError
 
@@ -214,9 +215,6 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [q.strip() for v in values for q in v.split(",") if q.strip()]
 
 
-GREENLET_POOLS = ("gevent", "eventlet")
-
-
 @main.command()
 @click.option("-Q", "--queues", multiple=True, help="queues to serve, comma separated")
 @click.option("-X", "--exclude-queues", multiple=True,
@@ -257,11 +255,8 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
     from conveyor.worker import Worker
     from conveyor.worker.main import expand_hostname
 
-    if pool in GREENLET_POOLS:
-        raise click.UsageError(
-            f"-P {pool}: Conveyor has no greenlet pool; its pools are prefork (processes), "
-            "threads and async (async def tasks on an event loop; the I/O-bound case "
-            "gevent/eventlet serve) and solo. See docs/migrating-from-celery.md")
+    if pool == "eventlet":
+        raise click.UsageError(EVENTLET_REFUSED)
     app = obj.app
     notes = flag_notes.given(flags, flag_notes.WORKER_NOTES)
     _worker_settings(app, flags)
@@ -449,6 +444,7 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
 
 
 def run() -> None:
+    reexec_if_needed(sys.argv)  # -P gevent: this process again, patched before any import
     try:
         main()
     except ConfigurationError as exc:

@@ -225,8 +225,9 @@ class Settings:
     worker_concurrency: int | None = field(default=None, metadata=_doc(
         "processes or threads per worker; None: CPUs"))
     worker_pool: str = field(default="prefork", metadata=_doc(
-        "prefork, threads, async or solo",
-        "different on purpose: no eventlet or gevent; async runs coroutines"))
+        "prefork, threads, async, solo or gevent",
+        "different on purpose: gevent only with -P gevent on the command line; no eventlet; "
+        "async runs coroutines"))
     worker_prefetch_multiplier: int = field(default=4, metadata=_doc(
         "messages each process reserves ahead",
         "different on purpose: 0 reads as 1 (leases bound what a worker holds)"))
@@ -510,7 +511,7 @@ _POSITIVE = {
     "redis_socket_timeout", "redis_socket_connect_timeout",
 }
 _CHOICES = {
-    "worker_pool": ("prefork", "threads", "async", "solo"),
+    "worker_pool": ("prefork", "threads", "async", "solo", "gevent", "eventlet"),
     "beat_missed_policy": ("once", "skip", "all"),
 }
 _TLS_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")

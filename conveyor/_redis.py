@@ -154,8 +154,10 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
         # restart every pooled connection would then fail once more.
         "protocol": 2,
     }
-    if "max_connections" in settings:
-        kwargs["max_connections"] = settings.pop("max_connections")
+    # No cap unless asked: redis-py 8 caps a pool at 100 connections, fewer than
+    # a worker with -c 200 (threads or greenlets, each blocked in reserve) uses.
+    # A pool opens only as many as are in use at once.
+    kwargs["max_connections"] = settings.pop("max_connections", None) or 2**31
     waits = {"wait_replicas": settings.pop("wait_replicas", 0),
              "wait_timeout": settings.pop("wait_timeout", 1.0)}
     if waits["wait_replicas"] < 0 or not waits["wait_timeout"] > 0:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import _redact as redact
 from conveyor import signals
 from conveyor._events import EventSink
+from conveyor._greenlets import GREENLET_POOLS, check_pool
 from conveyor._signing import pickle_warning
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from conveyor.worker.ratelimit import RateLimits
 
 log = logging.getLogger("conveyor.worker")
-POOLS = ("prefork", "threads", "async", "solo")
+POOLS = ("prefork", "threads", "async", "solo", "gevent", "eventlet")
 MEMORY_EVERY = 10.0  # seconds between measurements of the worker's memory for heartbeats
 
 
@@ -73,6 +74,8 @@ class Worker:
         if self.pool_name not in POOLS:
             raise ConfigurationError(f"--pool must be one of {', '.join(POOLS)}, "
                                      f"got {self.pool_name!r}")
+        if self.pool_name in GREENLET_POOLS:
+            check_pool(self.pool_name)  # eventlet, or an unpatched process: refused
         self.solo = self.pool_name == "solo"
         if self.solo:
             self.pool_name, self.concurrency = "threads", 1
@@ -107,6 +110,10 @@ class Worker:
             from conveyor.worker.prefork import PreforkPool
 
             return PreforkPool(self)
+        if self.pool_name == "gevent":
+            from conveyor.worker.greenlets import GeventPool
+
+            return GeventPool(self)
         from conveyor.worker.threads import AsyncPool, ThreadPool
 
         return AsyncPool(self) if self.pool_name == "async" else ThreadPool(self)

@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from conveyor._context import Request
 from conveyor.brokers.base import Delivery
 from conveyor.task import Task
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import Executor, call_task
+from conveyor.worker.execute import Executor, SoftTimer, call_task
 from conveyor.worker.supervisor import KILLED, SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import ThreadTimer, _raise_in
 
@@ -61,6 +62,10 @@ class ThreadPool(Supervisor):
     A killed slot's thread is given up at once (its task gets
     :class:`SlotKilled` at its next bytecode) and a new thread takes its place.
     """
+
+    # How a slot's task is interrupted: the gevent pool swaps these.
+    timer: Callable[[], SoftTimer] = ThreadTimer
+    reporter: type[_ThreadReporter] = _ThreadReporter
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(worker)
@@ -107,8 +112,8 @@ class ThreadPool(Supervisor):
 
     def _consume(self, key: int) -> None:
         limits = self.worker.rate_limits
-        reporter = _ThreadReporter(self, key)
-        executor = Executor(self.app, self.worker.hostname, timer=ThreadTimer(),
+        reporter = self.reporter(self, key)
+        executor = Executor(self.app, self.worker.hostname, timer=self.timer(),
                             run_sync=until_return(self.run_task, reporter.returned),
                             gate=limits.gate(lambda: self.app.broker) if limits else None)
         consumer = Consumer(executor, lambda: self.app.broker, self.worker.queues,
