@@ -49,10 +49,18 @@ class GreenletTimer:
 
 
 class _GreenletReporter(_ThreadReporter):
+    def __init__(self, pool: GeventPool, key: int) -> None:
+        super().__init__(pool, key)
+        self.killed = pool.killed
+
     def returned(self, delivery: Delivery) -> None:
-        """End the hard deadline; if the supervisor killed the task first, its
-        ``SlotKilled`` is on the way: end this greenlet with it now."""
-        if not self.book.returned(self.key, delivery.id):
+        """End the hard deadline, unless the supervisor killed the task first.
+
+        A killed greenlet gets ``SlotKilled`` at once (unlike a thread, blocked
+        until its call returns) and passes here on its way out, before the
+        supervisor applied its end: it must not report a return the kill
+        preceded."""
+        if self.key in self.killed or not self.book.returned(self.key, delivery.id):
             raise SlotKilled
 
 
@@ -65,6 +73,7 @@ class GeventPool(ThreadPool):
     def __init__(self, worker: Worker) -> None:
         super().__init__(worker)
         self.greenlets: dict[int, Any] = {}
+        self.killed: set[int] = set()  # slots whose task the supervisor ended
 
     def start_slot(self, key: int) -> None:
         import threading  # patched: an Event that switches greenlets
@@ -77,6 +86,7 @@ class GeventPool(ThreadPool):
             return
         self.stops[key].set()
         if in_task:  # the supervisor runs, so the task's greenlet waits at a switch
+            self.killed.add(key)
             self.greenlets[key].kill(SlotKilled, block=False)
         if now:
             self._slot_ended(key, KILLED)
@@ -85,4 +95,5 @@ class GeventPool(ThreadPool):
         ended = super().wait(timeout)
         for key, _ in ended:
             self.greenlets.pop(key, None)
+            self.killed.discard(key)
         return ended

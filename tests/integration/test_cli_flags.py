@@ -236,11 +236,12 @@ def test_beat_detaches_with_pidfile_and_notes_the_shelve_file(tmp_path: Path) ->
     assert not pidfile.exists()
 
 
-def test_greenlet_pools_are_refused_by_name(tmp_path: Path) -> None:
-    refused = Cli(tmp_path)("worker", "-P", "gevent")
+def test_eventlet_is_refused_naming_gevent(tmp_path: Path) -> None:
+    """-P gevent runs (tests/integration/test_gevent_pool.py); eventlet does not."""
+    refused = Cli(tmp_path)("worker", "-P", "eventlet")
     assert refused.returncode == 2
-    assert "-P gevent: Conveyor has no greenlet pool" in refused.stderr
-    assert "async" in refused.stderr
+    assert "-P eventlet: not supported; eventlet is deprecated upstream" in refused.stderr
+    assert "Use -P gevent" in refused.stderr
 
 
 def test_shell_has_the_app_and_its_tasks(tmp_path: Path) -> None:

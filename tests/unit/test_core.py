@@ -63,7 +63,7 @@ def test_wrong_type_names_key_and_value() -> None:
     with pytest.raises(ConfigurationError, match=r"worker_concurrency must be int, got str 'four'"):
         Settings().update({"worker_concurrency": "four"})
     with pytest.raises(ConfigurationError, match=r"worker_pool must be one of prefork, threads"):
-        Settings().update({"worker_pool": "gevent"})
+        Settings().update({"worker_pool": "greenlets"})
 
 
 def test_celery_only_settings_load_and_are_named_at_worker_start() -> None:
