@@ -73,6 +73,7 @@ def test_two_hundred_sleeping_tasks_run_at_once_in_one_process(
     results = [client.send_task(WORK, [3.0]) for _ in range(200)]
     pids = {result.get(timeout=60) for result in results}
     took = time.monotonic() - started
+    print(f"200 tasks of 3 s on -P gevent -c 200: {took:.1f} s")  # the figure in operations.md
     assert took < 20, f"200 tasks of 3 s took {took:.1f} s"
     assert pids == {worker.pid}, "every task ran in the worker process itself"
     assert children_of(worker.pid) == []
@@ -124,3 +125,17 @@ def test_revoke_terminate_ends_one_task_and_the_worker_serves_on(
     assert held.state == states.REVOKED
     assert neighbour.get(timeout=30) == worker.pid
     assert client.send_task(WORK, [0]).get(timeout=30) == worker.pid
+
+
+def test_a_cpu_bound_task_holds_every_other_greenlet(client: Conveyor, spawn: Spawn,
+                                                     ledger: Ledger) -> None:
+    """The documented limit (docs/operations.md): a task that computes without
+    waiting on patched I/O runs alone until it returns, whatever ``-c`` says."""
+    spawn("-c", "10")
+    busy = client.send_task(f"{APP}.busy_c", [2.0])  # the regex engine: never yields
+    wait_for(lambda: ledger.count("start")[busy.id], 30, "the CPU-bound task to start")
+    quick = client.send_task(WORK, [0])
+    assert quick.get(timeout=30) > 0
+    order = [(kind, task_id) for kind, task_id, _, _ in ledger.events()]
+    assert order.index(("start", quick.id)) > order.index(("end", busy.id))
+    assert busy.get(timeout=30) > 0
