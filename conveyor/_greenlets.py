@@ -64,7 +64,15 @@ def reexec_if_needed(argv: Sequence[str]) -> None:
         raise SystemExit("-P gevent needs gevent: pip install 'conveyor[gevent]'") from None
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-c", _BOOT, *argv[1:]])
+    os.execv(sys.executable, [sys.executable, *_interpreter_options(), "-c", _BOOT, *argv[1:]])
+
+
+def _interpreter_options() -> list[str]:
+    """The ``-W`` and ``-X`` options this interpreter was started with, for the next."""
+    options = [f"-W{w}" for w in sys.warnoptions]
+    for key, value in sys._xoptions.items():
+        options.append(f"-X{key}" if value is True else f"-X{key}={value}")
+    return options
 
 
 def check_pool(pool: str) -> None:

@@ -104,12 +104,13 @@ def test_a_hard_limit_kills_one_greenlet_and_the_rest_finish(
 
 def test_a_soft_limit_raises_inside_the_task(client: Conveyor, spawn: Spawn,
                                              ledger: Ledger) -> None:
-    spawn("-c", "50")
+    worker = spawn("-c", "50")
     neighbour = client.send_task(WORK, [1.0])
     result = client.send_task(f"{APP}.soft_limited")  # sleeps 30 s, catches the soft limit
     assert result.get(timeout=30) == "cleaned up"
     assert ledger.count("cleanup")[result.id] == 1
     assert neighbour.get(timeout=30) > 0
+    assert stop(worker, signal.SIGTERM, timeout=20) == 0, "a warm shutdown ends it cleanly"
 
 
 def test_revoke_terminate_ends_one_task_and_the_worker_serves_on(
