@@ -140,3 +140,20 @@ def test_a_cpu_bound_task_holds_every_other_greenlet(client: Conveyor, spawn: Sp
     order = [(kind, task_id) for kind, task_id, _, _ in ledger.events()]
     assert order.index(("start", quick.id)) > order.index(("end", busy.id))
     assert busy.get(timeout=30) > 0
+
+
+def test_remote_control_answers_while_a_hundred_greenlets_sleep(
+        client: Conveyor, spawn: Spawn, ledger: Ledger) -> None:
+    """The control thread is a greenlet too: it answers between the tasks' waits."""
+    node = "gevent@test"
+    worker = spawn("-c", "100", "-n", node)
+    results = [client.send_task(WORK, [4.0]) for _ in range(100)]
+    wait_for(lambda: len(ledger.count("start")) == 100, 30, "all 100 tasks to start")
+    began = time.monotonic()
+    assert client.control.ping(destination=[node], timeout=2.0) == [{node: {"ok": "pong"}}]
+    assert time.monotonic() - began < 1.0
+    inspect = client.control.inspect(destination=[node], timeout=2.0)
+    assert len(inspect.active()[node]) == 100
+    stats = inspect.stats()[node]
+    assert stats["pid"] == worker.pid and stats["pool"]["max-concurrency"] == 100
+    assert {r.get(timeout=30) for r in results} == {worker.pid}
