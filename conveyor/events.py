@@ -695,9 +695,9 @@ def store_from_url(url: str, retention: float = 86400.0,
         return RedisEventStore(url, retention, prefix=str(prefix) if prefix else None,
                                sentinel=sentinel)
     if scheme in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            "there is no PostgreSQL event store yet; for task events (monitor, inspect) set "
-            "result_backend to redis://host:port/db or sqlite:///path.db")
+        from conveyor.eventstores.postgres import PostgresEventStore
+
+        return PostgresEventStore(url, retention, options)
     if is_amqp(url):
         raise not_in_rabbitmq("task events")
     raise ConfigurationError(f"no event store for {url!r}; events need sqlite, redis or memory")
