@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from conveyor import states
+from conveyor.events import Batch, EventStore, TaskEntry, TaskQuery, TimelineEvent
 
 from .event_store_contract import EventStoreContract
 
@@ -11,3 +16,17 @@ class TestPostgresEventStore(EventStoreContract):
     @pytest.fixture
     def url(self, pg_url: str) -> str:
         return pg_url
+
+    def test_text_postgresql_cannot_hold_is_written_escaped(self, store: EventStore) -> None:
+        """PostgreSQL's text refuses NUL and UTF-8 cannot carry a lone surrogate; a
+        hostile body's task must not make its worker's every later batch fail."""
+        now = time.time()
+        store.write(Batch("w\x00", tasks=[TaskEntry(
+            "bad\x00id", "proj.\ud800", states.FAILURE, queue="q\x00", worker="w\x00",
+            info="boom\x00\udcff", updated_at=now)],
+            timeline=[TimelineEvent("bad\x00id", now, states.FAILURE, "x\x00\ud800", "w")]))
+        [found] = store.tasks(TaskQuery())
+        assert (found.task_id, found.name, found.info) == (
+            "bad\\x00id", "proj.\\ud800", "boom\\x00\\udcff")
+        assert [e.detail for e in store.timeline("bad\x00id")] == ["x\\x00\\ud800"]
+        assert store.tasks(TaskQuery(task_id="bad\x00")) == [found]  # searched as written
