@@ -249,7 +249,7 @@ class PostgresEventStore(EventStore):
         self._schema = quoted(parsed.schema)
         self._prune_key = f"conveyor_events_prune.{parsed.schema}"
         self._pruned_at = 0.0
-        ensure_schema(self._pool, "events", SCHEMA_VERSION, MIGRATIONS)
+        self._schema_ready = False
 
     def _sql(self, template: str, **names: str) -> str:
         return template.replace("{s}", self._schema).format(**names) if names else (
@@ -258,7 +258,13 @@ class PostgresEventStore(EventStore):
     def _run(self, action: str, work: Callable[[_Conn], T], transaction: bool = False) -> T:
         """``work`` on a pooled connection.  A deadlock or serialization failure is an
         ``OperationalError`` to psycopg, so it arrives as BrokerUnavailable like a lost
-        connection: a worker keeps its batch for the next heartbeat."""
+        connection: a worker keeps its batch for the next heartbeat.
+
+        The tables are made on first use, not when the store is opened: a worker
+        builds its event sink before it waits for the database to be up."""
+        if not self._schema_ready:
+            ensure_schema(self._pool, "events", SCHEMA_VERSION, MIGRATIONS)
+            self._schema_ready = True  # a second thread doing it too is harmless
         return self._pool.run(action, work, transaction, retry=action in RETRIED)
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:

@@ -7,7 +7,15 @@ import time
 import pytest
 
 from conveyor import states
-from conveyor.events import Batch, EventStore, TaskEntry, TaskQuery, TimelineEvent
+from conveyor.events import (
+    Batch,
+    EventStore,
+    TaskEntry,
+    TaskQuery,
+    TimelineEvent,
+    store_from_url,
+)
+from conveyor.exceptions import BrokerUnavailable
 
 from .event_store_contract import EventStoreContract
 
@@ -30,3 +38,12 @@ class TestPostgresEventStore(EventStoreContract):
             "bad\\x00id", "proj.\\ud800", "boom\\x00\\udcff")
         assert [e.detail for e in store.timeline("bad\x00id")] == ["x\\x00\\ud800"]
         assert store.tasks(TaskQuery(task_id="bad\x00")) == [found]  # searched as written
+
+
+def test_opening_needs_no_server_and_first_use_says_it_is_down() -> None:
+    """A worker builds its event sink before it waits for the database: opening the
+    store must not connect; the first write names the server instead."""
+    store = store_from_url("postgresql://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1/nowhere"):
+        store.worker_heartbeat({"id": "w"}, ttl=10)
+    store.close()
