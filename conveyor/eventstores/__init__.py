@@ -1,6 +1,7 @@
 """Event store implementations (see :mod:`conveyor.events` for what they keep).
 
-``memory`` for tests, ``sqlite`` beside the embedded broker, ``redis`` for
+``memory`` for tests, ``sqlite`` beside the embedded broker, ``postgres``
+beside a PostgreSQL broker (one database for everything), ``redis`` for
 scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme.
 Each module documents its storage layout at the top.
 """
