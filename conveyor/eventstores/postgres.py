@@ -1,8 +1,9 @@
 """PostgreSQL event store: tables beside the broker's and the results', in one database.
 
-Connections, URLs (``?schema=``, or ``broker_transport_options["schema"]`` as
-for the broker), errors and schema versions are shared with the other
-PostgreSQL stores, see ``conveyor/_postgres.py``.
+Connections, URLs (``?schema=``), errors and schema versions are shared with
+the other PostgreSQL stores, see ``conveyor/_postgres.py``.  Like the result
+store, it lives in its URL's schema (the result backend's, or the broker's
+when results go to Django's database).
 
 Schema (component ``events``, version 1; every table prefixed
 ``conveyor_events_`` like SQLite's, in the URL's schema)::
@@ -56,7 +57,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor._postgres import Pool, ensure_schema, parse_postgres_url, quoted
@@ -241,11 +242,12 @@ class PostgresEventStore(EventStore):
     """See module docstring."""
 
     def __init__(self, url: str, retention: float = 86400.0,
-                 options: dict[str, Any] | None = None, max_tasks: int = MAX_TASKS) -> None:
+                 options: Mapping[str, Any] | None = None, max_tasks: int = MAX_TASKS) -> None:
+        # ``options`` are a Redis client's (see store_from_url); there is no client here.
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
-        parsed = parse_postgres_url(url, (options or {}).get("schema"))
+        parsed = parse_postgres_url(url)
         self._pool = Pool(parsed)
         self._schema = quoted(parsed.schema)
         self._prune_key = f"conveyor_events_prune.{parsed.schema}"
