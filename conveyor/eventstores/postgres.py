@@ -55,6 +55,7 @@ cannot make every later batch of its worker fail.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,8 +77,10 @@ from conveyor.events import (
     newer,
 )
 from conveyor.eventstores import dumps, worker_view
+from conveyor.exceptions import BrokerError
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.events")
 _Conn = Any  # psycopg.Connection[Any]; psycopg is an optional dependency
 ROLLUP = 600
 
@@ -291,7 +294,10 @@ class PostgresEventStore(EventStore):
             return
         params = _batch_params(batch)
         self._run("write task events", lambda c: c.execute(self._sql(WRITE), params))
-        self.prune()
+        try:
+            self.prune()
+        except BrokerError as exc:  # the batch is written: an error here must not resend it
+            log.warning("event store: pruning failed, trying again in a minute: %s", exc)
 
     def claim(self, name: str, ttl: float) -> bool:
         now = time.time()

@@ -13,6 +13,7 @@ from conveyor.events import (
     TaskEntry,
     TaskQuery,
     TimelineEvent,
+    minute_of,
     store_from_url,
 )
 from conveyor.exceptions import BrokerUnavailable
@@ -38,6 +39,18 @@ class TestPostgresEventStore(EventStoreContract):
             "bad\\x00id", "proj.\\ud800", "boom\\x00\\udcff")
         assert [e.detail for e in store.timeline("bad\x00id")] == ["x\\x00\\ud800"]
         assert store.tasks(TaskQuery(task_id="bad\x00")) == [found]  # searched as written
+
+    def test_a_failed_prune_does_not_make_the_worker_send_its_batch_again(
+            self, store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The batch committed before the prune: an error from the prune must not
+        reach the worker, which would put the batch back and count it twice."""
+        def broken(now: float | None = None) -> None:
+            raise BrokerUnavailable("PostgreSQL at here: prune task events failed")
+
+        monkeypatch.setattr(store, "prune", broken)
+        minute = minute_of(time.time())
+        store.write(Batch("w", cells={(minute, "t", "n:SUCCESS"): 1}))
+        assert store.cells(minute, minute, 60) == [(minute, "t", "n:SUCCESS", 1.0)]
 
 
 def test_opening_needs_no_server_and_first_use_says_it_is_down() -> None:
