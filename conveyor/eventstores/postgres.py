@@ -47,6 +47,11 @@ are read by a range of their key.  Retention and the caps are applied by
 minute after a write, and only one process at a time (a transaction-scoped
 advisory lock, tried, never waited for).
 
+Churn: every task rewrites its index row and adds timeline rows that the
+prune deletes again, so the tables stay small (about 10 MiB for the index
+and timelines, docs/monitoring.md) only while autovacuum reclaims dead rows,
+as it does by default; with it off they grow with every task.
+
 Text a hostile message may carry and PostgreSQL's ``text`` cannot (NUL, lone
 surrogates) is written escaped (``\\x00``, ``\\udXXX``), so one such task
 cannot make every later batch of its worker fail.
