@@ -151,8 +151,10 @@ class Beat:
             signals.beat_init.send(sender=self)
             if self.thread is threading.current_thread():  # started by run_embedded
                 signals.beat_embedded_init.send(sender=self)
-            log.info("beat %s starting: %d entries, scheduler %s, lease %gs, missed-tick "
-                     "policy %r, time zone %s", self.holder, len(self.entries),
+            count = len(self.entries)
+            log.info("beat %s starting: %d %s, scheduler %s, lease %gs, missed-tick "
+                     "policy %r, time zone %s", self.holder, count,
+                     "entry" if count == 1 else "entries",
                      type(self.scheduler).__name__, self.lease_ttl, self.policy, self.tz.key)
             while not self._stopping.is_set():
                 self._stopping.wait(self._safe_tick())

@@ -67,7 +67,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor._postgres import Pool, ensure_schema, parse_postgres_url, quoted
-from conveyor.events import (
+from conveyor.eventstores import dumps, worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     OUTCOMES,
@@ -81,7 +82,6 @@ from conveyor.events import (
     TimelineEvent,
     newer,
 )
-from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError
 
 T = TypeVar("T")
@@ -251,7 +251,7 @@ class PostgresEventStore(EventStore):
 
     def __init__(self, url: str, retention: float = 86400.0,
                  options: Mapping[str, Any] | None = None, max_tasks: int = MAX_TASKS) -> None:
-        # ``options`` are a Redis client's (see store_from_url); there is no client here.
+        # ``options`` are a Redis client's (see EVENT_STORES); there is no client here.
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
