@@ -84,9 +84,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def results_url(url: str, tmp_path: Path) -> str | None:
-    """Where results go: beside the broker, except for PostgreSQL (no result store yet)."""
-    return f"sqlite:///{tmp_path / 'results.db'}" if url.startswith("postgres") else None
+def results_url() -> str | None:
+    """Where results go: beside the broker (for PostgreSQL too, with the task events)."""
+    return None
 
 
 @pytest.fixture
