@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 
 import pytest
@@ -51,6 +53,37 @@ class TestPostgresEventStore(EventStoreContract):
         minute = minute_of(time.time())
         store.write(Batch("w", cells={(minute, "t", "n:SUCCESS"): 1}))
         assert store.cells(minute, minute, 60) == [(minute, "t", "n:SUCCESS", 1.0)]
+
+    def test_workers_adding_to_the_same_cells_at_once_never_deadlock(self, url: str) -> None:
+        """Each batch locks its rows in key order, whatever order its worker built them
+        in: four writers upserting the same cells and index rows concurrently all
+        commit, and every count adds up."""
+        minute = minute_of(time.time())
+        keys = [(minute, f"t{i}", "n:SUCCESS") for i in range(40)]
+        stores = [store_from_url(url) for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            rnd = random.Random(n)
+            try:
+                for _ in range(15):
+                    order = rnd.sample(keys, len(keys))
+                    tasks = [TaskEntry(f"id{i}", "proj.t", states.SUCCESS, updated_at=time.time())
+                             for i in rnd.sample(range(40), 40)]
+                    stores[n].write(Batch(f"w{n}", cells=dict.fromkeys(order, 1.0), tasks=tasks))
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        cells = {task: value for _, task, _, value in stores[0].cells(minute, minute, 60)}
+        assert cells == {f"t{i}": 60.0 for i in range(40)}
+        for store in stores:
+            store.close()
 
 
 def test_opening_needs_no_server_and_first_use_says_it_is_down() -> None:
