@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conveyor import redact
 from conveyor.events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
 from conveyor.monitor import values
 from conveyor.serialization import printable
@@ -243,18 +244,19 @@ def dead_letters(app: Conveyor, queue: str | None = None, limit: int = 100) -> l
             out.append({"id": letter.id, "queue": letter.queue,
                         "reason": printable(str(letter.reason or ""), LETTER_BUDGET),
                         "failed_at": _time(letter.failed_at), "size": len(letter.body),
-                        **_body_view(letter.body)})
+                        **_body_view(app, letter.body)})
     out.sort(key=lambda d: -d["failed_at"])
     return out[:limit]
 
 
 def dead_letter_body(app: Conveyor, queue: str, letter_id: str) -> bytes | None:
-    """One letter's body as stored, or None (looked for among the newest FIND_LIMIT)."""
+    """One letter's body as stored (arguments redacted as the task or call asked),
+    or None (looked for among the newest FIND_LIMIT)."""
     for offset in range(0, FIND_LIMIT, 500):
         letters = app.broker.dead_letters(queue, limit=500, offset=offset)
         for letter in letters:
             if letter.id == letter_id:
-                return letter.body
+                return _redacted_body(app, letter.body)
         if len(letters) < 500:
             return None
     return None
@@ -268,7 +270,42 @@ def _time(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-def _body_view(body: bytes) -> dict[str, Any]:
+def _redacted_body(app: Conveyor, body: bytes) -> bytes:
+    doc, _ = values.parse(body, PARSE_LIMIT)
+    if not isinstance(doc, dict):
+        return body
+    shown = redacted_message(app, doc)
+    return body if shown is doc else values.dumps(shown)
+
+
+def redacted_message(app: Conveyor, doc: dict[str, Any]) -> dict[str, Any]:
+    """A message body (or a signature in its workflow) with its arguments as people may
+    see them (:meth:`Conveyor.shown_arguments`); ``doc`` itself when nothing is hidden."""
+    changes: dict[str, Any] = {}
+    for key in ("chain", "callbacks", "errbacks"):
+        if isinstance(doc.get(key), list):
+            steps = [redacted_message(app, s) if isinstance(s, dict) else s for s in doc[key]]
+            if any(a is not b for a, b in zip(steps, doc[key], strict=True)):
+                changes[key] = steps
+    # A message keeps argsrepr in its headers; a signature in the workflow, in its options.
+    headers: dict[str, Any] = {}
+    for key in ("headers", "options"):
+        found = doc.get(key)
+        if isinstance(found, dict):
+            headers.update(found)
+    name = doc.get("task") if isinstance(doc.get("task"), str) else None
+    task = app.tasks.get(name) if name else None
+    keys = task.options.redact if task is not None else ()
+    if redact.arguments_hidden(headers, keys):
+        if doc.get("content_type") not in (None, "application/json"):
+            changes.update(args=redact.MASK, kwargs=redact.MASK)  # encoded: cannot pick keys
+        else:
+            changes["args"], changes["kwargs"] = app.shown_arguments(
+                name, doc.get("args"), doc.get("kwargs"), headers)
+    return {**doc, **changes} if changes else doc
+
+
+def _body_view(app: Conveyor, body: bytes) -> dict[str, Any]:
     doc, why = values.parse(body, PARSE_LIMIT)
     if not isinstance(doc, dict):
         text = body[:LETTER_BUDGET].decode("utf-8", "replace")
@@ -276,6 +313,7 @@ def _body_view(body: bytes) -> dict[str, Any]:
         return {"task": None, "task_id": None, "args": None, "kwargs": None,
                 "body": f"{text}\n…({note})" if len(body) > LETTER_BUDGET else text,
                 "truncated": len(body) > LETTER_BUDGET}
+    doc = redacted_message(app, doc)
     args, cut_args = values.shown(doc.get("args"), LETTER_BUDGET)
     kwargs, cut_kwargs = values.shown(doc.get("kwargs"), LETTER_BUDGET)
     shown, cut_body = values.shown(doc, LETTER_BUDGET)
