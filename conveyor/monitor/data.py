@@ -11,11 +11,12 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor import redact
+from conveyor.brokers.base import QueueStats
 from conveyor.events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
 from conveyor.monitor import values
 from conveyor.serialization import printable
@@ -201,14 +202,68 @@ def queues(app: Conveyor, store: EventStore, window: int = HOUR,
         store.sample_queues(broker)  # workers sample too; whoever comes first
     except Exception as exc:  # a read-only view must still answer
         log.warning("could not sample queue depths: %s", exc)
-    current = [{"queue": s.queue, "ready": s.ready, "delayed": s.delayed,
-                "inflight": s.inflight, "dead": s.dead} for s in broker.stats()]
+    current = [_queue_row(s) for s in broker.stats()]
     history: dict[str, list[dict[str, Any]]] = {}
     for s in store.queue_samples(now - window, now):
         history.setdefault(s.queue, []).append(
             {"t": s.minute, "ready": s.ready, "delayed": s.delayed,
              "inflight": s.inflight, "dead": s.dead})
     return {"now": now, "window": window, "queues": current, "history": history}
+
+
+def _queue_row(s: QueueStats) -> dict[str, Any]:
+    return {"queue": s.queue, "ready": s.ready, "delayed": s.delayed, "inflight": s.inflight,
+            "dead": s.dead, "oldest_age": s.oldest_age}
+
+
+# -- "is it working?" ------------------------------------------------------------
+#: How many beat entries the overview lists (the soonest first); the rest are a click away.
+NEXT_TICKS = 5
+
+
+def status(app: Conveyor, store: EventStore, now: float | None = None) -> dict[str, Any]:
+    """The overview's answer to "is it working?": workers online and offline, each
+    queue's depth and oldest waiting message, dead letters waiting, beat's leader and
+    its next ticks.  Each part is read on its own: a broker that cannot be reached
+    leaves the workers and beat readable, with the part's ``errors`` entry saying why."""
+    now = time.time() if now is None else now
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {"now": now, "errors": errors}
+    out["workers"] = _part("workers", errors, lambda: _worker_summary(store, now))
+    out["queues"] = _part("queues", errors, lambda: [_queue_row(s) for s in app.broker.stats()])
+    queues_found = out["queues"] or []
+    out["dead_letters"] = sum(q["dead"] for q in queues_found) if out["queues"] is not None \
+        else None
+    out["beat"] = _part("beat", errors, lambda: _beat_summary(app))
+    return out
+
+
+def _part(name: str, errors: dict[str, str], read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception as exc:  # one source down must not blank the others
+        log.warning("overview: could not read the %s: %s", name, exc)
+        errors[name] = printable(str(exc), 300)
+        return None
+
+
+def _worker_summary(store: EventStore, now: float) -> dict[str, Any]:
+    found = workers(store, now)
+    online = sum(1 for w in found if w["online"])
+    return {"online": online, "offline": len(found) - online, "items": [
+        {"id": w.get("id"), "hostname": w.get("hostname"), "online": w["online"],
+         "queues": w.get("queues") or [], "active_count": w["active_count"],
+         "last_seen": w["last_seen"]} for w in found]}
+
+
+def _beat_summary(app: Conveyor) -> dict[str, Any]:
+    doc = schedules(app)
+    entries = [e for e in doc.get("entries") or [] if e.get("next_run")]
+    entries.sort(key=lambda e: str(e["next_run"]))
+    return {"leader": doc.get("holder"), "alive_at": doc.get("alive_at"),
+            "timezone": doc.get("timezone"), "entries": len(doc.get("entries") or []),
+            "next": [{"name": e.get("name"), "task": e.get("task"), "next_run": e["next_run"]}
+                     for e in entries[:NEXT_TICKS]]}
 
 
 def schedules(app: Conveyor) -> dict[str, Any]:

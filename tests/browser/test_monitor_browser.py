@@ -368,7 +368,7 @@ def _queues_page(page: Any, base: str, shots: Shots, expect: Any) -> None:
     page.goto(base + "/queues")
     row = page.locator("#queues tr:has(td:text-is('default'))")
     expect(row).to_be_visible(timeout=WAIT_MS)
-    expect(row.locator("td").nth(4)).to_have_text("1")  # the garbled message stays dead
+    expect(row.locator("td").nth(5)).to_have_text("1")  # the garbled message stays dead
     expect(page.locator("#queue-charts svg").first).to_be_attached(timeout=WAIT_MS)
     shots.take("queues")
 
