@@ -98,7 +98,8 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 # -- authentication -------------------------------------------------------------------
 PROTECTED = ["/", "/workers", "/queues", "/tasks", "/tasks/x", "/dead-letters", "/schedules",
-             "/api/overview", "/api/status", "/api/workers", "/api/queues", "/api/tasks", "/api/tasks/running",
+             "/api/overview", "/api/status", "/api/workers", "/api/queues", "/api/tasks",
+             "/api/tasks/running",
              "/api/tasks/x", "/api/dead-letters", "/api/schedules", "/api/openapi.json",
              "/api/me", "/metrics", "/static/monitor.js", "/nope"]
 
