@@ -15,7 +15,7 @@ import click
 
 from conveyor import flag_notes
 from conveyor.app import Conveyor
-from conveyor.beat_cli import beat_command
+from conveyor.beat.cli import beat_command
 from conveyor.daemon import daemon_options, daemonize
 from conveyor.exceptions import ConfigurationError
 

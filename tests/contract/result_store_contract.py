@@ -112,11 +112,13 @@ class ResultStoreContract:
         timer = threading.Timer(0.3, lambda: writer.set("w", states.SUCCESS, b"done", 60))
         start = time.monotonic()
         timer.start()
-        got = store.wait("w", timeout=5)
+        got = store.wait("w", timeout=10)
         elapsed = time.monotonic() - start
         timer.join()
         assert got is not None and got.payload == b"done"
-        assert 0.25 <= elapsed < 1.0
+        # Woken by the write, far from the timeout (a loaded machine may be slow to
+        # run the timer and the write: the bound is loose, the timeout far away).
+        assert 0.25 <= elapsed < 3.0
 
     def test_wait_ignores_unready_states_and_times_out(self, store: ResultStore) -> None:
         store.set("p", states.PROGRESS, b"half", 60)
