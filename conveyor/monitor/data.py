@@ -311,7 +311,7 @@ def dead_letter_body(app: Conveyor, queue: str, letter_id: str) -> bytes | None:
         letters = app.broker.dead_letters(queue, limit=500, offset=offset)
         for letter in letters:
             if letter.id == letter_id:
-                return _redacted_body(app, letter.body)
+                return redacted_body(app, letter.body)
         if len(letters) < 500:
             return None
     return None
@@ -325,7 +325,9 @@ def _time(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-def _redacted_body(app: Conveyor, body: bytes) -> bytes:
+def redacted_body(app: Conveyor, body: bytes) -> bytes:
+    """A stored message body with secret arguments hidden (:func:`redacted_message`);
+    the same bytes when nothing is hidden or the body is not a JSON message."""
     doc, _ = values.parse(body, PARSE_LIMIT)
     if not isinstance(doc, dict):
         return body

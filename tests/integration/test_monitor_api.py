@@ -338,8 +338,9 @@ def test_status_answers_is_it_working(app: Conveyor, api: httpx.Client) -> None:
     def refuse() -> None:
         raise Reject("no", requeue=False)
 
-    with run_worker(app, hostname="gone@box", concurrency=1) as gone:
-        gone.join()  # heard from, then stopped: offline
+    with run_worker(app, hostname="gone@box", concurrency=1):
+        eventually(lambda: api.get("/api/status").json()["workers"]["online"] == 1)
+    # heard from, then stopped: offline
     app.send_task("mon.add", (1, 1), queue="reports")  # nobody consumes "reports"
     sent_at = time.time()
     with run_worker(app, hostname="alive@box", concurrency=1) as worker:

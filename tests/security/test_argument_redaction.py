@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from conveyor import Conveyor, Task, redact
+from conveyor.cli import main
 from conveyor.exceptions import ConfigurationError, Reject
 from conveyor.testing import run_worker
 from tests.integration.test_monitor_api import ACT, Served, eventually
@@ -157,12 +161,27 @@ def test_dead_letters_are_shown_redacted_and_replayed_whole(app: Conveyor,
                        params={"queue": letter["queue"], "id": letter["id"]})
         assert body.status_code == 200 and PLANTED.encode() not in body.content
         assert b'"acct.once"' in body.content
+        listed = _cli(app, "dead-letters", "list", "--json")
+        assert letter["id"] in listed and PLANTED not in listed and redact.MASK in listed
         replayed = api.post("/api/dead-letters/replay", headers=ACT,
                             json={"queue": letter["queue"], "ids": [letter["id"]]})
         assert replayed.json() == {"replayed": 1}
     with run_worker(app, concurrency=1) as worker:
         worker.join()
     assert received == ["refused", PLANTED]  # the broker kept the real arguments
+
+
+def _cli(app: Conveyor, *args: str) -> str:
+    """``conveyor -A <a module holding app> ...`` in this process; its output."""
+    module = types.ModuleType("redaction_test_app")
+    module.app = app  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        result = CliRunner().invoke(main, ["-A", module.__name__, *args])
+    finally:
+        del sys.modules[module.__name__]
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def test_inspect_active_shows_redacted_arguments(app: Conveyor) -> None:
