@@ -55,10 +55,12 @@ FAMILY = Family("beat history store", "conveyor.beat_states", {
 def open_beat_state(app: Conveyor) -> BeatState:
     """The history store beside ``app``'s broker (chosen by the broker URL's scheme)."""
     url = app.conf.broker_url
-    options = dict(app.conf.broker_transport_options)
+    # The broker's own client options (TLS from broker_use_ssl, the connect
+    # timeout), as the broker and every other store beside it read them.
+    options = app.conf.broker_options()
     setting = "broker_url"
     if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0016)
-        state = app.conf.broker_options().get("state_url")
+        state = options.get("state_url")
         if not state:
             raise not_in_rabbitmq("beat's run history")
         url, options = str(state), {}

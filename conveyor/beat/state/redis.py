@@ -16,19 +16,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from conveyor._lua import LuaScript, run
 from conveyor.beat.state.base import BeatState, EntryRuns, from_micros, to_micros
 
 __all__ = ["RedisBeatState"]
 
 # KEYS: the hash of times, then optionally a hash of counters.  ARGV: field, micros.
 # Lua numbers are doubles, exact up to 2**53 microseconds (the year 2255).
-_REDIS_RAISE = """
+_REDIS_RAISE = LuaScript("""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if #KEYS > 1 then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 return 1
-"""
+""")
 
 
 class RedisBeatState(BeatState):
@@ -36,8 +37,10 @@ class RedisBeatState(BeatState):
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         from conveyor._redis import ClientHolder, parse_redis_url
+        from conveyor._redis_options import connection_options
 
-        parsed = parse_redis_url(url, options)
+        # The broker's connection options and prefix, read as the broker reads them.
+        parsed = parse_redis_url(url, connection_options(options or {}))
         self._holder = ClientHolder(parsed)
         self._address = parsed.address
         prefix = parsed.prefix
@@ -45,7 +48,6 @@ class RedisBeatState(BeatState):
         self._counts = f"{prefix}:beat:runs"
         self._meta = f"{prefix}:beat:meta"
         self._notes = f"{prefix}:beat:notes"
-        self._raise = self._holder.client.register_script(_REDIS_RAISE)
 
     def _errors(self, action: str) -> Any:
         from conveyor._redis import translate_errors
@@ -83,8 +85,8 @@ class RedisBeatState(BeatState):
 
     def record_run(self, name: str, run_at: datetime) -> bool:
         with self._errors("write"):
-            done = self._raise(keys=[self._last_run, self._counts],
-                               args=[name, to_micros(run_at)], client=self._holder.client)
+            done = run(self._holder.client, _REDIS_RAISE, [self._last_run, self._counts],
+                       [name, to_micros(run_at)])
         return bool(done)
 
     def _get_meta(self, key: str) -> int | None:
@@ -96,7 +98,7 @@ class RedisBeatState(BeatState):
 
     def _raise_meta(self, key: str, micros: int) -> None:
         with self._errors("write"):
-            self._raise(keys=[self._meta], args=[key, micros], client=self._holder.client)
+            run(self._holder.client, _REDIS_RAISE, [self._meta], [key, micros])
 
     def note(self, key: str) -> str | None:
         from conveyor._redis import as_text, retry_read
