@@ -371,9 +371,12 @@ def dead_list(obj: Context, queue: str | None, limit: int, as_json: bool) -> Non
     names = [queue] if queue else broker.queues()
     letters = [d for name in names for d in broker.dead_letters(name, limit=limit)]
     if as_json:
+        from conveyor.monitor.data import redacted_body  # secret arguments hidden
+
         click.echo(json.dumps([{"id": d.id, "queue": d.queue, "reason": d.reason,
                                 "failed_at": d.failed_at,
-                                "body": d.body.decode("utf-8", "replace")} for d in letters]))
+                                "body": redacted_body(obj.app, d.body).decode("utf-8", "replace")}
+                               for d in letters]))
         return
     _table(("id", "queue", "reason"), [(d.id, d.queue, d.reason[:80]) for d in letters])
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from conveyor import _priority as priorities
 from conveyor import _publishing as publishing
+from conveyor import _redact as redact
 from conveyor import _signing as signing
 from conveyor import _state, signals, states
 from conveyor._config import (
@@ -59,7 +60,7 @@ _SEND_OPTIONS = frozenset({
     "link", "link_error", "headers", "chain", "chord", "group_id", "group_index",
     "parent_id", "root_id", "time_limit", "soft_time_limit", "ignore_result",
     "serializer", "retries", "routing_key", "exchange", "shadow", "max_deliveries",
-    "idempotency_ttl",
+    "idempotency_ttl", "argsrepr", "kwargsrepr",
 })
 
 
@@ -363,7 +364,7 @@ class Conveyor:
 
     def _new_message(self, name: str, task: Task | None, args: Any, kwargs: Any,
                      options: dict[str, Any], parent: Request | None) -> Message:
-        if options:
+        if options or (task is not None and task.options.redact):
             return self._message_with_options(name, task, args, kwargs, options, parent)
         return self._plain_message(name, task, args, kwargs, parent)
 
@@ -422,7 +423,7 @@ class Conveyor:
             chain=tuple(options.get("chain") or ()),
             callbacks=_sig_dicts(options.get("link")),
             errbacks=_sig_dicts(options.get("link_error")),
-            headers=self._headers(options),
+            headers=self._headers(options, task),
             content_type=content_type_for(
                 options.get("serializer") or (task and task.options.serializer)
                 or self.conf.task_serializer
@@ -444,11 +445,14 @@ class Conveyor:
         conf = self.conf
         check_declared(queue, conf.task_queues, conf.task_default_queue)
 
-    def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _headers(self, options: dict[str, Any], task: Task | None = None) -> dict[str, Any]:
         headers = dict(options.get("headers") or {})
-        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries", "shadow"):
+        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries", "shadow",
+                    "argsrepr", "kwargsrepr"):
             if options.get(key) is not None:
                 headers[key] = options[key]
+        if task is not None and task.options.redact:  # readers without the task's code
+            headers["redact"] = list(task.options.redact)
         return headers
 
     def send_many(self, name: str, calls: Iterable[Any], **options: Any) -> list[AsyncResult]:
@@ -613,13 +617,15 @@ class Conveyor:
         if exc is not None:
             fields.update(describe_exception(exc))
         message = request.message
+        args, kwargs = self.shown_arguments(request.task, request.args, request.kwargs,
+                                            request.headers)
         return ResultRecord(
             task_id=request.id or "",
             state=state,
             traceback=traceback,
             task=request.headers.get("shadow") or request.task,  # Celery's shadow name
-            args=list(request.args),
-            kwargs=request.kwargs,
+            args=args,
+            kwargs=kwargs,
             queue=message.queue if message else None,
             worker=request.hostname,
             retries=request.retries,
@@ -633,6 +639,18 @@ class Conveyor:
             **fields,
             **extra,
         )
+
+    def shown_arguments(self, name: str | None, args: Any, kwargs: Any,
+                        headers: Mapping[str, Any] | None) -> tuple[Any, Any]:
+        """A call's arguments as people see them and stores keep them: the task's
+        ``redact`` names and the call's ``argsrepr``/``kwargsrepr`` applied
+        (:func:`conveyor._redact.arguments`)."""
+        task = self.tasks.get(name) if name else None
+        keys = task.options.redact if task is not None else ()
+        if not keys and not headers:
+            return list(args or ()), kwargs
+        shown_args, shown_kwargs = redact.arguments(list(args or ()), kwargs, headers, keys)
+        return shown_args, shown_kwargs
 
     def write_record(self, record: ResultRecord) -> bool:
         """Store ``record``; one written by a worker run is fenced (False if refused)."""

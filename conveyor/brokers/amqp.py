@@ -503,8 +503,9 @@ class AMQPBroker(Broker):
         # a message on its way here would be counted nowhere.
         ch.connection.process_data_events(0)
         waiting = len(self._pushed.get(queue, ()))
+        # RabbitMQ shows a queue's head only by taking it: the oldest age is unknown.
         return QueueStats(queue, ready + waiting, delayed, inflight,
-                          count(_amqp.dead_name(queue)))
+                          count(_amqp.dead_name(queue)), oldest_age=None)
 
     def purge(self, queue: str) -> int:
         def op(ch: BlockingChannel) -> int:

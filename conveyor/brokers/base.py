@@ -91,13 +91,21 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts for one queue: ready now, waiting for an ETA, leased, dead."""
+    """Counts for one queue: ready now, waiting for an ETA, leased, dead; and how long
+    the oldest ready message has waited, the first sign of a queue nobody consumes.
+
+    ``oldest_age`` is in seconds, counted from when the message was sent, or from
+    when its ETA or a lapsed lease made it ready; 0.0 when nothing is ready; None
+    when the broker cannot tell (RabbitMQ does not show a queue's head without
+    taking it).
+    """
 
     queue: str
     ready: int
     delayed: int
     inflight: int
     dead: int
+    oldest_age: float | None = None
 
 
 class Broker(abc.ABC):

@@ -389,8 +389,9 @@ class RedisBroker(Broker):
         with self._errors("stats", read=True):
             flat = retry_read(lambda: self._run("stats", *names))
         return [
-            QueueStats(name, int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
-            for name, i in zip(names, range(0, len(flat), 4), strict=True)
+            QueueStats(name, int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]),
+                       None if int(flat[i + 4]) < 0 else int(flat[i + 4]) / 1000)
+            for name, i in zip(names, range(0, len(flat), 5), strict=True)
         ]
 
     def purge(self, queue: str) -> int:
