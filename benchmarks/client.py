@@ -55,6 +55,7 @@ async def run(system: str, op: str, n: int, samples: int, warmup: int) -> dict[s
         if op == "ping":
             return {"ok": True}
         call = {"enqueue_one": client.enqueue_one, "enqueue_bulk": client.enqueue_bulk,
+                "enqueue_group": client.enqueue_group, "enqueue_chunks": client.enqueue_chunks,
                 "preload": client.preload, "chord": client.chord}[op]
         try:
             seconds, result = await _timed(call, n)
@@ -68,8 +69,9 @@ async def run(system: str, op: str, n: int, samples: int, warmup: int) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.client")
     parser.add_argument("system")
-    parser.add_argument("op", choices=["enqueue_one", "enqueue_bulk", "preload", "latency",
-                                       "chord", "ping"])
+    parser.add_argument("op", choices=["enqueue_one", "enqueue_bulk", "enqueue_group",
+                                       "enqueue_chunks", "preload", "latency", "chord",
+                                       "ping"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--samples", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=20)

@@ -62,7 +62,7 @@ class Bench:
         self.python = envs.ensure_venv(system.env, system.requirements)
         self.env = {**os.environ, **system.environment(), "PYTHONPATH": str(ROOT),
                     "PYTHONUNBUFFERED": "1"}
-        self.redis = common.redis_client(system.db)
+        self.redis = common.redis_client(system.database)
         self.log = RAW / f"{system.name}.log"
 
     # -- plumbing ------------------------------------------------------------
@@ -226,7 +226,7 @@ def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
         "name": b.system.name, "label": b.system.label,
         "versions": envs.installed_versions(b.system.env, b.system.packages),
         "worker": b.system.worker_flags, "bulk_path": b.system.bulk_path,
-        "chord_path": b.system.chord_path, "redis_db": b.system.db, "runs": [], "load": [],
+        "chord_path": b.system.chord_path, "redis_db": b.system.database, "runs": [], "load": [],
     } for b in benches]
     for index in range(plan.repeat):
         for bench, record in zip(benches, records, strict=True):
