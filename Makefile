@@ -26,7 +26,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py
 
+# Benchmarks flush their databases: they get a Redis of their own on port 6390.
+BENCH_REDIS := redis-cli -p 6390 ping >/dev/null 2>&1 || redis-server --port 6390 --save "" \
+	--appendonly no --daemonize yes --logfile /tmp/conveyor-bench-redis.log
+
 bench: $(STAMP)
+	$(BENCH_REDIS)
 	$(BIN)/python -m benchmarks.run
 
 soak: $(STAMP)

@@ -117,15 +117,26 @@ class Panel:
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
     def rate_limit(self, task_name: str, rate_limit: str | float | None, **_: Any) -> Reply:
+        """Celery's ``rate_limit`` command: change one task's per-worker limit now."""
         task = self.worker.app.tasks.get(task_name)
         if task is None:
+            log.error("rate limit attempt for unknown task %s", task_name)
             return {"error": f"unknown task {task_name!r}"}
         try:
-            parse_rate_limit(rate_limit)
+            rate = parse_rate_limit(rate_limit)
         except ConfigurationError as exc:
-            return {"error": str(exc)}
-        return {"error": "rate limits are not enforced by this worker version, so "
-                         "rate_limit cannot change one (nothing was changed)"}
+            return {"error": f"invalid rate limit string: {exc}"}
+        limits = self.worker.rate_limits
+        if self.worker.app.conf.worker_disable_rate_limits or limits is None:
+            return {"error": "rate limits are disabled on this worker "
+                             "(worker_disable_rate_limits); nothing was changed"}
+        task.options = dataclasses.replace(task.options, rate_limit=rate_limit or None)
+        limits.slots.set_interval(task_name, 1.0 / rate if rate else None)
+        if not rate:
+            log.info("rate limits disabled for tasks of type %s", task_name)
+            return {"ok": "rate limit disabled successfully"}
+        log.info("new rate limit for tasks of type %s: %s", task_name, rate_limit)
+        return {"ok": "new rate limit set successfully"}
 
     def time_limit(self, task_name: str, soft: float | None = None,
                    hard: float | None = None, **_: Any) -> Reply:

@@ -7,6 +7,8 @@ task type).  A message over the limit is not refused: its consumer keeps it,
 runs what else it holds, and starts it when its slot comes.  Its lease is
 renewed meanwhile like any held message's, so a rate-limited backlog is never
 handed out again.  ``worker_disable_rate_limits`` turns these off.
+``app.control.rate_limit(task, "5/s")`` changes or removes one on running
+workers, for every consumer at once (the interval sits in shared memory).
 
 ``global_rate_limit="100/m"`` (a task option) and the
 ``queue_global_rate_limits`` setting (``{"emails": "100/m"}``: every task
@@ -48,17 +50,43 @@ LOCK_TIMEOUT = 1.0  # a child killed inside the lock must not stop its siblings 
 
 
 class WorkerSlots:
-    """The next free start slot of each per-worker limit, shared by all consumers.
+    """Each task's per-worker interval and next free start slot, shared by all consumers.
 
-    Monotonic times in an anonymous shared-memory array, one cell per task,
-    guarded by one lock: made before the fork, so every child sees the same
-    cells (and threads of one process simply share them).
+    Two anonymous shared-memory arrays with one cell per registered task
+    (0.0 in ``interval``: no limit), guarded by one lock.  They are made
+    before the fork, so every child sees the same cells (threads of one
+    process simply share them), and a remote ``rate_limit`` command changes
+    a running worker's limit for all its consumers at once.
     """
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], intervals: dict[str, float]) -> None:
         self._index = {name: i for i, name in enumerate(names)}
-        self._next = _CTX.RawArray("d", max(1, len(names)))
+        size = max(1, len(names))
+        self._next = _CTX.RawArray("d", size)
+        self._interval = _CTX.RawArray("d", size)
+        self._limited = _CTX.RawValue("i", 0)  # cells with an interval: 0 lets hold() skip
         self._lock = _CTX.Lock()
+        for name, interval in intervals.items():
+            self.set_interval(name, interval)
+
+    def interval(self, name: str) -> float | None:
+        """Seconds between starts of ``name`` on this worker, or None (no limit)."""
+        if not self._limited.value:
+            return None
+        cell = self._index.get(name)
+        value = 0.0 if cell is None else self._interval[cell]
+        return value or None
+
+    def set_interval(self, name: str, interval: float | None) -> bool:
+        """Change ``name``'s limit (None: none); False when the task is not registered."""
+        cell = self._index.get(name)
+        if cell is None:
+            return False
+        with self._lock:
+            was, now = bool(self._interval[cell]), bool(interval)
+            self._interval[cell] = interval or 0.0
+            self._limited.value += int(now) - int(was)
+        return True
 
     def take(self, name: str, interval: float) -> float:
         """Reserve ``name``'s next slot; seconds until it (0.0: now)."""
@@ -77,18 +105,33 @@ class WorkerSlots:
 
 
 class RateLimits:
-    """Each task's limits as seconds between starts, read once when the worker starts."""
+    """Each task's limits as seconds between starts.
+
+    Global and queue limits are read once when the worker starts; per-worker
+    ones live in :class:`WorkerSlots`, where remote control can change them.
+    """
 
     def __init__(self, local: dict[str, float], shared: dict[str, float],
-                 queues: dict[str, float] | None = None) -> None:
-        self.local = local  # task name -> per-worker interval
+                 queues: dict[str, float] | None = None,
+                 names: Sequence[str] = ()) -> None:
         self.shared = shared  # task name -> global interval
         self.queues = queues or {}  # queue name -> global interval
-        self.slots = WorkerSlots(sorted(local))
+        self.slots = WorkerSlots(sorted({*names, *local}), local)
+
+    @property
+    def local(self) -> dict[str, float]:
+        """The per-worker intervals now in force, by task name."""
+        return {name: interval for name in self.slots._index
+                if (interval := self.slots.interval(name)) is not None}
 
     @classmethod
     def for_app(cls, app: Conveyor) -> RateLimits | None:
-        """The app's limits, or None when no task has one (the worker then pays nothing)."""
+        """The app's limits; None when per-worker limits are disabled and no global one
+        is set (the worker then pays nothing).
+
+        With per-worker limits enabled the object exists even when no task has
+        one yet, so that ``control.rate_limit`` can add one to a running worker.
+        """
         local: dict[str, float] = {}
         shared: dict[str, float] = {}
         try:
@@ -105,9 +148,9 @@ class RateLimits:
             if global_rate:
                 shared[name] = 1.0 / global_rate
         queues = _queue_limits(app.conf.queue_global_rate_limits)
-        if not local and not shared and not queues:
+        if not per_worker and not shared and not queues:
             return None
-        return cls(local, shared, queues)
+        return cls(local, shared, queues, names=sorted(app.tasks) if per_worker else ())
 
     def gate(self, broker: Callable[[], Broker]) -> Gate:
         """A gate for one consumer (each keeps its own reservations)."""
@@ -131,7 +174,7 @@ class Gate:
         start = self._reserved.get(delivery.id)
         if start is None:
             limits = self.limits
-            if (task not in limits.local and task not in limits.shared
+            if (limits.slots.interval(task) is None and task not in limits.shared
                     and delivery.queue not in limits.queues):
                 return 0.0
             wait, taken = self._take(task, delivery.queue)
@@ -168,7 +211,7 @@ class Gate:
                 return BROKER_AWAY_RETRY, False
             if wait > GLOBAL_HORIZON:
                 return max(0.01, wait - GLOBAL_HORIZON), False
-        interval = self.limits.local.get(task)
+        interval = self.limits.slots.interval(task)
         if interval is not None:
             wait = max(wait, self.limits.slots.take(task, interval))
         return wait, True

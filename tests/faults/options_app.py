@@ -54,6 +54,14 @@ def mail() -> None:
 
 
 @app.task
+def adjustable() -> None:
+    """No limit until a remote ``rate_limit`` command gives it one."""
+    _note_start()
+    record("start")
+    record("end")
+
+
+@app.task
 def unlimited() -> None:
     record("start")
     record("end")

@@ -62,6 +62,38 @@ def test_per_worker_rate_limit_spaces_starts_across_children(
         workers.stop_all()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_remote_rate_limit_changes_a_running_worker(
+        client: Conveyor, tmp_path: Path, ledger: Ledger, url: str, pool: str) -> None:
+    """Celery: worker/control.py ``rate_limit`` sets the task's limit on running
+    workers and replies "new rate limit set successfully"; a falsy limit replies
+    "rate limit disabled successfully" and lifts it.  Proven by the starts: six
+    tasks with no limit of their own are spaced half a second apart once the
+    command is answered, and bunch together again once it is lifted."""
+    name = f"{APP}.adjustable"
+    workers = Workers(url, ledger, tmp_path, app=APP)
+    try:
+        proc = workers.start("-c", "3", "-P", pool, "--prefetch-multiplier", "1")
+        wait_ready(workers, proc)
+        [reply] = client.control.rate_limit(name, "2/s", reply=True, timeout=5)
+        assert list(reply.values()) == [{"ok": "new rate limit set successfully"}]
+        ids = [client.send_task(name).id for _ in range(6)]
+        wait_for(lambda: settled(client.broker, ledger, ids), 30, "the limited tasks to run")
+        limited = [t for t, _ in starts(ledger)]
+        assert len(limited) == 6
+        assert_spaced(limited, INTERVAL)
+        [reply] = client.control.rate_limit(name, None, reply=True, timeout=5)
+        assert list(reply.values()) == [{"ok": "rate limit disabled successfully"}]
+        more = [client.send_task(name).id for _ in range(6)]
+        wait_for(lambda: settled(client.broker, ledger, ids + more), 30, "the rest to run")
+        lifted = [t for t, _ in starts(ledger)][6:]
+        assert len(lifted) == 6
+        assert lifted[-1] - lifted[0] < 5 * INTERVAL - 0.5, f"still limited: {lifted}"
+        assert_nothing_lost(total_queue(client.broker, ledger, ids + more))
+    finally:
+        workers.stop_all()
+
+
 def test_held_messages_keep_their_leases(client: Conveyor, tmp_path: Path, ledger: Ledger,
                                          url: str) -> None:
     """A backlog held for its slots far longer than the lease (2 s here) is not

@@ -21,11 +21,33 @@ def delivery(n: int) -> Delivery:
     return Delivery(id=f"m{n}", queue="default", body=b"{}", deliveries=1, token="t")
 
 
-def test_no_limits_means_no_gate(memory_url: str) -> None:
-    """The worker pays nothing for rate limits when no task has one."""
+def test_no_limits_means_no_wait(memory_url: str) -> None:
+    """With no limit set the gate answers at once, and without taking a slot;
+    with per-worker limits disabled and no global one there is no gate at all."""
     app = Conveyor("rl", broker=memory_url, set_as_current=False)
     app.task(lambda: None, name="plain")
+    limits = RateLimits.for_app(app)
+    assert limits is not None and limits.local == {}
+    gate = limits.gate(lambda: app.broker)
+    assert [gate.hold("plain", delivery(n)) for n in range(3)] == [0.0, 0.0, 0.0]
+    app.conf.worker_disable_rate_limits = True
     assert RateLimits.for_app(app) is None
+
+
+def test_a_limit_can_be_changed_while_running(memory_url: str) -> None:
+    """What control.rate_limit does: the new interval applies to the next start."""
+    app = Conveyor("rl", broker=memory_url, set_as_current=False)
+    app.task(lambda: None, name="plain")
+    limits = RateLimits.for_app(app)
+    assert limits is not None
+    gate = limits.gate(lambda: app.broker)
+    assert limits.slots.set_interval("plain", 0.5)
+    assert limits.local == {"plain": 0.5}
+    assert gate.hold("plain", delivery(1)) == 0.0
+    assert 0.4 < gate.hold("plain", delivery(2)) <= 0.5
+    assert limits.slots.set_interval("plain", None)
+    assert gate.hold("plain", delivery(3)) == 0.0
+    assert not limits.slots.set_interval("not.registered", 1.0)
 
 
 def test_default_rate_limit_applies_to_tasks_without_their_own(memory_url: str) -> None:

@@ -50,11 +50,17 @@ def test_replies_are_keyed_by_node_and_filtered_by_destination(
     assert reply == [{NODE: {"error": "No such control command: no_such_thing"}}]
 
 
-def test_rate_limit_is_refused_not_ignored(app: Conveyor, worker: ThreadedWorker) -> None:
+def test_rate_limit_replies_as_celery_does(app: Conveyor, worker: ThreadedWorker) -> None:
+    """Celery's replies; the effect on starts is proven in tests/faults/test_rate_limits.py."""
     [reply] = app.control.rate_limit("jobs.add", "10/s", reply=True, destination=[NODE])
-    assert "not enforced" in reply[NODE]["error"]
+    assert reply[NODE] == {"ok": "new rate limit set successfully"}
+    assert app.tasks["jobs.add"].options.rate_limit == "10/s"
+    [off] = app.control.rate_limit("jobs.add", 0, reply=True, destination=[NODE])
+    assert off[NODE] == {"ok": "rate limit disabled successfully"}
     [bad] = app.control.rate_limit("jobs.add", "often", reply=True, destination=[NODE])
     assert "not understood" in bad[NODE]["error"]
+    [unknown] = app.control.rate_limit("jobs.nope", "1/s", reply=True, destination=[NODE])
+    assert "unknown task" in unknown[NODE]["error"]
 
 
 def test_revoke_is_stored_and_listed(app: Conveyor, worker: ThreadedWorker) -> None:
