@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from conveyor import _state, publishing, signals, signing, states
 from conveyor import priority as priorities
+from conveyor.batching import MessageBatch
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.config import (
     DEFAULT_BROKER_URL,
@@ -31,7 +32,6 @@ from conveyor.config import (
 from conveyor.context import Request, running_request
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.message import (
-    BodyTemplate,
     Message,
     eta_timestamp,
     expires_timestamp,
@@ -495,22 +495,15 @@ class Conveyor:
 
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
-        template = BodyTemplate(prototype)
-        key = signing.key_for(self.conf)
-        limit = self.conf.task_message_max_bytes
-        suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
-        queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
+        batch = MessageBatch(self, prototype)
+        envelope = batch.envelope
+        clock = time.time
         ids: list[str] = []
         envelopes: list[Envelope] = []
         for args, kwargs in calls:
             task_id = new_id()
-            body = template.body(task_id, args, kwargs, time.time())
-            if key is not None:
-                body = signing.sign(body, key)
-            if limit is not None and len(body) > limit:
-                _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
-            envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
+            envelopes.append(envelope(task_id, args, kwargs, clock()))
         return ids, envelopes
 
     def broker_priority(self, message: Message) -> int:
