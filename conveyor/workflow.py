@@ -57,6 +57,7 @@ from conveyor.canvas import (
 )
 from conveyor.context import Request, running_request
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
+from conveyor.result import AsyncResult, GroupResult, save_group
 from conveyor.serialization import (
     JSON,
     check_accepted,
@@ -69,7 +70,6 @@ from conveyor.serialization import (
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.message import Message
-    from conveyor.result import AsyncResult, GroupResult
     from conveyor.task import Task
 
 log = logging.getLogger("conveyor.workflow")
@@ -136,8 +136,6 @@ class Plan:
 
     def commit(self) -> None:
         """Save groups, then enqueue every message in one broker batch."""
-        from conveyor.result import save_group
-
         for group_id, ids in self.groups:
             save_group(self.app, group_id, ids)
         if self.messages:
@@ -372,8 +370,6 @@ def result_of(app: Conveyor, node: Canvas, parent: AsyncResult | GroupResult | N
     Mirrors :func:`launch`: a group whose value feeds a join is collected
     into one ``conveyor.collect`` result.
     """
-    from conveyor.result import AsyncResult, GroupResult
-
     if isinstance(node, Signature):
         assert node.id is not None, "signature was not frozen"
         return AsyncResult(node.id, app, task_name=node.task, parent=parent)
