@@ -456,10 +456,14 @@ class group(Canvas):
         own = self.options
         group_id = own.get("group_id") or own.get("task_id") or ids()
         members: list[Canvas] = []
+        # Whether any option passes down to the members (most groups have none).
+        shaped = own.get("link") or any(
+            key not in _STRUCTURAL or (key in _TIMING and own[key] is not None) for key in own)
         for index, member in enumerate(self.tasks):
-            member = _timing(_inherit(member, own), own)
-            if own.get("link"):
-                member = _with_callbacks(member, "link", own["link"])
+            if shaped:
+                member = _timing(_inherit(member, own), own)
+                if own.get("link"):
+                    member = _with_callbacks(member, "link", own["link"])
             if isinstance(member, Signature):
                 task_id = member.options.get("task_id") or ids()
                 members.append(member._replaced_options({**member.options, "group_id": group_id,

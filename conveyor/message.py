@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
@@ -218,24 +219,41 @@ class BodyTemplate:
         must be given when the prototype has them).
         """
         content_type = self.prototype.content_type
-        parts = ['{"id":', dumps_json(task_id), self._head]
+        if _PLAIN_TEXT(task_id):
+            text = '{"id":"' + task_id + '"' + self._head
+        else:
+            text = '{"id":' + dumps_json(task_id) + self._head
         if args or self._typed:
-            parts += [',"args":', dumps_json(_encode_args(args, content_type))]
+            text += ',"args":' + dumps_json(_encode_args(args, content_type))
         if kwargs or self._typed:
-            parts += [',"kwargs":', dumps_json(_encode_kwargs(kwargs, content_type))]
-        parts += [self._middle, repr(created)]
+            text += ',"kwargs":' + dumps_json(_encode_kwargs(kwargs, content_type))
+        text += self._middle + repr(created)
         tail = self._tail
-        parts.append(tail[0])
-        for slot, text in zip(self._slots, tail[1:], strict=True):
-            index = group_index if slot == _GROUP_SLOT else chord_index
-            if index is None:
-                raise ValueError("this template needs the member's group and chord index")
-            parts += [str(index), text]
-        return utf8("".join(parts), lambda: self.prototype.evolve(
-            id=task_id, args=args, kwargs=kwargs)._named())
+        if self._slots:
+            text += _splice(tail, self._slots, group_index, chord_index)
+        else:
+            text += tail[0]
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # names the argument (utf8 raises)
+            return utf8(text, lambda: self.prototype.evolve(
+                id=task_id, args=args, kwargs=kwargs)._named())
+
+
+def _splice(pieces: list[str], slots: list[str], group_index: int | None,
+            chord_index: int | None) -> str:
+    parts = [pieces[0]]
+    for slot, text in zip(slots, pieces[1:], strict=True):
+        index = group_index if slot == _GROUP_SLOT else chord_index
+        if index is None:
+            raise ValueError("this template needs the member's group and chord index")
+        parts += [str(index), text]
+    return "".join(parts)
 
 
 _GROUP_SLOT, _CHORD_SLOT = "g", "c"
+# Text JSON writes as it is between quotes (ids: hex digits and dashes).
+_PLAIN_TEXT = re.compile(r"[0-9A-Za-z_.:~-]*\Z").match
 
 
 def _spliced_tail(doc: dict[str, Any], keys: list[str]) -> tuple[list[str], list[str]]:

@@ -186,7 +186,7 @@ class _Shape:
         may add headers to it), nor with a router that may look at a
         call's arguments.
         """
-        if publishing.watched() or not (app.routes.by_name_only or self.options.get("queue")):
+        if publishing.watched() or not app.routes.by_name_only:
             self.batch = False
             return False
         self.parent = running_request()
@@ -268,14 +268,19 @@ def launch(plan: Plan, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, An
 def _task_message(plan: Plan, sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
                   tail: Tail, scope: Scope | None) -> Message | Prebuilt:
     app = plan.app
-    call_args, call_kwargs = sig.partial(args, kwargs)
+    # Nothing to prepend (a group's members, sent first): the call's own
+    # arguments, which the message only reads.
+    call_args, call_kwargs = sig.partial(args, kwargs) if args or kwargs else (sig.args,
+                                                                               sig.kwargs)
     task = app.tasks.get(sig.task)
     if task is not None and task.options.typing:
         task._check_arguments(call_args, call_kwargs)
-    options = {k: v for k, v in sig.options.items() if k not in ("chain", "chord")}
-    if plan.parent_id is not None:
-        options.setdefault("parent_id", plan.parent_id)
-        options.setdefault("root_id", plan.root_id)
+    options = sig.options  # read only, below and in plan.build
+    if "chain" in options or "chord" in options or plan.parent_id is not None:
+        options = {k: v for k, v in options.items() if k not in ("chain", "chord")}
+        if plan.parent_id is not None:
+            options.setdefault("parent_id", plan.parent_id)
+            options.setdefault("root_id", plan.root_id)
     return plan.build(sig.task, task, call_args, call_kwargs, options, tail, scope)
 
 
