@@ -302,9 +302,15 @@ class Conveyor:
 
         ``connection=`` (a psycopg 3 connection to the PostgreSQL broker's
         database) writes the message on that connection, inside its open
-        transaction: queued if and only if the caller commits.
+        transaction: queued if and only if the caller commits.  Inside
+        Django's ``atomic()`` on the broker's own database that connection is
+        found for you, for every send (``on_commit`` then has nothing to wait for).
         """
         connection = options.pop("connection", None)
+        if connection is None and self.conf.broker_url.startswith("postgres"):
+            connection = signals.transaction_connection(self.conf.broker_url)
+            if connection is not None:
+                options.pop("on_commit", None)
         if connection is not None:
             return self._send_in_transaction(connection, name, args, kwargs, _task, options)
         on_commit = options.pop("on_commit", None)

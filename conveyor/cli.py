@@ -406,10 +406,11 @@ def _register_commands() -> None:
     main.add_command(deploy_command)
     main.add_command(report_command)
     main.add_command(healthcheck_command)
+    from conveyor.db_cli import db_command
     from conveyor.multi_cli import multi_command
     from conveyor.tools_cli import events_command, result_command, shell_command
 
-    for command in (result_command, events_command, shell_command, multi_command):
+    for command in (result_command, events_command, shell_command, multi_command, db_command):
         main.add_command(command)
 
 

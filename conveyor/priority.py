@@ -4,7 +4,7 @@ A priority is an integer 0..9 and **lower is more urgent**; a message sent
 without one has priority 0, so it is served with the most urgent (Celery's
 Redis transport treats a missing priority so, and Celery projects that set
 priorities on Redis rely on this order).  Every Conveyor broker serves
-this order (tests/contract/test_broker_contract.py).
+this order (tests/contract/broker_contract.py).
 
 As kombu's Redis transport does, priorities are grouped into *steps*
 (``broker_transport_options={"priority_steps": [...]}``, default

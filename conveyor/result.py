@@ -330,8 +330,12 @@ def assert_will_not_block() -> None:
 
 def save_group(app: Conveyor, group_id: str, ids: Sequence[str]) -> None:
     """Store a group's member ids (what :meth:`GroupResult.restore` reads)."""
-    body = dumps_json({"results": list(ids)}).encode()
-    app.backend.save_group(group_id, body, app.conf.result_expires)
+    app.backend.save_group(group_id, encode_group_ids(ids), app.conf.result_expires)
+
+
+def encode_group_ids(ids: Sequence[str]) -> bytes:
+    """A stored group: its member ids, in order."""
+    return dumps_json({"results": list(ids)}).encode()
 
 
 def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:

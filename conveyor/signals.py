@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from conveyor.dispatch import Receiver, Signal
 
@@ -102,6 +103,31 @@ message_prerun = Signal("message_prerun", {"task_id", "task", "message"})
 message_postrun = Signal("message_postrun", {"task_id", "task", "message", "state"})
 
 _deferrers: list[Deferrer] = []
+#: Given a broker URL: a DB-API connection inside the caller's open transaction
+#: on that database, or None.  Django registers one (conveyor.contrib.django).
+TransactionFinder = Callable[[str], Any]
+_finders: list[TransactionFinder] = []
+
+
+def add_transaction_finder(finder: TransactionFinder) -> None:
+    """Register a way to find the caller's open transaction (idempotent)."""
+    if finder not in _finders:
+        _finders.append(finder)
+
+
+def transaction_connection(broker_url: str) -> Any:
+    """The connection of the caller's open transaction on the broker's own database.
+
+    A database broker (PostgreSQL) writes a message sent inside that
+    transaction on this connection: queued if and only if the caller commits.
+    """
+    if not _deferrers:
+        _install_django_if_configured()
+    for finder in list(_finders):
+        connection = finder(broker_url)
+        if connection is not None:
+            return connection
+    return None
 
 
 def add_deferrer(deferrer: Deferrer) -> None:
@@ -143,7 +169,9 @@ __all__ = [
     "Deferrer",
     "Receiver",
     "Signal",
+    "TransactionFinder",
     "add_deferrer",
+    "add_transaction_finder",
     "after_setup_logger",
     "after_setup_task_logger",
     "after_task_publish",
@@ -169,6 +197,7 @@ __all__ = [
     "task_revoked",
     "task_success",
     "task_unknown",
+    "transaction_connection",
     "worker_before_create_process",
     "worker_configure",
     "worker_init",

@@ -7,8 +7,8 @@ A broker knows nothing of tasks.  Producers hand it :class:`Envelope` values
 A lease that runs out without an ack makes the message reservable again: this
 is how nothing is lost when a worker dies.
 
-Rules every implementation keeps (``tests/contract/test_broker_contract.py``
-checks them against every broker):
+Rules every implementation keeps (``tests/contract/broker_contract.py``
+``BrokerContract`` checks them; each broker's test module subclasses it):
 
 * Order: lower ``priority`` first (0..9, 0 most urgent: Celery's order on
   Redis, docs/decisions/0008-celery-priority-order.md), then the order of

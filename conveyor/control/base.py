@@ -18,8 +18,9 @@ mechanism, next to (never inside) the broker's queues:
 * :meth:`ControlChannel.reply` stores one worker's answer to one command;
   :meth:`ControlChannel.replies` waits for answers to a command id.
 
-``tests/contract/test_control_channel_contract.py`` checks these rules on
-every transport; a new one joins by adding its URL there.
+``tests/contract/control_channel_contract.py`` (``ControlChannelContract``)
+checks these rules; a new transport joins with one small subclass that
+supplies its URL (``tests/contract/test_control_channel_<name>.py``).
 
 Destination filtering happens in the worker (a channel delivers every
 command to every listener), so a transport needs no per-worker addressing.
@@ -149,4 +150,8 @@ def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChann
         from conveyor.control.redis import RedisChannel
 
         return RedisChannel(url, options)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.control.postgres import PostgresChannel
+
+        return PostgresChannel(url, options)
     raise ConfigurationError(f"remote control is not available for broker scheme {scheme!r}")

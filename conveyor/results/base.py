@@ -6,7 +6,9 @@ It also keeps group memberships and the chord join: an atomic,
 exactly-once "last header result in" signal that replaces Celery's polling
 ``chord_unlock`` task, and its failure twin, ``chord_fail``.
 
-``tests/contract/test_result_contract.py`` checks every implementation.
+``tests/contract/result_store_contract.py`` (``ResultStoreContract``, the fence
+and the chord join included) checks every implementation: each store's test
+module subclasses it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``result_backend = "django-db"``: the result store contract, and what the database shows."""
+"""``result_backend = "django-db"``: what the database shows (the result store contract
+itself runs in test_result_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -12,25 +13,6 @@ from conveyor.contrib.django.results import DjangoResultStore
 from conveyor.results import result_store_from_url
 from conveyor.results.record import ResultRecord
 from conveyor.testing import run_worker
-
-# The shared contract, run against the Django store (fixtures below override the URL).
-from tests.contract.test_result_contract import (  # noqa: F401 - collected here
-    store,
-    test_chord_join_fires_once_in_order,
-    test_chord_join_is_exactly_once_across_processes,
-    test_forget,
-    test_get_many_in_order,
-    test_groups,
-    test_set_get_round_trip,
-    test_ttl_expires_results,
-    test_wait_ignores_unready_states_and_times_out,
-    test_wait_wakes_on_write,
-)
-
-
-@pytest.fixture
-def backend_url(transactional_db: None) -> str:
-    return "django-db"
 
 
 def test_django_db_url_opens_the_django_store(transactional_db: None) -> None:

@@ -1,21 +1,19 @@
 """Task timelines across heartbeats and writers, and the cheap event paths (finding 3)."""
-# ruff: noqa: F811 - the store fixtures are imported from test_events and used by name
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from conveyor import states
-from conveyor.brokers.base import Delivery, QueueStats
+from conveyor.brokers.base import Delivery
 from conveyor.events import (
     Batch,
     EventStore,
-    Recorder,
     TaskClock,
     TaskEntry,
     TaskQuery,
@@ -25,53 +23,11 @@ from conveyor.events import (
 )
 from conveyor.eventstores.redis import RedisEventStore
 from conveyor.message import Message
-from conveyor.worker.execute import ACK, Outcome
-
-from .test_events import open_store, store, store_url  # noqa: F401 - fixtures
 
 
 def _delivery(message: Message) -> Delivery:
     return Delivery(id=message.id, queue="default", body=message.encode(), deliveries=1,
                     token="t")
-
-
-def _run(recorder: Recorder, message: Message, state: str, runtime: float) -> None:
-    clock, delivery = TaskClock(), _delivery(message)
-    recorder.add(clock.start(delivery, message.task))
-    report = clock.finish(delivery, Outcome(ACK, state=state, runtime=runtime))
-    assert report is not None
-    recorder.add(report)
-
-
-def test_a_task_started_and_finished_in_different_heartbeats_has_one_timeline(
-    store: EventStore,
-) -> None:
-    message = Message(id="split", task="proj.add", created=time.time() - 1.0)
-    clock, delivery, recorder = TaskClock(), _delivery(message), Recorder()
-    recorder.add(clock.start(delivery, "proj.add"))
-    store.write(recorder.drain("w1"))
-    report = clock.finish(delivery, Outcome(ACK, state=states.SUCCESS, runtime=0.25))
-    assert report is not None
-    recorder.add(report)
-    store.write(recorder.drain("w1"))
-    assert [e.kind for e in store.timeline("split")] == ["SENT", "STARTED", "SUCCESS"]
-    found = store.task("split")
-    assert found is not None and (found.state, found.runtime) == (states.SUCCESS, 0.25)
-
-
-def test_retries_keep_every_attempt_and_actions_in_the_timeline(store: EventStore) -> None:
-    first = Message(id="again", task="proj.flaky", created=time.time() - 2.0)
-    recorder = Recorder()
-    _run(recorder, first, states.RETRY, 0.1)
-    store.write(recorder.drain("w1"))
-    _run(recorder, first.evolve(retries=1, created=time.time()), states.SUCCESS, 0.2)
-    store.add_events([TimelineEvent("again", time.time() + 1, "ACTION", "noted by ops")])
-    store.write(recorder.drain("w2"))
-    kinds = [e.kind for e in store.timeline("again")]
-    assert kinds == ["SENT", "STARTED", "RETRY", "SENT", "STARTED", "SUCCESS", "ACTION"]
-    found = store.task("again")
-    assert found is not None and (found.state, found.retries, found.worker) == (
-        states.SUCCESS, 1, "w2")
 
 
 def test_clock_uses_the_decoded_message_instead_of_the_body() -> None:
@@ -94,14 +50,23 @@ def test_entries_round_trip_through_their_dicts() -> None:
 
 
 # -- Redis only: compare-and-set against a concurrent writer, and the old layout ----------
-# Collected for Redis alone (not skipped on the other stores).
-redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+# (the event store contract itself: tests/contract/event_store_contract.py)
+@pytest.fixture
+def store_url(prefixed: str) -> str:
+    """The test Redis database, under a key prefix of this test's own."""
+    return prefixed
+
+
+def open_store(url: str, retention: float) -> EventStore:
+    return store_from_url(url, retention=retention)
 
 
 @pytest.fixture
-def redis_store(store: EventStore) -> RedisEventStore:
-    assert isinstance(store, RedisEventStore), "mark the test @redis_only"
-    return store
+def redis_store(store_url: str) -> Iterator[RedisEventStore]:
+    opened = open_store(store_url, 3600)
+    assert isinstance(opened, RedisEventStore)
+    yield opened
+    opened.close()
 
 
 def entry(task_id: str, state: str, at: float, retries: int = 0) -> TaskEntry:
@@ -126,7 +91,6 @@ def after_each_read(monkeypatch: pytest.MonkeyPatch, store: RedisEventStore,
     return reads
 
 
-@redis_only
 def test_a_writer_racing_another_merges_again_and_loses_nothing(
     redis_store: RedisEventStore, store_url: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -150,7 +114,6 @@ def test_a_writer_racing_another_merges_again_and_loses_nothing(
     assert found is not None and (found.state, found.retries) == (states.STARTED, 1)
 
 
-@redis_only
 def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEventStore) -> None:
     now = time.time()
     old = entry("legacy", states.SUCCESS, now)
@@ -169,7 +132,6 @@ def test_timelines_in_the_previous_layout_are_still_read(redis_store: RedisEvent
     assert redis_store.task("only-old") == only_old
 
 
-@redis_only
 def test_an_unreadable_entry_is_replaced_not_fatal(redis_store: RedisEventStore) -> None:
     now = time.time()
     redis_store.client.hset(f"{redis_store.p}:entry", "bad", b"[9, 1]")
@@ -180,12 +142,11 @@ def test_an_unreadable_entry_is_replaced_not_fatal(redis_store: RedisEventStore)
     assert found is not None and found.state == states.SUCCESS
 
 
-@redis_only
 def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEventStore,
                                                          store_url: str) -> None:
     import redis
 
-    base = store_url.partition("#")[0]
+    base = store_url.partition("?")[0]
     prefix = f"evtest-{time.time_ns()}"
     opened = store_from_url(f"{base}?prefix={prefix}")
     try:
@@ -199,31 +160,8 @@ def test_the_url_prefix_names_the_keys_as_for_the_broker(redis_store: RedisEvent
         opened.close()
 
 
-def test_a_settled_minute_is_not_claimed_again(store: EventStore, store_url: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    class Broker:
-        def stats(self) -> list[QueueStats]:
-            return [QueueStats("default", 1, 0, 0, 0)]
-
-    other = open_store(store_url, 3600)
-    claims: list[str] = []
-    real_claim = other.claim
-
-    def counted(name: str, ttl: float) -> bool:
-        claims.append(name)
-        return real_claim(name, ttl)
-
-    monkeypatch.setattr(other, "claim", counted)
-    minute = minute_of(time.time())
-    monkeypatch.setattr("conveyor.events.time.time", lambda: minute + 1.0)
-    store.sample_queues(Broker())  # type: ignore[arg-type]  # this one samples the minute
-    for _ in range(3):  # heartbeats of another worker in the same minute
-        other.sample_queues(Broker())  # type: ignore[arg-type]
-    other.close()
-    assert claims == [f"queues:{minute}"]  # asked once, then known to be taken
 
 
-@redis_only
 def test_large_batches_go_in_several_script_calls_and_conflicts_come_back_from_any(
     redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -268,7 +206,6 @@ def test_heartbeats_measure_memory_at_most_every_few_seconds(
     assert len(calls) == 2
 
 
-@redis_only
 def test_a_failed_retry_round_does_not_hand_back_counters_already_written(
     redis_store: RedisEventStore, store_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,4 +1,5 @@
-"""Remote control against real worker processes, on SQLite and Redis (issue 18, item 1).
+"""Remote control against real worker processes, on SQLite, Redis and PostgreSQL (issue 18,
+item 1).
 
 Each command's effect on the running worker is checked, not only its reply:
 Celery's meanings are in /work/ref/celery/celery/worker/control.py
@@ -27,10 +28,12 @@ WORK = f"{APP}.work"
 NODE = "ctl@test"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return str(request.getfixturevalue("prefixed"))
 
 
@@ -83,7 +86,8 @@ def test_inspect_answers_while_every_slot_is_busy_and_shutdown_exits_0(
     assert [q["name"] for q in inspect.active_queues()[NODE]] == ["default", "extra"]
     stats = inspect.stats()[NODE]
     assert stats["pid"] == proc.pid and stats["pool"]["max-concurrency"] == 1
-    assert "@" not in str(inspect.conf()[NODE]).replace(NODE, "")  # no credentials shown
+    shown = str(inspect.conf()[NODE]).replace(NODE, "").replace("********@", "")
+    assert "@" not in shown  # no credentials shown: any user part is masked
     assert client.control.inspect(destination=["nobody@nowhere"], timeout=0.3).ping() is None
 
     client.control.shutdown(destination=[NODE])

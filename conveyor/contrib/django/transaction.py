@@ -11,11 +11,18 @@ The message (its id, and the check that its arguments serialize) is made at
 the call, so a bad argument fails where it was passed, not at commit.  If
 the broker refuses the send at commit time the error propagates from the
 ``atomic`` block's exit, after the data is committed.
+
+With a PostgreSQL broker in the same database as the open ``atomic`` block,
+there is no waiting for the commit: every send inside the block (``.delay()``
+too) writes its message in the block's own transaction, so it is queued if
+and only if the data commits, with no window between the two
+(:func:`broker_transaction`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
@@ -39,11 +46,42 @@ def defer_to_commit(send: Callable[[], object]) -> bool:
     return True
 
 
+def broker_transaction(broker_url: str) -> Any:
+    """The psycopg connection of the open ``atomic`` block, when it is on the
+    database the PostgreSQL broker at ``broker_url`` uses; else None."""
+    alias = open_transaction_alias()
+    if alias is None or not broker_url.lower().startswith(("postgresql:", "postgres:")):
+        return None
+    conn = connections[alias]
+    if conn.vendor != "postgresql" or not same_database(conn, broker_url):
+        return None
+    conn.ensure_connection()
+    return conn.connection
+
+
+def same_database(conn: Any, broker_url: str) -> bool:
+    """Whether Django's connection ``conn`` and the PostgreSQL URL name one database."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from conveyor._postgres import parse_postgres_url
+
+    ours = conninfo_to_dict(parse_postgres_url(broker_url).conninfo)
+    theirs = conn.get_connection_params()
+    return (_host(ours.get("host")), str(ours.get("port") or 5432), ours.get("dbname")) == (
+        _host(theirs.get("host")), str(theirs.get("port") or 5432), theirs.get("dbname"))
+
+
+def _host(host: object) -> str:
+    return "127.0.0.1" if host in (None, "", "localhost") else str(host)
+
+
 def install() -> None:
     """Register with Conveyor (called by the app config; idempotent)."""
     from conveyor import signals
 
     signals.add_deferrer(defer_to_commit)
+    signals.add_transaction_finder(broker_transaction)
 
 
-__all__ = ["defer_to_commit", "install", "open_transaction_alias"]
+__all__ = ["broker_transaction", "defer_to_commit", "install", "open_transaction_alias",
+           "same_database"]
