@@ -488,7 +488,9 @@ class Conveyor:
         if task is not None and task.options.typing:
             for args, kwargs in calls:
                 task._check_arguments(args, kwargs)
-        if (self.routes.by_name_only or options.get("queue")) and not publishing.watched():
+        # A callable router may answer per call (a queue, or a priority even
+        # when the call names its queue), so it is asked about each one.
+        if self.routes.by_name_only and not publishing.watched():
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
         else:  # a router may look at each call's arguments
