@@ -242,6 +242,9 @@ class BodyTemplate:
 
 def _splice(pieces: list[str], slots: list[str], group_index: int | None,
             chord_index: int | None) -> str:
+    if len(slots) == 1 and (index := group_index if slots[0] == _GROUP_SLOT
+                            else chord_index) is not None:
+        return pieces[0] + str(index) + pieces[1]  # a plain group's member: the usual case
     parts = [pieces[0]]
     for slot, text in zip(slots, pieces[1:], strict=True):
         index = group_index if slot == _GROUP_SLOT else chord_index

@@ -299,7 +299,10 @@ def _launch_group(plan: Plan, grp: group, args: tuple[Any, ...], kwargs: dict[st
             inner = {"id": group_id, "size": size, "index": index, "errbacks": errbacks}
             if scope is not None:
                 inner["chord"] = scope
-        launch(plan, member, args, kwargs, (), inner)
+        if isinstance(member, Signature):  # as launch() would, one call less per member
+            plan.messages.append(_task_message(plan, member, args, kwargs, (), inner))
+        else:
+            launch(plan, member, args, kwargs, (), inner)
     plan.groups.append((group_id, [_result_id(plan.app, m, FINAL) for m in grp.tasks]))
 
 
@@ -322,7 +325,11 @@ def _launch_chord(plan: Plan, ch: chord, args: tuple[Any, ...], kwargs: dict[str
     if scope is not None:
         join["chord"] = scope
     for index, member in enumerate(header.tasks):
-        launch(plan, member, args, kwargs, (), {**join, "index": index})
+        if isinstance(member, Signature):  # as launch() would, one call less per member
+            plan.messages.append(_task_message(plan, member, args, kwargs, (),
+                                               {**join, "index": index}))
+        else:
+            launch(plan, member, args, kwargs, (), {**join, "index": index})
     plan.groups.append((chord_id, [_result_id(plan.app, m, JOIN) for m in header.tasks]))
 
 
@@ -391,7 +398,9 @@ def result_of(app: Conveyor, node: Canvas, parent: AsyncResult | GroupResult | N
         return result_of(app, node.body, header, mode)
     if isinstance(node, group):
         inner: Mode = FINAL if mode == FINAL else JOIN
-        members = [result_of(app, m, None, inner) for m in node.tasks]
+        members = [AsyncResult(m.id, app, task_name=m.task) if type(m) is Signature
+                   and m.id is not None else result_of(app, m, None, inner)
+                   for m in node.tasks]
         results = GroupResult(_group_id(node), members, app, parent=parent)
         if mode == JOIN:
             return AsyncResult(derived_id(results.id, "collect"), app,
