@@ -49,10 +49,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._redis_options import _CELERY_ONLY
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.redis")
@@ -93,20 +93,9 @@ _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
 _SENTINEL_ONLY = ("master_name", "min_other_sentinels", "sentinel_kwargs")
 DEFAULT_SENTINEL_PORT = 26379
 
-# Celery's Redis transport options that have no meaning here: said once, then ignored.
-_CELERY_ONLY = {
-    "visibility_timeout": "leases replace it (broker_lease_timeout, renewed while a task runs)",
-    "fanout_prefix": "Conveyor has no fanout exchanges",
-    "fanout_patterns": "Conveyor has no fanout exchanges",
-    "sep": "priority queues are separate keys, not name suffixes",
-    "queue_order_strategy": "queues are always read in the order the worker lists them",
-    "max_retries": "connection retries are the worker's job",
-    "interval_start": "connection retries are the worker's job",
-    "interval_step": "connection retries are the worker's job",
-    "interval_max": "connection retries are the worker's job",
-}
 
 _RENAMED = {"global_keyprefix": "prefix"}
+
 
 _CERT_REQS = {"none": "none", "cert_none": "none", "optional": "optional",
               "cert_optional": "optional", "required": "required", "cert_required": "required"}
@@ -468,36 +457,26 @@ def call(client: redis.Redis, *args: Any) -> Any:
         pool.release(conn)
 
 
-def run_script_and_wait(client: redis.Redis, script: Script, args: list[Any],
-                        replicas: int, timeout: float) -> tuple[Any, int]:
-    """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.
+def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send several commands in one write on one pooled connection; every reply, in order.
 
-    ``WAIT`` counts the replicas that confirmed every write made so far on
-    *its* connection, so it must follow the write on the connection that
-    made it.  Returns the script's reply and how many replicas confirmed.
+    Redis runs a connection's commands one after another, so a command queued
+    behind a blocking one (``BLPOP``) runs the moment the block ends, with no
+    round trip back to the client in between.  Every reply is read before
+    returning (an error reply is returned in its place, as the exception),
+    so the connection goes back to the pool in step; any other failure
+    disconnects it, as in :func:`call`.
     """
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        try:
-            conn.send_command("EVALSHA", script.sha, 0, *args)
-            reply = conn.read_response()
-        except redis.exceptions.NoScriptError:
-            conn.send_command("SCRIPT", "LOAD", script.script)
-            conn.read_response()
-            conn.send_command("EVALSHA", script.sha, 0, *args)
-            reply = conn.read_response()
-        conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
-        return reply, int(conn.read_response())
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+        return replies
     finally:
         pool.release(conn)
-
-
-def run_script(client: redis.Redis, script: Script, keys: list[Any], args: list[Any]) -> Any:
-    """``EVALSHA`` of a registered script through :func:`call`, loading it once
-    if the server does not have it (a restart or ``SCRIPT FLUSH``)."""
-    try:
-        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        client.script_load(script.script)
-        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)

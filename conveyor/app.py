@@ -38,8 +38,8 @@ from conveyor.message import (
     new_id,
 )
 from conveyor.queues import check_declared, queue_name
-from conveyor.results import ResultRecord, ResultStore, result_store_from_url
-from conveyor.results.record import Attempt, describe_exception
+from conveyor.resultstores import ResultRecord, ResultStore, result_store_from_url
+from conveyor.resultstores.record import Attempt, describe_exception
 from conveyor.routing import Routes
 from conveyor.serialization import content_type_for
 from conveyor.task import Task, make_task, strip_no_effect, task_options

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ import click
 
 from conveyor import flag_notes
 from conveyor.app import Conveyor
-from conveyor.beat_cli import beat_command
 from conveyor.daemon import daemon_options, daemonize
 from conveyor.exceptions import ConfigurationError
 
@@ -97,7 +97,61 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands kept in modules of their own, imported only when named (or listed
+# by --help): a worker, and every prefork child forked from it, then carries
+# none of the others' imports (~2 MiB of resident memory per process).
+_LAZY_COMMANDS = {
+    "tasks": "conveyor.registry_cli:tasks_command",
+    "migrate": "conveyor.migrate.cli:migrate_command",
+    "drain-celery": "conveyor.celery_drain_cli:drain_celery_command",
+    "deploy": "conveyor.ops_cli:deploy_command",
+    "report": "conveyor.ops_cli:report_command",
+    "healthcheck": "conveyor.ops_cli:healthcheck_command",
+    "result": "conveyor.tools_cli:result_command",
+    "events": "conveyor.tools_cli:events_command",
+    "shell": "conveyor.tools_cli:shell_command",
+    "multi": "conveyor.multi_cli:multi_command",
+    "db": "conveyor.db_cli:db_command",
+    "beat": "conveyor.beat.cli:beat_command",
+    "monitor": "conveyor.monitor.cli:monitor_command",
+    "status": "conveyor.monitor.cli:status_command",
+    "inspect": "conveyor.monitor.cli:inspect_command",
+    "control": "conveyor.control.cli:control_command",
+}
+
+
+class _LazyGroup(click.Group):
+    """The top-level group: commands named in ``_LAZY_COMMANDS`` load on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            self._load(cmd_name)
+        return self.commands.get(cmd_name)
+
+    def _load(self, name: str) -> None:
+        module, _, attr = _LAZY_COMMANDS[name].partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        if command.name != name:  # the table and the command must agree
+            raise RuntimeError(f"{_LAZY_COMMANDS[name]} is named {command.name!r}, not {name!r}")
+        self.add_command(command)
+
+    def all_commands(self) -> Mapping[str, click.Command]:
+        """Every command by name, the lazy ones imported."""
+        for name in _LAZY_COMMANDS:
+            if name not in self.commands:
+                self._load(name)
+        return self.commands
+
+
+def all_commands() -> Mapping[str, click.Command]:
+    """Every top-level command of ``conveyor``, by name."""
+    return main.all_commands()
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "spec", envvar="CONVEYOR_APP", help="module, module:app or package")
 @click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--env-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -392,41 +446,6 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-
-
-def _register_commands() -> None:
-    from conveyor.celery_drain_cli import drain_celery_command
-    from conveyor.migrate.cli import migrate_command
-    from conveyor.ops_cli import deploy_command, healthcheck_command, report_command
-    from conveyor.registry_cli import tasks_command
-
-    main.add_command(tasks_command)
-    main.add_command(migrate_command)
-    main.add_command(drain_celery_command)
-    main.add_command(deploy_command)
-    main.add_command(report_command)
-    main.add_command(healthcheck_command)
-    from conveyor.db_cli import db_command
-    from conveyor.multi_cli import multi_command
-    from conveyor.tools_cli import events_command, result_command, shell_command
-
-    for command in (result_command, events_command, shell_command, multi_command, db_command):
-        main.add_command(command)
-
-
-_register_commands()
-main.add_command(beat_command)
-
-
-def _register_monitor_commands() -> None:
-    from conveyor.control.cli import control_command
-    from conveyor.monitor.cli import inspect_command, monitor_command, status_command
-
-    for command in (monitor_command, status_command, inspect_command, control_command):
-        main.add_command(command)
-
-
-_register_monitor_commands()
 
 
 def run() -> None:

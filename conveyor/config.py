@@ -20,7 +20,6 @@ explicitly (the CLI does).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import logging
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Union, get_type_hints
 
 from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
+from conveyor._redis_options import connection_options, explicit_prefix
 from conveyor.exceptions import ConfigurationError
 
 DEFAULT_NAMESPACE = "CONVEYOR"
@@ -91,7 +91,8 @@ class Settings:
         "ssl_keyfile",
         "different on purpose: the URL must be rediss://, else the broker is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
-        "options of the Redis result store client (the same keys as the broker's)",
+        "options of the Redis result store client (the same keys as the broker's); unset "
+        "ones come from the broker's: its prefix always, and all of them beside the broker",
         "different on purpose: the keys are the Redis client's own, as for the broker"))
     result_backend_always_retry: bool = field(default=False, metadata=_doc(
         "retry result-store calls that failed to connect (not the chord failure flag)"))
@@ -441,11 +442,14 @@ class Settings:
     def result_options(self) -> dict[str, Any]:
         """What the result store client is built with (Celery's redis_* settings).
 
-        Results kept beside the broker (no ``result_backend``) take the broker's
-        TLS options unless ``redis_backend_use_ssl`` says otherwise, and its
-        Sentinel options (``master_name`` …), and not its other transport
-        options (a key prefix set there keeps naming the broker's keys only,
-        as before).
+        With a Redis broker, one key prefix names everything the app keeps:
+        a Redis result store takes the broker's ``prefix`` unless
+        ``result_backend_transport_options`` or its URL sets one.  Results
+        kept beside the broker (no ``result_backend``) take all of the
+        broker's connection options too (TLS, unless ``redis_backend_use_ssl``
+        says otherwise; timeouts; Sentinel's ``master_name`` …), with the
+        result settings winning where both are set.  The event store at the
+        same URL is built with the same options (``conveyor.events.store_for``).
         """
         url = self.result_url
         opts = dict(self.result_backend_transport_options)
@@ -459,11 +463,25 @@ class Settings:
         if self.result_backend is None and not tls:
             key, tls = "broker_use_ssl", self.broker_use_ssl
         opts.update(tls_options(key, tls, url))
-        if self.result_backend is None:  # the same sentinels: the same master name
-            for name in ("master_name", "min_other_sentinels", "sentinel_kwargs"):
-                if name in self.broker_transport_options:
-                    opts.setdefault(name, self.broker_transport_options[name])
+        if _is_redis(url) and _is_redis(self.broker_url):
+            opts = {**self._from_the_broker(url, own_tls=key == "redis_backend_use_ssl"), **opts}
         return opts
+
+    def _from_the_broker(self, url: str, own_tls: bool) -> dict[str, Any]:
+        """The broker's options a Redis result store at ``url`` shares (see
+        :meth:`result_options`)."""
+        broker = connection_options(self.broker_options())
+        shared: dict[str, Any] = {}
+        if self.result_backend is None:  # the same server: the same connection
+            shared = {k: v for k, v in broker.items()
+                      if not (own_tls and k.startswith("ssl_"))}
+        if explicit_prefix(url, self.result_backend_transport_options) is not None:
+            shared.pop("prefix", None)  # the URL's or the options' own wins
+        else:
+            prefix = explicit_prefix(self.broker_url, broker)
+            if prefix is not None:
+                shared["prefix"] = prefix
+        return shared
 
     def result_retry(self) -> tuple[float, float, float] | None:
         """(max retries, first sleep s, max sleep s) when result-store calls retry."""
@@ -498,8 +516,16 @@ _CHOICES = {
 _TLS_KEYS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
+def _close_to_a_setting(key: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(key, Settings.known(), n=1, cutoff=0.9))
+
+
 def unknown_key_message(key: str, source: str | None = None) -> str:
     """``source: unknown setting 'x' (did you mean y?)``, for every entry point."""
+    import difflib  # only for a mistyped key: kept out of every worker process
+
     close = difflib.get_close_matches(key, Settings.known(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     where = f"{source}: " if source else ""
@@ -728,7 +754,7 @@ def values_from_env(
                 out[key] = _parse_env_value(key, raw)
             except ValueError as exc:
                 problems.append(f"environment: {name}: {exc}")
-        elif difflib.get_close_matches(key, Settings.known(), n=1, cutoff=0.9):
+        elif _close_to_a_setting(key):
             problems.append(unknown_key_message(key, f"environment ({name})"))
     if problems:
         raise ConfigurationError("; ".join(problems))

@@ -49,7 +49,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message
 from conveyor.result import AsyncResult, GroupResult
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.record import ResultRecord
 from conveyor.worker import announce
 
 if TYPE_CHECKING:

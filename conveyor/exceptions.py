@@ -6,7 +6,7 @@ The tree::
     ├── ConfigurationError          settings that are unknown, mistyped or inconsistent
     │   └── QueueNotFound           routed to an undeclared queue (create-missing off)
     ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
-    ├── SolarLibraryMissing         a solar schedule without PyEphem (conveyor._sun)
+    ├── SolarLibraryMissing         a solar schedule without PyEphem (conveyor.beat.schedules._sun)
     ├── DeployError                 deployment files that cannot be generated (conveyor.deploy)
     ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result

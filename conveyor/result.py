@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor import states
 from conveyor.context import running_request
 from conveyor.exceptions import TaskRevokedError, TimeoutError
-from conveyor.results.base import Stored
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.base import Stored
+from conveyor.resultstores.record import ResultRecord
 from conveyor.serialization import dumps_json
 
 if TYPE_CHECKING:

@@ -47,6 +47,8 @@ class Family:
     group: str
     #: Shipped schemes: scheme → ``"module:attribute"``.
     builtin: Mapping[str, str] = field(default_factory=dict)
+    #: What to write instead, appended to the error for an unknown scheme.
+    hint: str = ""
 
     def schemes(self) -> list[str]:
         """Every scheme this family can open, shipped ones first."""
@@ -65,9 +67,10 @@ class Family:
         target = self.builtin.get(scheme) or _plugins(self.group).get(scheme)
         if target is None:
             shown = f" {url_for_error!r}" if url_for_error else ""
+            hint = f"; {self.hint}" if self.hint else ""
             raise ConfigurationError(
                 f"{setting}{shown}: no {self.kind} for scheme {scheme!r}; "
-                f"known schemes: {', '.join(self.schemes())}")
+                f"known schemes: {', '.join(self.schemes())}{hint}")
         return _resolve(target, scheme, self.kind)
 
 

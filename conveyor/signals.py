@@ -29,8 +29,10 @@ Django app does it in ``AppConfig.ready``); nothing here switches on by itself.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from conveyor.dispatch import Receiver, Signal
@@ -156,13 +158,21 @@ def _install_django_if_configured() -> None:
     """Celery needs no Django app for on-commit sending, it notices Django by itself;
     so does this, the first time a send asks: when Django's settings are
     configured, its transactions defer sends whether or not
-    ``conveyor.contrib.django`` is in ``INSTALLED_APPS``."""
+    ``conveyor.contrib.django`` is in ``INSTALLED_APPS``.
+
+    The installer is found through the ``conveyor.django_deferrers`` entry
+    point (``pyproject.toml``), so the core never imports ``conveyor.contrib``.
+    """
     conf = sys.modules.get("django.conf")
     if conf is None or not getattr(conf, "settings", None) or not conf.settings.configured:
         return
-    from conveyor.contrib.django.transaction import install
+    for point in _django_deferrer_installers():
+        point.load()()
 
-    install()
+
+@functools.cache
+def _django_deferrer_installers() -> tuple[EntryPoint, ...]:
+    return tuple(entry_points(group="conveyor.django_deferrers"))
 
 
 __all__ = [

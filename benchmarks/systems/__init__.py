@@ -17,6 +17,7 @@ _REGISTRY = {
     "dramatiq": "benchmarks.systems.dramatiq:DramatiqSystem",
     "rq": "benchmarks.systems.rq:RQSystem",
     "huey": "benchmarks.systems.huey:HueySystem",
+    "huey-sqlite": "benchmarks.systems.huey_sqlite:HueySQLiteSystem",
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
 }

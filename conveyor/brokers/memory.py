@@ -64,7 +64,8 @@ def _server_for(url: str) -> _MemoryServer:
 class MemoryBroker(Broker):
     """In-process broker; see module docstring."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", **options: object) -> None:
+        # ``options`` (broker_transport_options) configure a client; there is none here.
         self.url = url
         self._s = _server_for(url)
 

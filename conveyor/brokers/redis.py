@@ -100,28 +100,24 @@ lease holders) retry a few times with jittered backoff first.
 
 from __future__ import annotations
 
-import functools
 import math
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
-from redis.commands.core import Script
 from redis.exceptions import NoScriptError, ResponseError
 
+from conveyor._lua import LuaScript, load, run, run_and_wait, script_file
 from conveyor._redis import (
     CONNECTION_ERRORS,
     ClientHolder,
     RedisOptions,
     as_text,
-    call,
+    call_many,
     parse_redis_url,
     retry_read,
-    run_script,
-    run_script_and_wait,
     translate_errors,
 )
 from conveyor.brokers.base import (
@@ -146,11 +142,9 @@ _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
 
 
-@functools.cache
-def _load_script_text(name: str) -> str:
-    folder = resources.files("conveyor.brokers").joinpath("redis_scripts")
-    common = folder.joinpath("_common.lua").read_text(encoding="utf-8")
-    return common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+#: Each script file after ``_common.lua`` (shared helpers), read once.
+_SCRIPTS = {name: script_file("conveyor.brokers", f"redis_scripts/{name}.lua",
+                              prelude="redis_scripts/_common.lua") for name in _SCRIPT_NAMES}
 
 
 def _ms(seconds: float) -> int:
@@ -165,12 +159,7 @@ class RedisBroker(Broker):
         self._options: RedisOptions = parse_redis_url(url, options)
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
-        # Script objects only hash their text and remember a client for its
-        # encoder; each call passes the current (per-process) client.
-        client = self._holder.client
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(_load_script_text(name)) for name in _SCRIPT_NAMES
-        }
+        self._scripts: dict[str, LuaScript] = dict(_SCRIPTS)
         # BLPOP must return before the socket read times out.
         self._max_block = min(MAX_BLOCK, self._options.socket_timeout / 2)
 
@@ -182,7 +171,7 @@ class RedisBroker(Broker):
     # -- plumbing ----------------------------------------------------------
     def _run(self, name: str, *args: Any) -> Any:
         try:
-            return run_script(self._holder.client, self._scripts[name], [], [self._prefix, *args])
+            return run(self._holder.client, self._scripts[name], [], [self._prefix, *args])
         except ResponseError as exc:
             if "unknown" in str(exc).lower() and "command" in str(exc).lower():
                 raise BrokerError(
@@ -211,7 +200,7 @@ class RedisBroker(Broker):
                     raise
             return as_text(reply[1]) if reply else envelope.id
         with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
-            reply, confirmed = run_script_and_wait(
+            reply, confirmed = run_and_wait(
                 self._holder.client, self._scripts["enqueue"],
                 [self._prefix, *_envelope_args(envelope)], wanted, self._options.wait_timeout)
             self._check_replicated(confirmed, "enqueue")
@@ -244,7 +233,7 @@ class RedisBroker(Broker):
             self._enqueue_pipelined(envelopes, 0, owners)
         except _ScriptMissing as missing:
             with self._errors("enqueue_many (loading the script)", _ENQUEUE_RETRY_HINT):
-                self._holder.client.script_load(self._scripts["enqueue"].script)
+                load(self._holder.client, self._scripts["enqueue"])
             self._enqueue_pipelined(envelopes, missing.start, owners)
         return owners
 
@@ -313,25 +302,50 @@ class RedisBroker(Broker):
             return []
         deadline = time.monotonic() + max(0.0, timeout)
         wake_keys = [self._key("wake", queue) for queue in queues]
+        with self._errors("reserve", _RESERVE_RETRY_HINT):
+            got, hint = self._reserve_once(queues, count, lease)
         while True:
-            with self._errors("reserve", _RESERVE_RETRY_HINT):
-                got, hint = self._reserve_once(queues, count, lease)
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
                 return got
             block = min(remaining, self._max_block, hint if hint is not None else remaining)
-            if block >= 0.001:
-                # Losing a wake token to a broken connection is harmless.
-                with self._errors("reserve", read=True):
-                    call(self._holder.client, "BLPOP", *wake_keys, f"{block:.3f}")
+            with self._errors("reserve", _RESERVE_RETRY_HINT):
+                if block >= 0.001:
+                    got, hint = self._block_then_reserve(wake_keys, block, queues, count, lease)
+                else:
+                    got, hint = self._reserve_once(queues, count, lease)
 
     def _reserve_once(
         self, queues: Sequence[str], count: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
         token_base = secrets.token_hex(8) + "-"
         reply = self._run("reserve", count, _ms(lease), token_base, *queues)
-        hint_ms = int(reply[0])
-        return _read_leased(reply, token_base), (None if hint_ms < 0 else hint_ms / 1000)
+        return _leased(reply, token_base)
+
+    def _block_then_reserve(
+        self, wake_keys: list[str], block: float, queues: Sequence[str], count: int,
+        lease: float,
+    ) -> tuple[list[Delivery], float | None]:
+        """``BLPOP`` on the wake lists and the reserve script behind it, sent as one write.
+
+        Redis runs the reserve the moment the block ends (a token arrived or
+        the timeout passed), so a woken consumer has its messages one round
+        trip after the enqueue instead of two.  Losing a wake token to a
+        broken connection is harmless; the reserve's own failure is any
+        reserve's (what it leased is handed out again when the lease runs out).
+        """
+        token_base = secrets.token_hex(8) + "-"
+        script = self._scripts["reserve"]
+        _, reply = call_many(
+            self._holder.client,
+            ("BLPOP", *wake_keys, f"{block:.3f}"),
+            ("EVALSHA", script.sha, 0, self._prefix, count, _ms(lease), token_base, *queues),
+        )
+        if isinstance(reply, ResponseError):
+            # NOSCRIPT after a restart or SCRIPT FLUSH (the plain call loads
+            # it), or an error the plain call reports in its own words.
+            return self._reserve_once(queues, count, lease)
+        return _leased(reply, token_base)
 
     @staticmethod
     def _lease_args(deliveries: Sequence[Delivery]) -> list[str]:
@@ -453,6 +467,12 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self._holder.close()
+
+
+def _leased(reply: list[Any], token_base: str) -> tuple[list[Delivery], float | None]:
+    """reserve.lua's deliveries, and how long until something is due (None: nothing)."""
+    hint_ms = int(reply[0])
+    return _read_leased(reply, token_base), (None if hint_ms < 0 else hint_ms / 1000)
 
 
 def _read_leased(reply: list[Any], token_base: str) -> list[Delivery]:

@@ -223,7 +223,7 @@ HOUSEKEEPING = (
 HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 
-POLL_START = 0.002
+POLL_START = 0.0005  # a woken consumer: ~0.3 ms late on average (was 2 ms: ~1-2 ms)
 POLL_MAX = 0.05
 
 _Row = tuple[Any, ...]

@@ -8,6 +8,13 @@
 from __future__ import annotations
 
 from conveyor.control.api import Control, Inspect
-from conveyor.control.base import Command, ControlChannel, Listener, channel_for
+from conveyor.control.base import (
+    CONTROL_CHANNELS,
+    Command,
+    ControlChannel,
+    Listener,
+    channel_for,
+)
 
-__all__ = ["Command", "Control", "ControlChannel", "Inspect", "Listener", "channel_for"]
+__all__ = ["CONTROL_CHANNELS", "Command", "Control", "ControlChannel", "Inspect", "Listener",
+           "channel_for"]

@@ -38,6 +38,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from conveyor import redact
+from conveyor.schemes import Family, scheme_of
+
 log = logging.getLogger("conveyor.worker")
 REPLY_TTL = 60.0  # seconds a stored reply (or a SQLite command row) is kept
 
@@ -123,35 +126,27 @@ def encode_reply(node: str, body: Any) -> str:
     return json.dumps([node, body], default=str)
 
 
+_REDIS = "conveyor.control.redis:RedisChannel"
+_POSTGRES = "conveyor.control.postgres:PostgresChannel"
+_AMQP = "conveyor.control.amqp:side_store_channel"
+
+#: Broker scheme → control channel class (or factory), called as ``cls(url, options)``
+#: with the broker's URL and options.  Third-party transports register under
+#: the ``conveyor.control_channels`` entry-point group.
+CONTROL_CHANNELS = Family("control channel", "conveyor.control_channels", {
+    "memory": "conveyor.control.memory:MemoryChannel",
+    "sqlite": "conveyor.control.sqlite:SQLiteChannel",
+    "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS,
+    "postgresql": _POSTGRES, "postgres": _POSTGRES,
+    "amqp": _AMQP, "amqps": _AMQP, "pyamqp": _AMQP,
+}, hint="remote control is not available for this broker")
+
+
 def channel_for(url: str, options: dict[str, Any] | None = None) -> ControlChannel:
     """The control channel of the broker at ``url`` (the same scheme, server and file)."""
-    from conveyor.exceptions import ConfigurationError
-
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     # Read by the app for task messages; the broker warned about Celery-only ones already.
     options = {k: v for k, v in (options or {}).items() if k != "priority_steps"}
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        # RabbitMQ keeps no records: control goes through its side store (ADR 0016).
-        from conveyor._amqp import not_in_rabbitmq
-
-        state = options.get("state_url")
-        if not state:
-            raise not_in_rabbitmq("remote control's replies")
-        return channel_for(str(state))
-    if scheme == "memory":
-        from conveyor.control.memory import MemoryChannel
-
-        return MemoryChannel(url)
-    if scheme == "sqlite":
-        from conveyor.control.sqlite import SQLiteChannel
-
-        return SQLiteChannel(url, options)
-    if scheme in ("redis", "rediss", "unix"):
-        from conveyor.control.redis import RedisChannel
-
-        return RedisChannel(url, options)
-    if scheme in ("postgresql", "postgres"):
-        from conveyor.control.postgres import PostgresChannel
-
-        return PostgresChannel(url, options)
-    raise ConfigurationError(f"remote control is not available for broker scheme {scheme!r}")
+    scheme = scheme_of(url) if "://" in url else ""
+    cls = CONTROL_CHANNELS.load(scheme, setting="broker_url", url_for_error=redact.url(url))
+    channel: ControlChannel = cls(url, options)
+    return channel

@@ -52,7 +52,8 @@ class MemoryListener(Listener):
 
 
 class MemoryChannel(ControlChannel):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        # ``options`` (broker_transport_options) configure a client; there is none here.
         with _LOCK:
             self._server = _SERVERS.setdefault(url, _Server())
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from conveyor._redis import ClientHolder, as_text, call, parse_redis_url, translate_errors
+from conveyor._redis_options import connection_options
 from conveyor.control.base import (
     REPLY_TTL,
     Command,
@@ -66,10 +67,8 @@ class RedisListener(Listener):
 
 class RedisChannel(ControlChannel):
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
-        from conveyor._redis import _CELERY_ONLY
-
-        quiet = {k: v for k, v in (options or {}).items() if k not in _CELERY_ONLY}
-        self._options = parse_redis_url(url, quiet)
+        # The broker's connection options and prefix, read as the broker reads them.
+        self._options = parse_redis_url(url, connection_options(options or {}))
         self._holder = ClientHolder(self._options)
         self._channel = f"{self._options.prefix}:control"
         self._block = min(MAX_BLOCK, self._options.socket_timeout / 2)

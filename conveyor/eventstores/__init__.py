@@ -1,14 +1,28 @@
 """Event store implementations (see :mod:`conveyor.events` for what they keep).
 
 ``memory`` for tests, ``sqlite`` beside the embedded broker, ``redis`` for
-scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme.
-Each module documents its storage layout at the top.
+scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme
+through :data:`EVENT_STORES`.  Each module documents its storage layout at
+the top.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from conveyor.schemes import Family
+
+_REDIS = "conveyor.eventstores.redis:RedisEventStore"
+
+#: Scheme → event store class, called as ``cls(url, retention, options=options)``
+#: (``options``: the Redis client options of the store's URL; others ignore them).
+#: Third-party stores register under the ``conveyor.event_stores`` entry-point group.
+EVENT_STORES = Family("event store", "conveyor.event_stores", {
+    "memory": "conveyor.eventstores.memory:MemoryEventStore",
+    "sqlite": "conveyor.eventstores.sqlite:SQLiteEventStore",
+    "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+}, hint="events need sqlite, redis or memory")
 
 
 def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.events import (
+from conveyor.eventstores import worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     WORKER_DROP_AFTER,
@@ -26,7 +27,6 @@ from conveyor.events import (
     TimelineEvent,
     newer,
 )
-from conveyor.eventstores import worker_view
 
 
 @dataclass
@@ -49,7 +49,9 @@ class MemoryEventStore(EventStore):
     """See module docstring."""
 
     def __init__(self, url: str = "memory://", retention: float = 86400.0,
-                 max_tasks: int = MAX_TASKS) -> None:
+                 max_tasks: int = MAX_TASKS,
+                 options: Mapping[str, Any] | None = None) -> None:
+        # ``options`` are a Redis client's (see EVENT_STORES); there is no client here.
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks

@@ -37,11 +37,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from importlib import resources
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from conveyor.events import (
+from conveyor import _lua
+from conveyor.eventstores import dumps, worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     MINUTE,
@@ -56,7 +57,6 @@ from conveyor.events import (
     TimelineEvent,
     newer,
 )
-from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError
 
 T = TypeVar("T")
@@ -68,30 +68,29 @@ UPSERT_CHUNK = 500
 ROLLUP = 600
 SEP = "\x1f"
 PAGE = 500
+_UPSERT = _lua.script_file("conveyor.eventstores", "upsert_tasks.lua")
 
 
 class RedisEventStore(EventStore):
     """See module docstring."""
 
-    def __init__(self, url: str, retention: float = 86400.0, prefix: str | None = None,
-                 max_tasks: int = MAX_TASKS, sentinel: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, retention: float = 86400.0, max_tasks: int = MAX_TASKS,
+                 options: Mapping[str, Any] | None = None) -> None:
         import redis
 
         from conveyor._redis import new_client, parse_redis_url
+        from conveyor._redis_options import connection_options
 
-        # The broker's URL rules (``?prefix=``, TLS, unix sockets); ``prefix`` overrides;
-        # ``sentinel``: the broker's master_name (and friends) for a sentinel:// URL.
-        extra = dict(sentinel or {}, **({"prefix": prefix} if prefix else {}))
-        options = parse_redis_url(url, extra or None)
+        # The URL rules every Redis store follows (``?prefix=``, TLS, unix sockets,
+        # sentinel://); ``options`` override the query: the same connection
+        # options and prefix as the result store at this URL (events.store_for).
+        parsed = parse_redis_url(url, connection_options(options or {}))
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
-        self.p = f"{options.prefix}:ev"
-        self.client: Any = new_client(options.client_kwargs, options.sentinel)
+        self.p = f"{parsed.prefix}:ev"
+        self.client: Any = new_client(parsed.client_kwargs, parsed.sentinel)
         self._error: type[Exception] = redis.RedisError
-        self._upsert_script = self.client.register_script(
-            resources.files("conveyor.eventstores").joinpath("upsert_tasks.lua")
-            .read_text(encoding="utf-8"))
         self._pruned_at = 0.0
 
     def _guard(self, work: Callable[[], T]) -> T:
@@ -188,8 +187,10 @@ class RedisEventStore(EventStore):
         keys = [f"{self.p}:entry", f"{self.p}:tasks"]
         step = 4 * UPSERT_CHUNK
         calls = range(0, len(args), step)
+        if calls:
+            _lua.ensure_loaded(self.client, _UPSERT)
         for start in calls:
-            self._upsert_script(keys=keys, args=args[start:start + step], client=pipe)
+            _lua.queue(pipe, _UPSERT, keys, args[start:start + step])
         replies = pipe.execute()
         return [c.decode() for reply in replies[len(replies) - len(calls):] for c in reply]
 

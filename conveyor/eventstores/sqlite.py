@@ -29,11 +29,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from conveyor.events import (
+from conveyor.eventstores import dumps, worker_view
+from conveyor.eventstores.base import (
     MAX_TASKS,
     MAX_TIMELINE,
     OUTCOMES,
@@ -46,7 +47,6 @@ from conveyor.events import (
     TaskQuery,
     TimelineEvent,
 )
-from conveyor.eventstores import dumps, worker_view
 from conveyor.exceptions import BrokerError, ConfigurationError
 
 T = TypeVar("T")
@@ -135,7 +135,9 @@ class SQLiteEventStore(EventStore):
     """See module docstring."""
 
     def __init__(self, url: str, retention: float = 86400.0, max_tasks: int = MAX_TASKS,
-                 busy_timeout: float = 10.0) -> None:
+                 busy_timeout: float = 10.0,
+                 options: Mapping[str, Any] | None = None) -> None:
+        # ``options`` are a Redis client's (see EVENT_STORES); there is no client here.
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks

@@ -66,7 +66,7 @@ def _words(line: str) -> list[str]:
 
 
 def _check(path: Path, number: int, line: str, report: Report) -> None:
-    from conveyor.cli import main
+    from conveyor.cli import all_commands, main
 
     words = _words(line)
     accepted = _options(main)
@@ -77,7 +77,7 @@ def _check(path: Path, number: int, line: str, report: Report) -> None:
             continue
         if i > 0 and words[i - 1] in ("-A", "--app", "--workdir", "-b", "--broker"):
             continue
-        command = main.commands.get(word)
+        command = all_commands().get(word)
         if command is None:
             report.note(path, number, f"conveyor has no '{word}' command; "
                                       "see docs/migrating-from-celery.md")
@@ -90,9 +90,9 @@ def _check_options(path: Path, number: int, name: str, command: click.Command,
                    words: list[str], report: Report) -> None:
     accepted = _options(command)
     if name == "multi":  # multi hands its options to each node's worker command
-        from conveyor.cli import main
+        from conveyor.cli import all_commands, main
 
-        accepted |= _options(main) | _options(main.commands["worker"])
+        accepted |= _options(main) | _options(all_commands()["worker"])
         words = [w for w in words if w.partition("=")[0] not in ("-p",)]
     if isinstance(command, click.Group):
         sub = next((w for w in words if not w.startswith("-")), None)

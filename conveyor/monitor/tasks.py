@@ -18,7 +18,7 @@ from conveyor import states
 from conveyor.events import EventStore
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor import values
-from conveyor.results import ResultRecord, Stored
+from conveyor.resultstores import ResultRecord, Stored
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

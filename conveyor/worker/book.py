@@ -1,7 +1,8 @@
 """The supervisor's ledger of what each slot (child process or thread) holds.
 
-Whoever owns the ledger renews the leases of everything held, enforces hard
-time limits, and knows exactly which messages to hand back when a slot dies.
+The supervisor (:mod:`conveyor.worker.supervisor`) owns it: it renews the
+leases of everything held, enforces hard time limits, and knows exactly
+which messages to hand back when a slot dies.
 It is fed by reports (pipe messages from children, or direct calls from
 threads) and never talks to the broker itself.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conveyor.brokers.base import Delivery
@@ -26,15 +28,19 @@ class Running:
     started: float
     deadline: float | None
     acked: bool = False  # acknowledged before it ran (acks_late=False): no lease to keep
+    returned: bool = False  # the task function returned: no deadline, no kill
+    killed: BaseException | None = None  # why the supervisor ended it (hard limit, terminate)
 
 
 @dataclass
 class Slot:
     """One child process or thread."""
 
+    started: float = field(default_factory=time.monotonic)
     held: dict[str, Delivery] = field(default_factory=dict)
     running: Running | None = None
-    processed: int = 0
+    retiring: bool = False  # told to stop after its task (shrink, recycle, shutdown)
+    abandoned: bool = False  # ended by a cold shutdown: all it held goes back uncounted
 
 
 class LeaseBook:
@@ -57,7 +63,9 @@ class LeaseBook:
 
     def held(self, key: int, deliveries: list[Delivery]) -> None:
         with self._lock:
-            slot = self.slots[key]
+            slot = self.slots.get(key)
+            if slot is None:  # a slot the supervisor already gave up (killed)
+                return
             for d in deliveries:
                 slot.held[d.id] = d
 
@@ -69,7 +77,9 @@ class LeaseBook:
         if report is not None:
             self.recorder.add(report)
         with self._lock:
-            slot = self.slots[key]
+            slot = self.slots.get(key)
+            if slot is None:
+                return
             delivery = slot.held.pop(delivery_id, None) if acked else slot.held.get(delivery_id)
             if delivery is None:
                 return
@@ -89,10 +99,35 @@ class LeaseBook:
             if slot.running is not None and slot.running.delivery.id == delivery_id:
                 self.task_counts[slot.running.task] += 1
                 slot.running = None
-            slot.processed += 1
             if state:
                 self.counts[state] += 1
             return delivery
+
+    def returned(self, key: int, delivery_id: str) -> bool:
+        """The task function returned: its hard deadline ends now.
+
+        False when the supervisor claimed the task first (:meth:`claim`): it
+        is being killed and its outcome is the supervisor's to record.
+        """
+        with self._lock:
+            slot = self.slots.get(key)
+            running = slot.running if slot is not None else None
+            if running is None or running.delivery.id != delivery_id:
+                return slot is not None
+            running.returned, running.deadline = True, None
+            return running.killed is None
+
+    def claim(self, key: int, running: Running, why: BaseException,
+              kill: Callable[[], None]) -> bool:
+        """Kill a slot's task unless it returned: ``kill`` runs under the lock
+        :meth:`returned` takes, so the two cannot cross."""
+        with self._lock:
+            slot = self.slots.get(key)
+            if slot is None or slot.running is not running or running.returned or running.killed:
+                return False
+            running.killed = why
+            kill()
+            return True
 
     def all_held(self) -> list[Delivery]:
         with self._lock:
@@ -106,12 +141,9 @@ class LeaseBook:
                 (key, slot.running)
                 for key, slot in self.slots.items()
                 if slot.running and slot.running.deadline and slot.running.deadline < now
+                and not slot.running.killed
             ]
 
     def running_tasks(self) -> list[tuple[int, Running]]:
         with self._lock:
             return [(k, s.running) for k, s in self.slots.items() if s.running is not None]
-
-    def active_count(self) -> int:
-        with self._lock:
-            return sum(1 for s in self.slots.values() if s.running is not None)

@@ -4,7 +4,7 @@ Two strategies, as small classes: a process's main thread gets a real
 ``SIGALRM`` timer (it interrupts blocking system calls too); any other thread
 gets the exception injected with ``PyThreadState_SetAsyncExc`` (delivered at
 the next bytecode, so a call blocked in C sees it only when it returns).
-Hard limits are the supervisor's job: it kills the process (prefork).
+Hard limits are the supervisor's job (:mod:`conveyor.worker.supervisor`).
 """
 
 from __future__ import annotations
@@ -52,14 +52,7 @@ class ThreadTimer:
             self._timer = None
 
 
-def _raise_in(thread_id: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
-    )
-
-
-def timer_for_current_thread() -> SignalTimer | ThreadTimer:
-    """The right strategy for the calling thread."""
-    if threading.current_thread() is threading.main_thread():
-        return SignalTimer()
-    return ThreadTimer()
+def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Queue ``exc_type`` for the thread's next bytecode (``None``: drop what is queued)."""
+    exc = ctypes.c_void_p(None) if exc_type is None else ctypes.py_object(exc_type)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)

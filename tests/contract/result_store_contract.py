@@ -1,4 +1,4 @@
-"""The result store contract (conveyor/results/base.py): ``ResultStoreContract``.
+"""The result store contract (conveyor/resultstores/base.py): ``ResultStoreContract``.
 
 Not collected on its own. Each store's module subclasses it and overrides the
 one hook, the ``url`` fixture: ``tests/contract/test_result_store_<backend>.py``
@@ -30,8 +30,8 @@ from typing import ClassVar
 import pytest
 
 from conveyor import states
-from conveyor.results import ResultStore, result_store_from_url
-from conveyor.results.record import Attempt
+from conveyor.resultstores import ResultStore, result_store_from_url
+from conveyor.resultstores.record import Attempt
 
 # A message's send time in microseconds (``Attempt.sent``), for the fence tests.
 SENT = 1_700_000_000_000_000

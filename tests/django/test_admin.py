@@ -18,7 +18,7 @@ from conveyor.contrib.django.models import (
     TaskResult,
 )
 from conveyor.contrib.django.results import DjangoResultStore
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.record import ResultRecord
 
 
 @pytest.fixture

@@ -311,7 +311,7 @@ def test_celerys_beat_settings_are_honoured_or_listed(app: Any) -> None:
 def test_a_solar_row_without_the_library_is_skipped_and_logged(
         app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Without PyEphem a solar row cannot be planned: beat logs why and runs the others."""
-    from conveyor import _sun
+    from conveyor.beat.schedules import _sun
 
     sched = DatabaseScheduler(app)
     here = SolarSchedule.objects.create(event="sunset", latitude=10, longitude=10)

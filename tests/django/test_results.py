@@ -10,13 +10,15 @@ import pytest
 from conveyor import states
 from conveyor.contrib.django.models import ChordPart, TaskResult
 from conveyor.contrib.django.results import DjangoResultStore
-from conveyor.results import result_store_from_url
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores import result_store_from_url
+from conveyor.resultstores.record import ResultRecord
 from conveyor.testing import run_worker
 
 
 def test_django_db_url_opens_the_django_store(transactional_db: None) -> None:
+    """Through the ``conveyor.result_stores`` entry point (tests/unit/test_layering.py)."""
     assert isinstance(result_store_from_url("django-db"), DjangoResultStore)
+    assert isinstance(result_store_from_url("django"), DjangoResultStore)
 
 
 def test_chord_redelivery_does_not_count_twice(transactional_db: None) -> None:
@@ -78,7 +80,7 @@ def test_chord_fail_closes_the_join_once(transactional_db: None) -> None:
 
 
 def test_set_fenced_refuses_a_stale_run(transactional_db: None) -> None:
-    from conveyor.results.record import Attempt
+    from conveyor.resultstores.record import Attempt
 
     s = DjangoResultStore()
 

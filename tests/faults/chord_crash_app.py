@@ -13,9 +13,9 @@ import signal
 from typing import Any
 
 from conveyor import Conveyor
-from conveyor.results.base import ResultStore
-from conveyor.results.redis import RedisResultStore
-from conveyor.results.sqlite import SQLiteResultStore
+from conveyor.resultstores.base import ResultStore
+from conveyor.resultstores.redis import RedisResultStore
+from conveyor.resultstores.sqlite import SQLiteResultStore
 from tests.faults.tasklog import record
 
 app = Conveyor("chord_crash_app")

@@ -40,7 +40,7 @@ from conveyor.beat import (
     task_id_for,
     tick_key,
 )
-from conveyor.beat_state import ALIVE_AT, CUTOFF, open_beat_state
+from conveyor.beat_state import open_beat_state
 from conveyor.brokers import Broker, broker_from_url
 from conveyor.brokers import memory as memory_broker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
@@ -662,24 +662,8 @@ def test_run_embedded_sends_from_a_thread_under_the_same_lease(memory_url: str) 
     assert_exactly_once(ticks_of(sent + drain(app.broker)), 0.2)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_history_only_moves_forward(kind: str, request: pytest.FixtureRequest) -> None:
-    url = request.getfixturevalue(URL_FIXTURES[kind])
-    state = open_beat_state(make_app(url))
-    try:
-        assert state.last_run("x") is None and state.get(ALIVE_AT) is None
-        precise = datetime(2024, 1, 1, 0, 0, 1, 123457, tzinfo=UTC)
-        assert state.record_run("x", precise)
-        assert not state.record_run("x", precise - timedelta(microseconds=1))
-        assert state.record_run("x", precise + timedelta(seconds=1))
-        assert state.last_run("x") == precise + timedelta(seconds=1)
-        assert state.runs()["x"].total_run_count == 2
-        assert state.runs(["x", "y"]).keys() == {"x"}
-        state.advance(CUTOFF, precise)
-        state.advance(CUTOFF, precise - timedelta(hours=1))
-        assert state.get(CUTOFF) == precise
-    finally:
-        state.close()
+# The history store's own properties (only forward, exact times, shared) are the
+# beat-state contract: tests/contract/beat_state_contract.py, run on every store.
 
 
 # --------------------------------------------------------------------------- real processes

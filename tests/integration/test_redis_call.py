@@ -1,4 +1,4 @@
-"""``conveyor._redis.call`` and ``run_script``: the direct command path.
+"""``conveyor._redis.call``, ``call_many`` and ``conveyor._lua``: the direct command path.
 
 They skip redis-py's per-command layers, so they must keep what those layers
 guarantee: a connection that failed mid-command never hands its late reply to
@@ -8,16 +8,19 @@ the server forgot is loaded again.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from conveyor import states
-from conveyor._redis import call, run_script
-from conveyor.results.record import Attempt
-from conveyor.results.redis import RedisResultStore
+from conveyor import _lua, states
+from conveyor._redis import call, call_many
+from conveyor.events import TOTALS, Batch, TaskEntry
+from conveyor.eventstores.redis import RedisEventStore
+from conveyor.resultstores.record import Attempt
+from conveyor.resultstores.redis import RedisResultStore
 from tests.integration.test_redis_specific import RedisServer, private_redis  # noqa: F401
 
 pytestmark = pytest.mark.redis
@@ -64,7 +67,53 @@ def test_a_script_the_server_forgot_is_loaded_again(private_redis: RedisServer) 
     redis.Redis(port=private_redis.port).script_flush()
     assert store.set_fenced("b", states.SUCCESS, b"{}", 60, attempt)
     client = redis.Redis(port=private_redis.port)
-    assert run_script(client, client.register_script("return 7"), [], []) == 7
+    assert _lua.run(client, _lua.LuaScript("return 7"), [], []) == 7
     assert [s.state if s else None for s in store.get_many(["a", "b"])] == [states.SUCCESS] * 2
     client.close()
     store.close()
+
+
+def test_commands_sent_together_answer_in_order_with_errors_in_place(
+        client: redis.Redis, key: str) -> None:
+    """``call_many`` reads every reply, so an error in the middle leaves the connection in step."""
+    client.set(key, b"text")
+    replies = call_many(client, ("GET", key), ("INCR", key), ("STRLEN", key))
+    assert replies[0] == b"text"
+    assert isinstance(replies[1], redis.ResponseError)
+    assert replies[2] == 4
+    assert call(client, "GET", key) == b"text"  # the next caller reads its own reply
+
+
+def test_a_command_queued_behind_a_block_runs_when_the_block_ends(
+        client: redis.Redis, redis_url: str, key: str) -> None:
+    """Redis runs a connection's commands in order: the second waits for the first's wake-up."""
+    other = redis.Redis.from_url(redis_url)
+    other.rpush(f"{key}:wake", b"token")
+    popped, after = call_many(client, ("BLPOP", f"{key}:wake", "0.2"),
+                              ("LLEN", f"{key}:wake"))
+    assert popped == [f"{key}:wake".encode(), b"token"] and after == 0
+    timed_out, ran = call_many(client, ("BLPOP", f"{key}:wake", "0.05"), ("PING",))
+    assert timed_out is None and ran in (b"PONG", "PONG", True)
+    other.close()
+
+
+def test_scripts_in_a_pipeline_are_loaded_before_it_is_sent(
+        private_redis: RedisServer) -> None:  # noqa: F811
+    """A NOSCRIPT inside a pipeline could not be retried (its other commands ran,
+    the counters would count twice), so ``_lua.ensure_loaded`` loads first."""
+    store = RedisEventStore(private_redis.url)
+    client = redis.Redis(port=private_redis.port)
+    try:
+        for n in (1, 2):
+            client.script_flush()
+            now = time.time()
+            entry = TaskEntry(f"t{n}", "add", "SUCCESS", updated_at=now)
+            store.write(Batch(worker="w", cells={(TOTALS, "add", "n:SUCCESS"): 1},
+                              tasks=[entry]))
+            assert store.task(f"t{n}") is not None
+        assert client.script_exists(_lua.script_file(
+            "conveyor.eventstores", "upsert_tasks.lua").sha) == [True]
+        assert ("add", "n:SUCCESS", 2) in store.totals()
+    finally:
+        client.close()
+        store.close()

@@ -2,7 +2,7 @@
 
 ``RedisResultStore.wait`` reads the result, then blocks on
 ``P:result-notify:{id}`` with ``BRPOPLPUSH`` (see the module docstring of
-``conveyor.results.redis``).  These tests try to break what that design must
+``conveyor.resultstores.redis``).  These tests try to break what that design must
 keep: every waiter wakes, a write between the read and the block is not
 missed, only an accepted (fenced) write wakes anyone, a stale value is never
 announced, the list does not linger, and nothing is left running or held.
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import redis
 
-import conveyor.results.redis as results_redis
+import conveyor.resultstores.redis as results_redis
 from conveyor import states
-from conveyor.results.record import Attempt
-from conveyor.results.redis import RedisResultStore
+from conveyor.resultstores.record import Attempt
+from conveyor.resultstores.redis import RedisResultStore
 
 pytestmark = pytest.mark.redis
 

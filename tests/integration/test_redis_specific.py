@@ -31,7 +31,7 @@ from conveyor._redis import parse_redis_url
 from conveyor.brokers import Envelope, QueueStats
 from conveyor.brokers.redis import RedisBroker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError, ResultError
-from conveyor.results.redis import RedisResultStore
+from conveyor.resultstores.redis import RedisResultStore
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.redis
@@ -325,6 +325,43 @@ def test_a_burst_wakes_every_blocked_consumer(broker: RedisBroker, prefixed: str
     assert max(at for at, _ in got) - start < 0.5  # not the 1 s safety re-check
     for c in consumers:
         c.close()
+
+
+def test_a_woken_consumer_gets_its_message_from_the_same_call(broker: RedisBroker,
+                                                             prefixed: str) -> None:
+    """The wake-up and the reserve behind it are sent together: the blocked call
+    returns the message leased (token, delivery count), not just the wake token."""
+    consumer = RedisBroker(prefixed)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend(
+        consumer.reserve(["q"], 4, lease=30, timeout=5)))
+    thread.start()
+    time.sleep(0.2)  # blocked on the wake list now
+    broker.enqueue(env("woken"))
+    thread.join(10)
+    assert [d.body for d in got] == [b"woken"] and got[0].deliveries == 1
+    assert consumer.ack(got) == [True]
+    assert broker.stats(["q"])[0].ready == 0
+    consumer.close()
+
+
+def test_a_blocked_reserve_survives_a_script_flush(private_redis: RedisServer) -> None:
+    """The reserve queued behind the block finds no script: it is loaded and run again."""
+    producer, consumer = RedisBroker(private_redis.url), RedisBroker(private_redis.url)
+    assert consumer.reserve(["q"], 1, lease=30, timeout=0) == []  # the script is loaded
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend(
+        consumer.reserve(["q"], 1, lease=30, timeout=5)))
+    thread.start()
+    time.sleep(0.2)
+    client = redis.Redis(port=private_redis.port)
+    client.script_flush()
+    client.close()
+    producer.enqueue(env("after the flush"))
+    thread.join(10)
+    assert [d.body for d in got] == [b"after the flush"]
+    producer.close()
+    consumer.close()
 
 
 def test_broker_keeps_working_in_a_forked_child(broker: RedisBroker) -> None:

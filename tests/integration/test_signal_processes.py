@@ -138,16 +138,18 @@ def test_task_and_worker_signals_in_real_worker_processes(
         client.close()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_hard_time_limit_and_terminate_send_failure_and_revoked_from_the_supervisor(
-        url: str, spawn: Spawn, lines: Lines) -> None:
+        url: str, pool: str, spawn: Spawn, lines: Lines) -> None:
     """Celery: worker/request.py on_timeout sends task_failure(exception=TimeLimitExceeded)
     and a terminating revoke sends task_revoked(terminated=True, signum) from the main
-    process, whose pool killed the child.  Conveyor kills with SIGKILL (signum 9)."""
+    process, whose pool killed the child.  Conveyor kills with SIGKILL (signum 9); the
+    thread pool's one supervisor (issue 17) gives up the task's thread the same way."""
     client = Conveyor("client", broker=url, set_as_current=False)
     try:
         limited = client.send_task(f"{APP}.sleepy", [30], time_limit=0.5)
         stopped = client.send_task(f"{APP}.sleepy", [30])
-        worker = spawn(url, "worker", "-P", "prefork", "-c", "2")
+        worker = spawn(url, "worker", "-P", pool, "-c", "2")
         wait_for(lambda: len(lines.of("sleepy_started")) == 2, 30, "both tasks to start")
         client.revoke(stopped.id, terminate=True)
         wait_for(lambda: lines.of("task_failure") and lines.of("task_revoked"), 30,

@@ -25,10 +25,10 @@ from conveyor.brokers import sqlite as sqlite_broker
 from conveyor.brokers.base import Envelope
 from conveyor.brokers.sqlite import SQLiteBroker
 from conveyor.exceptions import BrokerError, ConfigurationError
-from conveyor.results import result_store_from_url
-from conveyor.results import sqlite as sqlite_results
-from conveyor.results.record import Attempt
-from conveyor.results.sqlite import SQLiteResultStore
+from conveyor.resultstores import result_store_from_url
+from conveyor.resultstores import sqlite as sqlite_results
+from conveyor.resultstores.record import Attempt
+from conveyor.resultstores.sqlite import SQLiteResultStore
 
 FORK = multiprocessing.get_context("fork")
 

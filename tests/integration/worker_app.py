@@ -94,3 +94,38 @@ def flaky(self: Any) -> str:
     if self.request.retries == 0:
         raise self.retry(countdown=0.1)
     return "second try"
+
+
+@app.task(bind=True, time_limit=1.0)
+def returns_before_its_limit(self: object) -> str:
+    """Returns at 0.8 s of its 1 s hard limit (its result write may take longer)."""
+    record("start")
+    time.sleep(0.8)
+    record("end")
+    return "finished"
+
+
+@app.task(bind=True)
+def meet(self: object, expected: int) -> str:
+    """Wait (bounded) until ``expected`` meet tasks run at once: proves that many slots."""
+    record("meet")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open(os.environ["LEDGER"]) as f:
+            if sum(line.startswith("meet ") for line in f) >= expected:
+                return "met"
+        time.sleep(0.05)
+    raise RuntimeError(f"fewer than {expected} meet tasks ran at once")
+
+
+@app.task(bind=True)
+def hold(self: Any, marker: str, drop_lease: bool = False) -> str:
+    """Run until ``marker`` exists (bounded); with ``drop_lease``, first acknowledge
+    its own message, so its lease is gone (as when another consumer took it over)."""
+    record("start")
+    if drop_lease:
+        self.app.broker.ack([self.request.delivery])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "done"

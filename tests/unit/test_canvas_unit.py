@@ -16,8 +16,8 @@ from conveyor import Conveyor, GroupResult, chain, chord, chunks, group, signatu
 from conveyor.canvas import Canvas, Signature, derived_id, maybe_signature, xmap, xstarmap
 from conveyor.message import Message
 from conveyor.result import AsyncResult
-from conveyor.results.base import ResultStore
-from conveyor.results.memory import MemoryResultStore
+from conveyor.resultstores.base import ResultStore
+from conveyor.resultstores.memory import MemoryResultStore
 from conveyor.task import Task
 
 

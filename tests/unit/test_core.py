@@ -24,7 +24,7 @@ from conveyor.exceptions import (
     SerializationError,
 )
 from conveyor.message import Message, MessageDecodeError
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.record import ResultRecord
 from conveyor.routing import Routes
 
 
@@ -265,7 +265,7 @@ def test_oversized_result_is_refused_and_large_one_warned(
     with pytest.raises(ResultTooLarge,
                        match=r"big\[t1\] is \d+ bytes, above result_max_bytes=1000"):
         record.encode(max_bytes=1000)
-    with caplog.at_level(logging.WARNING, logger="conveyor.results"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.resultstores"):
         record.encode(max_bytes=10_000, warn_bytes=1000)
     assert "results are meant to be small" in caplog.text
 

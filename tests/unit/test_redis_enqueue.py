@@ -7,8 +7,9 @@ import uuid
 import pytest
 
 from conveyor import Conveyor
+from conveyor._lua import LuaScript
 from conveyor.brokers.base import Envelope
-from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker, _load_script_text
+from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker
 
 
 def envelopes(n: int, queue: str = "q") -> list[Envelope]:
@@ -25,8 +26,8 @@ def test_a_script_the_server_lacks_is_loaded_and_the_refused_chunks_sent_again(
 ) -> None:
     # A script text this server has never seen stands in for a restarted or
     # flushed server (SCRIPT FLUSH would disturb everyone sharing it).
-    text = _load_script_text("enqueue") + f"\n-- {uuid.uuid4().hex}\n"
-    broker._scripts["enqueue"] = broker._holder.client.register_script(text)
+    text = broker._scripts["enqueue"].script + f"\n-- {uuid.uuid4().hex}\n"
+    broker._scripts["enqueue"] = LuaScript(text)
     envs = envelopes(2 * ENQUEUE_CHUNK + 500)
     assert broker.enqueue_many(envs + envs[:3]) == [e.id for e in envs + envs[:3]]
     got = broker.reserve(["q"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)

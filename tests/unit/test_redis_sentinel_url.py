@@ -52,7 +52,8 @@ def test_results_beside_a_sentinel_broker_ask_the_same_master() -> None:
                         broker_transport_options={"master_name": "main", "prefix": "p"})
     options = settings.result_options()
     assert options["master_name"] == "main"
-    assert "prefix" not in options
+    # One prefix for the app's keys (issue 17; this asserted the old split before).
+    assert options["prefix"] == "p"
 
 
 def test_transport_options_from_the_environment_are_json() -> None:
@@ -62,7 +63,7 @@ def test_transport_options_from_the_environment_are_json() -> None:
 
 
 def test_wait_replicas_for_the_result_store_is_refused() -> None:
-    from conveyor.results.redis import RedisResultStore
+    from conveyor.resultstores.redis import RedisResultStore
 
     with pytest.raises(ConfigurationError, match="wait_replicas applies to the broker"):
         RedisResultStore("redis://127.0.0.1:1/0", wait_replicas=1)

@@ -33,6 +33,7 @@ from conveyor.schedules import (
     Schedule,
     ScheduleError,
     as_schedule,
+    clocked,
     crontab,
     schedule,
     schedule_from_dict,
@@ -851,6 +852,9 @@ def test_to_dict_shapes() -> None:
         crontab(minute="*/15", hour="9-17", day_of_week="mon-fri"),
         crontab(minute=[0, 30], day_of_month=13, day_of_week="fri", tz="Asia/Kathmandu"),
         crontab(minute=0, hour=0, day_of_month=29, month_of_year="feb", tz="UTC"),
+        # Its to_dict promised this round trip, but schedule_from_dict did not know
+        # the kind while clocked lived in the Django scheduler.
+        clocked(datetime(2030, 1, 1, 9, 0, 0, 250, tzinfo=KATHMANDU)),
     ],
     ids=repr,
 )
@@ -881,6 +885,9 @@ def test_any_crontab_round_trips(line: str, zone: str | None) -> None:
         ({"type": "crontab", "minutes": "5"}, "has unknown keys ['minutes']"),
         ({"type": "crontab", "hour": "24"}, "crontab field 'hour': 24 is out of range 0-23"),
         ({"type": "crontab", "tz": "Atlantis"}, "unknown time zone 'Atlantis'"),
+        ({"type": "clocked"}, "stored clocked schedule is missing ['clocked_time']"),
+        ({"type": "clocked", "clocked_time": "soon"}, "stored clocked schedule has a bad time"),
+        ({"type": "clocked", "clocked_time": "2030-01-01T09:00"}, "must be an aware datetime"),
     ],
 )
 def test_bad_stored_schedule_is_refused(data: Any, message: str) -> None:

@@ -15,9 +15,9 @@ import redis
 
 from conveyor import Conveyor, current_app, states
 from conveyor.exceptions import BrokerError, ConfigurationError, ResultError
-from conveyor.results import result_store_from_url
-from conveyor.results.memory import MemoryResultStore
-from conveyor.results.retrying import RetryingResultStore
+from conveyor.resultstores import result_store_from_url
+from conveyor.resultstores.memory import MemoryResultStore
+from conveyor.resultstores.retrying import RetryingResultStore
 from conveyor.testing import run_worker
 
 
@@ -139,7 +139,7 @@ def test_an_unreachable_redis_result_store_is_retried_as_configured(
                    result_backend_max_retries=3,
                    result_backend_base_sleep_between_retries_ms=1,
                    result_backend_max_sleep_between_retries_ms=5)
-    with caplog.at_level(logging.WARNING, logger="conveyor.results"), \
+    with caplog.at_level(logging.WARNING, logger="conveyor.resultstores"), \
             pytest.raises(ResultError, match="unavailable"):
         app.backend.get("x")
     assert [r.getMessage().split(" in ")[0][-7:] for r in caplog.records] == [
@@ -172,7 +172,7 @@ def test_db_sqlite_result_backend_is_the_sqlite_store(backend_url: str, tmp_path
 
 def test_db_postgresql_result_backend_is_the_postgres_store(pg_url: str) -> None:
     """Celery's ``db+postgresql+psycopg2://`` URL: Conveyor's store, on psycopg 3."""
-    from conveyor.results.postgres import PostgresResultStore
+    from conveyor.resultstores.postgres import PostgresResultStore
 
     store = result_store_from_url("db+" + pg_url.replace("postgresql://", "postgresql+psycopg2://"))
     assert isinstance(store, PostgresResultStore)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor import _sun
+from conveyor.beat.schedules import _sun
 from conveyor.schedules import ScheduleError, crontab, crontab_parser, schedule_from_dict, solar
 
 UTC = timezone.utc

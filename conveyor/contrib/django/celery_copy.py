@@ -29,7 +29,7 @@ from django.utils.dateparse import parse_datetime
 
 from conveyor import states
 from conveyor.contrib.django import models as ours
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.record import ResultRecord
 
 BEAT_PREFIX = "django_celery_beat_"
 RESULTS_PREFIX = "django_celery_results_"

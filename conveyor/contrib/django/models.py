@@ -262,12 +262,10 @@ class ClockedSchedule(models.Model):
 
     @property
     def schedule(self) -> Schedule:
-        from conveyor.contrib.django.schedulers import clocked
-
-        return clocked(aware(self.clocked_time))
+        return schedules.clocked(aware(self.clocked_time))
 
     @classmethod
-    def from_schedule(cls, when: Any) -> ClockedSchedule:
+    def from_schedule(cls, when: schedules.clocked) -> ClockedSchedule:
         """The row for a ``clocked`` schedule (saved or not), as django-celery-beat's."""
         found = cls.objects.filter(clocked_time=when.clocked_time).order_by("pk").first()
         return found if found is not None else cls(clocked_time=when.clocked_time)

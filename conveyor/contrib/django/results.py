@@ -54,8 +54,8 @@ from conveyor.contrib.django.models import (
     GroupResult,
     TaskResult,
 )
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 
 CLEANUP_EVERY = 1000
 POLL_FIRST = 0.005
@@ -69,6 +69,16 @@ _UPDATED = [
     "content_type", "result", "date_started", "date_done", "traceback", "meta", "retries",
     "queue", "payload", "expires_at",
 ]
+
+
+def open_result_store(url: str) -> DjangoResultStore:
+    """What ``result_backend = "django-db"`` (or ``"django"``) opens.
+
+    Registered in ``pyproject.toml`` under the ``conveyor.result_stores``
+    entry-point group, so the core never imports this package: the default
+    database alias is chosen per call by Django's router.
+    """
+    return DjangoResultStore()
 
 
 class DjangoResultStore(ResultStore):
@@ -330,4 +340,4 @@ def _clip(value: Any, length: int) -> str | None:
     return None if value is None else str(value)[:length]
 
 
-__all__ = ["DjangoResultStore", "columns_from_payload"]
+__all__ = ["DjangoResultStore", "columns_from_payload", "open_result_store"]

@@ -30,14 +30,24 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import MAXYEAR, datetime, timedelta
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import F
 
+from conveyor.beat.scheduler import Entry, Scheduler
+from conveyor.beat.schedules import (
+    NEVER,
+    Schedule,
+    ScheduleError,
+    as_schedule,
+    clocked,
+    crontab,
+    schedule,
+    solar,
+)
 from conveyor.contrib.django._time import aware, to_db
 from conveyor.contrib.django.connections import prepare_connections, retry_on_disconnect
 from conveyor.contrib.django.models import (
@@ -49,16 +59,6 @@ from conveyor.contrib.django.models import (
     SolarSchedule,
     stored_degrees,
 )
-from conveyor.scheduler import Entry, Scheduler
-from conveyor.schedules import (
-    Schedule,
-    ScheduleError,
-    TimeZone,
-    as_schedule,
-    crontab,
-    schedule,
-    solar,
-)
 from conveyor.serialization import from_jsonable, to_jsonable
 
 if TYPE_CHECKING:
@@ -67,37 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.beat")
 
 _UTC = dt_timezone.utc
-#: What a spent one-shot schedule answers for "next run": later than anything real.
-NEVER = datetime(MAXYEAR, 12, 31, tzinfo=_UTC)
-
-
-@dataclass(frozen=True)
-class clocked(Schedule):  # lower case, like schedule and crontab
-    """Once, at ``clocked_time``; after that, never."""
-
-    type_name: ClassVar[str] = "clocked"
-    clocked_time: datetime
-
-    def __post_init__(self) -> None:
-        when = self.clocked_time
-        if not isinstance(when, datetime) or when.tzinfo is None:
-            raise ScheduleError(f"clocked_time must be an aware datetime, got {when!r}")
-        object.__setattr__(self, "clocked_time", when.astimezone(_UTC))
-
-    def next_run(self, after: datetime) -> datetime:
-        if after.tzinfo is None:
-            raise ScheduleError(f"after must be an aware datetime, got {after!r}")
-        return self.clocked_time if after < self.clocked_time else NEVER
-
-    def with_tz(self, tz: TimeZone) -> clocked:
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type_name, "clocked_time": self.clocked_time.isoformat()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> clocked:
-        return cls(datetime.fromisoformat(data["clocked_time"]))
 
 
 class DatabaseScheduler(Scheduler):
@@ -305,4 +274,6 @@ def _first_or_create(model: Any, using: str, **fields: Any) -> Any:
     return model.objects.using(using).create(**fields)
 
 
+# ``clocked`` and ``NEVER`` were defined here before the schedule kinds moved to one
+# place (``conveyor/beat/schedules/``); importing them from here keeps working.
 __all__ = ["NEVER", "DatabaseScheduler", "clocked"]

@@ -52,7 +52,7 @@ from conveyor import signals, states
 from conveyor.app import shared_task
 from conveyor.config import load_object
 from conveyor.contrib.django._time import to_db
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.record import ResultRecord
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

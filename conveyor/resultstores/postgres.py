@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor._postgres import Listener, Pool, ensure_schema, parse_postgres_url, quoted
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
 SCHEMA_VERSION = 1

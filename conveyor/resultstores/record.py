@@ -28,7 +28,7 @@ from conveyor.serialization import (
     utf8,
 )
 
-log = logging.getLogger("conveyor.results")
+log = logging.getLogger("conveyor.resultstores")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from conveyor.exceptions import BrokerError, ResultError, ResultTooLarge
-from conveyor.results.base import ResultStore, Stored
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored
+from conveyor.resultstores.record import Attempt
 
-log = logging.getLogger("conveyor.results")
+log = logging.getLogger("conveyor.resultstores")
 T = TypeVar("T")
 
 

@@ -66,6 +66,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from conveyor._lua import LuaScript, run
 from conveyor._redis import (
     CONNECTION_ERRORS,
     Backoff,
@@ -75,15 +76,14 @@ from conveyor._redis import (
     call,
     parse_redis_url,
     retry_read,
-    run_script,
     translate_errors,
 )
 from conveyor.exceptions import ConfigurationError, ResultError
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
-log = logging.getLogger("conveyor.results.redis")
+log = logging.getLogger("conveyor.resultstores.redis")
 
 # How one result is stored, shared by the write scripts: SET the result key,
 # then replace the notify list (a ready state leaves its value there, alone,
@@ -101,16 +101,16 @@ end
 """
 
 # set: KEYS result key, notify key; ARGV value, px, notify_px.
-_SET = _STORE + """
+_SET = LuaScript(_STORE + """
 store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
-"""
+""")
 
 # set_fenced: store unless the stored record was written by a later run of
 # the same task call (Attempt.superseded_by, in Lua; docs/decisions/0004), so
 # only an accepted write wakes waiters.  KEYS as for set; ARGV value, px,
 # notify_px, sent, retries, deliveries.  Returns 1 if stored, 0 if refused.
-_SET_FENCED = _STORE + """
+_SET_FENCED = LuaScript(_STORE + """
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local newline = string.find(stored, '\\n', 1, true) or 0
@@ -128,23 +128,23 @@ if stored then
 end
 store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
-"""
+""")
 
 # set_many: KEYS are (result key, notify key) pairs; ARGV px, then per pair
 # its value and notify_px.
-_SET_MANY = _STORE + """
+_SET_MANY = LuaScript(_STORE + """
 local px = ARGV[1]
 for i = 1, #KEYS, 2 do
   store(KEYS[i], KEYS[i + 1], ARGV[i + 1], px, ARGV[i + 2])
 end
 return #KEYS / 2
-"""
+""")
 
 # Record header `index`; the call that completes the set gets every part in
 # index order and names itself in the done marker, so its own repeat (a
 # redelivered completer) gets the parts again; anyone else after that gets
 # nothing.  Parts that expired meanwhile mean nothing to send (false).
-_CHORD_ADD = """
+_CHORD_ADD = LuaScript("""
 local parts, done = KEYS[1], KEYS[2]
 local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local closed = redis.call('GET', done)
@@ -160,15 +160,15 @@ for i = 0, size - 1 do fields[#fields + 1] = i end
 local all = redis.call('HMGET', parts, unpack(fields))
 for i = 1, size do if not all[i] then return false end end
 return all
-"""
+""")
 
 # Close the join because a header failed: the same done marker chord_add
 # claims, so between "fired" and "failed" exactly one call wins.
-_CHORD_FAIL = """
+_CHORD_FAIL = LuaScript("""
 if not redis.call('SET', KEYS[2], 'failed', 'NX', 'PX', ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
-"""
+""")
 
 # How long the notify list outlives a write: it only has to cover a waiter
 # between its GET and its block, so it stays short (no second copy of every
@@ -204,6 +204,8 @@ def _ready(stored: Stored | None) -> bool:
 class RedisResultStore(ResultStore):
     """See the module docstring."""
 
+    takes_transport_options = True
+
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self._options: RedisOptions = parse_redis_url(url, options)
@@ -212,12 +214,6 @@ class RedisResultStore(ResultStore):
                                      "(broker_transport_options), not to the result store")
         self._prefix = self._options.prefix
         self._holder = ClientHolder(self._options)
-        client = self._holder.client
-        self._set = client.register_script(_SET)
-        self._set_many = client.register_script(_SET_MANY)
-        self._chord_add = client.register_script(_CHORD_ADD)
-        self._chord_fail = client.register_script(_CHORD_FAIL)
-        self._set_fenced = client.register_script(_SET_FENCED)
         # A block must end well before the socket times out, or a quiet wait
         # would read as a broken connection.
         self._block_slice = min(_BLOCK_SLICE, self._options.socket_timeout / 2)
@@ -236,7 +232,7 @@ class RedisResultStore(ResultStore):
         keys = [self._key("result", task_id), self._key("result-notify", task_id)]
         args: list[Any] = [_encode(state, payload), px, _notify_px(state, px)]
         with self._errors(f"storing the result of {task_id}"):
-            run_script(self._holder.client, self._set, keys, args)
+            run(self._holder.client, _SET, keys, args)
 
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
@@ -246,7 +242,7 @@ class RedisResultStore(ResultStore):
         args: list[Any] = [_encode(state, payload), px, _notify_px(state, px),
                 attempt.sent, attempt.retries, attempt.deliveries]
         with self._errors(f"storing the result of {task_id}"):
-            done = run_script(self._holder.client, self._set_fenced, keys, args)
+            done = run(self._holder.client, _SET_FENCED, keys, args)
         return bool(done)
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
@@ -260,7 +256,7 @@ class RedisResultStore(ResultStore):
             keys += [self._key("result", task_id), self._key("result-notify", task_id)]
             args += [_encode(state, payload), _notify_px(state, px)]
         with self._errors(f"storing {len(items)} results"):
-            run_script(self._holder.client, self._set_many, keys, args)
+            run(self._holder.client, _SET_MANY, keys, args)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the results and their notify lists (a later wait must not see them)."""
@@ -340,7 +336,7 @@ class RedisResultStore(ResultStore):
             raise ValueError(f"chord {chord_id}: header index {index} is outside 0..{size - 1}")
         keys = [self._key("chord", chord_id, "parts"), self._key("chord", chord_id, "done")]
         with self._errors(f"joining chord {chord_id}"):
-            parts = run_script(self._holder.client, self._chord_add, keys,
+            parts = run(self._holder.client, _CHORD_ADD, keys,
                                [index, size, payload, _ms(ttl)])
         return None if parts is None else [bytes(p) for p in parts]
 
@@ -348,7 +344,7 @@ class RedisResultStore(ResultStore):
         """Atomic with :meth:`chord_add`: both claim the chord's done marker."""
         keys = [self._key("chord", chord_id, "parts"), self._key("chord", chord_id, "done")]
         with self._errors(f"failing chord {chord_id}"):
-            return bool(run_script(self._holder.client, self._chord_fail, keys, [_ms(ttl)]))
+            return bool(run(self._holder.client, _CHORD_FAIL, keys, [_ms(ttl)]))
 
     def cleanup(self) -> int:
         return 0  # Redis expires every key itself

@@ -1,8 +1,8 @@
 """Beat's run history in the PostgreSQL broker's database and schema.
 
-The same three small tables as the SQLite history (``conveyor/beat_state.py``
-explains what each record means and why every write only moves a time
-forward), created and versioned as component ``beat`` in ``conveyor_schema``::
+The same three small tables as the SQLite history (``base.py`` explains
+what each record means and why every write only moves a time forward),
+created and versioned as component ``beat`` in ``conveyor_schema``::
 
     conveyor_beat_runs   (name text PRIMARY KEY, last_run_us bigint, total_run_count bigint)
     conveyor_beat_meta   (key text PRIMARY KEY, value_us bigint)      alive_at, cutoff
@@ -18,7 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from conveyor._postgres import Pool, ensure_schema, parse_postgres_url, quoted
-from conveyor.beat_state import BeatState, EntryRuns, from_micros, to_micros
+from conveyor.beat.state.base import BeatState, EntryRuns, from_micros, to_micros
+
+__all__ = ["PostgresBeatState"]
 
 SCHEMA_VERSION = 1
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((

@@ -1,7 +1,7 @@
 """The result store contract: task states and values, keyed by task id.
 
 A store keeps, per task id, the current state (one of ``conveyor.states``)
-and an opaque payload (an encoded :class:`~conveyor.results.record.ResultRecord`).
+and an opaque payload (an encoded :class:`~conveyor.resultstores.record.ResultRecord`).
 It also keeps group memberships and the chord join: an atomic,
 exactly-once "last header result in" signal that replaces Celery's polling
 ``chord_unlock`` task, and its failure twin, ``chord_fail``.
@@ -18,8 +18,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-from conveyor.results.record import Attempt
+from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
 
@@ -39,6 +40,10 @@ class ResultStore(abc.ABC):
     """Results for one app.  Thread-safe; not shared across fork."""
 
     url: str
+    #: Whether the store is built with client options (``cls(url, **options)``,
+    #: from ``result_backend_transport_options``); stores that have none are
+    #: built as ``cls(url)`` and such options are refused rather than ignored.
+    takes_transport_options: ClassVar[bool] = False
 
     @abc.abstractmethod
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:

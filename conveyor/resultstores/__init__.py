@@ -1,4 +1,4 @@
-"""Result stores, chosen by URL (or ``django-db``)."""
+"""Result stores, chosen by URL scheme (or ``django-db``) through :data:`RESULT_STORES`."""
 
 from __future__ import annotations
 
@@ -6,19 +6,34 @@ from typing import Any
 
 from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
-from conveyor.results.base import ResultStore, Stored
-from conveyor.results.record import ResultRecord
+from conveyor.resultstores.base import ResultStore, Stored
+from conveyor.resultstores.record import ResultRecord
+from conveyor.schemes import Family, scheme_of
 
-__all__ = ["ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
+__all__ = ["RESULT_STORES", "ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
 
 _ALTERNATIVES = ("use sqlite:///path.db, redis://host:port/db, postgresql://user@host/db, "
                  "memory:// or django-db")
+_REDIS = "conveyor.resultstores.redis:RedisResultStore"
+_POSTGRES = "conveyor.resultstores.postgres:PostgresResultStore"
+
+#: Scheme → result store class, called as ``cls(url)``, or ``cls(url, **options)``
+#: when it :attr:`~ResultStore.takes_transport_options`.  ``django-db`` is not
+#: here: ``conveyor.contrib.django`` registers it through the
+#: ``conveyor.result_stores`` entry-point group, as any third-party store does.
+RESULT_STORES = Family("result store", "conveyor.result_stores", {
+    "memory": "conveyor.resultstores.memory:MemoryResultStore",
+    "sqlite": "conveyor.resultstores.sqlite:SQLiteResultStore",
+    "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+    "postgresql": _POSTGRES, "postgres": _POSTGRES,
+}, hint=_ALTERNATIVES)
 
 
 def result_store_from_url(url: str, options: dict[str, Any] | None = None,
                           retry: tuple[float, float, float] | None = None) -> ResultStore:
     """Open the store a URL names: ``sqlite://``, ``redis://``, ``postgresql://``,
-    ``memory://``, ``django-db``, or Celery's ``db+sqlite:///path`` and ``db+postgresql://``.
+    ``memory://``, ``django-db``, Celery's ``db+sqlite:///path`` and ``db+postgresql://``,
+    or a scheme a plug-in registered.
 
     ``options`` configure a Redis store's client; ``retry`` (max retries,
     first sleep, max sleep) wraps the store so that calls which could not
@@ -26,42 +41,27 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
     """
     store = _open(_from_sqlalchemy_form(url), dict(options or {}))
     if retry is not None:
-        from conveyor.results.retrying import RetryingResultStore
+        from conveyor.resultstores.retrying import RetryingResultStore
 
         store = RetryingResultStore(store, *retry)
     return store
 
 
 def _open(url: str, options: dict[str, Any]) -> ResultStore:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    if scheme in ("redis", "rediss", "unix", "sentinel"):
-        from conveyor.results.redis import RedisResultStore
-
-        return RedisResultStore(url, **options)
-    if options:
-        raise ConfigurationError(
-            f"result_backend_transport_options ({', '.join(sorted(options))}) apply to Redis "
-            f"result stores, not {scheme}")
-    if scheme == "memory":
-        from conveyor.results.memory import MemoryResultStore
-
-        return MemoryResultStore(url)
-    if scheme == "sqlite":
-        from conveyor.results.sqlite import SQLiteResultStore
-
-        return SQLiteResultStore(url)
-    if scheme in ("django-db", "django"):
-        from conveyor.contrib.django.results import DjangoResultStore
-
-        return DjangoResultStore()
-    if scheme in ("postgresql", "postgres"):
-        from conveyor.results.postgres import PostgresResultStore
-
-        return PostgresResultStore(url)
-    if is_amqp(url):
+    scheme = scheme_of(url)
+    if is_amqp(url) and not RESULT_STORES.knows(scheme):
         raise not_in_rabbitmq("results (result_backend is unset, so they would go beside the "
                               "broker)")
-    raise ConfigurationError(f"result_backend {_safe(url)!r}: unsupported scheme; {_ALTERNATIVES}")
+    cls = RESULT_STORES.load(scheme, setting="result_backend", url_for_error=_safe(url))
+    if not getattr(cls, "takes_transport_options", False):
+        if options:
+            raise ConfigurationError(
+                f"result_backend_transport_options ({', '.join(sorted(options))}) apply to "
+                f"Redis result stores, not {scheme}")
+        store: ResultStore = cls(url)
+    else:
+        store = cls(url, **options)
+    return store
 
 
 def _from_sqlalchemy_form(url: str) -> str:

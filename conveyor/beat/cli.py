@@ -1,7 +1,7 @@
 """``conveyor -A proj beat``: the periodic-task sender as its own process.
 
 Kept apart from ``conveyor/cli.py`` so the command and the service it starts
-live together; ``cli.py`` only registers it.
+live together; ``conveyor/cli.py`` only registers it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from conveyor import flag_notes
 from conveyor.daemon import daemon_options, daemonize
 
 if TYPE_CHECKING:
-    from conveyor.beat import Beat
+    from conveyor.beat.service import Beat
 
 log = logging.getLogger("conveyor.beat")
 
@@ -37,7 +37,8 @@ log = logging.getLogger("conveyor.beat")
 def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: float | None,
                  **flags: Any) -> None:
     """Send periodic tasks.  Run as many as you like: one leads, the others stand by."""
-    from conveyor.beat import Beat, load_scheduler
+    from conveyor.beat.loading import load_scheduler
+    from conveyor.beat.service import Beat
     from conveyor.log import setup_logging_for
 
     app = obj.app

@@ -38,8 +38,8 @@ from functools import partial
 from sqlite3 import Connection
 
 from conveyor._sqlite import Backoff, Database, in_chunks, parse_sqlite_url, placeholders
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 
 SCHEMA_VERSION = 1
 SCHEMA = (
@@ -102,7 +102,7 @@ CLEANUP = (
 )
 CLEANUP_EVERY = 1000
 
-WAIT_START = 0.001
+WAIT_START = 0.00025
 WAIT_MAX = 0.05
 
 

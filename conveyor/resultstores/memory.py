@@ -7,8 +7,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conveyor.results.base import ResultStore, Stored, deadline_after
-from conveyor.results.record import Attempt
+from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.record import Attempt
 
 
 @dataclass

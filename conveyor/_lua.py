@@ -1,0 +1,121 @@
+"""Lua on Redis: the one way Conveyor loads and calls a script.
+
+Every script is a :class:`LuaScript` value, its text and that text's SHA1,
+built once at import (from package files with :func:`script_file`, or from
+text).  It needs no client, so it can be a module constant and is shared by
+every process and connection; this module imports the Redis client only
+when a script runs, so modules that define scripts load without the extra.
+
+A script is always called by ``EVALSHA``.  The server may not have it: it
+was restarted, someone ran ``SCRIPT FLUSH``, or a failover promoted a
+replica that never saw ``SCRIPT LOAD``.  It then answers ``NOSCRIPT``, and
+the script is loaded and the call made once more — handled here, for:
+
+* :func:`run` — one call on a pooled connection (:func:`conveyor._redis.call`,
+  without redis-py's per-command layers);
+* :func:`run_and_wait` — one call followed by ``WAIT`` on the same connection
+  (``wait_replicas``);
+* :func:`ensure_loaded` + :func:`queue` — calls inside a pipeline.  A
+  ``NOSCRIPT`` there could not simply be retried (the pipeline's other
+  commands have run), so the scripts are checked (``SCRIPT EXISTS``) and
+  loaded before the pipeline is sent, as redis-py does for its own scripts.
+
+The broker's pipelined ``enqueue_many`` keeps two chunks in flight and so
+notices ``NOSCRIPT`` per chunk itself; it reloads through :func:`load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["LuaScript", "ensure_loaded", "load", "queue", "run", "run_and_wait",
+           "script_file"]
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """A script's text and SHA1 (what ``EVALSHA`` names it by)."""
+
+    script: str
+    sha: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.script.encode()).hexdigest())
+
+
+def script_file(package: str, path: str, *, prelude: str | None = None) -> LuaScript:
+    """The script in ``package``'s file ``path`` (``"redis_scripts/ack.lua"``),
+    after the file ``prelude`` (shared helpers) when given."""
+    root = resources.files(package)
+    text = root.joinpath(path).read_text(encoding="utf-8")
+    if prelude is not None:
+        text = root.joinpath(prelude).read_text(encoding="utf-8") + "\n" + text
+    return LuaScript(text)
+
+
+def load(client: redis.Redis, script: LuaScript) -> None:
+    """``SCRIPT LOAD``: the server has the script from now on (until it forgets)."""
+    from conveyor._redis import call
+
+    call(client, "SCRIPT", "LOAD", script.script)
+
+
+def run(client: redis.Redis, script: LuaScript, keys: list[Any], args: list[Any]) -> Any:
+    """``EVALSHA`` on a pooled connection; loads the script once if the server lacks it."""
+    from redis.exceptions import NoScriptError
+
+    from conveyor._redis import call
+
+    try:
+        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        load(client, script)
+        return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
+                 replicas: int, timeout: float) -> tuple[Any, int]:
+    """Run a script (no keys), then ``WAIT`` for ``replicas`` on the same connection.
+
+    ``WAIT`` counts the replicas that confirmed every write made so far on
+    *its* connection, so it must follow the write on the connection that
+    made it.  Returns the script's reply and how many replicas confirmed.
+    """
+    from redis.exceptions import NoScriptError
+
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        except NoScriptError:
+            conn.send_command("SCRIPT", "LOAD", script.script)
+            conn.read_response()
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        return reply, int(conn.read_response())
+    finally:
+        pool.release(conn)
+
+
+def ensure_loaded(client: redis.Redis, *scripts: LuaScript) -> None:
+    """Load whichever of ``scripts`` the server lacks (one ``SCRIPT EXISTS``)."""
+    from conveyor._redis import call
+
+    present = call(client, "SCRIPT", "EXISTS", *[s.sha for s in scripts])
+    for script, there in zip(scripts, present, strict=True):
+        if not there:
+            load(client, script)
+
+
+def queue(pipe: Any, script: LuaScript, keys: list[Any], args: list[Any]) -> None:
+    """Add an ``EVALSHA`` to a pipeline (after :func:`ensure_loaded`)."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -1,0 +1,52 @@
+"""Which transport options each Redis store shares, readable without the Redis client.
+
+``conveyor.config`` decides what a result store or event store inherits
+from the broker's options, and must load when the ``redis`` extra is not
+installed; so these rules live here rather than in :mod:`conveyor._redis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = ["connection_options", "explicit_prefix"]
+
+# Celery's Redis transport options that have no meaning here: said once, then ignored.
+_CELERY_ONLY = {
+    "visibility_timeout": "leases replace it (broker_lease_timeout, renewed while a task runs)",
+    "fanout_prefix": "Conveyor has no fanout exchanges",
+    "fanout_patterns": "Conveyor has no fanout exchanges",
+    "sep": "priority queues are separate keys, not name suffixes",
+    "queue_order_strategy": "queues are always read in the order the worker lists them",
+    "max_retries": "connection retries are the worker's job",
+    "interval_start": "connection retries are the worker's job",
+    "interval_step": "connection retries are the worker's job",
+    "interval_max": "connection retries are the worker's job",
+}
+
+# Options that are the broker's own: WAIT after enqueues, the app's priority steps.
+_BROKER_ONLY = frozenset({"wait_replicas", "wait_timeout", "priority_steps"})
+
+
+def connection_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """What every Redis store takes from a set of transport options: where and how
+    to connect (TLS, timeouts, Sentinel, pool size) and the key ``prefix``.
+
+    The broker's own options (``wait_replicas``, ``priority_steps``) and
+    Celery's ignored ones (the broker already said so) are left out, so a
+    result store, event store or control channel opened beside the broker
+    reads the broker's options exactly as the broker does.
+    """
+    return {key: value for key, value in options.items()
+            if key not in _BROKER_ONLY and key not in _CELERY_ONLY}
+
+
+def explicit_prefix(url: str, options: Mapping[str, Any]) -> str | None:
+    """The key prefix ``options`` or the URL's ``?prefix=`` set, if either does."""
+    if options.get("prefix"):
+        return str(options["prefix"])
+    query = urlsplit(url.split(";", 1)[0]).query
+    found = [value for key, value in parse_qsl(query, keep_blank_values=True) if key == "prefix"]
+    return found[-1] if found else None

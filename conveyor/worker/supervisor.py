@@ -1,0 +1,402 @@
+"""The worker's supervisor: one loop for every pool.
+
+A pool (prefork children, consumer threads) supplies only how to start a
+slot, ask it to stop after its task, kill it now, and wait for its reports
+and its end.  Everything else is here, once: the lease book fed by each
+slot's :class:`SlotReporter`, lease renewal (a failure or a lost lease is
+logged), hard time limits and revoke-terminate (the task is killed, its
+slot replaced, ``TimeLimitExceeded`` or REVOKED recorded from here), what
+a dead slot held, heartbeats, batched acknowledgements, resizing, shutdown.
+
+A hard deadline ends the moment the task function returns
+(:func:`until_return`), so a kill never hits the worker's own result write.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.context import Request
+from conveyor.events import TaskClock, TaskReport, killed_report
+from conveyor.exceptions import (
+    BrokerError,
+    ResultError,
+    SerializationError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from conveyor.message import Message
+from conveyor.task import Task
+from conveyor.worker.acks import AckBuffer
+from conveyor.worker.book import LeaseBook, Running, Slot
+from conveyor.worker.consumer import task_id_of
+from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
+
+if TYPE_CHECKING:
+    from conveyor.worker.main import Worker
+
+log = logging.getLogger("conveyor.worker")
+KILLED = -signal.SIGKILL  # the exit code of a killed slot
+RunSync = Callable[[Task, Request], Any]
+
+
+def until_return(run: RunSync, returned: Callable[[Delivery], None]) -> RunSync:
+    """Wrap a pool's task call so its slot reports the return at once (the hard
+    deadline ends there); ``returned`` raises if the supervisor killed it first."""
+    def call(task: Task, request: Request) -> Any:
+        try:
+            return run(task, request)
+        finally:
+            if request.delivery is not None:
+                returned(request.delivery)
+    return call
+
+
+class SlotReporter:
+    """A slot's side: tells the supervisor what it holds and runs.
+
+    Reports are plain tuples (a sixth of a dataclass's pickling cost, for a
+    child's pipe) sent as one list: what came before (the batch just leased,
+    the task just finished) goes with the next task's start or the flush
+    before the consumer waits, about one message (one supervisor wake-up) per
+    task.  The supervisor acknowledges ``done`` messages for all its slots a
+    few at a time (:mod:`conveyor.worker.acks`)."""
+
+    acks = True
+
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
+        self.send = send
+        self.clock = TaskClock()
+        self._pending: list[tuple[Any, ...]] = []
+        self._limited: str | None = None  # the running task, when it has a hard limit
+
+    def held(self, deliveries: Sequence[Delivery]) -> None:
+        self._pending.append(("held", list(deliveries)))
+
+    def running(self, delivery: Delivery, task: str, hard_limit: float | None,
+                message: Message | None = None, acked: bool = False) -> None:
+        self._limited = delivery.id if hard_limit else None
+        self._pending.append(("run", delivery.id, task, hard_limit,
+                              self.clock.start(delivery, task, message=message).to_tuple(),
+                              acked))
+        self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
+
+    def returned(self, delivery: Delivery) -> None:
+        """The task function returned: end its hard deadline at once."""
+        if self._limited == delivery.id:
+            self._limited = None
+            self._pending.append(("ret", delivery.id))
+            self.flush()
+
+    def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        report = self.clock.finish(delivery, outcome)
+        self._pending.append(("done", delivery.id, outcome.state, outcome.action == ACK,
+                              report and report.to_tuple()))
+
+    def flush(self) -> None:
+        if self._pending:
+            reports, self._pending = self._pending, []
+            self.send(reports)
+
+
+class Supervisor(abc.ABC):
+    """Runs in the worker's main thread; a pool subclasses it with its slots."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.book = LeaseBook()
+        self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
+        self._acks_lock = threading.Lock()  # consumer threads add, the supervisor flushes
+        self.executor = Executor(self.app, worker.hostname)  # records killed tasks
+        self.replaced = 0  # slots replaced after a crash or a kill
+        self._next_key = 0
+        self._respawn_after = 0.0
+        self._crashes = 0  # slots in a row that died young
+        self._last_extend = time.monotonic()
+        self._last_beat = 0.0
+        # Asked from the control thread, applied by the supervising loop.
+        self._recycle = False  # replace every slot
+        self._requests = threading.Lock()
+        self._applied = threading.Condition(self._requests)
+        self._generation = 0  # request batches applied so far
+
+    # -- what a pool supplies -------------------------------------------------
+    @abc.abstractmethod
+    def start_slot(self, key: int) -> None:
+        """Start a slot whose consumer reports under ``key``."""
+
+    @abc.abstractmethod
+    def stop_slot(self, key: int, now: bool = False, in_task: bool = False) -> None:
+        """Stop the slot after its task, or ``now`` (``in_task``: ending the task
+        it runs, called under the book's lock)."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> list[tuple[int, int | None]]:
+        """Take reports for up to ``timeout`` s; return the slots that ended
+        with their exit code (0: stopped as asked, :data:`KILLED`, else crashed)."""
+
+    def describe(self, key: int) -> str:
+        """The slot in log lines."""
+        return f"slot {key}"
+
+    def drain(self) -> None:
+        """Take every report sent so far (before renewing leases or killing)."""
+        return None  # threads apply their reports themselves
+
+    def wake(self) -> None:
+        """Cut :meth:`wait` short."""
+        return None
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        self._fill()
+        told = False  # begin_shutdown can be called from another thread, mid-_fill
+        while self.book.slots or not self.worker.stopping:
+            self._apply_requests()
+            self._fill()
+            with self._acks_lock:
+                timeout = self.acks.wait_time(0.2)
+            for key, code in self.wait(timeout):
+                self._ended(key, code)
+            with self._acks_lock:
+                self.acks.flush_due()
+            self._periodic()
+            if self.worker.stopping and not told:  # again: a slot may have started meanwhile
+                told = True
+                self.begin_shutdown()
+            if self.worker.stopping and (self.worker.cold
+                                         or time.monotonic() > self.worker.shutdown_deadline):
+                self.begin_shutdown(now=True)
+        deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
+        with self._acks_lock:  # a few tries; what stays unsent comes back with its lease
+            while not self.acks.flush() and time.monotonic() < deadline:
+                time.sleep(self.acks.wait_time(0.5))
+
+    def apply(self, key: int, reports: list[tuple[Any, ...]]) -> None:
+        """Apply one list of a slot's reports (see :class:`SlotReporter`)."""
+        for msg in reports:
+            kind = msg[0]
+            if kind == "held":
+                self.book.held(key, msg[1])
+            elif kind == "run":
+                delivery_id, task, hard_limit, report, acked = msg[1:]
+                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked)
+            elif kind == "ret":
+                self.book.returned(key, msg[1])
+            elif kind == "done":
+                delivery_id, state, ack, report = msg[1:]
+                delivery = self.book.done(key, delivery_id, state,
+                                          report and TaskReport(*report))
+                if ack and delivery is not None:
+                    self._ack(delivery)
+
+    def _ack(self, delivery: Delivery) -> None:
+        with self._acks_lock:
+            first = not len(self.acks)
+            self.acks.add(delivery)
+        if first:
+            self.wake()
+
+    def _fill(self) -> None:
+        if self.worker.stopping or time.monotonic() < self._respawn_after:
+            return
+        while sum(not s.retiring for s in self.book.slots.values()) < self.worker.concurrency:
+            key, self._next_key = self._next_key, self._next_key + 1
+            self.book.add_slot(key)
+            self.start_slot(key)
+
+    def begin_shutdown(self, now: bool = False) -> None:
+        """Warm shutdown: every slot stops after its task; cold (``now``): at once,
+        and what they held goes back uncounted."""
+        for key, slot in list(self.book.slots.items()):
+            if not slot.abandoned:
+                slot.retiring, slot.abandoned = True, now
+                self.stop_slot(key, now=now)
+
+    # -- remote control: resizing and recycling -----------------------------
+    def resize(self, size: int) -> None:
+        """pool_grow/pool_shrink; returns once applied (extra slots end after their task)."""
+        with self._requests:
+            self.worker.concurrency = size
+            self._wait_applied()
+
+    def recycle(self) -> None:
+        """Replace every slot, each after its task; returns once they were told."""
+        with self._requests:
+            self._recycle = True
+            self._wait_applied()
+
+    def _wait_applied(self) -> None:
+        """Called with the lock held: wait (bounded) for the supervising loop to apply."""
+        wanted = self._generation + 1
+        self.wake()
+        self._applied.wait_for(lambda: self._generation >= wanted or self.worker.stopping,
+                               timeout=5.0)
+
+    def _apply_requests(self) -> None:
+        with self._requests:
+            recycle, self._recycle = self._recycle, False
+            serving = [k for k, slot in self.book.slots.items() if not slot.retiring]
+            if recycle or len(serving) > self.worker.concurrency:
+                busy = {key for key, _ in self.book.running_tasks()}
+                idle_first = sorted(serving, key=lambda k: k in busy)
+                excess = len(serving) - self.worker.concurrency
+                for key in idle_first if recycle else idle_first[:excess]:
+                    self.book.slots[key].retiring = True
+                    self.stop_slot(key)
+            self._generation += 1
+            self._applied.notify_all()
+
+    # -- periodic duties ----------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_extend >= self.worker.extend_every:
+            self._last_extend = now
+            self._extend()
+        if self.book.overdue():
+            self.drain()  # a task that returned meanwhile is not killed
+            for key, running in self.book.overdue():
+                limit = (running.deadline or 0) - running.started
+                self._kill(key, TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded"),
+                           running)
+        if now - self._last_beat >= self.worker.heartbeat_interval:
+            self._last_beat = now
+            self._terminate_revoked()
+            self.worker.heartbeat(self.book, len(self.book.slots))
+
+    def _extend(self) -> None:
+        # Read what slots said first: a message acked since the last poll is no
+        # longer held, and renewing it would be misreported as a lost lease.
+        self.drain()
+        held = self.book.all_held()
+        if not held:
+            return
+        try:
+            kept = self.app.broker.extend(held, self.worker.lease)
+        except BrokerError as exc:
+            log.warning("could not renew %d leases: %s", len(held), exc)
+            return
+        lost = [d.id for d, ok in zip(held, kept, strict=True) if not ok]
+        if lost:
+            log.warning("leases lost for %s (held past their lease?)", ", ".join(lost[:5]))
+
+    def _terminate_revoked(self) -> None:
+        running = self.book.running_tasks()
+        if not running:
+            return
+        try:
+            revoked = self.app.broker.revoked([task_id_of(r.delivery) for _, r in running])
+        except BrokerError:
+            return
+        for key, task in running:
+            if revoked.get(task_id_of(task.delivery)):
+                self._kill(key, TaskRevokedError("terminated by revoke"), task)
+
+    def _kill(self, key: int, exc: BaseException, running: Running) -> None:
+        if self.book.claim(key, running, exc, lambda: self.stop_slot(key, True, True)):
+            log.error("killing %s running %s[%s]: %s", self.describe(key), running.task,
+                      running.delivery.id, exc)
+
+    # -- slots that ended -----------------------------------------------------
+    def _ended(self, key: int, code: int | None) -> None:
+        slot = self.book.remove_slot(key)
+        if slot is None:
+            return
+        running = slot.running
+        if slot.abandoned or running is None:
+            pass  # a cold shutdown hands everything back below, uncounted
+        elif running.killed is not None and not running.returned:
+            self._settle_killed(running.killed, running, slot.held)
+        elif code != 0:
+            self._lost(key, code, running, slot.held)
+        self._hand_back(slot.held.values(), count=False)
+        self._note_exit(slot, code, running is not None and running.killed is not None)
+
+    def _lost(self, key: int, code: int | None, running: Running,
+              held: dict[str, Delivery]) -> None:
+        """A slot died mid-task (Celery: worker/request.py on_failure, WorkerLostError).
+
+        ``task_reject_on_worker_lost`` (Conveyor's default: on) hands the
+        message back, counted, so ``max_deliveries`` ends a task that keeps
+        killing its slot.  Off, or when the message was acknowledged before
+        the run (``acks_late=False``), the task fails with WorkerLostError.
+        """
+        delivery = held.pop(running.delivery.id, running.delivery)
+        task = self._task_of(delivery)
+        what = (f"{self.describe(key)} exited with {describe_exit(code)} while "
+                f"running {running.task}[{delivery.id}]")
+        if not running.acked and (task is None or task.reject_on_worker_lost):
+            log.error("%s; handing it back", what)
+            self._hand_back([delivery], count=True)
+            return
+        log.error("%s; recording WorkerLostError", what)
+        lost = WorkerLostError(f"Worker exited prematurely: {describe_exit(code)}.")
+        self._settle_killed(lost, running, held, task)
+
+    def _task_of(self, delivery: Delivery) -> Task | None:
+        try:
+            name = Message.decode(delivery.body, self.app.conf.accept_content).task
+        except SerializationError:
+            return None
+        return self.app.tasks.get(name)
+
+    def _settle_killed(self, exc: BaseException, running: Running,
+                       held: dict[str, Delivery], task: Task | None = None) -> None:
+        """Record a task ended from here; then ack, hand back or dead-letter it."""
+        delivery = held.pop(running.delivery.id, running.delivery)
+        try:
+            self.executor.record_killed(delivery.body, exc, delivery)
+            state = "REVOKED" if isinstance(exc, TaskRevokedError) else "FAILURE"
+            self.book.recorder.add(killed_report(delivery, running.task, state,
+                                                 running.started, str(exc)))
+            if running.acked:
+                return
+            task = task or self._task_of(delivery)
+            outcome = failed_outcome(task, exc) if task is not None else None
+            if outcome is None or outcome.action == ACK or isinstance(exc, TaskRevokedError):
+                self.app.broker.ack([delivery])
+            elif outcome.action == REDELIVER:
+                self.app.broker.requeue(delivery, count=True)
+            else:
+                self.app.broker.dead_letter(delivery, outcome.reason or "failed")
+        except (BrokerError, ResultError) as error:
+            log.error("could not record %s for %s: %s", type(exc).__name__, delivery.id, error)
+
+    def _hand_back(self, deliveries: Iterable[Delivery], count: bool) -> None:
+        for delivery in list(deliveries):
+            with contextlib.suppress(BrokerError):  # else the lease hands it out again
+                self.app.broker.requeue(delivery, count=count)
+
+    def _note_exit(self, slot: Slot, code: int | None, killed: bool) -> None:
+        """Count replacements; space them out when slots keep dying young."""
+        if slot.retiring or slot.abandoned or self.worker.stopping:
+            return
+        self.replaced += 1
+        if code == 0 or killed:
+            self._crashes = 0
+            return
+        self._crashes = self._crashes + 1 if time.monotonic() - slot.started < 2.0 else 0
+        if self._crashes > 3:
+            delay = min(30.0, 0.5 * 2 ** (self._crashes - 3))
+            log.error("slots keep dying at start; waiting %.1fs before the next", delay)
+            self._respawn_after = time.monotonic() + delay
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
