@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from conveyor import _state, publishing, signals, signing, states
-from conveyor import priority as priorities
-from conveyor.batching import MessageBatch
-from conveyor.brokers import Broker, Envelope, broker_from_url
-from conveyor.config import (
+from conveyor import _priority as priorities
+from conveyor import _publishing as publishing
+from conveyor import _signing as signing
+from conveyor import _state, signals, states
+from conveyor._batching import MessageBatch
+from conveyor._config import (
     DEFAULT_BROKER_URL,
     DEFAULT_NAMESPACE,
     Settings,
@@ -29,25 +30,26 @@ from conveyor.config import (
     values_from_env,
     values_from_object,
 )
-from conveyor.context import Request, running_request
-from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
-from conveyor.message import (
+from conveyor._context import Request, running_request
+from conveyor._message import (
     Message,
     eta_timestamp,
     expires_timestamp,
     new_id,
 )
+from conveyor._routing import Routes
+from conveyor._serialization import content_type_for
+from conveyor.brokers import Broker, Envelope, broker_from_url
+from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.queues import check_declared, queue_name
 from conveyor.resultstores import ResultRecord, ResultStore, result_store_from_url
 from conveyor.resultstores.record import Attempt, describe_exception
-from conveyor.routing import Routes
-from conveyor.serialization import content_type_for
 from conveyor.task import Task, make_task, strip_no_effect, task_options
 
 if TYPE_CHECKING:
     from conveyor import result as _result
+    from conveyor._events import EventSink
     from conveyor.control.api import Control
-    from conveyor.events import EventSink
     from conveyor.result import AsyncResult
 
 log = logging.getLogger("conveyor.app")
@@ -272,7 +274,7 @@ class Conveyor:
     @property
     def events(self) -> EventSink:
         """This process's event store for the monitor (reopened after fork)."""
-        from conveyor.events import events_for
+        from conveyor._events import events_for
 
         return events_for(self)
 
@@ -515,7 +517,7 @@ class Conveyor:
         return ids, envelopes
 
     def broker_priority(self, message: Message) -> int:
-        """The step the broker orders ``message`` by (``priority_steps``, see conveyor.priority)."""
+        """The step the broker orders ``message`` by (``priority_steps``: conveyor._priority)."""
         raw = self.conf.broker_transport_options.get("priority_steps")
         cached = self._steps
         if cached is None or cached[0] is not raw:
@@ -793,3 +795,4 @@ def _anchored_default_broker(settings: Any) -> str:
         return DEFAULT_BROKER_URL
     return f"sqlite:///{os.path.join(os.fspath(base), 'conveyor.db')}"
 
+__all__ = ["Conveyor", "shared_task"]

@@ -13,7 +13,7 @@ gets its id, and options given to a composition are pushed down to the
 calls they concern (``link_error`` of a chain to each step, ``link`` to the
 last one, ``queue`` to every call, ``countdown`` to the calls sent first).
 The frozen tree is what messages carry; the runtime that sends the
-follow-up steps lives in :mod:`conveyor.workflow`.  See docs/canvas.md.
+follow-up steps lives in :mod:`conveyor._workflow`.  See docs/canvas.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
-from conveyor.message import new_id
+from conveyor._message import new_id
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # annotations only: not a runtime dependency
@@ -158,7 +158,7 @@ class Canvas(abc.ABC):
         works as for a single task: the whole batch waits for the caller's
         database transaction to commit.
         """
-        from conveyor import workflow
+        from conveyor import _workflow as workflow
 
         on_commit = options.pop("on_commit", None)
         node = self.copy_with(**options) if options else self
@@ -168,8 +168,8 @@ class Canvas(abc.ABC):
 
     def apply(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Any:
-        """Run here and now, in order, as workers would (eager mode, see conveyor.eager)."""
-        from conveyor import eager
+        """Run here and now, in order, as workers would (eager mode, see conveyor._eager)."""
+        from conveyor import _eager as eager
 
         node = self.copy_with(**options) if options else self
         return eager.apply_canvas(self.app, node, tuple(args or ()), dict(kwargs or {}))
@@ -177,7 +177,7 @@ class Canvas(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    # -- freezing (used by conveyor.workflow) -----------------------------
+    # -- freezing (used by conveyor._workflow) -----------------------------
     @abc.abstractmethod
     def freeze(self, ids: IdSource = random_ids) -> Canvas:
         """A copy with every id assigned and composition options pushed down."""
@@ -201,7 +201,7 @@ class Canvas(abc.ABC):
         return builder(data, app)
 
     def _options_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return dict(to_jsonable(self.options, f"{type(self).__name__} options"))
 
@@ -340,7 +340,7 @@ class Signature(Canvas):
 
     # -- wire form ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return {
             "task": self.task,
@@ -352,7 +352,7 @@ class Signature(Canvas):
 
     @classmethod
     def _build(cls, data: Mapping[str, Any], app: Conveyor | None) -> Signature:
-        from conveyor.serialization import from_jsonable
+        from conveyor._serialization import from_jsonable
 
         return cls(
             data["task"],
@@ -602,7 +602,7 @@ class chunks(Canvas):
         return self.copy_with(group_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return {"subtask_type": "chunks", "task": self.task, "n": self.n,
                 "items": to_jsonable([list(i) for i in self.items], "chunks items"),
@@ -610,7 +610,7 @@ class chunks(Canvas):
 
     @classmethod
     def _build(cls, data: Mapping[str, Any], app: Conveyor | None) -> chunks:
-        from conveyor.serialization import from_jsonable
+        from conveyor._serialization import from_jsonable
 
         return cls(data["task"], from_jsonable(data["items"]), int(data["n"]),
                    _options_from(data), app)
@@ -727,7 +727,7 @@ def _task_name(task: Any) -> str:
 
 
 def _options_from(data: Mapping[str, Any]) -> dict[str, Any]:
-    from conveyor.serialization import from_jsonable
+    from conveyor._serialization import from_jsonable
 
     return dict(from_jsonable(data.get("options") or {}))
 

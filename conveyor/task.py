@@ -27,16 +27,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor import states
-from conveyor.context import current_request
+from conveyor._context import current_request
+from conveyor._retry import Backoff, backoff_for
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
-from conveyor.retry import Backoff, backoff_for
 
 if TYPE_CHECKING:
+    from conveyor._config import Settings
+    from conveyor._eager import EagerResult
     from conveyor.app import Conveyor
     from conveyor.canvas import Canvas, Signature
     from conveyor.canvas import chunks as Chunks
-    from conveyor.config import Settings
-    from conveyor.eager import EagerResult
     from conveyor.einfo import ExceptionInfo
     from conveyor.result import AsyncResult
 
@@ -338,7 +338,7 @@ class Task:
 
     @property
     def request(self) -> Any:
-        """The request being run (a :class:`~conveyor.context.Request`)."""
+        """The request being run (a :class:`~conveyor._context.Request`)."""
         return current_request()
 
     @property
@@ -365,13 +365,13 @@ class Task:
         ``link`` callbacks follow inline.  ``throw`` (default:
         ``task_eager_propagates``) re-raises the task's error.
         """
-        from conveyor import eager
+        from conveyor import _eager as eager
 
         if self.options.typing:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         return eager.apply(self, args, kwargs, **options)
 
-    # -- hooks (Celery's; the worker calls them, see conveyor.hooks) --------
+    # -- hooks (Celery's; the worker calls them, see conveyor._hooks) --------
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Called in the worker just before the body runs."""
 
@@ -409,7 +409,7 @@ class Task:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         app = self.app
         if app.conf.task_always_eager:
-            from conveyor import eager
+            from conveyor import _eager as eager
 
             return eager.apply(self, args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
@@ -526,7 +526,7 @@ class Task:
             )
         when = self._retry_eta(eta, countdown, request.retries)
         if request.is_eager:  # the eager runner runs the next attempt at once
-            from conveyor import eager
+            from conveyor import _eager as eager
 
             eager.plan_retry(self.app, request, args, kwargs, options)
         else:
@@ -540,7 +540,7 @@ class Task:
 
     def _retry_eta(self, eta: datetime | None, countdown: float | None, retries: int) -> float:
         if eta is not None:
-            from conveyor.message import moment_timestamp  # naive: as at send
+            from conveyor._message import moment_timestamp  # naive: as at send
 
             conf = self.app.conf
             return moment_timestamp(eta, "eta", conf.enable_utc, conf.timezone)
@@ -565,7 +565,7 @@ class Task:
         ``raise self.replace(sig)``; in eager mode the replacement runs at
         once and its value is returned.
         """
-        from conveyor import replacing
+        from conveyor import _replacing as replacing
 
         return replacing.replace(self, sig)
 
@@ -656,3 +656,5 @@ def warn_no_effect_options(tasks: Iterable[Task]) -> str | None:
 def _no_effect_text(names: list[str]) -> str:
     reasons = "; ".join(f"{name}: {NO_EFFECT_TASK_OPTIONS[name]}" for name in names)
     return f"{', '.join(names)} accepted but has no effect in Conveyor ({reasons})"
+
+__all__ = ["Task", "TaskOptions"]

@@ -91,6 +91,8 @@ class _Lease:
 class AMQPBroker(Broker):
     """One connection and one confirm-mode channel, serialised by a lock."""
 
+    leases_follow_connection = True  # a delivery tag is its channel's alone
+
     def __init__(self, url: str, **options: Any) -> None:
         from conveyor.brokers import broker_from_url
 

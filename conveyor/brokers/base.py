@@ -104,6 +104,11 @@ class Broker(abc.ABC):
     """One broker connection (or pool).  Thread-safe; not shared across fork."""
 
     url: str
+    #: True when only the connection that reserved a delivery can acknowledge,
+    #: renew or hand it back (RabbitMQ: a delivery tag belongs to its channel).
+    #: Prefork children then settle and renew their own deliveries, instead of
+    #: their supervisor doing it from its connection.
+    leases_follow_connection: bool = False
 
     # -- producing -------------------------------------------------------
     @abc.abstractmethod
@@ -217,3 +222,5 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+__all__ = ["MAX_PRIORITY", "Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats"]

@@ -19,7 +19,7 @@ event, and one that retries and then succeeds is none.  Each event carries:
   arguments as people may see them: Celery's ``argsrepr``/``kwargsrepr``
   headers when the sender set them, else a short ``repr`` with keyword
   arguments whose names look secret (``password``, ``token``, ...) masked by
-  :mod:`conveyor.redact`;
+  :mod:`conveyor._redact`;
 * the mechanism ``conveyor`` (unhandled), and the exception's traceback.
 
 Failures the worker records outside a run (a hard time limit's kill, a
@@ -37,8 +37,9 @@ import sentry_sdk
 from sentry_sdk.integrations import Integration
 from sentry_sdk.utils import event_from_exception
 
-from conveyor import redact, signals
-from conveyor.context import Request
+from conveyor import _redact as redact
+from conveyor import signals
+from conveyor._context import Request
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 200

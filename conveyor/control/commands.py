@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor._message import Message
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import ConfigurationError, SerializationError
-from conveyor.message import Message
 from conveyor.task import parse_rate_limit
 
 if TYPE_CHECKING:

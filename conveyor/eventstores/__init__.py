@@ -1,7 +1,7 @@
-"""Event store implementations (see :mod:`conveyor.events` for what they keep).
+"""Event store implementations (see :mod:`conveyor._events` for what they keep).
 
 ``memory`` for tests, ``sqlite`` beside the embedded broker, ``redis`` for
-scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme
+scale-out; :func:`conveyor._events.store_from_url` picks one by URL scheme
 through :data:`EVENT_STORES`.  Each module documents its storage layout at
 the top.
 """
@@ -40,3 +40,5 @@ def dumps(doc: Any) -> str:
     """Compact JSON; one encoder for all calls (``json.dumps`` with options builds
     an encoder per call)."""
     return _ENCODER.encode(doc)
+
+__all__ = ["EVENT_STORES"]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from conveyor.events import EventStore, TimelineEvent
+from conveyor._events import EventStore, TimelineEvent
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor.tasks import decode
 

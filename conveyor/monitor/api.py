@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conveyor.events import EventStore, TaskQuery, store_for
+from conveyor._events import EventStore, TaskQuery, store_for
+from conveyor._serialization import printable
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor import actions, data, tasks, values
 from conveyor.monitor.openapi import openapi_schema
-from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor.events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
+from conveyor._events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
+from conveyor._serialization import printable
 from conveyor.monitor import values
-from conveyor.serialization import printable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

@@ -34,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from conveyor.events import BUCKETS, OUTCOMES, RUNTIME, WAIT, EventStore
+from conveyor._events import BUCKETS, OUTCOMES, RUNTIME, WAIT, EventStore
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

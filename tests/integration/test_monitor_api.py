@@ -381,7 +381,7 @@ def test_status_and_inspect_print_tables(app: Conveyor) -> None:
 
 
 def test_percentiles_and_progress_conventions() -> None:
-    from conveyor.events import BUCKETS, bucket_index
+    from conveyor._events import BUCKETS, bucket_index
     from conveyor.monitor.data import percentile
     from conveyor.monitor.tasks import progress_of
 

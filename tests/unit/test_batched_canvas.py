@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, GroupResult, chain, chord, group, signals
-from conveyor.batching import Prebuilt
+from conveyor._batching import Prebuilt
+from conveyor._context import Request, pop_request, push_request
+from conveyor._message import Message
+from conveyor._workflow import Plan, launch
 from conveyor.canvas import Canvas
-from conveyor.context import Request, pop_request, push_request
 from conveyor.exceptions import SerializationError
-from conveyor.message import Message
 from conveyor.task import Task
-from conveyor.workflow import Plan, launch
 
 ACCEPT = ["json", "pickle"]
 

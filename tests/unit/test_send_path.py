@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, signals
+from conveyor._context import Request, pop_request, push_request
+from conveyor._message import Message, new_id
+from conveyor._routing import Routes
+from conveyor._serialization import PICKLE
 from conveyor.app import _split_call
-from conveyor.context import Request, pop_request, push_request
 from conveyor.exceptions import SerializationError
-from conveyor.message import Message, new_id
-from conveyor.routing import Routes
-from conveyor.serialization import PICKLE
 
 PLAIN_BODY = (
     b'{"id":"5f0c","task":"orders.process","queue":"default","created":1795472578.69,"v":1}'

@@ -22,7 +22,7 @@ def create_postgres_stores(apps: Any, schema_editor: Any) -> None:
     if connection.vendor != "postgresql":
         return
     from conveyor._state import current_app
-    from conveyor.contrib.django.transaction import same_database
+    from conveyor.contrib.django._transaction import same_database
 
     app = current_app()
     for url, open_store in ((app.conf.broker_url, lambda: app.broker),

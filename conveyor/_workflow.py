@@ -42,9 +42,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from conveyor import batching, publishing, signals, states
-from conveyor import errbacks as errbacks_module
-from conveyor.batching import MessageBatch, Prebuilt
+from conveyor import _batching as batching
+from conveyor import _errbacks as errbacks_module
+from conveyor import _publishing as publishing
+from conveyor import signals, states
+from conveyor._batching import MessageBatch, Prebuilt
+from conveyor._context import Request, running_request
+from conveyor._serialization import (
+    JSON,
+    check_accepted,
+    content_type_for,
+    decode_payload,
+    dumps_json,
+    encode_payload,
+)
 from conveyor.canvas import (
     COLLECT_TASK,
     Canvas,
@@ -55,21 +66,12 @@ from conveyor.canvas import (
     group,
     seeded_ids,
 )
-from conveyor.context import Request, running_request
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
 from conveyor.result import AsyncResult, GroupResult, save_group
-from conveyor.serialization import (
-    JSON,
-    check_accepted,
-    content_type_for,
-    decode_payload,
-    dumps_json,
-    encode_payload,
-)
 
 if TYPE_CHECKING:
+    from conveyor._message import Message
     from conveyor.app import Conveyor
-    from conveyor.message import Message
     from conveyor.task import Task
 
 log = logging.getLogger("conveyor.workflow")
@@ -116,7 +118,7 @@ class Plan:
 
         Calls of one shape (a group's or a chord header's members) differ
         only in id, arguments and index, so from the second one on they are
-        encoded from the first's template (:mod:`conveyor.batching`); a
+        encoded from the first's template (:mod:`conveyor._batching`); a
         lone call is built as ``apply_async`` builds it.
         """
         shape = self._shape
@@ -551,7 +553,7 @@ def send_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], request: Re
                   exc: BaseException, traceback: str | None, seed: str) -> None:
     """Call current-style errbacks here; send old-style ones with the failed task's id.
 
-    Which is which: :mod:`conveyor.errbacks`.  Sent ones get ids derived from ``seed``.
+    Which is which: :mod:`conveyor._errbacks`.  Sent ones get ids derived from ``seed``.
     """
     if not errbacks:
         return

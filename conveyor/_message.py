@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from conveyor.exceptions import SerializationError
-from conveyor.serialization import (
+from conveyor._serialization import (
     JSON,
     check_accepted,
     decode_payload,
@@ -27,6 +26,7 @@ from conveyor.serialization import (
     to_jsonable,
     utf8,
 )
+from conveyor.exceptions import SerializationError
 
 PROTOCOL_VERSION = 1
 
@@ -190,7 +190,7 @@ class BodyTemplate:
     """Bodies of many calls of one task that share everything but id, arguments and time.
 
     A batch send (:meth:`Conveyor.send_many`, or the members of a group or
-    chord header, see :mod:`conveyor.batching`) encodes the shared fields
+    chord header, see :mod:`conveyor._batching`) encodes the shared fields
     once and splices each call's id, ``args``, ``kwargs`` and ``created`` in,
     plus the member's ``group_index`` and the ``index`` in its ``chord``
     scope when the prototype has them.  That gives the same bytes as

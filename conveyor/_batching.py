@@ -7,7 +7,7 @@ index in their group.  Building and encoding each through
 option handling, routing, priority, header and workflow encoding for every
 one of them; a :class:`MessageBatch` does that once, from a prototype
 message, and splices the per-call fields into the encoded prototype
-(:class:`conveyor.message.BodyTemplate`): the same bytes, at a fraction of
+(:class:`conveyor._message.BodyTemplate`): the same bytes, at a fraction of
 the cost (docs/decisions/0021-batched-canvas-sending.md).
 
 A batch is only used where the result is the message ``build_message``
@@ -24,9 +24,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor import publishing, signing
+from conveyor import _publishing as publishing
+from conveyor import _signing as signing
+from conveyor._message import BodyTemplate, Message
 from conveyor.brokers import Envelope
-from conveyor.message import BodyTemplate, Message
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
