@@ -22,6 +22,7 @@ from conveyor import _publishing as publishing
 from conveyor import _redact as redact
 from conveyor import _signing as signing
 from conveyor import _state, signals, states
+from conveyor._batching import MessageBatch
 from conveyor._config import (
     DEFAULT_BROKER_URL,
     DEFAULT_NAMESPACE,
@@ -32,7 +33,6 @@ from conveyor._config import (
 )
 from conveyor._context import Request, running_request
 from conveyor._message import (
-    BodyTemplate,
     Message,
     eta_timestamp,
     expires_timestamp,
@@ -494,7 +494,9 @@ class Conveyor:
         if task is not None and task.options.typing:
             for args, kwargs in calls:
                 task._check_arguments(args, kwargs)
-        if (self.routes.by_name_only or options.get("queue")) and not publishing.watched():
+        # A callable router may answer per call (a queue, or a priority even
+        # when the call names its queue), so it is asked about each one.
+        if self.routes.by_name_only and not publishing.watched():
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
         else:  # a router may look at each call's arguments
@@ -507,22 +509,15 @@ class Conveyor:
 
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
-        template = BodyTemplate(prototype)
-        key = signing.key_for(self.conf)
-        limit = self.conf.task_message_max_bytes
-        suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
-        queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
+        batch = MessageBatch(self, prototype)
+        envelope = batch.envelope
+        clock = time.time
         ids: list[str] = []
         envelopes: list[Envelope] = []
         for args, kwargs in calls:
             task_id = new_id()
-            body = template.body(task_id, args, kwargs, time.time())
-            if key is not None:
-                body = signing.sign(body, key)
-            if limit is not None and len(body) > limit:
-                _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
-            envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
+            envelopes.append(envelope(task_id, args, kwargs, clock()))
         return ids, envelopes
 
     def broker_priority(self, message: Message) -> int:

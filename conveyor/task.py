@@ -467,13 +467,19 @@ class Task:
         """A partial signature: a chain prepends the previous result to ``args``."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, False, self._app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: ignores the previous result in a chain."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, immutable=True, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, True, self._app)
+
+    def _signature_name(self) -> str:
+        name = self.options.name
+        if not isinstance(name, str):  # as Signature() refuses it
+            raise TypeError(f"signature() needs a task or a task name, got {name!r}")
+        return name
 
     def signature(self, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:
         from conveyor.canvas import Signature
