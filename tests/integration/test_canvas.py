@@ -167,7 +167,7 @@ def test_group_failure_is_reported_and_its_errback_called_once(flow: Flow) -> No
 
 
 def test_a_large_group_sent_from_one_template_restores_and_fails_once(flow: Flow) -> None:
-    """Members after the first are encoded from a template (conveyor/batching.py):
+    """Members after the first are encoded from a template (conveyor/_batching.py):
     the group still restores by id, returns values in order, and one failing
     member among hundreds calls the group's errback once."""
     result = group(flow.add.s(i, i) for i in range(300)).delay()

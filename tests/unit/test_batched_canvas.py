@@ -1,4 +1,4 @@
-"""Group and chord-header members sent from one template (conveyor/batching.py).
+"""Group and chord-header members sent from one template (conveyor/_batching.py).
 
 The batch path must send exactly what building each member on its own
 sends: the same message fields and the same bytes ``Message.encode``
