@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from conveyor import states
-from conveyor.events import Recorder, TaskQuery, TaskReport, store_from_url
+from conveyor._events import Recorder, TaskQuery, TaskReport, store_from_url
 from conveyor.monitor import data
 from conveyor.monitor.api import SCAN
 

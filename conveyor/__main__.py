@@ -1,3 +1,3 @@
-from conveyor.cli import run
+from conveyor._cli import run
 
 run()

@@ -2,7 +2,7 @@
 
 This is the one table of such names.  A settings file moved over from
 Celery loads with any of them set; the worker names those that were set in
-one warning when it starts (:meth:`conveyor.config.Settings.no_effect_set`),
+one warning when it starts (:meth:`conveyor._config.Settings.no_effect_set`),
 and docs/settings.md lists every entry with its reason.
 
 Each entry keeps the kind of value Celery expects (so a wrong type is still

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from conveyor import redact
+from conveyor import _redact as redact
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
 try:

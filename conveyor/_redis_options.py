@@ -1,6 +1,6 @@
 """Which transport options each Redis store shares, readable without the Redis client.
 
-``conveyor.config`` decides what a result store or event store inherits
+``conveyor._config`` decides what a result store or event store inherits
 from the broker's options, and must load when the ``redis`` extra is not
 installed; so these rules live here rather than in :mod:`conveyor._redis`.
 """

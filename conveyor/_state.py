@@ -24,7 +24,7 @@ _shared: list[Task] = []
 
 def register_app(app: Conveyor, make_current: bool) -> None:
     global _current
-    from conveyor.builtins import register_builtins
+    from conveyor._builtins import register_builtins
 
     with _lock:
         _apps.add(app)

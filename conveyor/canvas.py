@@ -13,7 +13,7 @@ gets its id, and options given to a composition are pushed down to the
 calls they concern (``link_error`` of a chain to each step, ``link`` to the
 last one, ``queue`` to every call, ``countdown`` to the calls sent first).
 The frozen tree is what messages carry; the runtime that sends the
-follow-up steps lives in :mod:`conveyor.workflow`.  See docs/canvas.md.
+follow-up steps lives in :mod:`conveyor._workflow`.  See docs/canvas.md.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import abc
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
+
+from conveyor._message import new_id
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # annotations only: not a runtime dependency
@@ -58,7 +60,8 @@ def seeded_ids(seed: str) -> IdSource:
 
 
 def random_ids() -> str:
-    return str(uuid.uuid4())
+    """A fresh random id (UUID4 text, formatted without building a ``UUID``)."""
+    return new_id()
 
 
 class Canvas(abc.ABC):
@@ -155,7 +158,7 @@ class Canvas(abc.ABC):
         works as for a single task: the whole batch waits for the caller's
         database transaction to commit.
         """
-        from conveyor import workflow
+        from conveyor import _workflow as workflow
 
         on_commit = options.pop("on_commit", None)
         node = self.copy_with(**options) if options else self
@@ -165,8 +168,8 @@ class Canvas(abc.ABC):
 
     def apply(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Any:
-        """Run here and now, in order, as workers would (eager mode, see conveyor.eager)."""
-        from conveyor import eager
+        """Run here and now, in order, as workers would (eager mode, see conveyor._eager)."""
+        from conveyor import _eager as eager
 
         node = self.copy_with(**options) if options else self
         return eager.apply_canvas(self.app, node, tuple(args or ()), dict(kwargs or {}))
@@ -174,7 +177,7 @@ class Canvas(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    # -- freezing (used by conveyor.workflow) -----------------------------
+    # -- freezing (used by conveyor._workflow) -----------------------------
     @abc.abstractmethod
     def freeze(self, ids: IdSource = random_ids) -> Canvas:
         """A copy with every id assigned and composition options pushed down."""
@@ -198,7 +201,7 @@ class Canvas(abc.ABC):
         return builder(data, app)
 
     def _options_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return dict(to_jsonable(self.options, f"{type(self).__name__} options"))
 
@@ -234,6 +237,39 @@ class Signature(Canvas):
     # -- building ----------------------------------------------------------
     def _with_options(self, options: dict[str, Any]) -> Signature:
         return Signature(self.task, self.args, self.kwargs, options, self.immutable, self._app)
+
+    @classmethod
+    def _call(cls, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], immutable: bool,
+              app: Conveyor | None) -> Signature:
+        """``task.s(...)``: a new call from arguments that need no normalizing.
+
+        ``args`` and ``kwargs`` come straight from ``*args``/``**kwargs``: a
+        fresh tuple and dict owned by the signature.  Users build thousands
+        of these for one group.
+        """
+        sig = object.__new__(cls)
+        sig.task = name
+        sig.args = args
+        sig.kwargs = kwargs
+        sig.options = {}
+        sig.immutable = immutable
+        sig._app = app
+        return sig
+
+    def _replaced_options(self, options: dict[str, Any]) -> Signature:
+        """A copy with ``options`` (already normalized: links as dicts) taking their place.
+
+        Freezing a group copies every member; going through ``__init__``
+        would normalize arguments that are already normal, 20,000 times.
+        """
+        copy = object.__new__(type(self))
+        copy.task = self.task
+        copy.args = self.args  # a tuple: shared safely
+        copy.kwargs = dict(self.kwargs) if self.kwargs else {}
+        copy.options = options
+        copy.immutable = self.immutable
+        copy._app = self._app
+        return copy
 
     def clone(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Signature:
@@ -304,7 +340,7 @@ class Signature(Canvas):
 
     # -- wire form ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return {
             "task": self.task,
@@ -316,7 +352,7 @@ class Signature(Canvas):
 
     @classmethod
     def _build(cls, data: Mapping[str, Any], app: Conveyor | None) -> Signature:
-        from conveyor.serialization import from_jsonable
+        from conveyor._serialization import from_jsonable
 
         return cls(
             data["task"],
@@ -420,14 +456,19 @@ class group(Canvas):
         own = self.options
         group_id = own.get("group_id") or own.get("task_id") or ids()
         members: list[Canvas] = []
+        # Whether any option passes down to the members (most groups have none).
+        shaped = own.get("link") or any(
+            key not in _STRUCTURAL or (key in _TIMING and own[key] is not None) for key in own)
         for index, member in enumerate(self.tasks):
-            member = _timing(_inherit(member, own), own)
-            if own.get("link"):
-                member = _with_callbacks(member, "link", own["link"])
+            if shaped:
+                member = _timing(_inherit(member, own), own)
+                if own.get("link"):
+                    member = _with_callbacks(member, "link", own["link"])
             if isinstance(member, Signature):
                 task_id = member.options.get("task_id") or ids()
-                members.append(member.copy_with(group_id=group_id, group_index=index,
-                                                task_id=task_id))
+                members.append(member._replaced_options({**member.options, "group_id": group_id,
+                                                         "group_index": index,
+                                                         "task_id": task_id}))
             else:
                 members.append(member.freeze(ids))
         kept = {"group_id": group_id}
@@ -561,7 +602,7 @@ class chunks(Canvas):
         return self.copy_with(group_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
-        from conveyor.serialization import to_jsonable
+        from conveyor._serialization import to_jsonable
 
         return {"subtask_type": "chunks", "task": self.task, "n": self.n,
                 "items": to_jsonable([list(i) for i in self.items], "chunks items"),
@@ -569,7 +610,7 @@ class chunks(Canvas):
 
     @classmethod
     def _build(cls, data: Mapping[str, Any], app: Conveyor | None) -> chunks:
-        from conveyor.serialization import from_jsonable
+        from conveyor._serialization import from_jsonable
 
         return cls(data["task"], from_jsonable(data["items"]), int(data["n"]),
                    _options_from(data), app)
@@ -686,7 +727,7 @@ def _task_name(task: Any) -> str:
 
 
 def _options_from(data: Mapping[str, Any]) -> dict[str, Any]:
-    from conveyor.serialization import from_jsonable
+    from conveyor._serialization import from_jsonable
 
     return dict(from_jsonable(data.get("options") or {}))
 

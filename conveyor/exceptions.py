@@ -7,12 +7,12 @@ The tree::
     │   └── QueueNotFound           routed to an undeclared queue (create-missing off)
     ├── ScheduleError               a crontab/interval that cannot be (conveyor.schedules)
     ├── SolarLibraryMissing         a solar schedule without PyEphem (conveyor.beat.schedules._sun)
-    ├── DeployError                 deployment files that cannot be generated (conveyor.deploy)
+    ├── DeployError                 deployment files that cannot be generated (conveyor._deploy)
     ├── ActionError                 a monitor action that cannot be done (conveyor.monitor.actions)
     ├── SerializationError          a value that cannot travel in a message or a result
     │   ├── ContentDisallowed       a content type outside ``accept_content``
-    │   ├── MessageDecodeError      a body that is not a Conveyor message (conveyor.message)
-    │   └── SignatureError          a body without a valid signature (conveyor.signing)
+    │   ├── MessageDecodeError      a body that is not a Conveyor message (conveyor._message)
+    │   └── SignatureError          a body without a valid signature (conveyor._signing)
     ├── BrokerError                 the broker refused or could not be reached
     │   └── BrokerUnavailable       connection lost; the operation did not happen
     ├── ResultError
@@ -39,13 +39,13 @@ import builtins
 from datetime import datetime
 from typing import Any
 
-from conveyor import redact
+from conveyor import _redact as redact
 
 
 class ConveyorError(Exception):
     """Root of every error Conveyor raises.
 
-    Text arguments pass through :func:`conveyor.redact.text`, so a message
+    Text arguments pass through :func:`conveyor._redact.text`, so a message
     that names a broker or store URL never carries its password, whoever
     formats it (issue 15, finding 1).
     """
@@ -166,3 +166,27 @@ class RemoteTaskError(ConveyorError):
     def __init__(self, exc_type: str, message: str) -> None:
         self.exc_type = exc_type
         super().__init__(f"{exc_type}: {message}")
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "ContentDisallowed",
+    "ConveyorError",
+    "Ignore",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "QueueNotFound",
+    "Reject",
+    "RemoteTaskError",
+    "ResultError",
+    "ResultTooLarge",
+    "Retry",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "TaskControl",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "TimeoutError",
+    "WorkerLostError",
+]

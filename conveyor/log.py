@@ -21,8 +21,8 @@ import threading
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from conveyor import redact
-from conveyor.context import running_request
+from conveyor import _redact as redact
+from conveyor._context import running_request
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -256,3 +256,14 @@ def get_task_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-ar
 
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
+
+__all__ = [
+    "ColorFormatter",
+    "LoggingProxy",
+    "RedactingFormatter",
+    "TaskContextFilter",
+    "TaskLoggerAdapter",
+    "get_logger",
+    "get_task_logger",
+    "redirect_stdouts_to_logger",
+]

@@ -108,7 +108,7 @@ def _from_mapping(name: Any, spec: Any, source: str) -> Queue:
 
 
 def _warn_amqp_only(queues: list[Queue], source: str) -> None:
-    from conveyor.config import ConfigWarning
+    from conveyor._config import ConfigWarning
 
     used = sorted({f for queue in queues for f in queue.amqp_fields})
     if used:

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.context import running_request
+from conveyor._context import running_request
+from conveyor._serialization import dumps_json
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 from conveyor.resultstores.base import Stored
 from conveyor.resultstores.record import ResultRecord
-from conveyor.serialization import dumps_json
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -23,10 +23,12 @@ class AsyncResult:
 
     def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None,
                  parent: AsyncResult | GroupResult | None = None) -> None:
-        from conveyor._state import current_app
-
         self.id = id
-        self.app = app or current_app()
+        if app is None:
+            from conveyor._state import current_app
+
+            app = current_app()
+        self.app = app
         self.task_name = task_name
         self.parent = parent
         self._cache: ResultRecord | None = None
@@ -345,9 +347,9 @@ def _flat_ids(results: Sequence[AsyncResult | GroupResult]) -> list[str]:
 
 def __getattr__(name: str) -> Any:
     """``from conveyor.result import EagerResult`` (Celery's import path); it lives in
-    conveyor.eager, which needs this module first."""
+    conveyor._eager, which needs this module first."""
     if name == "EagerResult":
-        from conveyor.eager import EagerResult
+        from conveyor._eager import EagerResult
 
         return EagerResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -361,7 +363,7 @@ def _nobody_working(app: Conveyor) -> str:
     another directory).  Said from the workers' heartbeats; any error while
     looking is swallowed, since the timeout is the error being reported.
     """
-    from conveyor.events import store_for
+    from conveyor._events import store_for
 
     try:
         online = [w for w in store_for(app).workers() if w.get("online")]
@@ -382,3 +384,4 @@ def _broker_place(url: str) -> str:
     place = rest.rpartition("@")[2].split("?", 1)[0]
     return f"{scheme}://{place}"
 
+__all__ = ["AsyncResult", "GroupResult", "ResultSet"]

@@ -2,7 +2,7 @@
 
 Every signal of ``celery.signals`` that has a meaning here exists under the
 same name, with the same ``sender`` and keyword arguments, so a receiver
-written for Celery connects unchanged (see :mod:`conveyor.dispatch` for
+written for Celery connects unchanged (see :mod:`conveyor._dispatch` for
 ``connect``/``send``).  Where an argument only means something on AMQP, the
 value Celery users actually read is passed instead (``routing_key`` is the
 queue, ``exchange`` is ``""``); the table in docs/migrating-from-celery.md
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from conveyor.dispatch import Receiver, Signal
+from conveyor._dispatch import Receiver, Signal
 
 #: Takes a zero-argument send; returns True if it will run it at commit time.
 Deferrer = Callable[[Callable[[], object]], bool]

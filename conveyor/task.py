@@ -27,16 +27,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor import states
-from conveyor.context import current_request
+from conveyor._context import current_request
+from conveyor._retry import Backoff, backoff_for
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
-from conveyor.retry import Backoff, backoff_for
 
 if TYPE_CHECKING:
+    from conveyor._config import Settings
+    from conveyor._eager import EagerResult
     from conveyor.app import Conveyor
     from conveyor.canvas import Canvas, Signature
     from conveyor.canvas import chunks as Chunks
-    from conveyor.config import Settings
-    from conveyor.eager import EagerResult
     from conveyor.einfo import ExceptionInfo
     from conveyor.result import AsyncResult
 
@@ -133,6 +133,9 @@ class TaskOptions:
     serializer: str | None = None
     max_deliveries: int | None = None
     typing: bool = True
+    # Names of arguments shown as "********" wherever people see or stores keep
+    # the call (monitor, results, error reports); the task still gets them.
+    redact: tuple[str, ...] = ()
     # No effect here (NO_EFFECT_TASK_OPTIONS); kept so the attributes read back.
     delivery_mode: Any = None
     exchange: Any = None
@@ -150,6 +153,7 @@ class TaskOptions:
             )
         if not isinstance(self.autoretry_for, tuple):
             object.__setattr__(self, "autoretry_for", tuple(self.autoretry_for))
+        object.__setattr__(self, "redact", _redact_names(self.name, self.redact))
 
     @classmethod
     def accepted(cls) -> set[str]:
@@ -250,6 +254,7 @@ class Task:
     serializer = _Option()
     max_deliveries = _Option()
     typing = _Option()
+    redact = _Option()
     delivery_mode = _Option()
     exchange = _Option()
     exchange_type = _Option()
@@ -338,7 +343,7 @@ class Task:
 
     @property
     def request(self) -> Any:
-        """The request being run (a :class:`~conveyor.context.Request`)."""
+        """The request being run (a :class:`~conveyor._context.Request`)."""
         return current_request()
 
     @property
@@ -365,13 +370,13 @@ class Task:
         ``link`` callbacks follow inline.  ``throw`` (default:
         ``task_eager_propagates``) re-raises the task's error.
         """
-        from conveyor import eager
+        from conveyor import _eager as eager
 
         if self.options.typing:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         return eager.apply(self, args, kwargs, **options)
 
-    # -- hooks (Celery's; the worker calls them, see conveyor.hooks) --------
+    # -- hooks (Celery's; the worker calls them, see conveyor._hooks) --------
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Called in the worker just before the body runs."""
 
@@ -409,7 +414,7 @@ class Task:
             self._check_arguments(tuple(args or ()), dict(kwargs or {}))
         app = self.app
         if app.conf.task_always_eager:
-            from conveyor import eager
+            from conveyor import _eager as eager
 
             return eager.apply(self, args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
@@ -462,13 +467,19 @@ class Task:
         """A partial signature: a chain prepends the previous result to ``args``."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, False, self._app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: ignores the previous result in a chain."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, immutable=True, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, True, self._app)
+
+    def _signature_name(self) -> str:
+        name = self.options.name
+        if not isinstance(name, str):  # as Signature() refuses it
+            raise TypeError(f"signature() needs a task or a task name, got {name!r}")
+        return name
 
     def signature(self, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:
         from conveyor.canvas import Signature
@@ -520,7 +531,7 @@ class Task:
             )
         when = self._retry_eta(eta, countdown, request.retries)
         if request.is_eager:  # the eager runner runs the next attempt at once
-            from conveyor import eager
+            from conveyor import _eager as eager
 
             eager.plan_retry(self.app, request, args, kwargs, options)
         else:
@@ -534,7 +545,7 @@ class Task:
 
     def _retry_eta(self, eta: datetime | None, countdown: float | None, retries: int) -> float:
         if eta is not None:
-            from conveyor.message import moment_timestamp  # naive: as at send
+            from conveyor._message import moment_timestamp  # naive: as at send
 
             conf = self.app.conf
             return moment_timestamp(eta, "eta", conf.enable_utc, conf.timezone)
@@ -559,7 +570,7 @@ class Task:
         ``raise self.replace(sig)``; in eager mode the replacement runs at
         once and its value is returned.
         """
-        from conveyor import replacing
+        from conveyor import _replacing as replacing
 
         return replacing.replace(self, sig)
 
@@ -573,6 +584,16 @@ class Task:
         elif "run" in vars(self):  # see _setup: run() bound to the copy, not to self
             copy.run = functools.partial(Task.run, copy)  # type: ignore[method-assign]
         return copy
+
+
+def _redact_names(task: str, found: Any) -> tuple[str, ...]:
+    """``redact=["password"]``: argument names, as a tuple; a lone string is one name."""
+    names = (found,) if isinstance(found, str) else tuple(found or ())
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ConfigurationError(f"task {task}: redact takes argument names (strings), "
+                                 f"got {bad[0]!r}")
+    return names
 
 
 def task_options(fn: Any, default_name: str, given: dict[str, Any],
@@ -650,3 +671,5 @@ def warn_no_effect_options(tasks: Iterable[Task]) -> str | None:
 def _no_effect_text(names: list[str]) -> str:
     reasons = "; ".join(f"{name}: {NO_EFFECT_TASK_OPTIONS[name]}" for name in names)
     return f"{', '.join(names)} accepted but has no effect in Conveyor ({reasons})"
+
+__all__ = ["Task", "TaskOptions"]

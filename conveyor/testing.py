@@ -140,3 +140,5 @@ def start_worker(app: Conveyor, concurrency: int = 1, pool: str = "solo",
         if runner.thread.is_alive():
             raise RuntimeError(f"the test worker did not stop within {shutdown_timeout}s: "
                                "a task is still running (raise shutdown_timeout?)")
+
+__all__ = ["ThreadedWorker", "make_test_app", "run_worker", "start_worker"]

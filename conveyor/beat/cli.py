@@ -1,7 +1,7 @@
 """``conveyor -A proj beat``: the periodic-task sender as its own process.
 
-Kept apart from ``conveyor/cli.py`` so the command and the service it starts
-live together; ``conveyor/cli.py`` only registers it.
+Kept apart from ``conveyor/_cli.py`` so the command and the service it starts
+live together; ``conveyor/_cli.py`` only registers it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from conveyor import flag_notes
-from conveyor.daemon import daemon_options, daemonize
+from conveyor import _flag_notes as flag_notes
+from conveyor._daemon import daemon_options, daemonize
 
 if TYPE_CHECKING:
     from conveyor.beat.service import Beat
@@ -49,7 +49,7 @@ def beat_command(obj: Any, loglevel: str, scheduler: str | None, max_interval: f
     flag_notes.log_notes("beat", notes)
     if max_interval is not None:
         app.conf.update({"beat_max_loop_interval": max_interval}, source="--max-interval")
-    from conveyor.signing import pickle_warning
+    from conveyor._signing import pickle_warning
 
     risk = pickle_warning(app.conf)
     if risk:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from conveyor._config import load_object
 from conveyor.beat.scheduler import Scheduler
 from conveyor.beat.settings_scheduler import SettingsScheduler
-from conveyor.config import load_object
 from conveyor.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from conveyor.beat import schedules
 
 if TYPE_CHECKING:
-    from conveyor.config import Settings
+    from conveyor._config import Settings
 
 __all__ = ["MAX_CATCH_UP", "POLICIES", "TickPlan", "failover_window", "in_utc", "key_ttl",
            "plan_ticks", "task_id_for", "tick_key"]

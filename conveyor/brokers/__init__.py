@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor import redact
+from conveyor import _redact as redact
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.schemes import Family, scheme_of
 

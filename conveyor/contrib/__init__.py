@@ -1,1 +1,3 @@
 """Integrations with other frameworks; each is opted into explicitly."""
+
+__all__: list[str] = []

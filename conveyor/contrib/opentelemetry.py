@@ -45,7 +45,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from conveyor import __version__, signals
-from conveyor.context import Request
+from conveyor._context import Request
 
 SYSTEM = "conveyor"
 _OPEN_SENDS_MAX = 10_000  # a send whose after_task_publish never came (it raised)

@@ -248,3 +248,5 @@ def celery_session_worker(
     with _test_worker(celery_session_app, celery_includes, celery_class_tasks,
                       celery_worker_pool, celery_worker_parameters) as worker:
         yield worker
+
+__all__: list[str] = []

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from conveyor import redact
+from conveyor import _redact as redact
 from conveyor.schemes import Family, scheme_of
 
 log = logging.getLogger("conveyor.worker")

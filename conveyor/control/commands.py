@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor._message import Message
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import ConfigurationError, SerializationError
-from conveyor.message import Message
 from conveyor.task import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -203,8 +203,9 @@ class Panel:
             message = Message.decode(delivery.body, self.worker.app.conf.accept_content)
         except SerializationError:
             return {**info, "name": None, "type": None, "args": [], "kwargs": {}}
-        info.update(name=message.task, type=message.task, args=list(message.args),
-                    kwargs=message.kwargs)
+        args, kwargs = self.worker.app.shown_arguments(message.task, message.args,
+                                                       message.kwargs, message.headers)
+        info.update(name=message.task, type=message.task, args=args, kwargs=kwargs)
         if started is not None:
             info["time_start"] = time.time() - (time.monotonic() - started)
         return info

@@ -1,8 +1,8 @@
-"""Event store implementations (see :mod:`conveyor.events` for what they keep).
+"""Event store implementations (see :mod:`conveyor._events` for what they keep).
 
 ``memory`` for tests, ``sqlite`` beside the embedded broker, ``postgres``
 beside a PostgreSQL broker (one database for everything), ``redis`` for
-scale-out; :func:`conveyor.events.store_from_url` picks one by URL scheme
+scale-out; :func:`conveyor._events.store_from_url` picks one by URL scheme
 through :data:`EVENT_STORES`.  Each module documents its storage layout at
 the top.
 """
@@ -43,3 +43,5 @@ def dumps(doc: Any) -> str:
     """Compact JSON; one encoder for all calls (``json.dumps`` with options builds
     an encoder per call)."""
     return _ENCODER.encode(doc)
+
+__all__ = ["EVENT_STORES"]

@@ -2,9 +2,9 @@
 
 The stores (``memory``, ``sqlite``, ``redis`` in this package, and any a
 plug-in registers, see :data:`conveyor.eventstores.EVENT_STORES`) keep what
-:mod:`conveyor.events` describes: worker heartbeats, per-minute counters,
+:mod:`conveyor._events` describes: worker heartbeats, per-minute counters,
 the task index, timelines and queue samples.  The values here are what they
-store and return; workers build them in :mod:`conveyor.events`.
+store and return; workers build them in :mod:`conveyor._events`.
 """
 
 from __future__ import annotations

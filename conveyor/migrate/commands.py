@@ -66,7 +66,7 @@ def _words(line: str) -> list[str]:
 
 
 def _check(path: Path, number: int, line: str, report: Report) -> None:
-    from conveyor.cli import all_commands, main
+    from conveyor._cli import all_commands, main
 
     words = _words(line)
     accepted = _options(main)
@@ -90,7 +90,7 @@ def _check_options(path: Path, number: int, name: str, command: click.Command,
                    words: list[str], report: Report) -> None:
     accepted = _options(command)
     if name == "multi":  # multi hands its options to each node's worker command
-        from conveyor.cli import all_commands, main
+        from conveyor._cli import all_commands, main
 
         accepted |= _options(main) | _options(all_commands()["worker"])
         words = [w for w in words if w.partition("=")[0] not in ("-p",)]

@@ -214,8 +214,8 @@ class _Rewriter(cst.CSTTransformer):
                 self._check_setting(node, name.value)
 
     def _check_setting(self, node: cst.CSTNode, name: str) -> None:
+        from conveyor._config import Settings
         from conveyor._no_effect import NO_EFFECT
-        from conveyor.config import Settings
 
         key = name[len("CELERY_"):].lower()
         if key in NO_EFFECT:

@@ -3,7 +3,7 @@
 ``conveyor -A proj monitor --port 5555 --basic-auth user:pass`` serves
 :func:`conveyor.monitor.app.create_app` with uvicorn.  Everything it shows
 comes from the broker, the result store and the event store
-(:mod:`conveyor.events`), never from the monitor's own memory, so it can be
+(:mod:`conveyor._events`), never from the monitor's own memory, so it can be
 restarted, or run several times, and still shows the same numbers.
 
 Modules: ``auth`` (basic auth), ``data`` (read models shared by the pages,

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from conveyor import states
+from conveyor._events import EventStore, store_for
 from conveyor.control.cli import (
     WORKER_INSPECT,
     active_rows,
@@ -24,7 +25,6 @@ from conveyor.control.cli import (
     remote_options,
     stats_rows,
 )
-from conveyor.events import EventStore, store_for
 from conveyor.monitor import data, tasks
 
 

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.events import EventStore
+from conveyor._events import EventStore
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor import values
 from conveyor.resultstores import ResultRecord, Stored

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.serialization import printable
+from conveyor._serialization import printable
 
 #: What one value may take in a response, in characters (roughly bytes).
 BUDGET = 16 * 1024

@@ -141,3 +141,5 @@ class ResultStore(abc.ABC):
 def deadline_after(timeout: float | None) -> float | None:
     """Monotonic deadline for a timeout, None meaning forever."""
     return None if timeout is None else time.monotonic() + timeout
+
+__all__ = ["ResultStore", "Stored", "deadline_after"]

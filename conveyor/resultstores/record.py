@@ -17,8 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor import states
-from conveyor.exceptions import RemoteTaskError, ResultTooLarge, SerializationError
-from conveyor.serialization import (
+from conveyor._serialization import (
     JSON,
     check_accepted,
     decode_payload,
@@ -27,6 +26,7 @@ from conveyor.serialization import (
     to_jsonable,
     utf8,
 )
+from conveyor.exceptions import RemoteTaskError, ResultTooLarge, SerializationError
 
 log = logging.getLogger("conveyor.resultstores")
 

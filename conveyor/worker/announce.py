@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from conveyor import signals
-from conveyor.context import Request, pop_request, push_request
+from conveyor._context import Request, pop_request, push_request
 from conveyor.einfo import ExceptionInfo
 from conveyor.exceptions import Ignore, Reject, Retry, TaskRevokedError
 
 if TYPE_CHECKING:
+    from conveyor._message import Message
     from conveyor.app import Conveyor
     from conveyor.brokers.base import Delivery
-    from conveyor.message import Message
     from conveyor.task import Task
     from conveyor.worker.execute import Executor, Outcome
 
@@ -164,7 +164,7 @@ def internal_error(executor: Executor, delivery: Delivery, exc: BaseException) -
     """An error in the worker (or a hook) around the task, not in the task's body."""
     if not signals.task_internal_error.receivers:
         return
-    from conveyor.message import Message
+    from conveyor._message import Message
 
     try:
         message = Message.decode(delivery.body, executor.accept)

@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from conveyor._events import Recorder, TaskReport
 from conveyor.brokers.base import Delivery
-from conveyor.events import Recorder, TaskReport
 
 
 @dataclass

@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from conveyor._message import Message
+from conveyor._serialization import printable
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError, ResultError
-from conveyor.message import Message
-from conveyor.serialization import printable
 from conveyor.worker import announce
 from conveyor.worker.execute import (
     ACK,

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conveyor import hooks, signals, signing, states, workflow
+from conveyor import _hooks as hooks
+from conveyor import _signing as signing
+from conveyor import _workflow as workflow
+from conveyor import signals, states
+from conveyor._context import Request, pop_request, push_request
+from conveyor._message import Message, MessageDecodeError
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Delivery
-from conveyor.context import Request, pop_request, push_request
 from conveyor.exceptions import (
     ContentDisallowed,
     Ignore,
@@ -32,7 +36,6 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
-from conveyor.message import Message, MessageDecodeError
 from conveyor.task import Task
 from conveyor.worker import announce
 

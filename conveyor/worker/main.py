@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor import redact, signals
-from conveyor.events import EventSink
+from conveyor import _redact as redact
+from conveyor import signals
+from conveyor._events import EventSink
+from conveyor._signing import pickle_warning
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
-from conveyor.signing import pickle_warning
 from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker, warn_if_calls_outlast_leases
 

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor._context import Request
+from conveyor._events import TaskClock, TaskReport, killed_report
+from conveyor._message import Message
 from conveyor.brokers.base import Delivery
-from conveyor.context import Request
-from conveyor.events import TaskClock, TaskReport, killed_report
 from conveyor.exceptions import (
     BrokerError,
     ResultError,
@@ -34,7 +35,6 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from conveyor.message import Message
 from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook, Running, Slot

@@ -21,8 +21,8 @@ from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from conveyor._context import Request
 from conveyor.brokers.base import Delivery
-from conveyor.context import Request
 from conveyor.task import Task
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import Executor, call_task
@@ -150,7 +150,7 @@ class AsyncPool(ThreadPool):
 
 
 async def _with_request(task: Task, request: Request) -> Any:
-    from conveyor.context import push_request
+    from conveyor._context import push_request
 
     push_request(request)  # each asyncio task has its own context copy
     return await task(*request.args, **request.kwargs)

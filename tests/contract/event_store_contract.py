@@ -1,4 +1,4 @@
-"""The event store contract (``EventStore`` in conveyor/events.py): ``EventStoreContract``.
+"""The event store contract (``EventStore`` in conveyor/_events.py): ``EventStoreContract``.
 
 What the monitor reads, written by workers (ADR 0006): heartbeats, counters, the
 task index and timelines, claims, queue samples, retention. Not collected on its
@@ -17,8 +17,7 @@ from typing import ClassVar
 import pytest
 
 from conveyor import states
-from conveyor.brokers.base import Delivery, QueueStats
-from conveyor.events import (
+from conveyor._events import (
     MAX_TIMELINE,
     Batch,
     EventStore,
@@ -31,7 +30,8 @@ from conveyor.events import (
     minute_of,
     store_from_url,
 )
-from conveyor.message import Message
+from conveyor._message import Message
+from conveyor.brokers.base import Delivery, QueueStats
 from conveyor.worker.execute import ACK, Outcome
 
 

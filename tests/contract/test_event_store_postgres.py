@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conveyor import states
-from conveyor.events import (
+from conveyor._events import (
     Batch,
     EventStore,
     TaskEntry,

@@ -14,6 +14,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 
+from conveyor._message import Message
 from conveyor.contrib.django.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -22,7 +23,6 @@ from conveyor.contrib.django.models import (
     SolarSchedule,
 )
 from conveyor.contrib.django.schedulers import DatabaseScheduler, clocked
-from conveyor.message import Message
 from conveyor.schedules import ScheduleError, crontab, schedule, solar
 from tests.django.conftest import Processes, wait_for
 

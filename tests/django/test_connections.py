@@ -13,7 +13,7 @@ from django.db import connection, connections
 from django.db.backends.signals import connection_created
 
 from conveyor import signals
-from conveyor.contrib.django.connections import prepare_connections, release_connections
+from conveyor.contrib.django._connections import prepare_connections, release_connections
 from conveyor.testing import run_worker
 from tests.django.conftest import ON_POSTGRES, Processes, wait_for
 from tests.django.testapp.models import Touch

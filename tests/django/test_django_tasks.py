@@ -15,8 +15,8 @@ from django_tasks import TaskResultStatus, default_task_backend, task_backends
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued, task_finished, task_started
 
+from conveyor._message import Message
 from conveyor.contrib.django.tasks import RUNNER, ConveyorBackend, conveyor_priority
-from conveyor.message import Message
 from conveyor.testing import run_worker
 from tests.django.testapp import jobs
 from tests.django.testapp.models import Touch

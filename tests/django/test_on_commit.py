@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from conveyor.message import Message
+from conveyor._message import Message
 from conveyor.testing import run_worker
 from tests.django.testapp.models import Order
 from tests.django.testapp.tasks import add, process_order, routed_report

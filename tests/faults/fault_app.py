@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from conveyor import Conveyor
-from conveyor.context import current_request
+from conveyor._context import current_request
 from tests.faults.tasklog import record
 
 app = Conveyor("fault_app")

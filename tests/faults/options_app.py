@@ -12,7 +12,7 @@ import os
 import time
 
 from conveyor import Conveyor
-from conveyor.context import current_request
+from conveyor._context import current_request
 from tests.faults.tasklog import record
 
 app = Conveyor("options_app")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from conveyor.context import current_request
+from conveyor._context import current_request
 
 
 def record(event: str, as_id: str | None = None) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import Conveyor
-from conveyor.events import EventStore
+from conveyor._events import EventStore
 
 from ..conftest import IN_CI
 from ..integration.processes import Ledger, children_of, wait_for

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
+from conveyor._message import Message
 from conveyor.beat import (
     BEAT_LEASE,
     MAX_CATCH_UP,
@@ -44,7 +45,6 @@ from conveyor.beat_state import open_beat_state
 from conveyor.brokers import Broker, broker_from_url
 from conveyor.brokers import memory as memory_broker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
-from conveyor.message import Message
 from conveyor.scheduler import Entry, Scheduler
 from conveyor.schedules import crontab, schedule
 from tests.integration.processes import ROOT, wait_for
@@ -882,7 +882,7 @@ def test_worker_dash_b_runs_beat_inside_the_worker(sqlite_url: str, fleet_logs: 
 def test_cli_registers_the_beat_command() -> None:
     from click.testing import CliRunner
 
-    from conveyor.cli import main
+    from conveyor._cli import main
 
     result = CliRunner().invoke(main, ["beat", "--help"])
     assert result.exit_code == 0 and "--scheduler" in result.output

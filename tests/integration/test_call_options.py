@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conveyor import Conveyor, states
-from conveyor.events import EventStore
+from conveyor._events import EventStore
 from conveyor.testing import run_worker
 
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conveyor import Conveyor, chain, group, signature
-from conveyor.context import Request
+from conveyor._context import Request
 from conveyor.testing import run_worker
 
 T = 15.0

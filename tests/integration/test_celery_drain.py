@@ -26,7 +26,7 @@ import celery  # the producer side only: a dev dependency, never imported by con
 import pytest
 
 from conveyor import Conveyor
-from conveyor.celery_drain import SKIPPED, CeleryRedisDrain, read_message
+from conveyor._celery_drain import SKIPPED, CeleryRedisDrain, read_message
 from conveyor.testing import run_worker
 from tests.integration.processes import ROOT
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.daemon import alive
+from conveyor._daemon import alive
 from tests.integration.processes import ROOT, Ledger, wait_for
 
 APP = "tests.integration.worker_app"

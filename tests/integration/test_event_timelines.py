@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from conveyor import states
-from conveyor.brokers.base import Delivery
-from conveyor.events import (
+from conveyor._events import (
     Batch,
     EventStore,
     TaskClock,
@@ -21,8 +20,9 @@ from conveyor.events import (
     minute_of,
     store_from_url,
 )
+from conveyor._message import Message
+from conveyor.brokers.base import Delivery
 from conveyor.eventstores.redis import RedisEventStore
-from conveyor.message import Message
 
 
 def _delivery(message: Message) -> Delivery:

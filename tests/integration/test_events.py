@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, states
-from conveyor.brokers.base import Delivery
-from conveyor.events import (
+from conveyor._events import (
     BUCKETS,
     DEAD,
     EventStore,
@@ -22,7 +21,8 @@ from conveyor.events import (
     events_url,
     store_for,
 )
-from conveyor.message import Message
+from conveyor._message import Message
+from conveyor.brokers.base import Delivery
 from conveyor.testing import run_worker
 from conveyor.worker.execute import ACK, Outcome
 from conveyor.worker.execute import DEAD as DEAD_ACTION

@@ -86,7 +86,7 @@ def test_deploy_supervisor_creates_its_log_directory_and_says_so(tmp_path: Path)
 
 
 def test_every_deploy_option_says_what_it_does() -> None:
-    from conveyor.ops_cli import deploy_command
+    from conveyor._ops_cli import deploy_command
 
     undocumented = [p.name for p in deploy_command.params
                     if isinstance(p, click.Option) and not p.help]

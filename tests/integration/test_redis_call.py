@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from conveyor import _lua, states
+from conveyor._events import TOTALS, Batch, TaskEntry
 from conveyor._redis import call, call_many
-from conveyor.events import TOTALS, Batch, TaskEntry
 from conveyor.eventstores.redis import RedisEventStore
 from conveyor.resultstores.record import Attempt
 from conveyor.resultstores.redis import RedisResultStore

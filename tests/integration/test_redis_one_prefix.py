@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from conveyor import Conveyor, chord
-from conveyor.events import store_for
+from conveyor._events import store_for
 from conveyor.testing import run_worker
 
 pytestmark = pytest.mark.redis

@@ -1,7 +1,7 @@
 """Issue 10: generated Supervisor configs run for real under ``supervisord``.
 
 Supervisor comes from PyPI (a dev dependency).  The test generates the
-config with ``conveyor.deploy``, runs ``supervisord`` on it against
+config with ``conveyor._deploy``, runs ``supervisord`` on it against
 ``tests/integration/worker_app`` on SQLite and Redis, and checks that every
 program starts, a SIGKILLed worker is restarted with nothing lost, a
 graceful group restart mid-run loses nothing, and two beat programs
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.deploy import (
+from conveyor._deploy import (
     DeploySpec,
     QueueWorker,
     env_file_text,

@@ -1,6 +1,6 @@
 """Issue 10 on the example project: ``examples/shop`` under a real ``supervisord``.
 
-The Supervisor config comes from ``conveyor.deploy`` for the shop as its
+The Supervisor config comes from ``conveyor._deploy`` for the shop as its
 operators would generate it (a worker per queue, beat with the database
 scheduler) plus a stray second beat program.  On SQLite and on Redis: every
 program starts, a SIGKILLed worker is restarted with nothing lost, and the
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.deploy import DeploySpec, QueueWorker, supervisor_config, supervisord_main_config
-from conveyor.message import Message
+from conveyor._deploy import DeploySpec, QueueWorker, supervisor_config, supervisord_main_config
+from conveyor._message import Message
 
 from .processes import ROOT, wait_for
 from .test_supervisor import Supervisor

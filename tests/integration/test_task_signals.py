@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, signals, states
+from conveyor._dispatch import Signal
 from conveyor.brokers import Envelope
-from conveyor.dispatch import Signal
 from conveyor.einfo import ExceptionInfo
 from conveyor.testing import run_worker
 

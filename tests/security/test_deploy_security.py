@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from conveyor.cli import main
-from conveyor.deploy import parse_env_file
+from conveyor._cli import main
+from conveyor._deploy import parse_env_file
 
 SECRET = "dpl-s3cret-77"
 APP = "tests.integration.worker_app"

@@ -157,7 +157,7 @@ def test_a_dead_childs_prefetched_messages_come_back_at_once(client: Conveyor,
     """Issue 15: a prefork child that died held prefetched messages the supervisor
     had not been told of, so they waited a whole lease (30 s here); the loop now
     reports what it holds however it ends, and they run on the next child."""
-    from conveyor.message import Message
+    from conveyor._message import Message
 
     die = Message(id="die-1", task=corpus.PING, args=("die-1",))
     client.broker.enqueue(Envelope(id=die.id, queue="default", body=die.encode()))
@@ -342,7 +342,7 @@ def test_a_batch_of_events_the_store_refuses_is_dropped_not_retried_forever(
     """A batch the store refuses for its data (it used to be a NULL retries count
     from a hostile body) was put back and refused again at every heartbeat, so no
     task event was recorded again; now only a store that is away keeps it."""
-    from conveyor.events import TaskReport
+    from conveyor._events import TaskReport
     from conveyor.exceptions import BrokerError
     from conveyor.worker.book import LeaseBook
     from conveyor.worker.main import Worker
@@ -373,8 +373,8 @@ def test_a_batch_of_events_the_store_refuses_is_dropped_not_retried_forever(
 def test_made_up_task_names_add_a_bounded_number_of_counter_series() -> None:
     """A writer flooding the broker with a new task name per message must not make
     the event store (and every monitor overview) grow a counter series for each."""
+    from conveyor._events import MAX_UNSTARTED_NAMES, TaskClock
     from conveyor.brokers.base import Delivery
-    from conveyor.events import MAX_UNSTARTED_NAMES, TaskClock
     from conveyor.worker.execute import DEAD, Outcome
 
     clock = TaskClock()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor._events import Batch, TaskEntry, store_for
 from conveyor.brokers import Envelope
-from conveyor.events import Batch, TaskEntry, store_for
 from conveyor.monitor import api
 
 from .monitor_client import monitor, strict

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor import redact
+from conveyor import _redact as redact
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.monitor.openapi import openapi_schema
 from conveyor.monitor.pages import PAGES

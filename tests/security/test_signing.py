@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor._config import Settings
+from conveyor._message import Message, new_id
+from conveyor._serialization import PICKLE
+from conveyor._signing import SignatureError, key_for, pickle_warning, sign, verify
 from conveyor.brokers import Envelope
-from conveyor.config import Settings
 from conveyor.exceptions import ConfigurationError
-from conveyor.message import Message, new_id
-from conveyor.serialization import PICKLE
-from conveyor.signing import SignatureError, key_for, pickle_warning, sign, verify
 from tests.integration.processes import stop, wait_for
 
 KEY = "k" * 16 + "-signing-key-for-tests"

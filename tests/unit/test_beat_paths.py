@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.config import load_object
+from conveyor._config import load_object
 
 ROOT = Path(__file__).resolve().parents[2]
 _OLD = r"conveyor\.(?:beat|schedules|scheduler|beat_state)\b[\w.]*"

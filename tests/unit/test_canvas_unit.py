@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, GroupResult, chain, chord, chunks, group, signature
+from conveyor._message import Message
 from conveyor.canvas import Canvas, Signature, derived_id, maybe_signature, xmap, xstarmap
-from conveyor.message import Message
 from conveyor.result import AsyncResult
 from conveyor.resultstores.base import ResultStore
 from conveyor.resultstores.memory import MemoryResultStore
@@ -289,7 +289,7 @@ def test_derived_ids_are_stable() -> None:
 # -- the runtime, driven by hand ------------------------------------------------------
 
 def test_a_repeated_step_resends_the_same_follow_up(app: Conveyor, add: Task) -> None:
-    from conveyor import workflow
+    from conveyor import _workflow as workflow
 
     flow = chain(add.s(1, 1), add.s(2), add.s(3))
     flow.link(add.s(0))
@@ -305,7 +305,7 @@ def test_a_repeated_step_resends_the_same_follow_up(app: Conveyor, add: Task) ->
 
 def test_chord_join_sends_the_body_once_in_header_order(app: Conveyor, add: Task,
                                                         tsum: Task) -> None:
-    from conveyor import workflow
+    from conveyor import _workflow as workflow
 
     result = chord([add.s(i, i) for i in range(4)], tsum.s()).delay()
     header = sent(app)
@@ -321,7 +321,7 @@ ELSEWHERE = signature("t.elsewhere", (0, 0), immutable=True)
 
 
 def test_chord_failure_is_handled_once(app: Conveyor, add: Task, tsum: Task) -> None:
-    from conveyor import workflow
+    from conveyor import _workflow as workflow
 
     result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).on_error(ELSEWHERE).delay()
     first, second = sent(app)
@@ -347,7 +347,7 @@ def test_composition_apply_async_accepts_callbacks_as_signatures(app: Conveyor,
 
 
 def test_follow_up_with_wrong_arguments_fails_like_a_task(app: Conveyor, add: Task) -> None:
-    from conveyor import workflow
+    from conveyor import _workflow as workflow
 
     result = chain(add.s(1, 1), add.s(1, 2)).on_error(ELSEWHERE).delay()
     (first,) = sent(app)
@@ -359,7 +359,7 @@ def test_follow_up_with_wrong_arguments_fails_like_a_task(app: Conveyor, add: Ta
 
 
 def test_a_revoked_header_fails_its_chord(app: Conveyor, add: Task, tsum: Task) -> None:
-    from conveyor import workflow
+    from conveyor import _workflow as workflow
     from conveyor.exceptions import TaskRevokedError
 
     result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()

@@ -7,9 +7,10 @@ killed between ``chord_add`` and the body's enqueue would have it.
 
 from __future__ import annotations
 
-from conveyor import Conveyor, chord, workflow
+from conveyor import Conveyor, chord
+from conveyor import _workflow as workflow
+from conveyor._message import Message
 from conveyor.brokers.base import Delivery
-from conveyor.message import Message
 from conveyor.task import Task
 from tests.unit import test_canvas_unit
 

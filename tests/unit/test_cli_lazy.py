@@ -13,19 +13,19 @@ import sys
 import click
 from click.testing import CliRunner
 
-from conveyor.cli import _LAZY_COMMANDS, all_commands, main
+from conveyor._cli import _LAZY_COMMANDS, all_commands, main
 
-_OTHERS = ("conveyor.multi_cli", "conveyor.ops_cli", "conveyor.deploy", "conveyor.monitor.cli",
-           "conveyor.control.cli", "conveyor.migrate.cli", "conveyor.tools_cli",
-           "conveyor.beat.cli", "conveyor.db_cli")
+_OTHERS = ("conveyor._multi_cli", "conveyor._ops_cli", "conveyor._deploy", "conveyor.monitor.cli",
+           "conveyor.control.cli", "conveyor.migrate.cli", "conveyor._tools_cli",
+           "conveyor.beat.cli", "conveyor._db_cli")
 
 
 def test_loading_the_cli_for_a_worker_imports_no_other_command() -> None:
-    code = ("import sys, conveyor.cli as c; c.main.get_command(None, 'worker'); "
+    code = ("import sys, conveyor._cli as c; c.main.get_command(None, 'worker'); "
             "print(' '.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert "conveyor.cli" in out and "click" in out
+    assert "conveyor._cli" in out and "click" in out
     assert [name for name in _OTHERS if name in out] == []
 
 

@@ -15,7 +15,9 @@ import pytest
 
 import conveyor
 from conveyor import Conveyor, shared_task, states
-from conveyor.config import Settings
+from conveyor._config import Settings
+from conveyor._message import Message, MessageDecodeError
+from conveyor._routing import Routes
 from conveyor.exceptions import (
     ConfigurationError,
     ContentDisallowed,
@@ -23,9 +25,7 @@ from conveyor.exceptions import (
     ResultTooLarge,
     SerializationError,
 )
-from conveyor.message import Message, MessageDecodeError
 from conveyor.resultstores.record import ResultRecord
-from conveyor.routing import Routes
 
 
 def make_app(**settings: object) -> Conveyor:

@@ -14,14 +14,14 @@ from pathlib import Path
 import click
 import pytest
 
-from conveyor.daemon import (
+from conveyor._daemon import (
     PidfileError,
     check_pidfile,
     drop_privileges,
     node_format,
     parse_umask,
 )
-from conveyor.multi_cli import build_nodes, parse_nodes
+from conveyor._multi_cli import build_nodes, parse_nodes
 
 
 def test_node_format_expands_celerys_keys() -> None:

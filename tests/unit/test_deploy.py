@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.deploy import (
+from conveyor._deploy import (
     MONITOR_AUTH_FLAG,
     STOP_MARGIN_SECONDS,
     DeployError,

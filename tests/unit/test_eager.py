@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from conveyor import AsyncResult, Conveyor, Task, chain, chord, group, states
-from conveyor.config import Settings
-from conveyor.eager import EagerResult
+from conveyor._config import Settings
+from conveyor._eager import EagerResult
 from conveyor.exceptions import SerializationError
 
 calls: list[Any] = []
@@ -295,7 +295,7 @@ def test_canvas_apply_works_without_eager_mode(app: Conveyor) -> None:
 
 
 def test_a_failing_step_fails_the_rest_of_the_chain_without_running_it(eager: Conveyor) -> None:
-    """As a worker runs a chain (conveyor.workflow.on_failure marks the rest FAILURE);
+    """As a worker runs a chain (conveyor._workflow.on_failure marks the rest FAILURE);
     Celery's chain.apply raises from the next step's last.get() instead."""
     @eager.task
     def step(x: int) -> int:

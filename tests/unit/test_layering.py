@@ -63,4 +63,4 @@ def test_django_db_is_not_a_builtin_scheme_but_an_entry_point() -> None:
 
 def test_the_django_deferrer_installer_is_an_entry_point() -> None:
     points = {p.name: p.value for p in entry_points(group="conveyor.django_deferrers")}
-    assert points == {"django": "conveyor.contrib.django.transaction:install"}
+    assert points == {"django": "conveyor.contrib.django._transaction:install"}

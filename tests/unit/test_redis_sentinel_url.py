@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from conveyor._config import Settings, values_from_env
 from conveyor._redis import parse_redis_url
-from conveyor.config import Settings, values_from_env
 from conveyor.exceptions import ConfigurationError
 
 URL = "sentinel://:s3cret@10.0.0.1:26380/2;sentinel://10.0.0.2"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor import Conveyor
-from conveyor.events import _options_for
+from conveyor._events import _options_for
 
 
 def _app(**conf: Any) -> Conveyor:

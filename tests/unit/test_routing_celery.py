@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, Queue
-from conveyor.config import ConfigWarning
+from conveyor._config import ConfigWarning
 from conveyor.exceptions import ConfigurationError, QueueNotFound
 
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, signals
+from conveyor._context import Request, pop_request, push_request
+from conveyor._message import Message, new_id
+from conveyor._routing import Routes
+from conveyor._serialization import PICKLE
 from conveyor.app import _split_call
-from conveyor.context import Request, pop_request, push_request
 from conveyor.exceptions import SerializationError
-from conveyor.message import Message, new_id
-from conveyor.routing import Routes
-from conveyor.serialization import PICKLE
 
 PLAIN_BODY = (
     b'{"id":"5f0c","task":"orders.process","queue":"default","created":1795472578.69,"v":1}'
@@ -227,6 +227,17 @@ def test_send_many_asks_a_callable_router_about_each_call() -> None:
     app.send_many("t.any", [(1,), (99,), (2,)])
     assert [m.args for m in _stored(app, "small")] == [(1,), (2,)]
     assert [m.args for m in _stored(app, "big")] == [(99,)]
+
+
+def test_send_many_with_a_queue_still_takes_each_calls_priority_from_a_router() -> None:
+    """A router's answer may carry a priority as well as a queue (Celery's
+    routers return options); naming the queue does not make it per batch."""
+    def urgent_first(name: str, args: Any, kwargs: Any, options: Any) -> dict[str, Any]:
+        return {"priority": 9 if args[0] == "urgent" else 1}
+
+    app = make_app(task_routes=[urgent_first])
+    app.send_many("t.any", [("normal",), ("urgent",)], queue="work")
+    assert {m.args[0]: m.priority for m in _stored(app, "work")} == {"normal": 1, "urgent": 9}
 
 
 def test_send_many_inside_a_task_records_children_and_workflow_ids() -> None:

@@ -22,8 +22,8 @@ import pytest
 
 import conveyor
 from conveyor import Conveyor
+from conveyor._config import Settings, values_from_env
 from conveyor._no_effect import NO_EFFECT
-from conveyor.config import Settings, values_from_env
 from conveyor.exceptions import ConfigurationError
 
 DATA = Path(__file__).parent / "data" / "celery_settings.txt"
@@ -111,7 +111,7 @@ def _conf_reads(tree: ast.AST) -> set[str]:
 
 def _reads_by_settings_methods() -> dict[str, set[str]]:
     """For each method or property of Settings: the fields it reads."""
-    tree = ast.parse((PACKAGE / "config.py").read_text())
+    tree = ast.parse((PACKAGE / "_config.py").read_text())
     [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
     out: dict[str, set[str]] = {}
     for fn in cls.body:
@@ -127,7 +127,7 @@ def _reads_by_settings_methods() -> dict[str, set[str]]:
 def test_every_settings_field_is_read_by_the_code_or_listed_as_no_effect() -> None:
     read: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
-        if path.name not in ("config.py", "_no_effect.py"):
+        if path.name not in ("_config.py", "_no_effect.py"):
             read |= _conf_reads(ast.parse(path.read_text()))
     for method, names in _reads_by_settings_methods().items():
         if method in read:  # e.g. conf.broker_options() reads broker_use_ssl
@@ -252,7 +252,7 @@ def test_attribute_assignment_is_validated_and_takes_effect() -> None:
     assert app.broker is not first and app.broker.url == app.conf.broker_url
     app.conf.task_always_eager = True
     assert app.conf.task_always_eager is True
-    assert "task_always_eager" not in app.conf.no_effect_set(), "honoured (conveyor.eager)"
+    assert "task_always_eager" not in app.conf.no_effect_set(), "honoured (conveyor._eager)"
     with pytest.raises(ConfigurationError, match="task_always_eager must be bool"):
         app.conf.task_always_eager = "yes"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from conveyor._config import Settings
 from conveyor._settings_doc import PAGE, main, render
-from conveyor.config import Settings
 
 
 def test_the_committed_settings_page_is_the_generated_one() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conveyor import signals
-from conveyor.dispatch import Signal
+from conveyor._dispatch import Signal
 
 
 def test_connect_plain_bare_decorator_and_decorator_with_options() -> None:
@@ -144,7 +144,7 @@ def test_receivers_must_accept_keyword_arguments() -> None:
 def test_retry_receiver_is_called_again_until_it_succeeds(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     """Celery: connect(retry=True) retries a raising receiver (once a second)."""
-    monkeypatch.setattr("conveyor.dispatch.RETRY_INTERVAL", 0.01)
+    monkeypatch.setattr("conveyor._dispatch.RETRY_INTERVAL", 0.01)
     sig = Signal("s")
     tries: list[int] = []
 

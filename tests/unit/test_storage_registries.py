@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from conveyor import schemes
+from conveyor._events import store_from_url
 from conveyor.brokers import broker_from_url
 from conveyor.control import channel_for
-from conveyor.events import store_from_url
 from conveyor.exceptions import ConfigurationError
 from conveyor.resultstores import result_store_from_url
 

@@ -12,3 +12,5 @@ What the app brings (nothing happens unless it is installed):
 
 See docs/django.md.
 """
+
+__all__: list[str] = []

@@ -26,6 +26,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from conveyor._serialization import from_jsonable
 from conveyor.contrib.django.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -36,7 +37,6 @@ from conveyor.contrib.django.models import (
     SolarSchedule,
     TaskResult,
 )
-from conveyor.serialization import from_jsonable
 
 
 def conveyor_app() -> Any:
@@ -225,3 +225,5 @@ class GroupResultAdmin(ReadOnlyAdmin):
     exclude = ("payload",)
     readonly_fields = ("group_id", "result", "content_type", "content_encoding",
                        "date_created", "date_done", "expires_at")
+
+__all__: list[str] = []  # registers ModelAdmins with the admin site; nothing to import

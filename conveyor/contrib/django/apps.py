@@ -16,7 +16,10 @@ class ConveyorConfig(AppConfig):
     def ready(self) -> None:
         # Explicit opt-in: these hooks exist only in projects that installed
         # the app, in every process that sets Django up (web, worker, beat).
-        from conveyor.contrib.django import connections, transaction
+        from conveyor.contrib.django import _connections as connections
+        from conveyor.contrib.django import _transaction as transaction
 
         connections.install()
         transaction.install()
+
+__all__ = ["ConveyorConfig"]

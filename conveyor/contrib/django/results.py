@@ -46,8 +46,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from conveyor import states
+from conveyor.contrib.django._connections import retry_on_disconnect
 from conveyor.contrib.django._time import to_db
-from conveyor.contrib.django.connections import retry_on_disconnect
 from conveyor.contrib.django.models import (
     ChordCounter,
     ChordPart,

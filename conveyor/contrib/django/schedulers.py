@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import F
 
+from conveyor._serialization import from_jsonable, to_jsonable
 from conveyor.beat.scheduler import Entry, Scheduler
 from conveyor.beat.schedules import (
     NEVER,
@@ -48,8 +49,8 @@ from conveyor.beat.schedules import (
     schedule,
     solar,
 )
+from conveyor.contrib.django._connections import prepare_connections, retry_on_disconnect
 from conveyor.contrib.django._time import aware, to_db
-from conveyor.contrib.django.connections import prepare_connections, retry_on_disconnect
 from conveyor.contrib.django.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -59,7 +60,6 @@ from conveyor.contrib.django.models import (
     SolarSchedule,
     stored_degrees,
 )
-from conveyor.serialization import from_jsonable, to_jsonable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

@@ -49,14 +49,14 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from conveyor import signals, states
+from conveyor._config import load_object
 from conveyor.app import shared_task
-from conveyor.config import load_object
 from conveyor.contrib.django._time import to_db
 from conveyor.resultstores.record import ResultRecord
 
 if TYPE_CHECKING:
+    from conveyor._context import Request
     from conveyor.app import Conveyor
-    from conveyor.context import Request
 
 #: The Conveyor task that runs every Django task.
 RUNNER = "conveyor.contrib.django.tasks.run"

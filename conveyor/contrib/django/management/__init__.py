@@ -63,7 +63,7 @@ class DelegatingCommand(BaseCommand):
 
     def run_from_argv(self, argv: list[str]) -> None:
         """``manage.py <name> ...``: click parses everything, including --help."""
-        from conveyor.cli import main
+        from conveyor._cli import main
 
         prog = f"{os.path.basename(argv[0])} {argv[1]}"
         args = _with_app(argv[2:])
@@ -76,7 +76,7 @@ class DelegatingCommand(BaseCommand):
         """``call_command(name, ...)``: errors become CommandError."""
         import click
 
-        from conveyor.cli import main
+        from conveyor._cli import main
 
         try:
             main.main(args=self._arguments(_with_app(list(args))), prog_name=f"manage.py "

@@ -21,7 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from conveyor._state import current_app
-        from conveyor.contrib.django.celery_copy import copy_all
+        from conveyor.contrib.django._celery_copy import copy_all
 
         report = copy_all(options["database"], beat=not options["no_beat"],
                           results=not options["no_results"],

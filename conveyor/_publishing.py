@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from conveyor import signals
+from conveyor._message import Message
+from conveyor._serialization import CONTENT_TYPES
 from conveyor.brokers import Envelope
-from conveyor.message import Message
-from conveyor.serialization import CONTENT_TYPES
 
 _CELERY_KEYS = frozenset({"lang", "task", "id", "shadow", "eta", "expires", "group",
                           "group_index", "retries", "timelimit", "root_id", "parent_id",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import click
 
-from conveyor.daemon import alive, node_format, read_pid
+from conveyor._daemon import alive, node_format, read_pid
 
 MAIN_OPTIONS = ("-A", "--app", "--workdir")  # go before the subcommand, as Celery moves them
 DEFAULT_PIDFILE = "/var/run/celery/%n.pid"

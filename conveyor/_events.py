@@ -52,8 +52,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor import redact, states
+from conveyor import _redact as redact
+from conveyor import states
 from conveyor._amqp import is_amqp, not_in_rabbitmq
+from conveyor._serialization import printable
 from conveyor.eventstores.base import (
     BUCKETS,
     DEAD,
@@ -81,12 +83,11 @@ from conveyor.eventstores.base import (
 )
 from conveyor.exceptions import ConfigurationError
 from conveyor.schemes import scheme_of
-from conveyor.serialization import printable
 
 if TYPE_CHECKING:
+    from conveyor._message import Message
     from conveyor.app import Conveyor
     from conveyor.brokers.base import Delivery
-    from conveyor.message import Message
 
 __all__ = [  # the names moved to eventstores.base stay importable from here
     "BUCKETS",

@@ -54,7 +54,7 @@ def events_command(obj: Any, dump: bool, as_json: bool, max_events: int | None,
     if not dump:
         raise click.UsageError("conveyor events prints events with --dump; Celery's curses "
                                "view and snapshot cameras are replaced by `conveyor monitor`")
-    from conveyor.events import store_for
+    from conveyor._events import store_for
 
     store = store_for(obj.app)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -75,7 +75,7 @@ def _follow(store: Any, since: float, deadline: float | None, as_json: bool) -> 
     The index says which tasks changed; their timelines hold every event
     (sent, started, and the outcome), which a batch flush would otherwise
     fold into the last state."""
-    from conveyor.events import TaskQuery
+    from conveyor._events import TaskQuery
 
     seen: set[tuple[str, float, str]] = set()
     while deadline is None or time.monotonic() < deadline:

@@ -8,7 +8,7 @@ an ``AsyncResult`` held for the task resolves to the replacement's value.
 A group replacement is collected into one value (a list), as Celery's
 ``celery.accumulate`` does.
 
-The replacement is sent like any follow-up (:func:`conveyor.workflow.launch`)
+The replacement is sent like any follow-up (:func:`conveyor._workflow.launch`)
 with ids derived from the task's id, so a redelivered task that replaces
 itself again sends messages the broker already holds.  The replacement's
 final message keeps the task's id; its broker id carries the replacement
@@ -33,7 +33,7 @@ from conveyor.canvas import (
 from conveyor.exceptions import ConfigurationError, Ignore
 
 if TYPE_CHECKING:
-    from conveyor.message import Message
+    from conveyor._message import Message
     from conveyor.task import Task
 
 NESTING = "replaced_task_nesting"  # message header: how many replacements deep
@@ -47,7 +47,7 @@ def replace(task: Task, sig: Canvas) -> Any:
         raise ConfigurationError("cannot replace a task with an empty chain")
     request = task.request
     if request.is_eager:
-        from conveyor import eager
+        from conveyor import _eager as eager
 
         return eager.apply_canvas(task.app, sig).get()
     message = request.message
@@ -59,7 +59,7 @@ def replace(task: Task, sig: Canvas) -> Any:
 
 
 def _send(task: Task, sig: Canvas, message: Message) -> None:
-    from conveyor.workflow import Plan, launch
+    from conveyor._workflow import Plan, launch
 
     app = task.app
     nesting = int(message.headers.get(NESTING) or 0) + 1

@@ -11,7 +11,7 @@ follows the worker's path as closely as one process allows:
 * the return value is encoded as the result store would (a value the store
   would refuse fails the run) and handed back decoded, as ``get()`` would;
 * ``self.request`` is populated (``is_eager=True``), the task class's hooks
-  run at the worker's moments (:mod:`conveyor.hooks`), a retry runs the next
+  run at the worker's moments (:mod:`conveyor._hooks`), a retry runs the next
   attempt at once, ``link`` callbacks and ``link_error`` errbacks follow
   inline, and chains, groups and chords run in order;
 * with ``task_store_eager_result`` the outcome is written to the result store.
@@ -34,9 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor import hooks, signals, states
+from conveyor import _hooks as hooks
+from conveyor import signals, states
+from conveyor._context import Request, pop_request, push_request
+from conveyor._message import Message
 from conveyor.canvas import Canvas, Signature, chain, chord, group
-from conveyor.context import Request, pop_request, push_request
 from conveyor.exceptions import (
     Ignore,
     MaxRetriesExceededError,
@@ -47,7 +49,6 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeoutError,
 )
-from conveyor.message import Message
 from conveyor.result import AsyncResult, GroupResult
 from conveyor.resultstores.record import ResultRecord
 from conveyor.worker import announce
@@ -337,9 +338,9 @@ def _fail(app: Conveyor, task: Task, request: EagerRequest, exc: BaseException, 
 
 def run_errbacks(app: Conveyor, errbacks: Sequence[dict[str, Any]], request: Request,
                  exc: BaseException | None, traceback: str | None) -> None:
-    """Run ``link_error`` errbacks here, in Celery's two styles (:mod:`conveyor.errbacks`):
+    """Run ``link_error`` errbacks here, in Celery's two styles (:mod:`conveyor._errbacks`):
     ``errback(request, exc, traceback)`` for the current style, else with the task id."""
-    from conveyor import errbacks as styles
+    from conveyor import _errbacks as styles
 
     inline, old_style = styles.split_styles(app, errbacks)
     if exc is not None:
@@ -417,7 +418,7 @@ def _run_group(app: Conveyor, node: group, args: tuple[Any, ...],
 
 def _run_chord(app: Conveyor, node: chord, args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> Outcome:
-    from conveyor.workflow import entry_errbacks
+    from conveyor._workflow import entry_errbacks
 
     assert node.body is not None, "a frozen chord has a body"
     header = _run_group(app, node.header, args, kwargs)
@@ -450,7 +451,7 @@ def _unrun(app: Conveyor, node: Canvas, parent: Outcome) -> Outcome:
 def _stand_in(app: Conveyor, node: Canvas, parent: Outcome, state: str,
               exc: BaseException | None) -> Outcome:
     """An outcome with ``node``'s ids, in ``state``, for a node that did not run."""
-    from conveyor.workflow import FINAL, result_of
+    from conveyor._workflow import FINAL, result_of
 
     handle = result_of(app, node, None, FINAL)
     return _settled_like(app, handle, parent, state, exc)

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from conveyor import flag_notes
+from conveyor import _flag_notes as flag_notes
+from conveyor._daemon import daemon_options, daemonize
 from conveyor.app import Conveyor
-from conveyor.daemon import daemon_options, daemonize
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.cli")
@@ -101,17 +101,17 @@ pass_ctx = click.make_pass_decorator(Context)
 # by --help): a worker, and every prefork child forked from it, then carries
 # none of the others' imports (~2 MiB of resident memory per process).
 _LAZY_COMMANDS = {
-    "tasks": "conveyor.registry_cli:tasks_command",
+    "tasks": "conveyor._registry_cli:tasks_command",
     "migrate": "conveyor.migrate.cli:migrate_command",
-    "drain-celery": "conveyor.celery_drain_cli:drain_celery_command",
-    "deploy": "conveyor.ops_cli:deploy_command",
-    "report": "conveyor.ops_cli:report_command",
-    "healthcheck": "conveyor.ops_cli:healthcheck_command",
-    "result": "conveyor.tools_cli:result_command",
-    "events": "conveyor.tools_cli:events_command",
-    "shell": "conveyor.tools_cli:shell_command",
-    "multi": "conveyor.multi_cli:multi_command",
-    "db": "conveyor.db_cli:db_command",
+    "drain-celery": "conveyor._celery_drain_cli:drain_celery_command",
+    "deploy": "conveyor._ops_cli:deploy_command",
+    "report": "conveyor._ops_cli:report_command",
+    "healthcheck": "conveyor._ops_cli:healthcheck_command",
+    "result": "conveyor._tools_cli:result_command",
+    "events": "conveyor._tools_cli:events_command",
+    "shell": "conveyor._tools_cli:shell_command",
+    "multi": "conveyor._multi_cli:multi_command",
+    "db": "conveyor._db_cli:db_command",
     "beat": "conveyor.beat.cli:beat_command",
     "monitor": "conveyor.monitor.cli:monitor_command",
     "status": "conveyor.monitor.cli:status_command",
@@ -170,7 +170,7 @@ def main(ctx: click.Context, spec: str | None, workdir: str | None,
 
 def _load_env_file(path: str) -> None:
     """What ``conveyor deploy supervisor`` points programs at (supervisord cannot read one)."""
-    from conveyor.deploy import DeployError, parse_env_file
+    from conveyor._deploy import DeployError, parse_env_file
 
     if os.stat(path).st_mode & 0o077:
         click.echo(f"warning: {path} is readable by other users; chmod 600 it", err=True)
@@ -371,9 +371,12 @@ def dead_list(obj: Context, queue: str | None, limit: int, as_json: bool) -> Non
     names = [queue] if queue else broker.queues()
     letters = [d for name in names for d in broker.dead_letters(name, limit=limit)]
     if as_json:
+        from conveyor.monitor.data import redacted_body  # secret arguments hidden
+
         click.echo(json.dumps([{"id": d.id, "queue": d.queue, "reason": d.reason,
                                 "failed_at": d.failed_at,
-                                "body": d.body.decode("utf-8", "replace")} for d in letters]))
+                                "body": redacted_body(obj.app, d.body).decode("utf-8", "replace")}
+                               for d in letters]))
         return
     _table(("id", "queue", "reason"), [(d.id, d.queue, d.reason[:80]) for d in letters])
 

@@ -51,9 +51,9 @@ def status_command(obj: Any) -> None:
 
 def _openers(app: Any) -> list[tuple[str, Callable[[], object]]]:
     """What opening each store takes (opening is what creates its tables)."""
+    from conveyor._events import store_for
     from conveyor.beat.state import open_beat_state
     from conveyor.control.base import channel_for
-    from conveyor.events import store_for
 
     control_options = dict(app.conf.broker_transport_options)
     return [

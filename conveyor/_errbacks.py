@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.canvas import Canvas, Signature
 
 if TYPE_CHECKING:
+    from conveyor._context import Request
     from conveyor.app import Conveyor
-    from conveyor.context import Request
     from conveyor.task import Task
 
 log = logging.getLogger("conveyor.errbacks")

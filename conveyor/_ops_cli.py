@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from conveyor import deploy, redact
+from conveyor import _deploy as deploy
+from conveyor import _redact as redact
 
 
 def _spec(app_spec: str, queues: tuple[str, ...], beat: bool, beat_scheduler: str | None,
@@ -145,7 +146,7 @@ def _write(path: Path, text: str, mode: int) -> None:
 def report_command(ctx: click.Context) -> None:
     """Versions and effective settings (secrets masked), for bug reports."""
     from conveyor import __version__
-    from conveyor.registry_cli import registered
+    from conveyor._registry_cli import registered
 
     app = ctx.obj.app
     tasks = registered(app)  # after autodiscovery, as a worker sees them
@@ -175,7 +176,7 @@ def healthcheck_command(ctx: click.Context, node: str | None) -> None:
     """Exit 0 when the broker answers and a worker here is heartbeating (for probes)."""
     import socket
 
-    from conveyor.events import store_for
+    from conveyor._events import store_for
     from conveyor.exceptions import ConveyorError
 
     app = ctx.obj.app

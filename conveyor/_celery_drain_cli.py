@@ -1,4 +1,4 @@
-"""``conveyor drain-celery``: the switch-over command (see :mod:`conveyor.celery_drain`)."""
+"""``conveyor drain-celery``: the switch-over command (see :mod:`conveyor._celery_drain`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import click
 def drain_celery_command(obj: Any, celery_broker_url: str, queues: str, include_unacked: bool,
                          prefix: str, follow: float | None) -> None:
     """Queue here every task still waiting in Celery's Redis broker, under its Celery id."""
-    from conveyor.celery_drain import CeleryRedisDrain
+    from conveyor._celery_drain import CeleryRedisDrain
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     drain = CeleryRedisDrain(obj.app, celery_broker_url, names, include_unacked, prefix)

@@ -159,7 +159,7 @@ class _LazyRouter:
     def __call__(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                  options: Mapping[str, Any], task: Any) -> Any:
         if self._router is None:
-            from conveyor.config import load_object
+            from conveyor._config import load_object
 
             try:
                 found = load_object(self.path)

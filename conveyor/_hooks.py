@@ -29,11 +29,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.context import pop_request, push_request
+from conveyor._context import pop_request, push_request
 from conveyor.einfo import ExceptionInfo
 
 if TYPE_CHECKING:
-    from conveyor.context import Request
+    from conveyor._context import Request
     from conveyor.exceptions import Retry
     from conveyor.task import Task
 

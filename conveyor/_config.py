@@ -2,7 +2,7 @@
 
 ``Settings`` is a dataclass; every field is a setting with its type, default,
 one-line meaning and Celery status (``docs/settings.md`` is generated from
-them: ``python -m conveyor.config``).  Every name in Celery 5.x's defaults
+them: ``python -m conveyor._config``).  Every name in Celery 5.x's defaults
 table loads: either it is a field here, read by the code with Celery's
 meaning, or it is in the one table of names that have no effect here
 (:mod:`conveyor._no_effect`), whose set members the worker names in a single
@@ -449,7 +449,7 @@ class Settings:
         broker's connection options too (TLS, unless ``redis_backend_use_ssl``
         says otherwise; timeouts; Sentinel's ``master_name`` …), with the
         result settings winning where both are set.  The event store at the
-        same URL is built with the same options (``conveyor.events.store_for``).
+        same URL is built with the same options (``conveyor._events.store_for``).
         """
         url = self.result_url
         opts = dict(self.result_backend_transport_options)

@@ -36,11 +36,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conveyor._serialization import PICKLE
 from conveyor.exceptions import ConfigurationError, SerializationError
-from conveyor.serialization import PICKLE
 
 if TYPE_CHECKING:
-    from conveyor.config import Settings
+    from conveyor._config import Settings
 
 __all__ = ["SignatureError", "key_for", "pickle_warning", "sign", "verify"]
 

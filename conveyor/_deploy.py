@@ -57,7 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TypeAlias
 
-from conveyor import redact
+from conveyor import _redact as redact
 from conveyor.exceptions import ConveyorError
 
 __all__ = [

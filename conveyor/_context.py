@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from conveyor._message import Message
     from conveyor.brokers.base import Delivery
-    from conveyor.message import Message
 
 
 _R = TypeVar("_R", bound="Request")
