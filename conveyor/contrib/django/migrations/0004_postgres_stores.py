@@ -22,9 +22,9 @@ def create_postgres_stores(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor != "postgresql":
         return
+    from conveyor._events import events_url, store_for
     from conveyor._state import current_app
     from conveyor.contrib.django._transaction import same_database
-    from conveyor._events import events_url, store_for
 
     app = current_app()
     for url, open_store in ((app.conf.broker_url, lambda: app.broker),
