@@ -50,3 +50,17 @@ def test_eventlet_is_refused_naming_gevent() -> None:
     app = Conveyor("greenlets", broker="memory://greenlet-boot", set_as_current=False)
     with pytest.raises(ConfigurationError, match=r"eventlet is deprecated upstream. Use -P gevent"):
         Worker(app, pool="eventlet")
+
+
+def test_the_patched_interpreter_keeps_warning_and_x_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -W error -X dev -m conveyor worker -P gevent`` starts the same
+    interpreter again: the options it was given go along."""
+    import sys
+
+    from conveyor import _greenlets
+
+    monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
+    monkeypatch.setattr(sys, "_xoptions", {"dev": True, "importtime": "0"})
+    assert _greenlets._interpreter_options() == [
+        "-Werror::DeprecationWarning", "-Xdev", "-Ximporttime=0"]
