@@ -36,6 +36,7 @@ else:
 Q = ParamSpec("Q")
 T = TypeVar("T")
 A = TypeVar("A")
+TaskT = TypeVar("TaskT", bound="Task[..., Any]")  # register_task returns what it was given
 
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from conveyor._message import (
 )
 from conveyor._routing import Routes
 from conveyor._serialization import content_type_for
-from conveyor._typing import Q, T
+from conveyor._typing import Q, T, TaskT
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.queues import check_declared, queue_name
@@ -194,7 +194,7 @@ class Conveyor:
             base = self._task_cls = load_object(base)
         return base or Task
 
-    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+    def register_task(self, task: TaskT | type[TaskT], **options: Any) -> TaskT:
         """Register a class-based task (an instance, or a class to instantiate).
 
         As Celery's: a task without a ``name`` is named after its class

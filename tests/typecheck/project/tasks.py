@@ -51,8 +51,8 @@ def mul(x: int, y: int) -> int:
     return x * y
 
 
-class Refund(Task):
-    """A class-based task: its ``run`` is the body; calls through it are not checked."""
+class Refund(Task[[int], str]):
+    """A class-based task declares its parameters and result in its base to be checked."""
 
     name = "shop.refund"
 
@@ -60,4 +60,21 @@ class Refund(Task):
         return str(order_id)
 
 
+class Audit(Task):
+    """A class-based task with a bare base: calls through it are not checked."""
+
+    name = "shop.audit"
+
+    def run(self, *events: str) -> int:
+        return len(events)
+
+
 refund = app.register_task(Refund())
+audit = app.register_task(Audit)
+
+
+def ping(host: str) -> str:
+    return host
+
+
+ping_task = app.task(ping, name="shop.ping")  # the decorator called directly, with options

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from tasks import add, charge, fetch, mul, notify, process_order, refund, tsum
+from tasks import (
+    add,
+    audit,
+    charge,
+    fetch,
+    mul,
+    notify,
+    ping_task,
+    process_order,
+    refund,
+    tsum,
+)
 
 from conveyor import AsyncResult, Signature, Task, chain, chord, group
 from conveyor.result import GroupResult
@@ -52,8 +63,16 @@ partial = add.s(2)
 assert_type(partial.delay(4).get(), int)
 loose = add.signature((2,), {}, countdown=1)  # Celery's explicit form: not checked
 
-# Class-based tasks and bare annotations check nothing, and complain about nothing.
-refund.delay("anything", at="all")
+assert_type(add.s(2).set(countdown=5), Signature[int])
+piped = add.s(1, 2) | mul.s(3) | tsum.s()
+assert_type(add.apply_async((1, 2), link=mul.s(10), link_error=notify.si("ops")), AsyncResult[int])
+mapped = add.map([(1, 2), (3, 4)])
+split = add.chunks([(1, 2), (3, 4)], 1)
+assert_type(ping_task.delay("db").get(), str)
+
+# Class-based tasks: checked when the base says Task[[params], result], else not at all.
+assert_type(refund.delay(42).get(), str)
+audit.delay("anything", at="all")
 
 
 def run_any(task: Task, *args: Any) -> AsyncResult:

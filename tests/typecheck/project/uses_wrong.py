@@ -5,7 +5,7 @@ The codes are mypy's; pyright reports the same lines (its own rule names).
 
 from __future__ import annotations
 
-from tasks import add, charge, fetch, process_order, tsum
+from tasks import add, charge, fetch, ping_task, process_order, refund, tsum
 
 process_order.delay(order_id="x")  # E: arg-type
 process_order.delay()  # E: call-arg
@@ -25,3 +25,5 @@ process_order.s(wrong=True)  # E: call-overload
 total: str = add.delay(1, 2).get()  # E: assignment
 label: int = process_order.si(1).delay().get()  # E: assignment
 data: str = fetch.delay("https://example.com").get()  # E: assignment
+refund.delay("42")  # E: arg-type
+ping_task.delay(host=1)  # E: arg-type
