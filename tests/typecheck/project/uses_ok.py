@@ -62,6 +62,8 @@ assert_type(parallel.delay(), GroupResult)
 partial = add.s(2)
 assert_type(partial.delay(4).get(), int)
 loose = add.signature((2,), {}, countdown=1)  # Celery's explicit form: not checked
+template = add.signature((), {})  # completed later with two arguments: not checked
+assert_type(add.s(1, 2).apply_async(countdown=5).get(), int)  # checked arguments, options
 
 assert_type(add.s(2).set(countdown=5), Signature[int])
 piped = add.s(1, 2) | mul.s(3) | tsum.s()

@@ -27,3 +27,6 @@ label: int = process_order.si(1).delay().get()  # E: assignment
 data: str = fetch.delay("https://example.com").get()  # E: assignment
 refund.delay("42")  # E: arg-type
 ping_task.delay(host=1)  # E: arg-type
+# Known and documented (docs/typing.md): a signature completed later with more than
+# its first argument is refused; add.signature((), {}) says the same unchecked.
+add.s()  # E: call-overload
