@@ -117,6 +117,14 @@ def test_a_session_remembers_only_its_newest_ids(app: Any) -> None:
     assert request.session["conveyor_progress_tasks"].count("task-10") == 1
 
 
+def test_without_sessions_it_says_what_is_missing() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import RequestFactory
+
+    with pytest.raises(ImproperlyConfigured, match="SessionMiddleware"):
+        track(RequestFactory().get("/"), "task-1")
+
+
 class _Recording:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []

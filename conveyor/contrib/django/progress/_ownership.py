@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 #: How many task ids one session remembers; the oldest are forgotten first.
@@ -23,18 +24,28 @@ def _task_id(result: Any) -> str:
     return result if isinstance(result, str) else str(result.id)
 
 
+def _session(request: HttpRequest) -> Any:
+    session = getattr(request, "session", None)
+    if session is None:
+        raise ImproperlyConfigured(
+            "progress bars need django.contrib.sessions.middleware.SessionMiddleware: "
+            "a task's progress is shown only to the session that started it")
+    return session
+
+
 def track(request: HttpRequest, result: Any) -> str:
     """Let this session read the progress of ``result`` (an ``AsyncResult`` or an id).
 
     Returns the id, for the template or the redirect.
     """
     task_id = _task_id(result)
-    tracked = [t for t in request.session.get(_SESSION_KEY, []) if t != task_id]
+    session = _session(request)
+    tracked = [t for t in session.get(_SESSION_KEY, []) if t != task_id]
     tracked.append(task_id)
-    request.session[_SESSION_KEY] = tracked[-MAX_TRACKED:]
+    session[_SESSION_KEY] = tracked[-MAX_TRACKED:]
     return task_id
 
 
 def owns(request: HttpRequest, task_id: str) -> bool:
     """Whether this session started ``task_id`` (called :func:`track` for it)."""
-    return task_id in request.session.get(_SESSION_KEY, [])
+    return task_id in _session(request).get(_SESSION_KEY, [])
