@@ -1,6 +1,6 @@
 """The monitor in headless Chromium, against real worker, beat and monitor processes.
 
-For SQLite and Redis: the login prompt, every page showing numbers from tasks
+For SQLite, Redis and PostgreSQL: the login prompt, every page showing numbers from tasks
 this test ran, a dead letter replayed from the page and then succeeding, a
 queued task revoked and a running one terminated from the page.
 
@@ -126,12 +126,14 @@ class Processes:
 OWN_REDIS_DB = 14
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def process_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """SQLite, or Redis in a database of its own: the worker, beat and monitor are
-    separate processes, and must not meet other suites' messages in the shared one."""
-    url = str(request.getfixturevalue(f"{request.param}_url"))
-    if request.param == "sqlite":
+    """SQLite, PostgreSQL in a schema of its own (broker, results, events and beat in
+    one database), or Redis in a database of its own: the worker, beat and monitor
+    are separate processes, and must not meet other suites' messages in the shared one."""
+    fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+    url = str(request.getfixturevalue(fixture))
+    if request.param in ("sqlite", "postgres"):
         yield url
         return
     import redis

@@ -69,10 +69,14 @@ class Served:
         self.thread.join(10)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
-    url = (f"memory://monitor-{time.monotonic_ns()}" if request.param == "memory"
-           else f"sqlite:///{tmp_path / 'monitor.db'}")
+    """One URL for broker, results and events: the monitor needs nothing else."""
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("pg_url"))
+    else:
+        url = (f"memory://monitor-{time.monotonic_ns()}" if request.param == "memory"
+               else f"sqlite:///{tmp_path / 'monitor.db'}")
     instance = Conveyor("mon", broker=url, worker_heartbeat_interval=0.2,
                         set_as_current=False)
     yield instance
