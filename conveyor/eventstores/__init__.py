@@ -22,6 +22,7 @@ EVENT_STORES = Family("event store", "conveyor.event_stores", {
     "memory": "conveyor.eventstores.memory:MemoryEventStore",
     "sqlite": "conveyor.eventstores.sqlite:SQLiteEventStore",
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+    "redis+cluster": _REDIS,
 }, hint="events need sqlite, redis or memory")
 
 
