@@ -115,7 +115,7 @@ class SlotOwner:
         self._owner: tuple[str, int] | None = None
         self._lock = threading.Lock()
         timeout = min(1.0, float(connection_kwargs.get("socket_connect_timeout") or 1.0))
-        self._kwargs = {
+        self._kwargs: dict[str, Any] = {
             "username": connection_kwargs.get("username"),
             "password": connection_kwargs.get("password"),
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
