@@ -58,7 +58,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """One real Redis Cluster (3 masters, 3 replicas, ports 7100-7105) for the session.
+    """One real Redis Cluster (3 masters, 3 replicas, ports 7100-7105) for the session
+    (for each pytest-xdist worker: gw1's on 7106-7111).
 
     Needs ``redis-server`` and ``redis-cli``: skipped without them, failed under CI.
     """
@@ -69,7 +70,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         if IN_CI:
             pytest.fail(f"{message} (CI=true: they are required)")
         pytest.skip(message)
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    # Each pytest-xdist worker starts a cluster of its own, on ports of its own.
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), first_port=7100 + 6 * _WORKER)
     try:
         cluster.start()
         yield cluster

@@ -1,7 +1,8 @@
 """A real Redis Cluster for tests: three masters, each with one replica, on loopback.
 
 ``redis-server --cluster-enabled yes`` runs six times on ports 7100-7105
-(their cluster buses on 17100-17105), each with its files in a temporary
+(their cluster buses on 17100-17105; a second pytest-xdist worker's cluster
+on 7106-7111), each with its files in a temporary
 directory, and ``redis-cli --cluster create … --cluster-replicas 1
 --cluster-yes`` joins them.  ``cluster-node-timeout`` is short (2 s; 1 s made
 busy nodes on a loaded 2-core machine mark each other failed) so a killed
@@ -36,10 +37,11 @@ def _client(port: int) -> redis.Redis:
 class RedisCluster:
     """Six ``redis-server`` processes joined into one cluster this test run owns."""
 
-    def __init__(self, directory: Path, masters: int = MASTERS, replicas: int = 1) -> None:
+    def __init__(self, directory: Path, masters: int = MASTERS, replicas: int = 1,
+                 first_port: int = FIRST_PORT) -> None:
         self.directory = directory
         count = masters * (1 + replicas)
-        self.ports = list(range(FIRST_PORT, FIRST_PORT + count))
+        self.ports = list(range(first_port, first_port + count))
         self.replicas = replicas
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 

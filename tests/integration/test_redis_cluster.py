@@ -97,3 +97,32 @@ def test_two_apps_on_two_masters_each_with_its_worker(
     assert len(owners) == 2
     for owner in owners:
         assert _keys(owner), f"master {owner} holds one app's keys"
+
+
+def test_a_connection_to_a_node_that_lost_the_slot_asks_again(
+        redis_cluster: RedisCluster, cluster_url: str, redis_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resharding or failover seen from a stale connection: the node answers
+    ``MOVED``; the call fails as "did not happen", and the next one goes to the
+    owner, which the cluster names afresh."""
+    from conveyor._redis import ClientHolder, failed_before_sending, parse_redis_url
+    from conveyor._redis_cluster import SlotNotServed
+
+    options = parse_redis_url(cluster_url)
+    assert options.cluster is not None
+    owner = redis_cluster.master_of(options.cluster.slot)
+    elsewhere = next(port for port in redis_cluster.masters() if port != owner)
+    client = ClientHolder(options).client
+    slot_owner = client.connection_pool.connection_kwargs["slot_owner"]
+    real_find = slot_owner.find
+    monkeypatch.setattr(slot_owner, "find", lambda: ("127.0.0.1", elsewhere))
+    try:
+        with pytest.raises(SlotNotServed) as caught:
+            client.set(f"{options.prefix}:k", b"v")
+        assert failed_before_sending(caught.value)
+        monkeypatch.setattr(slot_owner, "find", real_find)
+        assert client.set(f"{options.prefix}:k", b"v")
+        assert client.get(f"{options.prefix}:k") == b"v"
+        assert f"{options.prefix}:k" in _keys(owner)
+    finally:
+        client.close()
