@@ -26,6 +26,9 @@ session's cluster is whole for the tests that follow.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,9 +39,18 @@ from redis.crc import key_slot
 from conveyor import Conveyor
 from conveyor.exceptions import BrokerError
 
-from ..integration.processes import Ledger, wait_for
+from ..integration.processes import ROOT, Ledger, wait_for
 from ..redis_cluster import RedisCluster
-from .harness import Figures, Workers, assert_nothing_lost, report, settled, total_queue
+from .harness import (
+    APP,
+    Figures,
+    Workers,
+    assert_nothing_lost,
+    kill_group,
+    report,
+    settled,
+    total_queue,
+)
 from .test_half_open import in_flight
 from .test_redis_restart import Producer
 
@@ -125,5 +137,45 @@ def test_slot_master_killed_and_replica_promoted(redis_cluster: RedisCluster, cl
         producer.stop.set()
         workers.stop_all()
         client.close()
+        if redis_cluster.procs[old].poll() is not None:
+            redis_cluster.restart(old)
+
+
+@pytest.mark.slow
+def test_beat_carries_on_after_a_cluster_failover(redis_cluster: RedisCluster, cluster_url: str,
+                                                  redis_prefix: str, tmp_path: Path) -> None:
+    """Beat (its leader lease and run history on the slot's master) sends ticks again
+    after that master is killed and its replica promoted, without a restart."""
+    slot = key_slot(f"{{{redis_prefix}}}".encode())
+    old = redis_cluster.master_of(slot)
+    ledger = Ledger(tmp_path / "ledger.txt")
+    workers = Workers(cluster_url, ledger, tmp_path)
+    env = {**os.environ, "CONVEYOR_BROKER_URL": cluster_url, "PYTHONPATH": str(ROOT),
+           "LEDGER": str(ledger.path), "CONVEYOR_BEAT_LEASE_TIMEOUT": "2",
+           "CONVEYOR_BEAT_MAX_LOOP_INTERVAL": "1", "FAULT_BEAT_INTERVAL": "0.5"}
+    with open(tmp_path / "beat.log", "ab") as log:
+        beat = subprocess.Popen([sys.executable, "-m", "conveyor", "-A", APP, "beat", "-l", "INFO"],
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        workers.start("-c", "1")
+        wait_for(lambda: len(ledger.events("tick")) >= 3, 30, "ticks to flow")
+        redis_cluster.kill(old)
+        killed = time.monotonic()
+        wait_for(lambda: _owner_changed(redis_cluster, slot, old), 30, "a replica promoted")
+        promoted = time.monotonic() - killed
+        ticks = len(ledger.events("tick"))
+        wait_for(lambda: len(ledger.events("tick")) >= ticks + 3, promoted + 15,
+                 "ticks after the failover")
+        recovery = time.monotonic() - killed
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-3000:]
+        # Ticks every 0.5 s; beat's 2 s leader lease may lapse during the failover.
+        assert recovery < promoted + 5, f"ticks resumed {recovery:.1f}s after the kill"
+        report(Figures("14b Cluster: beat across a failover", "cluster",
+                       len(ledger.events("tick")), 1, 0, 0, recovery,
+                       f"promoted after {promoted:.1f}s"))
+    finally:
+        kill_group(beat)
+        workers.stop_all()
         if redis_cluster.procs[old].poll() is not None:
             redis_cluster.restart(old)

@@ -61,3 +61,12 @@ def test_the_slot_owner_is_read_from_cluster_slots() -> None:
     assert owner == ("10.1.1.1", 7101)  # announced without an address: the one asked
     assert ("127.0.0.1", 7104) in nodes and len(nodes) == 4
     assert _read_slots(reply, 16000, "h")[0] is None
+
+
+def test_the_password_of_a_node_list_is_redacted() -> None:
+    from conveyor import _redact
+
+    url = "redis+cluster://user:s3cret@h1:7000,h2:7001/0?prefix=x"
+    assert _redact.url(url) == "redis+cluster://user:********@h1:7000,h2:7001/0?prefix=x"
+    assert "s3cret" not in _redact.text(f"broker at {url} is down")
+    assert "s3cret" not in parse_redis_url(url).address
