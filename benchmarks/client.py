@@ -30,6 +30,13 @@ async def _timed(call: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+async def _timed_cpu(call: Any, *args: Any) -> tuple[float, float, Any]:
+    """Wall and CPU seconds of this process (CPU moves less on a shared machine)."""
+    cpu = time.process_time()
+    seconds, result = await _timed(call, *args)
+    return seconds, time.process_time() - cpu, result
+
+
 async def _latency(client: Client, samples: int, warmup: int) -> dict[str, Any]:
     for i in range(warmup):
         got = await _maybe(client.round_trip(i))
@@ -55,12 +62,14 @@ async def run(system: str, op: str, n: int, samples: int, warmup: int) -> dict[s
         if op == "ping":
             return {"ok": True}
         call = {"enqueue_one": client.enqueue_one, "enqueue_bulk": client.enqueue_bulk,
+                "enqueue_group": client.enqueue_group, "enqueue_chunks": client.enqueue_chunks,
                 "preload": client.preload, "chord": client.chord}[op]
         try:
-            seconds, result = await _timed(call, n)
+            seconds, cpu, result = await _timed_cpu(call, n)
         except NotSupported:
             return {"unsupported": True}
-        return {"seconds": seconds, "result": result if isinstance(result, (int, str)) else None}
+        return {"seconds": seconds, "cpu_seconds": cpu,
+                "result": result if isinstance(result, (int, str)) else None}
     finally:
         await _maybe(client.close())
 
@@ -68,8 +77,9 @@ async def run(system: str, op: str, n: int, samples: int, warmup: int) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.client")
     parser.add_argument("system")
-    parser.add_argument("op", choices=["enqueue_one", "enqueue_bulk", "preload", "latency",
-                                       "chord", "ping"])
+    parser.add_argument("op", choices=["enqueue_one", "enqueue_bulk", "enqueue_group",
+                                       "enqueue_chunks", "preload", "latency", "chord",
+                                       "ping"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--samples", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=20)

@@ -31,6 +31,8 @@ class Metric:
 METRICS = [
     Metric("enqueue_one", "Enqueue, one by one", "tasks/s", True),
     Metric("enqueue_bulk", "Enqueue, bulk path", "tasks/s", True),
+    Metric("enqueue_group", "Enqueue, one group", "tasks/s", True),
+    Metric("enqueue_chunks", "Enqueue, chunks", "tasks/s", True),
     Metric("processing", "Processing (start to drained)", "tasks/s", True),
     Metric("latency_p50", "Round trip p50", "ms", False, 2),
     Metric("latency_p99", "Round trip p99", "ms", False, 2),
@@ -106,6 +108,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     one, one_celery = m(SUBJECT, "enqueue_one"), m(BASELINE, "enqueue_one")
     bulk, p50 = m(SUBJECT, "enqueue_bulk"), m(SUBJECT, "latency_p50")
     rss, rss_celery = m(SUBJECT, "rss_per_process"), m(BASELINE, "rss_per_process")
+    one_huey, chord, chord_celery = m("huey", "enqueue_one"), m(SUBJECT, "chord"), m(BASELINE,
+                                                                                       "chord")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -117,6 +121,14 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         ("Bulk enqueue ≥ 50,000 tasks/s", bulk, 50_000.0, "tasks/s"),
         ("Round trip p50 < 2 ms", p50, 2.0, "ms"),
         ("Worker RSS per process ≤ Celery's", ratio(rss, rss_celery), 1.0, "x Celery"),
+        # Round two (issue 22), the sending side.
+        ("One group of N ≥ 50,000 tasks/s", m(SUBJECT, "enqueue_group"), 50_000.0, "tasks/s"),
+        ("Chunks of N calls ≥ 50,000 tasks/s", m(SUBJECT, "enqueue_chunks"), 50_000.0,
+         "tasks/s"),
+        ("One group of N on SQLite ≥ 30,000 tasks/s", m("conveyor-sqlite", "enqueue_group"),
+         30_000.0, "tasks/s"),
+        ("Single enqueue ≥ 1.3x Huey", ratio(one, one_huey), 1.3, "x"),
+        ("Chord of 1,000 ≥ 10x Celery", ratio(chord_celery, chord), 10.0, "x"),
     ]
     out = []
     for title, value, bound, unit in rows:
@@ -150,6 +162,9 @@ def _unsupported(system: dict[str, Any], metric: Metric) -> bool:
         return system["bulk_path"] is None
     if metric.key == "chord":
         return system["chord_path"] is None
+    if metric.key in ("enqueue_group", "enqueue_chunks"):
+        path = "group_path" if metric.key == "enqueue_group" else "chunks_path"
+        return system.get(path) is None
     return False
 
 
@@ -261,12 +276,13 @@ def _targets_table(data: dict[str, Any]) -> list[str]:
 
 def _notes(data: dict[str, Any]) -> list[str]:
     lines = ["## Systems, versions and flags", "",
-             "| System | Versions | Worker command | Bulk path | Chord |",
-             "|---|---|---|---|---|"]
+             "| System | Versions | Worker command | Bulk path | Group | Chunks | Chord |",
+             "|---|---|---|---|---|---|---|"]
     for s in data["systems"]:
         versions = ", ".join(f"{k} {v}" for k, v in s["versions"].items())
         lines.append(f"| {s['label']} | {versions} | `{s['worker']}` | "
-                     f"{s['bulk_path'] or 'none'} | {s['chord_path'] or 'none'} |")
+                     f"{s['bulk_path'] or 'none'} | {s.get('group_path') or 'none'} | "
+                     f"{s.get('chunks_path') or 'none'} | {s['chord_path'] or 'none'} |")
     lines.append("")
     extra = ["## Secondary measures", "",
              "| System | Tasks drained | " + " | ".join(f"{m.title} ({m.unit})" for m in EXTRA)

@@ -4,7 +4,8 @@
 
 For each system: build its venv (first time only), then per repeat
 
-1. enqueue N no-op tasks one call at a time, then through its bulk path
+1. enqueue N no-op tasks one call at a time, then through its bulk path,
+   then as one ``group`` and through ``chunks`` where the system has them
    (no workers running; the database is flushed after each);
 2. queue N INCR tasks, start the workers and time from the start of the
    worker processes until the shared counter reaches N (RSS sampled meanwhile);
@@ -62,7 +63,7 @@ class Bench:
         self.python = envs.ensure_venv(system.env, system.requirements)
         self.env = {**os.environ, **system.environment(), "PYTHONPATH": str(ROOT),
                     "PYTHONUNBUFFERED": "1"}
-        self.redis = common.redis_client(system.db)
+        self.redis = common.redis_client(system.database)
         self.log = RAW / f"{system.name}.log"
 
     # -- plumbing ------------------------------------------------------------
@@ -87,7 +88,8 @@ class Bench:
     def repeat(self, index: int) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": {}}
         n = self.plan.enqueue_n
-        for key, op in (("enqueue_one", "enqueue_one"), ("enqueue_bulk", "enqueue_bulk")):
+        for key, op in (("enqueue_one", "enqueue_one"), ("enqueue_bulk", "enqueue_bulk"),
+                        ("enqueue_group", "enqueue_group"), ("enqueue_chunks", "enqueue_chunks")):
             self.reset()
             self._step(out, key, lambda op=op: self._rate(op, n))
         self.reset()
@@ -226,7 +228,9 @@ def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
         "name": b.system.name, "label": b.system.label,
         "versions": envs.installed_versions(b.system.env, b.system.packages),
         "worker": b.system.worker_flags, "bulk_path": b.system.bulk_path,
-        "chord_path": b.system.chord_path, "redis_db": b.system.db, "runs": [], "load": [],
+        "chord_path": b.system.chord_path,
+        "group_path": b.system.group_path, "chunks_path": b.system.chunks_path,
+        "redis_db": b.system.database, "runs": [], "load": [],
     } for b in benches]
     for index in range(plan.repeat):
         for bench, record in zip(benches, records, strict=True):

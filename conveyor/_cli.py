@@ -222,6 +222,8 @@ GREENLET_POOLS = ("gevent", "eventlet")
 @click.option("-X", "--exclude-queues", multiple=True,
               help="serve every queue (task_queues or the default) except these")
 @click.option("-c", "--concurrency", type=int, default=None)
+@click.option("--autoscale", default=None, metavar="MAX,MIN",
+              help="grow the pool up to MAX slots with the backlog, shrink back to MIN")
 @click.option("-P", "--pool",
               type=click.Choice(["prefork", "threads", "async", "solo", *GREENLET_POOLS]))
 @click.option("-n", "--hostname", default=None, help="node name; %h expands to the host")
@@ -251,10 +253,11 @@ GREENLET_POOLS = ("gevent", "eventlet")
 def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool: str | None,
            hostname: str | None, loglevel: str, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           beat: bool, **flags: Any) -> None:
+           beat: bool, autoscale: str | None = None, **flags: Any) -> None:
     """Start a worker."""
     from conveyor.log import setup_logging_for
     from conveyor.worker import Worker
+    from conveyor.worker.autoscale import parse_autoscale
     from conveyor.worker.main import expand_hostname
 
     if pool in GREENLET_POOLS:
@@ -271,7 +274,8 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
     node = Worker(app, queues=serve, concurrency=concurrency, pool=pool,
                   hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                   max_tasks_per_child=max_tasks_per_child,
-                  max_memory_per_child=max_memory_per_child)
+                  max_memory_per_child=max_memory_per_child,
+                  autoscale=parse_autoscale(autoscale) if autoscale else None)
     setup_logging_for(app, loglevel, logfile=logfile)
     flag_notes.log_notes("worker", notes)
     if flags.pop("purge_first"):
@@ -371,9 +375,12 @@ def dead_list(obj: Context, queue: str | None, limit: int, as_json: bool) -> Non
     names = [queue] if queue else broker.queues()
     letters = [d for name in names for d in broker.dead_letters(name, limit=limit)]
     if as_json:
+        from conveyor.monitor.data import redacted_body  # secret arguments hidden
+
         click.echo(json.dumps([{"id": d.id, "queue": d.queue, "reason": d.reason,
                                 "failed_at": d.failed_at,
-                                "body": d.body.decode("utf-8", "replace")} for d in letters]))
+                                "body": redacted_body(obj.app, d.body).decode("utf-8", "replace")}
+                               for d in letters]))
         return
     _table(("id", "queue", "reason"), [(d.id, d.queue, d.reason[:80]) for d in letters])
 

@@ -451,13 +451,8 @@ def store_from_url(url: str, retention: float = 86400.0,
     from conveyor.eventstores import EVENT_STORES
 
     scheme = scheme_of(url)
-    if not EVENT_STORES.knows(scheme):
-        if scheme in ("postgresql", "postgres"):
-            raise ConfigurationError(
-                "there is no PostgreSQL event store yet; for task events (monitor, inspect) "
-                "set result_backend to redis://host:port/db or sqlite:///path.db")
-        if is_amqp(url):
-            raise not_in_rabbitmq("task events")
+    if not EVENT_STORES.knows(scheme) and is_amqp(url):
+        raise not_in_rabbitmq("task events")
     cls = EVENT_STORES.load(scheme, setting="task events",
                             url_for_error=redact.url(url) if "://" in url else url)
     store: EventStore = cls(url, retention, options=dict(options or {}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
@@ -183,13 +184,18 @@ class Message:
 
 _FIELD_ORDER = tuple(Message.__dataclass_fields__)
 _FIELDS = frozenset(_FIELD_ORDER)
+
+
 class BodyTemplate:
     """Bodies of many calls of one task that share everything but id, arguments and time.
 
-    A batch send (:meth:`Conveyor.send_many`) encodes the shared fields once
-    and splices each call's id, ``args``, ``kwargs`` and ``created`` in, which
-    gives the same bytes as :meth:`Message.encode` of the same message at a
-    fraction of the cost (no ``Message`` object, no per-field checks).
+    A batch send (:meth:`Conveyor.send_many`, or the members of a group or
+    chord header, see :mod:`conveyor._batching`) encodes the shared fields
+    once and splices each call's id, ``args``, ``kwargs`` and ``created`` in,
+    plus the member's ``group_index`` and the ``index`` in its ``chord``
+    scope when the prototype has them.  That gives the same bytes as
+    :meth:`Message.encode` of the same message at a fraction of the cost (no
+    ``Message`` object, no per-field checks, the workflow fields encoded once).
     """
 
     def __init__(self, prototype: Message) -> None:
@@ -200,21 +206,81 @@ class BodyTemplate:
         self._head = ',"task":' + dumps_json(prototype.task)
         shared = [key for key in keys[2:created] if key not in ("args", "kwargs")]
         self._middle = "," + _members(doc, shared) + ',"created":'
-        self._tail = "," + _members(doc, keys[created + 1:]) + "}"
+        self._tail, self._slots = _spliced_tail(doc, keys[created + 1:])
         self._typed = prototype.content_type != JSON
 
     def body(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-             created: float) -> bytes:
-        """The encoded message for one call; raises naming an argument that cannot travel."""
+             created: float, group_index: int | None = None,
+             chord_index: int | None = None) -> bytes:
+        """The encoded message for one call; raises naming an argument that cannot travel.
+
+        ``group_index`` and ``chord_index`` replace the prototype's (both
+        must be given when the prototype has them).
+        """
         content_type = self.prototype.content_type
-        parts = ['{"id":', dumps_json(task_id), self._head]
+        if _PLAIN_TEXT(task_id):
+            text = '{"id":"' + task_id + '"' + self._head
+        else:
+            text = '{"id":' + dumps_json(task_id) + self._head
         if args or self._typed:
-            parts += [',"args":', dumps_json(_encode_args(args, content_type))]
+            text += ',"args":' + dumps_json(_encode_args(args, content_type))
         if kwargs or self._typed:
-            parts += [',"kwargs":', dumps_json(_encode_kwargs(kwargs, content_type))]
-        parts += [self._middle, repr(created), self._tail]
-        return utf8("".join(parts), lambda: self.prototype.evolve(
-            id=task_id, args=args, kwargs=kwargs)._named())
+            text += ',"kwargs":' + dumps_json(_encode_kwargs(kwargs, content_type))
+        text += self._middle + repr(created)
+        tail = self._tail
+        if self._slots:
+            text += _splice(tail, self._slots, group_index, chord_index)
+        else:
+            text += tail[0]
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # names the argument (utf8 raises)
+            return utf8(text, lambda: self.prototype.evolve(
+                id=task_id, args=args, kwargs=kwargs)._named())
+
+
+def _splice(pieces: list[str], slots: list[str], group_index: int | None,
+            chord_index: int | None) -> str:
+    if len(slots) == 1 and (index := group_index if slots[0] == _GROUP_SLOT
+                            else chord_index) is not None:
+        return pieces[0] + str(index) + pieces[1]  # a plain group's member: the usual case
+    parts = [pieces[0]]
+    for slot, text in zip(slots, pieces[1:], strict=True):
+        index = group_index if slot == _GROUP_SLOT else chord_index
+        if index is None:
+            raise ValueError("this template needs the member's group and chord index")
+        parts += [str(index), text]
+    return "".join(parts)
+
+
+_GROUP_SLOT, _CHORD_SLOT = "g", "c"
+# Text JSON writes as it is between quotes (ids: hex digits and dashes).
+_PLAIN_TEXT = re.compile(r"[0-9A-Za-z_.:~-]*\Z").match
+
+
+def _spliced_tail(doc: dict[str, Any], keys: list[str]) -> tuple[list[str], list[str]]:
+    """The encoded fields after ``created``, cut where the member's indexes go.
+
+    Returns the text pieces and, for each cut, which index fills it.  The
+    indexes are replaced by marker strings no value can contain (random per
+    template), encoded, and the text split on the encoded markers.
+    """
+    mark = f"\x00splice-{os.urandom(8).hex()}-"
+    doc = dict(doc)
+    if doc.get("group_index") is not None:
+        doc["group_index"] = mark + _GROUP_SLOT
+    chord = doc.get("chord")
+    if isinstance(chord, dict) and chord.get("index") is not None:
+        doc["chord"] = {**chord, "index": mark + _CHORD_SLOT}
+    tail = "," + _members(doc, keys) + "}"
+    quoted = {dumps_json(mark + slot): slot for slot in (_GROUP_SLOT, _CHORD_SLOT)}
+    pieces, slots = [tail], []
+    for marker, slot in quoted.items():
+        before, found, after = pieces[-1].partition(marker)
+        if found:
+            pieces[-1:] = [before, after]
+            slots.append(slot)
+    return pieces, slots
 
 
 def _members(doc: dict[str, Any], keys: list[str]) -> str:
@@ -222,11 +288,17 @@ def _members(doc: dict[str, Any], keys: list[str]) -> str:
     return dumps_json({key: doc[key] for key in keys})[1:-1]
 
 
+# Values JSON carries as they are: ``to_jsonable`` would return them unchanged.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")
+    plain = _PLAIN
     return {
-        key: encode_payload(value, content_type, f"keyword argument {key!r}")
+        key: value if type(value) in plain
+        else encode_payload(value, content_type, f"keyword argument {key!r}")
         for key, value in kwargs.items()
     }
 
@@ -234,8 +306,10 @@ def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
 def _encode_args(args: tuple[Any, ...], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(list(args), content_type, "args")
+    plain = _PLAIN
     return [
-        encode_payload(value, content_type, f"positional argument {index}")
+        value if type(value) in plain
+        else encode_payload(value, content_type, f"positional argument {index}")
         for index, value in enumerate(args)
     ]
 

@@ -218,8 +218,9 @@ NO_EFFECT: dict[str, NoEffect] = {
                                                       "kept in AsyncResult.traceback"),
     # -- worker -------------------------------------------------------------------
     "worker_agent": NoEffect("str", None, "Celery's AMQP agent (cell actors) has no counterpart"),
-    "worker_autoscaler": NoEffect("str", "celery.worker.autoscale:Autoscaler",
-                                  "no autoscaler: the pool has a fixed size (-c/--concurrency)"),
+    "worker_autoscaler": NoEffect(
+        "str", "celery.worker.autoscale:Autoscaler",
+        "a custom autoscaler class; --autoscale MAX,MIN uses Conveyor's own rule"),
     "worker_cancel_long_running_tasks_on_connection_loss": NoEffect(
         "bool", False, "leases hand a lost worker's tasks out again; running tasks finish"),
     "worker_consumer": NoEffect("str", "celery.worker.consumer:Consumer",

@@ -18,16 +18,22 @@ never leaves the process that was given it.  The rule:
 :class:`conveyor.exceptions.ConveyorError` applies :func:`text` to its
 arguments and the CLI's log formatter to each formatted line, so new call
 sites are safe without remembering to call anything.
+
+A task's *arguments* follow a second rule, :func:`arguments`: only what the
+sender or the task declared is hidden (Celery's ``argsrepr``/``kwargsrepr``
+per call, the task option ``redact=[...]``), since guessing from argument
+names would also hide values people need to see.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["MASK", "is_secret_key", "options", "text", "url", "value"]
+__all__ = ["MASK", "arguments", "arguments_hidden", "is_secret_key", "options", "text", "url",
+           "value"]
 
 MASK = "********"
 
@@ -143,3 +149,53 @@ def _mask_pair(match: re.Match[str]) -> str:
     if not is_secret_key(match.group("name"), key_suffix=False) or match.group("value") == MASK:
         return match.group(0)
     return f"{match.group('name')}{match.group('sep')}{MASK}"
+
+
+def _names(headers: Mapping[str, Any] | None, keys: Collection[str]) -> frozenset[str]:
+    found = headers.get("redact") if headers else None
+    sent = [k for k in found if isinstance(k, str)] if isinstance(found, (list, tuple)) else []
+    return frozenset(keys).union(sent) if sent else frozenset(keys)
+
+
+def _repr_header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    found = headers.get(name) if headers else None
+    return found if isinstance(found, str) else None
+
+
+def arguments_hidden(headers: Mapping[str, Any] | None, keys: Collection[str] = ()) -> bool:
+    """Does anything hide this call's arguments (a repr header, a key to redact)?"""
+    return bool(_names(headers, keys) or _repr_header(headers, "argsrepr") is not None
+                or _repr_header(headers, "kwargsrepr") is not None)
+
+
+def arguments(args: Any, kwargs: Any, headers: Mapping[str, Any] | None = None,
+              keys: Collection[str] = ()) -> tuple[Any, Any]:
+    """A task call's ``(args, kwargs)`` as people may see and stores may keep them.
+
+    * the message's ``argsrepr`` / ``kwargsrepr`` headers (Celery's per-call
+      ``apply_async`` options) replace the positional (resp. keyword)
+      arguments whole, as the strings the sender gave;
+    * else, under every name in ``keys`` (the task's ``redact`` option) or in
+      the message's ``redact`` header (the sender's copy of it), a keyword
+      argument's value, and the value under that key in any dict among the
+      arguments at any depth, becomes :data:`MASK`.
+
+    With nothing declared the arguments come back as they are (the same objects).
+    """
+    names = _names(headers, keys)
+    shown_args = _repr_header(headers, "argsrepr")
+    shown_kwargs = _repr_header(headers, "kwargsrepr")
+    if shown_args is None:
+        shown_args = _masked(args, names) if names else args
+    if shown_kwargs is None:
+        shown_kwargs = _masked(kwargs, names) if names else kwargs
+    return shown_args, shown_kwargs
+
+
+def _masked(found: Any, names: frozenset[str]) -> Any:
+    if isinstance(found, Mapping):
+        return {k: MASK if k in names else _masked(v, names) for k, v in found.items()}
+    if isinstance(found, (list, tuple)):
+        items = [_masked(item, names) for item in found]
+        return items if isinstance(found, list) else tuple(items)
+    return found

@@ -34,7 +34,6 @@ no polling ``chord_unlock`` task.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import socket
@@ -43,9 +42,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from conveyor import _batching as batching
 from conveyor import _errbacks as errbacks_module
+from conveyor import _publishing as publishing
 from conveyor import signals, states
-from conveyor._context import Request
+from conveyor._batching import MessageBatch, Prebuilt
+from conveyor._context import Request, running_request
 from conveyor._serialization import (
     JSON,
     check_accepted,
@@ -65,11 +67,11 @@ from conveyor.canvas import (
     seeded_ids,
 )
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
+from conveyor.result import AsyncResult, GroupResult, save_group
 
 if TYPE_CHECKING:
     from conveyor._message import Message
     from conveyor.app import Conveyor
-    from conveyor.result import AsyncResult, GroupResult
     from conveyor.task import Task
 
 log = logging.getLogger("conveyor.workflow")
@@ -98,44 +100,116 @@ class Plan:
     app: Conveyor
     root_id: str | None = None
     parent_id: str | None = None
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message | Prebuilt] = field(default_factory=list)
     groups: list[tuple[str, list[str]]] = field(default_factory=list)
-    _signatures: dict[str, inspect.Signature | None] = field(default_factory=dict)
+    _shape: _Shape | None = None
 
     def extend(self, other: Plan) -> None:
         self.messages.extend(other.messages)
         self.groups.extend(other.groups)
 
     def fork(self) -> Plan:
-        return Plan(self.app, self.root_id, self.parent_id, _signatures=self._signatures)
+        return Plan(self.app, self.root_id, self.parent_id)
 
-    def check_arguments(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """``Task.apply_async``'s argument check, with the signature read once per task.
+    def build(self, name: str, task: Task | None, args: tuple[Any, ...],
+              kwargs: dict[str, Any], options: dict[str, Any], tail: Tail,
+              scope: Scope | None) -> Message | Prebuilt:
+        """The message of one call; from a template once a second call has its shape.
 
-        A group of 10,000 calls to one task would otherwise spend most of
-        its send time in ``inspect.signature``.
+        Calls of one shape (a group's or a chord header's members) differ
+        only in id, arguments and index, so from the second one on they are
+        encoded from the first's template (:mod:`conveyor._batching`); a
+        lone call is built as ``apply_async`` builds it.
         """
-        if task.name not in self._signatures:
-            try:
-                self._signatures[task.name] = inspect.signature(task.fn)
-            except (TypeError, ValueError):
-                self._signatures[task.name] = None
-        signature = self._signatures[task.name]
-        if signature is None:
-            return
-        try:
-            signature.bind(*((None,) if task.options.bind else ()), *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{task.name}{signature}: {exc}") from None
+        shape = self._shape
+        if shape is not None and shape.fits(name, options, tail, scope):
+            batch = shape.batch if shape.batch is not None else shape.start(self.app, task)
+            if batch:
+                parent = shape.parent
+                if parent is not None:
+                    parent.children.append(options["task_id"])
+                return batch.prebuilt(options["task_id"], args, kwargs,
+                                      options.get("group_index"),
+                                      scope.get("index") if scope is not None else None)
+        elif "task_id" in options:
+            self._shape = _Shape(name, options, tail, scope)
+        return self.app.build_message(name, args, kwargs, _task=task, chain=tail, chord=scope,
+                                      **options)
 
     def commit(self) -> None:
         """Save groups, then enqueue every message in one broker batch."""
-        from conveyor.result import save_group
-
         for group_id, ids in self.groups:
             save_group(self.app, group_id, ids)
         if self.messages:
-            _with_retry(lambda: self.app.enqueue(self.messages))
+            _with_retry(lambda: batching.enqueue(self.app, self.messages))
+
+
+_MISSING = object()
+_PER_CALL = frozenset({"task_id", "group_index"})
+
+
+class _Shape:
+    """What the calls that may share one template have in common.
+
+    The first call of a shape is built the ordinary way and remembered
+    here; the second call that :meth:`fits` starts a :class:`MessageBatch`.
+    """
+
+    __slots__ = ("batch", "options", "parent", "scope", "tail", "task")
+
+    def __init__(self, task: str, options: dict[str, Any], tail: Tail,
+                 scope: Scope | None) -> None:
+        self.task = task
+        self.options = options
+        self.tail = tail
+        self.scope = scope
+        self.batch: MessageBatch | Literal[False] | None = None
+        self.parent: Request | None = None
+
+    def fits(self, task: str, options: dict[str, Any], tail: Tail, scope: Scope | None) -> bool:
+        """Same task, options, rest of the workflow and scope, but for id and indexes."""
+        ref = self.options
+        if task != self.task or len(options) != len(ref) or "task_id" not in options or (
+                ("group_index" in options) != ("group_index" in ref)):
+            return False
+        for key, value in options.items():
+            if key not in _PER_CALL:
+                known = ref.get(key, _MISSING)
+                if known is not value and known != value:
+                    return False
+        if tail is not self.tail and tail != self.tail:
+            return False
+        return _same_scope(scope, self.scope)
+
+    def start(self, app: Conveyor, task: Task | None) -> MessageBatch | Literal[False]:
+        """The template for this shape, or False where a template would not be exact.
+
+        Not with publish signal receivers (they get one ``Message`` each and
+        may add headers to it), nor with a router that may look at a
+        call's arguments.
+        """
+        if publishing.watched() or not app.routes.by_name_only:
+            self.batch = False
+            return False
+        self.parent = running_request()
+        prototype = app._new_message(self.task, task, (), {},
+                                     {**self.options, "chain": self.tail, "chord": self.scope},
+                                     self.parent)
+        self.batch = MessageBatch(app, prototype)
+        return self.batch
+
+
+def _same_scope(scope: Scope | None, ref: Scope | None) -> bool:
+    if scope is None or ref is None:
+        return scope is ref
+    if len(scope) != len(ref) or ("index" in scope) != ("index" in ref):
+        return False
+    for key, value in scope.items():
+        if key != "index":
+            known = ref.get(key, _MISSING)
+            if known is not value and known != value:
+                return False
+    return True
 
 
 def _with_retry(send: Any) -> None:
@@ -194,18 +268,22 @@ def launch(plan: Plan, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def _task_message(plan: Plan, sig: Signature, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  tail: Tail, scope: Scope | None) -> Message:
+                  tail: Tail, scope: Scope | None) -> Message | Prebuilt:
     app = plan.app
-    call_args, call_kwargs = sig.partial(args, kwargs)
+    # Nothing to prepend (a group's members, sent first): the call's own
+    # arguments, which the message only reads.
+    call_args, call_kwargs = sig.partial(args, kwargs) if args or kwargs else (sig.args,
+                                                                               sig.kwargs)
     task = app.tasks.get(sig.task)
     if task is not None and task.options.typing:
-        plan.check_arguments(task, call_args, call_kwargs)
-    options = {k: v for k, v in sig.options.items() if k not in ("chain", "chord")}
-    if plan.parent_id is not None:
-        options.setdefault("parent_id", plan.parent_id)
-        options.setdefault("root_id", plan.root_id)
-    return app.build_message(sig.task, call_args, call_kwargs, _task=task,
-                             chain=tail, chord=scope, **options)
+        task._check_arguments(call_args, call_kwargs)
+    options = sig.options  # read only, below and in plan.build
+    if "chain" in options or "chord" in options or plan.parent_id is not None:
+        options = {k: v for k, v in options.items() if k not in ("chain", "chord")}
+        if plan.parent_id is not None:
+            options.setdefault("parent_id", plan.parent_id)
+            options.setdefault("root_id", plan.root_id)
+    return plan.build(sig.task, task, call_args, call_kwargs, options, tail, scope)
 
 
 def _launch_group(plan: Plan, grp: group, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -223,8 +301,11 @@ def _launch_group(plan: Plan, grp: group, args: tuple[Any, ...], kwargs: dict[st
             inner = {"id": group_id, "size": size, "index": index, "errbacks": errbacks}
             if scope is not None:
                 inner["chord"] = scope
-        launch(plan, member, args, kwargs, (), inner)
-    plan.groups.append((group_id, [result_of(plan.app, m, None, FINAL).id for m in grp.tasks]))
+        if isinstance(member, Signature):  # as launch() would, one call less per member
+            plan.messages.append(_task_message(plan, member, args, kwargs, (), inner))
+        else:
+            launch(plan, member, args, kwargs, (), inner)
+    plan.groups.append((group_id, [_result_id(plan.app, m, FINAL) for m in grp.tasks]))
 
 
 def _launch_chord(plan: Plan, ch: chord, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -246,8 +327,19 @@ def _launch_chord(plan: Plan, ch: chord, args: tuple[Any, ...], kwargs: dict[str
     if scope is not None:
         join["chord"] = scope
     for index, member in enumerate(header.tasks):
-        launch(plan, member, args, kwargs, (), {**join, "index": index})
-    plan.groups.append((chord_id, [result_of(plan.app, m, None, JOIN).id for m in header.tasks]))
+        if isinstance(member, Signature):  # as launch() would, one call less per member
+            plan.messages.append(_task_message(plan, member, args, kwargs, (),
+                                               {**join, "index": index}))
+        else:
+            launch(plan, member, args, kwargs, (), {**join, "index": index})
+    plan.groups.append((chord_id, [_result_id(plan.app, m, JOIN) for m in header.tasks]))
+
+
+def _result_id(app: Conveyor, node: Canvas, mode: Mode) -> str:
+    """``result_of(app, node, None, mode).id``, without building handles for a call."""
+    if isinstance(node, Signature) and node.id is not None:
+        return node.id
+    return result_of(app, node, None, mode).id
 
 
 def _collector(grp: group) -> Signature:
@@ -292,8 +384,6 @@ def result_of(app: Conveyor, node: Canvas, parent: AsyncResult | GroupResult | N
     Mirrors :func:`launch`: a group whose value feeds a join is collected
     into one ``conveyor.collect`` result.
     """
-    from conveyor.result import AsyncResult, GroupResult
-
     if isinstance(node, Signature):
         assert node.id is not None, "signature was not frozen"
         return AsyncResult(node.id, app, task_name=node.task, parent=parent)
@@ -310,7 +400,9 @@ def result_of(app: Conveyor, node: Canvas, parent: AsyncResult | GroupResult | N
         return result_of(app, node.body, header, mode)
     if isinstance(node, group):
         inner: Mode = FINAL if mode == FINAL else JOIN
-        members = [result_of(app, m, None, inner) for m in node.tasks]
+        members = [AsyncResult(m.id, app, task_name=m.task) if type(m) is Signature
+                   and m.id is not None else result_of(app, m, None, inner)
+                   for m in node.tasks]
         results = GroupResult(_group_id(node), members, app, parent=parent)
         if mode == JOIN:
             return AsyncResult(derived_id(results.id, "collect"), app,

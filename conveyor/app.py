@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, overload
 
 from conveyor import _priority as priorities
 from conveyor import _publishing as publishing
+from conveyor import _redact as redact
 from conveyor import _signing as signing
 from conveyor import _state, signals, states
+from conveyor._batching import MessageBatch
 from conveyor._config import (
     DEFAULT_BROKER_URL,
     DEFAULT_NAMESPACE,
@@ -31,7 +33,6 @@ from conveyor._config import (
 )
 from conveyor._context import Request, running_request
 from conveyor._message import (
-    BodyTemplate,
     Message,
     eta_timestamp,
     expires_timestamp,
@@ -59,7 +60,7 @@ _SEND_OPTIONS = frozenset({
     "link", "link_error", "headers", "chain", "chord", "group_id", "group_index",
     "parent_id", "root_id", "time_limit", "soft_time_limit", "ignore_result",
     "serializer", "retries", "routing_key", "exchange", "shadow", "max_deliveries",
-    "idempotency_ttl",
+    "idempotency_ttl", "argsrepr", "kwargsrepr",
 })
 
 
@@ -363,7 +364,7 @@ class Conveyor:
 
     def _new_message(self, name: str, task: Task | None, args: Any, kwargs: Any,
                      options: dict[str, Any], parent: Request | None) -> Message:
-        if options:
+        if options or (task is not None and task.options.redact):
             return self._message_with_options(name, task, args, kwargs, options, parent)
         return self._plain_message(name, task, args, kwargs, parent)
 
@@ -422,7 +423,7 @@ class Conveyor:
             chain=tuple(options.get("chain") or ()),
             callbacks=_sig_dicts(options.get("link")),
             errbacks=_sig_dicts(options.get("link_error")),
-            headers=self._headers(options),
+            headers=self._headers(options, task),
             content_type=content_type_for(
                 options.get("serializer") or (task and task.options.serializer)
                 or self.conf.task_serializer
@@ -444,11 +445,14 @@ class Conveyor:
         conf = self.conf
         check_declared(queue, conf.task_queues, conf.task_default_queue)
 
-    def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _headers(self, options: dict[str, Any], task: Task | None = None) -> dict[str, Any]:
         headers = dict(options.get("headers") or {})
-        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries", "shadow"):
+        for key in ("time_limit", "soft_time_limit", "ignore_result", "max_deliveries", "shadow",
+                    "argsrepr", "kwargsrepr"):
             if options.get(key) is not None:
                 headers[key] = options[key]
+        if task is not None and task.options.redact:  # readers without the task's code
+            headers["redact"] = list(task.options.redact)
         return headers
 
     def send_many(self, name: str, calls: Iterable[Any], **options: Any) -> list[AsyncResult]:
@@ -490,7 +494,9 @@ class Conveyor:
         if task is not None and task.options.typing:
             for args, kwargs in calls:
                 task._check_arguments(args, kwargs)
-        if (self.routes.by_name_only or options.get("queue")) and not publishing.watched():
+        # A callable router may answer per call (a queue, or a priority even
+        # when the call names its queue), so it is asked about each one.
+        if self.routes.by_name_only and not publishing.watched():
             prototype = self._new_message(name, task, (), {}, options, parent)
             ids, envelopes = self._from_template(prototype, calls)
         else:  # a router may look at each call's arguments
@@ -503,22 +509,15 @@ class Conveyor:
 
     def _from_template(self, prototype: Message, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
                        ) -> tuple[list[str], list[Envelope]]:
-        template = BodyTemplate(prototype)
-        key = signing.key_for(self.conf)
-        limit = self.conf.task_message_max_bytes
-        suffix = broker_message_id(prototype)[len(prototype.id):]  # "~n" for a retry
-        queue, priority, eta = prototype.queue, self.broker_priority(prototype), prototype.eta
+        batch = MessageBatch(self, prototype)
+        envelope = batch.envelope
+        clock = time.time
         ids: list[str] = []
         envelopes: list[Envelope] = []
         for args, kwargs in calls:
             task_id = new_id()
-            body = template.body(task_id, args, kwargs, time.time())
-            if key is not None:
-                body = signing.sign(body, key)
-            if limit is not None and len(body) > limit:
-                _refuse_size(prototype.task, task_id, body, limit)
             ids.append(task_id)
-            envelopes.append(Envelope(task_id + suffix, queue, body, priority, eta))
+            envelopes.append(envelope(task_id, args, kwargs, clock()))
         return ids, envelopes
 
     def broker_priority(self, message: Message) -> int:
@@ -613,13 +612,15 @@ class Conveyor:
         if exc is not None:
             fields.update(describe_exception(exc))
         message = request.message
+        args, kwargs = self.shown_arguments(request.task, request.args, request.kwargs,
+                                            request.headers)
         return ResultRecord(
             task_id=request.id or "",
             state=state,
             traceback=traceback,
             task=request.headers.get("shadow") or request.task,  # Celery's shadow name
-            args=list(request.args),
-            kwargs=request.kwargs,
+            args=args,
+            kwargs=kwargs,
             queue=message.queue if message else None,
             worker=request.hostname,
             retries=request.retries,
@@ -633,6 +634,18 @@ class Conveyor:
             **fields,
             **extra,
         )
+
+    def shown_arguments(self, name: str | None, args: Any, kwargs: Any,
+                        headers: Mapping[str, Any] | None) -> tuple[Any, Any]:
+        """A call's arguments as people see them and stores keep them: the task's
+        ``redact`` names and the call's ``argsrepr``/``kwargsrepr`` applied
+        (:func:`conveyor._redact.arguments`)."""
+        task = self.tasks.get(name) if name else None
+        keys = task.options.redact if task is not None else ()
+        if not keys and not headers:
+            return list(args or ()), kwargs
+        shown_args, shown_kwargs = redact.arguments(list(args or ()), kwargs, headers, keys)
+        return shown_args, shown_kwargs
 
     def write_record(self, record: ResultRecord) -> bool:
         """Store ``record``; one written by a worker run is fenced (False if refused)."""

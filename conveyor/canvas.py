@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
+from conveyor._message import new_id
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # annotations only: not a runtime dependency
 
@@ -58,7 +60,8 @@ def seeded_ids(seed: str) -> IdSource:
 
 
 def random_ids() -> str:
-    return str(uuid.uuid4())
+    """A fresh random id (UUID4 text, formatted without building a ``UUID``)."""
+    return new_id()
 
 
 class Canvas(abc.ABC):
@@ -234,6 +237,39 @@ class Signature(Canvas):
     # -- building ----------------------------------------------------------
     def _with_options(self, options: dict[str, Any]) -> Signature:
         return Signature(self.task, self.args, self.kwargs, options, self.immutable, self._app)
+
+    @classmethod
+    def _call(cls, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], immutable: bool,
+              app: Conveyor | None) -> Signature:
+        """``task.s(...)``: a new call from arguments that need no normalizing.
+
+        ``args`` and ``kwargs`` come straight from ``*args``/``**kwargs``: a
+        fresh tuple and dict owned by the signature.  Users build thousands
+        of these for one group.
+        """
+        sig = object.__new__(cls)
+        sig.task = name
+        sig.args = args
+        sig.kwargs = kwargs
+        sig.options = {}
+        sig.immutable = immutable
+        sig._app = app
+        return sig
+
+    def _replaced_options(self, options: dict[str, Any]) -> Signature:
+        """A copy with ``options`` (already normalized: links as dicts) taking their place.
+
+        Freezing a group copies every member; going through ``__init__``
+        would normalize arguments that are already normal, 20,000 times.
+        """
+        copy = object.__new__(type(self))
+        copy.task = self.task
+        copy.args = self.args  # a tuple: shared safely
+        copy.kwargs = dict(self.kwargs) if self.kwargs else {}
+        copy.options = options
+        copy.immutable = self.immutable
+        copy._app = self._app
+        return copy
 
     def clone(self, args: Any = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Signature:
@@ -420,14 +456,19 @@ class group(Canvas):
         own = self.options
         group_id = own.get("group_id") or own.get("task_id") or ids()
         members: list[Canvas] = []
+        # Whether any option passes down to the members (most groups have none).
+        shaped = own.get("link") or any(
+            key not in _STRUCTURAL or (key in _TIMING and own[key] is not None) for key in own)
         for index, member in enumerate(self.tasks):
-            member = _timing(_inherit(member, own), own)
-            if own.get("link"):
-                member = _with_callbacks(member, "link", own["link"])
+            if shaped:
+                member = _timing(_inherit(member, own), own)
+                if own.get("link"):
+                    member = _with_callbacks(member, "link", own["link"])
             if isinstance(member, Signature):
                 task_id = member.options.get("task_id") or ids()
-                members.append(member.copy_with(group_id=group_id, group_index=index,
-                                                task_id=task_id))
+                members.append(member._replaced_options({**member.options, "group_id": group_id,
+                                                         "group_index": index,
+                                                         "task_id": task_id}))
             else:
                 members.append(member.freeze(ids))
         kept = {"group_id": group_id}

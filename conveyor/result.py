@@ -23,10 +23,12 @@ class AsyncResult:
 
     def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None,
                  parent: AsyncResult | GroupResult | None = None) -> None:
-        from conveyor._state import current_app
-
         self.id = id
-        self.app = app or current_app()
+        if app is None:
+            from conveyor._state import current_app
+
+            app = current_app()
+        self.app = app
         self.task_name = task_name
         self.parent = parent
         self._cache: ResultRecord | None = None

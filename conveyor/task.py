@@ -133,6 +133,9 @@ class TaskOptions:
     serializer: str | None = None
     max_deliveries: int | None = None
     typing: bool = True
+    # Names of arguments shown as "********" wherever people see or stores keep
+    # the call (monitor, results, error reports); the task still gets them.
+    redact: tuple[str, ...] = ()
     # No effect here (NO_EFFECT_TASK_OPTIONS); kept so the attributes read back.
     delivery_mode: Any = None
     exchange: Any = None
@@ -150,6 +153,7 @@ class TaskOptions:
             )
         if not isinstance(self.autoretry_for, tuple):
             object.__setattr__(self, "autoretry_for", tuple(self.autoretry_for))
+        object.__setattr__(self, "redact", _redact_names(self.name, self.redact))
 
     @classmethod
     def accepted(cls) -> set[str]:
@@ -250,6 +254,7 @@ class Task:
     serializer = _Option()
     max_deliveries = _Option()
     typing = _Option()
+    redact = _Option()
     delivery_mode = _Option()
     exchange = _Option()
     exchange_type = _Option()
@@ -462,13 +467,19 @@ class Task:
         """A partial signature: a chain prepends the previous result to ``args``."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, False, self._app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: ignores the previous result in a chain."""
         from conveyor.canvas import Signature
 
-        return Signature(self.name, args, kwargs, immutable=True, app=self._app)
+        return Signature._call(self._signature_name(), args, kwargs, True, self._app)
+
+    def _signature_name(self) -> str:
+        name = self.options.name
+        if not isinstance(name, str):  # as Signature() refuses it
+            raise TypeError(f"signature() needs a task or a task name, got {name!r}")
+        return name
 
     def signature(self, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:
         from conveyor.canvas import Signature
@@ -573,6 +584,16 @@ class Task:
         elif "run" in vars(self):  # see _setup: run() bound to the copy, not to self
             copy.run = functools.partial(Task.run, copy)  # type: ignore[method-assign]
         return copy
+
+
+def _redact_names(task: str, found: Any) -> tuple[str, ...]:
+    """``redact=["password"]``: argument names, as a tuple; a lone string is one name."""
+    names = (found,) if isinstance(found, str) else tuple(found or ())
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ConfigurationError(f"task {task}: redact takes argument names (strings), "
+                                 f"got {bad[0]!r}")
+    return names
 
 
 def task_options(fn: Any, default_name: str, given: dict[str, Any],

@@ -225,14 +225,13 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(params=[*BACKENDS, "postgres", "amqp"])
 def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """``(broker_url, result_backend)`` for each backend kind, plus the PostgreSQL
-    broker with results in SQLite (PostgreSQL has no result or event store yet) and
-    RabbitMQ with results in SQLite (RabbitMQ keeps no records)."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url")), f"sqlite:///{tmp_path / 'results.db'}"
+    """``(broker_url, result_backend)`` for each backend kind (PostgreSQL carries its
+    results and task events beside the broker, like SQLite and Redis), plus RabbitMQ
+    with results in SQLite (RabbitMQ keeps no records)."""
     if request.param == "amqp":
         return str(request.getfixturevalue("amqp_url")), f"sqlite:///{tmp_path / 'results.db'}"
-    url = str(request.getfixturevalue(f"{request.param}_url"))
+    fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+    url = str(request.getfixturevalue(fixture))
     return url, url
 
 

@@ -21,6 +21,10 @@ from typing import Any, ClassVar
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Calls per message in the chunks phase (Celery's docs use 10 and 100 in examples).
+CHUNK_SIZE = 100
+
+
 class NotSupported(Exception):
     """The system has no such feature (no bulk path, no chord)."""
 
@@ -36,6 +40,14 @@ class Client:
 
     def enqueue_bulk(self, n: int) -> Any:
         """Send ``n`` no-op tasks through the system's batched path."""
+        raise NotSupported
+
+    def enqueue_group(self, n: int) -> Any:
+        """Send ``n`` no-op tasks as one group, the way users write it (``group(...)``)."""
+        raise NotSupported
+
+    def enqueue_chunks(self, n: int) -> Any:
+        """Send ``n`` no-op calls through ``chunks`` (:data:`CHUNK_SIZE` calls per message)."""
         raise NotSupported
 
     def preload(self, n: int) -> Any:
@@ -65,6 +77,8 @@ class System:
     db: ClassVar[int]               # the Redis database this system owns
     bulk_path: ClassVar[str | None] = None   # what "bulk" means here; None: it has none
     chord_path: ClassVar[str | None] = None
+    group_path: ClassVar[str | None] = None   # the user's group call; None: no group
+    chunks_path: ClassVar[str | None] = None
     worker_flags: ClassVar[str] = ""         # the worker command line, for the docs
     # Tasks the processing run drains; slow systems get fewer so a full run
     # stays within its time budget (the report says so).
@@ -72,11 +86,22 @@ class System:
     # Round trips sampled, for systems whose each one takes tens of ms or more.
     samples_cap: ClassVar[int | None] = None
 
+    @property
+    def database(self) -> int:
+        """The Redis database this run uses: the system's own, or ``BENCH_REDIS_DB``.
+
+        ``BENCH_REDIS_DB`` puts every system in one database, for a shared
+        server whose other databases belong to someone else; that is safe
+        because systems run one at a time and each phase flushes its
+        database before and after.
+        """
+        return int(os.environ.get("BENCH_REDIS_DB") or self.db)
+
     def environment(self) -> dict[str, str]:
         """Variables for the workers and the client (both read their URLs from here)."""
         from benchmarks.systems import redis_url
 
-        return {"BENCH_REDIS_URL": redis_url(self.db)}
+        return {"BENCH_REDIS_URL": redis_url(self.database)}
 
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
         raise NotImplementedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.systems.base import Client, System
+from benchmarks.systems.base import CHUNK_SIZE, Client, System
 
 
 class CeleryClient(Client):
@@ -23,6 +23,12 @@ class CeleryClient(Client):
         from celery import group
 
         group(self.tasks.noop.s() for _ in range(n)).apply_async()
+
+    def enqueue_group(self, n: int) -> None:
+        self.enqueue_bulk(n)
+
+    def enqueue_chunks(self, n: int) -> None:
+        self.tasks.noop.chunks([()] * n, CHUNK_SIZE).apply_async()
 
     def preload(self, n: int) -> None:
         from celery import group
@@ -48,6 +54,8 @@ class CelerySystem(System):
     db = 3
     bulk_path = "group(...).apply_async(): one publish per task"
     chord_path = "chord(header)(callback)"
+    group_path = "group(task.s() ...).apply_async()"
+    chunks_path = f"task.chunks(calls, {CHUNK_SIZE}).apply_async()"
     worker_flags = ("celery -A benchmarks.apps.celery_app worker -P prefork -c 2 -l WARNING "
                     "--without-gossip --without-mingle --without-heartbeat")
 

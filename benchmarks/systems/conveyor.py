@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.systems.base import ROOT, Client, System
+from benchmarks.systems.base import CHUNK_SIZE, ROOT, Client, System
 
 SQLITE_PATH = ROOT / "benchmarks" / "results" / "raw" / "conveyor-bench.db"
 
@@ -28,6 +28,14 @@ class ConveyorClient(Client):
 
     def enqueue_bulk(self, n: int) -> None:
         self._bulk("bench.noop", n)
+
+    def enqueue_group(self, n: int) -> None:
+        from conveyor import group
+
+        group(self.tasks.noop.s() for _ in range(n)).apply_async()
+
+    def enqueue_chunks(self, n: int) -> None:
+        self.tasks.noop.chunks([()] * n, CHUNK_SIZE).apply_async()
 
     def preload(self, n: int) -> None:
         for start in range(0, n, 10_000):
@@ -54,6 +62,8 @@ class ConveyorRedis(System):
     db = 1
     bulk_path = "app.send_many(name, calls): one Lua call per 1,000, two in flight"
     chord_path = "chord(header)(callback)"
+    group_path = "group(task.s() ...).apply_async()"
+    chunks_path = f"task.chunks(calls, {CHUNK_SIZE}).apply_async()"
     worker_flags = "conveyor -A benchmarks.apps.conveyor_app worker -P prefork -c 2 -l WARNING"
 
     def environment(self) -> dict[str, str]:

@@ -24,6 +24,9 @@ class DramatiqClient(Client):
 
         group([self.tasks.noop.message() for _ in range(n)]).run()
 
+    def enqueue_group(self, n: int) -> None:
+        self.enqueue_bulk(n)
+
     def preload(self, n: int) -> None:
         from dramatiq import group
 
@@ -51,6 +54,7 @@ class DramatiqSystem(System):
     db = 4
     bulk_path = "group(...).run(): one enqueue per task"
     chord_path = "group + add_completion_callback"
+    group_path = "group(...).run()"
     worker_flags = "dramatiq benchmarks.apps.dramatiq_app --processes 2 --threads 1"
 
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:

@@ -25,6 +25,9 @@ class HueyClient(Client):
 
         self.huey.enqueue(group([self.tasks.noop.s() for _ in range(n)]))
 
+    def enqueue_group(self, n: int) -> None:
+        self.enqueue_bulk(n)
+
     def preload(self, n: int) -> None:
         from huey import group
 
@@ -50,6 +53,7 @@ class HueySystem(System):
     db = 6
     bulk_path = "enqueue(group(...)): one enqueue per task"
     chord_path = "group(...).then(callback)"
+    group_path = "enqueue(group(...))"
     worker_flags = "huey_consumer benchmarks.apps.huey_app.huey -k process -w 2 -q"
 
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:

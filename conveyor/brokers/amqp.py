@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import ssl
 import threading
 import time
@@ -42,6 +43,8 @@ _ETA = "x-conveyor-eta"
 _REASON = "x-conveyor-reason"
 _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
+_SETTLED = "conveyor.settled:"  # a side-store lease: this message was settled elsewhere
+_SETTLED_TTL = 86400.0
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
 _RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
@@ -90,6 +93,8 @@ class _Lease:
 
 class AMQPBroker(Broker):
     """One connection and one confirm-mode channel, serialised by a lock."""
+
+    leases_follow_connection = True  # a delivery tag is its channel's alone
 
     def __init__(self, url: str, **options: Any) -> None:
         from conveyor.brokers import broker_from_url
@@ -360,7 +365,10 @@ class AMQPBroker(Broker):
             ch.basic_ack(method.delivery_tag)
             return None
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
-        token = uuid.uuid4().hex
+        if redelivered and self._state.lease_holder(_SETTLED + str(props.message_id)):
+            ch.basic_ack(method.delivery_tag)  # settled by another process before it came back
+            return None
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
         delivery = Delivery(id=str(props.message_id), queue=queue, body=body,
                             deliveries=base + redelivered + 1, token=token,
                             priority=max(0, MAX_PRIORITY - (props.priority or 0)))
@@ -382,6 +390,10 @@ class AMQPBroker(Broker):
         return held if held is not None and held.generation == self._generation else None
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        foreign = [d for d in deliveries if not self._mine(d)]
+        for d in foreign:
+            self._settle_elsewhere(d)
+
         def op(ch: BlockingChannel) -> list[bool]:
             out = []
             for d in deliveries:
@@ -389,9 +401,21 @@ class AMQPBroker(Broker):
                 if held is not None:
                     del self._leases[d.token]
                     ch.basic_ack(held.tag)
-                out.append(held is not None)
+                out.append(held is not None or d in foreign)
             return out
-        return self._settle(op, [False] * len(deliveries))
+        return self._settle(op, [d in foreign for d in deliveries])
+
+    @staticmethod
+    def _mine(delivery: Delivery) -> bool:
+        """Whether this process reserved ``delivery`` (its token starts with our pid)."""
+        return delivery.token.split("-", 1)[0] == str(os.getpid())
+
+    def _settle_elsewhere(self, delivery: Delivery) -> None:
+        """Settle a delivery another process's channel holds (a prefork supervisor
+        settling a child it killed): RabbitMQ hands the message out again when that
+        channel closes, and whoever receives it then drops it (``_leased``).  A
+        redelivery that beats this write runs once more; it cannot loop."""
+        self._state.acquire_lease(_SETTLED + delivery.id, "settled", _SETTLED_TTL)
 
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
         def op(ch: BlockingChannel) -> bool:
@@ -408,20 +432,30 @@ class AMQPBroker(Broker):
         return self._settle(op, False)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        foreign = not self._mine(delivery)
+        if foreign:
+            self._settle_elsewhere(delivery)
+
         def op(ch: BlockingChannel) -> bool:
             held = self._held(ch, delivery)
+            if held is None and foreign:
+                self._publish_dead(ch, delivery.queue, delivery, reason)
+                return True
             if held is None:
                 return False
-            self._sweep_dead(held.queue, {delivery.id}, replay=False)
-            headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
-            props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2,
-                                         headers=headers)
-            ch.basic_publish(_amqp.DEAD_EXCHANGE, held.queue, delivery.body, props,
-                             mandatory=True)
+            self._publish_dead(ch, held.queue, delivery, reason)
             del self._leases[delivery.token]
             ch.basic_ack(held.tag)
             return True
         return self._settle(op, False)
+
+    def _publish_dead(self, ch: BlockingChannel, queue: str, delivery: Delivery,
+                      reason: str) -> None:
+        """The message into ``queue``'s dead letters, replacing an older copy."""
+        self._sweep_dead(queue, {delivery.id}, replay=False)
+        headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
+        props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2, headers=headers)
+        ch.basic_publish(_amqp.DEAD_EXCHANGE, queue, delivery.body, props, mandatory=True)
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         def op(ch: BlockingChannel) -> list[bool]:
@@ -469,8 +503,9 @@ class AMQPBroker(Broker):
         # a message on its way here would be counted nowhere.
         ch.connection.process_data_events(0)
         waiting = len(self._pushed.get(queue, ()))
+        # RabbitMQ shows a queue's head only by taking it: the oldest age is unknown.
         return QueueStats(queue, ready + waiting, delayed, inflight,
-                          count(_amqp.dead_name(queue)))
+                          count(_amqp.dead_name(queue)), oldest_age=None)
 
     def purge(self, queue: str) -> int:
         def op(ch: BlockingChannel) -> int:

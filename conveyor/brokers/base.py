@@ -91,19 +91,32 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts for one queue: ready now, waiting for an ETA, leased, dead."""
+    """Counts for one queue: ready now, waiting for an ETA, leased, dead; and how long
+    the oldest ready message has waited, the first sign of a queue nobody consumes.
+
+    ``oldest_age`` is in seconds, counted from when the message was sent, or from
+    when its ETA or a lapsed lease made it ready; 0.0 when nothing is ready; None
+    when the broker cannot tell (RabbitMQ does not show a queue's head without
+    taking it).
+    """
 
     queue: str
     ready: int
     delayed: int
     inflight: int
     dead: int
+    oldest_age: float | None = None
 
 
 class Broker(abc.ABC):
     """One broker connection (or pool).  Thread-safe; not shared across fork."""
 
     url: str
+    #: True when only the connection that reserved a delivery can acknowledge,
+    #: renew or hand it back (RabbitMQ: a delivery tag belongs to its channel).
+    #: Prefork children then settle and renew their own deliveries, instead of
+    #: their supervisor doing it from its connection.
+    leases_follow_connection: bool = False
 
     # -- producing -------------------------------------------------------
     @abc.abstractmethod

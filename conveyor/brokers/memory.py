@@ -34,6 +34,7 @@ class _Stored:
     lease_until: float = 0.0
     delayed: bool = False
     due: float = 0.0
+    ready_since: float = 0.0  # sent, or made ready by its ETA or a lapsed lease
 
 
 @dataclass
@@ -93,12 +94,14 @@ class MemoryBroker(Broker):
         self._schedule(stored, env.eta, now)
         return env.id
 
-    def _schedule(self, stored: _Stored, eta: float | None, now: float) -> None:
+    def _schedule(self, stored: _Stored, eta: float | None, now: float,
+                  since: float | None = None) -> None:
         stored.delayed = eta is not None and eta > now
         if eta is not None and stored.delayed:
             stored.due = eta
             heapq.heappush(self._s.delayed, (eta, stored.seq, stored.envelope.id))
         else:
+            stored.ready_since = now if since is None else since
             prio = stored.envelope.priority  # lower first (the contract's order)
             queue = self._s.ready.setdefault(stored.envelope.queue, [])
             heapq.heappush(queue, (prio, stored.seq, stored.envelope.id))
@@ -124,12 +127,12 @@ class MemoryBroker(Broker):
             stored = self._s.messages.get(mid)
             # Skip stale heap entries: the message was requeued with a new ETA since.
             if stored is not None and stored.delayed and stored.due == eta:
-                self._schedule(stored, None, now)
+                self._schedule(stored, None, now, since=eta)
         for mid, stored in list(self._s.inflight.items()):
             if stored.lease_until <= now:
                 del self._s.inflight[mid]
                 stored.token = None
-                self._schedule(stored, None, now)
+                self._schedule(stored, None, now, since=stored.lease_until)
 
     def _take(self, queues: Sequence[str], count: int, lease: float) -> list[Delivery]:
         out: list[Delivery] = []
@@ -232,7 +235,9 @@ class MemoryBroker(Broker):
         waiting = [s for s in self._s.messages.values() if s.envelope.queue == name and not s.token]
         delayed = sum(1 for s in waiting if s.delayed)
         dead = len(self._s.dead.get(name, []))
-        return QueueStats(name, len(waiting) - delayed, delayed, inflight, dead)
+        since = min((s.ready_since for s in waiting if not s.delayed), default=None)
+        age = 0.0 if since is None else max(0.0, time.time() - since)
+        return QueueStats(name, len(waiting) - delayed, delayed, inflight, dead, age)
 
     def purge(self, queue: str) -> int:
         with self._s.lock:

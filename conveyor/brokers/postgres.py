@@ -22,7 +22,9 @@ is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
                                        (Unix time), NULL when ready
       token      text                  proves the current lease (fencing)
       deliveries integer               times handed out (requeue(count=False) undoes one)
-      created    float8                enqueue time, for monitoring
+      created    float8                enqueue time, moved to the ETA (or lease end)
+                                       when a delayed row (or a lapsed lease) becomes
+                                       ready: how long a ready row has waited, for stats
       body       bytea                 last: TOASTed when large, never read by scans
       fillfactor 80: leaves room on each page for the new row versions that
       leasing and acking make, so they stay on the same page.
@@ -155,7 +157,8 @@ KEY_OWNER = "SELECT message_id FROM {s}.conveyor_keys WHERE key = %s"
 
 # -- consuming ---------------------------------------------------------------
 MAKE_DUE_READY = """
-    UPDATE {s}.conveyor_messages SET state = 'ready', due = NULL, token = NULL
+    UPDATE {s}.conveyor_messages SET state = 'ready', due = NULL, token = NULL,
+                                     created = greatest(created, due)
     WHERE seq IN (SELECT seq FROM {s}.conveyor_messages
                   WHERE state <> 'ready' AND due <= %s
                   ORDER BY due LIMIT 1000 FOR UPDATE SKIP LOCKED)"""
@@ -209,7 +212,7 @@ BURY = f"""
 # -- inspection and repair ---------------------------------------------------
 ALL_QUEUES = "SELECT name FROM {s}.conveyor_queues ORDER BY name"
 COUNT_BY_STATE = """
-    SELECT queue, state, count(*) FROM {s}.conveyor_messages
+    SELECT queue, state, count(*), min(created) FROM {s}.conveyor_messages
     WHERE queue = ANY(%s) GROUP BY queue, state"""
 COUNT_DEAD = """
     SELECT queue, count(*) FROM {s}.conveyor_dead WHERE queue = ANY(%s) GROUP BY queue"""
@@ -477,13 +480,19 @@ class PostgresBroker(Broker):
     def _stats(self, conn: _Conn, queues: Sequence[str] | None) -> list[QueueStats]:
         names = ([str(n) for (n,) in conn.execute(self.sql(ALL_QUEUES))]
                  if queues is None else list(queues))
-        counts: dict[tuple[str, str], int] = {
-            (q, s): n for q, s, n in conn.execute(self.sql(COUNT_BY_STATE), (names,))}
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        for q, s, n, first in conn.execute(self.sql(COUNT_BY_STATE), (names,)):
+            counts[(q, s)] = n
+            if s == "ready":
+                oldest[q] = first
         dead = dict(conn.execute(self.sql(COUNT_DEAD), (names,)).fetchall())
+        now = time.time()
         return [
             QueueStats(queue=name, ready=counts.get((name, "ready"), 0),
                        delayed=counts.get((name, "delayed"), 0),
-                       inflight=counts.get((name, "leased"), 0), dead=dead.get(name, 0))
+                       inflight=counts.get((name, "leased"), 0), dead=dead.get(name, 0),
+                       oldest_age=max(0.0, now - oldest[name]) if name in oldest else 0.0)
             for name in names
         ]
 

@@ -114,6 +114,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from conveyor._lua import LuaScript, load, run, run_and_wait, script_file
 from conveyor._redis import (
+    CONNECTION_ERRORS,
     ClientHolder,
     RedisOptions,
     as_text,
@@ -194,15 +195,18 @@ class RedisBroker(Broker):
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
         wanted = self._options.wait_replicas
-        with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
-            if not wanted:
+        if not wanted:
+            try:
                 reply = self._run("enqueue", *_envelope_args(envelope))
-            else:
-                reply, confirmed = run_and_wait(
-                    self._holder.client, self._scripts["enqueue"],
-                    [self._prefix, *_envelope_args(envelope)], wanted,
-                    self._options.wait_timeout)
-                self._check_replicated(confirmed, "enqueue")
+            except CONNECTION_ERRORS:  # the same translation, entered only on failure
+                with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
+                    raise
+            return as_text(reply[1]) if reply else envelope.id
+        with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
+            reply, confirmed = run_and_wait(
+                self._holder.client, self._scripts["enqueue"],
+                [self._prefix, *_envelope_args(envelope)], wanted, self._options.wait_timeout)
+            self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
 
     def _check_replicated(self, confirmed: int, action: str) -> None:
@@ -392,8 +396,9 @@ class RedisBroker(Broker):
         with self._errors("stats", read=True):
             flat = retry_read(lambda: self._run("stats", *names))
         return [
-            QueueStats(name, int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
-            for name, i in zip(names, range(0, len(flat), 4), strict=True)
+            QueueStats(name, int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]),
+                       None if int(flat[i + 4]) < 0 else int(flat[i + 4]) / 1000)
+            for name, i in zip(names, range(0, len(flat), 5), strict=True)
         ]
 
     def purge(self, queue: str) -> int:

@@ -20,7 +20,9 @@ usually shares the file, and the application's own tables can coexist)::
                                        NULL when ready
       token      TEXT                  proves the current lease (fencing)
       deliveries INTEGER               times handed out (requeue(count=False) undoes one)
-      created    REAL                  enqueue time, for monitoring
+      created    REAL                  enqueue time, moved to the ETA (or lease end)
+                                       when a delayed row (or a lapsed lease) becomes
+                                       ready: how long a ready row has waited, for stats
       body       BLOB                  last, so reading the other columns never
                                        touches a large body's overflow pages
 
@@ -143,7 +145,8 @@ REGISTER_QUEUE = "INSERT INTO conveyor_queues (name) VALUES (?) ON CONFLICT DO N
 
 # -- consuming ---------------------------------------------------------------
 MAKE_DUE_READY = """
-    UPDATE conveyor_messages SET state = 'ready', due = NULL, token = NULL
+    UPDATE conveyor_messages SET state = 'ready', due = NULL, token = NULL,
+                                 created = max(created, due)
     WHERE state != 'ready' AND due <= ?"""
 READY_IN_QUEUE = """
     SELECT seq, priority FROM conveyor_messages
@@ -177,7 +180,8 @@ INSERT_DEAD = """
 
 # -- inspection and repair ---------------------------------------------------
 ALL_QUEUES = "SELECT name FROM conveyor_queues ORDER BY name"
-COUNT_READY = "SELECT count(*) FROM conveyor_messages WHERE state = 'ready' AND queue = ?"
+COUNT_READY = """
+    SELECT count(*), min(created) FROM conveyor_messages WHERE state = 'ready' AND queue = ?"""
 COUNT_WAITING = """
     SELECT queue, state, count(*) FROM conveyor_messages
     WHERE state != 'ready' GROUP BY queue, state"""
@@ -392,16 +396,15 @@ class SQLiteBroker(Broker):
         waiting: dict[tuple[str, str], int] = {
             (queue, state): n for queue, state, n in conn.execute(COUNT_WAITING)}
         dead: dict[str, int] = dict(conn.execute(COUNT_DEAD).fetchall())
-        return [
-            QueueStats(
-                queue=name,
-                ready=conn.execute(COUNT_READY, (name,)).fetchone()[0],
-                delayed=waiting.get((name, "delayed"), 0),
-                inflight=waiting.get((name, "leased"), 0),
-                dead=dead.get(name, 0),
-            )
-            for name in names
-        ]
+        now = time.time()
+        out = []
+        for name in names:
+            ready, oldest = conn.execute(COUNT_READY, (name,)).fetchone()
+            out.append(QueueStats(
+                queue=name, ready=ready, delayed=waiting.get((name, "delayed"), 0),
+                inflight=waiting.get((name, "leased"), 0), dead=dead.get(name, 0),
+                oldest_age=0.0 if oldest is None else max(0.0, now - oldest)))
+        return out
 
     def purge(self, queue: str) -> int:
         return self._db.write(lambda c: c.execute(PURGE, (queue,)).rowcount)

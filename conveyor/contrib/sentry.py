@@ -17,9 +17,11 @@ event, and one that retries and then succeeds is none.  Each event carries:
   other;
 * a ``conveyor task`` context with the name, id, queue, retries and the
   arguments as people may see them: Celery's ``argsrepr``/``kwargsrepr``
-  headers when the sender set them, else a short ``repr`` with keyword
-  arguments whose names look secret (``password``, ``token``, ...) masked by
-  :mod:`conveyor._redact`;
+  headers when the sender set them, else a short ``repr`` with the task's
+  ``redact`` names and keyword arguments whose names look secret
+  (``password``, ``token``, ...) masked by :mod:`conveyor._redact`; the
+  values so hidden are also masked wherever else the event's text holds them
+  (the traceback's local variables, the exception's message);
 * the mechanism ``conveyor`` (unhandled), and the exception's traceback.
 
 Failures the worker records outside a run (a hard time limit's kill, a
@@ -65,10 +67,13 @@ def _report(sender: Any = None, task_id: str | None = None,
     event, hint = event_from_exception(
         exception, client_options=sentry_sdk.get_client().options,
         mechanism={"type": "conveyor", "handled": False})
+    secrets = _hidden_values(sender, task_id, request)
+    if secrets:
+        event = _scrubbed(_frames_serialized(dict(event)), secrets)
     with sentry_sdk.new_scope() as scope:
         for key, value in _tags(name, task_id, request).items():
             scope.set_tag(key, value)
-        scope.set_context("conveyor task", _context(name, task_id, request))
+        scope.set_context("conveyor task", _context(name, task_id, request, sender))
         scope.set_transaction_name(name)
         sentry_sdk.capture_event(event, hint=hint)
 
@@ -84,17 +89,94 @@ def _tags(name: str, task_id: str | None, request: Request | None) -> dict[str, 
     return tags
 
 
-def _context(name: str, task_id: str | None, request: Request | None) -> dict[str, Any]:
+def _context(name: str, task_id: str | None, request: Request | None,
+             sender: Any = None) -> dict[str, Any]:
     context: dict[str, Any] = {"name": name, "id": task_id}
     if request is None or request.id != task_id:
         return context
-    headers = request.headers or {}
+    keys = getattr(getattr(sender, "options", None), "redact", None) or ()
+    args, kwargs = redact.arguments(tuple(request.args), dict(request.kwargs),
+                                    request.headers or {}, keys)
     context.update({
         "queue": request.delivery_info.get("queue"), "retries": request.retries,
-        "args": headers.get("argsrepr") or _REPR.repr(redact.options(tuple(request.args))),
-        "kwargs": headers.get("kwargsrepr") or _REPR.repr(redact.options(dict(request.kwargs))),
+        "args": _shown(args), "kwargs": _shown(kwargs),
     })
     return context
+
+
+def _shown(found: Any) -> str:
+    """A repr header as given; else a short repr, secret-looking keys masked too."""
+    return found if isinstance(found, str) else _REPR.repr(redact.options(found))
+
+
+#: Hidden values shorter than this are not searched for in the event's text: masking
+#: every "1" or "ok" in a traceback would make it unreadable and hide little.
+_SHORTEST_SCRUBBED = 4
+
+
+def _hidden_values(sender: Any, task_id: str | None, request: Request | None) -> set[str]:
+    """The text of every argument value the task or the call hid (``redact`` names,
+    ``argsrepr``/``kwargsrepr``): the traceback's local variables and the exception's
+    message may hold them too."""
+    if request is None or request.id != task_id:
+        return set()
+    keys = frozenset(getattr(getattr(sender, "options", None), "redact", None) or ())
+    headers = request.headers or {}
+    keys |= frozenset(k for k in headers.get("redact") or () if isinstance(k, str))
+    found: set[str] = set()
+    if isinstance(headers.get("argsrepr"), str):
+        _collect(request.args, found)
+    if isinstance(headers.get("kwargsrepr"), str):
+        _collect(request.kwargs, found)
+    _collect_under([*request.args, dict(request.kwargs)], keys, found)
+    return {text for text in found if len(text) >= _SHORTEST_SCRUBBED}
+
+
+def _collect(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            _collect(item, found)
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        found.add(str(value))
+
+
+def _collect_under(value: Any, keys: frozenset[str], found: set[str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in keys:
+                _collect(item, found)
+            else:
+                _collect_under(item, keys, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_under(item, keys, found)
+
+
+def _frames_serialized(event: dict[str, Any]) -> dict[str, Any]:
+    """Frames' local variables as Sentry would send them (reprs), so they can be searched."""
+    from sentry_sdk.serializer import serialize
+
+    for exc in (event.get("exception") or {}).get("values") or []:
+        for frame in (exc.get("stacktrace") or {}).get("frames") or []:
+            if "vars" in frame:
+                frame["vars"] = serialize(frame["vars"])
+    return event
+
+
+def _scrubbed(value: Any, secrets: set[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, redact.MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, secrets) for v in value]
+    return value
 
 
 def _otel_trace_id() -> str | None:

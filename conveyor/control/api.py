@@ -160,6 +160,12 @@ class Control:
         return self.broadcast("pool_shrink", destination=destination, arguments={"n": n},
                               **kwargs)
 
+    def autoscale(self, max: int, min: int,
+                  destination: str | Sequence[str] | None = None,
+                  **kwargs: Any) -> Replies | None:
+        return self.broadcast("autoscale", destination=destination,
+                              arguments={"max": max, "min": min}, **kwargs)
+
     def shutdown(self, destination: str | Sequence[str] | None = None,
                  **kwargs: Any) -> Replies | None:
         """Warm shutdown: stop fetching, finish running tasks, exit 0."""

@@ -175,6 +175,17 @@ class Panel:
         self._resize(size)
         return {"ok": "pool will shrink"}
 
+    def autoscale(self, max: int, min: int, **_: Any) -> Reply:
+        """Celery's ``autoscale``: new bounds for a worker started with --autoscale."""
+        scaler = self.worker.autoscaler
+        if scaler is None:
+            return {"error": "Autoscale not enabled"}
+        try:
+            scaler.update(int(max), int(min))
+        except (ConfigurationError, ValueError) as exc:
+            return {"error": str(exc)}
+        return {"ok": f"autoscale now max={scaler.maximum} min={scaler.minimum}"}
+
     def shutdown(self, msg: str = "Got shutdown from remote", **_: Any) -> Reply:
         log.warning(msg)
         self.worker.request_stop()
@@ -203,8 +214,9 @@ class Panel:
             message = Message.decode(delivery.body, self.worker.app.conf.accept_content)
         except SerializationError:
             return {**info, "name": None, "type": None, "args": [], "kwargs": {}}
-        info.update(name=message.task, type=message.task, args=list(message.args),
-                    kwargs=message.kwargs)
+        args, kwargs = self.worker.app.shown_arguments(message.task, message.args,
+                                                       message.kwargs, message.headers)
+        info.update(name=message.task, type=message.task, args=args, kwargs=kwargs)
         if started is not None:
             info["time_start"] = time.time() - (time.monotonic() - started)
         return info
@@ -212,7 +224,7 @@ class Panel:
 
 # Celery's command names, each a Panel method.
 COMMANDS = ("ping", "active", "reserved", "scheduled", "registered", "revoked", "active_queues",
-            "stats", "conf", "revoke", "rate_limit", "time_limit", "add_consumer",
+            "stats", "conf", "revoke", "rate_limit", "time_limit", "autoscale", "add_consumer",
             "cancel_consumer", "pool_grow", "pool_shrink", "shutdown")
 
 

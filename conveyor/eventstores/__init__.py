@@ -1,6 +1,7 @@
 """Event store implementations (see :mod:`conveyor._events` for what they keep).
 
-``memory`` for tests, ``sqlite`` beside the embedded broker, ``redis`` for
+``memory`` for tests, ``sqlite`` beside the embedded broker, ``postgres``
+beside a PostgreSQL broker (one database for everything), ``redis`` for
 scale-out; :func:`conveyor._events.store_from_url` picks one by URL scheme
 through :data:`EVENT_STORES`.  Each module documents its storage layout at
 the top.
@@ -14,6 +15,7 @@ from typing import Any
 from conveyor.schemes import Family
 
 _REDIS = "conveyor.eventstores.redis:RedisEventStore"
+_POSTGRES = "conveyor.eventstores.postgres:PostgresEventStore"
 
 #: Scheme → event store class, called as ``cls(url, retention, options=options)``
 #: (``options``: the Redis client options of the store's URL; others ignore them).
@@ -21,9 +23,10 @@ _REDIS = "conveyor.eventstores.redis:RedisEventStore"
 EVENT_STORES = Family("event store", "conveyor.event_stores", {
     "memory": "conveyor.eventstores.memory:MemoryEventStore",
     "sqlite": "conveyor.eventstores.sqlite:SQLiteEventStore",
+    "postgresql": _POSTGRES, "postgres": _POSTGRES,
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
     "redis+cluster": _REDIS,
-}, hint="events need sqlite, redis or memory")
+}, hint="events need sqlite, postgresql, redis or memory")
 
 
 def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:

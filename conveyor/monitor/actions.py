@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from conveyor import _redact as redact
 from conveyor._events import EventStore, TimelineEvent
 from conveyor.exceptions import ConveyorError
 from conveyor.monitor.tasks import decode
@@ -36,12 +37,25 @@ def retry(app: Conveyor, store: EventStore, task_id: str, user: str) -> str:
     if record is None or not record.task:
         raise ActionError(f"task {task_id} has no stored name and arguments to retry with "
                           "(its result expired, or it never ran)")
+    if any(isinstance(found, str) or _masked(found) for found in (record.args, record.kwargs)):
+        raise ActionError(f"task {task_id}'s arguments were stored redacted (its redact option "
+                          "or argsrepr/kwargsrepr), so the monitor cannot send them again; "
+                          "send the task again from your code")
     args = record.args if isinstance(record.args, list) else []
     kwargs = record.kwargs if isinstance(record.kwargs, dict) else {}
     result = app.send_task(record.task, args, kwargs, queue=record.queue or None)
     _note(store, task_id, f"retried by {user} as {result.id}")
     _note(store, result.id, f"sent by {user} as a retry of {task_id}")
     return result.id
+
+
+def _masked(found: Any) -> bool:
+    """Is a value masked by a task's ``redact`` option anywhere in ``found``?"""
+    if isinstance(found, dict):
+        return any(_masked(v) for v in found.values())
+    if isinstance(found, list):
+        return any(_masked(v) for v in found)
+    return found == redact.MASK
 
 
 def revoke(app: Conveyor, store: EventStore, task_id: str, user: str,

@@ -187,6 +187,12 @@ def get_overview(m: Monitor, request: Request) -> Any:
 
 
 @endpoint
+def get_status(m: Monitor, request: Request) -> Any:
+    """Is it working: workers, queue depths and ages, dead letters, beat (the overview)."""
+    return m.cached(("status",), 1.0, lambda: data.status(m.app, m.store))
+
+
+@endpoint
 def get_workers(m: Monitor, request: Request) -> Any:
     return {"workers": data.workers(m.store)}
 
@@ -324,6 +330,7 @@ def routes(monitor: Monitor) -> list[Route]:
     """Every /api route."""
     return [
         Route("/api/overview", get_overview(monitor)),
+        Route("/api/status", get_status(monitor)),
         Route("/api/workers", get_workers(monitor)),
         Route("/api/queues", get_queues(monitor)),
         Route("/api/tasks", get_tasks(monitor)),

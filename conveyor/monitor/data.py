@@ -11,12 +11,14 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conveyor import _redact as redact
 from conveyor._events import BUCKETS, DEAD, OUTCOMES, RUNTIME, WAIT, EventStore
 from conveyor._serialization import printable
+from conveyor.brokers.base import QueueStats
 from conveyor.monitor import values
 
 if TYPE_CHECKING:
@@ -200,14 +202,68 @@ def queues(app: Conveyor, store: EventStore, window: int = HOUR,
         store.sample_queues(broker)  # workers sample too; whoever comes first
     except Exception as exc:  # a read-only view must still answer
         log.warning("could not sample queue depths: %s", exc)
-    current = [{"queue": s.queue, "ready": s.ready, "delayed": s.delayed,
-                "inflight": s.inflight, "dead": s.dead} for s in broker.stats()]
+    current = [_queue_row(s) for s in broker.stats()]
     history: dict[str, list[dict[str, Any]]] = {}
     for s in store.queue_samples(now - window, now):
         history.setdefault(s.queue, []).append(
             {"t": s.minute, "ready": s.ready, "delayed": s.delayed,
              "inflight": s.inflight, "dead": s.dead})
     return {"now": now, "window": window, "queues": current, "history": history}
+
+
+def _queue_row(s: QueueStats) -> dict[str, Any]:
+    return {"queue": s.queue, "ready": s.ready, "delayed": s.delayed, "inflight": s.inflight,
+            "dead": s.dead, "oldest_age": s.oldest_age}
+
+
+# -- "is it working?" ------------------------------------------------------------
+#: How many beat entries the overview lists (the soonest first); the rest are a click away.
+NEXT_TICKS = 5
+
+
+def status(app: Conveyor, store: EventStore, now: float | None = None) -> dict[str, Any]:
+    """The overview's answer to "is it working?": workers online and offline, each
+    queue's depth and oldest waiting message, dead letters waiting, beat's leader and
+    its next ticks.  Each part is read on its own: a broker that cannot be reached
+    leaves the workers and beat readable, with the part's ``errors`` entry saying why."""
+    now = time.time() if now is None else now
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {"now": now, "errors": errors}
+    out["workers"] = _part("workers", errors, lambda: _worker_summary(store, now))
+    out["queues"] = _part("queues", errors, lambda: [_queue_row(s) for s in app.broker.stats()])
+    queues_found = out["queues"] or []
+    out["dead_letters"] = sum(q["dead"] for q in queues_found) if out["queues"] is not None \
+        else None
+    out["beat"] = _part("beat", errors, lambda: _beat_summary(app))
+    return out
+
+
+def _part(name: str, errors: dict[str, str], read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception as exc:  # one source down must not blank the others
+        log.warning("overview: could not read the %s: %s", name, exc)
+        errors[name] = printable(str(exc), 300)
+        return None
+
+
+def _worker_summary(store: EventStore, now: float) -> dict[str, Any]:
+    found = workers(store, now)
+    online = sum(1 for w in found if w["online"])
+    return {"online": online, "offline": len(found) - online, "items": [
+        {"id": w.get("id"), "hostname": w.get("hostname"), "online": w["online"],
+         "queues": w.get("queues") or [], "active_count": w["active_count"],
+         "last_seen": w["last_seen"]} for w in found]}
+
+
+def _beat_summary(app: Conveyor) -> dict[str, Any]:
+    doc = schedules(app)
+    entries = [e for e in doc.get("entries") or [] if e.get("next_run")]
+    entries.sort(key=lambda e: str(e["next_run"]))
+    return {"leader": doc.get("holder"), "alive_at": doc.get("alive_at"),
+            "timezone": doc.get("timezone"), "entries": len(doc.get("entries") or []),
+            "next": [{"name": e.get("name"), "task": e.get("task"), "next_run": e["next_run"]}
+                     for e in entries[:NEXT_TICKS]]}
 
 
 def schedules(app: Conveyor) -> dict[str, Any]:
@@ -243,18 +299,19 @@ def dead_letters(app: Conveyor, queue: str | None = None, limit: int = 100) -> l
             out.append({"id": letter.id, "queue": letter.queue,
                         "reason": printable(str(letter.reason or ""), LETTER_BUDGET),
                         "failed_at": _time(letter.failed_at), "size": len(letter.body),
-                        **_body_view(letter.body)})
+                        **_body_view(app, letter.body)})
     out.sort(key=lambda d: -d["failed_at"])
     return out[:limit]
 
 
 def dead_letter_body(app: Conveyor, queue: str, letter_id: str) -> bytes | None:
-    """One letter's body as stored, or None (looked for among the newest FIND_LIMIT)."""
+    """One letter's body as stored (arguments redacted as the task or call asked),
+    or None (looked for among the newest FIND_LIMIT)."""
     for offset in range(0, FIND_LIMIT, 500):
         letters = app.broker.dead_letters(queue, limit=500, offset=offset)
         for letter in letters:
             if letter.id == letter_id:
-                return letter.body
+                return redacted_body(app, letter.body)
         if len(letters) < 500:
             return None
     return None
@@ -268,7 +325,44 @@ def _time(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-def _body_view(body: bytes) -> dict[str, Any]:
+def redacted_body(app: Conveyor, body: bytes) -> bytes:
+    """A stored message body with secret arguments hidden (:func:`redacted_message`);
+    the same bytes when nothing is hidden or the body is not a JSON message."""
+    doc, _ = values.parse(body, PARSE_LIMIT)
+    if not isinstance(doc, dict):
+        return body
+    shown = redacted_message(app, doc)
+    return body if shown is doc else values.dumps(shown)
+
+
+def redacted_message(app: Conveyor, doc: dict[str, Any]) -> dict[str, Any]:
+    """A message body (or a signature in its workflow) with its arguments as people may
+    see them (:meth:`Conveyor.shown_arguments`); ``doc`` itself when nothing is hidden."""
+    changes: dict[str, Any] = {}
+    for key in ("chain", "callbacks", "errbacks"):
+        if isinstance(doc.get(key), list):
+            steps = [redacted_message(app, s) if isinstance(s, dict) else s for s in doc[key]]
+            if any(a is not b for a, b in zip(steps, doc[key], strict=True)):
+                changes[key] = steps
+    # A message keeps argsrepr in its headers; a signature in the workflow, in its options.
+    headers: dict[str, Any] = {}
+    for key in ("headers", "options"):
+        found = doc.get(key)
+        if isinstance(found, dict):
+            headers.update(found)
+    name = doc.get("task") if isinstance(doc.get("task"), str) else None
+    task = app.tasks.get(name) if name else None
+    keys = task.options.redact if task is not None else ()
+    if redact.arguments_hidden(headers, keys):
+        if doc.get("content_type") not in (None, "application/json"):
+            changes.update(args=redact.MASK, kwargs=redact.MASK)  # encoded: cannot pick keys
+        else:
+            changes["args"], changes["kwargs"] = app.shown_arguments(
+                name, doc.get("args"), doc.get("kwargs"), headers)
+    return {**doc, **changes} if changes else doc
+
+
+def _body_view(app: Conveyor, body: bytes) -> dict[str, Any]:
     doc, why = values.parse(body, PARSE_LIMIT)
     if not isinstance(doc, dict):
         text = body[:LETTER_BUDGET].decode("utf-8", "replace")
@@ -276,6 +370,7 @@ def _body_view(body: bytes) -> dict[str, Any]:
         return {"task": None, "task_id": None, "args": None, "kwargs": None,
                 "body": f"{text}\n…({note})" if len(body) > LETTER_BUDGET else text,
                 "truncated": len(body) > LETTER_BUDGET}
+    doc = redacted_message(app, doc)
     args, cut_args = values.shown(doc.get("args"), LETTER_BUDGET)
     kwargs, cut_kwargs = values.shown(doc.get("kwargs"), LETTER_BUDGET)
     shown, cut_body = values.shown(doc, LETTER_BUDGET)

@@ -12,6 +12,9 @@ Metrics::
     conveyor_task_runtime_seconds{task}                  histogram (BUCKETS)
     conveyor_task_queue_wait_seconds{task}               histogram (BUCKETS)
     conveyor_queue_messages{queue, state}                gauge: ready|delayed|inflight|dead
+    conveyor_queue_oldest_message_age_seconds{queue}     gauge: how long the oldest ready
+                                                         message has waited (absent when the
+                                                         broker cannot tell: RabbitMQ)
     conveyor_worker_up{worker, hostname}                 gauge: 1 online, 0 offline
     conveyor_worker_active_tasks{worker}                 gauge
     conveyor_worker_concurrency{worker}                  gauge
@@ -89,16 +92,22 @@ class StoreCollector(Collector):
         yield hist.family(RUNTIME, "conveyor_task_runtime_seconds", "Task run time")
         yield hist.family(WAIT, "conveyor_task_queue_wait_seconds",
                           "Time from sent (or ETA) to start")
-        yield self._queues()
+        yield from self._queues()
         yield from self._workers()
 
-    def _queues(self) -> GaugeMetricFamily:
+    def _queues(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("conveyor_queue_messages", "Messages per queue and state",
                                    labels=["queue", "state"])
+        age = GaugeMetricFamily("conveyor_queue_oldest_message_age_seconds",
+                                "How long the oldest ready message has waited (0: none ready)",
+                                labels=["queue"])
         for s in self.app.broker.stats():
             for state in ("ready", "delayed", "inflight", "dead"):
                 family.add_metric([s.queue, state], getattr(s, state))
-        return family
+            if s.oldest_age is not None:
+                age.add_metric([s.queue], s.oldest_age)
+        yield family
+        yield age
 
     def _workers(self) -> Iterator[GaugeMetricFamily]:
         workers = self.store.workers()

@@ -66,7 +66,27 @@ SCHEMAS: dict[str, Any] = {
         "started_at": NUM, "online": {"type": "boolean"}, "offline_at": NUM,
         "last_seen": NUM}),
     "QueueDepth": _obj({"queue": STR, "ready": NUM, "delayed": NUM, "inflight": NUM,
-                        "dead": NUM}),
+                        "dead": NUM, "oldest_age": {
+                            "type": ["number", "null"],
+                            "description": "seconds the oldest ready message has waited; 0 "
+                                           "with none ready; null: the broker cannot tell "
+                                           "(RabbitMQ)"}}),
+    "Status": _obj({
+        "now": NUM,
+        "workers": {"type": ["object", "null"], "properties": {
+            "online": NUM, "offline": NUM, "items": {"type": "array", "items": _obj({
+                "id": STR, "hostname": STR, "online": {"type": "boolean"},
+                "queues": {"type": "array", "items": STR}, "active_count": NUM,
+                "last_seen": NUM})}}},
+        "queues": {"type": ["array", "null"], "items": _ref("QueueDepth")},
+        "dead_letters": NUM_OR_NULL,
+        "beat": {"type": ["object", "null"], "properties": {
+            "leader": STR_OR_NULL, "alive_at": STR_OR_NULL, "timezone": STR, "entries": NUM,
+            "next": {"type": "array", "items": _obj({"name": STR, "task": STR,
+                                                     "next_run": STR})}}},
+        "errors": {"type": "object", "additionalProperties": STR,
+                   "description": "parts that could not be read (null above), and why"},
+    }),
     "TaskEntry": _obj({
         "task_id": STR, "name": STR, "state": STR, "queue": STR_OR_NULL, "worker": STR_OR_NULL,
         "retries": NUM, "sent_at": NUM_OR_NULL, "started_at": NUM_OR_NULL,
@@ -106,6 +126,11 @@ def _paths() -> dict[str, Any]:
         "/api/overview": {"get": {
             "summary": "Throughput, outcome rates and latency percentiles, with chart series",
             "parameters": [WINDOW], "responses": _ok(_ref("Overview"))}},
+        "/api/status": {"get": {
+            "summary": "Is it working: workers online and offline, queue depths and the "
+                       "oldest waiting message's age, dead letters, beat's leader and next "
+                       "ticks (the overview's top)",
+            "responses": _ok(_ref("Status"))}},
         "/api/workers": {"get": {
             "summary": "Workers heard from in the last hour (offline ones flagged)",
             "responses": _ok(_obj({"workers": {"type": "array", "items": _ref("Worker")}}))}},

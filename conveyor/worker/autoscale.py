@@ -5,8 +5,9 @@ at hand capped at MAX; the pool grows to it at once, and shrinks toward it
 (never below MIN) only after ``keepalive`` seconds without growing, so a
 burst that pauses for a moment does not cost a fork per task.  Celery
 counts the requests its worker reserved; here the work at hand is what the
-pool runs plus what waits in the queues this worker consumes, read from the
-broker once per check, so a backlog nobody prefetched still grows the pool.
+pool holds (running and prefetched) plus what waits in the queues this
+worker consumes, read from the broker once per check, so a backlog nobody
+prefetched still grows the pool.
 
 The decision is a pure function of what it is told (:meth:`Autoscaler.want`),
 so its rule is unit tested; the supervisor asks it every ``interval`` seconds

@@ -29,6 +29,7 @@ from conveyor.worker.startup import wait_for_broker, warn_if_calls_outlast_lease
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.worker.autoscale import Autoscaler
     from conveyor.worker.book import LeaseBook, Running
     from conveyor.worker.ratelimit import RateLimits
 
@@ -54,7 +55,8 @@ class Worker:
                  hostname: str | None = None, prefetch_multiplier: int | None = None,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 events: EventSink | None = None) -> None:
+                 events: EventSink | None = None,
+                 autoscale: tuple[int, int] | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = expand_hostname(hostname, app.main.split(".")[0])
@@ -76,6 +78,7 @@ class Worker:
         self.solo = self.pool_name == "solo"
         if self.solo:
             self.pool_name, self.concurrency = "threads", 1
+        self.autoscaler = self._autoscaler(autoscale)
         self.prefetch = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
@@ -101,6 +104,18 @@ class Worker:
     @property
     def id(self) -> str:
         return f"{self.hostname}:{os.getpid()}"
+
+    def _autoscaler(self, bounds: tuple[int, int] | None) -> Autoscaler | None:
+        """``--autoscale MAX,MIN``: the pool starts at MIN slots (as Celery's)."""
+        if bounds is None:
+            return None
+        if self.solo:
+            raise ConfigurationError("--autoscale needs a pool of several slots, not solo")
+        from conveyor.worker.autoscale import Autoscaler
+
+        scaler = Autoscaler(*bounds)
+        self.concurrency = scaler.minimum
+        return scaler
 
     def _make_pool(self) -> Any:
         if self.pool_name == "prefork":

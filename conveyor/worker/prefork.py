@@ -6,6 +6,14 @@ worker's main process is their supervisor (:mod:`conveyor.worker.supervisor`):
 it renews their leases from its own connection, so a child stuck in C code
 holding the GIL still keeps its lease; a child past its hard time limit is
 killed with SIGKILL, and a child that dies has its messages handed back.
+
+On a broker whose deliveries belong to the connection that took them
+(``Broker.leases_follow_connection``: RabbitMQ), the supervisor cannot
+acknowledge or renew for a child: each child acknowledges its own messages
+and renews what it holds from a thread of its own (:class:`OwnLeases`),
+which also keeps its connection's heartbeats answered during a long task.
+A child that dies loses its connection, and the broker hands its messages
+out again at once.
 """
 
 from __future__ import annotations
@@ -17,14 +25,16 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from conveyor import signals
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import BrokerError
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import Executor, call_task
+from conveyor.worker.execute import Executor, Outcome, call_task
 from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.watch import ChildWatch
@@ -59,7 +69,8 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     app = worker.app
     limits = worker.rate_limits
-    reporter = SlotReporter(conn.send)
+    own = app.broker.leases_follow_connection
+    reporter = OwnLeases(conn.send) if own else SlotReporter(conn.send)
     executor = Executor(app, worker.hostname, timer=SignalTimer(),
                         run_sync=until_return(call_task, reporter.returned),
                         gate=limits.gate(lambda: app.broker) if limits else None)
@@ -69,11 +80,51 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
         max_memory_kib=worker.max_memory_per_child, poll=worker.poll_interval,
     )
     signals.worker_process_init.send(sender=None)
+    if isinstance(reporter, OwnLeases):
+        threading.Thread(target=reporter.renew, args=(app, worker.lease, worker.extend_every,
+                                                      stop),
+                         name="conveyor-renew", daemon=True).start()
     try:
         consumer.run()
     finally:
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     conn.close()
+
+
+class OwnLeases(SlotReporter):
+    """A child's reporter when its broker's deliveries follow the connection:
+    the child acknowledges its own messages and renews what it holds."""
+
+    acks = False  # the consumer acknowledges each message itself
+
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
+        super().__init__(send)
+        self._mine: dict[str, Delivery] = {}
+        self._lock = threading.Lock()
+
+    def held(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            self._mine.update((d.id, d) for d in deliveries)
+        super().held(deliveries)
+
+    def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        with self._lock:
+            self._mine.pop(delivery.id, None)
+        super().done(delivery, outcome)
+
+    def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:
+        """Renew what this child holds every ``every`` s until it stops."""
+        while not stop.wait(every):
+            with self._lock:
+                held = list(self._mine.values())
+            try:
+                kept = app.broker.extend(held, lease)
+            except BrokerError as exc:
+                log.warning("could not renew %d leases: %s", len(held), exc)
+                continue
+            lost = [d.id for d, ok in zip(held, kept, strict=True) if not ok]
+            if lost:
+                log.warning("leases lost for %s (held past their lease?)", ", ".join(lost[:5]))
 
 
 class _Child(NamedTuple):
@@ -110,6 +161,10 @@ class PreforkPool(Supervisor):
     def describe(self, key: int) -> str:
         child = self.children.get(key)
         return f"child pid {child.process.pid if child else '?'}"
+
+    def _extend(self) -> None:
+        if not self.app.broker.leases_follow_connection:  # else each child renews its own
+            super()._extend()
 
     # Children are forked with the worker's queues and task limits: remote control
     # changes reach them by replacing them, each after its task (before the reply).

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 KILLED = -signal.SIGKILL  # the exit code of a killed slot
+SCALE_EVERY = 1.0  # seconds between autoscale checks (conveyor.worker.autoscale)
 RunSync = Callable[[Task, Request], Any]
 
 
@@ -124,6 +125,7 @@ class Supervisor(abc.ABC):
         self._crashes = 0  # slots in a row that died young
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
+        self._last_scale = 0.0
         # Asked from the control thread, applied by the supervising loop.
         self._recycle = False  # replace every slot
         self._requests = threading.Lock()
@@ -269,10 +271,30 @@ class Supervisor(abc.ABC):
                 limit = (running.deadline or 0) - running.started
                 self._kill(key, TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded"),
                            running)
+        if self.worker.autoscaler is not None and now - self._last_scale >= SCALE_EVERY:
+            self._last_scale = now
+            self._autoscale(now)
         if now - self._last_beat >= self.worker.heartbeat_interval:
             self._last_beat = now
             self._terminate_revoked()
             self.worker.heartbeat(self.book, len(self.book.slots))
+
+    def _autoscale(self, now: float) -> None:
+        """``--autoscale``: size the pool to what runs plus what waits in its queues."""
+        scaler = self.worker.autoscaler
+        assert scaler is not None
+        try:
+            waiting = sum(s.ready for s in self.app.broker.stats(self.worker.queues))
+        except BrokerError:
+            return  # the broker is away: keep the size until it answers
+        self.drain()
+        busy = len(self.book.all_held())  # running and prefetched: the work at hand
+        size = self.worker.concurrency
+        wanted = scaler.want(size, busy, waiting, now)
+        if wanted != size:
+            log.info("autoscale: %s the pool from %d to %d slots (%d held, %d waiting)",
+                     "growing" if wanted > size else "shrinking", size, wanted, busy, waiting)
+            self.worker.concurrency = wanted  # the loop starts or retires slots
 
     def _extend(self) -> None:
         # Read what slots said first: a message acked since the last poll is no

@@ -1,6 +1,6 @@
 """The monitor in headless Chromium, against real worker, beat and monitor processes.
 
-For SQLite and Redis: the login prompt, every page showing numbers from tasks
+For SQLite, Redis and PostgreSQL: the login prompt, every page showing numbers from tasks
 this test ran, a dead letter replayed from the page and then succeeding, a
 queued task revoked and a running one terminated from the page.
 
@@ -105,6 +105,12 @@ class Processes:
         path = self.scratch / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
+    def stop_one(self, name: str) -> None:
+        """A warm shutdown of one process (its worker says goodbye: offline at once)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -120,12 +126,14 @@ class Processes:
 OWN_REDIS_DB = 14
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def process_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """SQLite, or Redis in a database of its own: the worker, beat and monitor are
-    separate processes, and must not meet other suites' messages in the shared one."""
-    url = str(request.getfixturevalue(f"{request.param}_url"))
-    if request.param == "sqlite":
+    """SQLite, PostgreSQL in a schema of its own (broker, results, events and beat in
+    one database), or Redis in a database of its own: the worker, beat and monitor
+    are separate processes, and must not meet other suites' messages in the shared one."""
+    fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+    url = str(request.getfixturevalue(fixture))
+    if request.param in ("sqlite", "postgres"):
         yield url
         return
     import redis
@@ -193,6 +201,7 @@ def test_monitor_in_a_browser(system: Processes, browser: Any, process_url: str,
     page.on("dialog", lambda dialog: dialog.accept())
     docs = os.environ.get("CONVEYOR_DOCS_SCREENSHOTS") == "1" and process_url.startswith("sqlite")
     shots = Shots(page, tmp_path, docs)
+    system.start("spare", "worker", "-n", "spare@%h", "-Q", "spare", "-P", "solo", "-l", "INFO")
     sent = _run_the_shop(client)
     _revoke_from_the_page(page, base, sent["delayed"], expect)
     _wait_settled(client, sent)
@@ -200,6 +209,7 @@ def test_monitor_in_a_browser(system: Processes, browser: Any, process_url: str,
     _tasks_page_shows_progress(page, base, client, shots, expect)
     _dead_letter_replayed_from_the_page(page, base, client, sent["dead"], shots, expect)
     _terminate_from_the_page(page, base, client, expect)
+    _overview_answers_is_it_working(page, base, system, client, shots, expect)
     _overview_shows_the_numbers(page, base, shots, expect)
     _workers_page(page, base, shots, expect)
     _queues_page(page, base, shots, expect)
@@ -335,6 +345,43 @@ def _terminate_from_the_page(page: Any, base: str, client: Conveyor, expect: Any
     expect(page.locator("#t-timeline")).to_contain_text(f"terminated by {USER}")
 
 
+def _overview_answers_is_it_working(page: Any, base: str, system: Processes, client: Conveyor,
+                                    shots: Shots, expect: Any) -> None:
+    """The overview's top: one worker online and one that stopped, a queue nobody
+    consumes with its oldest message ageing, the dead letter left, beat's leader and
+    its next ticks; each part links to its page (issue 23, item 5)."""
+    page.goto(base + "/")
+    workers = page.locator("#h-worker-list")
+    expect(workers).to_contain_text("spare@", timeout=WAIT_MS)  # heard from while it ran
+    system.stop_one("spare")
+    client.send_task("shop.add", (40, 2), queue="reports")  # no worker consumes "reports"
+    expect(page.locator("#h-workers")).to_have_text("1 online", timeout=WAIT_MS)
+    expect(page.locator("#h-workers-sub")).to_have_text("1 offline in the last hour")
+    expect(workers.locator("tbody tr.offline")).to_contain_text("spare@")
+    expect(workers.locator("tbody tr:not(.offline)")).to_contain_text("online")
+    reports = page.locator("#h-queues tr:has(a:text-is('reports'))")
+    expect(reports.locator("td").nth(1)).to_have_text("1", timeout=WAIT_MS)
+    wait_for(lambda: reports.locator("td").nth(2).inner_text().endswith(" s")
+             and float(reports.locator("td").nth(2).inner_text()[:-2]) >= 1.0,
+             20, "the waiting message's age to grow past a second")
+    expect(page.locator("#h-oldest")).to_contain_text("oldest waited")
+    default = page.locator("#h-queues tr:has(a:text-is('default'))")
+    expect(default.locator("td").nth(5)).to_have_text("1")  # the garbled message stays dead
+    expect(page.locator("#h-dead")).to_have_text("1")
+    expect(page.locator("#h-beat")).not_to_have_text(EMPTY, timeout=WAIT_MS)
+    expect(page.locator("#h-beat")).not_to_have_text("none")
+    ticks = page.locator("#h-ticks tbody")
+    expect(ticks).to_contain_text("refresh-exchange-rates")
+    expect(ticks).to_contain_text("nightly-report")
+    expect(page.locator("#h-errors")).to_be_hidden()
+    for card, target in (("#h-workers-card", "/workers"), ("#h-waiting-card", "/queues"),
+                         ("#h-dead-card", "/dead-letters"), ("#h-beat-card", "/schedules")):
+        assert page.locator(card).get_attribute("href") == target
+    shots.take("overview-health")
+    page.click("#h-dead-card")
+    expect(page).to_have_url(base + "/dead-letters")
+
+
 def _overview_shows_the_numbers(page: Any, base: str, shots: Shots, expect: Any) -> None:
     page.goto(base + "/")
     add_row = page.locator("#by-task tr:has(a:text-is('shop.add'))")
@@ -368,7 +415,7 @@ def _queues_page(page: Any, base: str, shots: Shots, expect: Any) -> None:
     page.goto(base + "/queues")
     row = page.locator("#queues tr:has(td:text-is('default'))")
     expect(row).to_be_visible(timeout=WAIT_MS)
-    expect(row.locator("td").nth(4)).to_have_text("1")  # the garbled message stays dead
+    expect(row.locator("td").nth(5)).to_have_text("1")  # the garbled message stays dead
     expect(page.locator("#queue-charts svg").first).to_be_attached(timeout=WAIT_MS)
     shots.take("queues")
 

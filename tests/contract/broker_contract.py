@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import pytest
 
+from conveyor._message import Message
 from conveyor.brokers import Broker, Envelope, broker_from_url
 
 
@@ -65,6 +66,9 @@ class BrokerContract:
     has_priorities: ClassVar[bool] = True
     #: Stores a message id once (RabbitMQ cannot look a message id up).
     stores_an_id_once: ClassVar[bool] = True
+    #: Tells how long the oldest ready message has waited (RabbitMQ cannot look at a
+    #: queue's head without taking it, and then says "unknown": None).
+    knows_oldest_age: ClassVar[bool] = True
 
     @pytest.fixture
     def url(self) -> str:
@@ -239,6 +243,37 @@ class BrokerContract:
         [s] = broker.stats(["q"])
         assert (s.ready, s.delayed, s.inflight) == (0, 0, 2)
         assert broker.ack(held) == [True, True]
+
+    def test_stats_tell_how_long_the_oldest_ready_message_has_waited(self,
+                                                                     broker: Broker) -> None:
+        """The monitor's "is it working?": a queue whose oldest message keeps ageing has
+        no consumer.  Bodies are real messages (Redis reads the send time from them)."""
+        def sent(text: str, **kw: object) -> Envelope:
+            message = Message(id=uuid.uuid4().hex, task=text, queue="q")
+            return Envelope(id=message.id, queue="q", body=message.encode(), **kw)  # type: ignore[arg-type]
+
+        broker.enqueue(sent("first"))
+        if not self.knows_oldest_age:
+            assert broker.stats(["q"])[0].oldest_age is None  # "unknown", never a made-up 0
+            return
+        started = time.time()
+        deadline = time.monotonic() + 10
+        while (age := broker.stats(["q"])[0].oldest_age) is not None and age < 1.0:
+            assert age <= time.time() - started + 0.5  # it grows with the clock, no faster
+            assert time.monotonic() < deadline, "the oldest message's age does not grow"
+            time.sleep(0.05)  # pacing the poll: the test waits for time itself to pass
+        broker.enqueue(sent("second"))
+        broker.enqueue(sent("later", eta=time.time() + 60))
+        [both] = broker.stats(["q"])
+        assert both.oldest_age is not None and both.oldest_age >= 1.0  # the oldest, not the newest
+        first = broker.reserve(["q"], 1, lease=30, timeout=0)
+        assert [d.id for d in first] and broker.ack(first) == [True]
+        [rest] = broker.stats(["q"])
+        assert rest.ready == 1 and rest.oldest_age is not None
+        assert rest.oldest_age < both.oldest_age - 0.5  # now the second's, a second younger
+        broker.ack(broker.reserve(["q"], 1, lease=30, timeout=0))
+        [empty] = broker.stats(["q"])
+        assert (empty.ready, empty.delayed, empty.oldest_age) == (0, 1, 0.0)  # ETA: not waiting
 
     def test_idempotency_key_enqueues_once(self, broker: Broker) -> None:
         first = env("a", idempotency_key="order-7", idempotency_ttl=60)

@@ -13,6 +13,7 @@ from .broker_contract import BrokerContract
 
 class TestRabbitMQClassicBroker(BrokerContract):
     stores_an_id_once = False
+    knows_oldest_age = False
 
     @pytest.fixture
     def url(self, amqp_url: str) -> str:
@@ -21,6 +22,7 @@ class TestRabbitMQClassicBroker(BrokerContract):
 
 class TestRabbitMQQuorumBroker(BrokerContract):
     stores_an_id_once = False
+    knows_oldest_age = False
     has_priorities = False
 
     @pytest.fixture

@@ -122,3 +122,39 @@ def test_task_result_admin_is_read_only(admin_client: Client,
                                {"status": states.SUCCESS})
     assert posted.status_code == 403
     assert TaskResult.objects.get(pk=row.pk).status == states.FAILURE
+
+
+def test_redacted_arguments_stay_out_of_the_result_admin(admin_client: Client, app: Any) -> None:
+    """django-celery-results keeps Celery's ``argsrepr``/``kwargsrepr`` in ``task_args``/
+    ``task_kwargs``; here the task's ``redact`` names and the call's repr options are what
+    the columns, the list and the detail page hold, while the task gets the real values."""
+    from conveyor._redact import MASK
+    from conveyor.testing import run_worker
+
+    planted = "hunter2-planted-in-admin"
+    received: list[str] = []
+
+    @app.task(name="tests.django.redacted_login", redact=["password"])
+    def login(user: str, password: str) -> str:
+        received.append(password)
+        return user
+
+    try:
+        with run_worker(app, queues=["default"]) as worker:
+            first = login.delay("ann", password=planted)
+            second = login.apply_async(("bob", planted), argsrepr="('bob', <hidden>)")
+            assert first.get(timeout=10) == "ann" and second.get(timeout=10) == "bob"
+            worker.join()
+    finally:
+        app.tasks.pop("tests.django.redacted_login", None)
+    assert received == [planted, planted]
+    rows = {r.task_id: r for r in TaskResult.objects.filter(task_id__in=[first.id, second.id])}
+    assert MASK in (rows[first.id].task_kwargs or "") and planted not in str(vars(rows[first.id]))
+    assert "<hidden>" in (rows[second.id].task_args or "")
+    assert planted not in str(vars(rows[second.id]))
+    pages = [admin_client.get(reverse("admin:conveyor_taskresult_changelist"))]
+    pages += [admin_client.get(reverse("admin:conveyor_taskresult_change", args=[r.pk]))
+              for r in rows.values()]
+    assert all(p.status_code == 200 for p in pages)
+    assert all(planted.encode() not in p.content for p in pages)
+    assert b"&lt;hidden&gt;" in pages[-1].content or b"&lt;hidden&gt;" in pages[1].content

@@ -175,7 +175,8 @@ def test_killing_the_web_process_never_splits_data_from_task(
 
 
 # -- the schema, made by manage.py migrate ------------------------------------------
-def schema_version(dsn_params: dict[str, Any], schema: str) -> int | None:
+def schema_version(dsn_params: dict[str, Any], schema: str,
+                   component: str = "broker") -> int | None:
     import psycopg
 
     with psycopg.connect(**dsn_params) as conn:
@@ -183,7 +184,7 @@ def schema_version(dsn_params: dict[str, Any], schema: str) -> int | None:
         if found is None or found[0] is None:
             return None
         row = conn.execute(f'SELECT version FROM "{schema}".conveyor_schema '
-                           "WHERE component = 'broker'").fetchone()
+                           "WHERE component = %s", (component,)).fetchone()
         return None if row is None else int(row[0])
 
 
@@ -199,6 +200,7 @@ def test_migration_creates_the_broker_tables_in_djangos_database(app: Any) -> No
     with connection.schema_editor() as editor:
         migration.create_postgres_stores(None, editor)
     assert schema_version(params, here.rsplit("schema=", 1)[1]) is not None
+    assert schema_version(params, here.rsplit("schema=", 1)[1], "events") is not None
     elsewhere = here.replace(f"/{params['dbname']}?", "/postgres?")
     app.config_from_object({"broker_url": elsewhere}, namespace=None)
     with connection.schema_editor() as editor:

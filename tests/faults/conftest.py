@@ -74,19 +74,22 @@ def fault_redis_url(request: pytest.FixtureRequest,
 
 @pytest.fixture(params=["sqlite", "redis"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The broker URL.  ``postgres`` is not in the default set: a test opts in with
+    """The broker URL.  ``postgres`` and ``amqp`` (RabbitMQ, its side store in this
+    test's directory) are not in the default set: a test opts in with
     ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
     if request.param == "postgres":
         return str(request.getfixturevalue("pg_url"))
+    if request.param == "amqp":
+        return str(request.getfixturevalue("amqp_url"))
     return str(request.getfixturevalue("fault_redis_url"))
 
 
 @pytest.fixture
 def results_url(url: str, tmp_path: Path) -> str | None:
-    """Where results go: beside the broker, except for PostgreSQL (no result store yet)."""
-    return f"sqlite:///{tmp_path / 'results.db'}" if url.startswith("postgres") else None
+    """Where results go: beside the broker, except for RabbitMQ (it keeps no records)."""
+    return f"sqlite:///{tmp_path / 'results.db'}" if url.startswith("amqp") else None
 
 
 @pytest.fixture

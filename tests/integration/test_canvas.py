@@ -166,6 +166,21 @@ def test_group_failure_is_reported_and_its_errback_called_once(flow: Flow) -> No
     assert errback in (result[1].id, result[2].id)
 
 
+def test_a_large_group_sent_from_one_template_restores_and_fails_once(flow: Flow) -> None:
+    """Members after the first are encoded from a template (conveyor/_batching.py):
+    the group still restores by id, returns values in order, and one failing
+    member among hundreds calls the group's errback once."""
+    result = group(flow.add.s(i, i) for i in range(300)).delay()
+    assert result.get(timeout=T) == [2 * i for i in range(300)]
+    restored = GroupResult.restore(result.id, app=flow.app)
+    assert restored is not None and restored.get(timeout=T) == [2 * i for i in range(300)]
+    members = [flow.add.s(i, 0) for i in range(150)] + [flow.fail.s()] + [
+        flow.add.s(i, 0) for i in range(150)]
+    failing = group(members).on_error(flow.on_error.s()).delay()
+    failed_with_boom(failing)
+    assert flow.events("errback") == [failing[150].id]
+
+
 # -- chord ---------------------------------------------------------------------------
 
 def test_chord_body_runs_once_with_results_in_header_order(flow: Flow) -> None:
@@ -177,6 +192,12 @@ def test_chord_body_runs_once_with_results_in_header_order(flow: Flow) -> None:
     piped = (group(flow.add.s(i, i) for i in range(4)) | flow.tsum.s()).delay()
     assert piped.get(timeout=T) == 12
     assert flow.events("body") == ["8"]
+
+
+def test_a_large_chord_joins_once_in_header_order(flow: Flow) -> None:
+    result = chord((flow.echo.s(i) for i in range(400)), flow.body.s()).delay()
+    assert result.get(timeout=T) == list(range(400))
+    assert flow.events("body") == ["400"]
 
 
 def test_failing_header_fails_the_chord_without_running_the_body(flow: Flow) -> None:

@@ -19,7 +19,7 @@ from conveyor._events import (
     TaskReport,
     bucket_index,
     events_url,
-    store_from_url,
+    store_for,
 )
 from conveyor._message import Message
 from conveyor.brokers.base import Delivery
@@ -132,12 +132,16 @@ def test_worker_writes_heartbeats_counters_and_the_index(sqlite_url: str) -> Non
     assert [w["online"] for w in store.workers()] == [False]  # said goodbye
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def process_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLite, or a Redis database of its own: a worker process must not take
-    other suites' messages from the shared test database."""
+    """SQLite, a PostgreSQL schema of its own (broker, results and events in one
+    database, no Redis), or a Redis database of its own: a worker process must not
+    take other suites' messages from the shared test database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'broker.db'}"
+        return
+    if request.param == "postgres":
+        yield str(request.getfixturevalue("pg_url"))
         return
     import redis
 
@@ -150,7 +154,8 @@ def process_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 
 def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> None:
-    """Children report over the pipe; the supervisor aggregates and flushes."""
+    """Children report over the pipe; the supervisor aggregates and flushes; the
+    app's own store (``store_for``, chosen from its result backend) shows it all."""
     env = worker_env(process_url, tmp_path / "ledger.txt", worker_heartbeat_interval=0.3)
     proc = start_worker(env, "-P", "prefork", "-c", "2", log=tmp_path / "worker.log")
     client = Conveyor("client", broker=process_url, set_as_current=False)
@@ -159,7 +164,7 @@ def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> Non
                    for _ in range(6)]
         for result in results:
             result.get(timeout=30)
-        store = store_from_url(process_url)
+        store = store_for(client)
 
         def all_indexed() -> bool:
             found = [store.task(r.id) for r in results]

@@ -69,10 +69,14 @@ class Served:
         self.thread.join(10)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
-    url = (f"memory://monitor-{time.monotonic_ns()}" if request.param == "memory"
-           else f"sqlite:///{tmp_path / 'monitor.db'}")
+    """One URL for broker, results and events: the monitor needs nothing else."""
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("pg_url"))
+    else:
+        url = (f"memory://monitor-{time.monotonic_ns()}" if request.param == "memory"
+               else f"sqlite:///{tmp_path / 'monitor.db'}")
     instance = Conveyor("mon", broker=url, worker_heartbeat_interval=0.2,
                         set_as_current=False)
     yield instance
@@ -98,7 +102,8 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 # -- authentication -------------------------------------------------------------------
 PROTECTED = ["/", "/workers", "/queues", "/tasks", "/tasks/x", "/dead-letters", "/schedules",
-             "/api/overview", "/api/workers", "/api/queues", "/api/tasks", "/api/tasks/running",
+             "/api/overview", "/api/status", "/api/workers", "/api/queues", "/api/tasks",
+             "/api/tasks/running",
              "/api/tasks/x", "/api/dead-letters", "/api/schedules", "/api/openapi.json",
              "/api/me", "/metrics", "/static/monitor.js", "/nope"]
 
@@ -323,6 +328,51 @@ def test_metrics_exposition(app: Conveyor, api: httpx.Client) -> None:
     assert api.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
+def test_status_answers_is_it_working(app: Conveyor, api: httpx.Client) -> None:
+    """The overview's top: workers online and offline, each queue's depth and oldest
+    waiting message, dead letters, beat's leader and next ticks, from a real worker."""
+    app.conf.beat_schedule = {"rates": {"task": "mon.add", "schedule": 30.0, "args": (1, 2)},
+                              "report": {"task": "mon.add", "schedule": 3600.0, "args": (3, 4)}}
+
+    @app.task(name="mon.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="mon.refuse")
+    def refuse() -> None:
+        raise Reject("no", requeue=False)
+
+    with run_worker(app, hostname="gone@box", concurrency=1):
+        eventually(lambda: api.get("/api/status").json()["workers"]["online"] == 1)
+    # heard from, then stopped: offline
+    app.send_task("mon.add", (1, 1), queue="reports")  # nobody consumes "reports"
+    sent_at = time.time()
+    with run_worker(app, hostname="alive@box", concurrency=1) as worker:
+        refuse.delay()
+        worker.join()
+        status = eventually(lambda: (lambda s: s if s["workers"]["online"] == 1
+                                     and s["dead_letters"] == 1 else None)(
+            api.get("/api/status").json()))
+        assert status["workers"]["offline"] == 1 and status["errors"] == {}
+        assert {w["hostname"]: w["online"] for w in status["workers"]["items"]} == {
+            "alive@box": True, "gone@box": False}
+        queues = {q["queue"]: q for q in status["queues"]}
+        waiting = queues["reports"]
+        assert waiting["ready"] == 1 and 0 <= waiting["oldest_age"] <= time.time() - sent_at + 1
+        assert queues["default"]["ready"] == 0 and queues["default"]["oldest_age"] == 0.0
+        assert queues["default"]["dead"] == 1
+        beat = status["beat"]
+        assert beat["leader"] is None and beat["entries"] == 2  # no beat runs here
+        assert [t["name"] for t in beat["next"]] == ["rates", "report"]  # soonest first
+    later = api.get("/api/status").json()  # cached for a second at most
+    deadline = time.monotonic() + 10
+    while later["queues"] and {q["queue"]: q for q in later["queues"]}["reports"][
+            "oldest_age"] < 1.0:
+        assert time.monotonic() < deadline, "the waiting message does not age"
+        time.sleep(0.2)
+        later = api.get("/api/status").json()
+
+
 def test_openapi_describes_every_route(api: httpx.Client) -> None:
     schema = api.get("/api/openapi.json").json()
     assert schema == openapi_schema() and schema["openapi"].startswith("3.1")
@@ -335,7 +385,7 @@ def test_openapi_describes_every_route(api: httpx.Client) -> None:
             if response.status_code == 404:  # the handler's own "unknown task", not routing's
                 assert "error" in response.json(), path
     described = set(schema["paths"])
-    for route in ("/api/overview", "/api/workers", "/api/queues", "/api/tasks",
+    for route in ("/api/overview", "/api/status", "/api/workers", "/api/queues", "/api/tasks",
                   "/api/tasks/running", "/api/tasks/{task_id}", "/api/tasks/{task_id}/{action}",
                   "/api/dead-letters", "/api/dead-letters/{action}", "/api/schedules",
                   "/api/me", "/metrics"):

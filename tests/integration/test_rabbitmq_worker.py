@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor.exceptions import TimeLimitExceeded
 
 from .processes import Ledger, start_worker, stop, wait_for, worker_env
 
@@ -113,3 +114,35 @@ def test_a_priority_on_a_quorum_queue_is_warned_about(amqp_quorum_url: str,
         assert len(warned) == 1 and "queue_type='classic'" in warned[0].getMessage()
     finally:
         broker.close()
+
+
+def test_prefork_children_acknowledge_their_own_messages(client: Conveyor, spawn) -> None:
+    """A RabbitMQ delivery can only be acknowledged on the channel that received it,
+    so prefork children ack (and renew) their own: after a restart nothing finished
+    runs again.  A marker sent after the restart runs behind anything RabbitMQ would
+    have handed back (requeued messages go first), so once it ends, all did."""
+    ids = [client.send_task(WORK, [0.05], queue=QUEUE).id for _ in range(20)]
+    first, ledger = spawn("-c", "2")
+    wait_for(lambda: len(ledger.events("end")) >= 20, 60, "the first 20 tasks")
+    stop(first, signal.SIGTERM, timeout=30)
+    assert first.returncode == 0
+    marker = client.send_task(WORK, [0.0], queue=QUEUE)
+    second, _ = spawn("-c", "2")
+    wait_for(lambda: marker.id in {e[1] for e in ledger.events("end")}, 60, "the marker")
+    ends = [e[1] for e in ledger.events("end")]
+    assert sorted(ends) == sorted([*ids, marker.id]), "a finished task ran again"
+    assert second.poll() is None
+
+
+def test_a_task_killed_at_its_hard_limit_does_not_come_back(client: Conveyor, spawn) -> None:
+    """The supervisor kills the child; the child's channel closes and RabbitMQ hands
+    the message out again, so the supervisor's settlement is recorded in the side
+    store and the redelivery is dropped.  Before: the task ran again and again."""
+    limited = client.send_task("tests.integration.worker_app.hard_limited", queue=QUEUE)
+    worker, ledger = spawn("-c", "1")
+    with pytest.raises(TimeLimitExceeded):
+        limited.get(timeout=30)
+    marker = client.send_task(WORK, [0.0], queue=QUEUE)
+    wait_for(lambda: marker.id in {e[1] for e in ledger.events("end")}, 60, "the marker")
+    assert ledger.count("start")[limited.id] == 1
+    assert worker.poll() is None

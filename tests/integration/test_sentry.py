@@ -118,3 +118,28 @@ def test_trace_id_of_the_current_span_is_a_tag(kept: Kept) -> None:
     traces = {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()
               if s.context}
     assert traces == {event["tags"]["trace_id"]}
+
+
+def test_redacted_arguments_in_the_event(kept: Kept) -> None:
+    """The task's ``redact`` names hide values in dict arguments too (a name that does not
+    look secret, which the default masking would miss); ``argsrepr`` is shown as given."""
+    app = make_test_app("sentry-redact")
+    planted = "card-4242-planted"
+
+    @app.task(name="t.pay", redact=["card"])
+    def pay(order: dict[str, Any], card: str) -> None:
+        raise RuntimeError("declined")
+
+    with run_worker(app, concurrency=1) as worker:
+        first = pay.delay({"id": 7, "card": planted}, card=planted)
+        second = pay.apply_async(({"id": 8}, planted), argsrepr="(order 8, <card>)")
+        worker.join()
+        for result in (first, second):
+            with pytest.raises(RuntimeError):
+                result.get(timeout=10)
+    events = _events(kept, 2)
+    contexts = {e["tags"]["conveyor.task_id"]: e["contexts"]["conveyor task"] for e in events}
+    assert "'card': '********'" in contexts[first.id]["args"]
+    assert "'id': 7" in contexts[first.id]["args"]
+    assert contexts[second.id]["args"] == "(order 8, <card>)"
+    assert planted not in repr(events)

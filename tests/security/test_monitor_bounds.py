@@ -4,7 +4,7 @@ A task search looks at no more than ``api.SCAN`` index entries however little
 its filter matches, and says when older entries may match; a dead letter of
 17 MiB makes no poll of the dead-letter list large; malformed parameters get
 a 400 naming the parameter, never a 503 carrying a store URL.  Through the
-real monitor app over real SQLite and Redis stores.  (Flower, which this
+real monitor app over real SQLite, Redis and PostgreSQL stores.  (Flower, which this
 monitor replaces, answers a search by walking every task it holds in memory.)
 """
 
@@ -24,10 +24,12 @@ from conveyor.monitor import api
 from .monitor_client import monitor, strict
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return str(request.getfixturevalue("redis_url"))
 
 

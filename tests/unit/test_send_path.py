@@ -229,6 +229,17 @@ def test_send_many_asks_a_callable_router_about_each_call() -> None:
     assert [m.args for m in _stored(app, "big")] == [(99,)]
 
 
+def test_send_many_with_a_queue_still_takes_each_calls_priority_from_a_router() -> None:
+    """A router's answer may carry a priority as well as a queue (Celery's
+    routers return options); naming the queue does not make it per batch."""
+    def urgent_first(name: str, args: Any, kwargs: Any, options: Any) -> dict[str, Any]:
+        return {"priority": 9 if args[0] == "urgent" else 1}
+
+    app = make_app(task_routes=[urgent_first])
+    app.send_many("t.any", [("normal",), ("urgent",)], queue="work")
+    assert {m.args[0]: m.priority for m in _stored(app, "work")} == {"normal": 1, "urgent": 9}
+
+
 def test_send_many_inside_a_task_records_children_and_workflow_ids() -> None:
     app = make_app()
     parent = Request(id="parent-1", root_id="root-1")

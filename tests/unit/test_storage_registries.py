@@ -83,7 +83,7 @@ def test_transport_options_are_refused_for_a_store_that_takes_none(plugins: None
 @pytest.mark.parametrize(("open_", "setting", "advice"), [
     (broker_from_url, "broker_url", "use sqlite:///path.db"),
     (result_store_from_url, "result_backend", "memory:// or django-db"),
-    (store_from_url, "task events", "events need sqlite, redis or memory"),
+    (store_from_url, "task events", "events need sqlite, postgresql, redis or memory"),
     (channel_for, "broker_url", "remote control is not available"),
 ])
 def test_an_unknown_scheme_names_the_setting_and_what_to_write(
@@ -106,6 +106,12 @@ def test_rabbitmq_keeps_no_records(open_: Any, what: str) -> None:
     assert what in str(caught.value)
 
 
-def test_there_is_no_postgres_event_store_yet() -> None:
-    with pytest.raises(ConfigurationError, match="no PostgreSQL event store yet"):
-        store_from_url("postgresql://h/db")
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgresql_urls_open_the_postgres_event_store(scheme: str) -> None:
+    """Issue 19: one PostgreSQL database carries task events too (the store connects
+    on first use, so opening one here needs no server)."""
+    from conveyor.eventstores.postgres import PostgresEventStore
+
+    store = store_from_url(f"{scheme}://h/db")
+    assert isinstance(store, PostgresEventStore)
+    store.close()

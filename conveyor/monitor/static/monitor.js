@@ -146,7 +146,59 @@
   }
 
   // -- overview ----------------------------------------------------------------
+  /* The top of the overview: is it working?  Each part links to its page. */
+  function waited(q) {
+    if (!q.ready) return "–";
+    return q.oldest_age == null ? "unknown" : secs(q.oldest_age);
+  }
+  function health() {
+    live(function () {
+      return api("/api/status").then(function (s) {
+        var errors = s.errors || {};
+        var w = s.workers;
+        $("h-workers").textContent = w ? num(w.online) + " online" : "?";
+        $("h-workers-sub").textContent = w ? num(w.offline) + " offline in the last hour" : errors.workers;
+        $("h-workers-card").className = "card " + (w && w.online ? "ok" : "bad");
+        var queues = s.queues || [];
+        var ready = queues.reduce(function (n, q) { return n + q.ready; }, 0);
+        var ages = queues.filter(function (q) { return q.ready; }).map(function (q) { return q.oldest_age; });
+        var oldest = ages.some(function (a) { return a == null; }) ? null
+          : ages.reduce(function (m, a) { return Math.max(m, a); }, 0);
+        $("h-waiting").textContent = s.queues ? num(ready) : "?";
+        $("h-oldest").textContent = !s.queues ? errors.queues
+          : !ready ? "nothing waiting" : "oldest waited " + (oldest == null ? "unknown" : secs(oldest));
+        $("h-dead").textContent = s.dead_letters == null ? "?" : num(s.dead_letters);
+        $("h-dead-sub").textContent = s.dead_letters ? "replay or discard them" : "none";
+        $("h-dead-card").className = "card " + (s.dead_letters ? "warn" : "ok");
+        var b = s.beat;
+        $("h-beat").textContent = b ? (b.leader || "none") : "?";
+        $("h-beat-sub").textContent = !b ? errors.beat
+          : b.leader ? num(b.entries) + " entries" : (b.entries ? "beat is not running" : "no periodic entries");
+        $("h-beat-card").className = "card " + (b && (b.leader || !b.entries) ? "ok" : "warn");
+        var problems = Object.keys(errors).map(function (k) { return k + ": " + errors[k]; });
+        $("h-errors").hidden = !problems.length;
+        $("h-errors").textContent = problems.length ? "Could not read " + problems.join("; ") : "";
+        fill(document.querySelector("#h-queues tbody"), queues.map(function (q) {
+          return h("tr", {}, td(h("a", { href: "/tasks?queue=" + encodeURIComponent(q.queue), text: q.queue })),
+            td(num(q.ready), "n"), td(waited(q), "n"), td(num(q.delayed), "n"), td(num(q.inflight), "n"),
+            td(h("a", { href: "/dead-letters", text: num(q.dead) }), "n"));
+        }), s.queues ? "no queue has held a message yet" : "queues unknown: " + errors.queues);
+        fill(document.querySelector("#h-worker-list tbody"), ((w && w.items) || []).map(function (x) {
+          return h("tr", { class: x.online ? "" : "offline" },
+            td(h("span", { class: "badge " + (x.online ? "s-success" : "s-offline"), text: x.online ? "online" : "offline" })),
+            td(h("a", { href: "/workers", class: "mono", text: x.id })), td((x.queues || []).join(", ")),
+            td(num(x.active_count), "n"), td(ago(x.last_seen)));
+        }), "no worker has reported in the last hour");
+        var zone = (b && b.timezone) || "UTC";
+        fill(document.querySelector("#h-ticks tbody"), ((b && b.next) || []).map(function (t) {
+          return h("tr", {}, td(t.name), td(t.task), td(whenIn(Date.parse(t.next_run) / 1000, zone)));
+        }), b ? "no tick planned" : "beat unknown: " + errors.beat);
+      });
+    });
+  }
+
   function overview() {
+    health();
     var refresh = live(function () {
       return api("/api/overview?window=" + windowChoice).then(function (o) {
         var t = o.totals;
@@ -214,7 +266,7 @@
     var refresh = live(function () {
       return api("/api/queues?window=" + windowChoice).then(function (doc) {
         fill(document.querySelector("#queues tbody"), doc.queues.map(function (q) {
-          return h("tr", {}, td(q.queue), td(num(q.ready), "n"), td(num(q.delayed), "n"),
+          return h("tr", {}, td(q.queue), td(num(q.ready), "n"), td(waited(q), "n"), td(num(q.delayed), "n"),
             td(num(q.inflight), "n"), td(h("a", { href: "/dead-letters", text: num(q.dead) }), "n"));
         }), "no queue has held a message yet");
         var box = $("queue-charts");

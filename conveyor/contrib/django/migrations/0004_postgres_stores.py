@@ -1,7 +1,8 @@
 """Create the PostgreSQL broker's tables with ``manage.py migrate``.
 
-When the project's Conveyor app keeps its broker (or results) in PostgreSQL
-*in the database being migrated*, this creates those tables now, as
+When the project's Conveyor app keeps its broker (or results, or task
+events) in PostgreSQL *in the database being migrated*, this creates those
+tables now, as
 ``conveyor db upgrade`` does, so the deploy step that runs migrations with
 the privileged role also prepares the queue.  With any other broker, or a
 PostgreSQL broker in another database, it does nothing (that database is
@@ -21,14 +22,16 @@ def create_postgres_stores(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor != "postgresql":
         return
+    from conveyor._events import events_url, store_for
     from conveyor._state import current_app
     from conveyor.contrib.django._transaction import same_database
 
     app = current_app()
     for url, open_store in ((app.conf.broker_url, lambda: app.broker),
-                            (app.conf.result_url, lambda: app.backend)):
+                            (app.conf.result_url, lambda: app.backend),
+                            (events_url(app), lambda: store_for(app).workers())):
         if url.startswith("postgres") and same_database(connection, url):
-            open_store()  # opening creates or upgrades the tables, under a lock
+            open_store()  # opening (the event store: first use) creates or upgrades the tables
 
 
 class Migration(migrations.Migration):
