@@ -112,7 +112,8 @@ def amqp_options(opts: dict[str, Any], result_backend: str | None,
             "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
             "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
     scheme = (result_backend or "").split("://", 1)[0].lower()
-    if "state_url" not in opts and scheme in ("redis", "rediss", "unix", "sentinel", "sqlite"):
+    side_stores = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "sqlite")
+    if "state_url" not in opts and scheme in side_stores:
         opts["state_url"] = result_backend
     return opts
 

@@ -640,7 +640,7 @@ def _scheme(url: str) -> str:
 
 
 def _is_redis(url: str) -> bool:
-    return _scheme(url) in ("redis", "rediss", "unix", "sentinel")
+    return _scheme(url) in ("redis", "rediss", "unix", "sentinel", "redis+cluster")
 
 
 def tls_options(key: str, value: bool | dict[str, Any] | None, url: str) -> dict[str, Any]:

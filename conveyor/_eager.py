@@ -32,12 +32,13 @@ import time
 import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from conveyor import _hooks as hooks
 from conveyor import signals, states
 from conveyor._context import Request, pop_request, push_request
 from conveyor._message import Message
+from conveyor._typing import R
 from conveyor.canvas import Canvas, Signature, chain, chord, group
 from conveyor.exceptions import (
     Ignore,
@@ -63,7 +64,7 @@ IGNORED = "IGNORED"  # Celery's names for runs that end without a stored state
 REJECTED = "REJECTED"
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The outcome of a task run in this process: Celery's ``EagerResult``.
 
     Everything is known once the run is over, so nothing here reads the
@@ -104,6 +105,16 @@ class EagerResult(AsyncResult):
 
     def ready(self) -> bool:
         return self._state != states.PENDING
+
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float = 0.5, disable_sync_subtasks: bool = True, **kwargs: Any) -> R: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool, interval: float = 0.5,
+            disable_sync_subtasks: bool = True, **kwargs: Any) -> R | BaseException: ...
+    @overload
+    def get(self, timeout: float | None, propagate: bool, interval: float = 0.5,
+            disable_sync_subtasks: bool = True, **kwargs: Any) -> R | BaseException: ...
 
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float = 0.5, disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:

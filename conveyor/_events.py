@@ -488,7 +488,7 @@ def _options_for(app: Conveyor, url: str) -> dict[str, Any]:
     """The client options of the store already at ``url``: the result store's
     (same prefix, TLS, timeouts), or the broker's when results are in Django.
     Only a Redis store has a client to configure."""
-    if scheme_of(url) not in ("redis", "rediss", "unix", "sentinel"):
+    if scheme_of(url) not in ("redis", "rediss", "unix", "sentinel", "redis+cluster"):
         return {}
     if url == app.conf.result_url:
         return app.conf.result_options()

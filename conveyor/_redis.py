@@ -8,6 +8,9 @@
   connections, ``min_other_sentinels``), reaches the master those sentinels
   name, and the next one after a failover; as in Celery, the database and
   password come from the first address and apply to the master.
+  ``redis+cluster://host:port,host2:port2`` reaches the Redis Cluster master
+  that owns the app's hash slot; the prefix becomes a hash tag
+  (:mod:`conveyor._redis_cluster`).
   ``?prefix=`` (or the ``prefix`` option) sets the key prefix, ``conveyor``
   by default, so two apps can share one database.
 * :class:`ClientHolder` builds the ``redis.Redis`` client lazily and again in a
@@ -52,6 +55,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._redis_cluster import (
+    CLUSTER_SCHEME,
+    ClusterOptions,
+    SlotConnection,
+    SlotNotServed,
+    SlotOwner,
+    cluster_options,
+    hash_tagged,
+)
 from conveyor._redis_options import _CELERY_ONLY
 from conveyor.exceptions import ConfigurationError
 
@@ -110,6 +122,7 @@ class RedisOptions:
     address: str  # "host:port" or the socket path, for error messages
     client_kwargs: dict[str, Any] = field(default_factory=dict)
     sentinel: SentinelOptions | None = None
+    cluster: ClusterOptions | None = None
     # Enqueues return only once this many replicas confirmed them (``WAIT``).
     wait_replicas: int = 0
     wait_timeout: float = 1.0
@@ -130,11 +143,13 @@ class SentinelOptions:
 
 
 def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> RedisOptions:
-    """Read a ``redis://``, ``rediss://`` or ``unix://`` URL; ``options`` override its query."""
+    """Read a ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or
+    ``redis+cluster://`` URL; ``options`` override its query."""
     parts = urlsplit(url.split(";", 1)[0])
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix", "sentinel"):
-        raise ConfigurationError(f"{url!r}: expected redis://, rediss://, unix:// or sentinel://")
+    if scheme not in ("redis", "rediss", "unix", "sentinel", CLUSTER_SCHEME):
+        raise ConfigurationError(
+            f"{url!r}: expected redis://, rediss://, unix://, sentinel:// or redis+cluster://")
     settings: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         settings[key] = value
@@ -165,8 +180,15 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     prefix = settings.pop("prefix", DEFAULT_PREFIX)
     if not prefix:
         raise ConfigurationError(f"{url!r}: the key prefix must not be empty")
-    sentinel = None
-    if scheme == "sentinel":
+    sentinel = cluster = None
+    if scheme == CLUSTER_SCHEME:
+        prefix = hash_tagged(prefix)
+        cluster = cluster_options(url, parts.netloc, prefix)
+        if _db_from_path(url, parts.path, settings) != 0:
+            raise ConfigurationError(f"{url!r}: Redis Cluster has only database 0")
+        address = f"the master of slot {cluster.slot} in the Redis Cluster of " + ",".join(
+            f"{host}:{port}" for host, port in cluster.nodes)
+    elif scheme == "sentinel":
         sentinel = _sentinel_options(url, settings)
         kwargs["db"] = _db_from_path(url, parts.path, settings)
         address = f"master {sentinel.master_name!r} of sentinels " + ",".join(
@@ -188,7 +210,7 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     if leftover:
         raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to sentinel:// URLs")
     return RedisOptions(url=url, prefix=prefix, address=address, client_kwargs=kwargs,
-                        sentinel=sentinel, **waits)
+                        sentinel=sentinel, cluster=cluster, **waits)
 
 
 def _sentinel_options(url: str, settings: dict[str, Any]) -> SentinelOptions:
@@ -303,19 +325,26 @@ def _sentinel_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions) -> re
     return manager.master_for(sentinel.master_name, connection_pool_class=DroppingSentinelPool)
 
 
-def new_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions | None = None) -> redis.Redis:
+def new_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions | None = None,
+               cluster: ClusterOptions | None = None) -> redis.Redis:
     """A ``redis.Redis`` for ``kwargs`` whose pool is a :class:`DroppingPool`.
 
     redis-py maps client options onto connection arguments (TCP, TLS, unix
     socket) in ``Redis.__init__``; the pool is rebuilt from that mapping rather
-    than repeating it here.
+    than repeating it here.  In a cluster, its connections go to the master
+    that owns the app's slot (:class:`conveyor._redis_cluster.SlotConnection`).
     """
     if sentinel is not None:
         return _sentinel_client(kwargs, sentinel)
     template = redis.Redis(**kwargs).connection_pool  # opens no connection
-    pool = DroppingPool(connection_class=template.connection_class,
+    connection_class: Any = template.connection_class
+    extra: dict[str, Any] = {}
+    if cluster is not None:
+        connection_class = SlotConnection
+        extra["slot_owner"] = SlotOwner(cluster, template.connection_kwargs)
+    pool = DroppingPool(connection_class=connection_class,
                         max_connections=template.max_connections,
-                        **template.connection_kwargs)
+                        **template.connection_kwargs, **extra)
     return redis.Redis(connection_pool=pool)
 
 
@@ -347,7 +376,8 @@ class ClientHolder:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = new_client(self.options.client_kwargs, self.options.sentinel)
+                    self._client = new_client(self.options.client_kwargs, self.options.sentinel,
+                                              self.options.cluster)
                 client = self._client
         return client
 
@@ -387,8 +417,8 @@ def failed_before_sending(error: BaseException) -> bool:
     both fail before anything runs; a connection that breaks after the
     command was written leaves the outcome unknown.
     """
-    if isinstance(error, redis.BusyLoadingError | MasterNotFoundError):
-        return True  # (no master known to the sentinels: nothing was sent)
+    if isinstance(error, redis.BusyLoadingError | MasterNotFoundError | SlotNotServed):
+        return True  # (no master known to the sentinels, or the slot moved: nothing ran)
     text = str(error).lower()
     return isinstance(error, redis.ConnectionError) and (
         "connecting to" in text or "connection refused" in text

@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, overload
 
 from conveyor import _priority as priorities
 from conveyor import _publishing as publishing
@@ -40,6 +40,7 @@ from conveyor._message import (
 )
 from conveyor._routing import Routes
 from conveyor._serialization import content_type_for
+from conveyor._typing import Q, T, TaskT
 from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.queues import check_declared, queue_name
@@ -50,6 +51,12 @@ from conveyor.task import Task, make_task, strip_no_effect, task_options
 if TYPE_CHECKING:
     from conveyor import result as _result
     from conveyor._events import EventSink
+    from conveyor._typing import (
+        AnyTaskDecorator,
+        AsyncFunctionTask,
+        BoundTaskDecorator,
+        TaskDecorator,
+    )
     from conveyor.control.api import Control
     from conveyor.result import AsyncResult
 
@@ -146,13 +153,30 @@ class Conveyor:
         self._results = None
 
     # -- task registry -------------------------------------------------------
+    # The overloads keep the function's signature for type checkers (see
+    # conveyor/_typing.py, docs/typing.md); the implementation is the last one.
     @overload
-    def task(self, fn: Callable[..., Any]) -> Task: ...
+    def task(self, fn: Callable[Q, Coroutine[Any, Any, T]], *, bind: Literal[False] = False,
+             **options: Any) -> AsyncFunctionTask[Q, T]: ...
     @overload
-    def task(self, fn: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+    def task(self, fn: Callable[Q, T], *, bind: Literal[False] = False,
+             **options: Any) -> Task[Q, T]: ...
+    @overload
+    def task(self, fn: Callable[Concatenate[Any, Q], Coroutine[Any, Any, T]], *,
+             bind: Literal[True], **options: Any) -> AsyncFunctionTask[Q, T]: ...
+    @overload
+    def task(self, fn: Callable[Concatenate[Any, Q], T], *, bind: Literal[True],
+             **options: Any) -> Task[Q, T]: ...
+    @overload
+    def task(self, fn: None = None, *, bind: Literal[False] = False,
+             **options: Any) -> TaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, *, bind: Literal[True],
+             **options: Any) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, *, bind: bool, **options: Any) -> AnyTaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None,
-             **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
+    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         """Decorator: ``@app.task`` or ``@app.task(bind=True, max_retries=3, base=MyTask)``."""
         base = options.pop("base", None) or self._default_base()
 
@@ -170,7 +194,7 @@ class Conveyor:
             base = self._task_cls = load_object(base)
         return base or Task
 
-    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+    def register_task(self, task: TaskT | type[TaskT], **options: Any) -> TaskT:
         """Register a class-based task (an instance, or a class to instantiate).
 
         As Celery's: a task without a ``name`` is named after its class
@@ -775,6 +799,27 @@ def _django_apps() -> list[str]:
     if apps.ready:
         return [config.name for config in apps.get_app_configs()]
     return [name for name in settings.INSTALLED_APPS]
+
+
+@overload
+def shared_task(fn: Callable[Q, Coroutine[Any, Any, T]], *, bind: Literal[False] = False,
+                **options: Any) -> AsyncFunctionTask[Q, T]: ...
+@overload
+def shared_task(fn: Callable[Q, T], *, bind: Literal[False] = False,
+                **options: Any) -> Task[Q, T]: ...
+@overload
+def shared_task(fn: Callable[Concatenate[Any, Q], Coroutine[Any, Any, T]], *,
+                bind: Literal[True], **options: Any) -> AsyncFunctionTask[Q, T]: ...
+@overload
+def shared_task(fn: Callable[Concatenate[Any, Q], T], *, bind: Literal[True],
+                **options: Any) -> Task[Q, T]: ...
+@overload
+def shared_task(fn: None = None, *, bind: Literal[False] = False,
+                **options: Any) -> TaskDecorator: ...
+@overload
+def shared_task(fn: None = None, *, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+@overload
+def shared_task(fn: None = None, *, bind: bool, **options: Any) -> AnyTaskDecorator: ...
 
 
 def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from conveyor import states
 from conveyor._context import running_request
 from conveyor._serialization import dumps_json
+from conveyor._typing import R
 from conveyor.exceptions import TaskRevokedError, TimeoutError
 from conveyor.resultstores.base import Stored
 from conveyor.resultstores.record import ResultRecord
@@ -18,8 +19,13 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 
-class AsyncResult:
-    """The outcome of one task id, read from the result store."""
+class AsyncResult(Generic[R]):
+    """The outcome of one task id, read from the result store.
+
+    Generic in the task's return type for type checkers: ``add.delay(1, 2)``
+    is an ``AsyncResult[int]`` whose ``get()`` is an ``int`` (docs/typing.md).
+    A bare ``AsyncResult`` means ``AsyncResult[Any]``.
+    """
 
     def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None,
                  parent: AsyncResult | GroupResult | None = None) -> None:
@@ -124,6 +130,16 @@ class AsyncResult:
         return self.state == states.FAILURE
 
     # -- waiting ---------------------------------------------------------
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float = 0.5, disable_sync_subtasks: bool = True) -> R: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool,
+            interval: float = 0.5, disable_sync_subtasks: bool = True) -> R | BaseException: ...
+    @overload
+    def get(self, timeout: float | None, propagate: bool,
+            interval: float = 0.5, disable_sync_subtasks: bool = True) -> R | BaseException: ...
+
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float = 0.5, disable_sync_subtasks: bool = True) -> Any:
         """Wait for the task and return its value (or raise its exception).

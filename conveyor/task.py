@@ -24,14 +24,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, overload
 
 from conveyor import states
 from conveyor._context import current_request
 from conveyor._retry import Backoff, backoff_for
+from conveyor._typing import A, P, Q, R, T
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # annotations only: not a runtime dependency
+
     from conveyor._config import Settings
     from conveyor._eager import EagerResult
     from conveyor.app import Conveyor
@@ -209,7 +212,7 @@ def _mixin_options(cls: type) -> dict[str, Any]:
     return found
 
 
-class Task:
+class Task(Generic[P, R]):
     """A task: a function (or a subclass's ``run``) with its options and hooks.
 
     Attribute names follow Celery's.  Subclass it (or ``app.Task``) to share
@@ -217,6 +220,11 @@ class Task:
     a class with a ``run`` method registered with ``app.register_task``.
     Option values set as class attributes (``max_retries = 5``) become the
     defaults of the class's tasks; the decorator's options win over them.
+
+    For type checkers a task is generic in its function's parameters ``P``
+    and return type ``R`` (``@app.task`` fills them in), so calls, ``delay``
+    and ``si`` are checked against the function; a bare ``Task`` is
+    ``Task[..., Any]`` and checks nothing (docs/typing.md).
     """
 
     MaxRetriesExceededError = MaxRetriesExceededError
@@ -352,7 +360,7 @@ class Task:
         return self.app.backend
 
     # -- running ----------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the body in this process, now (no message, no worker)."""
         return self.run(*args, **kwargs)
 
@@ -362,7 +370,7 @@ class Task:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
-    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> EagerResult:
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> EagerResult[R]:
         """Run the task here and now, as a worker would, and return an ``EagerResult``.
 
         The call is encoded and decoded as it would travel (a value that could
@@ -397,14 +405,17 @@ class Task:
         """Called after ``on_success`` or ``on_failure`` (not after a retry)."""
 
     # -- sending ----------------------------------------------------------
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send with positional and keyword arguments and default options."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> AsyncResult:
+    def apply_async(self, args: Any = None, kwargs: Any = None,
+                    **options: Any) -> AsyncResult[R]:
         """Send a message; ``options`` as in :meth:`Conveyor.send_task`.
 
         Under ``task_always_eager`` the task runs here instead (see :meth:`apply`).
+        ``args`` and ``kwargs`` are not checked by type checkers (a tuple
+        cannot be matched to parameters); they are checked here, at the call.
         """
         if not self.options.name:
             raise ConfigurationError(
@@ -419,7 +430,7 @@ class Task:
             return eager.apply(self, args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
 
-    def delay_on_commit(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Like :meth:`delay`, sent when the open database transaction commits.
 
         A rolled-back transaction sends nothing; outside a transaction this
@@ -428,7 +439,7 @@ class Task:
         return self.apply_async(args, kwargs, on_commit=True)
 
     def apply_async_on_commit(self, args: Any = None, kwargs: Any = None,
-                              **options: Any) -> AsyncResult:
+                              **options: Any) -> AsyncResult[R]:
         """Like :meth:`apply_async`, sent when the open database transaction commits."""
         return self.apply_async(args, kwargs, on_commit=True, **options)
 
@@ -463,14 +474,27 @@ class Task:
             self._fitting_shapes = set()
         return self._signature[1]
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
-        """A partial signature: a chain prepends the previous result to ``args``."""
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def s(self: Task[Concatenate[A, Q], T], *args: Q.args, **kwargs: Q.kwargs) -> Signature[T]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """A partial signature: a chain prepends the previous result to ``args``.
+
+        Type checkers accept either every argument or every argument but
+        the first (the chain idiom ``add.s(3)``, the previous result coming
+        first); other partial forms need :meth:`signature` (docs/typing.md).
+        """
         from conveyor.canvas import Signature
 
         return Signature._call(self._signature_name(), args, kwargs, False, self._app)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
-        """An immutable signature: ignores the previous result in a chain."""
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: ignores the previous result in a chain.
+
+        It is called with exactly these arguments, so they are checked in full.
+        """
         from conveyor.canvas import Signature
 
         return Signature._call(self._signature_name(), args, kwargs, True, self._app)
@@ -481,7 +505,8 @@ class Task:
             raise TypeError(f"signature() needs a task or a task name, got {name!r}")
         return name
 
-    def signature(self, args: Any = None, kwargs: Any = None, **options: Any) -> Signature:
+    def signature(self, args: Any = None, kwargs: Any = None,
+                  **options: Any) -> Signature[R]:
         from conveyor.canvas import Signature
 
         immutable = bool(options.pop("immutable", False))
@@ -506,7 +531,7 @@ class Task:
 
         return chunks(self, items, n)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return self.app.AsyncResult(task_id)
 
     # -- inside a running task ---------------------------------------------
@@ -574,7 +599,7 @@ class Task:
 
         return replacing.replace(self, sig)
 
-    def with_options(self, **changes: Any) -> Task:
+    def with_options(self, **changes: Any) -> Self:
         """A copy with different options (used by tests and the Django contrib)."""
         copy = _copy.copy(self)
         copy.options = replace(self.options, **changes)

@@ -343,6 +343,8 @@ Where to look
   The admin ran at {admin_url} (admin / admin). To browse it again:
       cd {shop} && ../../.venv/bin/python manage.py runserver
   then open Conveyor > Task results and Conveyor > Periodic tasks.
+  A long task with a progress bar: /reports/rebuild/ on the same server
+      (with a reports worker running: see docs/django.md, "Progress bars").
   Queues from the command line:
       cd {shop} && ../../.venv/bin/python manage.py conveyor queues
   The monitor (task history, workers, queues), with an account from the environment:

@@ -7,8 +7,12 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .redis_cluster import RedisCluster
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -50,6 +54,40 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One real Redis Cluster (3 masters, 3 replicas, ports 7100-7105) for the session
+    (for each pytest-xdist worker: gw1's on 7106-7111).
+
+    Needs ``redis-server`` and ``redis-cli``: skipped without them, failed under CI.
+    """
+    from .redis_cluster import RedisCluster
+
+    if not RedisCluster.available():
+        message = "redis-server and redis-cli are needed to start a Redis Cluster"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: they are required)")
+        pytest.skip(message)
+    # Each pytest-xdist worker starts a cluster of its own, on ports of its own.
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), first_port=7100 + 6 * _WORKER)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster, redis_prefix: str) -> Iterator[str]:
+    """The session's cluster, emptied around this test, under a prefix of this test's
+    own, which lands its keys on one slot of some master (``{t-…}``)."""
+    if not redis_cluster.healthy():  # a failover test may have left it degraded
+        pytest.fail("the session's Redis Cluster is not healthy")
+    redis_cluster.flush()
+    yield f"{redis_cluster.url}?prefix={redis_prefix}"
+    redis_cluster.flush()
 
 
 @pytest.fixture

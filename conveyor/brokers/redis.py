@@ -6,8 +6,11 @@ costs one round trip whatever the batch size.  Scripts read the server's clock
 (``TIME``): lease deadlines and ETAs are judged by one clock, never by the
 clients', so a worker with a skewed clock neither runs a delayed task early
 nor has its lease expire under it.  ETAs arrive as absolute Unix times from
-producers, and that is accepted.  Requires Redis 7.0 or later (``LMPOP``);
-Redis Cluster is not supported (scripts build their keys from the prefix).
+producers, and that is accepted.  Requires Redis 7.0 or later (``LMPOP``).
+Scripts build their keys from the prefix, with no declared keys; in a Redis
+Cluster (``redis+cluster://``) the prefix is a hash tag, so every key is in
+one slot and the client talks only to the master that owns it
+(:mod:`conveyor._redis_cluster`).
 
 Key layout
 ==========

@@ -136,7 +136,8 @@ _AMQP = "conveyor.control.amqp:side_store_channel"
 CONTROL_CHANNELS = Family("control channel", "conveyor.control_channels", {
     "memory": "conveyor.control.memory:MemoryChannel",
     "sqlite": "conveyor.control.sqlite:SQLiteChannel",
-    "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS,
+    "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+    "redis+cluster": _REDIS,
     "postgresql": _POSTGRES, "postgres": _POSTGRES,
     "amqp": _AMQP, "amqps": _AMQP, "pyamqp": _AMQP,
 }, hint="remote control is not available for this broker")

@@ -25,6 +25,7 @@ EVENT_STORES = Family("event store", "conveyor.event_stores", {
     "sqlite": "conveyor.eventstores.sqlite:SQLiteEventStore",
     "postgresql": _POSTGRES, "postgres": _POSTGRES,
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+    "redis+cluster": _REDIS,
 }, hint="events need sqlite, postgresql, redis or memory")
 
 

@@ -82,14 +82,14 @@ class RedisEventStore(EventStore):
         from conveyor._redis_options import connection_options
 
         # The URL rules every Redis store follows (``?prefix=``, TLS, unix sockets,
-        # sentinel://); ``options`` override the query: the same connection
+        # sentinel://, redis+cluster://); ``options`` override the query: the same connection
         # options and prefix as the result store at this URL (events.store_for).
         parsed = parse_redis_url(url, connection_options(options or {}))
         self.url = url
         self.retention = retention
         self.max_tasks = max_tasks
         self.p = f"{parsed.prefix}:ev"
-        self.client: Any = new_client(parsed.client_kwargs, parsed.sentinel)
+        self.client: Any = new_client(parsed.client_kwargs, parsed.sentinel, parsed.cluster)
         self._error: type[Exception] = redis.RedisError
         self._pruned_at = 0.0
 

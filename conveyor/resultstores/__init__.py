@@ -25,6 +25,7 @@ RESULT_STORES = Family("result store", "conveyor.result_stores", {
     "memory": "conveyor.resultstores.memory:MemoryResultStore",
     "sqlite": "conveyor.resultstores.sqlite:SQLiteResultStore",
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
+    "redis+cluster": _REDIS,
     "postgresql": _POSTGRES, "postgres": _POSTGRES,
 }, hint=_ALTERNATIVES)
 

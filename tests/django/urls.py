@@ -1,6 +1,12 @@
-"""URLs for the Django tests: the admin."""
+"""URLs for the Django tests: the admin, and progress bars (test_progress.py)."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from tests.django.testapp.views import start_counting
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("progress/", include("conveyor.contrib.django.progress.urls")),
+    path("start-counting/", start_counting),
+]

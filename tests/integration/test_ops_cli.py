@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,17 @@ def test_healthcheck_follows_the_worker_heartbeat(tmp_path: Path) -> None:
 
 
 def test_healthcheck_fails_clearly_when_the_broker_is_down(tmp_path: Path) -> None:
-    env = worker_env("redis://127.0.0.1:6390/0", tmp_path / "ledger")
+    port = free_port()  # nothing listens there
+    env = worker_env(f"redis://127.0.0.1:{port}/0", tmp_path / "ledger")
     result = conveyor(env, "healthcheck")
     assert result.returncode == 1
-    assert "redis://127.0.0.1:6390/0 does not answer" in result.stderr
+    assert f"redis://127.0.0.1:{port}/0 does not answer" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_report_masks_secrets(tmp_path: Path) -> None:

@@ -486,7 +486,7 @@ def test_batches_larger_than_a_script_slice(broker: RedisBroker) -> None:
     assert len({d.token for d in got}) == 2500
     assert broker.extend(got, 60) == [True] * 2500
     assert broker.ack(got) == [True] * 2500
-    assert broker.stats(["q"]) == [QueueStats("q", 0, 0, 0, 0)]
+    assert broker.stats(["q"]) == [QueueStats("q", 0, 0, 0, 0, oldest_age=0.0)]
 
 
 def test_result_batches_survive_a_script_cache_flush(private_redis: RedisServer) -> None:

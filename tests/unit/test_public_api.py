@@ -33,6 +33,7 @@ INTERNAL_PACKAGES = {
     "conveyor.beat.": "beat's parts; the package itself re-exports its public names",
     "conveyor.contrib.django.management": "Django management commands",
     "conveyor.contrib.django.migrations": "Django migrations",
+    "conveyor.contrib.django.templatetags": "template tag libraries, loaded by {% load %}",
 }
 #: Families whose backend modules the scheme registries name (conveyor/schemes.py).
 BACKEND_PACKAGES = ("conveyor.brokers.", "conveyor.resultstores.", "conveyor.eventstores.")

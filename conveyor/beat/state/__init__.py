@@ -47,6 +47,7 @@ FAMILY = Family("beat history store", "conveyor.beat_states", {
     "rediss": _REDIS,
     "unix": _REDIS,
     "sentinel": _REDIS,
+    "redis+cluster": _REDIS,
     "postgresql": _POSTGRES,
     "postgres": _POSTGRES,
 })

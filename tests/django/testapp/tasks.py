@@ -4,6 +4,7 @@ worker and beat set Django up before autodiscovery imports this module."""
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from django.db import connection
@@ -42,3 +43,22 @@ def process_order(order_id: int) -> str:
 @shared_task
 def routed_report(name: str) -> str:
     return f"report {name}"
+
+
+#: Lets tests/django/test_progress.py see a task mid-way (set it to let the task finish).
+progress_gate = threading.Event()
+
+
+@shared_task(bind=True)
+def counted(self: Any, steps: int, wait_at: int | None = None, fail_at: int | None = None) -> str:
+    """Reports each step with ``ProgressRecorder``; may wait or fail part-way."""
+    from conveyor.contrib.django.progress import ProgressRecorder
+
+    recorder = ProgressRecorder(self)
+    for step in range(steps):
+        if step == fail_at:
+            raise ValueError(f"step {step} broke")
+        recorder.set_progress(step + 1, steps, description=f"step {step + 1}")
+        if step + 1 == wait_at and not progress_gate.wait(10):
+            raise TimeoutError("the test never opened the gate")
+    return f"counted {steps}"
