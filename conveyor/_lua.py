@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
+from conveyor._redis import call
+
 if TYPE_CHECKING:
     import redis
 
@@ -61,17 +65,11 @@ def script_file(package: str, path: str, *, prelude: str | None = None) -> LuaSc
 
 def load(client: redis.Redis, script: LuaScript) -> None:
     """``SCRIPT LOAD``: the server has the script from now on (until it forgets)."""
-    from conveyor._redis import call
-
     call(client, "SCRIPT", "LOAD", script.script)
 
 
 def run(client: redis.Redis, script: LuaScript, keys: list[Any], args: list[Any]) -> Any:
     """``EVALSHA`` on a pooled connection; loads the script once if the server lacks it."""
-    from redis.exceptions import NoScriptError
-
-    from conveyor._redis import call
-
     try:
         return call(client, "EVALSHA", script.sha, len(keys), *keys, *args)
     except NoScriptError:
@@ -87,8 +85,6 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
     *its* connection, so it must follow the write on the connection that
     made it.  Returns the script's reply and how many replicas confirmed.
     """
-    from redis.exceptions import NoScriptError
-
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
@@ -108,8 +104,6 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
 
 def ensure_loaded(client: redis.Redis, *scripts: LuaScript) -> None:
     """Load whichever of ``scripts`` the server lacks (one ``SCRIPT EXISTS``)."""
-    from conveyor._redis import call
-
     present = call(client, "SCRIPT", "EXISTS", *[s.sha for s in scripts])
     for script, there in zip(scripts, present, strict=True):
         if not there:
