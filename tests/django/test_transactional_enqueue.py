@@ -24,7 +24,7 @@ import pytest
 from django.db import connection, transaction
 
 from conveyor import Conveyor
-from tests.django.conftest import ON_POSTGRES, ROOT
+from tests.django.conftest import ON_POSTGRES, ROOT, wait_for
 from tests.django.testapp.models import Order
 from tests.django.testapp.tasks import add
 
@@ -128,6 +128,13 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(10)
 
 
+def backend_alive(pid: int) -> bool:
+    """Whether the server still runs the writer's session (it ends its COMMIT first)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+        return cursor.fetchone() is not None
+
+
 def outcome(pg_app: Any, number: str) -> tuple[bool, int]:
     """(the order was committed, tasks a worker can take)."""
     return Order.objects.filter(number=number).exists(), queued(pg_app)
@@ -147,7 +154,7 @@ def test_killing_the_web_process_never_splits_data_from_task(
             cursor.execute(SLOW_COMMIT.format(table=connection.ops.quote_name(table)))
     proc = writer(pg_app, db_name, number)
     try:
-        read_until(proc, "written")
+        backend = int(read_until(proc, "written").split()[-1])
         assert outcome(pg_app, number) == (False, 0)  # nothing visible before the commit
         if moment != "after the writes":
             assert proc.stdin is not None
@@ -156,9 +163,9 @@ def test_killing_the_web_process_never_splits_data_from_task(
             read_until(proc, "committing" if moment == "inside the commit" else "committed")
         kill(proc)
         if moment == "inside the commit":
-            # The server finishes (or abandons) the COMMIT on its own: wait for the end.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_sleep(2.5)")
+            # The server finishes (or abandons) the COMMIT on its own: wait until the
+            # writer's backend is gone (bounded), not for a fixed time.
+            wait_for(lambda: not backend_alive(backend), 30, "the writer's session to end")
         committed, tasks = outcome(pg_app, number)
         assert tasks == int(committed), (moment, committed, tasks)
         if moment == "after the writes":

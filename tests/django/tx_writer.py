@@ -13,7 +13,7 @@ import django
 
 django.setup()
 
-from django.db import transaction  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 
 import tests.django.proj  # noqa: E402, F401 - the project's app, as a web process has it
 from tests.django.testapp.models import Order  # noqa: E402
@@ -27,7 +27,7 @@ def say(word: str) -> None:
 with transaction.atomic():
     Order.objects.create(number=sys.argv[1])
     result = add.delay(1, 2)
-    say(f"written {result.id}")
+    say(f"written {result.id} {connection.connection.info.backend_pid}")
     sys.stdin.readline()
     say("committing")
 say("committed")
