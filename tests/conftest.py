@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from .redis_cluster import RedisCluster
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# CONVEYOR_TEST_REDIS_PORT gives a parallel run (another checkout) a Redis of its own.
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 # One Redis database per pytest-xdist worker (gw0 -> 15, gw1 -> 11, ...; 12, 13 and 14
 # belong to the beat, event and browser suites), so parallel workers never flush each other.
 _XDIST_DBS = (15, 11, 10, 9, 8, 7, 6, 5)
@@ -137,7 +138,8 @@ def rabbitmq_vhost(queue_type: str) -> str:
 
     import pika
 
-    vhost = f"conveyor-test-{TEST_REDIS_DB}-{queue_type}"
+    run = "" if REDIS_PORT == 6379 else f"{REDIS_PORT}-"  # a parallel checkout's own Redis
+    vhost = f"conveyor-test-{run}{TEST_REDIS_DB}-{queue_type}"
     try:
         pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", RABBIT_PORT, vhost, pika.PlainCredentials("guest", "guest"),

@@ -47,6 +47,7 @@ from conveyor.brokers import memory as memory_broker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 from conveyor.scheduler import Entry, Scheduler
 from conveyor.schedules import crontab, schedule
+from tests.conftest import REDIS_PORT
 from tests.integration.processes import ROOT, wait_for
 
 UTC = timezone.utc
@@ -749,8 +750,8 @@ def isolated_redis_url(redis_url: str) -> Iterator[str]:
     import redis
 
     prefix = f"beat-test-{uuid.uuid4().hex[:8]}"
-    yield f"redis://127.0.0.1:6379/{ISOLATED_REDIS_DB}?prefix={prefix}"
-    client = redis.Redis(host="127.0.0.1", port=6379, db=ISOLATED_REDIS_DB)
+    yield f"redis://127.0.0.1:{REDIS_PORT}/{ISOLATED_REDIS_DB}?prefix={prefix}"
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=ISOLATED_REDIS_DB)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
     client.close()
