@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .faults.harness import free_port
 from .integration.processes import wait_for
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
@@ -51,12 +52,6 @@ def _write_owned(path: Path, text: str) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _answers(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
@@ -76,7 +71,7 @@ def with_host(dsn: str, port: int, password: str | None = None) -> str:
 class PgBouncer:
     """A ``pgbouncer`` in one ``pool_mode`` in front of ``server_port``."""
 
-    def __init__(self, pool_mode: str, server_port: int = 5432, pool_size: int = 20) -> None:
+    def __init__(self, pool_mode: str, server_port: int = 5432, pool_size: int = 12) -> None:
         self.pool_mode = pool_mode
         self.server_port = server_port
         self.pool_size = pool_size
@@ -93,7 +88,8 @@ class PgBouncer:
         assert binary is not None, "pgbouncer is not installed"
         self.directory = directory = _owned_directory("conveyor-pgbouncer-")
         _write_owned(directory / "userlist.txt", '"postgres" ""\n')
-        # max_db_connections bounds what this bouncer takes from the shared server.
+        # max_db_connections bounds what this bouncer takes from the shared server, and
+        # server_idle_timeout gives back what it no longer uses within seconds.
         _write_owned(directory / "pgbouncer.ini", f"""[databases]
 * = host=127.0.0.1 port={self.server_port}
 
@@ -107,6 +103,7 @@ pool_mode = {self.pool_mode}
 default_pool_size = {self.pool_size}
 max_db_connections = {self.pool_size}
 max_client_conn = 400
+server_idle_timeout = 2
 server_reset_query = DISCARD ALL
 logfile = {directory / "pgbouncer.log"}
 """)

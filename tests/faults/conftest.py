@@ -11,6 +11,7 @@ from conveyor import Conveyor
 
 from ..conftest import IN_CI, require_service
 from ..integration.processes import Ledger
+from ..postgres_servers import PostgresServer, postgres_bin
 from .harness import FIGURES, RedisServer, Workers
 
 
@@ -59,6 +60,26 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the suite, ``initdb``'d once on a port of its own,
+    which PostgreSQL fault tests may terminate, restart and kill.
+
+    Needs PostgreSQL's server binaries: skipped without them, failed under CI."""
+    if postgres_bin() is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not installed "
+                        "(CI=true: they are required)")
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture

@@ -23,11 +23,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor import Conveyor
 from conveyor.brokers.base import Broker
 
 from ..integration.processes import ROOT, Ledger, wait_for, worker_env
@@ -125,6 +128,28 @@ def wait_ready(workers: Workers, proc: subprocess.Popen[bytes], timeout: float =
     wait_for(lambda: "ready: pool=" in workers.logs() or proc.poll() is not None,
              timeout, "the worker to start")
     assert proc.poll() is None, f"the worker exited: {workers.logs()[-3000:]}"
+
+
+# -- a steady producer ----------------------------------------------------------
+@dataclass
+class Producer:
+    """Sends a task every ``interval`` s, keeping what was accepted and what failed."""
+
+    app: Conveyor
+    interval: float = 0.02
+    accepted: list[str] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    slowest: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            began = time.monotonic()
+            try:
+                self.accepted.append(self.app.send_task(task("sleep"), [0.05]).id)
+            except Exception as exc:
+                self.errors.append(exc)
+            self.slowest = max(self.slowest, time.monotonic() - began)
 
 
 # -- a Redis of our own --------------------------------------------------------

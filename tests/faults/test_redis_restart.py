@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,39 +33,18 @@ from .conftest import require_redis_server
 from .harness import (
     LEASE,
     Figures,
+    Producer,
     RedisServer,
     Workers,
     assert_nothing_lost,
     report,
     settled,
-    task,
     total_queue,
     unfinished,
     wait_ready,
 )
 
 DOWN_FOR = 2.5  # seconds Redis stays dead
-
-
-@dataclass
-class Producer:
-    """Sends a task every ``interval`` s, keeping what was accepted and what failed."""
-
-    app: Conveyor
-    interval: float = 0.02
-    accepted: list[str] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    slowest: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            began = time.monotonic()
-            try:
-                self.accepted.append(self.app.send_task(task("sleep"), [0.05]).id)
-            except Exception as exc:
-                self.errors.append(exc)
-            self.slowest = max(self.slowest, time.monotonic() - began)
 
 
 @pytest.fixture
