@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_type_hints
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
@@ -420,7 +421,20 @@ class Settings:
     @property
     def result_url(self) -> str:
         """Where results live: ``result_backend``, or beside the broker."""
-        return self.result_backend or self.broker_url
+        return self.result_backend or self.beside_broker_url
+
+    @property
+    def beside_broker_url(self) -> str:
+        """The broker's URL as the stores kept beside it open it: a PostgreSQL
+        broker's ``schema`` transport option written into the URL, so results
+        and task events share the broker's schema (they read only the URL)."""
+        schema = self.broker_transport_options.get("schema")
+        if schema is None or _scheme(self.broker_url) not in ("postgresql", "postgres"):
+            return self.broker_url
+        parts = urlsplit(self.broker_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k != "schema"]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("schema", str(schema))])))
 
     @property
     def idempotency_ttl(self) -> float:
