@@ -82,9 +82,14 @@ def test_terminated_idle_connections_cost_nothing(pg_url: str) -> None:
     broker.enqueue(Envelope("m1", "q", b"1"))
     _terminate(pg_url, [c.info.backend_pid for c in broker._pool._idle])
     assert broker.stats(["q"])[0].ready == 1
+    held = [broker._pool._take() for _ in range(4)]  # four idle ones, as a busy process has
+    for conn in held:
+        broker._pool._give_back(conn)
     _terminate(pg_url, [c.info.backend_pid for c in broker._pool._idle])
-    broker.enqueue(Envelope("m2", "q", b"2"))
-    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m1", "m2"]
+    for n in range(2, 6):  # each used to take a dead one and fail
+        broker.enqueue(Envelope(f"m{n}", "q", b"x"))
+    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == [
+        "m1", "m2", "m3", "m4", "m5"]
     broker.close()
 
 
