@@ -43,6 +43,16 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+def require_tool(what: str, present: bool) -> None:
+    """A program a test starts itself (``pgbouncer``, ``initdb``): skip on a laptop
+    without it, fail under CI, where it must be installed."""
+    if present:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not installed (CI=true: it is required)")
+    pytest.skip(f"{what} is not installed")
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A clean Redis database for this test."""

@@ -9,7 +9,7 @@ import pytest
 
 from conveyor import Conveyor
 
-from ..conftest import IN_CI, require_service
+from ..conftest import require_service, require_tool
 from ..integration.processes import Ledger
 from ..postgres_servers import PostgresServer, postgres_bin
 from .harness import FIGURES, RedisServer, Workers
@@ -43,11 +43,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def require_redis_server() -> None:
     """The ``redis-server`` binary, for tests that start (and kill) their own Redis."""
-    if RedisServer.available():
-        return
-    if IN_CI:
-        pytest.fail("redis-server is not installed (CI=true: it is required)")
-    pytest.skip("redis-server is not installed")
+    require_tool("redis-server", RedisServer.available())
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +64,7 @@ def private_postgres() -> Iterator[PostgresServer]:
     which PostgreSQL fault tests may terminate, restart and kill.
 
     Needs PostgreSQL's server binaries: skipped without them, failed under CI."""
-    if postgres_bin() is None:
-        if IN_CI:
-            pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not installed "
-                        "(CI=true: they are required)")
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    require_tool("PostgreSQL's server (initdb, pg_ctl)", postgres_bin() is not None)
     server = PostgresServer()
     try:
         server.init()

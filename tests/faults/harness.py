@@ -277,6 +277,27 @@ def assert_nothing_lost(total: TotalQueue, may_repeat: Iterable[str] = ()) -> No
     assert not unexpected, f"completed twice without a fault allowing it: {unexpected}"
 
 
+def recover_and_drain(broker: Broker, ledger: Ledger, producer: Producer,
+                      thread: threading.Thread, fault_ended: float,
+                      more: int = 20) -> tuple[float, list[str], TotalQueue]:
+    """After a fault that ended at ``fault_ended`` (monotonic): wait until a task
+    completes again (the recovery time) and ``more`` sends are accepted, stop the
+    producer, and wait until every accepted task ran.
+
+    Returns the recovery time, the accepted ids and their total queue.
+    """
+    ended = len(ledger.events("end"))
+    wait_for(lambda: len(ledger.events("end")) > ended, 30, "tasks to run again")
+    recovery = time.monotonic() - fault_ended
+    count = len(producer.accepted)
+    wait_for(lambda: len(producer.accepted) >= count + more, 30, "producing to resume")
+    producer.stop.set()
+    thread.join(10)
+    ids = list(producer.accepted)
+    wait_for(lambda: settled(broker, ledger, ids), 60, "every accepted task to run")
+    return recovery, ids, total_queue(broker, ledger, ids)
+
+
 def unfinished(ledger: Ledger, settled_ends: int) -> set[str]:
     """Tasks started but not among the first ``settled_ends`` completions.
 

@@ -47,9 +47,8 @@ from .harness import (
     Producer,
     Workers,
     assert_nothing_lost,
+    recover_and_drain,
     report,
-    settled,
-    total_queue,
     unfinished,
     wait_ready,
 )
@@ -175,17 +174,8 @@ def test_postgres_fault_mid_run(fault: str, private_postgres: PostgresServer, fa
         ended_at_fault = run.ends()
         strike(run)
         sent_by_then = set(producer.accepted)
-        ended = run.ends()
-        wait_for(lambda: run.ends() > ended, 30, "tasks to run again")
-        recovery = time.monotonic() - run.back_at
-        count = len(producer.accepted)
-        wait_for(lambda: len(producer.accepted) >= count + 20, 30, "producing to resume")
-        producer.stop.set()
-        thread.join(10)
-
-        ids = list(producer.accepted)
-        wait_for(lambda: settled(client.broker, ledger, ids), 60, "every accepted task to run")
-        total = total_queue(client.broker, ledger, ids)
+        recovery, ids, total = recover_and_drain(client.broker, ledger, producer, thread,
+                                                 run.back_at)
         # A task may repeat only if it was sent before the fault ended, and was running,
         # acking or prefetched (its lease lapsing behind a lock) when it struck.
         may_repeat = unfinished(ledger, ended_at_fault - 4) & sent_by_then

@@ -37,9 +37,8 @@ from .harness import (
     RedisServer,
     Workers,
     assert_nothing_lost,
+    recover_and_drain,
     report,
-    settled,
-    total_queue,
     unfinished,
     wait_ready,
 )
@@ -82,18 +81,8 @@ def test_redis_killed_and_restarted_mid_run(durable_redis: RedisServer, tmp_path
         accepted_while_down = len(producer.accepted) - accepted_before
         refused = producer.errors[errors_before:]
         durable_redis.start()
-        restarted_at = time.monotonic()
-        ended = len(ledger.events("end"))
-        wait_for(lambda: len(ledger.events("end")) > ended, 30, "tasks to run again")
-        recovery = time.monotonic() - restarted_at
-        count = len(producer.accepted)
-        wait_for(lambda: len(producer.accepted) >= count + 30, 30, "producing to resume")
-        producer.stop.set()
-        thread.join(10)
-
-        ids = list(producer.accepted)
-        wait_for(lambda: settled(client.broker, ledger, ids), 60, "every accepted task to run")
-        total = total_queue(client.broker, ledger, ids)
+        recovery, ids, total = recover_and_drain(client.broker, ledger, producer, thread,
+                                                 time.monotonic(), more=30)
         # A task may repeat only if it was running or acking when Redis died.
         may_repeat = unfinished(ledger, ended_at_kill - 4)
         assert_nothing_lost(total, may_repeat=may_repeat)

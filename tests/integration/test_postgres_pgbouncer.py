@@ -30,7 +30,7 @@ from conveyor import Conveyor
 from conveyor.brokers import Envelope, broker_from_url
 from conveyor.exceptions import BrokerError
 
-from ..conftest import IN_CI, PG_DSN, require_service
+from ..conftest import PG_DSN, require_service, require_tool
 from ..contract.broker_contract import BrokerContract
 from ..postgres_servers import PgBouncer, with_host
 from .processes import Ledger, start_worker, stop, worker_env
@@ -44,10 +44,7 @@ SAMPLES = 4
 
 def _bouncer(mode: str) -> Iterator[PgBouncer]:
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    if PgBouncer.binary() is None:
-        if IN_CI:
-            pytest.fail("pgbouncer is not installed (CI=true: it is required)")
-        pytest.skip("pgbouncer is not installed")
+    require_tool("pgbouncer", PgBouncer.binary() is not None)
     bouncer = PgBouncer(mode)
     bouncer.start()
     yield bouncer
