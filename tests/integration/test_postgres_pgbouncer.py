@@ -185,6 +185,32 @@ def test_without_a_listening_connection_reserve_polls_and_says_so_once(
     assert not any(PLANTED in r.getMessage() for r in caplog.records)
 
 
+def test_transaction_pooling_without_listen_url_says_once_that_nothing_listens(
+        transaction_bouncer: PgBouncer, schema: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line per process, however many stores and waits: they all poll."""
+    from conveyor import _postgres
+    from conveyor.resultstores import result_store_from_url
+
+    monkeypatch.setattr(_postgres, "_TOLD_NO_LISTEN", set())  # as in a new process
+    url = through(transaction_bouncer, schema)
+    caplog.set_level(logging.WARNING, logger="conveyor.postgres")
+    broker, other, results = broker_from_url(url), broker_from_url(url), result_store_from_url(url)
+    try:
+        for _ in range(2):
+            assert broker.reserve(["q"], 1, lease=30, timeout=0.1) == []
+            assert other.reserve(["q"], 1, lease=30, timeout=0.1) == []
+            assert results.wait("no-such-task", timeout=0.1) is None
+    finally:
+        for store in (broker, other, results):
+            store.close()
+    said = [r.getMessage() for r in caplog.records if "nothing LISTENs" in r.getMessage()]
+    assert said == [f"PostgreSQL at 127.0.0.1:{transaction_bouncer.port}/{PG_DSN.rsplit('/', 1)[1]}"
+                    ": pool_mode=transaction and no listen_url, so nothing LISTENs: waiting "
+                    "workers and result waits poll (the broker every poll_interval) instead of "
+                    "waking on NOTIFY"]
+
+
 # -- a real worker, results through the pooler, pick-up latency ----------------------
 @pytest.mark.parametrize(("mode", "listen"), [
     ("session", False), ("transaction", False), ("transaction", True)])
