@@ -82,6 +82,13 @@ def test_inspect_answers_while_every_slot_is_busy_and_shutdown_exits_0(
     assert (active["id"], active["name"], active["args"]) == (busy.id, WORK, [3.0])
     assert [r["id"] for r in inspect.reserved()[NODE]] == [waiting.id]  # prefetched, not started
     assert inspect.scheduled() == {NODE: []}
+    # query_task (Celery: {id: [state, request]}): one runs, one waits, one is unknown
+    found = inspect.query_task(busy.id, [waiting.id, "no-such-id"])[NODE]
+    assert {i: held[0] for i, held in found.items()} == {busy.id: "active",
+                                                          waiting.id: "reserved"}
+    assert found[busy.id][1]["name"] == WORK
+    assert client.control.broadcast("enable_events", destination=[NODE], reply=True,
+                                    timeout=2.0) == [{NODE: {"ok": "task events already enabled"}}]
     assert WORK in inspect.registered()[NODE]
     assert [q["name"] for q in inspect.active_queues()[NODE]] == ["default", "extra"]
     stats = inspect.stats()[NODE]
