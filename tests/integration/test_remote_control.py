@@ -176,3 +176,20 @@ def test_cli_inspect_ping_exit_status(url: str, tmp_path: Path,
                            timeout=60)
     assert found.returncode == 0, found.stderr
     assert '"ok": "pong"' in found.stdout and NODE in found.stdout
+
+
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)
+def test_cli_inspect_query_task_names_the_worker_and_state(
+        url: str, tmp_path: Path, client: Conveyor, ledger: Ledger,
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """``conveyor inspect query_task ID``: a table naming the worker, the id and its state."""
+    spawn("-P", "threads", "-c", "1")
+    busy = client.send_task(WORK, args=[3.0])
+    wait_for(lambda: started(ledger, busy.id), 20, "the long task to start")
+    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "conveyor", "-A", APP, "inspect", "query_task",
+                          busy.id, "-t", "2"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [row] = [line.split() for line in out.stdout.splitlines() if busy.id in line]
+    assert row[:3] == [NODE, busy.id, "active"] and row[3] == WORK
