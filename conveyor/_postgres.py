@@ -76,10 +76,8 @@ POOL_SIZE = 8
 CANCELLED = frozenset({"57014", "55P03", "40P01", "40001"})
 #: A prepared statement missing, or there already: the sessions moved under us.
 PREPARED_LOST = frozenset({"26000", "42P05"})
-
-
 POOL_MODES = ("session", "transaction")
-OWN_PARAMETERS = ("schema", "pool_mode", "listen_url")
+OWN_PARAMETERS = ("schema", "pool_mode", "listen_url")  # Conveyor's, never passed to libpq
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,25 +437,31 @@ class Listener:
     def _listen(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            try:
-                conn = self._pool.connect_listener()
-            except Exception as exc:
-                self._failed(exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            if self._listen_once():
+                backoff = 0.1  # it listened, then lost the connection: make it again now
                 continue
-            try:
-                self._serve(conn)
-            except Exception as exc:
-                if self._ready.is_set():
-                    log.warning("PostgreSQL: lost the LISTEN connection (%s); making it again",
-                                exc)
-                    backoff = 0.1
-                else:
-                    self._failed(exc)
-            finally:
-                self._ready.clear()
-                conn.close()
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _listen_once(self) -> bool:
+        """Connect, LISTEN and count notifications until stopped or lost; whether it
+        got as far as listening."""
+        try:
+            conn = self._pool.connect_listener()
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        try:
+            self._serve(conn)
+        except Exception as exc:
+            if not self._ready.is_set():
+                self._failed(exc)
+                return False
+            log.warning("PostgreSQL: lost the LISTEN connection (%s); making it again", exc)
+        finally:
+            self._ready.clear()
+            conn.close()
+        return True
 
     def _failed(self, exc: Exception) -> None:
         """Say once per outage that nothing listens; waiters poll meanwhile."""
@@ -470,8 +474,7 @@ class Listener:
         with errors(self._pool.options.listen_address, "LISTEN"):
             conn.execute(f"LISTEN {quoted(self._channel)}")
             if self._failing.is_set():
-                log.info("PostgreSQL at %s: listening again",
-                            self._pool.options.listen_address)
+                log.info("PostgreSQL at %s: listening again", self._pool.options.listen_address)
                 self._failing.clear()
             self._ready.set()
             self._answered.set()
