@@ -184,7 +184,7 @@ def test_cli_inspect_query_task_names_the_worker_and_state(
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     """``conveyor inspect query_task ID``: a table naming the worker, the id and its state."""
     spawn("-P", "threads", "-c", "1")
-    busy = client.send_task(WORK, args=[3.0])
+    busy = client.send_task(WORK, args=[60.0])  # still running however slow the CLI starts
     wait_for(lambda: started(ledger, busy.id), 20, "the long task to start")
     env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "conveyor", "-A", APP, "inspect", "query_task",
