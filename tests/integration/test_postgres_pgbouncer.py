@@ -45,7 +45,9 @@ SAMPLES = 4
 def _bouncer(mode: str) -> Iterator[PgBouncer]:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     require_tool("pgbouncer", PgBouncer.binary() is not None)
-    bouncer = PgBouncer(mode)
+    # Session pooling pins a server connection per client connection: a threads
+    # worker and a client use 11 at their peak, the latency probe a few more.
+    bouncer = PgBouncer(mode, pool_size=24 if mode == "session" else 12)
     bouncer.start()
     yield bouncer
     bouncer.stop()
