@@ -646,24 +646,28 @@ def _is_redis(url: str) -> bool:
 def tls_options(key: str, value: bool | dict[str, Any] | None, url: str) -> dict[str, Any]:
     """Celery's ``broker_use_ssl``/``redis_backend_use_ssl`` as Redis client options.
 
-    Celery's Redis transport turns TLS on when these are set; here the URL
-    says so (``rediss://``), and a TLS setting for a URL that is not TLS is
-    refused rather than ignored.
+    Celery's Redis transport turns TLS on when these are set.  For one server
+    the URL says so here (``rediss://``), and a TLS setting with ``redis://``
+    is refused rather than ignored; for a Sentinel master or a cluster's
+    nodes, which have no TLS scheme, the setting turns TLS on (``ssl``), as
+    in Celery.
     """
     if not value:
         return {}
-    if _scheme(url) != "rediss":
+    scheme = _scheme(url)
+    if scheme not in ("rediss", "sentinel", "redis+cluster"):
         raise ConfigurationError(
-            f"{key} is set but the URL it applies to is {_scheme(url)}://, not TLS: use a "
+            f"{key} is set but the URL it applies to is {scheme}://, not TLS: use a "
             "rediss:// URL (Redis over TLS), or remove the setting")
+    out: dict[str, Any] = {} if scheme == "rediss" else {"ssl": True}
     if value is True:
-        return {}
+        return out
     assert isinstance(value, dict)
     unknown = sorted(set(value) - set(_TLS_KEYS))
     if unknown:
         raise ConfigurationError(f"{key}: unknown key(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(_TLS_KEYS)}")
-    out = {name: value[name] for name in _TLS_KEYS if value.get(name) is not None}
+    out.update({name: value[name] for name in _TLS_KEYS if value.get(name) is not None})
     if "ssl_cert_reqs" in out:
         out["ssl_cert_reqs"] = _cert_reqs(key, out["ssl_cert_reqs"])
     return out
