@@ -411,9 +411,44 @@ class DroppingSentinelPool(_DropsIdleOnFailure, SentinelConnectionPool):
     """
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel, whose "no master found" says what each sentinel answered.
+
+    redis-py's own message lists every sentinel client's full ``repr`` (some
+    3 KB for three sentinels) and the error's class only, so a refused
+    connection and a failed certificate check read alike.
+    """
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        failures: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            where = _sentinel_address(sentinel)
+            try:
+                masters = sentinel.sentinel_masters()
+            except CONNECTION_ERRORS as exc:
+                failures.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # The sentinel that knew goes first next time, as in redis-py.
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            failures.append(f"{where}: no master {service_name!r} that is up")
+        raise MasterNotFoundError(
+            f"no sentinel named a master for {service_name!r} ({'; '.join(failures)})")
+
+
+def _sentinel_address(sentinel: redis.Redis) -> str:
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 def _sentinel_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions) -> redis.Redis:
-    manager = Sentinel(list(sentinel.hosts), min_other_sentinels=sentinel.min_other_sentinels,
-                       sentinel_kwargs=dict(sentinel.sentinel_kwargs), **kwargs)
+    # One attempt per sentinel: redis-py's default retries (three, backing off
+    # from 1 s) would make each unreachable sentinel cost four timeouts.
+    ask = {**sentinel.sentinel_kwargs, "retry": Retry(NoBackoff(), 0)}
+    manager = _Sentinels(list(sentinel.hosts), min_other_sentinels=sentinel.min_other_sentinels,
+                         sentinel_kwargs=ask, **kwargs)
     return manager.master_for(sentinel.master_name, connection_pool_class=DroppingSentinelPool)
 
 
