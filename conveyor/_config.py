@@ -88,8 +88,9 @@ class Settings:
         "different on purpose: forever by default (Celery: 100); counts retries at start only"))
     broker_use_ssl: bool | dict[str, Any] | None = field(default=False, metadata=_doc(
         "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
-        "ssl_keyfile",
-        "different on purpose: the URL must be rediss://, else the broker is refused"))
+        "ssl_keyfile; with sentinel:// or redis+cluster:// it turns TLS on",
+        "different on purpose: with one server the URL must be rediss://, else the broker "
+        "is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
         "options of the Redis result store client (the same keys as the broker's); unset "
         "ones come from the broker's: its prefix always, and all of them beside the broker",
@@ -103,8 +104,10 @@ class Settings:
     result_backend_max_sleep_between_retries_ms: int = field(default=10000, metadata=_doc(
         "cap of that backoff (ms)"))
     redis_backend_use_ssl: bool | dict[str, Any] | None = field(default=None, metadata=_doc(
-        "TLS options for a rediss:// result backend (keys as broker_use_ssl)",
-        "different on purpose: the URL must be rediss://, else the store is refused"))
+        "TLS options for a rediss:// result backend (keys as broker_use_ssl); with "
+        "sentinel:// or redis+cluster:// it turns TLS on",
+        "different on purpose: with one server the URL must be rediss://, else the store "
+        "is refused"))
     redis_socket_timeout: float | None = field(default=None, metadata=_doc(
         "socket timeout of the Redis result store; None: 5 s",
         "different on purpose: 5 s by default, not 120 s, so an outage is noticed"))

@@ -64,6 +64,7 @@ TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels"})
 topology = pytest.mark.topology
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if TOPOLOGY_FIXTURES & set(getattr(item, "fixturenames", ())):
