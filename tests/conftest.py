@@ -7,7 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
 
@@ -83,6 +83,24 @@ def require_redis_binaries(what: str) -> None:
     pytest.skip(message)
 
 
+class _Servers(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Servers)
+
+
+def running(servers: S) -> Iterator[S]:
+    """Start a set of servers for a fixture to yield; stopped afterwards, or at once
+    if they did not start."""
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One real Redis Cluster (3 masters, 3 replicas, on free ports) for the session,
@@ -90,12 +108,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     from .redis_cluster import RedisCluster
 
     require_redis_binaries("a Redis Cluster")
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(RedisCluster(tmp_path_factory.mktemp("redis-cluster")))
 
 
 @pytest.fixture
@@ -116,12 +129,7 @@ def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentin
     from .redis_sentinel import SentinelSet
 
     require_redis_binaries("Redis Sentinel")
-    sentinels = SentinelSet(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        sentinels.start()
-        yield sentinels
-    finally:
-        sentinels.stop()
+    yield from running(SentinelSet(tmp_path_factory.mktemp("redis-sentinel")))
 
 
 @pytest.fixture

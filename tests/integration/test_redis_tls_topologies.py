@@ -25,15 +25,15 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, chord
-from conveyor._events import store_for
+from conveyor import Conveyor
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.testing import run_worker
 
-from ..conftest import require_redis_binaries
+from ..conftest import require_redis_binaries, running
 from ..redis_cluster import RedisCluster
 from ..redis_sentinel import MASTER_NAME, SentinelSet
 from ..tls import RedisTls, self_signed
+from .test_redis_cluster import app_with_tasks, runs_everything
 
 pytestmark = [pytest.mark.redis, pytest.mark.topology]
 
@@ -49,53 +49,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> RedisTls:
 def tls_sentinels(tls: RedisTls, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[SentinelSet]:
     require_redis_binaries("Redis Sentinel")
-    sentinels = SentinelSet(tmp_path_factory.mktemp("tls-sentinel"), replicas=1, tls=tls)
-    try:
-        sentinels.start()
-        yield sentinels
-    finally:
-        sentinels.stop()
+    yield from running(SentinelSet(tmp_path_factory.mktemp("tls-sentinel"), replicas=1, tls=tls))
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(tls: RedisTls, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[RedisCluster]:
     require_redis_binaries("a Redis Cluster")
-    cluster = RedisCluster(tmp_path_factory.mktemp("tls-cluster"), replicas=0, tls=tls)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def _app(url: str, prefix: str, **settings: Any) -> Conveyor:
-    app = Conveyor(f"tls-{prefix}", broker=url, set_as_current=False, **settings)
-
-    @app.task(name="op.add")
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="op.total")
-    def total(values: list[int]) -> int:
-        return sum(values)
-
-    return app
-
-
-def _runs_everything(app: Conveyor) -> None:
-    """Broker, results, a chord's join, events and remote control, each over TLS."""
-    try:
-        with run_worker(app):
-            assert app.tasks["op.add"].delay(1, 2).get(timeout=T) == 3
-            joined = chord([app.tasks["op.add"].s(i, i) for i in range(4)])(
-                app.tasks["op.total"].s())
-            assert joined.get(timeout=T) == 12
-            assert store_for(app).workers(), "the worker's heartbeat was stored"
-            # (ping waits its whole timeout for replies)
-            assert app.control.ping(timeout=1.5), "the worker answered remote control"
-    finally:
-        app.close()
+    yield from running(RedisCluster(tmp_path_factory.mktemp("tls-cluster"), replicas=0, tls=tls))
 
 
 def _refused(app: Conveyor) -> str:
@@ -124,8 +85,8 @@ def _sentinel_settings(tls: RedisTls, prefix: str, master: bool = True,
 
 
 def test_sentinel_over_tls(tls: RedisTls, tls_sentinels: SentinelSet, redis_prefix: str) -> None:
-    _runs_everything(_app(tls_sentinels.url, redis_prefix,
-                          **_sentinel_settings(tls, redis_prefix)))
+    runs_everything(app_with_tasks(tls_sentinels.url, redis_prefix,
+                                   **_sentinel_settings(tls, redis_prefix)))
     master = tls_sentinels.master_port()
     client = tls_sentinels._server(master).client()
     try:
@@ -139,7 +100,7 @@ def test_sentinel_without_tls_on_one_side_cannot_connect(
         tls: RedisTls, tls_sentinels: SentinelSet, redis_prefix: str, side: str) -> None:
     settings = _sentinel_settings(tls, redis_prefix, master=side != "master",
                                   sentinels=side != "sentinels")
-    message = _refused(_app(tls_sentinels.url, redis_prefix, **settings))
+    message = _refused(app_with_tasks(tls_sentinels.url, redis_prefix, **settings))
     assert f"master {MASTER_NAME!r} of sentinels" in message
     if side == "sentinels":
         assert "no sentinel named a master" in message
@@ -149,27 +110,26 @@ def test_sentinel_certificates_are_checked(tls: RedisTls, tls_sentinels: Sentine
                                            redis_prefix: str, tmp_path: Path) -> None:
     """Trusting another certificate fails, on the sentinels' side as on the master's."""
     other, _ = self_signed(tmp_path)
-    message = _refused(_app(tls_sentinels.url, redis_prefix,
-                            **_sentinel_settings(tls, redis_prefix, ca=other)))
+    message = _refused(app_with_tasks(tls_sentinels.url, redis_prefix,
+                                      **_sentinel_settings(tls, redis_prefix, ca=other)))
     assert "no sentinel named a master" in message
     assert "certificate verify failed" in message
     settings = _sentinel_settings(tls, redis_prefix)
     settings["broker_use_ssl"]["ssl_ca_certs"] = str(other)  # the master's side only
-    message = _refused(_app(tls_sentinels.url, redis_prefix, **settings))
+    message = _refused(app_with_tasks(tls_sentinels.url, redis_prefix, **settings))
     assert "certificate verify failed" in message
 
 
 def test_cluster_over_tls(tls: RedisTls, tls_cluster: RedisCluster, redis_prefix: str) -> None:
-    _runs_everything(_app(tls_cluster.url, redis_prefix,
-                          broker_transport_options={"prefix": redis_prefix},
-                          broker_use_ssl={"ssl_cert_reqs": "required",
-                                          "ssl_ca_certs": str(tls.cert)}))
+    runs_everything(app_with_tasks(tls_cluster.url, redis_prefix,
+                                   broker_use_ssl={"ssl_cert_reqs": "required",
+                                                   "ssl_ca_certs": str(tls.cert)}))
 
 
 def test_cluster_tls_options_in_the_url(tls: RedisTls, tls_cluster: RedisCluster,
                                         redis_prefix: str) -> None:
     url = f"{tls_cluster.url}?prefix={redis_prefix}&ssl=true&ssl_ca_certs={tls.cert}"
-    app = _app(url, redis_prefix)
+    app = app_with_tasks(url, redis_prefix)
     try:
         with run_worker(app):
             assert app.tasks["op.add"].delay(2, 3).get(timeout=T) == 5
@@ -180,9 +140,11 @@ def test_cluster_tls_options_in_the_url(tls: RedisTls, tls_cluster: RedisCluster
 def test_cluster_without_tls_or_with_another_certificate_cannot_connect(
         tls: RedisTls, tls_cluster: RedisCluster, redis_prefix: str, tmp_path: Path) -> None:
     options = {"prefix": redis_prefix, "socket_timeout": 2, "socket_connect_timeout": 2}
-    message = _refused(_app(tls_cluster.url, redis_prefix, broker_transport_options=options))
+    message = _refused(app_with_tasks(tls_cluster.url, redis_prefix,
+                                      broker_transport_options=options))
     assert "Redis Cluster" in message
     other, _ = self_signed(tmp_path)
-    message = _refused(_app(tls_cluster.url, redis_prefix, broker_transport_options=options,
-                            broker_use_ssl={"ssl_ca_certs": str(other)}))
+    message = _refused(app_with_tasks(tls_cluster.url, redis_prefix,
+                                      broker_transport_options=options,
+                                      broker_use_ssl={"ssl_ca_certs": str(other)}))
     assert "certificate verify failed" in message
