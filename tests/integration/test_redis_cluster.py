@@ -21,6 +21,7 @@ from conveyor._events import store_for
 from conveyor.testing import run_worker
 
 from ..redis_cluster import RedisCluster
+from .processes import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -61,7 +62,8 @@ def runs_everything(app: Conveyor) -> None:
             joined = chord([app.tasks["op.add"].s(i, i) for i in range(4)])(
                 app.tasks["op.total"].s())
             assert joined.get(timeout=T) == 12
-            assert store_for(app).workers(), "the worker's heartbeat was stored"
+            # the first heartbeat is written by the worker's own loop, on its schedule
+            wait_for(lambda: store_for(app).workers(), T, "the worker's heartbeat in the store")
             # (ping waits its whole timeout for replies)
             assert app.control.ping(timeout=1.5), "the worker answered remote control"
     finally:
