@@ -9,7 +9,7 @@ import pytest
 
 from conveyor import Conveyor
 
-from ..conftest import require_service, require_tool
+from ..conftest import TOPOLOGIES, require_service, require_tool
 from ..integration.processes import Ledger
 from ..postgres_servers import PostgresServer, postgres_bin
 from .harness import FIGURES, RedisServer, Workers
@@ -85,17 +85,17 @@ def fault_redis_url(request: pytest.FixtureRequest,
     return private_redis.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The broker URL.  ``postgres`` and ``amqp`` (RabbitMQ, its side store in this
-    test's directory) are not in the default set: a test opts in with
-    ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
+    """The broker URL: SQLite, Redis, and Redis behind Sentinel and in a Cluster (those
+    two run in ``make test-topologies``).  ``postgres`` and ``amqp`` (RabbitMQ, its
+    side store in this test's directory) are not in the default set: a test opts in
+    with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    if request.param == "amqp":
-        return str(request.getfixturevalue("amqp_url"))
+    if request.param in ("postgres", "amqp", "sentinel", "cluster"):
+        fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+        return str(request.getfixturevalue(fixture))
     return str(request.getfixturevalue("fault_redis_url"))
 
 
@@ -107,6 +107,7 @@ def results_url(url: str, tmp_path: Path) -> str | None:
 
 @pytest.fixture
 def backend(url: str) -> str:
+    """The broker's kind, for the figures: sqlite, redis, sentinel, redis+cluster …"""
     return url.split(":", 1)[0]
 
 

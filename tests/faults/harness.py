@@ -30,10 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from conveyor import Conveyor
 from conveyor.brokers.base import Broker
 
 from ..integration.processes import ROOT, Ledger, wait_for, worker_env
+from ..tls import RedisTls
 
 APP = "tests.faults.fault_app"
 LEASE = 2.0  # seconds; every worker the fault tests start uses it
@@ -160,12 +163,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` this test owns, on its own port, that it may kill and restart."""
+    """A ``redis-server`` this test owns, on its own port, that it may kill and restart.
 
-    def __init__(self, directory: Path, durable: bool = False) -> None:
+    With ``tls`` it listens for TLS only (and replicates over TLS).
+    """
+
+    def __init__(self, directory: Path, durable: bool = False,
+                 tls: RedisTls | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.durable = durable
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -176,22 +184,28 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
+        """Start (again, after :meth:`kill`) on the same port; ``extra``: more arguments."""
         durability = (["--appendonly", "yes", "--appendfsync", "always"] if self.durable
                       else ["--appendonly", "no"])
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        listen = self.tls.server_args(self.port) if self.tls else ["--port", str(self.port)]
+        cmd = ["redis-server", *listen, "--bind", "127.0.0.1",
                "--save", "", "--dir", str(self.directory), "--protected-mode", "no",
-               *durability]
+               *durability, *extra]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
         wait_for(self.ping, 15, f"redis-server on port {self.port}")
 
-    def ping(self) -> bool:
-        import redis
+    def client(self) -> redis.Redis:
+        """A client with short timeouts (and the certificate, with TLS)."""
+        tls = self.tls.client_kwargs() if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                           socket_connect_timeout=1, **tls)
 
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+    def ping(self) -> bool:
+        client = self.client()
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -207,9 +221,7 @@ class RedisServer:
             self.proc = None
 
     def flush(self) -> None:
-        import redis
-
-        client = redis.Redis(port=self.port)
+        client = self.client()
         client.flushall()
         client.close()
 
