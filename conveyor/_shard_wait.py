@@ -52,7 +52,11 @@ class Waiters:
             self._after_fork()
             if self._idle[index]:
                 return self._idle[index].pop()
-        return broker.new_connection()
+        conn = broker.new_connection()
+        # Connected here, not by the first send: a cluster connection finds the
+        # slot's master in connect() (conveyor._redis_cluster.SlotConnection).
+        conn.connect()
+        return conn
 
     def give(self, index: int, conn: Any) -> None:
         with self._lock:
@@ -86,11 +90,13 @@ def wait_for_any(waiters: Waiters, shards: Sequence[tuple[int, RedisBroker, Sequ
     woken: int | None = None
     try:
         for index, broker, queues in shards:
-            conn = waiters.take(index, broker)
+            conn = None
             try:
+                conn = waiters.take(index, broker)
                 conn.send_command("BLPOP", *broker.wake_keys(queues), f"{block:.3f}")
             except (RedisError, OSError):
-                conn.disconnect()
+                if conn is not None:
+                    conn.disconnect()
                 return index
             pending[conn] = index
         woken = _first_reply(waiters, pending, time.monotonic() + block + GRACE)
