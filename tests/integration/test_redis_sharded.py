@@ -14,7 +14,6 @@ import time
 import uuid
 
 import pytest
-import redis
 from redis.crc import key_slot
 
 from conveyor import Conveyor, chord
@@ -23,19 +22,12 @@ from conveyor.brokers.redis_sharded import ShardedRedisBroker
 from conveyor.testing import run_worker
 
 from ..redis_cluster import RedisCluster
+from .test_redis_cluster import _keys
 
 pytestmark = pytest.mark.redis
 
 T = 20.0
 PLACES = {"left": 1, "right": 2}
-
-
-def _keys(port: int) -> list[str]:
-    client = redis.Redis(port=port)
-    try:
-        return sorted(k.decode() for k in client.keys("*"))
-    finally:
-        client.close()
 
 
 def _app(url: str, prefix: str) -> Conveyor:
