@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.cluster_scaling [--tasks 3000] [--procs 4] [--queues 12]
 
 For 1, 2 and 3 masters (no replicas) it starts a local cluster of its own on
-ports 7400-7402 (``tests/redis_cluster.py``), shards the app's queues over as
+free ports (``tests/redis_cluster.py``), shards the app's queues over as
 many shards as there are masters (``queue_shard_map``: queue ``i`` on shard
 ``i mod N``), and runs ``--procs`` client processes.  Each first enqueues
 ``--tasks`` messages one by one over all the queues, then, after every
@@ -37,7 +37,6 @@ from conveyor.brokers import Envelope, broker_from_url
 from tests.integration.processes import wait_for
 from tests.redis_cluster import RedisCluster
 
-FIRST_PORT = 7400
 BODY = b'{"task":"add","args":[1,2],"kwargs":{}}' * 3
 PREFIX = "bench"
 
@@ -109,8 +108,7 @@ def _cpu(port: int) -> float:
 
 def run(layout: Layout, procs: int, tasks: int, queues: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
-        cluster = SmallCluster(Path(directory), masters=layout.masters, replicas=0,
-                               first_port=FIRST_PORT)
+        cluster = SmallCluster(Path(directory), masters=layout.masters, replicas=0)
         try:
             cluster.start()
             url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in cluster.ports) + "/0"
