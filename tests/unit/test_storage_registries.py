@@ -97,13 +97,21 @@ def test_an_unknown_scheme_names_the_setting_and_what_to_write(
 
 @pytest.mark.parametrize(("open_", "what"), [
     (result_store_from_url, "results"), (store_from_url, "task events"),
-    (channel_for, "remote control's replies"),
 ])
 def test_rabbitmq_keeps_no_records(open_: Any, what: str) -> None:
-    """ADR 0016: results, events and control replies go to the side store, never RabbitMQ."""
+    """ADR 0016: results and events go to the side store, never RabbitMQ."""
     with pytest.raises(ConfigurationError, match="cannot be kept in RabbitMQ") as caught:
         open_("amqp://h//")
     assert what in str(caught.value)
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "amqps", "pyamqp"])
+def test_rabbitmq_remote_control_uses_its_fanout_exchange(scheme: str) -> None:
+    """ADR 0023: commands travel on RabbitMQ itself, with or without a side store
+    (the channel connects on first use, so opening one here needs no server)."""
+    from conveyor.control.amqp import AMQPChannel
+
+    assert isinstance(channel_for(f"{scheme}://h//"), AMQPChannel)
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
