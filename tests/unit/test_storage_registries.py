@@ -105,14 +105,6 @@ def test_rabbitmq_keeps_no_records(open_: Any, what: str) -> None:
     assert what in str(caught.value)
 
 
-@pytest.mark.parametrize("scheme", ["amqp", "amqps", "pyamqp"])
-def test_rabbitmq_remote_control_uses_its_fanout_exchange(scheme: str) -> None:
-    """ADR 0023: commands travel on RabbitMQ itself, with or without a side store
-    (the channel connects on first use, so opening one here needs no server)."""
-    from conveyor.control.amqp import AMQPChannel
-
-    assert isinstance(channel_for(f"{scheme}://h//"), AMQPChannel)
-
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_postgresql_urls_open_the_postgres_event_store(scheme: str) -> None:
