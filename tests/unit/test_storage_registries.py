@@ -105,7 +105,6 @@ def test_rabbitmq_keeps_no_records(open_: Any, what: str) -> None:
     assert what in str(caught.value)
 
 
-
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_postgresql_urls_open_the_postgres_event_store(scheme: str) -> None:
     """Issue 19: one PostgreSQL database carries task events too (the store connects
