@@ -137,6 +137,7 @@ class AMQPBroker(Broker):
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
+        self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
 
     # -- connection ------------------------------------------------------------
     def _chan(self) -> BlockingChannel:
@@ -314,19 +315,34 @@ class AMQPBroker(Broker):
               lease: float, poll: bool) -> list[Delivery]:
         self._expire(ch)
         self._stop_consuming(ch, queues)
+        fresh = {q for q in queues if q not in self._pushed}
         for queue in queues:
             self._declare(ch, queue)
             self._consume(ch, queue, count)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
         out: list[Delivery] = []
         for queue in queues:
+            before = len(out)
             self._from_pushed(ch, queue, count, lease, out)
-            while poll and len(out) < count:
+            pushed = len(out) > before
+            while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
+                                                             pushed):
                 more = self._get_one(ch, queue)
                 self._from_pushed(ch, queue, count, lease, out)
                 if not more:
                     break
         return out
+
+    def _top_up(self, queue: str, fresh: bool, count: int, pushed: bool) -> bool:
+        """Whether ``basic.get`` should add to what the consumer was pushed.
+
+        Yes for a consumer started by this call (nothing pushed yet), for a batch
+        still empty, and for a count beyond the consumer's prefetch (RabbitMQ will
+        not push that many).  Not when pushes already supplied part of a batch the
+        prefetch covers: the rest is on its way, and a get is a round trip (a Raft
+        command on quorum queues) that a busy worker would pay on nearly every
+        reserve."""
+        return fresh or not pushed or count > self._prefetch.get(queue, 0)
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
                      out: list[Delivery]) -> None:
@@ -360,6 +376,7 @@ class AMQPBroker(Broker):
             collections.deque())
         self._pushed[queue] = buffer
         ch.basic_qos(prefetch_count=max(1, count))
+        self._prefetch[queue] = max(1, count)
         self._consumers[queue] = ch.basic_consume(
             queue, lambda _c, method, props, body: buffer.append((method, props, body)),
             auto_ack=False)
