@@ -78,9 +78,15 @@ class _OnRabbitMQ(System):
     """What the three have in common: the vhost, made ready on construction."""
 
     queues: list[str] = []
+    broker_variable = ""  # what the system's app module reads its broker URL from
 
     def __init__(self) -> None:
         ensure_vhost(self.url)
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env[self.broker_variable] = self.url
+        return env
 
     @property
     def url(self) -> str:
@@ -101,10 +107,10 @@ class ConveyorAMQP(_OnRabbitMQ, ConveyorRedis):
     queues = ["default", "conveyor.dead.default"]
     bulk_path = "app.send_many(name, calls): one confirmed publish per task"
     worker_flags = ConveyorRedis.worker_flags + "  (quorum queues; results and side store: Redis)"
+    broker_variable = "BENCH_CONVEYOR_BROKER"
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
-        env["BENCH_CONVEYOR_BROKER"] = self.url
         env["BENCH_CONVEYOR_BACKEND"] = env["BENCH_REDIS_URL"]
         return env
 
@@ -118,11 +124,7 @@ class CeleryAMQP(_OnRabbitMQ, CelerySystem):
     queues = ["celery"]
     bulk_path = "group(...).apply_async(): one confirmed publish per task"
     worker_flags = CelerySystem.worker_flags + "  (confirm_publish=True; results: Redis)"
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env["BENCH_CELERY_BROKER"] = self.url
-        return env
+    broker_variable = "BENCH_CELERY_BROKER"
 
 
 class DramatiqAMQP(_OnRabbitMQ, DramatiqSystem):
@@ -135,8 +137,4 @@ class DramatiqAMQP(_OnRabbitMQ, DramatiqSystem):
     queues = ["default", "default.DQ", "default.XQ"]
     bulk_path = "group(...).run(): one confirmed publish per task"
     worker_flags = DramatiqSystem.worker_flags + "  (confirm_delivery=True; results: Redis)"
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env["BENCH_DRAMATIQ_BROKER"] = self.url
-        return env
+    broker_variable = "BENCH_DRAMATIQ_BROKER"
