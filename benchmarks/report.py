@@ -9,10 +9,11 @@ from benchmarks.common import summarize
 
 BASELINE = "celery"
 SUBJECT = "conveyor-redis"
-OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp")
+OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp", "conveyor-amqp-classic")
 # ``run.py --rabbitmq`` stores these in its data: the section's baseline and subject.
+# The subject uses classic queues, as the peers do (quorum: its own row).
 RABBITMQ_SECTION = {"section": "rabbitmq", "baseline": "celery-amqp",
-                    "subject": "conveyor-amqp"}
+                    "subject": "conveyor-amqp-classic"}
 
 
 def roles(data: dict[str, Any]) -> tuple[str, str]:

@@ -21,11 +21,12 @@ _REGISTRY = {
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
     # The RabbitMQ section (``--rabbitmq``), run apart from the Redis one.
+    "conveyor-amqp-classic": "benchmarks.systems.rabbitmq:ConveyorAMQPClassic",
     "conveyor-amqp": "benchmarks.systems.rabbitmq:ConveyorAMQP",
     "celery-amqp": "benchmarks.systems.rabbitmq:CeleryAMQP",
     "dramatiq-amqp": "benchmarks.systems.rabbitmq:DramatiqAMQP",
 }
-RABBITMQ = ["conveyor-amqp", "celery-amqp", "dramatiq-amqp"]
+RABBITMQ = ["conveyor-amqp-classic", "conveyor-amqp", "celery-amqp", "dramatiq-amqp"]
 ALL = [name for name in _REGISTRY if name not in RABBITMQ]
 
 

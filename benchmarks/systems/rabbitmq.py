@@ -115,6 +115,21 @@ class ConveyorAMQP(_OnRabbitMQ, ConveyorRedis):
         return env
 
 
+class ConveyorAMQPClassic(ConveyorAMQP):
+    """Classic queues, as Celery's and Dramatiq's are: a quorum queue confirms a
+    publish only once its Raft log is on disk, a classic one sooner."""
+
+    name = "conveyor-amqp-classic"
+    label = "Conveyor (RabbitMQ, classic queues)"
+    db = 8
+    worker_flags = ConveyorRedis.worker_flags + (
+        "  (queue_type=classic; results and side store: Redis)")
+
+    @property
+    def url(self) -> str:
+        return f"{amqp_url(self.name)}?queue_type=classic"
+
+
 class CeleryAMQP(_OnRabbitMQ, CelerySystem):
     name = "celery-amqp"
     label = "Celery (RabbitMQ)"
