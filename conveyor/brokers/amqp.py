@@ -34,6 +34,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from conveyor import _amqp
+from conveyor._amqp_confirms import Confirms
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
@@ -145,7 +146,7 @@ class AMQPBroker(Broker):
             self._drop()
             self._conn = connect(self._opts)
             self._channel = self._conn.channel()
-            self._channel.confirm_delivery()
+            Confirms.of(self._channel)
         return self._channel
 
     def _drop(self) -> None:
@@ -216,8 +217,9 @@ class AMQPBroker(Broker):
         ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
         ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
         ch.queue_declare(_amqp.REGISTRY, durable=True, arguments={"x-queue-type": "classic"})
-        ch.basic_publish("", _amqp.REGISTRY, queue.encode(),
-                         pika.BasicProperties(delivery_mode=2), mandatory=True)
+        confirms = Confirms.of(ch)
+        confirms.publish("", _amqp.REGISTRY, queue.encode(), pika.BasicProperties(delivery_mode=2))
+        confirms.wait()
         self._declared.add(queue)
 
     def _exists(self, queue: str) -> bool:
@@ -258,8 +260,9 @@ class AMQPBroker(Broker):
         ids = [self._claim_key(e) for e in envelopes]
         fresh = [e for e, owner in zip(envelopes, ids, strict=True) if owner == e.id]
         def op(ch: BlockingChannel) -> None:
-            for e in fresh:
-                self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
+            for e in fresh:  # all on the wire, then one wait for every confirm
+                self._send(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
+            Confirms.of(ch).wait()
         self._run(op)
         return ids
 
@@ -279,7 +282,13 @@ class AMQPBroker(Broker):
 
     def _publish(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
                  priority: int, eta: float | None, deliveries: int) -> None:
-        """Publish and wait for the confirm (pika raises on a nack or a return)."""
+        """Publish and wait for the confirm (pika's errors on a nack or a return)."""
+        self._send(ch, queue, msg_id, body, priority, eta, deliveries)
+        Confirms.of(ch).wait()
+
+    def _send(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
+              priority: int, eta: float | None, deliveries: int) -> None:
+        """Publish without waiting: the caller waits for the confirms (``Confirms``)."""
         self._declare(ch, queue)
         headers: dict[str, Any] = {_DELIVERIES: deliveries}
         exchange, key = "", queue
@@ -295,7 +304,7 @@ class AMQPBroker(Broker):
                          "first out (queue_type='classic' honours it)", queue, priority)
         props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
                                      priority=MAX_PRIORITY - priority)
-        ch.basic_publish(exchange, key, body, props, mandatory=True)
+        Confirms.of(ch).publish(exchange, key, body, props)
 
     # -- consuming ---------------------------------------------------------------
     def reserve(self, queues: Sequence[str], count: int, lease: float,
@@ -494,7 +503,9 @@ class AMQPBroker(Broker):
         self._sweep_dead(queue, {delivery.id}, replay=False)
         headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
         props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2, headers=headers)
-        ch.basic_publish(_amqp.DEAD_EXCHANGE, queue, delivery.body, props, mandatory=True)
+        confirms = Confirms.of(ch)
+        confirms.publish(_amqp.DEAD_EXCHANGE, queue, delivery.body, props)
+        confirms.wait()
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         def op(ch: BlockingChannel) -> list[bool]:
@@ -564,7 +575,7 @@ class AMQPBroker(Broker):
             self._run(lambda ch: None)
             assert self._conn is not None
             ch = self._conn.channel()
-            ch.confirm_delivery()
+            Confirms.of(ch)
             try:
                 yield ch
             finally:
