@@ -443,15 +443,33 @@ class AMQPBroker(Broker):
             self._settle_elsewhere(d)
 
         def op(ch: BlockingChannel) -> list[bool]:
-            out = []
+            out, tags = [], []
             for d in deliveries:
                 held = self._held(ch, d)
                 if held is not None:
                     del self._leases[d.token]
-                    ch.basic_ack(held.tag)
+                    tags.append(held.tag)
                 out.append(held is not None or d in foreign)
+            self._ack_tags(ch, tags)
             return out
         return self._settle(op, [d in foreign for d in deliveries])
+
+    def _ack_tags(self, ch: BlockingChannel, tags: list[int]) -> None:
+        """Acknowledge ``tags`` in one write: one ``multiple`` frame when no other
+        delivery this channel holds has a lower tag (tags rise in the order
+        RabbitMQ sends, so a delivery still on its way has a higher one), else one
+        frame each."""
+        if not tags:
+            return
+        top = max(tags)
+        others = [held.tag for held in self._leases.values()] + [
+            method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed]
+        if len(tags) > 1 and all(tag > top for tag in others):
+            ch.basic_ack(top, multiple=True)
+            return
+        for tag in tags:
+            ch._impl.basic_ack(tag)
+        ch._flush_output()
 
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
