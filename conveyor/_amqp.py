@@ -45,6 +45,7 @@ _OPTIONS: dict[str, type] = {
     "queue_type": str,
     "state_url": str,
     "connect_timeout": float,
+    "blocked_connection_timeout": float,
 }
 
 
@@ -62,6 +63,7 @@ class AMQPOptions:
     queue_type: str
     state_url: str
     connect_timeout: float
+    blocked_connection_timeout: float
 
     @property
     def place(self) -> str:
@@ -100,7 +102,8 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
         vhost=unquote(path) or "/", username=unquote(parts.username or "guest"),
         password=unquote(parts.password or "guest"), tls=tls,
         heartbeat=settings.get("heartbeat"), queue_type=queue_type,
-        state_url=str(state_url), connect_timeout=float(settings.get("connect_timeout", 4.0)))
+        state_url=str(state_url), connect_timeout=float(settings.get("connect_timeout", 4.0)),
+        blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0))
 
 
 def amqp_options(opts: dict[str, Any], result_backend: str | None,
@@ -116,6 +119,14 @@ def amqp_options(opts: dict[str, Any], result_backend: str | None,
     if "state_url" not in opts and scheme in side_stores:
         opts["state_url"] = result_backend
     return opts
+
+
+def _positive(settings: dict[str, Any], key: str, default: float) -> float:
+    value = float(settings.get(key, default))
+    if not value > 0:
+        raise ConfigurationError(f"broker_transport_options[{key!r}]={value!r}: use a number "
+                                 "of seconds above 0")
+    return value
 
 
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:

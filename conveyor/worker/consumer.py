@@ -259,7 +259,10 @@ class Consumer:
         out; the message stays with the broker, which hands it out again, so
         skipping it loses nothing.
         """
-        if time.monotonic() - reserved < self.lease / 2:
+        # Where a lease is the connection holding the message (RabbitMQ), a dropped
+        # connection ends it early: asking is a local check there, so always ask.
+        if time.monotonic() - reserved < self.lease / 2 and \
+                not self.broker.leases_follow_connection:
             return True
         try:
             [held] = self.broker.extend([delivery], self.lease)
