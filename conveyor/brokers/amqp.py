@@ -3,7 +3,13 @@
 A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
 the message out again when the connection drops (the worker died), and this
 object hands it back (``basic.nack`` with requeue) when a lease runs out
-unrenewed.  Every publish waits for the publisher confirm.  Idempotency keys,
+unrenewed.  A delivery held longer than its lease also holds a lease in the
+side store, which outlives its channel (a blip, ``consumer_timeout``): a copy
+RabbitMQ hands out meanwhile is parked, not run (:mod:`conveyor._amqp_guard`).
+Each process consumes on one connection and publishes on another
+(:mod:`conveyor._amqp_link`), so that RabbitMQ blocking publishers under an
+alarm never stalls acknowledgements (docs/decisions/0022-rabbitmq-reconnection.md).
+Every publish waits for the publisher confirm.  Idempotency keys,
 revocations and beat leases live in the store named by ``state_url`` (a
 sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up.
 
@@ -430,8 +436,15 @@ class AMQPBroker(Broker):
         # A guarded message is marked settled first: a copy RabbitMQ hands out again
         # (its channel may be gone already) is then dropped.
         settled = self._guards.holds(delivery.token) and self._guards.settle(delivery)
-        held = self._take_lease(delivery)
-        return (held is not None and self._ack_tag(held)) or settled
+
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._settle(op, False) or settled
 
     @staticmethod
     def _mine(delivery: Delivery) -> bool:

@@ -139,21 +139,22 @@ class RabbitNode:
             return int((self.directory / "node.pid").read_text().strip())
         return None
 
-    def kill(self) -> None:
-        """SIGKILL the node's VM: connections cut, no clean shutdown."""
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the node's VM and wait until it is gone: SIGKILL cuts connections
+        with no shutdown; SIGTERM is a clean stop (no CLI to start)."""
         pid = self.pid()
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(pid), 30, "the killed node to exit")
-        wait_for(lambda: not self.answers(), 10, "the killed node's port to close")
+            os.kill(pid, sig)
+        wait_for(lambda: not _alive(pid), 60, "the node to exit")
+        wait_for(lambda: not self.answers(), 10, "the node's port to close")
 
     def stop(self) -> None:
-        """Stop the node for good (session end): a clean stop, else a kill."""
+        """Stop the node for good (session end)."""
         try:
-            self.ctl("stop", timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
+            self.kill(signal.SIGTERM)
+        except AssertionError:
             self.kill()
 
     def log(self) -> str:

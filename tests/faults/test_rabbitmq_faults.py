@@ -244,7 +244,9 @@ def _outage(rig: Rig, name: str, strike: Callable[[], None],
     rig.assert_survived()
     report(Figures(name, "amqp", len(ids), 1, lost, duplicates, max(worked, sent),
                    f"down {up_at - down_at:.1f}s; after it, tasks started in {worked:.2f}s "
-                   f"and sends were accepted in {sent:.2f}s; {len(refused)} sends refused; "
+                   f"and sends were accepted in {sent:.2f}s; {len(refused)} sends refused "
+                   f"(each after {min(t for t, _ in refused):.1f}-"
+                   f"{max(t for t, _ in refused):.1f}s); "
                    f"{duplicates}/{len(may_repeat)} in flight ran again"))
 
 
