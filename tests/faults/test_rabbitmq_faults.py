@@ -43,11 +43,12 @@ import pytest
 from conveyor import Conveyor
 from conveyor.exceptions import BrokerUnavailable
 
-from ..conftest import IN_CI, wipe_amqp_queues
+from ..conftest import require_tool, wipe_amqp_queues
 from ..integration.processes import Ledger, wait_for
 from .harness import (
     LEASE,
     Figures,
+    Producer,
     Workers,
     assert_nothing_lost,
     report,
@@ -57,7 +58,6 @@ from .harness import (
     wait_ready,
 )
 from .rabbit_node import RabbitNode
-from .test_redis_restart import Producer
 
 BLOCKED = 2.0  # blocked_connection_timeout (s) of producers and workers
 CONSUMER_TIMEOUT_MS = 5000  # the node's consumer_timeout; checked every 0.5 s
@@ -67,10 +67,7 @@ SEEN = 0.1  # seconds a worker may take to see a dropped connection the watch sa
 @pytest.fixture(scope="session")
 def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     """One node for the module's cases: starting one takes 5-25 s here."""
-    if not RabbitNode.available():
-        if IN_CI:
-            pytest.fail("rabbitmq-server is not installed (CI=true: it is required)")
-        pytest.skip("rabbitmq-server is not installed")
+    require_tool("rabbitmq-server", RabbitNode.available())
     node = RabbitNode(tmp_path_factory.mktemp("rabbit"), f"conveyor-fault-{os.getpid()}",
                       consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
     node.start()
