@@ -106,17 +106,19 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
         blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0))
 
 
-def amqp_options(opts: dict[str, Any], result_backend: str | None,
+def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,
                  use_ssl: object) -> dict[str, Any]:
     """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
-    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md)."""
+    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md), unless the options
+    or the URL's query (``?state_url=``) name one."""
     if isinstance(use_ssl, dict) and use_ssl:
         raise ConfigurationError(
             "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
             "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
     scheme = (result_backend or "").split("://", 1)[0].lower()
     side_stores = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "sqlite")
-    if "state_url" not in opts and scheme in side_stores:
+    named = "state_url" in opts or "state_url" in dict(parse_qsl(urlsplit(url).query))
+    if not named and scheme in side_stores:
         opts["state_url"] = result_backend
     return opts
 

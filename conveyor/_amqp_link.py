@@ -36,6 +36,22 @@ RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostErro
 _log = logging.getLogger("conveyor.brokers.amqp")
 
 
+class _PikaPlumbing(logging.Filter):
+    """pika logs every connection attempt (seven INFO lines) and every failure (six
+    ERROR lines and a traceback); the broker reports the outcome itself, once, with
+    the server's place (``BrokerUnavailable``, the worker's "broker unavailable"
+    warning).  Only pika's critical records get through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.utils.io_services_utils",
+              "pika.adapters.blocking_connection", "pika.adapters.base_connection",
+              "pika.connection"):
+    logging.getLogger(_name).addFilter(_PikaPlumbing())
+
+
 def explain_close(reason: BaseException) -> None:
     """Say why RabbitMQ took leases away, when the reason is a server setting."""
     text = str(getattr(reason, "reply_text", ""))
@@ -44,6 +60,16 @@ def explain_close(reason: BaseException) -> None:
                    "handed its message out again (a task that outlived its lease keeps it "
                    "from running twice): set consumer_timeout in rabbitmq.conf above the "
                    "longest task (docs/operations.md, RabbitMQ)")
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """pika wraps the socket's error in two or three of its own (in ``args`` or an
+    ``exception`` attribute): the first one, e.g. ``ConnectionRefusedError``."""
+    while True:
+        inner = exc.args[0] if exc.args else getattr(exc, "exception", None)
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
 
 
 def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
@@ -87,9 +113,8 @@ class Link:
                     f"RabbitMQ at {self.opts.place} closed the connection at login: wrong "
                     "credentials, or the node is stopping or starting") from None
             except pika.exceptions.AMQPConnectionError as exc:
-                cause = exc.args[0] if exc.args else exc
                 raise BrokerUnavailable(f"RabbitMQ at {self.opts.place} is unreachable "
-                                        f"({type(cause).__name__})") from None
+                                        f"({type(_innermost(exc)).__name__})") from None
             self.channel = self.conn.channel()
             self.channel.confirm_delivery()
             # A channel the server closes between calls (consumer_timeout) is reported
@@ -125,7 +150,10 @@ class Link:
                     except pika.exceptions.ConnectionBlockedTimeout:
                         self.drop()
                         raise self._blocked() from None
-                    except RETRYABLE:
+                    except RETRYABLE as exc:
+                        _log.warning("RabbitMQ at %s: the connection broke (%s: %s); "
+                                     "reconnecting", self.opts.place, type(exc).__name__,
+                                     str(exc)[:200])
                         self.drop()
                     except pika.exceptions.ChannelClosedByBroker as exc:
                         self.drop()

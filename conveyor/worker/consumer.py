@@ -344,8 +344,8 @@ class Consumer:
             if self.reporter.acks:
                 return  # the reporter's receiver acknowledges it, with others
             if not broker.ack([delivery])[0]:
-                log.warning("ack of %s refused: its lease had lapsed and the message went to "
-                            "another consumer", delivery.id)
+                log.warning("ack of %s refused: its lease had lapsed or its connection broke; "
+                            "the broker may hand it out again", delivery.id)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == REDELIVER:

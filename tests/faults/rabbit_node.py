@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -27,6 +28,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+import pika
 
 from ..integration.processes import wait_for
 from .harness import free_port
@@ -50,8 +53,8 @@ class RabbitNode:
         self.consumer_timeout_ms = consumer_timeout_ms
         # A user of its own whose password no error or log line may show.
         self.user, self.password = "conveyor", f"fault-{secrets.token_hex(8)}"
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = port_outside_ephemeral_range()
+        self.dist_port = port_outside_ephemeral_range()
         self.started_in: float | None = None  # seconds the first start took
 
     @staticmethod
@@ -61,6 +64,12 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}//"
+
+    def connect(self) -> pika.BlockingConnection:
+        """A plain pika connection of the test's own (to watch faults arrive)."""
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", self.port,
+            credentials=pika.PlainCredentials(self.user, self.password)))
 
     def _env(self) -> dict[str, str]:
         d = self.directory
@@ -160,6 +169,27 @@ class RabbitNode:
     def log(self) -> str:
         path = self.directory / "log" / f"{self.name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free port the kernel never hands to an outgoing connection.
+
+    While the node is down, clients keep connecting to its port; with nothing
+    listening, one of them may be given that very port as its own (a TCP
+    self-connect) and hold it, so that the restarted node cannot listen
+    (``could_not_start_listener``, seen once in a few runs)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1025, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def _alive(pid: int) -> bool:

@@ -60,6 +60,14 @@ def test_the_side_store_is_required_and_defaults_to_the_result_backend() -> None
     assert app.conf.broker_options()["state_url"] == "redis://r:6379/1"
 
 
+def test_a_side_store_in_the_url_is_not_replaced_by_the_result_backend() -> None:
+    app = Conveyor("x", broker="amqp://h//?state_url=sqlite:///keys.db",
+                   backend="redis://r:6379/1", set_as_current=False)
+    options = app.conf.broker_options()
+    assert "state_url" not in options
+    assert _amqp.parse_amqp_url(app.conf.broker_url, options).state_url == "sqlite:///keys.db"
+
+
 def test_results_beside_rabbitmq_name_the_setting_to_use() -> None:
     app = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
     with pytest.raises(ConfigurationError, match="result_backend") as err:
