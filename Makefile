@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-topologies demo lint typecheck bench soak clean dist
+.PHONY: test test-topologies demo lint typecheck bench bench-rabbitmq soak clean dist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ BENCH_REDIS := redis-cli -p 6390 ping >/dev/null 2>&1 || redis-server --port 639
 bench: $(STAMP)
 	$(BENCH_REDIS)
 	$(BIN)/python -m benchmarks.run
+
+# Conveyor, Celery and Dramatiq on RabbitMQ (vhosts conveyor-bench-*, made with rabbitmqctl).
+bench-rabbitmq: $(STAMP)
+	$(BENCH_REDIS)
+	$(BIN)/python -m benchmarks.run --rabbitmq
 
 soak: $(STAMP)
 	$(BIN)/pytest -q tests/faults/test_soak.py --soak

@@ -31,8 +31,9 @@ from conveyor._amqp import AMQPOptions
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
 T = TypeVar("T")
-RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
-             pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+LINK_ERRORS = (  # a connection or channel that failed under us: reconnect
+    pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
 _log = logging.getLogger("conveyor.brokers.amqp")
 
 
@@ -78,6 +79,34 @@ def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     return exc.reply_code == 404 or "inequivalent arg" in str(exc.reply_text)
 
 
+def connection_parameters(o: AMQPOptions) -> pika.ConnectionParameters:
+    """pika's parameters for the broker (and the control channel beside it)."""
+    extra: dict[str, Any] = {}
+    if o.tls:
+        extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+    if o.heartbeat is not None:
+        extra["heartbeat"] = o.heartbeat
+    return pika.ConnectionParameters(
+        host=o.host, port=o.port, virtual_host=o.vhost,
+        credentials=pika.PlainCredentials(o.username, o.password),
+        socket_timeout=o.connect_timeout,
+        blocked_connection_timeout=o.blocked_connection_timeout, **extra)
+
+
+def connect(o: AMQPOptions) -> pika.BlockingConnection:
+    """A new connection, or :class:`BrokerUnavailable` naming the place (never the
+    password) and the socket's own error."""
+    try:
+        return pika.BlockingConnection(connection_parameters(o))
+    except pika.exceptions.ProbableAuthenticationError:
+        raise BrokerUnavailable(
+            f"RabbitMQ at {o.place} closed the connection at login: wrong credentials, "
+            "or the node is stopping or starting") from None
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable "
+                                f"({type(_innermost(exc)).__name__})") from None
+
+
 class Link:
     """A lazily opened connection with one confirm-mode channel."""
 
@@ -89,32 +118,11 @@ class Link:
         self.generation = 0  # bumped whenever the connection is dropped
         self._on_drop = on_drop
 
-    def _params(self) -> pika.ConnectionParameters:
-        o = self.opts
-        extra: dict[str, Any] = {}
-        if o.tls:
-            extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
-        if o.heartbeat is not None:
-            extra["heartbeat"] = o.heartbeat
-        return pika.ConnectionParameters(
-            host=o.host, port=o.port, virtual_host=o.vhost,
-            credentials=pika.PlainCredentials(o.username, o.password),
-            socket_timeout=o.connect_timeout,
-            blocked_connection_timeout=o.blocked_connection_timeout, **extra)
-
     def chan(self) -> BlockingChannel:
         """The open channel, connecting first if there is none."""
         if self.channel is None or not self.channel.is_open:
             self.drop()
-            try:
-                self.conn = pika.BlockingConnection(self._params())
-            except pika.exceptions.ProbableAuthenticationError:
-                raise BrokerUnavailable(
-                    f"RabbitMQ at {self.opts.place} closed the connection at login: wrong "
-                    "credentials, or the node is stopping or starting") from None
-            except pika.exceptions.AMQPConnectionError as exc:
-                raise BrokerUnavailable(f"RabbitMQ at {self.opts.place} is unreachable "
-                                        f"({type(_innermost(exc)).__name__})") from None
+            self.conn = connect(self.opts)
             self.channel = self.conn.channel()
             self.channel.confirm_delivery()
             # A channel the server closes between calls (consumer_timeout) is reported
@@ -150,7 +158,7 @@ class Link:
                     except pika.exceptions.ConnectionBlockedTimeout:
                         self.drop()
                         raise self._blocked() from None
-                    except RETRYABLE as exc:
+                    except LINK_ERRORS as exc:
                         _log.warning("RabbitMQ at %s: the connection broke (%s: %s); "
                                      "reconnecting", self.opts.place, type(exc).__name__,
                                      str(exc)[:200])

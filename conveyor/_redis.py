@@ -62,6 +62,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._redact import url as redact_url
 from conveyor._redis_cluster import (
     CLUSTER_SCHEME,
     ClusterOptions,
@@ -73,6 +74,7 @@ from conveyor._redis_cluster import (
     hash_tagged,
 )
 from conveyor._redis_options import _CELERY_ONLY
+from conveyor._redis_shards import SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.redis")
@@ -190,6 +192,7 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     settings: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         settings[key] = value
+    _check_sharding(url, scheme, settings, options or {})
     settings.update(options or {})
     settings = _checked(url, settings)
     password = settings.pop("password", None)
@@ -250,6 +253,30 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
         raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to sentinel:// URLs")
     return RedisOptions(url=url, prefix=prefix, address=address, client_kwargs=kwargs,
                         sentinel=sentinel, cluster=cluster, **waits)
+
+
+def _check_sharding(url: str, scheme: str, query: dict[str, Any],
+                    options: Mapping[str, Any]) -> None:
+    """``queue_shards`` belongs to the broker of a cluster URL (conveyor._redis_shards).
+
+    In the URL's query it is read by the broker and left alone here: every
+    other store at that URL keeps its keys on the home slot.  In a store's own
+    options it would change nothing, so it is refused there.
+    """
+    query.pop("queue_shards", None)
+    given = [name for name in SHARD_OPTIONS if name in options]
+    if scheme != CLUSTER_SCHEME and (given or "queue_shards" in _query_keys(url)):
+        raise ConfigurationError(
+            f"{redact_url(url)}: queue_shards spreads queues over the masters of a Redis "
+            "Cluster; it needs a redis+cluster:// URL")
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)} only apply to the broker (broker_transport_options): results, "
+            "events, beat state and remote control stay on the app's home slot")
+
+
+def _query_keys(url: str) -> list[str]:
+    return [key for key, _ in parse_qsl(urlsplit(url.split(";", 1)[0]).query)]
 
 
 def _wants_tls(url: str, scheme: str, settings: dict[str, Any]) -> bool:

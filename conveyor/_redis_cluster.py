@@ -48,7 +48,13 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from conveyor.exceptions import ConfigurationError
@@ -62,6 +68,10 @@ DEFAULT_CLUSTER_PORT = 6379
 # Replies meaning "this node does not serve the slot now"; none ran the command.
 # (MovedError is an AskError.)
 _NOT_SERVED = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+# A script's command refused while the cluster is down (a master lost, no replica
+# promoted yet) comes back as a plain error, not CLUSTERDOWN: nothing in it ran
+# (Redis checks the cluster state before each command, and refuses the first).
+_CLUSTER_DOWN_IN_SCRIPT = "while the cluster is down"
 
 
 class SlotNotServed(redis.ConnectionError):
@@ -207,7 +217,9 @@ class SlotConnection(redis.Connection):
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
-        except _NOT_SERVED as exc:
+        except (*_NOT_SERVED, ResponseError) as exc:
+            if not isinstance(exc, _NOT_SERVED) and _CLUSTER_DOWN_IN_SCRIPT not in str(exc):
+                raise
             self.disconnect()
             raise SlotNotServed(
                 f"{self.host}:{self.port} does not serve slot {self.slot_owner.slot} now "

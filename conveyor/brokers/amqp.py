@@ -116,6 +116,8 @@ class AMQPBroker(Broker):
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[_Pushed]] = {}
+        self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
+        self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
 
     # -- connections -------------------------------------------------------------
     def _forget_leases(self) -> None:
@@ -124,6 +126,7 @@ class AMQPBroker(Broker):
         self._declared.clear()
         self._leases.clear()
         self._pushed.clear()
+        self._consumers.clear()
 
     def _declared_clear(self) -> None:
         self._declared.clear()
@@ -291,19 +294,35 @@ class AMQPBroker(Broker):
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
               lease: float, poll: bool, reroutes: list[_Reroute]) -> list[Delivery]:
         self._expire(ch)
+        self._stop_consuming(ch, queues)
+        fresh = {q for q in queues if q not in self._pushed}
         for queue in queues:
             self._declare(self._consumer, queue)
             self._consume(ch, queue, count)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
         out: list[Delivery] = []
         for queue in queues:
+            before = len(out)
             self._from_pushed(ch, queue, count, lease, out, reroutes)
-            while poll and len(out) < count:
+            pushed = len(out) > before
+            while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
+                                                             pushed):
                 more = self._get_one(ch, queue)
                 self._from_pushed(ch, queue, count, lease, out, reroutes)
                 if not more:
                     break
         return out
+
+    def _top_up(self, queue: str, fresh: bool, count: int, pushed: bool) -> bool:
+        """Whether ``basic.get`` should add to what the consumer was pushed.
+
+        Yes for a consumer started by this call (nothing pushed yet), for a batch
+        still empty, and for a count beyond the consumer's prefetch (RabbitMQ will
+        not push that many).  Not when pushes already supplied part of a batch the
+        prefetch covers: the rest is on its way, and a get is a round trip (a Raft
+        command on quorum queues) that a busy worker would pay on nearly every
+        reserve."""
+        return fresh or not pushed or count > self._prefetch.get(queue, 0)
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
                      out: list[Delivery], reroutes: list[_Reroute]) -> None:
@@ -338,8 +357,22 @@ class AMQPBroker(Broker):
         buffer: collections.deque[_Pushed] = collections.deque()
         self._pushed[queue] = buffer
         ch.basic_qos(prefetch_count=max(1, count))
-        ch.basic_consume(queue, lambda _c, method, props, body: buffer.append(
-            (method, props, body)), auto_ack=False)
+        self._prefetch[queue] = max(1, count)
+        self._consumers[queue] = ch.basic_consume(
+            queue, lambda _c, method, props, body: buffer.append((method, props, body)),
+            auto_ack=False)
+
+    def _stop_consuming(self, ch: BlockingChannel, queues: Sequence[str]) -> None:
+        """Cancel the consumer of a queue the worker no longer reserves from (remote
+        control's ``cancel_consumer``) and hand back what RabbitMQ pushed to it, which
+        would otherwise wait here unacked, invisible to every other worker.  pika
+        itself rejects pushes that arrive while the cancel is under way."""
+        for queue in [q for q in self._pushed if q not in queues]:
+            tag = self._consumers.pop(queue, None)
+            if tag is not None:
+                ch.basic_cancel(tag)
+            for method, _props, _body in self._pushed.pop(queue):
+                ch.basic_nack(method.delivery_tag, requeue=True)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
                 props: pika.BasicProperties, body: bytes,
