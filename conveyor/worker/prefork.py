@@ -164,8 +164,8 @@ class OwnLeases(SlotReporter):
                 self._mine.pop(delivery.id, None)
         refused = [d.id for d, ok in zip(finished, acked, strict=True) if not ok]
         if refused:
-            log.warning("ack of %s refused: the lease had lapsed and the message went to "
-                        "another consumer", ", ".join(refused[:5]))
+            log.warning("ack of %s refused: the lease had lapsed or the connection broke; "
+                        "the broker may hand it out again", ", ".join(refused[:5]))
 
     def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:
         """Renew what this child holds every ``every`` s until it stops, and
