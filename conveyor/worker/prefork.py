@@ -25,17 +25,16 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from conveyor import signals
-from conveyor.brokers.base import Broker, Delivery
+from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import ACK, Executor, Outcome, call_task
+from conveyor.worker.execute import Executor, Outcome, call_task
 from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.watch import ChildWatch
@@ -84,7 +83,7 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     app = worker.app
     limits = worker.rate_limits
     own = app.broker.leases_follow_connection
-    reporter = OwnLeases(conn.send, lambda: app.broker) if own else SlotReporter(conn.send)
+    reporter = OwnLeases(conn.send) if own else SlotReporter(conn.send)
     executor = Executor(app, worker.hostname, timer=SignalTimer(),
                         run_sync=until_return(call_task, reporter.returned),
                         gate=limits.gate(lambda: app.broker) if limits else None)
@@ -107,26 +106,13 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
 
 class OwnLeases(SlotReporter):
     """A child's reporter when its broker's deliveries follow the connection:
-    the child acknowledges its own messages and renews what it holds.
+    the child acknowledges its own messages and renews what it holds."""
 
-    Finished messages are acknowledged together, not one by one: before the
-    consumer waits for more work (the end of a batch) and from the renewing
-    thread within ``ACK_DELAY`` (so a long task after a short one does not hold
-    the short one's acknowledgement).  On RabbitMQ that is one ``multiple``
-    frame per batch instead of a write and a trip through pika's I/O loop per
-    task.  A child that dies first loses the pending acknowledgements with its
-    connection, and RabbitMQ hands those messages out again: at least once, as
-    always.  Early acknowledgements (``acks_late=False``) do not wait here."""
+    acks = False  # the consumer acknowledges each message itself
 
-    supervisor_acks = False  # acknowledged here, on the child's own connection
-    ACK_DELAY = 0.2  # seconds a finished message may wait for its acknowledgement
-
-    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None],
-                 broker: Callable[[], Broker]) -> None:
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
         super().__init__(send)
-        self._broker = broker
         self._mine: dict[str, Delivery] = {}
-        self._finished: list[Delivery] = []  # done, to acknowledge
         self._lock = threading.Lock()
 
     def held(self, deliveries: Sequence[Delivery]) -> None:
@@ -136,46 +122,12 @@ class OwnLeases(SlotReporter):
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         with self._lock:
-            if outcome.action == ACK:
-                self._finished.append(delivery)  # still renewed until acknowledged
-            else:
-                self._mine.pop(delivery.id, None)
+            self._mine.pop(delivery.id, None)
         super().done(delivery, outcome)
 
-    def flush(self) -> None:
-        self.acknowledge()
-        super().flush()
-
-    def acknowledge(self) -> None:
-        """Acknowledge the finished messages (a lapsed lease's message went to
-        another consumer, as a single ack would have found)."""
-        with self._lock:
-            finished, self._finished = self._finished, []
-        if not finished:
-            return
-        try:
-            acked = self._broker().ack(finished)
-        except BrokerError as exc:  # the connection is gone, and its leases with it
-            log.warning("could not acknowledge %d messages (%s); RabbitMQ hands them out "
-                        "again", len(finished), exc)
-            acked = [True] * len(finished)
-        with self._lock:
-            for delivery in finished:
-                self._mine.pop(delivery.id, None)
-        refused = [d.id for d, ok in zip(finished, acked, strict=True) if not ok]
-        if refused:
-            log.warning("ack of %s refused: the lease had lapsed or the connection broke; "
-                        "the broker may hand it out again", ", ".join(refused[:5]))
-
     def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:
-        """Renew what this child holds every ``every`` s until it stops, and
-        acknowledge what finished within ``ACK_DELAY``."""
-        due = time.monotonic() + every
-        while not stop.wait(min(every, self.ACK_DELAY)):
-            self.acknowledge()
-            if time.monotonic() < due:
-                continue
-            due = time.monotonic() + every
+        """Renew what this child holds every ``every`` s until it stops."""
+        while not stop.wait(every):
             with self._lock:
                 held = list(self._mine.values())
             try:

@@ -72,8 +72,7 @@ class SlotReporter:
     task.  The supervisor acknowledges ``done`` messages for all its slots a
     few at a time (:mod:`conveyor.worker.acks`)."""
 
-    acks = True  # the consumer leaves acknowledging to the reporter...
-    supervisor_acks = True  # ...which reports it for the supervisor to do
+    acks = True
 
     def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
         self.send = send
@@ -90,28 +89,24 @@ class SlotReporter:
         self._pending.append(("run", delivery.id, task, hard_limit,
                               self.clock.start(delivery, task, message=message).to_tuple(),
                               acked))
-        self.report()  # the supervisor must know at once: hard limits, a crash mid-task
+        self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
 
     def returned(self, delivery: Delivery) -> None:
         """The task function returned: end its hard deadline at once."""
         if self._limited == delivery.id:
             self._limited = None
             self._pending.append(("ret", delivery.id))
-            self.report()
+            self.flush()
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         report = self.clock.finish(delivery, outcome)
-        # ``supervisor_acks`` false (RabbitMQ): the child acknowledges it itself, and
-        # a second acknowledgement by the supervisor would cost a side-store write.
+        # ``acks`` false (RabbitMQ): the child acknowledged it itself, and a second
+        # acknowledgement by the supervisor would cost a side-store write per task.
         self._pending.append(("done", delivery.id, outcome.state,
-                              self.supervisor_acks and outcome.action == ACK,
+                              self.acks and outcome.action == ACK,
                               report and report.to_tuple()))
 
     def flush(self) -> None:
-        """Before the consumer waits for work: send what is pending."""
-        self.report()
-
-    def report(self) -> None:
         if self._pending:
             reports, self._pending = self._pending, []
             self.send(reports)

@@ -150,23 +150,3 @@ def test_a_task_killed_at_its_hard_limit_does_not_come_back(client: Conveyor, sp
     wait_for(lambda: marker.id in {e[1] for e in ledger.events("end")}, 60, "the marker")
     assert ledger.count("start")[limited.id] == 1
     assert worker.poll() is None
-
-
-def test_a_finished_message_is_acknowledged_while_a_long_one_runs(client: Conveyor,
-                                                                  spawn) -> None:
-    """Children acknowledge finished messages together (one ``multiple`` frame per
-    batch), but a short task's acknowledgement does not wait for the long task
-    fetched with it: the renewing thread sends it within ``OwnLeases.ACK_DELAY``.
-    So a worker SIGKILLed during the long task gets only the long one back."""
-    from conveyor.worker.prefork import OwnLeases
-
-    short = client.send_task(WORK, [0.0], queue=QUEUE)
-    long = client.send_task(WORK, [30.0], queue=QUEUE)
-    first, ledger = spawn("-c", "1")
-    wait_for(lambda: long.id in {e[1] for e in ledger.events("start")}, 30, "the long task")
-    time.sleep(OwnLeases.ACK_DELAY * 3)  # the bound under test: no event to wait for
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(10)
-    spawn("-c", "1")
-    wait_for(lambda: ledger.count("start")[long.id] >= 2, 30, "the long task to come back")
-    assert ledger.count("start")[short.id] == 1, "a finished task came back"
