@@ -74,7 +74,7 @@ class Checkpoint:
 
 def produce(url: str, total: int, batch: int, backlog: int, acked: Any) -> None:
     """Send ``total`` tasks in batches, never more than ``backlog`` ahead of the acks."""
-    broker = broker_from_url(url)
+    broker = broker_from_url(url)  # it deletes nothing, so it never vacuums
     sent = 0
     try:
         while sent < total:
@@ -104,7 +104,8 @@ def measure(conn: psycopg.Connection[Any], schema: str, done: int, started: floa
 
 def consume(url: str, conninfo: str, schema: str, args: argparse.Namespace,
             acked: Any) -> list[Checkpoint]:
-    broker = broker_from_url(url)
+    options = {} if args.vacuum_every is None else {"vacuum_every": args.vacuum_every}
+    broker = broker_from_url(url, options)
     points: list[Checkpoint] = []
     started = time.perf_counter()
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -136,7 +137,8 @@ def columns(point: Checkpoint) -> list[str]:
 
 def print_header(point: Checkpoint) -> None:
     names = [short(n) for n in columns(point)]
-    head = ["tasks", "tasks/s", *names, "others", "total", "dead tup", "autovac"]
+    head = ["tasks", "tasks/s", *names, "others", "total", "dead rows", "vacuums",
+            "autovacuums"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head), flush=True)
 
@@ -149,7 +151,8 @@ def print_row(point: Checkpoint) -> None:
     mine = columns(point)
     others = sum(v for k, v in point.sizes.items() if k not in mine)
     cells = [f"{point.tasks:,}", f"{point.rate:,.0f}", *(kib(point.sizes[n]) for n in mine),
-             kib(others), kib(point.total), f"{point.dead:,}", str(point.autovacuums)]
+             kib(others), kib(point.total), f"{point.dead:,}", str(point.vacuums),
+             str(point.autovacuums)]
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=100, help="tasks per enqueue_many")
     parser.add_argument("--reserve", type=int, default=8, help="tasks per reserve (and ack)")
     parser.add_argument("--backlog", type=int, default=2_000)
+    parser.add_argument("--vacuum-every", type=int, default=None,
+                        help="the broker's vacuum_every option (0: autovacuum only)")
     parser.add_argument("--schema", default="churn")
     parser.add_argument("--keep", action="store_true", help="leave the schema afterwards")
     parser.add_argument("--json", default=None, help="write the checkpoints here")
@@ -221,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
 def summary(points: list[Checkpoint]) -> None:
     last = points[-1]
     print(f"\n{last.tasks:,} tasks in {last.seconds:,.0f} s ({last.tasks / last.seconds:,.0f}/s); "
-          f"autovacuum ran {last.autovacuums} times on conveyor_messages; "
+          f"VACUUM ran {last.vacuums} times and autovacuum {last.autovacuums} times on "
+          "conveyor_messages; "
           f"{last.hot_updates:,} of {last.updates:,} updates were HOT; "
           f"largest total {max(p.total for p in points) / 1024:,.0f} KiB, "
           f"last {last.total / 1024:,.0f} KiB")

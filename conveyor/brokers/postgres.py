@@ -75,13 +75,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from conveyor._pg_vacuum import DEFAULT_VACUUM_EVERY, Vacuum
 from conveyor._postgres import Listener, Pool, ensure_schema, errors, parse_postgres_url, quoted
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import ConfigurationError
 
 IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg at import time
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+AUTOVACUUM_THRESHOLD = 10_000
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     """CREATE TABLE {schema}.conveyor_messages (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -126,6 +128,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     """CREATE TABLE {schema}.conveyor_rate (
         name text PRIMARY KEY,
         next_at float8 NOT NULL)""",
+), (
+    # Every message leaves two dead row versions (lease, ack): vacuum after a
+    # fixed count of them, not after a fifth of a table whose live size is a
+    # backlog that comes and goes, and at full speed (ADR 0019).
+    f"""ALTER TABLE {{schema}}.conveyor_messages SET (
+        autovacuum_vacuum_scale_factor = 0,
+        autovacuum_vacuum_threshold = {AUTOVACUUM_THRESHOLD},
+        autovacuum_vacuum_cost_delay = 0)""",
 ),)
 
 # -- producing ---------------------------------------------------------------
@@ -270,7 +280,7 @@ HOUSEKEEPING = (
 HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 DEFAULT_POLL_INTERVAL = 1.0
-OPTIONS = ("schema", "poll_interval")
+OPTIONS = ("schema", "poll_interval", "vacuum_every")
 RETRIED = frozenset({"reserve", "list queues", "stats", "list dead letters",
                      "read revocations", "read a lease", "ping"})
 
@@ -289,6 +299,7 @@ class PostgresBroker(Broker):
         self.url = url
         parsed = parse_postgres_url(url, options.get("schema"))
         self._poll = _poll_interval(options.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        vacuum_every = _vacuum_every(options.get("vacuum_every", DEFAULT_VACUUM_EVERY))
         self._pool = Pool(parsed)
         self._schema = parsed.schema
         self.channel = f"conveyor_{parsed.schema}"[:63]
@@ -296,6 +307,7 @@ class PostgresBroker(Broker):
         self._housekeeping_due = 0.0
         ensure_schema(self._pool, "broker", SCHEMA_VERSION, MIGRATIONS)
         self._listener = Listener(self._pool, self.channel)
+        self.vacuum = Vacuum(self._pool, self.sql("{s}.conveyor_messages"), vacuum_every)
 
     def sql(self, template: str) -> str:
         """A statement with this broker's schema filled in."""
@@ -445,18 +457,22 @@ class PostgresBroker(Broker):
         params = ([d.id for d in deliveries], [d.token for d in deliveries])
         done = self._run("ack", lambda c: {
             t for (t,) in c.execute(self.sql(ACK), params).fetchall()})
+        self.vacuum.settled(len(done))
         return [d.token in done for d in deliveries]
 
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
         state, due = ("delayed", time.time() + delay) if delay > 0 else ("ready", None)
         params = (state, due, 0 if count else 1, delivery.id, delivery.token, self.channel)
         row = self._run("requeue", lambda c: c.execute(self.sql(REQUEUE), params).fetchone())
+        self.vacuum.settled(int(row[0]))
         return bool(row[0])
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         params = (delivery.id, delivery.token, reason, time.time())
-        return bool(self._run(
+        buried = bool(self._run(
             "dead-letter", lambda c: c.execute(self.sql(BURY), params).rowcount == 1))
+        self.vacuum.settled(int(buried))
+        return buried
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         if not deliveries:
@@ -497,7 +513,9 @@ class PostgresBroker(Broker):
         ]
 
     def purge(self, queue: str) -> int:
-        return int(self._run("purge", lambda c: c.execute(self.sql(PURGE), (queue,)).rowcount))
+        purged = int(self._run("purge", lambda c: c.execute(self.sql(PURGE), (queue,)).rowcount))
+        self.vacuum.settled(purged)
+        return purged
 
     def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return self._run("list dead letters", lambda c: [
@@ -570,6 +588,7 @@ class PostgresBroker(Broker):
 
     def close(self) -> None:
         self._listener.stop()
+        self.vacuum.join(timeout=5.0)
         self._pool.close()
 
 
@@ -582,3 +601,12 @@ def _poll_interval(value: object) -> float:
         raise ConfigurationError(
             f"broker_transport_options poll_interval={value!r}: use seconds in (0, 60]")
     return seconds
+
+
+def _vacuum_every(value: object) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise ConfigurationError(
+            f"broker_transport_options vacuum_every={value!r}: use a whole count of "
+            "acknowledged messages (0: leave the table to autovacuum)")
+    return int(text)
