@@ -20,6 +20,10 @@ _REGISTRY = {
     "huey-sqlite": "benchmarks.systems.huey_sqlite:HueySQLiteSystem",
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
+    # The PostgreSQL section (its own table in the report; skipped when no server answers).
+    "conveyor-postgres": "benchmarks.systems.conveyor:ConveyorPostgres",
+    "procrastinate": "benchmarks.systems.procrastinate:ProcrastinateSystem",
+    "pgqueuer": "benchmarks.systems.pgqueuer:PgQueuerSystem",
 }
 ALL = list(_REGISTRY)
 
