@@ -3,10 +3,13 @@
 For teams that already run PostgreSQL and would rather not run Redis.
 The URL is libpq's plus ``schema=NAME`` (default ``public``; see
 ``conveyor/_postgres.py`` for connections, errors and schema versions).
-Options (``broker_transport_options``): ``schema`` and ``poll_interval``
-(seconds between checks when no notification arrives; default 1).
+Options (``broker_transport_options``): ``schema``, ``poll_interval``
+(seconds between checks when no notification arrives; default 1) and
+``vacuum_every`` (settled messages between VACUUMs of the messages table by
+the acknowledging process; default 5,000, 0 leaves it to autovacuum; see
+``conveyor/_pg_vacuum.py``).
 
-Schema (component ``broker``, version 1, created on first use; every table
+Schema (component ``broker``, version 3, created on first use; every table
 is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
 
     conveyor_messages            one row per stored message
@@ -26,8 +29,13 @@ is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
                                        when a delayed row (or a lapsed lease) becomes
                                        ready: how long a ready row has waited, for stats
       body       bytea                 last: TOASTed when large, never read by scans
-      fillfactor 80: leaves room on each page for the new row versions that
-      leasing and acking make, so they stay on the same page.
+      fillfactor 80: leaves room on each page for the new row version a lease
+      makes, so it stays on the same page as the one it replaces.
+      (version 3) autovacuum_vacuum_scale_factor 0, _threshold 10000,
+      _cost_delay 0: autovacuum, where the server runs it, vacuums after a
+      fixed count of dead rows at full speed (the default, a fifth of the
+      live rows, means "never" after a large backlog and "every minute,
+      slowly" for a near-empty queue).
 
       conveyor_messages_by_priority (queue, priority, seq) WHERE state = 'ready'
           "next ready messages of this queue" is an index walk, no sort, whatever
@@ -63,6 +71,15 @@ whichever comes first, so a missed notification costs at most that long.
 
 Times are the clients' Unix clocks (``time.time()``), as in the SQLite and
 Redis brokers: keep the machines' clocks in sync (NTP).
+
+Churn: the table only ever holds live messages, but each message leaves two
+dead row versions (the one its lease replaced, the one its ack deleted) and
+index entries for both; leasing changes ``state`` and ``due``, which the
+partial indexes read, so it cannot be a HOT update.  Vacuum reclaims them
+(the acknowledging process runs one every ``vacuum_every`` messages; the
+per-table autovacuum settings above where autovacuum runs), and the space is
+reused: table and indexes stay the same size over a 1,000,000-task run
+(``benchmarks/pg_churn.py``; docs/performance.md; ADR 0019).
 
 Expired idempotency keys, revocations and leases are deleted at most once a
 minute per broker, inside a write that happens anyway.
