@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor import _batching as batching
 from conveyor import _errbacks as errbacks_module
+from conveyor import _part_context as part_context
 from conveyor import _publishing as publishing
 from conveyor import signals, states
 from conveyor._batching import MessageBatch, Prebuilt
@@ -465,7 +466,7 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
     """
     app = plan.app
     try:
-        payload = encode_value(app, result)
+        payload = encode_value(app, result, part_context.collect())
     except SerializationError as exc:
         fail_scope(app, scope, task_id, exc, None)
         return
@@ -473,7 +474,8 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
                                   app.conf.result_expires)
     if parts is None:
         return
-    values = [decode_value(app, part) for part in parts]
+    decoded = [decode_value(app, part) for part in parts]
+    values = [value for value, _ in decoded]
     body = Canvas.from_dict(scope["body"], app)
     tail = tuple(scope.get("chain") or ())
     step = plan.fork()
@@ -482,8 +484,27 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
     except _BUILD_ERRORS as exc:
         abandon(app, body, tail, scope.get("chord"), exc)
         return
+    _carry_part_contexts(step, [context for _, context in decoded])
     _drop_started(step)
     plan.extend(step)
+
+
+def _carry_part_contexts(step: Plan, contexts: list[dict[str, str]]) -> None:
+    """Give the body's messages every header's part context, when any header left one.
+
+    Messages are frozen, so each becomes a copy with the header added; a
+    prebuilt (batched) one is rebuilt as a message first, which costs the
+    batch's speed only when an integration asked for the contexts.
+    """
+    if not any(contexts):
+        return
+    carried: list[Message | Prebuilt] = []
+    for item in step.messages:
+        message = item.message() if isinstance(item, Prebuilt) else item
+        headers = dict(message.headers)
+        part_context.attach(headers, contexts)
+        carried.append(message.evolve(headers=headers))
+    step.messages = carried
 
 
 def _drop_started(step: Plan) -> None:
@@ -610,18 +631,25 @@ def mark_failed(app: Conveyor, pairs: Sequence[tuple[str, str]], exc: BaseExcept
 
 # -- values passed through the join ------------------------------------------------
 
-def encode_value(app: Conveyor, value: Any) -> bytes:
-    """A header value as the join stores it (the result serializer's encoding)."""
+def encode_value(app: Conveyor, value: Any, context: dict[str, str] | None = None) -> bytes:
+    """A header value as the join stores it (the result serializer's encoding), with
+    the header run's :mod:`part context <conveyor._part_context>` when there is one."""
     content_type = content_type_for(app.conf.result_serializer)
     encoded = encode_payload(value, content_type, "the task's return value")
-    return dumps_json({"ct": content_type, "v": encoded}).encode()
+    doc: dict[str, Any] = {"ct": content_type, "v": encoded}
+    if context:
+        doc["h"] = context
+    return dumps_json(doc).encode()
 
 
-def decode_value(app: Conveyor, payload: bytes) -> Any:
+def decode_value(app: Conveyor, payload: bytes) -> tuple[Any, dict[str, str]]:
+    """A stored header value and its part context (``{}`` when it has none)."""
     doc = json.loads(payload)
     content_type = doc.get("ct", JSON)
     check_accepted(content_type, app.conf.result_accept_content or app.conf.accept_content)
-    return decode_payload(doc.get("v"), content_type)
+    context = doc.get("h")
+    return decode_payload(doc.get("v"), content_type), (
+        context if isinstance(context, dict) else {})
 
 
 __all__ = ["launch", "on_failure", "on_revoked", "on_success", "result_of", "send"]

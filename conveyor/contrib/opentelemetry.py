@@ -24,8 +24,9 @@ members) is a child of the run that sent it, in the same trace:
 * a chain: step 1's ``process`` -> ``send`` -> step 2's ``process`` ...;
 * a chord: the body is sent by the header run that completes the set, so
   the body's ``process`` descends from that header's, in the same trace as
-  every header; links from the body to the other headers' spans are not
-  made yet (docs/monitoring.md, "Traces", says what that needs).
+  every header, and it has a span link to each header's ``process`` span:
+  every header stores its span context with its value in the join
+  (:mod:`conveyor._part_context`), and the body's messages carry them all.
 
 The span is current inside ``async def`` tasks too: ``asyncio.run`` (solo,
 threads, prefork) and ``run_coroutine_threadsafe`` (the ``async`` pool's
@@ -45,6 +46,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from conveyor import __version__, signals
+from conveyor import _part_context as part_context
 from conveyor._context import Request
 
 SYSTEM = "conveyor"
@@ -88,12 +90,31 @@ class ConveyorInstrumentor:
         self._tracer = trace.get_tracer(__name__, __version__, tracer_provider=tracer_provider)
         for signal, receiver in self._receivers():
             signal.connect(receiver, weak=False)
+        part_context.add_provider(self._header_context)
 
     def uninstrument(self) -> None:
         """Stop tracing; spans already open end normally."""
         for signal, receiver in self._receivers():
             signal.disconnect(receiver)
+        part_context.remove_provider(self._header_context)
         self._tracer = None
+
+    @staticmethod
+    def _header_context() -> dict[str, str]:
+        """The running chord header's span context, kept with its value for the body."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
+
+    @staticmethod
+    def _header_links(headers: dict[str, Any]) -> list[trace.Link]:
+        """A link to each chord header's ``process`` span (only a chord body has any)."""
+        links = []
+        for part in part_context.parts_of(headers):
+            context = trace.get_current_span(propagate.extract(part)).get_span_context()
+            if context.is_valid:
+                links.append(trace.Link(context, {"conveyor.link": "chord_header"}))
+        return links
 
     def _receivers(self) -> list[tuple[Any, Any]]:
         return [(signals.before_task_publish, self._before_publish),
@@ -134,9 +155,10 @@ class ConveyorInstrumentor:
             return
         request: Request = sender.request
         queue = request.delivery_info.get("queue")
-        parent = propagate.extract(dict(request.headers or {}))
+        headers = dict(request.headers or {})
         span = self._tracer.start_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER,
+            f"process {queue}", context=propagate.extract(headers), kind=SpanKind.CONSUMER,
+            links=self._header_links(headers),
             attributes={**_attributes(queue, task_id, "process"),
                         "conveyor.task.name": str(request.task),
                         "conveyor.task.retries": request.retries,

@@ -223,6 +223,11 @@ class Inspect:
     def scheduled(self, safe: bool | None = None) -> dict[str, Any] | None:
         return self._request("scheduled", safe=safe)
 
+    def query_task(self, *ids: str | Sequence[str]) -> dict[str, Any] | None:
+        """Celery's ``query_task(*ids)``: per worker, ``{id: [state, request]}``."""
+        flat = [i for item in ids for i in ([item] if isinstance(item, str) else item)]
+        return self._request("query_task", ids=flat)
+
     def registered(self, *taskinfoitems: str) -> dict[str, Any] | None:
         if taskinfoitems:
             raise ConfigurationError(

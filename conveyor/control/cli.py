@@ -107,6 +107,20 @@ def inspect_reserved(obj: Any, timeout: float, destination: str | None, as_json:
           _short(t.get("args"))) for n, tasks in sorted(r.items()) for t in _listed(tasks)]))
 
 
+@click.command("query_task")
+@click.argument("ids", nargs=-1, required=True)
+@remote_options
+@click.pass_obj
+def inspect_query_task(obj: Any, ids: tuple[str, ...], timeout: float, destination: str | None,
+                       as_json: bool) -> None:
+    """Which worker holds each task id, and whether it runs (active) or waits (reserved)."""
+    replies = ask(obj.app, "query_task", timeout, destination, ids=list(ids))
+    emit(replies, as_json, lambda r: table(
+        ("worker", "task id", "state", "name"),
+        [(n, i, held[0], held[1].get("name")) for n, found in sorted(r.items())
+         for i, held in sorted((found or {}).items())]))
+
+
 @click.command("registered")
 @remote_options
 @click.pass_obj
@@ -167,8 +181,8 @@ def active_rows(replies: dict[str, Any], progress: dict[str, Any]) -> list[tuple
             for n, tasks in sorted(replies.items()) for t in _listed(tasks)]
 
 
-WORKER_INSPECT = (inspect_ping, inspect_reserved, inspect_registered, inspect_revoked,
-                  inspect_active_queues, inspect_conf)
+WORKER_INSPECT = (inspect_ping, inspect_reserved, inspect_query_task, inspect_registered,
+                  inspect_revoked, inspect_active_queues, inspect_conf)
 
 
 # -- control ---------------------------------------------------------------------------
@@ -186,6 +200,8 @@ CONTROL_ARGS: dict[str, tuple[tuple[str, Callable[[str], Any]], ...]] = {
     "pool_shrink": (("n", int),),
     "shutdown": (),
     "ping": (),
+    "enable_events": (),
+    "disable_events": (),
 }
 
 

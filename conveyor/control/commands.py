@@ -79,6 +79,24 @@ class Panel:
     def scheduled(self, safe: bool | None = None, **_: Any) -> Reply:
         return []  # ETA tasks wait in the broker, never in a worker (guarantee 3)
 
+    def query_task(self, ids: str | list[str] | None = None, **_: Any) -> Reply:
+        """Celery's ``query_task``: ``{id: [state, request]}`` for the ids this worker
+        holds, ``state`` being ``active`` (running) or ``reserved`` (prefetched)."""
+        wanted = {ids} if isinstance(ids, str) else set(ids or ())
+        pool = self.worker._pool
+        if pool is None or not wanted:
+            return {}
+        found: dict[str, Any] = {}
+        for key, r in pool.book.running_tasks():
+            info = self._request(r.delivery, key, r.started, acknowledged=False)
+            if info["id"] in wanted:
+                found[info["id"]] = ["active", info]
+        for delivery in pool.book.all_held():
+            task_id = delivery.id.split("~", 1)[0]
+            if task_id in wanted and task_id not in found:
+                found[task_id] = ["reserved", self._request(delivery, None, None, False)]
+        return found
+
     def registered(self, *taskinfoitems: str, **_: Any) -> Reply:
         return sorted(n for n in self.worker.app.tasks if not n.startswith("conveyor."))
 
@@ -110,6 +128,14 @@ class Panel:
                 if hasattr(conf, name)}
 
     # -- changes ---------------------------------------------------------
+    def enable_events(self, **_: Any) -> Reply:
+        """Task events are always recorded here (the monitor's history reads them)."""
+        return {"ok": "task events already enabled"}
+
+    def disable_events(self, **_: Any) -> Reply:
+        return {"error": "task events cannot be disabled on a Conveyor worker: the "
+                         "monitor's history and `conveyor events` are written from them"}
+
     def revoke(self, task_id: str | list[str], terminate: bool = False,
                signal: str | None = None, **_: Any) -> Reply:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
@@ -223,9 +249,10 @@ class Panel:
 
 
 # Celery's command names, each a Panel method.
-COMMANDS = ("ping", "active", "reserved", "scheduled", "registered", "revoked", "active_queues",
-            "stats", "conf", "revoke", "rate_limit", "time_limit", "autoscale", "add_consumer",
-            "cancel_consumer", "pool_grow", "pool_shrink", "shutdown")
+COMMANDS = ("ping", "active", "reserved", "scheduled", "query_task", "registered", "revoked",
+            "active_queues", "stats", "conf", "enable_events", "disable_events", "revoke",
+            "rate_limit", "time_limit", "autoscale", "add_consumer", "cancel_consumer",
+            "pool_grow", "pool_shrink", "shutdown")
 
 
 def _queue_info(name: str) -> dict[str, Any]:

@@ -94,3 +94,27 @@ def test_set_fenced_refuses_a_stale_run(transactional_db: None) -> None:
     got = s.get("t")
     assert got is not None and got.state == states.STARTED
     assert s.set_fenced("t", states.SUCCESS, payload(newer), 60, newer)
+
+
+def test_a_database_that_stays_away_is_a_result_error(
+        transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection lost twice (the retry on a fresh one fails too) is reported as the
+    store being unreachable, a ``ResultError``, which the worker retries and then hands
+    the message back for; a driver error would be taken for a bug and dead-lettered
+    (tests/faults/test_postgres_backends.py is the end-to-end case)."""
+    from django.db import OperationalError
+
+    from conveyor.exceptions import ResultError
+
+    calls = []
+
+    def dropped(*args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    store = DjangoResultStore()
+    monkeypatch.setattr(store, "_upsert", dropped)
+    with pytest.raises(ResultError, match="unreachable: server closed") as caught:
+        store.set("t1", states.SUCCESS, b"{}", 60)
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert len(calls) == 2  # the first failure was retried once on a new connection

@@ -8,6 +8,7 @@ names ``send <queue>`` / ``process <queue>``, kinds PRODUCER / CONSUMER,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, get_current_span
 
-from conveyor import chain, chord
+from conveyor import _part_context as part_context
+from conveyor import chain, chord, group
 from conveyor.app import Conveyor
 from conveyor.contrib.opentelemetry import ConveyorInstrumentor
 from conveyor.testing import make_test_app, run_worker
@@ -168,6 +170,37 @@ def test_chord_body_shares_the_trace_of_its_headers(traced: Any) -> None:
     assert len(completers) == 1  # the body was sent inside the completing header's run
     assert body[0] is _child(spans, _child(spans, completers[0], f"send {queue}"),
                              f"process {queue}")
+    # and it links to every header's run, the two that did not send it too
+    linked = {link.context.span_id for link in body[0].links}
+    assert linked == {h.context.span_id for h in headers if h.context}
+
+
+def test_a_group_body_links_each_member_to_every_header(traced: Any) -> None:
+    """A chord whose body is a group: each member links to every header."""
+    _, exporter = traced
+    app = make_test_app("otel-chord-group")
+
+    @app.task(name="t.one")
+    def one(x: int) -> int:
+        return x
+
+    @app.task(name="t.size")
+    def size(values: list[int]) -> int:
+        return len(values)
+
+    with run_worker(app, concurrency=2) as worker:
+        result = chord([one.s(i) for i in range(4)],
+                       group(size.s() for _ in range(3))).apply_async()
+        worker.join()
+        assert result.get(timeout=10) == [4, 4, 4]
+    spans = _spans(exporter, 2 * 7)
+    headers = {s.context.span_id for s in spans if s.kind is SpanKind.CONSUMER and s.context
+               and s.attributes and s.attributes["conveyor.task.name"] == "t.one"}
+    members = [s for s in spans if s.kind is SpanKind.CONSUMER
+               and s.attributes and s.attributes["conveyor.task.name"] == "t.size"]
+    assert len(headers) == 4 and len(members) == 3
+    for member in members:
+        assert {link.context.span_id for link in member.links} == headers
 
 
 def test_uninstrument_stops_tracing_and_instrument_is_idempotent() -> None:
@@ -191,3 +224,34 @@ def test_uninstrument_stops_tracing_and_instrument_is_idempotent() -> None:
         traced = one.delay()
         assert traced.get(timeout=10) == 1
     assert len(exporter.get_finished_spans()) == 2
+
+
+def test_part_contexts_reach_a_batched_group_body() -> None:
+    """Without publish receivers a group body is sent as one prebuilt batch
+    (docs/decisions/0021-batched-canvas-sending.md); the headers' part contexts
+    still reach each member's ``request.headers``, in header order."""
+    app = make_test_app("part-context")
+
+    ran = threading.local()  # the header's join follows its run on the same thread
+
+    @app.task(name="t.one")
+    def one(x: int) -> int:
+        ran.x = x
+        return x
+
+    @app.task(name="t.seen", bind=True)
+    def seen(self: Any, values: list[int]) -> list[str]:
+        return [part["n"] for part in part_context.parts_of(self.request.headers)]
+
+    def provider() -> dict[str, str]:
+        return {"n": str(ran.x)}
+
+    part_context.add_provider(provider)
+    try:
+        with run_worker(app, concurrency=1) as worker:
+            result = chord([one.s(i) for i in range(3)],
+                           group(seen.s() for _ in range(2))).apply_async()
+            worker.join()
+            assert result.get(timeout=10) == [["0", "1", "2"]] * 2
+    finally:
+        part_context.remove_provider(provider)

@@ -19,6 +19,7 @@ from conveyor._events import store_for
 from conveyor.testing import run_worker
 
 from ..redis_cluster import RedisCluster
+from .processes import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -58,7 +59,8 @@ def test_a_worker_runs_tasks_chords_events_and_control_on_one_master(
             joined = chord([app.tasks["op.add"].s(i, i) for i in range(4)])(
                 app.tasks["op.total"].s())
             assert joined.get(timeout=T) == 12
-            assert store_for(app).workers(), "the worker's heartbeat was stored"
+            # the first heartbeat is written by the worker's own loop, on its schedule
+            wait_for(lambda: store_for(app).workers(), T, "the worker's heartbeat in the store")
             assert app.control.ping(timeout=5), "the worker answered remote control"
     finally:
         app.close()

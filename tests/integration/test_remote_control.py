@@ -82,6 +82,13 @@ def test_inspect_answers_while_every_slot_is_busy_and_shutdown_exits_0(
     assert (active["id"], active["name"], active["args"]) == (busy.id, WORK, [3.0])
     assert [r["id"] for r in inspect.reserved()[NODE]] == [waiting.id]  # prefetched, not started
     assert inspect.scheduled() == {NODE: []}
+    # query_task (Celery: {id: [state, request]}): one runs, one waits, one is unknown
+    found = inspect.query_task(busy.id, [waiting.id, "no-such-id"])[NODE]
+    assert {i: held[0] for i, held in found.items()} == {busy.id: "active",
+                                                          waiting.id: "reserved"}
+    assert found[busy.id][1]["name"] == WORK
+    assert client.control.broadcast("enable_events", destination=[NODE], reply=True,
+                                    timeout=2.0) == [{NODE: {"ok": "task events already enabled"}}]
     assert WORK in inspect.registered()[NODE]
     assert [q["name"] for q in inspect.active_queues()[NODE]] == ["default", "extra"]
     stats = inspect.stats()[NODE]
@@ -169,3 +176,20 @@ def test_cli_inspect_ping_exit_status(url: str, tmp_path: Path,
                            timeout=60)
     assert found.returncode == 0, found.stderr
     assert '"ok": "pong"' in found.stdout and NODE in found.stdout
+
+
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)
+def test_cli_inspect_query_task_names_the_worker_and_state(
+        url: str, tmp_path: Path, client: Conveyor, ledger: Ledger,
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """``conveyor inspect query_task ID``: a table naming the worker, the id and its state."""
+    spawn("-P", "threads", "-c", "1")
+    busy = client.send_task(WORK, args=[60.0])  # still running however slow the CLI starts
+    wait_for(lambda: started(ledger, busy.id), 20, "the long task to start")
+    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "conveyor", "-A", APP, "inspect", "query_task",
+                          busy.id, "-t", "2"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [row] = [line.split() for line in out.stdout.splitlines() if busy.id in line]
+    assert row[:3] == [NODE, busy.id, "active"] and row[3] == WORK

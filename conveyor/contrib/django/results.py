@@ -29,19 +29,25 @@ are copied out of it for the admin and for queries.
 
 Reads and idempotent writes are retried once on a fresh connection when the
 database dropped the old one (a restart between calls); ``chord_add`` is not,
-since a commit whose acknowledgement was lost must not be replayed.
+since a commit whose acknowledgement was lost must not be replayed.  A
+connection that fails again (or a ``chord_add`` cut off) raises
+:class:`~conveyor.exceptions.ResultError`, as every store does when it cannot
+be reached: the worker then keeps retrying the write for up to a lease and
+hands the message back if the database stays away, instead of taking the
+driver's error for a bug and dead-lettering a task that ran.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import router, transaction
+from django.db import InterfaceError, OperationalError, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -54,6 +60,7 @@ from conveyor.contrib.django.models import (
     GroupResult,
     TaskResult,
 )
+from conveyor.exceptions import ResultError
 from conveyor.resultstores.base import ResultStore, Stored, deadline_after
 from conveyor.resultstores.record import Attempt
 
@@ -81,6 +88,21 @@ def open_result_store(url: str) -> DjangoResultStore:
     return DjangoResultStore()
 
 
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def _unreachable_is_result_error(method: F_) -> F_:
+    """Report a lost or refused database connection as the store being unreachable."""
+    @functools.wraps(method)
+    def call(self: DjangoResultStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            raise ResultError(f"django-db result store (database {self.db!r}) "
+                              f"unreachable: {exc}") from exc
+    return call  # type: ignore[return-value]
+
+
 class DjangoResultStore(ResultStore):
     """See the module docstring."""
 
@@ -98,6 +120,7 @@ class DjangoResultStore(ResultStore):
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, payload)], ttl)
 
+    @_unreachable_is_result_error
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         if not items:
             return
@@ -116,6 +139,7 @@ class DjangoResultStore(ResultStore):
         TaskResult.objects.using(db).bulk_create(
             rows, update_conflicts=True, unique_fields=["task_id"], update_fields=_UPDATED)
 
+    @_unreachable_is_result_error
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
         """Write unless a later run already wrote; read, compare and write in one transaction.
@@ -146,6 +170,7 @@ class DjangoResultStore(ResultStore):
     def get(self, task_id: str) -> Stored | None:
         return self.get_many([task_id])[0]
 
+    @_unreachable_is_result_error
     def get_many(self, task_ids: Sequence[str]) -> list[Stored | None]:
         def read() -> dict[str, Stored]:
             rows = (TaskResult.objects.using(self.db)
@@ -156,6 +181,7 @@ class DjangoResultStore(ResultStore):
         found = retry_on_disconnect(self.db, read)
         return [found.get(task_id) for task_id in task_ids]
 
+    @_unreachable_is_result_error
     def wait(self, task_id: str, timeout: float | None) -> Stored | None:
         deadline = deadline_after(timeout)
         pause = POLL_FIRST
@@ -171,11 +197,13 @@ class DjangoResultStore(ResultStore):
             time.sleep(pause)
             pause = min(pause * POLL_GROWTH, POLL_MAX)
 
+    @_unreachable_is_result_error
     def forget(self, task_ids: Sequence[str]) -> None:
         retry_on_disconnect(self.db, lambda: TaskResult.objects.using(self.db)
                             .filter(task_id__in=list(task_ids)).delete())
 
     # -- groups --------------------------------------------------------------
+    @_unreachable_is_result_error
     def save_group(self, group_id: str, payload: bytes, ttl: float) -> None:
         row = GroupResult(group_id=group_id, payload=payload, expires_at=_expires_at(ttl),
                           result=_text(payload))
@@ -183,6 +211,7 @@ class DjangoResultStore(ResultStore):
             [row], update_conflicts=True, unique_fields=["group_id"],
             update_fields=["payload", "result", "expires_at", "date_done"]))
 
+    @_unreachable_is_result_error
     def load_group(self, group_id: str) -> bytes | None:
         payload = retry_on_disconnect(self.db, lambda: GroupResult.objects.using(self.db)
                                       .filter(group_id=group_id, expires_at__gt=_now())
@@ -190,6 +219,7 @@ class DjangoResultStore(ResultStore):
         return None if payload is None else bytes(payload)
 
     # -- the chord join ---------------------------------------------------------
+    @_unreachable_is_result_error
     def chord_add(self, chord_id: str, index: int, size: int, payload: bytes,
                   ttl: float) -> list[bytes] | None:
         expires = _expires_at(ttl)
@@ -229,6 +259,7 @@ class DjangoResultStore(ResultStore):
             return None  # expired meanwhile: nothing left to send
         return [bytes(payloads[i]) for i in range(size)]
 
+    @_unreachable_is_result_error
     def chord_fail(self, chord_id: str, ttl: float) -> bool:
         """Close the join for a failed member: True to the first caller, unless it fired.
 
@@ -254,6 +285,7 @@ class DjangoResultStore(ResultStore):
         return counter
 
     # -- housekeeping -------------------------------------------------------------
+    @_unreachable_is_result_error
     def cleanup(self) -> int:
         now = _now()
         removed = 0
