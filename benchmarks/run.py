@@ -130,6 +130,7 @@ class Bench:
         n = min(self.plan.process_n, self.system.processing_cap or self.plan.process_n)
         try:
             self.client("preload", n=n)
+            self.system.preloaded()
         except Exception as exc:
             out["errors"]["processing"] = f"preload: {exc}"
             return None

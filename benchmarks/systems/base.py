@@ -113,6 +113,9 @@ class System:
     def reset(self) -> None:
         """Forget every message and result (called between phases)."""
 
+    def preloaded(self) -> None:
+        """The processing run's tasks are queued; its workers start next."""
+
 
 def client_env() -> dict[str, str]:
     """Read by client and app modules: where Redis is."""

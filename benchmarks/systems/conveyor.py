@@ -122,6 +122,11 @@ class ConveyorPostgres(ConveyorRedis):
         env["BENCH_CONVEYOR_BROKER"] = f"{pg.url()}?schema={self.schema}"
         return env
 
+    def preloaded(self) -> None:
+        from benchmarks.systems import pg
+
+        pg.analyze(self.schema)
+
     def reset(self) -> None:
         from benchmarks.systems import pg
 

@@ -74,3 +74,18 @@ def empty_schema(schema: str, install: Callable[[], None], keep: tuple[str, ...]
             return
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     install()
+
+
+def analyze(schema: str) -> None:
+    """``ANALYZE`` the schema's tables, as autovacuum would once a table has grown.
+
+    The project's server runs with autovacuum off, so after a truncate and a
+    bulk insert the planner would otherwise plan each system's dequeue query
+    for an empty table; every PostgreSQL system gets this after its preload.
+    """
+    import psycopg
+
+    with psycopg.connect(url(), autocommit=True) as conn:
+        for (table,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
+            conn.execute(f'ANALYZE "{schema}"."{table}"')

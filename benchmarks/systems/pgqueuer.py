@@ -87,6 +87,11 @@ class PgQueuerSystem(System):
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
         return [[str(python), "-m", "benchmarks.apps.pgqueuer_app"] for _ in range(procs)]
 
+    def preloaded(self) -> None:
+        from benchmarks.systems import pg
+
+        pg.analyze(SCHEMA)
+
     def reset(self) -> None:
         from benchmarks.systems import pg
 
