@@ -78,8 +78,12 @@ index entries for both; leasing changes ``state`` and ``due``, which the
 partial indexes read, so it cannot be a HOT update.  Vacuum reclaims them
 (the acknowledging process runs one every ``vacuum_every`` messages; the
 per-table autovacuum settings above where autovacuum runs), and the space is
-reused: table and indexes stay the same size over a 1,000,000-task run
-(``benchmarks/pg_churn.py``; docs/performance.md; ADR 0019).
+reused: table and indexes stay the same size over a 1,000,000-task run.
+Measured with ``benchmarks/pg_churn.py`` (docs/performance.md, ADR 0019) on
+a server with autovacuum off: every 50,000 tasks, 3.9-5.6 MB for all the
+broker's tables and indexes together (heap 2.4-3.5 MB), at most 11,640 dead
+rows, 199 of the broker's VACUUMs in all (one per 5,000 tasks), 246-941
+tasks/s with the machine's load.
 
 Expired idempotency keys, revocations and leases are deleted at most once a
 minute per broker, inside a write that happens anyway.
