@@ -77,21 +77,15 @@ def empty_schema(schema: str, install: Callable[[], None], keep: tuple[str, ...]
 
 
 def analyze(schema: str) -> None:
-    """``ANALYZE`` the schema's tables that hold rows, as autovacuum would once they grew.
+    """``ANALYZE`` the schema's tables, as autovacuum would once a table has grown.
 
     The project's server runs with autovacuum off, so after a truncate and a
-    bulk insert the planner would plan each system's dequeue query for a table
-    it has never seen filled; every PostgreSQL system gets this after its
-    preload.  Empty tables are left unanalyzed: statistics saying "empty" would
-    keep the planner on sequential scans while the run fills them (results,
-    logs, events), which autovacuum's analyze would not leave it with.
+    bulk insert the planner would otherwise plan each system's dequeue query
+    for an empty table; every PostgreSQL system gets this after its preload.
     """
     import psycopg
 
     with psycopg.connect(url(), autocommit=True) as conn:
-        tables = [t for (t,) in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()]
-        for table in tables:
-            name = f'"{schema}"."{table}"'
-            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {name})").fetchone()[0]:
-                conn.execute(f"ANALYZE {name}")
+        for (table,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
+            conn.execute(f'ANALYZE "{schema}"."{table}"')
