@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench soak clean dist
+.PHONY: test test-topologies demo lint typecheck bench bench-rabbitmq soak clean dist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --reruns 2 --reruns-delay 1 -rR
+
+# Tests that start a Sentinel set or a Redis Cluster of their own (marker
+# "topology") run in a step of their own, after the rest: CI's time budget.
 test: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --reruns 2 --reruns-delay 1 -rR $(PYTEST_ARGS)
+	$(PYTEST) -m "not topology" $(PYTEST_ARGS)
+
+test-topologies: $(STAMP)
+	$(PYTEST) -m topology $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check conveyor tests
@@ -34,6 +41,11 @@ BENCH_REDIS := redis-cli -p 6390 ping >/dev/null 2>&1 || redis-server --port 639
 bench: $(STAMP)
 	$(BENCH_REDIS)
 	$(BIN)/python -m benchmarks.run
+
+# Conveyor, Celery and Dramatiq on RabbitMQ (vhosts conveyor-bench-*, made with rabbitmqctl).
+bench-rabbitmq: $(STAMP)
+	$(BENCH_REDIS)
+	$(BIN)/python -m benchmarks.run --rabbitmq
 
 soak: $(STAMP)
 	$(BIN)/pytest -q tests/faults/test_soak.py --soak

@@ -9,10 +9,24 @@ from benchmarks.common import summarize
 
 BASELINE = "celery"
 SUBJECT = "conveyor-redis"
-OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-postgres")
+OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp", "conveyor-amqp-classic",
+        "conveyor-postgres")
+# ``run.py --rabbitmq`` stores these in its data: the section's baseline and subject.
+# The subject uses classic queues, as the peers do (quorum: its own row).
+RABBITMQ_SECTION = {"section": "rabbitmq", "baseline": "celery-amqp",
+                    "subject": "conveyor-amqp-classic"}
 PG_SUBJECT = "conveyor-postgres"
 PG_METRICS = ("enqueue_one", "enqueue_bulk", "processing", "latency_p50", "latency_p99",
               "rss_per_process", "cpu_per_task")
+
+
+def roles(data: dict[str, Any]) -> tuple[str, str]:
+    """(baseline, subject) of this report: Celery and Conveyor on the same broker."""
+    return data.get("baseline", BASELINE), data.get("subject", SUBJECT)
+
+
+def label_of(data: dict[str, Any], name: str) -> str:
+    return next((s["label"] for s in data["systems"] if s["name"] == name), name)
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,34 @@ def fastest_peer(data: dict[str, Any], metric: Metric) -> tuple[str, float] | No
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for Conveyor on Redis, each judged in this run."""
+    """The issue's targets for Conveyor on Redis (or RabbitMQ), each judged in this run."""
+    rows = rabbitmq_targets(data) if data.get("section") == "rabbitmq" else redis_targets(data)
+    return [_judged(*row) for row in rows]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def rabbitmq_targets(data: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
+    """Issue 20's: against Celery and Dramatiq, each on the same RabbitMQ."""
+    baseline, subject = roles(data)
+
+    def m(name: str, key: str) -> float | None:
+        return median(data, name, key)
+
+    proc = m(subject, "processing")
+    return [
+        ("Processing ≥ 3x Celery", _ratio(proc, m(baseline, "processing")), 3.0, "x"),
+        ("Processing ahead of Dramatiq", _ratio(proc, m("dramatiq-amqp", "processing")),
+         1.0, "x"),
+        ("Round trip p50 < 2 ms", m(subject, "latency_p50"), 2.0, "ms"),
+        ("Enqueue with confirms ≥ 2x Celery",
+         _ratio(m(subject, "enqueue_one"), m(baseline, "enqueue_one")), 2.0, "x"),
+    ]
+
+
+def redis_targets(data: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
     def m(name: str, key: str) -> float | None:
         return median(data, name, key)
 
@@ -115,10 +156,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     one_huey, chord, chord_celery = m("huey", "enqueue_one"), m(SUBJECT, "chord"), m(BASELINE,
                                                                                        "chord")
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    rows = [
+    ratio = _ratio
+    return [
         ("Processing ≥ 3x Celery", ratio(proc, proc_celery), 3.0, "x"),
         ("Processing ahead of every peer", ratio(proc, peer[1] if peer else None), 1.0, "x"),
         ("Single enqueue ≥ 2x Celery", ratio(one, one_celery), 2.0, "x"),
@@ -134,20 +173,20 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         ("Single enqueue ≥ 1.3x Huey", ratio(one, one_huey), 1.3, "x"),
         ("Chord of 1,000 ≥ 10x Celery", ratio(chord_celery, chord), 10.0, "x"),
     ]
-    out = []
-    for title, value, bound, unit in rows:
-        if value is None:
-            met = None
-        elif unit in ("ms",):
-            met = value < bound
-        elif unit == "x Celery":
-            met = value <= bound
-        elif title.startswith("Processing ahead"):
-            met = value > bound
-        else:
-            met = value >= bound
-        out.append({"target": title, "value": value, "bound": bound, "unit": unit, "met": met})
-    return out
+
+
+def _judged(title: str, value: float | None, bound: float, unit: str) -> dict[str, Any]:
+    if value is None:
+        met = None
+    elif unit in ("ms",):
+        met = value < bound
+    elif unit == "x Celery":
+        met = value <= bound
+    elif title.startswith("Processing ahead"):
+        met = value > bound
+    else:
+        met = value >= bound
+    return {"target": title, "value": value, "bound": bound, "unit": unit, "met": met}
 
 
 # -- Markdown ----------------------------------------------------------------
@@ -259,7 +298,7 @@ def _results_table(data: dict[str, Any]) -> list[str]:
 
 
 def _ratio_table(data: dict[str, Any]) -> list[str]:
-    base = {m.key: median(data, BASELINE, m.key) for m in METRICS}
+    base = {m.key: median(data, roles(data)[0], m.key) for m in METRICS}
     head = "| System | " + " | ".join(m.title for m in METRICS) + " |"
     rows = [head, "|---" + "|---:" * len(METRICS) + "|"]
     for system in data["systems"]:
@@ -272,7 +311,7 @@ def _ratio_table(data: dict[str, Any]) -> list[str]:
                 cells.append(_ratio_text(speedup(m, value, celery)))
         rows.append(f"| {system['label']} | " + " | ".join(cells) + " |")
     return [
-        "## Ratio to Celery",
+        f"## Ratio to {label_of(data, roles(data)[0])}",
         "",
         "Speed-up over Celery (above 1x is better, for rates and times alike); for memory, "
         "the plain ratio (below 1x is smaller).",
@@ -283,13 +322,15 @@ def _ratio_table(data: dict[str, Any]) -> list[str]:
 
 
 def _subject_table(data: dict[str, Any]) -> list[str]:
-    if not any(s["name"] == SUBJECT for s in data["systems"]):
+    baseline, subject = roles(data)
+    if not any(s["name"] == subject for s in data["systems"]):
         return []
-    rows = ["| Metric | Conveyor (Redis) | Celery | vs Celery | Fastest peer | vs fastest peer |",
-            "|---|---:|---:|---:|---|---:|"]
+    ours_label = label_of(data, subject)
+    rows = [f"| Metric | {ours_label} | {label_of(data, baseline)} | vs Celery | Fastest peer "
+            "| vs fastest peer |", "|---|---:|---:|---:|---|---:|"]
     for m in METRICS:
-        ours = median(data, SUBJECT, m.key)
-        celery = median(data, BASELINE, m.key)
+        ours = median(data, subject, m.key)
+        celery = median(data, baseline, m.key)
         peer = fastest_peer(data, m)
         if m.unit == "MiB":
             vs_celery = ours / celery if ours and celery else None
@@ -300,7 +341,7 @@ def _subject_table(data: dict[str, Any]) -> list[str]:
         peer_text = f"{peer[0]}: {m.fmt(peer[1])}" if peer else "—"
         rows.append(f"| {m.title} ({m.unit}) | {m.fmt(ours)} | {m.fmt(celery)} | "
                     f"{_ratio_text(vs_celery)} | {peer_text} | {_ratio_text(vs_peer)} |")
-    return ["## Conveyor (Redis) against Celery and the fastest peer", "",
+    return [f"## {ours_label} against Celery and the fastest peer", "",
             "\"Peer\" is any system other than Conveyor; memory ratios are plain "
             "(below 1x is smaller), the others are speed-ups.", "", *rows, ""]
 
@@ -318,7 +359,7 @@ def _targets_table(data: dict[str, Any]) -> list[str]:
             measured = f"{t['value']:.2f}{t['unit']}"
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         rows.append(f"| {t['target']} | {measured} | {met} |")
-    return ["## Targets (Conveyor on Redis, this run)", "", *rows, ""]
+    return [f"## Targets ({label_of(data, roles(data)[1])}, this run)", "", *rows, ""]
 
 
 def _notes(data: dict[str, Any]) -> list[str]:

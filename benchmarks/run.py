@@ -1,6 +1,12 @@
 """Run the side-by-side benchmark and write the report.
 
     python -m benchmarks.run [--quick] [--systems conveyor-redis,celery,...] [--repeat N]
+    python -m benchmarks.run --rabbitmq [--quick] [--repeat N]
+
+``--rabbitmq`` runs the RabbitMQ section instead: Conveyor, Celery and Dramatiq
+on one RabbitMQ vhost (``benchmarks/systems/rabbitmq.py``), every enqueue
+confirmed, reported to ``benchmarks/results/rabbitmq.md`` against Celery on
+RabbitMQ.
 
 For each system: build its venv (first time only), then per repeat
 
@@ -306,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="2,000 tasks, 100 latency samples, one run: for iterating")
     parser.add_argument("--systems", default=",".join(systems.ALL),
                         help=f"comma-separated, from: {','.join(systems.ALL)}")
+    parser.add_argument("--rabbitmq", action="store_true",
+                        help=f"the RabbitMQ section: {','.join(systems.RABBITMQ)}")
     parser.add_argument("--repeat", type=int, default=None, help="runs per system (default 3)")
     parser.add_argument("--output", default=None,
                         help="report path without extension (default benchmarks/results/latest; "
@@ -317,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     plan = Plan.quick(args.repeat) if args.quick else Plan(repeat=args.repeat or 3)
-    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    chosen = ",".join(systems.RABBITMQ) if args.rabbitmq else args.systems
+    names = [s.strip() for s in chosen.split(",") if s.strip()]
     for name in names:
         systems.get(name)  # fail fast on a typo
     _require_redis()
@@ -332,8 +341,10 @@ def main(argv: list[str] | None = None) -> None:
         "plan": plan.__dict__,
         "machine": machine(any(systems.get(n).section == "postgresql" for n in names)),
         "systems": results,
+        **(report.RABBITMQ_SECTION if args.rabbitmq else {}),
     }
-    out = Path(args.output or (RAW / "quick" if args.quick else RESULTS / "latest"))
+    name = "rabbitmq" if args.rabbitmq else "latest"
+    out = Path(args.output or (RAW / f"quick-{name}" if args.quick else RESULTS / name))
     out.parent.mkdir(parents=True, exist_ok=True)
     data = report.summarize_all(data)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")

@@ -70,8 +70,10 @@ class AMQPOptions:
         return f"{scheme}://{self.username}@{self.host}:{self.port}/{self.vhost}"
 
 
-def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptions:
-    """Read a Celery-style AMQP URL and ``broker_transport_options``."""
+def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
+                   need_state: bool = True) -> AMQPOptions:
+    """Read a Celery-style AMQP URL and ``broker_transport_options``; the control
+    channel, which keeps nothing, passes ``need_state=False``."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("amqp", "amqps", "pyamqp"):
@@ -88,7 +90,7 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
         raise ConfigurationError(f"broker_transport_options['queue_type']={queue_type!r}: "
                                  f"use one of {', '.join(QUEUE_TYPES)}")
     state_url = settings.get("state_url")
-    if not state_url:
+    if not state_url and need_state:
         raise ConfigurationError(
             "an amqp:// broker keeps idempotency keys, revocations and beat leases "
             "outside RabbitMQ: set result_backend to a redis:// or sqlite:// URL, or "
@@ -100,7 +102,7 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None) -> AMQPOptio
         vhost=unquote(path) or "/", username=unquote(parts.username or "guest"),
         password=unquote(parts.password or "guest"), tls=tls,
         heartbeat=settings.get("heartbeat"), queue_type=queue_type,
-        state_url=str(state_url), connect_timeout=float(settings.get("connect_timeout", 4.0)))
+        state_url=str(state_url or ""), connect_timeout=float(settings.get("connect_timeout", 4.0)))
 
 
 def amqp_options(opts: dict[str, Any], result_backend: str | None,

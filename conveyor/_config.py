@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_type_hints
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
@@ -88,8 +89,9 @@ class Settings:
         "different on purpose: forever by default (Celery: 100); counts retries at start only"))
     broker_use_ssl: bool | dict[str, Any] | None = field(default=False, metadata=_doc(
         "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
-        "ssl_keyfile",
-        "different on purpose: the URL must be rediss://, else the broker is refused"))
+        "ssl_keyfile; with sentinel:// or redis+cluster:// it turns TLS on",
+        "different on purpose: with one server the URL must be rediss://, else the broker "
+        "is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
         "options of the Redis result store client (the same keys as the broker's); unset "
         "ones come from the broker's: its prefix always, and all of them beside the broker",
@@ -103,8 +105,10 @@ class Settings:
     result_backend_max_sleep_between_retries_ms: int = field(default=10000, metadata=_doc(
         "cap of that backoff (ms)"))
     redis_backend_use_ssl: bool | dict[str, Any] | None = field(default=None, metadata=_doc(
-        "TLS options for a rediss:// result backend (keys as broker_use_ssl)",
-        "different on purpose: the URL must be rediss://, else the store is refused"))
+        "TLS options for a rediss:// result backend (keys as broker_use_ssl); with "
+        "sentinel:// or redis+cluster:// it turns TLS on",
+        "different on purpose: with one server the URL must be rediss://, else the store "
+        "is refused"))
     redis_socket_timeout: float | None = field(default=None, metadata=_doc(
         "socket timeout of the Redis result store; None: 5 s",
         "different on purpose: 5 s by default, not 120 s, so an outage is noticed"))
@@ -420,7 +424,20 @@ class Settings:
     @property
     def result_url(self) -> str:
         """Where results live: ``result_backend``, or beside the broker."""
-        return self.result_backend or self.broker_url
+        return self.result_backend or self.beside_broker_url
+
+    @property
+    def beside_broker_url(self) -> str:
+        """The broker's URL as the stores kept beside it open it: a PostgreSQL
+        broker's ``schema`` transport option written into the URL, so results
+        and task events share the broker's schema (they read only the URL)."""
+        schema = self.broker_transport_options.get("schema")
+        if schema is None or _scheme(self.broker_url) not in ("postgresql", "postgres"):
+            return self.broker_url
+        parts = urlsplit(self.broker_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k != "schema"]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("schema", str(schema))])))
 
     @property
     def idempotency_ttl(self) -> float:
@@ -646,24 +663,28 @@ def _is_redis(url: str) -> bool:
 def tls_options(key: str, value: bool | dict[str, Any] | None, url: str) -> dict[str, Any]:
     """Celery's ``broker_use_ssl``/``redis_backend_use_ssl`` as Redis client options.
 
-    Celery's Redis transport turns TLS on when these are set; here the URL
-    says so (``rediss://``), and a TLS setting for a URL that is not TLS is
-    refused rather than ignored.
+    Celery's Redis transport turns TLS on when these are set.  For one server
+    the URL says so here (``rediss://``), and a TLS setting with ``redis://``
+    is refused rather than ignored; for a Sentinel master or a cluster's
+    nodes, which have no TLS scheme, the setting turns TLS on (``ssl``), as
+    in Celery.
     """
     if not value:
         return {}
-    if _scheme(url) != "rediss":
+    scheme = _scheme(url)
+    if scheme not in ("rediss", "sentinel", "redis+cluster"):
         raise ConfigurationError(
-            f"{key} is set but the URL it applies to is {_scheme(url)}://, not TLS: use a "
+            f"{key} is set but the URL it applies to is {scheme}://, not TLS: use a "
             "rediss:// URL (Redis over TLS), or remove the setting")
+    out: dict[str, Any] = {} if scheme == "rediss" else {"ssl": True}
     if value is True:
-        return {}
+        return out
     assert isinstance(value, dict)
     unknown = sorted(set(value) - set(_TLS_KEYS))
     if unknown:
         raise ConfigurationError(f"{key}: unknown key(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(_TLS_KEYS)}")
-    out = {name: value[name] for name in _TLS_KEYS if value.get(name) is not None}
+    out.update({name: value[name] for name in _TLS_KEYS if value.get(name) is not None})
     if "ssl_cert_reqs" in out:
         out["ssl_cert_reqs"] = _cert_reqs(key, out["ssl_cert_reqs"])
     return out

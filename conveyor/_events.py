@@ -469,7 +469,7 @@ def events_url(app: Conveyor) -> str:
     """The result backend URL, or the broker's where results go to Django's database."""
     url = app.conf.result_url
     scheme = url.split("://", 1)[0].lower() if "://" in url else url
-    return app.conf.broker_url if scheme in ("django-db", "django") else url
+    return app.conf.beside_broker_url if scheme in ("django-db", "django") else url
 
 
 def store_for(app: Conveyor) -> EventStore:

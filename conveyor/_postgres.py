@@ -2,20 +2,40 @@
 connections, errors and schema versions.
 
 URLs are libpq's (``postgresql://user:password@host:port/dbname?sslmode=...``;
-``postgres://`` is the same) plus one parameter of Conveyor's own,
-``schema=NAME`` (default ``public``): every table lives in that schema, which
-is created when missing, so several applications (or test runs) can share a
-database without meeting.  Every other query parameter goes to libpq as is.
+``postgres://`` is the same) plus three parameters of Conveyor's own, which
+every store opened from the URL (broker, results, events, remote control,
+beat) reads alike:
+
+* ``schema=NAME`` (default ``public``): every table lives in that schema,
+  which is created when missing, so several applications (or test runs) can
+  share a database without meeting;
+* ``pool_mode=session|transaction`` (default ``session``): ``transaction``
+  says the URL goes through a pooler that hands out a server connection per
+  transaction (PgBouncer's ``pool_mode = transaction``), so nothing may live
+  in a session: statements are never prepared on the server, and ``LISTEN``
+  never goes through this URL (docs/decisions/0018-postgres-behind-pgbouncer.md);
+* ``listen_url=URL`` (percent-encoded): a direct connection, used only for
+  the ``LISTEN`` connections; without it a ``transaction`` URL has none, and
+  waiters poll.
+
+Every other query parameter goes to libpq as is.
 
 Connections: a small pool per process (psycopg 3, autocommit on; several
-statements that must commit together run in an explicit transaction).  The
-pool notices a fork and starts empty in the child: psycopg never closes a
+statements that must commit together run in an explicit transaction; no
+session state: no ``SET``, no session advisory locks, no server-side cursors).
+The pool notices a fork and starts empty in the child: psycopg never closes a
 connection it inherited (libpq's socket stays the parent's), so the parent
-loses nothing.  A connection that failed is thrown away, not reused.
+loses nothing.  A connection that failed is thrown away, not reused, and so
+is an idle one the server has written to: the server speaks to an idle
+connection only to end it (a terminated backend, a shutdown), so a producer
+after a restart gets a fresh connection instead of an error.
 
-Errors: a connection that cannot be made or is lost mid-call raises
-:class:`~conveyor.exceptions.BrokerUnavailable` naming the server without
-its password.
+Errors: a connection that cannot be made or is lost mid-call, and a
+statement the server cancelled (``statement_timeout``, ``lock_timeout``, a
+deadlock), raise :class:`~conveyor.exceptions.BrokerUnavailable` naming the
+server without its password; a prepared statement gone missing (a
+transaction pooler the URL does not declare) raises a ``BrokerError`` that
+says to add ``pool_mode=transaction``.
 
 Schema versions: each component (``broker``, ...) records the version of
 the tables it created in ``conveyor_schema (component PRIMARY KEY, version)``;
@@ -30,15 +50,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor import _redact as redact
-from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+from conveyor.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
 
 try:
     import psycopg
@@ -50,38 +71,97 @@ T = TypeVar("T")
 SCHEMES = ("postgresql", "postgres")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 POOL_SIZE = 8
+#: SQLSTATEs of a statement the server cancelled on a live connection: a
+#: statement timeout, a lock timeout, a deadlock, a serialization failure.
+CANCELLED = frozenset({"57014", "55P03", "40P01", "40001"})
+#: A prepared statement missing, or there already: the sessions moved under us.
+PREPARED_LOST = frozenset({"26000", "42P05"})
+POOL_MODES = ("session", "transaction")
+OWN_PARAMETERS = ("schema", "pool_mode", "listen_url")  # Conveyor's, never passed to libpq
 
 
 @dataclass(frozen=True, slots=True)
 class PostgresOptions:
-    """Where to connect (``conninfo`` has the password; never print it) and
-    which schema holds the tables; ``address`` is safe to print."""
+    """Where to connect (``conninfo`` has the password; never print it), which
+    schema holds the tables, and how (see the module docstring); the
+    ``*address`` fields are safe to print.
+
+    ``listen_conninfo`` is None when nothing may ``LISTEN``: a transaction
+    pooler's URL without a ``listen_url``.
+    """
 
     conninfo: str
     schema: str
     address: str
+    pool_mode: str = "session"
+    listen_conninfo: str | None = None
+    listen_address: str = ""
+
+    @property
+    def prepares(self) -> bool:
+        """Whether psycopg may prepare statements (which live in a session)."""
+        return self.pool_mode != "transaction"
 
 
 def parse_postgres_url(url: str, schema: object = None) -> PostgresOptions:
-    """Split Conveyor's ``schema`` parameter off a libpq URL.
+    """Split Conveyor's own parameters off a libpq URL (see the module docstring).
 
     ``schema`` (from transport options) wins over the URL's when both are set.
     """
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
-        raise ConfigurationError(f"{redact_url(url)!r} is not a postgresql:// URL")
+    parts = _split(url, "")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    from_url = [v for k, v in query if k == "schema"]
-    rest = [(k, v) for k, v in query if k != "schema"]
-    name = str(schema) if schema is not None else (from_url[-1] if from_url else "public")
+    own = {k: v for k, v in query if k in OWN_PARAMETERS}
+    name = str(schema) if schema is not None else own.get("schema", "public")
     if not _IDENTIFIER.match(name):
         raise ConfigurationError(
             f"PostgreSQL schema {name!r} (in {redact_url(url)!r}): use lower-case letters, "
             "digits and underscores, starting with a letter or underscore")
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    host = parts.hostname or "localhost"
-    address = f"{host}:{parts.port or 5432}{parts.path or '/'}"
-    return PostgresOptions(conninfo, name, address)
+    mode = _pool_mode(own.get("pool_mode", "session"), url)
+    conninfo, address = _conninfo(parts, [(k, v) for k, v in query if k not in own])
+    listen: str | None = conninfo
+    listen_address = address
+    if "listen_url" in own:
+        listen, listen_address = _listen_conninfo(own["listen_url"], url)
+    elif mode == "transaction":
+        listen = None
+    return PostgresOptions(conninfo, name, address, mode, listen, listen_address)
+
+
+def _split(url: str, what: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        raise ConfigurationError(f"{what}{redact_url(url)!r} is not a postgresql:// URL")
+    return parts
+
+
+def _conninfo(parts: SplitResult, query: list[tuple[str, str]]) -> tuple[str, str]:
+    """libpq's URL for ``parts`` with ``query``, and the address to print."""
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    address = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    return conninfo, address
+
+
+def _pool_mode(value: str, url: str) -> str:
+    if value in POOL_MODES:
+        return value
+    why = (" (statement pooling cannot run the transactions Conveyor needs)"
+           if value == "statement" else "")
+    raise ConfigurationError(
+        f"pool_mode={value!r} in {redact_url(url)!r}: use session (a direct connection or "
+        f"session pooling) or transaction (PgBouncer's transaction pooling){why}")
+
+
+def _listen_conninfo(listen_url: str, url: str) -> tuple[str, str]:
+    """The direct connection ``LISTEN`` uses; Conveyor's own parameters make no
+    sense there (the main URL's apply), so they are refused, not ignored."""
+    parts = _split(listen_url, "listen_url ")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    stray = sorted({k for k, _ in query if k in OWN_PARAMETERS})
+    if stray:
+        raise ConfigurationError(
+            f"listen_url in {redact_url(url)!r} carries {', '.join(stray)}: set them on "
+            "the main URL; listen_url only says where to LISTEN")
+    return _conninfo(parts, query)
 
 
 def redact_url(url: str) -> str:
@@ -109,7 +189,18 @@ class Pool:
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection of its own (the caller closes it)."""
         with errors(self.options.address, "connect"):
+            # prepare_threshold=None: a prepared statement lives in one server
+            # session, which a transaction pooler does not keep for us.
+            extra = {} if self.options.prepares else {"prepare_threshold": None}
             return psycopg.connect(self.options.conninfo, autocommit=True,
+                                   application_name="conveyor", **extra)
+
+    def connect_listener(self) -> psycopg.Connection[Any]:
+        """A new direct connection for ``LISTEN`` (the caller closes it)."""
+        if self.options.listen_conninfo is None:
+            raise ConfigurationError("pool_mode=transaction without listen_url: no LISTEN")
+        with errors(self.options.listen_address, "listen"):
+            return psycopg.connect(self.options.listen_conninfo, autocommit=True,
                                    application_name="conveyor")
 
     @contextmanager
@@ -118,6 +209,8 @@ class Pool:
         try:
             yield conn
         except BaseException:
+            if conn.broken:
+                self._drop_idle()  # the server went away: its siblings are gone too
             conn.close()
             raise
         self._give_back(conn)
@@ -152,8 +245,9 @@ class Pool:
                 self._idle, self._pid = [], os.getpid()  # the parent's: leave them be
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
+                if _usable(conn):
                     return conn
+                conn.close()
         return self.connect()
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
@@ -163,12 +257,30 @@ class Pool:
                 return
         conn.close()
 
-    def close(self) -> None:
+    def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
             mine = self._pid == os.getpid()
         for conn in idle if mine else ():
             conn.close()
+
+    def close(self) -> None:
+        self._drop_idle()
+
+
+def _usable(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection that is still open and the server has not written to.
+
+    The server writes to an idle pooled connection only to end it (``FATAL:
+    terminating connection ...`` before a shutdown or ``pg_terminate_backend``,
+    or the socket's end), so a readable socket means a dead connection; the
+    check is a zero-timeout poll, no round trip.
+    """
+    if conn.closed or conn.broken:
+        return False
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return not poller.poll(0)
 
 
 @contextmanager
@@ -177,9 +289,17 @@ def errors(address: str, action: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
+        why = ("the server cancelled the statement" if exc.sqlstate in CANCELLED
+               else "the connection was refused or lost")
         raise BrokerUnavailable(
-            f"PostgreSQL at {address}: {action} failed, the connection was refused or "
-            f"lost ({_first_line(exc)})") from exc
+            f"PostgreSQL at {address}: {action} failed, {why} ({_first_line(exc)})") from exc
+    except psycopg.ProgrammingError as exc:
+        if exc.sqlstate not in PREPARED_LOST:
+            raise
+        raise BrokerError(
+            f"PostgreSQL at {address}: {action} failed ({_first_line(exc)}); a pooler in "
+            "transaction mode (PgBouncer's pool_mode = transaction) sits between Conveyor "
+            "and the server: add pool_mode=transaction to the URL") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -235,12 +355,21 @@ def quoted(identifier: str) -> str:
     return f'"{identifier}"'
 
 
+RECONNECT_STEP = 0.05  # seconds between looks while the LISTEN connection is being made
+_TOLD_NO_LISTEN: set[tuple[int, str]] = set()  # (pid, address): said once per process
+
+
 class Listener:
     """One connection per process that ``LISTEN``s and counts notifications.
 
     Waiters remember the count before they look for work and sleep until it
-    changes; the thread starts on the first wait and restarts after a fork
-    or a lost connection (waiters poll meanwhile).
+    changes, or for :meth:`poll_step`; the thread starts on the first wait and
+    restarts after a fork or a lost connection.  While it makes its
+    connection, waiters look again every :data:`RECONNECT_STEP`; when it
+    cannot (the server is down, or ``listen_url`` unreachable) it says so in
+    one log line per outage and waiters poll at their idle step until it is
+    back.  A ``pool_mode=transaction`` URL without ``listen_url`` has no
+    listening connection at all: one log line per process, and waiters poll.
     """
 
     def __init__(self, pool: Pool, channel: str) -> None:
@@ -254,8 +383,14 @@ class Listener:
         self._cond = threading.Condition()
         self._count = 0
         self._ready = threading.Event()
+        self._failing = threading.Event()
+        self._answered = threading.Event()  # ready or failing: the first wait is over
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._pool.options.listen_conninfo is not None
 
     def generation(self) -> int:
         """The notification count, starting the listener first if needed."""
@@ -266,12 +401,21 @@ class Listener:
     def listening(self) -> bool:
         return self._ready.is_set()
 
+    def poll_step(self, idle: float) -> float:
+        """How long a waiter may sleep before looking again (see the class docstring)."""
+        if self._ready.is_set() or self._failing.is_set() or not self.enabled:
+            return idle
+        return RECONNECT_STEP
+
     def wait(self, generation: int, seconds: float) -> None:
         with self._cond:
             self._cond.wait_for(lambda: self._count != generation, timeout=seconds)
 
     def _start(self) -> None:
         if self._closed or (self._pid == os.getpid() and self._thread is not None):
+            return
+        if not self.enabled:
+            _tell_no_listen(self._pool.options.address)
             return
         with self._cond:
             if self._pid != os.getpid():
@@ -283,7 +427,7 @@ class Listener:
                     target=self._listen, name="conveyor-pg-listen", daemon=True)
                 self._thread.start()
         if started:
-            self._ready.wait(2.0)  # LISTEN in place before the first look for work
+            self._answered.wait(2.0)  # LISTEN in place before the first look for work
 
     def _bump(self) -> None:
         with self._cond:
@@ -293,31 +437,64 @@ class Listener:
     def _listen(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            try:
-                conn = self._pool.connect()
-            except Exception as exc:
-                log.warning("PostgreSQL: cannot listen (%s); polling", exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            if self._listen_once():
+                backoff = 0.1  # it listened, then lost the connection: make it again now
                 continue
-            try:
-                self._serve(conn)
-                backoff = 0.1
-            except Exception as exc:
-                log.warning("PostgreSQL: lost the LISTEN connection (%s)", exc)
-            finally:
-                self._ready.clear()
-                conn.close()
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _listen_once(self) -> bool:
+        """Connect, LISTEN and count notifications until stopped or lost; whether it
+        got as far as listening."""
+        try:
+            conn = self._pool.connect_listener()
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        try:
+            self._serve(conn)
+        except Exception as exc:
+            if not self._ready.is_set():
+                self._failed(exc)
+                return False
+            log.warning("PostgreSQL: lost the LISTEN connection (%s); making it again", exc)
+        finally:
+            self._ready.clear()
+            conn.close()
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        """Say once per outage that nothing listens; waiters poll meanwhile."""
+        if not self._failing.is_set():
+            log.warning("PostgreSQL: cannot LISTEN (%s); waiters poll until it can", exc)
+        self._failing.set()
+        self._answered.set()
 
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(f"LISTEN {quoted(self._channel)}")
-        self._ready.set()
-        self._bump()  # anything sent while not listening: look again
-        while not self._stopping.is_set():
-            for _ in conn.notifies(timeout=1.0):
-                self._bump()
+        with errors(self._pool.options.listen_address, "LISTEN"):
+            conn.execute(f"LISTEN {quoted(self._channel)}")
+            if self._failing.is_set():
+                log.info("PostgreSQL at %s: listening again", self._pool.options.listen_address)
+                self._failing.clear()
+            self._ready.set()
+            self._answered.set()
+            self._bump()  # anything sent while not listening: look again
+            while not self._stopping.is_set():
+                for _ in conn.notifies(timeout=1.0):
+                    self._bump()
 
     def stop(self) -> None:
         self._closed = True
         if self._pid == os.getpid():
             self._stopping.set()  # the thread closes its connection within a second
+
+
+def _tell_no_listen(address: str) -> None:
+    """One log line per process: without ``LISTEN`` waits poll (see :class:`Listener`)."""
+    key = (os.getpid(), address)
+    if key in _TOLD_NO_LISTEN:
+        return
+    _TOLD_NO_LISTEN.add(key)
+    log.warning("PostgreSQL at %s: pool_mode=transaction and no listen_url, so nothing "
+                "LISTENs: waiting workers and result waits poll (the broker every "
+                "poll_interval) instead of waking on NOTIFY", address)

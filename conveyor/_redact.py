@@ -7,7 +7,8 @@ never leaves the process that was given it.  The rule:
 * a URL's userinfo password becomes ``********`` (the user name stays: it helps
   tell two servers apart and is not a secret);
 * a query parameter whose *name* looks secret (see :func:`is_secret_key`)
-  keeps its name and loses its value: ``?password=********``;
+  keeps its name and loses its value: ``?password=********``; one whose
+  value is a URL (percent-encoded or not) has that URL redacted by this rule;
 * in an options mapping (``broker_transport_options``, ...) the value under a
   secret-looking key becomes ``********``, at any depth, and string values that
   are URLs are redacted as URLs;
@@ -30,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 __all__ = ["MASK", "arguments", "arguments_hidden", "is_secret_key", "options", "text", "url",
            "value"]
@@ -98,8 +99,13 @@ def _rebuild(parts: SplitResult) -> str:
 
 
 def _query_pair(pair: str) -> str:
-    name, eq, _ = pair.partition("=")
-    return f"{name}={MASK}" if eq and is_secret_key(name) else pair
+    name, eq, value = pair.partition("=")
+    if eq and is_secret_key(name):
+        return f"{name}={MASK}"
+    decoded = unquote(value)
+    if "://" in decoded:  # a URL inside a URL (PostgreSQL's listen_url=): its own password
+        return f"{name}={url(decoded) if decoded == value else quote(url(decoded), safe=':/@*?=')}"
+    return pair
 
 
 def options(found: Any) -> Any:

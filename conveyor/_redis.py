@@ -7,10 +7,16 @@
   ``master_name`` option (``sentinel_kwargs`` for the sentinels' own
   connections, ``min_other_sentinels``), reaches the master those sentinels
   name, and the next one after a failover; as in Celery, the database and
-  password come from the first address and apply to the master.
+  password come from the first address and apply to the master (a later
+  address that names another database, password or any option is refused).
   ``redis+cluster://host:port,host2:port2`` reaches the Redis Cluster master
   that owns the app's hash slot; the prefix becomes a hash tag
   (:mod:`conveyor._redis_cluster`).
+* TLS: ``rediss://`` for one server; ``ssl=true`` (set by Celery's
+  ``broker_use_ssl``) for the master a ``sentinel://`` URL reaches and for
+  every node of a ``redis+cluster://`` one.  The sentinels' own connections
+  take theirs from ``sentinel_kwargs`` (``ssl``, ``ssl_ca_certs``, …), as in
+  Celery: a sentinel is another server, often with another certificate.
   ``?prefix=`` (or the ``prefix`` option) sets the key prefix, ``conveyor``
   by default, so two apps can share one database.
 * :class:`ClientHolder` builds the ``redis.Redis`` client lazily and again in a
@@ -42,29 +48,33 @@ from __future__ import annotations
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._redact import url as redact_url
 from conveyor._redis_cluster import (
     CLUSTER_SCHEME,
     ClusterOptions,
     SlotConnection,
     SlotNotServed,
     SlotOwner,
+    SlotSSLConnection,
     cluster_options,
     hash_tagged,
 )
 from conveyor._redis_options import _CELERY_ONLY
+from conveyor._redis_shards import SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.redis")
@@ -81,6 +91,18 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
 )
+
+def _flag(value: Any) -> bool:
+    """A yes/no option from a URL query (text) or from settings (a bool)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
 
 # Options a URL query or ``broker_transport_options`` may set, with their types.
 _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
@@ -99,11 +121,28 @@ _OPTION_TYPES: dict[str, Callable[[Any], Any]] = {
     "wait_timeout": float,
     "min_other_sentinels": int,
     "sentinel_kwargs": dict,
+    "ssl": _flag,
 }
 
 # Only meaningful with a sentinel:// URL.
 _SENTINEL_ONLY = ("master_name", "min_other_sentinels", "sentinel_kwargs")
 DEFAULT_SENTINEL_PORT = 26379
+# Schemes whose servers speak TLS when ``ssl`` is set (rediss:// always does).
+_TLS_BY_OPTION = ("sentinel", CLUSTER_SCHEME)
+
+# What ``sentinel_kwargs`` may set for the connections to the sentinels.  redis-py
+# would take more, and silently ignore the ssl_* ones without ``ssl``: both refused.
+_SENTINEL_KWARG_TYPES: dict[str, Callable[[Any], Any]] = {
+    "username": str,
+    "password": str,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "ssl": _flag,
+    "ssl_cert_reqs": lambda value: value,  # a name or ssl.CERT_*; checked by _ssl_kwargs
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+}
 
 
 _RENAMED = {"global_keyprefix": "prefix"}
@@ -153,6 +192,7 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
     settings: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         settings[key] = value
+    _check_sharding(url, scheme, settings, options or {})
     settings.update(options or {})
     settings = _checked(url, settings)
     password = settings.pop("password", None)
@@ -189,8 +229,8 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
         address = f"the master of slot {cluster.slot} in the Redis Cluster of " + ",".join(
             f"{host}:{port}" for host, port in cluster.nodes)
     elif scheme == "sentinel":
-        sentinel = _sentinel_options(url, settings)
         kwargs["db"] = _db_from_path(url, parts.path, settings)
+        sentinel = _sentinel_options(url, settings, kwargs["db"])
         address = f"master {sentinel.master_name!r} of sentinels " + ",".join(
             f"{host}:{port}" for host, port in sentinel.hosts)
     elif scheme == "unix":
@@ -201,11 +241,13 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
         host, port = parts.hostname or "localhost", parts.port or DEFAULT_PORT
         kwargs.update(host=host, port=port, db=_db_from_path(url, parts.path, settings))
         address = f"{host}:{port}"
-    if scheme == "rediss":
+    if _wants_tls(url, scheme, settings):
         kwargs.update(_ssl_kwargs(settings))
     leftover = sorted(k for k in settings if k.startswith("ssl_"))
     if leftover:
-        raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to rediss:// URLs")
+        raise ConfigurationError(
+            f"{url!r}: {', '.join(leftover)} only apply with TLS: a rediss:// URL, or "
+            "ssl=true (Celery: broker_use_ssl) with a sentinel:// or redis+cluster:// URL")
     leftover = sorted(k for k in settings if k in _SENTINEL_ONLY)
     if leftover:
         raise ConfigurationError(f"{url!r}: {', '.join(leftover)} only apply to sentinel:// URLs")
@@ -213,24 +255,97 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
                         sentinel=sentinel, cluster=cluster, **waits)
 
 
-def _sentinel_options(url: str, settings: dict[str, Any]) -> SentinelOptions:
+def _check_sharding(url: str, scheme: str, query: dict[str, Any],
+                    options: Mapping[str, Any]) -> None:
+    """``queue_shards`` belongs to the broker of a cluster URL (conveyor._redis_shards).
+
+    In the URL's query it is read by the broker and left alone here: every
+    other store at that URL keeps its keys on the home slot.  In a store's own
+    options it would change nothing, so it is refused there.
+    """
+    query.pop("queue_shards", None)
+    given = [name for name in SHARD_OPTIONS if name in options]
+    if scheme != CLUSTER_SCHEME and (given or "queue_shards" in _query_keys(url)):
+        raise ConfigurationError(
+            f"{redact_url(url)}: queue_shards spreads queues over the masters of a Redis "
+            "Cluster; it needs a redis+cluster:// URL")
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)} only apply to the broker (broker_transport_options): results, "
+            "events, beat state and remote control stay on the app's home slot")
+
+
+def _query_keys(url: str) -> list[str]:
+    return [key for key, _ in parse_qsl(urlsplit(url.split(";", 1)[0]).query)]
+
+
+def _wants_tls(url: str, scheme: str, settings: dict[str, Any]) -> bool:
+    """Whether the data servers speak TLS: always for rediss://, when ``ssl`` is set
+    for a Sentinel master or a cluster's nodes; ``ssl`` anywhere else is refused."""
+    asked = settings.pop("ssl", None)
+    if scheme == "rediss":
+        if asked is False:
+            raise ConfigurationError(f"{url!r}: ssl=false contradicts rediss://")
+        return True
+    if asked and scheme not in _TLS_BY_OPTION:
+        raise ConfigurationError(
+            f"{url!r}: ssl applies to sentinel:// and redis+cluster:// URLs; "
+            "for one server use a rediss:// URL")
+    return bool(asked)
+
+
+def _sentinel_options(url: str, settings: dict[str, Any], db: int) -> SentinelOptions:
     """The sentinels of a ``sentinel://a;sentinel://b`` URL and the Sentinel options."""
     hosts: list[tuple[str, int]] = []
-    for chunk in url.split(";"):
-        part = urlsplit(chunk.strip())
+    parts = [urlsplit(chunk.strip()) for chunk in url.split(";")]
+    for part in parts:
         if part.scheme.lower() != "sentinel" or not part.hostname:
             raise ConfigurationError(
                 f"{url!r}: every address must be sentinel://host:port, separated by ';'")
+        if part is not parts[0] and _differs_from_first(part, parts[0], db):
+            raise ConfigurationError(
+                f"{url!r}: the database, password and options of a sentinel:// URL go on "
+                f"its first address (as in Celery); {part.hostname}:{part.port} names others")
         hosts.append((part.hostname, part.port or DEFAULT_SENTINEL_PORT))
     master_name = settings.pop("master_name", None)
     if not master_name:
         raise ConfigurationError(
             f"{url!r}: a sentinel:// URL needs the master_name option "
             "(broker_transport_options or result_backend_transport_options)")
-    extra = dict(settings.pop("sentinel_kwargs", {}))
-    sentinel_kwargs = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **extra}
+    sentinel_kwargs = _sentinel_kwargs(url, settings.pop("sentinel_kwargs", {}))
     return SentinelOptions(tuple(hosts), master_name,
                            settings.pop("min_other_sentinels", 0), sentinel_kwargs)
+
+
+def _differs_from_first(part: SplitResult, first: SplitResult, db: int) -> bool:
+    """A later sentinel address with a query, or a database or credentials of its
+    own: Celery reads those from the first address only, so they would be ignored."""
+    credentials = (part.username, part.password)
+    return bool(part.query) or part.path.strip("/") not in ("", str(db)) or credentials not in (
+        (None, None), (first.username, first.password))
+
+
+def _sentinel_kwargs(url: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``sentinel_kwargs`` checked and typed: how to reach the sentinels themselves
+    (1 s timeouts unless set; TLS only with ``ssl``)."""
+    unknown = sorted(set(given) - set(_SENTINEL_KWARG_TYPES))
+    if unknown:
+        raise ConfigurationError(
+            f"{url!r}: unknown sentinel_kwargs key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(_SENTINEL_KWARG_TYPES)}")
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        try:
+            out[key] = _SENTINEL_KWARG_TYPES[key](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{url!r}: sentinel_kwargs[{key!r}]: {exc}") from None
+    if out.pop("ssl", False):
+        out.update(_ssl_kwargs(out))
+    leftover = sorted(k for k in out if k.startswith("ssl_") and "ssl" not in out)
+    if leftover:
+        raise ConfigurationError(
+            f"{url!r}: sentinel_kwargs {', '.join(leftover)} need ssl=True there too")
+    return {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **out}
 
 
 def _checked(url: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -267,11 +382,15 @@ def _db_from_path(url: str, path: str, settings: dict[str, Any]) -> int:
 
 
 def _ssl_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's TLS arguments, popped from ``settings``; certificates are checked
+    unless ``ssl_cert_reqs`` says otherwise (a name, or Celery's ``ssl.CERT_*``)."""
     kwargs: dict[str, Any] = {"ssl": True}
     reqs = settings.pop("ssl_cert_reqs", "required")
-    if reqs.lower() not in _CERT_REQS:
+    if isinstance(reqs, int) and not isinstance(reqs, bool) and reqs in set(ssl.VerifyMode):
+        reqs = ssl.VerifyMode(reqs).name
+    if str(reqs).lower() not in _CERT_REQS:
         raise ConfigurationError(f"ssl_cert_reqs={reqs!r}: use none, optional or required")
-    kwargs["ssl_cert_reqs"] = _CERT_REQS[reqs.lower()]
+    kwargs["ssl_cert_reqs"] = _CERT_REQS[str(reqs).lower()]
     for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
         if name in settings:
             kwargs[name] = settings.pop(name)
@@ -319,9 +438,44 @@ class DroppingSentinelPool(_DropsIdleOnFailure, SentinelConnectionPool):
     """
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel, whose "no master found" says what each sentinel answered.
+
+    redis-py's own message lists every sentinel client's full ``repr`` (some
+    3 KB for three sentinels) and the error's class only, so a refused
+    connection and a failed certificate check read alike.
+    """
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        failures: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            where = _sentinel_address(sentinel)
+            try:
+                masters = sentinel.sentinel_masters()
+            except CONNECTION_ERRORS as exc:
+                failures.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # The sentinel that knew goes first next time, as in redis-py.
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            failures.append(f"{where}: no master {service_name!r} that is up")
+        raise MasterNotFoundError(
+            f"no sentinel named a master for {service_name!r} ({'; '.join(failures)})")
+
+
+def _sentinel_address(sentinel: redis.Redis) -> str:
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 def _sentinel_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions) -> redis.Redis:
-    manager = Sentinel(list(sentinel.hosts), min_other_sentinels=sentinel.min_other_sentinels,
-                       sentinel_kwargs=dict(sentinel.sentinel_kwargs), **kwargs)
+    # One attempt per sentinel: redis-py's default retries (three, backing off
+    # from 1 s) would make each unreachable sentinel cost four timeouts.
+    ask = {**sentinel.sentinel_kwargs, "retry": Retry(NoBackoff(), 0)}
+    manager = _Sentinels(list(sentinel.hosts), min_other_sentinels=sentinel.min_other_sentinels,
+                         sentinel_kwargs=ask, **kwargs)
     return manager.master_for(sentinel.master_name, connection_pool_class=DroppingSentinelPool)
 
 
@@ -340,8 +494,9 @@ def new_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions | None = Non
     connection_class: Any = template.connection_class
     extra: dict[str, Any] = {}
     if cluster is not None:
-        connection_class = SlotConnection
-        extra["slot_owner"] = SlotOwner(cluster, template.connection_kwargs)
+        tls = issubclass(connection_class, redis.SSLConnection)
+        connection_class = SlotSSLConnection if tls else SlotConnection
+        extra["slot_owner"] = SlotOwner(cluster, template.connection_kwargs, tls)
     pool = DroppingPool(connection_class=connection_class,
                         max_connections=template.max_connections,
                         **template.connection_kwargs, **extra)

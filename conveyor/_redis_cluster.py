@@ -31,6 +31,11 @@ run; the pool drops its idle siblings and the next connection asks again.
 
 Plain ``PUBLISH``/``SUBSCRIBE`` reach every node of a cluster, so the
 control channel's pub/sub works unchanged on the pinned connection.
+
+**TLS** (``ssl=true``, Celery's ``broker_use_ssl``): the question and the
+pinned connection both go over TLS with the same certificates
+(:class:`SlotSSLConnection`); a cluster started with ``tls-cluster yes``
+announces its TLS ports in ``CLUSTER SLOTS``.
 """
 
 from __future__ import annotations
@@ -43,13 +48,19 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from conveyor.exceptions import ConfigurationError
 
 __all__ = ["CLUSTER_SCHEME", "ClusterOptions", "SlotConnection", "SlotNotServed", "SlotOwner",
-           "cluster_options", "hash_tagged"]
+           "SlotSSLConnection", "cluster_options", "hash_tagged"]
 
 CLUSTER_SCHEME = "redis+cluster"
 DEFAULT_CLUSTER_PORT = 6379
@@ -57,6 +68,10 @@ DEFAULT_CLUSTER_PORT = 6379
 # Replies meaning "this node does not serve the slot now"; none ran the command.
 # (MovedError is an AskError.)
 _NOT_SERVED = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+# A script's command refused while the cluster is down (a master lost, no replica
+# promoted yet) comes back as a plain error, not CLUSTERDOWN: nothing in it ran
+# (Redis checks the cluster state before each command, and refuses the first).
+_CLUSTER_DOWN_IN_SCRIPT = "while the cluster is down"
 
 
 class SlotNotServed(redis.ConnectionError):
@@ -108,7 +123,8 @@ class SlotOwner:
     node must not cost a full ``socket_connect_timeout`` per connect.
     """
 
-    def __init__(self, cluster: ClusterOptions, connection_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, cluster: ClusterOptions, connection_kwargs: Mapping[str, Any],
+                 tls: bool = False) -> None:
         self.slot = cluster.slot
         self._seeds = list(cluster.nodes)
         self._learnt: list[tuple[str, int]] = []
@@ -121,6 +137,9 @@ class SlotOwner:
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0), "protocol": 2,
         }
+        if tls:  # the pinned connections' own TLS arguments, certificates included
+            self._kwargs.update(ssl=True, **{key: value for key, value in connection_kwargs.items()
+                                             if key.startswith("ssl_")})
 
     def _candidates(self) -> list[tuple[str, int]]:
         with self._lock:
@@ -198,8 +217,15 @@ class SlotConnection(redis.Connection):
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
-        except _NOT_SERVED as exc:
+        except (*_NOT_SERVED, ResponseError) as exc:
+            if not isinstance(exc, _NOT_SERVED) and _CLUSTER_DOWN_IN_SCRIPT not in str(exc):
+                raise
             self.disconnect()
             raise SlotNotServed(
                 f"{self.host}:{self.port} does not serve slot {self.slot_owner.slot} now "
                 f"({exc}); the command did not run") from exc
+
+
+class SlotSSLConnection(SlotConnection, redis.SSLConnection):
+    """:class:`SlotConnection` over TLS: the owner is found first, then the TLS
+    handshake checks that owner's certificate (its address is the hostname)."""

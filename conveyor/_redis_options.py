@@ -26,8 +26,10 @@ _CELERY_ONLY = {
     "interval_max": "connection retries are the worker's job",
 }
 
-# Options that are the broker's own: WAIT after enqueues, the app's priority steps.
-_BROKER_ONLY = frozenset({"wait_replicas", "wait_timeout", "priority_steps"})
+# Options that are the broker's own: WAIT after enqueues, the app's priority steps,
+# the queues' shards (conveyor._redis_shards).
+_BROKER_ONLY = frozenset({"wait_replicas", "wait_timeout", "priority_steps",
+                          "queue_shards", "queue_shard_map"})
 
 
 def connection_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
 
 if TYPE_CHECKING:
     from .redis_cluster import RedisCluster
+    from .redis_sentinel import SentinelSet
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # CONVEYOR_TEST_REDIS_PORT gives a parallel run (another checkout) a Redis of its own.
@@ -43,6 +44,16 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+def require_tool(what: str, present: bool) -> None:
+    """A program a test starts itself (``pgbouncer``, ``initdb``): skip on a laptop
+    without it, fail under CI, where it must be installed."""
+    if present:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not installed (CI=true: it is required)")
+    pytest.skip(f"{what} is not installed")
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A clean Redis database for this test."""
@@ -57,27 +68,57 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """One real Redis Cluster (3 masters, 3 replicas, ports 7100-7105) for the session
-    (for each pytest-xdist worker: gw1's on 7106-7111).
+# Fixtures that start a Sentinel set or a Redis Cluster: a test using one, directly
+# or through a parameter, is marked ``topology`` and runs in ``make test-topologies``.
+TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels"})
+topology = pytest.mark.topology
 
-    Needs ``redis-server`` and ``redis-cli``: skipped without them, failed under CI.
-    """
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TOPOLOGY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(topology)
+
+
+def require_redis_binaries(what: str) -> None:
+    """``redis-server`` and ``redis-cli``: skipped without them, failed under CI."""
     from .redis_cluster import RedisCluster
 
-    if not RedisCluster.available():
-        message = "redis-server and redis-cli are needed to start a Redis Cluster"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: they are required)")
-        pytest.skip(message)
-    # Each pytest-xdist worker starts a cluster of its own, on ports of its own.
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), first_port=7100 + 6 * _WORKER)
+    if RedisCluster.available():
+        return
+    message = f"redis-server and redis-cli are needed to start {what}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: they are required)")
+    pytest.skip(message)
+
+
+class _Servers(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Servers)
+
+
+def running(servers: S) -> Iterator[S]:
+    """Start a set of servers for a fixture to yield; stopped afterwards, or at once
+    if they did not start."""
     try:
-        cluster.start()
-        yield cluster
+        servers.start()
+        yield servers
     finally:
-        cluster.stop()
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One real Redis Cluster (3 masters, 3 replicas, on free ports) for the session,
+    for each pytest-xdist worker."""
+    from .redis_cluster import RedisCluster
+
+    require_redis_binaries("a Redis Cluster")
+    yield from running(RedisCluster(tmp_path_factory.mktemp("redis-cluster")))
 
 
 @pytest.fixture
@@ -89,6 +130,29 @@ def cluster_url(redis_cluster: RedisCluster, redis_prefix: str) -> Iterator[str]
     redis_cluster.flush()
     yield f"{redis_cluster.url}?prefix={redis_prefix}"
     redis_cluster.flush()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """One Sentinel-managed Redis (a master, two replicas, three sentinels, on free
+    ports) for the session, for each pytest-xdist worker."""
+    from .redis_sentinel import SentinelSet
+
+    require_redis_binaries("Redis Sentinel")
+    yield from running(SentinelSet(tmp_path_factory.mktemp("redis-sentinel")))
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinels: SentinelSet, redis_prefix: str) -> Iterator[str]:
+    """The session's Sentinel set through Celery's ``sentinel://`` URL (``master_name``
+    in its query), emptied around this test, under a prefix of this test's own."""
+    from .redis_sentinel import MASTER_NAME
+
+    if not redis_sentinels.healthy():  # a failover test may have left it degraded
+        pytest.fail("the session's Sentinel set is not healthy")
+    redis_sentinels.flush()
+    yield redis_sentinels.url_with(master_name=MASTER_NAME, prefix=redis_prefix)
+    redis_sentinels.flush()
 
 
 @pytest.fixture
@@ -154,7 +218,7 @@ def rabbitmq_vhost(queue_type: str) -> str:
 # The queues the RabbitMQ-parametrized tests use: the per-test wipe purges these
 # (RabbitMQ lists queues only over HTTP).  A new test on another queue adds it here.
 AMQP_TEST_QUEUES = ("q", "a", "b", "default", "reports", "urgent", "celery",
-                    "killed")
+                    "killed", "extra", "beat-test", "orders", "ticks", "moved")
 
 
 def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> None:
@@ -225,11 +289,16 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture(params=[*BACKENDS, "postgres", "amqp"])
+# Redis behind Sentinel and in a Cluster: run by ``make test-topologies``.
+TOPOLOGIES = [pytest.param("sentinel", marks=topology), pytest.param("cluster", marks=topology)]
+
+
+@pytest.fixture(params=[*BACKENDS, "postgres", "amqp", *TOPOLOGIES])
 def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """``(broker_url, result_backend)`` for each backend kind (PostgreSQL carries its
     results and task events beside the broker, like SQLite and Redis), plus RabbitMQ
-    with results in SQLite (RabbitMQ keeps no records)."""
+    with results in SQLite (RabbitMQ keeps no records), plus Redis through Sentinel
+    and in a Cluster (results beside the broker, as with one server)."""
     if request.param == "amqp":
         return str(request.getfixturevalue("amqp_url")), f"sqlite:///{tmp_path / 'results.db'}"
     fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"

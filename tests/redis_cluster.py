@@ -1,17 +1,17 @@
 """A real Redis Cluster for tests: three masters, each with one replica, on loopback.
 
-``redis-server --cluster-enabled yes`` runs six times on ports 7100-7105
-(their cluster buses on 17100-17105; a second pytest-xdist worker's cluster
-on 7106-7111), each with its files in a temporary
-directory, and ``redis-cli --cluster create … --cluster-replicas 1
---cluster-yes`` joins them.  ``cluster-node-timeout`` is short (2 s; 1 s made
-busy nodes on a loaded 2-core machine mark each other failed) so a killed
+``redis-server --cluster-enabled yes`` runs six times on free ports (their
+cluster buses on free ports too, ``--cluster-port``), each with its files in
+a temporary directory, and ``redis-cli --cluster create … --cluster-replicas
+1 --cluster-yes`` joins them.  Free ports, not fixed ones, so that parallel
+test runs (pytest-xdist workers, other checkouts) never meet: each node
+announces the port it listens on.  ``cluster-node-timeout`` is short (2 s; 1 s
+made busy nodes on a loaded 2-core machine mark each other failed) so a killed
 master is replaced by its replica within a few seconds;
 ``cluster-replica-validity-factor 0`` lets a replica take over however long
 ago it last heard from its master, and ``repl-diskless-sync-delay 0`` makes
-the first sync immediate.  Ports are
-fixed, not free ones: a cluster announces its nodes' ports, and the issue's
-brief gives this suite 7100-7110.
+the first sync immediate.  A cluster with ``tls`` listens for TLS only, its
+bus too (``tls-cluster yes``).
 """
 
 from __future__ import annotations
@@ -23,27 +23,32 @@ from pathlib import Path
 
 import redis
 
+from .faults.harness import free_port
 from .integration.processes import wait_for
+from .tls import RedisTls
 
-FIRST_PORT = 7100
 MASTERS = 3
 NODE_TIMEOUT_MS = 2000
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-
-
 class RedisCluster:
-    """Six ``redis-server`` processes joined into one cluster this test run owns."""
+    """``redis-server`` processes (six by default) joined into one cluster this run owns."""
 
     def __init__(self, directory: Path, masters: int = MASTERS, replicas: int = 1,
-                 first_port: int = FIRST_PORT) -> None:
+                 tls: RedisTls | None = None) -> None:
         self.directory = directory
         count = masters * (1 + replicas)
-        self.ports = list(range(first_port, first_port + count))
+        self.tls = tls
+        self.ports = [free_port() for _ in range(count)]
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.masters_count = masters
         self.replicas = replicas
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _client(self, port: int) -> redis.Redis:
+        tls = self.tls.client_kwargs() if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                           socket_connect_timeout=1, **tls)
 
     @staticmethod
     def available() -> bool:
@@ -51,7 +56,7 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports[:MASTERS])
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports[:self.masters_count])
         return f"redis+cluster://{nodes}/0"
 
     def start(self) -> None:
@@ -60,7 +65,8 @@ class RedisCluster:
         for port in self.ports:
             wait_for(lambda p=port: self._answers(p), 15, f"cluster node {port}")
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas",
+        tls = self.tls.cli_args() if self.tls else []
+        subprocess.run(["redis-cli", *tls, "--cluster", "create", *nodes, "--cluster-replicas",
                         str(self.replicas), "--cluster-yes"], check=True,
                        capture_output=True, timeout=60)
         wait_for(self.healthy, 30, "the cluster to agree on every slot and its replicas")
@@ -69,8 +75,11 @@ class RedisCluster:
         directory = self.directory / str(port)
         directory.mkdir(parents=True, exist_ok=True)
         log = open(directory / "redis.log", "ab")  # noqa: SIM115
+        listen = ([*self.tls.server_args(port), "--tls-cluster", "yes"] if self.tls
+                  else ["--port", str(port)])
         self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            ["redis-server", *listen, "--cluster-port", str(self.bus_ports[port]),
+             "--bind", "127.0.0.1",
              "--protected-mode", "no", "--dir", str(directory), "--save", "",
              "--appendonly", "no", "--cluster-enabled", "yes",
              "--cluster-config-file", str(directory / "nodes.conf"),
@@ -80,7 +89,7 @@ class RedisCluster:
         log.close()
 
     def _answers(self, port: int) -> bool:
-        client = _client(port)
+        client = self._client(port)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -89,7 +98,7 @@ class RedisCluster:
             client.close()
 
     def _info(self, port: int, section: str) -> dict[str, str]:
-        client = _client(port)
+        client = self._client(port)
         try:
             raw = client.execute_command(section, NEVER_DECODE=True)
         except redis.RedisError:
@@ -123,7 +132,7 @@ class RedisCluster:
         for port, proc in self.procs.items():
             if proc.poll() is not None:
                 continue
-            client = _client(port)
+            client = self._client(port)
             try:
                 ranges = client.execute_command("CLUSTER SLOTS", NEVER_DECODE=True)
             except redis.RedisError:
@@ -142,7 +151,7 @@ class RedisCluster:
     def flush(self) -> None:
         """Empty every master (replicas follow)."""
         for port in self.masters():
-            client = _client(port)
+            client = self._client(port)
             try:
                 client.flushall()
             finally:

@@ -1,11 +1,15 @@
 """Dramatiq: Redis broker, Results (Redis) and GroupCallbacks (Redis) middleware.
 
+``BENCH_DRAMATIQ_BROKER`` puts the broker on RabbitMQ instead (the RabbitMQ
+section), with ``confirm_delivery=True`` as the others there confirm.
+
 Every actor stores its result (``store_results=True``), as Celery does by
 default, so the processing run compares like with like.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dramatiq
@@ -17,7 +21,13 @@ from dramatiq.results.backends import RedisBackend
 
 from benchmarks.apps import _counter
 
-broker = RedisBroker(url=_counter.url())
+AMQP = os.environ.get("BENCH_DRAMATIQ_BROKER")
+if AMQP:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker: dramatiq.Broker = RabbitmqBroker(url=AMQP, confirm_delivery=True)
+else:
+    broker = RedisBroker(url=_counter.url())
 result_backend = RedisBackend(url=_counter.url())
 broker.add_middleware(Results(backend=result_backend))
 broker.add_middleware(GroupCallbacks(RateLimiterBackend(url=_counter.url())))

@@ -7,7 +7,7 @@ import os
 
 from benchmarks.systems.base import Client, NotSupported, System
 
-__all__ = ["ALL", "Client", "NotSupported", "System", "get", "redis_url"]
+__all__ = ["ALL", "RABBITMQ", "Client", "NotSupported", "System", "get", "redis_url"]
 
 # name -> module:class, in report order (Conveyor first, Celery as the baseline).
 _REGISTRY = {
@@ -20,12 +20,18 @@ _REGISTRY = {
     "huey-sqlite": "benchmarks.systems.huey_sqlite:HueySQLiteSystem",
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
+    # The RabbitMQ section (``--rabbitmq``), run apart from the Redis one.
+    "conveyor-amqp-classic": "benchmarks.systems.rabbitmq:ConveyorAMQPClassic",
+    "conveyor-amqp": "benchmarks.systems.rabbitmq:ConveyorAMQP",
+    "celery-amqp": "benchmarks.systems.rabbitmq:CeleryAMQP",
+    "dramatiq-amqp": "benchmarks.systems.rabbitmq:DramatiqAMQP",
     # The PostgreSQL section (its own table in the report; skipped when no server answers).
     "conveyor-postgres": "benchmarks.systems.conveyor:ConveyorPostgres",
     "procrastinate": "benchmarks.systems.procrastinate:ProcrastinateSystem",
     "pgqueuer": "benchmarks.systems.pgqueuer:PgQueuerSystem",
 }
-ALL = list(_REGISTRY)
+RABBITMQ = ["conveyor-amqp-classic", "conveyor-amqp", "celery-amqp", "dramatiq-amqp"]
+ALL = [name for name in _REGISTRY if name not in RABBITMQ]
 
 
 def get(name: str) -> type[System]:

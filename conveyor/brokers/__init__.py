@@ -19,7 +19,8 @@ BROKERS = Family("broker", "conveyor.brokers", {
     "memory": "conveyor.brokers.memory:MemoryBroker",
     "sqlite": "conveyor.brokers.sqlite:SQLiteBroker",
     "redis": _REDIS, "rediss": _REDIS, "unix": _REDIS, "sentinel": _REDIS,
-    "redis+cluster": _REDIS,
+    # Sharded when queue_shards asks (docs/decisions/0027-queue-shards.md).
+    "redis+cluster": "conveyor.brokers.redis_sharded:cluster_broker",
     "postgresql": _POSTGRES, "postgres": _POSTGRES,
     "amqp": _AMQP, "amqps": _AMQP, "pyamqp": _AMQP,  # RabbitMQ
 }, hint="use sqlite:///path.db, redis://host:port/db, postgresql://user@host/dbname, "

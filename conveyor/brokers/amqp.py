@@ -47,8 +47,9 @@ _SETTLED = "conveyor.settled:"  # a side-store lease: this message was settled e
 _SETTLED_TTL = 86400.0
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
-_RETRYABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
-              pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+LINK_ERRORS = (  # a connection or channel that failed under us: reconnect
+    pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
 
 
 class _QuietProbe(logging.Filter):
@@ -81,6 +82,30 @@ def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     return exc.reply_code == 404 or "inequivalent arg" in text
 
 
+def connection_parameters(o: _amqp.AMQPOptions) -> pika.ConnectionParameters:
+    """pika's parameters for the broker (and the control channel beside it)."""
+    extra: dict[str, Any] = {}
+    if o.tls:
+        extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+    if o.heartbeat is not None:
+        extra["heartbeat"] = o.heartbeat
+    return pika.ConnectionParameters(
+        host=o.host, port=o.port, virtual_host=o.vhost,
+        credentials=pika.PlainCredentials(o.username, o.password),
+        socket_timeout=o.connect_timeout, blocked_connection_timeout=60, **extra)
+
+
+def connect(o: _amqp.AMQPOptions) -> pika.BlockingConnection:
+    """A new connection, or :class:`BrokerUnavailable` naming the place (never the password)."""
+    try:
+        return pika.BlockingConnection(connection_parameters(o))
+    except pika.exceptions.ProbableAuthenticationError:
+        raise BrokerUnavailable(f"RabbitMQ at {o.place} refused the credentials") from None
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable: "
+                                f"{type(exc).__name__}") from None
+
+
 @dataclass
 class _Lease:
     queue: str
@@ -111,31 +136,14 @@ class AMQPBroker(Broker):
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
+        self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
+        self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
 
     # -- connection ------------------------------------------------------------
-    def _params(self) -> pika.ConnectionParameters:
-        o = self._opts
-        extra: dict[str, Any] = {}
-        if o.tls:
-            extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
-        if o.heartbeat is not None:
-            extra["heartbeat"] = o.heartbeat
-        return pika.ConnectionParameters(
-            host=o.host, port=o.port, virtual_host=o.vhost,
-            credentials=pika.PlainCredentials(o.username, o.password),
-            socket_timeout=o.connect_timeout, blocked_connection_timeout=60, **extra)
-
     def _chan(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self._drop()
-            try:
-                self._conn = pika.BlockingConnection(self._params())
-            except pika.exceptions.ProbableAuthenticationError:
-                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} refused the "
-                                        "credentials") from None
-            except pika.exceptions.AMQPConnectionError as exc:
-                raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} is unreachable: "
-                                        f"{type(exc).__name__}") from None
+            self._conn = connect(self._opts)
             self._channel = self._conn.channel()
             self._channel.confirm_delivery()
         return self._channel
@@ -150,6 +158,7 @@ class AMQPBroker(Broker):
         self._declared.clear()
         self._leases.clear()
         self._pushed.clear()
+        self._consumers.clear()
 
     def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
         """Run ``op`` on the channel, reconnecting with backoff when the link fails.
@@ -164,7 +173,7 @@ class AMQPBroker(Broker):
                     self._drop()
                     raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} blocked this "
                                             "connection (memory or disk alarm)") from None
-                except _RETRYABLE:
+                except LINK_ERRORS:
                     self._drop()
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     self._drop()
@@ -305,19 +314,35 @@ class AMQPBroker(Broker):
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
               lease: float, poll: bool) -> list[Delivery]:
         self._expire(ch)
+        self._stop_consuming(ch, queues)
+        fresh = {q for q in queues if q not in self._pushed}
         for queue in queues:
             self._declare(ch, queue)
             self._consume(ch, queue, count)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
         out: list[Delivery] = []
         for queue in queues:
+            before = len(out)
             self._from_pushed(ch, queue, count, lease, out)
-            while poll and len(out) < count:
+            pushed = len(out) > before
+            while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
+                                                             pushed):
                 more = self._get_one(ch, queue)
                 self._from_pushed(ch, queue, count, lease, out)
                 if not more:
                     break
         return out
+
+    def _top_up(self, queue: str, fresh: bool, count: int, pushed: bool) -> bool:
+        """Whether ``basic.get`` should add to what the consumer was pushed.
+
+        Yes for a consumer started by this call (nothing pushed yet), for a batch
+        still empty, and for a count beyond the consumer's prefetch (RabbitMQ will
+        not push that many).  Not when pushes already supplied part of a batch the
+        prefetch covers: the rest is on its way, and a get is a round trip (a Raft
+        command on quorum queues) that a busy worker would pay on nearly every
+        reserve."""
+        return fresh or not pushed or count > self._prefetch.get(queue, 0)
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
                      out: list[Delivery]) -> None:
@@ -351,8 +376,22 @@ class AMQPBroker(Broker):
             collections.deque())
         self._pushed[queue] = buffer
         ch.basic_qos(prefetch_count=max(1, count))
-        ch.basic_consume(queue, lambda _c, method, props, body: buffer.append(
-            (method, props, body)), auto_ack=False)
+        self._prefetch[queue] = max(1, count)
+        self._consumers[queue] = ch.basic_consume(
+            queue, lambda _c, method, props, body: buffer.append((method, props, body)),
+            auto_ack=False)
+
+    def _stop_consuming(self, ch: BlockingChannel, queues: Sequence[str]) -> None:
+        """Cancel the consumer of a queue the worker no longer reserves from (remote
+        control's ``cancel_consumer``) and hand back what RabbitMQ pushed to it, which
+        would otherwise wait here unacked, invisible to every other worker.  pika
+        itself rejects pushes that arrive while the cancel is under way."""
+        for queue in [q for q in self._pushed if q not in queues]:
+            tag = self._consumers.pop(queue, None)
+            if tag is not None:
+                ch.basic_cancel(tag)
+            for method, _props, _body in self._pushed.pop(queue):
+                ch.basic_nack(method.delivery_tag, requeue=True)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
                 props: pika.BasicProperties, body: bytes, lease: float) -> Delivery | None:

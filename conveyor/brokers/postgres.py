@@ -1,10 +1,12 @@
 """The PostgreSQL broker (``postgresql://`` or ``postgres://``, psycopg 3).
 
 For teams that already run PostgreSQL and would rather not run Redis.
-The URL is libpq's plus ``schema=NAME`` (default ``public``; see
-``conveyor/_postgres.py`` for connections, errors and schema versions).
-Options (``broker_transport_options``): ``schema``, ``poll_interval``
-(seconds between checks when no notification arrives; default 1) and
+The URL is libpq's plus ``schema=NAME`` (default ``public``), and, behind
+PgBouncer's transaction pooling, ``pool_mode=transaction`` and
+``listen_url=`` (see ``conveyor/_postgres.py`` for those, connections,
+errors and schema versions).  Options (``broker_transport_options``):
+``schema``, ``poll_interval`` (seconds between checks when no notification
+arrives, or ever, without a listening connection; default 1) and
 ``vacuum_every`` (settled messages between VACUUMs of the messages table by
 the acknowledging process; default 5,000, 0 leaves it to autovacuum; see
 ``conveyor/_pg_vacuum.py``).
@@ -68,6 +70,9 @@ message commits.  Each broker process keeps one connection listening in a
 thread; a waiting ``reserve`` sleeps until a notification, the earliest
 ``due`` (a delayed message or a lease running out) or ``poll_interval``,
 whichever comes first, so a missed notification costs at most that long.
+The listening connection goes to ``listen_url`` when the URL has one; a
+``pool_mode=transaction`` URL without it has none, and waiting workers find
+new messages by that poll alone (within ``poll_interval``).
 
 Times are the clients' Unix clocks (``time.time()``), as in the SQLite and
 Redis brokers: keep the machines' clocks in sync (NTP).
@@ -302,6 +307,7 @@ HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 DEFAULT_POLL_INTERVAL = 1.0
 OPTIONS = ("schema", "poll_interval", "vacuum_every")
+URL_ONLY = ("pool_mode", "listen_url")  # every store reads them: the URL carries them
 RETRIED = frozenset({"reserve", "list queues", "stats", "list dead letters",
                      "read revocations", "read a lease", "ping"})
 
@@ -312,11 +318,7 @@ class PostgresBroker(Broker):
     """The broker in PostgreSQL tables; see the module docstring for the layout."""
 
     def __init__(self, url: str, **options: object) -> None:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"broker_transport_options {', '.join(unknown)}: not understood by the "
-                f"PostgreSQL broker (it reads {', '.join(OPTIONS)})")
+        _refuse_unknown(options)
         self.url = url
         parsed = parse_postgres_url(url, options.get("schema"))
         self._poll = _poll_interval(options.get("poll_interval", DEFAULT_POLL_INTERVAL))
@@ -446,7 +448,7 @@ class PostgresBroker(Broker):
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
                 return got
-            wait = min(remaining, self._poll if self._listener.listening() else 0.05)
+            wait = min(remaining, self._listener.poll_step(self._poll))
             if next_due is not None:
                 wait = min(wait, max(next_due - time.time(), 0.0))
             self._listener.wait(generation, wait)
@@ -611,6 +613,20 @@ class PostgresBroker(Broker):
         self._listener.stop()
         self.vacuum.join(timeout=5.0)
         self._pool.close()
+
+
+def _refuse_unknown(options: dict[str, object]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    in_url = [name for name in unknown if name in URL_ONLY]
+    if in_url:
+        raise ConfigurationError(
+            f"broker_transport_options {', '.join(in_url)}: put it in the URL "
+            f"(?{in_url[0]}=...), where the result, event and control stores opened "
+            "from it see it too")
+    if unknown:
+        raise ConfigurationError(
+            f"broker_transport_options {', '.join(unknown)}: not understood by the "
+            f"PostgreSQL broker (it reads {', '.join(OPTIONS)})")
 
 
 def _poll_interval(value: object) -> float:

@@ -304,7 +304,7 @@ class RedisBroker(Broker):
         if count <= 0 or not queues:
             return []
         deadline = time.monotonic() + max(0.0, timeout)
-        wake_keys = [self._key("wake", queue) for queue in queues]
+        wake_keys = self.wake_keys(queues)
         with self._errors("reserve", _RESERVE_RETRY_HINT):
             got, hint = self._reserve_once(queues, count, lease)
         while True:
@@ -349,6 +349,40 @@ class RedisBroker(Broker):
             # it), or an error the plain call reports in its own words.
             return self._reserve_once(queues, count, lease)
         return _leased(reply, token_base)
+
+    # -- for a broker that spreads queues over several of these (redis_sharded) --
+    def reserve_now(
+        self, queues: Sequence[str], count: int, lease: float
+    ) -> tuple[list[Delivery], float | None]:
+        """One reserve that does not wait, and the seconds until one of these queues
+        has something due (a delayed message, a lease running out; None: nothing)."""
+        with self._errors("reserve", _RESERVE_RETRY_HINT):
+            return self._reserve_once(queues, count, lease)
+
+    def wake_keys(self, queues: Sequence[str]) -> list[str]:
+        """The lists an idle consumer of ``queues`` blocks on (``P:wake:{q}``)."""
+        return [self._key("wake", queue) for queue in queues]
+
+    @property
+    def max_block(self) -> float:
+        """The longest one blocking wait may last on this broker's connections."""
+        return self._max_block
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, a hash tag under ``redis+cluster://``."""
+        return self._prefix
+
+    @property
+    def address(self) -> str:
+        """The server, as error messages name it."""
+        return self._options.address
+
+    def new_connection(self) -> Any:
+        """A connection of the pool's kind outside the pool, for a wait that may be
+        abandoned (closing it is the only way to end a ``BLPOP`` early)."""
+        pool = self._holder.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
 
     @staticmethod
     def _lease_args(deliveries: Sequence[Delivery]) -> list[str]:

@@ -128,7 +128,7 @@ def encode_reply(node: str, body: Any) -> str:
 
 _REDIS = "conveyor.control.redis:RedisChannel"
 _POSTGRES = "conveyor.control.postgres:PostgresChannel"
-_AMQP = "conveyor.control.amqp:side_store_channel"
+_AMQP = "conveyor.control.amqp:AMQPChannel"
 
 #: Broker scheme → control channel class (or factory), called as ``cls(url, options)``
 #: with the broker's URL and options.  Third-party transports register under

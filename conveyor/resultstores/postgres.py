@@ -199,7 +199,7 @@ class PostgresResultStore(ResultStore):
             current = self.get(task_id)
             if current is not None and current.ready:
                 return current
-            step = POLL if self._listener.listening() else 0.05
+            step = self._listener.poll_step(POLL)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

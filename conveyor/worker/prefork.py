@@ -60,11 +60,24 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def stop_on_sigterm(stop: threading.Event) -> Callable[..., None]:
+    """A child's SIGTERM handler: set ``stop``, once.
+
+    A child gets SIGTERM twice when both its supervisor and whoever stops the
+    process group send one; the second, run inside the first handler's
+    ``Event.set()``, would wait forever for the lock that call holds, and the
+    child would never exit.  So the first one ignores the rest."""
+    def on_term(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop.set()
+    return on_term
+
+
 def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> None:
     """Entry point of a child process (``parent``: the supervisor's pid)."""
     _die_with_parent(parent)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     app = worker.app

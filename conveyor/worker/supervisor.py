@@ -100,7 +100,10 @@ class SlotReporter:
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
         report = self.clock.finish(delivery, outcome)
-        self._pending.append(("done", delivery.id, outcome.state, outcome.action == ACK,
+        # ``acks`` false (RabbitMQ): the child acknowledged it itself, and a second
+        # acknowledgement by the supervisor would cost a side-store write per task.
+        self._pending.append(("done", delivery.id, outcome.state,
+                              self.acks and outcome.action == ACK,
                               report and report.to_tuple()))
 
     def flush(self) -> None:

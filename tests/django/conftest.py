@@ -68,8 +68,22 @@ def app(transactional_db: None) -> Iterator[Any]:
     project_app.config_from_object({"broker_url": url}, namespace=None)
     project_app.set_current()
     yield project_app
+    # Closed, not only dropped: a RabbitMQ connection left open keeps its consumer,
+    # and the messages RabbitMQ pushes to it, from the next test's worker.
+    project_app.close()
     project_app.conf = saved
-    project_app.config_from_object({}, namespace=None)  # drops connections made for the test
+    project_app.config_from_object({}, namespace=None)
+
+
+@pytest.fixture(params=["memory", "amqp"])
+def broker_app(request: pytest.FixtureRequest, app: Any) -> Any:
+    """``app``, and ``app`` on RabbitMQ (its side store in the test's folder, results
+    still in Django's database), for the tests whose subject is broker behaviour:
+    sends at commit, a worker's results."""
+    if request.param == "amqp":
+        app.config_from_object({"broker_url": request.getfixturevalue("amqp_url")},
+                               namespace=None)
+    return app
 
 
 @pytest.fixture
@@ -127,6 +141,14 @@ def processes(transactional_db: None, db_name: str, tmp_path: Path) -> Iterator[
     procs = Processes(env)
     yield procs
     procs.stop_all()
+
+
+@pytest.fixture(params=["sqlite", "amqp"])
+def broker_processes(request: pytest.FixtureRequest, processes: Processes) -> Processes:
+    """``processes``, and the same on RabbitMQ: worker processes of the project."""
+    if request.param == "amqp":
+        processes.env["CONVEYOR_TEST_BROKER"] = str(request.getfixturevalue("amqp_url"))
+    return processes
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,

@@ -166,3 +166,39 @@ def test_worker_survives_postgresql_terminating_its_backends(
     assert second["backend_pid"] != first["backend_pid"]
     assert worker.poll() is None, (tmp_path / "worker.log").read_text()
     wait_for(lambda: Touch.objects.filter(key="after").exists(), 10, "the second task's row")
+
+
+def test_a_table_locked_in_shared_cache_mode_is_waited_out(transactional_db: None) -> None:
+    """Django's in-memory SQLite *test* databases use shared-cache mode, where reading a
+    table another connection is writing fails at once with "database table is locked"
+    (the busy timeout does not apply; the docs' own test in django.md hit it while a
+    worker thread stored a result).  The stores' reads wait the lock out."""
+    import sqlite3
+
+    from django.db import OperationalError
+
+    from conveyor.contrib.django._connections import waiting_out_locks
+
+    uri = "file:conveyor-lock-test?mode=memory&cache=shared"
+    writer = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    reader = sqlite3.connect(uri, uri=True, isolation_level=None)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+
+    def read() -> list[Any]:
+        try:
+            return reader.execute("SELECT x FROM t").fetchall()
+        except sqlite3.OperationalError as exc:  # what Django's cursor wrapper does
+            raise OperationalError(*exc.args) from exc
+
+    with pytest.raises(OperationalError, match="locked"):
+        read()  # the failure being waited out is real
+    release = threading.Timer(0.2, lambda: writer.execute("COMMIT"))
+    release.start()
+    try:
+        assert waiting_out_locks("default", read) == [(1,)]
+    finally:
+        release.join()
+        writer.close()
+        reader.close()

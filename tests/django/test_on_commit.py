@@ -17,7 +17,8 @@ def waiting(app: Any, queue: str = "default") -> int:
     return sum(s.ready + s.delayed for s in app.broker.stats([queue]))
 
 
-def test_delay_on_commit_waits_for_the_commit(app: Any) -> None:
+def test_delay_on_commit_waits_for_the_commit(broker_app: Any) -> None:
+    app = broker_app
     with transaction.atomic():
         result = add.delay_on_commit(1, 2)
         assert waiting(app) == 0
@@ -86,7 +87,8 @@ def test_setting_makes_plain_delay_wait(app: Any) -> None:
     assert waiting(app) == 3
 
 
-def test_worker_sees_the_committed_row(app: Any) -> None:
+def test_worker_sees_the_committed_row(broker_app: Any) -> None:
+    app = broker_app
     with run_worker(app, queues=["default"]) as worker:
         with transaction.atomic():
             order = Order.objects.create(number="A-1")

@@ -37,8 +37,10 @@ def test_routes_apply(app: Any) -> None:
 
 
 def test_a_worker_process_sets_django_up_before_importing_tasks(
-        app: Any, processes: Processes, tmp_path: Path) -> None:
-    """tasks.py imports models at module level; the prefork worker runs it on the test DB."""
+        app: Any, broker_processes: Processes, tmp_path: Path) -> None:
+    """tasks.py imports models at module level; the prefork worker runs it on the test DB
+    (on SQLite and on RabbitMQ)."""
+    processes = broker_processes
     log = tmp_path / "worker.log"
     worker = processes.start("-m", "conveyor", "-A", "tests.django.proj", "worker", "-Q",
                              "default,orders", "-c", "2", "-P", "prefork", "-l", "INFO",

@@ -29,7 +29,8 @@ def test_chord_redelivery_does_not_count_twice(transactional_db: None) -> None:
     assert s.chord_add("c2", 1, 2, b"b", 60) == [b"a", b"b"]
 
 
-def test_worker_results_fill_the_admin_columns(app: Any) -> None:
+def test_worker_results_fill_the_admin_columns(broker_app: Any) -> None:
+    app = broker_app
     from tests.django.testapp.tasks import add
 
     with run_worker(app, queues=["default"]) as worker:

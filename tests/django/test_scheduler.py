@@ -179,9 +179,11 @@ def _ready(app: Any, queue: str) -> int:
     return sum(s.ready for s in app.broker.stats([queue]))
 
 
-def test_admin_edits_reach_a_running_beat(app: Any, processes: Processes,
+def test_admin_edits_reach_a_running_beat(app: Any, broker_processes: Processes,
                                          tmp_path: Path) -> None:
-    """beat --scheduler DatabaseScheduler; the ORM edits rows; ticks follow within seconds."""
+    """beat --scheduler DatabaseScheduler; the ORM edits rows; ticks follow within seconds
+    (on SQLite and on RabbitMQ)."""
+    processes = broker_processes
     app.config_from_object({"broker_url": processes.env["CONVEYOR_TEST_BROKER"]},
                            namespace=None)
     log = tmp_path / "beat.log"

@@ -9,8 +9,9 @@ import pytest
 
 from conveyor import Conveyor
 
-from ..conftest import IN_CI, require_service
+from ..conftest import TOPOLOGIES, require_service, require_tool
 from ..integration.processes import Ledger
+from ..postgres_servers import PostgresServer, postgres_bin
 from .harness import FIGURES, RedisServer, Workers
 
 
@@ -42,11 +43,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def require_redis_server() -> None:
     """The ``redis-server`` binary, for tests that start (and kill) their own Redis."""
-    if RedisServer.available():
-        return
-    if IN_CI:
-        pytest.fail("redis-server is not installed (CI=true: it is required)")
-    pytest.skip("redis-server is not installed")
+    require_tool("redis-server", RedisServer.available())
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +58,22 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.kill()
 
 
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the suite, ``initdb``'d once on a port of its own,
+    which PostgreSQL fault tests may terminate, restart and kill.
+
+    Needs PostgreSQL's server binaries: skipped without them, failed under CI."""
+    require_tool("PostgreSQL's server (initdb, pg_ctl)", postgres_bin() is not None)
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @pytest.fixture
 def fault_redis_url(request: pytest.FixtureRequest,
                     private_redis: RedisServer | None) -> str:
@@ -72,17 +85,17 @@ def fault_redis_url(request: pytest.FixtureRequest,
     return private_redis.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The broker URL.  ``postgres`` and ``amqp`` (RabbitMQ, its side store in this
-    test's directory) are not in the default set: a test opts in with
-    ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
+    """The broker URL: SQLite, Redis, and Redis behind Sentinel and in a Cluster (those
+    two run in ``make test-topologies``).  ``postgres`` and ``amqp`` (RabbitMQ, its
+    side store in this test's directory) are not in the default set: a test opts in
+    with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    if request.param == "amqp":
-        return str(request.getfixturevalue("amqp_url"))
+    if request.param in ("postgres", "amqp", "sentinel", "cluster"):
+        fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+        return str(request.getfixturevalue(fixture))
     return str(request.getfixturevalue("fault_redis_url"))
 
 
@@ -94,6 +107,7 @@ def results_url(url: str, tmp_path: Path) -> str | None:
 
 @pytest.fixture
 def backend(url: str) -> str:
+    """The broker's kind, for the figures: sqlite, redis, sentinel, redis+cluster …"""
     return url.split(":", 1)[0]
 
 

@@ -23,14 +23,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
+from conveyor import Conveyor
 from conveyor.brokers.base import Broker
 
 from ..integration.processes import ROOT, Ledger, wait_for, worker_env
+from ..tls import RedisTls
 
 APP = "tests.faults.fault_app"
 LEASE = 2.0  # seconds; every worker the fault tests start uses it
@@ -127,6 +133,28 @@ def wait_ready(workers: Workers, proc: subprocess.Popen[bytes], timeout: float =
     assert proc.poll() is None, f"the worker exited: {workers.logs()[-3000:]}"
 
 
+# -- a steady producer ----------------------------------------------------------
+@dataclass
+class Producer:
+    """Sends a task every ``interval`` s, keeping what was accepted and what failed."""
+
+    app: Conveyor
+    interval: float = 0.02
+    accepted: list[str] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    slowest: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            began = time.monotonic()
+            try:
+                self.accepted.append(self.app.send_task(task("sleep"), [0.05]).id)
+            except Exception as exc:
+                self.errors.append(exc)
+            self.slowest = max(self.slowest, time.monotonic() - began)
+
+
 # -- a Redis of our own --------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -135,12 +163,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` this test owns, on its own port, that it may kill and restart."""
+    """A ``redis-server`` this test owns, on its own port, that it may kill and restart.
 
-    def __init__(self, directory: Path, durable: bool = False) -> None:
+    With ``tls`` it listens for TLS only (and replicates over TLS).
+    """
+
+    def __init__(self, directory: Path, durable: bool = False,
+                 tls: RedisTls | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.durable = durable
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -151,22 +184,28 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
+        """Start (again, after :meth:`kill`) on the same port; ``extra``: more arguments."""
         durability = (["--appendonly", "yes", "--appendfsync", "always"] if self.durable
                       else ["--appendonly", "no"])
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        listen = self.tls.server_args(self.port) if self.tls else ["--port", str(self.port)]
+        cmd = ["redis-server", *listen, "--bind", "127.0.0.1",
                "--save", "", "--dir", str(self.directory), "--protected-mode", "no",
-               *durability]
+               *durability, *extra]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
         wait_for(self.ping, 15, f"redis-server on port {self.port}")
 
-    def ping(self) -> bool:
-        import redis
+    def client(self) -> redis.Redis:
+        """A client with short timeouts (and the certificate, with TLS)."""
+        tls = self.tls.client_kwargs() if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                           socket_connect_timeout=1, **tls)
 
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+    def ping(self) -> bool:
+        client = self.client()
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -182,9 +221,7 @@ class RedisServer:
             self.proc = None
 
     def flush(self) -> None:
-        import redis
-
-        client = redis.Redis(port=self.port)
+        client = self.client()
         client.flushall()
         client.close()
 
@@ -250,6 +287,27 @@ def assert_nothing_lost(total: TotalQueue, may_repeat: Iterable[str] = ()) -> No
     allowed = set(may_repeat)
     unexpected = {i: n for i, n in total.duplicates.items() if i not in allowed}
     assert not unexpected, f"completed twice without a fault allowing it: {unexpected}"
+
+
+def recover_and_drain(broker: Broker, ledger: Ledger, producer: Producer,
+                      thread: threading.Thread, fault_ended: float,
+                      more: int = 20) -> tuple[float, list[str], TotalQueue]:
+    """After a fault that ended at ``fault_ended`` (monotonic): wait until a task
+    completes again (the recovery time) and ``more`` sends are accepted, stop the
+    producer, and wait until every accepted task ran.
+
+    Returns the recovery time, the accepted ids and their total queue.
+    """
+    ended = len(ledger.events("end"))
+    wait_for(lambda: len(ledger.events("end")) > ended, 30, "tasks to run again")
+    recovery = time.monotonic() - fault_ended
+    count = len(producer.accepted)
+    wait_for(lambda: len(producer.accepted) >= count + more, 30, "producing to resume")
+    producer.stop.set()
+    thread.join(10)
+    ids = list(producer.accepted)
+    wait_for(lambda: settled(broker, ledger, ids), 60, "every accepted task to run")
+    return recovery, ids, total_queue(broker, ledger, ids)
 
 
 def unfinished(ledger: Ledger, settled_ends: int) -> set[str]:

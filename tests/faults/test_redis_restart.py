@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,39 +33,17 @@ from .conftest import require_redis_server
 from .harness import (
     LEASE,
     Figures,
+    Producer,
     RedisServer,
     Workers,
     assert_nothing_lost,
+    recover_and_drain,
     report,
-    settled,
-    task,
-    total_queue,
     unfinished,
     wait_ready,
 )
 
 DOWN_FOR = 2.5  # seconds Redis stays dead
-
-
-@dataclass
-class Producer:
-    """Sends a task every ``interval`` s, keeping what was accepted and what failed."""
-
-    app: Conveyor
-    interval: float = 0.02
-    accepted: list[str] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    slowest: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            began = time.monotonic()
-            try:
-                self.accepted.append(self.app.send_task(task("sleep"), [0.05]).id)
-            except Exception as exc:
-                self.errors.append(exc)
-            self.slowest = max(self.slowest, time.monotonic() - began)
 
 
 @pytest.fixture
@@ -104,18 +81,8 @@ def test_redis_killed_and_restarted_mid_run(durable_redis: RedisServer, tmp_path
         accepted_while_down = len(producer.accepted) - accepted_before
         refused = producer.errors[errors_before:]
         durable_redis.start()
-        restarted_at = time.monotonic()
-        ended = len(ledger.events("end"))
-        wait_for(lambda: len(ledger.events("end")) > ended, 30, "tasks to run again")
-        recovery = time.monotonic() - restarted_at
-        count = len(producer.accepted)
-        wait_for(lambda: len(producer.accepted) >= count + 30, 30, "producing to resume")
-        producer.stop.set()
-        thread.join(10)
-
-        ids = list(producer.accepted)
-        wait_for(lambda: settled(client.broker, ledger, ids), 60, "every accepted task to run")
-        total = total_queue(client.broker, ledger, ids)
+        recovery, ids, total = recover_and_drain(client.broker, ledger, producer, thread,
+                                                 time.monotonic(), more=30)
         # A task may repeat only if it was running or acking when Redis died.
         may_repeat = unfinished(ledger, ended_at_kill - 4)
         assert_nothing_lost(total, may_repeat=may_repeat)

@@ -1,5 +1,6 @@
 """Guarantees 1, 2 and 5 against dying workers (cases 1, 2 and 6), on SQLite and Redis
-(the whole-worker SIGKILL on the PostgreSQL broker too).
+(one server, behind Sentinel and in a Cluster; the whole-worker SIGKILL on the
+PostgreSQL and RabbitMQ brokers too).
 
 * The whole worker SIGKILLed with 100 tasks leased: another worker has them
   within one lease, and every one completes.
@@ -23,6 +24,7 @@ import pytest
 
 from conveyor import Conveyor
 
+from ..conftest import TOPOLOGIES
 from ..integration.processes import Ledger, children_of, wait_for
 from .harness import (
     LEASE,
@@ -42,7 +44,8 @@ def send(client: Conveyor, name: str, *args: object, count: int = 1) -> list[str
     return [client.send_task(task(name), list(args)).id for _ in range(count)]
 
 
-@pytest.mark.parametrize("url", ["sqlite", "redis", "postgres", "amqp"], indirect=True)
+@pytest.mark.parametrize("url", ["sqlite", "redis", "postgres", "amqp", *TOPOLOGIES],
+                         indirect=True)
 def test_sigkill_of_the_whole_worker_with_100_in_flight(
         client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
     ids = send(client, "sleep", 0.5, count=100)

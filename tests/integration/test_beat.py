@@ -57,7 +57,8 @@ START = datetime(2024, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)
 LEASE = 2.0
 LOOP = 1.0
 ISOLATED_REDIS_DB = 12
-URL_FIXTURES = {"memory": "memory_url", "sqlite": "sqlite_url", "redis": "isolated_redis_url"}
+URL_FIXTURES = {"memory": "memory_url", "sqlite": "sqlite_url", "redis": "isolated_redis_url",
+                "amqp": "amqp_url"}
 HOLDER_PID = re.compile(r":(\d+):[0-9a-f]+$")
 
 
@@ -409,7 +410,7 @@ def test_the_idempotency_key_fences_a_send_that_slipped_past_the_lease_check(
     assert b.scheduler.last_run("tick") == at(70)
 
 
-@pytest.mark.parametrize("kind", ["sqlite_url", "pg_url"])
+@pytest.mark.parametrize("kind", ["sqlite_url", "pg_url", "amqp_url"])
 def test_restart_neither_repeats_nor_forgets(kind: str, request: pytest.FixtureRequest,
                                              clock: FakeClock) -> None:
     url = str(request.getfixturevalue(kind))  # a broker that outlives the process
@@ -617,7 +618,7 @@ class PlugInScheduler(ChangingScheduler):
     entries = [Entry("from-plug-in", "tasks.plugged", schedule(30))]
 
 
-@pytest.mark.parametrize("kind", ["memory_url", "sqlite_url", "prefixed", "pg_url"])
+@pytest.mark.parametrize("kind", ["memory_url", "sqlite_url", "prefixed", "pg_url", "amqp_url"])
 def test_beat_status_reports_the_scheduler_beat_runs_not_the_configured_one(
         kind: str, request: pytest.FixtureRequest, clock: FakeClock) -> None:
     """Issue 16: a beat started with ``--scheduler`` was shown as the settings
@@ -778,8 +779,10 @@ def describe(label: str, fleet: BeatFleet, messages: list[Message], ticks: list[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("running", [2, 3])
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize(("kind", "running"), [
+    ("sqlite", 2), ("sqlite", 3), ("redis", 2), ("redis", 3),
+    ("amqp", 2),  # the lease is in the side store; what differs is sending to RabbitMQ
+])
 def test_beat_processes_fail_over_and_each_tick_fires_exactly_once(
         kind: str, running: int, request: pytest.FixtureRequest, fleet_logs: Path) -> None:
     fleet = BeatFleet(request.getfixturevalue(URL_FIXTURES[kind]), fleet_logs)

@@ -3,11 +3,17 @@ versions, and connections that went stale under it."""
 
 from __future__ import annotations
 
+import threading
+from urllib.parse import quote
+
 import pytest
 
+from conveyor._postgres import parse_postgres_url
 from conveyor.brokers import Envelope, broker_from_url
 from conveyor.brokers.postgres import PostgresBroker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+
+from .processes import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -17,12 +23,35 @@ pytestmark = pytest.mark.postgres
     ("postgresql://u:s3cret@127.0.0.1/db", {"visibility_timeout": 5},
      "visibility_timeout: not understood by the PostgreSQL broker"),
     ("postgresql://u:s3cret@127.0.0.1/db", {"poll_interval": 0}, "poll_interval=0"),
+    ("postgresql://u:s3cret@127.0.0.1/db?pool_mode=statement", {},
+     "statement pooling cannot run the transactions"),
+    ("postgresql://u:s3cret@127.0.0.1/db?pool_mode=Transaction", {}, "pool_mode='Transaction'"),
+    ("postgresql://u:s3cret@127.0.0.1/db?listen_url=redis%3A%2F%2Fu%3As3cret%40h", {},
+     "listen_url 'redis://u:\\*+@h' is not a postgresql:// URL"),
+    ("postgresql://u:s3cret@h/db?listen_url=postgresql%3A%2F%2Fu%3As3cret%40d%2Fdb%3Fschema%3Dx",
+     {}, "listen_url in .* carries schema: set them on the main URL"),
+    ("postgresql://u:s3cret@127.0.0.1/db", {"listen_url": "postgresql://u:s3cret@h/db"},
+     r"listen_url: put it in the URL \(\?listen_url=...\), where the result"),
 ])
 def test_bad_urls_and_options_are_refused_by_name(url: str, options: dict[str, object],
                                                   expected: str) -> None:
     with pytest.raises(ConfigurationError, match=expected) as info:
         broker_from_url(url, options)
     assert "s3cret" not in str(info.value)
+
+
+def test_pool_mode_and_listen_url_come_from_the_url() -> None:
+    """Read by every store opened from the URL, and never passed on to libpq."""
+    plain = parse_postgres_url("postgresql://u:p@h/db?sslmode=disable")
+    assert (plain.pool_mode, plain.prepares, plain.listen_conninfo) == (
+        "session", True, plain.conninfo)
+    pooled = parse_postgres_url("postgresql://u:p@b:6432/db?pool_mode=transaction&sslmode=disable")
+    assert (pooled.prepares, pooled.listen_conninfo) == (False, None)
+    assert pooled.conninfo == "postgresql://u:p@b:6432/db?sslmode=disable"
+    listen = quote("postgresql://u:p@db:5432/db?sslmode=require", safe="")
+    direct = parse_postgres_url(f"postgresql://u:p@b:6432/db?pool_mode=transaction&listen_url={listen}")
+    assert direct.listen_conninfo == "postgresql://u:p@db:5432/db?sslmode=require"
+    assert (direct.address, direct.listen_address) == ("b:6432/db", "db:5432/db")
 
 
 def test_an_unreachable_server_is_broker_unavailable_without_the_password() -> None:
@@ -43,28 +72,80 @@ def test_a_schema_from_a_newer_conveyor_is_refused(pg_url: str) -> None:
         broker_from_url(pg_url)
 
 
-def test_terminated_backends_cost_readers_nothing_and_a_producer_one_clear_error(
-        pg_url: str) -> None:
+def test_terminated_idle_connections_cost_nothing(pg_url: str) -> None:
     """A server restart or ``pg_terminate_backend`` leaves the pool's idle
-    connections dead: reads try again on a new one; a write says it failed
-    (guarantee 8: enqueues either succeed or raise), and the next one works."""
-    import psycopg
-
+    connections dead, and the server says so on each before closing it: the
+    pool sees that without a round trip and makes a new connection, so reads
+    and writes alike carry on."""
     broker = broker_from_url(pg_url)
     assert isinstance(broker, PostgresBroker)
     broker.enqueue(Envelope("m1", "q", b"1"))
-    pids = [c.info.backend_pid for c in broker._pool._idle]  # the pool's idle connections
-    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    _terminate(pg_url, [c.info.backend_pid for c in broker._pool._idle])
     assert broker.stats(["q"])[0].ready == 1
-    pids = [c.info.backend_pid for c in broker._pool._idle]
-    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-    with pytest.raises(BrokerUnavailable, match="enqueue failed"):
-        broker.enqueue(Envelope("m2", "q", b"2"))
-    broker.enqueue(Envelope("m3", "q", b"3"))
-    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m1", "m3"]
+    held = [broker._pool._take() for _ in range(4)]  # four idle ones, as a busy process has
+    for conn in held:
+        broker._pool._give_back(conn)
+    _terminate(pg_url, [c.info.backend_pid for c in broker._pool._idle])
+    for n in range(2, 6):  # each used to take a dead one and fail
+        broker.enqueue(Envelope(f"m{n}", "q", b"x"))
+    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == [
+        "m1", "m2", "m3", "m4", "m5"]
     broker.close()
+
+
+def test_a_write_cut_off_mid_statement_is_one_clear_error(pg_url: str) -> None:
+    """Guarantee 8: an enqueue whose connection dies under it raises (it may or
+    may not have happened: here it had not), and the next one works."""
+    import psycopg
+
+    broker = broker_from_url(pg_url)
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as locker:
+        locker.execute("BEGIN")
+        locker.execute(f'LOCK TABLE "{schema}".conveyor_queues IN ACCESS EXCLUSIVE MODE')
+        failed: list[BaseException] = []
+        sent = threading.Thread(target=_enqueue, args=(broker, failed))
+        sent.start()
+        blocked = _wait_for_blocked(locker)
+        locker.execute("SELECT pg_terminate_backend(%s)", (blocked,))
+        sent.join(10)
+        locker.execute("ROLLBACK")
+    [error] = failed
+    assert isinstance(error, BrokerUnavailable), repr(error)
+    assert "enqueue failed, the connection was refused or lost" in str(error)
+    broker.enqueue(Envelope("m3", "q", b"3"))
+    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m3"]
+    broker.close()
+
+
+def _enqueue(broker: object, failed: list[BaseException]) -> None:
+    try:
+        broker.enqueue(Envelope("m2", "q", b"2"))  # type: ignore[attr-defined]
+    except BaseException as exc:
+        failed.append(exc)
+
+
+def _wait_for_blocked(conn: object) -> int:
+    """The pid of the backend waiting for ``conn``'s lock (bounded poll)."""
+    found: list[int] = []
+
+    def blocked() -> bool:
+        found[:] = [pid for (pid,) in conn.execute(  # type: ignore[attr-defined]
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (conn.info.backend_pid,))]  # type: ignore[attr-defined]
+        return bool(found)
+
+    wait_for(blocked, 10, "the enqueue to wait for the lock")
+    return found[0]
+
+
+def _terminate(pg_url: str, pids: list[int]) -> None:
+    """End the backends and wait until they are gone (PostgreSQL 14's timeout argument)."""
+    import psycopg
+
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM unnest(%s::int[]) AS pid",
+                      (pids,))
 
 
 def test_reserve_reports_revocations_of_the_leased_tasks(pg_url: str) -> None:

@@ -132,6 +132,10 @@ def test_prefork_children_acknowledge_their_own_messages(client: Conveyor, spawn
     ends = [e[1] for e in ledger.events("end")]
     assert sorted(ends) == sorted([*ids, marker.id]), "a finished task ran again"
     assert second.poll() is None
+    # The supervisor left them to the children: no side-store settlement was written
+    # (one Redis or SQLite write per task, kept a day, before).
+    settled = [i for i in ids if client.broker.lease_holder(f"conveyor.settled:{i}")]
+    assert settled == []
 
 
 def test_a_task_killed_at_its_hard_limit_does_not_come_back(client: Conveyor, spawn) -> None:

@@ -10,6 +10,8 @@ spreads apps, not one app's queues.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 from redis.crc import key_slot
@@ -34,9 +36,10 @@ def _keys(port: int) -> list[str]:
         client.close()
 
 
-def _app(url: str, prefix: str) -> Conveyor:
-    app = Conveyor(f"cluster-{prefix}", broker=url, set_as_current=False)
-    app.conf.broker_transport_options = {"prefix": prefix}
+def app_with_tasks(url: str, prefix: str, **settings: Any) -> Conveyor:
+    """An app with two tasks (``op.add``, ``op.total``) under ``prefix``."""
+    settings.setdefault("broker_transport_options", {"prefix": prefix})
+    app = Conveyor(f"cluster-{prefix}", broker=url, set_as_current=False, **settings)
 
     @app.task(name="op.add")
     def add(x: int, y: int) -> int:
@@ -49,10 +52,10 @@ def _app(url: str, prefix: str) -> Conveyor:
     return app
 
 
-def test_a_worker_runs_tasks_chords_events_and_control_on_one_master(
-        redis_cluster: RedisCluster, cluster_url: str, redis_prefix: str) -> None:
-    url = cluster_url.split("?", 1)[0]
-    app = _app(url, redis_prefix)
+def runs_everything(app: Conveyor) -> None:
+    """A worker runs a task and a chord, stores its heartbeat and answers remote
+    control: the broker, result store, event store and control channel each
+    did their work.  The app is closed."""
     try:
         with run_worker(app):
             assert app.tasks["op.add"].delay(1, 2).get(timeout=T) == 3
@@ -61,9 +64,15 @@ def test_a_worker_runs_tasks_chords_events_and_control_on_one_master(
             assert joined.get(timeout=T) == 12
             # the first heartbeat is written by the worker's own loop, on its schedule
             wait_for(lambda: store_for(app).workers(), T, "the worker's heartbeat in the store")
-            assert app.control.ping(timeout=5), "the worker answered remote control"
+            # (ping waits its whole timeout for replies)
+            assert app.control.ping(timeout=1.5), "the worker answered remote control"
     finally:
         app.close()
+
+
+def test_a_worker_runs_tasks_chords_events_and_control_on_one_master(
+        redis_cluster: RedisCluster, cluster_url: str, redis_prefix: str) -> None:
+    runs_everything(app_with_tasks(cluster_url.split("?", 1)[0], redis_prefix))
     owner = redis_cluster.master_of(key_slot(f"{{{redis_prefix}}}".encode()))
     keys = _keys(owner)
     assert keys and all(k.startswith(f"{{{redis_prefix}}}:") for k in keys), keys
@@ -87,7 +96,7 @@ def test_two_apps_on_two_masters_each_with_its_worker(
         redis_cluster: RedisCluster, cluster_url: str, redis_prefix: str) -> None:
     url = cluster_url.split("?", 1)[0]
     prefixes = _prefixes_on_two_masters(redis_cluster, redis_prefix)
-    apps = [_app(url, prefix) for prefix in prefixes]
+    apps = [app_with_tasks(url, prefix) for prefix in prefixes]
     try:
         with run_worker(apps[0]), run_worker(apps[1]):
             results = [app.tasks["op.add"].delay(i, 10) for i, app in enumerate(apps)]

@@ -1,5 +1,5 @@
-"""Remote control against real worker processes, on SQLite, Redis and PostgreSQL (issue 18,
-item 1).
+"""Remote control against real worker processes, on SQLite, Redis, PostgreSQL and RabbitMQ
+(issue 18, item 1), each through its own control channel.
 
 Each command's effect on the running worker is checked, not only its reply:
 Celery's meanings are in /work/ref/celery/celery/worker/control.py
@@ -28,13 +28,25 @@ WORK = f"{APP}.work"
 NODE = "ctl@test"
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "amqp"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue("prefixed"))
+    fixture = {"postgres": "pg_url", "amqp": "amqp_url", "redis": "prefixed"}[request.param]
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def backend(url: str, tmp_path: Path) -> str:
+    """Results beside the broker; RabbitMQ keeps none, so SQLite in the test's folder."""
+    return f"sqlite:///{tmp_path / 'results.db'}" if url.startswith("amqp") else url
+
+
+@pytest.fixture
+def client(url: str, backend: str) -> Iterator[Conveyor]:
+    app = Conveyor("client", broker=url, backend=backend, set_as_current=False)
+    yield app
+    app.close()
 
 
 @pytest.fixture
@@ -43,13 +55,14 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 @pytest.fixture
-def spawn(url: str, ledger: Ledger, tmp_path: Path,
+def spawn(url: str, backend: str, ledger: Ledger, tmp_path: Path,
           client: Conveyor) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start a worker named NODE and return once it answers ping."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def _spawn(*args: str) -> subprocess.Popen[bytes]:
-        env = worker_env(url, ledger.path, worker_heartbeat_interval=0.5)
+        env = worker_env(url, ledger.path, result_backend=backend,
+                         worker_heartbeat_interval=0.5)
         proc = start_worker(env, "-n", NODE, *args, log=tmp_path / "worker.log")
         procs.append(proc)
         wait_for(lambda: proc.poll() is not None or client.control.ping([NODE], timeout=0.3), 30,

@@ -129,3 +129,12 @@ def hold(self: Any, marker: str, drop_lease: bool = False) -> str:
     while not os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     return "done"
+
+
+@app.task(bind=True)
+def started_at(self: object) -> float:
+    """When a worker began running it (Unix time): the sender measures pick-up latency."""
+    began = time.time()
+    record("start")
+    record("end")
+    return began

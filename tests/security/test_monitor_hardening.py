@@ -15,7 +15,6 @@ with ``--xheaders``; it has no login throttling or header timeout.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -31,6 +30,7 @@ import pytest
 
 from tests.integration.processes import stop, wait_for
 from tests.security.private_redis import free_port
+from tests.tls import self_signed
 
 ADMIN = ("boss", "adm-pw-5")
 VIEWER = ("viewer", "view-pw-5")
@@ -183,20 +183,8 @@ def test_slow_headers_and_stalled_bodies_are_cut_off(tmp_path: Path,
         assert client.get("/api/me", auth=ADMIN).status_code == 200
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
-                   capture_output=True, timeout=60)
-    return cert, key
-
-
 def test_tls_with_a_certificate_and_key(tmp_path: Path, monitors: list[Monitor]) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     monitor = Monitor(tmp_path, "--certfile", str(cert), "--keyfile", str(key),
                       env={"CONVEYOR_MONITOR_BASIC_AUTH": f"{ADMIN[0]}:{ADMIN[1]}"})
     monitors.append(monitor)

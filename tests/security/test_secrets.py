@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -77,6 +78,12 @@ def test_redaction_rule() -> None:
     assert PLANTED not in redact.text(line)
     assert redact.text("bad item 'BAD-KEY=value'") == "bad item 'BAD-KEY=value'"
     assert "redis://:********@h/0" in redact.text(line)
+    # A URL inside a URL (PostgreSQL's listen_url=), plain or percent-encoded.
+    direct = f"postgresql://u:{PLANTED}@db:5432/shop?sslmode=require&application_name=a"
+    for inner in (direct.split("?")[0], quote(direct, safe="")):
+        shown = redact.url(f"postgresql://u:{PLANTED}@bouncer:6432/shop?listen_url={inner}")
+        assert PLANTED not in shown and "db:5432" in shown, shown
+        assert PLANTED not in redact.text(f"error at postgresql://b/s?listen_url={inner} now")
 
 
 def test_errors_are_redacted_at_the_source() -> None:

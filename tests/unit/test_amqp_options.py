@@ -103,13 +103,17 @@ def test_beat_history_goes_to_the_side_store(tmp_path: object) -> None:
     bare = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
     with pytest.raises(ConfigurationError, match="result_backend"):
         open_beat_state(bare)
+    # state_url in the URL's query, which the broker reads too
+    query = Conveyor("x", broker=f"amqp://h//?state_url=sqlite:///{tmp_path}/s.db",
+                     set_as_current=False)
+    assert isinstance(open_beat_state(query), SQLiteBeatState)
 
 
-def test_remote_control_goes_through_the_side_store(tmp_path: object) -> None:
+def test_remote_control_goes_through_rabbitmq_whatever_the_side_store(tmp_path: object) -> None:
+    """ADR 0023: the fanout exchange, not the side store (which may not exist)."""
     from conveyor.control import channel_for
-    from conveyor.control.sqlite import SQLiteChannel
+    from conveyor.control.amqp import AMQPChannel
 
     state = f"sqlite:///{tmp_path}/state.db"
-    assert isinstance(channel_for("amqp://h//", {"state_url": state}), SQLiteChannel)
-    with pytest.raises(ConfigurationError, match="result_backend"):
-        channel_for("amqp://h//", {})
+    assert isinstance(channel_for("amqp://h//", {"state_url": state}), AMQPChannel)
+    assert isinstance(channel_for("amqp://h//", {}), AMQPChannel)

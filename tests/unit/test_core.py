@@ -106,6 +106,17 @@ def test_sqlite_is_the_default_broker() -> None:
     assert Settings().result_url == "sqlite:///conveyor.db"
 
 
+def test_results_beside_a_postgres_broker_share_its_schema_option() -> None:
+    """``broker_transport_options['schema']`` moves the broker; the result and event
+    stores beside it read only their URL, so the schema is written into it."""
+    conf = Settings(broker_url="postgresql://u:p@h/db?sslmode=disable&schema=old",
+                    broker_transport_options={"schema": "shop"})
+    assert conf.result_url == "postgresql://u:p@h/db?sslmode=disable&schema=shop"
+    assert Settings(broker_url="postgresql://h/db").result_url == "postgresql://h/db"
+    assert Settings(broker_url="postgresql://h/db", broker_transport_options={"schema": "x"},
+                    result_backend="postgresql://h/other").result_url == "postgresql://h/other"
+
+
 # -- tasks and messages --------------------------------------------------------
 
 def test_task_options_are_typed_and_unknown_ones_rejected() -> None:

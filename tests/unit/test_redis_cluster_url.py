@@ -70,3 +70,23 @@ def test_the_password_of_a_node_list_is_redacted() -> None:
     assert _redact.url(url) == "redis+cluster://user:********@h1:7000,h2:7001/0?prefix=x"
     assert "s3cret" not in _redact.text(f"broker at {url} is down")
     assert "s3cret" not in parse_redis_url(url).address
+
+
+def test_tls_reaches_the_pinned_connections_and_the_slot_question() -> None:
+    """With ``ssl``, both the connection to the owner and the ``CLUSTER SLOTS``
+    question go over TLS with the same certificates."""
+    from conveyor._redis import new_client
+    from conveyor._redis_cluster import SlotConnection, SlotSSLConnection
+
+    tls = parse_redis_url("redis+cluster://h:7000?ssl=true&ssl_ca_certs=/ca.pem")
+    client = new_client(tls.client_kwargs, cluster=tls.cluster)
+    pool = client.connection_pool
+    assert pool.connection_class is SlotSSLConnection
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+    asked = pool.connection_kwargs["slot_owner"]._kwargs
+    assert asked["ssl"] is True and asked["ssl_ca_certs"] == "/ca.pem"
+    assert asked["ssl_cert_reqs"] == "required"
+    plain = parse_redis_url("redis+cluster://h:7000")
+    pool = new_client(plain.client_kwargs, cluster=plain.cluster).connection_pool
+    assert pool.connection_class is SlotConnection
+    assert "ssl" not in pool.connection_kwargs["slot_owner"]._kwargs

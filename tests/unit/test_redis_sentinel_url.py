@@ -8,6 +8,8 @@ password from the first address (``/work/ref/celery/celery/backends/redis.py``,
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from conveyor._config import Settings, values_from_env
@@ -82,3 +84,103 @@ def test_a_socket_timeout_that_outlasts_a_third_of_the_lease_is_warned_about(
         assert "socket_timeout (5s) is above a third of broker_lease_timeout" in caplog.text
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("later", [
+    "sentinel://10.0.0.2:26379/3",  # another database
+    "sentinel://:0th3rpw@10.0.0.2:26379",  # another password
+    "sentinel://10.0.0.2:26379/0?prefix=p",  # options Celery would not read there
+])
+def test_a_later_sentinel_address_with_a_database_or_options_of_its_own_is_refused(
+        later: str) -> None:
+    """Celery reads them from the first address only: elsewhere they would be ignored."""
+    with pytest.raises(ConfigurationError, match="go on its first address") as info:
+        parse_redis_url(f"sentinel://:s3cret@10.0.0.1:26379/0;{later}", {"master_name": "m"})
+    assert "s3cret" not in str(info.value) and "0th3rpw" not in str(info.value)
+
+
+def test_a_later_sentinel_address_may_repeat_the_first_ones_database_and_password() -> None:
+    url = "sentinel://:pw@a:1/2?master_name=m;sentinel://:pw@b:2/2;sentinel://c:3"
+    options = parse_redis_url(url)
+    assert options.client_kwargs["db"] == 2
+    assert options.sentinel is not None and len(options.sentinel.hosts) == 3
+
+
+def test_tls_to_the_master_and_to_the_sentinels_are_set_apart() -> None:
+    """``ssl`` (Celery: broker_use_ssl) is for the master's connections;
+    ``sentinel_kwargs`` says how to reach the sentinels, as in Celery."""
+    options = parse_redis_url(URL, {
+        "master_name": "main", "ssl": True, "ssl_ca_certs": "/ca.pem",
+        "sentinel_kwargs": {"ssl": True, "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                            "ssl_ca_certs": "/sentinel-ca.pem", "socket_timeout": "2"}})
+    assert options.client_kwargs["ssl"] is True
+    assert options.client_kwargs["ssl_cert_reqs"] == "required"
+    assert options.client_kwargs["ssl_ca_certs"] == "/ca.pem"
+    assert options.sentinel is not None
+    assert options.sentinel.sentinel_kwargs == {
+        "socket_timeout": 2.0, "socket_connect_timeout": 1.0, "ssl": True,
+        "ssl_cert_reqs": "optional", "ssl_ca_certs": "/sentinel-ca.pem"}
+    plain = parse_redis_url(URL, {"master_name": "main"})
+    assert "ssl" not in plain.client_kwargs
+    assert plain.sentinel is not None and "ssl" not in plain.sentinel.sentinel_kwargs
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"sentinel_kwargs": {"ssl_ca_certs": "/ca.pem"}}, "need ssl=True there too"),
+    ({"sentinel_kwargs": {"db": 1}}, "unknown sentinel_kwargs key.* db"),
+    ({"sentinel_kwargs": {"socket_timeout": "soon"}}, r"sentinel_kwargs\['socket_timeout'\]"),
+    ({"ssl_ca_certs": "/ca.pem"}, "only apply with TLS"),
+    ({"ssl": "maybe"}, "option ssl='maybe'"),
+])
+def test_tls_options_that_would_be_ignored_are_refused(extra: dict[str, object],
+                                                       says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        parse_redis_url(URL, {"master_name": "main", **extra})
+
+
+def test_sentinels_are_asked_once_each_with_a_message_naming_each() -> None:
+    """No sentinel reachable: one attempt per sentinel (redis-py would retry each three
+    times, backing off from 1 s), and the error says what each one answered."""
+    import time
+
+    import redis
+
+    from conveyor._redis import new_client
+
+    options = parse_redis_url("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2",
+                              {"master_name": "main"})
+    client = new_client(options.client_kwargs, options.sentinel)
+    began = time.monotonic()
+    with pytest.raises(redis.ConnectionError) as info:
+        client.ping()
+    assert time.monotonic() - began < 1.0
+    assert "no sentinel named a master for 'main'" in str(info.value)
+    assert "127.0.0.1:1: Error 111 connecting" in str(info.value)
+    assert len(str(info.value)) < 400, str(info.value)
+    client.close()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://h/0?ssl=true", "for one server use a rediss:// URL"),
+    ("unix:///tmp/r.sock?ssl=true", "for one server use a rediss:// URL"),
+    ("rediss://h/0?ssl=false", "contradicts rediss://"),
+    ("redis+cluster://h:1?ssl_certfile=/c.pem", "only apply with TLS"),
+])
+def test_the_ssl_option_applies_to_sentinel_and_cluster_only(url: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        parse_redis_url(url)
+
+
+def test_broker_use_ssl_turns_tls_on_for_sentinel_and_cluster_as_in_celery() -> None:
+    """Celery's Sentinel transport uses TLS to the master when broker_use_ssl is set;
+    a cluster (Conveyor's) likewise; the result store beside the broker shares it."""
+    for url in ("sentinel://h:26379/0", "redis+cluster://h:7000"):
+        settings = Settings(broker_url=url, broker_transport_options={"master_name": "m"},
+                            broker_use_ssl={"ssl_cert_reqs": ssl.CERT_REQUIRED,
+                                            "ssl_ca_certs": "/ca.pem"})
+        assert settings.broker_options()["ssl"] is True
+        assert settings.broker_options()["ssl_ca_certs"] == "/ca.pem"
+        assert settings.result_options()["ssl"] is True
+    settings = Settings(broker_url="redis+cluster://h:7000", broker_use_ssl=True)
+    assert parse_redis_url(settings.broker_url,
+                           settings.broker_options()).client_kwargs["ssl_cert_reqs"] == "required"

@@ -97,10 +97,9 @@ def test_an_unknown_scheme_names_the_setting_and_what_to_write(
 
 @pytest.mark.parametrize(("open_", "what"), [
     (result_store_from_url, "results"), (store_from_url, "task events"),
-    (channel_for, "remote control's replies"),
 ])
 def test_rabbitmq_keeps_no_records(open_: Any, what: str) -> None:
-    """ADR 0016: results, events and control replies go to the side store, never RabbitMQ."""
+    """ADR 0016: results and events go to the side store, never RabbitMQ."""
     with pytest.raises(ConfigurationError, match="cannot be kept in RabbitMQ") as caught:
         open_("amqp://h//")
     assert what in str(caught.value)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor._amqp import is_amqp, not_in_rabbitmq
+from conveyor._amqp import is_amqp, not_in_rabbitmq, parse_amqp_url
 from conveyor.beat.state.base import (
     ALIVE_AT,
     CUTOFF,
@@ -61,7 +61,8 @@ def open_beat_state(app: Conveyor) -> BeatState:
     options = app.conf.broker_options()
     setting = "broker_url"
     if is_amqp(url):  # RabbitMQ keeps no records: use its side store (ADR 0016)
-        state = options.get("state_url")
+        # Given in the options or in the URL's query, as the broker reads it.
+        state = parse_amqp_url(url, options, need_state=False).state_url
         if not state:
             raise not_in_rabbitmq("beat's run history")
         url, options = str(state), {}

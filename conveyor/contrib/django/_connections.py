@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -90,21 +91,46 @@ def forget_inherited_connections() -> None:
         connections[conn.alias] = connections.create_connection(conn.alias)
 
 
+# Pauses between tries of an operation that found a table locked (about 2.5 s in all).
+LOCK_PAUSES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 0.8)
+
+
+def waiting_out_locks(using: str, operation: Callable[[], T]) -> T:
+    """Run ``operation``, trying again while SQLite says a table is locked.
+
+    SQLite's shared-cache mode, which Django's in-memory *test* databases
+    use, answers "database table is locked" at once while another
+    connection (a worker thread's) writes that table: the busy timeout does
+    not apply.  The lock lasts one short transaction, so wait it out, as the
+    busy timeout would have.  Not inside an ``atomic`` block, whose
+    transaction the caller owns.
+    """
+    for pause in LOCK_PAUSES:
+        try:
+            return operation()
+        except OperationalError as exc:
+            if "locked" not in str(exc) or connections[using].in_atomic_block:
+                raise
+            time.sleep(pause)
+    return operation()
+
+
 def retry_on_disconnect(using: str, operation: Callable[[], T]) -> T:
     """Run ``operation``; if the connection turned out dead, reconnect and run it once more.
 
     Only for reads and idempotent writes, and never inside an ``atomic``
-    block (the transaction is gone with the connection).
+    block (the transaction is gone with the connection).  A locked table is
+    waited out first (:func:`waiting_out_locks`).
     """
     try:
-        return operation()
+        return waiting_out_locks(using, operation)
     except (OperationalError, InterfaceError):
         conn = connections[using]
         if conn.in_atomic_block:
             raise
         log.info("database %r dropped the connection; retrying once on a new one", using)
         _close(conn)
-        return operation()
+        return waiting_out_locks(using, operation)
 
 
 def install() -> None:
@@ -133,4 +159,5 @@ __all__ = [
     "prepare_connections",
     "release_connections",
     "retry_on_disconnect",
+    "waiting_out_locks",
 ]
