@@ -131,4 +131,4 @@ class ConveyorPostgres(ConveyorRedis):
         from benchmarks.systems import pg
 
         # The tables make themselves when the next client or worker opens the broker.
-        pg.empty_schema(self.schema, install=lambda: None, keep=("conveyor_schema",))
+        pg.empty_schema(self.schema, install=lambda: None)

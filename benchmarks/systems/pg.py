@@ -61,31 +61,37 @@ def server_version() -> str | None:
         return None
 
 
-def empty_schema(schema: str, install: Callable[[], None], keep: tuple[str, ...] = ()) -> None:
-    """Truncate every table of ``schema`` except ``keep``; ``install`` when it has none."""
-    import psycopg
+def empty_schema(schema: str, install: Callable[[], None]) -> None:
+    """Drop ``schema`` and ``install`` it afresh: empty tables with no statistics.
 
-    with psycopg.connect(url(), autocommit=True) as conn:
-        tables = [t for (t,) in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)) if t not in keep]
-        if tables:
-            names = ", ".join(f'"{schema}"."{t}"' for t in tables)
-            conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-            return
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    install()
-
-
-def analyze(schema: str) -> None:
-    """``ANALYZE`` the schema's tables, as autovacuum would once a table has grown.
-
-    The project's server runs with autovacuum off, so after a truncate and a
-    bulk insert the planner would otherwise plan each system's dequeue query
-    for an empty table; every PostgreSQL system gets this after its preload.
+    Truncating would keep the statistics of an earlier phase (an ANALYZE
+    that saw the table empty), and with autovacuum off nothing would replace
+    them: plans made from them read whole tables once they fill.
     """
     import psycopg
 
     with psycopg.connect(url(), autocommit=True) as conn:
-        for (table,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall():
-            conn.execute(f'ANALYZE "{schema}"."{table}"')
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    install()
+
+
+def analyze(schema: str) -> None:
+    """``ANALYZE`` the schema's tables that hold rows, as autovacuum would once they grew.
+
+    The project's server runs with autovacuum off, so after a bulk insert the
+    planner would plan each system's dequeue query for a table it has never
+    seen filled; every PostgreSQL system gets this after its preload.  Empty
+    tables (results, logs, events) are left unanalyzed: statistics saying
+    "empty" would keep plans that scan them whole while the run fills them,
+    which autovacuum's analyze would not leave in place.
+    """
+    import psycopg
+
+    with psycopg.connect(url(), autocommit=True) as conn:
+        tables = [t for (t,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()]
+        for table in tables:
+            name = f'"{schema}"."{table}"'
+            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {name})").fetchone()[0]:
+                conn.execute(f"ANALYZE {name}")
