@@ -45,6 +45,7 @@ _OPTIONS: dict[str, type] = {
     "queue_type": str,
     "state_url": str,
     "connect_timeout": float,
+    "blocked_connection_timeout": float,
 }
 
 
@@ -62,6 +63,7 @@ class AMQPOptions:
     queue_type: str
     state_url: str
     connect_timeout: float
+    blocked_connection_timeout: float
 
     @property
     def place(self) -> str:
@@ -102,22 +104,34 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         vhost=unquote(path) or "/", username=unquote(parts.username or "guest"),
         password=unquote(parts.password or "guest"), tls=tls,
         heartbeat=settings.get("heartbeat"), queue_type=queue_type,
-        state_url=str(state_url or ""), connect_timeout=float(settings.get("connect_timeout", 4.0)))
+        state_url=str(state_url or ""),
+        connect_timeout=float(settings.get("connect_timeout", 4.0)),
+        blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0))
 
 
-def amqp_options(opts: dict[str, Any], result_backend: str | None,
+def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,
                  use_ssl: object) -> dict[str, Any]:
     """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
-    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md)."""
+    ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md), unless the options
+    or the URL's query (``?state_url=``) name one."""
     if isinstance(use_ssl, dict) and use_ssl:
         raise ConfigurationError(
             "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
             "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
     scheme = (result_backend or "").split("://", 1)[0].lower()
     side_stores = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "sqlite")
-    if "state_url" not in opts and scheme in side_stores:
+    named = "state_url" in opts or "state_url" in dict(parse_qsl(urlsplit(url).query))
+    if not named and scheme in side_stores:
         opts["state_url"] = result_backend
     return opts
+
+
+def _positive(settings: dict[str, Any], key: str, default: float) -> float:
+    value = float(settings.get(key, default))
+    if not value > 0:
+        raise ConfigurationError(f"broker_transport_options[{key!r}]={value!r}: use a number "
+                                 "of seconds above 0")
+    return value
 
 
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:

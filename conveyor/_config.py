@@ -453,7 +453,7 @@ class Settings:
         if _is_redis(self.broker_url):
             opts.setdefault("socket_connect_timeout", self.broker_connection_timeout)
         if is_amqp(self.broker_url):
-            return amqp_options(opts, self.result_backend, self.broker_use_ssl)
+            return amqp_options(self.broker_url, opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts
 

@@ -291,6 +291,10 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 # Redis behind Sentinel and in a Cluster: run by ``make test-topologies``.
 TOPOLOGIES = [pytest.param("sentinel", marks=topology), pytest.param("cluster", marks=topology)]
+# The fault suite again on PostgreSQL and RabbitMQ: run by ``make test-brokers``.
+other_brokers = pytest.mark.other_brokers
+OTHER_BROKERS = [pytest.param("postgres", marks=other_brokers),
+                 pytest.param("amqp", marks=other_brokers)]
 
 
 @pytest.fixture(params=[*BACKENDS, "postgres", "amqp", *TOPOLOGIES])

@@ -3,7 +3,13 @@
 A lease is the channel holding an unacknowledged delivery: RabbitMQ hands
 the message out again when the connection drops (the worker died), and this
 object hands it back (``basic.nack`` with requeue) when a lease runs out
-unrenewed.  Every publish waits for the publisher confirm.  Idempotency keys,
+unrenewed.  A delivery held longer than its lease also holds a lease in the
+side store, which outlives its channel (a blip, ``consumer_timeout``): a copy
+RabbitMQ hands out meanwhile is parked, not run (:mod:`conveyor._amqp_guard`).
+Each process consumes on one connection and publishes on another
+(:mod:`conveyor._amqp_link`), so that RabbitMQ blocking publishers under an
+alarm never stalls acknowledgements (docs/decisions/0022-rabbitmq-reconnection.md).
+Every publish waits for the publisher confirm.  Idempotency keys,
 revocations and beat leases live in the store named by ``state_url`` (a
 sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up.
 
@@ -21,8 +27,6 @@ import collections
 import contextlib
 import logging
 import os
-import ssl
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,23 +37,22 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from conveyor import _amqp
+from conveyor import _amqp, _amqp_guard
+from conveyor._amqp_guard import Guards, Verdict
+from conveyor._amqp_link import Link
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
-from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+from conveyor.exceptions import BrokerUnavailable
 
 T = TypeVar("T")
 _DELIVERIES = "x-conveyor-deliveries"
 _ETA = "x-conveyor-eta"
+_PARKED = "x-conveyor-parked"  # a redelivered copy waiting for its running holder
 _REASON = "x-conveyor-reason"
 _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
-_SETTLED = "conveyor.settled:"  # a side-store lease: this message was settled elsewhere
-_SETTLED_TTL = 86400.0
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
-LINK_ERRORS = (  # a connection or channel that failed under us: reconnect
-    pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
-    pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+_Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
 
 
 class _QuietProbe(logging.Filter):
@@ -67,57 +70,35 @@ logging.getLogger("pika.channel").addFilter(_QuietProbe())
 _log = logging.getLogger("conveyor.brokers.amqp")
 
 
-def _explain_close(exc: pika.exceptions.ChannelClosedByBroker) -> None:
-    """Say why RabbitMQ took leases away, when the reason is a server setting."""
-    if "acknowledgement" in str(exc.reply_text) and "timed out" in str(exc.reply_text):
-        _log.error("RabbitMQ's consumer_timeout closed the channel of a running task, and "
-                   "will hand its message out again: set consumer_timeout in rabbitmq.conf "
-                   "above the longest task (docs/operations.md, RabbitMQ)")
-
-
-def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
-    """A declaration RabbitMQ refuses (a queue of another type or arguments, or one
-    deleted under us), as opposed to ``consumer_timeout`` closing the channel."""
-    text = str(exc.reply_text)
-    return exc.reply_code == 404 or "inequivalent arg" in text
-
-
-def connection_parameters(o: _amqp.AMQPOptions) -> pika.ConnectionParameters:
-    """pika's parameters for the broker (and the control channel beside it)."""
-    extra: dict[str, Any] = {}
-    if o.tls:
-        extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
-    if o.heartbeat is not None:
-        extra["heartbeat"] = o.heartbeat
-    return pika.ConnectionParameters(
-        host=o.host, port=o.port, virtual_host=o.vhost,
-        credentials=pika.PlainCredentials(o.username, o.password),
-        socket_timeout=o.connect_timeout, blocked_connection_timeout=60, **extra)
-
-
-def connect(o: _amqp.AMQPOptions) -> pika.BlockingConnection:
-    """A new connection, or :class:`BrokerUnavailable` naming the place (never the password)."""
-    try:
-        return pika.BlockingConnection(connection_parameters(o))
-    except pika.exceptions.ProbableAuthenticationError:
-        raise BrokerUnavailable(f"RabbitMQ at {o.place} refused the credentials") from None
-    except pika.exceptions.AMQPConnectionError as exc:
-        raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable: "
-                                f"{type(exc).__name__}") from None
-
-
 @dataclass
 class _Lease:
     queue: str
     tag: int
     generation: int
+    since: float  # monotonic: when it was leased
     deadline: float
     delivery: Delivery
     properties: pika.BasicProperties
 
 
+@dataclass(frozen=True)
+class _Reroute:
+    """A received message to publish again (through the delay ladder) before its
+    delivery is acknowledged: an eta beyond the ladder's top, or a parked copy."""
+
+    queue: str
+    tag: int
+    generation: int
+    props: pika.BasicProperties
+    body: bytes
+    eta: float
+    deliveries: int
+    parked: bool
+
+
 class AMQPBroker(Broker):
-    """One connection and one confirm-mode channel, serialised by a lock."""
+    """A consuming link and a publishing link (``_amqp_link``), each under its lock;
+    the consuming lock is never held while waiting on the publishing link."""
 
     leases_follow_connection = True  # a delivery tag is its channel's alone
 
@@ -127,82 +108,46 @@ class AMQPBroker(Broker):
         self.url = url
         self._opts = _amqp.parse_amqp_url(url, options)
         self._state = broker_from_url(self._opts.state_url)
-        self._lock = threading.RLock()
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._generation = 0
+        self._guards = Guards(self._state)
+        self._consumer = Link(self._opts, on_drop=self._forget_leases)
+        self._publisher = Link(self._opts, on_drop=self._declared_clear)
         self._declared: set[str] = set()
         self._warned: set[str] = set()  # quorum queues told they ignore priorities
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
-        self._pushed: dict[str, collections.deque[tuple[Any, pika.BasicProperties, bytes]]] = {}
+        self._pushed: dict[str, collections.deque[_Pushed]] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
 
-    # -- connection ------------------------------------------------------------
-    def _chan(self) -> BlockingChannel:
-        if self._channel is None or not self._channel.is_open:
-            self._drop()
-            self._conn = connect(self._opts)
-            self._channel = self._conn.channel()
-            self._channel.confirm_delivery()
-        return self._channel
-
-    def _drop(self) -> None:
-        """Forget a broken connection: its leases went back to RabbitMQ with it."""
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = self._channel = None
-        self._generation += 1
+    # -- connections -------------------------------------------------------------
+    def _forget_leases(self) -> None:
+        """The consuming connection broke: its leases went back to RabbitMQ with it
+        (a guarded delivery keeps its side-store lease: ``_amqp_guard``)."""
         self._declared.clear()
         self._leases.clear()
         self._pushed.clear()
         self._consumers.clear()
 
-    def _run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
-        """Run ``op`` on the channel, reconnecting with backoff when the link fails.
-
-        A publisher blocked by a memory or disk alarm past ``blocked_connection_timeout``
-        gets :class:`BrokerUnavailable` at once, not a retry loop."""
-        with self._lock:
-            for attempt in range(attempts):
-                try:
-                    return op(self._chan())
-                except pika.exceptions.ConnectionBlockedTimeout:
-                    self._drop()
-                    raise BrokerUnavailable(f"RabbitMQ at {self._opts.place} blocked this "
-                                            "connection (memory or disk alarm)") from None
-                except LINK_ERRORS:
-                    self._drop()
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    self._drop()
-                    _explain_close(exc)
-                    if _refused(exc):
-                        raise ConfigurationError(f"RabbitMQ at {self._opts.place} refused: "
-                                                 f"{exc.reply_text}") from None
-                except BrokerUnavailable:
-                    if attempt == attempts - 1:
-                        raise
-                time.sleep(min(2.0, 0.1 * 2**attempt))
-            raise BrokerUnavailable(f"RabbitMQ at {self._opts.place}: connection kept failing")
+    def _declared_clear(self) -> None:
+        self._declared.clear()
 
     def _settle(self, op: Callable[[BlockingChannel], T], lost: T) -> T:
-        """Run an ack-like ``op`` once: if the connection is gone, so are its leases
-        (RabbitMQ hands the messages out again), and ``lost`` says so."""
+        """Run an ack-like ``op`` once on the consuming link: if the connection is gone,
+        so are its leases (RabbitMQ hands the messages out again), and ``lost`` says so."""
         try:
-            return self._run(op, attempts=1)
+            return self._consumer.run(op, attempts=1)
         except BrokerUnavailable:
             return lost
 
-    def _declare(self, ch: BlockingChannel, queue: str) -> None:
+    def _declare(self, link: Link, queue: str) -> None:
         """Declare ``queue``'s topology once per connection; the dead-letter queue is
         declared last, so finding it means an earlier process declared the rest."""
         if queue in self._declared:
             return
-        if self._exists(_amqp.dead_name(queue)):
+        if self._exists(link, _amqp.dead_name(queue)):
             self._declared.add(queue)
             return
+        ch = link.chan()
         self._declare_ladder(ch, queue)
         args: dict[str, Any] = {"x-queue-type": self._opts.queue_type,
                                 "x-dead-letter-exchange": _amqp.DEAD_EXCHANGE,
@@ -216,14 +161,17 @@ class AMQPBroker(Broker):
         ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
         ch.queue_bind(dead, _amqp.DEAD_EXCHANGE, routing_key=queue)
         ch.queue_declare(_amqp.REGISTRY, durable=True, arguments={"x-queue-type": "classic"})
-        ch.basic_publish("", _amqp.REGISTRY, queue.encode(),
-                         pika.BasicProperties(delivery_mode=2), mandatory=True)
+        self._publisher.run(lambda pub: pub.basic_publish(
+            "", _amqp.REGISTRY, queue.encode(), pika.BasicProperties(delivery_mode=2),
+            mandatory=True))
         self._declared.add(queue)
 
-    def _exists(self, queue: str) -> bool:
+    @staticmethod
+    def _exists(link: Link, queue: str) -> bool:
         """Passive check on a channel of its own (a miss closes the channel)."""
-        assert self._conn is not None
-        probe = self._conn.channel()
+        link.chan()
+        assert link.conn is not None
+        probe = link.conn.channel()
         try:
             probe.queue_declare(queue, passive=True)
         except pika.exceptions.ChannelClosedByBroker:
@@ -255,12 +203,23 @@ class AMQPBroker(Broker):
         return self.enqueue_many([envelope])[0]
 
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Publish each new envelope and wait for its confirm.  After a reconnect only
+        the unconfirmed rest is sent again; on failure the idempotency keys of what
+        was not confirmed are given back, so that a retry of the call sends them."""
         ids = [self._claim_key(e) for e in envelopes]
         fresh = [e for e, owner in zip(envelopes, ids, strict=True) if owner == e.id]
-        def op(ch: BlockingChannel) -> None:
-            for e in fresh:
-                self._publish(ch, e.queue, e.id, e.body, e.priority, e.eta, 0)
-        self._run(op)
+        confirmed = 0
+
+        def op(_ch: BlockingChannel) -> None:
+            nonlocal confirmed
+            for e in fresh[confirmed:]:
+                self._publish(e.queue, e.id, e.body, e.priority, e.eta, 0)
+                confirmed += 1
+        try:
+            self._publisher.run(op)
+        except Exception:
+            self._release_keys(fresh[confirmed:])
+            raise
         return ids
 
     def _claim_key(self, envelope: Envelope) -> str:
@@ -277,11 +236,19 @@ class AMQPBroker(Broker):
                 return holder
         raise BrokerUnavailable("idempotency key store kept changing under the claim")
 
-    def _publish(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
-                 priority: int, eta: float | None, deliveries: int) -> None:
-        """Publish and wait for the confirm (pika raises on a nack or a return)."""
-        self._declare(ch, queue)
+    def _release_keys(self, envelopes: Sequence[Envelope]) -> None:
+        for e in envelopes:
+            if e.idempotency_key is not None:
+                with contextlib.suppress(Exception):
+                    self._state.release_lease(_IDEMPOTENCY + e.idempotency_key, e.id)
+
+    def _publish(self, queue: str, msg_id: str, body: bytes, priority: int,
+                 eta: float | None, deliveries: int, parked: bool = False) -> None:
+        """Publish on the publishing link and wait for the confirm (pika raises on a
+        nack or a return; an alarm blocks it up to ``blocked_connection_timeout``)."""
         headers: dict[str, Any] = {_DELIVERIES: deliveries}
+        if parked:
+            headers[_PARKED] = 1
         exchange, key = "", queue
         wait = (eta - time.time()) if eta is not None else 0.0
         if eta is not None and wait > _amqp.TICK / 2:
@@ -295,7 +262,11 @@ class AMQPBroker(Broker):
                          "first out (queue_type='classic' honours it)", queue, priority)
         props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
                                      priority=MAX_PRIORITY - priority)
-        ch.basic_publish(exchange, key, body, props, mandatory=True)
+
+        def op(ch: BlockingChannel) -> None:
+            self._declare(self._publisher, queue)
+            ch.basic_publish(exchange, key, body, props, mandatory=True)
+        self._publisher.run(op)
 
     # -- consuming ---------------------------------------------------------------
     def reserve(self, queues: Sequence[str], count: int, lease: float,
@@ -303,32 +274,41 @@ class AMQPBroker(Broker):
         """Take from what the consumers were pushed, topped up by ``basic.get`` (so
         a message already queued is never missed), then wait for pushes in short
         slices, letting other threads ack and extend in between."""
-        got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=True))
+        got = self._reserve_once(queues, count, lease, poll=True)
         # A message given back a moment ago may be on its way to a consumer, where
         # basic.get cannot see it: even timeout=0 waits one grace for pushes.
         deadline = time.monotonic() + max(timeout, _PUSH_GRACE)
         while not got and time.monotonic() < deadline:
-            got = self._run(lambda ch: self._take(ch, queues, count, lease, poll=False))
+            got = self._reserve_once(queues, count, lease, poll=False)
+        return got
+
+    def _reserve_once(self, queues: Sequence[str], count: int, lease: float,
+                      poll: bool) -> list[Delivery]:
+        reroutes: list[_Reroute] = []
+        got = self._consumer.run(lambda ch: self._take(ch, queues, count, lease, poll,
+                                                       reroutes))
+        for reroute in reroutes:  # outside the consuming lock: an alarm may block these
+            self._reroute(reroute)
         return got
 
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
-              lease: float, poll: bool) -> list[Delivery]:
+              lease: float, poll: bool, reroutes: list[_Reroute]) -> list[Delivery]:
         self._expire(ch)
         self._stop_consuming(ch, queues)
         fresh = {q for q in queues if q not in self._pushed}
         for queue in queues:
-            self._declare(ch, queue)
+            self._declare(self._consumer, queue)
             self._consume(ch, queue, count)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
         out: list[Delivery] = []
         for queue in queues:
             before = len(out)
-            self._from_pushed(ch, queue, count, lease, out)
+            self._from_pushed(ch, queue, count, lease, out, reroutes)
             pushed = len(out) > before
             while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
                                                              pushed):
                 more = self._get_one(ch, queue)
-                self._from_pushed(ch, queue, count, lease, out)
+                self._from_pushed(ch, queue, count, lease, out, reroutes)
                 if not more:
                     break
         return out
@@ -345,12 +325,14 @@ class AMQPBroker(Broker):
         return fresh or not pushed or count > self._prefetch.get(queue, 0)
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
-                     out: list[Delivery]) -> None:
+                     out: list[Delivery], reroutes: list[_Reroute]) -> None:
         pushed = self._pushed.get(queue)
         while pushed and len(out) < count:
             got = self._leased(ch, queue, *pushed.popleft(), lease)
-            if got is not None:
+            if isinstance(got, Delivery):
                 out.append(got)
+            elif isinstance(got, _Reroute):
+                reroutes.append(got)
 
     def _get_one(self, ch: BlockingChannel, queue: str) -> bool:
         """``basic.get`` one message into the pushed buffer (``False``: none ready).
@@ -372,8 +354,7 @@ class AMQPBroker(Broker):
         RabbitMQ pushes up to that many unacked messages (leased or waiting here)."""
         if queue in self._pushed:
             return
-        buffer: collections.deque[tuple[Any, pika.BasicProperties, bytes]] = (
-            collections.deque())
+        buffer: collections.deque[_Pushed] = collections.deque()
         self._pushed[queue] = buffer
         ch.basic_qos(prefetch_count=max(1, count))
         self._prefetch[queue] = max(1, count)
@@ -394,26 +375,57 @@ class AMQPBroker(Broker):
                 ch.basic_nack(method.delivery_tag, requeue=True)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
-                props: pika.BasicProperties, body: bytes, lease: float) -> Delivery | None:
+                props: pika.BasicProperties, body: bytes,
+                lease: float) -> Delivery | _Reroute | None:
+        """Lease a received message, or say it must be published again first, or
+        drop it (``None``: settled elsewhere)."""
         headers = props.headers or {}
         base = int(headers.get(_DELIVERIES, 0))
         eta = headers.get(_ETA)
         if eta is not None and int(eta) / 1000 - time.time() > 1.0:  # beyond the ladder's top
-            self._publish(ch, queue, props.message_id, body,
-                          MAX_PRIORITY - (props.priority or 0), int(eta) / 1000, base)
-            ch.basic_ack(method.delivery_tag)
-            return None
+            return _Reroute(queue, method.delivery_tag, self._consumer.generation, props, body,
+                            int(eta) / 1000, base, parked=False)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
-        if redelivered and self._state.lease_holder(_SETTLED + str(props.message_id)):
-            ch.basic_ack(method.delivery_tag)  # settled by another process before it came back
-            return None
         token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        if redelivered or headers.get(_PARKED):
+            verdict = self._guards.arrival(str(props.message_id), token, lease)
+            if verdict is Verdict.DROP:
+                ch.basic_ack(method.delivery_tag)
+                return None
+            if verdict is Verdict.PARK:
+                return _Reroute(queue, method.delivery_tag, self._consumer.generation, props,
+                                body, time.time() + lease / 2, base + redelivered, parked=True)
         delivery = Delivery(id=str(props.message_id), queue=queue, body=body,
                             deliveries=base + redelivered + 1, token=token,
                             priority=max(0, MAX_PRIORITY - (props.priority or 0)))
-        self._leases[token] = _Lease(queue, method.delivery_tag, self._generation,
-                                     time.monotonic() + lease, delivery, props)
+        now = time.monotonic()
+        self._leases[token] = _Lease(queue, method.delivery_tag, self._consumer.generation,
+                                     now, now + lease, delivery, props)
         return delivery
+
+    def _reroute(self, r: _Reroute) -> None:
+        """Publish ``r`` again, then acknowledge its delivery.  If the publish fails
+        (an alarm), the delivery goes back at once to come round again; if the
+        acknowledgement fails, the copy and the redelivery are both checked on arrival."""
+        try:
+            self._publish(r.queue, str(r.props.message_id), r.body,
+                          MAX_PRIORITY - (r.props.priority or 0), r.eta, r.deliveries,
+                          parked=r.parked)
+        except BrokerUnavailable as exc:
+            _log.warning("could not re-publish %s (%s); handing it back",
+                         r.props.message_id, exc)
+            self._settle_tag(r.generation, r.tag, ack=False)
+            return
+        self._settle_tag(r.generation, r.tag, ack=True)
+
+    def _settle_tag(self, generation: int, tag: int, ack: bool) -> None:
+        def op(ch: BlockingChannel) -> None:
+            if generation == self._consumer.generation:
+                if ack:
+                    ch.basic_ack(tag)
+                else:
+                    ch.basic_nack(tag, requeue=True)
+        self._settle(op, None)
 
     def _expire(self, ch: BlockingChannel) -> None:
         """Hand back deliveries whose lease ran out unrenewed."""
@@ -426,23 +438,46 @@ class AMQPBroker(Broker):
     def _held(self, ch: BlockingChannel, delivery: Delivery) -> _Lease | None:
         self._expire(ch)
         held = self._leases.get(delivery.token)
-        return held if held is not None and held.generation == self._generation else None
+        return held if held is not None and held.generation == self._consumer.generation \
+            else None
+
+    def _take_lease(self, delivery: Delivery) -> _Lease | None:
+        """Remove ``delivery``'s lease if this connection still holds it (the caller
+        settles it); ``None`` if it went with a connection or ran out."""
+        def op(ch: BlockingChannel) -> _Lease | None:
+            held = self._held(ch, delivery)
+            if held is not None:
+                del self._leases[delivery.token]
+            return held
+        return self._settle(op, None)
+
+    def _ack_tag(self, held: _Lease) -> bool:
+        def op(ch: BlockingChannel) -> bool:
+            if held.generation != self._consumer.generation:
+                return False  # the connection went meanwhile: RabbitMQ hands it out again
+            ch.basic_ack(held.tag)
+            return True
+        return self._settle(op, False)
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        foreign = [d for d in deliveries if not self._mine(d)]
-        for d in foreign:
-            self._settle_elsewhere(d)
+        return [self._ack_one(d) for d in deliveries]
 
-        def op(ch: BlockingChannel) -> list[bool]:
-            out = []
-            for d in deliveries:
-                held = self._held(ch, d)
-                if held is not None:
-                    del self._leases[d.token]
-                    ch.basic_ack(held.tag)
-                out.append(held is not None or d in foreign)
-            return out
-        return self._settle(op, [d in foreign for d in deliveries])
+    def _ack_one(self, delivery: Delivery) -> bool:
+        if not self._mine(delivery):
+            self._settle_elsewhere(delivery)
+            return True
+        # A guarded message is marked settled first: a copy RabbitMQ hands out again
+        # (its channel may be gone already) is then dropped.
+        settled = self._guards.holds(delivery.token) and self._guards.settle(delivery)
+
+        def op(ch: BlockingChannel) -> bool:
+            held = self._held(ch, delivery)
+            if held is None:
+                return False
+            del self._leases[delivery.token]
+            ch.basic_ack(held.tag)
+            return True
+        return self._settle(op, False) or settled
 
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
@@ -454,60 +489,81 @@ class AMQPBroker(Broker):
         settling a child it killed): RabbitMQ hands the message out again when that
         channel closes, and whoever receives it then drops it (``_leased``).  A
         redelivery that beats this write runs once more; it cannot loop."""
-        self._state.acquire_lease(_SETTLED + delivery.id, "settled", _SETTLED_TTL)
+        _amqp_guard.mark(self._state, delivery.id)
 
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
-        def op(ch: BlockingChannel) -> bool:
-            held = self._held(ch, delivery)
-            if held is None:
-                return False
-            eta = time.time() + delay if delay > 0 else None
-            seen = delivery.deliveries if count else delivery.deliveries - 1
-            self._publish(ch, held.queue, delivery.id, delivery.body, delivery.priority,
-                          eta, seen)
-            del self._leases[delivery.token]
-            ch.basic_ack(held.tag)
-            return True
-        return self._settle(op, False)
+        held = self._take_lease(delivery)
+        if held is None:  # its connection went: RabbitMQ (or a parked copy) has it
+            self._guards.release(delivery)
+            return False
+        eta = time.time() + delay if delay > 0 else None
+        seen = delivery.deliveries if count else delivery.deliveries - 1
+        try:
+            self._publish(held.queue, delivery.id, delivery.body, delivery.priority, eta, seen)
+        except BrokerUnavailable:
+            self._settle_tag(held.generation, held.tag, ack=False)  # back at once instead
+            self._guards.release(delivery)
+            return False
+        done = self._ack_tag(held)
+        self._guards.release(delivery)
+        return done
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         foreign = not self._mine(delivery)
         if foreign:
             self._settle_elsewhere(delivery)
+            return self._dead_letter_published(delivery.queue, delivery, reason)
+        guarded = self._guards.holds(delivery.token)
+        held = self._take_lease(delivery)
+        if held is None and not guarded:
+            return False
+        if not self._dead_letter_published(held.queue if held else delivery.queue,
+                                           delivery, reason):
+            if held is not None:
+                self._settle_tag(held.generation, held.tag, ack=False)
+            return False
+        settled = guarded and self._guards.settle(delivery)
+        return (held is not None and self._ack_tag(held)) or settled
 
-        def op(ch: BlockingChannel) -> bool:
-            held = self._held(ch, delivery)
-            if held is None and foreign:
-                self._publish_dead(ch, delivery.queue, delivery, reason)
-                return True
-            if held is None:
-                return False
-            self._publish_dead(ch, held.queue, delivery, reason)
-            del self._leases[delivery.token]
-            ch.basic_ack(held.tag)
-            return True
-        return self._settle(op, False)
+    def _dead_letter_published(self, queue: str, delivery: Delivery, reason: str) -> bool:
+        try:
+            self._publish_dead(queue, delivery, reason)
+        except BrokerUnavailable as exc:
+            _log.warning("could not dead-letter %s: %s", delivery.id, exc)
+            return False
+        return True
 
-    def _publish_dead(self, ch: BlockingChannel, queue: str, delivery: Delivery,
-                      reason: str) -> None:
+    def _publish_dead(self, queue: str, delivery: Delivery, reason: str) -> None:
         """The message into ``queue``'s dead letters, replacing an older copy."""
         self._sweep_dead(queue, {delivery.id}, replay=False)
         headers = {_REASON: reason, _FAILED_AT: int(time.time() * 1000)}
         props = pika.BasicProperties(message_id=delivery.id, delivery_mode=2, headers=headers)
-        ch.basic_publish(_amqp.DEAD_EXCHANGE, queue, delivery.body, props, mandatory=True)
+        self._publisher.run(lambda ch: ch.basic_publish(
+            _amqp.DEAD_EXCHANGE, queue, delivery.body, props, mandatory=True))
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        """Renew leases; a delivery held longer than its lease also renews (takes) its
+        side-store lease, which outlives the channel (``_amqp_guard``)."""
+        aged: list[bool] = []
+
         def op(ch: BlockingChannel) -> list[bool]:
             out = []
+            now = time.monotonic()
+            aged.clear()
             for d in deliveries:
                 held = self._held(ch, d)
                 if held is not None:
-                    held.deadline = time.monotonic() + lease
+                    held.deadline = now + lease
                 out.append(held is not None)
-            assert self._conn is not None
-            self._conn.process_data_events(0)  # answer heartbeats on a busy worker
+                aged.append(held is not None and now - held.since >= lease)
+            ch.connection.process_data_events(0)  # answer heartbeats on a busy worker
             return out
-        return self._settle(op, [False] * len(deliveries))
+        kept = self._settle(op, [False] * len(deliveries))
+        if len(aged) != len(deliveries):
+            aged = [False] * len(deliveries)
+        # Renewing a guard that is not held (nor old enough to take) costs nothing.
+        return [self._guards.renew(d, lease, take=old) or held
+                for d, held, old in zip(deliveries, kept, aged, strict=True)]
 
     # -- inspection and repair -------------------------------------------------------
     def queues(self) -> list[str]:
@@ -527,10 +583,10 @@ class AMQPBroker(Broker):
 
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         names = list(self.queues() if queues is None else queues)
-        return self._run(lambda ch: [self._stats_of(ch, q) for q in names])
+        return self._consumer.run(lambda ch: [self._stats_of(ch, q) for q in names])
 
     def _stats_of(self, ch: BlockingChannel, queue: str) -> QueueStats:
-        self._declare(ch, queue)
+        self._declare(self._consumer, queue)
 
         def count(name: str) -> int:
             return int(ch.queue_declare(name, passive=True).method.message_count)
@@ -548,23 +604,21 @@ class AMQPBroker(Broker):
 
     def purge(self, queue: str) -> int:
         def op(ch: BlockingChannel) -> int:
-            self._declare(ch, queue)
+            self._declare(self._consumer, queue)
             names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
             pushed = self._pushed.get(queue, collections.deque())
             dropped = len(pushed)
             while pushed:
                 ch.basic_ack(pushed.popleft()[0].delivery_tag)
             return dropped + sum(int(ch.queue_purge(n).method.message_count) for n in names)
-        return self._run(op)
+        return self._consumer.run(op)
 
     @contextlib.contextmanager
     def _side_channel(self) -> Iterator[BlockingChannel]:
-        """A channel of its own: closing it returns every letter it did not ack."""
-        with self._lock:
-            self._run(lambda ch: None)
-            assert self._conn is not None
-            ch = self._conn.channel()
-            ch.confirm_delivery()
+        """A channel of its own on the publishing link (replays publish): closing it
+        returns every letter it did not ack."""
+        with self._publisher.lock:
+            ch = self._publisher.side_channel()
             try:
                 yield ch
             finally:
@@ -572,7 +626,7 @@ class AMQPBroker(Broker):
                     ch.close()
 
     def _letters(self, ch: BlockingChannel, queue: str) -> Iterator[tuple[int, DeadLetter]]:
-        self._declare(ch, queue)
+        self._declare(self._publisher, queue)
         for _ in range(int(ch.queue_declare(_amqp.dead_name(queue), passive=True)
                            .method.message_count)):
             method, props, body = ch.basic_get(_amqp.dead_name(queue), auto_ack=False)
@@ -600,7 +654,8 @@ class AMQPBroker(Broker):
             for tag, letter in self._letters(ch, queue):
                 if ids is None or letter.id in ids:
                     if replay:
-                        self._publish(ch, queue, letter.id, letter.body, 0, None, 0)
+                        _amqp_guard.unmark(self._state, [letter.id])
+                        self._publish(queue, letter.id, letter.body, 0, None, 0)
                     ch.basic_ack(tag)
                     done += 1
         return done
@@ -631,10 +686,11 @@ class AMQPBroker(Broker):
         return self._state.take_rate_slot(limits, within)
 
     def ping(self) -> bool:
-        self._run(lambda ch: ch.connection.process_data_events(0))
+        self._publisher.run(lambda ch: ch.connection.process_data_events(0))
         return self._state.ping()
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        for link in (self._consumer, self._publisher):
+            with link.lock:
+                link.drop()
         self._state.close()

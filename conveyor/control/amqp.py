@@ -44,7 +44,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from conveyor import _amqp
-from conveyor.brokers.amqp import LINK_ERRORS, connect
+from conveyor._amqp_link import LINK_ERRORS, connect
 from conveyor.control.base import (
     REPLY_TTL,
     Command,

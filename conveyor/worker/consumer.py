@@ -259,7 +259,10 @@ class Consumer:
         out; the message stays with the broker, which hands it out again, so
         skipping it loses nothing.
         """
-        if time.monotonic() - reserved < self.lease / 2:
+        # Where a lease is the connection holding the message (RabbitMQ), a dropped
+        # connection ends it early: asking is a local check there, so always ask.
+        if time.monotonic() - reserved < self.lease / 2 and \
+                not self.broker.leases_follow_connection:
             return True
         try:
             [held] = self.broker.extend([delivery], self.lease)
@@ -341,8 +344,8 @@ class Consumer:
             if self.reporter.acks:
                 return  # the reporter's receiver acknowledges it, with others
             if not broker.ack([delivery])[0]:
-                log.warning("ack of %s refused: its lease had lapsed and the message went to "
-                            "another consumer", delivery.id)
+                log.warning("ack of %s refused: its lease had lapsed or its connection broke; "
+                            "the broker may hand it out again", delivery.id)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == REDELIVER:

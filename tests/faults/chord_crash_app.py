@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor import Conveyor
 from conveyor.resultstores.base import ResultStore
+from conveyor.resultstores.postgres import PostgresResultStore
 from conveyor.resultstores.redis import RedisResultStore
 from conveyor.resultstores.sqlite import SQLiteResultStore
 from tests.faults.tasklog import record
@@ -53,5 +54,5 @@ def _die_once_after_chord_add(cls: type[ResultStore]) -> None:
     cls.chord_add = chord_add  # type: ignore[method-assign]
 
 
-for _store in (RedisResultStore, SQLiteResultStore):
+for _store in (RedisResultStore, SQLiteResultStore, PostgresResultStore):
     _die_once_after_chord_add(_store)

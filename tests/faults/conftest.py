@@ -9,7 +9,7 @@ import pytest
 
 from conveyor import Conveyor
 
-from ..conftest import TOPOLOGIES, require_service, require_tool
+from ..conftest import OTHER_BROKERS, TOPOLOGIES, require_service, require_tool
 from ..integration.processes import Ledger
 from ..postgres_servers import PostgresServer, postgres_bin
 from .harness import FIGURES, RedisServer, Workers
@@ -85,16 +85,19 @@ def fault_redis_url(request: pytest.FixtureRequest,
     return private_redis.url
 
 
-@pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES])
+@pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES, *OTHER_BROKERS])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The broker URL: SQLite, Redis, and Redis behind Sentinel and in a Cluster (those
-    two run in ``make test-topologies``).  ``postgres`` and ``amqp`` (RabbitMQ, its
-    side store in this test's directory) are not in the default set: a test opts in
-    with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
+    """The broker URL: SQLite, Redis, Redis behind Sentinel and in a Cluster (those two
+    run in ``make test-topologies``), PostgreSQL and RabbitMQ (its side store in this
+    test's directory; those two run in ``make test-brokers``).  A test that needs
+    another set names it with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
     if request.param in ("postgres", "amqp", "sentinel", "cluster"):
-        fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"
+        # RabbitMQ with its default queue type, quorum: it counts redeliveries exactly
+        # (classic queues only flag them), which the max_deliveries cases rely on.
+        fixture = {"postgres": "pg_url", "amqp": "amqp_quorum_url"}.get(
+            request.param, f"{request.param}_url")
         return str(request.getfixturevalue(fixture))
     return str(request.getfixturevalue("fault_redis_url"))
 
@@ -129,3 +132,14 @@ def workers(url: str, results_url: str | None, ledger: Ledger,
     started = Workers(url, ledger, tmp_path, results=results_url)
     yield started
     started.stop_all()
+
+
+def known_gap(request: pytest.FixtureRequest, url: str, reason: str,
+              strict: bool = True) -> None:
+    """Mark this case an expected failure on RabbitMQ, with the gap it shows.
+
+    Each use is listed as still open in issue 20's notes and in
+    docs/operations.md (RabbitMQ); a strict one fails the run once it passes.
+    """
+    if url.startswith("amqp"):
+        request.applymarker(pytest.mark.xfail(reason=f"RabbitMQ: {reason}", strict=strict))

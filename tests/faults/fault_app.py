@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor import Conveyor
 from conveyor._context import current_request
+from conveyor.exceptions import BrokerError
 from tests.faults.tasklog import record
 
 app = Conveyor("fault_app")
@@ -26,6 +27,24 @@ def sleep(self: Any, seconds: float = 0.0) -> int:
     time.sleep(seconds)
     record("end")
     return os.getpid()
+
+
+@app.task(bind=True)
+def relay(self: Any, marker: str = "") -> bool:
+    """Wait (up to a minute) until the file ``marker`` exists, then send a task from
+    inside the worker; whether the send was accepted.  A worker's own publish must
+    not stall its acknowledgements (RabbitMQ under a memory alarm)."""
+    record("start")
+    deadline = time.monotonic() + 60
+    while marker and not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        sleep.delay(0.0)
+        sent = True
+    except BrokerError:
+        sent = False
+    record("end")
+    return sent
 
 
 @app.task(bind=True)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,17 +142,25 @@ class Producer:
     app: Conveyor
     interval: float = 0.02
     accepted: list[str] = field(default_factory=list)
+    accepted_at: list[float] = field(default_factory=list)  # monotonic, when each returned
     errors: list[BaseException] = field(default_factory=list)
+    errors_at: list[tuple[float, float]] = field(default_factory=list)  # (began, failed)
+    refused_ids: list[str] = field(default_factory=list)  # the ids the failed sends had
     slowest: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
             began = time.monotonic()
+            task_id = uuid.uuid4().hex
             try:
-                self.accepted.append(self.app.send_task(task("sleep"), [0.05]).id)
+                self.accepted.append(
+                    self.app.send_task(task("sleep"), [0.05], task_id=task_id).id)
+                self.accepted_at.append(time.monotonic())
             except Exception as exc:
                 self.errors.append(exc)
+                self.errors_at.append((began, time.monotonic()))
+                self.refused_ids.append(task_id)
             self.slowest = max(self.slowest, time.monotonic() - began)
 
 

@@ -17,14 +17,16 @@ import pytest
 from conveyor import Conveyor
 
 from ..integration.processes import Ledger, wait_for
+from .conftest import known_gap
 from .harness import Workers, dead_letters, wait_ready
 
 APP = "tests.faults.options_app"
 
 
 @pytest.fixture
-def worker(url: str, ledger: Ledger, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(url, ledger, tmp_path, app=APP)
+def worker(url: str, results_url: str | None, ledger: Ledger,
+           tmp_path: Path) -> Iterator[Workers]:
+    workers = Workers(url, ledger, tmp_path, app=APP, results=results_url)
     proc = workers.start("-c", "1", "--prefetch-multiplier", "1")
     wait_ready(workers, proc)
     yield workers
@@ -70,9 +72,12 @@ def test_reject_on_worker_lost_true_redelivers(client: Conveyor, worker: Workers
 
 
 def test_reject_on_worker_lost_false_fails_with_worker_lost(
-        client: Conveyor, worker: Workers, ledger: Ledger) -> None:
+        client: Conveyor, worker: Workers, ledger: Ledger, url: str,
+        request: pytest.FixtureRequest) -> None:
     """Celery: without reject_on_worker_lost (and acks_on_failure_or_timeout on) the
     message is acknowledged and the task marked failed with WorkerLostError."""
+    known_gap(request, url, "the dead child's connection hands its message back to the "
+              "queue before the supervisor settles it", strict=False)
     task_id = client.send_task(f"{APP}.lost_failed", [30]).id
     kill_running_child(ledger, task_id)
     wait_for(lambda: final_state(client, task_id) == "FAILURE", 30, "the failure record")

@@ -21,10 +21,11 @@ APP = "tests.faults.chord_crash_app"
 
 
 def test_a_completer_killed_before_sending_the_body_sends_it_when_redelivered(
-        url: str, ledger: Ledger, tmp_path: Path) -> None:
+        url: str, results_url: str | None, ledger: Ledger, tmp_path: Path) -> None:
     marker = tmp_path / "killed"
-    client = Conveyor("chord-crash-client", broker=url, set_as_current=False)
-    workers = Workers(url, ledger, tmp_path, app=APP)
+    client = Conveyor("chord-crash-client", broker=url, backend=results_url,
+                      set_as_current=False)
+    workers = Workers(url, ledger, tmp_path, app=APP, results=results_url)
     try:
         proc = workers.start("-c", "2", env={"CHORD_CRASH_MARKER": str(marker)})
         wait_ready(workers, proc)

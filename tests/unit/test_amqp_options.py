@@ -39,10 +39,18 @@ def test_place_never_shows_the_password() -> None:
     ({"confirm_publish": False}, "confirm_publish"),
     ({"queue_type": "stream"}, "queue_type"),
     ({"heartbeat": "often"}, "heartbeat"),
+    ({"blocked_connection_timeout": 0}, "blocked_connection_timeout"),
+    ({"blocked_connection_timeout": "never"}, "blocked_connection_timeout"),
 ])
 def test_options_that_do_not_apply_are_refused_by_name(options: dict, named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
         _amqp.parse_amqp_url("amqp://h//", {**STATE, **options})
+
+
+def test_blocked_connection_timeout_defaults_to_a_minute_and_reads_the_url() -> None:
+    assert _amqp.parse_amqp_url("amqp://h//", STATE).blocked_connection_timeout == 60.0
+    url = "amqp://h//?blocked_connection_timeout=2.5&state_url=sqlite:///s.db"
+    assert _amqp.parse_amqp_url(url).blocked_connection_timeout == 2.5
 
 
 def test_the_side_store_is_required_and_defaults_to_the_result_backend() -> None:
@@ -50,6 +58,14 @@ def test_the_side_store_is_required_and_defaults_to_the_result_backend() -> None
         _amqp.parse_amqp_url("amqp://h//", {})
     app = Conveyor("x", broker="amqp://h//", backend="redis://r:6379/1", set_as_current=False)
     assert app.conf.broker_options()["state_url"] == "redis://r:6379/1"
+
+
+def test_a_side_store_in_the_url_is_not_replaced_by_the_result_backend() -> None:
+    app = Conveyor("x", broker="amqp://h//?state_url=sqlite:///keys.db",
+                   backend="redis://r:6379/1", set_as_current=False)
+    options = app.conf.broker_options()
+    assert "state_url" not in options
+    assert _amqp.parse_amqp_url(app.conf.broker_url, options).state_url == "sqlite:///keys.db"
 
 
 def test_results_beside_rabbitmq_name_the_setting_to_use() -> None:

@@ -1,0 +1,144 @@
+"""Side-store records that keep a RabbitMQ message from running twice.
+
+A RabbitMQ lease is the channel holding the delivery, and it goes when the
+channel goes: a network blip, ``close_all_connections``, or the server's
+``consumer_timeout`` closing the channel of a task that runs longer than it
+(docs/decisions/0022-rabbitmq-reconnection.md).  RabbitMQ then hands the
+message out again while its task may still be running.  Two records in the
+broker's side store (``state_url``) tell the next receiver what to do:
+
+* ``conveyor.running:<id>`` -- a lease (time to live: the broker lease)
+  held by the delivery token running the message.  It is taken when a
+  delivery outlives its lease while its channel still holds it, and by
+  whoever receives a redelivered message; the holder renews it with its
+  lease.  A redelivery that finds it held is *parked*: re-published through
+  the delay ladder for half a lease and checked again on arrival.
+* ``conveyor.settled:<id>`` -- written (for a day) before a guarded delivery
+  is acknowledged, and by a supervisor settling a child it killed: a copy
+  that arrives later is dropped.
+
+A holder that dies stops renewing: its running record lapses within a lease
+and the next parked copy runs.  A message therefore runs twice only if its
+holder's renewals stop while it still runs (the side store unreachable for
+a lease) -- the at-least-once rule every broker keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from conveyor.brokers.base import Broker, Delivery
+from conveyor.exceptions import ConveyorError
+
+RUNNING = "conveyor.running:"
+SETTLED = "conveyor.settled:"
+SETTLED_TTL = 86400.0
+_log = logging.getLogger("conveyor.brokers.amqp")
+
+
+class Verdict(Enum):
+    """What to do with a message RabbitMQ handed out again."""
+
+    RUN = "run"  # nobody runs it and it was not settled: run it (this receiver holds it)
+    PARK = "park"  # its holder still runs it: check again later
+    DROP = "drop"  # it was settled elsewhere
+
+
+@dataclass
+class _Guard:
+    delivery_id: str
+    deadline: float  # monotonic: past it, the record has lapsed unrenewed
+
+
+class Guards:
+    """This process's running records, and the checks on arrival."""
+
+    def __init__(self, state: Broker) -> None:
+        self._state = state
+        self._held: dict[str, _Guard] = {}  # by delivery token
+        self._lock = threading.Lock()
+
+    def holds(self, token: str) -> bool:
+        with self._lock:
+            guard = self._held.get(token)
+            return guard is not None and guard.deadline > time.monotonic()
+
+    def arrival(self, message_id: str, token: str, lease: float) -> Verdict:
+        """Check a redelivered or parked message; ``RUN`` takes its running record.
+
+        The running record is read before the settled one: a holder writes
+        *settled* before giving *running* up, so one of the two is always seen.
+        A side store out of reach runs the message (at least once)."""
+        try:
+            if self._state.lease_holder(RUNNING + message_id) is not None:
+                return Verdict.PARK
+            if self._state.lease_holder(SETTLED + message_id) is not None:
+                return Verdict.DROP
+            if not self._state.acquire_lease(RUNNING + message_id, token, lease):
+                return Verdict.PARK  # another receiver took it a moment ago
+        except ConveyorError as exc:
+            _log.warning("cannot check redelivered message %s in the side store (%s); "
+                         "running it", message_id, exc)
+            return Verdict.RUN
+        self._keep(token, message_id, lease)
+        return Verdict.RUN
+
+    def renew(self, delivery: Delivery, lease: float, take: bool) -> bool:
+        """Renew ``delivery``'s running record (``take``: create it if missing);
+        whether this process holds it now."""
+        if not take and not self.holds(delivery.token):
+            return False
+        try:
+            kept = self._state.acquire_lease(RUNNING + delivery.id, delivery.token, lease)
+        except ConveyorError as exc:
+            _log.warning("cannot renew the side-store lease of %s: %s", delivery.id, exc)
+            return self.holds(delivery.token)
+        if kept:
+            self._keep(delivery.token, delivery.id, lease)
+        else:
+            self._forget(delivery.token)
+        return kept
+
+    def settle(self, delivery: Delivery) -> bool:
+        """Mark ``delivery`` settled, then give its running record up; ``False`` if the
+        mark could not be written (a parked copy will run again)."""
+        try:
+            mark(self._state, delivery.id)
+        except ConveyorError as exc:
+            _log.warning("cannot record %s as settled in the side store: %s", delivery.id, exc)
+            return False
+        self.release(delivery)
+        return True
+
+    def release(self, delivery: Delivery) -> None:
+        """Give the running record up: a parked copy may run when it arrives."""
+        if self._forget(delivery.token):
+            with contextlib.suppress(ConveyorError):  # else it lapses within a lease
+                self._state.release_lease(RUNNING + delivery.id, delivery.token)
+
+    def _keep(self, token: str, message_id: str, lease: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._held[token] = _Guard(message_id, now + lease)
+            for stale in [t for t, g in self._held.items() if g.deadline < now - lease]:
+                del self._held[stale]
+
+    def _forget(self, token: str) -> bool:
+        with self._lock:
+            return self._held.pop(token, None) is not None
+
+
+def mark(state: Broker, message_id: str) -> None:
+    """Record ``message_id`` as settled: a copy that arrives later is dropped."""
+    state.acquire_lease(SETTLED + message_id, "settled", SETTLED_TTL)
+
+
+def unmark(state: Broker, message_ids: list[str]) -> None:
+    """A replayed dead letter is a new start: its old settled mark must not drop it."""
+    for message_id in message_ids:
+        state.release_lease(SETTLED + message_id, "settled")

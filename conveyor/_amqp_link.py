@@ -1,0 +1,190 @@
+"""One RabbitMQ connection and its confirm-mode channel, reopened when it breaks.
+
+:class:`conveyor.brokers.amqp.AMQPBroker` keeps two links
+(docs/decisions/0022-rabbitmq-reconnection.md): one consumes, acknowledges
+and renews, the other publishes.  Under a memory or disk alarm RabbitMQ stops
+reading from a connection as soon as it publishes; a worker whose task sends
+a task would otherwise stop acknowledging and renewing everything it holds,
+and lose it all when the blocked connection is torn down.
+
+A link is used under its lock.  ``run`` retries an operation on a fresh
+connection with capped exponential backoff; an operation blocked by an
+alarm longer than ``blocked_connection_timeout`` raises
+:class:`BrokerUnavailable` at once instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from conveyor._amqp import AMQPOptions
+from conveyor.exceptions import BrokerUnavailable, ConfigurationError
+
+T = TypeVar("T")
+LINK_ERRORS = (  # a connection or channel that failed under us: reconnect
+    pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+_log = logging.getLogger("conveyor.brokers.amqp")
+
+
+class _PikaPlumbing(logging.Filter):
+    """pika logs every connection attempt (seven INFO lines) and every failure (six
+    ERROR lines and a traceback); the broker reports the outcome itself, once, with
+    the server's place (``BrokerUnavailable``, the worker's "broker unavailable"
+    warning).  Only pika's critical records get through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+for _name in ("pika.adapters.utils.connection_workflow", "pika.adapters.utils.io_services_utils",
+              "pika.adapters.blocking_connection", "pika.adapters.base_connection",
+              "pika.connection"):
+    logging.getLogger(_name).addFilter(_PikaPlumbing())
+
+
+def explain_close(reason: BaseException) -> None:
+    """Say why RabbitMQ took leases away, when the reason is a server setting."""
+    text = str(getattr(reason, "reply_text", ""))
+    if "acknowledgement" in text and "timed out" in text:
+        _log.error("RabbitMQ's consumer_timeout closed the channel of a running task and "
+                   "handed its message out again (a task that outlived its lease keeps it "
+                   "from running twice): set consumer_timeout in rabbitmq.conf above the "
+                   "longest task (docs/operations.md, RabbitMQ)")
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """pika wraps the socket's error in two or three of its own (in ``args`` or an
+    ``exception`` attribute): the first one, e.g. ``ConnectionRefusedError``."""
+    while True:
+        inner = exc.args[0] if exc.args else getattr(exc, "exception", None)
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+
+
+def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """A declaration RabbitMQ refuses (a queue of another type or arguments, or one
+    deleted under us), as opposed to ``consumer_timeout`` closing the channel."""
+    return exc.reply_code == 404 or "inequivalent arg" in str(exc.reply_text)
+
+
+def connection_parameters(o: AMQPOptions) -> pika.ConnectionParameters:
+    """pika's parameters for the broker (and the control channel beside it)."""
+    extra: dict[str, Any] = {}
+    if o.tls:
+        extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+    if o.heartbeat is not None:
+        extra["heartbeat"] = o.heartbeat
+    return pika.ConnectionParameters(
+        host=o.host, port=o.port, virtual_host=o.vhost,
+        credentials=pika.PlainCredentials(o.username, o.password),
+        socket_timeout=o.connect_timeout,
+        blocked_connection_timeout=o.blocked_connection_timeout, **extra)
+
+
+def connect(o: AMQPOptions) -> pika.BlockingConnection:
+    """A new connection, or :class:`BrokerUnavailable` naming the place (never the
+    password) and the socket's own error."""
+    try:
+        return pika.BlockingConnection(connection_parameters(o))
+    except pika.exceptions.ProbableAuthenticationError:
+        raise BrokerUnavailable(
+            f"RabbitMQ at {o.place} closed the connection at login: wrong credentials, "
+            "or the node is stopping or starting") from None
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable "
+                                f"({type(_innermost(exc)).__name__})") from None
+
+
+class Link:
+    """A lazily opened connection with one confirm-mode channel."""
+
+    def __init__(self, opts: AMQPOptions, on_drop: Callable[[], None] = lambda: None) -> None:
+        self.opts = opts
+        self.lock = threading.RLock()
+        self.conn: pika.BlockingConnection | None = None
+        self.channel: BlockingChannel | None = None
+        self.generation = 0  # bumped whenever the connection is dropped
+        self._on_drop = on_drop
+
+    def chan(self) -> BlockingChannel:
+        """The open channel, connecting first if there is none."""
+        if self.channel is None or not self.channel.is_open:
+            self.drop()
+            self.conn = connect(self.opts)
+            self.channel = self.conn.channel()
+            self.channel.confirm_delivery()
+            # A channel the server closes between calls (consumer_timeout) is reported
+            # here (pika's channel under the blocking wrapper); the next call only sees
+            # "channel is closed".
+            self.channel._impl.add_on_close_callback(lambda _ch, reason: explain_close(reason))
+        return self.channel
+
+    def drop(self) -> None:
+        """Forget a broken connection (and what belonged to it: ``on_drop``)."""
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = self.channel = None
+        self.generation += 1
+        self._on_drop()
+
+    def run(self, op: Callable[[BlockingChannel], T], attempts: int = 5) -> T:
+        """Run ``op`` on the channel, reconnecting with backoff when the link fails.
+
+        Only this link's failures are retried: a :class:`BrokerUnavailable` that
+        ``op`` raises (from the other link) passes through."""
+        with self.lock:
+            for attempt in range(attempts):
+                try:
+                    ch = self.chan()
+                except BrokerUnavailable:
+                    if attempt == attempts - 1:
+                        raise
+                else:
+                    try:
+                        return op(ch)
+                    except pika.exceptions.ConnectionBlockedTimeout:
+                        self.drop()
+                        raise self._blocked() from None
+                    except LINK_ERRORS as exc:
+                        _log.warning("RabbitMQ at %s: the connection broke (%s: %s); "
+                                     "reconnecting", self.opts.place, type(exc).__name__,
+                                     str(exc)[:200])
+                        self.drop()
+                    except pika.exceptions.ChannelClosedByBroker as exc:
+                        self.drop()
+                        explain_close(exc)
+                        if _refused(exc):
+                            raise ConfigurationError(f"RabbitMQ at {self.opts.place} refused: "
+                                                     f"{exc.reply_text}") from None
+                if attempt < attempts - 1:
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+            raise BrokerUnavailable(f"RabbitMQ at {self.opts.place}: the connection kept "
+                                    "failing")
+
+    def _blocked(self) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"RabbitMQ at {self.opts.place} blocked publishing for "
+            f"{self.opts.blocked_connection_timeout:g}s (a memory or disk alarm; "
+            "broker_transport_options['blocked_connection_timeout']): the message was not "
+            "confirmed, and may still be queued when the alarm clears")
+
+    def side_channel(self) -> BlockingChannel:
+        """A channel of its own on this link's connection (call under the lock)."""
+        self.run(lambda ch: None)
+        assert self.conn is not None
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        return ch

@@ -1,0 +1,253 @@
+"""A RabbitMQ node of the fault suite's own, which it may stop, kill and alarm.
+
+The shared RabbitMQ on 5672 serves other test runs: it is never restarted
+or put under an alarm.  This node runs from the same installation with
+everything of its own: node name, AMQP and distribution ports (free ones),
+data and log directories, an empty plugin list (no management listener to
+collide with), and an Erlang cookie in a home directory of its own, which
+both the server and ``rabbitmqctl`` read from ``$HOME/.erlang.cookie``.
+
+``advanced.config`` lowers ``channel_tick_interval`` (60 s by default) to
+0.5 s: it is how often a channel checks ``consumer_timeout``, so the
+consumer-timeout case need not wait a minute for the check.
+
+Every ``rabbitmqctl`` call starts an Erlang VM (1-4 s on a loaded two-core
+machine), so the tests call it as little as they can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pika
+
+from ..integration.processes import wait_for
+from .harness import free_port
+
+_LIB = Path("/usr/lib/rabbitmq/bin")  # the Debian package's scripts, without its su wrapper
+
+
+def _tool(name: str) -> str | None:
+    """The real script: /usr/sbin's wrapper would switch to the rabbitmq user (as root)
+    and lose this node's environment."""
+    direct = _LIB / name
+    return str(direct) if direct.exists() else shutil.which(name)
+
+
+class RabbitNode:
+    """One ``rabbitmq-server`` on free ports with its own data, controlled by name."""
+
+    def __init__(self, directory: Path, name: str, consumer_timeout_ms: int = 1_800_000) -> None:
+        self.directory = directory
+        self.name = f"{name}@localhost"
+        self.consumer_timeout_ms = consumer_timeout_ms
+        # A user of its own whose password no error or log line may show.
+        self.user, self.password = "conveyor", f"fault-{secrets.token_hex(8)}"
+        self.port = port_outside_ephemeral_range()
+        self.dist_port = port_outside_ephemeral_range()
+        self.started_in: float | None = None  # seconds the first start took
+
+    @staticmethod
+    def available() -> bool:
+        return _tool("rabbitmq-server") is not None and _tool("rabbitmqctl") is not None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}//"
+
+    def connect(self) -> pika.BlockingConnection:
+        """A plain pika connection of the test's own (to watch faults arrive)."""
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", self.port,
+            credentials=pika.PlainCredentials(self.user, self.password)))
+
+    def _env(self) -> dict[str, str]:
+        d = self.directory
+        return {
+            **os.environ,
+            "HOME": str(d / "home"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),  # not /etc's NODENAME
+            "RABBITMQ_PID_FILE": str(d / "node.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def _write_config(self) -> None:
+        d = self.directory
+        home = d / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(secrets.token_hex(20).upper())
+            cookie.chmod(0o400)  # Erlang refuses a cookie others can read
+        (d / "enabled_plugins").write_text("[].\n")
+        (d / "rabbitmq-env.conf").write_text("")
+        (d / "rabbitmq.conf").write_text(
+            f"default_user = {self.user}\ndefault_pass = {self.password}\n"
+            f"consumer_timeout = {self.consumer_timeout_ms}\n")
+        (d / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 500}]}].\n")
+
+    def start(self, timeout: float = 120) -> float:
+        """Start the node (detached) and wait until its AMQP port answers; seconds taken."""
+        self._write_config()
+        began = time.monotonic()
+        subprocess.run([_tool("rabbitmq-server") or "rabbitmq-server", "-detached"],
+                       env=self._env(), check=True, capture_output=True,
+                       start_new_session=True)
+        wait_for(self.answers, timeout, f"RabbitMQ node {self.name} on port {self.port}",
+                 interval=0.1)
+        took = time.monotonic() - began
+        if self.started_in is None:
+            self.started_in = took
+        return took
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl -n <this node> ...``; its output."""
+        done = subprocess.run([_tool("rabbitmqctl") or "rabbitmqctl", "-n", self.name, *args],
+                              env=self._env(), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def eval(self, expression: str) -> str:
+        """Run an Erlang expression on the node (one CLI start for several steps)."""
+        return self.ctl("eval", expression)
+
+    def cue(self, expression: str) -> Cue:
+        """``expression`` run on the node when the test says :meth:`Cue.go`."""
+        return Cue(self, expression)
+
+    def pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.directory / "node.pid").read_text().strip())
+        return None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the node's VM and wait until it is gone: SIGKILL cuts connections
+        with no shutdown; SIGTERM is a clean stop (no CLI to start)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        wait_for(lambda: not _alive(pid), 60, "the node to exit")
+        wait_for(lambda: not self.answers(), 10, "the node's port to close")
+
+    def stop(self) -> None:
+        """Stop the node for good (session end)."""
+        try:
+            self.kill(signal.SIGTERM)
+        except AssertionError:
+            self.kill()
+
+    def log(self) -> str:
+        path = self.directory / "log" / f"{self.name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free port the kernel never hands to an outgoing connection.
+
+    While the node is down, clients keep connecting to its port; with nothing
+    listening, one of them may be given that very port as its own (a TCP
+    self-connect) and hold it, so that the restarted node cannot listen
+    (``could_not_start_listener``, seen once in a few runs)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1025, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][:1] != "Z"  # not a zombie left unreaped
+    return True
+
+
+class Cue:
+    """An Erlang expression the node runs when the test says so.
+
+    ``rabbitmqctl eval`` starts a VM first, which takes seconds on a loaded
+    machine: the expression waits on the node (polling for a file) until
+    :meth:`go`, so the fault strikes when the test has set the scene, and
+    the CLI's start is not part of any figure.  Used as a context manager,
+    a cue never given its go is cancelled."""
+
+    def __init__(self, node: RabbitNode, expression: str) -> None:
+        stem = node.directory / f"cue-{secrets.token_hex(4)}"
+        self._ready, self._go = stem.with_suffix(".ready"), stem.with_suffix(".go")
+        self.error: BaseException | None = None
+        body = expression.strip().removesuffix(".")
+        waiting = (f'file:write_file("{self._ready}", <<>>), '
+                   f'Wait = fun(Again) -> case file:read_file("{self._go}") of '
+                   '{ok, Word} -> Word; _ -> timer:sleep(5), Again(Again) end end, '
+                   f'case Wait(Wait) of <<"go">> -> begin {body} end; _ -> cancelled end.')
+        self._thread = threading.Thread(target=self._run, args=(node, waiting), daemon=True)
+        self._thread.start()  # the CLI starts meanwhile: make the cue before setting up
+
+    def __enter__(self) -> Cue:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self._go.exists():
+            self._go.write_text("cancel")
+        self._thread.join(60)
+
+    def _run(self, node: RabbitNode, expression: str) -> None:
+        try:
+            node.eval(expression)
+        except BaseException as exc:  # reported by go() and done()
+            self.error = exc
+
+    def go(self) -> None:
+        """Wait until the expression waits on the node, then let it run."""
+        wait_for(lambda: self._ready.exists() or not self._thread.is_alive(), 120,
+                 "rabbitmqctl eval to reach the node")
+        if self.error is not None:
+            raise self.error
+        self._go.write_text("go")
+
+    def done(self, timeout: float = 120) -> None:
+        """Wait until the expression has returned; raise what the CLI reported."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "rabbitmqctl eval did not return"
+        if self.error is not None:
+            raise self.error
