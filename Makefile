@@ -35,8 +35,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy
 
+# make demo PG=1: the same shop on PostgreSQL (127.0.0.1:5432, database conveyor_demo).
 demo: $(STAMP)
-	$(BIN)/python examples/run_demo.py
+	$(BIN)/python examples/run_demo.py $(if $(PG),--postgres)
 
 # Benchmarks flush their databases: they get a Redis of their own on port 6390.
 BENCH_REDIS := redis-cli -p 6390 ping >/dev/null 2>&1 || redis-server --port 6390 --save "" \

@@ -45,6 +45,7 @@ def ensure_venv(name: str, requirements: list[str], base_python: str | None = No
         print(f"[env] building {target.relative_to(ROOT)}: {' '.join(requirements)}",
               flush=True)
     python = base_python or os.environ.get("BENCH_PYTHON") or _base_python()
+    target.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([python, "-m", "venv", "--clear", str(target)], check=True)
     pip = [str(python_of(name)), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True, capture_output=True)

@@ -9,11 +9,15 @@ from benchmarks.common import summarize
 
 BASELINE = "celery"
 SUBJECT = "conveyor-redis"
-OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp", "conveyor-amqp-classic")
+OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp", "conveyor-amqp-classic",
+        "conveyor-postgres")
 # ``run.py --rabbitmq`` stores these in its data: the section's baseline and subject.
 # The subject uses classic queues, as the peers do (quorum: its own row).
 RABBITMQ_SECTION = {"section": "rabbitmq", "baseline": "celery-amqp",
                     "subject": "conveyor-amqp-classic"}
+PG_SUBJECT = "conveyor-postgres"
+PG_METRICS = ("enqueue_one", "enqueue_bulk", "processing", "latency_p50", "latency_p99",
+              "rss_per_process", "cpu_per_task")
 
 
 def roles(data: dict[str, Any]) -> tuple[str, str]:
@@ -101,7 +105,8 @@ def speedup(metric: Metric, value: float | None, base: float | None) -> float | 
 def fastest_peer(data: dict[str, Any], metric: Metric) -> tuple[str, float] | None:
     best: tuple[str, float] | None = None
     for system in data["systems"]:
-        if system["name"] in OURS or metric.key not in system["summary"]:
+        if system["name"] in OURS or metric.key not in system["summary"] or \
+                _section(system) != "redis":
             continue
         value = float(system["summary"][metric.key]["median"])
         better = best is None or (value > best[1] if metric.higher_is_better
@@ -210,14 +215,56 @@ def _ratio_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _section(system: dict[str, Any]) -> str:
+    return str(system.get("section") or "redis")
+
+
 def markdown(data: dict[str, Any]) -> str:
+    redis = {**data, "systems": [s for s in data["systems"] if _section(s) == "redis"]}
     lines = _header(data)
-    lines += _results_table(data)
-    lines += _ratio_table(data)
-    lines += _subject_table(data)
-    lines += _targets_table(data)
+    if redis["systems"]:
+        lines += _results_table(redis)
+        lines += _ratio_table(redis)
+        lines += _subject_table(redis)
+        lines += _targets_table(redis)
+    lines += _postgres_section(data)
     lines += _notes(data)
     return "\n".join(lines) + "\n"
+
+
+def _postgres_section(data: dict[str, Any]) -> list[str]:
+    """Conveyor's PostgreSQL broker against the PostgreSQL-only peers, in one table each."""
+    found = [s for s in data["systems"] if _section(s) == "postgresql"]
+    if not found:
+        return []
+    metrics = [BY_KEY[k] for k in PG_METRICS]
+    head = "| System | " + " | ".join(f"{m.title} ({m.unit})" for m in metrics) + " |"
+    rows = [head, "|---" + "|---:" * len(metrics) + "|"]
+    for system in found:
+        rows.append(f"| {system['label']} | "
+                    + " | ".join(_cell(system, m, spread=True) for m in metrics) + " |")
+    peers = [s for s in found if s["name"] != PG_SUBJECT]
+    ratios = ["| Metric | Conveyor (PostgreSQL) | "
+              + " | ".join(f"{p['label']} | vs {p['label']}" for p in peers) + " |",
+              "|---|---:" + "|---:|---:" * len(peers) + "|"]
+    for m in metrics:
+        ours = median(data, PG_SUBJECT, m.key)
+        cells = [m.fmt(ours)]
+        for peer in peers:
+            theirs = median(data, peer["name"], m.key)
+            ratio = (ours / theirs if ours and theirs else None) if m.unit == "MiB" \
+                else speedup(m, ours, theirs)
+            cells += [m.fmt(theirs), _ratio_text(ratio)]
+        ratios.append(f"| {m.title} ({m.unit}) | " + " | ".join(cells) + " |")
+    version = data["machine"].get("postgresql") or "?"
+    return ["## PostgreSQL section", "",
+            f"Conveyor's PostgreSQL broker (results in the same schema) against "
+            f"Procrastinate and PgQueuer on one PostgreSQL {version} server, a schema each "
+            "in a database of the benchmark's own; same tasks, 2 worker processes each, "
+            "the INCR counter in Redis as above. Neither peer keeps return values: their "
+            "round trip ends when the job's finished status can be read.", "",
+            *rows, "", "Conveyor (PostgreSQL) against each peer: speed-ups (above 1x is "
+            "better), memory as a plain ratio (below 1x is smaller).", "", *ratios, ""]
 
 
 def _header(data: dict[str, Any]) -> list[str]:
@@ -229,6 +276,7 @@ def _header(data: dict[str, Any]) -> list[str]:
         f"{data['when']} — {kind}, {plan['repeat']} run(s) per system, "
         f"{data['duration_s']} s in all. Machine: {mach['cpus']} CPUs, "
         f"{mach['memory_gib']} GiB, Python {mach['python']}, Redis {mach['redis']}, "
+        + (f"PostgreSQL {mach['postgresql']}, " if mach.get("postgresql") else "") +
         f"{mach['platform']}.",
         "",
         f"Workloads: enqueue {plan['enqueue_n']:,} no-op tasks; process {plan['process_n']:,} "

@@ -101,7 +101,10 @@ class Bench:
         self.reset()
         workers = None
         try:
-            workers = self._processing(out)
+            try:
+                workers = self._processing(out)
+            except RuntimeError as exc:  # workers died: the report says so, the run goes on
+                out["errors"]["processing"] = str(exc)
             if workers is not None:
                 self._step(out, "latency", lambda: self._latency(workers))
                 self._step(out, "chord", lambda: self._chord())
@@ -133,6 +136,7 @@ class Bench:
         n = min(self.plan.process_n, self.system.processing_cap or self.plan.process_n)
         try:
             self.client("preload", n=n)
+            self.system.preloaded()
         except Exception as exc:
             out["errors"]["processing"] = f"preload: {exc}"
             return None
@@ -236,7 +240,7 @@ def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
         "worker": b.system.worker_flags, "bulk_path": b.system.bulk_path,
         "chord_path": b.system.chord_path,
         "group_path": b.system.group_path, "chunks_path": b.system.chunks_path,
-        "redis_db": b.system.database, "runs": [], "load": [],
+        "redis_db": b.system.database, "section": b.system.section, "runs": [], "load": [],
     } for b in benches]
     for index in range(plan.repeat):
         for bench, record in zip(benches, records, strict=True):
@@ -248,8 +252,10 @@ def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
     return records
 
 
-def machine() -> dict[str, Any]:
+def machine(with_postgres: bool) -> dict[str, Any]:
     import psutil
+
+    from benchmarks.systems import pg
 
     info = common.redis_client(0).info("server")
     return {
@@ -258,7 +264,31 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "redis": info.get("redis_version"),
+        "postgresql": pg.server_version() if with_postgres else None,
     }
+
+
+def _postgres_systems(names: list[str], asked: bool) -> list[str]:
+    """``names`` less the PostgreSQL section when no server answers and nobody asked for it.
+
+    ``make bench`` runs every section; a machine without PostgreSQL still gets
+    the Redis report, told why the other section is missing.  Naming a
+    PostgreSQL system with ``--systems`` makes a missing server an error.
+    """
+    from benchmarks.systems import pg
+
+    wanted = [n for n in names if systems.get(n).section == "postgresql"]
+    if not wanted:
+        return names
+    why = pg.reachable()
+    if why is None:
+        return names
+    if asked:
+        raise SystemExit(f"PostgreSQL is not reachable at BENCH_PG_URL ({why}); start one "
+                         "or leave out " + ", ".join(wanted))
+    print(f"PostgreSQL is not reachable ({why}): skipping the PostgreSQL section "
+          f"({', '.join(wanted)})", file=sys.stderr, flush=True)
+    return [n for n in names if n not in wanted]
 
 
 def _require_redis() -> None:
@@ -300,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         systems.get(name)  # fail fast on a typo
     _require_redis()
+    names = _postgres_systems(names, asked=args.systems != parser.get_default("systems"))
     RAW.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = run_all(names, plan)
@@ -308,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         "duration_s": round(time.time() - started),
         "quick": args.quick,
         "plan": plan.__dict__,
-        "machine": machine(),
+        "machine": machine(any(systems.get(n).section == "postgresql" for n in names)),
         "systems": results,
         **(report.RABBITMQ_SECTION if args.rabbitmq else {}),
     }

@@ -1,9 +1,14 @@
 """``make demo``: the example shop, end to end, on SQLite, in well under a minute.
 
+``make demo PG=1`` (``run_demo.py --postgres [URL]``) runs the same on
+PostgreSQL instead: the shop's tables and its queue (the broker, schema
+``conveyor``) in one database, ``conveyor_demo`` on 127.0.0.1:5432 unless
+a URL is given, dropped and created afresh at every run.
+
 What it does, in order:
 
-1. resets ``examples/shop/var/`` and migrates a fresh SQLite database, with an
-   admin user (admin / admin);
+1. resets ``examples/shop/var/`` and migrates a fresh database (a SQLite
+   file, or the PostgreSQL database), with an admin user (admin / admin);
 2. serves a flaky stock feed on a local port (the first two requests fail);
 3. starts a worker per queue (default, orders, reports), beat with the
    database scheduler, and the Django development server, as subprocesses
@@ -20,6 +25,7 @@ What it does, in order:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -43,6 +49,7 @@ STARTED = time.monotonic()
 BUDGET = 50.0  # seconds for the scenarios; setup and shutdown come on top
 
 QUEUES = {"default": 2, "orders": 2, "reports": 1}
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/conveyor_demo"
 FEED_FAILURES = 2
 STOCK = {"TEA-1": 50, "MUG-1": 3, "PEN-1": 0}
 
@@ -137,13 +144,33 @@ def wait_for(check: Callable[[], Any], timeout: float) -> Any:
 # --------------------------------------------------------------------------- setup
 
 
-def setup(feed_url: str) -> None:
+def fresh_postgres_database(url: str) -> None:
+    """Drop the demo's database (and whoever is still connected) and create it empty."""
+    import psycopg
+    from psycopg import conninfo, sql
+
+    name = conninfo.conninfo_to_dict(url).get("dbname")
+    if not name or name in ("postgres", "template0", "template1"):
+        raise SystemExit(f"--postgres: name a database of the demo's own, not {name!r}")
+    with psycopg.connect(conninfo.make_conninfo(url, dbname="postgres"),
+                         autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def setup(feed_url: str, database_url: str | None) -> None:
     shutil.rmtree(VAR / "logs", ignore_errors=True)
     shutil.rmtree(VAR / "mail", ignore_errors=True)
     for name in ("shop.sqlite3", "broker.db"):
         for suffix in ("", "-wal", "-shm"):
             (VAR / f"{name}{suffix}").unlink(missing_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
+    if database_url:
+        fresh_postgres_database(database_url)
+        os.environ["SHOP_DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("SHOP_DATABASE_URL", None)
     os.environ["DJANGO_SETTINGS_MODULE"] = "shop.settings"
     os.environ["SHOP_VAR"] = str(VAR)
     os.environ["SHOP_INVENTORY_FEED"] = feed_url
@@ -329,26 +356,32 @@ def admin_page(report: Report, url: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def where_to_look(admin_url: str) -> None:
+def where_to_look(admin_url: str, database_url: str | None) -> None:
+    from conveyor._redact import url as redacted
     from conveyor.contrib.django.models import TaskResult
 
     shop = SHOP.relative_to(Path.cwd()) if SHOP.is_relative_to(Path.cwd()) else SHOP
     results = TaskResult.objects.count()
+    database = redacted(database_url) if database_url else VAR / "shop.sqlite3"
+    broker = (f"schema conveyor of {redacted(database_url)}" if database_url
+              else VAR / "broker.db")
+    # the shell commands below need to be told where the database is
+    env = f"SHOP_DATABASE_URL={redacted(database_url)} " if database_url else ""
     print(f"""
 Where to look
-  Database (orders, {results} task results, schedules): {VAR / 'shop.sqlite3'}
-  Broker (queues, delayed and dead messages):  {VAR / 'broker.db'}
+  Database (orders, {results} task results, schedules): {database}
+  Broker (queues, delayed and dead messages):  {broker}
   Logs of the workers, beat and runserver:     {LOGS}/
   Sent e-mails:                                {VAR / 'mail'}/
   The admin ran at {admin_url} (admin / admin). To browse it again:
-      cd {shop} && ../../.venv/bin/python manage.py runserver
+      cd {shop} && {env}../../.venv/bin/python manage.py runserver
   then open Conveyor > Task results and Conveyor > Periodic tasks.
   A long task with a progress bar: /reports/rebuild/ on the same server
       (with a reports worker running: see docs/django.md, "Progress bars").
   Queues from the command line:
-      cd {shop} && ../../.venv/bin/python manage.py conveyor queues
+      cd {shop} && {env}../../.venv/bin/python manage.py conveyor queues
   The monitor (task history, workers, queues), with an account from the environment:
-      cd {shop} && CONVEYOR_MONITOR_BASIC_AUTH=admin:admin \\
+      cd {shop} && {env}CONVEYOR_MONITOR_BASIC_AUTH=admin:admin \\
           ../../.venv/bin/conveyor -A shop monitor --port 5555
   then open http://127.0.0.1:5555/ (admin / admin).
 """, flush=True)
@@ -365,12 +398,21 @@ def run_scenarios(report: Report, admin_url: str) -> None:
     admin_page(report, admin_url)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The example shop, end to end.")
+    parser.add_argument("--postgres", nargs="?", const=DEFAULT_PG, default=None, metavar="URL",
+                        help=f"run on PostgreSQL (default {DEFAULT_PG}) instead of SQLite")
+    database_url = parser.parse_args(argv).postgres
     feed, feed_url = start_feed()
     port = free_port()
     admin_url = f"http://127.0.0.1:{port}/admin/"
-    say(f"setting up a fresh SQLite database in {VAR}")
-    setup(feed_url)
+    if database_url:
+        from conveyor._redact import url as redacted
+
+        say(f"setting up a fresh PostgreSQL database, {redacted(database_url)}")
+    else:
+        say(f"setting up a fresh SQLite database in {VAR}")
+    setup(feed_url, database_url)
     procs = start_processes(feed_url, port)
     say(f"started workers for {', '.join(QUEUES)}, beat and runserver (logs in {LOGS})")
     report = Report()
@@ -384,7 +426,7 @@ def main() -> int:
         say("stopping workers, beat and runserver")
         procs.stop()
         feed.shutdown()
-    where_to_look(admin_url)
+    where_to_look(admin_url, database_url)
     passed = sum(ok for ok, _, _ in report.lines)
     say(f"{passed}/{len(report.lines)} checks passed")
     return 0 if report.ok else 1

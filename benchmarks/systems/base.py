@@ -75,6 +75,10 @@ class System:
     requirements: ClassVar[list[str]]
     packages: ClassVar[list[str]]   # whose versions the report lists
     db: ClassVar[int]               # the Redis database this system owns
+    # Which table of the report: "redis" (against Celery) or "postgresql" (the
+    # PostgreSQL section: Conveyor's PostgreSQL broker against Procrastinate
+    # and PgQueuer on one server; the INCR counter stays in Redis).
+    section: ClassVar[str] = "redis"
     bulk_path: ClassVar[str | None] = None   # what "bulk" means here; None: it has none
     chord_path: ClassVar[str | None] = None
     group_path: ClassVar[str | None] = None   # the user's group call; None: no group
@@ -108,6 +112,9 @@ class System:
 
     def reset(self) -> None:
         """Forget every message and result (called between phases)."""
+
+    def preloaded(self) -> None:
+        """The processing run's tasks are queued; its workers start next."""
 
 
 def client_env() -> dict[str, str]:

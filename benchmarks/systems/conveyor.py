@@ -98,3 +98,37 @@ class ConveyorSQLite(ConveyorRedis):
             path = Path(f"{SQLITE_PATH}{suffix}")
             if path.exists():
                 os.unlink(path)
+
+
+class ConveyorPostgres(ConveyorRedis):
+    """Broker and results in PostgreSQL (schema ``bench_conveyor``); the counter in Redis."""
+
+    name = "conveyor-postgres"
+    label = "Conveyor (PostgreSQL)"
+    env = "conveyor-pg"
+    section = "postgresql"
+    requirements = [f"-e {ROOT}[redis,postgres]", "redis==8.1.0", "typing_extensions==4.16.0"]
+    packages = ["conveyor", "psycopg", "redis"]
+    db = 11
+    schema = "bench_conveyor"
+    bulk_path = "app.send_many(name, calls): one multi-row INSERT per call"
+    worker_flags = (ConveyorRedis.worker_flags
+                    + "  (broker and results: postgresql://…?schema=bench_conveyor)")
+
+    def environment(self) -> dict[str, str]:
+        from benchmarks.systems import pg
+
+        env = super().environment()
+        env["BENCH_CONVEYOR_BROKER"] = f"{pg.url()}?schema={self.schema}"
+        return env
+
+    def preloaded(self) -> None:
+        from benchmarks.systems import pg
+
+        pg.analyze(self.schema)
+
+    def reset(self) -> None:
+        from benchmarks.systems import pg
+
+        # The tables make themselves when the next client or worker opens the broker.
+        pg.empty_schema(self.schema, install=lambda: None)

@@ -105,7 +105,8 @@ class ConveyorAMQP(_OnRabbitMQ, ConveyorRedis):
     packages = ["conveyor", "pika", "redis", "hiredis"]
     db = 5
     queues = ["default", "conveyor.dead.default"]
-    bulk_path = "app.send_many(name, calls): one confirmed publish per task"
+    bulk_path = ("app.send_many(name, calls): every publish on the wire, then one wait "
+                 "for all their confirms (500 at a time)")
     worker_flags = ConveyorRedis.worker_flags + "  (quorum queues; results and side store: Redis)"
     broker_variable = "BENCH_CONVEYOR_BROKER"
 

@@ -5,10 +5,13 @@ The URL is libpq's plus ``schema=NAME`` (default ``public``), and, behind
 PgBouncer's transaction pooling, ``pool_mode=transaction`` and
 ``listen_url=`` (see ``conveyor/_postgres.py`` for those, connections,
 errors and schema versions).  Options (``broker_transport_options``):
-``schema`` and ``poll_interval`` (seconds between checks when no
-notification arrives, or ever, without a listening connection; default 1).
+``schema``, ``poll_interval`` (seconds between checks when no notification
+arrives, or ever, without a listening connection; default 1) and
+``vacuum_every`` (settled messages between VACUUMs of the messages table by
+the acknowledging process; default 5,000, 0 leaves it to autovacuum; see
+``conveyor/_pg_vacuum.py``).
 
-Schema (component ``broker``, version 1, created on first use; every table
+Schema (component ``broker``, version 3, created on first use; every table
 is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
 
     conveyor_messages            one row per stored message
@@ -28,8 +31,13 @@ is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
                                        when a delayed row (or a lapsed lease) becomes
                                        ready: how long a ready row has waited, for stats
       body       bytea                 last: TOASTed when large, never read by scans
-      fillfactor 80: leaves room on each page for the new row versions that
-      leasing and acking make, so they stay on the same page.
+      fillfactor 80: leaves room on each page for the new row version a lease
+      makes, so it stays on the same page as the one it replaces.
+      (version 3) autovacuum_vacuum_scale_factor 0, _threshold 10000,
+      _cost_delay 0: autovacuum, where the server runs it, vacuums after a
+      fixed count of dead rows at full speed (the default, a fifth of the
+      live rows, means "never" after a large backlog and "every minute,
+      slowly" for a near-empty queue).
 
       conveyor_messages_by_priority (queue, priority, seq) WHERE state = 'ready'
           "next ready messages of this queue" is an index walk, no sort, whatever
@@ -69,6 +77,19 @@ new messages by that poll alone (within ``poll_interval``).
 Times are the clients' Unix clocks (``time.time()``), as in the SQLite and
 Redis brokers: keep the machines' clocks in sync (NTP).
 
+Churn: the table only ever holds live messages, but each message leaves two
+dead row versions (the one its lease replaced, the one its ack deleted) and
+index entries for both; leasing changes ``state`` and ``due``, which the
+partial indexes read, so it cannot be a HOT update.  Vacuum reclaims them
+(the acknowledging process runs one every ``vacuum_every`` messages; the
+per-table autovacuum settings above where autovacuum runs), and the space is
+reused: table and indexes stay the same size over a 1,000,000-task run.
+Measured with ``benchmarks/pg_churn.py`` (docs/performance.md, ADR 0019) on
+a server with autovacuum off: every 50,000 tasks, 3.9-5.6 MB for all the
+broker's tables and indexes together (heap 2.4-3.5 MB), at most 11,640 dead
+rows, 199 of the broker's VACUUMs in all (one per 5,000 tasks), 246-941
+tasks/s with the machine's load.
+
 Expired idempotency keys, revocations and leases are deleted at most once a
 minute per broker, inside a write that happens anyway.
 """
@@ -80,13 +101,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from conveyor._pg_vacuum import DEFAULT_VACUUM_EVERY, Vacuum
 from conveyor._postgres import Listener, Pool, ensure_schema, errors, parse_postgres_url, quoted
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import ConfigurationError
 
 IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg at import time
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+AUTOVACUUM_THRESHOLD = 10_000
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     """CREATE TABLE {schema}.conveyor_messages (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -131,6 +154,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     """CREATE TABLE {schema}.conveyor_rate (
         name text PRIMARY KEY,
         next_at float8 NOT NULL)""",
+), (
+    # Every message leaves two dead row versions (lease, ack): vacuum after a
+    # fixed count of them, not after a fifth of a table whose live size is a
+    # backlog that comes and goes, and at full speed (ADR 0019).
+    f"""ALTER TABLE {{schema}}.conveyor_messages SET (
+        autovacuum_vacuum_scale_factor = 0,
+        autovacuum_vacuum_threshold = {AUTOVACUUM_THRESHOLD},
+        autovacuum_vacuum_cost_delay = 0)""",
 ),)
 
 # -- producing ---------------------------------------------------------------
@@ -275,7 +306,7 @@ HOUSEKEEPING = (
 HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 DEFAULT_POLL_INTERVAL = 1.0
-OPTIONS = ("schema", "poll_interval")
+OPTIONS = ("schema", "poll_interval", "vacuum_every")
 URL_ONLY = ("pool_mode", "listen_url")  # every store reads them: the URL carries them
 RETRIED = frozenset({"reserve", "list queues", "stats", "list dead letters",
                      "read revocations", "read a lease", "ping"})
@@ -291,6 +322,7 @@ class PostgresBroker(Broker):
         self.url = url
         parsed = parse_postgres_url(url, options.get("schema"))
         self._poll = _poll_interval(options.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        vacuum_every = _vacuum_every(options.get("vacuum_every", DEFAULT_VACUUM_EVERY))
         self._pool = Pool(parsed)
         self._schema = parsed.schema
         self.channel = f"conveyor_{parsed.schema}"[:63]
@@ -298,6 +330,7 @@ class PostgresBroker(Broker):
         self._housekeeping_due = 0.0
         ensure_schema(self._pool, "broker", SCHEMA_VERSION, MIGRATIONS)
         self._listener = Listener(self._pool, self.channel)
+        self.vacuum = Vacuum(self._pool, self.sql("{s}.conveyor_messages"), vacuum_every)
 
     def sql(self, template: str) -> str:
         """A statement with this broker's schema filled in."""
@@ -447,18 +480,22 @@ class PostgresBroker(Broker):
         params = ([d.id for d in deliveries], [d.token for d in deliveries])
         done = self._run("ack", lambda c: {
             t for (t,) in c.execute(self.sql(ACK), params).fetchall()})
+        self.vacuum.settled(len(done))
         return [d.token in done for d in deliveries]
 
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
         state, due = ("delayed", time.time() + delay) if delay > 0 else ("ready", None)
         params = (state, due, 0 if count else 1, delivery.id, delivery.token, self.channel)
         row = self._run("requeue", lambda c: c.execute(self.sql(REQUEUE), params).fetchone())
+        self.vacuum.settled(int(row[0]))
         return bool(row[0])
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         params = (delivery.id, delivery.token, reason, time.time())
-        return bool(self._run(
+        buried = bool(self._run(
             "dead-letter", lambda c: c.execute(self.sql(BURY), params).rowcount == 1))
+        self.vacuum.settled(int(buried))
+        return buried
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         if not deliveries:
@@ -499,7 +536,9 @@ class PostgresBroker(Broker):
         ]
 
     def purge(self, queue: str) -> int:
-        return int(self._run("purge", lambda c: c.execute(self.sql(PURGE), (queue,)).rowcount))
+        purged = int(self._run("purge", lambda c: c.execute(self.sql(PURGE), (queue,)).rowcount))
+        self.vacuum.settled(purged)
+        return purged
 
     def dead_letters(self, queue: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return self._run("list dead letters", lambda c: [
@@ -572,6 +611,7 @@ class PostgresBroker(Broker):
 
     def close(self) -> None:
         self._listener.stop()
+        self.vacuum.join(timeout=5.0)
         self._pool.close()
 
 
@@ -598,3 +638,12 @@ def _poll_interval(value: object) -> float:
         raise ConfigurationError(
             f"broker_transport_options poll_interval={value!r}: use seconds in (0, 60]")
     return seconds
+
+
+def _vacuum_every(value: object) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise ConfigurationError(
+            f"broker_transport_options vacuum_every={value!r}: use a whole count of "
+            "acknowledged messages (0: leave the table to autovacuum)")
+    return int(text)

@@ -214,3 +214,24 @@ def test_migration_creates_the_broker_tables_in_djangos_database(app: Any) -> No
         migration.create_postgres_stores(None, editor)
     assert schema_version({**params, "dbname": "postgres"},
                           elsewhere.rsplit("schema=", 1)[1]) is None
+
+
+def test_a_later_migration_upgrades_tables_an_earlier_one_made(app: Any) -> None:
+    """0005_postgres_broker_churn: tables made at version 2 by 0004 reach version 3
+    (ADR 0019) from ``migrate``, run by the role that owns them."""
+    from importlib import import_module
+
+    import psycopg
+
+    migration = import_module("conveyor.contrib.django.migrations.0005_postgres_broker_churn")
+    params = connection.get_connection_params()
+    url = broker_url()
+    schema = url.rsplit("schema=", 1)[1]
+    app.config_from_object({"broker_url": url}, namespace=None)
+    Conveyor("maker", broker=url, set_as_current=False).broker.close()
+    with psycopg.connect(**params, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema}".conveyor_schema SET version = 2 '
+                     "WHERE component = 'broker'")
+    with connection.schema_editor() as editor:
+        migration.create_postgres_stores(None, editor)
+    assert schema_version(params, schema) == 3

@@ -158,3 +158,110 @@ def test_reserve_reports_revocations_of_the_leased_tasks(pg_url: str) -> None:
     got = {d.id: d.revoked for d in broker.reserve(["q"], 10, lease=30, timeout=0)}
     assert got == {"t1": False, "t2~1": True, "t3": True}
     broker.close()
+
+
+# -- churn: the messages table is vacuumed as fast as it is written (ADR 0019) ----------
+def _messages_stats(pg_url: str) -> tuple[int, list[str]]:
+    """(manual VACUUMs PostgreSQL counted on conveyor_messages, its storage options)."""
+    import psycopg
+
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT s.vacuum_count, c.reloptions FROM pg_stat_user_tables s "
+            "JOIN pg_class c ON c.oid = s.relid "
+            "WHERE s.schemaname = %s AND s.relname = 'conveyor_messages'", (schema,)).fetchone()
+    return int(row[0]), list(row[1] or [])
+
+
+def _churn(broker: PostgresBroker, n: int) -> None:
+    broker.enqueue_many([Envelope(f"m{i}", "q", b"x") for i in range(n)])
+    while got := broker.reserve(["q"], 7, lease=30, timeout=0):
+        assert all(broker.ack(got))
+
+
+@pytest.mark.parametrize("value", [-1, "lots", 2.5, True])
+def test_a_bad_vacuum_every_is_refused(pg_url: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match="vacuum_every="):
+        broker_from_url(pg_url, {"vacuum_every": value})
+
+
+def test_the_acknowledging_process_vacuums_the_messages_table_every_vacuum_every(
+        pg_url: str) -> None:
+    broker = broker_from_url(pg_url, {"vacuum_every": 20})
+    assert isinstance(broker, PostgresBroker)
+    _churn(broker, 50)  # 49 acknowledged by the time of the second VACUUM
+    broker.vacuum.join(timeout=30)
+    assert broker.vacuum.runs >= 1
+    vacuums, options = _messages_stats(pg_url)
+    assert vacuums == broker.vacuum.runs
+    # and autovacuum, where the server runs it, by a fixed count of dead rows
+    assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=10000",
+            "autovacuum_vacuum_cost_delay=0", "fillfactor=80"} <= set(options)
+    broker.close()
+
+
+def test_vacuum_every_zero_leaves_the_table_to_autovacuum(pg_url: str) -> None:
+    broker = broker_from_url(pg_url, {"vacuum_every": 0})
+    assert isinstance(broker, PostgresBroker)
+    _churn(broker, 30)
+    broker.vacuum.join(timeout=30)
+    assert broker.vacuum.runs == 0
+    assert _messages_stats(pg_url)[0] == 0
+    broker.close()
+
+
+def test_a_role_that_may_not_vacuum_is_told_once_and_keeps_working(
+        pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Workers may run as a role with fewer rights than the one that made the tables."""
+    import uuid
+
+    import psycopg
+
+    broker_from_url(pg_url).close()  # the tables, owned by the test's own role
+    schema, dsn = pg_url.rsplit("schema=", 1)[1], pg_url.split("?")[0]
+    role = f"conveyor_worker_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        # opening the broker checks the schema version under CREATE ... IF NOT EXISTS
+        conn.execute(f'GRANT CREATE ON DATABASE "{conn.info.dbname}" TO "{role}"')
+        conn.execute(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" '
+                     f'TO "{role}"')
+    try:
+        url = pg_url.replace("://postgres@", f"://{role}@", 1)
+        assert url != pg_url, "the test needs the DSN's user to be postgres"
+        worker = broker_from_url(url, {"vacuum_every": 5})
+        assert isinstance(worker, PostgresBroker)
+        with caplog.at_level("WARNING", logger="conveyor.postgres"):
+            _churn(worker, 12)
+            worker.vacuum.join(timeout=30)
+            _churn(worker, 12)
+            worker.vacuum.join(timeout=30)
+        worker.close()
+        warnings = [r.getMessage() for r in caplog.records if "may not VACUUM" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert role in warnings[0]
+        assert worker.vacuum.runs == 0
+        assert _messages_stats(pg_url)[0] == 0
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_version_2_schema_is_upgraded_to_the_churn_settings(pg_url: str) -> None:
+    """What ``conveyor db upgrade`` and the Django migrations run: opening the broker."""
+    import psycopg
+
+    broker_from_url(pg_url).close()
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{schema}".conveyor_messages RESET '
+                     "(autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, "
+                     "autovacuum_vacuum_cost_delay)")
+        conn.execute(f'UPDATE "{schema}".conveyor_schema SET version = 2 '
+                     "WHERE component = 'broker'")
+    assert _messages_stats(pg_url)[1] == ["fillfactor=80"]
+    broker_from_url(pg_url).close()
+    assert "autovacuum_vacuum_threshold=10000" in _messages_stats(pg_url)[1]

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from conveyor.schedules import crontab
 
@@ -45,16 +46,31 @@ TEMPLATES = [{
         "django.contrib.messages.context_processors.messages",
     ]},
 }]
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR / "shop.sqlite3",
-        # Workers, beat and the web process share the file: WAL lets readers
-        # and one writer work at once, IMMEDIATE avoids lock-upgrade failures.
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
-                    "init_command": "PRAGMA journal_mode=WAL;"},
+# SHOP_DATABASE_URL=postgresql://user@host:port/dbname (``make demo PG=1``) puts the
+# shop and its queue in PostgreSQL; otherwise both are SQLite files in var/.
+DATABASE_URL = urlsplit(os.environ.get("SHOP_DATABASE_URL", ""))
+if DATABASE_URL.scheme.startswith("postgres"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": DATABASE_URL.path.lstrip("/"),
+            "USER": unquote(DATABASE_URL.username or ""),
+            "PASSWORD": unquote(DATABASE_URL.password or ""),
+            "HOST": DATABASE_URL.hostname or "",
+            "PORT": str(DATABASE_URL.port or ""),
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR / "shop.sqlite3",
+            # Workers, beat and the web process share the file: WAL lets readers
+            # and one writer work at once, IMMEDIATE avoids lock-upgrade failures.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                        "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "Asia/Kathmandu"
@@ -75,7 +91,12 @@ TASKS = {
 }
 
 # --- Conveyor, under the names a Celery project already has -----------------------
-CELERY_BROKER_URL = f"sqlite:///{VAR / 'broker.db'}"  # the embedded broker: nothing to run
+if DATABASE_URL.scheme.startswith("postgres"):
+    # The queue in the shop's own database, schema "conveyor": a .delay() inside
+    # transaction.atomic() is queued with the block's commit, or not at all.
+    CELERY_BROKER_URL = DATABASE_URL._replace(query="schema=conveyor").geturl()
+else:
+    CELERY_BROKER_URL = f"sqlite:///{VAR / 'broker.db'}"  # the embedded broker: nothing to run
 CELERY_RESULT_BACKEND = "django-db"                  # results in the admin
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
