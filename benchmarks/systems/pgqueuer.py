@@ -10,11 +10,11 @@ their results every 1 ms) and returns the value it sent as the payload.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.systems.base import ROOT, Client, System
+from benchmarks.systems.base import Client
+from benchmarks.systems.pg_peer import PostgresPeer
 
 SCHEMA = "bench_pgqueuer"
 
@@ -66,7 +66,8 @@ class PgQueuerClient(Client):
         await self.conn.close()
 
 
-class PgQueuerSystem(System):
+class PgQueuerSystem(PostgresPeer):
+
     name = "pgqueuer"
     label = "PgQueuer"
     env = "pgqueuer"
@@ -87,22 +88,8 @@ class PgQueuerSystem(System):
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
         return [[str(python), "-m", "benchmarks.apps.pgqueuer_app"] for _ in range(procs)]
 
-    def preloaded(self) -> None:
-        from benchmarks.systems import pg
-
-        pg.analyze(SCHEMA)
-
-    def reset(self) -> None:
-        from benchmarks.systems import pg
-
-        pg.empty_schema(SCHEMA, install=self._install)
-
-    def _install(self) -> None:
-        from benchmarks import envs
-
-        env = {**self.environment(), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-        subprocess.run([str(envs.python_of(self.env).parent / "pgq"), "install"],
-                       env=env, cwd=ROOT, check=True, capture_output=True)
+    def install_command(self, bin_dir: Path) -> list[str]:
+        return [str(bin_dir / "pgq"), "install"]
 
     @staticmethod
     def client() -> Client:

@@ -9,12 +9,12 @@ was given.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.systems.base import ROOT, Client, System
+from benchmarks.systems.base import Client
+from benchmarks.systems.pg_peer import PostgresPeer
 
 POLL = 0.001
 SCHEMA = "bench_procrastinate"
@@ -56,7 +56,8 @@ class ProcrastinateClient(Client):
         self._opened.__exit__(None, None, None)
 
 
-class ProcrastinateSystem(System):
+class ProcrastinateSystem(PostgresPeer):
+
     name = "procrastinate"
     label = "Procrastinate"
     env = "procrastinate"
@@ -80,23 +81,9 @@ class ProcrastinateSystem(System):
                  "--app=benchmarks.apps.procrastinate_app.app", "worker", "--queues=bench"]
                 for _ in range(procs)]
 
-    def preloaded(self) -> None:
-        from benchmarks.systems import pg
-
-        pg.analyze(SCHEMA)
-
-    def reset(self) -> None:
-        from benchmarks.systems import pg
-
-        pg.empty_schema(SCHEMA, install=self._install)
-
-    def _install(self) -> None:
-        from benchmarks import envs
-
-        env = {**self.environment(), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-        subprocess.run([str(envs.python_of(self.env).parent / "procrastinate"),
-                        "--app=benchmarks.apps.procrastinate_app.app", "schema", "--apply"],
-                       env=env, cwd=ROOT, check=True, capture_output=True)
+    def install_command(self, bin_dir: Path) -> list[str]:
+        return [str(bin_dir / "procrastinate"), "--app=benchmarks.apps.procrastinate_app.app",
+                "schema", "--apply"]
 
     @staticmethod
     def client() -> Client:
