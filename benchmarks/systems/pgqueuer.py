@@ -67,6 +67,7 @@ class PgQueuerClient(Client):
 
 
 class PgQueuerSystem(PostgresPeer):
+    schema = SCHEMA
 
     name = "pgqueuer"
     label = "PgQueuer"

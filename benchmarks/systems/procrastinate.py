@@ -57,6 +57,7 @@ class ProcrastinateClient(Client):
 
 
 class ProcrastinateSystem(PostgresPeer):
+    schema = SCHEMA
 
     name = "procrastinate"
     label = "Procrastinate"
