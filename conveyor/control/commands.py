@@ -88,13 +88,13 @@ class Panel:
             return {}
         found: dict[str, Any] = {}
         for key, r in pool.book.running_tasks():
-            info = self._request(r.delivery, key, r.started, acknowledged=False)
-            if info["id"] in wanted:
-                found[info["id"]] = ["active", info]
+            if _task_id(r.delivery) in wanted:
+                found[_task_id(r.delivery)] = [
+                    "active", self._request(r.delivery, key, r.started, acknowledged=False)]
         for delivery in pool.book.all_held():
-            task_id = delivery.id.split("~", 1)[0]
-            if task_id in wanted and task_id not in found:
-                found[task_id] = ["reserved", self._request(delivery, None, None, False)]
+            if _task_id(delivery) in wanted and _task_id(delivery) not in found:
+                found[_task_id(delivery)] = ["reserved",
+                                             self._request(delivery, None, None, False)]
         return found
 
     def registered(self, *taskinfoitems: str, **_: Any) -> Reply:
@@ -230,7 +230,7 @@ class Panel:
 
     def _request(self, delivery: Delivery, key: int | None, started: float | None,
                  acknowledged: bool) -> dict[str, Any]:
-        info: dict[str, Any] = {"id": delivery.id.split("~", 1)[0], "hostname":
+        info: dict[str, Any] = {"id": _task_id(delivery), "hostname":
                                 self.worker.hostname, "acknowledged": acknowledged,
                                 "delivery_info": {"routing_key": delivery.queue,
                                                   "priority": delivery.priority,
@@ -253,6 +253,11 @@ COMMANDS = ("ping", "active", "reserved", "scheduled", "query_task", "registered
             "active_queues", "stats", "conf", "enable_events", "disable_events", "revoke",
             "rate_limit", "time_limit", "autoscale", "add_consumer", "cancel_consumer",
             "pool_grow", "pool_shrink", "shutdown")
+
+
+def _task_id(delivery: Delivery) -> str:
+    """The task id a delivery carries (a redelivered copy's id has a ``~`` suffix)."""
+    return delivery.id.split("~", 1)[0]
 
 
 def _queue_info(name: str) -> dict[str, Any]:
