@@ -102,6 +102,9 @@ def test_inspect_answers_while_every_slot_is_busy_and_shutdown_exits_0(
     assert found[busy.id][1]["name"] == WORK
     assert client.control.broadcast("enable_events", destination=[NODE], reply=True,
                                     timeout=2.0) == [{NODE: {"ok": "task events already enabled"}}]
+    [[refused]] = [r.values() for r in client.control.broadcast(
+        "disable_events", destination=[NODE], reply=True, timeout=2.0)]
+    assert "cannot be disabled" in refused["error"]
     assert WORK in inspect.registered()[NODE]
     assert [q["name"] for q in inspect.active_queues()[NODE]] == ["default", "extra"]
     stats = inspect.stats()[NODE]
