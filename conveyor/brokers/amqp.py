@@ -58,6 +58,7 @@ _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
+_POLL_EVERY = 0.1  # seconds: extend reads the socket (heartbeats, a dropped link) this often
 _Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
 
 
@@ -127,6 +128,7 @@ class AMQPBroker(Broker):
         self._feed = Feed(self._opts.revocations_kept)
         self._stream_on = -1  # the publishing link's generation the stream was checked on
         self._stream_refused: str | None = None
+        self._read_at = 0.0  # monotonic: the consuming link's socket was last read
 
     # -- connections -------------------------------------------------------------
     def _forget_leases(self) -> None:
@@ -334,6 +336,7 @@ class AMQPBroker(Broker):
             self._consume(ch, queue, count)
         self._feed.subscribe(ch.connection, self._consumer.generation)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
+        self._read_at = time.monotonic()
         out: list[Delivery] = []
         for queue in queues:
             before = len(out)
@@ -516,6 +519,7 @@ class AMQPBroker(Broker):
                     acked.add(d.token)
                     tags.append(held.tag)
             self._ack_tags(ch, tags)
+            self._read_at = time.monotonic()  # the flush read the socket too
             return acked
         acked = self._settle(op, set[str]())
         return [not self._mine(d) or d.token in acked or d.token in settled
@@ -615,7 +619,12 @@ class AMQPBroker(Broker):
                     held.deadline = now + lease
                 out.append(held is not None)
                 aged.append(held is not None and now - held.since >= lease)
-            ch.connection.process_data_events(0)  # answer heartbeats on a busy worker
+            # Answer heartbeats on a busy worker, and see a dropped connection; a
+            # reserve or an ack a moment ago read the socket already (the check
+            # before each task starts comes right after one).
+            if now - self._read_at >= _POLL_EVERY:
+                ch.connection.process_data_events(0)
+                self._read_at = now
             return out
         kept = self._settle(op, [False] * len(deliveries))
         if len(aged) != len(deliveries):
