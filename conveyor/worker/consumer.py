@@ -61,10 +61,13 @@ class Reporter(Protocol):
 
     A reporter may buffer; ``flush`` is called before the consumer waits for
     more work.  When ``acks`` is true, the reporter's receiver acknowledges
-    finished messages (``done`` with an ACK outcome) and the consumer does not.
+    finished messages (``done`` with an ACK outcome) and the consumer does not;
+    when ``writes`` is true too, it also writes the result an outcome carries
+    (:attr:`Outcome.write`) before acknowledging it.
     """
 
     acks: bool
+    writes: bool
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
@@ -115,6 +118,9 @@ class Consumer:
         self._early_ack = frozenset(name for name, task in executor.app.tasks.items()
                                     if not task.acks_late)
         self._acked_early: set[str] = set()
+        # Results may be left to the reporter's receiver, to be written together
+        # with others before the ack (conveyor/worker/results.py).
+        self._hand_off = reporter.acks and getattr(reporter, "writes", False)
 
     @property
     def broker(self) -> Broker:
@@ -188,7 +194,10 @@ class Consumer:
             if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
-            outcome = self._execute(delivery, task_id_of(delivery) in revoked)
+            # A result is handed off only while more work waits here: a lone
+            # result is written at once by its own run (the shortest path).
+            more = self._hand_off and index + 1 < len(batch)
+            outcome = self._execute(delivery, task_id_of(delivery) in revoked, more)
             self._conclude(delivery, outcome, reserved)
 
     def _conclude(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
@@ -199,7 +208,8 @@ class Consumer:
             return
         if self._acked_early and delivery.id in self._acked_early:
             self._acked_early.discard(delivery.id)
-            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime)
+            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime,
+                              write=outcome.write)
         self._finish(delivery, outcome)
         self.processed += 1
 
@@ -278,10 +288,10 @@ class Consumer:
                         "it, so it is not started here", delivery.id)
         return held
 
-    def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
+    def _execute(self, delivery: Delivery, revoked: bool, hand_off: bool = False) -> Outcome:
         try:
             return self.executor.execute(delivery, revoked=revoked,
-                                         on_start=self._on_start(delivery))
+                                         on_start=self._on_start(delivery), hand_off=hand_off)
         except _AckRefused:
             return Outcome(REQUEUE, reason="lease lost before an early ack")
         except (BrokerError, ResultError) as exc:
