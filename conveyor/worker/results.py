@@ -91,6 +91,7 @@ class ResultBuffer:
             self._keep(batch, exc)
             return None
         self._retry_at = 0.0
+        log.debug("stored %d results for the slots in one call", len(batch))
         for (_, write), ok in zip(batch, stored, strict=True):
             if not ok:
                 log.warning("task [%s]: result refused, a later delivery of the message took "
