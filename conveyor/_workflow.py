@@ -69,7 +69,6 @@ from conveyor.canvas import (
 )
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
 from conveyor.result import AsyncResult, GroupResult, save_group
-from conveyor.resultstores.base import JoinPart
 
 if TYPE_CHECKING:
     from conveyor._message import Message
@@ -427,31 +426,6 @@ def on_success(app: Conveyor, message: Message, result: Any) -> None:
     plan.commit()
 
 
-def join_only(app: Conveyor, message: Message, result: Any) -> JoinPart | None:
-    """For a chord header whose success only joins its chord (no callbacks, no
-    next step): the join its result makes, so the executor can write the
-    result and join in one store call (``ResultStore.set_fenced_and_join``).
-    None otherwise, or when the value cannot be encoded (:func:`on_success`
-    then fails the chord, as always)."""
-    scope = message.chord
-    if message.callbacks or message.chain or not _is_join(scope):
-        return None
-    assert scope is not None
-    try:
-        payload = encode_value(app, result, part_context.collect())
-    except SerializationError:
-        return None
-    return JoinPart(scope["id"], scope["index"], scope["size"], payload)
-
-
-def on_joined(app: Conveyor, message: Message, parts: list[bytes] | None) -> None:
-    """:func:`on_success` for a :func:`join_only` header whose store call joined it."""
-    assert message.chord is not None
-    plan = Plan(app, root_id=message.root_id or message.id, parent_id=message.id)
-    _fire(plan, message.chord, parts)
-    plan.commit()
-
-
 def follows_success(message: Message) -> bool:
     """Whether :func:`on_success` has anything to send for ``message``."""
     return bool(message.callbacks or message.chain or _is_join(message.chord))
@@ -503,14 +477,8 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
         return
     parts = app.backend.chord_add(scope["id"], scope["index"], scope["size"], payload,
                                   app.conf.result_expires)
-    _fire(plan, scope, parts)
-
-
-def _fire(plan: Plan, scope: Scope, parts: list[bytes] | None) -> None:
-    """Send the body when this header's ``chord_add`` completed the join."""
     if parts is None:
         return
-    app = plan.app
     decoded = [decode_value(app, part) for part in parts]
     values = [value for value, _ in decoded]
     body = Canvas.from_dict(scope["body"], app)

@@ -45,15 +45,6 @@ class FencedWrite(NamedTuple):
     attempt: Attempt
 
 
-class JoinPart(NamedTuple):
-    """A chord header's value for :meth:`ResultStore.chord_add`."""
-
-    chord_id: str
-    header: int  # this header's index in the chord
-    size: int
-    payload: bytes
-
-
 class ResultStore(abc.ABC):
     """Results for one app.  Thread-safe; not shared across fork."""
 
@@ -93,17 +84,6 @@ class ResultStore(abc.ABC):
         Each write is fenced on its own: one refused write does not stop the others.
         """
         return [self.set_fenced(w.task_id, w.state, w.payload, ttl, w.attempt) for w in writes]
-
-    def set_fenced_and_join(self, write: FencedWrite, join: JoinPart,
-                            ttl: float) -> tuple[bool, list[bytes] | None]:
-        """A chord header's result write, then (if stored) its join: whether the
-        write was stored, and what :meth:`chord_add` returned (None if refused).
-
-        The pair is safe to repeat as a whole (each half is); Redis does both in
-        one script, one round trip."""
-        if not self.set_fenced(write.task_id, write.state, write.payload, ttl, write.attempt):
-            return False, None
-        return True, self.chord_add(join.chord_id, join.header, join.size, join.payload, ttl)
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """Store several at once (backends batch this)."""
@@ -183,4 +163,4 @@ def deadline_after(timeout: float | None) -> float | None:
     """Monotonic deadline for a timeout, None meaning forever."""
     return None if timeout is None else time.monotonic() + timeout
 
-__all__ = ["FencedWrite", "JoinPart", "ResultStore", "Stored", "deadline_after"]
+__all__ = ["FencedWrite", "ResultStore", "Stored", "deadline_after"]

@@ -79,13 +79,7 @@ from conveyor._redis import (
     translate_errors,
 )
 from conveyor.exceptions import ConfigurationError, ResultError
-from conveyor.resultstores.base import (
-    FencedWrite,
-    JoinPart,
-    ResultStore,
-    Stored,
-    deadline_after,
-)
+from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
 from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
@@ -172,38 +166,22 @@ return #KEYS / 2
 # index order and names itself in the done marker, so its own repeat (a
 # redelivered completer) gets the parts again; anyone else after that gets
 # nothing.  Parts that expired meanwhile mean nothing to send (false).
-_JOIN = """
-local function join(parts, done, index, size, payload, ttl)
-  size = tonumber(size)
-  local closed = redis.call('GET', done)
-  if closed and closed ~= 'fired:' .. index then return false end
-  if not closed then
-    redis.call('HSET', parts, index, payload)
-    redis.call('PEXPIRE', parts, ttl)
-    if redis.call('HLEN', parts) < size then return false end
-    redis.call('SET', done, 'fired:' .. index, 'PX', ttl)
-  end
-  local fields = {}
-  for i = 0, size - 1 do fields[#fields + 1] = i end
-  local all = redis.call('HMGET', parts, unpack(fields))
-  for i = 1, size do if not all[i] then return false end end
-  return all
+_CHORD_ADD = LuaScript("""
+local parts, done = KEYS[1], KEYS[2]
+local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local closed = redis.call('GET', done)
+if closed and closed ~= 'fired:' .. index then return false end
+if not closed then
+  redis.call('HSET', parts, index, ARGV[3])
+  redis.call('PEXPIRE', parts, ttl)
+  if redis.call('HLEN', parts) < size then return false end
+  redis.call('SET', done, 'fired:' .. index, 'PX', ttl)
 end
-"""
-
-# chord_add: KEYS parts, done; ARGV index, size, payload, ttl (ms).
-_CHORD_ADD = LuaScript(_JOIN + """
-return join(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-""")
-
-# set_fenced_and_join: a chord header's set_fenced, then (if stored) its
-# chord_add, in one call.  KEYS result, notify, parts, done; ARGV as
-# set_fenced's, then index, size, part payload.  Returns {0} if refused,
-# else {1, parts or false}.
-_SET_FENCED_AND_JOIN = LuaScript(_STORE + _FENCE + _JOIN + """
-if superseded(KEYS[1], ARGV[4], ARGV[5], ARGV[6]) then return {0} end
-store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-return {1, join(KEYS[3], KEYS[4], ARGV[7], ARGV[8], ARGV[9], ARGV[2])}
+local fields = {}
+for i = 0, size - 1 do fields[#fields + 1] = i end
+local all = redis.call('HMGET', parts, unpack(fields))
+for i = 1, size do if not all[i] then return false end end
+return all
 """)
 
 # Close the join because a header failed: the same done marker chord_add
@@ -304,28 +282,6 @@ class RedisResultStore(ResultStore):
         with self._errors(f"storing {len(writes)} results"):
             done = run(self._holder.client, _SET_MANY_FENCED, keys, args)
         return [bool(d) for d in done]
-
-    def set_fenced_and_join(self, write: FencedWrite, join: JoinPart,
-                            ttl: float) -> tuple[bool, list[bytes] | None]:
-        """One script: the header's fenced write, then its join (one round trip, not two)."""
-        if not 0 <= join.header < join.size:
-            raise ValueError(f"chord {join.chord_id}: header index {join.header} is outside "
-                             f"0..{join.size - 1}")
-        px = _ms(ttl)
-        keys = [self._key("result", write.task_id), self._key("result-notify", write.task_id),
-                self._key("chord", join.chord_id, "parts"),
-                self._key("chord", join.chord_id, "done")]
-        attempt = write.attempt
-        args: list[Any] = [_encode(write.state, write.payload), px, _notify_px(write.state, px),
-                           attempt.sent, attempt.retries, attempt.deliveries,
-                           join.header, join.size, join.payload]
-        with self._errors(f"storing the result of {write.task_id} and joining chord "
-                          f"{join.chord_id}"):
-            reply = run(self._holder.client, _SET_FENCED_AND_JOIN, keys, args)
-        if not reply[0]:
-            return False, None
-        parts = reply[1] if len(reply) > 1 else None
-        return True, None if not parts else [bytes(p) for p in parts]
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """One script call for the whole batch: one command to pack, one reply to read."""

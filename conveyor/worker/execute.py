@@ -14,7 +14,7 @@ import time
 import traceback as tb
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from conveyor import _hooks as hooks
 from conveyor import _signing as signing
@@ -41,7 +41,6 @@ from conveyor.task import Task
 from conveyor.worker import announce
 
 log = logging.getLogger("conveyor.worker")
-T = TypeVar("T")
 
 ACK = "ack"
 REQUEUE = "requeue"
@@ -203,50 +202,24 @@ class Executor:
         return self._run_sync(task, request)
 
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
-        message = request.message
-        assert message is not None
+        assert request.message is not None
         runtime = time.time() - started
-        left: FencedWrite | None = None  # the write left to the supervisor
-        joined: Joined = None  # (chord_add's answer,) when the write also joined the chord
+        write = None
         if not _ignored(task, request):
             try:
-                stored, left, joined = self._store_success(task, request, result, started)
+                if self._may_defer(task, request.message):
+                    record = self.app.record_for(request, states.SUCCESS, result=result,
+                                                 date_started=started)
+                    write = self.app.fenced_write(record)
+                if write is None and not self._store_final(
+                        request, states.SUCCESS, result=result, date_started=started):
+                    return _superseded(request)
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
-            if not stored:
-                return _superseded(request)
-        if joined is not None:
-            workflow.on_joined(self.app, message, joined[0])
-        else:
-            workflow.on_success(self.app, message, result)
+        workflow.on_success(self.app, request.message, result)
         hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
-        return Outcome(ACK, state=states.SUCCESS, runtime=runtime, write=left)
-
-    def _store_success(self, task: Task, request: Request, result: Any,
-                       started: float) -> tuple[bool, FencedWrite | None, Joined]:
-        """Write a success, or leave its write to the supervisor (:meth:`_may_defer`).
-
-        A chord header that only joins its chord writes and joins in one store
-        call.  Returns whether it was stored (or left), the write left, and
-        the join's answer when the write made it.
-        """
-        assert request.message is not None
-        record = self.app.record_for(request, states.SUCCESS, result=result,
-                                     date_started=started)
-        join = workflow.join_only(self.app, request.message, result)
-        write = (self.app.fenced_write(record)
-                 if join is not None or self._may_defer(task, request.message) else None)
-        if write is None:
-            return self._retrying(lambda: self.app.write_record(record), request,
-                                  states.SUCCESS), None, None
-        if join is None:
-            return True, write, None
-        ttl = self.app.conf.result_expires
-        stored, parts = self._retrying(
-            lambda: self.app.backend.set_fenced_and_join(write, join, ttl), request,
-            states.SUCCESS)
-        return stored, None, (parts,)
+        return Outcome(ACK, state=states.SUCCESS, runtime=runtime, write=write)
 
     def _may_defer(self, task: Task, message: Message) -> bool:
         """May this success's write be left to the supervisor (written with others,
@@ -333,12 +306,7 @@ class Executor:
         return failed_outcome(task, exc, time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
-        """Write a run's final state, riding out a store outage of up to one lease."""
-        return self._retrying(lambda: self.app.store_state(request, state, **fields),
-                              request, state)
-
-    def _retrying(self, write: Callable[[], T], request: Request, state: str) -> T:
-        """Call ``write`` (safe to repeat) until it succeeds, for up to one lease.
+        """Write a run's final state, riding out a store outage of up to one lease.
 
         The task has run; re-running it because the store blinked is worse
         than waiting.  If the store stays away, the error reaches the
@@ -348,7 +316,7 @@ class Executor:
         delay = 0.05
         while True:
             try:
-                return write()
+                return self.app.store_state(request, state, **fields)
             except ResultTooLarge:
                 raise
             except ResultError as exc:
@@ -437,8 +405,6 @@ class SoftTimer(Protocol):
 
 
 OnStart = Callable[[str, "float | None", Message], None]
-#: A chord join made with the result write: ``(chord_add's answer,)``; None: not made.
-Joined = tuple["list[bytes] | None"] | None
 
 
 def _superseded(request: Request) -> Outcome:

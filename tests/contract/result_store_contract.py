@@ -31,7 +31,7 @@ import pytest
 
 from conveyor import states
 from conveyor.resultstores import ResultStore, result_store_from_url
-from conveyor.resultstores.base import FencedWrite, JoinPart
+from conveyor.resultstores.base import FencedWrite
 from conveyor.resultstores.record import Attempt
 
 # A message's send time in microseconds (``Attempt.sent``), for the fence tests.
@@ -247,21 +247,6 @@ class ResultStoreContract:
         writer.close()
         assert got is not None and got.payload == b"done w"
         assert 0.25 <= elapsed < 3.0  # woken by the write, far from the timeout
-
-    def test_a_header_s_write_and_join_go_together_and_are_fenced(
-            self, store: ResultStore) -> None:
-        def header(task_id: str, index: int, deliveries: int) -> tuple[bool, list[bytes] | None]:
-            attempt = Attempt(SENT, 0, deliveries)
-            write = FencedWrite(task_id, states.SUCCESS, fenced_record(attempt, task_id), attempt)
-            return store.set_fenced_and_join(write, JoinPart("c", index, 2, task_id.encode()), 60)
-
-        assert header("h0", 0, 2) == (True, None)
-        assert header("h0", 0, 1) == (False, None)  # a stale run of header 0: no write, no join
-        assert header("h1", 1, 1) == (True, [b"h0", b"h1"])  # completes the join
-        assert header("h1", 1, 1) == (True, [b"h0", b"h1"])  # the completer's repeat
-        assert header("h0", 0, 3) == (True, None)  # a later run of header 0: fired already
-        found = store.get("h1")
-        assert found is not None and json.loads(found.payload)["result"] == "h1"
 
     # -- the chord crash window (ADR 0002) ---------------------------------------------------
     def test_a_completer_killed_after_the_join_gets_the_parts_again(
