@@ -112,6 +112,7 @@ class Consumer:
         self.processed = 0
         self._backoff = Backoff()
         self._asked = 0.0  # monotonic time the last reserve was sent: its leases run from here
+        self._wanted = 0  # how many the last reserve asked for
         # Rate-limited messages waiting for their slot: (due, n, reserved at, delivery).
         self._held: list[tuple[float, int, float, Delivery]] = []
         self._order = itertools.count()
@@ -154,6 +155,7 @@ class Consumer:
             self.stop.wait(timeout)
             return []
         self._asked = time.monotonic()
+        self._wanted = want
         try:
             batch = self.broker.reserve(queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
@@ -181,6 +183,7 @@ class Consumer:
     def _run_batch(self, batch: list[Delivery]) -> None:
         self.reporter.held(batch)
         reserved = self._asked
+        backlog = len(batch) == self._wanted > 1
         revoked = self._revoked(batch)
         for index, delivery in enumerate(batch):
             if self.stop.is_set():
@@ -194,9 +197,10 @@ class Consumer:
             if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
-            # A result is handed off only while more work waits here: a lone
-            # result is written at once by its own run (the shortest path).
-            more = self._hand_off and index + 1 < len(batch)
+            # A result is handed off only while more work waits: later messages
+            # of this batch, or a backlog (the reserve filled a prefetch of
+            # several).  A lone result is written at once by its own run.
+            more = self._hand_off and (index + 1 < len(batch) or backlog)
             outcome = self._execute(delivery, task_id_of(delivery) in revoked, more)
             self._conclude(delivery, outcome, reserved)
 
