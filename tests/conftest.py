@@ -69,7 +69,7 @@ def redis_url() -> Iterator[str]:
 
 
 # Fixtures that start a Sentinel set or a Redis Cluster: a test using one, directly
-# or through a parameter, is marked ``topology`` and runs in ``make test-topologies``.
+# or through a parameter, is marked ``topology`` (``make test-topologies`` runs only those).
 TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels"})
 topology = pytest.mark.topology
 
@@ -292,9 +292,9 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-# Redis behind Sentinel and in a Cluster: run by ``make test-topologies``.
+# Redis behind Sentinel and in a Cluster (``make test-topologies`` runs only these).
 TOPOLOGIES = [pytest.param("sentinel", marks=topology), pytest.param("cluster", marks=topology)]
-# The fault suite again on PostgreSQL and RabbitMQ: run by ``make test-brokers``.
+# The fault suite again on PostgreSQL and RabbitMQ (``make test-brokers`` runs only these).
 other_brokers = pytest.mark.other_brokers
 OTHER_BROKERS = [pytest.param("postgres", marks=other_brokers),
                  pytest.param("amqp", marks=other_brokers)]
