@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 ROOT = Path(__file__).resolve().parent.parent
 HUEY_PYTHON = ROOT / "benchmarks" / ".envs" / "huey" / "bin" / "python"
 KEY = "bench:counter"
