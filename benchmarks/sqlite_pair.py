@@ -86,6 +86,29 @@ def _tree_cpu(root: Any) -> float:
     return total
 
 
+def _schedstat(root: Any) -> dict[int, tuple[float, float]]:
+    """Per worker process: seconds on a CPU and seconds runnable but waiting for one."""
+    out = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            with open(f"/proc/{proc.pid}/schedstat") as f:
+                on_cpu, waiting, _ = f.read().split()
+        except OSError:
+            continue
+        out[proc.pid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+    return out
+
+
+def _asleep(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
+            seconds: float) -> float:
+    """Mean seconds the two busiest worker processes (the ones running tasks) spent
+    neither on a CPU nor waiting for one: on locks, sockets, pipes and their own
+    sleeps.  Unlike the rate, a machine busy with other work does not add to it."""
+    deltas = sorted(((after[pid][0] - before[pid][0], after[pid][1] - before[pid][1])
+                     for pid in after if pid in before), reverse=True)[:2]
+    return sum(seconds - on_cpu - waiting for on_cpu, waiting in deltas) / max(1, len(deltas))
+
+
 def run_one(system: str, tree: Path, args: argparse.Namespace, r: Any) -> dict[str, Any]:
     import psutil
 
@@ -115,12 +138,13 @@ def run_one(system: str, tree: Path, args: argparse.Namespace, r: Any) -> dict[s
             count = int(r.get(KEY) or 0)
             now = time.perf_counter()
             if count and first is None:
-                first, at_first = now, count
+                first, at_first, sched = now, count, _schedstat(proc)
             if count >= args.n:
                 break
             time.sleep(0.005)
         done = time.perf_counter()
         cpu = _tree_cpu(proc)
+        asleep = _asleep(sched, _schedstat(proc), done - first) if first else 0.0
         out = subprocess.run([*me, "latency", str(args.samples)], env=env, check=True,
                              cwd=workdir, capture_output=True, text=True)
         times = json.loads(out.stdout)[args.samples // 10:]
@@ -136,6 +160,8 @@ def run_one(system: str, tree: Path, args: argparse.Namespace, r: Any) -> dict[s
         "total": args.n / (done - started),
         "steady": (args.n - at_first) / max(1e-9, done - first),
         "cpu_us": cpu / args.n * 1e6,
+        # per task a worker process ran (each ran about half of them)
+        "asleep_us": asleep / max(1, args.n - at_first) * 2 * 1e6,
         "p50_ms": statistics.median(times) * 1000,
         "p90_ms": statistics.quantiles(times, n=10)[-1] * 1000,
     }
@@ -161,13 +187,15 @@ def driver(args: argparse.Namespace) -> None:
             results[label].append(got)
             print(f"[{round_}] {label:16} steady {got['steady']:7,.0f}/s  total "
                   f"{got['total']:7,.0f}/s  cpu {got['cpu_us']:5.0f} us/task  "
+                  f"asleep {got['asleep_us']:5.0f} us/task  "
                   f"p50 {got['p50_ms']:.2f} ms  p90 {got['p90_ms']:.2f} ms  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
     print("medians:")
     for label, rows in results.items():
         med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
         print(f"  {label:16} steady {med['steady']:7,.0f}/s  total {med['total']:7,.0f}/s  "
-              f"cpu {med['cpu_us']:5.0f} us/task  p50 {med['p50_ms']:.2f} ms")
+              f"cpu {med['cpu_us']:5.0f} us/task  asleep {med['asleep_us']:5.0f} us/task  "
+              f"p50 {med['p50_ms']:.2f} ms")
 
 
 def main() -> None:
