@@ -196,14 +196,17 @@ RABBIT_PORT = 5672
 def rabbitmq_vhost(queue_type: str) -> str:
     """A RabbitMQ virtual host per test Redis database (so per xdist worker and per
     engineer) and queue type, created when missing and kept: rabbitmqctl takes
-    seconds a call, and each test purges the queues it uses (``amqp_url``)."""
+    seconds a call, and each test purges the queues it uses (``amqp_url``).
+    ``CONVEYOR_TEST_RABBITMQ_PREFIX`` renames them, for a checkout that must keep
+    to vhosts of its own on a shared node."""
     require_service("RabbitMQ", "127.0.0.1", RABBIT_PORT)
     import subprocess
 
     import pika
 
     run = "" if REDIS_PORT == 6379 else f"{REDIS_PORT}-"  # a parallel checkout's own Redis
-    vhost = f"conveyor-test-{run}{TEST_REDIS_DB}-{queue_type}"
+    prefix = os.environ.get("CONVEYOR_TEST_RABBITMQ_PREFIX", "conveyor-test")
+    vhost = f"{prefix}-{run}{TEST_REDIS_DB}-{queue_type}"
     try:
         pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", RABBIT_PORT, vhost, pika.PlainCredentials("guest", "guest"),
