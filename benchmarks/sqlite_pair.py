@@ -170,6 +170,10 @@ def run_one(system: str, tree: Path, args: argparse.Namespace, r: Any) -> dict[s
 def driver(args: argparse.Namespace) -> None:
     import redis
 
+    if "huey" in args.systems.split(",") and not HUEY_PYTHON.exists():
+        raise SystemExit(f"{HUEY_PYTHON} is missing: python -c 'from benchmarks.envs import "
+                         "ensure_venv; ensure_venv(\"huey\", [\"huey==3.5.4\", "
+                         "\"redis==8.1.0\"])'")
     r = redis.Redis.from_url(args.redis)
     runs: list[tuple[str, Path]] = []
     for system in args.systems.split(","):
