@@ -69,6 +69,11 @@ SET_RESULT = """
     ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,
                                         expires_at = excluded.expires_at,
                                         payload = excluded.payload"""
+# A task's first record (the usual case: no STARTED record, no earlier run)
+# needs no fence check: nothing is stored to be newer than it.
+ADD_RESULT = """
+    INSERT INTO conveyor_results (task_id, state, expires_at, payload) VALUES (?, ?, ?, ?)
+    ON CONFLICT (task_id) DO NOTHING"""
 GET_RESULT = """
     SELECT state, payload FROM conveyor_results WHERE task_id = ? AND expires_at > ?"""
 GET_RESULTS = """
@@ -119,11 +124,18 @@ class SQLiteResultStore(ResultStore):
 
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
         row = (task_id, state, time.time() + ttl, payload)
-        self._db.write(lambda c: c.execute(SET_RESULT, row))
+        self._db.write_one(lambda c: c.execute(SET_RESULT, row))
         self._wrote(1)
 
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
+        row = (task_id, state, time.time() + ttl, payload)
+        # First try the insert alone, one statement in autocommit: it adds the
+        # row only where none exists, and then there is nothing to compare.
+        if self._db.write_one(lambda c: c.execute(ADD_RESULT, row).rowcount) == 1:
+            self._wrote(1)
+            return True
+        # A record exists (STARTED, an earlier run, an expired one): the fenced path.
         return self.set_many_fenced([FencedWrite(task_id, state, payload, attempt)], ttl)[0]
 
     def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
