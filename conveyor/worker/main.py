@@ -256,6 +256,13 @@ class Worker:
             self._memory = (now, _memory_kib())
         return self._memory[1]
 
+    def flush_events(self, book: LeaseBook) -> None:
+        """Write the task events now, between heartbeats (many were recorded)."""
+        try:
+            self._flush(book)
+        except Exception as exc:  # like a heartbeat's: never stops the worker
+            log.warning("could not write task events: %s", exc)
+
     def _flush(self, book: LeaseBook) -> None:
         """Write the task events recorded since the last heartbeat (kept on failure)."""
         batch = book.recorder.drain(self.id)

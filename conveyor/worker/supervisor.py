@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor._context import Request
-from conveyor._events import TaskClock, TaskReport, killed_report
+from conveyor._events import FLUSH_AT_REPORTS, TaskClock, TaskReport, killed_report
 from conveyor._message import Message
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import (
@@ -309,6 +309,10 @@ class Supervisor(abc.ABC):
             self._last_beat = now
             self._terminate_revoked()
             self.worker.heartbeat(self.book, len(self.book.slots))
+        elif self.book.recorder.pending >= FLUSH_AT_REPORTS:
+            # Smaller, more frequent event writes keep the supervisor's heap small;
+            # a failed write restores its batch outside ``pending``, so no retry loop.
+            self.worker.flush_events(self.book)
 
     def _autoscale(self, now: float) -> None:
         """``--autoscale``: size the pool to what runs plus what waits in its queues."""
