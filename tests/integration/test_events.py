@@ -13,6 +13,7 @@ from conveyor import Conveyor, states
 from conveyor._events import (
     BUCKETS,
     DEAD,
+    FLUSH_AT_REPORTS,
     EventStore,
     Recorder,
     TaskClock,
@@ -186,3 +187,30 @@ def test_prefork_worker_feeds_the_store(process_url: str, tmp_path: Path) -> Non
     assert [w["online"] for w in store.workers() if w["pid"] == proc.pid] == [False]
 
 
+
+
+def test_many_reports_are_written_before_the_next_heartbeat(memory_url: str) -> None:
+    """FLUSH_AT_REPORTS: a busy worker writes its task events once that many are
+    pending, so a heartbeat's worth never piles up in the supervisor's heap."""
+    app = Conveyor("ev", broker=memory_url, worker_heartbeat_interval=3600)
+
+    @app.task(name="ev.noop")
+    def noop() -> None:
+        return None
+
+    tasks = FLUSH_AT_REPORTS // 2 + 100  # a start and a finish each: past the mark
+    with run_worker(app, pool="threads", concurrency=2) as worker:
+        app.send_many("ev.noop", [()] * tasks)
+        worker.join()
+        store = app.events
+        assert isinstance(store, EventStore)
+
+        def written() -> float:
+            return sum(value for _, name, metric, value
+                       in store.cells(time.time() - 300, time.time(), 60)
+                       if name == "ev.noop" and metric == "n:SUCCESS")
+
+        deadline = time.monotonic() + 10
+        while written() < FLUSH_AT_REPORTS // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert written() >= FLUSH_AT_REPORTS // 2  # before any second heartbeat or goodbye
