@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 
 from conveyor.exceptions import ContentDisallowed, SerializationError
@@ -34,19 +34,25 @@ _ENCODERS: list[tuple[type, str, _Encoder]] = [
     (date, "date", lambda v: v.isoformat()),
     (time, "time", lambda v: v.isoformat()),
     (timedelta, "timedelta", lambda v: v.total_seconds()),
-    (Decimal, "decimal", str),
     (uuid.UUID, "uuid", str),
     (bytes, "bytes", lambda v: base64.b64encode(v).decode("ascii")),
     (set, "set", list),
     (frozenset, "set", list),
 ]
 
+def _decimal(text: str) -> Any:
+    """A tagged Decimal back; ``decimal`` (0.4 MiB) is imported only for one."""
+    from decimal import Decimal
+
+    return Decimal(text)
+
+
 _DECODERS: dict[str, _Decoder] = {
     "datetime": datetime.fromisoformat,
     "date": date.fromisoformat,
     "time": time.fromisoformat,
     "timedelta": lambda v: timedelta(seconds=v),
-    "decimal": Decimal,
+    "decimal": _decimal,
     "uuid": uuid.UUID,
     "bytes": base64.b64decode,
     "set": set,
@@ -91,6 +97,11 @@ def _tagged(value: Any) -> Any:
     for kind, tag, encode in _ENCODERS:
         if isinstance(value, kind):
             return {TAG: tag, "v": encode(value)}
+    # A Decimal exists only once its module was imported: a process that never
+    # sees one (most workers) does not load ``decimal`` for this check.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return {TAG: "decimal", "v": str(value)}
     return None
 
 

@@ -1,0 +1,36 @@
+"""What a worker process imports: every module is held by each prefork child
+(docs/performance.md, "Round two, second pass: memory")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+from conveyor._serialization import from_jsonable, to_jsonable
+
+#: Imported on demand only; none is on a Redis worker's path.
+NOT_IN_A_WORKER = ("decimal", "difflib")
+
+WORKER_IMPORTS = (
+    "import json, sys\n"
+    "import conveyor, conveyor._cli, conveyor.worker.main, conveyor.worker.prefork\n"
+    "import conveyor.brokers.redis, conveyor.resultstores.redis, conveyor.eventstores.redis\n"
+    "print(json.dumps(sorted(sys.modules)))\n"
+)
+
+
+def test_a_worker_does_not_import_modules_it_never_uses() -> None:
+    out = subprocess.run([sys.executable, "-c", WORKER_IMPORTS], capture_output=True,
+                         text=True, check=True).stdout
+    loaded = set(json.loads(out))
+    assert "conveyor.worker.prefork" in loaded
+    assert [name for name in NOT_IN_A_WORKER if name in loaded] == []
+
+
+def test_decimals_still_travel_tagged() -> None:
+    encoded = to_jsonable([Decimal("1.10")], "args")
+    assert encoded == [{"__t": "decimal", "v": "1.10"}]
+    decoded = from_jsonable(encoded)
+    assert decoded == [Decimal("1.10")] and isinstance(decoded[0], Decimal)
