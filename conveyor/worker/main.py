@@ -27,6 +27,7 @@ from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.queues import check_declared, queue_names
 from conveyor.task import warn_no_effect_options
 from conveyor.worker.startup import wait_for_broker, warn_if_calls_outlast_leases
+from conveyor.worker.trim import trim
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -275,6 +276,8 @@ class Worker:
             raise
         except Exception:  # the store refused the data: carrying it on would fail forever
             log.exception("dropped %d task events the event store refused", len(batch.tasks))
+        del batch
+        trim()  # the batch and its packed commands: this process's largest allocations
 
     def _goodbye(self) -> None:
         book = getattr(self._pool, "book", None)

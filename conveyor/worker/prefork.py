@@ -37,6 +37,7 @@ from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import Executor, Outcome, call_task
 from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
+from conveyor.worker.trim import trim
 from conveyor.worker.watch import ChildWatch
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class PreforkPool(Supervisor):
     # -- the slots ---------------------------------------------------------
     def start_slot(self, key: int) -> None:
         signals.worker_before_create_process.send(sender=self)
+        trim()  # the child starts with the supervisor's resident pages
         reader, writer = _CTX.Pipe(duplex=False)
         process = _CTX.Process(target=child_main, args=(self.worker, writer, key, os.getpid()),
                                name=f"conveyor-child-{key}", daemon=False)

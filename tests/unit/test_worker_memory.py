@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from decimal import Decimal
 
+import pytest
+
 from conveyor._serialization import from_jsonable, to_jsonable
+from conveyor.worker.trim import trim
 
 #: Imported on demand only; none is on a Redis worker's path.
 NOT_IN_A_WORKER = ("decimal", "difflib")
@@ -34,3 +38,19 @@ def test_decimals_still_travel_tagged() -> None:
     assert encoded == [{"__t": "decimal", "v": "1.10"}]
     decoded = from_jsonable(encoded)
     assert decoded == [Decimal("1.10")] and isinstance(decoded[0], Decimal)
+
+
+def _resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_gives_freed_heap_pages_back() -> None:
+    blocks = [bytes(8192) for _ in range(4000)]  # 32 MiB from malloc, not CPython's arenas
+    last = blocks[-1]  # keeps the heap's top in use: the rest is freed below it
+    del blocks
+    before = _resident()
+    trim()
+    assert before - _resident() > 16 * 2**20
+    assert len(last) == 8192
