@@ -128,7 +128,7 @@ MAX_PENDING_TASKS = 20_000
 #: Task reports (a start and a finish per task) past which a worker writes its
 #: events before the next heartbeat: a heartbeat's worth at thousands of tasks
 #: a second made the supervisor's heap grow by ~7 MiB, and it stays grown.
-FLUSH_AT_REPORTS = 2_000
+FLUSH_AT_REPORTS = 1_000
 
 
 
