@@ -17,9 +17,9 @@ venv: $(STAMP)
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --reruns 2 --reruns-delay 1 -rR
 
 # CI's suite is split by broker to keep each step under 15 minutes on 2 cores:
-# tests that start a Sentinel set or a Redis Cluster of their own (marker
-# "topology") and the fault suite's default cases on PostgreSQL and RabbitMQ
-# (marker "other_brokers") run in steps of their own, after the rest.
+# tests that start a Sentinel set, a Redis Cluster or a Valkey server of their
+# own (marker "topology") and the fault suite's default cases on PostgreSQL and
+# RabbitMQ (marker "other_brokers") run in steps of their own, after the rest.
 test: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy

