@@ -70,8 +70,8 @@ def redis_url() -> Iterator[str]:
 
 
 # Fixtures that start a Sentinel set, a Redis Cluster or a Valkey server: a test using
-# one, directly or through a parameter, is marked ``topology`` and runs in
-# ``make test-topologies``.
+# one, directly or through a parameter, is marked ``topology`` (``make test-topologies``
+# runs only those).
 TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels", "valkey_server"})
 topology = pytest.mark.topology
 
@@ -318,11 +318,11 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # Redis behind Sentinel and in a Cluster, which can fail over (tests/faults/test_failover.py),
-# and Valkey, one server: run by ``make test-topologies``.
+# and Valkey, one server (``make test-topologies`` runs only these).
 REPLICATED_TOPOLOGIES = [pytest.param("sentinel", marks=topology),
                          pytest.param("cluster", marks=topology)]
 TOPOLOGIES = [*REPLICATED_TOPOLOGIES, pytest.param("valkey", marks=topology)]
-# The fault suite again on PostgreSQL and RabbitMQ: run by ``make test-brokers``.
+# The fault suite again on PostgreSQL and RabbitMQ (``make test-brokers`` runs only these).
 other_brokers = pytest.mark.other_brokers
 OTHER_BROKERS = [pytest.param("postgres", marks=other_brokers),
                  pytest.param("amqp", marks=other_brokers)]

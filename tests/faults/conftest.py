@@ -88,8 +88,8 @@ def fault_redis_url(request: pytest.FixtureRequest,
 @pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES, *OTHER_BROKERS])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The broker URL: SQLite, Redis, Redis behind Sentinel and in a Cluster, Valkey
-    (those three run in ``make test-topologies``), PostgreSQL and RabbitMQ (its side
-    store in this test's directory; those two run in ``make test-brokers``).  A test that needs
+    (marked ``topology``), PostgreSQL and RabbitMQ (its side store in this test's
+    directory; marked ``other_brokers``).  A test that needs
     another set names it with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
