@@ -20,7 +20,7 @@ venv: $(STAMP)
 # part `make test` ran then). --dist loadfile keeps each file on one worker.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadfile --reruns 2 --reruns-delay 1 -rR
 
-# The whole suite, in one run: every broker and every Redis topology.
+# The whole suite, in one run: every broker, every Redis topology, and Valkey.
 test: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy
