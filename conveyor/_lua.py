@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from conveyor._redis import call
+from conveyor._redis import call, give_back, lend
 
 if TYPE_CHECKING:
     import redis
@@ -160,7 +160,7 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
     made it.  Returns the script's reply and how many replicas confirmed.
     """
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = lend(pool)
     try:
         try:
             conn.send_command("EVALSHA", script.sha, 0, *args)
@@ -173,7 +173,7 @@ def run_and_wait(client: redis.Redis, script: LuaScript, args: list[Any],
         conn.send_command("WAIT", replicas, max(1, int(timeout * 1000)))
         return reply, int(conn.read_response())
     finally:
-        pool.release(conn)
+        give_back(pool, conn)
 
 
 def ensure_loaded(client: redis.Redis, *scripts: LuaScript) -> None:

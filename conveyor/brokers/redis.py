@@ -119,6 +119,8 @@ from conveyor._redis import (
     RedisOptions,
     as_text,
     call_many,
+    give_back,
+    lend,
     parse_redis_url,
     retry_read,
     translate_errors,
@@ -246,7 +248,7 @@ class RedisBroker(Broker):
         pool = self._holder.client.connection_pool
         pending: list[tuple[int, int]] = []  # (start, size) sent, reply not read yet
         with self._chunk_errors(first, min(ENQUEUE_CHUNK, len(envelopes) - first), pending):
-            conn = pool.get_connection()
+            conn = lend(pool)
         try:
             for start in range(first, len(envelopes), ENQUEUE_CHUNK):
                 chunk = envelopes[start:start + ENQUEUE_CHUNK]
@@ -262,7 +264,7 @@ class RedisBroker(Broker):
         finally:
             if pending:  # replies left unread would answer the next caller's command
                 conn.disconnect()
-            pool.release(conn)
+            give_back(pool, conn)
 
     def _wait_on(self, conn: Any) -> None:
         """``WAIT`` after a batch, on the connection that wrote it (``wait_replicas``)."""
