@@ -139,8 +139,8 @@ DEFAULT_IDEMPOTENCY_TTL = 86400.0
 ENQUEUE_CHUNK = 1000  # messages per script call: bounds how long one call holds the server
 MAX_BLOCK = 1.0  # longest BLPOP before reserve runs again (catches anything missed)
 _SCRIPT_NAMES = (
-    "enqueue", "reserve", "ack", "extend", "requeue", "dead_letter", "stats", "purge",
-    "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
+    "enqueue", "enqueue_one", "reserve", "ack", "extend", "requeue", "dead_letter", "stats",
+    "purge", "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
     "take_rate_slot",
 )
 _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are deduplicated"
@@ -196,18 +196,21 @@ class RedisBroker(Broker):
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
+        """One script call: ``enqueue_one.lua`` for a message sent now without an
+        idempotency key (a plain ``.delay()``), ``enqueue.lua`` otherwise."""
+        name, args = _enqueue_call(envelope)
         wanted = self._options.wait_replicas
         if not wanted:
             try:
-                reply = self._run("enqueue", *_envelope_args(envelope))
+                reply = self._run(name, *args)
             except CONNECTION_ERRORS:  # the same translation, entered only on failure
                 with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
                     raise
             return as_text(reply[1]) if reply else envelope.id
         with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
             reply, confirmed = run_and_wait(
-                self._holder.client, self._scripts["enqueue"],
-                [self._prefix, *_envelope_args(envelope)], wanted, self._options.wait_timeout)
+                self._holder.client, self._scripts[name], [self._prefix, *args], wanted,
+                self._options.wait_timeout)
             self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
 
@@ -549,6 +552,18 @@ def _chunk_args(chunk: Sequence[Envelope]) -> list[str | bytes]:
         append(header)
         append(body)
     return args
+
+
+def _enqueue_call(env: Envelope) -> tuple[str, tuple[Any, ...]]:
+    """The script for one envelope and its arguments after the prefix."""
+    if env.eta is not None or env.idempotency_key is not None:
+        return "enqueue", _envelope_args(env)
+    priority = env.priority
+    if priority.__class__ is not int or not 0 <= priority <= MAX_PRIORITY:
+        priority = min(max(int(priority), 0), MAX_PRIORITY)
+    if "\n" in env.id or "\n" in env.queue:  # refused as enqueue.lua's header would be
+        _refuse_newline(env)
+    return "enqueue_one", (env.id, env.queue, priority, env.body)
 
 
 def _envelope_args(env: Envelope) -> tuple[str, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,43 @@ def test_send_many_on_redis_stores_every_call(redis_url: str) -> None:
     got = app.broker.reserve(["default"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)
     assert [d.id for d in got] == [r.id for r in results]
     assert {d.priority for d in got} == {3}  # 4 is served in its step, 3 (priority_steps)
+
+
+def _contents(client: Any, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` (prefix removed) with its value, by type."""
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(f"{prefix}:*"):
+        kind = client.type(key).decode()
+        value: Any = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1),
+                      "string": client.get}[kind](key)
+        out[key.decode()[len(prefix):]] = value
+    return out
+
+
+def test_one_plain_message_is_stored_as_a_batch_of_one_would_be(redis_url: str) -> None:
+    """``enqueue`` of a plain message runs enqueue_one.lua, a batch enqueue.lua:
+    the keys they leave, and their answers, must be the same."""
+    one = RedisBroker(f"{redis_url}?prefix=one")
+    batch = RedisBroker(f"{redis_url}?prefix=batch")
+    sends = [Envelope(id="a", queue="q", body=b"first"),
+             Envelope(id="b", queue="q", body=b"urgent", priority=0),
+             Envelope(id="c", queue="other", body=b"low", priority=7),
+             Envelope(id="a", queue="q", body=b"again"),  # already stored: kept as it was
+             Envelope(id="d", queue="q", body=b"", priority=12)]  # clamped to 9
+    answers_one = [one.enqueue(e) for e in sends]
+    answers_batch = [batch.enqueue_many([e])[0] for e in sends]
+    assert answers_one == answers_batch == ["a", "b", "c", "a", "d"]
+    client = one._holder.client
+    stored = _contents(client, "one")
+    assert stored == _contents(client, "batch")
+    assert stored[":msg"][b"a"] == b"first"
+    assert [d.id for d in one.reserve(["q", "other"], 10, lease=30, timeout=0)] == [
+        "a", "b", "c", "d"]
+
+
+def test_a_newline_is_refused_on_the_one_message_path_too(broker: RedisBroker) -> None:
+    for bad in (Envelope(id="x\ny", queue="q", body=b""), Envelope(id="x", queue="q\n", body=b"")):
+        with pytest.raises(ValueError, match="contains a newline"):
+            broker.enqueue(bad)
+    assert broker.stats(["q"])[0].ready == 0
