@@ -22,6 +22,7 @@ from conveyor import _publishing as publishing
 from conveyor import _redact as redact
 from conveyor import _signing as signing
 from conveyor import _state, signals, states
+from conveyor import result as _result
 from conveyor._batching import MessageBatch
 from conveyor._config import (
     DEFAULT_BROKER_URL,
@@ -49,7 +50,6 @@ from conveyor.resultstores.record import Attempt, describe_exception
 from conveyor.task import Task, make_task, strip_no_effect, task_options
 
 if TYPE_CHECKING:
-    from conveyor import result as _result
     from conveyor._events import EventSink
     from conveyor._typing import (
         AnyTaskDecorator,
@@ -652,16 +652,12 @@ class Conveyor:
         self, task_id: str, task_name: str | None = None,
         parent: _result.AsyncResult | None = None,
     ) -> _result.AsyncResult:
-        from conveyor.result import AsyncResult
-
-        return AsyncResult(task_id, app=self, task_name=task_name, parent=parent)
+        return _result.AsyncResult(task_id, app=self, task_name=task_name, parent=parent)
 
     def GroupResult(
         self, group_id: str, results: Sequence[_result.AsyncResult]
     ) -> _result.GroupResult:
-        from conveyor.result import GroupResult
-
-        return GroupResult(group_id, list(results), app=self)
+        return _result.GroupResult(group_id, list(results), app=self)
 
     def store_state(self, request: Request, state: str, result: Any = None,
                     exc: BaseException | None = None, traceback: str | None = None,
