@@ -33,6 +33,7 @@ from conveyor._config import (
     values_from_object,
 )
 from conveyor._context import Request, running_request
+from conveyor._gc import paused as paused_gc
 from conveyor._message import (
     Message,
     eta_timestamp,
@@ -545,17 +546,16 @@ class Conveyor:
         if refused:
             raise TypeError(f"send_many() sends many messages; {', '.join(refused)} "
                             "names one (use apply_async)")
-        ids, envelopes = self._batch(name, [_split_call(call) for call in calls], options)
+        with paused_gc():  # as a group's send (conveyor._gc)
+            ids, envelopes = self._batch(name, [_split_call(call) for call in calls], options)
 
-        def send() -> None:
-            self.broker.enqueue_many(envelopes)
-            publishing.after_envelopes(envelopes)
+            def send() -> None:
+                self.broker.enqueue_many(envelopes)
+                publishing.after_envelopes(envelopes)
 
-        if envelopes and not (on_commit and signals.defer_until_commit(send)):
-            send()
-        from conveyor.result import AsyncResult
-
-        return [AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
+            if envelopes and not (on_commit and signals.defer_until_commit(send)):
+                send()
+            return [_result.AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
 
     def _batch(self, name: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
                options: dict[str, Any]) -> tuple[list[str], list[Envelope]]:
