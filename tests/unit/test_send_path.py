@@ -298,7 +298,7 @@ def test_a_plain_delay_sends_the_bytes_the_general_path_would(settings: dict[str
     assert "shop.pay" in app._plain  # (the template path was taken)
 
 
-def test_a_changed_setting_reaches_the_next_delay() -> None:
+def test_a_changed_setting_or_task_option_reaches_the_next_delay() -> None:
     app = make_app()
 
     @app.task(name="t.x")
@@ -310,6 +310,10 @@ def test_a_changed_setting_reaches_the_next_delay() -> None:
     x.delay()
     _, sent = _one_stored(app, "elsewhere")
     assert sent.queue == "elsewhere"
+    x.priority = 6  # as Celery code does: the task's options are replaced
+    x.delay()
+    _, sent = _one_stored(app, "elsewhere")
+    assert sent.priority == 6
 
 
 def test_a_delay_inside_a_task_records_its_parent() -> None:
