@@ -13,6 +13,8 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 * ``conveyor.dead`` -- direct exchange; routing key ``Q`` reaches
   ``conveyor.dead.Q``, a durable classic queue of dead letters whose reason is
   the ``x-conveyor-reason`` header.
+* ``conveyor.revocations`` -- a stream of revocations, each worker process's
+  source for its own copy of the revoked ids (:mod:`conveyor._amqp_revocations`).
 * ``conveyor.queues`` -- a classic queue holding one message per work queue
   created in the vhost (its name), so that ``queues()`` can list them.
 * ``conveyor.delay.Q.<k>`` for k = LEVELS-1 .. 0 -- a topic exchange and a
@@ -46,6 +48,7 @@ _OPTIONS: dict[str, type] = {
     "state_url": str,
     "connect_timeout": float,
     "blocked_connection_timeout": float,
+    "revocations_kept": float,
 }
 
 
@@ -64,6 +67,7 @@ class AMQPOptions:
     state_url: str
     connect_timeout: float
     blocked_connection_timeout: float
+    revocations_kept: float = 7 * 86400.0  # the revocation stream's retention (seconds)
 
     @property
     def place(self) -> str:
@@ -106,7 +110,8 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         heartbeat=settings.get("heartbeat"), queue_type=queue_type,
         state_url=str(state_url or ""),
         connect_timeout=float(settings.get("connect_timeout", 4.0)),
-        blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0))
+        blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0),
+        revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0))
 
 
 def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,

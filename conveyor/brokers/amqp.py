@@ -11,7 +11,10 @@ Each process consumes on one connection and publishes on another
 alarm never stalls acknowledgements (docs/decisions/0022-rabbitmq-reconnection.md).
 Every publish waits for the publisher confirm.  Idempotency keys,
 revocations and beat leases live in the store named by ``state_url`` (a
-sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up.
+sqlite or redis Conveyor broker), because RabbitMQ cannot look a key up;
+revocations are also appended to a stream, from which each consuming
+process keeps its own copy, so that a lease is checked without a round trip
+(:mod:`conveyor._amqp_revocations`).
 
 Delivery counts: a republished message (requeue, delay) carries the count so
 far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
@@ -37,10 +40,11 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from conveyor import _amqp, _amqp_guard
+from conveyor import _amqp, _amqp_guard, _amqp_revocations
 from conveyor._amqp_confirms import Confirms
 from conveyor._amqp_guard import Guards, Verdict
 from conveyor._amqp_link import Link
+from conveyor._amqp_revocations import Feed
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import BrokerUnavailable
 
@@ -54,6 +58,7 @@ _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
+_POLL_EVERY = 0.1  # seconds: extend reads the socket (heartbeats, a dropped link) this often
 _Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
 
 
@@ -120,6 +125,10 @@ class AMQPBroker(Broker):
         self._pushed: dict[str, collections.deque[_Pushed]] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
+        self._feed = Feed(self._opts.revocations_kept)
+        self._stream_on = -1  # the publishing link's generation the stream was checked on
+        self._stream_refused: str | None = None
+        self._read_at = 0.0  # monotonic: the consuming link's socket was last read
 
     # -- connections -------------------------------------------------------------
     def _forget_leases(self) -> None:
@@ -129,6 +138,7 @@ class AMQPBroker(Broker):
         self._leases.clear()
         self._pushed.clear()
         self._consumers.clear()
+        self._feed.forget_connection()
 
     def _declared_clear(self) -> None:
         self._declared.clear()
@@ -301,7 +311,20 @@ class AMQPBroker(Broker):
                                                        reroutes))
         for reroute in reroutes:  # outside the consuming lock: an alarm may block these
             self._reroute(reroute)
+        if self._feed.marker_due():
+            self._append_marker()
         return got
+
+    def _append_marker(self) -> None:
+        """Append a marker for the revocation feed (until the feed is complete, leases
+        carry no revocation flag and the worker asks the side store)."""
+        try:
+            self._publisher.run(lambda ch: _confirmed(
+                ch, "", _amqp_revocations.STREAM, b"", _amqp_revocations.marker()),
+                attempts=1)
+        except BrokerUnavailable:
+            return  # tried again at the next reserve
+        self._feed.marked()
 
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
               lease: float, poll: bool, reroutes: list[_Reroute]) -> list[Delivery]:
@@ -311,7 +334,9 @@ class AMQPBroker(Broker):
         for queue in queues:
             self._declare(self._consumer, queue)
             self._consume(ch, queue, count)
+        self._feed.subscribe(ch.connection, self._consumer.generation)
         ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
+        self._read_at = time.monotonic()
         out: list[Delivery] = []
         for queue in queues:
             before = len(out)
@@ -407,9 +432,12 @@ class AMQPBroker(Broker):
             if verdict is Verdict.PARK:
                 return _Reroute(queue, method.delivery_tag, self._consumer.generation, props,
                                 body, time.time() + lease / 2, base + redelivered, parked=True)
-        delivery = Delivery(id=str(props.message_id), queue=queue, body=body,
+        message_id = str(props.message_id)
+        delivery = Delivery(id=message_id, queue=queue, body=body,
                             deliveries=base + redelivered + 1, token=token,
-                            priority=max(0, MAX_PRIORITY - (props.priority or 0)))
+                            priority=max(0, MAX_PRIORITY - (props.priority or 0)),
+                            # retries are <task id>~<n>; revocations name the task id
+                            revoked=self._feed.flag(message_id.split("~", 1)[0]))
         now = time.monotonic()
         self._leases[token] = _Lease(queue, method.delivery_tag, self._consumer.generation,
                                      now, now + lease, delivery, props)
@@ -491,6 +519,7 @@ class AMQPBroker(Broker):
                     acked.add(d.token)
                     tags.append(held.tag)
             self._ack_tags(ch, tags)
+            self._read_at = time.monotonic()  # the flush read the socket too
             return acked
         acked = self._settle(op, set[str]())
         return [not self._mine(d) or d.token in acked or d.token in settled
@@ -590,7 +619,12 @@ class AMQPBroker(Broker):
                     held.deadline = now + lease
                 out.append(held is not None)
                 aged.append(held is not None and now - held.since >= lease)
-            ch.connection.process_data_events(0)  # answer heartbeats on a busy worker
+            # Answer heartbeats on a busy worker, and see a dropped connection; a
+            # reserve or an ack a moment ago read the socket already (the check
+            # before each task starts comes right after one).
+            if now - self._read_at >= _POLL_EVERY:
+                ch.connection.process_data_events(0)
+                self._read_at = now
             return out
         kept = self._settle(op, [False] * len(deliveries))
         if len(aged) != len(deliveries):
@@ -702,7 +736,26 @@ class AMQPBroker(Broker):
 
     # -- control plane: in the state store ---------------------------------------------
     def revoke(self, ids: Sequence[str], ttl: float, terminate: bool = False) -> None:
+        """Into the side store (exact, and what a process whose copy is incomplete
+        asks), then onto the revocation stream that feeds the workers' copies."""
+        if not ids:
+            return
         self._state.revoke(ids, ttl, terminate)
+        if ttl > self._opts.revocations_kept:
+            _log.warning("revoking for %gs, longer than the revocation stream keeps records "
+                         "(revocations_kept=%gs): a worker started after that learns of it "
+                         "only through revoked()", ttl, self._opts.revocations_kept)
+        body, props = _amqp_revocations.record(list(ids), ttl, terminate)
+
+        def op(ch: BlockingChannel) -> None:
+            if self._stream_on != self._publisher.generation:
+                assert self._publisher.conn is not None
+                self._stream_refused = _amqp_revocations.ensure_stream(
+                    self._publisher.conn, self._opts.revocations_kept)
+                self._stream_on = self._publisher.generation
+            if self._stream_refused is None:
+                _confirmed(ch, "", _amqp_revocations.STREAM, body, props)
+        self._publisher.run(op)
 
     def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
         return self._state.revoked(ids)

@@ -41,6 +41,7 @@ def test_place_never_shows_the_password() -> None:
     ({"heartbeat": "often"}, "heartbeat"),
     ({"blocked_connection_timeout": 0}, "blocked_connection_timeout"),
     ({"blocked_connection_timeout": "never"}, "blocked_connection_timeout"),
+    ({"revocations_kept": -1}, "revocations_kept"),
 ])
 def test_options_that_do_not_apply_are_refused_by_name(options: dict, named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
@@ -51,6 +52,15 @@ def test_blocked_connection_timeout_defaults_to_a_minute_and_reads_the_url() -> 
     assert _amqp.parse_amqp_url("amqp://h//", STATE).blocked_connection_timeout == 60.0
     url = "amqp://h//?blocked_connection_timeout=2.5&state_url=sqlite:///s.db"
     assert _amqp.parse_amqp_url(url).blocked_connection_timeout == 2.5
+
+
+def test_the_revocation_stream_keeps_a_week_unless_told() -> None:
+    from conveyor import _amqp_revocations
+
+    assert _amqp.parse_amqp_url("amqp://h//", STATE).revocations_kept == 7 * 86400
+    url = "amqp://h//?revocations_kept=3600&state_url=sqlite:///s.db"
+    kept = _amqp.parse_amqp_url(url).revocations_kept
+    assert _amqp_revocations.stream_arguments(kept)["x-max-age"] == "3600s"
 
 
 def test_the_side_store_is_required_and_defaults_to_the_result_backend() -> None:
