@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import ssl
 import threading
 import time
@@ -416,6 +417,22 @@ class _DropsIdleOnFailure:
     closing them makes the next caller connect afresh (bounded by
     ``socket_connect_timeout``) instead of waiting ``socket_timeout`` on a
     dead socket.  A healthy server costs only the reconnects.
+
+    :meth:`lend` and :meth:`give_back` are the hot commands' way in and out
+    (:func:`call`, :func:`call_many`, scripts): redis-py's ``get_connection``
+    and ``release`` record metrics, dispatch an event, build a ``poll``
+    object and take the pool's lock twice per command, ~7 µs of CPU here
+    against ~1.3 µs for these (``docs/performance.md``, round two, second
+    pass).  They keep what matters of those: fork safety (another process
+    id sends the call through redis-py's own path, which resets the pool),
+    the lock around the pool's lists (threads, and greenlets under gevent,
+    which patches the lock), the check that an idle connection the server
+    closed, or that holds unread bytes, is reconnected before use, and the
+    rule above: anything but a clean, connected return goes back through
+    :meth:`release`, so a connection that failed is never lent again.
+    Skipped: redis-py's connection-count metrics (off unless an application
+    turns on redis-py's observability) and its re-authentication event (for
+    streaming credential providers, which Conveyor's URLs cannot configure).
     """
 
     def release(self, connection: Any) -> None:
@@ -423,6 +440,87 @@ class _DropsIdleOnFailure:
         super().release(connection)  # type: ignore[misc]
         if broke:
             self.disconnect(inuse_connections=False)  # type: ignore[attr-defined]
+
+    def lend(self) -> Any:
+        """An idle connection, checked and connected; a new one through redis-py."""
+        pool: Any = self
+        if pool.pid != os.getpid() or _POLL is None:
+            return pool.get_connection()  # after a fork: redis-py resets the pool
+        with pool._lock:
+            idle = pool._available_connections
+            connection = idle.pop() if idle else None
+            if connection is not None:
+                pool._in_use_connections.add(connection)
+        if connection is None:
+            return pool.get_connection()  # makes one (within max_connections)
+        try:
+            if connection._sock is None:  # dropped while idle (see release)
+                connection.connect()
+            elif _unclean(connection):
+                connection.disconnect()
+                connection.connect()
+        except BaseException:
+            pool.release(connection)
+            raise
+        return connection
+
+    def give_back(self, connection: Any) -> None:
+        """Return a lent connection; one that failed goes through :meth:`release`."""
+        pool: Any = self
+        if (connection._sock is None or pool.pid != os.getpid()
+                or not pool.owns_connection(connection) or _must_reconnect(connection)):
+            pool.release(connection)
+            return
+        with pool._lock:
+            try:
+                pool._in_use_connections.remove(connection)
+            except KeyError:  # not ours any more (the pool was reset)
+                return
+            pool._available_connections.append(connection)
+
+
+# select.poll, as redis-py's own check uses it (gevent patches it cooperatively);
+# None where it does not exist (Windows), and lending takes redis-py's path.
+_POLL: Any = getattr(select, "poll", None)
+
+
+def _unclean(connection: Any) -> bool:
+    """Does an idle connection hold unread bytes or an end of file (server closed it)?
+
+    One ``poll(0)`` on a poll object kept with the connection while its socket
+    lives; bytes a TLS socket already decrypted count too.  redis-py asks its
+    parser instead, building a poll object each time.
+    """
+    sock = connection._sock
+    kept = connection.__dict__.get("_conveyor_poll")
+    if kept is None or kept[0] is not sock:
+        poller = _POLL()
+        poller.register(sock, select.POLLIN)
+        kept = connection._conveyor_poll = (sock, poller, getattr(sock, "pending", None))
+    if kept[2] is not None and kept[2]():
+        return True
+    return bool(kept[1].poll(0))
+
+
+def _must_reconnect(connection: Any) -> bool:
+    """redis-py 8's flag for a connection its maintenance notifications moved."""
+    flag = getattr(connection, "should_reconnect", None)
+    return bool(flag is not None and flag())
+
+
+def lend(pool: Any) -> Any:
+    """A connection from ``pool``: :meth:`_DropsIdleOnFailure.lend`, or redis-py's path."""
+    if isinstance(pool, _DropsIdleOnFailure):
+        return pool.lend()
+    return pool.get_connection()
+
+
+def give_back(pool: Any, connection: Any) -> None:
+    """Return what :func:`lend` gave."""
+    if isinstance(pool, _DropsIdleOnFailure):
+        pool.give_back(connection)
+    else:
+        pool.release(connection)
 
 
 class DroppingPool(_DropsIdleOnFailure, redis.ConnectionPool):
@@ -629,19 +727,21 @@ def call(client: redis.Redis, *args: Any) -> Any:
     observability and reply-callback layers: ~15 µs of CPU per command on the
     benchmark VM (a quarter of a small command's client cost).  Conveyor
     turns retries off and reads raw replies anyway, so hot paths (one or more
-    commands per task) call this instead.  An error reply is raised and the
-    connection stays usable; any other failure while sending or reading (a
-    broken socket, a timeout, an interrupt) makes redis-py's connection
-    disconnect itself before it goes back to the pool, so no later caller
-    reads this command's reply (``tests/integration/test_redis_call.py``).
+    commands per task) call this instead, and a Conveyor pool lends the
+    connection without redis-py's checkout path (:func:`lend`).  An error
+    reply is raised and the connection stays usable; any other failure while
+    sending or reading (a broken socket, a timeout, an interrupt) makes
+    redis-py's connection disconnect itself before it goes back to the pool,
+    so no later caller reads this command's reply, and the pool drops its
+    idle siblings (``tests/integration/test_redis_call.py``).
     """
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = lend(pool)
     try:
         conn.send_command(*args)
         return conn.read_response()
     finally:
-        pool.release(conn)
+        give_back(pool, conn)
 
 
 def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
@@ -655,7 +755,7 @@ def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
     disconnects it, as in :func:`call`.
     """
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = lend(pool)
     try:
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
@@ -666,4 +766,4 @@ def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
                 replies.append(exc)
         return replies
     finally:
-        pool.release(conn)
+        give_back(pool, conn)

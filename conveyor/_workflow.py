@@ -49,6 +49,7 @@ from conveyor import _publishing as publishing
 from conveyor import signals, states
 from conveyor._batching import MessageBatch, Prebuilt
 from conveyor._context import Request, running_request
+from conveyor._gc import paused as paused_gc
 from conveyor._serialization import (
     JSON,
     check_accepted,
@@ -235,16 +236,19 @@ def send(app: Conveyor, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, A
 
     Messages are built (and arguments checked) now; with ``on_commit`` (default:
     ``task_enqueue_on_commit``) they are written when the caller's open
-    database transaction commits, as single tasks are.
+    database transaction commits, as single tasks are.  The garbage collector
+    waits meanwhile (:mod:`conveyor._gc`: a group of 20,000 would otherwise
+    spend a fifth of its time in collections that find nothing).
     """
-    frozen = node.freeze()
-    plan = Plan(app)
-    launch(plan, frozen, args, kwargs, (), None)
-    if on_commit is None:
-        on_commit = app.conf.task_enqueue_on_commit
-    if not (on_commit and signals.defer_until_commit(plan.commit)):
-        plan.commit()
-    return result_of(app, frozen, None, FINAL)
+    with paused_gc():
+        frozen = node.freeze()
+        plan = Plan(app)
+        launch(plan, frozen, args, kwargs, (), None)
+        if on_commit is None:
+            on_commit = app.conf.task_enqueue_on_commit
+        if not (on_commit and signals.defer_until_commit(plan.commit)):
+            plan.commit()
+        return result_of(app, frozen, None, FINAL)
 
 
 def launch(plan: Plan, node: Canvas, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -30,6 +30,7 @@ from conveyor import states
 from conveyor._context import current_request
 from conveyor._retry import Backoff, backoff_for
 from conveyor._typing import A, P, Q, R, T
+from conveyor.canvas import Signature
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from conveyor._config import Settings
     from conveyor._eager import EagerResult
     from conveyor.app import Conveyor
-    from conveyor.canvas import Canvas, Signature
+    from conveyor.canvas import Canvas
     from conveyor.canvas import chunks as Chunks
     from conveyor.einfo import ExceptionInfo
     from conveyor.result import AsyncResult
@@ -486,8 +487,6 @@ class Task(Generic[P, R]):
         the first (the chain idiom ``add.s(3)``, the previous result coming
         first); other partial forms need :meth:`signature` (docs/typing.md).
         """
-        from conveyor.canvas import Signature
-
         return Signature._call(self._signature_name(), args, kwargs, False, self._app)
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
@@ -495,8 +494,6 @@ class Task(Generic[P, R]):
 
         It is called with exactly these arguments, so they are checked in full.
         """
-        from conveyor.canvas import Signature
-
         return Signature._call(self._signature_name(), args, kwargs, True, self._app)
 
     def _signature_name(self) -> str:
@@ -507,8 +504,6 @@ class Task(Generic[P, R]):
 
     def signature(self, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Signature[R]:
-        from conveyor.canvas import Signature
-
         immutable = bool(options.pop("immutable", False))
         return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options,
                          immutable=immutable, app=self._app)

@@ -119,6 +119,8 @@ from conveyor._redis import (
     RedisOptions,
     as_text,
     call_many,
+    give_back,
+    lend,
     parse_redis_url,
     retry_read,
     translate_errors,
@@ -137,8 +139,8 @@ DEFAULT_IDEMPOTENCY_TTL = 86400.0
 ENQUEUE_CHUNK = 1000  # messages per script call: bounds how long one call holds the server
 MAX_BLOCK = 1.0  # longest BLPOP before reserve runs again (catches anything missed)
 _SCRIPT_NAMES = (
-    "enqueue", "reserve", "ack", "extend", "requeue", "dead_letter", "stats", "purge",
-    "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
+    "enqueue", "enqueue_plain", "reserve", "ack", "extend", "requeue", "dead_letter", "stats",
+    "purge", "dead_letters", "replay_dead", "discard_dead", "acquire_lease", "release_lease",
     "take_rate_slot",
 )
 _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are deduplicated"
@@ -194,18 +196,21 @@ class RedisBroker(Broker):
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
+        """One script call: ``enqueue_plain.lua`` for a message sent now without an
+        idempotency key (a plain ``.delay()``), ``enqueue.lua`` otherwise."""
+        name, args = _enqueue_call(envelope)
         wanted = self._options.wait_replicas
         if not wanted:
             try:
-                reply = self._run("enqueue", *_envelope_args(envelope))
+                reply = self._run(name, *args)
             except CONNECTION_ERRORS:  # the same translation, entered only on failure
                 with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
                     raise
             return as_text(reply[1]) if reply else envelope.id
         with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
             reply, confirmed = run_and_wait(
-                self._holder.client, self._scripts["enqueue"],
-                [self._prefix, *_envelope_args(envelope)], wanted, self._options.wait_timeout)
+                self._holder.client, self._scripts[name], [self._prefix, *args], wanted,
+                self._options.wait_timeout)
             self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
 
@@ -222,6 +227,10 @@ class RedisBroker(Broker):
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
         """One script call per 1,000 messages, each atomic on its own, two in flight.
 
+        A chunk whose messages share a queue and priority and have no ETA and
+        no idempotency key (a group's members) goes to ``enqueue_plain.lua``,
+        which needs no per-message header; any other to ``enqueue.lua``.
+
         Chunk *k+1* is packed and sent before chunk *k*'s reply is read, so
         Redis runs one chunk while Python prepares the next.  If the server
         goes away part way, the error says how many messages were already
@@ -236,7 +245,8 @@ class RedisBroker(Broker):
             self._enqueue_pipelined(envelopes, 0, owners)
         except _ScriptMissing as missing:
             with self._errors("enqueue_many (loading the script)", _ENQUEUE_RETRY_HINT):
-                load(self._holder.client, self._scripts["enqueue"])
+                for name in ("enqueue", "enqueue_plain"):
+                    load(self._holder.client, self._scripts[name])
             self._enqueue_pipelined(envelopes, missing.start, owners)
         return owners
 
@@ -246,13 +256,13 @@ class RedisBroker(Broker):
         pool = self._holder.client.connection_pool
         pending: list[tuple[int, int]] = []  # (start, size) sent, reply not read yet
         with self._chunk_errors(first, min(ENQUEUE_CHUNK, len(envelopes) - first), pending):
-            conn = pool.get_connection()
+            conn = lend(pool)
         try:
             for start in range(first, len(envelopes), ENQUEUE_CHUNK):
                 chunk = envelopes[start:start + ENQUEUE_CHUNK]
                 with self._chunk_errors(start, len(chunk), pending):
-                    conn.send_command("EVALSHA", self._scripts["enqueue"].sha, 0, self._prefix,
-                                      *_chunk_args(chunk))
+                    name, args = _chunk_call(chunk)
+                    conn.send_command("EVALSHA", self._scripts[name].sha, 0, self._prefix, *args)
                 pending.append((start, len(chunk)))
                 if len(pending) == 2:
                     self._read_chunk(conn, pending, owners)
@@ -262,7 +272,7 @@ class RedisBroker(Broker):
         finally:
             if pending:  # replies left unread would answer the next caller's command
                 conn.disconnect()
-            pool.release(conn)
+            give_back(pool, conn)
 
     def _wait_on(self, conn: Any) -> None:
         """``WAIT`` after a batch, on the connection that wrote it (``wait_replicas``)."""
@@ -549,11 +559,43 @@ def _chunk_args(chunk: Sequence[Envelope]) -> list[str | bytes]:
     return args
 
 
-def _envelope_args(env: Envelope) -> tuple[str, bytes]:
-    """The header and body enqueue.lua reads (see its comment for the format)."""
+def _enqueue_call(env: Envelope) -> tuple[str, Sequence[Any]]:
+    """The script for one envelope and its arguments after the prefix."""
+    if env.eta is not None or env.idempotency_key is not None:
+        return "enqueue", _envelope_args(env)
+    if "\n" in env.id or "\n" in env.queue:  # refused as enqueue.lua's header would be
+        _refuse_newline(env)
+    return "enqueue_plain", (env.queue, _priority(env), env.id, env.body)
+
+
+def _chunk_call(chunk: Sequence[Envelope]) -> tuple[str, Sequence[Any]]:
+    """The script for a chunk and its arguments after the prefix: enqueue_plain.lua's
+    (queue, priority, then id and body each) when every message allows it."""
+    queue, priority = chunk[0].queue, chunk[0].priority
+    args: list[Any] = [queue, _priority(chunk[0])]
+    append = args.append
+    for env in chunk:
+        if (env.eta is not None or env.idempotency_key is not None or env.queue != queue
+                or env.priority != priority or "\n" in env.id):
+            return "enqueue", _chunk_args(chunk)
+        append(env.id)
+        append(env.body)
+    if "\n" in queue:
+        _refuse_newline(chunk[0])
+    return "enqueue_plain", args
+
+
+def _priority(env: Envelope) -> int:
+    """The envelope's priority as the scripts take it: an int clamped to 0..9."""
     priority = env.priority
     if priority.__class__ is not int or not 0 <= priority <= MAX_PRIORITY:
         priority = min(max(int(priority), 0), MAX_PRIORITY)
+    return priority
+
+
+def _envelope_args(env: Envelope) -> tuple[str, bytes]:
+    """The header and body enqueue.lua reads (see its comment for the format)."""
+    priority = _priority(env)
     eta = "" if env.eta is None else _ms(env.eta)
     key = env.idempotency_key
     if key is None:

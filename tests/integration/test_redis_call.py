@@ -8,6 +8,8 @@ the server forgot is loaded again.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import redis
 
 from conveyor import _lua, states
 from conveyor._events import TOTALS, Batch, TaskEntry
-from conveyor._redis import call, call_many
+from conveyor._redis import call, call_many, new_client, parse_redis_url
 from conveyor.eventstores.redis import RedisEventStore
 from conveyor.resultstores.record import Attempt
 from conveyor.resultstores.redis import RedisResultStore
@@ -117,3 +119,90 @@ def test_scripts_in_a_pipeline_are_loaded_before_it_is_sent(
     finally:
         client.close()
         store.close()
+
+
+# -- the lending path of Conveyor's own pools (conveyor._redis.lend/give_back) --------
+
+@pytest.fixture
+def pooled(redis_url: str) -> Iterator[redis.Redis]:
+    """A client as the broker and stores build one (a DroppingPool)."""
+    c = new_client(parse_redis_url(redis_url, {"socket_timeout": 0.3}).client_kwargs)
+    yield c
+    c.close()
+
+
+def test_threads_sharing_a_pool_each_read_their_own_replies(pooled: redis.Redis) -> None:
+    wrong: list[tuple[bytes, object]] = []
+
+    def echo(n: int) -> None:
+        for i in range(300):
+            mine = f"{n}-{i}".encode()
+            got = call(pooled, "ECHO", mine)
+            if got != mine:
+                wrong.append((mine, got))
+
+    threads = [threading.Thread(target=echo, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert wrong == []
+    pool = pooled.connection_pool
+    assert pool._in_use_connections == set()  # type: ignore[attr-defined]
+    assert 1 <= len(pool._available_connections) <= 8  # type: ignore[attr-defined]
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_before_use(
+        pooled: redis.Redis, redis_url: str) -> None:
+    first = call(pooled, "CLIENT", "ID")
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_id=first) == 1
+    killer.close()
+    # The server closed it while idle: the next call must not fail on it
+    # (an enqueue sent there would raise "may or may not have taken effect").
+    second = call(pooled, "CLIENT", "ID")
+    assert second != first
+    assert call(pooled, "CLIENT", "ID") == second  # and the new one is kept
+
+
+def test_a_connection_holding_unread_bytes_is_not_lent(pooled: redis.Redis) -> None:
+    first = call(pooled, "CLIENT", "ID")
+    conn = pooled.connection_pool._available_connections[0]  # type: ignore[attr-defined]
+    conn.send_command("ECHO", b"stray")  # a reply nobody will read
+    deadline = time.monotonic() + 5
+    while not conn.can_read() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert call(pooled, "ECHO", b"mine") == b"mine"
+    assert call(pooled, "CLIENT", "ID") != first
+
+
+def test_a_connection_that_failed_is_dropped_with_its_idle_siblings(
+        pooled: redis.Redis, key: str) -> None:
+    pool = pooled.connection_pool
+    held = [pool.lend() for _ in range(3)]  # type: ignore[attr-defined]
+    for conn in held:
+        pool.give_back(conn)  # type: ignore[attr-defined]
+    with pytest.raises(redis.TimeoutError):
+        call(pooled, "BLPOP", f"{key}:list", 2)  # outlives the 0.3 s socket timeout
+    idle = pool._available_connections  # type: ignore[attr-defined]
+    assert len(idle) == 3 and all(c._sock is None for c in idle)
+    assert call(pooled, "PING") in (b"PONG", True)
+
+
+def test_a_forked_child_opens_its_own_connection(pooled: redis.Redis) -> None:
+    parent_id = call(pooled, "CLIENT", "ID")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection's id, never touch the parent's
+        try:
+            os.write(write, str(call(pooled, "CLIENT", "ID")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child_id = int(os.read(read, 64) or b"0")
+    os.close(read)
+    assert status == 0
+    assert child_id not in (0, parent_id)
+    assert call(pooled, "CLIENT", "ID") == parent_id  # the parent's socket was left alone

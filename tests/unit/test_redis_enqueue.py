@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
 from conveyor import Conveyor
 from conveyor._lua import LuaScript
 from conveyor.brokers.base import Envelope
-from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker
+from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker, _chunk_args
 
 
 def envelopes(n: int, queue: str = "q") -> list[Envelope]:
@@ -26,8 +27,9 @@ def test_a_script_the_server_lacks_is_loaded_and_the_refused_chunks_sent_again(
 ) -> None:
     # A script text this server has never seen stands in for a restarted or
     # flushed server (SCRIPT FLUSH would disturb everyone sharing it).
-    text = broker._scripts["enqueue"].script + f"\n-- {uuid.uuid4().hex}\n"
-    broker._scripts["enqueue"] = LuaScript(text)
+    for name in ("enqueue", "enqueue_plain"):
+        text = broker._scripts[name].script + f"\n-- {uuid.uuid4().hex}\n"
+        broker._scripts[name] = LuaScript(text)
     envs = envelopes(2 * ENQUEUE_CHUNK + 500)
     assert broker.enqueue_many(envs + envs[:3]) == [e.id for e in envs + envs[:3]]
     got = broker.reserve(["q"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)
@@ -62,3 +64,57 @@ def test_send_many_on_redis_stores_every_call(redis_url: str) -> None:
     got = app.broker.reserve(["default"], 3 * ENQUEUE_CHUNK, lease=30, timeout=0)
     assert [d.id for d in got] == [r.id for r in results]
     assert {d.priority for d in got} == {3}  # 4 is served in its step, 3 (priority_steps)
+
+
+def _contents(client: Any, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` (prefix removed) with its value, by type."""
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(f"{prefix}:*"):
+        kind = client.type(key).decode()
+        value: Any = {"hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1),
+                      "string": client.get}[kind](key)
+        out[key.decode()[len(prefix):]] = value
+    return out
+
+
+def _general(broker: RedisBroker, envelopes: list[Envelope]) -> list[str]:
+    """Send through enqueue.lua, whatever the messages (the reference)."""
+    reply = broker._run("enqueue", *_chunk_args(envelopes))
+    owners = [e.id for e in envelopes]
+    for i in range(0, len(reply), 2):
+        owners[int(reply[i]) - 1] = reply[i + 1].decode()
+    return owners
+
+
+def test_plain_messages_are_stored_as_enqueue_lua_stores_them(redis_url: str) -> None:
+    """Plain messages go to enqueue_plain.lua, one or a chunk at a time; the keys
+    it leaves and its answers must be enqueue.lua's."""
+    plain = RedisBroker(f"{redis_url}?prefix=plain")
+    general = RedisBroker(f"{redis_url}?prefix=general")
+    singles = [Envelope(id="a", queue="q", body=b"first"),
+               Envelope(id="c", queue="other", body=b"low", priority=7),
+               Envelope(id="a", queue="q", body=b"again"),  # already stored: kept as it was
+               Envelope(id="d", queue="q", body=b"", priority=12)]  # clamped to 9
+    batch = [Envelope(id=f"b{i}", queue="q", body=f"b{i}".encode(), priority=3)
+             for i in range(5)]
+    batch[3] = Envelope(id="b1", queue="q", body=b"twice in one batch", priority=3)
+    batch.append(Envelope(id="c", queue="q", body=b"stored before", priority=3))
+    answers = [plain.enqueue(e) for e in singles] + plain.enqueue_many(batch)
+    expected = [_general(general, [e])[0] for e in singles] + _general(general, batch)
+    assert answers == expected == ["a", "c", "a", "d", "b0", "b1", "b2", "b1", "b4", "c"]
+    client = plain._holder.client
+    stored = _contents(client, "plain")
+    assert stored == _contents(client, "general")
+    assert stored[":msg"][b"a"] == b"first" and stored[":msg"][b"b1"] == b"b1"
+    assert [d.id for d in plain.reserve(["q", "other"], 20, lease=30, timeout=0)] == [
+        "a", "b0", "b1", "b2", "b4", "c", "d"]
+
+
+def test_a_newline_is_refused_on_the_plain_paths_too(broker: RedisBroker) -> None:
+    for bad in (Envelope(id="x\ny", queue="q", body=b""), Envelope(id="x", queue="q\n", body=b"")):
+        with pytest.raises(ValueError, match="contains a newline"):
+            broker.enqueue(bad)
+        with pytest.raises(ValueError, match="contains a newline"):
+            broker.enqueue_many([Envelope(id="fine", queue=bad.queue, body=b""), bad])
+    assert broker.stats(["q"])[0].ready == 0

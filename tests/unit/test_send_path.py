@@ -268,3 +268,103 @@ def test_send_many_on_commit_waits_for_the_transaction() -> None:
     assert _stored(app) == [] and len(held) == 1
     held[0]()
     assert [m.id for m in _stored(app)] == [r.id for r in results]
+
+
+# -- .delay() from a per-task template (Conveyor._send_plain) ------------------
+
+def _one_stored(app: Conveyor, queue: str = "default") -> tuple[bytes, Message]:
+    deliveries = app.broker.reserve([queue], 10, lease=30, timeout=0)
+    assert len(deliveries) == 1
+    return deliveries[0].body, Message.decode(deliveries[0].body, ["json", "pickle"])
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"task_serializer": "pickle", "accept_content": ["pickle"]},
+    {"task_routes": {"shop.*": {"queue": "shop", "priority": 3}}},
+])
+def test_a_plain_delay_sends_the_bytes_the_general_path_would(settings: dict[str, Any]) -> None:
+    app = make_app(**settings)
+
+    @app.task(name="shop.pay", priority=2)
+    def pay(*args: Any, **kwargs: Any) -> None: ...
+
+    queue = "shop" if "task_routes" in settings else "default"
+    for call in [((), {}), ((1, (2, 3)), {"note": "é"}), ((None,), {})]:
+        result = pay.delay(*call[0], **call[1])
+        body, sent = _one_stored(app, queue)
+        assert sent.id == result.id and (sent.args, sent.kwargs) == call
+        general = app.build_message("shop.pay", *call).evolve(id=sent.id, created=sent.created)
+        assert body == general.encode()
+    assert "shop.pay" in app._plain  # (the template path was taken)
+
+
+def test_a_changed_setting_or_task_option_reaches_the_next_delay() -> None:
+    app = make_app()
+
+    @app.task(name="t.x")
+    def x() -> None: ...
+
+    x.delay()
+    _one_stored(app)
+    app.conf.task_default_queue = "elsewhere"
+    x.delay()
+    _, sent = _one_stored(app, "elsewhere")
+    assert sent.queue == "elsewhere"
+    x.priority = 6  # as Celery code does: the task's options are replaced
+    x.delay()
+    _, sent = _one_stored(app, "elsewhere")
+    assert sent.priority == 6
+
+
+def test_a_delay_inside_a_task_records_its_parent() -> None:
+    app = make_app()
+
+    @app.task(name="t.x")
+    def x() -> None: ...
+
+    x.delay()  # the template exists now
+    _one_stored(app)
+    parent = Request(id="parent-id", task="t.parent", root_id="root-id")
+    token = push_request(parent)
+    try:
+        child = x.delay()
+    finally:
+        pop_request(token)
+    _, sent = _one_stored(app)
+    assert (sent.parent_id, sent.root_id) == ("parent-id", "root-id")
+    assert parent.children == [child.id]
+
+
+def test_a_receiver_connected_after_the_first_delay_sees_the_next() -> None:
+    app = make_app()
+
+    @app.task(name="t.x")
+    def x() -> None: ...
+
+    x.delay()
+    seen: list[str] = []
+
+    def receiver(sender: Any = None, headers: Any = None, **_: Any) -> None:
+        seen.append(headers["id"])
+        headers["added"] = "yes"
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        result = x.delay()
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen == [result.id]
+    sent = _stored(app)
+    assert sent[-1].headers == {"added": "yes"}
+
+
+def test_a_bad_argument_is_named_by_a_plain_delay() -> None:
+    app = make_app()
+
+    @app.task(name="t.x")
+    def x(value: Any) -> None: ...
+
+    x.delay(1)
+    with pytest.raises(SerializationError, match="positional argument 0"):
+        x.delay(object())
+    assert len(_stored(app)) == 1
