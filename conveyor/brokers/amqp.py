@@ -19,7 +19,10 @@ process keeps its own copy, so that a lease is checked without a round trip
 Delivery counts: a republished message (requeue, delay) carries the count so
 far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
 ``x-delivery-count`` (quorum queues: exact) or the ``redelivered`` flag
-(classic queues: at most one more, so a lower bound).
+(classic queues: at most one more, so a lower bound).  A delivery a dead prefork
+child held unstarted is taken off again: its supervisor records it in the side
+store, and a redelivered copy waits ``redelivery_wait`` for such verdicts
+before it runs (docs/decisions/0029-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 
 The queue layout is drawn in :mod:`conveyor._amqp`.
 """
@@ -46,13 +49,16 @@ from conveyor._amqp_guard import Guards, Verdict
 from conveyor._amqp_link import Link
 from conveyor._amqp_revocations import Feed
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
-from conveyor.exceptions import BrokerUnavailable
+from conveyor.exceptions import BrokerError, BrokerUnavailable
 
 T = TypeVar("T")
 _BATCH = 500  # publishes on the wire before waiting for their confirms
 _DELIVERIES = "x-conveyor-deliveries"
 _ETA = "x-conveyor-eta"
 _PARKED = "x-conveyor-parked"  # a redelivered copy waiting for its running holder
+# Uncounted-delivery records (``_amqp_guard.uncount``) already taken off the count
+# in x-conveyor-deliveries: a redelivery subtracts only the records beyond it.
+_FOLDED = "x-conveyor-uncounted"
 _REASON = "x-conveyor-reason"
 _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
@@ -86,6 +92,7 @@ class _Lease:
     deadline: float
     delivery: Delivery
     properties: pika.BasicProperties
+    folded: int  # uncounted deliveries taken off ``delivery.deliveries`` (``_FOLDED``)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class _Reroute:
     eta: float
     deliveries: int
     parked: bool
+    folded: int
 
 
 class AMQPBroker(Broker):
@@ -258,21 +266,25 @@ class AMQPBroker(Broker):
                     self._state.release_lease(_IDEMPOTENCY + e.idempotency_key, e.id)
 
     def _publish(self, queue: str, msg_id: str, body: bytes, priority: int,
-                 eta: float | None, deliveries: int, parked: bool = False) -> None:
+                 eta: float | None, deliveries: int, parked: bool = False,
+                 folded: int = 0) -> None:
         """Publish on the publishing link and wait for the confirm (pika's errors on a
         nack or a return; an alarm blocks it up to ``blocked_connection_timeout``)."""
         def op(ch: BlockingChannel) -> None:
-            self._send(ch, queue, msg_id, body, priority, eta, deliveries, parked)
+            self._send(ch, queue, msg_id, body, priority, eta, deliveries, parked, folded)
             Confirms.of(ch).wait()
         self._publisher.run(op)
 
     def _send(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
-              priority: int, eta: float | None, deliveries: int, parked: bool = False) -> None:
+              priority: int, eta: float | None, deliveries: int, parked: bool = False,
+              folded: int = 0) -> None:
         """Publish on the publishing link's channel ``ch`` without waiting: the
         caller waits for the confirms."""
         headers: dict[str, Any] = {_DELIVERIES: deliveries}
         if parked:
             headers[_PARKED] = 1
+        if folded:
+            headers[_FOLDED] = folded
         exchange, key = "", queue
         wait = (eta - time.time()) if eta is not None else 0.0
         if eta is not None and wait > _amqp.TICK / 2:
@@ -418,29 +430,38 @@ class AMQPBroker(Broker):
         drop it (``None``: settled elsewhere)."""
         headers = props.headers or {}
         base = int(headers.get(_DELIVERIES, 0))
+        folded = int(headers.get(_FOLDED, 0))
         eta = headers.get(_ETA)
         if eta is not None and int(eta) / 1000 - time.time() > 1.0:  # beyond the ladder's top
             return _Reroute(queue, method.delivery_tag, self._consumer.generation, props, body,
-                            int(eta) / 1000, base, parked=False)
+                            int(eta) / 1000, base, parked=False, folded=folded)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
+        message_id = str(props.message_id)
         token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        uncounted = 0
         if redelivered or headers.get(_PARKED):
-            verdict = self._guards.arrival(str(props.message_id), token, lease)
+            verdict = self._guards.arrival(message_id, token, lease,
+                                           parked=bool(headers.get(_PARKED)))
             if verdict is Verdict.DROP:
                 ch.basic_ack(method.delivery_tag)
+                _log.info("dropped a copy of %s handed out again: it was settled elsewhere",
+                          message_id)
                 return None
-            if verdict is Verdict.PARK:
+            if verdict is not Verdict.RUN:  # PARK: its holder runs it; WAIT: no verdict yet
+                wait = lease / 2 if verdict is Verdict.PARK else min(
+                    self._opts.redelivery_wait, lease / 4)
                 return _Reroute(queue, method.delivery_tag, self._consumer.generation, props,
-                                body, time.time() + lease / 2, base + redelivered, parked=True)
-        message_id = str(props.message_id)
+                                body, time.time() + wait, base + redelivered, parked=True,
+                                folded=folded)
+            uncounted = max(0, self._guards.uncounted(message_id) - folded)
         delivery = Delivery(id=message_id, queue=queue, body=body,
-                            deliveries=base + redelivered + 1, token=token,
+                            deliveries=max(1, base + redelivered + 1 - uncounted), token=token,
                             priority=max(0, MAX_PRIORITY - (props.priority or 0)),
                             # retries are <task id>~<n>; revocations name the task id
                             revoked=self._feed.flag(message_id.split("~", 1)[0]))
         now = time.monotonic()
         self._leases[token] = _Lease(queue, method.delivery_tag, self._consumer.generation,
-                                     now, now + lease, delivery, props)
+                                     now, now + lease, delivery, props, folded + uncounted)
         return delivery
 
     def _reroute(self, r: _Reroute) -> None:
@@ -450,7 +471,7 @@ class AMQPBroker(Broker):
         try:
             self._publish(r.queue, str(r.props.message_id), r.body,
                           MAX_PRIORITY - (r.props.priority or 0), r.eta, r.deliveries,
-                          parked=r.parked)
+                          parked=r.parked, folded=r.folded)
         except BrokerUnavailable as exc:
             _log.warning("could not re-publish %s (%s); handing it back",
                          r.props.message_id, exc)
@@ -554,7 +575,23 @@ class AMQPBroker(Broker):
         redelivery that beats this write runs once more; it cannot loop."""
         _amqp_guard.mark(self._state, delivery.id)
 
+    def _uncount_elsewhere(self, delivery: Delivery) -> None:
+        """Record that another process's delivery of ``delivery`` does not count (a dead
+        child held it unstarted); its redelivered copy, waiting ``redelivery_wait``,
+        subtracts it.  Without the side store it counts (logged): a lower limit."""
+        try:
+            _amqp_guard.uncount(self._state, delivery.id)
+        except BrokerError as exc:
+            _log.warning("cannot record %s as not started in the side store (%s): its "
+                         "redelivery counts towards max_deliveries", delivery.id, exc)
+
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        if not self._mine(delivery):
+            # A prefork supervisor handing back what a dead child held: RabbitMQ hands
+            # it out again by itself, counted; an unstarted one must not count.
+            if not count:
+                self._uncount_elsewhere(delivery)
+            return False
         held = self._take_lease(delivery)
         if held is None:  # its connection went: RabbitMQ (or a parked copy) has it
             self._guards.release(delivery)
@@ -562,7 +599,8 @@ class AMQPBroker(Broker):
         eta = time.time() + delay if delay > 0 else None
         seen = delivery.deliveries if count else delivery.deliveries - 1
         try:
-            self._publish(held.queue, delivery.id, delivery.body, delivery.priority, eta, seen)
+            self._publish(held.queue, delivery.id, delivery.body, delivery.priority, eta, seen,
+                          folded=held.folded)
         except BrokerUnavailable:
             self._settle_tag(held.generation, held.tag, ack=False)  # back at once instead
             self._guards.release(delivery)
