@@ -86,20 +86,20 @@ class Guards:
             guard = self._held.get(token)
             return guard is not None and guard.deadline > time.monotonic()
 
-    def arrival(self, message_id: str, token: str, lease: float, parked: bool) -> Verdict:
-        """Check a redelivered or ``parked`` message; ``RUN`` takes its running record.
+    def arrival(self, message_id: str, token: str, lease: float, waited: bool) -> Verdict:
+        """Check a redelivered or parked message; ``RUN`` takes its running record.
 
         The running record is read before the settled one: a holder writes
         *settled* before giving *running* up, so one of the two is always seen.
-        A copy RabbitMQ handed out again that finds neither has to ``WAIT`` (a
-        parked copy has waited already).  A side store out of reach runs the
-        message (at least once)."""
+        A copy RabbitMQ handed out again that finds neither has to ``WAIT``
+        unless it ``waited`` already (held back, or parked).  A side store out
+        of reach runs the message (at least once)."""
         try:
             if self._state.lease_holder(RUNNING + message_id) is not None:
                 return Verdict.PARK
             if self._state.lease_holder(SETTLED + message_id) is not None:
                 return Verdict.DROP
-            if not parked:
+            if not waited:
                 return Verdict.WAIT
             if not self._state.acquire_lease(RUNNING + message_id, token, lease):
                 return Verdict.PARK  # another receiver took it a moment ago

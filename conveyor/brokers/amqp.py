@@ -96,6 +96,18 @@ class _Lease:
 
 
 @dataclass(frozen=True)
+class _Waiting:
+    """A copy RabbitMQ handed out again, held unacknowledged on this channel until
+    ``due`` (``redelivery_wait``), then checked again: a dead holder's supervisor
+    has had time to settle it or record it as never started.  Held here, not
+    republished, so it keeps its place: it runs next, as RabbitMQ meant."""
+
+    queue: str
+    due: float  # monotonic
+    pushed: _Pushed
+
+
+@dataclass(frozen=True)
 class _Reroute:
     """A received message to publish again (through the delay ladder) before its
     delivery is acknowledged: an eta beyond the ladder's top, or a parked copy."""
@@ -131,6 +143,7 @@ class AMQPBroker(Broker):
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[_Pushed]] = {}
+        self._waiting: list[_Waiting] = []  # copies handed out again, not yet checked twice
         self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
         self._feed = Feed(self._opts.revocations_kept)
@@ -145,6 +158,7 @@ class AMQPBroker(Broker):
         self._declared.clear()
         self._leases.clear()
         self._pushed.clear()
+        self._waiting.clear()
         self._consumers.clear()
         self._feed.forget_connection()
 
@@ -375,13 +389,25 @@ class AMQPBroker(Broker):
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
                      out: list[Delivery], reroutes: list[_Reroute]) -> None:
+        """Lease what was pushed to ``queue``'s consumer, copies that waited first."""
+        now = time.monotonic()
+        for waited in [w for w in self._waiting if w.queue == queue and w.due <= now]:
+            if len(out) >= count:
+                return
+            self._waiting.remove(waited)
+            self._keep(self._leased(ch, queue, *waited.pushed, lease, waited=True),
+                       out, reroutes)
         pushed = self._pushed.get(queue)
         while pushed and len(out) < count:
-            got = self._leased(ch, queue, *pushed.popleft(), lease)
-            if isinstance(got, Delivery):
-                out.append(got)
-            elif isinstance(got, _Reroute):
-                reroutes.append(got)
+            self._keep(self._leased(ch, queue, *pushed.popleft(), lease), out, reroutes)
+
+    @staticmethod
+    def _keep(got: Delivery | _Reroute | None, out: list[Delivery],
+              reroutes: list[_Reroute]) -> None:
+        if isinstance(got, Delivery):
+            out.append(got)
+        elif isinstance(got, _Reroute):
+            reroutes.append(got)
 
     def _get_one(self, ch: BlockingChannel, queue: str) -> bool:
         """``basic.get`` one message into the pushed buffer (``False``: none ready).
@@ -422,12 +448,15 @@ class AMQPBroker(Broker):
                 ch.basic_cancel(tag)
             for method, _props, _body in self._pushed.pop(queue):
                 ch.basic_nack(method.delivery_tag, requeue=True)
+            for waited in [w for w in self._waiting if w.queue == queue]:
+                self._waiting.remove(waited)
+                ch.basic_nack(waited.pushed[0].delivery_tag, requeue=True)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
-                props: pika.BasicProperties, body: bytes,
-                lease: float) -> Delivery | _Reroute | None:
+                props: pika.BasicProperties, body: bytes, lease: float,
+                waited: bool = False) -> Delivery | _Reroute | None:
         """Lease a received message, or say it must be published again first, or
-        drop it (``None``: settled elsewhere)."""
+        drop it or hold it back (``None``: settled elsewhere, or ``_waiting``)."""
         headers = props.headers or {}
         base = int(headers.get(_DELIVERIES, 0))
         folded = int(headers.get(_FOLDED, 0))
@@ -441,17 +470,20 @@ class AMQPBroker(Broker):
         uncounted = 0
         if redelivered or headers.get(_PARKED):
             verdict = self._guards.arrival(message_id, token, lease,
-                                           parked=bool(headers.get(_PARKED)))
+                                           waited=waited or bool(headers.get(_PARKED)))
             if verdict is Verdict.DROP:
                 ch.basic_ack(method.delivery_tag)
                 _log.info("dropped a copy of %s handed out again: it was settled elsewhere",
                           message_id)
                 return None
-            if verdict is not Verdict.RUN:  # PARK: its holder runs it; WAIT: no verdict yet
-                wait = lease / 2 if verdict is Verdict.PARK else min(
-                    self._opts.redelivery_wait, lease / 4)
+            if verdict is Verdict.WAIT:
+                self._waiting.append(_Waiting(
+                    queue, time.monotonic() + min(self._opts.redelivery_wait, lease / 4),
+                    (method, props, body)))
+                return None
+            if verdict is Verdict.PARK:  # its holder still runs it
                 return _Reroute(queue, method.delivery_tag, self._consumer.generation, props,
-                                body, time.time() + wait, base + redelivered, parked=True,
+                                body, time.time() + lease / 2, base + redelivered, parked=True,
                                 folded=folded)
             uncounted = max(0, self._guards.uncounted(message_id) - folded)
         delivery = Delivery(id=message_id, queue=queue, body=body,
@@ -555,7 +587,8 @@ class AMQPBroker(Broker):
             return
         top = max(tags)
         others = [held.tag for held in self._leases.values()] + [
-            method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed]
+            method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed] + [
+            waited.pushed[0].delivery_tag for waited in self._waiting]
         if len(tags) > 1 and all(tag > top for tag in others):
             ch.basic_ack(top, multiple=True)
             return
@@ -697,7 +730,9 @@ class AMQPBroker(Broker):
         def count(name: str) -> int:
             return int(ch.queue_declare(name, passive=True).method.message_count)
 
-        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
+        # Copies held back here for redelivery_wait count as delayed, as parked ones do.
+        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS)) + sum(
+            1 for waited in self._waiting if waited.queue == queue)
         inflight = sum(1 for held in self._leases.values() if held.queue == queue)
         ready = count(queue)
         # Deliveries pushed before that answer precede it on the wire: buffer them, or
@@ -713,6 +748,8 @@ class AMQPBroker(Broker):
             self._declare(self._consumer, queue)
             names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
             pushed = self._pushed.get(queue, collections.deque())
+            pushed.extend(w.pushed for w in self._waiting if w.queue == queue)
+            self._waiting = [w for w in self._waiting if w.queue != queue]
             dropped = len(pushed)
             while pushed:
                 ch.basic_ack(pushed.popleft()[0].delivery_tag)
