@@ -35,7 +35,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -520,16 +520,26 @@ class AMQPBroker(Broker):
                     ch.basic_nack(tag, requeue=True)
         self._settle(op, None)
 
-    def _expire(self, ch: BlockingChannel) -> None:
-        """Hand back deliveries whose lease ran out unrenewed."""
+    def _expire(self, ch: BlockingChannel, keep: Collection[str] = ()) -> None:
+        """Hand back deliveries whose lease ran out unrenewed, except those in ``keep``.
+
+        The deliveries a call acknowledges or renews are kept however late: while
+        the channel holds a delivery RabbitMQ hands it to no one else, so a holder
+        that was only slow (a prefork child holding the GIL in C past its lease,
+        its renewing thread starved) still holds it.  Handing it back then would
+        run it twice.  A holder that forgot its message is another matter: that
+        one is handed back by the next call about anything else (a reserve)."""
         now = time.monotonic()
         for token, held in list(self._leases.items()):
-            if held.deadline <= now:
+            if held.deadline <= now and token not in keep:
                 del self._leases[token]
                 ch.basic_nack(held.tag, requeue=True)
 
-    def _held(self, ch: BlockingChannel, delivery: Delivery) -> _Lease | None:
-        self._expire(ch)
+    def _held(self, ch: BlockingChannel, delivery: Delivery,
+              keep: Collection[str] = ()) -> _Lease | None:
+        """``delivery``'s lease if this connection holds it; ``keep``: the tokens of the
+        deliveries the same call settles or renews (see ``_expire``)."""
+        self._expire(ch, keep or (delivery.token,))
         held = self._leases.get(delivery.token)
         return held if held is not None and held.generation == self._consumer.generation \
             else None
@@ -562,11 +572,13 @@ class AMQPBroker(Broker):
         settled = {d.token for d in mine
                    if self._guards.holds(d.token) and self._guards.settle(d)}
 
+        tokens = {d.token for d in mine}
+
         def op(ch: BlockingChannel) -> set[str]:
             acked: set[str] = set()
             tags: list[int] = []
             for d in mine:
-                held = self._held(ch, d)
+                held = self._held(ch, d, tokens)
                 if held is not None:
                     del self._leases[d.token]
                     acked.add(d.token)
@@ -679,13 +691,14 @@ class AMQPBroker(Broker):
         """Renew leases; a delivery held longer than its lease also renews (takes) its
         side-store lease, which outlives the channel (``_amqp_guard``)."""
         aged: list[bool] = []
+        tokens = {d.token for d in deliveries}
 
         def op(ch: BlockingChannel) -> list[bool]:
             out = []
             now = time.monotonic()
             aged.clear()
             for d in deliveries:
-                held = self._held(ch, d)
+                held = self._held(ch, d, tokens)
                 if held is not None:
                     held.deadline = now + lease
                 out.append(held is not None)

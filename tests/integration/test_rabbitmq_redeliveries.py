@@ -152,3 +152,27 @@ def test_a_delivery_that_counts_still_counts_after_an_uncounted_one(
              or bool(last), 10, "the requeued message")
     assert [(d.id, d.deliveries) for d in last] == [("unstarted-1", 2 + counted)]
     assert receiver.ack(last) == [True]
+
+
+def test_a_late_holder_still_holds_what_its_channel_holds(
+        brokers: tuple[AMQPBroker, AMQPBroker]) -> None:
+    """A holder whose renewals came late (a prefork child holding the GIL in C past
+    its lease) still holds the delivery: RabbitMQ gave it to no one else, and
+    handing it back then would run it twice.  A holder that forgot it loses it at
+    its next reserve, as the contract wants."""
+    holder, other = brokers
+    holder.enqueue_many([Envelope(id=i, queue=QUEUE, body=b"x") for i in ("slow", "forgot")])
+    got: list[Delivery] = []
+    wait_for(lambda: got.extend(holder.reserve([QUEUE], 2 - len(got), lease=0.2, timeout=0.1))
+             or len(got) == 2, 10, "both messages")
+    slow, forgot = sorted(got, key=lambda d: d.id != "slow")
+    time.sleep(0.4)  # the fault: no renewal for twice the lease
+    assert holder.extend([slow], 30) == [True]
+    assert other.reserve([QUEUE], 2, lease=30, timeout=0.3) == []
+    again = holder.reserve([QUEUE], 2, lease=30, timeout=0)  # hands "forgot" back first
+    assert holder.ack([slow, forgot]) == [True, False]
+    # Handed back, it comes round again (to this consumer, after redelivery_wait).
+    wait_for(lambda: again.extend(holder.reserve([QUEUE], 1, lease=LEASE, timeout=0.1))
+             or bool(again), 10, "the forgotten message")
+    assert [(d.id, d.deliveries) for d in again] == [("forgot", 2)]
+    assert holder.ack(again) == [True]
