@@ -101,7 +101,7 @@ def test_reject_on_worker_lost_false_is_not_run_by_an_idle_child(
     """The same with a second, idle child.  On RabbitMQ it is offered the dead child's
     message the moment the connection drops, before the supervisor can have marked it
     settled; a copy handed out again waits ``redelivery_wait`` before it may run
-    (docs/decisions/0029-rabbitmq-redeliveries-wait-for-the-supervisor.md), so it
+    (docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md), so it
     finds the mark and is dropped, not run."""
     task_id = client.send_task(f"{APP}.lost_failed", [30]).id
     kill_running_child(ledger, task_id)

@@ -43,14 +43,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.crc import key_slot
 
 from conveyor import Conveyor
 from conveyor.exceptions import BrokerError
 
-from ..conftest import TOPOLOGIES
+from ..conftest import REPLICATED_TOPOLOGIES
 from ..integration.processes import ROOT, Ledger, wait_for
+from ..integration.test_monitor_api import Served
 from ..redis_cluster import RedisCluster
 from ..redis_sentinel import SentinelSet
 from .harness import (
@@ -124,7 +126,7 @@ class Master:
         return self.cluster.procs[port].poll() is not None
 
 
-@pytest.fixture(params=TOPOLOGIES)
+@pytest.fixture(params=REPLICATED_TOPOLOGIES)
 def master(request: pytest.FixtureRequest, redis_prefix: str) -> Iterator[Master]:
     if request.param == "sentinel":
         sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")
@@ -242,10 +244,24 @@ def test_master_killed_and_replica_promoted(master: Master, tmp_path: Path,
             master.restart(old)
 
 
+def _worker_seen_since(monitor: httpx.Client, since: float) -> bool:
+    """Whether the monitor's worker list shows a heartbeat sent after ``since``
+    (wall clock), read through its HTTP API as an operator's page would."""
+    try:
+        reply = monitor.get("/api/workers")
+    except httpx.HTTPError:
+        return False
+    if reply.status_code != 200:
+        return False
+    now = time.time()
+    return any(w["online"] and now - w["last_seen"] > since for w in reply.json()["workers"])
+
+
 @pytest.mark.slow
 def test_beat_carries_on_after_a_failover(master: Master, tmp_path: Path) -> None:
     """Beat (its leader lease and run history on Redis) sends ticks again after the
-    master is killed and a replica promoted, without being restarted."""
+    master is killed and a replica promoted, without being restarted; the monitor,
+    started before the kill, shows the worker's heartbeats from the new master."""
     ledger = Ledger(tmp_path / "ledger.txt")
     workers = Workers(master.url, ledger, tmp_path)
     env = {**os.environ, "CONVEYOR_BROKER_URL": master.url, "PYTHONPATH": str(ROOT),
@@ -256,10 +272,15 @@ def test_beat_carries_on_after_a_failover(master: Master, tmp_path: Path) -> Non
                                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     old = master.current()
+    viewer = Conveyor("monitor", broker=master.url, set_as_current=False)
+    served = Served(viewer)
+    monitor = served.__enter__()
     try:
         workers.start("-c", "1")
         wait_for(lambda: len(ledger.events("tick")) >= 3, 30, "ticks to flow")
+        assert _worker_seen_since(monitor, 0.0), monitor.get("/api/workers").text
         old = master.kill()
+        killed_at = time.time()
         killed = time.monotonic()
         promoted = master.wait_promoted(old)
         ticks = len(ledger.events("tick"))
@@ -269,10 +290,14 @@ def test_beat_carries_on_after_a_failover(master: Master, tmp_path: Path) -> Non
         assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-3000:]
         # Ticks every 0.5 s; beat's 2 s leader lease may lapse during the failover.
         assert recovery < promoted + 5, f"ticks resumed {recovery:.1f}s after the kill"
+        wait_for(lambda: _worker_seen_since(monitor, killed_at), 10,
+                 "the monitor to show a heartbeat sent after the failover")
         report(Figures(f"{master.case[:2]}b {master.backend}: beat across a failover",
                        master.backend, len(ledger.events("tick")), 1, 0, 0, recovery,
-                       f"promoted after {promoted:.1f}s"))
+                       f"promoted after {promoted:.1f}s; the monitor followed"))
     finally:
+        served.__exit__(None, None, None)
+        viewer.close()
         kill_group(beat)
         workers.stop_all()
         if old is not None and master.is_down(old):

@@ -1,6 +1,6 @@
 """What a dead prefork child held, on RabbitMQ: the supervisor's verdicts reach the
 copies RabbitMQ hands out again, although those copies are offered first
-(docs/decisions/0029-rabbitmq-redeliveries-wait-for-the-supervisor.md).
+(docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 
 A real child process reserves three messages and is SIGKILLed; RabbitMQ hands
 them at once to a consumer that is already waiting, and only then does this
