@@ -49,6 +49,7 @@ _OPTIONS: dict[str, type] = {
     "connect_timeout": float,
     "blocked_connection_timeout": float,
     "revocations_kept": float,
+    "redelivery_wait": float,
 }
 
 
@@ -68,6 +69,9 @@ class AMQPOptions:
     connect_timeout: float
     blocked_connection_timeout: float
     revocations_kept: float = 7 * 86400.0  # the revocation stream's retention (seconds)
+    # How long a copy RabbitMQ hands out again waits for a verdict before it runs
+    # (seconds, at most a quarter of the lease): ADR 0030.
+    redelivery_wait: float = 1.0
 
     @property
     def place(self) -> str:
@@ -111,7 +115,8 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         state_url=str(state_url or ""),
         connect_timeout=float(settings.get("connect_timeout", 4.0)),
         blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0),
-        revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0))
+        revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0),
+        redelivery_wait=_positive(settings, "redelivery_wait", 1.0))
 
 
 def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,

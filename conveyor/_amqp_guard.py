@@ -21,6 +21,21 @@ A holder that dies stops renewing: its running record lapses within a lease
 and the next parked copy runs.  A message therefore runs twice only if its
 holder's renewals stop while it still runs (the side store unreachable for
 a lease) -- the at-least-once rule every broker keeps.
+
+A prefork child that dies takes its connection with it, and RabbitMQ hands its
+messages out again at once, before the child's supervisor has said what became
+of them (docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md).
+So a redelivered copy that finds neither record *waits*: it is parked for a
+short ``redelivery_wait`` before it may run, and meanwhile the supervisor
+writes its verdict:
+
+* ``conveyor.settled:<id>`` -- the task was settled (``reject_on_worker_lost``
+  off: recorded as failed with WorkerLostError, acknowledged): the copy is dropped.
+* ``conveyor.uncounted:<id>:<k>`` (k = 1, 2, ...) -- one record per delivery
+  that does not count towards ``max_deliveries``: a message the child had
+  prefetched and never started.  RabbitMQ's ``x-delivery-count`` counted it;
+  the copy subtracts the records its message does not carry as folded in
+  already (``x-conveyor-uncounted``).
 """
 
 from __future__ import annotations
@@ -37,7 +52,9 @@ from conveyor.exceptions import ConveyorError
 
 RUNNING = "conveyor.running:"
 SETTLED = "conveyor.settled:"
-SETTLED_TTL = 86400.0
+UNCOUNTED = "conveyor.uncounted:"
+SETTLED_TTL = 86400.0  # also how long uncounted records are kept
+_MAX_UNCOUNTED = 1000  # records probed per message: far above any max_deliveries
 _log = logging.getLogger("conveyor.brokers.amqp")
 
 
@@ -46,6 +63,7 @@ class Verdict(Enum):
 
     RUN = "run"  # nobody runs it and it was not settled: run it (this receiver holds it)
     PARK = "park"  # its holder still runs it: check again later
+    WAIT = "wait"  # handed out again, no verdict yet: give a dead holder's supervisor time
     DROP = "drop"  # it was settled elsewhere
 
 
@@ -68,17 +86,21 @@ class Guards:
             guard = self._held.get(token)
             return guard is not None and guard.deadline > time.monotonic()
 
-    def arrival(self, message_id: str, token: str, lease: float) -> Verdict:
+    def arrival(self, message_id: str, token: str, lease: float, waited: bool) -> Verdict:
         """Check a redelivered or parked message; ``RUN`` takes its running record.
 
         The running record is read before the settled one: a holder writes
         *settled* before giving *running* up, so one of the two is always seen.
-        A side store out of reach runs the message (at least once)."""
+        A copy RabbitMQ handed out again that finds neither has to ``WAIT``
+        unless it ``waited`` already (held back, or parked).  A side store out
+        of reach runs the message (at least once)."""
         try:
             if self._state.lease_holder(RUNNING + message_id) is not None:
                 return Verdict.PARK
             if self._state.lease_holder(SETTLED + message_id) is not None:
                 return Verdict.DROP
+            if not waited:
+                return Verdict.WAIT
             if not self._state.acquire_lease(RUNNING + message_id, token, lease):
                 return Verdict.PARK  # another receiver took it a moment ago
         except ConveyorError as exc:
@@ -87,6 +109,15 @@ class Guards:
             return Verdict.RUN
         self._keep(token, message_id, lease)
         return Verdict.RUN
+
+    def uncounted(self, message_id: str) -> int:
+        """Deliveries of ``message_id`` recorded as not counting (``uncount``); 0 if the
+        side store is out of reach (the count is then a little high: a lower limit)."""
+        try:
+            return uncounted(self._state, message_id)
+        except ConveyorError as exc:
+            _log.warning("cannot read the uncounted deliveries of %s (%s)", message_id, exc)
+            return 0
 
     def renew(self, delivery: Delivery, lease: float, take: bool) -> bool:
         """Renew ``delivery``'s running record (``take``: create it if missing);
@@ -139,6 +170,27 @@ def mark(state: Broker, message_id: str) -> None:
 
 
 def unmark(state: Broker, message_ids: list[str]) -> None:
-    """A replayed dead letter is a new start: its old settled mark must not drop it."""
+    """A replayed dead letter is a new start: its old settled mark must not drop it,
+    nor its old uncounted deliveries lower its new count."""
     for message_id in message_ids:
         state.release_lease(SETTLED + message_id, "settled")
+        for k in range(1, uncounted(state, message_id) + 1):
+            state.release_lease(f"{UNCOUNTED}{message_id}:{k}", "uncounted")
+
+
+def uncount(state: Broker, message_id: str) -> None:
+    """Record one more delivery of ``message_id`` that does not count (a prefork child
+    died holding it unstarted).  Each is a record of its own, taken with the side
+    store's atomic lease, so two writers never merge theirs into one."""
+    for k in range(1, _MAX_UNCOUNTED + 1):
+        if state.acquire_lease(f"{UNCOUNTED}{message_id}:{k}", "uncounted", SETTLED_TTL):
+            return
+
+
+def uncounted(state: Broker, message_id: str) -> int:
+    """How many deliveries of ``message_id`` were recorded as not counting: read on
+    a redelivery only, usually one miss."""
+    for k in range(1, _MAX_UNCOUNTED + 1):
+        if state.lease_holder(f"{UNCOUNTED}{message_id}:{k}") is None:
+            return k - 1
+    return _MAX_UNCOUNTED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -274,12 +275,56 @@ def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> No
     conn.close()
 
 
+def no_leftover_consumers(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES,
+                          within: float = 5.0) -> None:
+    """Fail at once if a consumer from an earlier test is still attached to a test queue.
+
+    A broker object an earlier test left open keeps its consumer (dropping the
+    last reference does not close its connection), and RabbitMQ pushes it up to
+    its prefetch of what this test sends, where nothing reads it: this test's
+    queue looks empty (the beat failover test read back no ticks at all, in a
+    full run, after the restart test's reader).  Consumers of processes still
+    exiting get ``within`` seconds to go."""
+    import pika
+
+    from conveyor import _amqp
+
+    o = _amqp.parse_amqp_url(url)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        o.host, o.port, o.vhost, pika.PlainCredentials(o.username, o.password)))
+    try:
+        def attached() -> dict[str, int]:
+            found = {}
+            for queue in queues:
+                ch = conn.channel()
+                try:
+                    count = ch.queue_declare(queue, passive=True).method.consumer_count
+                except pika.exceptions.ChannelClosedByBroker:
+                    continue  # never declared in this vhost
+                if count:
+                    found[queue] = count
+                ch.close()
+            return found
+
+        found = attached()
+        deadline = time.monotonic() + within
+        while found and time.monotonic() < deadline:
+            conn.sleep(0.1)
+            found = attached()
+    finally:
+        conn.close()
+    if found:
+        pytest.fail(f"RabbitMQ vhost {o.vhost}: consumers left by an earlier test on "
+                    f"{found}: a broker still open takes this test's messages; close it")
+
+
 def _amqp_url(queue_type: str, tmp_path: Path) -> Iterator[str]:
     from urllib.parse import quote
 
     vhost = rabbitmq_vhost(queue_type)
     url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(vhost)}"
            f"?queue_type={queue_type}&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
+    no_leftover_consumers(url)
     wipe_amqp_queues(url)
     yield url
     wipe_amqp_queues(url)

@@ -19,7 +19,10 @@ process keeps its own copy, so that a lease is checked without a round trip
 Delivery counts: a republished message (requeue, delay) carries the count so
 far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
 ``x-delivery-count`` (quorum queues: exact) or the ``redelivered`` flag
-(classic queues: at most one more, so a lower bound).
+(classic queues: at most one more, so a lower bound).  A delivery a dead prefork
+child held unstarted is taken off again: its supervisor records it in the side
+store, and a redelivered copy waits ``redelivery_wait`` for such verdicts
+before it runs (docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 
 The queue layout is drawn in :mod:`conveyor._amqp`.
 """
@@ -32,7 +35,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,13 +49,16 @@ from conveyor._amqp_guard import Guards, Verdict
 from conveyor._amqp_link import Link
 from conveyor._amqp_revocations import Feed
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
-from conveyor.exceptions import BrokerUnavailable
+from conveyor.exceptions import BrokerError, BrokerUnavailable
 
 T = TypeVar("T")
 _BATCH = 500  # publishes on the wire before waiting for their confirms
 _DELIVERIES = "x-conveyor-deliveries"
 _ETA = "x-conveyor-eta"
 _PARKED = "x-conveyor-parked"  # a redelivered copy waiting for its running holder
+# Uncounted-delivery records (``_amqp_guard.uncount``) already taken off the count
+# in x-conveyor-deliveries: a redelivery subtracts only the records beyond it.
+_FOLDED = "x-conveyor-uncounted"
 _REASON = "x-conveyor-reason"
 _FAILED_AT = "x-conveyor-failed-at"
 _IDEMPOTENCY = "conveyor.idempotency:"
@@ -86,6 +92,19 @@ class _Lease:
     deadline: float
     delivery: Delivery
     properties: pika.BasicProperties
+    folded: int  # uncounted deliveries taken off ``delivery.deliveries`` (``_FOLDED``)
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A copy RabbitMQ handed out again, held unacknowledged on this channel until
+    ``due`` (``redelivery_wait``), then checked again: a dead holder's supervisor
+    has had time to settle it or record it as never started.  Held here, not
+    republished, so it keeps its place: it runs next, as RabbitMQ meant."""
+
+    queue: str
+    due: float  # monotonic
+    pushed: _Pushed
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,7 @@ class _Reroute:
     eta: float
     deliveries: int
     parked: bool
+    folded: int
 
 
 class AMQPBroker(Broker):
@@ -123,6 +143,7 @@ class AMQPBroker(Broker):
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[_Pushed]] = {}
+        self._waiting: list[_Waiting] = []  # copies handed out again, not yet checked twice
         self._consumers: dict[str, str] = {}  # queue -> consumer tag on this connection
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch count
         self._feed = Feed(self._opts.revocations_kept)
@@ -137,6 +158,7 @@ class AMQPBroker(Broker):
         self._declared.clear()
         self._leases.clear()
         self._pushed.clear()
+        self._waiting.clear()
         self._consumers.clear()
         self._feed.forget_connection()
 
@@ -258,21 +280,25 @@ class AMQPBroker(Broker):
                     self._state.release_lease(_IDEMPOTENCY + e.idempotency_key, e.id)
 
     def _publish(self, queue: str, msg_id: str, body: bytes, priority: int,
-                 eta: float | None, deliveries: int, parked: bool = False) -> None:
+                 eta: float | None, deliveries: int, parked: bool = False,
+                 folded: int = 0) -> None:
         """Publish on the publishing link and wait for the confirm (pika's errors on a
         nack or a return; an alarm blocks it up to ``blocked_connection_timeout``)."""
         def op(ch: BlockingChannel) -> None:
-            self._send(ch, queue, msg_id, body, priority, eta, deliveries, parked)
+            self._send(ch, queue, msg_id, body, priority, eta, deliveries, parked, folded)
             Confirms.of(ch).wait()
         self._publisher.run(op)
 
     def _send(self, ch: BlockingChannel, queue: str, msg_id: str, body: bytes,
-              priority: int, eta: float | None, deliveries: int, parked: bool = False) -> None:
+              priority: int, eta: float | None, deliveries: int, parked: bool = False,
+              folded: int = 0) -> None:
         """Publish on the publishing link's channel ``ch`` without waiting: the
         caller waits for the confirms."""
         headers: dict[str, Any] = {_DELIVERIES: deliveries}
         if parked:
             headers[_PARKED] = 1
+        if folded:
+            headers[_FOLDED] = folded
         exchange, key = "", queue
         wait = (eta - time.time()) if eta is not None else 0.0
         if eta is not None and wait > _amqp.TICK / 2:
@@ -363,13 +389,25 @@ class AMQPBroker(Broker):
 
     def _from_pushed(self, ch: BlockingChannel, queue: str, count: int, lease: float,
                      out: list[Delivery], reroutes: list[_Reroute]) -> None:
+        """Lease what was pushed to ``queue``'s consumer, copies that waited first."""
+        now = time.monotonic()
+        for waited in [w for w in self._waiting if w.queue == queue and w.due <= now]:
+            if len(out) >= count:
+                return
+            self._waiting.remove(waited)
+            self._keep(self._leased(ch, queue, *waited.pushed, lease, waited=True),
+                       out, reroutes)
         pushed = self._pushed.get(queue)
         while pushed and len(out) < count:
-            got = self._leased(ch, queue, *pushed.popleft(), lease)
-            if isinstance(got, Delivery):
-                out.append(got)
-            elif isinstance(got, _Reroute):
-                reroutes.append(got)
+            self._keep(self._leased(ch, queue, *pushed.popleft(), lease), out, reroutes)
+
+    @staticmethod
+    def _keep(got: Delivery | _Reroute | None, out: list[Delivery],
+              reroutes: list[_Reroute]) -> None:
+        if isinstance(got, Delivery):
+            out.append(got)
+        elif isinstance(got, _Reroute):
+            reroutes.append(got)
 
     def _get_one(self, ch: BlockingChannel, queue: str) -> bool:
         """``basic.get`` one message into the pushed buffer (``False``: none ready).
@@ -410,37 +448,52 @@ class AMQPBroker(Broker):
                 ch.basic_cancel(tag)
             for method, _props, _body in self._pushed.pop(queue):
                 ch.basic_nack(method.delivery_tag, requeue=True)
+            for waited in [w for w in self._waiting if w.queue == queue]:
+                self._waiting.remove(waited)
+                ch.basic_nack(waited.pushed[0].delivery_tag, requeue=True)
 
     def _leased(self, ch: BlockingChannel, queue: str, method: Any,
-                props: pika.BasicProperties, body: bytes,
-                lease: float) -> Delivery | _Reroute | None:
+                props: pika.BasicProperties, body: bytes, lease: float,
+                waited: bool = False) -> Delivery | _Reroute | None:
         """Lease a received message, or say it must be published again first, or
-        drop it (``None``: settled elsewhere)."""
+        drop it or hold it back (``None``: settled elsewhere, or ``_waiting``)."""
         headers = props.headers or {}
         base = int(headers.get(_DELIVERIES, 0))
+        folded = int(headers.get(_FOLDED, 0))
         eta = headers.get(_ETA)
         if eta is not None and int(eta) / 1000 - time.time() > 1.0:  # beyond the ladder's top
             return _Reroute(queue, method.delivery_tag, self._consumer.generation, props, body,
-                            int(eta) / 1000, base, parked=False)
+                            int(eta) / 1000, base, parked=False, folded=folded)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
+        message_id = str(props.message_id)
         token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        uncounted = 0
         if redelivered or headers.get(_PARKED):
-            verdict = self._guards.arrival(str(props.message_id), token, lease)
+            verdict = self._guards.arrival(message_id, token, lease,
+                                           waited=waited or bool(headers.get(_PARKED)))
             if verdict is Verdict.DROP:
                 ch.basic_ack(method.delivery_tag)
+                _log.info("dropped a copy of %s handed out again: it was settled elsewhere",
+                          message_id)
                 return None
-            if verdict is Verdict.PARK:
+            if verdict is Verdict.WAIT:
+                self._waiting.append(_Waiting(
+                    queue, time.monotonic() + min(self._opts.redelivery_wait, lease / 4),
+                    (method, props, body)))
+                return None
+            if verdict is Verdict.PARK:  # its holder still runs it
                 return _Reroute(queue, method.delivery_tag, self._consumer.generation, props,
-                                body, time.time() + lease / 2, base + redelivered, parked=True)
-        message_id = str(props.message_id)
+                                body, time.time() + lease / 2, base + redelivered, parked=True,
+                                folded=folded)
+            uncounted = max(0, self._guards.uncounted(message_id) - folded)
         delivery = Delivery(id=message_id, queue=queue, body=body,
-                            deliveries=base + redelivered + 1, token=token,
+                            deliveries=max(1, base + redelivered + 1 - uncounted), token=token,
                             priority=max(0, MAX_PRIORITY - (props.priority or 0)),
                             # retries are <task id>~<n>; revocations name the task id
                             revoked=self._feed.flag(message_id.split("~", 1)[0]))
         now = time.monotonic()
         self._leases[token] = _Lease(queue, method.delivery_tag, self._consumer.generation,
-                                     now, now + lease, delivery, props)
+                                     now, now + lease, delivery, props, folded + uncounted)
         return delivery
 
     def _reroute(self, r: _Reroute) -> None:
@@ -450,7 +503,7 @@ class AMQPBroker(Broker):
         try:
             self._publish(r.queue, str(r.props.message_id), r.body,
                           MAX_PRIORITY - (r.props.priority or 0), r.eta, r.deliveries,
-                          parked=r.parked)
+                          parked=r.parked, folded=r.folded)
         except BrokerUnavailable as exc:
             _log.warning("could not re-publish %s (%s); handing it back",
                          r.props.message_id, exc)
@@ -467,16 +520,26 @@ class AMQPBroker(Broker):
                     ch.basic_nack(tag, requeue=True)
         self._settle(op, None)
 
-    def _expire(self, ch: BlockingChannel) -> None:
-        """Hand back deliveries whose lease ran out unrenewed."""
+    def _expire(self, ch: BlockingChannel, keep: Collection[str] = ()) -> None:
+        """Hand back deliveries whose lease ran out unrenewed, except those in ``keep``.
+
+        The deliveries a call acknowledges or renews are kept however late: while
+        the channel holds a delivery RabbitMQ hands it to no one else, so a holder
+        that was only slow (a prefork child holding the GIL in C past its lease,
+        its renewing thread starved) still holds it.  Handing it back then would
+        run it twice.  A holder that forgot its message is another matter: that
+        one is handed back by the next call about anything else (a reserve)."""
         now = time.monotonic()
         for token, held in list(self._leases.items()):
-            if held.deadline <= now:
+            if held.deadline <= now and token not in keep:
                 del self._leases[token]
                 ch.basic_nack(held.tag, requeue=True)
 
-    def _held(self, ch: BlockingChannel, delivery: Delivery) -> _Lease | None:
-        self._expire(ch)
+    def _held(self, ch: BlockingChannel, delivery: Delivery,
+              keep: Collection[str] = ()) -> _Lease | None:
+        """``delivery``'s lease if this connection holds it; ``keep``: the tokens of the
+        deliveries the same call settles or renews (see ``_expire``)."""
+        self._expire(ch, keep or (delivery.token,))
         held = self._leases.get(delivery.token)
         return held if held is not None and held.generation == self._consumer.generation \
             else None
@@ -509,11 +572,13 @@ class AMQPBroker(Broker):
         settled = {d.token for d in mine
                    if self._guards.holds(d.token) and self._guards.settle(d)}
 
+        tokens = {d.token for d in mine}
+
         def op(ch: BlockingChannel) -> set[str]:
             acked: set[str] = set()
             tags: list[int] = []
             for d in mine:
-                held = self._held(ch, d)
+                held = self._held(ch, d, tokens)
                 if held is not None:
                     del self._leases[d.token]
                     acked.add(d.token)
@@ -534,7 +599,8 @@ class AMQPBroker(Broker):
             return
         top = max(tags)
         others = [held.tag for held in self._leases.values()] + [
-            method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed]
+            method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed] + [
+            waited.pushed[0].delivery_tag for waited in self._waiting]
         if len(tags) > 1 and all(tag > top for tag in others):
             ch.basic_ack(top, multiple=True)
             return
@@ -554,7 +620,23 @@ class AMQPBroker(Broker):
         redelivery that beats this write runs once more; it cannot loop."""
         _amqp_guard.mark(self._state, delivery.id)
 
+    def _uncount_elsewhere(self, delivery: Delivery) -> None:
+        """Record that another process's delivery of ``delivery`` does not count (a dead
+        child held it unstarted); its redelivered copy, waiting ``redelivery_wait``,
+        subtracts it.  Without the side store it counts (logged): a lower limit."""
+        try:
+            _amqp_guard.uncount(self._state, delivery.id)
+        except BrokerError as exc:
+            _log.warning("cannot record %s as not started in the side store (%s): its "
+                         "redelivery counts towards max_deliveries", delivery.id, exc)
+
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
+        if not self._mine(delivery):
+            # A prefork supervisor handing back what a dead child held: RabbitMQ hands
+            # it out again by itself, counted; an unstarted one must not count.
+            if not count:
+                self._uncount_elsewhere(delivery)
+            return False
         held = self._take_lease(delivery)
         if held is None:  # its connection went: RabbitMQ (or a parked copy) has it
             self._guards.release(delivery)
@@ -562,7 +644,8 @@ class AMQPBroker(Broker):
         eta = time.time() + delay if delay > 0 else None
         seen = delivery.deliveries if count else delivery.deliveries - 1
         try:
-            self._publish(held.queue, delivery.id, delivery.body, delivery.priority, eta, seen)
+            self._publish(held.queue, delivery.id, delivery.body, delivery.priority, eta, seen,
+                          folded=held.folded)
         except BrokerUnavailable:
             self._settle_tag(held.generation, held.tag, ack=False)  # back at once instead
             self._guards.release(delivery)
@@ -608,13 +691,14 @@ class AMQPBroker(Broker):
         """Renew leases; a delivery held longer than its lease also renews (takes) its
         side-store lease, which outlives the channel (``_amqp_guard``)."""
         aged: list[bool] = []
+        tokens = {d.token for d in deliveries}
 
         def op(ch: BlockingChannel) -> list[bool]:
             out = []
             now = time.monotonic()
             aged.clear()
             for d in deliveries:
-                held = self._held(ch, d)
+                held = self._held(ch, d, tokens)
                 if held is not None:
                     held.deadline = now + lease
                 out.append(held is not None)
@@ -659,7 +743,9 @@ class AMQPBroker(Broker):
         def count(name: str) -> int:
             return int(ch.queue_declare(name, passive=True).method.message_count)
 
-        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS))
+        # Copies held back here for redelivery_wait count as delayed, as parked ones do.
+        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS)) + sum(
+            1 for waited in self._waiting if waited.queue == queue)
         inflight = sum(1 for held in self._leases.values() if held.queue == queue)
         ready = count(queue)
         # Deliveries pushed before that answer precede it on the wire: buffer them, or
@@ -675,6 +761,8 @@ class AMQPBroker(Broker):
             self._declare(self._consumer, queue)
             names = [queue] + [_amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]
             pushed = self._pushed.get(queue, collections.deque())
+            pushed.extend(w.pushed for w in self._waiting if w.queue == queue)
+            self._waiting = [w for w in self._waiting if w.queue != queue]
             dropped = len(pushed)
             while pushed:
                 ch.basic_ack(pushed.popleft()[0].delivery_tag)
