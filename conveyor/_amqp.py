@@ -70,7 +70,7 @@ class AMQPOptions:
     blocked_connection_timeout: float
     revocations_kept: float = 7 * 86400.0  # the revocation stream's retention (seconds)
     # How long a copy RabbitMQ hands out again waits for a verdict before it runs
-    # (seconds, at most a quarter of the lease): ADR 0030.
+    # (seconds, at most a quarter of the lease): ADR 0031.
     redelivery_wait: float = 1.0
 
     @property

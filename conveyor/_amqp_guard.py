@@ -24,7 +24,7 @@ a lease) -- the at-least-once rule every broker keeps.
 
 A prefork child that dies takes its connection with it, and RabbitMQ hands its
 messages out again at once, before the child's supervisor has said what became
-of them (docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md).
+of them (docs/decisions/0031-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 So a redelivered copy that finds neither record *waits*: it is parked for a
 short ``redelivery_wait`` before it may run, and meanwhile the supervisor
 writes its verdict:

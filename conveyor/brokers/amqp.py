@@ -22,7 +22,7 @@ far in ``x-conveyor-deliveries``; RabbitMQ's own redeliveries add
 (classic queues: at most one more, so a lower bound).  A delivery a dead prefork
 child held unstarted is taken off again: its supervisor records it in the side
 store, and a redelivered copy waits ``redelivery_wait`` for such verdicts
-before it runs (docs/decisions/0030-rabbitmq-redeliveries-wait-for-the-supervisor.md).
+before it runs (docs/decisions/0031-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 
 The queue layout is drawn in :mod:`conveyor._amqp`.
 """
