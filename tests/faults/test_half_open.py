@@ -98,7 +98,7 @@ class Server:
     answer: float
     reset: float
     resume: float
-    monitor: str = "/api/workers"  # a monitor page that reads the broker's server
+    monitor: str = "/api/workers"  # an uncached monitor page that reads the server
 
     def through(self, proxy: FaultProxy) -> str:
         """This server's URL with the proxy's port and the timeouts in the query."""
@@ -150,7 +150,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
                      send=HEARTBEAT + AMQP_CONNECT_TIMEOUT + 1.5,
                      answer=2 * (HEARTBEAT + AMQP_CONNECT_TIMEOUT) + 1.5,
                      reset=2.5, resume=HEARTBEAT + AMQP_CONNECT_TIMEOUT + 2,
-                     monitor="/api/queues")
+                     monitor="/api/dead-letters?queue=default")
 
 
 @pytest.fixture
