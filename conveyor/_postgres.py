@@ -263,17 +263,17 @@ class Pool:
 
         ``retry``: ``work`` may run twice (it reads, or repeating it is
         harmless), so a connection that went stale while idle (a server
-        restart, a terminated backend) costs one more try on a new
-        connection instead of an error.  A connection that did not answer
-        is not tried again: the path that failed it would fail the next one
-        after the connect timeout.  ``patient``: ``work`` may rightly run long
+        restart, a terminated backend, a path that died while it was idle)
+        costs one more try on a new connection instead of an error; on a
+        path that is dead now, that try ends within ``connect_timeout``.
+        ``patient``: ``work`` may rightly run long
         (VACUUM, schema changes behind a lock), so it waits up to
         :data:`PATIENT` seconds instead of ``socket_timeout``.
         """
         try:
             return self._run_once(action, work, transaction, patient)
-        except BrokerUnavailable as exc:
-            if not retry or isinstance(exc.__cause__, NoAnswer):
+        except BrokerUnavailable:
+            if not retry:
                 raise
         return self._run_once(action, work, transaction, patient)
 

@@ -44,7 +44,7 @@ from conveyor import Conveyor
 from conveyor._redis import CONNECTION_ERRORS, ClientHolder, call, parse_redis_url
 from conveyor.exceptions import BrokerUnavailable
 
-from ..conftest import OTHER_BROKERS
+from ..conftest import OTHER_BROKERS, other_brokers
 from ..integration.processes import Ledger, wait_for
 from .conftest import require_redis_server
 from .harness import (
@@ -358,3 +358,45 @@ def test_monitor_answers_during_and_after_a_blackhole(server: Server,
                            time.monotonic() - began, f"answered {status} in {took:.1f}s"))
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("server", [pytest.param("postgres", marks=other_brokers)],
+                         indirect=True)
+def test_postgres_listening_connection_comes_back_after_a_blackhole(
+        server: Server, proxy: FaultProxy) -> None:
+    """The LISTEN connection waits for notifications with no end, so a dead path
+    would leave waiters polling for good: after a silence it asks the server a
+    question of its own, finds the path dead within the timeouts, and listens on a
+    new connection after the heal, so a send wakes a waiting reserve at once again."""
+    from conveyor.brokers import broker_from_url
+    from conveyor.brokers.base import Envelope
+
+    # A poll far longer than the test: only a notification can wake the reserve.
+    slow_poll = {"poll_interval": 60}
+    cut = broker_from_url(server.through(proxy), slow_poll)
+    direct = broker_from_url(server.url)
+    try:
+        assert cut.reserve(["q"], 1, LEASE, 0.01) == []  # starts the listener
+        listener = cut._listener  # type: ignore[attr-defined]
+        wait_for(listener.listening, 5, "the listener to listen")
+        proxy.blackhole()
+        began = time.monotonic()
+        wait_for(lambda: not listener.listening(), 5, "the listener to find the path dead")
+        noticed = time.monotonic() - began
+        assert noticed < 1.0 + SOCKET_TIMEOUT + 0.5, noticed  # a second of silence, a check
+        proxy.heal()
+        wait_for(listener.listening, PG_CONNECT_TIMEOUT + 5, "the listener to listen again")
+        pool = cut._pool  # type: ignore[attr-defined]
+        pool.close()  # its idle connections died with the path: start from none
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.extend(cut.reserve(["q"], 1, LEASE, 10)))
+        waiter.start()
+        # Its connection back in the pool: the reserve looked, found nothing, and waits.
+        wait_for(lambda: pool._idle, 5, "the reserve to look once")
+        sent = time.monotonic()
+        direct.enqueue(Envelope("woken", "q", b"x"))
+        waiter.join(10)
+        assert got and time.monotonic() - sent < 2, "the reserve was not woken by NOTIFY"
+    finally:
+        cut.close()
+        direct.close()
