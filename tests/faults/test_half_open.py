@@ -139,7 +139,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         yield Server("postgres", urlsplit(url).port or 5432, url,
                      f"socket_timeout={SOCKET_TIMEOUT}&connect_timeout={PG_CONNECT_TIMEOUT}",
                      None, "PostgreSQL at 127.0.0.1:{port}/", PLANTED,
-                     send=SOCKET_TIMEOUT + 1.0, answer=6 * SOCKET_TIMEOUT,
+                     # A read tries once more, on a new connection: a connect timeout.
+                     send=SOCKET_TIMEOUT + 1.0, answer=SOCKET_TIMEOUT + PG_CONNECT_TIMEOUT + 1.5,
                      reset=SOCKET_TIMEOUT, resume=PG_CONNECT_TIMEOUT + 3 * SOCKET_TIMEOUT + 1)
     else:
         url = str(request.getfixturevalue("amqp_quorum_url"))
