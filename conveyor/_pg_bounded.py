@@ -1,9 +1,10 @@
 """psycopg connections whose every wait for the server has an end.
 
 A connection that silently stopped answering (a NAT or firewall dropped its
-state, a partitioned host: no RST, no FIN) leaves libpq waiting in a read for
-as long as the kernel keeps the socket, hours by default; TCP keepalives do
-not help while a statement is in flight, and ``statement_timeout`` is the
+state, a partitioned host: no RST, no FIN) leaves libpq waiting in a read
+until the kernel gives up on the socket (retransmissions take about 15
+minutes, keepalives hours by default, and a path that still acknowledges
+bytes, like a stalled proxy, never), and ``statement_timeout`` is the
 server's, which never hears of the statement.  So the client bounds the
 wait itself: :class:`BoundedConnection` runs every operation's generator
 through :func:`_within`, which gives up once ``answer_within`` seconds pass
