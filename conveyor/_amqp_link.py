@@ -105,13 +105,22 @@ def connection_parameters(o: AMQPOptions) -> pika.ConnectionParameters:
         blocked_connection_timeout=o.blocked_connection_timeout, **extra)
 
 
-class Unanswered(BrokerUnavailable):
-    """A connect that got no answer within ``connect_timeout``: not worth another try."""
+class _Unanswered(Exception):
+    """A connect that got no answer within ``connect_timeout``: not worth another
+    try (``Link.run`` gives up at once; callers see :class:`BrokerUnavailable`)."""
 
 
 def connect(o: AMQPOptions) -> pika.BlockingConnection:
     """A new connection, watched for silence, or :class:`BrokerUnavailable` naming
     the place (never the password) and the socket's own error."""
+    try:
+        return _connect(o)
+    except _Unanswered as exc:
+        raise BrokerUnavailable(str(exc)) from None
+
+
+def _connect(o: AMQPOptions) -> pika.BlockingConnection:
+    """:func:`connect`, raising :class:`_Unanswered` for a connect that timed out."""
     try:
         conn = pika.BlockingConnection(connection_parameters(o))
     except pika.exceptions.ProbableAuthenticationError:
@@ -121,7 +130,7 @@ def connect(o: AMQPOptions) -> pika.BlockingConnection:
     except (pika.exceptions.AMQPConnectionError, AMQPConnectorException) as exc:
         inner = _innermost(exc)
         if isinstance(inner, TimeoutError | AMQPConnectorStackTimeout):
-            raise Unanswered(
+            raise _Unanswered(
                 f"RabbitMQ at {o.place} did not answer within {o.connect_timeout:g}s "
                 "(connect_timeout): a dead path or a stalled node") from None
         raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable "
@@ -143,9 +152,16 @@ class Link:
 
     def chan(self) -> BlockingChannel:
         """The open channel, connecting first if there is none."""
+        try:
+            return self._chan()
+        except _Unanswered as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    def _chan(self) -> BlockingChannel:
+        """:meth:`chan`, raising :class:`_Unanswered` for a connect that timed out."""
         if self.channel is None or not self.channel.is_open:
             self.drop()
-            self.conn = connect(self.opts)
+            self.conn = _connect(self.opts)
             self.channel = self.conn.channel()
             Confirms.of(self.channel)
             # A channel the server closes between calls (consumer_timeout) is reported
@@ -171,9 +187,9 @@ class Link:
         with self.lock:
             for attempt in range(attempts):
                 try:
-                    ch = self.chan()
-                except Unanswered:
-                    raise
+                    ch = self._chan()
+                except _Unanswered as exc:
+                    raise BrokerUnavailable(str(exc)) from None
                 except BrokerUnavailable:
                     if attempt == attempts - 1:
                         raise
