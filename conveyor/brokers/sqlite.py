@@ -48,8 +48,10 @@ Expired idempotency keys, revocations and leases are deleted at most once a
 minute per broker, inside a write that happens anyway.
 
 Reserving: one ``BEGIN IMMEDIATE`` transaction makes due rows ready, takes
-the best ``count`` ready rows and leases them (``UPDATE ... RETURNING``).  An
-expired lease keeps its ``deliveries``; the next reservation adds one.  With
+the best ``count`` ready rows, leases them (``UPDATE ... RETURNING``) and
+reads which of their tasks are revoked, so a consumer needs no second
+transaction to ask (``Delivery.revoked``).  An expired lease keeps its
+``deliveries``; the next reservation adds one.  With
 nothing ready, ``reserve`` sleeps with a 2 ms..50 ms backoff, checking the
 cheap ``PRAGMA data_version`` and running a read-only peek only when another
 connection committed, and never sleeps past the earliest ``due``.
@@ -319,7 +321,7 @@ class SQLiteBroker(Broker):
         chosen = _best(conn, names, count)
         if not chosen:
             return [], version, conn.execute(NEXT_DUE).fetchone()[0]
-        return _lease(conn, chosen, now + lease), version, None
+        return _lease(conn, chosen, now, lease), version, None
 
     def _wait_for_work(
         self, names: list[str], version: int, next_due: float | None,
@@ -446,16 +448,9 @@ class SQLiteBroker(Broker):
         self._db.write(store)
 
     def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
-        now = time.time()
-
-        def find(conn: Connection) -> dict[str, bool]:
-            found: dict[str, bool] = {}
-            for chunk in in_chunks(list(dict.fromkeys(ids))):
-                sql = REVOKED.format(marks=placeholders(len(chunk)))
-                found.update((t, bool(term)) for t, term in conn.execute(sql, (*chunk, now)))
-            return found
-
-        return self._db.read(find) if ids else {}
+        if not ids:
+            return {}
+        return self._db.read(partial(_revoked_among, task_ids=ids, now=time.time()))
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
         now = time.time()
@@ -522,8 +517,9 @@ def _best(conn: Connection, names: list[str], count: int) -> list[int]:
     return [seq for _, _, seq in candidates[:count]]
 
 
-def _lease(conn: Connection, seqs: list[int], until: float) -> list[Delivery]:
+def _lease(conn: Connection, seqs: list[int], now: float, lease: float) -> list[Delivery]:
     prefix = uuid.uuid4().hex
+    until = now + lease
     rows: list[_Row] = []
     for chunk in in_chunks(seqs):
         marks = placeholders(len(chunk))
@@ -535,10 +531,22 @@ def _lease(conn: Connection, seqs: list[int], until: float) -> list[Delivery]:
     # RETURNING gives no order guarantee; hand them out in the chosen order.
     rank = {seq: i for i, seq in enumerate(seqs)}
     rows.sort(key=lambda row: rank[row[0]])
+    # Broker ids carry a ``~N`` suffix per retry; revocations name the task id.
+    revoked = _revoked_among(conn, [row[1].split("~", 1)[0] for row in rows], now)
     return [
-        Delivery(id_, queue, bytes(body), deliveries, token, priority)
+        Delivery(id_, queue, bytes(body), deliveries, token, priority,
+                 revoked=id_.split("~", 1)[0] in revoked)
         for _, id_, queue, body, deliveries, token, priority in rows
     ]
+
+
+def _revoked_among(conn: Connection, task_ids: Sequence[str], now: float) -> dict[str, bool]:
+    """Which of ``task_ids`` are revoked, each with its ``terminate`` flag."""
+    found: dict[str, bool] = {}
+    for chunk in in_chunks(list(dict.fromkeys(task_ids))):
+        sql = REVOKED.format(marks=placeholders(len(chunk)))
+        found.update((t, bool(term)) for t, term in conn.execute(sql, (*chunk, now)))
+    return found
 
 
 def _take_dead(conn: Connection, queue: str, ids: Sequence[str] | None) -> list[_Row]:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
@@ -36,6 +36,15 @@ class Stored:
         return self.state in READY_STATES
 
 
+class FencedWrite(NamedTuple):
+    """One worker run's result write, as :meth:`ResultStore.set_fenced` takes it."""
+
+    task_id: str
+    state: str
+    payload: bytes
+    attempt: Attempt
+
+
 class ResultStore(abc.ABC):
     """Results for one app.  Thread-safe; not shared across fork."""
 
@@ -44,6 +53,11 @@ class ResultStore(abc.ABC):
     #: from ``result_backend_transport_options``); stores that have none are
     #: built as ``cls(url)`` and such options are refused rather than ignored.
     takes_transport_options: ClassVar[bool] = False
+    #: Whether :meth:`set_many_fenced` writes a batch in one step (one round
+    #: trip or one transaction).  A worker hands results to its supervisor to be
+    #: written together only for such stores (conveyor/worker/results.py); for
+    #: the others each run writes its own, where its integration hooks wrap it.
+    batches_fenced_writes: bool = False
 
     @abc.abstractmethod
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
@@ -63,6 +77,13 @@ class ResultStore(abc.ABC):
             return False
         self.set(task_id, state, payload, ttl)
         return True
+
+    def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
+        """:meth:`set_fenced` for each write, in order; True for each one stored.
+
+        Each write is fenced on its own: one refused write does not stop the others.
+        """
+        return [self.set_fenced(w.task_id, w.state, w.payload, ttl, w.attempt) for w in writes]
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """Store several at once (backends batch this)."""
@@ -142,4 +163,4 @@ def deadline_after(timeout: float | None) -> float | None:
     """Monotonic deadline for a timeout, None meaning forever."""
     return None if timeout is None else time.monotonic() + timeout
 
-__all__ = ["ResultStore", "Stored", "deadline_after"]
+__all__ = ["FencedWrite", "ResultStore", "Stored", "deadline_after"]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
 from conveyor.resultstores.record import Attempt
 
 
@@ -30,6 +30,8 @@ _STORES_LOCK = threading.Lock()
 class MemoryResultStore(ResultStore):
     """See module docstring."""
 
+    batches_fenced_writes = True  # one step under the store's lock
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         with _STORES_LOCK:
@@ -44,6 +46,10 @@ class MemoryResultStore(ResultStore):
                    attempt: Attempt) -> bool:
         with self._m.cond:  # an RLock: the default's read and write become one step
             return super().set_fenced(task_id, state, payload, ttl, attempt)
+
+    def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
+        with self._m.cond:  # the whole batch in one step, as the other stores
+            return super().set_many_fenced(writes, ttl)
 
     def get(self, task_id: str) -> Stored | None:
         with self._m.cond:

@@ -79,7 +79,7 @@ from conveyor._redis import (
     translate_errors,
 )
 from conveyor.exceptions import ConfigurationError, ResultError
-from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
 from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
@@ -106,28 +106,50 @@ store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """)
 
-# set_fenced: store unless the stored record was written by a later run of
-# the same task call (Attempt.superseded_by, in Lua; docs/decisions/0004), so
-# only an accepted write wakes waiters.  KEYS as for set; ARGV value, px,
-# notify_px, sent, retries, deliveries.  Returns 1 if stored, 0 if refused.
-_SET_FENCED = LuaScript(_STORE + """
-local stored = redis.call('GET', KEYS[1])
-if stored then
+# Whether the record stored at `key` was written by a later run of the same
+# task call than (sent, retries, deliveries): Attempt.superseded_by, in Lua
+# (docs/decisions/0004).  A record without an attempt never blocks a write.
+_FENCE = """
+local function superseded(key, sent, retries, deliveries)
+  local stored = redis.call('GET', key)
+  if not stored then return false end
   local newline = string.find(stored, '\\n', 1, true) or 0
   local ok, doc = pcall(cjson.decode, string.sub(stored, newline + 1))
   local had = ok and type(doc) == 'table' and doc['attempt']
-  if type(had) == 'table' and #had == 3 then
-    local sent, retries, deliveries = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-    local s, r, d = tonumber(had[1]), tonumber(had[2]), tonumber(had[3])
-    if s == sent then
-      if r > retries or (r == retries and d > deliveries) then return 0 end
-    elseif r > retries and s > sent then
-      return 0
-    end
+  if type(had) ~= 'table' or #had ~= 3 then return false end
+  sent, retries, deliveries = tonumber(sent), tonumber(retries), tonumber(deliveries)
+  local s, r, d = tonumber(had[1]), tonumber(had[2]), tonumber(had[3])
+  if s == sent then
+    return r > retries or (r == retries and d > deliveries)
   end
+  return r > retries and s > sent
 end
+"""
+
+# set_fenced: store unless a later run wrote (so only an accepted write wakes
+# waiters).  KEYS as for set; ARGV value, px, notify_px, sent, retries,
+# deliveries.  Returns 1 if stored, 0 if refused.
+_SET_FENCED = LuaScript(_STORE + _FENCE + """
+if superseded(KEYS[1], ARGV[4], ARGV[5], ARGV[6]) then return 0 end
 store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
+""")
+
+# set_many_fenced: several set_fenced in one call, each fenced on its own.
+# KEYS are (result key, notify key) pairs; ARGV px, then per pair its value,
+# notify_px, sent, retries, deliveries.  Returns a 1 or 0 per pair.
+_SET_MANY_FENCED = LuaScript(_STORE + _FENCE + """
+local px, done = ARGV[1], {}
+for i = 1, #KEYS, 2 do
+  local a = 2 + (i - 1) / 2 * 5
+  if superseded(KEYS[i], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]) then
+    done[#done + 1] = 0
+  else
+    store(KEYS[i], KEYS[i + 1], ARGV[a], px, ARGV[a + 1])
+    done[#done + 1] = 1
+  end
+end
+return done
 """)
 
 # set_many: KEYS are (result key, notify key) pairs; ARGV px, then per pair
@@ -205,6 +227,7 @@ class RedisResultStore(ResultStore):
     """See the module docstring."""
 
     takes_transport_options = True
+    batches_fenced_writes = True
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
@@ -244,6 +267,21 @@ class RedisResultStore(ResultStore):
         with self._errors(f"storing the result of {task_id}"):
             done = run(self._holder.client, _SET_FENCED, keys, args)
         return bool(done)
+
+    def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
+        """One script call for the batch, each write compared with its own stored record."""
+        if not writes:
+            return []
+        px = _ms(ttl)
+        keys: list[str] = []
+        args: list[Any] = [px]
+        for task_id, state, payload, attempt in writes:
+            keys += [self._key("result", task_id), self._key("result-notify", task_id)]
+            args += [_encode(state, payload), _notify_px(state, px),
+                     attempt.sent, attempt.retries, attempt.deliveries]
+        with self._errors(f"storing {len(writes)} results"):
+            done = run(self._holder.client, _SET_MANY_FENCED, keys, args)
+        return [bool(d) for d in done]
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """One script call for the whole batch: one command to pack, one reply to read."""

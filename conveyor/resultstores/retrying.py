@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from conveyor.exceptions import BrokerError, ResultError, ResultTooLarge
-from conveyor.resultstores.base import ResultStore, Stored
+from conveyor.resultstores.base import FencedWrite, ResultStore, Stored
 from conveyor.resultstores.record import Attempt
 
 log = logging.getLogger("conveyor.resultstores")
@@ -52,6 +52,7 @@ class RetryingResultStore(ResultStore):
     def __init__(self, store: ResultStore, max_retries: float, base: float, cap: float) -> None:
         self.store = store
         self.url = store.url
+        self.batches_fenced_writes = store.batches_fenced_writes
         self.max_retries = max_retries
         self.base = base
         self.cap = cap
@@ -77,6 +78,9 @@ class RetryingResultStore(ResultStore):
                    attempt: Attempt) -> bool:
         return self._call("set", lambda: self.store.set_fenced(task_id, state, payload, ttl,
                                                                attempt))
+
+    def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
+        return self._call("set", lambda: self.store.set_many_fenced(writes, ttl))
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         self._call("set", lambda: self.store.set_many(items, ttl))

@@ -38,7 +38,7 @@ from functools import partial
 from sqlite3 import Connection
 
 from conveyor._sqlite import Backoff, Database, in_chunks, parse_sqlite_url, placeholders
-from conveyor.resultstores.base import ResultStore, Stored, deadline_after
+from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
 from conveyor.resultstores.record import Attempt
 
 SCHEMA_VERSION = 1
@@ -69,6 +69,11 @@ SET_RESULT = """
     ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,
                                         expires_at = excluded.expires_at,
                                         payload = excluded.payload"""
+# A task's first record (the usual case: no STARTED record, no earlier run)
+# needs no fence check: nothing is stored to be newer than it.
+ADD_RESULT = """
+    INSERT INTO conveyor_results (task_id, state, expires_at, payload) VALUES (?, ?, ?, ?)
+    ON CONFLICT (task_id) DO NOTHING"""
 GET_RESULT = """
     SELECT state, payload FROM conveyor_results WHERE task_id = ? AND expires_at > ?"""
 GET_RESULTS = """
@@ -109,6 +114,8 @@ WAIT_MAX = 0.05
 class SQLiteResultStore(ResultStore):
     """See the module docstring."""
 
+    batches_fenced_writes = True
+
     def __init__(self, url: str = "sqlite:///conveyor.db") -> None:
         self.url = url
         self._db = Database(parse_sqlite_url(url), "results", SCHEMA, SCHEMA_VERSION)
@@ -117,24 +124,39 @@ class SQLiteResultStore(ResultStore):
 
     def set(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
         row = (task_id, state, time.time() + ttl, payload)
-        self._db.write(lambda c: c.execute(SET_RESULT, row))
+        self._db.write_one(lambda c: c.execute(SET_RESULT, row))
         self._wrote(1)
 
     def set_fenced(self, task_id: str, state: str, payload: bytes, ttl: float,
                    attempt: Attempt) -> bool:
-        # Read, compare and write in one BEGIN IMMEDIATE transaction.
         row = (task_id, state, time.time() + ttl, payload)
-
-        def write(conn: Connection) -> bool:
-            found = conn.execute(GET_RESULT, (task_id, time.time())).fetchone()
-            if found is not None and attempt.superseded_by(Attempt.of_payload(bytes(found[1]))):
-                return False
-            conn.execute(SET_RESULT, row)
+        # First try the insert alone, one statement in autocommit: it adds the
+        # row only where none exists, and then there is nothing to compare.
+        if self._db.write_one(lambda c: c.execute(ADD_RESULT, row).rowcount) == 1:
+            self._wrote(1)
             return True
+        # A record exists (STARTED, an earlier run, an expired one): the fenced path.
+        return self.set_many_fenced([FencedWrite(task_id, state, payload, attempt)], ttl)[0]
+
+    def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
+        """Read, compare and write each in one ``BEGIN IMMEDIATE`` transaction for all."""
+        if not writes:
+            return []
+        expires = time.time() + ttl
+
+        def write(conn: Connection) -> list[bool]:
+            now, done = time.time(), []
+            for task_id, state, payload, attempt in writes:
+                found = conn.execute(GET_RESULT, (task_id, now)).fetchone()
+                stale = found is not None and attempt.superseded_by(
+                    Attempt.of_payload(bytes(found[1])))
+                if not stale:
+                    conn.execute(SET_RESULT, (task_id, state, expires, payload))
+                done.append(not stale)
+            return done
 
         stored = self._db.write(write)
-        if stored:
-            self._wrote(1)
+        self._wrote(sum(stored))
         return stored
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:

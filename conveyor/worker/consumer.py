@@ -61,10 +61,13 @@ class Reporter(Protocol):
 
     A reporter may buffer; ``flush`` is called before the consumer waits for
     more work.  When ``acks`` is true, the reporter's receiver acknowledges
-    finished messages (``done`` with an ACK outcome) and the consumer does not.
+    finished messages (``done`` with an ACK outcome) and the consumer does not;
+    when ``writes`` is true too, it also writes the result an outcome carries
+    (:attr:`Outcome.write`) before acknowledging it.
     """
 
     acks: bool
+    writes: bool
 
     def held(self, deliveries: Sequence[Delivery]) -> None: ...
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
@@ -109,12 +112,16 @@ class Consumer:
         self.processed = 0
         self._backoff = Backoff()
         self._asked = 0.0  # monotonic time the last reserve was sent: its leases run from here
+        self._wanted = 0  # how many the last reserve asked for
         # Rate-limited messages waiting for their slot: (due, n, reserved at, delivery).
         self._held: list[tuple[float, int, float, Delivery]] = []
         self._order = itertools.count()
         self._early_ack = frozenset(name for name, task in executor.app.tasks.items()
                                     if not task.acks_late)
         self._acked_early: set[str] = set()
+        # Results may be left to the reporter's receiver, to be written together
+        # with others before the ack (conveyor/worker/results.py).
+        self._hand_off = reporter.acks and getattr(reporter, "writes", False)
 
     @property
     def broker(self) -> Broker:
@@ -148,6 +155,7 @@ class Consumer:
             self.stop.wait(timeout)
             return []
         self._asked = time.monotonic()
+        self._wanted = want
         try:
             batch = self.broker.reserve(queues, want, self.lease, timeout=timeout)
         except BrokerError as exc:
@@ -175,6 +183,7 @@ class Consumer:
     def _run_batch(self, batch: list[Delivery]) -> None:
         self.reporter.held(batch)
         reserved = self._asked
+        backlog = len(batch) == self._wanted > 1
         revoked = self._revoked(batch)
         for index, delivery in enumerate(batch):
             if self.stop.is_set():
@@ -188,7 +197,11 @@ class Consumer:
             if not held:
                 self.reporter.done(delivery, Outcome(REQUEUE, reason="lease lost"))
                 continue
-            outcome = self._execute(delivery, task_id_of(delivery) in revoked)
+            # A result is handed off only while more work waits: later messages
+            # of this batch, or a backlog (the reserve filled a prefetch of
+            # several).  A lone result is written at once by its own run.
+            more = self._hand_off and (index + 1 < len(batch) or backlog)
+            outcome = self._execute(delivery, task_id_of(delivery) in revoked, more)
             self._conclude(delivery, outcome, reserved)
 
     def _conclude(self, delivery: Delivery, outcome: Outcome, reserved: float) -> None:
@@ -199,7 +212,8 @@ class Consumer:
             return
         if self._acked_early and delivery.id in self._acked_early:
             self._acked_early.discard(delivery.id)
-            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime)
+            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime,
+                              write=outcome.write)
         self._finish(delivery, outcome)
         self.processed += 1
 
@@ -278,10 +292,10 @@ class Consumer:
                         "it, so it is not started here", delivery.id)
         return held
 
-    def _execute(self, delivery: Delivery, revoked: bool) -> Outcome:
+    def _execute(self, delivery: Delivery, revoked: bool, hand_off: bool = False) -> Outcome:
         try:
             return self.executor.execute(delivery, revoked=revoked,
-                                         on_start=self._on_start(delivery))
+                                         on_start=self._on_start(delivery), hand_off=hand_off)
         except _AckRefused:
             return Outcome(REQUEUE, reason="lease lost before an early ack")
         except (BrokerError, ResultError) as exc:

@@ -36,6 +36,7 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from conveyor.resultstores.base import FencedWrite
 from conveyor.task import Task
 from conveyor.worker import announce
 
@@ -58,6 +59,9 @@ class Outcome:
     reason: str | None = None
     delay: float = 0.0
     runtime: float = 0.0
+    #: A successful result left for the supervisor to write, before the ack
+    #: (conveyor/worker/results.py); None when the run wrote its own.
+    write: FencedWrite | None = None
 
 
 class Executor:
@@ -76,15 +80,21 @@ class Executor:
         self.track_started = app.conf.task_track_started
         self._run_sync = run_sync or call_task
         self.gate = gate  # rate limits (conveyor.worker.ratelimit); None: no task has one
+        self._may_hand_off = False  # for the delivery being executed (see execute)
 
     # -- entry point -------------------------------------------------------
     def execute(self, delivery: Delivery, revoked: bool = False,
-                on_start: OnStart | None = None) -> Outcome:
+                on_start: OnStart | None = None, hand_off: bool = False) -> Outcome:
         """Run one delivery end to end and say what to do with it.
 
         ``on_start(task_name, hard_limit, message)`` is called just before the
         task runs, so a supervisor can enforce the hard time limit.
+        ``hand_off``: the caller has more work in hand and a supervisor that
+        writes results before it acknowledges, so a success whose write
+        nothing here waits for is returned in :attr:`Outcome.write` instead
+        of written now (:meth:`_may_defer`).
         """
+        self._may_hand_off = hand_off
         if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
             return announce.rejected(self, delivery, None, Outcome(
                 DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
@@ -194,17 +204,38 @@ class Executor:
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
         assert request.message is not None
         runtime = time.time() - started
+        write = None
         if not _ignored(task, request):
             try:
-                if not self._store_final(request, states.SUCCESS, result=result,
-                                         date_started=started):
+                if self._may_defer(task, request.message):
+                    record = self.app.record_for(request, states.SUCCESS, result=result,
+                                                 date_started=started)
+                    write = self.app.fenced_write(record)
+                if write is None and not self._store_final(
+                        request, states.SUCCESS, result=result, date_started=started):
                     return _superseded(request)
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
         workflow.on_success(self.app, request.message, result)
         hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
-        return Outcome(ACK, state=states.SUCCESS, runtime=runtime)
+        return Outcome(ACK, state=states.SUCCESS, runtime=runtime, write=write)
+
+    def _may_defer(self, task: Task, message: Message) -> bool:
+        """May this success's write be left to the supervisor (written with others,
+        before the ack)?  Only when nothing in this process waits for it: the
+        write's verdict (the fence, ADR 0004) decides whether follow-ups are sent,
+        and Celery runs ``on_success``/``after_return``, ``task_success`` and
+        ``task_postrun`` after the result is stored, so with any of them the run
+        writes its own result first, as always.  And only for stores that write
+        a batch in one step (``batches_fenced_writes``)."""
+        return (self._may_hand_off
+                and not signals.task_success.receivers
+                and not signals.task_postrun.receivers
+                and not workflow.follows_success(message)
+                and not hooks.overrides(task, "on_success")
+                and not hooks.overrides(task, "after_return")
+                and self.app.backend.batches_fenced_writes)
 
     def _handle_error(self, task: Task, request: Request, exc: BaseException,
                       started: float) -> Outcome:

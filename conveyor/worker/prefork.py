@@ -109,6 +109,7 @@ class OwnLeases(SlotReporter):
     the child acknowledges its own messages and renews what it holds."""
 
     acks = False  # the consumer acknowledges each message itself
+    writes = False  # so each run writes its own result, before its ack
 
     def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
         super().__init__(send)

@@ -35,11 +35,13 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from conveyor.resultstores.base import FencedWrite
 from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook, Running, Slot
 from conveyor.worker.consumer import task_id_of
 from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
+from conveyor.worker.results import ResultBuffer, as_report, from_report
 
 if TYPE_CHECKING:
     from conveyor.worker.main import Worker
@@ -70,9 +72,11 @@ class SlotReporter:
     the task just finished) goes with the next task's start or the flush
     before the consumer waits, about one message (one supervisor wake-up) per
     task.  The supervisor acknowledges ``done`` messages for all its slots a
-    few at a time (:mod:`conveyor.worker.acks`)."""
+    few at a time (:mod:`conveyor.worker.acks`), and first writes the results
+    they carry, together (:mod:`conveyor.worker.results`)."""
 
     acks = True
+    writes = True
 
     def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
         self.send = send
@@ -104,7 +108,8 @@ class SlotReporter:
         # acknowledgement by the supervisor would cost a side-store write per task.
         self._pending.append(("done", delivery.id, outcome.state,
                               self.acks and outcome.action == ACK,
-                              report and report.to_tuple()))
+                              report and report.to_tuple(),
+                              outcome.write and as_report(outcome.write)))
 
     def flush(self) -> None:
         if self._pending:
@@ -120,7 +125,10 @@ class Supervisor(abc.ABC):
         self.app = worker.app
         self.book = LeaseBook()
         self.acks = AckBuffer(lambda: self.app.broker, worker.lease)
-        self._acks_lock = threading.Lock()  # consumer threads add, the supervisor flushes
+        self.results = ResultBuffer(lambda: self.app.backend, self.app.conf.result_expires,
+                                    worker.lease)
+        # Consumer threads add acks and results, the supervisor flushes them.
+        self._acks_lock = threading.Lock()
         self.executor = Executor(self.app, worker.hostname)  # records killed tasks
         self.replaced = 0  # slots replaced after a crash or a kill
         self._next_key = 0
@@ -170,10 +178,11 @@ class Supervisor(abc.ABC):
             self._apply_requests()
             self._fill()
             with self._acks_lock:
-                timeout = self.acks.wait_time(0.2)
+                timeout = self.results.wait_time(self.acks.wait_time(0.2))
             for key, code in self.wait(timeout):
                 self._ended(key, code)
             with self._acks_lock:
+                self._write_results()
                 self.acks.flush_due()
             self._periodic()
             if self.worker.stopping and not told:  # again: a slot may have started meanwhile
@@ -184,8 +193,9 @@ class Supervisor(abc.ABC):
                 self.begin_shutdown(now=True)
         deadline = time.monotonic() + min(5.0, self.worker.lease / 2)
         with self._acks_lock:  # a few tries; what stays unsent comes back with its lease
-            while not self.acks.flush() and time.monotonic() < deadline:
-                time.sleep(self.acks.wait_time(0.5))
+            while not (self._write_results(now=True) and self.acks.flush()) \
+                    and time.monotonic() < deadline:
+                time.sleep(min(0.1, self.acks.wait_time(0.5)))
 
     def apply(self, key: int, reports: list[tuple[Any, ...]]) -> None:
         """Apply one list of a slot's reports (see :class:`SlotReporter`)."""
@@ -199,10 +209,12 @@ class Supervisor(abc.ABC):
             elif kind == "ret":
                 self.book.returned(key, msg[1])
             elif kind == "done":
-                delivery_id, state, ack, report = msg[1:]
+                delivery_id, state, ack, report, write = msg[1:]
                 delivery = self.book.done(key, delivery_id, state,
                                           report and TaskReport(*report))
-                if ack and delivery is not None:
+                if write is not None:  # written (even if the slot was given up), then acked
+                    self._write(delivery if ack else None, from_report(write))
+                elif ack and delivery is not None:
                     self._ack(delivery)
 
     def _ack(self, delivery: Delivery) -> None:
@@ -211,6 +223,22 @@ class Supervisor(abc.ABC):
             self.acks.add(delivery)
         if first:
             self.wake()
+
+    def _write(self, delivery: Delivery | None, write: FencedWrite) -> None:
+        with self._acks_lock:
+            first = not len(self.results)
+            self.results.add(delivery, write)
+        if first:
+            self.wake()
+
+    def _write_results(self, now: bool = False) -> bool:
+        """Called with the acks lock held: write the pending results, then queue
+        their acks.  False if some are still pending (the store failed)."""
+        if not len(self.results):
+            return True
+        for delivery in self.results.flush(now) or ():
+            self.acks.add(delivery)
+        return not len(self.results)
 
     def _fill(self) -> None:
         if self.worker.stopping or time.monotonic() < self._respawn_after:

@@ -31,6 +31,7 @@ import pytest
 
 from conveyor import states
 from conveyor.resultstores import ResultStore, result_store_from_url
+from conveyor.resultstores.base import FencedWrite
 from conveyor.resultstores.record import Attempt
 
 # A message's send time in microseconds (``Attempt.sent``), for the fence tests.
@@ -215,6 +216,37 @@ class ResultStoreContract:
         assert write(store, Attempt(SENT, 0, 1), "fenced")
         store.set("t", "PROGRESS", b"not json at all", 60)
         assert write(store, Attempt(SENT, 0, 1), "fenced again")
+
+    def test_a_batch_of_fenced_writes_is_fenced_write_by_write(self, store: ResultStore) -> None:
+        assert write(store, Attempt(SENT, 0, 2), "newer")
+        batch = [
+            FencedWrite("t", states.SUCCESS, fenced_record(Attempt(SENT, 0, 1), "stale"),
+                        Attempt(SENT, 0, 1)),
+            FencedWrite("u", states.SUCCESS, b'{"result": "other"}', Attempt(SENT, 0, 1)),
+        ]
+        assert store.set_many_fenced(batch, 60) == [False, True]
+        assert stored_value(store) == "newer"
+        other = store.get("u")
+        assert other is not None and other.payload == b'{"result": "other"}'
+        later = FencedWrite("t", states.SUCCESS, fenced_record(Attempt(SENT, 0, 3), "later"),
+                            Attempt(SENT, 0, 3))
+        assert store.set_many_fenced([later], 60) == [True]
+        assert stored_value(store) == "later"
+        assert store.set_many_fenced([], 60) == []
+
+    def test_a_batched_write_wakes_its_waiter(self, store: ResultStore, url: str) -> None:
+        writer = result_store_from_url(url)
+        batch = [FencedWrite(t, states.SUCCESS, b"done " + t.encode(), Attempt(SENT, 0, 1))
+                 for t in ("v", "w")]
+        timer = threading.Timer(0.3, lambda: writer.set_many_fenced(batch, 60))
+        start = time.monotonic()
+        timer.start()
+        got = store.wait("w", timeout=10)
+        elapsed = time.monotonic() - start
+        timer.join()
+        writer.close()
+        assert got is not None and got.payload == b"done w"
+        assert 0.25 <= elapsed < 3.0  # woken by the write, far from the timeout
 
     # -- the chord crash window (ADR 0002) ---------------------------------------------------
     def test_a_completer_killed_after_the_join_gets_the_parts_again(

@@ -87,13 +87,13 @@ def fault_redis_url(request: pytest.FixtureRequest,
 
 @pytest.fixture(params=["sqlite", "redis", *TOPOLOGIES, *OTHER_BROKERS])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The broker URL: SQLite, Redis, Redis behind Sentinel and in a Cluster (those two
-    run in ``make test-topologies``), PostgreSQL and RabbitMQ (its side store in this
-    test's directory; those two run in ``make test-brokers``).  A test that needs
+    """The broker URL: SQLite, Redis, Redis behind Sentinel and in a Cluster, Valkey
+    (marked ``topology``), PostgreSQL and RabbitMQ (its side store in this test's
+    directory; marked ``other_brokers``).  A test that needs
     another set names it with ``@pytest.mark.parametrize("url", [...], indirect=True)``."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
-    if request.param in ("postgres", "amqp", "sentinel", "cluster"):
+    if request.param in ("postgres", "amqp", "sentinel", "cluster", "valkey"):
         # RabbitMQ with its default queue type, quorum: it counts redeliveries exactly
         # (classic queues only flag them), which the max_deliveries cases rely on.
         fixture = {"postgres": "pg_url", "amqp": "amqp_quorum_url"}.get(
@@ -109,8 +109,12 @@ def results_url(url: str, tmp_path: Path) -> str | None:
 
 
 @pytest.fixture
-def backend(url: str) -> str:
-    """The broker's kind, for the figures: sqlite, redis, sentinel, redis+cluster …"""
+def backend(request: pytest.FixtureRequest, url: str) -> str:
+    """The broker's kind, for the figures: sqlite, redis, sentinel, redis+cluster …,
+    and valkey (its URL says ``redis://``: the parameter tells it apart)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("url") == "valkey":
+        return "valkey"
     return url.split(":", 1)[0]
 
 

@@ -174,15 +174,18 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` this test owns, on its own port, that it may kill and restart.
 
-    With ``tls`` it listens for TLS only (and replicates over TLS).
+    With ``tls`` it listens for TLS only (and replicates over TLS).  ``binary``
+    names another server that takes the same arguments (``valkey-server``,
+    :mod:`tests.valkey_server`).
     """
 
     def __init__(self, directory: Path, durable: bool = False,
-                 tls: RedisTls | None = None) -> None:
+                 tls: RedisTls | None = None, binary: str = "redis-server") -> None:
         self.directory = directory
         self.port = free_port()
         self.durable = durable
         self.tls = tls
+        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -198,14 +201,14 @@ class RedisServer:
         durability = (["--appendonly", "yes", "--appendfsync", "always"] if self.durable
                       else ["--appendonly", "no"])
         listen = self.tls.server_args(self.port) if self.tls else ["--port", str(self.port)]
-        cmd = ["redis-server", *listen, "--bind", "127.0.0.1",
+        cmd = [self.binary, *listen, "--bind", "127.0.0.1",
                "--save", "", "--dir", str(self.directory), "--protected-mode", "no",
                *durability, *extra]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
-        wait_for(self.ping, 15, f"redis-server on port {self.port}")
+        wait_for(self.ping, 15, f"{Path(self.binary).name} on port {self.port}")
 
     def client(self) -> redis.Redis:
         """A client with short timeouts (and the certificate, with TLS)."""
@@ -228,6 +231,8 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+    stop = kill  # a session fixture's ``running()`` stops what it started
 
     def flush(self) -> None:
         client = self.client()

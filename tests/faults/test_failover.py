@@ -50,7 +50,7 @@ from redis.crc import key_slot
 from conveyor import Conveyor
 from conveyor.exceptions import BrokerError
 
-from ..conftest import TOPOLOGIES
+from ..conftest import REPLICATED_TOPOLOGIES
 from ..integration.processes import ROOT, Ledger, wait_for
 from ..integration.test_monitor_api import Served
 from ..redis_cluster import RedisCluster
@@ -126,7 +126,7 @@ class Master:
         return self.cluster.procs[port].poll() is not None
 
 
-@pytest.fixture(params=TOPOLOGIES)
+@pytest.fixture(params=REPLICATED_TOPOLOGIES)
 def master(request: pytest.FixtureRequest, redis_prefix: str) -> Iterator[Master]:
     if request.param == "sentinel":
         sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")

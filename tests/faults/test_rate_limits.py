@@ -75,14 +75,14 @@ def test_remote_rate_limit_changes_a_running_worker(
     try:
         proc = workers.start("-c", "3", "-P", pool, "--prefetch-multiplier", "1")
         wait_ready(workers, proc)
-        [reply] = client.control.rate_limit(name, "2/s", reply=True, timeout=5)
+        [reply] = client.control.rate_limit(name, "2/s", reply=True, timeout=5, limit=1)
         assert list(reply.values()) == [{"ok": "new rate limit set successfully"}]
         ids = [client.send_task(name).id for _ in range(6)]
         wait_for(lambda: settled(client.broker, ledger, ids), 30, "the limited tasks to run")
         limited = [t for t, _ in starts(ledger)]
         assert len(limited) == 6
         assert_spaced(limited, INTERVAL)
-        [reply] = client.control.rate_limit(name, None, reply=True, timeout=5)
+        [reply] = client.control.rate_limit(name, None, reply=True, timeout=5, limit=1)
         assert list(reply.values()) == [{"ok": "rate limit disabled successfully"}]
         more = [client.send_task(name).id for _ in range(6)]
         wait_for(lambda: settled(client.broker, ledger, ids + more), 30, "the rest to run")

@@ -193,6 +193,63 @@ def test_works_without_update_returning(broker: SQLiteBroker,
     assert {d.id for d in broker.reserve(["q"], 3, lease=30, timeout=0)} == {"a", "b", "c"}
 
 
+def test_reserve_says_which_tasks_are_revoked(broker: SQLiteBroker) -> None:
+    """Read in the lease transaction, so a consumer need not ask again."""
+    broker.revoke(["t1", "t3"], ttl=60)
+    broker.revoke(["gone"], ttl=-1)  # expired: not revoked any more
+    broker.enqueue_many([env("t1"), env("t2"), env("t3~1"), env("gone")])
+    got = broker.reserve(["q"], 4, lease=30, timeout=0)
+    assert {d.id: d.revoked for d in got} == {"t1": True, "t2": False, "t3~1": True,
+                                              "gone": False}
+
+
+# -- locking -----------------------------------------------------------------
+
+
+def _hold_write_lock(db_path: Path, seconds: float, held: threading.Event) -> None:
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    held.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_writer_waits_for_the_lock_and_gets_it_once_free(broker: SQLiteBroker,
+                                                           db_path: Path) -> None:
+    """Waiting is Conveyor's (the connection's own busy timeout is 0): short
+    steps, so the write goes through soon after the holder commits."""
+    assert broker._db.connection().execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db_path, 0.3, held))
+    holder.start()
+    assert held.wait(5)
+    start = time.monotonic()
+    broker.enqueue(env("after-the-lock"))
+    waited = time.monotonic() - start
+    holder.join()
+    assert 0.2 <= waited < 2.0
+    assert [d.id for d in broker.reserve(["q"], 1, lease=30, timeout=0)] == ["after-the-lock"]
+
+
+def test_a_lock_held_past_the_busy_timeout_is_an_error_naming_the_file(
+        url: str, db_path: Path) -> None:
+    b = broker_from_url(url, {"busy_timeout": 0.2})
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db_path, 1.5, held))
+    holder.start()
+    assert held.wait(5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(BrokerError, match=r"stayed locked for more than 0\.2 s"):
+            b.enqueue(env("refused"))
+        assert time.monotonic() - start < 1.2  # gave up at its timeout, not the holder's commit
+    finally:
+        holder.join()
+    assert b.stats(["q"])[0].ready == 0
+    b.close()
+
+
 # -- polling -----------------------------------------------------------------
 
 
@@ -291,6 +348,33 @@ def test_fenced_write_refuses_a_stale_run(url: str) -> None:
     assert s.set_fenced("t", states.SUCCESS, _record(stale, "old"), 60, stale) is False
     got = s.get("t")
     assert got is not None and b'"new"' in got.payload
+    s.close()
+
+
+def test_a_first_record_is_one_statement_and_a_later_one_is_still_fenced(url: str) -> None:
+    """The usual write (no record yet) is a single autocommit insert; once a
+    record exists the fenced read-compare-write transaction decides."""
+    s = SQLiteResultStore(url)
+    seen: list[str] = []
+    s._db.connection().set_trace_callback(seen.append)
+    first, later, stale = Attempt(1, 0, 1), Attempt(1, 0, 3), Attempt(1, 0, 2)
+    assert s.set_fenced("t", states.STARTED, _record(first, "started"), 60, first) is True
+    assert [q.split()[0] for q in seen] == ["INSERT"]
+    assert s.set_fenced("t", states.SUCCESS, _record(later, "done"), 60, later) is True
+    assert s.set_fenced("t", states.SUCCESS, _record(stale, "stale"), 60, stale) is False
+    got = s.get("t")
+    assert got is not None and got.state == states.SUCCESS and b'"done"' in got.payload
+    s.close()
+
+
+def test_an_expired_record_does_not_fence_a_new_write(url: str) -> None:
+    s = SQLiteResultStore(url)
+    newer, older = Attempt(1, 0, 5), Attempt(1, 0, 1)
+    s.set("t", states.SUCCESS, _record(newer, "gone"), -1)  # expired at once
+    assert s.get("t") is None
+    assert s.set_fenced("t", states.SUCCESS, _record(older, "kept"), 60, older) is True
+    got = s.get("t")
+    assert got is not None and b'"kept"' in got.payload
     s.close()
 
 

@@ -85,6 +85,17 @@ def test_sigkill_of_a_child_mid_task_loses_nothing(client: Conveyor, spawn, ledg
     assert len(children_of(worker.pid)) == 2, "the dead child was replaced"
 
 
+def test_a_backlog_s_results_are_written_together_and_then_acked(
+        client: Conveyor, spawn, tmp_path: Path) -> None:
+    results = [client.send_task(WORK, [0]) for _ in range(40)]
+    worker = spawn("-c", "2", "--prefetch-multiplier", "4", "-l", "DEBUG")
+    assert all(r.get(timeout=60) in children_of(worker.pid) for r in results)
+    # Most finished with more work in hand: their supervisor wrote them, a few at a time.
+    assert "results for the slots in one call" in (tmp_path / "worker.log").read_text()
+    wait_for(lambda: sum(s.inflight + s.ready for s in client.broker.stats(["default"])) == 0,
+             10, "every message to be acknowledged")
+
+
 def test_soft_time_limit_lets_the_task_clean_up(client: Conveyor, spawn, ledger: Ledger) -> None:
     result = client.send_task(f"{APP}.soft_limited")
     spawn("-c", "1")

@@ -1,0 +1,110 @@
+"""Successful results a supervisor writes for its slots, together, before the ack.
+
+A slot (prefork child, consumer thread) that finished a task while more
+work waits in its hands does not wait for its result's round trip: when
+nothing in its process waits for the write's verdict (no follow-ups, no
+success hooks or signals; :meth:`Executor._may_defer`), it passes the
+encoded, fenced write along with its "done" report and starts the next
+task.  The supervisor writes whatever such results it has when it wakes —
+those ready at the same moment, from every slot — in one
+:meth:`~conveyor.resultstores.base.ResultStore.set_many_fenced` call, then
+acknowledges their messages.  A lone result (nothing else in the slot's
+hands) is written by its own run as before: no result waits for a batch.
+
+The guarantees stay as they were:
+
+* **Result before ack.**  A message is acknowledged only after its result
+  was written (or refused by the fence).
+* **Fencing.**  Each write is compared with the stored record's attempt, on
+  its own (ADR 0004); a refused one is logged, as the run's own write would
+  have been, and its ack is sent, to be refused by the broker's token check.
+* **Nothing lost.**  Until it is written, the message is not acknowledged:
+  if the supervisor dies first, the lease hands the message out again.  A
+  store outage is retried until the oldest write has waited a lease, then
+  left to the leases (the tasks run again: as when a run cannot write).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import ResultError
+from conveyor.resultstores.base import FencedWrite, ResultStore
+from conveyor.resultstores.record import Attempt
+
+log = logging.getLogger("conveyor.worker")
+
+
+def as_report(write: FencedWrite) -> tuple[Any, ...]:
+    """A write as a plain tuple, for a child's pipe (cheaper to pickle)."""
+    return (write.task_id, write.state, write.payload, write.attempt.sent,
+            write.attempt.retries, write.attempt.deliveries)
+
+
+def from_report(report: tuple[Any, ...]) -> FencedWrite:
+    task_id, state, payload, sent, retries, deliveries = report
+    return FencedWrite(task_id, state, payload, Attempt(sent, retries, deliveries))
+
+
+class ResultBuffer:
+    """Results waiting for their write; the supervisor flushes them when it wakes."""
+
+    def __init__(self, store: Callable[[], ResultStore], ttl: float, lease: float) -> None:
+        self._store = store
+        self.ttl = ttl
+        self.lease = lease
+        self._pending: list[tuple[Delivery | None, FencedWrite]] = []
+        self._since = 0.0  # when the oldest pending write arrived (monotonic)
+        self._retry_at = 0.0  # after a failed write: not before this
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, delivery: Delivery | None, write: FencedWrite) -> None:
+        """``delivery``: the message to acknowledge once written (None: none)."""
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append((delivery, write))
+
+    def wait_time(self, cap: float) -> float:
+        """How long the caller may block before :meth:`flush` has work (none: ``cap``)."""
+        if not self._pending:
+            return cap
+        return max(0.0, min(cap, self._retry_at - time.monotonic()))
+
+    def flush(self, now: bool = False) -> list[Delivery] | None:
+        """Write every pending result; return the messages to acknowledge.
+
+        None when the store failed (the writes are kept, and tried again after
+        a short pause unless ``now``).
+        """
+        if not self._pending or (not now and time.monotonic() < self._retry_at):
+            return []
+        batch, self._pending = self._pending, []
+        try:
+            stored = self._store().set_many_fenced([w for _, w in batch], self.ttl)
+        except ResultError as exc:
+            self._keep(batch, exc)
+            return None
+        self._retry_at = 0.0
+        log.debug("stored %d results for the slots in one call", len(batch))
+        for (_, write), ok in zip(batch, stored, strict=True):
+            if not ok:
+                log.warning("task [%s]: result refused, a later delivery of the message took "
+                            "over (this worker held it past its lease)", write.task_id,
+                            extra={"task_id": write.task_id})
+        return [delivery for delivery, _ in batch if delivery is not None]
+
+    def _keep(self, batch: list[tuple[Delivery | None, FencedWrite]], exc: ResultError) -> None:
+        """Retry soon, but not past a lease: by then the messages go out again."""
+        if time.monotonic() - self._since > self.lease:
+            log.error("could not store the results of %d tasks (%s); their leases will hand "
+                      "them out again", len(batch), exc)
+            return
+        log.warning("could not store the results of %d tasks (%s); retrying", len(batch), exc)
+        self._pending = batch + self._pending
+        self._retry_at = time.monotonic() + min(1.0, self.lease / 10)
