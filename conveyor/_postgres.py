@@ -31,7 +31,9 @@ connection it inherited (libpq's socket stays the parent's), so the parent
 loses nothing.  A connection that failed is thrown away, not reused, and so
 is an idle one the server has written to: the server speaks to an idle
 connection only to end it (a terminated backend, a shutdown), so a producer
-after a restart gets a fresh connection instead of an error.
+after a restart gets a fresh connection instead of an error.  A connection
+that breaks takes the idle ones of every pool of the process on that server
+with it (the broker's, the result store's, ...): they share its path.
 
 Dead paths: a connection that silently stopped answering (a NAT or firewall
 dropped its state, a partitioned host: no RST, no FIN) would leave a call
@@ -66,6 +68,7 @@ import re
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,6 +226,8 @@ class Pool:
         self._idle: list[BoundedConnection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        with _PATHS_LOCK:
+            _PATHS.setdefault(options.address, weakref.WeakSet()).add(self)
 
     def connect(self) -> BoundedConnection:
         """A new connection of its own (the caller closes it)."""
@@ -252,7 +257,7 @@ class Pool:
             yield conn
         except BaseException:
             if conn.broken:
-                self._drop_idle()  # the server went away: its siblings are gone too
+                _drop_idle_on(self.options.address)  # gone with it: see _PATHS
             conn.close()
             raise
         self._give_back(conn)
@@ -317,6 +322,22 @@ class Pool:
 
     def close(self) -> None:
         self._drop_idle()
+
+
+# Every pool of this process by server address.  A connection that broke (the
+# server went away, or the path to it died) takes the idle connections of every
+# pool on that server with it, the other stores' too: they share its fate, and
+# after a dead path heals each would otherwise cost a socket_timeout at its first
+# use, failing a write (a result, an ack) on a task that then runs again.
+_PATHS: dict[str, weakref.WeakSet[Pool]] = {}
+_PATHS_LOCK = threading.Lock()
+
+
+def _drop_idle_on(address: str) -> None:
+    with _PATHS_LOCK:
+        pools = list(_PATHS.get(address, ()))
+    for pool in pools:
+        pool._drop_idle()
 
 
 def _usable(conn: psycopg.Connection[Any]) -> bool:

@@ -401,3 +401,33 @@ def test_postgres_listening_connection_comes_back_after_a_blackhole(
     finally:
         cut.close()
         direct.close()
+
+
+@pytest.mark.parametrize("server", [pytest.param("postgres", marks=other_brokers)],
+                         indirect=True)
+def test_postgres_dead_idle_connections_go_with_the_first_failure(
+        server: Server, proxy: FaultProxy) -> None:
+    """A worker's broker and result store keep pools of their own on one server.
+    After a dead path heals, the first call that fails on one pool's dead idle
+    connection (one socket_timeout) takes the other pools' idle connections with
+    it, so the next write on another store (a result, before an ack) gets a working
+    connection instead of failing and handing its task back to run again."""
+    from conveyor._postgres import Pool, parse_postgres_url
+
+    options = parse_postgres_url(server.through(proxy))
+    broker, results = Pool(options), Pool(options)
+    try:
+        for pool in (broker, results):
+            pool.run("ping", lambda c: c.execute("SELECT 1"))
+        proxy.blackhole()
+        proxy.heal()
+        began = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="did not answer"):
+            broker.run("write", lambda c: c.execute("SELECT 1"))  # a write: no retry
+        assert time.monotonic() - began < SOCKET_TIMEOUT + 0.5
+        began = time.monotonic()
+        results.run("write", lambda c: c.execute("SELECT 1"))
+        assert time.monotonic() - began < SOCKET_TIMEOUT / 2, "a dead connection was reused"
+    finally:
+        broker.close()
+        results.close()
