@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from conveyor import _redact as redact
 from conveyor.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
@@ -163,7 +163,9 @@ def _conninfo(parts: SplitResult, query: list[tuple[str, str]]) -> tuple[str, st
     is bounded (libpq's default is to wait for ever)."""
     if not any(key == "connect_timeout" for key, _ in query):
         query = [*query, ("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))]
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    # quote, not quote_plus: libpq reads a "+" as itself, never as a space.
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path,
+                           urlencode(query, quote_via=quote), ""))
     address = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
     return conninfo, address
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -69,6 +69,10 @@ SOCKET_TIMEOUT = 0.6
 QUERY = f"socket_timeout={SOCKET_TIMEOUT}&socket_connect_timeout={SOCKET_TIMEOUT}"
 # libpq counts connect_timeout in whole seconds, and at least 2.
 PG_CONNECT_TIMEOUT = 2
+# A transaction cut off mid-way leaves its backend idle in it, holding its locks
+# (rows a reserve would skip, a result's advisory lock) until the server gives up
+# on it: as docs/operations.md asks, the session says when (libpq's options).
+IDLE_IN_TRANSACTION = quote(f"-c idle_in_transaction_session_timeout={int(LEASE * 500)}")
 # RabbitMQ's heartbeat is whole seconds: 1 is the shortest a client may ask for.
 HEARTBEAT = 1
 AMQP_CONNECT_TIMEOUT = 1.0
@@ -137,7 +141,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     elif request.param == "postgres":
         url = with_password(str(request.getfixturevalue("pg_url")), PLANTED)
         yield Server("postgres", urlsplit(url).port or 5432, url,
-                     f"socket_timeout={SOCKET_TIMEOUT}&connect_timeout={PG_CONNECT_TIMEOUT}",
+                     f"socket_timeout={SOCKET_TIMEOUT}&connect_timeout={PG_CONNECT_TIMEOUT}"
+                     f"&options={IDLE_IN_TRANSACTION}",
                      None, "PostgreSQL at 127.0.0.1:{port}/", PLANTED,
                      # A read tries once more, on a new connection: a connect timeout.
                      send=SOCKET_TIMEOUT + 1.0, answer=SOCKET_TIMEOUT + PG_CONNECT_TIMEOUT + 1.5,

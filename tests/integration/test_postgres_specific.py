@@ -65,6 +65,9 @@ def test_timeouts_bound_every_connect_and_wait() -> None:
         10.0, "postgresql://u:p@h/db?connect_timeout=4")
     own = parse_postgres_url("postgresql://u:p@h/db?socket_timeout=0.5&connect_timeout=2")
     assert (own.socket_timeout, own.conninfo) == (0.5, "postgresql://u:p@h/db?connect_timeout=2")
+    # libpq reads "+" as itself: a space in a parameter (options=-c ...) stays %20.
+    spaced = parse_postgres_url("postgresql://u:p@h/db?options=-c%20lock_timeout%3D5s")
+    assert spaced.conninfo == "postgresql://u:p@h/db?options=-c%20lock_timeout%3D5s&connect_timeout=4"
     for bad in ("0", "-1", "soon", "inf"):
         with pytest.raises(ConfigurationError, match=f"socket_timeout='{bad}'"):
             parse_postgres_url(f"postgresql://u:s3cret@h/db?socket_timeout={bad}")
