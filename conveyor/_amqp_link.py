@@ -10,7 +10,11 @@ and lose it all when the blocked connection is torn down.
 A link is used under its lock.  ``run`` retries an operation on a fresh
 connection with capped exponential backoff; an operation blocked by an
 alarm longer than ``blocked_connection_timeout`` raises
-:class:`BrokerUnavailable` at once instead.
+:class:`BrokerUnavailable` at once instead, and so does a connect that got
+no answer within ``connect_timeout`` (TCP and the AMQP handshake together):
+the path is dead, and each further try would wait as long again.  A
+connection that went silent is terminated within a heartbeat
+(:mod:`conveyor._amqp_silence`).
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorStackTimeout,
+)
 
 from conveyor._amqp import AMQPOptions
 from conveyor._amqp_confirms import Confirms
+from conveyor._amqp_silence import watch
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
 T = TypeVar("T")
@@ -87,25 +96,47 @@ def connection_parameters(o: AMQPOptions) -> pika.ConnectionParameters:
         extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
     if o.heartbeat is not None:
         extra["heartbeat"] = o.heartbeat
+    # stack_timeout bounds the whole bring-up: a path that accepts the TCP
+    # connection and then says nothing would otherwise hold it for 15 s.
     return pika.ConnectionParameters(
         host=o.host, port=o.port, virtual_host=o.vhost,
         credentials=pika.PlainCredentials(o.username, o.password),
-        socket_timeout=o.connect_timeout,
+        socket_timeout=o.connect_timeout, stack_timeout=o.connect_timeout,
         blocked_connection_timeout=o.blocked_connection_timeout, **extra)
 
 
+class _Unanswered(Exception):
+    """A connect that got no answer within ``connect_timeout``: not worth another
+    try (``Link.run`` gives up at once; callers see :class:`BrokerUnavailable`)."""
+
+
 def connect(o: AMQPOptions) -> pika.BlockingConnection:
-    """A new connection, or :class:`BrokerUnavailable` naming the place (never the
-    password) and the socket's own error."""
+    """A new connection, watched for silence, or :class:`BrokerUnavailable` naming
+    the place (never the password) and the socket's own error."""
     try:
-        return pika.BlockingConnection(connection_parameters(o))
+        return _connect(o)
+    except _Unanswered as exc:
+        raise BrokerUnavailable(str(exc)) from None
+
+
+def _connect(o: AMQPOptions) -> pika.BlockingConnection:
+    """:func:`connect`, raising :class:`_Unanswered` for a connect that timed out."""
+    try:
+        conn = pika.BlockingConnection(connection_parameters(o))
     except pika.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(
             f"RabbitMQ at {o.place} closed the connection at login: wrong credentials, "
             "or the node is stopping or starting") from None
-    except pika.exceptions.AMQPConnectionError as exc:
+    except (pika.exceptions.AMQPConnectionError, AMQPConnectorException) as exc:
+        inner = _innermost(exc)
+        if isinstance(inner, TimeoutError | AMQPConnectorStackTimeout):
+            raise _Unanswered(
+                f"RabbitMQ at {o.place} did not answer within {o.connect_timeout:g}s "
+                "(connect_timeout): a dead path or a stalled node") from None
         raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable "
-                                f"({type(_innermost(exc)).__name__})") from None
+                                f"({type(inner).__name__})") from None
+    watch(conn)
+    return conn
 
 
 class Link:
@@ -121,9 +152,16 @@ class Link:
 
     def chan(self) -> BlockingChannel:
         """The open channel, connecting first if there is none."""
+        try:
+            return self._chan()
+        except _Unanswered as exc:
+            raise BrokerUnavailable(str(exc)) from None
+
+    def _chan(self) -> BlockingChannel:
+        """:meth:`chan`, raising :class:`_Unanswered` for a connect that timed out."""
         if self.channel is None or not self.channel.is_open:
             self.drop()
-            self.conn = connect(self.opts)
+            self.conn = _connect(self.opts)
             self.channel = self.conn.channel()
             Confirms.of(self.channel)
             # A channel the server closes between calls (consumer_timeout) is reported
@@ -149,7 +187,9 @@ class Link:
         with self.lock:
             for attempt in range(attempts):
                 try:
-                    ch = self.chan()
+                    ch = self._chan()
+                except _Unanswered as exc:
+                    raise BrokerUnavailable(str(exc)) from None
                 except BrokerUnavailable:
                     if attempt == attempts - 1:
                         raise
@@ -182,10 +222,23 @@ class Link:
             "broker_transport_options['blocked_connection_timeout']): the message was not "
             "confirmed, and may still be queued when the alarm clears")
 
-    def side_channel(self) -> BlockingChannel:
-        """A channel of its own on this link's connection (call under the lock)."""
-        self.run(lambda ch: None)
-        assert self.conn is not None
-        ch = self.conn.channel()
-        Confirms.of(ch)
-        return ch
+    @contextlib.contextmanager
+    def side_channel(self) -> Iterator[BlockingChannel]:
+        """A channel of its own on this link's connection, under the lock, closed
+        afterwards.  The connection failing under it (a dead path, a node going
+        away) drops the link and raises :class:`BrokerUnavailable`, as ``run`` does."""
+        with self.lock:
+            self.run(lambda ch: None)
+            assert self.conn is not None
+            try:
+                ch = self.conn.channel()
+                Confirms.of(ch)
+                try:
+                    yield ch
+                finally:
+                    with contextlib.suppress(Exception):
+                        ch.close()
+            except LINK_ERRORS as exc:
+                self.drop()
+                raise BrokerUnavailable(f"RabbitMQ at {self.opts.place}: the connection broke "
+                                        f"({type(exc).__name__}: {str(exc)[:200]})") from None

@@ -84,7 +84,7 @@ class Vacuum:
                 self._allowed = self._pool.run("check vacuum rights", self._may_vacuum)
             if self._allowed:
                 self._pool.run("vacuum", lambda c: c.execute(
-                    f"VACUUM (SKIP_LOCKED) {self._table}"))
+                    f"VACUUM (SKIP_LOCKED) {self._table}"), patient=True)
                 self.runs += 1
         except Exception as exc:  # a thread of our own: say so, try again later
             log.warning("PostgreSQL broker: VACUUM of %s failed (%s: %s); trying again after "

@@ -16,9 +16,12 @@ beat) reads alike:
   never goes through this URL (docs/decisions/0018-postgres-behind-pgbouncer.md);
 * ``listen_url=URL`` (percent-encoded): a direct connection, used only for
   the ``LISTEN`` connections; without it a ``transaction`` URL has none, and
-  waiters poll.
+  waiters poll;
+* ``socket_timeout=SECONDS`` (default 10, a third of the default lease): the
+  longest any call waits for the server's answer (see "Dead paths" below).
 
-Every other query parameter goes to libpq as is.
+Every other query parameter goes to libpq as is; ``connect_timeout``
+(libpq's: whole seconds, at least 2) defaults to 4 when the URL has none.
 
 Connections: a small pool per process (psycopg 3, autocommit on; several
 statements that must commit together run in an explicit transaction; no
@@ -28,7 +31,19 @@ connection it inherited (libpq's socket stays the parent's), so the parent
 loses nothing.  A connection that failed is thrown away, not reused, and so
 is an idle one the server has written to: the server speaks to an idle
 connection only to end it (a terminated backend, a shutdown), so a producer
-after a restart gets a fresh connection instead of an error.
+after a restart gets a fresh connection instead of an error.  A connection
+that breaks takes the idle ones of every pool of the process on that server
+with it (the broker's, the result store's, ...): they share its path.
+
+Dead paths: a connection that silently stopped answering (a NAT or firewall
+dropped its state, a partitioned host: no RST, no FIN) would leave a call
+blocked in a read forever, with its leases lapsing under it.  Every wait for
+the server on a connection of the pool ends after ``socket_timeout``, which
+throws the connection away (what the server does with a statement it may
+already have is unknown, as for any lost connection); the ``LISTEN``
+connection, which waits for notifications with no end, asks ``SELECT 1``
+after each ``socket_timeout`` of silence.  Only VACUUM and schema creation,
+which may rightly take long, wait up to :data:`PATIENT` seconds.
 
 Errors: a connection that cannot be made or is lost mid-call, and a
 statement the server cancelled (``statement_timeout``, ``lock_timeout``, a
@@ -52,17 +67,21 @@ import os
 import re
 import select
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from conveyor import _redact as redact
 from conveyor.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
 
 try:
     import psycopg
+
+    from conveyor._pg_bounded import BoundedConnection, NoAnswer
 except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
 
@@ -77,7 +96,10 @@ CANCELLED = frozenset({"57014", "55P03", "40P01", "40001"})
 #: A prepared statement missing, or there already: the sessions moved under us.
 PREPARED_LOST = frozenset({"26000", "42P05"})
 POOL_MODES = ("session", "transaction")
-OWN_PARAMETERS = ("schema", "pool_mode", "listen_url")  # Conveyor's, never passed to libpq
+OWN_PARAMETERS = ("schema", "pool_mode", "listen_url", "socket_timeout")  # never for libpq
+DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 4  # libpq's connect_timeout: whole seconds, at least 2
+PATIENT = 600.0  # seconds VACUUM and schema creation may wait for the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +118,7 @@ class PostgresOptions:
     pool_mode: str = "session"
     listen_conninfo: str | None = None
     listen_address: str = ""
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
 
     @property
     def prepares(self) -> bool:
@@ -124,7 +147,8 @@ def parse_postgres_url(url: str, schema: object = None) -> PostgresOptions:
         listen, listen_address = _listen_conninfo(own["listen_url"], url)
     elif mode == "transaction":
         listen = None
-    return PostgresOptions(conninfo, name, address, mode, listen, listen_address)
+    return PostgresOptions(conninfo, name, address, mode, listen, listen_address,
+                           _socket_timeout(own.get("socket_timeout"), url))
 
 
 def _split(url: str, what: str) -> SplitResult:
@@ -135,10 +159,29 @@ def _split(url: str, what: str) -> SplitResult:
 
 
 def _conninfo(parts: SplitResult, query: list[tuple[str, str]]) -> tuple[str, str]:
-    """libpq's URL for ``parts`` with ``query``, and the address to print."""
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    """libpq's URL for ``parts`` with ``query``, and the address to print; a connect
+    is bounded (libpq's default is to wait for ever)."""
+    if not any(key == "connect_timeout" for key, _ in query):
+        query = [*query, ("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))]
+    # quote, not quote_plus: libpq reads a "+" as itself, never as a space.
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path,
+                           urlencode(query, quote_via=quote), ""))
     address = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
     return conninfo, address
+
+
+def _socket_timeout(value: str | None, url: str) -> float:
+    if value is None:
+        return DEFAULT_SOCKET_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(
+            f"socket_timeout={value!r} in {redact_url(url)!r}: use seconds above 0 (at most "
+            "a third of broker_lease_timeout; docs/operations.md)")
+    return seconds
 
 
 def _pool_mode(value: str, url: str) -> str:
@@ -182,64 +225,79 @@ class Pool:
         require_psycopg()
         self.options = options
         self._size = size
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle: list[BoundedConnection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        with _PATHS_LOCK:
+            _PATHS.setdefault(options.address, weakref.WeakSet()).add(self)
 
-    def connect(self) -> psycopg.Connection[Any]:
+    def connect(self) -> BoundedConnection:
         """A new connection of its own (the caller closes it)."""
         with errors(self.options.address, "connect"):
             # prepare_threshold=None: a prepared statement lives in one server
             # session, which a transaction pooler does not keep for us.
             extra = {} if self.options.prepares else {"prepare_threshold": None}
-            return psycopg.connect(self.options.conninfo, autocommit=True,
-                                   application_name="conveyor", **extra)
+            conn = BoundedConnection.connect(self.options.conninfo, autocommit=True,
+                                             application_name="conveyor", **extra)
+        conn.answer_within = self.options.socket_timeout
+        return conn
 
-    def connect_listener(self) -> psycopg.Connection[Any]:
+    def connect_listener(self) -> BoundedConnection:
         """A new direct connection for ``LISTEN`` (the caller closes it)."""
         if self.options.listen_conninfo is None:
             raise ConfigurationError("pool_mode=transaction without listen_url: no LISTEN")
         with errors(self.options.listen_address, "listen"):
-            return psycopg.connect(self.options.listen_conninfo, autocommit=True,
-                                   application_name="conveyor")
+            conn = BoundedConnection.connect(self.options.listen_conninfo, autocommit=True,
+                                             application_name="conveyor")
+        conn.answer_within = self.options.socket_timeout
+        return conn
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> Iterator[BoundedConnection]:
         conn = self._take()
         try:
             yield conn
         except BaseException:
             if conn.broken:
-                self._drop_idle()  # the server went away: its siblings are gone too
+                _drop_idle_on(self.options.address)  # gone with it: see _PATHS
             conn.close()
             raise
         self._give_back(conn)
 
     def run(self, action: str, work: Callable[[psycopg.Connection[Any]], T],
-            transaction: bool = False, retry: bool = False) -> T:
+            transaction: bool = False, retry: bool = False, patient: bool = False) -> T:
         """``work(conn)`` on a pooled connection, in a transaction if asked.
 
         ``retry``: ``work`` may run twice (it reads, or repeating it is
         harmless), so a connection that went stale while idle (a server
-        restart, a terminated backend) costs one more try on a new
-        connection instead of an error.
+        restart, a terminated backend, a path that died while it was idle)
+        costs one more try on a new connection instead of an error; on a
+        path that is dead now, that try ends within ``connect_timeout``.
+        ``patient``: ``work`` may rightly run long
+        (VACUUM, schema changes behind a lock), so it waits up to
+        :data:`PATIENT` seconds instead of ``socket_timeout``.
         """
         try:
-            return self._run_once(action, work, transaction)
+            return self._run_once(action, work, transaction, patient)
         except BrokerUnavailable:
             if not retry:
                 raise
-        return self._run_once(action, work, transaction)
+        return self._run_once(action, work, transaction, patient)
 
     def _run_once(self, action: str, work: Callable[[psycopg.Connection[Any]], T],
-                  transaction: bool) -> T:
+                  transaction: bool, patient: bool) -> T:
         with errors(self.options.address, action), self.connection() as conn:
-            if not transaction:
-                return work(conn)
-            with conn.transaction():
-                return work(conn)
+            if patient:
+                conn.answer_within = max(PATIENT, self.options.socket_timeout)
+            try:
+                if not transaction:
+                    return work(conn)
+                with conn.transaction():
+                    return work(conn)
+            finally:
+                conn.answer_within = self.options.socket_timeout
 
-    def _take(self) -> psycopg.Connection[Any]:
+    def _take(self) -> BoundedConnection:
         with self._lock:
             if self._pid != os.getpid():
                 self._idle, self._pid = [], os.getpid()  # the parent's: leave them be
@@ -250,7 +308,7 @@ class Pool:
                 conn.close()
         return self.connect()
 
-    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+    def _give_back(self, conn: BoundedConnection) -> None:
         with self._lock:
             if self._pid == os.getpid() and len(self._idle) < self._size and not conn.broken:
                 self._idle.append(conn)
@@ -266,6 +324,22 @@ class Pool:
 
     def close(self) -> None:
         self._drop_idle()
+
+
+# Every pool of this process by server address.  A connection that broke (the
+# server went away, or the path to it died) takes the idle connections of every
+# pool on that server with it, the other stores' too: they share its fate, and
+# after a dead path heals each would otherwise cost a socket_timeout at its first
+# use, failing a write (a result, an ack) on a task that then runs again.
+_PATHS: dict[str, weakref.WeakSet[Pool]] = {}
+_PATHS_LOCK = threading.Lock()
+
+
+def _drop_idle_on(address: str) -> None:
+    with _PATHS_LOCK:
+        pools = list(_PATHS.get(address, ()))
+    for pool in pools:
+        pool._drop_idle()
 
 
 def _usable(conn: psycopg.Connection[Any]) -> bool:
@@ -290,7 +364,8 @@ def errors(address: str, action: str) -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:
         why = ("the server cancelled the statement" if exc.sqlstate in CANCELLED
-               else "the connection was refused or lost")
+               else "the server did not answer: a dead path or a stalled server"
+               if isinstance(exc, NoAnswer) else "the connection was refused or lost")
         raise BrokerUnavailable(
             f"PostgreSQL at {address}: {action} failed, {why} ({_first_line(exc)})") from exc
     except psycopg.ProgrammingError as exc:
@@ -347,7 +422,7 @@ def ensure_schema(pool: Pool, component: str, version: int,
             conn.execute(SCHEMA_SET.format(schema=schema),
                          (component, version))
 
-    pool.run("create the schema", upgrade, transaction=True)
+    pool.run("create the schema", upgrade, transaction=True, patient=True)
 
 
 def quoted(identifier: str) -> str:
@@ -470,7 +545,7 @@ class Listener:
         self._failing.set()
         self._answered.set()
 
-    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+    def _serve(self, conn: BoundedConnection) -> None:
         with errors(self._pool.options.listen_address, "LISTEN"):
             conn.execute(f"LISTEN {quoted(self._channel)}")
             if self._failing.is_set():
@@ -479,9 +554,27 @@ class Listener:
             self._ready.set()
             self._answered.set()
             self._bump()  # anything sent while not listening: look again
+            heard = time.monotonic()
             while not self._stopping.is_set():
-                for _ in conn.notifies(timeout=1.0):
-                    self._bump()
+                if self._notified(conn):
+                    heard = time.monotonic()
+                elif time.monotonic() - heard >= max(1.0, conn.answer_within or 0.0):
+                    # Silence may be a dead path, which would leave waiters polling
+                    # for good: a question of our own ends within socket_timeout.
+                    conn.execute("SELECT 1")
+                    heard = time.monotonic()
+
+    def _notified(self, conn: BoundedConnection) -> bool:
+        """Wait up to a second for notifications; whether any came."""
+        within, conn.answer_within = conn.answer_within, None  # waiting is the point here
+        try:
+            got = False
+            for _ in conn.notifies(timeout=1.0):
+                self._bump()
+                got = True
+            return got
+        finally:
+            conn.answer_within = within
 
     def stop(self) -> None:
         self._closed = True

@@ -769,17 +769,10 @@ class AMQPBroker(Broker):
             return dropped + sum(int(ch.queue_purge(n).method.message_count) for n in names)
         return self._consumer.run(op)
 
-    @contextlib.contextmanager
-    def _side_channel(self) -> Iterator[BlockingChannel]:
+    def _side_channel(self) -> contextlib.AbstractContextManager[BlockingChannel]:
         """A channel of its own on the publishing link (replays publish): closing it
         returns every letter it did not ack."""
-        with self._publisher.lock:
-            ch = self._publisher.side_channel()
-            try:
-                yield ch
-            finally:
-                with contextlib.suppress(Exception):
-                    ch.close()
+        return self._publisher.side_channel()
 
     def _letters(self, ch: BlockingChannel, queue: str) -> Iterator[tuple[int, DeadLetter]]:
         self._declare(self._publisher, queue)

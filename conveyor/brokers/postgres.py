@@ -307,7 +307,7 @@ HOUSEKEEPING_EVERY = 60.0
 DEFAULT_IDEMPOTENCY_TTL = 86400.0
 DEFAULT_POLL_INTERVAL = 1.0
 OPTIONS = ("schema", "poll_interval", "vacuum_every")
-URL_ONLY = ("pool_mode", "listen_url")  # every store reads them: the URL carries them
+URL_ONLY = ("pool_mode", "listen_url", "socket_timeout")  # every store reads them: in the URL
 RETRIED = frozenset({"reserve", "list queues", "stats", "list dead letters",
                      "read revocations", "read a lease", "ping"})
 

@@ -10,7 +10,11 @@ It listens on a free loopback port and forwards each connection to
 ``blackhole``
     What a half-open connection looks like from the client: bytes are
     accepted (the kernel acknowledges them) and never answered, and nothing
-    is closed, so no RST or FIN ever tells the client.  Every connection open
+    is closed, so no RST or FIN ever tells the client; nor the server: a side
+    that closes a dead connection (the server after missed heartbeats, the
+    client giving up on it) is not heard of on the other side, as across a
+    real partition (:attr:`FaultProxy.server_closed` records when the server
+    did).  Every connection open
     when the blackhole starts, and every one accepted during it, stays dead
     for good, as when a NAT or firewall drops its state: only connections
     made after :meth:`heal` work again.
@@ -64,6 +68,7 @@ class FaultProxy:
         self.mode = PASS
         self.delay = 0.0
         self.accepted = 0
+        self.server_closed: list[float] = []  # monotonic: a server closed a dead connection
         self._deadline = time.monotonic() + lifetime
         self._lock = threading.Lock()
         self._links: list[_Link] = []
@@ -166,6 +171,14 @@ class FaultProxy:
                 dst.sendall(data)
             except OSError:
                 break
+        if link.dead and self._running():
+            # Across a partition the other side never hears of it: close this side
+            # only; the other stays open and dead until the proxy stops.
+            if src is link.upstream:
+                self.server_closed.append(time.monotonic())
+            with contextlib.suppress(OSError):
+                src.close()
+            return
         self._drop(link, rst=False)  # an end of stream, or the proxy stopping
 
     def _drop(self, link: _Link, rst: bool = True) -> None:

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.postgres
      {}, "listen_url in .* carries schema: set them on the main URL"),
     ("postgresql://u:s3cret@127.0.0.1/db", {"listen_url": "postgresql://u:s3cret@h/db"},
      r"listen_url: put it in the URL \(\?listen_url=...\), where the result"),
+    ("postgresql://u:s3cret@127.0.0.1/db", {"socket_timeout": 2},
+     r"socket_timeout: put it in the URL \(\?socket_timeout=...\), where the result"),
 ])
 def test_bad_urls_and_options_are_refused_by_name(url: str, options: dict[str, object],
                                                   expected: str) -> None:
@@ -47,11 +49,31 @@ def test_pool_mode_and_listen_url_come_from_the_url() -> None:
         "session", True, plain.conninfo)
     pooled = parse_postgres_url("postgresql://u:p@b:6432/db?pool_mode=transaction&sslmode=disable")
     assert (pooled.prepares, pooled.listen_conninfo) == (False, None)
-    assert pooled.conninfo == "postgresql://u:p@b:6432/db?sslmode=disable"
+    assert pooled.conninfo == "postgresql://u:p@b:6432/db?sslmode=disable&connect_timeout=4"
     listen = quote("postgresql://u:p@db:5432/db?sslmode=require", safe="")
     direct = parse_postgres_url(f"postgresql://u:p@b:6432/db?pool_mode=transaction&listen_url={listen}")
-    assert direct.listen_conninfo == "postgresql://u:p@db:5432/db?sslmode=require"
+    assert direct.listen_conninfo == (
+        "postgresql://u:p@db:5432/db?sslmode=require&connect_timeout=4")
     assert (direct.address, direct.listen_address) == ("b:6432/db", "db:5432/db")
+
+
+def test_timeouts_bound_every_connect_and_wait() -> None:
+    """``socket_timeout`` is Conveyor's (every store reads it, libpq never sees it);
+    libpq's ``connect_timeout`` defaults to 4 s instead of waiting for ever."""
+    default = parse_postgres_url("postgresql://u:p@h/db")
+    assert (default.socket_timeout, default.conninfo) == (
+        10.0, "postgresql://u:p@h/db?connect_timeout=4")
+    own = parse_postgres_url("postgresql://u:p@h/db?socket_timeout=0.5&connect_timeout=2")
+    assert (own.socket_timeout, own.conninfo) == (0.5, "postgresql://u:p@h/db?connect_timeout=2")
+    # libpq reads "+" as itself: a space in a parameter (options=-c ...) stays %20.
+    spaced = parse_postgres_url("postgresql://u:p@h/db?options=-c%20lock_timeout%3D5s")
+    assert spaced.conninfo == "postgresql://u:p@h/db?options=-c%20lock_timeout%3D5s&connect_timeout=4"
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigurationError, match=f"socket_timeout='{bad}'"):
+            parse_postgres_url(f"postgresql://u:s3cret@h/db?socket_timeout={bad}")
+    with pytest.raises(ConfigurationError, match="carries socket_timeout"):
+        parse_postgres_url("postgresql://u:p@h/db?listen_url="
+                           + quote("postgresql://u:p@d/db?socket_timeout=1", safe=""))
 
 
 def test_an_unreachable_server_is_broker_unavailable_without_the_password() -> None:
