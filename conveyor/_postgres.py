@@ -389,6 +389,9 @@ SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS {schema}.conveyor_schema (
     component text PRIMARY KEY,
     version integer NOT NULL)"""
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('conveyor_schema.' || %s))"
+# Seconds the schema transaction may sit idle between its statements (they follow
+# one another at once; only a paused or cut-off client leaves it waiting).
+SCHEMA_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = '10s'"
 SCHEMA_FOUND = "SELECT version FROM {schema}.conveyor_schema WHERE component = %s"
 SCHEMA_SET = """
     INSERT INTO {schema}.conveyor_schema (component, version) VALUES (%s, %s)
@@ -404,6 +407,10 @@ def ensure_schema(pool: Pool, component: str, version: int,
     schema = quoted(pool.options.schema)
 
     def upgrade(conn: psycopg.Connection[Any]) -> None:
+        # A process paused or cut off while it holds the schema lock would stall
+        # every other process's start for as long as its session lives: the server
+        # ends this transaction's session if the client goes quiet inside it.
+        conn.execute(SCHEMA_IDLE_LIMIT)
         conn.execute(SCHEMA_LOCK, (pool.options.schema,))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         conn.execute(SCHEMA_TABLE.format(schema=schema))
