@@ -65,11 +65,11 @@ if os.environ.get("HOSTILE_KILL_ONCE"):
 
     _execute = Consumer._execute
 
-    def _dies_once(self: Consumer, delivery: Any, revoked: bool) -> Any:
+    def _dies_once(self: Consumer, delivery: Any, revoked: bool, *rest: Any) -> Any:
         marker = os.environ["HOSTILE_KILL_ONCE"]
         if delivery.id.startswith("die-") and not os.path.exists(marker):
             open(marker, "w").close()
             raise SystemExit(7)  # not contained: the consumer loop ends
-        return _execute(self, delivery, revoked)
+        return _execute(self, delivery, revoked, *rest)
 
     Consumer._execute = _dies_once  # type: ignore[method-assign]
