@@ -21,30 +21,25 @@ from collections.abc import Callable
 
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.exceptions import BrokerError
+from conveyor.worker.pending import LeaseBoundBuffer
 
 log = logging.getLogger("conveyor.worker")
 
 
-class AckBuffer:
+class AckBuffer(LeaseBoundBuffer[Delivery]):
     """Pending acknowledgements, flushed once the oldest has waited ``delay`` s."""
+
+    what = "acknowledge %d messages"
 
     def __init__(self, broker: Callable[[], Broker], lease: float, delay: float = 0.005,
                  max_batch: int = 500) -> None:
+        super().__init__(lease)
         self._broker = broker
-        self.lease = lease
         self.delay = delay
         self.max_batch = max_batch
-        self._pending: list[Delivery] = []
-        self._since = 0.0  # when the oldest pending ack arrived (monotonic)
-        self._retry_at = 0.0  # after a failed flush: not before this
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
     def add(self, delivery: Delivery) -> None:
-        if not self._pending:
-            self._since = time.monotonic()
-        self._pending.append(delivery)
+        self._add(delivery)
 
     def wait_time(self, cap: float) -> float:
         """How long the caller may block before :meth:`flush_due` has work."""
@@ -70,7 +65,7 @@ class AckBuffer:
         """
         if not self._pending:
             return True
-        batch, self._pending = self._pending, []
+        batch = self._take()
         try:
             held = self._broker().ack(batch)
         except BrokerError as exc:
@@ -82,13 +77,3 @@ class AckBuffer:
             log.warning("ack of %s refused: its lease had lapsed and the message went to "
                         "another consumer", ", ".join(refused[:5]))
         return True
-
-    def _keep(self, batch: list[Delivery], exc: BrokerError) -> None:
-        """Retry soon, but not past the lease: by then the message is handed out again."""
-        if time.monotonic() - self._since > self.lease:
-            log.error("could not acknowledge %d messages (%s); their leases will hand them "
-                      "out again", len(batch), exc)
-            return
-        log.warning("could not acknowledge %d messages (%s); retrying", len(batch), exc)
-        self._pending = batch + self._pending
-        self._retry_at = time.monotonic() + min(1.0, self.lease / 10)

@@ -35,6 +35,7 @@ from conveyor.brokers.base import Delivery
 from conveyor.exceptions import ResultError
 from conveyor.resultstores.base import FencedWrite, ResultStore
 from conveyor.resultstores.record import Attempt
+from conveyor.worker.pending import LeaseBoundBuffer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -50,25 +51,19 @@ def from_report(report: tuple[Any, ...]) -> FencedWrite:
     return FencedWrite(task_id, state, payload, Attempt(sent, retries, deliveries))
 
 
-class ResultBuffer:
+class ResultBuffer(LeaseBoundBuffer[tuple[Delivery | None, FencedWrite]]):
     """Results waiting for their write; the supervisor flushes them when it wakes."""
 
+    what = "store the results of %d tasks"
+
     def __init__(self, store: Callable[[], ResultStore], ttl: float, lease: float) -> None:
+        super().__init__(lease)
         self._store = store
         self.ttl = ttl
-        self.lease = lease
-        self._pending: list[tuple[Delivery | None, FencedWrite]] = []
-        self._since = 0.0  # when the oldest pending write arrived (monotonic)
-        self._retry_at = 0.0  # after a failed write: not before this
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
     def add(self, delivery: Delivery | None, write: FencedWrite) -> None:
         """``delivery``: the message to acknowledge once written (None: none)."""
-        if not self._pending:
-            self._since = time.monotonic()
-        self._pending.append((delivery, write))
+        self._add((delivery, write))
 
     def wait_time(self, cap: float) -> float:
         """How long the caller may block before :meth:`flush` has work (none: ``cap``)."""
@@ -84,7 +79,7 @@ class ResultBuffer:
         """
         if not self._pending or (not now and time.monotonic() < self._retry_at):
             return []
-        batch, self._pending = self._pending, []
+        batch = self._take()
         try:
             stored = self._store().set_many_fenced([w for _, w in batch], self.ttl)
         except ResultError as exc:
@@ -98,13 +93,3 @@ class ResultBuffer:
                             "over (this worker held it past its lease)", write.task_id,
                             extra={"task_id": write.task_id})
         return [delivery for delivery, _ in batch if delivery is not None]
-
-    def _keep(self, batch: list[tuple[Delivery | None, FencedWrite]], exc: ResultError) -> None:
-        """Retry soon, but not past a lease: by then the messages go out again."""
-        if time.monotonic() - self._since > self.lease:
-            log.error("could not store the results of %d tasks (%s); their leases will hand "
-                      "them out again", len(batch), exc)
-            return
-        log.warning("could not store the results of %d tasks (%s); retrying", len(batch), exc)
-        self._pending = batch + self._pending
-        self._retry_at = time.monotonic() + min(1.0, self.lease / 10)
