@@ -78,6 +78,12 @@ from conveyor._redis_options import _CELERY_ONLY
 from conveyor._redis_shards import SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # the redis extra installs hiredis; a bare redis-py still works
+    _hiredis_pack = None
+
 log = logging.getLogger("conveyor.redis")
 
 T = TypeVar("T")
@@ -553,7 +559,7 @@ class _Sentinels(Sentinel):
             except CONNECTION_ERRORS as exc:
                 failures.append(f"{where}: {exc}")
                 continue
-            state = masters.get(service_name)
+            state = _master_state(masters, service_name)
             if state and self.check_master_state(state, service_name):
                 # The sentinel that knew goes first next time, as in redis-py.
                 self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
@@ -561,6 +567,15 @@ class _Sentinels(Sentinel):
             failures.append(f"{where}: no master {service_name!r} that is up")
         raise MasterNotFoundError(
             f"no sentinel named a master for {service_name!r} ({'; '.join(failures)})")
+
+
+def _master_state(masters: Any, service_name: str) -> dict[str, Any] | None:
+    """The state ``SENTINEL MASTERS`` gives for ``service_name``: redis-py parses
+    the reply into a dict keyed by name (RESP2) or, as typed since 8.2, a list."""
+    if isinstance(masters, dict):
+        found: dict[str, Any] | None = masters.get(service_name)
+        return found
+    return next((m for m in masters if m.get("name") == service_name), None)
 
 
 def _sentinel_address(sentinel: redis.Redis) -> str:
@@ -738,10 +753,36 @@ def call(client: redis.Redis, *args: Any) -> Any:
     pool = client.connection_pool
     conn = lend(pool)
     try:
-        conn.send_command(*args)
+        packed = _pack(args)
+        if packed is None:
+            conn.send_command(*args)
+        else:
+            conn.send_packed_command((packed,))
         return conn.read_response()
     finally:
         give_back(pool, conn)
+
+
+_PLAIN = (bytes, str, int, float)
+
+
+def _pack(args: tuple[Any, ...]) -> bytes | None:
+    """``args`` as one RESP command, or None when redis-py's packer must do it.
+
+    redis-py's packer checks every argument for a memoryview, splits the
+    command name on spaces and encodes each argument in Python before handing
+    them to hiredis: ~5 µs of an enqueue's ~110 µs.  Conveyor's hot commands
+    are built of plain bytes, text and numbers, which hiredis encodes itself
+    (text as UTF-8, as redis-py's default encoder does; a float with 17
+    significant digits, which parses back to the same double).  Anything else
+    (a bool redis-py refuses, a memoryview) takes redis-py's path, errors and all.
+    """
+    if _hiredis_pack is None:
+        return None
+    for arg in args:
+        if type(arg) not in _PLAIN:
+            return None
+    return _hiredis_pack(args)
 
 
 def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:

@@ -206,3 +206,32 @@ def test_a_forked_child_opens_its_own_connection(pooled: redis.Redis) -> None:
     assert status == 0
     assert child_id not in (0, parent_id)
     assert call(pooled, "CLIENT", "ID") == parent_id  # the parent's socket was left alone
+
+
+@pytest.mark.parametrize("args", [
+    ("SET", b"k", "é-text", 0),
+    ("EVALSHA", "a" * 40, 2, b"key", b"\x00\xffbinary", 1733333333.125, -7, 2**63 - 1),
+])
+def test_packs_plain_arguments_as_redis_py_does(client: redis.Redis,
+                                                args: tuple[object, ...]) -> None:
+    """The direct path packs bytes, text and numbers itself (hiredis) instead of
+    through redis-py's packer; the bytes on the wire are the same."""
+    from conveyor._redis import _pack
+
+    conn = client.connection_pool.get_connection()
+    try:
+        assert _pack(args) == b"".join(conn._command_packer.pack(*args))
+    finally:
+        client.connection_pool.release(conn)
+
+
+def test_other_arguments_take_redis_pys_path(client: redis.Redis, key: str) -> None:
+    """A bool or a memoryview is left to redis-py: its refusal and its encoding stand."""
+    from conveyor._redis import _pack
+
+    assert _pack(("SET", key, True)) is None
+    assert _pack(("SET", key, memoryview(b"v"))) is None
+    with pytest.raises(redis.DataError):
+        call(client, "SET", key, True)
+    assert call(client, "SET", key, memoryview(b"v")) in (b"OK", "OK", True)
+    assert client.get(key) == b"v"
