@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import summarize
+from benchmarks.systems.base import STEPS
 
 BASELINE = "celery"
 SUBJECT = "conveyor-redis"
-OURS = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp", "conveyor-amqp-classic",
-        "conveyor-postgres")
+# The subject with task_ignore_result=True: issue 22's targets 3 and 4 compare the two.
+SUBJECT_NO_RESULT = "conveyor-redis-noresult"
+OURS = ("conveyor-redis", "conveyor-redis-noresult", "conveyor-sqlite", "conveyor-amqp",
+        "conveyor-amqp-classic", "conveyor-postgres")
 # ``run.py --rabbitmq`` stores these in its data: the section's baseline and subject.
 # The subject uses classic queues, as the peers do (quorum: its own row).
 RABBITMQ_SECTION = {"section": "rabbitmq", "baseline": "celery-amqp",
@@ -103,10 +106,11 @@ def speedup(metric: Metric, value: float | None, base: float | None) -> float | 
 
 
 def fastest_peer(data: dict[str, Any], metric: Metric) -> tuple[str, float] | None:
+    """The best peer on Redis among those that store results (as the subject does)."""
     best: tuple[str, float] | None = None
     for system in data["systems"]:
         if system["name"] in OURS or metric.key not in system["summary"] or \
-                _section(system) != "redis":
+                _section(system) != "redis" or system.get("results_off_of"):
             continue
         value = float(system["summary"][metric.key]["median"])
         better = best is None or (value > best[1] if metric.higher_is_better
@@ -124,6 +128,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _percent(a: float | None, b: float | None) -> float | None:
+    found = _ratio(a, b)
+    return None if found is None else 100 * found
 
 
 def rabbitmq_targets(data: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
@@ -172,20 +181,31 @@ def redis_targets(data: dict[str, Any]) -> list[tuple[str, float | None, float, 
          30_000.0, "tasks/s"),
         ("Single enqueue ≥ 1.3x Huey", ratio(one, one_huey), 1.3, "x"),
         ("Chord of 1,000 ≥ 10x Celery", ratio(chord_celery, chord), 10.0, "x"),
+        # Round two, running tasks: against the results-off variant of the same run.
+        ("Round trip p50 without a stored result ≤ 0.5 ms",
+         m(SUBJECT_NO_RESULT, "latency_p50"), 0.5, "ms"),
+        ("Round trip p50 with a stored result ≤ 0.6 ms", p50, 0.6, "ms"),
+        ("Processing with results ≥ 70 % of without",
+         _percent(proc, m(SUBJECT_NO_RESULT, "processing")), 70.0, "%"),
+        ("Processing with results ≥ 2x the fastest peer with results",
+         ratio(proc, peer[1] if peer else None), 2.0, "x"),
     ]
 
 
 def _judged(title: str, value: float | None, bound: float, unit: str) -> dict[str, Any]:
+    """Met as the title says: "≥", "≤", "<", or "ahead of" (strictly above)."""
     if value is None:
         met = None
-    elif unit in ("ms",):
-        met = value < bound
-    elif unit == "x Celery":
+    elif "≥" in title:
+        met = value >= bound
+    elif "≤" in title:
         met = value <= bound
-    elif title.startswith("Processing ahead"):
+    elif "<" in title:
+        met = value < bound
+    elif " ahead " in f" {title} ":
         met = value > bound
     else:
-        met = value >= bound
+        raise ValueError(f"target {title!r} says no comparison")
     return {"target": title, "value": value, "bound": bound, "unit": unit, "met": met}
 
 
@@ -200,7 +220,16 @@ def _cell(system: dict[str, Any], metric: Metric, spread: bool) -> str:
     return text
 
 
+def _step_of(key: str) -> str:
+    """The run step (``systems.base.STEPS``) that measures the metric ``key``."""
+    if key.startswith("latency_"):
+        return "latency"
+    return key if key in STEPS else "processing"  # rates, RSS, CPU: the drain
+
+
 def _unsupported(system: dict[str, Any], metric: Metric) -> bool:
+    if _step_of(metric.key) not in system.get("steps", STEPS):
+        return True
     if metric.key == "enqueue_bulk":
         return system["bulk_path"] is None
     if metric.key == "chord":
@@ -226,6 +255,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += _results_table(redis)
         lines += _ratio_table(redis)
         lines += _subject_table(redis)
+        lines += _results_off_table(redis)
         lines += _targets_table(redis)
     lines += _postgres_section(data)
     lines += _notes(data)
@@ -346,6 +376,31 @@ def _subject_table(data: dict[str, Any]) -> list[str]:
             "(below 1x is smaller), the others are speed-ups.", "", *rows, ""]
 
 
+def _results_off_table(data: dict[str, Any]) -> list[str]:
+    """Each results-off variant beside the system it varies: what storing results costs."""
+    pairs = [(s["results_off_of"], s["name"]) for s in data["systems"]
+             if s.get("results_off_of")]
+    if not pairs:
+        return []
+    rate, p50 = BY_KEY["processing"], BY_KEY["latency_p50"]
+    rows = ["| System | Processing with results (tasks/s) | without (tasks/s) | with / without "
+            "| Round trip p50 with a result (ms) | without, signalled (ms) |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for stored, off in pairs:
+        with_, without = median(data, stored, "processing"), median(data, off, "processing")
+        share = _percent(with_, without)
+        rows.append(f"| {label_of(data, stored)} | {rate.fmt(with_)} | {rate.fmt(without)} | "
+                    f"{'—' if share is None else f'{share:.0f} %'} | "
+                    f"{p50.fmt(median(data, stored, 'latency_p50'))} | "
+                    f"{p50.fmt(median(data, off, 'latency_p50'))} |")
+    return ["## Results stored and not", "",
+            "The same system with and without storing return values (Conveyor "
+            "`task_ignore_result=True`, Huey `results=False`), interleaved in this run. "
+            "Without a result there is nothing to wait on, so that round trip ends when "
+            "the client pops the value the task pushed to a Redis list (`BLPOP`), the "
+            "same way for both.", "", *rows, ""]
+
+
 def _targets_table(data: dict[str, Any]) -> list[str]:
     rows = ["| Target | Measured | Met |", "|---|---:|:---:|"]
     for t in data["targets"]:
@@ -355,11 +410,21 @@ def _targets_table(data: dict[str, Any]) -> list[str]:
             measured = f"{t['value']:,.0f} tasks/s"
         elif t["unit"] == "ms":
             measured = f"{t['value']:.2f} ms"
+        elif t["unit"] == "%":
+            measured = f"{t['value']:.0f} %"
         else:
             measured = f"{t['value']:.2f}{t['unit']}"
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         rows.append(f"| {t['target']} | {measured} | {met} |")
     return [f"## Targets ({label_of(data, roles(data)[1])}, this run)", "", *rows, ""]
+
+
+def _path_text(system: dict[str, Any], step: str) -> str:
+    if step not in system.get("steps", STEPS):
+        return "not run"
+    key = {"enqueue_bulk": "bulk_path", "enqueue_group": "group_path",
+           "enqueue_chunks": "chunks_path", "chord": "chord_path"}[step]
+    return str(system.get(key) or "none")
 
 
 def _notes(data: dict[str, Any]) -> list[str]:
@@ -368,9 +433,10 @@ def _notes(data: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for s in data["systems"]:
         versions = ", ".join(f"{k} {v}" for k, v in s["versions"].items())
+        paths = [_path_text(s, step) for step in
+                 ("enqueue_bulk", "enqueue_group", "enqueue_chunks", "chord")]
         lines.append(f"| {s['label']} | {versions} | `{s['worker']}` | "
-                     f"{s['bulk_path'] or 'none'} | {s.get('group_path') or 'none'} | "
-                     f"{s.get('chunks_path') or 'none'} | {s['chord_path'] or 'none'} |")
+                     + " | ".join(paths) + " |")
     lines.append("")
     extra = ["## Secondary measures", "",
              "| System | Tasks drained | " + " | ".join(f"{m.title} ({m.unit})" for m in EXTRA)

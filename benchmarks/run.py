@@ -18,6 +18,10 @@ For each system: build its venv (first time only), then per repeat
 3. with those workers now warm: round trips of one task, enqueue to result;
 4. a chord of 1,000 (header tasks plus a callback that runs after all).
 
+The results-off variants (``conveyor-redis-noresult``, ``huey-noresult``)
+run steps 2 and 3 only, with no task storing its result; their round trip
+ends when the task's signal is popped from a Redis list.
+
 Results go to ``benchmarks/results/latest.md`` and ``latest.json``; worker
 logs and client output to ``benchmarks/results/raw/`` (not committed).
 """
@@ -94,10 +98,11 @@ class Bench:
     def repeat(self, index: int) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": {}}
         n = self.plan.enqueue_n
-        for key, op in (("enqueue_one", "enqueue_one"), ("enqueue_bulk", "enqueue_bulk"),
-                        ("enqueue_group", "enqueue_group"), ("enqueue_chunks", "enqueue_chunks")):
-            self.reset()
-            self._step(out, key, lambda op=op: self._rate(op, n))
+        steps = self.system.steps
+        for op in ("enqueue_one", "enqueue_bulk", "enqueue_group", "enqueue_chunks"):
+            if op in steps:
+                self.reset()
+                self._step(out, op, lambda op=op: self._rate(op, n))
         self.reset()
         workers = None
         try:
@@ -105,8 +110,9 @@ class Bench:
                 workers = self._processing(out)
             except RuntimeError as exc:  # workers died: the report says so, the run goes on
                 out["errors"]["processing"] = str(exc)
-            if workers is not None:
+            if workers is not None and "latency" in steps:
                 self._step(out, "latency", lambda: self._latency(workers))
+            if workers is not None and "chord" in steps:
                 self._step(out, "chord", lambda: self._chord())
         finally:
             if workers is not None:
@@ -240,7 +246,9 @@ def run_all(names: list[str], plan: Plan) -> list[dict[str, Any]]:
         "worker": b.system.worker_flags, "bulk_path": b.system.bulk_path,
         "chord_path": b.system.chord_path,
         "group_path": b.system.group_path, "chunks_path": b.system.chunks_path,
-        "redis_db": b.system.database, "section": b.system.section, "runs": [], "load": [],
+        "redis_db": b.system.database, "section": b.system.section,
+        "steps": list(b.system.steps), "results_off_of": b.system.results_off_of,
+        "runs": [], "load": [],
     } for b in benches]
     for index in range(plan.repeat):
         for bench, record in zip(benches, records, strict=True):

@@ -1,4 +1,4 @@
-"""Conveyor: the benchmark tasks (broker and results from the harness's variables)."""
+"""Conveyor: the benchmark tasks (broker, results and results-off from the harness's variables)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ app = Conveyor(
     "bench",
     broker=os.environ.get("BENCH_CONVEYOR_BROKER", _counter.url()),
     backend=os.environ.get("BENCH_CONVEYOR_BACKEND") or None,
+    # The results-off variant (conveyor-redis-noresult): no task stores its result.
+    task_ignore_result=os.environ.get("BENCH_IGNORE_RESULT") == "1",
 )
 
 
@@ -28,6 +30,11 @@ def incr() -> int:
 @app.task(name="bench.echo")
 def echo(value: Any) -> Any:
     return value
+
+
+@app.task(name="bench.signal")
+def signal(value: int) -> None:
+    _counter.signal(value)
 
 
 @app.task(name="bench.collect")

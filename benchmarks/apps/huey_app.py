@@ -1,14 +1,20 @@
-"""Huey: RedisHuey with ``notify_result=True`` (BLPOP on results, its low-latency mode)."""
+"""Huey: RedisHuey with ``notify_result=True`` (BLPOP on results, its low-latency mode).
+
+``BENCH_IGNORE_RESULT=1`` (the huey-noresult variant) makes it ``results=False``:
+no task stores its return value.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from huey import RedisHuey
 
 from benchmarks.apps import _counter
 
-huey = RedisHuey("bench", url=_counter.url(), notify_result=True)
+huey = RedisHuey("bench", url=_counter.url(), notify_result=True,
+                 results=os.environ.get("BENCH_IGNORE_RESULT") != "1")
 
 
 @huey.task(name="bench.noop")
@@ -24,6 +30,11 @@ def incr() -> int:
 @huey.task(name="bench.echo")
 def echo(value: Any) -> Any:
     return value
+
+
+@huey.task(name="bench.signal")
+def signal(value: int) -> None:
+    _counter.signal(value)
 
 
 @huey.task(name="bench.collect")

@@ -12,11 +12,13 @@ __all__ = ["ALL", "RABBITMQ", "Client", "NotSupported", "System", "get", "redis_
 # name -> module:class, in report order (Conveyor first, Celery as the baseline).
 _REGISTRY = {
     "conveyor-redis": "benchmarks.systems.conveyor:ConveyorRedis",
+    "conveyor-redis-noresult": "benchmarks.systems.conveyor:ConveyorRedisNoResult",
     "conveyor-sqlite": "benchmarks.systems.conveyor:ConveyorSQLite",
     "celery": "benchmarks.systems.celery:CelerySystem",
     "dramatiq": "benchmarks.systems.dramatiq:DramatiqSystem",
     "rq": "benchmarks.systems.rq:RQSystem",
     "huey": "benchmarks.systems.huey:HueySystem",
+    "huey-noresult": "benchmarks.systems.huey:HueyNoResult",
     "huey-sqlite": "benchmarks.systems.huey_sqlite:HueySQLiteSystem",
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",

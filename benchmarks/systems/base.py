@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Calls per message in the chunks phase (Celery's docs use 10 and 100 in examples).
 CHUNK_SIZE = 100
 
+# A run's steps, in order (``run.py``); latency and chord use processing's warm workers.
+STEPS = ("enqueue_one", "enqueue_bulk", "enqueue_group", "enqueue_chunks", "processing",
+         "latency", "chord")
+
 
 class NotSupported(Exception):
     """The system has no such feature (no bulk path, no chord)."""
@@ -55,7 +59,10 @@ class Client:
         raise NotImplementedError
 
     def round_trip(self, value: int) -> Any:
-        """Send one ``echo(value)`` task and wait for its result; return the result."""
+        """Send one ``echo(value)`` task and wait for its result; return the result.
+
+        Results-off variants send ``signal(value)`` and return the signalled value.
+        """
         raise NotImplementedError
 
     def chord(self, n: int) -> Any:
@@ -89,6 +96,14 @@ class System:
     processing_cap: ClassVar[int | None] = None
     # Round trips sampled, for systems whose each one takes tens of ms or more.
     samples_cap: ClassVar[int | None] = None
+    # The steps this system runs (a subset of STEPS, processing always among
+    # them: the later steps use its workers); the others are "n/a".
+    steps: ClassVar[tuple[str, ...]] = STEPS
+    # Set on a variant that stores no results: the system it is that variant
+    # of.  It runs processing and round trip only (the two results change),
+    # its round trip waits for a signal (``benchmarks/apps/_counter.py``), and
+    # it is never "the fastest peer" of a system that stores results.
+    results_off_of: ClassVar[str | None] = None
 
     @property
     def database(self) -> int:

@@ -1,4 +1,4 @@
-"""Conveyor, on its Redis broker (results in Redis) and on SQLite (one file, WAL)."""
+"""Conveyor, on its Redis broker (results in Redis, or off) and on SQLite (one file, WAL)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,32 @@ class ConveyorRedis(System):
     @staticmethod
     def client() -> Client:
         return ConveyorClient()
+
+
+class ConveyorNoResultClient(ConveyorClient):
+    def round_trip(self, value: int) -> Any:
+        from benchmarks.apps import _counter
+
+        self.tasks.signal.delay(value)
+        return _counter.wait_signal(timeout=30)
+
+
+class ConveyorRedisNoResult(ConveyorRedis):
+    """``task_ignore_result=True``: processing and a signalled round trip (issue 22, 3 and 4)."""
+
+    name = "conveyor-redis-noresult"
+    label = "Conveyor (Redis, results off)"
+    db = 9
+    steps = ("processing", "latency")
+    results_off_of = "conveyor-redis"
+    worker_flags = ConveyorRedis.worker_flags + "  (task_ignore_result=True)"
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "BENCH_IGNORE_RESULT": "1"}
+
+    @staticmethod
+    def client() -> Client:
+        return ConveyorNoResultClient()
 
 
 class ConveyorSQLite(ConveyorRedis):

@@ -1,4 +1,4 @@
-"""Huey: RedisHuey, ``huey_consumer -k process -w 2``, results notified by BLPOP."""
+"""Huey: RedisHuey, ``huey_consumer -k process -w 2``, results notified by BLPOP (or off)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,29 @@ class HueySystem(System):
     @staticmethod
     def client() -> Client:
         return HueyClient()
+
+
+class HueyNoResultClient(HueyClient):
+    def round_trip(self, value: int) -> Any:
+        from benchmarks.apps import _counter
+
+        self.tasks.signal(value)
+        return _counter.wait_signal(timeout=30)
+
+
+class HueyNoResult(HueySystem):
+    """``RedisHuey(results=False)``: the peer of ``conveyor-redis-noresult``."""
+
+    name = "huey-noresult"
+    label = "Huey (results off)"
+    db = 13
+    steps = ("processing", "latency")
+    results_off_of = "huey"
+    worker_flags = HueySystem.worker_flags + "  (RedisHuey(results=False))"
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "BENCH_IGNORE_RESULT": "1"}
+
+    @staticmethod
+    def client() -> Client:
+        return HueyNoResultClient()
