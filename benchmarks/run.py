@@ -71,6 +71,7 @@ class Bench:
         self.system = system
         self.plan = plan
         self.python = envs.ensure_venv(system.env, system.requirements)
+        envs.compile_sources(self.python)
         self.env = {**os.environ, **system.environment(), "PYTHONPATH": str(ROOT),
                     "PYTHONUNBUFFERED": "1"}
         self.redis = common.redis_client(system.database)
