@@ -201,11 +201,6 @@ def dead_name(queue: str) -> str:
 
 
 DEAD_EXCHANGE = "conveyor.dead"
-SCHEMES = ("amqp", "amqps", "pyamqp")
-
-
-def is_amqp(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in SCHEMES if "://" in url else False
 
 
 def not_in_rabbitmq(what: str) -> ConfigurationError:

@@ -255,7 +255,6 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
     """Start a worker."""
     from conveyor.log import setup_logging_for
     from conveyor.worker import Worker
-    from conveyor.worker.autoscale import parse_autoscale
     from conveyor.worker.main import expand_hostname
 
     if pool == "eventlet":
@@ -265,12 +264,17 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
     _worker_settings(app, flags)
     serve = _worker_queues(app, _split(queues), _split(flags.pop("exclude_queues")))
     logfile = daemonize(flags, expand_hostname(hostname, app.main.split(".")[0]))
+    bounds = None
+    if autoscale:  # the module is only for --autoscale: each prefork child would hold it
+        from conveyor.worker.autoscale import parse_autoscale
+
+        bounds = parse_autoscale(autoscale)
     # Celery's order: celeryd_init and worker_init (in Worker()), then logging.
     node = Worker(app, queues=serve, concurrency=concurrency, pool=pool,
                   hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                   max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
-                  autoscale=parse_autoscale(autoscale) if autoscale else None)
+                  autoscale=bounds)
     setup_logging_for(app, loglevel, logfile=logfile)
     flag_notes.log_notes("worker", notes)
     if flags.pop("purge_first"):

@@ -32,10 +32,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Union, get_type_hints
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from conveyor._amqp import amqp_options, is_amqp
 from conveyor._no_effect import NO_EFFECT
 from conveyor._redis_options import connection_options, explicit_prefix
 from conveyor.exceptions import ConfigurationError
+from conveyor.schemes import is_amqp
 
 DEFAULT_NAMESPACE = "CONVEYOR"
 DEFAULT_BROKER_URL = "sqlite:///conveyor.db"
@@ -453,6 +453,8 @@ class Settings:
         if _is_redis(self.broker_url):
             opts.setdefault("socket_connect_timeout", self.broker_connection_timeout)
         if is_amqp(self.broker_url):
+            from conveyor._amqp import amqp_options
+
             return amqp_options(self.broker_url, opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts

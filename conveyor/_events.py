@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor import _redact as redact
 from conveyor import states
-from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor._serialization import printable
 from conveyor.eventstores.base import (
     BUCKETS,
@@ -82,7 +81,7 @@ from conveyor.eventstores.base import (
     samples_from_stats,
 )
 from conveyor.exceptions import ConfigurationError
-from conveyor.schemes import scheme_of
+from conveyor.schemes import is_amqp, scheme_of
 
 if TYPE_CHECKING:
     from conveyor._message import Message
@@ -462,6 +461,8 @@ def store_from_url(url: str, retention: float = 86400.0,
 
     scheme = scheme_of(url)
     if not EVENT_STORES.knows(scheme) and is_amqp(url):
+        from conveyor._amqp import not_in_rabbitmq
+
         raise not_in_rabbitmq("task events")
     cls = EVENT_STORES.load(scheme, setting="task events",
                             url_for_error=redact.url(url) if "://" in url else url)

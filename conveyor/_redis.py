@@ -50,12 +50,13 @@ import os
 import random
 import select
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
@@ -64,18 +65,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from conveyor._redact import url as redact_url
-from conveyor._redis_cluster import (
-    CLUSTER_SCHEME,
-    ClusterOptions,
-    SlotConnection,
-    SlotNotServed,
-    SlotOwner,
-    SlotSSLConnection,
-    cluster_options,
-    hash_tagged,
-)
-from conveyor._redis_options import _CELERY_ONLY
-from conveyor._redis_shards import SHARD_OPTIONS
+from conveyor._redis_options import _CELERY_ONLY, CLUSTER_SCHEME, SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -83,6 +73,10 @@ try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # the redis extra installs hiredis; a bare redis-py still works
     _hiredis_pack = None
+
+if TYPE_CHECKING:
+    # Loaded only for a redis+cluster:// URL: every worker process would hold it.
+    from conveyor._redis_cluster import ClusterOptions
 
 log = logging.getLogger("conveyor.redis")
 
@@ -229,6 +223,8 @@ def parse_redis_url(url: str, options: Mapping[str, Any] | None = None) -> Redis
         raise ConfigurationError(f"{url!r}: the key prefix must not be empty")
     sentinel = cluster = None
     if scheme == CLUSTER_SCHEME:
+        from conveyor._redis_cluster import cluster_options, hash_tagged
+
         prefix = hash_tagged(prefix)
         cluster = cluster_options(url, parts.netloc, prefix)
         if _db_from_path(url, parts.path, settings) != 0:
@@ -607,6 +603,8 @@ def new_client(kwargs: Mapping[str, Any], sentinel: SentinelOptions | None = Non
     connection_class: Any = template.connection_class
     extra: dict[str, Any] = {}
     if cluster is not None:
+        from conveyor._redis_cluster import SlotConnection, SlotOwner, SlotSSLConnection
+
         tls = issubclass(connection_class, redis.SSLConnection)
         connection_class = SlotSSLConnection if tls else SlotConnection
         extra["slot_owner"] = SlotOwner(cluster, template.connection_kwargs, tls)
@@ -678,6 +676,12 @@ def retry_read(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _slot_not_served(error: BaseException) -> bool:
+    # Only a cluster connection raises SlotNotServed, and it loads the module first.
+    cluster = sys.modules.get("conveyor._redis_cluster")
+    return cluster is not None and isinstance(error, cluster.SlotNotServed)
+
+
 def failed_before_sending(error: BaseException) -> bool:
     """True when redis-py could not even connect, so no command reached the server.
 
@@ -685,7 +689,7 @@ def failed_before_sending(error: BaseException) -> bool:
     both fail before anything runs; a connection that breaks after the
     command was written leaves the outcome unknown.
     """
-    if isinstance(error, redis.BusyLoadingError | MasterNotFoundError | SlotNotServed):
+    if isinstance(error, redis.BusyLoadingError | MasterNotFoundError) or _slot_not_served(error):
         return True  # (no master known to the sentinels, or the slot moved: nothing ran)
     text = str(error).lower()
     return isinstance(error, redis.ConnectionError) and (

@@ -57,12 +57,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from conveyor._redis_options import CLUSTER_SCHEME
 from conveyor.exceptions import ConfigurationError
 
 __all__ = ["CLUSTER_SCHEME", "ClusterOptions", "SlotConnection", "SlotNotServed", "SlotOwner",
            "SlotSSLConnection", "cluster_options", "hash_tagged"]
 
-CLUSTER_SCHEME = "redis+cluster"
 DEFAULT_CLUSTER_PORT = 6379
 
 # Replies meaning "this node does not serve the slot now"; none ran the command.

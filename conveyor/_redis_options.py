@@ -3,6 +3,9 @@
 ``conveyor._config`` decides what a result store or event store inherits
 from the broker's options, and must load when the ``redis`` extra is not
 installed; so these rules live here rather than in :mod:`conveyor._redis`.
+The cluster scheme and the sharding options are here too, so that reading a
+plain ``redis://`` URL does not load the cluster and shard modules (each
+worker process would hold them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["connection_options", "explicit_prefix"]
+__all__ = ["CLUSTER_SCHEME", "SHARD_OPTIONS", "connection_options", "explicit_prefix"]
+
+#: A Redis Cluster URL's scheme (:mod:`conveyor._redis_cluster`).
+CLUSTER_SCHEME = "redis+cluster"
+#: The transport options that shard the broker's queues (:mod:`conveyor._redis_shards`).
+SHARD_OPTIONS = ("queue_shards", "queue_shard_map")
 
 # Celery's Redis transport options that have no meaning here: said once, then ignored.
 _CELERY_ONLY = {
@@ -28,8 +36,7 @@ _CELERY_ONLY = {
 
 # Options that are the broker's own: WAIT after enqueues, the app's priority steps,
 # the queues' shards (conveyor._redis_shards).
-_BROKER_ONLY = frozenset({"wait_replicas", "wait_timeout", "priority_steps",
-                          "queue_shards", "queue_shard_map"})
+_BROKER_ONLY = frozenset({"wait_replicas", "wait_timeout", "priority_steps", *SHARD_OPTIONS})
 
 
 def connection_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,12 +36,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from conveyor._redis_options import SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
 __all__ = ["SHARD_OPTIONS", "ShardPlan", "shard_plan", "shard_prefixes"]
 
-#: The transport options that shard the broker's queues.
-SHARD_OPTIONS = ("queue_shards", "queue_shard_map")
 MAX_SHARDS = 64  # more shards than masters only adds round trips for a consumer of all queues
 
 

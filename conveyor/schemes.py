@@ -37,6 +37,17 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else url.strip().lower()
 
 
+# RabbitMQ's schemes.  The test is here (for the package's own use, not
+# exported) rather than in conveyor._amqp so that the settings and the stores,
+# which ask it of every URL, do not load the RabbitMQ module into processes
+# that never talk to RabbitMQ: each prefork child would hold it.
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in _AMQP_SCHEMES if "://" in url else False
+
+
 @dataclass(frozen=True)
 class Family:
     """One storage family's scheme table."""

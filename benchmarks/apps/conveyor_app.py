@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from benchmarks.apps import _counter
@@ -40,3 +41,9 @@ def signal(value: int) -> None:
 @app.task(name="bench.collect")
 def collect(results: list[Any]) -> int:
     return len(results)
+
+
+@app.task(name="bench.modules")
+def modules() -> tuple[int, list[str], str]:
+    """What this worker process has imported, and from where (``benchmarks/memory.py``)."""
+    return os.getpid(), sorted(sys.modules), os.path.realpath(str(sys.modules["conveyor"].__file__))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor._amqp import is_amqp, not_in_rabbitmq
 from conveyor.exceptions import ConfigurationError
 from conveyor.resultstores.base import ResultStore, Stored
 from conveyor.resultstores.record import ResultRecord
-from conveyor.schemes import Family, scheme_of
+from conveyor.schemes import Family, is_amqp, scheme_of
 
 __all__ = ["RESULT_STORES", "ResultRecord", "ResultStore", "Stored", "result_store_from_url"]
 
@@ -51,6 +50,8 @@ def result_store_from_url(url: str, options: dict[str, Any] | None = None,
 def _open(url: str, options: dict[str, Any]) -> ResultStore:
     scheme = scheme_of(url)
     if is_amqp(url) and not RESULT_STORES.knows(scheme):
+        from conveyor._amqp import not_in_rabbitmq
+
         raise not_in_rabbitmq("results (result_backend is unset, so they would go beside the "
                               "broker)")
     cls = RESULT_STORES.load(scheme, setting="result_backend", url_for_error=_safe(url))

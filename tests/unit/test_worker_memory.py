@@ -14,13 +14,16 @@ import pytest
 from conveyor._serialization import from_jsonable, to_jsonable
 from conveyor.worker.trim import trim
 
-#: Imported on demand only; none is on a Redis worker's path.
-NOT_IN_A_WORKER = ("decimal", "difflib")
+#: Imported on demand only; none is on a Redis worker's path (RabbitMQ, Redis
+#: Cluster and its shards, the remote-control client).
+NOT_IN_A_WORKER = ("decimal", "difflib", "conveyor._amqp", "conveyor._redis_cluster",
+                   "conveyor._redis_shards", "conveyor.control.api")
 
 WORKER_IMPORTS = (
     "import json, sys\n"
     "import conveyor, conveyor._cli, conveyor.worker.main, conveyor.worker.prefork\n"
     "import conveyor.brokers.redis, conveyor.resultstores.redis, conveyor.eventstores.redis\n"
+    "import conveyor.control.worker, conveyor.control.redis, conveyor.worker.ratelimit\n"
     "print(json.dumps(sorted(sys.modules)))\n"
 )
 

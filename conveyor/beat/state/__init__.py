@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor._amqp import is_amqp, not_in_rabbitmq, parse_amqp_url
+from conveyor._amqp import not_in_rabbitmq, parse_amqp_url
 from conveyor.beat.state.base import (
     ALIVE_AT,
     CUTOFF,
@@ -28,7 +28,7 @@ from conveyor.beat.state.base import (
     from_micros,
     to_micros,
 )
-from conveyor.schemes import Family, scheme_of
+from conveyor.schemes import Family, is_amqp, scheme_of
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
