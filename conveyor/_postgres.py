@@ -45,9 +45,28 @@ connection, which waits for notifications with no end, asks ``SELECT 1``
 after each ``socket_timeout`` of silence.  Only VACUUM and schema creation,
 which may rightly take long, wait up to :data:`PATIENT` seconds.
 
-Errors: a connection that cannot be made or is lost mid-call, and a
+The server's side of a dead path: a backend never learns that its client is
+gone while the path still acknowledges bytes (a stalled proxy or middlebox;
+TCP keepalives and ``tcp_user_timeout`` see nothing wrong), so a transaction
+cut off between two statements would hold its locks for as long as the socket
+lives.  Two rules keep that bounded without any server or role setting:
+
+* every transaction the pool runs starts with ``BEGIN; SET LOCAL
+  idle_in_transaction_session_timeout`` in one message (``socket_timeout``, at
+  least a second), so the server ends the session when the client goes quiet
+  inside it;
+* no statement is sent in pipeline mode: psycopg follows each pipeline
+  ``Sync`` with a ``Flush``, and any message after the server's
+  ReadyForQuery disarms ``idle_in_transaction_session_timeout`` until the next
+  ``Sync`` (PostgreSQL 15 seen doing so), which would leave a cut-off
+  pipelined transaction open for good.  A transaction that must take one round
+  trip (the broker's reserve) is one simple-protocol message of several
+  statements instead, which the server commits without waiting for the client.
+
+Errors: a connection that cannot be made or is lost mid-call, a
 statement the server cancelled (``statement_timeout``, ``lock_timeout``, a
-deadlock), raise :class:`~conveyor.exceptions.BrokerUnavailable` naming the
+deadlock), and a session the server ended inside a transaction (its client
+was silent for the limit above), raise :class:`~conveyor.exceptions.BrokerUnavailable` naming the
 server without its password; a prepared statement gone missing (a
 transaction pooler the URL does not declare) raises a ``BrokerError`` that
 says to add ``pool_mode=transaction``.
@@ -93,6 +112,9 @@ POOL_SIZE = 8
 #: SQLSTATEs of a statement the server cancelled on a live connection: a
 #: statement timeout, a lock timeout, a deadlock, a serialization failure.
 CANCELLED = frozenset({"57014", "55P03", "40P01", "40001"})
+#: The server ended the session: the client was silent inside a transaction
+#: (idle_in_transaction_session_timeout, set by the pool; transaction_timeout).
+SESSION_ENDED = frozenset({"25P03", "25P04"})
 #: A prepared statement missing, or there already: the sessions moved under us.
 PREPARED_LOST = frozenset({"26000", "42P05"})
 POOL_MODES = ("session", "transaction")
@@ -292,8 +314,11 @@ class Pool:
             try:
                 if not transaction:
                     return work(conn)
-                with conn.transaction():
-                    return work(conn)
+                # Not psycopg's transaction(): the limit must go in BEGIN's own message.
+                conn.execute(begin_bounded(self.options.socket_timeout), prepare=False)
+                result = work(conn)
+                conn.commit()
+                return result  # on an error, connection() closes the connection instead
             finally:
                 conn.answer_within = self.options.socket_timeout
 
@@ -324,6 +349,18 @@ class Pool:
 
     def close(self) -> None:
         self._drop_idle()
+
+
+IDLE_IN_TRANSACTION_FLOOR = 1.0  # seconds: a live client's pause between statements
+
+
+def begin_bounded(socket_timeout: float) -> str:
+    """``BEGIN`` and, in the same message, how long the server lets the
+    transaction wait for its client's next statement (see "Dead paths" in the
+    module docstring): ``socket_timeout``, the client's own patience, and at
+    least :data:`IDLE_IN_TRANSACTION_FLOOR`."""
+    limit = round(max(IDLE_IN_TRANSACTION_FLOOR, socket_timeout) * 1000)
+    return f"BEGIN; SET LOCAL idle_in_transaction_session_timeout = {limit}"
 
 
 # Every pool of this process by server address.  A connection that broke (the
@@ -368,6 +405,12 @@ def errors(address: str, action: str) -> Iterator[None]:
                if isinstance(exc, NoAnswer) else "the connection was refused or lost")
         raise BrokerUnavailable(
             f"PostgreSQL at {address}: {action} failed, {why} ({_first_line(exc)})") from exc
+    except psycopg.InternalError as exc:
+        if exc.sqlstate not in SESSION_ENDED:
+            raise
+        raise BrokerUnavailable(
+            f"PostgreSQL at {address}: {action} failed, the server ended a transaction "
+            f"left waiting for its client ({_first_line(exc)})") from exc
     except psycopg.ProgrammingError as exc:
         if exc.sqlstate not in PREPARED_LOST:
             raise
@@ -389,9 +432,6 @@ SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS {schema}.conveyor_schema (
     component text PRIMARY KEY,
     version integer NOT NULL)"""
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('conveyor_schema.' || %s))"
-# Seconds the schema transaction may sit idle between its statements (they follow
-# one another at once; only a paused or cut-off client leaves it waiting).
-SCHEMA_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = '10s'"
 SCHEMA_FOUND = "SELECT version FROM {schema}.conveyor_schema WHERE component = %s"
 SCHEMA_SET = """
     INSERT INTO {schema}.conveyor_schema (component, version) VALUES (%s, %s)
@@ -407,10 +447,9 @@ def ensure_schema(pool: Pool, component: str, version: int,
     schema = quoted(pool.options.schema)
 
     def upgrade(conn: psycopg.Connection[Any]) -> None:
-        # A process paused or cut off while it holds the schema lock would stall
-        # every other process's start for as long as its session lives: the server
-        # ends this transaction's session if the client goes quiet inside it.
-        conn.execute(SCHEMA_IDLE_LIMIT)
+        # A process paused or cut off while it holds the schema lock stalls every
+        # other process's start only until the server ends its session (the
+        # pool's idle-in-transaction limit, see "Dead paths").
         conn.execute(SCHEMA_LOCK, (pool.options.schema,))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         conn.execute(SCHEMA_TABLE.format(schema=schema))

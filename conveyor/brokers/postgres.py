@@ -62,7 +62,9 @@ is prefixed ``conveyor_`` so the application's own tables can sit beside it)::
 
 Reserving: one transaction makes due rows ready and leases the best ``count``
 ready rows, taken with ``FOR UPDATE SKIP LOCKED`` (one index walk per queue,
-merged), so concurrent consumers never wait on or share a row.
+merged), so concurrent consumers never wait on or share a row.  It is sent as
+one message of three statements, so the server commits it without waiting for
+the client: a reserve cut off by a dead path cannot leave its rows locked.
 
 Waking: producers ``NOTIFY`` the channel ``conveyor_<schema>`` in the same
 statement as the insert, so the notification is sent when (and only if) the
@@ -196,7 +198,7 @@ MAKE_DUE_READY = """
     UPDATE {s}.conveyor_messages SET state = 'ready', due = NULL, token = NULL,
                                      created = greatest(created, due)
     WHERE seq IN (SELECT seq FROM {s}.conveyor_messages
-                  WHERE state <> 'ready' AND due <= %s
+                  WHERE state <> 'ready' AND due <= %(now)s
                   ORDER BY due LIMIT 1000 FOR UPDATE SKIP LOCKED)"""
 # The best ``count`` ready rows: one index walk per queue (priority, seq),
 # merged by priority, then the queue's rank in the request, then FIFO.  The
@@ -220,6 +222,11 @@ LEASE = """
         EXISTS (SELECT 1 FROM {s}.conveyor_revoked r
                 WHERE r.task_id = split_part(m.id, '~', 1) AND r.expires_at > %(now)s)"""
 NEXT_DUE = "SELECT min(due) FROM {s}.conveyor_messages WHERE state <> 'ready'"
+# The three as one simple-protocol message, which the server runs as one
+# implicit transaction and commits on its own once it has the whole message:
+# a path cut at any byte leaves either nothing done or everything committed,
+# never a transaction waiting for a COMMIT that will not come (ADR 0032).
+RESERVE = f"{MAKE_DUE_READY};\n{LEASE};\n{NEXT_DUE}"
 
 HELD = "id = %s AND token = %s AND state = 'leased'"
 ACK = """
@@ -456,18 +463,23 @@ class PostgresBroker(Broker):
     def _reserve_once(
         self, conn: _Conn, names: list[str], count: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
+        from psycopg import ClientCursor
+
         now = time.time()
-        # One transaction, sent in one go (pipeline mode): the earliest due
-        # time is asked for whether or not anything was leased.
-        with conn.pipeline(), conn.transaction():
-            conn.execute(self.sql(MAKE_DUE_READY), (now,))
-            leased = conn.execute(self.sql(LEASE), {
+        # One round trip; the earliest due time is asked for whether or not
+        # anything was leased.  Parameters are bound by the client: a message
+        # with several statements cannot carry them (the price: the server
+        # plans the statements each time instead of reusing a prepared plan).
+        with ClientCursor(conn) as cur:
+            cur.execute(self.sql(RESERVE), {
                 "prefix": uuid.uuid4().hex, "until": now + lease, "queues": names,
                 "count": count, "now": now})
-            due = conn.execute(self.sql(NEXT_DUE))
-        rows = leased.fetchall()
+            cur.nextset()  # past MAKE_DUE_READY's row count
+            rows = cur.fetchall()
+            cur.nextset()
+            (next_due,) = cur.fetchone() or (None,)
         if not rows:
-            return [], due.fetchone()[0]
+            return [], next_due
         rows.sort(key=lambda row: row[:3])  # RETURNING has no order: priority, rank, seq
         return [
             Delivery(id_, queue, bytes(body), deliveries, token, priority, bool(revoked))

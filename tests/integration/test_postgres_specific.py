@@ -4,6 +4,7 @@ versions, and connections that went stale under it."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -137,6 +138,73 @@ def test_a_write_cut_off_mid_statement_is_one_clear_error(pg_url: str) -> None:
     assert "enqueue failed, the connection was refused or lost" in str(error)
     broker.enqueue(Envelope("m3", "q", b"3"))
     assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m3"]
+    broker.close()
+
+
+def test_a_client_gone_quiet_inside_a_transaction_loses_its_session(pg_url: str) -> None:
+    """A transaction the pool runs tells the server how long to wait for its
+    client's next statement (``socket_timeout``, at least a second): a client cut
+    off between two statements (a dead path that still acknowledges bytes, which
+    no keepalive notices) holds its row locks that long, not for good."""
+    import psycopg
+
+    broker = broker_from_url(f"{pg_url}&socket_timeout=1")
+    assert isinstance(broker, PostgresBroker)
+    broker.enqueue(Envelope("m1", "q", b"1"))
+    inside: list[int] = []
+    resume = threading.Event()
+    failed: list[BaseException] = []
+
+    def quiet(conn: psycopg.Connection[object]) -> None:
+        conn.execute(broker.sql("SELECT 1 FROM {s}.conveyor_messages FOR UPDATE"))
+        inside.append(conn.info.backend_pid)
+        resume.wait(10)  # the client stops talking, holding the row
+
+    def run() -> None:
+        try:
+            broker._pool.run("hold a row", quiet, transaction=True)
+        except BaseException as exc:
+            failed.append(exc)
+
+    holder = threading.Thread(target=run)
+    holder.start()
+    wait_for(lambda: inside, 5, "the transaction to lock the row")
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as watcher:
+        wait_for(lambda: watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                         (inside[0],)).fetchone() is None,
+                 4, "the server to end the quiet session")
+    assert [d.id for d in broker.reserve(["q"], 10, lease=30, timeout=0)] == ["m1"]
+    resume.set()
+    holder.join(10)
+    [error] = failed  # its COMMIT finds the session gone: a clear error, not a hang
+    assert isinstance(error, BrokerUnavailable), repr(error)
+    broker.close()
+
+
+def test_a_reserve_is_one_message_the_server_commits_alone(pg_url: str,
+                                                          tmp_path: Path) -> None:
+    """The reserve's transaction (make due rows ready, lease, next due time) goes
+    as one simple-protocol message: the server commits it without waiting for
+    the client, so a path cut at any byte cannot leave its rows locked.  (It was a
+    psycopg pipeline: BEGIN, then the statements, then COMMIT, three round trips,
+    and the Flush psycopg sends after each Sync disarms the server's
+    idle_in_transaction_session_timeout, so a cut before COMMIT held the rows
+    for as long as the dead socket lived.)"""
+    from psycopg import pq
+
+    broker = broker_from_url(pg_url)
+    assert isinstance(broker, PostgresBroker)
+    broker.enqueue(Envelope("m1", "q", b"1"))
+    trace = tmp_path / "trace.txt"
+    with broker._pool.connection() as conn, trace.open("w") as out:
+        conn.pgconn.trace(out.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        got, _ = broker._reserve_once(conn, ["q"], 10, 30)
+        conn.pgconn.untrace()
+    assert [d.id for d in got] == ["m1"]
+    sent = [line.split("\t")[2].strip() for line in trace.read_text().splitlines()
+            if line.startswith("F\t")]
+    assert sent == ["Query"], sent
     broker.close()
 
 
