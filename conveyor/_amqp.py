@@ -80,6 +80,18 @@ class AMQPOptions:
         return f"{scheme}://{self.username}@{self.host}:{self.port}/{self.vhost}"
 
 
+def lease_heartbeat(lease: float) -> int:
+    """The heartbeat timeout of a consuming connection when none was set: half
+    the lease, in whole seconds (AMQP's unit), at least one.
+
+    RabbitMQ gives up on a client that sent nothing for two to three heartbeat
+    timeouts and hands its unacknowledged messages to other consumers; at half
+    the lease that happens one to one and a half leases after a worker stopped
+    (paused, frozen), as a lease runs out on the other brokers
+    (docs/decisions/0034-rabbitmq-heartbeat-from-the-lease.md)."""
+    return max(1, int(lease // 2))
+
+
 def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
                    need_state: bool = True) -> AMQPOptions:
     """Read a Celery-style AMQP URL and ``broker_transport_options``; the control

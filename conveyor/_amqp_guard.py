@@ -18,9 +18,16 @@ broker's side store (``state_url``) tell the next receiver what to do:
   that arrives later is dropped.
 
 A holder that dies stops renewing: its running record lapses within a lease
-and the next parked copy runs.  A message therefore runs twice only if its
-holder's renewals stop while it still runs (the side store unreachable for
-a lease) -- the at-least-once rule every broker keeps.
+and the next parked copy runs.  A prefork supervisor also holds the record
+of each task its children run, in the child's name (``stand_in``): a child
+holding the GIL past two heartbeats loses its connection like a paused
+worker, and keeps its task through that record; its late acknowledgement
+finds its channel gone and settles through the record (``settle_lost``),
+or is refused if another delivery took over
+(docs/decisions/0034-rabbitmq-heartbeat-from-the-lease.md).  A message
+therefore runs twice only if its holder's renewals stop while it still runs
+(the side store unreachable for a lease) -- the at-least-once rule every
+broker keeps.
 
 A prefork child that dies takes its connection with it, and RabbitMQ hands its
 messages out again at once, before the child's supervisor has said what became
@@ -91,12 +98,14 @@ class Guards:
 
         The running record is read before the settled one: a holder writes
         *settled* before giving *running* up, so one of the two is always seen.
-        A copy RabbitMQ handed out again that finds neither has to ``WAIT``
-        unless it ``waited`` already (held back, or parked).  A side store out
-        of reach runs the message (at least once)."""
+        A copy RabbitMQ handed out again has to ``WAIT`` unless it ``waited``
+        already (held back, or parked): when it finds neither record, and also
+        when it finds a running record, which a dead child's supervisor may be
+        about to give up (it held it in the child's name: :meth:`stand_in`).
+        A side store out of reach runs the message (at least once)."""
         try:
             if self._state.lease_holder(RUNNING + message_id) is not None:
-                return Verdict.PARK
+                return Verdict.PARK if waited else Verdict.WAIT
             if self._state.lease_holder(SETTLED + message_id) is not None:
                 return Verdict.DROP
             if not waited:
@@ -134,6 +143,52 @@ class Guards:
         else:
             self._forget(delivery.token)
         return kept
+
+    def stand_in(self, delivery: Delivery, lease: float) -> bool:
+        """Take or renew the running record of a delivery another process holds (a
+        prefork supervisor, for its child's running task), in that holder's name.
+
+        A child holding the GIL in C, or stopped alone, sends no heartbeats, and
+        RabbitMQ closes its connection (``_amqp.lease_heartbeat``); the record
+        parks the copy until the child settles it (:meth:`settle_lost`).  A record
+        of a message settled meanwhile (the copy ran while this whole worker was
+        paused) is given up at once: ``False``, as for one another holder has."""
+        name = RUNNING + delivery.id
+        try:
+            if not self._state.acquire_lease(name, delivery.token, lease):
+                self._forget(delivery.token)
+                return False
+            # Read after the take: a holder marks *settled* before releasing, so a
+            # record found free because its copy had finished is caught here.
+            if self._state.lease_holder(SETTLED + delivery.id) is not None:
+                self._state.release_lease(name, delivery.token)
+                self._forget(delivery.token)
+                return False
+        except ConveyorError as exc:
+            _log.warning("cannot hold the side-store lease of %s for its process: %s",
+                         delivery.id, exc)
+            return self.holds(delivery.token)
+        self._keep(delivery.token, delivery.id, lease)
+        return True
+
+    def settle_lost(self, delivery: Delivery) -> bool:
+        """Settle a delivery whose channel went (its connection closed while this
+        process ran it) if its running record is still in its name (this process's
+        renewal, or its supervisor's :meth:`stand_in`): the copy RabbitMQ handed
+        out is parked meanwhile, and now dropped.  ``False``: another delivery took
+        over, or the message was settled elsewhere -- the acknowledgement is refused."""
+        self._forget(delivery.token)
+        try:
+            if self._state.lease_holder(SETTLED + delivery.id) is not None or \
+                    self._state.lease_holder(RUNNING + delivery.id) != delivery.token:
+                return False
+            mark(self._state, delivery.id)
+        except ConveyorError as exc:
+            _log.warning("cannot settle %s in the side store: %s", delivery.id, exc)
+            return False
+        with contextlib.suppress(ConveyorError):  # else it lapses within a lease
+            self._state.release_lease(RUNNING + delivery.id, delivery.token)
+        return True
 
     def settle(self, delivery: Delivery) -> bool:
         """Mark ``delivery`` settled, then give its running record up; ``False`` if the

@@ -89,13 +89,16 @@ def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     return exc.reply_code == 404 or "inequivalent arg" in str(exc.reply_text)
 
 
-def connection_parameters(o: AMQPOptions) -> pika.ConnectionParameters:
-    """pika's parameters for the broker (and the control channel beside it)."""
+def connection_parameters(o: AMQPOptions,
+                          heartbeat: int | None = None) -> pika.ConnectionParameters:
+    """pika's parameters for the broker (and the control channel beside it);
+    ``heartbeat``: the timeout to ask for when the options set none (``None``:
+    the server's)."""
     extra: dict[str, Any] = {}
     if o.tls:
         extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
-    if o.heartbeat is not None:
-        extra["heartbeat"] = o.heartbeat
+    if o.heartbeat is not None or heartbeat is not None:
+        extra["heartbeat"] = o.heartbeat if o.heartbeat is not None else heartbeat
     # stack_timeout bounds the whole bring-up: a path that accepts the TCP
     # connection and then says nothing would otherwise hold it for 15 s.
     return pika.ConnectionParameters(
@@ -119,10 +122,10 @@ def connect(o: AMQPOptions) -> pika.BlockingConnection:
         raise BrokerUnavailable(str(exc)) from None
 
 
-def _connect(o: AMQPOptions) -> pika.BlockingConnection:
+def _connect(o: AMQPOptions, heartbeat: int | None = None) -> pika.BlockingConnection:
     """:func:`connect`, raising :class:`_Unanswered` for a connect that timed out."""
     try:
-        conn = pika.BlockingConnection(connection_parameters(o))
+        conn = pika.BlockingConnection(connection_parameters(o, heartbeat))
     except pika.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(
             f"RabbitMQ at {o.place} closed the connection at login: wrong credentials, "
@@ -148,6 +151,9 @@ class Link:
         self.conn: pika.BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.generation = 0  # bumped whenever the connection is dropped
+        # The heartbeat timeout asked for when the options set none (the consuming
+        # link's follows the lease: ``_amqp.lease_heartbeat``); None: the server's.
+        self.heartbeat: int | None = None
         self._on_drop = on_drop
 
     def chan(self) -> BlockingChannel:
@@ -161,7 +167,7 @@ class Link:
         """:meth:`chan`, raising :class:`_Unanswered` for a connect that timed out."""
         if self.channel is None or not self.channel.is_open:
             self.drop()
-            self.conn = _connect(self.opts)
+            self.conn = _connect(self.opts, self.heartbeat)
             self.channel = self.conn.channel()
             Confirms.of(self.channel)
             # A channel the server closes between calls (consumer_timeout) is reported

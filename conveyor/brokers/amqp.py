@@ -24,6 +24,11 @@ child held unstarted is taken off again: its supervisor records it in the side
 store, and a redelivered copy waits ``redelivery_wait`` for such verdicts
 before it runs (docs/decisions/0031-rabbitmq-redeliveries-wait-for-the-supervisor.md).
 
+A worker's consuming connection asks for a heartbeat of half the lease, so
+that RabbitMQ hands a paused worker's messages on within about a lease; the
+prefork supervisor holds its children's running records meanwhile
+(docs/decisions/0034-rabbitmq-heartbeat-from-the-lease.md).
+
 The queue layout is drawn in :mod:`conveyor._amqp`.
 """
 
@@ -322,6 +327,7 @@ class AMQPBroker(Broker):
         """Take from what the consumers were pushed, topped up by ``basic.get`` (so
         a message already queued is never missed), then wait for pushes in short
         slices, letting other threads ack and extend in between."""
+        self._tie_heartbeat(lease)
         got = self._reserve_once(queues, count, lease, poll=True)
         # A message given back a moment ago may be on its way to a consumer, where
         # basic.get cannot see it: even timeout=0 waits one grace for pushes.
@@ -329,6 +335,22 @@ class AMQPBroker(Broker):
         while not got and time.monotonic() < deadline:
             got = self._reserve_once(queues, count, lease, poll=False)
         return got
+
+    def _tie_heartbeat(self, lease: float) -> None:
+        """Ask for a heartbeat of half the lease on the consuming connection, unless
+        the options set one (docs/decisions/0034-rabbitmq-heartbeat-from-the-lease.md).
+
+        RabbitMQ alone decides when another consumer gets what this one holds;
+        with the server's heartbeat (60 s) a paused worker kept its messages for
+        two to three minutes.  The lease is known at the first reserve: a
+        consuming connection opened before (a renewal of nothing, ``stats``)
+        holds no delivery yet, and is reopened with it."""
+        if self._consumer.heartbeat is not None or self._opts.heartbeat is not None:
+            return
+        with self._consumer.lock:
+            self._consumer.heartbeat = _amqp.lease_heartbeat(lease)
+            if self._consumer.conn is not None:
+                self._consumer.drop()
 
     def _reserve_once(self, queues: Sequence[str], count: int, lease: float,
                       poll: bool) -> list[Delivery]:
@@ -587,6 +609,11 @@ class AMQPBroker(Broker):
             self._read_at = time.monotonic()  # the flush read the socket too
             return acked
         acked = self._settle(op, set[str]())
+        # A channel gone while the task ran (a heartbeat missed, a blip): the copy
+        # RabbitMQ handed out is parked while the running record is in this
+        # delivery's name, and settling drops it; else another delivery took over.
+        settled.update(d.token for d in mine if d.token not in acked | settled
+                       and self._guards.settle_lost(d))
         return [not self._mine(d) or d.token in acked or d.token in settled
                 for d in deliveries]
 
@@ -617,8 +644,10 @@ class AMQPBroker(Broker):
         """Settle a delivery another process's channel holds (a prefork supervisor
         settling a child it killed): RabbitMQ hands the message out again when that
         channel closes, and whoever receives it then drops it (``_leased``).  A
-        redelivery that beats this write runs once more; it cannot loop."""
+        redelivery that beats this write runs once more; it cannot loop.  The
+        running record held in the child's name (``extend``) is given up after."""
         _amqp_guard.mark(self._state, delivery.id)
+        self._guards.release(delivery)
 
     def _uncount_elsewhere(self, delivery: Delivery) -> None:
         """Record that another process's delivery of ``delivery`` does not count (a dead
@@ -636,6 +665,7 @@ class AMQPBroker(Broker):
             # it out again by itself, counted; an unstarted one must not count.
             if not count:
                 self._uncount_elsewhere(delivery)
+            self._guards.release(delivery)  # the copy, waiting, may run now
             return False
         held = self._take_lease(delivery)
         if held is None:  # its connection went: RabbitMQ (or a parked copy) has it
@@ -689,14 +719,25 @@ class AMQPBroker(Broker):
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         """Renew leases; a delivery held longer than its lease also renews (takes) its
-        side-store lease, which outlives the channel (``_amqp_guard``)."""
-        aged: list[bool] = []
+        side-store lease, which outlives the channel (``_amqp_guard``).
+
+        Another process's delivery (a prefork supervisor renewing for its
+        children's running tasks) cannot be renewed on its channel: its running
+        record is held in its name instead (``Guards.stand_in``), so that a child
+        whose connection RabbitMQ closed while it held the GIL keeps its task."""
+        if all(self._mine(d) for d in deliveries):
+            return self._extend_own(deliveries, lease)
+        mine = [d for d in deliveries if self._mine(d)]  # none in a supervisor:
+        own = iter(self._extend_own(mine, lease) if mine else [])  # no consuming link
+        return [next(own) if self._mine(d) else self._guards.stand_in(d, lease)
+                for d in deliveries]
+
+    def _extend_own(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         tokens = {d.token for d in deliveries}
 
-        def op(ch: BlockingChannel) -> list[bool]:
-            out = []
+        def op(ch: BlockingChannel) -> tuple[list[bool], list[bool]]:
+            out, aged = [], []
             now = time.monotonic()
-            aged.clear()
             for d in deliveries:
                 held = self._held(ch, d, tokens)
                 if held is not None:
@@ -709,10 +750,11 @@ class AMQPBroker(Broker):
             if now - self._read_at >= _POLL_EVERY:
                 ch.connection.process_data_events(0)
                 self._read_at = now
-            return out
-        kept = self._settle(op, [False] * len(deliveries))
-        if len(aged) != len(deliveries):
-            aged = [False] * len(deliveries)
+            return out, aged
+        # A connection found gone after the loop (a paused process waking) kept
+        # nothing: no side-store lease may be taken on its behalf.
+        none = [False] * len(deliveries)
+        kept, aged = self._settle(op, (none, none))
         # Renewing a guard that is not held (nor old enough to take) costs nothing.
         return [self._guards.renew(d, lease, take=old) or held
                 for d, held, old in zip(deliveries, kept, aged, strict=True)]

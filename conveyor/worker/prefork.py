@@ -13,7 +13,9 @@ acknowledge or renew for a child: each child acknowledges its own messages
 and renews what it holds from a thread of its own (:class:`OwnLeases`),
 which also keeps its connection's heartbeats answered during a long task.
 A child that dies loses its connection, and the broker hands its messages
-out again at once.
+out again at once.  The supervisor holds the side-store lease of each
+running task in its child's name (ADR 0034), so a child holding the GIL
+past its connection's heartbeat (half the lease) keeps its task.
 """
 
 from __future__ import annotations
@@ -178,9 +180,16 @@ class PreforkPool(Supervisor):
         child = self.children.get(key)
         return f"child pid {child.process.pid if child else '?'}"
 
-    def _extend(self) -> None:
-        if not self.app.broker.leases_follow_connection:  # else each child renews its own
-            super()._extend()
+    def _renewable(self) -> list[Delivery]:
+        """Where deliveries follow the connection (RabbitMQ) each child renews its own
+        leases; the supervisor holds the side-store lease of each running task in
+        its child's name (``AMQPBroker.extend``), which a child holding the GIL
+        past its connection's heartbeat keeps its task by.  Prefetched messages
+        are not held for it: RabbitMQ hands them to another consumer."""
+        if not self.app.broker.leases_follow_connection:
+            return super()._renewable()
+        return [running.delivery for _, running in self.book.running_tasks()
+                if not running.acked]
 
     # Children are forked with the worker's queues and task limits: remote control
     # changes reach them by replacing them, each after its task (before the reply).

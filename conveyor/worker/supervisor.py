@@ -335,7 +335,7 @@ class Supervisor(abc.ABC):
         # Read what slots said first: a message acked since the last poll is no
         # longer held, and renewing it would be misreported as a lost lease.
         self.drain()
-        held = self.book.all_held()
+        held = self._renewable()
         if not held:
             return
         try:
@@ -346,6 +346,10 @@ class Supervisor(abc.ABC):
         lost = [d.id for d, ok in zip(held, kept, strict=True) if not ok]
         if lost:
             log.warning("leases lost for %s (held past their lease?)", ", ".join(lost[:5]))
+
+    def _renewable(self) -> list[Delivery]:
+        """What this supervisor renews: everything its slots hold."""
+        return self.book.all_held()
 
     def _terminate_revoked(self) -> None:
         running = self.book.running_tasks()

@@ -80,3 +80,54 @@ def test_a_batch_of_publishes_reports_the_unroutable_one(amqp_url: str) -> None:
             assert ch.queue_purge("confirmed").method.message_count == 3
     finally:
         broker.close()
+
+
+def test_the_consuming_connection_s_heartbeat_follows_the_lease(amqp_url: str) -> None:
+    """Half the lease (ADR 0034): RabbitMQ hands a stopped worker's messages on
+    within about a lease.  A heartbeat in the options wins."""
+    from conveyor.brokers import broker_from_url
+
+    broker = broker_from_url(amqp_url)
+    try:
+        broker.stats(["beat"])  # opens the consuming link before any lease is known
+        broker.reserve(["beat"], 1, lease=6, timeout=0)
+        assert broker._consumer.conn._impl.params.heartbeat == 3
+    finally:
+        broker.close()
+    explicit = broker_from_url(amqp_url + "&heartbeat=11")
+    try:
+        explicit.reserve(["beat"], 1, lease=6, timeout=0)
+        assert explicit._consumer.conn._impl.params.heartbeat == 11
+    finally:
+        explicit.close()
+
+
+@pytest.mark.parametrize("stood_in", [True, False])
+def test_a_delivery_whose_connection_went_is_settled_through_its_running_record(
+        amqp_quorum_url: str, stood_in: bool) -> None:
+    """A child whose connection RabbitMQ closed (it held the GIL past two
+    heartbeats) acknowledges through the running record its supervisor held in
+    its name: the copy handed out is dropped.  Without that record the ack is
+    refused and the copy runs, counted (at least once)."""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    holder = broker_from_url(amqp_quorum_url)
+    other = broker_from_url(amqp_quorum_url + "&redelivery_wait=0.2")
+    try:
+        holder.enqueue(Envelope(id="m", queue="gone", body=b"x"))
+        [held] = holder.reserve(["gone"], 1, lease=4, timeout=5)
+        if stood_in:  # what the prefork supervisor's extend does for its child
+            assert holder._guards.stand_in(held, 4)
+        holder._consumer.conn.close()  # RabbitMQ hands the message out again
+        assert other.reserve(["gone"], 1, lease=4, timeout=0.1) == []  # held back
+        assert holder.ack([held]) == [stood_in]
+        copies = other.reserve(["gone"], 1, lease=4, timeout=1.5)
+        if stood_in:
+            assert copies == []
+            assert other.lease_holder("conveyor.settled:m") is not None
+        else:
+            assert [(d.id, d.deliveries) for d in copies] == [("m", 2)]
+            assert other.ack(copies) == [True]
+    finally:
+        holder.close()
+        other.close()

@@ -143,3 +143,23 @@ def test_remote_control_goes_through_rabbitmq_whatever_the_side_store(tmp_path: 
     state = f"sqlite:///{tmp_path}/state.db"
     assert isinstance(channel_for("amqp://h//", {"state_url": state}), AMQPChannel)
     assert isinstance(channel_for("amqp://h//", {}), AMQPChannel)
+
+
+@pytest.mark.parametrize(("lease", "heartbeat"), [(30, 15), (2, 1), (3, 1), (1, 1), (0.5, 1),
+                                                  (301, 150)])
+def test_a_consuming_connection_s_heartbeat_is_half_the_lease(lease: float,
+                                                               heartbeat: int) -> None:
+    """Whole seconds (AMQP's unit), at least one: RabbitMQ gives a silent client
+    up after two to three of them, so within one to one and a half leases."""
+    assert _amqp.lease_heartbeat(lease) == heartbeat
+
+
+def test_a_heartbeat_set_in_the_options_wins_over_the_lease_s() -> None:
+    from conveyor._amqp_link import connection_parameters
+
+    derived = _amqp.parse_amqp_url("amqp://h/v", STATE)
+    assert connection_parameters(derived).heartbeat is None  # the server's
+    assert connection_parameters(derived, 7).heartbeat == 7
+    for explicit in (0, 20):  # 0: heartbeats off, as asked
+        o = _amqp.parse_amqp_url(f"amqp://h/v?heartbeat={explicit}", STATE)
+        assert connection_parameters(o, 7).heartbeat == explicit
