@@ -20,6 +20,10 @@ Every message carries the rest of its workflow (docs/decisions/0002-canvas.md):
 
     On success the value goes into ``ResultStore.chord_add``; the one call
     that completes the set sends the body with the values in header order.
+    A header that does nothing else on success joins in the same store call
+    as its result write (``set_many_fenced_and_join``, only if the write was
+    stored), made by its worker's supervisor when its slot is busy, which
+    then sends the body (ADR 0033; :func:`only_joins`, :func:`on_joined`).
     An error scope (no ``body``) only carries a group's ``link_error``.  On
     failure, ``ResultStore.chord_fail`` elects one failing member to fail
     the scope: the body and everything after it are stored as FAILURE with
@@ -70,6 +74,7 @@ from conveyor.canvas import (
 )
 from conveyor.exceptions import BrokerError, NotRegistered, SerializationError, TaskRevokedError
 from conveyor.result import AsyncResult, GroupResult, save_group
+from conveyor.resultstores.base import JoinPart
 
 if TYPE_CHECKING:
     from conveyor._message import Message
@@ -430,6 +435,37 @@ def on_success(app: Conveyor, message: Message, result: Any) -> None:
     plan.commit()
 
 
+def only_joins(message: Message) -> bool:
+    """Whether all :func:`on_success` does for ``message`` is its chord join
+    (no callbacks, no next step): then the header's result write and its join
+    can be one store call (``ResultStore.set_many_fenced_and_join``)."""
+    return not message.callbacks and not message.chain and _is_join(message.chord)
+
+
+def join_part(app: Conveyor, message: Message, result: Any) -> JoinPart | None:
+    """The join an :func:`only_joins` header's ``result`` makes, for the store
+    call that writes the result.  None when the value cannot be encoded: then
+    :func:`on_success` fails the chord, as it always did."""
+    scope = message.chord
+    assert scope is not None
+    try:
+        payload = encode_value(app, result, part_context.collect())
+    except SerializationError:
+        return None
+    return JoinPart(scope["id"], scope["index"], scope["size"], payload)
+
+
+def on_joined(app: Conveyor, message: Message, parts: list[bytes] | None) -> None:
+    """:func:`on_success` for an :func:`only_joins` header whose join was made
+    with its result write: send the body if that join completed the set."""
+    assert message.chord is not None
+    if parts is None:
+        return
+    plan = Plan(app, root_id=message.root_id or message.id, parent_id=message.id)
+    _fire(plan, message.chord, parts)
+    plan.commit()
+
+
 def follows_success(message: Message) -> bool:
     """Whether :func:`on_success` has anything to send for ``message``."""
     return bool(message.callbacks or message.chain or _is_join(message.chord))
@@ -481,8 +517,13 @@ def _join(plan: Plan, scope: Scope, task_id: str, result: Any) -> None:
         return
     parts = app.backend.chord_add(scope["id"], scope["index"], scope["size"], payload,
                                   app.conf.result_expires)
-    if parts is None:
-        return
+    if parts is not None:
+        _fire(plan, scope, parts)
+
+
+def _fire(plan: Plan, scope: Scope, parts: list[bytes]) -> None:
+    """Send the body of a chord whose join this header completed."""
+    app = plan.app
     decoded = [decode_value(app, part) for part in parts]
     values = [value for value, _ in decoded]
     body = Canvas.from_dict(scope["body"], app)

@@ -45,6 +45,22 @@ class FencedWrite(NamedTuple):
     attempt: Attempt
 
 
+class JoinPart(NamedTuple):
+    """A chord header's value for its join, as :meth:`ResultStore.chord_add` takes it."""
+
+    chord_id: str
+    header: int  # this header's index in the chord
+    size: int
+    payload: bytes
+
+
+class Written(NamedTuple):
+    """What :meth:`ResultStore.set_many_fenced_and_join` did with one write."""
+
+    stored: bool  # False: refused by the fence, and not joined
+    parts: list[bytes] | None  # chord_add's answer: every part when this join completed
+
+
 class ResultStore(abc.ABC):
     """Results for one app.  Thread-safe; not shared across fork."""
 
@@ -84,6 +100,24 @@ class ResultStore(abc.ABC):
         Each write is fenced on its own: one refused write does not stop the others.
         """
         return [self.set_fenced(w.task_id, w.state, w.payload, ttl, w.attempt) for w in writes]
+
+    def set_many_fenced_and_join(self, writes: Sequence[tuple[FencedWrite, JoinPart | None]],
+                                 ttl: float) -> list[Written]:
+        """:meth:`set_many_fenced`, then :meth:`chord_add` for each stored write
+        that carries its chord header's join; one :class:`Written` per write.
+
+        A refused write (a later run of the header took over) is not joined:
+        that run joins.  The pair is safe to repeat as a whole, as each half
+        is (the join counts an index once, and gives a completer's repeat the
+        parts again).  This default makes two steps, and a crash between them
+        leaves the value stored but not joined: the caller acknowledges the
+        message only afterwards, so its redelivered run joins.  Redis does
+        both in one script for the whole batch.
+        """
+        stored = self.set_many_fenced([write for write, _ in writes], ttl)
+        return [Written(ok, self.chord_add(join.chord_id, join.header, join.size, join.payload,
+                                           ttl) if ok and join is not None else None)
+                for (_, join), ok in zip(writes, stored, strict=True)]
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """Store several at once (backends batch this)."""
@@ -163,4 +197,4 @@ def deadline_after(timeout: float | None) -> float | None:
     """Monotonic deadline for a timeout, None meaning forever."""
     return None if timeout is None else time.monotonic() + timeout
 
-__all__ = ["FencedWrite", "ResultStore", "Stored", "deadline_after"]
+__all__ = ["FencedWrite", "JoinPart", "ResultStore", "Stored", "Written", "deadline_after"]

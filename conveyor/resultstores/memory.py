@@ -7,7 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
+from conveyor.resultstores.base import (
+    FencedWrite,
+    JoinPart,
+    ResultStore,
+    Stored,
+    Written,
+    deadline_after,
+)
 from conveyor.resultstores.record import Attempt
 
 
@@ -50,6 +57,11 @@ class MemoryResultStore(ResultStore):
     def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
         with self._m.cond:  # the whole batch in one step, as the other stores
             return super().set_many_fenced(writes, ttl)
+
+    def set_many_fenced_and_join(self, writes: Sequence[tuple[FencedWrite, JoinPart | None]],
+                                 ttl: float) -> list[Written]:
+        with self._m.cond:  # writes and joins in one step, as on Redis
+            return super().set_many_fenced_and_join(writes, ttl)
 
     def get(self, task_id: str) -> Stored | None:
         with self._m.cond:

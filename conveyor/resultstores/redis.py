@@ -17,7 +17,8 @@ Key layout
 ``P:group:{group_id}`` (string)
     A group's description, from :meth:`save_group`; expires after its ``ttl``.
 ``P:chord:{chord_id}:parts`` (hash)
-    Header index -> payload, from :meth:`chord_add`; expires after its ``ttl``
+    Header index -> payload, from :meth:`chord_add` (or
+    :meth:`set_many_fenced_and_join`, with the header's result); expires after its ``ttl``
     (kept after the chord fires, so the completer's repeat gets them again;
     deleted when :meth:`chord_fail` closes the chord).
 ``P:chord:{chord_id}:done`` (string)
@@ -79,7 +80,14 @@ from conveyor._redis import (
     translate_errors,
 )
 from conveyor.exceptions import ConfigurationError, ResultError
-from conveyor.resultstores.base import FencedWrite, ResultStore, Stored, deadline_after
+from conveyor.resultstores.base import (
+    FencedWrite,
+    JoinPart,
+    ResultStore,
+    Stored,
+    Written,
+    deadline_after,
+)
 from conveyor.resultstores.record import Attempt
 from conveyor.states import READY_STATES
 
@@ -166,22 +174,52 @@ return #KEYS / 2
 # index order and names itself in the done marker, so its own repeat (a
 # redelivered completer) gets the parts again; anyone else after that gets
 # nothing.  Parts that expired meanwhile mean nothing to send (false).
-_CHORD_ADD = LuaScript("""
-local parts, done = KEYS[1], KEYS[2]
-local index, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-local closed = redis.call('GET', done)
-if closed and closed ~= 'fired:' .. index then return false end
-if not closed then
-  redis.call('HSET', parts, index, ARGV[3])
-  redis.call('PEXPIRE', parts, ttl)
-  if redis.call('HLEN', parts) < size then return false end
-  redis.call('SET', done, 'fired:' .. index, 'PX', ttl)
+_JOIN = """
+local function join(parts, done, index, size, payload, ttl)
+  size = tonumber(size)
+  local closed = redis.call('GET', done)
+  if closed and closed ~= 'fired:' .. index then return false end
+  if not closed then
+    redis.call('HSET', parts, index, payload)
+    redis.call('PEXPIRE', parts, ttl)
+    if redis.call('HLEN', parts) < size then return false end
+    redis.call('SET', done, 'fired:' .. index, 'PX', ttl)
+  end
+  local fields = {}
+  for i = 0, size - 1 do fields[#fields + 1] = i end
+  local all = redis.call('HMGET', parts, unpack(fields))
+  for i = 1, size do if not all[i] then return false end end
+  return all
 end
-local fields = {}
-for i = 0, size - 1 do fields[#fields + 1] = i end
-local all = redis.call('HMGET', parts, unpack(fields))
-for i = 1, size do if not all[i] then return false end end
-return all
+"""
+
+# chord_add: KEYS parts, done; ARGV index, size, payload, ttl (ms).
+_CHORD_ADD = LuaScript(_JOIN + """
+return join(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+""")
+
+# set_many_fenced_and_join: set_many_fenced where a chord header's write is
+# joined in the same step, only if it was stored (so a crash cannot fall
+# between "stored" and "joined", and a fenced-out run never counts).  KEYS per
+# write: result, notify, then parts, done when it joins.  ARGV px, then per
+# write: value, notify_px, sent, retries, deliveries, joins ('1'/'0'), and
+# when it joins: index, size, part payload.  Returns per write 0 (refused),
+# 1 (stored; no join, or one that did not complete) or the parts.
+_SET_MANY_FENCED_AND_JOIN = LuaScript(_STORE + _FENCE + _JOIN + """
+local px, k, a, done = ARGV[1], 1, 2, {}
+while a <= #ARGV do
+  local joins = ARGV[a + 5] == '1'
+  if superseded(KEYS[k], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]) then
+    done[#done + 1] = 0
+  else
+    store(KEYS[k], KEYS[k + 1], ARGV[a], px, ARGV[a + 1])
+    local parts = joins and join(KEYS[k + 2], KEYS[k + 3], ARGV[a + 6], ARGV[a + 7],
+                                 ARGV[a + 8], px)
+    done[#done + 1] = parts or 1
+  end
+  if joins then k, a = k + 4, a + 9 else k, a = k + 2, a + 6 end
+end
+return done
 """)
 
 # Close the join because a header failed: the same done marker chord_add
@@ -217,6 +255,11 @@ def _ms(seconds: float) -> int:
 def _notify_px(state: str, px: int) -> int:
     """How long the notify list lives: 0 (no list) for states that are not ready."""
     return min(px, _NOTIFY_TTL_MS) if state in READY_STATES else 0
+
+
+def _check_index(chord_id: str, index: int, size: int) -> None:
+    if not 0 <= index < size:
+        raise ValueError(f"chord {chord_id}: header index {index} is outside 0..{size - 1}")
 
 
 def _ready(stored: Stored | None) -> bool:
@@ -282,6 +325,29 @@ class RedisResultStore(ResultStore):
         with self._errors(f"storing {len(writes)} results"):
             done = run(self._holder.client, _SET_MANY_FENCED, keys, args)
         return [bool(d) for d in done]
+
+    def set_many_fenced_and_join(self, writes: Sequence[tuple[FencedWrite, JoinPart | None]],
+                                 ttl: float) -> list[Written]:
+        """One script call for the batch: each write fenced on its own, and a
+        chord header's join made in the same step, only if its write was stored."""
+        if not writes:
+            return []
+        px = _ms(ttl)
+        keys: list[str] = []
+        args: list[Any] = [px]
+        for (task_id, state, payload, attempt), join in writes:
+            keys += [self._key("result", task_id), self._key("result-notify", task_id)]
+            args += [_encode(state, payload), _notify_px(state, px),
+                     attempt.sent, attempt.retries, attempt.deliveries, int(join is not None)]
+            if join is not None:
+                _check_index(join.chord_id, join.header, join.size)
+                keys += [self._key("chord", join.chord_id, "parts"),
+                         self._key("chord", join.chord_id, "done")]
+                args += [join.header, join.size, join.payload]
+        with self._errors(f"storing {len(writes)} results"):
+            done = run(self._holder.client, _SET_MANY_FENCED_AND_JOIN, keys, args)
+        return [Written(True, [bytes(p) for p in d]) if isinstance(d, list)
+                else Written(bool(d), None) for d in done]
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         """One script call for the whole batch: one command to pack, one reply to read."""
@@ -370,8 +436,7 @@ class RedisResultStore(ResultStore):
     def chord_add(
         self, chord_id: str, index: int, size: int, payload: bytes, ttl: float
     ) -> list[bytes] | None:
-        if not 0 <= index < size:
-            raise ValueError(f"chord {chord_id}: header index {index} is outside 0..{size - 1}")
+        _check_index(chord_id, index, size)
         keys = [self._key("chord", chord_id, "parts"), self._key("chord", chord_id, "done")]
         with self._errors(f"joining chord {chord_id}"):
             parts = run(self._holder.client, _CHORD_ADD, keys,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from conveyor.exceptions import BrokerError, ResultError, ResultTooLarge
-from conveyor.resultstores.base import FencedWrite, ResultStore, Stored
+from conveyor.resultstores.base import FencedWrite, JoinPart, ResultStore, Stored, Written
 from conveyor.resultstores.record import Attempt
 
 log = logging.getLogger("conveyor.resultstores")
@@ -81,6 +81,10 @@ class RetryingResultStore(ResultStore):
 
     def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
         return self._call("set", lambda: self.store.set_many_fenced(writes, ttl))
+
+    def set_many_fenced_and_join(self, writes: Sequence[tuple[FencedWrite, JoinPart | None]],
+                                 ttl: float) -> list[Written]:
+        return self._call("set", lambda: self.store.set_many_fenced_and_join(writes, ttl))
 
     def set_many(self, items: Sequence[tuple[str, str, bytes]], ttl: float) -> None:
         self._call("set", lambda: self.store.set_many(items, ttl))

@@ -21,6 +21,7 @@ at-most-once mode): if its process dies mid-task, the message is gone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -212,8 +213,7 @@ class Consumer:
             return
         if self._acked_early and delivery.id in self._acked_early:
             self._acked_early.discard(delivery.id)
-            outcome = Outcome(ACKED, outcome.state, outcome.reason, runtime=outcome.runtime,
-                              write=outcome.write)
+            outcome = dataclasses.replace(outcome, action=ACKED)
         self._finish(delivery, outcome)
         self.processed += 1
 

@@ -14,7 +14,7 @@ import time
 import traceback as tb
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from conveyor import _hooks as hooks
 from conveyor import _signing as signing
@@ -36,11 +36,13 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
-from conveyor.resultstores.base import FencedWrite
+from conveyor.resultstores.base import FencedWrite, JoinPart, Written
+from conveyor.resultstores.record import ResultRecord
 from conveyor.task import Task
 from conveyor.worker import announce
 
 log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
 
 ACK = "ack"
 REQUEUE = "requeue"
@@ -62,6 +64,8 @@ class Outcome:
     #: A successful result left for the supervisor to write, before the ack
     #: (conveyor/worker/results.py); None when the run wrote its own.
     write: FencedWrite | None = None
+    #: The chord join to make with :attr:`write` (a header that only joins).
+    join: JoinPart | None = None
 
 
 class Executor:
@@ -202,37 +206,74 @@ class Executor:
         return self._run_sync(task, request)
 
     def _succeed(self, task: Task, request: Request, result: Any, started: float) -> Outcome:
-        assert request.message is not None
+        message = request.message
+        assert message is not None
         runtime = time.time() - started
-        write = None
-        if not _ignored(task, request):
+        left: tuple[FencedWrite, JoinPart | None] | None = None  # for the supervisor
+        if _ignored(task, request):
+            workflow.on_success(self.app, message, result)
+        else:
             try:
-                if self._may_defer(task, request.message):
-                    record = self.app.record_for(request, states.SUCCESS, result=result,
-                                                 date_started=started)
-                    write = self.app.fenced_write(record)
-                if write is None and not self._store_final(
-                        request, states.SUCCESS, result=result, date_started=started):
-                    return _superseded(request)
+                record, write, join = self._success_write(request, result, started)
+                if write is not None and self._may_defer(task, message, join):
+                    left, written = (write, join), Written(True, None)
+                else:
+                    written = self._write_success(request, record, write, join)
             except (ResultTooLarge, SerializationError) as exc:
                 return self._fail(task, request, exc, started, tb.format_exc())
-        workflow.on_success(self.app, request.message, result)
+            if not written.stored:
+                return _superseded(request)
+            if left is None and join is not None:
+                workflow.on_joined(self.app, message, written.parts)
+            elif left is None:
+                workflow.on_success(self.app, message, result)
         hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
-        return Outcome(ACK, state=states.SUCCESS, runtime=runtime, write=write)
+        return Outcome(ACK, state=states.SUCCESS, runtime=runtime,
+                       write=left and left[0], join=left and left[1])
 
-    def _may_defer(self, task: Task, message: Message) -> bool:
+    def _success_write(self, request: Request, result: Any, started: float
+                       ) -> tuple[ResultRecord, FencedWrite | None, JoinPart | None]:
+        """A success's record, its fenced write, and the chord join to make with
+        the write: only for a header whose success does nothing but join
+        (:func:`~conveyor._workflow.only_joins`), so a join is made only if
+        its write is stored (ADR 0033)."""
+        assert request.message is not None
+        record = self.app.record_for(request, states.SUCCESS, result=result,
+                                     date_started=started)
+        write = self.app.fenced_write(record)
+        join = None
+        if write is not None and workflow.only_joins(request.message):
+            join = workflow.join_part(self.app, request.message, result)
+        return record, write, join
+
+    def _write_success(self, request: Request, record: ResultRecord, write: FencedWrite | None,
+                       join: JoinPart | None) -> Written:
+        """Store a success now, with its chord join when it carries one (one call)."""
+        if write is None or join is None:
+            return Written(self._retrying(lambda: self.app.write_record(record), request,
+                                          states.SUCCESS), None)
+        ttl = self.app.conf.result_expires
+        return self._retrying(
+            lambda: self.app.backend.set_many_fenced_and_join([(write, join)], ttl)[0],
+            request, states.SUCCESS)
+
+    def _may_defer(self, task: Task, message: Message, join: JoinPart | None) -> bool:
         """May this success's write be left to the supervisor (written with others,
         before the ack)?  Only when nothing in this process waits for it: the
         write's verdict (the fence, ADR 0004) decides whether follow-ups are sent,
         and Celery runs ``on_success``/``after_return``, ``task_success`` and
         ``task_postrun`` after the result is stored, so with any of them the run
-        writes its own result first, as always.  And only for stores that write
-        a batch in one step (``batches_fenced_writes``)."""
+        writes its own result first, as always.  A chord header that only joins
+        is left too, with its ``join``: the store joins it only if the write is
+        stored, and the supervisor sends the body when that join completed the
+        chord (ADR 0033).  And only for stores that write a batch in one step
+        (``batches_fenced_writes``)."""
         return (self._may_hand_off
                 and not signals.task_success.receivers
                 and not signals.task_postrun.receivers
-                and not workflow.follows_success(message)
+                and (not workflow.follows_success(message)
+                     or (join is not None and task.acks_late))
                 and not hooks.overrides(task, "on_success")
                 and not hooks.overrides(task, "after_return")
                 and self.app.backend.batches_fenced_writes)
@@ -306,7 +347,12 @@ class Executor:
         return failed_outcome(task, exc, time.time() - started)
 
     def _store_final(self, request: Request, state: str, **fields: Any) -> bool:
-        """Write a run's final state, riding out a store outage of up to one lease.
+        """Write a run's final state, riding out a store outage of up to one lease."""
+        return self._retrying(lambda: self.app.store_state(request, state, **fields),
+                              request, state)
+
+    def _retrying(self, write: Callable[[], T], request: Request, state: str) -> T:
+        """Call ``write`` (safe to repeat) until it succeeds, for up to one lease.
 
         The task has run; re-running it because the store blinked is worse
         than waiting.  If the store stays away, the error reaches the
@@ -316,7 +362,7 @@ class Executor:
         delay = 0.05
         while True:
             try:
-                return self.app.store_state(request, state, **fields)
+                return write()
             except ResultTooLarge:
                 raise
             except ResultError as exc:
@@ -345,10 +391,14 @@ class Executor:
         """The body to decode: checked and stripped of its signature when a key is set."""
         return body if self.signing_key is None else signing.verify(body, self.signing_key)
 
+    def message_of(self, body: bytes) -> Message:
+        """The message in a delivery's body (its signature checked when a key is set)."""
+        return Message.decode(self._verified(body), self.accept)
+
     def record_killed(self, body: bytes, exc: BaseException, delivery: Delivery) -> None:
         """Record a task the supervisor killed (hard time limit, terminate)."""
         try:
-            message = Message.decode(self._verified(body), self.accept)
+            message = self.message_of(body)
         except SerializationError:
             return
         request = Request.from_message(message, delivery, self.hostname)

@@ -11,6 +11,13 @@ those ready at the same moment, from every slot — in one
 acknowledges their messages.  A lone result (nothing else in the slot's
 hands) is written by its own run as before: no result waits for a batch.
 
+A chord header whose success only joins its chord is handed off too, with
+its join (ADR 0033): the store joins it in the same step as its write, and
+only if the write was stored.  When that join completes the chord, the
+supervisor sends the body, as the header's run would have, before it
+acknowledges the header's message; if it cannot, the message goes back
+unacknowledged and its next run's join gets the parts again.
+
 The guarantees stay as they were:
 
 * **Result before ack.**  A message is acknowledged only after its result
@@ -29,11 +36,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import ResultError
-from conveyor.resultstores.base import FencedWrite, ResultStore
+from conveyor.resultstores.base import FencedWrite, JoinPart, ResultStore
 from conveyor.resultstores.record import Attempt
 from conveyor.worker.pending import LeaseBoundBuffer
 
@@ -51,7 +58,33 @@ def from_report(report: tuple[Any, ...]) -> FencedWrite:
     return FencedWrite(task_id, state, payload, Attempt(sent, retries, deliveries))
 
 
-class ResultBuffer(LeaseBoundBuffer[tuple[Delivery | None, FencedWrite]]):
+def join_report(join: JoinPart | None) -> tuple[Any, ...] | None:
+    """A join as a plain tuple, for a child's pipe."""
+    return None if join is None else tuple(join)
+
+
+def join_from_report(report: tuple[Any, ...] | None) -> JoinPart | None:
+    return None if report is None else JoinPart(*report)
+
+
+class Pending(NamedTuple):
+    """A result waiting in the buffer."""
+
+    delivery: Delivery | None  # its message (None: the slot was given up)
+    ack: bool  # whether to acknowledge that message once written
+    write: FencedWrite
+    join: JoinPart | None  # the chord join to make with it (a header that only joins)
+
+
+class Stored(NamedTuple):
+    """A result the buffer wrote (or the fence refused)."""
+
+    delivery: Delivery | None
+    ack: bool
+    parts: list[bytes] | None  # every header's part when its join completed the chord
+
+
+class ResultBuffer(LeaseBoundBuffer[Pending]):
     """Results waiting for their write; the supervisor flushes them when it wakes."""
 
     what = "store the results of %d tasks"
@@ -61,9 +94,10 @@ class ResultBuffer(LeaseBoundBuffer[tuple[Delivery | None, FencedWrite]]):
         self._store = store
         self.ttl = ttl
 
-    def add(self, delivery: Delivery | None, write: FencedWrite) -> None:
-        """``delivery``: the message to acknowledge once written (None: none)."""
-        self._add((delivery, write))
+    def add(self, delivery: Delivery | None, ack: bool, write: FencedWrite,
+            join: JoinPart | None = None) -> None:
+        """``ack``: acknowledge ``delivery`` once written; ``join``: made with the write."""
+        self._add(Pending(delivery, ack, write, join))
 
     def wait_time(self, cap: float) -> float:
         """How long the caller may block before :meth:`flush` has work (none: ``cap``)."""
@@ -71,25 +105,29 @@ class ResultBuffer(LeaseBoundBuffer[tuple[Delivery | None, FencedWrite]]):
             return cap
         return max(0.0, min(cap, self._retry_at - time.monotonic()))
 
-    def flush(self, now: bool = False) -> list[Delivery] | None:
-        """Write every pending result; return the messages to acknowledge.
+    def flush(self, now: bool = False) -> list[Stored] | None:
+        """Write every pending result (and make its join); say what each did.
 
         None when the store failed (the writes are kept, and tried again after
-        a short pause unless ``now``).
+        a short pause unless ``now``).  A refused write is logged and reported
+        as stored without parts: its message is acknowledged, to be refused by
+        the broker's token check.
         """
         if not self._pending or (not now and time.monotonic() < self._retry_at):
             return []
         batch = self._take()
         try:
-            stored = self._store().set_many_fenced([w for _, w in batch], self.ttl)
+            written = self._store().set_many_fenced_and_join(
+                [(p.write, p.join) for p in batch], self.ttl)
         except ResultError as exc:
             self._keep(batch, exc)
             return None
         self._retry_at = 0.0
         log.debug("stored %d results for the slots in one call", len(batch))
-        for (_, write), ok in zip(batch, stored, strict=True):
-            if not ok:
+        for pending, done in zip(batch, written, strict=True):
+            if not done.stored:
                 log.warning("task [%s]: result refused, a later delivery of the message took "
-                            "over (this worker held it past its lease)", write.task_id,
-                            extra={"task_id": write.task_id})
-        return [delivery for delivery, _ in batch if delivery is not None]
+                            "over (this worker held it past its lease)", pending.write.task_id,
+                            extra={"task_id": pending.write.task_id})
+        return [Stored(p.delivery, p.ack, done.parts) for p, done in zip(batch, written,
+                                                                         strict=True)]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor import _workflow as workflow
 from conveyor._context import Request
 from conveyor._events import FLUSH_AT_REPORTS, TaskClock, TaskReport, killed_report
 from conveyor._message import Message
@@ -35,13 +36,19 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from conveyor.resultstores.base import FencedWrite
+from conveyor.resultstores.base import FencedWrite, JoinPart
 from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
 from conveyor.worker.book import LeaseBook, Running, Slot
 from conveyor.worker.consumer import task_id_of
 from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
-from conveyor.worker.results import ResultBuffer, as_report, from_report
+from conveyor.worker.results import (
+    ResultBuffer,
+    as_report,
+    from_report,
+    join_from_report,
+    join_report,
+)
 
 if TYPE_CHECKING:
     from conveyor.worker.main import Worker
@@ -109,7 +116,8 @@ class SlotReporter:
         self._pending.append(("done", delivery.id, outcome.state,
                               self.acks and outcome.action == ACK,
                               report and report.to_tuple(),
-                              outcome.write and as_report(outcome.write)))
+                              outcome.write and as_report(outcome.write),
+                              join_report(outcome.join)))
 
     def flush(self) -> None:
         if self._pending:
@@ -209,11 +217,11 @@ class Supervisor(abc.ABC):
             elif kind == "ret":
                 self.book.returned(key, msg[1])
             elif kind == "done":
-                delivery_id, state, ack, report, write = msg[1:]
+                delivery_id, state, ack, report, write, join = msg[1:]
                 delivery = self.book.done(key, delivery_id, state,
                                           report and TaskReport(*report))
                 if write is not None:  # written (even if the slot was given up), then acked
-                    self._write(delivery if ack else None, from_report(write))
+                    self._write(delivery, ack, from_report(write), join_from_report(join))
                 elif ack and delivery is not None:
                     self._ack(delivery)
 
@@ -224,10 +232,11 @@ class Supervisor(abc.ABC):
         if first:
             self.wake()
 
-    def _write(self, delivery: Delivery | None, write: FencedWrite) -> None:
+    def _write(self, delivery: Delivery | None, ack: bool, write: FencedWrite,
+               join: JoinPart | None) -> None:
         with self._acks_lock:
             first = not len(self.results)
-            self.results.add(delivery, write)
+            self.results.add(delivery, ack, write, join)
         if first:
             self.wake()
 
@@ -236,9 +245,30 @@ class Supervisor(abc.ABC):
         their acks.  False if some are still pending (the store failed)."""
         if not len(self.results):
             return True
-        for delivery in self.results.flush(now) or ():
-            self.acks.add(delivery)
+        for stored in self.results.flush(now) or ():
+            if stored.parts is not None and not self._send_body(stored.delivery, stored.parts):
+                continue
+            if stored.ack and stored.delivery is not None:
+                self.acks.add(stored.delivery)
         return not len(self.results)
+
+    def _send_body(self, delivery: Delivery | None, parts: list[bytes]) -> bool:
+        """A header's join made with its write here completed its chord: send the
+        body, as the header's run would have (ADR 0033).  False if it could not:
+        the message then goes back unacknowledged, and its next run's join gets
+        the parts again (the store remembers the completing index) and sends it."""
+        if delivery is None:
+            log.error("a chord completed by a header whose slot was given up; its "
+                      "message's next run sends the body")
+            return False
+        try:
+            workflow.on_joined(self.app, self.executor.message_of(delivery.body), parts)
+        except Exception as exc:
+            log.error("could not send the chord body that %s completed (%s); handing it back",
+                      delivery.id, exc, extra={"task_id": task_id_of(delivery)})
+            self._hand_back([delivery], count=False)
+            return False
+        return True
 
     def _fill(self) -> None:
         if self.worker.stopping or time.monotonic() < self._respawn_after:

@@ -10,7 +10,9 @@ live here, as every store must keep them:
   replace the record of the run that took over (``set_fenced``);
 - the chord join (ADR 0002, guarantee 7): ``chord_add`` fires once, in header
   order, across processes; the completer's repeat, after a crash between the
-  join and sending the body, gets the parts again; a failed chord never fires.
+  join and sending the body, gets the parts again; a failed chord never fires;
+  a header's join made with its result write (``set_many_fenced_and_join``,
+  ADR 0033) counts only if the write was stored.
 
 The same two with a real worker: ``tests/faults/test_fencing.py`` and
 ``tests/faults/test_chord_crash.py``.
@@ -31,7 +33,7 @@ import pytest
 
 from conveyor import states
 from conveyor.resultstores import ResultStore, result_store_from_url
-from conveyor.resultstores.base import FencedWrite
+from conveyor.resultstores.base import FencedWrite, JoinPart, Written
 from conveyor.resultstores.record import Attempt
 
 # A message's send time in microseconds (``Attempt.sent``), for the fence tests.
@@ -247,6 +249,44 @@ class ResultStoreContract:
         writer.close()
         assert got is not None and got.payload == b"done w"
         assert 0.25 <= elapsed < 3.0  # woken by the write, far from the timeout
+
+    # -- results written with their chord join (ADR 0033) -------------------------------------
+    def test_header_writes_join_only_when_stored(self, store: ResultStore) -> None:
+        def header(task_id: str, index: int, deliveries: int) -> tuple[FencedWrite, JoinPart]:
+            attempt = Attempt(SENT, 0, deliveries)
+            return (FencedWrite(task_id, states.SUCCESS, fenced_record(attempt, task_id), attempt),
+                    JoinPart("c", index, 3, task_id.encode()))
+
+        plain = FencedWrite("p", states.SUCCESS, b'{"result": "plain"}', Attempt(SENT, 0, 1))
+        assert store.set_many_fenced_and_join([header("h0", 0, 2), (plain, None)], 60) == [
+            Written(True, None), Written(True, None)]
+        # A stale run of header 0 neither writes nor joins; header 1 joins, twice counted once.
+        assert store.set_many_fenced_and_join(
+            [header("h0", 0, 1), header("h1", 1, 1), header("h1", 1, 1)], 60) == [
+            Written(False, None), Written(True, None), Written(True, None)]
+        assert store.set_many_fenced_and_join([header("h2", 2, 1)], 60) == [
+            Written(True, [b"h0", b"h1", b"h2"])]
+        # The completer's repeat gets the parts again; another header's later run does not.
+        assert store.set_many_fenced_and_join([header("h2", 2, 1), header("h0", 0, 3)], 60) == [
+            Written(True, [b"h0", b"h1", b"h2"]), Written(True, None)]
+        found = store.get("h1")
+        assert found is not None and json.loads(found.payload)["result"] == "h1"
+        assert store.chord_fail("c", 60) is False  # fired
+        assert store.set_many_fenced_and_join([], 60) == []
+
+    def test_a_header_write_and_join_fire_once_across_batches(self, store: ResultStore) -> None:
+        """Every header written and joined in one batch: the last one completes it."""
+        batch = [(FencedWrite(f"b{i}", states.SUCCESS, b"{}", Attempt(SENT, 0, 1)),
+                  JoinPart("one-batch", i, 3, str(i).encode())) for i in (2, 0, 1)]
+        written = store.set_many_fenced_and_join(batch, 60)
+        assert [w.parts for w in written] == [None, None, [b"0", b"1", b"2"]]
+        assert all(w.stored for w in written)
+
+    def test_a_failed_chord_does_not_fire_from_a_header_write(self, store: ResultStore) -> None:
+        assert store.chord_fail("gone", 60) is True
+        write = FencedWrite("g0", states.SUCCESS, b"{}", Attempt(SENT, 0, 1))
+        assert store.set_many_fenced_and_join([(write, JoinPart("gone", 0, 1, b"0"))], 60) == [
+            Written(True, None)]
 
     # -- the chord crash window (ADR 0002) ---------------------------------------------------
     def test_a_completer_killed_after_the_join_gets_the_parts_again(
