@@ -722,6 +722,10 @@ class Conveyor:
             payload = record.encode(self.conf.result_max_bytes, self.conf.result_warn_bytes)
             self.backend.set(record.task_id, record.state, payload, self.conf.result_expires)
             return True
+        return self.store_fenced(write)
+
+    def store_fenced(self, write: FencedWrite) -> bool:
+        """Store an encoded fenced write (False if a later run's write supersedes it)."""
         return self.backend.set_fenced(write.task_id, write.state, write.payload,
                                        self.conf.result_expires, write.attempt)
 
