@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             record["backlog"] = backlog_scaling(bench, backlogs, args.window, 2)
         out_systems.append(record)
     data = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "duration_s": round(time.time() - started), "machine": machine(),
+            "duration_s": round(time.time() - started), "machine": machine(False),
             "procs": procs, "backlogs": backlogs, "systems": out_systems}
     (RESULTS / "scaling.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "scaling.md").write_text(markdown(data))
