@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-topologies test-brokers demo lint typecheck bench bench-rabbitmq soak clean dist
+.PHONY: test test-topologies test-brokers fault-figures demo lint typecheck bench bench-rabbitmq soak clean dist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ bench: $(STAMP)
 bench-rabbitmq: $(STAMP)
 	$(BENCH_REDIS)
 	$(BIN)/python -m benchmarks.run --rabbitmq
+
+# The fault suite on every broker and topology, with its figures table gathered
+# from the xdist workers into benchmarks/results/raw/fault-figures.txt.
+fault-figures: $(STAMP)
+	mkdir -p benchmarks/results/raw && rm -f benchmarks/results/raw/fault-figures.txt
+	CONVEYOR_FAULT_FIGURES=$(CURDIR)/benchmarks/results/raw/fault-figures.txt $(PYTEST) tests/faults $(PYTEST_ARGS)
+	sort -k2 benchmarks/results/raw/fault-figures.txt
 
 soak: $(STAMP)
 	$(BIN)/pytest -q tests/faults/test_soak.py --soak

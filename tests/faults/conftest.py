@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fault-injection figures")
     for figures in FIGURES:
         terminalreporter.write_line(figures.line())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """``CONVEYOR_FAULT_FIGURES=path``: append this process's figures to ``path`` too.
+
+    Under pytest-xdist each worker process collects its own figures and the
+    terminal summary (in the controller) sees none, so a table of a parallel
+    run is gathered through the file (``make fault-figures``)."""
+    path = os.environ.get("CONVEYOR_FAULT_FIGURES")
+    if path and FIGURES:
+        with open(path, "a") as out:
+            out.write("".join(figures.line() + "\n" for figures in FIGURES))
 
 
 def require_redis_server() -> None:
