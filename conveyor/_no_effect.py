@@ -121,9 +121,10 @@ NO_EFFECT: dict[str, NoEffect] = {
     "broker_failover_strategy": NoEffect("any", None,
                                          "broker_url names one server; failover lists are not "
                                          "supported (use a Redis Sentinel or managed endpoint)"),
-    "broker_heartbeat": NoEffect("int", 120, "on amqp:// the server's heartbeat applies unless "
-                                             "broker_transport_options['heartbeat'] sets it; "
-                                             "Redis connections are health-checked instead"),
+    "broker_heartbeat": NoEffect("int", 120, "on amqp:// a worker's consuming connection asks "
+                                             "for half the lease and others take the server's, "
+                                             "unless broker_transport_options['heartbeat'] sets "
+                                             "it; Redis connections are health-checked instead"),
     "broker_heartbeat_checkrate": NoEffect("float", 3.0, AMQP),
     "broker_host": NoEffect("str", None, URL_PARTS),
     "broker_login_method": NoEffect("str", None, AMQP),
