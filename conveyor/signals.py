@@ -164,7 +164,11 @@ def _install_django_if_configured() -> None:
     point (``pyproject.toml``), so the core never imports ``conveyor.contrib``.
     """
     conf = sys.modules.get("django.conf")
-    if conf is None or not getattr(conf, "settings", None) or not conf.settings.configured:
+    settings = getattr(conf, "settings", None)
+    # ``configured`` is read without loading the settings; the truth of the
+    # lazy object itself would load them, and raise when Django was imported
+    # but never configured (a library that imports django.conf).
+    if settings is None or not settings.configured:
         return
     for point in _django_deferrer_installers():
         point.load()()

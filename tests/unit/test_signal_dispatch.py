@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +215,21 @@ def test_logging_proxy_logs_whole_lines_and_never_loops() -> None:
     proxy.flush()
     assert records == ["one", "two", "tail"]
     assert real.getvalue() == "written while logging\n" * 3
+
+
+def test_a_send_with_django_imported_but_not_configured_goes_ahead(tmp_path: Path) -> None:
+    """A process that imported ``django.conf`` (a library did) without settings:
+    sending on commit finds no transaction and sends now, instead of raising
+    Django's ImproperlyConfigured from the check for a configured Django."""
+    code = (
+        "import django.conf\n"
+        "from conveyor import Conveyor\n"
+        f"app = Conveyor('plain', broker='sqlite:///{tmp_path}/b.db', set_as_current=False)\n"
+        "app.send_task('t.any', on_commit=True)\n"
+        "print(app.broker.stats(['default'])[0].ready)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"
