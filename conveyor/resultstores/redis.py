@@ -143,23 +143,6 @@ store(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """)
 
-# set_many_fenced: several set_fenced in one call, each fenced on its own.
-# KEYS are (result key, notify key) pairs; ARGV px, then per pair its value,
-# notify_px, sent, retries, deliveries.  Returns a 1 or 0 per pair.
-_SET_MANY_FENCED = LuaScript(_STORE + _FENCE + """
-local px, done = ARGV[1], {}
-for i = 1, #KEYS, 2 do
-  local a = 2 + (i - 1) / 2 * 5
-  if superseded(KEYS[i], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]) then
-    done[#done + 1] = 0
-  else
-    store(KEYS[i], KEYS[i + 1], ARGV[a], px, ARGV[a + 1])
-    done[#done + 1] = 1
-  end
-end
-return done
-""")
-
 # set_many: KEYS are (result key, notify key) pairs; ARGV px, then per pair
 # its value and notify_px.
 _SET_MANY = LuaScript(_STORE + """
@@ -198,7 +181,8 @@ _CHORD_ADD = LuaScript(_JOIN + """
 return join(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """)
 
-# set_many_fenced_and_join: set_many_fenced where a chord header's write is
+# set_many_fenced_and_join (and set_many_fenced, with no joins): several
+# set_fenced in one call, each fenced on its own, a chord header's write
 # joined in the same step, only if it was stored (so a crash cannot fall
 # between "stored" and "joined", and a fenced-out run never counts).  KEYS per
 # write: result, notify, then parts, done when it joins.  ARGV px, then per
@@ -312,19 +296,8 @@ class RedisResultStore(ResultStore):
         return bool(done)
 
     def set_many_fenced(self, writes: Sequence[FencedWrite], ttl: float) -> list[bool]:
-        """One script call for the batch, each write compared with its own stored record."""
-        if not writes:
-            return []
-        px = _ms(ttl)
-        keys: list[str] = []
-        args: list[Any] = [px]
-        for task_id, state, payload, attempt in writes:
-            keys += [self._key("result", task_id), self._key("result-notify", task_id)]
-            args += [_encode(state, payload), _notify_px(state, px),
-                     attempt.sent, attempt.retries, attempt.deliveries]
-        with self._errors(f"storing {len(writes)} results"):
-            done = run(self._holder.client, _SET_MANY_FENCED, keys, args)
-        return [bool(d) for d in done]
+        """The combined script with no joins: one call for the batch."""
+        return [w.stored for w in self.set_many_fenced_and_join([(w, None) for w in writes], ttl)]
 
     def set_many_fenced_and_join(self, writes: Sequence[tuple[FencedWrite, JoinPart | None]],
                                  ttl: float) -> list[Written]:

@@ -7,7 +7,7 @@ success hooks or signals; :meth:`Executor._may_defer`), it passes the
 encoded, fenced write along with its "done" report and starts the next
 task.  The supervisor writes whatever such results it has when it wakes —
 those ready at the same moment, from every slot — in one
-:meth:`~conveyor.resultstores.base.ResultStore.set_many_fenced` call, then
+:meth:`~conveyor.resultstores.base.ResultStore.set_many_fenced_and_join` call, then
 acknowledges their messages.  A lone result (nothing else in the slot's
 hands) is written by its own run as before: no result waits for a batch.
 
