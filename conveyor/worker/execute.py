@@ -209,28 +209,33 @@ class Executor:
         message = request.message
         assert message is not None
         runtime = time.time() - started
-        left: tuple[FencedWrite, JoinPart | None] | None = None  # for the supervisor
         if _ignored(task, request):
             workflow.on_success(self.app, message, result)
+            return self._succeeded(task, request, result, runtime)
+        try:
+            record, write, join = self._success_write(request, result, started)
+            left = write is not None and self._may_defer(task, message, join)
+            written = None if left else self._write_success(request, record, write, join)
+        except (ResultTooLarge, SerializationError) as exc:
+            return self._fail(task, request, exc, started, tb.format_exc())
+        if written is None:  # the supervisor writes it (joins, and sends a completed body)
+            return self._succeeded(task, request, result, runtime, write, join)
+        if not written.stored:
+            return _superseded(request)
+        if join is not None:
+            workflow.on_joined(self.app, message, written.parts)
         else:
-            try:
-                record, write, join = self._success_write(request, result, started)
-                if write is not None and self._may_defer(task, message, join):
-                    left, written = (write, join), Written(True, None)
-                else:
-                    written = self._write_success(request, record, write, join)
-            except (ResultTooLarge, SerializationError) as exc:
-                return self._fail(task, request, exc, started, tb.format_exc())
-            if not written.stored:
-                return _superseded(request)
-            if left is None and join is not None:
-                workflow.on_joined(self.app, message, written.parts)
-            elif left is None:
-                workflow.on_success(self.app, message, result)
+            workflow.on_success(self.app, message, result)
+        return self._succeeded(task, request, result, runtime)
+
+    @staticmethod
+    def _succeeded(task: Task, request: Request, result: Any, runtime: float,
+                   write: FencedWrite | None = None, join: JoinPart | None = None) -> Outcome:
+        """Hooks and the succeeded event, then the outcome (with a write left to
+        the supervisor, if any)."""
         hooks.succeeded(task, request, result)
         announce.succeeded(task, request, result, runtime)
-        return Outcome(ACK, state=states.SUCCESS, runtime=runtime,
-                       write=left and left[0], join=left and left[1])
+        return Outcome(ACK, state=states.SUCCESS, runtime=runtime, write=write, join=join)
 
     def _success_write(self, request: Request, result: Any, started: float
                        ) -> tuple[ResultRecord, FencedWrite | None, JoinPart | None]:
@@ -273,8 +278,9 @@ class Executor:
         writes its own result first, as always.  A chord header that only joins
         is left too, with its ``join``: the store joins it only if the write is
         stored, and the supervisor sends the body when that join completed the
-        chord (ADR 0033).  And only for stores that write a batch in one step
-        (``batches_fenced_writes``)."""
+        chord (ADR 0033); only with late acks, so that a body the supervisor
+        cannot send leaves its header's message to run again.  And only for
+        stores that write a batch in one step (``batches_fenced_writes``)."""
         return (self._may_hand_off
                 and not signals.task_success.receivers
                 and not signals.task_postrun.receivers
