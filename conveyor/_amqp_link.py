@@ -97,8 +97,9 @@ def connection_parameters(o: AMQPOptions,
     extra: dict[str, Any] = {}
     if o.tls:
         extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
-    if o.heartbeat is not None or heartbeat is not None:
-        extra["heartbeat"] = o.heartbeat if o.heartbeat is not None else heartbeat
+    chosen = o.heartbeat if o.heartbeat is not None else heartbeat
+    if chosen is not None:
+        extra["heartbeat"] = chosen
     # stack_timeout bounds the whole bring-up: a path that accepts the TCP
     # connection and then says nothing would otherwise hold it for 15 s.
     return pika.ConnectionParameters(

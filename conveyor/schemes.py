@@ -45,7 +45,7 @@ _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 def is_amqp(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in _AMQP_SCHEMES if "://" in url else False
+    return "://" in url and scheme_of(url) in _AMQP_SCHEMES
 
 
 @dataclass(frozen=True)
