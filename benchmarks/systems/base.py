@@ -104,6 +104,8 @@ class System:
     # its round trip waits for a signal (``benchmarks/apps/_counter.py``), and
     # it is never "the fastest peer" of a system that stores results.
     results_off_of: ClassVar[str | None] = None
+    #: The steps of a results-off variant.
+    RESULTS_OFF_STEPS: ClassVar[tuple[str, ...]] = ("processing", "latency")
 
     @property
     def database(self) -> int:
@@ -120,7 +122,10 @@ class System:
         """Variables for the workers and the client (both read their URLs from here)."""
         from benchmarks.systems import redis_url
 
-        return {"BENCH_REDIS_URL": redis_url(self.database)}
+        env = {"BENCH_REDIS_URL": redis_url(self.database)}
+        if self.results_off_of:  # the app modules read it: no task stores its result
+            env["BENCH_IGNORE_RESULT"] = "1"
+        return env
 
     def worker_commands(self, python: Path, procs: int) -> list[list[str]]:
         raise NotImplementedError

@@ -94,12 +94,9 @@ class ConveyorRedisNoResult(ConveyorRedis):
     name = "conveyor-redis-noresult"
     label = "Conveyor (Redis, results off)"
     db = 9
-    steps = ("processing", "latency")
+    steps = System.RESULTS_OFF_STEPS
     results_off_of = "conveyor-redis"
     worker_flags = ConveyorRedis.worker_flags + "  (task_ignore_result=True)"
-
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), "BENCH_IGNORE_RESULT": "1"}
 
     @staticmethod
     def client() -> Client:

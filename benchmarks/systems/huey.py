@@ -79,12 +79,9 @@ class HueyNoResult(HueySystem):
     name = "huey-noresult"
     label = "Huey (results off)"
     db = 13
-    steps = ("processing", "latency")
+    steps = System.RESULTS_OFF_STEPS
     results_off_of = "huey"
     worker_flags = HueySystem.worker_flags + "  (RedisHuey(results=False))"
-
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), "BENCH_IGNORE_RESULT": "1"}
 
     @staticmethod
     def client() -> Client:
