@@ -91,6 +91,30 @@ class Workers:
                 proc.wait(5)
 
 
+class Servers:
+    """The server processes listening on some loopback ports, with their children
+    (PostgreSQL's backends, RabbitMQ's helpers): whose CPU a drain costs
+    besides the workers'.  A backend that exits mid-drain takes its time
+    with it, so the figure is a lower bound where connections come and go."""
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        wanted = set(ports)
+        self.roots = sorted({c.pid for c in psutil.net_connections(kind="tcp")
+                             if c.pid and c.status == psutil.CONN_LISTEN
+                             and c.laddr and c.laddr.port in wanted})
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.roots:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                for proc in (root, *root.children(recursive=True)):
+                    with contextlib.suppress(psutil.Error):
+                        t = proc.cpu_times()
+                        total += t.user + t.system
+        return total
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     # Each worker was started with start_new_session=True, so its process
     # group id is its own pid: this reaches only processes this harness started.

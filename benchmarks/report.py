@@ -20,7 +20,7 @@ RABBITMQ_SECTION = {"section": "rabbitmq", "baseline": "celery-amqp",
                     "subject": "conveyor-amqp-classic"}
 PG_SUBJECT = "conveyor-postgres"
 PG_METRICS = ("enqueue_one", "enqueue_bulk", "processing", "latency_p50", "latency_p99",
-              "rss_per_process", "cpu_per_task")
+              "rss_per_process", "cpu_per_task", "server_cpu_per_task")
 
 
 def roles(data: dict[str, Any]) -> tuple[str, str]:
@@ -64,6 +64,8 @@ EXTRA = [
     Metric("processing_steady", "Processing, first to last task", "tasks/s", True),
     Metric("startup", "Worker start to first task", "s", False, 2),
     Metric("cpu_per_task", "Worker CPU per task", "µs", False),
+    Metric("server_cpu_per_task", "Server CPU per task", "µs", False),
+    Metric("cpu_bound", "CPU-bound rate", "tasks/s", True),
 ]
 BY_KEY = {m.key: m for m in METRICS + EXTRA}
 
@@ -450,7 +452,12 @@ def _notes(data: dict[str, Any]) -> list[str]:
     lines += [*extra, "",
               "Worker CPU per task is user + system time of the worker process tree from "
               "the first task to the last, divided by the tasks in between; it moves less "
-              "than wall-clock rates when the machine is shared. The load average (1 min) "
+              "than wall-clock rates when the machine is shared. Server CPU per task is the "
+              "same for the servers the tasks go through (the benchmark Redis, which also "
+              "holds the counter, and the RabbitMQ or PostgreSQL server of those sections, "
+              "with its child processes). The CPU-bound rate is the machine's cores over the "
+              "two together: the rate at which worker and servers would keep every core "
+              "busy, a ceiling a system can near but not pass. The load average (1 min) "
               "shows how busy the machine was around each system's runs.", ""]
     capped = [s for s in data["systems"] if s["processing_n"] and
               s["processing_n"] < data["plan"]["process_n"]]

@@ -175,13 +175,18 @@ class Bench:
         if drained is None:
             return workers, None
         peak = sampler.peak
-        total, first, seen_at_first, cpu = drained
+        total, first, seen_at_first, cpu, server_cpu = drained
+        done = max(1, target - seen_at_first)
         return workers, {
             "processing": target / total,
             "processing_steady": (target - seen_at_first) / max(1e-9, total - first),
             "processing_n": target,
             "startup": first,
-            "cpu_per_task": cpu * 1e6 / max(1, target - seen_at_first),
+            "cpu_per_task": cpu * 1e6 / done,
+            "server_cpu_per_task": server_cpu * 1e6 / done,
+            # The rate if worker and servers had every core to themselves and
+            # nothing else waited: what the CPU per task allows on this machine.
+            "cpu_bound": (os.cpu_count() or 1) * done / max(1e-9, cpu + server_cpu),
             "rss_total": peak.total,
             "rss_processes": peak.processes,
             "rss_per_process": peak.total / max(1, peak.processes),
@@ -189,20 +194,23 @@ class Bench:
         }
 
     def _wait_drained(self, workers: common.Workers,
-                      n: int) -> tuple[float, float, int, float] | None:
+                      n: int) -> tuple[float, float, int, float, float] | None:
         """(seconds to drained, seconds to the first INCR, count seen then,
-        worker CPU seconds used from then to drained)."""
-        first: tuple[float, int, float] | None = None
+        worker and server CPU seconds used from then to drained)."""
+        first: tuple[float, int, float, float] | None = None
+        servers = common.Servers(self.system.server_ports())
         deadline = workers.started + self.plan.drain_timeout
         while time.perf_counter() < deadline:
             count = common.counter_value(self.redis)
             now = time.perf_counter()
             if count and first is None:
-                first = (now - workers.started, count, workers.cpu_seconds())
+                first = (now - workers.started, count, workers.cpu_seconds(),
+                         servers.cpu_seconds())
             if count >= n:
                 assert first is not None
                 cpu = workers.cpu_seconds() - first[2]
-                return now - workers.started, first[0], first[1], cpu
+                return (now - workers.started, first[0], first[1], cpu,
+                        servers.cpu_seconds() - first[3])
             if not workers.alive():
                 raise RuntimeError(f"workers exited early; see {self.log}")
             time.sleep(0.005)

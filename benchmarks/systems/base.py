@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,6 +107,17 @@ class System:
     results_off_of: ClassVar[str | None] = None
     #: The steps of a results-off variant.
     RESULTS_OFF_STEPS: ClassVar[tuple[str, ...]] = ("processing", "latency")
+
+    def server_ports(self) -> tuple[int, ...]:
+        """Loopback ports of the servers this system's tasks go through (the
+        benchmark Redis always: the counter and, for most, queue and results),
+        whose CPU the harness counts per task beside the worker's."""
+        ports = [int(os.environ.get("BENCH_REDIS_PORT", "6379"))]
+        if self.section == "postgresql":
+            from benchmarks.systems import pg
+
+            ports.append(urlsplit(pg.url()).port or 5432)
+        return tuple(ports)
 
     @property
     def database(self) -> int:

@@ -92,6 +92,9 @@ class _OnRabbitMQ(System):
     def url(self) -> str:
         return amqp_url(self.name)
 
+    def server_ports(self) -> tuple[int, ...]:
+        return (*super().server_ports(), urlsplit(self.url).port or 5672)
+
     def reset(self) -> None:
         purge(self.url, self.queues)
 
