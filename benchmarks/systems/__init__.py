@@ -22,6 +22,8 @@ _REGISTRY = {
     "huey-sqlite": "benchmarks.systems.huey_sqlite:HueySQLiteSystem",
     "arq": "benchmarks.systems.arq:ArqSystem",
     "taskiq": "benchmarks.systems.taskiq:TaskiqSystem",
+    # Not a peer: bare redis-py, the least a task costs here (its own table).
+    "floor": "benchmarks.systems.floor:FloorSystem",
     # The RabbitMQ section (``--rabbitmq``), run apart from the Redis one.
     "conveyor-amqp-classic": "benchmarks.systems.rabbitmq:ConveyorAMQPClassic",
     "conveyor-amqp": "benchmarks.systems.rabbitmq:ConveyorAMQP",
