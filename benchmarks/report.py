@@ -265,36 +265,46 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-FLOOR = "floor"
 FLOOR_METRICS = ("enqueue_one", "processing", "latency_p50", "cpu_per_task",
                  "server_cpu_per_task")
-FLOOR_AGAINST = (SUBJECT, SUBJECT_NO_RESULT, "huey", "huey-noresult")
+# Each section's floor and the systems set beside it.
+FLOORS = {
+    "redis": ("floor", (SUBJECT, SUBJECT_NO_RESULT, "huey", "huey-noresult"),
+              "Bare redis-py on the same Redis (`benchmarks/apps/floor.py`): a JSON list "
+              "pushed with `RPUSH`, popped with `BLPOP` by one plain process per worker, "
+              "the echo's value pushed back to a list the caller pops. No envelope, lease, "
+              "ack, result record or event."),
+    "rabbitmq": ("floor-amqp", ("conveyor-amqp-classic", "conveyor-amqp", "celery-amqp",
+                                "dramatiq-amqp"),
+                 "Bare pika on the same RabbitMQ (`benchmarks/apps/floor_amqp.py`): a durable "
+                 "classic queue, persistent messages, a publisher confirm per send, one ack "
+                 "per task after it ran (prefetch 100), one plain process per worker, the "
+                 "echo's value back through a Redis list. No envelope, lease, side store, "
+                 "result record or event."),
+}
 
 
 def _floor_section(data: dict[str, Any]) -> list[str]:
-    """Bare redis-py beside Conveyor and Huey on Redis: how far each is from the floor."""
-    if not any(s["name"] == FLOOR for s in data["systems"]):
+    """The section's floor beside the queues: how far each is from it."""
+    floor, against, what = FLOORS[data.get("section", "redis")]
+    if not any(s["name"] == floor for s in data["systems"]):
         return []
     metrics = [BY_KEY[k] for k in FLOOR_METRICS]
     rows = ["| System | " + " | ".join(f"{m.title} ({m.unit})" for m in metrics) + " |",
             "|---" + "|---:" * len(metrics) + "|"]
-    for name in (FLOOR, *FLOOR_AGAINST):
+    for name in (floor, *against):
         if not any(s["name"] == name for s in data["systems"]):
             continue
         cells = []
         for m in metrics:
-            value, floor = median(data, name, m.key), median(data, FLOOR, m.key)
+            value, least = median(data, name, m.key), median(data, floor, m.key)
             cell = m.fmt(value)
-            if name != FLOOR and value and floor and m.key in FLOOR_METRICS[:3]:
-                cell += f" ({_ratio_text(speedup(m, value, floor))})"
+            if name != floor and value and least and m.key in FLOOR_METRICS[:3]:
+                cell += f" ({_ratio_text(speedup(m, value, least))})"
             cells.append(cell)
         rows.append(f"| {label_of(data, name)} | " + " | ".join(cells) + " |")
-    return ["## The floor", "",
-            "Bare redis-py on the same Redis (`benchmarks/apps/floor.py`): a JSON list "
-            "pushed with `RPUSH`, popped with `BLPOP` by one plain process per worker, "
-            "the echo's value pushed back to a list the caller pops. No envelope, lease, "
-            "ack, result record or event. In brackets, each system's speed as a fraction "
-            "of the floor's (1x: as fast as bare redis-py).", "", *rows, ""]
+    return ["## The floor", "", f"{what} In brackets, each system's speed as a fraction "
+            "of the floor's (1x: as fast as the floor).", "", *rows, ""]
 
 
 def _postgres_section(data: dict[str, Any]) -> list[str]:

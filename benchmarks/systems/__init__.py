@@ -29,12 +29,14 @@ _REGISTRY = {
     "conveyor-amqp": "benchmarks.systems.rabbitmq:ConveyorAMQP",
     "celery-amqp": "benchmarks.systems.rabbitmq:CeleryAMQP",
     "dramatiq-amqp": "benchmarks.systems.rabbitmq:DramatiqAMQP",
+    "floor-amqp": "benchmarks.systems.floor:FloorAMQPSystem",
     # The PostgreSQL section (its own table in the report; skipped when no server answers).
     "conveyor-postgres": "benchmarks.systems.conveyor:ConveyorPostgres",
     "procrastinate": "benchmarks.systems.procrastinate:ProcrastinateSystem",
     "pgqueuer": "benchmarks.systems.pgqueuer:PgQueuerSystem",
 }
-RABBITMQ = ["conveyor-amqp-classic", "conveyor-amqp", "celery-amqp", "dramatiq-amqp"]
+RABBITMQ = ["conveyor-amqp-classic", "conveyor-amqp", "celery-amqp", "dramatiq-amqp",
+            "floor-amqp"]
 ALL = [name for name in _REGISTRY if name not in RABBITMQ]
 
 
