@@ -361,8 +361,18 @@ class Conveyor:
                 lambda: self.enqueue([message], idempotency_key=key, idempotency_ttl=ttl)
             ):
                 return self.AsyncResult(message.id, task_name=name)
+        at = time.monotonic()
         ids = self.enqueue([message], idempotency_key=key, idempotency_ttl=ttl)
-        return self.AsyncResult(ids[0], task_name=name)
+        return self._sent_result(ids[0], message.id, name, at)
+
+    def _sent_result(self, task_id: str, made: str, name: str, sent: float) -> AsyncResult:
+        """The result of a task just sent; marked new (``AsyncResult._sent``) when
+        the broker kept the id made for it: an idempotency key may instead name
+        an older message, whose result may be older than this send."""
+        result = self.AsyncResult(task_id, task_name=name)
+        if task_id == made:
+            result._sent = sent
+        return result
 
     def _send_plain(self, name: str, args: Any, kwargs: Any,
                     task: Task | None) -> AsyncResult | None:
@@ -390,7 +400,8 @@ class Conveyor:
             return None
         envelope = batch.envelope(new_id(), tuple(args) if args else (),
                                   dict(kwargs) if kwargs else {}, time.time())
-        return self.AsyncResult(self.broker.enqueue(envelope), task_name=name)
+        at = time.monotonic()
+        return self._sent_result(self.broker.enqueue(envelope), envelope.id, name, at)
 
     def _plain_batch(self, name: str, task: Task) -> MessageBatch | None:
         """The template of ``task``'s calls without options; None when its messages

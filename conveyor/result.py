@@ -27,6 +27,11 @@ class AsyncResult(Generic[R]):
     A bare ``AsyncResult`` means ``AsyncResult[Any]``.
     """
 
+    #: ``time.monotonic()`` when this process sent the task under an id it made
+    #: (set by the app's send paths): no result of it is older, which lets the
+    #: store skip a read (:meth:`~conveyor.resultstores.base.ResultStore.wait_for_new`).
+    _sent: float | None = None
+
     def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None,
                  parent: AsyncResult | GroupResult | None = None) -> None:
         self.id = id
@@ -165,7 +170,9 @@ class AsyncResult(Generic[R]):
     def _wait(self, timeout: float | None) -> ResultRecord:
         if self._cache is not None:
             return self._cache
-        stored = self.app.backend.wait(self.id, timeout)
+        backend = self.app.backend
+        stored = (backend.wait(self.id, timeout) if self._sent is None
+                  else backend.wait_for_new(self.id, timeout, self._sent))
         if stored is None or not stored.ready:
             state = stored.state if stored else states.PENDING
             hint = _nobody_working(self.app) if state == states.PENDING else ""

@@ -139,6 +139,16 @@ class ResultStore(abc.ABC):
         Implementations must wake on the write, not poll at a fixed short interval.
         """
 
+    def wait_for_new(self, task_id: str, timeout: float | None, sent: float) -> Stored | None:
+        """:meth:`wait` for a task this process sent at ``sent`` (``time.monotonic()``)
+        under an id it made, so no result of it can be older than that.
+
+        A store may use this to skip a read that can only find what a newer
+        write would wake it with anyway (the Redis store: its first ``GET``,
+        one round trip off a ``.delay(...).get()``); by default it is :meth:`wait`.
+        """
+        return self.wait(task_id, timeout)
+
     @abc.abstractmethod
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete stored results."""

@@ -98,6 +98,9 @@ class RetryingResultStore(ResultStore):
     def wait(self, task_id: str, timeout: float | None) -> Stored | None:
         return self.store.wait(task_id, timeout)
 
+    def wait_for_new(self, task_id: str, timeout: float | None, sent: float) -> Stored | None:
+        return self.store.wait_for_new(task_id, timeout, sent)
+
     def forget(self, task_ids: Sequence[str]) -> None:
         self._call("forget", lambda: self.store.forget(task_ids))
 

@@ -176,3 +176,65 @@ def test_a_waiter_times_out_on_time(store: RedisResultStore) -> None:
     elapsed = time.monotonic() - start
     assert got is not None and got.state == states.STARTED
     assert 0.3 <= elapsed < 1.0
+
+
+# -- wait_for_new: a task this process just sent skips the first read ----------
+
+
+def test_a_new_task_s_waiter_blocks_at_once_and_still_finds_an_earlier_write(
+        store: RedisResultStore, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written before the waiter came: the notify list the write left answers."""
+    reads: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda task_id: reads.append(task_id) or real_get(task_id))
+    sent = time.monotonic()
+    store.set("new", states.SUCCESS, b"v", 60)
+    start = time.monotonic()
+    got = store.wait_for_new("new", timeout=10, sent=sent)
+    assert got is not None and (got.state, got.payload) == (states.SUCCESS, b"v")
+    assert time.monotonic() - start < 0.5
+    assert reads == []  # no GET: one round trip
+    threading.Timer(0.1, lambda: RedisResultStore(store.url).set(
+        "later", states.SUCCESS, b"w", 60)).start()
+    got = store.wait_for_new("later", timeout=10, sent=time.monotonic())
+    assert got is not None and got.payload == b"w" and reads == []
+
+
+def test_an_old_send_is_read_first_as_by_wait(store: RedisResultStore, redis_prefix: str,
+                                              raw: redis.Redis) -> None:
+    """Sent longer ago than the notify list can be trusted to live: its result may
+    be there without the list, so the waiter reads first (no slice timeout)."""
+    raw.set(f"{redis_prefix}:result:old", b"SUCCESS\nv", px=60_000)  # no notify list
+    start = time.monotonic()
+    got = store.wait_for_new("old", timeout=10, sent=time.monotonic() - 60)
+    assert got is not None and got.payload == b"v"
+    assert time.monotonic() - start < 0.5
+
+
+def test_a_new_task_s_waiter_keeps_its_timeout_and_its_fallback(
+        prefixed: str, redis_prefix: str, raw: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(results_redis, "_BLOCK_SLICE", 0.2)
+    store = RedisResultStore(prefixed)
+    store.set("running", states.STARTED, b"s", 60)
+    start = time.monotonic()
+    got = store.wait_for_new("running", timeout=0.3, sent=time.monotonic())
+    elapsed = time.monotonic() - start
+    assert got is not None and got.state == states.STARTED
+    assert 0.3 <= elapsed < 1.0  # one timeout, not a slice on top of it
+    # A result without its notify list (never the case for a write made after
+    # the send, short of eviction) is still found, one slice later.
+    raw.set(f"{redis_prefix}:result:bare", b"SUCCESS\nv", px=60_000)
+    got = store.wait_for_new("bare", timeout=10, sent=time.monotonic())
+    assert got is not None and got.payload == b"v"
+    store.close()
+
+
+def test_a_new_task_s_waiter_reports_an_unreachable_server_as_wait_does() -> None:
+    from conveyor.exceptions import ResultError
+
+    store = RedisResultStore("redis://127.0.0.1:1/0?socket_connect_timeout=0.2")
+    with pytest.raises(ResultError):
+        store.wait_for_new("x", timeout=1, sent=time.monotonic())
+    with pytest.raises(ResultError):
+        store.wait("x", timeout=1)

@@ -368,3 +368,24 @@ def test_a_bad_argument_is_named_by_a_plain_delay() -> None:
     with pytest.raises(SerializationError, match="positional argument 0"):
         x.delay(object())
     assert len(_stored(app)) == 1
+
+
+def test_a_send_marks_its_result_new_unless_the_broker_kept_an_older_id() -> None:
+    """``AsyncResult._sent`` lets a store skip its first read (``wait_for_new``);
+    a send an idempotency key folded into an older message must not set it."""
+    import time
+
+    app = Conveyor("new", broker=f"memory://new-{uuid.uuid4().hex}", set_as_current=False)
+
+    @app.task(name="t.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    before = time.monotonic()
+    plain = add.delay(1, 2)
+    assert plain._sent is not None and before <= plain._sent <= time.monotonic()
+    first = add.apply_async((1, 2), idempotency_key="k")
+    assert first._sent is not None
+    again = add.apply_async((1, 2), idempotency_key="k")
+    assert again.id == first.id and again._sent is None
+    assert app.AsyncResult(plain.id)._sent is None
