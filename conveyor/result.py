@@ -46,6 +46,13 @@ class AsyncResult(Generic[R]):
 
     task_id = property(lambda self: self.id)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without ``_sent``: in another process (or host) that time says
+        nothing, and the waiter there reads first, as for any result."""
+        state = dict(self.__dict__)
+        state.pop("_sent", None)
+        return state
+
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} {self.state}>"
 

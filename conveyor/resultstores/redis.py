@@ -53,6 +53,11 @@ the socket timeout) before the waiter reads the result key again, which
 bounds the wait of a waiter that was descheduled for longer than the list
 lives.  Each blocked waiter holds one pooled connection for the duration.
 
+A waiter on a task its own process sent moments ago (``.delay(...).get()``)
+skips the ``GET`` and blocks at once (:meth:`RedisResultStore.wait_for_new`,
+ADR 0037): any result of that task was written since the send, so its
+notify list is still there to answer.
+
 If Redis goes away while a waiter blocks, the waiter retries with capped,
 jittered backoff until its timeout, then reports the outage as a
 :class:`~conveyor.exceptions.ResultError`.  Needs Redis 6.0+ (fractional

@@ -389,3 +389,4 @@ def test_a_send_marks_its_result_new_unless_the_broker_kept_an_older_id() -> Non
     again = add.apply_async((1, 2), idempotency_key="k")
     assert again.id == first.id and again._sent is None
     assert app.AsyncResult(plain.id)._sent is None
+    assert "_sent" not in plain.__getstate__()  # pickled: another process's clock
