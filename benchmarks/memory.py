@@ -17,6 +17,10 @@ WARNING``, Redis broker, results in Redis), on ``BENCH_REDIS_HOST`` /
    are done (the harness's peak: the largest total over the tree, divided by
    its processes) and reads the tree again.
 
+The RSS is also split: its anonymous part (``smaps_rollup``) is the heap,
+which a forked child counts in full (every page it shares with its parent);
+the rest is file pages (the interpreter, extension modules) it has touched.
+
 ``--tree label=path`` runs another checkout's ``conveyor`` (the code before a
 change) interleaved with this one, so both are measured in the same minutes;
 ``--huey`` runs the harness's Huey worker (``huey_consumer ... -k process -w
@@ -80,7 +84,18 @@ def probe(children: int, timeout: float, huey: bool = False) -> None:
 # -- the orchestrator half -----------------------------------------------------
 def _memory(proc: Any) -> dict[str, float]:
     info = proc.memory_full_info()
-    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB}
+    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB,
+            "anon": _anonymous(proc.pid)}
+
+
+def _anonymous(pid: int) -> float:
+    """The anonymous part of the RSS (the heap, shared with the parent or not);
+    the rest is file pages (the interpreter, extension modules)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _snapshot(workers: Any) -> dict[str, dict[str, float]]:
@@ -168,7 +183,7 @@ def report(label: str, runs: list[dict[str, Any]], show_modules: bool) -> str:
     for when in ("idle", "after"):
         for role in ("supervisor", "child"):
             cells = []
-            for key in ("rss", "uss", "pss"):
+            for key in ("rss", "anon", "uss", "pss"):
                 values = [_by_role(run[when], role, key) for run in runs]
                 cells.append("-".join(sorted({f"{v:.1f}" for v in (min(values), max(values))},
                                              key=float)))
@@ -230,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         if huey is not None:
             print(f"[memory] huey run {index + 1}/{args.repeat}", file=sys.stderr, flush=True)
             runs["huey"].append(run_huey(huey, args))
-    out = "| tree | process | when | RSS MiB | USS MiB | PSS MiB |\n|---|---|---|---:|---:|---:|\n"
+    out = ("| tree | process | when | RSS MiB | of it anonymous | USS MiB | PSS MiB |\n"
+           "|---|---|---|---:|---:|---:|---:|\n")
     for label in labels:
         out += report(label, runs[label], args.modules)
     if len(trees) > 1:
