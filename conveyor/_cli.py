@@ -2,82 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from conveyor import _flag_notes as flag_notes
-from conveyor._daemon import daemon_options, daemonize
+from conveyor._daemon import daemon_options
 from conveyor._greenlets import EVENTLET_REFUSED, GREENLET_POOLS, reexec_if_needed
+from conveyor._worker_start import (
+    DAEMON_FLAGS,
+    UsageProblem,
+    exec_worker,
+    load_app,
+    start_worker,
+)
 from conveyor.app import Conveyor
 from conveyor.exceptions import ConfigurationError
 
 log = logging.getLogger("conveyor.cli")
-APP_ATTRS = ("app", "conveyor_app", "celery_app", "celery", "conveyor")
-APP_MODULES = ("conveyor", "celery")
-
-
-def find_app(spec: str) -> Conveyor:
-    """Resolve ``-A``: ``module``, ``module:attr``, or a package holding
-    ``conveyor.py``/``celery.py`` with the app (the way Celery users type it)."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    if attr:
-        return _check(getattr(module, attr), spec)
-    found = _app_in(module)
-    if found is not None:
-        return found
-    for sub in APP_MODULES:
-        try:
-            submodule = importlib.import_module(f"{module_name}.{sub}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{module_name}.{sub}":
-                raise
-            continue
-        found = _app_in(submodule)
-        if found is not None:
-            return found
-    raise click.UsageError(
-        f"-A {spec}: no Conveyor app found in {module_name} (looked for "
-        f"{', '.join(APP_ATTRS)} and {module_name}.conveyor/.celery)"
-    )
-
-
-def _app_in(module: Any) -> Conveyor | None:
-    for name in APP_ATTRS:
-        candidate = getattr(module, name, None)
-        if isinstance(candidate, Conveyor):
-            return candidate
-    return next((v for v in vars(module).values() if isinstance(v, Conveyor)), None)
-
-
-def _check(obj: Any, spec: str) -> Conveyor:
-    if not isinstance(obj, Conveyor):
-        raise click.UsageError(f"-A {spec} is a {type(obj).__name__}, not a Conveyor app")
-    return obj
-
-
-def _setup_django() -> None:
-    """Worker and beat set Django up before tasks are imported, when it is configured."""
-    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
-        return
-    try:
-        import django
-    except ImportError:
-        return
-    django.setup()
-
-
+# Set by run(), the command's entry point: only a process that is the command
+# may exec itself (not CliRunner's, nor Django's manage.py conveyor).
+_EXEC_FOR_WORKER = False
 class Context:
     def __init__(self, spec: str | None) -> None:
         self.spec = spec
@@ -86,13 +39,18 @@ class Context:
     @property
     def app(self) -> Conveyor:
         if self._app is None:
-            if not self.spec:
-                raise click.UsageError("pass the app with -A/--app, e.g. conveyor -A proj worker")
-            app = find_app(self.spec)
-            app.config_from_env()
-            _setup_django()
-            self._app = app
+            with usage_errors():
+                self._app = load_app(self.spec)
         return self._app
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """The start-up's usage mistakes (``conveyor._worker_start``) as click's."""
+    try:
+        yield
+    except UsageProblem as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -253,71 +211,23 @@ def worker(obj: Context, queues: tuple[str, ...], concurrency: int | None, pool:
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            beat: bool, autoscale: str | None = None, **flags: Any) -> None:
     """Start a worker."""
-    from conveyor.log import setup_logging_for
-    from conveyor.worker import Worker
-    from conveyor.worker.main import expand_hostname
-
     if pool == "eventlet":
         raise click.UsageError(EVENTLET_REFUSED)
-    app = obj.app
-    notes = flag_notes.given(flags, flag_notes.WORKER_NOTES)
-    _worker_settings(app, flags)
-    serve = _worker_queues(app, _split(queues), _split(flags.pop("exclude_queues")))
-    logfile = daemonize(flags, expand_hostname(hostname, app.main.split(".")[0]))
-    bounds = None
-    if autoscale:  # the module is only for --autoscale: each prefork child would hold it
-        from conveyor.worker.autoscale import parse_autoscale
-
-        bounds = parse_autoscale(autoscale)
-    # Celery's order: celeryd_init and worker_init (in Worker()), then logging.
-    node = Worker(app, queues=serve, concurrency=concurrency, pool=pool,
-                  hostname=hostname, prefetch_multiplier=prefetch_multiplier,
-                  max_tasks_per_child=max_tasks_per_child,
-                  max_memory_per_child=max_memory_per_child,
-                  autoscale=bounds)
-    setup_logging_for(app, loglevel, logfile=logfile)
-    flag_notes.log_notes("worker", notes)
-    if flags.pop("purge_first"):
-        for name in node.queues:
-            log.warning("--purge: dropped %d message(s) from %s", app.broker.purge(name), name)
-    if beat:
-        node.on_stop.append(_embedded_beat(app).stop)  # no new ticks once shutdown starts
-    node.run()
-
-
-def _worker_settings(app: Conveyor, flags: dict[str, Any]) -> None:
-    """Flags that are settings in Celery too: applied to ``app.conf`` as Celery does."""
-    values = {key: flags.pop(flag) for flag, key in (
-        ("time_limit", "task_time_limit"), ("soft_time_limit", "task_soft_time_limit"),
-        ("heartbeat_interval", "worker_heartbeat_interval"))}
-    values = {key: value for key, value in values.items() if value is not None}
-    if values:
-        app.conf.update(values, source="the worker command line")
-    for module in _split(flags.pop("include")):
-        importlib.import_module(module)
-
-
-def _worker_queues(app: Conveyor, queues: list[str], exclude: list[str]) -> list[str] | None:
-    """``-Q`` minus ``-X``; with only ``-X``, the app's queues minus those (as Celery)."""
-    if not exclude:
-        return queues or None
-    from conveyor.queues import queue_names
-
-    conf = app.conf
-    base = queues or queue_names(conf.task_queues) or [conf.task_default_queue]
-    left = [name for name in base if name not in exclude]
-    if not left:
-        raise click.UsageError(f"-X {','.join(exclude)} leaves no queue to serve "
-                               f"(the worker would serve {', '.join(base)})")
-    return left
-
-
-def _embedded_beat(app: Conveyor) -> Any:
-    try:
-        from conveyor.beat import run_embedded
-    except ImportError as exc:
-        raise click.UsageError("beat is not available in this build") from exc
-    return run_embedded(app)
+    params = {"queues": queues, "concurrency": concurrency, "pool": pool,
+              "hostname": hostname, "loglevel": loglevel,
+              "prefetch_multiplier": prefetch_multiplier,
+              "max_tasks_per_child": max_tasks_per_child,
+              "max_memory_per_child": max_memory_per_child,
+              "beat": beat, "autoscale": autoscale, **flags}
+    if _EXEC_FOR_WORKER and pool in (None, "prefork") and os.name == "posix" \
+            and not any(flags.get(key) for key in DAEMON_FLAGS):
+        # The prefork children are forks of this process: start the worker in
+        # a fresh interpreter without click (the module docstring of
+        # conveyor._worker_start).  Returns only if it cannot.
+        root = click.get_current_context().find_root()
+        exec_worker(obj.spec, params, root.info_name or "conveyor", sys.argv[1:])
+    with usage_errors():
+        start_worker(lambda: obj.app, params)
 
 
 @main.command()
@@ -455,7 +365,9 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
 
 
 def run() -> None:
+    global _EXEC_FOR_WORKER
     reexec_if_needed(sys.argv)  # -P gevent: this process again, patched before any import
+    _EXEC_FOR_WORKER = True
     try:
         main()
     except ConfigurationError as exc:

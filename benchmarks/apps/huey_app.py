@@ -40,3 +40,11 @@ def signal(value: int) -> None:
 @huey.task(name="bench.collect")
 def collect(results: list[Any]) -> int:
     return len(results)
+
+
+@huey.task(name="bench.modules")
+def modules() -> tuple[int, list[str], str]:
+    """What this worker process has imported, and from where (``benchmarks/memory.py``)."""
+    import sys
+
+    return os.getpid(), sorted(sys.modules), os.path.realpath(str(sys.modules["huey"].__file__))

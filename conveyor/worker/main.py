@@ -296,7 +296,18 @@ def _active(running: Running) -> dict[str, Any]:
 
 
 def _memory_kib() -> int | None:
-    """Resident memory of the worker and its children (prefork), in KiB."""
+    """Resident memory of the worker and its children (prefork), in KiB.
+
+    Read from ``/proc`` where there is one: psutil would answer the same, but
+    importing it costs the supervisor about 0.9 MiB of its resident memory
+    (and a child forked after it, its copy), for one sum every ten seconds
+    (docs/performance.md, round two, fourth pass: worker memory).  Elsewhere,
+    psutil.
+    """
+    try:
+        return _proc_tree_kib(os.getpid())
+    except OSError:  # no /proc (macOS, BSD)
+        pass
     try:
         import psutil
 
@@ -305,3 +316,37 @@ def _memory_kib() -> int | None:
         return sum(int(p.memory_info().rss) for p in procs) // 1024
     except Exception:  # a child exiting mid-count, or no psutil
         return None
+
+
+def _proc_tree_kib(root: int) -> int:
+    """The resident memory of ``root`` and every descendant, from ``/proc``.
+
+    As psutil finds children: every process's parent from ``/proc/<pid>/stat``
+    (the field after the parenthesised name, which may itself hold spaces or
+    parentheses).  A process that exits while this reads is left out.
+    """
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                parent = int(f.read().rpartition(b")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(name))
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo, seen = 0, [root], {root}
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * page
+        except OSError:
+            if pid == root:
+                raise
+        for child in children.get(pid, ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return total // 1024

@@ -233,7 +233,10 @@ class Cue:
 
     def _run(self, node: RabbitNode, expression: str) -> None:
         try:
-            node.eval(expression)
+            # The CLI lives from before the scene is set until the fault has
+            # run: on a loaded machine that is over a minute (a CLI killed
+            # by a timeout before its go takes the fault with it).
+            node.ctl("eval", expression, timeout=600)
         except BaseException as exc:  # reported by go() and done()
             self.error = exc
 

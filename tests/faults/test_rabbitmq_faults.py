@@ -9,9 +9,11 @@ fault struck: RabbitMQ closes it with the rest.  Then:
 * every enqueue that returned an id ran (lost = 0) and nothing is left in
   the queue, its delay ladder or in flight;
 * a task ran twice only if it had started before the fault struck (or within
-  ``SEEN`` after it) and not finished before it: its acknowledgement went
-  down with the connection.  Tasks waiting in a child's prefetch when the
-  connection dropped are not started there (RabbitMQ hands them out again);
+  ``SEEN`` after it) and not finished before the fault was set off: its
+  acknowledgement went down with the connection (RabbitMQ closes connections
+  one by one, so a worker's may go before the watch's).  Tasks waiting in a
+  child's prefetch when the connection dropped are not started there
+  (RabbitMQ hands them out again);
 * enqueues while RabbitMQ is away raise :class:`BrokerUnavailable` quickly,
   naming the server without the password; none hangs;
 * the worker and its children live through it (no child died, so nothing
@@ -135,11 +137,21 @@ class Rig:
         time.sleep(max(0.0, moment - time.monotonic()))
         return {e[1] for e in self.ledger.events("start")}
 
-    def may_repeat(self, struck_at: float) -> set[str]:
+    def ends(self) -> int:
+        """Tasks ended so far: call it just before setting a fault off."""
+        return len(self.ledger.events("end"))
+
+    def may_repeat(self, struck_at: float, ends_before: int) -> set[str]:
         """Tasks that may run twice: started by the time the workers saw the fault
-        and not acknowledged before it (the last few ends may not have been)."""
-        ends = len(self.ledger.events("end"))
-        return self.in_flight(ends - 4, self.started_by(struck_at + SEEN))
+        and not ended before it was set off (``ends_before``, from :meth:`ends`;
+        the last few ends before it may not have been acknowledged yet).
+
+        The watch's connection is not necessarily the first RabbitMQ closes: a
+        worker's may go some milliseconds earlier, and the tasks its children
+        finish meanwhile lose their acks.  So the allowance counts from the
+        moment the fault was set off, not from when the watch saw it.
+        """
+        return self.in_flight(ends_before - 4, self.started_by(struck_at + SEEN))
 
     def recovery_after(self, moment: float, starts: int | None = None,
                        timeout: float = 60) -> tuple[float, float]:
@@ -224,9 +236,10 @@ def _outage(rig: Rig, name: str, strike: Callable[[], None],
     node = rig.node
     watch = Watch(node)
     rig.backlog(40)
+    ends_before = rig.ends()
     strike()
     down_at = watch.wait()
-    may_repeat = rig.may_repeat(down_at)
+    may_repeat = rig.may_repeat(down_at, ends_before)
     returning = threading.Thread(target=back, daemon=True)
     returning.start()
     wait_for(node.answers, 120, "the node to listen again", interval=0.02)
@@ -270,10 +283,10 @@ def test_close_all_connections_mid_run(rabbit_node: RabbitNode, node_url: str,
             running(rabbit_node, node_url, tmp_path) as rig:
         watch = Watch(rabbit_node)
         rig.backlog(40)
-        began = time.monotonic()
+        began, ends_before = time.monotonic(), rig.ends()
         cue.go()
         dropped_at = watch.wait()
-        may_repeat = rig.may_repeat(dropped_at)
+        may_repeat = rig.may_repeat(dropped_at, ends_before)
         starts = len(rig.ledger.events("start"))  # none start until the reconnection
         cue.done()
         # A send whose confirm was on its way when its connection closed is sent

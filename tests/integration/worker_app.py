@@ -138,3 +138,11 @@ def started_at(self: object) -> float:
     record("start")
     record("end")
     return began
+
+
+@app.task
+def loaded(prefix: str) -> list[str]:
+    """The modules under ``prefix`` this worker process has imported."""
+    import sys
+
+    return sorted(name for name in sys.modules if name == prefix or name.startswith(f"{prefix}."))
