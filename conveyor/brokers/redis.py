@@ -106,7 +106,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,8 +119,12 @@ from conveyor._redis import (
     RedisOptions,
     as_text,
     call_many,
+    call_packed,
+    can_pack,
     give_back,
     lend,
+    pack_tail,
+    packed_head,
     parse_redis_url,
     retry_read,
     translate_errors,
@@ -178,12 +182,16 @@ class RedisBroker(Broker):
         try:
             return run(self._holder.client, self._scripts[name], [], [self._prefix, *args])
         except ResponseError as exc:
-            if "unknown" in str(exc).lower() and "command" in str(exc).lower():
-                raise BrokerError(
-                    f"Redis at {self._options.address} lacks a command the broker needs "
-                    f"(Redis 7.0 or later is required): {exc}"
-                ) from exc
+            self._refuse_old_server(exc)
             raise
+
+    def _refuse_old_server(self, exc: ResponseError) -> None:
+        """Raise a readable error for a script refused for a command the server lacks."""
+        if "unknown" in str(exc).lower() and "command" in str(exc).lower():
+            raise BrokerError(
+                f"Redis at {self._options.address} lacks a command the broker needs "
+                f"(Redis 7.0 or later is required): {exc}"
+            ) from exc
 
     @contextmanager
     def _errors(self, action: str, retry_hint: str = "", read: bool = False) -> Iterator[None]:
@@ -213,6 +221,38 @@ class RedisBroker(Broker):
                 self._options.wait_timeout)
             self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
+
+    def sender(self, queue: str, priority: int) -> Callable[[str, bytes], str] | None:
+        """``enqueue_plain.lua`` for one message with the call packed once: the
+        ``EVALSHA``, script, prefix, queue and priority are RESP bytes kept
+        here, and each send appends the id and body (what :meth:`enqueue`
+        sends for such an envelope, byte for byte, without building the
+        envelope, the argument list or the command per call).  None when each
+        enqueue must also wait for replicas (``wait_replicas``)."""
+        if self._options.wait_replicas or "\n" in queue or not can_pack():
+            return None
+        script = self._scripts["enqueue_plain"]
+        prio = _priority(Envelope("", queue, b"", priority))
+        head = packed_head(("EVALSHA", script.sha, 0, self._prefix, queue, prio))
+        holder = self._holder
+
+        def send(message_id: str, body: bytes) -> str:
+            packed = head + pack_tail(message_id, body)
+            try:
+                try:
+                    reply = call_packed(holder.client, packed)
+                except NoScriptError:
+                    load(holder.client, script)
+                    reply = call_packed(holder.client, packed)
+            except CONNECTION_ERRORS:  # the same translation as enqueue's
+                with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
+                    raise
+            except ResponseError as exc:
+                self._refuse_old_server(exc)
+                raise
+            return as_text(reply[1]) if reply else message_id
+
+        return send
 
     def _check_replicated(self, confirmed: int, action: str) -> None:
         """Refuse an enqueue fewer replicas confirmed than ``wait_replicas`` asks."""
