@@ -151,9 +151,11 @@ _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
 
 
-#: Each script file after ``_common.lua`` (shared helpers), read once.
+#: Each script file after ``_common.lua`` (shared helpers), read once;
+#: ``enqueue_one.lua``, a ``.delay()``'s, builds its few keys itself.
 _SCRIPTS = {name: script_file("conveyor.brokers", f"redis_scripts/{name}.lua",
                               prelude="redis_scripts/_common.lua") for name in _SCRIPT_NAMES}
+_SCRIPTS["enqueue_one"] = script_file("conveyor.brokers", "redis_scripts/enqueue_one.lua")
 
 
 def _ms(seconds: float) -> int:
@@ -204,7 +206,7 @@ class RedisBroker(Broker):
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
-        """One script call: ``enqueue_plain.lua`` for a message sent now without an
+        """One script call: ``enqueue_one.lua`` for a message sent now without an
         idempotency key (a plain ``.delay()``), ``enqueue.lua`` otherwise."""
         name, args = _enqueue_call(envelope)
         wanted = self._options.wait_replicas
@@ -223,7 +225,7 @@ class RedisBroker(Broker):
         return as_text(reply[1]) if reply else envelope.id
 
     def sender(self, queue: str, priority: int) -> Callable[[str, bytes], str] | None:
-        """``enqueue_plain.lua`` for one message with the call packed once: the
+        """``enqueue_one.lua`` with the call packed once: the
         ``EVALSHA``, script, prefix, queue and priority are RESP bytes kept
         here, and each send appends the id and body (what :meth:`enqueue`
         sends for such an envelope, byte for byte, without building the
@@ -231,7 +233,7 @@ class RedisBroker(Broker):
         enqueue must also wait for replicas (``wait_replicas``)."""
         if self._options.wait_replicas or "\n" in queue or not can_pack():
             return None
-        script = self._scripts["enqueue_plain"]
+        script = self._scripts["enqueue_one"]
         prio = _priority(Envelope("", queue, b"", priority))
         head = packed_head(("EVALSHA", script.sha, 0, self._prefix, queue, prio))
         holder = self._holder
@@ -605,7 +607,7 @@ def _enqueue_call(env: Envelope) -> tuple[str, Sequence[Any]]:
         return "enqueue", _envelope_args(env)
     if "\n" in env.id or "\n" in env.queue:  # refused as enqueue.lua's header would be
         _refuse_newline(env)
-    return "enqueue_plain", (env.queue, _priority(env), env.id, env.body)
+    return "enqueue_one", (env.queue, _priority(env), env.id, env.body)
 
 
 def _chunk_call(chunk: Sequence[Envelope]) -> tuple[str, Sequence[Any]]:
