@@ -49,6 +49,7 @@ import logging
 import os
 import random
 import select
+import socket
 import ssl
 import sys
 import threading
@@ -819,7 +820,10 @@ def exchange(conn: Any, packed: bytes) -> Any:
         conn.send_packed_command((packed,))
         return conn.read_response()
     try:
-        sock.sendall(packed)
+        if sock.__class__ is _PLAIN_SOCKET:
+            _write(sock, packed)
+        else:
+            sock.sendall(packed)
     except BaseException as exc:
         conn.disconnect()
         if isinstance(exc, OSError):
@@ -849,6 +853,29 @@ def exchange(conn: Any, packed: bytes) -> Any:
         conn.disconnect()
         raise reply if isinstance(reply, redis.ConnectionError) else reply[0]
     return reply
+
+
+_PLAIN_SOCKET = socket.socket
+
+
+def _write(sock: socket.socket, packed: bytes) -> None:
+    """``sock.sendall(packed)`` for a plain TCP or unix socket, one system call fewer.
+
+    A socket with a timeout polls before each ``send`` to honour it; a
+    command that fits the socket's send buffer (every hot one) goes out
+    with one ``write`` that cannot block (the descriptor is non-blocking
+    when a timeout is set), and only what did not fit goes through
+    ``sendall`` with its timeout.
+    """
+    if sock.gettimeout() is None:  # a blocking descriptor: write() could block untimed
+        sock.sendall(packed)
+        return
+    try:
+        sent = os.write(sock.fileno(), packed)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(packed):
+        sock.sendall(memoryview(packed)[sent:])
 
 
 def _socket_error(exc: OSError, doing: str) -> redis.RedisError:

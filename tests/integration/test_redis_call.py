@@ -290,3 +290,28 @@ def test_only_redis_pys_own_connections_with_hiredis_skip_its_wrappers(
     assert _direct_parser(conn) is conn._parser
     for cls in (SentinelManagedConnection, SlotConnection):  # their reads add checks
         assert _direct_parser(cls.__new__(cls)) is None
+
+
+def test_a_write_larger_than_the_send_buffer_goes_out_whole() -> None:
+    """One ``write`` takes what fits; ``sendall`` (with the socket's timeout) the rest."""
+    import socket
+
+    from conveyor._redis import _write
+
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left.settimeout(5.0)
+    data = os.urandom(1 << 20)
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < len(data):
+            got.extend(right.recv(1 << 16))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _write(left, data)
+    reader.join(10)
+    left.close()
+    right.close()
+    assert bytes(got) == data
