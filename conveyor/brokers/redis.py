@@ -52,7 +52,8 @@ operation that ends them.
     Dead-letter id -> ``failed_ms:priority:reason_bytes:`` + reason + body.
     Both dead-letter keys are kept until replay_dead or discard_dead.
 ``P:queues`` (set)
-    Every queue name ever enqueued to.
+    Every queue name ever enqueued to; an enqueue adds it when it pushes the
+    queue's wake token (a waiting token means the name is there already).
 ``P:idem:{key}`` (string)
     The id owning an idempotency key; SET NX PX by enqueue, expires after the
     envelope's ``idempotency_ttl`` (default one day).
