@@ -855,7 +855,8 @@ def exchange(conn: Any, packed: bytes) -> Any:
     return reply
 
 
-_PLAIN_SOCKET = socket.socket
+# Sockets whose descriptor os.write takes (on Windows a socket is no file descriptor).
+_PLAIN_SOCKET: Any = socket.socket if os.name == "posix" else None
 
 
 def _write(sock: socket.socket, packed: bytes) -> None:
