@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import _publishing as publishing
 from conveyor import _signing as signing
-from conveyor._message import BodyTemplate, Message
-from conveyor.brokers import Envelope
+from conveyor._message import BodyTemplate, Message, new_id
+from conveyor.brokers import Broker, Envelope
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -80,6 +80,13 @@ class MessageBatch:
                  created: float, group_index: int | None = None,
                  chord_index: int | None = None) -> Envelope:
         """The envelope of one call; raises as :meth:`Conveyor.envelope` would."""
+        body = self.body(task_id, args, kwargs, created, group_index, chord_index)
+        return Envelope(task_id + self._suffix, self._queue, body, self._priority, self._eta)
+
+    def body(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             created: float, group_index: int | None = None,
+             chord_index: int | None = None) -> bytes:
+        """The envelope's body (signed, size checked)."""
         body = self.template.body(task_id, args, kwargs, created, group_index, chord_index)
         if self._key is not None:
             body = signing.sign(body, self._key)
@@ -87,7 +94,7 @@ class MessageBatch:
             from conveyor.app import _refuse_size
 
             _refuse_size(self._task, task_id, body, self._limit)
-        return Envelope(task_id + self._suffix, self._queue, body, self._priority, self._eta)
+        return body
 
     def prebuilt(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                  group_index: int | None, chord_index: int | None) -> Prebuilt:
@@ -95,6 +102,35 @@ class MessageBatch:
         envelope = self.envelope(task_id, args, kwargs, created, group_index, chord_index)
         return Prebuilt(self.template, task_id, args, kwargs, created, group_index,
                         chord_index, envelope)
+
+
+class PlainSends:
+    """One task's calls without options (``.delay()``), sent from its batch template.
+
+    Kept by the app per task, with the broker it was made for (a fork or a
+    changed setting makes a new one).  When the broker has a :meth:`sender
+    <conveyor.brokers.Broker.sender>` for the template's queue and priority,
+    each call hands it the id and body alone: no :class:`Envelope`, and the
+    broker's per-queue work done once.
+    """
+
+    __slots__ = ("_batch", "_broker", "_send")
+
+    def __init__(self, batch: MessageBatch, broker: Broker) -> None:
+        self._batch = batch
+        self._broker = broker
+        self._send = (broker.sender(batch._queue, batch._priority)
+                      if batch._eta is None and not batch._suffix else None)
+
+    def send(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
+        """Send one call: (the id made for it, the id the broker holds for it)."""
+        task_id = new_id()
+        batch = self._batch
+        send = self._send
+        if send is not None:
+            return task_id, send(task_id, batch.body(task_id, args, kwargs, time.time()))
+        return task_id, self._broker.enqueue(batch.envelope(task_id, args, kwargs,
+                                                            time.time()))
 
 
 def broker_id_suffix(message: Message) -> str:
@@ -120,4 +156,4 @@ def enqueue(app: Conveyor, items: Sequence[Message | Prebuilt]) -> None:
                              for item in items])
 
 
-__all__ = ["MessageBatch", "Prebuilt", "broker_id_suffix", "enqueue"]
+__all__ = ["MessageBatch", "PlainSends", "Prebuilt", "broker_id_suffix", "enqueue"]

@@ -49,6 +49,7 @@ import logging
 import os
 import random
 import select
+import socket
 import ssl
 import sys
 import threading
@@ -64,15 +65,23 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from conveyor._pid import current as current_pid
 from conveyor._redact import url as redact_url
 from conveyor._redis_options import _CELERY_ONLY, CLUSTER_SCHEME, SHARD_OPTIONS
 from conveyor.exceptions import ConfigurationError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+_HiredisParser: Any
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # the redis extra installs hiredis; a bare redis-py still works
     _hiredis_pack = None
+_NOT_ENOUGH_DATA: Any
+try:
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+except ImportError:  # another redis-py layout: exchange() takes redis-py's path
+    _HiredisParser = _NOT_ENOUGH_DATA = None
 
 if TYPE_CHECKING:
     # Loaded only for a redis+cluster:// URL: every worker process would hold it.
@@ -467,10 +476,18 @@ class _DropsIdleOnFailure:
         return connection
 
     def give_back(self, connection: Any) -> None:
-        """Return a lent connection; one that failed goes through :meth:`release`."""
+        """Return a lent connection; one that failed goes through :meth:`release`.
+
+        No process id check of its own: :meth:`lend` made one, and a fork
+        between the two leaves this call in the parent (the child has only
+        the forking thread).  A greenlet carried into a child by gevent's
+        fork hands back a connection :meth:`owns_connection` refuses once the
+        child's pool was reset, or into a pool the child's next :meth:`lend`
+        resets.
+        """
         pool: Any = self
-        if (connection._sock is None or pool.pid != os.getpid()
-                or not pool.owns_connection(connection) or _must_reconnect(connection)):
+        if (connection._sock is None or not pool.owns_connection(connection)
+                or _must_reconnect(connection)):
             pool.release(connection)
             return
         with pool._lock:
@@ -630,7 +647,7 @@ class ClientHolder:
 
     @property
     def client(self) -> redis.Redis:
-        pid = os.getpid()
+        pid = current_pid()
         if pid != self._pid:
             # A lock held by some parent thread at fork time would stay held
             # forever here, so the child starts from fresh state; the parent's
@@ -760,11 +777,141 @@ def call(client: redis.Redis, *args: Any) -> Any:
         packed = _pack(args)
         if packed is None:
             conn.send_command(*args)
-        else:
-            conn.send_packed_command((packed,))
-        return conn.read_response()
+            return conn.read_response()
+        return exchange(conn, packed)
     finally:
         give_back(pool, conn)
+
+
+def call_packed(client: redis.Redis, packed: bytes) -> Any:
+    """:func:`call` for a command already packed (a send path that keeps its
+    constant arguments packed, ``RedisBroker.sender``)."""
+    pool = client.connection_pool
+    conn = lend(pool)
+    try:
+        return exchange(conn, packed)
+    finally:
+        give_back(pool, conn)
+
+
+def exchange(conn: Any, packed: bytes) -> Any:
+    """Write one packed command on a lent connection and read its raw reply.
+
+    redis-py's ``send_packed_command`` and ``read_response`` wrap the two
+    socket calls in a health check, a per-call error text naming the host,
+    protocol dispatch and the parser's own wrappers: ~2.5 µs of the ~16 µs a
+    small command costs the client here (``docs/performance.md``, round two,
+    fourth pass).  For redis-py's own connection classes with the hiredis
+    parser under RESP2 (what Conveyor configures) this does the socket work
+    itself, with redis-py's outcomes: an error reply is raised and the
+    connection stays usable (a connection-class error, ``LOADING``, also
+    disconnects it, as redis-py does); a timeout raises ``TimeoutError``
+    and any other socket error or interrupt disconnects the connection
+    before it propagates; the health-check deadline moves on as after
+    redis-py's read.  Any other connection (Sentinel's, a cluster slot's,
+    a subclass, the Python parser) and a connection due for its health
+    check take redis-py's path.
+    """
+    parser = _direct_parser(conn)
+    interval = conn.health_check_interval
+    sock = conn._sock
+    if (parser is None or sock is None or parser._reader is None
+            or (interval and time.monotonic() > conn.next_health_check)):
+        conn.send_packed_command((packed,))
+        return conn.read_response()
+    try:
+        if sock.__class__ is _PLAIN_SOCKET:
+            _write(sock, packed)
+        else:
+            sock.sendall(packed)
+    except BaseException as exc:
+        conn.disconnect()
+        if isinstance(exc, OSError):
+            raise _socket_error(exc, "writing to socket") from exc
+        raise
+    reader = parser._reader
+    try:
+        reply = reader.gets()
+        while reply is _NOT_ENOUGH_DATA:  # the reader's marker: not a whole reply yet
+            buffer = parser._buffer
+            got = sock.recv_into(buffer)
+            if not got:
+                raise redis.ConnectionError("Connection closed by server.")
+            reader.feed(buffer, 0, got)
+            reply = reader.gets()
+    except BaseException as exc:
+        conn.disconnect()
+        if isinstance(exc, OSError):
+            raise _socket_error(exc, f"reading from {_where(conn)}") from exc
+        raise
+    if interval:
+        conn.next_health_check = time.monotonic() + interval
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    if isinstance(reply, redis.ConnectionError) or (
+            reply.__class__ is list and reply and isinstance(reply[0], redis.ConnectionError)):
+        conn.disconnect()
+        raise reply if isinstance(reply, redis.ConnectionError) else reply[0]
+    return reply
+
+
+# Sockets whose descriptor os.write takes (on Windows a socket is no file descriptor).
+_PLAIN_SOCKET: Any = socket.socket if os.name == "posix" else None
+
+
+def _write(sock: socket.socket, packed: bytes) -> None:
+    """``sock.sendall(packed)`` for a plain TCP or unix socket, one system call fewer.
+
+    A socket with a timeout polls before each ``send`` to honour it; a
+    command that fits the socket's send buffer (every hot one) goes out
+    with one ``write`` that cannot block (the descriptor is non-blocking
+    when a timeout is set), and only what did not fit goes through
+    ``sendall`` with its timeout.
+    """
+    if sock.gettimeout() is None:  # a blocking descriptor: write() could block untimed
+        sock.sendall(packed)
+        return
+    try:
+        sent = os.write(sock.fileno(), packed)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(packed):
+        sock.sendall(memoryview(packed)[sent:])
+
+
+def _socket_error(exc: OSError, doing: str) -> redis.RedisError:
+    """redis-py's exception for a failed socket call: a timeout of the socket's own
+    (no errno) is ``TimeoutError``, anything else (ETIMEDOUT included) ``ConnectionError``."""
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return redis.TimeoutError(f"Timeout {doing}")
+    return redis.ConnectionError(f"Error {exc.errno} while {doing}. {exc.strerror or exc}.")
+
+
+def _where(conn: Any) -> str:
+    where = getattr(conn, "_host_error", None)
+    return where() if where is not None else "Redis"
+
+
+#: Per connection class: may :func:`exchange` bypass its send and read methods?
+_DIRECT_CLASSES: dict[type, bool] = {}
+
+
+def _direct_parser(conn: Any) -> Any:
+    """``conn``'s hiredis parser when :func:`exchange` may do the socket work, else None."""
+    cls = conn.__class__
+    direct = _DIRECT_CLASSES.get(cls)
+    if direct is None:
+        base = redis.connection.AbstractConnection
+        direct = _DIRECT_CLASSES[cls] = bool(
+            _HiredisParser is not None
+            and cls.send_packed_command is base.send_packed_command
+            and cls.read_response is base.read_response)
+    if not direct:
+        return None
+    parser = conn._parser
+    if parser.__class__ is not _HiredisParser or conn.protocol in (3, "3"):
+        return None
+    return parser
 
 
 _PLAIN = (bytes, str, int, float)
@@ -787,6 +934,30 @@ def _pack(args: tuple[Any, ...]) -> bytes | None:
         if type(arg) not in _PLAIN:
             return None
     return _hiredis_pack(args)
+
+
+def can_pack() -> bool:
+    """Can commands be packed here (hiredis is installed)?"""
+    return _hiredis_pack is not None
+
+
+def packed_head(args: tuple[Any, ...]) -> bytes:
+    """The RESP bytes of a command of ``args`` and two arguments more, up to those
+    two: :func:`pack_tail` packs them, so ``head + pack_tail(a, b)`` is the
+    whole command as :func:`call` would pack it (needs :func:`can_pack`)."""
+    assert _hiredis_pack is not None
+    whole = _hiredis_pack((*args, b"", b""))
+    return whole[:-2 * len(_EMPTY_BULK)]
+
+
+_EMPTY_BULK = b"$0\r\n\r\n"
+
+
+def pack_tail(text: str, data: bytes) -> bytes:
+    """The last two arguments of a :func:`packed_head` command: ``text`` (as UTF-8)
+    and ``data``, as hiredis would pack them."""
+    encoded = text.encode()
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(encoded), encoded, len(data), data)
 
 
 def call_many(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:

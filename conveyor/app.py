@@ -23,7 +23,7 @@ from conveyor import _redact as redact
 from conveyor import _signing as signing
 from conveyor import _state, signals, states
 from conveyor import result as _result
-from conveyor._batching import MessageBatch
+from conveyor._batching import MessageBatch, PlainSends
 from conveyor._config import (
     DEFAULT_BROKER_URL,
     DEFAULT_NAMESPACE,
@@ -40,6 +40,7 @@ from conveyor._message import (
     expires_timestamp,
     new_id,
 )
+from conveyor._pid import current as current_pid
 from conveyor._routing import Routes
 from conveyor._serialization import content_type_for
 from conveyor._typing import Q, T, TaskT
@@ -95,8 +96,9 @@ class Conveyor:
         self._env_prefixes = ["CONVEYOR_"]
         self._routes: Routes | None = None
         self._steps: tuple[Any, tuple[int, ...]] | None = None  # (setting, parsed)
-        # Per task name: (task, its options, the batch its plain calls are sent from).
-        self._plain: dict[str, tuple[Task, Any, MessageBatch | None]] = {}
+        # Per task name: (task, its options, the broker, what its plain calls are
+        # sent with: None for the general path).
+        self._plain: dict[str, tuple[Task, Any, Broker, PlainSends | None]] = {}
         self._broker: tuple[int, Broker] | None = None
         self._results: tuple[int, ResultStore] | None = None
         if broker:
@@ -286,7 +288,7 @@ class Conveyor:
     @property
     def broker(self) -> Broker:
         """This process's broker connection (reopened after fork)."""
-        pid = os.getpid()
+        pid = current_pid()
         if self._broker is None or self._broker[0] != pid:
             opts = self.conf.broker_options()
             self._broker = (pid, broker_from_url(self.conf.broker_url, opts))
@@ -295,7 +297,7 @@ class Conveyor:
     @property
     def backend(self) -> ResultStore:
         """This process's result store (reopened after fork)."""
-        pid = os.getpid()
+        pid = current_pid()
         if self._results is None or self._results[0] != pid:
             self._results = (pid, result_store_from_url(
                 self.conf.result_url, self.conf.result_options(), self.conf.result_retry()))
@@ -391,19 +393,20 @@ class Conveyor:
         task = task or self.tasks.get(name)
         if task is None or running_request() is not None or publishing.watched():
             return None
+        broker = self.broker
         kept = self._plain.get(name)
-        if kept is None or kept[0] is not task or kept[1] is not task.options:
-            kept = (task, task.options, self._plain_batch(name, task))
+        if (kept is None or kept[0] is not task or kept[1] is not task.options
+                or kept[2] is not broker):
+            kept = (task, task.options, broker, self._plain_sends(name, task, broker))
             self._plain[name] = kept
-        batch = kept[2]
-        if batch is None:
+        sends = kept[3]
+        if sends is None:
             return None
-        envelope = batch.envelope(new_id(), tuple(args) if args else (),
-                                  dict(kwargs) if kwargs else {}, time.time())
         at = time.monotonic()
-        return self._sent_result(self.broker.enqueue(envelope), envelope.id, name, at)
+        made, sent = sends.send(tuple(args) if args else (), dict(kwargs) if kwargs else {})
+        return self._sent_result(sent, made, name, at)
 
-    def _plain_batch(self, name: str, task: Task) -> MessageBatch | None:
+    def _plain_sends(self, name: str, task: Task, broker: Broker) -> PlainSends | None:
         """The template of ``task``'s calls without options; None when its messages
         depend on more than the settings and the task (a callable router, a
         relative ``expires``, redacted arguments, a send deferred to a commit
@@ -413,7 +416,8 @@ class Conveyor:
                 or task.options.redact or task.options.expires is not None
                 or not self.routes.by_name_only):
             return None
-        return MessageBatch(self, self._plain_message(name, task, (), {}, None))
+        return PlainSends(MessageBatch(self, self._plain_message(name, task, (), {}, None)),
+                          broker)
 
     def _send_in_transaction(self, connection: Any, name: str, args: Any, kwargs: Any,
                              task: Task | None, options: dict[str, Any]) -> AsyncResult:

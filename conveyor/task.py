@@ -429,7 +429,9 @@ class Task(Generic[P, R]):
             from conveyor import _eager as eager
 
             return eager.apply(self, args, kwargs, **options)
-        return app.send_task(self.name, args, kwargs, _task=self, **options)
+        # options.name, not self.name: the same value (checked above) without
+        # the option descriptor's settings fallback, on every send.
+        return app.send_task(self.options.name, args, kwargs, _task=self, **options)
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Like :meth:`delay`, sent when the open database transaction commits.

@@ -41,7 +41,7 @@ Rules every implementation keeps (``tests/contract/broker_contract.py``
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 MAX_PRIORITY = 9
@@ -126,6 +126,19 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[str]:
         """Store many messages in as few round trips as the backend allows."""
+
+    def sender(self, queue: str, priority: int) -> Callable[[str, bytes], str] | None:
+        """A send prepared once for messages of ``queue`` and ``priority`` sent now
+        without an idempotency key (a task's ``.delay()`` calls), or None.
+
+        ``send(id, body)`` stores the message as ``enqueue(Envelope(id, queue,
+        body, priority))`` would (same keys, same dedupe, same errors) and
+        returns what it would.  A broker whose enqueue has per-message work
+        that does not depend on the message (packing a command's constant
+        arguments) does it here, once; the default, None, sends each through
+        :meth:`enqueue`.
+        """
+        return None
 
     # -- consuming -------------------------------------------------------
     @abc.abstractmethod

@@ -52,7 +52,8 @@ operation that ends them.
     Dead-letter id -> ``failed_ms:priority:reason_bytes:`` + reason + body.
     Both dead-letter keys are kept until replay_dead or discard_dead.
 ``P:queues`` (set)
-    Every queue name ever enqueued to.
+    Every queue name ever enqueued to; an enqueue adds it when it pushes the
+    queue's wake token (a waiting token means the name is there already).
 ``P:idem:{key}`` (string)
     The id owning an idempotency key; SET NX PX by enqueue, expires after the
     envelope's ``idempotency_ttl`` (default one day).
@@ -106,7 +107,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,8 +120,12 @@ from conveyor._redis import (
     RedisOptions,
     as_text,
     call_many,
+    call_packed,
+    can_pack,
     give_back,
     lend,
+    pack_tail,
+    packed_head,
     parse_redis_url,
     retry_read,
     translate_errors,
@@ -147,9 +152,11 @@ _ENQUEUE_RETRY_HINT = "sending the same envelopes again is safe: message ids are
 _RESERVE_RETRY_HINT = "if it ran, what it leased is handed out again when the lease runs out"
 
 
-#: Each script file after ``_common.lua`` (shared helpers), read once.
+#: Each script file after ``_common.lua`` (shared helpers), read once;
+#: ``enqueue_one.lua``, a ``.delay()``'s, builds its few keys itself.
 _SCRIPTS = {name: script_file("conveyor.brokers", f"redis_scripts/{name}.lua",
                               prelude="redis_scripts/_common.lua") for name in _SCRIPT_NAMES}
+_SCRIPTS["enqueue_one"] = script_file("conveyor.brokers", "redis_scripts/enqueue_one.lua")
 
 
 def _ms(seconds: float) -> int:
@@ -178,12 +185,16 @@ class RedisBroker(Broker):
         try:
             return run(self._holder.client, self._scripts[name], [], [self._prefix, *args])
         except ResponseError as exc:
-            if "unknown" in str(exc).lower() and "command" in str(exc).lower():
-                raise BrokerError(
-                    f"Redis at {self._options.address} lacks a command the broker needs "
-                    f"(Redis 7.0 or later is required): {exc}"
-                ) from exc
+            self._refuse_old_server(exc)
             raise
+
+    def _refuse_old_server(self, exc: ResponseError) -> None:
+        """Raise a readable error for a script refused for a command the server lacks."""
+        if "unknown" in str(exc).lower() and "command" in str(exc).lower():
+            raise BrokerError(
+                f"Redis at {self._options.address} lacks a command the broker needs "
+                f"(Redis 7.0 or later is required): {exc}"
+            ) from exc
 
     @contextmanager
     def _errors(self, action: str, retry_hint: str = "", read: bool = False) -> Iterator[None]:
@@ -196,7 +207,7 @@ class RedisBroker(Broker):
 
     # -- producing -------------------------------------------------------
     def enqueue(self, envelope: Envelope) -> str:
-        """One script call: ``enqueue_plain.lua`` for a message sent now without an
+        """One script call: ``enqueue_one.lua`` for a message sent now without an
         idempotency key (a plain ``.delay()``), ``enqueue.lua`` otherwise."""
         name, args = _enqueue_call(envelope)
         wanted = self._options.wait_replicas
@@ -213,6 +224,38 @@ class RedisBroker(Broker):
                 self._options.wait_timeout)
             self._check_replicated(confirmed, "enqueue")
         return as_text(reply[1]) if reply else envelope.id
+
+    def sender(self, queue: str, priority: int) -> Callable[[str, bytes], str] | None:
+        """``enqueue_one.lua`` with the call packed once: the
+        ``EVALSHA``, script, prefix, queue and priority are RESP bytes kept
+        here, and each send appends the id and body (what :meth:`enqueue`
+        sends for such an envelope, byte for byte, without building the
+        envelope, the argument list or the command per call).  None when each
+        enqueue must also wait for replicas (``wait_replicas``)."""
+        if self._options.wait_replicas or "\n" in queue or not can_pack():
+            return None
+        script = self._scripts["enqueue_one"]
+        prio = _priority(Envelope("", queue, b"", priority))
+        head = packed_head(("EVALSHA", script.sha, 0, self._prefix, queue, prio))
+        holder = self._holder
+
+        def send(message_id: str, body: bytes) -> str:
+            packed = head + pack_tail(message_id, body)
+            try:
+                try:
+                    reply = call_packed(holder.client, packed)
+                except NoScriptError:
+                    load(holder.client, script)
+                    reply = call_packed(holder.client, packed)
+            except CONNECTION_ERRORS:  # the same translation as enqueue's
+                with self._errors("enqueue", _ENQUEUE_RETRY_HINT):
+                    raise
+            except ResponseError as exc:
+                self._refuse_old_server(exc)
+                raise
+            return as_text(reply[1]) if reply else message_id
+
+        return send
 
     def _check_replicated(self, confirmed: int, action: str) -> None:
         """Refuse an enqueue fewer replicas confirmed than ``wait_replicas`` asks."""
@@ -565,7 +608,7 @@ def _enqueue_call(env: Envelope) -> tuple[str, Sequence[Any]]:
         return "enqueue", _envelope_args(env)
     if "\n" in env.id or "\n" in env.queue:  # refused as enqueue.lua's header would be
         _refuse_newline(env)
-    return "enqueue_plain", (env.queue, _priority(env), env.id, env.body)
+    return "enqueue_one", (env.queue, _priority(env), env.id, env.body)
 
 
 def _chunk_call(chunk: Sequence[Envelope]) -> tuple[str, Sequence[Any]]:

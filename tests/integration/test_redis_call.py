@@ -235,3 +235,83 @@ def test_other_arguments_take_redis_pys_path(client: redis.Redis, key: str) -> N
         call(client, "SET", key, True)
     assert call(client, "SET", key, memoryview(b"v")) in (b"OK", "OK", True)
     assert client.get(key) == b"v"
+
+
+# -- exchange(): the socket work done without redis-py's send and read wrappers ----------
+
+def test_a_connection_due_for_its_health_check_is_pinged_first(pooled: redis.Redis) -> None:
+    assert call(pooled, "PING") in (b"PONG", True)
+    conn = pooled.connection_pool._available_connections[0]  # type: ignore[attr-defined]
+    assert conn.health_check_interval  # Conveyor's clients check every 30 s
+    conn.next_health_check = 0.0  # due: redis-py's path runs the check
+    assert call(pooled, "ECHO", b"after") == b"after"
+    assert conn.next_health_check > time.monotonic() + conn.health_check_interval / 2
+    assert call(pooled, "ECHO", b"direct") == b"direct"  # and the deadline moves on
+
+
+def test_a_connection_the_server_closes_mid_call_raises_and_is_dropped(
+        pooled: redis.Redis, redis_url: str, key: str) -> None:
+    mine = call(pooled, "CLIENT", "ID")
+    killer = redis.Redis.from_url(redis_url)
+    timer = threading.Timer(0.1, lambda: killer.client_kill_filter(_id=mine))
+    timer.start()
+    with pytest.raises(redis.ConnectionError):
+        call(pooled, "BLPOP", f"{key}:list", 0.25)
+    timer.join()
+    killer.close()
+    idle = pooled.connection_pool._available_connections  # type: ignore[attr-defined]
+    assert all(c._sock is None for c in idle)
+    assert call(pooled, "CLIENT", "ID") != mine
+
+
+def test_socket_errors_become_redis_pys_exceptions() -> None:
+    import errno
+
+    from conveyor._redis import _socket_error
+
+    timed_out = _socket_error(TimeoutError("timed out"), "reading from here")
+    assert isinstance(timed_out, redis.TimeoutError)
+    dead = _socket_error(TimeoutError(errno.ETIMEDOUT, "Connection timed out"), "reading")
+    assert isinstance(dead, redis.ConnectionError) and str(errno.ETIMEDOUT) in str(dead)
+    reset = _socket_error(ConnectionResetError(errno.ECONNRESET, "reset"), "writing to socket")
+    assert isinstance(reset, redis.ConnectionError)
+    assert "while writing to socket" in str(reset)
+
+
+def test_only_redis_pys_own_connections_with_hiredis_skip_its_wrappers(
+        pooled: redis.Redis) -> None:
+    from redis.sentinel import SentinelManagedConnection
+
+    from conveyor._redis import _direct_parser
+    from conveyor._redis_cluster import SlotConnection
+
+    assert call(pooled, "PING") in (b"PONG", True)
+    conn = pooled.connection_pool._available_connections[0]  # type: ignore[attr-defined]
+    assert _direct_parser(conn) is conn._parser
+    for cls in (SentinelManagedConnection, SlotConnection):  # their reads add checks
+        assert _direct_parser(cls.__new__(cls)) is None
+
+
+def test_a_write_larger_than_the_send_buffer_goes_out_whole() -> None:
+    """One ``write`` takes what fits; ``sendall`` (with the socket's timeout) the rest."""
+    import socket
+
+    from conveyor._redis import _write
+
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left.settimeout(5.0)
+    data = os.urandom(1 << 20)
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < len(data):
+            got.extend(right.recv(1 << 16))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _write(left, data)
+    reader.join(10)
+    left.close()
+    right.close()
+    assert bytes(got) == data

@@ -148,3 +148,48 @@ def test_cluster_without_tls_or_with_another_certificate_cannot_connect(
                                       broker_transport_options=options,
                                       broker_use_ssl={"ssl_ca_certs": str(other)}))
     assert "certificate verify failed" in message
+
+
+def test_one_tls_server_reads_and_writes_through_the_direct_exchange(
+        tls: RedisTls, tmp_path: Path, redis_prefix: str) -> None:
+    """``_redis.exchange`` does the socket work itself for redis-py's own TLS connection
+    too (an ``SSLSocket``: ``sendall`` and ``recv_into``, never the descriptor), and
+    replies longer than one TLS record arrive whole."""
+    import subprocess
+
+    from conveyor._redis import _direct_parser, call
+
+    from .test_redis_specific import free_port, wait_until
+
+    require_redis_binaries("a TLS Redis server")
+    port = free_port()
+    server = subprocess.Popen(["redis-server", *tls.server_args(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none&prefix={redis_prefix}"
+        app = Conveyor("tls-direct", broker=url, set_as_current=False)
+
+        @app.task(name="t.echo")
+        def echo(text: str) -> str:
+            return text
+
+        client = app.broker._holder.client  # type: ignore[attr-defined]
+
+        def answers() -> bool:
+            try:
+                return call(client, "PING") in (b"PONG", True)
+            except Exception:
+                return False
+
+        wait_until(answers, 10, "the TLS redis-server to start")
+        ids = [echo.delay("x" * n).id for n in (1, 20_000, 100_000, 3)]
+        conn = client.connection_pool._available_connections[0]
+        assert type(conn._sock).__name__ == "SSLSocket" and _direct_parser(conn) is not None
+        got = app.broker.reserve(["default"], 10, lease=30, timeout=0)
+        assert [d.id for d in got] == ids
+        assert call(client, "ECHO", b"y" * 300_000) == b"y" * 300_000
+        app.close()
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -118,3 +120,78 @@ def test_a_newline_is_refused_on_the_plain_paths_too(broker: RedisBroker) -> Non
         with pytest.raises(ValueError, match="contains a newline"):
             broker.enqueue_many([Envelope(id="fine", queue=bad.queue, body=b""), bad])
     assert broker.stats(["q"])[0].ready == 0
+
+
+def test_a_sender_stores_what_enqueue_stores(redis_url: str) -> None:
+    """``RedisBroker.sender`` (a ``.delay()``'s way in) packs enqueue_plain.lua's call
+    once per queue and priority; its keys and answers must be ``enqueue``'s."""
+    tag = uuid.uuid4().hex[:8]
+    sent = RedisBroker(f"{redis_url}?prefix=sent-{tag}")
+    general = RedisBroker(f"{redis_url}?prefix=enq-{tag}")
+    calls = [("a", "q", b"first", 0), ("c", "other", b"low", 7),
+             ("a", "q", b"again", 0),  # already stored: kept as it was, its id answered
+             ("d", "q", b"\r\n$0\r\n*1\r\n", 12),  # RESP-looking bytes; priority clamped to 9
+             ("\u00e9t\u00e9", "q", b"", 0)]
+    answers = []
+    for message_id, queue, body, priority in calls:
+        send = sent.sender(queue, priority)
+        assert send is not None
+        answers.append(send(message_id, body))
+    expected = [general.enqueue(Envelope(i, q, b, p)) for i, q, b, p in calls]
+    assert answers == expected == ["a", "c", "a", "d", "\u00e9t\u00e9"]
+    client = sent._holder.client
+    stored = _contents(client, f"sent-{tag}")
+    assert stored == _contents(client, f"enq-{tag}")
+    assert stored[":msg"][b"a"] == b"first" and stored[":queues"] == {b"q", b"other"}
+    for key in [*client.scan_iter(f"sent-{tag}:*"), *client.scan_iter(f"enq-{tag}:*")]:
+        client.delete(key)
+
+
+def test_a_sender_loads_a_script_the_server_lacks(broker: RedisBroker) -> None:
+    text = broker._scripts["enqueue_plain"].script + f"\n-- {uuid.uuid4().hex}\n"
+    broker._scripts["enqueue_plain"] = LuaScript(text)  # a script this server never saw
+    send = broker.sender("q", 0)
+    assert send is not None
+    assert send("m1", b"one") == "m1"
+    assert send("m2", b"two") == "m2"
+    assert [d.body for d in broker.reserve(["q"], 5, lease=30, timeout=0)] == [b"one", b"two"]
+
+
+def test_no_sender_when_each_enqueue_waits_for_replicas(redis_url: str) -> None:
+    """``wait_replicas`` makes every enqueue wait on its own connection: enqueue does it."""
+    waiting = RedisBroker(f"{redis_url}?prefix=t-{uuid.uuid4().hex[:8]}&wait_replicas=1")
+    assert waiting.sender("q", 0) is None
+    assert RedisBroker(redis_url).sender("q\nx", 0) is None  # enqueue refuses it, with its error
+
+
+def test_delay_wakes_an_idle_consumer_and_lists_its_queue(redis_url: str) -> None:
+    """A ``.delay()`` through the sender still registers its queue and wakes a consumer
+    blocked on it at once; while a token waits (nobody idle), it only checks the token."""
+    url = f"{redis_url}?prefix=t-{uuid.uuid4().hex[:8]}"
+    app = Conveyor("redis-delay-wakes", broker=url, set_as_current=False)
+
+    @app.task(name="t.wake")
+    def wake(n: int) -> int:
+        return n
+
+    consumer = RedisBroker(url)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend(
+        consumer.reserve(["default"], 1, lease=30, timeout=5)))
+    thread.start()
+    time.sleep(0.3)  # blocked on the wake list now
+    start = time.monotonic()
+    sent = wake.delay(1)
+    assert app._plain["t.wake"][3]._send is not None  # (the sender's path was taken)
+    thread.join(10)
+    assert [d.id for d in got] == [sent.id]
+    assert time.monotonic() - start < 0.5  # woken, not the 1 s re-check
+    assert app.broker.queues() == ["default"]
+    wake.delay(2)
+    wake.delay(3)  # a token waits now: no SADD, and still one token
+    client = consumer._holder.client
+    assert client.llen(f"{consumer._prefix}:wake:default") == 1
+    assert app.broker.queues() == ["default"]
+    assert len(consumer.reserve(["default"], 5, lease=30, timeout=0)) == 2
+    consumer.close()
+    app.close()

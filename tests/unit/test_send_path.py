@@ -316,6 +316,24 @@ def test_a_changed_setting_or_task_option_reaches_the_next_delay() -> None:
     assert sent.priority == 6
 
 
+def test_a_delay_after_the_broker_was_reopened_sends_through_the_new_one() -> None:
+    """The template is kept with the broker it was made for: a closed app (or a
+    forked child) opens another broker, and the next ``.delay()`` must use it."""
+    app = make_app()
+
+    @app.task(name="t.y")
+    def y() -> None: ...
+
+    y.delay()
+    first = app.broker
+    _one_stored(app)
+    app.close()
+    sent = y.delay()
+    assert app._plain["t.y"][2] is app.broker is not first
+    _, stored = _one_stored(app)
+    assert stored.id == sent.id
+
+
 def test_a_delay_inside_a_task_records_its_parent() -> None:
     app = make_app()
 

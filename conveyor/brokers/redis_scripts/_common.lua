@@ -45,6 +45,19 @@ local function wake(queue)
   if redis.call('LLEN', key) == 0 then redis.call('LPUSH', key, '1') end
 end
 
+-- What an enqueue does for each queue it stored to: register the queue (for
+-- listings and stats) and wake a consumer.  While a token is waiting both are
+-- done already: every token is pushed after its queue was registered (here,
+-- or by a script handing back messages that some enqueue registered), and
+-- nothing unregisters a queue, so then this is a single LLEN (no SADD).
+local function announce(queue)
+  local key = P .. ':wake:' .. queue
+  if redis.call('LLEN', key) == 0 then
+    redis.call('SADD', QUEUES, queue)
+    redis.call('LPUSH', key, '1')
+  end
+end
+
 -- Run `command key item...` over a long list in slices (SLICE is even, so
 -- field/value or score/member pairs are never split).
 local function in_slices(items, command, key, option)

@@ -92,7 +92,6 @@ for key, list in pairs(delayed) do in_slices(list, 'ZADD', key) end
 -- A delayed message wakes a consumer too, so it re-reads the earliest ETA
 -- and sleeps exactly until then.
 for queue in pairs(touched) do
-  redis.call('SADD', QUEUES, queue)
-  wake(queue)
+  announce(queue)
 end
 return others

@@ -38,10 +38,8 @@ else
   in_slices(bodies, 'HSET', MSG)
   in_slices(prio_fields, 'HSET', PRIO)
   in_slices(fresh, 'RPUSH', ready)
-  redis.call('SADD', QUEUES, queue)
-  wake(queue)
+  announce(queue)
   return others
 end
-redis.call('SADD', QUEUES, queue)
-wake(queue)
+announce(queue)
 return {}
