@@ -911,6 +911,10 @@ def _direct_parser(conn: Any) -> Any:
     parser = conn._parser
     if parser.__class__ is not _HiredisParser or conn.protocol in (3, "3"):
         return None
+    # The reader and buffer are the parser's own attributes, not redis-py's API:
+    # a release that renames them makes every command take redis-py's path.
+    if getattr(parser, "_buffer", None) is None or not hasattr(parser, "_reader"):
+        return None
     return parser
 
 
