@@ -72,6 +72,17 @@ _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
 _POLL_EVERY = 0.1  # seconds: extend reads the socket (heartbeats, a dropped link) this often
 _Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
+# This process's lease-token prefix, "<pid>-": ``_mine`` asks it of every delivery it
+# acks, renews or requeues, several times a task; kept here, and renewed after a fork.
+_token_prefix = f"{os.getpid()}-"
+
+
+def _renew_token_prefix() -> None:
+    global _token_prefix
+    _token_prefix = f"{os.getpid()}-"
+
+
+os.register_at_fork(after_in_child=_renew_token_prefix)
 
 
 class _QuietProbe(logging.Filter):
@@ -489,7 +500,7 @@ class AMQPBroker(Broker):
                             int(eta) / 1000, base, parked=False, folded=folded)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
         message_id = str(props.message_id)
-        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        token = _token_prefix + uuid.uuid4().hex
         uncounted = 0
         if redelivered or headers.get(_PARKED):
             verdict = self._guards.arrival(message_id, token, lease,
@@ -639,7 +650,7 @@ class AMQPBroker(Broker):
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
         """Whether this process reserved ``delivery`` (its token starts with our pid)."""
-        return delivery.token.split("-", 1)[0] == str(os.getpid())
+        return delivery.token.startswith(_token_prefix)
 
     def _settle_elsewhere(self, delivery: Delivery) -> None:
         """Settle a delivery another process's channel holds (a prefork supervisor
