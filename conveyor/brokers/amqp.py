@@ -53,7 +53,6 @@ from conveyor._amqp_confirms import Confirms
 from conveyor._amqp_guard import Guards, Verdict
 from conveyor._amqp_link import Link
 from conveyor._amqp_revocations import Feed
-from conveyor._amqp_write import write_out
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import BrokerError, BrokerUnavailable
 
@@ -641,11 +640,11 @@ class AMQPBroker(Broker):
             method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed] + [
             waited.pushed[0].delivery_tag for waited in self._waiting]
         if len(tags) > 1 and all(tag > top for tag in others):
-            ch._impl.basic_ack(top, multiple=True)
-        else:
-            for tag in tags:
-                ch._impl.basic_ack(tag)
-        write_out(ch)
+            ch.basic_ack(top, multiple=True)
+            return
+        for tag in tags:
+            ch._impl.basic_ack(tag)
+        ch._flush_output()
 
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
