@@ -83,7 +83,7 @@ def test_a_held_back_ack_is_sent_within_the_delay_without_another_call(
         broker: AMQPBroker, amqp_url: str) -> None:
     """A long task began after it: the background thread sends it."""
     _send(broker, "a", "b")
-    a, b = _reserve(broker, 2)
+    a, _b = _reserve(broker, 2)
     assert broker.ack_soon([a]) == [True]
     deadline = time.monotonic() + 5
     while broker._later and time.monotonic() < deadline:
