@@ -691,7 +691,7 @@ class AMQPBroker(Broker):
             self._ack_tags(ch, tags)
             self._read_at = time.monotonic()  # the flush read the socket too
             return acked
-        acked = self._settle(op, set[str]())
+        acked = self._settle(op, set[str]()) if mine else set[str]()
         # A channel gone while the task ran (a heartbeat missed, a blip): the copy
         # RabbitMQ handed out is parked while the running record is in this
         # delivery's name, and settling drops it; else another delivery took over.
