@@ -1,6 +1,6 @@
 """Profile a Conveyor worker while it drains INCR tasks (py-spy, all processes).
 
-    python -m benchmarks.profile [--system conveyor-redis] [--n 20000] [--seconds 8]
+    python -m benchmarks.profile [--system conveyor-redis] [--n 20000] [--seconds 8] [--gil]
 
 Installs py-spy (pinned) into the system's venv, queues ``n`` INCR tasks,
 starts the usual 2-process worker, records every process of the worker tree
@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples of the thread holding the GIL (closer to CPU "
+                             "time: a thread blocked in a socket call is left out)")
+    parser.add_argument("--top", type=int, default=40, help="rows per listing")
     args = parser.parse_args(argv)
     bench = Bench(systems.get(args.system)(), Plan())
     subprocess.run([str(bench.python), "-m", "pip", "install", "-q", PY_SPY], check=True)
@@ -73,12 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(0.5)  # let the worker import its app before sampling starts
         subprocess.run([str(py_spy), "record", "--pid", str(workers.pids()[0]),
                         "--subprocesses", "--rate", str(args.rate), "--format", "raw",
-                        "--nonblocking", "-d", str(args.seconds), "-o", str(raw)],
+                        "--nonblocking", "-d", str(args.seconds), "-o", str(raw),
+                        *(["--gil"] if args.gil else [])],
                        check=True, capture_output=True)
     finally:
         workers.stop()
         bench.reset()
-    report = aggregate(raw)
+    report = aggregate(raw, args.top)
     (RAW / f"profile-{args.system}.txt").write_text(report)
     sys.stdout.write(report)
 

@@ -38,6 +38,7 @@ import collections
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -70,7 +71,21 @@ _IDEMPOTENCY = "conveyor.idempotency:"
 _WAIT_SLICE = 0.01  # seconds reserve waits for pushes with the lock held
 _PUSH_GRACE = 0.05
 _POLL_EVERY = 0.1  # seconds: extend reads the socket (heartbeats, a dropped link) this often
+# Seconds an ``ack_soon`` waits at most for others to go with it (the prefork
+# supervisor's AckBuffer waits as long): docs/decisions/0035-rabbitmq-acks-sent-together.md.
+_ACK_DELAY = 0.005
 _Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
+# This process's lease-token prefix, "<pid>-": ``_mine`` asks it of every delivery it
+# acks, renews or requeues, several times a task; kept here, and renewed after a fork.
+_token_prefix = f"{os.getpid()}-"
+
+
+def _renew_token_prefix() -> None:
+    global _token_prefix
+    _token_prefix = f"{os.getpid()}-"
+
+
+os.register_at_fork(after_in_child=_renew_token_prefix)
 
 
 class _QuietProbe(logging.Filter):
@@ -155,6 +170,13 @@ class AMQPBroker(Broker):
         self._stream_on = -1  # the publishing link's generation the stream was checked on
         self._stream_refused: str | None = None
         self._read_at = 0.0  # monotonic: the consuming link's socket was last read
+        # Delivery tags ``ack_soon`` holds back on this connection, and since when
+        # (monotonic); sent by the next reserve, or a renewal, or ``_send_later``.
+        self._later: list[int] = []
+        self._later_since = 0.0
+        self._sender_pid = 0  # the process whose ``_send_later`` thread runs
+        self._sender_wake = threading.Event()
+        self._closed = False
 
     # -- connections -------------------------------------------------------------
     def _forget_leases(self) -> None:
@@ -165,6 +187,7 @@ class AMQPBroker(Broker):
         self._pushed.clear()
         self._waiting.clear()
         self._consumers.clear()
+        self._later.clear()  # RabbitMQ hands those out again: they may run once more
         self._feed.forget_connection()
 
     def _declared_clear(self) -> None:
@@ -376,6 +399,9 @@ class AMQPBroker(Broker):
 
     def _take(self, ch: BlockingChannel, queues: Sequence[str], count: int,
               lease: float, poll: bool, reroutes: list[_Reroute]) -> list[Delivery]:
+        # The acks held back go first, in one frame, with this call's read: RabbitMQ
+        # pushes their replacements as soon as it has them.
+        self._ack_tags(ch, [], flush=False)
         self._expire(ch)
         self._stop_consuming(ch, queues)
         fresh = {q for q in queues if q not in self._pushed}
@@ -488,7 +514,7 @@ class AMQPBroker(Broker):
                             int(eta) / 1000, base, parked=False, folded=folded)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
         message_id = str(props.message_id)
-        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        token = _token_prefix + uuid.uuid4().hex
         uncounted = 0
         if redelivered or headers.get(_PARKED):
             verdict = self._guards.arrival(message_id, token, lease,
@@ -585,6 +611,58 @@ class AMQPBroker(Broker):
         return self._settle(op, False)
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self._ack(deliveries, soon=False)
+
+    def ack_soon(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Acknowledge with others within ``_ACK_DELAY``: the lease is checked and
+        given up now (``False`` where it was not held), the tag goes with the next
+        reserve (one ``multiple`` frame for a batch's tasks, and their replacements
+        read together) or a renewal, or by ``_send_later`` when a long task began
+        meanwhile (docs/decisions/0035-rabbitmq-acks-sent-together.md).  A tag
+        still held back when the connection breaks or the process dies is handed
+        out again by RabbitMQ: a task finished in the last milliseconds runs once
+        more (its result fenced by attempt), never one unfinished."""
+        acked = self._ack(deliveries, soon=True)
+        if self._later:
+            self._wake_sender()
+        return acked
+
+    def flush_acks(self) -> None:
+        """Send the acks ``ack_soon`` holds back, now (a consumer that stops)."""
+        channel = self._consumer.channel
+        if self._later and channel is not None and channel.is_open:  # else they went with it
+            self._settle(self._send_held, None)
+
+    def _send_held(self, ch: BlockingChannel) -> None:
+        self._ack_tags(ch, [])
+        self._read_at = time.monotonic()
+
+    def _wake_sender(self) -> None:
+        """Start this process's ``_send_later`` thread, or wake it."""
+        if self._sender_pid != os.getpid():  # none yet here (or this is a forked copy)
+            self._sender_pid = os.getpid()
+            self._sender_wake = threading.Event()
+            threading.Thread(target=self._send_later, args=(self._sender_wake,),
+                             name="conveyor-amqp-acks", daemon=True).start()
+        self._sender_wake.set()
+
+    def _send_later(self, wake: threading.Event) -> None:
+        """Send held-back acks once the oldest has waited ``_ACK_DELAY``, when no call
+        on the consuming link did first (a task longer than that began after them)."""
+        while not self._closed:
+            wake.wait()
+            wake.clear()
+            while self._later and not self._closed:
+                wait = self._later_since + _ACK_DELAY - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                    continue
+                try:
+                    self.flush_acks()
+                except BrokerError as exc:  # the connection's drop forgot them: redelivered
+                    _log.warning("could not send held-back acknowledgements: %s", exc)
+
+    def _ack(self, deliveries: Sequence[Delivery], soon: bool) -> list[bool]:
         mine = [d for d in deliveries if self._mine(d)]
         for d in deliveries:
             if not self._mine(d):
@@ -605,10 +683,15 @@ class AMQPBroker(Broker):
                     del self._leases[d.token]
                     acked.add(d.token)
                     tags.append(held.tag)
+            if soon:
+                if tags and not self._later:
+                    self._later_since = time.monotonic()
+                self._later.extend(tags)
+                return acked
             self._ack_tags(ch, tags)
             self._read_at = time.monotonic()  # the flush read the socket too
             return acked
-        acked = self._settle(op, set[str]())
+        acked = self._settle(op, set[str]()) if mine else set[str]()
         # A channel gone while the task ran (a heartbeat missed, a blip): the copy
         # RabbitMQ handed out is parked while the running record is in this
         # delivery's name, and settling drops it; else another delivery took over.
@@ -617,11 +700,13 @@ class AMQPBroker(Broker):
         return [not self._mine(d) or d.token in acked or d.token in settled
                 for d in deliveries]
 
-    def _ack_tags(self, ch: BlockingChannel, tags: list[int]) -> None:
-        """Acknowledge ``tags`` in one write: one ``multiple`` frame when no other
-        delivery this channel holds has a lower tag (tags rise in the order
-        RabbitMQ sends, so a delivery still on its way has a higher one), else one
-        frame each."""
+    def _ack_tags(self, ch: BlockingChannel, tags: list[int], flush: bool = True) -> None:
+        """Acknowledge ``tags`` and those ``ack_soon`` held back in one write: one
+        ``multiple`` frame when no other delivery this channel holds has a lower tag
+        (tags rise in the order RabbitMQ sends, so a delivery still on its way has a
+        higher one), else one frame each.  ``flush=False``: the caller's read sends it."""
+        if self._later:
+            tags, self._later = self._later + tags, []
         if not tags:
             return
         top = max(tags)
@@ -629,16 +714,17 @@ class AMQPBroker(Broker):
             method.delivery_tag for pushed in self._pushed.values() for method, _, _ in pushed] + [
             waited.pushed[0].delivery_tag for waited in self._waiting]
         if len(tags) > 1 and all(tag > top for tag in others):
-            ch.basic_ack(top, multiple=True)
-            return
-        for tag in tags:
-            ch._impl.basic_ack(tag)
-        ch._flush_output()
+            ch._impl.basic_ack(top, multiple=True)
+        else:
+            for tag in tags:
+                ch._impl.basic_ack(tag)
+        if flush:
+            ch._flush_output()
 
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
         """Whether this process reserved ``delivery`` (its token starts with our pid)."""
-        return delivery.token.split("-", 1)[0] == str(os.getpid())
+        return delivery.token.startswith(_token_prefix)
 
     def _settle_elsewhere(self, delivery: Delivery) -> None:
         """Settle a delivery another process's channel holds (a prefork supervisor
@@ -744,6 +830,8 @@ class AMQPBroker(Broker):
                     held.deadline = now + lease
                 out.append(held is not None)
                 aged.append(held is not None and now - held.since >= lease)
+            if self._later and now - self._later_since >= _ACK_DELAY:
+                self._send_held(ch)  # acks held back long enough: before this task starts
             # Answer heartbeats on a busy worker, and see a dropped connection; a
             # reserve or an ack a moment ago read the socket already (the check
             # before each task starts comes right after one).
@@ -900,6 +988,10 @@ class AMQPBroker(Broker):
         return self._state.ping()
 
     def close(self) -> None:
+        with contextlib.suppress(BrokerError):
+            self.flush_acks()
+        self._closed = True
+        self._sender_wake.set()
         for link in (self._consumer, self._publisher):
             with link.lock:
                 link.drop()

@@ -151,6 +151,20 @@ class Broker(abc.ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove finished messages; ``False`` where the lease was no longer held."""
 
+    def ack_soon(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Acknowledge finished messages within a few milliseconds, together with
+        others: a worker's consumer calls this after a task, :meth:`flush_acks` when it
+        stops.  ``False`` where the lease was no longer held.  A broker whose ack is
+        already cheap sends it at once (this default); one that holds it back
+        (RabbitMQ: docs/decisions/0035-rabbitmq-acks-sent-together.md) keeps the ack
+        late -- the task finished and its result is written -- and accepts that a
+        task finished in the last milliseconds before its process died runs again,
+        as the prefork supervisor's batched acks do (:mod:`conveyor.worker.acks`)."""
+        return self.ack(deliveries)
+
+    def flush_acks(self) -> None:  # noqa: B027 - optional hook
+        """Send what :meth:`ack_soon` holds back, now."""
+
     @abc.abstractmethod
     def requeue(self, delivery: Delivery, delay: float = 0.0, count: bool = False) -> bool:
         """Give a message back, due after ``delay`` s.

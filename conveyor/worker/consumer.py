@@ -144,7 +144,16 @@ class Consumer:
                     self._run_due()
         finally:
             self._release_held()
+            self._flush_acks()
             self.reporter.flush()
+
+    def _flush_acks(self) -> None:
+        """The loop ends: what ``ack_soon`` held back goes now, not with a reserve."""
+        try:
+            self.broker.flush_acks()
+        except BrokerError as exc:
+            log.warning("could not send the last acknowledgements (%s); the broker may hand "
+                        "those messages out again", exc)
 
     def _reserve(self) -> list[Delivery]:
         want, timeout = self._want(), self.poll
@@ -357,7 +366,7 @@ class Consumer:
         if outcome.action == ACK:
             if self.reporter.acks:
                 return  # the reporter's receiver acknowledges it, with others
-            if not broker.ack([delivery])[0]:
+            if not broker.ack_soon([delivery])[0]:
                 log.warning("ack of %s refused: its lease had lapsed or its connection broke; "
                             "the broker may hand it out again", delivery.id)
         elif outcome.action == REQUEUE:

@@ -37,7 +37,7 @@ from conveyor import signals
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.consumer import Consumer
-from conveyor.worker.execute import Executor, Outcome, call_task
+from conveyor.worker.execute import ACK, Executor, Outcome, call_task
 from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.trim import trim
@@ -148,6 +148,10 @@ class OwnLeases(SlotReporter):
         with self._lock:
             self._mine.pop(delivery.id, None)
         super().done(delivery, outcome)
+        if outcome.action == ACK:
+            # The consumer's ack_soon may still hold this ack back when the child
+            # dies: the supervisor then marks it settled (ADR 0035).
+            self._pending.append(("soon", delivery.id))
 
     def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:
         """Renew what this child holds every ``every`` s until it stops."""

@@ -15,6 +15,7 @@ A hard deadline ends the moment the task function returns
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import logging
 import signal
@@ -142,6 +143,10 @@ class Supervisor(abc.ABC):
         self._next_key = 0
         self._respawn_after = 0.0
         self._crashes = 0  # slots in a row that died young
+        # Per slot (RabbitMQ children): the delivery its last "done" report named, and
+        # the last few whose ack the child's ack_soon may still hold back (ADR 0035).
+        self._last_done: dict[int, Delivery] = {}
+        self._acked_soon: dict[int, collections.deque[Delivery]] = {}
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
         self._last_scale = 0.0
@@ -224,6 +229,13 @@ class Supervisor(abc.ABC):
                     self._write(delivery, ack, from_report(write), join_from_report(join))
                 elif ack and delivery is not None:
                     self._ack(delivery)
+                if delivery is not None:
+                    self._last_done[key] = delivery
+            elif kind == "soon":  # follows its "done": the child acks it within a few ms
+                delivery = self._last_done.get(key)
+                if delivery is not None and delivery.id == msg[1]:
+                    self._acked_soon.setdefault(key, collections.deque(maxlen=16)).append(
+                        delivery)
 
     def _ack(self, delivery: Delivery) -> None:
         with self._acks_lock:
@@ -400,9 +412,13 @@ class Supervisor(abc.ABC):
 
     # -- slots that ended -----------------------------------------------------
     def _ended(self, key: int, code: int | None) -> None:
+        self._last_done.pop(key, None)
+        acked_soon = self._acked_soon.pop(key, ())
         slot = self.book.remove_slot(key)
         if slot is None:
             return
+        if code != 0:
+            self._settle_acked_soon(acked_soon)
         running = slot.running
         if slot.abandoned or running is None:
             pass  # a cold shutdown hands everything back below, uncounted
@@ -433,6 +449,19 @@ class Supervisor(abc.ABC):
         log.error("%s; recording WorkerLostError", what)
         lost = WorkerLostError(f"Worker exited prematurely: {describe_exit(code)}.")
         self._settle_killed(lost, running, held, task)
+
+    def _settle_acked_soon(self, deliveries: Iterable[Delivery]) -> None:
+        """A child that died may have held back the acks of its last finished tasks
+        (``Broker.ack_soon``, ADR 0035): settle them from here, so that the copies
+        RabbitMQ hands out again are dropped, not run again (a redelivered copy waits
+        ``redelivery_wait`` for this, ADR 0031).  They finished: settling is right
+        whether or not the child's ack went out."""
+        for delivery in deliveries:
+            try:
+                self.app.broker.ack([delivery])
+            except BrokerError as exc:
+                log.warning("could not settle %s, finished by a slot that died: %s; it "
+                            "may run again", delivery.id, exc)
 
     def _task_of(self, delivery: Delivery) -> Task | None:
         try:
