@@ -411,3 +411,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def _no_leaked_django_settings() -> Iterator[None]:
     yield
     _drop_leaked_django_settings()
+
+
+# -- reruns keep their reason ----------------------------------------------------
+# ``make test`` reruns a failed test twice (pytest-rerunfailures); a rerun that
+# passes would otherwise leave only its name behind.  The first failure's text
+# is kept (the controller sees every xdist worker's reports) and printed at the
+# end, so a flaky test can be diagnosed from one CI log.
+_RERUN_REASONS: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun" and len(_RERUN_REASONS) < 20:
+        _RERUN_REASONS.append((report.nodeid, str(report.longrepr)[-3000:]))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _RERUN_REASONS:
+        return
+    terminalreporter.section("why tests were rerun")
+    for nodeid, text in _RERUN_REASONS:
+        terminalreporter.write_line(f"--- {nodeid}")
+        terminalreporter.write_line(text)
