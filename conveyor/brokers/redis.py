@@ -625,7 +625,8 @@ def _chunk_call(chunk: Sequence[Envelope]) -> tuple[str, Sequence[Any]]:
         append(env.body)
     if "\n" in queue:
         _refuse_newline(chunk[0])
-    return "enqueue_plain", args
+    # One message has a script of its own with the same arguments and reply.
+    return ("enqueue_one" if len(chunk) == 1 else "enqueue_plain"), args
 
 
 def _priority(env: Envelope) -> int:

@@ -90,8 +90,9 @@ def _general(broker: RedisBroker, envelopes: list[Envelope]) -> list[str]:
 
 
 def test_plain_messages_are_stored_as_enqueue_lua_stores_them(redis_url: str) -> None:
-    """Plain messages go to enqueue_plain.lua, one or a chunk at a time; the keys
-    it leaves and its answers must be enqueue.lua's."""
+    """Plain messages go to enqueue_one.lua one at a time (``enqueue``, or
+    ``enqueue_many`` of one) and to enqueue_plain.lua in chunks; the keys they
+    leave and their answers must be enqueue.lua's."""
     plain = RedisBroker(f"{redis_url}?prefix=plain")
     general = RedisBroker(f"{redis_url}?prefix=general")
     singles = [Envelope(id="a", queue="q", body=b"first"),
@@ -102,15 +103,19 @@ def test_plain_messages_are_stored_as_enqueue_lua_stores_them(redis_url: str) ->
              for i in range(5)]
     batch[3] = Envelope(id="b1", queue="q", body=b"twice in one batch", priority=3)
     batch.append(Envelope(id="c", queue="q", body=b"stored before", priority=3))
-    answers = [plain.enqueue(e) for e in singles] + plain.enqueue_many(batch)
-    expected = [_general(general, [e])[0] for e in singles] + _general(general, batch)
-    assert answers == expected == ["a", "c", "a", "d", "b0", "b1", "b2", "b1", "b4", "c"]
+    lone = Envelope(id="e", queue="q", body=b"alone in its batch", priority=2)
+    answers = ([plain.enqueue(e) for e in singles] + plain.enqueue_many(batch)
+               + plain.enqueue_many([lone]) + plain.enqueue_many([lone]))
+    expected = ([_general(general, [e])[0] for e in singles] + _general(general, batch)
+                + _general(general, [lone]) + _general(general, [lone]))
+    assert answers == expected == ["a", "c", "a", "d", "b0", "b1", "b2", "b1", "b4", "c",
+                                   "e", "e"]
     client = plain._holder.client
     stored = _contents(client, "plain")
     assert stored == _contents(client, "general")
     assert stored[":msg"][b"a"] == b"first" and stored[":msg"][b"b1"] == b"b1"
     assert [d.id for d in plain.reserve(["q", "other"], 20, lease=30, timeout=0)] == [
-        "a", "b0", "b1", "b2", "b4", "c", "d"]
+        "a", "e", "b0", "b1", "b2", "b4", "c", "d"]
 
 
 def test_a_newline_is_refused_on_the_plain_paths_too(broker: RedisBroker) -> None:
@@ -123,7 +128,7 @@ def test_a_newline_is_refused_on_the_plain_paths_too(broker: RedisBroker) -> Non
 
 
 def test_a_sender_stores_what_enqueue_stores(redis_url: str) -> None:
-    """``RedisBroker.sender`` (a ``.delay()``'s way in) packs enqueue_plain.lua's call
+    """``RedisBroker.sender`` (a ``.delay()``'s way in) packs enqueue_one.lua's call
     once per queue and priority; its keys and answers must be ``enqueue``'s."""
     tag = uuid.uuid4().hex[:8]
     sent = RedisBroker(f"{redis_url}?prefix=sent-{tag}")
