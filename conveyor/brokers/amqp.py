@@ -37,7 +37,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -49,7 +48,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from conveyor import _amqp, _amqp_guard, _amqp_revocations
+from conveyor import _amqp, _amqp_guard, _amqp_revocations, _pid
 from conveyor._amqp_confirms import Confirms
 from conveyor._amqp_guard import Guards, Verdict
 from conveyor._amqp_link import Link
@@ -75,17 +74,12 @@ _POLL_EVERY = 0.1  # seconds: extend reads the socket (heartbeats, a dropped lin
 # supervisor's AckBuffer waits as long): docs/decisions/0035-rabbitmq-acks-sent-together.md.
 _ACK_DELAY = 0.005
 _Pushed = tuple[Any, pika.BasicProperties, bytes]  # (method, properties, body)
-# This process's lease-token prefix, "<pid>-": ``_mine`` asks it of every delivery it
-# acks, renews or requeues, several times a task; kept here, and renewed after a fork.
-_token_prefix = f"{os.getpid()}-"
 
 
-def _renew_token_prefix() -> None:
-    global _token_prefix
-    _token_prefix = f"{os.getpid()}-"
-
-
-os.register_at_fork(after_in_child=_renew_token_prefix)
+def _token_prefix() -> str:
+    """This process's lease-token prefix, ``"<pid>-"`` (the pid kept by
+    :mod:`conveyor._pid`, not a system call per delivery)."""
+    return f"{_pid.current()}-"
 
 
 class _QuietProbe(logging.Filter):
@@ -514,7 +508,7 @@ class AMQPBroker(Broker):
                             int(eta) / 1000, base, parked=False, folded=folded)
         redelivered = int(headers.get("x-delivery-count", 1 if method.redelivered else 0))
         message_id = str(props.message_id)
-        token = _token_prefix + uuid.uuid4().hex
+        token = _token_prefix() + uuid.uuid4().hex
         uncounted = 0
         if redelivered or headers.get(_PARKED):
             verdict = self._guards.arrival(message_id, token, lease,
@@ -639,8 +633,8 @@ class AMQPBroker(Broker):
 
     def _wake_sender(self) -> None:
         """Start this process's ``_send_later`` thread, or wake it."""
-        if self._sender_pid != os.getpid():  # none yet here (or this is a forked copy)
-            self._sender_pid = os.getpid()
+        if self._sender_pid != _pid.current():  # none yet here (or a forked copy)
+            self._sender_pid = _pid.current()
             self._sender_wake = threading.Event()
             threading.Thread(target=self._send_later, args=(self._sender_wake,),
                              name="conveyor-amqp-acks", daemon=True).start()
@@ -724,7 +718,7 @@ class AMQPBroker(Broker):
     @staticmethod
     def _mine(delivery: Delivery) -> bool:
         """Whether this process reserved ``delivery`` (its token starts with our pid)."""
-        return delivery.token.startswith(_token_prefix)
+        return delivery.token.startswith(_token_prefix())
 
     def _settle_elsewhere(self, delivery: Delivery) -> None:
         """Settle a delivery another process's channel holds (a prefork supervisor
