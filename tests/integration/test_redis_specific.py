@@ -33,6 +33,7 @@ from conveyor.brokers.redis import RedisBroker
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError, ResultError
 from conveyor.resultstores.redis import RedisResultStore
 from tests.conftest import IN_CI
+from tests.redis_blocked import wait_blocked
 
 pytestmark = pytest.mark.redis
 
@@ -184,7 +185,7 @@ def test_consumer_producer_and_waiter_survive_a_server_restart(
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)  # the consumer is now blocked waiting for work
+        wait_blocked(producer._holder.client, consumer._holder.client, store._holder.client)
         private_redis.kill()
         with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{private_redis.port}"):
             producer.enqueue(env("lost?"))
@@ -316,7 +317,7 @@ def test_a_burst_wakes_every_blocked_consumer(broker: RedisBroker, prefixed: str
     threads = [threading.Thread(target=consume, args=(c,)) for c in consumers]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # all three are blocked now
+    wait_blocked(broker._holder.client, *(c._holder.client for c in consumers))
     start = time.monotonic()
     broker.enqueue_many([env(str(i)) for i in range(6)])
     for t in threads:
@@ -336,7 +337,7 @@ def test_a_woken_consumer_gets_its_message_from_the_same_call(broker: RedisBroke
     thread = threading.Thread(target=lambda: got.extend(
         consumer.reserve(["q"], 4, lease=30, timeout=5)))
     thread.start()
-    time.sleep(0.2)  # blocked on the wake list now
+    wait_blocked(broker._holder.client, consumer._holder.client)
     broker.enqueue(env("woken"))
     thread.join(10)
     assert [d.body for d in got] == [b"woken"] and got[0].deliveries == 1
@@ -353,8 +354,8 @@ def test_a_blocked_reserve_survives_a_script_flush(private_redis: RedisServer) -
     thread = threading.Thread(target=lambda: got.extend(
         consumer.reserve(["q"], 1, lease=30, timeout=5)))
     thread.start()
-    time.sleep(0.2)
     client = redis.Redis(port=private_redis.port)
+    wait_blocked(client, consumer._holder.client)
     client.script_flush()
     client.close()
     producer.enqueue(env("after the flush"))

@@ -13,6 +13,7 @@ from conveyor import Conveyor
 from conveyor._lua import LuaScript
 from conveyor.brokers.base import Envelope
 from conveyor.brokers.redis import ENQUEUE_CHUNK, RedisBroker, _chunk_args
+from tests.redis_blocked import wait_blocked
 
 
 def envelopes(n: int, queue: str = "q") -> list[Envelope]:
@@ -184,7 +185,7 @@ def test_delay_wakes_an_idle_consumer_and_lists_its_queue(redis_url: str) -> Non
     thread = threading.Thread(target=lambda: got.extend(
         consumer.reserve(["default"], 1, lease=30, timeout=5)))
     thread.start()
-    time.sleep(0.3)  # blocked on the wake list now
+    wait_blocked(app.broker._holder.client, consumer._holder.client)
     start = time.monotonic()
     sent = wake.delay(1)
     assert app._plain["t.wake"][3]._send is not None  # (the sender's path was taken)
