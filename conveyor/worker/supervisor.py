@@ -17,7 +17,9 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import dataclasses
 import logging
+import operator
 import signal
 import threading
 import time
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from conveyor.worker.main import Worker
 
 log = logging.getLogger("conveyor.worker")
+_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Delivery)))
 _POSTABLE = frozenset(("held", "run"))  # reports the supervisor may apply twice
 KILLED = -signal.SIGKILL  # the exit code of a killed slot
 SCALE_EVERY = 1.0  # seconds between autoscale checks (conveyor.worker.autoscale)
@@ -95,6 +98,7 @@ class SlotReporter:
 
     acks = True
     writes = True
+    pickled = True  # reports cross a pipe (a thread's are applied as they are)
 
     def __init__(self, send: Callable[[list[tuple[Any, ...]]], None],
                  board: Board | None = None) -> None:
@@ -107,7 +111,9 @@ class SlotReporter:
         self._covered = 0  # the last one the pipe said it covers
 
     def held(self, deliveries: Sequence[Delivery]) -> None:
-        self._pending.append(("held", list(deliveries)))
+        # As plain tuples: pickled (board, pipe), a fifth of a Delivery's cost.
+        self._pending.append(("held", [_fields(d) for d in deliveries] if self.pickled
+                              else list(deliveries)))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
                 message: Message | None = None, acked: bool = False) -> None:
@@ -250,7 +256,8 @@ class Supervisor(abc.ABC):
         for msg in reports:
             kind = msg[0]
             if kind == "held":
-                self.book.held(key, msg[1])
+                self.book.held(key, [d if isinstance(d, Delivery) else Delivery(*d)
+                                     for d in msg[1]])
             elif kind == "run":
                 delivery_id, task, hard_limit, report, acked, started = msg[1:]
                 self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked,
