@@ -65,13 +65,17 @@ class Panel:
 
     def active(self, safe: bool | None = None, **_: Any) -> Reply:
         pool = self.worker._pool
+        if pool is None:
+            return []
+        pool.observe()  # prefork children post their tasks' starts on a board (ADR 0039)
         return [self._request(r.delivery, key, r.started, acknowledged=False)
-                for key, r in pool.book.running_tasks()] if pool else []
+                for key, r in pool.book.running_tasks()]
 
     def reserved(self, safe: bool | None = None, **_: Any) -> Reply:
         pool = self.worker._pool
         if pool is None:
             return []
+        pool.observe()
         running = {r.delivery.id for _, r in pool.book.running_tasks()}
         return [self._request(d, None, None, acknowledged=False)
                 for d in pool.book.all_held() if d.id not in running]
@@ -86,6 +90,7 @@ class Panel:
         pool = self.worker._pool
         if pool is None or not wanted:
             return {}
+        pool.observe()
         found: dict[str, Any] = {}
         for key, r in pool.book.running_tasks():
             if _task_id(r.delivery) in wanted:

@@ -70,14 +70,22 @@ class LeaseBook:
                 slot.held[d.id] = d
 
     def running(self, key: int, delivery_id: str, task: str, hard_limit: float | None,
-                report: TaskReport | None = None, acked: bool = False) -> None:
-        """A slot started a task; ``acked``: its message is already acknowledged,
-        so it leaves the held set (no lease to renew, nothing to hand back)."""
-        now = time.monotonic()
-        if report is not None:
-            self.recorder.add(report)
+                report: TaskReport | None = None, acked: bool = False,
+                started: float | None = None) -> None:
+        """A slot started a task at ``started`` (monotonic; default now); ``acked``:
+        its message is already acknowledged, so it leaves the held set (no lease
+        to renew, nothing to hand back).
+
+        Told twice (a child's board, then its pipe: ADR 0039), the second time
+        changes nothing and records no second event."""
+        now = time.monotonic() if started is None else started
         with self._lock:
             slot = self.slots.get(key)
+            if slot is not None and slot.running is not None \
+                    and slot.running.delivery.id == delivery_id:
+                return
+            if report is not None:
+                self.recorder.add(report)
             if slot is None:
                 return
             delivery = slot.held.pop(delivery_id, None) if acked else slot.held.get(delivery_id)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from conveyor import signals
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
+from conveyor.worker.board import Board
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import ACK, Executor, Outcome, call_task
 from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
@@ -77,8 +78,10 @@ def stop_on_sigterm(stop: threading.Event) -> Callable[..., None]:
     return on_term
 
 
-def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> None:
-    """Entry point of a child process (``parent``: the supervisor's pid)."""
+def child_main(worker: Worker, conn: Connection, index: int, parent: int,
+               board: Board | None = None) -> None:
+    """Entry point of a child process (``parent``: the supervisor's pid; ``board``:
+    where it posts what it holds and runs, ADR 0039)."""
     _die_with_parent(parent)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, stop_on_sigterm(stop))
@@ -87,7 +90,7 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     app = worker.app
     limits = worker.rate_limits
     own = app.broker.leases_follow_connection
-    reporter = OwnLeases(conn.send) if own else SlotReporter(conn.send)
+    reporter = OwnLeases(conn.send, board) if own else SlotReporter(conn.send, board)
     executor = Executor(app, worker.hostname, timer=SignalTimer(),
                         run_sync=until_return(call_task, reporter.returned),
                         gate=limits.gate(lambda: app.broker) if limits else None)
@@ -134,8 +137,9 @@ class OwnLeases(SlotReporter):
     acks = False  # the consumer acknowledges each message itself
     writes = False  # so each run writes its own result, before its ack
 
-    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
-        super().__init__(send)
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None],
+                 board: Board | None = None) -> None:
+        super().__init__(send, board)
         self._mine: dict[str, Delivery] = {}
         self._lock = threading.Lock()
 
@@ -171,6 +175,7 @@ class OwnLeases(SlotReporter):
 class _Child(NamedTuple):
     process: BaseProcess
     conn: Connection
+    board: Board
 
 
 class PreforkPool(Supervisor):
@@ -180,17 +185,26 @@ class PreforkPool(Supervisor):
         super().__init__(worker)
         self.children: dict[int, _Child] = {}
         self.watch = ChildWatch()
+        # Per child: the last board sequence number its pipe said it covers, and the
+        # last one applied from the board.  A board at or below the first is stale
+        # (the pipe told more since); the lock makes "check, then apply" one step
+        # against the pipe's "covers" (the control thread reads boards too).
+        self._covered: dict[int, int] = {}
+        self._seen: dict[int, int] = {}
+        self._boards = threading.Lock()
 
     # -- the slots ---------------------------------------------------------
     def start_slot(self, key: int) -> None:
         signals.worker_before_create_process.send(sender=self)
         trim()  # the child starts with the supervisor's resident pages
         reader, writer = _CTX.Pipe(duplex=False)
-        process = _CTX.Process(target=child_main, args=(self.worker, writer, key, os.getpid()),
+        board = Board()
+        process = _CTX.Process(target=child_main,
+                               args=(self.worker, writer, key, os.getpid(), board),
                                name=f"conveyor-child-{key}", daemon=False)
         start_frozen(process)
         writer.close()
-        self.children[key] = _Child(process, reader)
+        self.children[key] = _Child(process, reader, board)
         self.watch.add(key, reader.fileno(), process.sentinel)
         log.debug("started child %d (pid %s)", key, process.pid)
 
@@ -225,20 +239,62 @@ class PreforkPool(Supervisor):
         self.drain(reports)
         return [(key, self._reap(key)) for key in exits]
 
+    def apply(self, key: int, reports: list[tuple[Any, ...]]) -> None:
+        if reports and reports[0][0] == "covers":
+            with self._boards:
+                self._covered[key] = reports[0][1]
+        super().apply(key, reports)
+
     def drain(self, keys: Iterable[int] | None = None) -> None:
+        """Take the children's reports; all of them (``keys`` None): their boards
+        first, then their pipes, which carry anything that overtook a board."""
+        if keys is None:
+            self.observe()
         for key in list(self.children) if keys is None else keys:
             child = self.children.get(key)
             with contextlib.suppress(EOFError, OSError):  # gone: its sentinel says so
                 while child is not None and self.watch.readable(key):
                     self.apply(key, child.conn.recv())
 
+    def observe(self) -> None:
+        """Apply what the children posted on their boards since their pipes last said
+        (any thread: the control thread calls it for ``inspect``)."""
+        for key, child in list(self.children.items()):
+            self._read_board(key, child.board)
+
+    def _read_board(self, key: int, board: Board) -> None:
+        with self._boards:
+            if key not in self.children:
+                return  # reaped (its board closed) meanwhile
+            covered, seen = self._covered.get(key, 0), self._seen.get(key, 0)
+            if board.seq() <= max(covered, seen):
+                return  # nothing new (the cheap case: one header read)
+            for _ in range(3):  # a read racing the child's write is torn: try again
+                posted = board.read()
+                if posted is not None:
+                    break
+            else:
+                return  # still being written, or cut short by the child's death
+            seq, reports = posted
+            if seq <= max(covered, seen):
+                return
+            self._seen[key] = seq
+            super().apply(key, reports)
+
     def _reap(self, key: int) -> int | None:
-        """Read what the child said before dying, so 'done' is not mistaken for lost."""
-        child = self.children.pop(key)
+        """Read what the child said before dying, so 'done' is not mistaken for lost:
+        its board (what it held and ran), then its pipe (what came after)."""
+        child = self.children[key]
+        self._read_board(key, child.board)
         with contextlib.suppress(EOFError, OSError):
             while child.conn.poll():
                 self.apply(key, child.conn.recv())
         child.conn.close()
+        with self._boards:
+            del self.children[key]
+            self._covered.pop(key, None)
+            self._seen.pop(key, None)
+            child.board.close()
         self.watch.remove(key)
         child.process.join(1)
         return child.process.exitcode

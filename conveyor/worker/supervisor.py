@@ -17,7 +17,9 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import dataclasses
 import logging
+import operator
 import signal
 import threading
 import time
@@ -40,6 +42,7 @@ from conveyor.exceptions import (
 from conveyor.resultstores.base import FencedWrite, JoinPart
 from conveyor.task import Task
 from conveyor.worker.acks import AckBuffer
+from conveyor.worker.board import Board
 from conveyor.worker.book import LeaseBook, Running, Slot
 from conveyor.worker.consumer import task_id_of
 from conveyor.worker.execute import ACK, REDELIVER, Executor, Outcome, failed_outcome
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
     from conveyor.worker.main import Worker
 
 log = logging.getLogger("conveyor.worker")
+_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Delivery)))
+_POSTABLE = frozenset(("held", "run"))  # reports the supervisor may apply twice
 KILLED = -signal.SIGKILL  # the exit code of a killed slot
 SCALE_EVERY = 1.0  # seconds between autoscale checks (conveyor.worker.autoscale)
 RunSync = Callable[[Task, Request], Any]
@@ -81,27 +86,55 @@ class SlotReporter:
     before the consumer waits, about one message (one supervisor wake-up) per
     task.  The supervisor acknowledges ``done`` messages for all its slots a
     few at a time (:mod:`conveyor.worker.acks`), and first writes the results
-    they carry, together (:mod:`conveyor.worker.results`)."""
+    they carry, together (:mod:`conveyor.worker.results`).
+
+    With a ``board`` (prefork children, ADR 0039), a task's start does not
+    write to the pipe when all that waits to be told is what the slot holds
+    and runs: those reports are posted on the board, which the supervisor
+    reads when it needs them, and go down the pipe with the next flush,
+    headed by ``("covers", seq)``.  A task with a hard time limit or an early
+    ack, or a start with a finished task's report still waiting, is sent at
+    once as before."""
 
     acks = True
     writes = True
+    pickled = True  # reports cross a pipe (a thread's are applied as they are)
 
-    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None]) -> None:
+    def __init__(self, send: Callable[[list[tuple[Any, ...]]], None],
+                 board: Board | None = None) -> None:
         self.send = send
+        self.board = board
         self.clock = TaskClock()
         self._pending: list[tuple[Any, ...]] = []
         self._limited: str | None = None  # the running task, when it has a hard limit
+        self._posted = 0  # the board's last sequence number
+        self._covered = 0  # the last one the pipe said it covers
 
     def held(self, deliveries: Sequence[Delivery]) -> None:
-        self._pending.append(("held", list(deliveries)))
+        # As plain tuples: pickled (board, pipe), a fifth of a Delivery's cost.
+        self._pending.append(("held", [_fields(d) for d in deliveries] if self.pickled
+                              else list(deliveries)))
 
     def running(self, delivery: Delivery, task: str, hard_limit: float | None,
                 message: Message | None = None, acked: bool = False) -> None:
         self._limited = delivery.id if hard_limit else None
         self._pending.append(("run", delivery.id, task, hard_limit,
                               self.clock.start(delivery, task, message=message).to_tuple(),
-                              acked))
-        self.flush()  # the supervisor must know at once: hard limits, a crash mid-task
+                              acked, time.monotonic()))
+        # The supervisor must know at once of a hard limit (it kills) and of an
+        # early ack (the message left the held set); anything else it reads
+        # from the board when it needs it (a crash mid-task, leases, inspect).
+        if hard_limit or acked or not self._post():
+            self.flush()
+
+    def _post(self) -> bool:
+        """Post the pending reports on the board, if they are only "held" and "run"."""
+        if self.board is None or any(r[0] not in _POSTABLE for r in self._pending):
+            return False
+        if not self.board.post(self._posted + 1, self._pending):
+            return False
+        self._posted += 1
+        return True
 
     def returned(self, delivery: Delivery) -> None:
         """The task function returned: end its hard deadline at once."""
@@ -123,6 +156,9 @@ class SlotReporter:
     def flush(self) -> None:
         if self._pending:
             reports, self._pending = self._pending, []
+            if self._posted != self._covered:  # what the board says is in this list
+                self._covered = self._posted
+                reports.insert(0, ("covers", self._posted))
             self.send(reports)
 
 
@@ -179,6 +215,11 @@ class Supervisor(abc.ABC):
         """Take every report sent so far (before renewing leases or killing)."""
         return None  # threads apply their reports themselves
 
+    def observe(self) -> None:
+        """Bring the book up to date with what slots run now, from any thread
+        (``inspect``); a pool whose slots post on a board reads it here."""
+        return None  # threads apply their reports themselves
+
     def wake(self) -> None:
         """Cut :meth:`wait` short."""
         return None
@@ -215,10 +256,12 @@ class Supervisor(abc.ABC):
         for msg in reports:
             kind = msg[0]
             if kind == "held":
-                self.book.held(key, msg[1])
+                self.book.held(key, [d if isinstance(d, Delivery) else Delivery(*d)
+                                     for d in msg[1]])
             elif kind == "run":
-                delivery_id, task, hard_limit, report, acked = msg[1:]
-                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked)
+                delivery_id, task, hard_limit, report, acked, started = msg[1:]
+                self.book.running(key, delivery_id, task, hard_limit, TaskReport(*report), acked,
+                                  started)
             elif kind == "ret":
                 self.book.returned(key, msg[1])
             elif kind == "done":
@@ -323,6 +366,7 @@ class Supervisor(abc.ABC):
             recycle, self._recycle = self._recycle, False
             serving = [k for k, slot in self.book.slots.items() if not slot.retiring]
             if recycle or len(serving) > self.worker.concurrency:
+                self.drain()  # which slots are busy: an idle one retires first
                 busy = {key for key, _ in self.book.running_tasks()}
                 idle_first = sorted(serving, key=lambda k: k in busy)
                 excess = len(serving) - self.worker.concurrency
@@ -349,6 +393,7 @@ class Supervisor(abc.ABC):
             self._autoscale(now)
         if now - self._last_beat >= self.worker.heartbeat_interval:
             self._last_beat = now
+            self.drain()  # what runs now: revocations, the heartbeat, task-started events
             self._terminate_revoked()
             self.worker.heartbeat(self.book, len(self.book.slots))
         elif self.book.recorder.pending >= FLUSH_AT_REPORTS:

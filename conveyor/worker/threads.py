@@ -44,6 +44,8 @@ class SlotKilled(SystemExit):
 class _ThreadReporter(SlotReporter):
     """A consumer thread's reports, applied at once by the supervisor's ``apply``."""
 
+    pickled = False
+
     def __init__(self, pool: ThreadPool, key: int) -> None:
         super().__init__(functools.partial(pool.apply, key))
         self.book, self.key = pool.book, key

@@ -5,6 +5,7 @@ PostgreSQL and RabbitMQ brokers too).
 * The whole worker SIGKILLed with 100 tasks leased: another worker has them
   within one lease, and every one completes.
 * One prefork child SIGKILLed mid-task: its task is handed back at once.
+  So too when the child told of the task only on its board (ADR 0039).
 * A task holding the GIL in C for three leases: its lease is kept by the
   supervisor, so it runs exactly once.
 * Poison tasks (segfault, ``os._exit``, running out of memory): dead-lettered
@@ -100,6 +101,25 @@ def test_sigkill_of_one_child_mid_task(client: Conveyor, workers: Workers, ledge
     assert recovery < LEASE, "a dead child's task goes back at once, not after its lease"
     assert worker.poll() is None
     wait_for(lambda: len(children_of(worker.pid)) == 2, 10, "the dead child to be replaced")
+
+
+def test_sigkill_of_a_child_whose_task_start_was_only_on_its_board(
+        client: Conveyor, workers: Workers, ledger: Ledger, backend: str) -> None:
+    """One message at a time, no hard limit: the child told its supervisor of the
+    task only on its board (ADR 0039), never down its pipe.  The supervisor reads
+    the board when the child dies, so the task still goes back at once."""
+    ids = send(client, "sleep", 1.0, count=3)
+    worker = workers.start("-c", "1", "--prefetch-multiplier", "1")
+    wait_for(lambda: len(ledger.events("start")) >= 1, 30, "the first task to start")
+    _, victim, _, pid = ledger.events("start")[0]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: ledger.count("start")[victim] >= 2, LEASE + 10, "the killed task to rerun")
+    recovery = time.monotonic() - killed_at
+    wait_for(lambda: settled(client.broker, ledger, ids), 60, "every task to complete")
+    assert_nothing_lost(total_queue(client.broker, ledger, ids), may_repeat={victim})
+    assert recovery < LEASE, "a dead child's task goes back at once, not after its lease"
+    assert worker.poll() is None
 
 
 def test_a_task_holding_the_gil_for_three_leases_runs_once(
