@@ -36,7 +36,7 @@ class _Factory:
 _FACTORY = _Factory()
 
 
-def _covered(cls: type) -> bool:
+def _covered(cls: Any) -> bool:
     fields = dataclasses.fields(cls)
     return (hasattr(cls, "__slots__") and not hasattr(cls, "__post_init__")
             and all(f.init and f.kw_only is not True for f in fields)
@@ -70,9 +70,10 @@ def quick_init(cls: C) -> C:
     init = names["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
-    init.__annotations__ = dict(getattr(cls.__init__, "__annotations__", {}))
-    init.__doc__ = cls.__init__.__doc__
-    cls.__init__ = init  # type: ignore[misc]
+    generated = vars(cls)["__init__"]
+    init.__annotations__ = dict(generated.__annotations__)
+    init.__doc__ = generated.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 -- mypy refuses the assignment
     return cls
 
 
@@ -89,7 +90,8 @@ def from_mapping(cls: type[T]) -> Callable[[Mapping[str, Any]], T]:
         raise TypeError(f"{cls.__qualname__} is not a frozen, slotted dataclass quick_init covers")
     names: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_FACTORY": _FACTORY}
     body = ["    self = _new(_cls)", "    get = fields.get"]
-    for f in dataclasses.fields(cls):
+    klass: Any = cls
+    for f in dataclasses.fields(klass):
         names[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
         if f.default is not dataclasses.MISSING:
             names[f"_default_{f.name}"] = f.default

@@ -212,7 +212,8 @@ def dumps_json(value: Any) -> str:
     return "".join(_COMPACT(value, 0))
 
 
-_SCAN = json.JSONDecoder().scan_once  # json.loads's own decoder settings (no hooks)
+# json.loads's own decoder settings (no hooks); scan_once is set in its __init__.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def loads_json(text: str) -> Any:
