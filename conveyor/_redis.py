@@ -787,11 +787,17 @@ def call_packed(client: redis.Redis, packed: bytes) -> Any:
     """:func:`call` for a command already packed (a send path that keeps its
     constant arguments packed, ``RedisBroker.sender``)."""
     pool = client.connection_pool
-    conn = lend(pool)
+    if not isinstance(pool, _DropsIdleOnFailure):
+        conn = pool.get_connection()
+        try:
+            return exchange(conn, packed)
+        finally:
+            pool.release(conn)
+    conn = pool.lend()  # lend() and give_back() without their dispatch: one call each fewer
     try:
         return exchange(conn, packed)
     finally:
-        give_back(pool, conn)
+        pool.give_back(conn)
 
 
 def exchange(conn: Any, packed: bytes) -> Any:

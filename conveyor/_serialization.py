@@ -11,11 +11,12 @@ that silently turns into a string would be found much later, by a user.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import pickle
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -91,6 +92,18 @@ def check_accepted(content_type: str, accept_content: list[str]) -> None:
             f"refusing content type {content_type!r}: accept_content allows only "
             f"{sorted(accepted)}"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _accepted(content_type: str, accept_content: tuple[str, ...]) -> None:
+    check_accepted(content_type, list(accept_content))
+
+
+def check_accepted_once(content_type: str, accept_content: Sequence[str]) -> None:
+    """:func:`check_accepted`, worked out once per content type and setting: every
+    message a worker takes and every result a client reads passes here.  A
+    refusal is an exception, which is not kept, so it is raised every time."""
+    _accepted(content_type, tuple(accept_content))
 
 
 def _tagged(value: Any) -> Any:
@@ -197,6 +210,30 @@ _COMPACT = _compact_encoder()
 def dumps_json(value: Any) -> str:
     """Compact JSON text; callers have already made ``value`` jsonable."""
     return "".join(_COMPACT(value, 0))
+
+
+# json.loads's own decoder settings (no hooks); scan_once is set in its __init__.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads(text)``: the same value, or the same exception, sooner.
+
+    ``json.loads`` runs a regular expression before the scanner (leading
+    whitespace) and one after it (trailing whitespace), and two Python calls
+    around them: ~1 µs of the ~2 µs a message body takes.  A document
+    Conveyor wrote has no whitespace around it, so the scanner is called
+    directly, and ``json.loads`` runs only when the scanner did not start at
+    the first character or stopped before the last (whitespace, or an error
+    for it to raise as it always has).
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 def utf8(text: str, named: Callable[[], Iterable[tuple[str, Any]]]) -> bytes:

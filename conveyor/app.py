@@ -404,7 +404,10 @@ class Conveyor:
             return None
         at = time.monotonic()
         made, sent = sends.send(tuple(args) if args else (), dict(kwargs) if kwargs else {})
-        return self._sent_result(sent, made, name, at)
+        result = self.AsyncResult(sent, task_name=name)  # as _sent_result, one call fewer
+        if sent == made:
+            result._sent = at
+        return result
 
     def _plain_sends(self, name: str, task: Task, broker: Broker) -> PlainSends | None:
         """The template of ``task``'s calls without options; None when its messages

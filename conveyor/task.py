@@ -381,8 +381,9 @@ class Task(Generic[P, R]):
         """
         from conveyor import _eager as eager
 
-        if self.options.typing:
-            self._check_arguments(tuple(args or ()), dict(kwargs or {}))
+        if self.options.typing:  # a delay()'s tuple and dict as they are: nothing changes them
+            self._check_arguments(args if type(args) is tuple else tuple(args or ()),
+                                  kwargs if type(kwargs) is dict else dict(kwargs or {}))
         return eager.apply(self, args, kwargs, **options)
 
     # -- hooks (Celery's; the worker calls them, see conveyor._hooks) --------

@@ -124,7 +124,6 @@ from conveyor._redis import (
     can_pack,
     give_back,
     lend,
-    pack_tail,
     packed_head,
     parse_redis_url,
     retry_read,
@@ -240,7 +239,9 @@ class RedisBroker(Broker):
         holder = self._holder
 
         def send(message_id: str, body: bytes) -> str:
-            packed = head + pack_tail(message_id, body)
+            encoded = message_id.encode()  # as pack_tail packs them, in one step
+            packed = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (head, len(encoded), encoded,
+                                                           len(body), body)
             try:
                 try:
                     reply = call_packed(holder.client, packed)

@@ -9,7 +9,6 @@ re-raise the same type when it can import it.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import logging
@@ -17,12 +16,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor import states
+from conveyor._frozen import from_mapping, quick_init
 from conveyor._serialization import (
     JSON,
-    check_accepted,
+    check_accepted_once,
     decode_payload,
     dumps_json,
     encode_payload,
+    loads_json,
     to_jsonable,
     utf8,
 )
@@ -102,14 +103,15 @@ class ResultRecord:
     @classmethod
     def decode(cls, payload: bytes, accept_content: list[str] | None = None) -> ResultRecord:
         """Parse a stored record; fields this version does not know are dropped."""
-        doc = json.loads(payload.decode())  # records are UTF-8: skip loads' sniffing
+        doc = loads_json(payload.decode())  # records are UTF-8: skip loads' sniffing
         content_type = doc.get("content_type", JSON)
         if accept_content is not None:
-            _check_accepted(content_type, tuple(accept_content))
-        doc["result"] = decode_payload(doc.get("result"), content_type)
-        if not doc.keys() <= _FIELDS:
-            doc = {k: v for k, v in doc.items() if k in _FIELDS}
-        return cls(**doc)
+            check_accepted_once(content_type, accept_content)
+        result = doc.get("result")
+        if type(result) not in _JSON_SCALARS or content_type != JSON:
+            result = decode_payload(result, content_type)
+        doc["result"] = result
+        return _make_record(doc)
 
     def exception(self) -> BaseException:
         """Rebuild the task's exception, the same type where it can be imported."""
@@ -127,6 +129,8 @@ class ResultRecord:
         return exc
 
 
+quick_init(ResultRecord)
+_make_record = from_mapping(ResultRecord)
 _FIELD_ORDER = tuple(ResultRecord.__dataclass_fields__)
 # encode() writes task_id, state and result first, then these in field order.
 _FIELDS = frozenset(_FIELD_ORDER)
@@ -178,13 +182,6 @@ class Attempt:
         if stored.sent == self.sent:
             return (stored.retries, stored.deliveries) > (self.retries, self.deliveries)
         return stored.retries > self.retries and stored.sent > self.sent
-
-
-@functools.lru_cache(maxsize=64)
-def _check_accepted(content_type: str, accept_content: tuple[str, ...]) -> None:
-    """check_accepted, once per (type, setting): every AsyncResult read passes here.
-    A refusal raises, and exceptions are not cached, so it raises every time."""
-    check_accepted(content_type, list(accept_content))
 
 
 def _safe_jsonable(value: Any) -> Any:
