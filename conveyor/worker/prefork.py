@@ -38,7 +38,7 @@ from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import ACK, Executor, Outcome, call_task
-from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
+from conveyor.worker.supervisor import SOON, SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.trim import trim
 from conveyor.worker.watch import ChildWatch
@@ -145,12 +145,27 @@ class OwnLeases(SlotReporter):
         super().held(deliveries)
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Report a finished task.  Its result is written here (never by the
+        supervisor); one the consumer still holds (``outcome.write``, ADR 0038)
+        stays renewed until :meth:`written`."""
+        held = outcome.write is not None
+        if not held:
+            with self._lock:
+                self._mine.pop(delivery.id, None)
+        report = self.clock.finish(delivery, outcome)
+        # SOON: the consumer's ack_soon may still hold this ack back when the child
+        # dies; the supervisor then marks it settled (ADR 0035).  A held result's
+        # message is not acknowledged yet: its "written" report says when it is.
+        self._pending.append(("done", delivery.id, outcome.state,
+                              SOON if outcome.action == ACK and not held else False,
+                              report and report.to_tuple(), None, None))
+
+    def written(self, delivery: Delivery, acked: bool) -> None:
+        """A held result was written and its message acknowledged with ``ack_soon``
+        (``acked``), or handed back: stop renewing it."""
         with self._lock:
             self._mine.pop(delivery.id, None)
-        super().done(delivery, outcome)
-        if outcome.action == ACK:
-            # The consumer's ack_soon may still hold this ack back when the child
-            # dies: the supervisor then marks it settled (ADR 0035).
+        if acked:
             self._pending.append(("soon", delivery.id))
 
     def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:

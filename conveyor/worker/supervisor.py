@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _workflow as workflow
+from conveyor import states
 from conveyor._context import Request
 from conveyor._events import FLUSH_AT_REPORTS, TaskClock, TaskReport, killed_report
 from conveyor._message import Message
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 KILLED = -signal.SIGKILL  # the exit code of a killed slot
+#: A "done" report's ack field when the child acknowledged the message itself with
+#: ``ack_soon`` (RabbitMQ, ADR 0035): no separate report per task says so.
+SOON = "soon"
+_SOON_KEPT = 32  # per slot: finished deliveries whose held-back acks are remembered
 SCALE_EVERY = 1.0  # seconds between autoscale checks (conveyor.worker.autoscale)
 RunSync = Callable[[Task, Request], Any]
 
@@ -143,9 +148,10 @@ class Supervisor(abc.ABC):
         self._next_key = 0
         self._respawn_after = 0.0
         self._crashes = 0  # slots in a row that died young
-        # Per slot (RabbitMQ children): the delivery its last "done" report named, and
-        # the last few whose ack the child's ack_soon may still hold back (ADR 0035).
-        self._last_done: dict[int, Delivery] = {}
+        # Per slot (RabbitMQ children): the deliveries of its last "done" reports
+        # whose acks are still to come (a held result, ADR 0038), and the last few
+        # whose ack the child's ack_soon may still hold back (ADR 0035).
+        self._last_done: dict[int, dict[str, Delivery]] = {}
         self._acked_soon: dict[int, collections.deque[Delivery]] = {}
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
@@ -225,17 +231,32 @@ class Supervisor(abc.ABC):
                 delivery_id, state, ack, report, write, join = msg[1:]
                 delivery = self.book.done(key, delivery_id, state,
                                           report and TaskReport(*report))
-                if write is not None:  # written (even if the slot was given up), then acked
+                if ack == SOON:  # the child acknowledged it itself, within a few ms
+                    if delivery is not None:
+                        self._soon(key, delivery)
+                elif write is not None:  # written (even if the slot was given up), then acked
                     self._write(delivery, ack, from_report(write), join_from_report(join))
                 elif ack and delivery is not None:
                     self._ack(delivery)
+                elif delivery is not None and state == states.SUCCESS:
+                    self._unacked_done(key, delivery)
+            elif kind == "soon":  # its held result written, the child acks it (ADR 0038)
+                delivery = self._last_done.get(key, {}).pop(msg[1], None)
                 if delivery is not None:
-                    self._last_done[key] = delivery
-            elif kind == "soon":  # follows its "done": the child acks it within a few ms
-                delivery = self._last_done.get(key)
-                if delivery is not None and delivery.id == msg[1]:
-                    self._acked_soon.setdefault(key, collections.deque(maxlen=16)).append(
-                        delivery)
+                    self._soon(key, delivery)
+
+    def _soon(self, key: int, delivery: Delivery) -> None:
+        """The child acknowledges ``delivery`` with ``ack_soon``: settle it from here
+        if the child dies (:meth:`_settle_acked_soon`)."""
+        self._acked_soon.setdefault(key, collections.deque(maxlen=_SOON_KEPT)).append(delivery)
+
+    def _unacked_done(self, key: int, delivery: Delivery) -> None:
+        """A finished delivery whose child writes its result, then acknowledges it
+        (its "soon" report follows); the last ``_SOON_KEPT`` per slot are kept."""
+        done = self._last_done.setdefault(key, {})
+        done[delivery.id] = delivery
+        if len(done) > _SOON_KEPT:
+            del done[next(iter(done))]
 
     def _ack(self, delivery: Delivery) -> None:
         with self._acks_lock:
