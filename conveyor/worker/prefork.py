@@ -26,6 +26,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -87,7 +88,8 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     app = worker.app
     limits = worker.rate_limits
     own = app.broker.leases_follow_connection
-    reporter = OwnLeases(conn.send) if own else SlotReporter(conn.send)
+    send = reports_sender(conn)
+    reporter = OwnLeases(send) if own else SlotReporter(send)
     executor = Executor(app, worker.hostname, timer=SignalTimer(),
                         run_sync=until_return(call_task, reporter.returned),
                         gate=limits.gate(lambda: app.broker) if limits else None)
@@ -106,6 +108,21 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int) -> Non
     finally:
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     conn.close()
+
+
+def reports_sender(conn: Connection) -> Callable[[list[tuple[Any, ...]]], None]:
+    """Send a child's reports with plain ``pickle`` (read by :func:`read_reports`).
+
+    ``Connection.send`` builds a ``ForkingPickler`` (a class with reducers for
+    sockets and descriptors, none of which a report holds) per call: ~3.3 µs
+    against ~0.8 for ``pickle.dumps`` of a task's reports, once or twice a task."""
+    send_bytes, dumps, protocol = conn.send_bytes, pickle.dumps, pickle.HIGHEST_PROTOCOL
+    return lambda reports: send_bytes(dumps(reports, protocol))
+
+
+def read_reports(conn: Connection) -> list[tuple[Any, ...]]:
+    reports: list[tuple[Any, ...]] = pickle.loads(conn.recv_bytes())
+    return reports
 
 
 def start_frozen(process: BaseProcess) -> None:
@@ -245,14 +262,14 @@ class PreforkPool(Supervisor):
             child = self.children.get(key)
             with contextlib.suppress(EOFError, OSError):  # gone: its sentinel says so
                 while child is not None and self.watch.readable(key):
-                    self.apply(key, child.conn.recv())
+                    self.apply(key, read_reports(child.conn))
 
     def _reap(self, key: int) -> int | None:
         """Read what the child said before dying, so 'done' is not mistaken for lost."""
         child = self.children.pop(key)
         with contextlib.suppress(EOFError, OSError):
             while child.conn.poll():
-                self.apply(key, child.conn.recv())
+                self.apply(key, read_reports(child.conn))
         child.conn.close()
         self.watch.remove(key)
         child.process.join(1)
