@@ -77,13 +77,14 @@ class OwnResults:
     def add(self, delivery: Delivery, write: FencedWrite) -> None:
         """Hold ``write``; ``delivery`` is acknowledged once it is written."""
         with self._lock:
-            if not self._pending:
+            first = not self._pending
+            if first:
                 self._since = time.monotonic()
             self._pending.append((delivery, write))
             full = len(self._pending) >= self.max_batch
         if full:
             self.flush()
-        else:
+        elif first:  # the thread saw none held, or is on its way to: wake it
             self._start_thread()
             self._wake.set()
 
