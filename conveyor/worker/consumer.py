@@ -277,12 +277,16 @@ class Consumer:
 
     def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
         """Settle and report one message; nothing a message holds may end the loop."""
-        if self._own is not None and outcome.write is not None and outcome.action == ACK:
-            try:  # reported first: the "written" report must follow its "done"
-                self.reporter.done(delivery, outcome)
-            finally:
-                self._own.add(delivery, outcome.write)  # acknowledged once written
-            return
+        if self._own is not None and outcome.write is not None:
+            if outcome.action == ACK:
+                try:  # reported first: the "written" report must follow its "done"
+                    self.reporter.done(delivery, outcome)
+                finally:
+                    self._own.add(delivery, outcome.write)  # acknowledged once written
+                return
+            # Acknowledged before it ran (acks_late=False): nothing to hold back.
+            self._write_now(delivery, outcome)
+            outcome = dataclasses.replace(outcome, write=None)
         try:
             self._settle(delivery, outcome)
         except Exception:
@@ -291,6 +295,23 @@ class Consumer:
             self.reporter.done(delivery, outcome)
         except Exception:
             log.exception("could not report the end of %s", delivery.id)
+
+    def _write_now(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Write a result left in ``outcome`` whose message needs no ack from here
+        (it was acknowledged before the run), retried through a blip for a lease."""
+        assert outcome.write is not None
+        deadline = time.monotonic() + self.lease
+        store, ttl = self.executor.app.backend, self.executor.app.conf.result_expires
+        while True:
+            try:
+                store.set_many_fenced_and_join([(outcome.write, None)], ttl)
+                return
+            except ResultError as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not store the result of %s (%s); it was acknowledged "
+                              "before it ran, so it is not run again", delivery.id, exc)
+                    return
+                time.sleep(self._backoff.next_delay())
 
     def _after_write(self, deliveries: list[Delivery], stored: bool) -> None:
         """Held results were written (or refused by the fence): acknowledge their

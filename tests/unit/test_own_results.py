@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from conveyor import states
 from conveyor.brokers.base import Delivery
 from conveyor.worker.own_results import OwnResults
@@ -79,3 +81,62 @@ def test_the_thread_writes_what_waited_its_delay() -> None:
     held(store, after, 2, delay=0.001)
     assert after.called.wait(5)  # no flush from the caller: the thread did it
     assert after.calls == [(["m0", "m1"], True, [True, True])]
+
+
+class OwnReporter:
+    """A reporter like a RabbitMQ child's (``OwnLeases``): the consumer acknowledges,
+    and is told when a held result was written."""
+
+    acks = False
+    writes = False
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.events: list[tuple[str, str, bool]] = []
+
+    def held(self, deliveries: object) -> None: ...
+    def running(self, *args: object, **kwargs: object) -> None: ...
+    def flush(self) -> None: ...
+
+    def done(self, delivery: Delivery, outcome: object) -> None:
+        self.events.append(("done", delivery.id, getattr(outcome, "write", None) is not None))
+
+    def written(self, delivery: Delivery, acked: bool) -> None:
+        stored = self.store.get(delivery.id) is not None  # type: ignore[attr-defined]
+        self.events.append(("written", delivery.id, acked and stored))
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_busy_consumer_holds_results_and_writes_every_one(late: bool) -> None:
+    """Late acks: held, written together, acknowledged after.  ``acks_late=False``:
+    acknowledged before the run, so its result is written at once, not held."""
+    import uuid
+
+    from conveyor import Conveyor
+    from conveyor.worker.consumer import Consumer
+    from conveyor.worker.execute import Executor
+
+    app = Conveyor("own", broker=f"memory://own-{uuid.uuid4().hex}",
+                   backend=f"memory://own-{uuid.uuid4().hex}", set_as_current=False)
+
+    @app.task(name="double", acks_late=late)
+    def double(x: int) -> int:
+        return 2 * x
+
+    ids = [app.send_task("double", [i]).id for i in range(4)]
+    reporter = OwnReporter(app.backend)
+    consumer = Consumer(Executor(app, "host"), lambda: app.broker, ["default"], 4, 30.0,
+                        reporter, threading.Event(), max_tasks=4, poll=0.01)
+    consumer.run()
+    assert [app.AsyncResult(i).get(timeout=1) for i in ids] == [0, 2, 4, 6]
+    assert app.broker.stats(["default"])[0].ready == 0
+    done = [e for e in reporter.events if e[0] == "done"]
+    written = [e for e in reporter.events if e[0] == "written"]
+    if late:
+        assert [e[2] for e in done] == [True, True, True, True]  # all held: a prefetch of 4
+        assert sorted(e[1] for e in written) == sorted(ids)
+        assert all(ok for _, _, ok in written)  # stored before each was acknowledged
+        assert reporter.events.index(done[-1]) < reporter.events.index(written[0])
+    else:
+        assert written == [] and [e[2] for e in done] == [False] * 4
+    app.close()
