@@ -39,7 +39,8 @@ from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import ACK, Executor, Outcome, call_task
-from conveyor.worker.supervisor import SOON, SlotReporter, Supervisor, until_return
+from conveyor.worker.results import as_report
+from conveyor.worker.supervisor import HELD, SOON, SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.trim import trim
 from conveyor.worker.watch import ChildWatch
@@ -171,11 +172,17 @@ class OwnLeases(SlotReporter):
                 self._mine.pop(delivery.id, None)
         report = self.clock.finish(delivery, outcome)
         # SOON: the consumer's ack_soon may still hold this ack back when the child
-        # dies; the supervisor then marks it settled (ADR 0035).  A held result's
-        # message is not acknowledged yet: its "written" report says when it is.
-        self._pending.append(("done", delivery.id, outcome.state,
-                              SOON if outcome.action == ACK and not held else False,
-                              report and report.to_tuple(), None, None))
+        # dies; the supervisor then marks it settled (ADR 0035).  HELD: the result is
+        # not written yet, and goes along, for the supervisor to write and settle if
+        # the child dies first (ADR 0038); its "written" report says when it was.
+        flag: str | bool
+        write: tuple[Any, ...] | None
+        if held and outcome.write is not None:
+            flag, write = HELD, as_report(outcome.write)
+        else:
+            flag, write = (SOON if outcome.action == ACK else False), None
+        self._pending.append(("done", delivery.id, outcome.state, flag,
+                              report and report.to_tuple(), write, None))
 
     def written(self, delivery: Delivery, acked: bool) -> None:
         """A held result was written and its message acknowledged with ``ack_soon``
