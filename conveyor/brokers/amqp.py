@@ -395,6 +395,7 @@ class AMQPBroker(Broker):
               lease: float, poll: bool, reroutes: list[_Reroute]) -> list[Delivery]:
         # The acks held back go first, in one frame, with this call's read: RabbitMQ
         # pushes their replacements as soon as it has them.
+        acked = bool(self._later)
         self._ack_tags(ch, [], flush=False)
         self._expire(ch)
         self._stop_consuming(ch, queues)
@@ -403,13 +404,18 @@ class AMQPBroker(Broker):
             self._declare(self._consumer, queue)
             self._consume(ch, queue, count)
         self._feed.subscribe(ch.connection, self._consumer.generation)
-        ch.connection.process_data_events(0 if poll else _WAIT_SLICE)
+        # Acks that made room in the consumers' windows: RabbitMQ pushes what is
+        # queued into that room, so this read waits for those pushes (it returns
+        # with the first) instead of asking with basic.get, a round trip as long
+        # and dearer for both sides (docs/performance.md, round two, fifth pass).
+        replacing = poll and acked and not fresh
+        ch.connection.process_data_events(_WAIT_SLICE if replacing or not poll else 0)
         self._read_at = time.monotonic()
         out: list[Delivery] = []
         for queue in queues:
             before = len(out)
             self._from_pushed(ch, queue, count, lease, out, reroutes)
-            pushed = len(out) > before
+            pushed = len(out) > before or replacing
             while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
                                                              pushed):
                 more = self._get_one(ch, queue)

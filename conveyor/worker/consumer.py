@@ -48,6 +48,7 @@ from conveyor.worker.execute import (
     Executor,
     Outcome,
 )
+from conveyor.worker.own_results import OwnResults
 
 log = logging.getLogger("conveyor.worker")
 
@@ -123,6 +124,13 @@ class Consumer:
         # Results may be left to the reporter's receiver, to be written together
         # with others before the ack (conveyor/worker/results.py).
         self._hand_off = reporter.acks and getattr(reporter, "writes", False)
+        # A consumer that acknowledges its own messages (RabbitMQ's prefork children)
+        # writes the results it holds together, before their acks (ADR 0038).
+        self._written: Callable[[Delivery, bool], None] | None = getattr(
+            reporter, "written", None)
+        self._own = None if reporter.acks or self._written is None else OwnResults(
+            lambda: executor.app.backend, executor.app.conf.result_expires, lease,
+            self._after_write)
 
     @property
     def broker(self) -> Broker:
@@ -136,6 +144,8 @@ class Consumer:
         """
         try:
             while not self.stop.is_set() and not self._should_recycle():
+                if self._own is not None:  # their acks let the broker push more
+                    self._own.flush()
                 self.reporter.flush()
                 batch = self._reserve()
                 if batch:
@@ -144,6 +154,8 @@ class Consumer:
                     self._run_due()
         finally:
             self._release_held()
+            if self._own is not None:
+                self._own.flush()
             self._flush_acks()
             self.reporter.flush()
 
@@ -210,7 +222,10 @@ class Consumer:
             # A result is handed off only while more work waits: later messages
             # of this batch, or a backlog (the reserve filled a prefetch of
             # several).  A lone result is written at once by its own run.
-            more = self._hand_off and (index + 1 < len(batch) or backlog)
+            more = (self._hand_off or self._own is not None) and (
+                index + 1 < len(batch) or backlog)
+            if self._own is not None and self._own.due():
+                self._own.flush()
             outcome = self._execute(delivery, task_id_of(delivery) in revoked, more)
             self._conclude(delivery, outcome, reserved)
 
@@ -262,6 +277,16 @@ class Consumer:
 
     def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
         """Settle and report one message; nothing a message holds may end the loop."""
+        if self._own is not None and outcome.write is not None:
+            if outcome.action == ACK:
+                try:  # reported first: the "written" report must follow its "done"
+                    self.reporter.done(delivery, outcome)
+                finally:
+                    self._own.add(delivery, outcome.write)  # acknowledged once written
+                return
+            # Acknowledged before it ran (acks_late=False): nothing to hold back.
+            self._write_now(delivery, outcome)
+            outcome = dataclasses.replace(outcome, write=None)
         try:
             self._settle(delivery, outcome)
         except Exception:
@@ -270,6 +295,66 @@ class Consumer:
             self.reporter.done(delivery, outcome)
         except Exception:
             log.exception("could not report the end of %s", delivery.id)
+
+    def _write_now(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Write a result left in ``outcome`` whose message needs no ack from here
+        (it was acknowledged before the run), retried through a blip for a lease."""
+        assert outcome.write is not None
+        deadline = time.monotonic() + self.lease
+        store, ttl = self.executor.app.backend, self.executor.app.conf.result_expires
+        while True:
+            try:
+                store.set_many_fenced_and_join([(outcome.write, None)], ttl)
+                return
+            except ResultError as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not store the result of %s (%s); it was acknowledged "
+                              "before it ran, so it is not run again", delivery.id, exc)
+                    return
+                time.sleep(self._backoff.next_delay())
+
+    def _after_write(self, deliveries: list[Delivery], stored: bool) -> None:
+        """Held results were written (or refused by the fence): acknowledge their
+        messages together; not ``stored``: the store stayed away, hand them back."""
+        if stored:
+            try:
+                acked = self._ack_soon(deliveries)
+            except Exception:
+                log.exception("could not acknowledge %d messages; their leases will hand "
+                              "them out again", len(deliveries))
+                acked = [False] * len(deliveries)
+        else:
+            for delivery in deliveries:
+                self._finish_settle(delivery, Outcome(REQUEUE, reason="result not stored"))
+            acked = [False] * len(deliveries)
+        if self._written is not None:
+            for delivery, ok in zip(deliveries, acked, strict=True):
+                self._written(delivery, ok)
+
+    def _ack_soon(self, deliveries: list[Delivery]) -> list[bool]:
+        """``Broker.ack_soon`` for several, retried through a blip (as ``_settle``)."""
+        deadline = time.monotonic() + self.lease
+        while True:
+            try:
+                acked = self.broker.ack_soon(deliveries)
+                break
+            except BrokerError as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not acknowledge %d messages (%s); their leases will "
+                              "hand them out again", len(deliveries), exc)
+                    return [False] * len(deliveries)
+                time.sleep(self._backoff.next_delay())
+        for delivery, ok in zip(deliveries, acked, strict=True):
+            if not ok:
+                log.warning("ack of %s refused: its lease had lapsed or its connection "
+                            "broke; the broker may hand it out again", delivery.id)
+        return acked
+
+    def _finish_settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        try:
+            self._settle(delivery, outcome)
+        except Exception:
+            log.exception("could not settle %s; its lease will hand it out again", delivery.id)
 
     def _still_held(self, delivery: Delivery, reserved: float) -> bool | None:
         """Is a message that waited in the prefetch buffer for half a lease still ours?
@@ -304,7 +389,8 @@ class Consumer:
     def _execute(self, delivery: Delivery, revoked: bool, hand_off: bool = False) -> Outcome:
         try:
             return self.executor.execute(delivery, revoked=revoked,
-                                         on_start=self._on_start(delivery), hand_off=hand_off)
+                                         on_start=self._on_start(delivery), hand_off=hand_off,
+                                         joins=self._hand_off)
         except _AckRefused:
             return Outcome(REQUEUE, reason="lease lost before an early ack")
         except (BrokerError, ResultError) as exc:

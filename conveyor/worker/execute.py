@@ -85,10 +85,12 @@ class Executor:
         self._run_sync = run_sync or call_task
         self.gate = gate  # rate limits (conveyor.worker.ratelimit); None: no task has one
         self._may_hand_off = False  # for the delivery being executed (see execute)
+        self._hand_joins = True  # ... and whether a chord header's join may go with it
 
     # -- entry point -------------------------------------------------------
     def execute(self, delivery: Delivery, revoked: bool = False,
-                on_start: OnStart | None = None, hand_off: bool = False) -> Outcome:
+                on_start: OnStart | None = None, hand_off: bool = False,
+                joins: bool = True) -> Outcome:
         """Run one delivery end to end and say what to do with it.
 
         ``on_start(task_name, hard_limit, message)`` is called just before the
@@ -96,9 +98,11 @@ class Executor:
         ``hand_off``: the caller has more work in hand and a supervisor that
         writes results before it acknowledges, so a success whose write
         nothing here waits for is returned in :attr:`Outcome.write` instead
-        of written now (:meth:`_may_defer`).
+        of written now (:meth:`_may_defer`); ``joins``: a chord header's join
+        may go with it (its taker sends a body the join completes).
         """
         self._may_hand_off = hand_off
+        self._hand_joins = joins
         if self.max_bytes is not None and len(delivery.body) > self.max_bytes:
             return announce.rejected(self, delivery, None, Outcome(
                 DEAD, reason=f"message body is {len(delivery.body)} bytes, above "
@@ -285,7 +289,7 @@ class Executor:
                 and not signals.task_success.receivers
                 and not signals.task_postrun.receivers
                 and (not workflow.follows_success(message)
-                     or (join is not None and task.acks_late))
+                     or (join is not None and task.acks_late and self._hand_joins))
                 and not hooks.overrides(task, "on_success")
                 and not hooks.overrides(task, "after_return")
                 and self.app.backend.batches_fenced_writes)

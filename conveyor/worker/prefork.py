@@ -26,6 +26,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +40,8 @@ from conveyor.exceptions import BrokerError
 from conveyor.worker.board import Board
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.execute import ACK, Executor, Outcome, call_task
-from conveyor.worker.supervisor import SlotReporter, Supervisor, until_return
+from conveyor.worker.results import as_report
+from conveyor.worker.supervisor import HELD, SOON, SlotReporter, Supervisor, until_return
 from conveyor.worker.timeouts import SignalTimer
 from conveyor.worker.trim import trim
 from conveyor.worker.watch import ChildWatch
@@ -90,7 +92,8 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int,
     app = worker.app
     limits = worker.rate_limits
     own = app.broker.leases_follow_connection
-    reporter = OwnLeases(conn.send, board) if own else SlotReporter(conn.send, board)
+    send = reports_sender(conn)
+    reporter = OwnLeases(send, board) if own else SlotReporter(send, board)
     executor = Executor(app, worker.hostname, timer=SignalTimer(),
                         run_sync=until_return(call_task, reporter.returned),
                         gate=limits.gate(lambda: app.broker) if limits else None)
@@ -109,6 +112,21 @@ def child_main(worker: Worker, conn: Connection, index: int, parent: int,
     finally:
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     conn.close()
+
+
+def reports_sender(conn: Connection) -> Callable[[list[tuple[Any, ...]]], None]:
+    """Send a child's reports with plain ``pickle`` (read by :func:`read_reports`).
+
+    ``Connection.send`` builds a ``ForkingPickler`` (a class with reducers for
+    sockets and descriptors, none of which a report holds) per call: ~3.3 µs
+    against ~0.8 for ``pickle.dumps`` of a task's reports, once or twice a task."""
+    send_bytes, dumps, protocol = conn.send_bytes, pickle.dumps, pickle.HIGHEST_PROTOCOL
+    return lambda reports: send_bytes(dumps(reports, protocol))
+
+
+def read_reports(conn: Connection) -> list[tuple[Any, ...]]:
+    reports: list[tuple[Any, ...]] = pickle.loads(conn.recv_bytes())
+    return reports
 
 
 def start_frozen(process: BaseProcess) -> None:
@@ -149,12 +167,33 @@ class OwnLeases(SlotReporter):
         super().held(deliveries)
 
     def done(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Report a finished task.  Its result is written here (never by the
+        supervisor); one the consumer still holds (``outcome.write``, ADR 0038)
+        stays renewed until :meth:`written`."""
+        held = outcome.write is not None
+        if not held:
+            with self._lock:
+                self._mine.pop(delivery.id, None)
+        report = self.clock.finish(delivery, outcome)
+        # SOON: the consumer's ack_soon may still hold this ack back when the child
+        # dies; the supervisor then marks it settled (ADR 0035).  HELD: the result is
+        # not written yet, and goes along, for the supervisor to write and settle if
+        # the child dies first (ADR 0038); its "written" report says when it was.
+        flag: str | bool
+        write: tuple[Any, ...] | None
+        if held and outcome.write is not None:
+            flag, write = HELD, as_report(outcome.write)
+        else:
+            flag, write = (SOON if outcome.action == ACK else False), None
+        self._pending.append(("done", delivery.id, outcome.state, flag,
+                              report and report.to_tuple(), write, None))
+
+    def written(self, delivery: Delivery, acked: bool) -> None:
+        """A held result was written and its message acknowledged with ``ack_soon``
+        (``acked``), or handed back: stop renewing it."""
         with self._lock:
             self._mine.pop(delivery.id, None)
-        super().done(delivery, outcome)
-        if outcome.action == ACK:
-            # The consumer's ack_soon may still hold this ack back when the child
-            # dies: the supervisor then marks it settled (ADR 0035).
+        if acked:
             self._pending.append(("soon", delivery.id))
 
     def renew(self, app: Any, lease: float, every: float, stop: threading.Event) -> None:
@@ -254,7 +293,7 @@ class PreforkPool(Supervisor):
             child = self.children.get(key)
             with contextlib.suppress(EOFError, OSError):  # gone: its sentinel says so
                 while child is not None and self.watch.readable(key):
-                    self.apply(key, child.conn.recv())
+                    self.apply(key, read_reports(child.conn))
 
     def observe(self) -> None:
         """Apply what the children posted on their boards since their pipes last said
@@ -288,7 +327,7 @@ class PreforkPool(Supervisor):
         self._read_board(key, child.board)
         with contextlib.suppress(EOFError, OSError):
             while child.conn.poll():
-                self.apply(key, child.conn.recv())
+                self.apply(key, read_reports(child.conn))
         child.conn.close()
         with self._boards:
             del self.children[key]

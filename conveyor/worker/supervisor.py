@@ -61,6 +61,13 @@ log = logging.getLogger("conveyor.worker")
 _fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Delivery)))
 _POSTABLE = frozenset(("held", "run"))  # reports the supervisor may apply twice
 KILLED = -signal.SIGKILL  # the exit code of a killed slot
+#: A "done" report's ack field when the child acknowledged the message itself with
+#: ``ack_soon`` (RabbitMQ, ADR 0035): no separate report per task says so.
+SOON = "soon"
+#: ... when the child holds the task's result, to write it before the ack (ADR 0038):
+#: the report carries the write, which the supervisor makes if the child dies first.
+HELD = "held"
+_SOON_KEPT = 32  # per slot: finished deliveries whose held-back acks are remembered
 SCALE_EVERY = 1.0  # seconds between autoscale checks (conveyor.worker.autoscale)
 RunSync = Callable[[Task, Request], Any]
 
@@ -179,9 +186,10 @@ class Supervisor(abc.ABC):
         self._next_key = 0
         self._respawn_after = 0.0
         self._crashes = 0  # slots in a row that died young
-        # Per slot (RabbitMQ children): the delivery its last "done" report named, and
-        # the last few whose ack the child's ack_soon may still hold back (ADR 0035).
-        self._last_done: dict[int, Delivery] = {}
+        # Per slot (RabbitMQ children): the deliveries of its last "done" reports
+        # whose acks are still to come (a held result, ADR 0038), and the last few
+        # whose ack the child's ack_soon may still hold back (ADR 0035).
+        self._last_done: dict[int, dict[str, tuple[Delivery, FencedWrite]]] = {}
         self._acked_soon: dict[int, collections.deque[Delivery]] = {}
         self._last_extend = time.monotonic()
         self._last_beat = 0.0
@@ -265,20 +273,43 @@ class Supervisor(abc.ABC):
             elif kind == "ret":
                 self.book.returned(key, msg[1])
             elif kind == "done":
-                delivery_id, state, ack, report, write, join = msg[1:]
-                delivery = self.book.done(key, delivery_id, state,
-                                          report and TaskReport(*report))
-                if write is not None:  # written (even if the slot was given up), then acked
-                    self._write(delivery, ack, from_report(write), join_from_report(join))
-                elif ack and delivery is not None:
-                    self._ack(delivery)
-                if delivery is not None:
-                    self._last_done[key] = delivery
-            elif kind == "soon":  # follows its "done": the child acks it within a few ms
-                delivery = self._last_done.get(key)
-                if delivery is not None and delivery.id == msg[1]:
-                    self._acked_soon.setdefault(key, collections.deque(maxlen=16)).append(
-                        delivery)
+                self._done(key, *msg[1:])
+            elif kind == "soon":  # its held result written, the child acks it (ADR 0038)
+                held = self._last_done.get(key, {}).pop(msg[1], None)
+                if held is not None:
+                    self._soon(key, held[0])
+
+    def _done(self, key: int, delivery_id: str, state: str | None, ack: bool | str,
+              report: tuple[Any, ...] | None, write: tuple[Any, ...] | None,
+              join: tuple[Any, ...] | None) -> None:
+        """A slot's "done" report: write and acknowledge here, or note what its
+        child acknowledges itself (``SOON``) or writes first (``HELD``)."""
+        delivery = self.book.done(key, delivery_id, state,
+                                  TaskReport(*report) if report else None)
+        if ack == SOON:  # the child acknowledged it itself, within a few ms
+            if delivery is not None:
+                self._soon(key, delivery)
+        elif ack == HELD:  # the child writes it, then acknowledges it
+            if delivery is not None and write is not None:
+                self._unacked_done(key, delivery, from_report(write))
+        elif write is not None:  # written (even if the slot was given up), then acked
+            self._write(delivery, bool(ack), from_report(write), join_from_report(join))
+        elif ack and delivery is not None:
+            self._ack(delivery)
+
+    def _soon(self, key: int, delivery: Delivery) -> None:
+        """The child acknowledges ``delivery`` with ``ack_soon``: settle it from here
+        if the child dies (:meth:`_settle_acked_soon`)."""
+        self._acked_soon.setdefault(key, collections.deque(maxlen=_SOON_KEPT)).append(delivery)
+
+    def _unacked_done(self, key: int, delivery: Delivery, write: FencedWrite) -> None:
+        """A finished delivery whose child holds its result, to write it and then
+        acknowledge it (its "soon" report follows); the last ``_SOON_KEPT`` per
+        slot are kept, with their writes, for :meth:`_settle_held_results`."""
+        done = self._last_done.setdefault(key, {})
+        done[delivery.id] = (delivery, write)
+        if len(done) > _SOON_KEPT:
+            del done[next(iter(done))]
 
     def _ack(self, delivery: Delivery) -> None:
         with self._acks_lock:
@@ -457,12 +488,13 @@ class Supervisor(abc.ABC):
 
     # -- slots that ended -----------------------------------------------------
     def _ended(self, key: int, code: int | None) -> None:
-        self._last_done.pop(key, None)
+        held = self._last_done.pop(key, {})
         acked_soon = self._acked_soon.pop(key, ())
         slot = self.book.remove_slot(key)
         if slot is None:
             return
         if code != 0:
+            self._settle_held_results(held.values())
             self._settle_acked_soon(acked_soon)
         running = slot.running
         if slot.abandoned or running is None:
@@ -494,6 +526,24 @@ class Supervisor(abc.ABC):
         log.error("%s; recording WorkerLostError", what)
         lost = WorkerLostError(f"Worker exited prematurely: {describe_exit(code)}.")
         self._settle_killed(lost, running, held, task)
+
+    def _settle_held_results(self, held: Iterable[tuple[Delivery, FencedWrite]]) -> None:
+        """A child that died may have held the results of its last finished tasks,
+        unwritten and unacknowledged (ADR 0038): write them from here (fenced by
+        attempt, so a write the child made counts once), then settle their
+        messages as :meth:`_settle_acked_soon` does, so their copies are dropped.
+        If the store fails, they are left to run again: nothing is lost."""
+        held = list(held)
+        if not held:
+            return
+        try:
+            self.app.backend.set_many_fenced_and_join([(w, None) for _, w in held],
+                                                      self.app.conf.result_expires)
+        except ResultError as exc:
+            log.warning("could not store the results of %d tasks a slot that died had "
+                        "finished (%s); they may run again", len(held), exc)
+            return
+        self._settle_acked_soon(delivery for delivery, _ in held)
 
     def _settle_acked_soon(self, deliveries: Iterable[Delivery]) -> None:
         """A child that died may have held back the acks of its last finished tasks
