@@ -329,11 +329,14 @@ def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")
     plain = _PLAIN
-    return {
+    encoded = {
         key: value if type(value) in plain
         else encode_payload(value, content_type, f"keyword argument {key!r}")
         for key, value in kwargs.items()
     }
+    # A keyword argument named like the tag key would read back as a tagged
+    # value: wrapped, as to_jsonable wraps any such dict, it round-trips.
+    return {TAG: "dict", "v": encoded} if TAG in encoded else encoded
 
 
 def _encode_args(args: tuple[Any, ...], content_type: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor._frozen import from_mapping, quick_init
-from conveyor._message import Message, MessageDecodeError
+from conveyor._message import BodyTemplate, Message, MessageDecodeError
 from conveyor._serialization import loads_json
 from conveyor.resultstores.record import ResultRecord
 
@@ -106,3 +106,17 @@ def test_hostile_bodies_are_refused_as_before(body: bytes, reason: str) -> None:
 def test_unknown_fields_are_ignored() -> None:
     decoded = Message.decode(b'{"id":"i","task":"t","later":1,"created":1.0}', ["json"])
     assert decoded == Message(id="i", task="t", created=1.0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"__t": 5}, {"__t": "tuple", "v": [1]}, {"__t": "x", "n": (1, 2)},
+])
+def test_a_keyword_argument_named_like_the_tag_key_round_trips(kwargs: dict[str, Any]) -> None:
+    """Keyword arguments are a dict like any other: one named ``__t`` (the key
+    Conveyor tags typed values with) is wrapped on the way out, as a nested
+    dict is, instead of reading back as a tagged value or a refusal."""
+    message = Message(id="i", task="t", kwargs=kwargs)
+    assert Message.decode(message.encode(), ["json"]).kwargs == kwargs
+    template = BodyTemplate(Message(id="p", task="t"))
+    body = template.body("j", (), kwargs, 1.0)
+    assert Message.decode(body, ["json"]).kwargs == kwargs
