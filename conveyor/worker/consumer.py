@@ -31,7 +31,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from conveyor._message import Message
 from conveyor._serialization import printable
@@ -51,6 +51,7 @@ from conveyor.worker.execute import (
 from conveyor.worker.own_results import OwnResults
 
 log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
 
 
 def task_id_of(delivery: Delivery) -> str:
@@ -287,10 +288,7 @@ class Consumer:
             # Acknowledged before it ran (acks_late=False): nothing to hold back.
             self._write_now(delivery, outcome)
             outcome = dataclasses.replace(outcome, write=None)
-        try:
-            self._settle(delivery, outcome)
-        except Exception:
-            log.exception("could not settle %s; its lease will hand it out again", delivery.id)
+        self._finish_settle(delivery, outcome)
         try:
             self.reporter.done(delivery, outcome)
         except Exception:
@@ -299,19 +297,12 @@ class Consumer:
     def _write_now(self, delivery: Delivery, outcome: Outcome) -> None:
         """Write a result left in ``outcome`` whose message needs no ack from here
         (it was acknowledged before the run), retried through a blip for a lease."""
-        assert outcome.write is not None
-        deadline = time.monotonic() + self.lease
+        write = outcome.write
+        assert write is not None
         store, ttl = self.executor.app.backend, self.executor.app.conf.result_expires
-        while True:
-            try:
-                store.set_many_fenced_and_join([(outcome.write, None)], ttl)
-                return
-            except ResultError as exc:
-                if time.monotonic() > deadline:
-                    log.error("could not store the result of %s (%s); it was acknowledged "
-                              "before it ran, so it is not run again", delivery.id, exc)
-                    return
-                time.sleep(self._backoff.next_delay())
+        self._retried(lambda: store.set_many_fenced_and_join([(write, None)], ttl), ResultError,
+                      f"could not store the result of {delivery.id}; it was acknowledged "
+                      "before it ran, so it is not run again")
 
     def _after_write(self, deliveries: list[Delivery], stored: bool) -> None:
         """Held results were written (or refused by the fence): acknowledge their
@@ -333,22 +324,30 @@ class Consumer:
 
     def _ack_soon(self, deliveries: list[Delivery]) -> list[bool]:
         """``Broker.ack_soon`` for several, retried through a blip (as ``_settle``)."""
+        acked = self._retried(
+            lambda: self.broker.ack_soon(deliveries), BrokerError,
+            f"could not acknowledge {len(deliveries)} messages; their leases will hand "
+            "them out again")
+        if acked is None:
+            return [False] * len(deliveries)
+        for delivery, ok in zip(deliveries, acked, strict=True):
+            if not ok:
+                _ack_refused(delivery)
+        return acked
+
+    def _retried(self, call: Callable[[], T], errors: type[Exception], giving_up: str) -> T | None:
+        """``call()``, tried again after each ``errors`` until a lease has passed
+        (the message is then someone else's); after that, ``giving_up`` is logged
+        with the error and None returned."""
         deadline = time.monotonic() + self.lease
         while True:
             try:
-                acked = self.broker.ack_soon(deliveries)
-                break
-            except BrokerError as exc:
+                return call()
+            except errors as exc:
                 if time.monotonic() > deadline:
-                    log.error("could not acknowledge %d messages (%s); their leases will "
-                              "hand them out again", len(deliveries), exc)
-                    return [False] * len(deliveries)
+                    log.error("%s (%s)", giving_up, exc)
+                    return None
                 time.sleep(self._backoff.next_delay())
-        for delivery, ok in zip(deliveries, acked, strict=True):
-            if not ok:
-                log.warning("ack of %s refused: its lease had lapsed or its connection "
-                            "broke; the broker may hand it out again", delivery.id)
-        return acked
 
     def _finish_settle(self, delivery: Delivery, outcome: Outcome) -> None:
         try:
@@ -435,17 +434,8 @@ class Consumer:
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """Tell the broker; retry through a blip, give up when the lease is gone."""
-        deadline = time.monotonic() + self.lease
-        while True:
-            try:
-                self._settle_once(delivery, outcome)
-                return
-            except BrokerError as exc:
-                if time.monotonic() > deadline:
-                    log.error("could not settle %s (%s); its lease will hand it out again",
-                              delivery.id, exc)
-                    return
-                time.sleep(self._backoff.next_delay())
+        self._retried(lambda: self._settle_once(delivery, outcome), BrokerError,
+                      f"could not settle {delivery.id}; its lease will hand it out again")
 
     def _settle_once(self, delivery: Delivery, outcome: Outcome) -> None:
         broker = self.broker
@@ -453,8 +443,7 @@ class Consumer:
             if self.reporter.acks:
                 return  # the reporter's receiver acknowledges it, with others
             if not broker.ack_soon([delivery])[0]:
-                log.warning("ack of %s refused: its lease had lapsed or its connection broke; "
-                            "the broker may hand it out again", delivery.id)
+                _ack_refused(delivery)
         elif outcome.action == REQUEUE:
             broker.requeue(delivery, delay=outcome.delay)
         elif outcome.action == REDELIVER:
@@ -499,3 +488,8 @@ def rss_kib() -> int:
         import psutil
 
         return int(psutil.Process().memory_info().rss // 1024)
+
+
+def _ack_refused(delivery: Delivery) -> None:
+    log.warning("ack of %s refused: its lease had lapsed or its connection broke; the "
+                "broker may hand it out again", delivery.id)

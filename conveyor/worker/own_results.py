@@ -41,8 +41,8 @@ from collections.abc import Callable
 
 from conveyor import _pid
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import ResultError
 from conveyor.resultstores.base import FencedWrite, ResultStore
+from conveyor.worker.results import ResultBuffer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -53,35 +53,33 @@ After = Callable[[list[Delivery], bool], None]
 
 
 class OwnResults:
-    """Held successful results of one consumer, written together before their acks."""
+    """Held successful results of one consumer, written together before their acks.
+
+    The holding, the one-call write, the fence's log line and the retries
+    through a store outage are the supervisor's :class:`ResultBuffer`'s; this
+    adds when to write (``delay``, ``max_batch``, the thread) and what to do
+    after: acknowledge, or hand back what a lease of outage gave up on."""
 
     def __init__(self, store: Callable[[], ResultStore], ttl: float, lease: float,
                  after: After, delay: float = 0.005, max_batch: int = 16) -> None:
-        self._store = store
-        self.ttl = ttl
-        self.lease = lease
+        self._buffer = ResultBuffer(store, ttl, lease)
         self._after = after
         self.delay = delay
         self.max_batch = max_batch
-        self._pending: list[tuple[Delivery, FencedWrite]] = []
-        self._since = 0.0  # when the oldest held result arrived (monotonic)
-        self._retry_at = 0.0  # after a failed write: not before this
         # One flush at a time (the consumer's thread or ours), and what is held.
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._thread_pid = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._buffer)
 
     def add(self, delivery: Delivery, write: FencedWrite) -> None:
         """Hold ``write``; ``delivery`` is acknowledged once it is written."""
         with self._lock:
-            first = not self._pending
-            if first:
-                self._since = time.monotonic()
-            self._pending.append((delivery, write))
-            full = len(self._pending) >= self.max_batch
+            first = not self._buffer
+            self._buffer.add(delivery, True, write)
+            full = len(self._buffer) >= self.max_batch
         if full:
             self.flush()
         elif first:  # the thread saw none held, or is on its way to: wake it
@@ -90,43 +88,26 @@ class OwnResults:
 
     def due(self) -> bool:
         """Has the oldest held result waited ``delay``?  (A cheap, unlocked look.)"""
-        return bool(self._pending) and time.monotonic() - self._since >= self.delay
+        return bool(self._buffer) and self._buffer.waited() >= self.delay
 
     def flush(self) -> bool:
         """Write every held result, then acknowledge each (``after``).  False when
-        the store failed and they are kept for a later try."""
+        the store failed and they are kept for a later try (or, past a lease,
+        handed back)."""
         with self._lock:
-            if not self._pending:
+            if not self._buffer:
                 return True
-            if time.monotonic() < self._retry_at:
+            holding = self._buffer.deliveries()
+            stored = self._buffer.flush()
+            if stored is None:
+                if not self._buffer:  # a lease without the store: given up
+                    log.warning("handing back the %d messages whose results could not be "
+                                "stored", len(holding))
+                    self._after(holding, False)
                 return False
-            batch, self._pending = self._pending, []
-            try:
-                written = self._store().set_many_fenced_and_join(
-                    [(write, None) for _, write in batch], self.ttl)
-            except ResultError as exc:
-                self._kept(batch, exc)
-                return False
-            self._retry_at = 0.0
-            log.debug("stored %d held results in one call", len(batch))
-            for (_, write), done in zip(batch, written, strict=True):
-                if not done.stored:
-                    log.warning("task [%s]: result refused, a later delivery of the message "
-                                "took over (this worker held it past its lease)",
-                                write.task_id, extra={"task_id": write.task_id})
-            self._after([delivery for delivery, _ in batch], True)
-            return True
-
-    def _kept(self, batch: list[tuple[Delivery, FencedWrite]], exc: Exception) -> None:
-        """Try again a little later, but not past a lease: then hand the messages back."""
-        if time.monotonic() - self._since > self.lease:
-            log.error("could not store the results of %d tasks (%s); handing their "
-                      "messages back", len(batch), exc)
-            self._after([delivery for delivery, _ in batch], False)
-            return
-        log.warning("could not store the results of %d tasks (%s); retrying", len(batch), exc)
-        self._pending = batch + self._pending
-        self._retry_at = time.monotonic() + min(1.0, self.lease / 10)
+            if stored:
+                self._after([s.delivery for s in stored if s.delivery is not None], True)
+            return bool(stored)
 
     def _start_thread(self) -> None:
         if self._thread_pid != _pid.current():  # none yet in this process
@@ -140,8 +121,8 @@ class OwnResults:
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                wait = max(self._since + self.delay, self._retry_at) - time.monotonic()
+            while self._buffer:
+                wait = max(self.delay - self._buffer.waited(), self._buffer.wait_time(60.0))
                 if wait > 0:
                     time.sleep(wait)
                     continue

@@ -30,6 +30,10 @@ class LeaseBoundBuffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._pending)
 
+    def waited(self) -> float:
+        """How long the oldest pending item has waited (0 when there is none)."""
+        return time.monotonic() - self._since if self._pending else 0.0
+
     def _add(self, item: T) -> None:
         if not self._pending:
             self._since = time.monotonic()

@@ -99,6 +99,10 @@ class ResultBuffer(LeaseBoundBuffer[Pending]):
         """``ack``: acknowledge ``delivery`` once written; ``join``: made with the write."""
         self._add(Pending(delivery, ack, write, join))
 
+    def deliveries(self) -> list[Delivery]:
+        """The messages of the pending results (those a slot still holds)."""
+        return [p.delivery for p in self._pending if p.delivery is not None]
+
     def wait_time(self, cap: float) -> float:
         """How long the caller may block before :meth:`flush` has work (none: ``cap``)."""
         if not self._pending:

@@ -52,7 +52,7 @@ def test_a_store_outage_keeps_them_then_a_later_flush_writes_them() -> None:
     own = held(store, after, 2, delay=60)
     assert not own.flush()
     assert after.calls == [] and len(own) == 2  # not acknowledged: not written
-    own._retry_at = 0.0  # the pause before the next try is over
+    own._buffer._retry_at = 0.0  # the pause before the next try is over
     assert own.flush()
     assert after.calls == [(["m0", "m1"], True, [True, True])]
 
@@ -62,7 +62,7 @@ def test_past_a_lease_of_outage_they_are_handed_back() -> None:
     store.failures = 1
     after = Acks(store)
     own = held(store, after, 2, delay=60)
-    own._since -= 31  # the oldest has waited longer than its lease
+    own._buffer._since -= 31  # the oldest has waited longer than its lease
     assert not own.flush()
     assert after.calls == [(["m0", "m1"], False, [False, False])]
     assert len(own) == 0
