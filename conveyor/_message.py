@@ -19,6 +19,7 @@ from typing import Any
 from conveyor._frozen import from_mapping, quick_init
 from conveyor._serialization import (
     JSON,
+    JSON_SCALARS,
     TAG,
     check_accepted_once,
     decode_payload,
@@ -212,7 +213,7 @@ def _plain_values(values: Any) -> bool:
 
     A loop, not ``all()`` over a generator: a third of the time for the
     one or two arguments of a usual call."""
-    plain = _PLAIN
+    plain = JSON_SCALARS
     for value in values:  # noqa: SIM110
         if type(value) not in plain:
             return False
@@ -321,14 +322,12 @@ def _members(doc: dict[str, Any], keys: list[str]) -> str:
     return dumps_json({key: doc[key] for key in keys})[1:-1]
 
 
-# Values JSON carries as they are: ``to_jsonable`` would return them unchanged.
-_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")
-    plain = _PLAIN
+    plain = JSON_SCALARS
     encoded = {
         key: value if type(value) in plain
         else encode_payload(value, content_type, f"keyword argument {key!r}")
@@ -342,7 +341,7 @@ def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
 def _encode_args(args: tuple[Any, ...], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(list(args), content_type, "args")
-    plain = _PLAIN
+    plain = JSON_SCALARS
     return [
         value if type(value) in plain
         else encode_payload(value, content_type, f"positional argument {index}")

@@ -26,6 +26,8 @@ JSON = "application/json"
 PICKLE = "application/x-python-serialize"
 CONTENT_TYPES = {"json": JSON, "pickle": PICKLE}
 TAG = "__t"
+#: Types JSON carries as they are: :func:`to_jsonable` returns them unchanged.
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 _Encoder = Callable[[Any], Any]
 _Decoder = Callable[[Any], Any]

@@ -19,6 +19,7 @@ from conveyor import states
 from conveyor._frozen import from_mapping, quick_init
 from conveyor._serialization import (
     JSON,
+    JSON_SCALARS,
     check_accepted_once,
     decode_payload,
     dumps_json,
@@ -108,7 +109,7 @@ class ResultRecord:
         if accept_content is not None:
             check_accepted_once(content_type, accept_content)
         result = doc.get("result")
-        if type(result) not in _JSON_SCALARS or content_type != JSON:
+        if type(result) not in JSON_SCALARS or content_type != JSON:
             result = decode_payload(result, content_type)
         doc["result"] = result
         return _make_record(doc)
@@ -136,7 +137,6 @@ _FIELD_ORDER = tuple(ResultRecord.__dataclass_fields__)
 _FIELDS = frozenset(_FIELD_ORDER)
 _OPTIONAL_FIELDS = tuple(f for f in _FIELD_ORDER if f not in ("task_id", "state", "result"))
 _INFORMATIVE = frozenset({"args", "kwargs"})  # user values: stored as far as JSON can
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})  # to_jsonable keeps these
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +186,7 @@ class Attempt:
 
 def _safe_jsonable(value: Any) -> Any:
     """Args are informative only in results: store what JSON can, repr the rest."""
-    if type(value) is list and all(type(item) in _JSON_SCALARS for item in value):
+    if type(value) is list and all(type(item) in JSON_SCALARS for item in value):
         return value  # the common case, as to_jsonable would return it, without its walk
     try:
         return to_jsonable(value, "args")
