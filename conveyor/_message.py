@@ -322,8 +322,6 @@ def _members(doc: dict[str, Any], keys: list[str]) -> str:
     return dumps_json({key: doc[key] for key in keys})[1:-1]
 
 
-
-
 def _encode_kwargs(kwargs: dict[str, Any], content_type: str) -> Any:
     if content_type != JSON:
         return encode_payload(kwargs, content_type, "kwargs")
