@@ -170,21 +170,19 @@ class OwnLeases(SlotReporter):
         """Report a finished task.  Its result is written here (never by the
         supervisor); one the consumer still holds (``outcome.write``, ADR 0038)
         stays renewed until :meth:`written`."""
-        held = outcome.write is not None
-        if not held:
-            with self._lock:
-                self._mine.pop(delivery.id, None)
-        report = self.clock.finish(delivery, outcome)
         # SOON: the consumer's ack_soon may still hold this ack back when the child
         # dies; the supervisor then marks it settled (ADR 0035).  HELD: the result is
         # not written yet, and goes along, for the supervisor to write and settle if
         # the child dies first (ADR 0038); its "written" report says when it was.
         flag: str | bool
         write: tuple[Any, ...] | None
-        if held and outcome.write is not None:
+        if outcome.write is not None:
             flag, write = HELD, as_report(outcome.write)
         else:
+            with self._lock:
+                self._mine.pop(delivery.id, None)
             flag, write = (SOON if outcome.action == ACK else False), None
+        report = self.clock.finish(delivery, outcome)
         self._pending.append(("done", delivery.id, outcome.state, flag,
                               report and report.to_tuple(), write, None))
 
