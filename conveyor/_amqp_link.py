@@ -125,8 +125,18 @@ def connect(o: AMQPOptions) -> pika.BlockingConnection:
 
 def _connect(o: AMQPOptions, heartbeat: int | None = None) -> pika.BlockingConnection:
     """:func:`connect`, raising :class:`_Unanswered` for a connect that timed out."""
+    parameters = connection_parameters(o, heartbeat)
     try:
-        conn = pika.BlockingConnection(connection_parameters(o, heartbeat))
+        conn = pika.BlockingConnection(parameters)
+    except ValueError as exc:
+        # pika checks a socket that has just connected with getpeername(), and
+        # reports a peer that reset it as it opened (a proxy or load balancer with
+        # no server behind it) as a ValueError raised while handling the socket's
+        # OSError.  Its other ValueErrors (bad parameters) have no socket error.
+        if not isinstance(exc.__context__, OSError):
+            raise
+        raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable (reset as it "
+                                f"connected: {exc.__context__.strerror})") from None
     except pika.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(
             f"RabbitMQ at {o.place} closed the connection at login: wrong credentials, "

@@ -49,22 +49,34 @@ def _shared_root(factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(folder: Path) -> DocsEnv:
+    """Build the wheel and install it as a reader would, from a shell of their own.
+
+    Not from this run's environment: the build leaves ``conveyor.egg-info`` in
+    the checkout, so with ``PYTHONPATH`` naming the checkout pip would find
+    conveyor "already satisfied" there and leave it out of the virtualenv,
+    whose commands (run without ``PYTHONPATH``) then could not import it.
+    """
     dist, venv = folder / "dist", folder / "venv"
-    run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], ROOT,
-        dict(os.environ))
+    run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], ROOT, _shell_env())
     assert list(dist.glob("conveyor-*.tar.gz")), "no sdist was built"
     (wheel,) = dist.glob("conveyor-*.whl")
-    run([sys.executable, "-m", "venv", str(venv)], folder, dict(os.environ))
+    run([sys.executable, "-m", "venv", str(venv)], folder, _shell_env())
+    env = _clean_env(venv)
     requirement = f"conveyor[django,monitor] @ {wheel.as_uri()}"
-    run([str(venv / "bin" / "pip"), "install", "-q", requirement, *_TOOLS], folder,
-        dict(os.environ), timeout=600)
-    return DocsEnv(wheel, _clean_env(venv))
+    run([str(venv / "bin" / "pip"), "install", "-q", requirement, *_TOOLS], folder, env,
+        timeout=600)
+    return DocsEnv(wheel, env)
+
+
+def _shell_env() -> dict[str, str]:
+    """The environment of a new user's shell: none of this run's settings."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("CONVEYOR_", "DJANGO_", "PYTHON", "VIRTUAL_ENV", "PYTEST_"))}
 
 
 def _clean_env(venv: Path) -> dict[str, str]:
-    """The environment of a new user's shell with the virtualenv active."""
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("CONVEYOR_", "DJANGO_", "PYTHON", "VIRTUAL_ENV", "PYTEST_"))}
+    """A new user's shell with the virtualenv active."""
+    clean = _shell_env()
     clean["PATH"] = f"{venv / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
     clean["VIRTUAL_ENV"] = str(venv)
     return clean

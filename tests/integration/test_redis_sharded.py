@@ -12,15 +12,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
 from conveyor import Conveyor, chord
 from conveyor.brokers import Delivery, Envelope
+from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.redis_sharded import ShardedRedisBroker
 from conveyor.testing import run_worker
 
+from ..redis_blocked import connection_blocked, wait_until
 from ..redis_cluster import RedisCluster
 from .test_redis_cluster import _keys
 
@@ -82,20 +85,44 @@ def _reserve_into(broker: ShardedRedisBroker, got: list[Delivery]) -> None:
     got.extend(broker.reserve(["left", "right"], 1, lease=5, timeout=5))
 
 
-def test_an_idle_consumer_of_two_shards_wakes_for_either(cluster_url: str) -> None:
+def _recording_waits(broker: ShardedRedisBroker, monkeypatch: pytest.MonkeyPatch
+                     ) -> list[tuple[int, Any]]:
+    """The (shard, connection) pairs the consumer's waits take, as they take them:
+    its ``BLPOP`` connections are outside the shards' pools, where
+    :func:`tests.redis_blocked.wait_blocked` would look."""
+    taken: list[tuple[int, Any]] = []
+    take = broker._waiters.take
+
+    def recording(index: int, shard: RedisBroker) -> Any:
+        conn = take(index, shard)
+        taken.append((index, conn))
+        return conn
+
+    monkeypatch.setattr(broker._waiters, "take", recording)
+    return taken
+
+
+def test_an_idle_consumer_of_two_shards_wakes_for_either(
+        cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocked on both shards at once: a message on the second shard is handed out
-    well before the one-second re-check an idle consumer makes anyway."""
+    well before the one-second re-check an idle consumer makes anyway.
+
+    The message is sent only once both shards' masters list the consumer's
+    ``BLPOP`` as blocked, so it can only be found by waking from the wait."""
     from conveyor.brokers import broker_from_url
 
     broker = broker_from_url(cluster_url, {"queue_shards": 3, "queue_shard_map": PLACES})
     assert isinstance(broker, ShardedRedisBroker)
+    taken = _recording_waits(broker, monkeypatch)
     try:
         broker.reserve(["left", "right"], 1, lease=5, timeout=0)  # connect both shards
         for queue in ("right", "left"):
             got: list[Delivery] = []
+            taken.clear()
             reserving = threading.Thread(target=_reserve_into, args=(broker, got))
             reserving.start()
-            time.sleep(0.3)  # let it block: the point is waking from the wait
+            wait_until(lambda: {i for i, conn in list(taken) if connection_blocked(conn)}
+                       == set(PLACES.values()), "the consumer blocked on both shards")
             sent = time.monotonic()
             broker.enqueue(Envelope(id=uuid.uuid4().hex, queue=queue, body=b"x"))
             reserving.join(6)
