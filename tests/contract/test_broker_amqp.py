@@ -19,8 +19,8 @@ class TestRabbitMQClassicBroker(BrokerContract):
     knows_oldest_age = False
 
     @pytest.fixture
-    def url(self, amqp_url: str) -> str:
-        return f"{amqp_url}&max_priority=9"
+    def url(self, amqp_priority_url: str) -> str:
+        return amqp_priority_url
 
 
 class TestRabbitMQQuorumBroker(BrokerContract):
