@@ -9,7 +9,9 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 ``Q`` (docs/decisions/0016-rabbitmq-broker.md):
 
 * ``Q`` -- the work queue: durable, quorum by default (``queue_type``), or
-  classic with ``x-max-priority`` 9; dead-letters into ``conveyor.dead``.
+  classic, with ``x-max-priority`` only when ``max_priority`` (the app's
+  ``task_queue_max_priority``) is set, as Celery declares it (ADR 0041);
+  dead-letters into ``conveyor.dead``.
 * ``conveyor.dead`` -- direct exchange; routing key ``Q`` reaches
   ``conveyor.dead.Q``, a durable classic queue of dead letters whose reason is
   the ``x-conveyor-reason`` header.
@@ -50,7 +52,9 @@ _OPTIONS: dict[str, type] = {
     "blocked_connection_timeout": float,
     "revocations_kept": float,
     "redelivery_wait": float,
+    "max_priority": int,
 }
+MAX_PRIORITY_LIMIT = 255  # RabbitMQ's highest x-max-priority
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class AMQPOptions:
     # How long a copy RabbitMQ hands out again waits for a verdict before it runs
     # (seconds, at most a quarter of the lease): ADR 0031.
     redelivery_wait: float = 1.0
+    # x-max-priority of classic work queues; None declares them without priorities
+    # (ADR 0041: a priority queue costs RabbitMQ CPU on every message).
+    max_priority: int | None = None
 
     @property
     def place(self) -> str:
@@ -128,7 +135,48 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         connect_timeout=float(settings.get("connect_timeout", 4.0)),
         blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0),
         revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0),
-        redelivery_wait=_positive(settings, "redelivery_wait", 1.0))
+        redelivery_wait=_positive(settings, "redelivery_wait", 1.0),
+        max_priority=_max_priority(settings.get("max_priority")))
+
+
+def _max_priority(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_PRIORITY_LIMIT:
+        raise ConfigurationError(
+            f"task_queue_max_priority (broker_transport_options['max_priority'])={value!r}: "
+            f"use 1..{MAX_PRIORITY_LIMIT}, RabbitMQ's range for x-max-priority")
+    return value
+
+
+def queue_type_of(url: str, options: dict[str, Any]) -> str:
+    """The work queues' type that ``url`` and the transport options ask for."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    return str(options.get("queue_type", query.get("queue_type", "quorum")))
+
+
+def work_queue_arguments(opts: AMQPOptions, queue: str) -> dict[str, Any]:
+    """The arguments a work queue is declared with: its type, its dead letters, and
+    on a classic queue ``x-max-priority`` when one is configured (as Celery's
+    ``task_queue_max_priority``): without it RabbitMQ serves first in, first out."""
+    args: dict[str, Any] = {"x-queue-type": opts.queue_type,
+                            "x-dead-letter-exchange": DEAD_EXCHANGE,
+                            "x-dead-letter-routing-key": queue}
+    if ordered(opts):
+        args["x-max-priority"] = opts.max_priority
+    return args
+
+
+def ordered(opts: AMQPOptions) -> bool:
+    """Whether the work queues this process declares serve priorities."""
+    return opts.queue_type == "classic" and opts.max_priority is not None
+
+
+def unordered_reason(opts: AMQPOptions) -> str:
+    """Why a priority sent to a queue is served first in, first out (the warning)."""
+    if opts.queue_type == "quorum":
+        return ("quorum queues have no priorities in RabbitMQ 3.10 "
+                "(queue_type='classic' with task_queue_max_priority honours them)")
+    return ("it was declared without x-max-priority: set task_queue_max_priority "
+            "(9 keeps Conveyor's ten levels) before the queue is created")
 
 
 def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,

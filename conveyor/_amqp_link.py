@@ -89,6 +89,15 @@ def _refused(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
     return exc.reply_code == 404 or "inequivalent arg" in str(exc.reply_text)
 
 
+def _hint(exc: pika.exceptions.ChannelClosedByBroker) -> str:
+    """What to change when an existing queue was declared with other arguments."""
+    if "inequivalent arg" not in str(exc.reply_text):
+        return ""
+    return ("; x-max-priority follows task_queue_max_priority (unset: none) and "
+            "x-queue-type broker_transport_options['queue_type']: set them to match the "
+            "queue, or drain and delete it")
+
+
 def connection_parameters(o: AMQPOptions,
                           heartbeat: int | None = None) -> pika.ConnectionParameters:
     """pika's parameters for the broker (and the control channel beside it);
@@ -226,7 +235,7 @@ class Link:
                         explain_close(exc)
                         if _refused(exc):
                             raise ConfigurationError(f"RabbitMQ at {self.opts.place} refused: "
-                                                     f"{exc.reply_text}") from None
+                                                     f"{exc.reply_text}{_hint(exc)}") from None
                 if attempt < attempts - 1:
                     time.sleep(min(2.0, 0.1 * 2**attempt))
             raise BrokerUnavailable(f"RabbitMQ at {self.opts.place}: the connection kept "

@@ -316,7 +316,17 @@ class Settings:
         """No-effect names set to something other than Celery's default, with their
         reasons (for the startup warning: ``task_always_eager = False`` asks for nothing)."""
         return {name: NO_EFFECT[name].reason for name in sorted(self._set)
-                if name in NO_EFFECT and self[name] != NO_EFFECT[name].default}
+                if name in NO_EFFECT and self[name] != NO_EFFECT[name].default
+                and not self._takes_effect(name)}
+
+    def _takes_effect(self, name: str) -> bool:
+        """A no-effect name that this broker honours: ``task_queue_max_priority`` on
+        RabbitMQ's classic queues (ADR 0041)."""
+        if name != "task_queue_max_priority" or not is_amqp(self.broker_url):
+            return False
+        from conveyor._amqp import queue_type_of
+
+        return queue_type_of(self.broker_url, self.broker_transport_options) == "classic"
 
     def warn_no_effect(self) -> str | None:
         """One warning naming every no-effect setting that was set; None if none was."""
@@ -455,6 +465,8 @@ class Settings:
         if is_amqp(self.broker_url):
             from conveyor._amqp import amqp_options
 
+            if self["task_queue_max_priority"] is not None:
+                opts.setdefault("max_priority", self["task_queue_max_priority"])
             return amqp_options(self.broker_url, opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts

@@ -249,7 +249,9 @@ NO_EFFECT: dict[str, NoEffect] = {
                                              "every worker, not in a local file"),
     "worker_timer": NoEffect("str", None, IN_BROKER),
     "worker_timer_precision": NoEffect("float", 1.0, IN_BROKER),
-    # -- implemented on other branches of issue 14 ------------------------------------
-    "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority: on Redis and "
-                                        "SQLite every queue has priorities 0..9"),
+    # Takes effect on RabbitMQ's classic queues only (Settings._takes_effect, ADR 0041).
+    "task_queue_max_priority": NoEffect("int", None, "AMQP's x-max-priority, honoured on "
+                                        "RabbitMQ's classic queues only: on Redis, SQLite and "
+                                        "PostgreSQL every queue has priorities 0..9, "
+                                        "RabbitMQ's quorum queues none"),
 }

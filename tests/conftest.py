@@ -268,6 +268,16 @@ def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> No
             ch.queue_declare(_amqp.dead_name(queue), passive=True)
         except pika.exceptions.ChannelClosedByBroker:
             continue  # never declared in this vhost
+        try:
+            ch.queue_declare(queue, durable=True, arguments=_amqp.work_queue_arguments(o, queue))
+        except pika.exceptions.ChannelClosedByBroker:
+            # Declared with other arguments (x-max-priority, by a release before ADR
+            # 0041): deleted, so that the test's broker declares it anew.
+            ch = conn.channel()
+            ch.queue_delete(queue)
+            ch.queue_delete(_amqp.dead_name(queue))
+            ch.close()
+            continue
         for name in [queue, _amqp.dead_name(queue)] + [
                 _amqp.delay_name(queue, k) for k in range(_amqp.LEVELS)]:
             ch.queue_purge(name)
@@ -318,12 +328,16 @@ def no_leftover_consumers(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES,
                     f"{found}: a broker still open takes this test's messages; close it")
 
 
-def _amqp_url(queue_type: str, tmp_path: Path) -> Iterator[str]:
+def _amqp_url(queue_type: str, tmp_path: Path, max_priority: int | None = None) -> Iterator[str]:
     from urllib.parse import quote
 
-    vhost = rabbitmq_vhost(queue_type)
+    # Queues with priorities in a vhost of their own: RabbitMQ refuses to declare
+    # a queue again with other arguments, and the wipe only purges.
+    vhost = rabbitmq_vhost(queue_type if max_priority is None else f"{queue_type}-priorities")
     url = (f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/{quote(vhost)}"
            f"?queue_type={queue_type}&state_url=sqlite:///{tmp_path / 'amqp-state.db'}")
+    if max_priority is not None:
+        url += f"&max_priority={max_priority}"
     no_leftover_consumers(url)
     wipe_amqp_queues(url)
     yield url
@@ -332,9 +346,16 @@ def _amqp_url(queue_type: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def amqp_url(tmp_path: Path) -> Iterator[str]:
-    """RabbitMQ with classic queues (they have priorities), emptied, with its side
-    store in this test's directory."""
+    """RabbitMQ with classic queues (without priorities unless asked, ADR 0041),
+    emptied, with its side store in this test's directory."""
     yield from _amqp_url("classic", tmp_path)
+
+
+@pytest.fixture
+def amqp_priority_url(tmp_path: Path) -> Iterator[str]:
+    """RabbitMQ with classic queues declared with ``x-max-priority`` 9, as an app
+    with ``task_queue_max_priority = 9`` declares them."""
+    yield from _amqp_url("classic", tmp_path, max_priority=9)
 
 
 @pytest.fixture

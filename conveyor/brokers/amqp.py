@@ -153,7 +153,8 @@ class AMQPBroker(Broker):
         self._consumer = Link(self._opts, on_drop=self._forget_leases)
         self._publisher = Link(self._opts, on_drop=self._declared_clear)
         self._declared: set[str] = set()
-        self._warned: set[str] = set()  # quorum queues told they ignore priorities
+        self._ordered = _amqp.ordered(self._opts)  # whether declared queues serve priorities
+        self._warned: set[str] = set()  # queues told they ignore priorities
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
         self._pushed: dict[str, collections.deque[_Pushed]] = {}
@@ -197,19 +198,18 @@ class AMQPBroker(Broker):
 
     def _declare(self, link: Link, queue: str) -> None:
         """Declare ``queue``'s topology once per connection; the dead-letter queue is
-        declared last, so finding it means an earlier process declared the rest."""
+        declared last, so finding it means an earlier process declared the rest.  The
+        work queue is declared either way: RabbitMQ refuses one that exists with other
+        arguments (``x-max-priority``, ``x-queue-type``), which the link reports."""
         if queue in self._declared:
             return
+        args = _amqp.work_queue_arguments(self._opts, queue)
         if self._exists(link, _amqp.dead_name(queue)):
+            link.chan().queue_declare(queue, durable=True, arguments=args)
             self._declared.add(queue)
             return
         ch = link.chan()
         self._declare_ladder(ch, queue)
-        args: dict[str, Any] = {"x-queue-type": self._opts.queue_type,
-                                "x-dead-letter-exchange": _amqp.DEAD_EXCHANGE,
-                                "x-dead-letter-routing-key": queue}
-        if self._opts.queue_type == "classic":
-            args["x-max-priority"] = MAX_PRIORITY
         ch.queue_declare(queue, durable=True, arguments=args)
         ch.queue_bind(queue, _amqp.due_name(queue))
         ch.exchange_declare(_amqp.DEAD_EXCHANGE, "direct", durable=True)
@@ -327,11 +327,11 @@ class AMQPBroker(Broker):
             headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
             exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
             key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))
-        if priority and self._opts.queue_type == "quorum" and queue not in self._warned:
+        if priority and not self._ordered and queue not in self._warned:
             self._warned.add(queue)
-            _log.warning("queue %s is a quorum queue, which has no priorities in RabbitMQ "
-                         "3.10: priority %d is kept in the message but served first in, "
-                         "first out (queue_type='classic' honours it)", queue, priority)
+            _log.warning("queue %s has no priorities: priority %d is kept in the message "
+                         "but served first in, first out; %s", queue, priority,
+                         _amqp.unordered_reason(self._opts))
         props = pika.BasicProperties(message_id=msg_id, delivery_mode=2, headers=headers,
                                      priority=MAX_PRIORITY - priority)
 

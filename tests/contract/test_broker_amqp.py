@@ -12,12 +12,15 @@ from .broker_contract import BrokerContract
 
 
 class TestRabbitMQClassicBroker(BrokerContract):
+    """Classic queues with priorities: declared with ``x-max-priority`` 9, as an app
+    with ``task_queue_max_priority = 9`` does (ADR 0041)."""
+
     stores_an_id_once = False
     knows_oldest_age = False
 
     @pytest.fixture
-    def url(self, amqp_url: str) -> str:
-        return amqp_url
+    def url(self, amqp_priority_url: str) -> str:
+        return amqp_priority_url
 
 
 class TestRabbitMQQuorumBroker(BrokerContract):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
-from conveyor.exceptions import TimeLimitExceeded
+from conveyor.exceptions import ConfigurationError, TimeLimitExceeded
 
 from .processes import Ledger, start_worker, stop, wait_for, worker_env
 
@@ -114,6 +114,36 @@ def test_a_priority_on_a_quorum_queue_is_warned_about(amqp_quorum_url: str,
         assert len(warned) == 1 and "queue_type='classic'" in warned[0].getMessage()
     finally:
         broker.close()
+
+
+def test_a_classic_queue_has_priorities_only_when_a_maximum_is_set(
+        amqp_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """As Celery: ``x-max-priority`` only with ``task_queue_max_priority`` (a priority
+    queue costs RabbitMQ CPU on every message, ADR 0041).  Without it a priority is
+    served first in, first out and named in one warning; declaring the queue again
+    with another maximum is refused with a message naming queue and argument."""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    plain = broker_from_url(amqp_url)
+    try:
+        with caplog.at_level("WARNING", logger="conveyor.brokers.amqp"):
+            for i, priority in enumerate((9, 0, 9)):
+                plain.enqueue(Envelope(id=str(i), queue="plain", body=b"x", priority=priority))
+        warned = [r.getMessage() for r in caplog.records if "no priorities" in r.getMessage()]
+        assert len(warned) == 1 and "task_queue_max_priority" in warned[0]
+        got = plain.reserve(["plain"], 3, lease=60, timeout=5)
+        assert [d.id for d in got] == ["0", "1", "2"]
+        assert plain.ack(got) == [True, True, True]
+    finally:
+        plain.close()
+    ordered = Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9)
+    try:
+        assert "task_queue_max_priority" not in ordered.conf.no_effect_set()
+        with pytest.raises(ConfigurationError, match=r"x-max-priority.*'plain'.*"
+                                                     r"task_queue_max_priority"):
+            ordered.broker.enqueue(Envelope(id="3", queue="plain", body=b"x"))
+    finally:
+        ordered.close()
 
 
 def test_prefork_children_acknowledge_their_own_messages(client: Conveyor, spawn) -> None:

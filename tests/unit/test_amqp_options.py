@@ -78,6 +78,28 @@ def test_a_side_store_in_the_url_is_not_replaced_by_the_result_backend() -> None
     assert _amqp.parse_amqp_url(app.conf.broker_url, options).state_url == "sqlite:///keys.db"
 
 
+def test_classic_queues_have_priorities_only_with_task_queue_max_priority() -> None:
+    """As Celery: ``x-max-priority`` only when a maximum is set (ADR 0041); the
+    setting is named in the startup warning only where it has no effect."""
+    def arguments(broker: str, **conf: object) -> dict:
+        app = Conveyor("x", broker=broker, backend="redis://r:6379/1", set_as_current=False,
+                       **conf)
+        opts = _amqp.parse_amqp_url(app.conf.broker_url, app.conf.broker_options())
+        return _amqp.work_queue_arguments(opts, "q")
+
+    classic = "amqp://h//?queue_type=classic"
+    assert "x-max-priority" not in arguments(classic)
+    assert arguments(classic, task_queue_max_priority=9)["x-max-priority"] == 9
+    assert "x-max-priority" not in arguments("amqp://h//", task_queue_max_priority=9)
+    assert arguments(f"{classic}&max_priority=5")["x-max-priority"] == 5
+    with pytest.raises(ConfigurationError, match=r"1\.\.255"):
+        arguments(classic, task_queue_max_priority=300)
+    for broker, warned in ((classic, False), ("amqp://h//", True), ("redis://r", True)):
+        app = Conveyor("x", broker=broker, backend="redis://r:6379/1", set_as_current=False,
+                       task_queue_max_priority=9)
+        assert ("task_queue_max_priority" in app.conf.no_effect_set()) is warned
+
+
 def test_results_beside_rabbitmq_name_the_setting_to_use() -> None:
     app = Conveyor("x", broker="amqp://u:pw@h//", set_as_current=False)
     with pytest.raises(ConfigurationError, match="result_backend") as err:
