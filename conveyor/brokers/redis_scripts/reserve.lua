@@ -89,20 +89,19 @@ end
 -- was moved).
 local now = now_ms()
 local soonest, moved = -1, false
+local function move_due(key, move, queue)
+  local due = first_score(key)
+  if not due then return end
+  if due <= now then
+    move(queue, now)
+    moved = true
+  elseif soonest < 0 or due - now < soonest then
+    soonest = due - now
+  end
+end
 for _, queue in ipairs(queues) do
-  local delayed, inflight = first_score(delayed_key(queue)), first_score(inflight_key(queue))
-  if delayed and delayed <= now then
-    promote_due(queue, now)
-    moved = true
-  elseif delayed and (soonest < 0 or delayed - now < soonest) then
-    soonest = delayed - now
-  end
-  if inflight and inflight <= now then
-    reclaim_expired(queue, now)
-    moved = true
-  elseif inflight and (soonest < 0 or inflight - now < soonest) then
-    soonest = inflight - now
-  end
+  move_due(delayed_key(queue), promote_due, queue)
+  move_due(inflight_key(queue), reclaim_expired, queue)
 end
 
 -- LMPOP numkeys key... LEFT COUNT n, keys by priority, then queue order:
