@@ -68,7 +68,8 @@ operation that ends them.
 A message lives in exactly one of ``ready``, ``delayed`` or ``inflight`` of
 its queue, and in ``P:msg`` while it does.  Reserve first moves due delayed
 messages to the back of their ready list and lapsed leases to the front
-(bounded, 1,000 per queue per call), then pops.
+(bounded, 1,000 per queue per call; only when the set's first score is due),
+then pops.
 
 Why one list per (queue, priority) rather than one sorted set per queue
 ------------------------------------------------------------------------

@@ -22,10 +22,12 @@ local token_base = ARGV[4]
 local queues = {}
 for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
 
--- Lease popped ids of one ready list: five commands for the whole slice.
+-- Lease popped ids of one ready list: six commands for the whole slice, or
+-- five for a single id (a woken consumer's usual slice), whose delivery
+-- count is bumped by one HINCRBY instead of a read and a write.
 local function lease(queue, prio, ids, deadline, taken, out)
   local bodies = redis.call('HMGET', MSG, unpack(ids))
-  local counts = redis.call('HMGET', DELIV, unpack(ids))
+  local counts = #ids > 1 and redis.call('HMGET', DELIV, unpack(ids))
   local revoked_keys = {}
   for i, id in ipairs(ids) do revoked_keys[i] = P .. ':revoked:' .. string.match(id, '^[^~]*') end
   local revoked = redis.call('MGET', unpack(revoked_keys))
@@ -37,10 +39,15 @@ local function lease(queue, prio, ids, deadline, taken, out)
     if body then  -- an id without a body is an orphan: drop it
       taken = taken + 1
       local token = token_base .. taken
-      local n = (tonumber(counts[i]) or 0) + 1
+      local n
+      if counts then
+        n = (tonumber(counts[i]) or 0) + 1
+        deliveries[#deliveries + 1], deliveries[#deliveries + 2] = id, n
+      else
+        n = redis.call('HINCRBY', DELIV, id, 1)
+      end
       leases[#leases + 1], leases[#leases + 2] = deadline, id
       tokens[#tokens + 1], tokens[#tokens + 2] = id, token
-      deliveries[#deliveries + 1], deliveries[#deliveries + 2] = id, n
       local k = #out
       out[k + 1], out[k + 2], out[k + 3] = id, body, n
       out[k + 4] = revoked[i] and 1 or 0
@@ -50,8 +57,8 @@ local function lease(queue, prio, ids, deadline, taken, out)
   if #leases > 0 then
     redis.call('ZADD', inflight_key(queue), unpack(leases))
     redis.call('HSET', TOKEN, unpack(tokens))
-    redis.call('HSET', DELIV, unpack(deliveries))
   end
+  if #deliveries > 0 then redis.call('HSET', DELIV, unpack(deliveries)) end
   return taken
 end
 
@@ -75,24 +82,47 @@ local function next_due_in(now)
   return best
 end
 
+-- Due delayed messages and lapsed leases are moved (promote_due,
+-- reclaim_expired) only when the sorted set's first score says some are:
+-- one peek per set instead of a range query, and the peeks are the hint
+-- when nothing is taken (next_due_in reads them again only if something
+-- was moved).
 local now = now_ms()
-for _, queue in ipairs(queues) do
-  promote_due(queue, now)
-  reclaim_expired(queue, now)
-end
-
--- LMPOP numkeys key... LEFT COUNT n, keys by priority, then queue order.
-local args, origin = {0}, {}
-for prio = 0, 9 do
-  for _, queue in ipairs(queues) do
-    local key = ready_key(queue, prio)
-    args[#args + 1] = key
-    origin[key] = {queue, prio}
+local soonest, moved = -1, false
+local function move_due(key, move, queue)
+  local due = first_score(key)
+  if not due then return end
+  if due <= now then
+    move(queue, now)
+    moved = true
+  elseif soonest < 0 or due - now < soonest then
+    soonest = due - now
   end
 end
-args[1] = #args - 1
-args[#args + 1], args[#args + 2], args[#args + 3] = 'LEFT', 'COUNT', 0
-local count_at = #args
+for _, queue in ipairs(queues) do
+  move_due(delayed_key(queue), promote_due, queue)
+  move_due(inflight_key(queue), reclaim_expired, queue)
+end
+
+-- LMPOP numkeys key... LEFT COUNT n, keys by priority, then queue order:
+-- P:ready:{q}: is joined once per queue and the digit appended (a number
+-- would be formatted per key), and the key LMPOP names is found by its
+-- position in this list (strings are interned: == is a pointer compare).
+local DIGITS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
+local heads = {}
+for i, queue in ipairs(queues) do heads[i] = P .. ':ready:' .. queue .. ':' end
+local nq = #queues
+local args, n = {0}, 1
+for prio = 1, 10 do
+  local digit = DIGITS[prio]
+  for i = 1, nq do
+    n = n + 1
+    args[n] = heads[i] .. digit
+  end
+end
+args[1] = n - 1
+args[n + 1], args[n + 2], args[n + 3] = 'LEFT', 'COUNT', 0
+local count_at = n + 3
 
 local out = {0}
 local taken = 0
@@ -101,8 +131,10 @@ while taken < count do
   args[count_at] = math.min(count - taken, SLICE)
   local popped = redis.call('LMPOP', unpack(args))
   if not popped then break end
-  local from = origin[popped[1]]
-  taken = lease(from[1], from[2], popped[2], deadline, taken, out)
+  local key, at = popped[1], 2
+  while args[at] ~= key do at = at + 1 end
+  local k = at - 2  -- 0-based: priority k // nq, queue k % nq
+  taken = lease(queues[k % nq + 1], (k - k % nq) / nq, popped[2], deadline, taken, out)
 end
 
 if taken >= count then
@@ -112,6 +144,6 @@ if taken >= count then
     if redis.call('EXISTS', unpack(ready_keys(queue))) > 0 then wake(queue) end
   end
 elseif taken == 0 then
-  out[1] = next_due_in(now)
+  out[1] = moved and next_due_in(now) or soonest
 end
 return out
