@@ -345,7 +345,10 @@ class AlarmWatch:
         except pika.exceptions.AMQPError as exc:
             self.error = exc
 
-    def wait(self, attribute: str, timeout: float = 30) -> float:
+    def wait(self, attribute: str, timeout: float = 180) -> float:
+        # As long as the cue's CLI may take, as Watch.wait: a
+        # fresh-clone rehearsal under load (2026-12-05) saw no block within 30 s
+        # of the go, then passed on its rerun.
         wait_for(lambda: getattr(self, attribute) is not None or self.error is not None,
                  timeout, f"the watch connection to be {attribute.removesuffix('_at')}")
         assert self.error is None, f"the alarm watch failed: {self.error!r}"
