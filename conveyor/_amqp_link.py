@@ -98,6 +98,11 @@ def _hint(exc: pika.exceptions.ChannelClosedByBroker) -> str:
             "queue, or drain and delete it")
 
 
+def refusal(o: AMQPOptions, exc: pika.exceptions.ChannelClosedByBroker) -> ConfigurationError:
+    """The error for a declaration RabbitMQ refused, with what to change."""
+    return ConfigurationError(f"RabbitMQ at {o.place} refused: {exc.reply_text}{_hint(exc)}")
+
+
 def connection_parameters(o: AMQPOptions,
                           heartbeat: int | None = None) -> pika.ConnectionParameters:
     """pika's parameters for the broker (and the control channel beside it);
@@ -234,8 +239,7 @@ class Link:
                         self.drop()
                         explain_close(exc)
                         if _refused(exc):
-                            raise ConfigurationError(f"RabbitMQ at {self.opts.place} refused: "
-                                                     f"{exc.reply_text}{_hint(exc)}") from None
+                            raise refusal(self.opts, exc) from None
                 if attempt < attempts - 1:
                     time.sleep(min(2.0, 0.1 * 2**attempt))
             raise BrokerUnavailable(f"RabbitMQ at {self.opts.place}: the connection kept "

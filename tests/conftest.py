@@ -247,7 +247,8 @@ def rabbitmq_vhost(queue_type: str) -> str:
 # The queues the RabbitMQ-parametrized tests use: the per-test wipe purges these
 # (RabbitMQ lists queues only over HTTP).  A new test on another queue adds it here.
 AMQP_TEST_QUEUES = ("q", "a", "b", "default", "reports", "urgent", "celery",
-                    "killed", "extra", "beat-test", "orders", "ticks", "moved", "soon")
+                    "killed", "extra", "beat-test", "orders", "ticks", "moved", "soon",
+                    "batch", "plain", "held")
 
 
 def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> None:

@@ -51,7 +51,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from conveyor import _amqp, _amqp_guard, _amqp_revocations, _pid
 from conveyor._amqp_confirms import Confirms
 from conveyor._amqp_guard import Guards, Verdict
-from conveyor._amqp_link import Link
+from conveyor._amqp_link import Link, refusal
 from conveyor._amqp_revocations import Feed
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Envelope, QueueStats
 from conveyor.exceptions import BrokerError, BrokerUnavailable
@@ -196,17 +196,19 @@ class AMQPBroker(Broker):
         except BrokerUnavailable:
             return lost
 
-    def _declare(self, link: Link, queue: str) -> None:
+    def _declare(self, link: Link, queue: str, used: bool = True) -> None:
         """Declare ``queue``'s topology once per connection; the dead-letter queue is
-        declared last, so finding it means an earlier process declared the rest.  The
-        work queue is declared either way: RabbitMQ refuses one that exists with other
-        arguments (``x-max-priority``, ``x-queue-type``), which the link reports."""
+        declared last, so finding it means an earlier process declared the rest.  A
+        queue this process sends to or consumes from (``used``) has its arguments
+        checked too (:meth:`_same_arguments`); one it only counts (``stats``) may
+        belong to an app configured otherwise, and is left as it is."""
         if queue in self._declared:
             return
         args = _amqp.work_queue_arguments(self._opts, queue)
         if self._exists(link, _amqp.dead_name(queue)):
-            link.chan().queue_declare(queue, durable=True, arguments=args)
-            self._declared.add(queue)
+            if used:
+                self._same_arguments(link, queue, args)
+                self._declared.add(queue)
             return
         ch = link.chan()
         self._declare_ladder(ch, queue)
@@ -234,6 +236,22 @@ class AMQPBroker(Broker):
         with contextlib.suppress(Exception):
             probe.close()
         return True
+
+    def _same_arguments(self, link: Link, queue: str, args: dict[str, Any]) -> None:
+        """Declare the existing ``queue`` with this process's arguments, on a channel
+        of its own: RabbitMQ refuses one declared with others (``x-max-priority``,
+        ``x-queue-type``; ADR 0041), and a refusal must close neither the channel nor
+        the connection that holds this process's deliveries (RabbitMQ would hand
+        them out again, and tasks that ran would run twice)."""
+        link.chan()
+        assert link.conn is not None
+        probe = link.conn.channel()
+        try:
+            probe.queue_declare(queue, durable=True, arguments=args)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise refusal(self._opts, exc) from None
+        with contextlib.suppress(Exception):
+            probe.close()
 
     def _declare_ladder(self, blocking: BlockingChannel, queue: str) -> None:
         """Sixty declarations sent without waiting for each answer (``nowait``, which
@@ -868,7 +886,7 @@ class AMQPBroker(Broker):
         return self._consumer.run(lambda ch: [self._stats_of(ch, q) for q in names])
 
     def _stats_of(self, ch: BlockingChannel, queue: str) -> QueueStats:
-        self._declare(self._consumer, queue)
+        self._declare(self._consumer, queue, used=False)
 
         def count(name: str) -> int:
             return int(ch.queue_declare(name, passive=True).method.message_count)

@@ -179,7 +179,7 @@ def _noon_longitude_in(seconds: float) -> float:
     for _ in range(4):  # the equation of time moves it by up to 4 degrees
         noon = solar("solar_noon", 0, lon).next_run(target - timedelta(hours=12))
         lon += (noon - target).total_seconds() / 240.0
-        lon = max(-179.99, min(179.99, lon))
+        lon = (lon + 180) % 360 - 180  # across the date line, not stopped at it
     return round(lon, 6)
 
 

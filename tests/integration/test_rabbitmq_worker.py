@@ -146,6 +146,54 @@ def test_a_classic_queue_has_priorities_only_when_a_maximum_is_set(
         ordered.close()
 
 
+def test_a_queue_declared_otherwise_never_costs_the_consumer_its_deliveries(
+        amqp_url: str) -> None:
+    """A queue another app declared with ``x-max-priority`` (ADR 0041) is counted by
+    ``stats`` as it is, and a send to it is refused with a ``ConfigurationError``; in
+    both cases this process keeps the connection holding its deliveries, so its
+    ack still lands.  (A full test run once saw errbacks and chord bodies run two to
+    four times: a worker's queue sampling declared such a queue on its consuming
+    channel, RabbitMQ closed it, and handed the finished tasks out again.)"""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    _delete_queue(amqp_url, "foreign")  # an earlier run's, or one re-created plain
+    ordered = Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9)
+    try:
+        ordered.broker.enqueue(Envelope(id="f", queue="foreign", body=b"x"))
+    finally:
+        ordered.close()
+    plain = broker_from_url(amqp_url)
+    try:
+        plain.enqueue(Envelope(id="h", queue="held", body=b"x"))
+        (held,) = plain.reserve(["held"], 1, lease=60, timeout=5)
+        counted = {s.queue: s.ready for s in plain.stats()}
+        assert counted["foreign"] == 1 and counted["held"] == 0
+        with pytest.raises(ConfigurationError, match=r"x-max-priority.*'foreign'"):
+            plain.enqueue(Envelope(id="g", queue="foreign", body=b"x"))
+        assert plain.ack([held]) == [True]
+    finally:
+        plain.close()
+        _delete_queue(amqp_url, "foreign")
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """Delete a work queue and its dead letters (the delay ladder may stay: its
+    queues have no per-queue arguments to disagree with)."""
+    import pika
+
+    from conveyor import _amqp
+
+    o = _amqp.parse_amqp_url(url)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        o.host, o.port, o.vhost, pika.PlainCredentials(o.username, o.password)))
+    try:
+        ch = conn.channel()
+        ch.queue_delete(queue)
+        ch.queue_delete(_amqp.dead_name(queue))
+    finally:
+        conn.close()
+
+
 def test_prefork_children_acknowledge_their_own_messages(client: Conveyor, spawn) -> None:
     """A RabbitMQ delivery can only be acknowledged on the channel that received it,
     so prefork children ack (and renew) their own: after a restart nothing finished
