@@ -23,8 +23,12 @@ class Ledger:
     def events(self, kind: str | None = None) -> list[tuple[str, str, int, int]]:
         if not self.path.exists():
             return []
+        text = self.path.read_text()
+        # A line without its newline is still being written (or its writer was
+        # killed mid-write): a full run once read one as two fields.  Not counted.
+        complete = text[:text.rfind("\n") + 1]
         out = []
-        for line in self.path.read_text().splitlines():
+        for line in complete.splitlines():
             event, task_id, attempt, pid = line.split()
             if kind is None or event == kind:
                 out.append((event, task_id, int(attempt), int(pid)))
