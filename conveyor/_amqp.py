@@ -136,14 +136,22 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0),
         revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0),
         redelivery_wait=_positive(settings, "redelivery_wait", 1.0),
-        max_priority=_max_priority(settings.get("max_priority")))
+        max_priority=_max_priority(settings.get("max_priority"), queue_type))
 
 
-def _max_priority(value: int | None) -> int | None:
-    if value is not None and not 1 <= value <= MAX_PRIORITY_LIMIT:
+def _max_priority(value: int | None, queue_type: str) -> int | None:
+    """A classic queue's ``x-max-priority``; refused where it would be ignored."""
+    if value is None:
+        return None
+    if not 1 <= value <= MAX_PRIORITY_LIMIT:
         raise ConfigurationError(
             f"task_queue_max_priority (broker_transport_options['max_priority'])={value!r}: "
             f"use 1..{MAX_PRIORITY_LIMIT}, RabbitMQ's range for x-max-priority")
+    if queue_type != "classic":
+        raise ConfigurationError(
+            f"broker_transport_options['max_priority']={value!r} with queue_type="
+            f"{queue_type!r}: RabbitMQ 3.10's quorum queues have no priorities; use "
+            "queue_type='classic'")
     return value
 
 

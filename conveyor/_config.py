@@ -465,8 +465,9 @@ class Settings:
         if is_amqp(self.broker_url):
             from conveyor._amqp import amqp_options
 
-            if self["task_queue_max_priority"] is not None:
-                opts.setdefault("max_priority", self["task_queue_max_priority"])
+            maximum = self["task_queue_max_priority"]
+            if maximum is not None and self._takes_effect("task_queue_max_priority"):
+                opts.setdefault("max_priority", maximum)  # else: the startup warning
             return amqp_options(self.broker_url, opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts

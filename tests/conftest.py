@@ -248,7 +248,7 @@ def rabbitmq_vhost(queue_type: str) -> str:
 # (RabbitMQ lists queues only over HTTP).  A new test on another queue adds it here.
 AMQP_TEST_QUEUES = ("q", "a", "b", "default", "reports", "urgent", "celery",
                     "killed", "extra", "beat-test", "orders", "ticks", "moved", "soon",
-                    "batch", "plain", "held")
+                    "batch", "plain", "held", "beat")
 
 
 def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> None:

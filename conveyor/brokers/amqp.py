@@ -137,6 +137,22 @@ class _Reroute:
     folded: int
 
 
+def _probe(link: Link, declare: Callable[[BlockingChannel], object]
+           ) -> pika.exceptions.ChannelClosedByBroker | None:
+    """Run ``declare`` on a channel of its own, so that RabbitMQ's refusal closes that
+    channel only, never the link's: the refusal, or None."""
+    link.chan()
+    assert link.conn is not None
+    probe = link.conn.channel()
+    try:
+        declare(probe)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc
+    with contextlib.suppress(Exception):
+        probe.close()
+    return None
+
+
 class AMQPBroker(Broker):
     """A consuming link and a publishing link (``_amqp_link``), each under its lock;
     the consuming lock is never held while waiting on the publishing link."""
@@ -225,17 +241,8 @@ class AMQPBroker(Broker):
 
     @staticmethod
     def _exists(link: Link, queue: str) -> bool:
-        """Passive check on a channel of its own (a miss closes the channel)."""
-        link.chan()
-        assert link.conn is not None
-        probe = link.conn.channel()
-        try:
-            probe.queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            return False
-        with contextlib.suppress(Exception):
-            probe.close()
-        return True
+        """Passive check (a miss closes the probe's channel only)."""
+        return _probe(link, lambda ch: ch.queue_declare(queue, passive=True)) is None
 
     def _same_arguments(self, link: Link, queue: str, args: dict[str, Any]) -> None:
         """Declare the existing ``queue`` with this process's arguments, on a channel
@@ -243,15 +250,9 @@ class AMQPBroker(Broker):
         ``x-queue-type``; ADR 0041), and a refusal must close neither the channel nor
         the connection that holds this process's deliveries (RabbitMQ would hand
         them out again, and tasks that ran would run twice)."""
-        link.chan()
-        assert link.conn is not None
-        probe = link.conn.channel()
-        try:
-            probe.queue_declare(queue, durable=True, arguments=args)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise refusal(self._opts, exc) from None
-        with contextlib.suppress(Exception):
-            probe.close()
+        refused = _probe(link, lambda ch: ch.queue_declare(queue, durable=True, arguments=args))
+        if refused is not None:
+            raise refusal(self._opts, refused)
 
     def _declare_ladder(self, blocking: BlockingChannel, queue: str) -> None:
         """Sixty declarations sent without waiting for each answer (``nowait``, which

@@ -94,6 +94,9 @@ def test_classic_queues_have_priorities_only_with_task_queue_max_priority() -> N
     assert arguments(f"{classic}&max_priority=5")["x-max-priority"] == 5
     with pytest.raises(ConfigurationError, match=r"1\.\.255"):
         arguments(classic, task_queue_max_priority=300)
+    # Quorum queues have none: the transport option is refused, not ignored.
+    with pytest.raises(ConfigurationError, match=r"max_priority.*quorum"):
+        arguments("amqp://h//?max_priority=9")
     for broker, warned in ((classic, False), ("amqp://h//", True), ("redis://r", True)):
         app = Conveyor("x", broker=broker, backend="redis://r:6379/1", set_as_current=False,
                        task_queue_max_priority=9)
