@@ -203,7 +203,6 @@ def test_a_queue_s_own_max_priority_is_declared_and_a_worker_serves_it_in_order(
 
     from conveyor import _amqp
     from conveyor._amqp_link import connection_parameters
-    from conveyor.brokers import Envelope
     from conveyor.testing import run_worker
 
     _delete_queue(amqp_url, OWN)
@@ -236,14 +235,7 @@ def test_a_queue_s_own_max_priority_is_declared_and_a_worker_serves_it_in_order(
         assert "x-max-priority" not in warned
     finally:
         app.close()
-    other = Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9)
-    try:
-        with pytest.raises(ConfigurationError, match=r"x-max-priority.*'own-max'.*"
-                                                     r"max_priority in task_queues"):
-            other.broker.enqueue(Envelope(id="x", queue=OWN, body=b"x"))
-    finally:
-        other.close()
-        _delete_queue(amqp_url, OWN)
+    _refused_by_name(Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9), amqp_url)
 
 
 def test_a_queue_declared_without_a_maximum_refuses_one_of_its_own(amqp_url: str) -> None:
@@ -260,13 +252,21 @@ def test_a_queue_declared_without_a_maximum_refuses_one_of_its_own(amqp_url: str
     finally:
         plain.close()
     own = Conveyor("t", broker_url=amqp_url, task_queues=[kombu.Queue(OWN, max_priority=5)])
+    _refused_by_name(own, amqp_url)
+
+
+def _refused_by_name(app: Conveyor, url: str) -> None:
+    """``app``'s send to OWN, which exists with another ``x-max-priority``, is refused
+    with an error naming argument, queue and setting; then OWN is deleted."""
+    from conveyor.brokers import Envelope
+
     try:
         with pytest.raises(ConfigurationError, match=r"inequivalent arg 'x-max-priority'.*"
                                                      r"'own-max'.*max_priority in task_queues"):
-            own.broker.enqueue(Envelope(id="o", queue=OWN, body=b"x"))
+            app.broker.enqueue(Envelope(id="x", queue=OWN, body=b"x"))
     finally:
-        own.close()
-        _delete_queue(amqp_url, OWN)
+        app.close()
+        _delete_queue(url, OWN)
 
 
 def test_a_queue_s_own_max_priority_on_quorum_queues_is_named_not_declared(
