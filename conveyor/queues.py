@@ -11,7 +11,8 @@ What matters here is the name, and on RabbitMQ's classic queues a queue's
 own maximum priority (``max_priority``, or ``queue_arguments["x-max-priority"]``),
 which is declared as its ``x-max-priority`` and wins over
 ``task_queue_max_priority``, as in Celery (ADR 0041).  The other AMQP fields
-(exchange, routing key, other queue arguments) shape nothing: SQLite, Redis
+(exchange, routing key, other queue arguments and declaration options such
+as ``durable`` or kombu's ``message_ttl``) shape nothing: SQLite, Redis
 and PostgreSQL queues are addressed directly and priorities are always 0..9
 (as on Celery's Redis transport), and Conveyor's RabbitMQ broker publishes to
 each queue by name and declares its arguments itself.  They are kept on the
@@ -32,6 +33,12 @@ _AMQP_KEYS = frozenset({
     "exchange", "exchange_type", "routing_key", "binding_key", "queue_arguments",
     "max_priority", "durable", "auto_delete", "exclusive",
 })
+# The dict form's keys, and a kombu Queue's attributes (with kombu's defaults), that
+# have no field here: kept as names (Queue.other) for the startup warning.
+_OTHER_KEYS = ("exchange_type", "durable", "auto_delete", "exclusive")
+_KOMBU_DEFAULTS: dict[str, Any] = {
+    "durable": True, "exclusive": False, "auto_delete": False, "expires": None,
+    "message_ttl": None, "max_length": None, "max_length_bytes": None}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Queue:
     routing_key: str | None = None
     queue_arguments: dict[str, Any] = field(default_factory=dict)
     max_priority: int | None = None
+    other: tuple[str, ...] = ()  # other declaration options given, by name (none used)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -68,7 +76,7 @@ class Queue:
         found += [f"queue_arguments[{key!r}]" for key in self.queue_arguments]
         if self.max_priority is not None:
             found.append("max_priority")
-        return found
+        return found + list(self.other)
 
 
 def parse_queues(value: Any, source: str = "task_queues") -> list[Queue] | None:
@@ -102,6 +110,8 @@ def as_queue(item: Any, source: str = "task_queues") -> Queue:
         routing_key=getattr(item, "routing_key", None) or None,
         queue_arguments=dict(getattr(item, "queue_arguments", None) or {}),
         max_priority=getattr(item, "max_priority", None),
+        other=tuple(key for key, default in _KOMBU_DEFAULTS.items()
+                    if getattr(item, key, default) != default),
     )
 
 
@@ -113,9 +123,12 @@ def _from_mapping(name: Any, spec: Any, source: str) -> Queue:
     if unknown:
         raise ConfigurationError(f"{source}[{name!r}]: unknown queue option(s) "
                                  f"{', '.join(unknown)}")
-    return Queue(str(name), exchange=spec.get("exchange"), routing_key=spec.get("routing_key"),
+    # Celery's Queues.add_compat: the binding key is the routing key when none is given.
+    return Queue(str(name), exchange=spec.get("exchange"),
+                 routing_key=spec.get("routing_key") or spec.get("binding_key"),
                  queue_arguments=dict(spec.get("queue_arguments") or {}),
-                 max_priority=spec.get("max_priority"))
+                 max_priority=spec.get("max_priority"),
+                 other=tuple(key for key in _OTHER_KEYS if key in spec))
 
 
 # The fields that set a queue's x-max-priority (Queue.own_max_priority).

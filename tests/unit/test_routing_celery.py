@@ -130,6 +130,23 @@ def test_task_queues_accepts_queue_objects_kombu_like_objects_and_names() -> Non
         make_app(task_queues="a,b")
 
 
+def test_every_declaration_option_of_a_queue_is_named_when_unused() -> None:
+    """Nothing given is dropped: Celery's dict form (``Queues.add_compat``, where the
+    binding key is the routing key when none is given) and a kombu ``Queue``'s
+    declaration options (its defaults: durable, not exclusive, no TTLs) that nothing
+    here uses are named in the startup warning."""
+    kombu = pytest.importorskip("kombu")
+    legacy = make_app(task_queues={"a": {"binding_key": "a.#", "exchange_type": "topic",
+                                         "durable": False}})
+    assert legacy.conf.task_queues[0].routing_key == "a.#"
+    assert legacy.conf.no_effect_set()["task_queues"].startswith(
+        "no effect here for durable, exchange_type, routing_key: ")
+    objects = make_app(task_queues=[kombu.Queue("k", message_ttl=60, durable=False),
+                                    kombu.Queue("plain")])
+    assert objects.conf.no_effect_set()["task_queues"].startswith(
+        "no effect here for durable, message_ttl: ")
+
+
 def test_create_missing_queues_off_refuses_undeclared_queues() -> None:
     """Celery: Router.expand_destination raises QueueNotFound when create-missing is off."""
     app = make_app(task_create_missing_queues=False,
