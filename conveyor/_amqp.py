@@ -9,9 +9,10 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 ``Q`` (docs/decisions/0016-rabbitmq-broker.md):
 
 * ``Q`` -- the work queue: durable, quorum by default (``queue_type``), or
-  classic, with ``x-max-priority`` only when ``max_priority`` (the app's
-  ``task_queue_max_priority``) is set, as Celery declares it (ADR 0041);
-  dead-letters into ``conveyor.dead``.
+  classic, with ``x-max-priority`` only when ``Q``'s own maximum
+  (``queue_max_priority``: its ``max_priority`` in ``task_queues``) or
+  ``max_priority`` (the app's ``task_queue_max_priority``) is set, as Celery
+  declares it (ADR 0041); dead-letters into ``conveyor.dead``.
 * ``conveyor.dead`` -- direct exchange; routing key ``Q`` reaches
   ``conveyor.dead.Q``, a durable classic queue of dead letters whose reason is
   the ``x-conveyor-reason`` header.
@@ -31,7 +32,8 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -53,6 +55,7 @@ _OPTIONS: dict[str, type] = {
     "revocations_kept": float,
     "redelivery_wait": float,
     "max_priority": int,
+    "queue_max_priority": dict,
 }
 MAX_PRIORITY_LIMIT = 255  # RabbitMQ's highest x-max-priority
 
@@ -79,6 +82,8 @@ class AMQPOptions:
     # x-max-priority of classic work queues; None declares them without priorities
     # (ADR 0041: a priority queue costs RabbitMQ CPU on every message).
     max_priority: int | None = None
+    # Queues with a maximum of their own (task_queues), which wins over max_priority.
+    queue_max_priority: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def place(self) -> str:
@@ -136,23 +141,43 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         blocked_connection_timeout=_positive(settings, "blocked_connection_timeout", 60.0),
         revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0),
         redelivery_wait=_positive(settings, "redelivery_wait", 1.0),
-        max_priority=_max_priority(settings.get("max_priority"), queue_type))
+        max_priority=_max_priority(settings.get("max_priority"), queue_type),
+        queue_max_priority=_queue_maxima(settings.get("queue_max_priority") or {}, queue_type))
 
 
-def _max_priority(value: int | None, queue_type: str) -> int | None:
+_APP_WIDE = "task_queue_max_priority (broker_transport_options['max_priority'])"
+
+
+def _max_priority(value: Any, queue_type: str) -> int | None:
+    """The app-wide ``x-max-priority`` of classic queues (None: none)."""
+    return None if value is None else _maximum(value, queue_type, _APP_WIDE)
+
+
+def _queue_maxima(given: Mapping[str, Any], queue_type: str) -> dict[str, int]:
+    """Each queue's own maximum, checked as the app-wide one is (the settings pass
+    them only for classic queues: on quorum ones the startup warning names them)."""
+    return {name: _maximum(value, queue_type, f"max_priority of queue {name!r} (task_queues)")
+            for name, value in given.items() if value is not None}
+
+
+def _maximum(value: Any, queue_type: str, what: str) -> int:
     """A classic queue's ``x-max-priority``; refused where it would be ignored."""
-    if value is None:
-        return None
-    if not 1 <= value <= MAX_PRIORITY_LIMIT:
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 1 <= value <= MAX_PRIORITY_LIMIT:
         raise ConfigurationError(
-            f"task_queue_max_priority (broker_transport_options['max_priority'])={value!r}: "
-            f"use 1..{MAX_PRIORITY_LIMIT}, RabbitMQ's range for x-max-priority")
+            f"{what}={value!r}: use 1..{MAX_PRIORITY_LIMIT}, RabbitMQ's range for x-max-priority")
     if queue_type != "classic":
         raise ConfigurationError(
-            f"broker_transport_options['max_priority']={value!r} with queue_type="
-            f"{queue_type!r}: RabbitMQ 3.10's quorum queues have no priorities; use "
-            "queue_type='classic'")
+            f"{what}={value!r} with queue_type={queue_type!r}: RabbitMQ 3.10's quorum "
+            "queues have no priorities; use queue_type='classic'")
     return value
+
+
+def max_priority_of(opts: AMQPOptions, queue: str) -> int | None:
+    """``queue``'s ``x-max-priority``: its own, else the app's (Celery's
+    ``Queues._set_max_priority`` fills in ``task_queue_max_priority`` only where a
+    queue has none)."""
+    return opts.queue_max_priority.get(queue, opts.max_priority)
 
 
 def queue_type_of(url: str, options: dict[str, Any]) -> str:
@@ -163,28 +188,30 @@ def queue_type_of(url: str, options: dict[str, Any]) -> str:
 
 def work_queue_arguments(opts: AMQPOptions, queue: str) -> dict[str, Any]:
     """The arguments a work queue is declared with: its type, its dead letters, and
-    on a classic queue ``x-max-priority`` when one is configured (as Celery's
-    ``task_queue_max_priority``): without it RabbitMQ serves first in, first out."""
+    on a classic queue ``x-max-priority`` when one is configured (the queue's own
+    in ``task_queues``, else Celery's ``task_queue_max_priority``): without it
+    RabbitMQ serves first in, first out."""
     args: dict[str, Any] = {"x-queue-type": opts.queue_type,
                             "x-dead-letter-exchange": DEAD_EXCHANGE,
                             "x-dead-letter-routing-key": queue}
-    if ordered(opts):
-        args["x-max-priority"] = opts.max_priority
+    if ordered(opts, queue):
+        args["x-max-priority"] = max_priority_of(opts, queue)
     return args
 
 
-def ordered(opts: AMQPOptions) -> bool:
-    """Whether the work queues this process declares serve priorities."""
-    return opts.queue_type == "classic" and opts.max_priority is not None
+def ordered(opts: AMQPOptions, queue: str) -> bool:
+    """Whether ``queue``, as this process declares it, serves priorities."""
+    return opts.queue_type == "classic" and max_priority_of(opts, queue) is not None
 
 
 def unordered_reason(opts: AMQPOptions) -> str:
     """Why a priority sent to a queue is served first in, first out (the warning)."""
     if opts.queue_type == "quorum":
-        return ("quorum queues have no priorities in RabbitMQ 3.10 "
-                "(queue_type='classic' with task_queue_max_priority honours them)")
-    return ("it was declared without x-max-priority: set task_queue_max_priority "
-            "(9 keeps Conveyor's ten levels) before the queue is created")
+        return ("quorum queues have no priorities in RabbitMQ 3.10 (queue_type='classic' "
+                "with task_queue_max_priority, or a Queue's max_priority, honours them)")
+    return ("it was declared without x-max-priority: set task_queue_max_priority, or the "
+            "queue's max_priority in task_queues (9 keeps Conveyor's ten levels), before "
+            "the queue is created")
 
 
 def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,

@@ -93,9 +93,10 @@ def _hint(exc: pika.exceptions.ChannelClosedByBroker) -> str:
     """What to change when an existing queue was declared with other arguments."""
     if "inequivalent arg" not in str(exc.reply_text):
         return ""
-    return ("; x-max-priority follows task_queue_max_priority (unset: none) and "
-            "x-queue-type broker_transport_options['queue_type']: set them to match the "
-            "queue, or drain and delete it")
+    return ("; x-max-priority follows the queue's max_priority in task_queues, else "
+            "task_queue_max_priority (unset: none), and x-queue-type "
+            "broker_transport_options['queue_type']: set them to match the queue, or "
+            "drain and delete it")
 
 
 def refusal(o: AMQPOptions, exc: pika.exceptions.ChannelClosedByBroker) -> ConfigurationError:

@@ -315,14 +315,27 @@ class Settings:
     def no_effect_set(self) -> dict[str, str]:
         """No-effect names set to something other than Celery's default, with their
         reasons (for the startup warning: ``task_always_eager = False`` asks for nothing)."""
-        return {name: NO_EFFECT[name].reason for name in sorted(self._set)
-                if name in NO_EFFECT and self[name] != NO_EFFECT[name].default
-                and not self._takes_effect(name)}
+        named = {name: NO_EFFECT[name].reason for name in sorted(self._set)
+                 if name in NO_EFFECT and self[name] != NO_EFFECT[name].default
+                 and not self._takes_effect(name)}
+        from conveyor.queues import no_effect_reason
+
+        queues = no_effect_reason(self.task_queues, is_amqp(self.broker_url),
+                                  self._priorities_honoured())
+        if queues:  # the AMQP fields of task_queues that this broker does not use
+            named["task_queues"] = queues
+        return named
 
     def _takes_effect(self, name: str) -> bool:
         """A no-effect name that this broker honours: ``task_queue_max_priority`` on
         RabbitMQ's classic queues (ADR 0041)."""
-        if name != "task_queue_max_priority" or not is_amqp(self.broker_url):
+        return name == "task_queue_max_priority" and self._priorities_honoured()
+
+    def _priorities_honoured(self) -> bool:
+        """Whether queues honour a maximum priority (``x-max-priority``): only
+        RabbitMQ's classic queues do (ADR 0041); elsewhere the startup warning
+        names the settings that ask for one."""
+        if not is_amqp(self.broker_url):
             return False
         from conveyor._amqp import queue_type_of
 
@@ -465,12 +478,27 @@ class Settings:
         if is_amqp(self.broker_url):
             from conveyor._amqp import amqp_options
 
-            maximum = self["task_queue_max_priority"]
-            if maximum is not None and self._takes_effect("task_queue_max_priority"):
-                opts.setdefault("max_priority", maximum)  # else: the startup warning
+            if self._priorities_honoured():  # else: the startup warning names them
+                for key, value in self._priority_options().items():
+                    opts.setdefault(key, value)  # an explicit transport option wins
             return amqp_options(self.broker_url, opts, self.result_backend, self.broker_use_ssl)
         opts.update(tls_options("broker_use_ssl", self.broker_use_ssl, self.broker_url))
         return opts
+
+    def _priority_options(self) -> dict[str, Any]:
+        """Celery's maxima as the RabbitMQ broker's options: ``task_queue_max_priority``
+        as ``max_priority``, and each ``task_queues`` entry's own maximum as
+        ``queue_max_priority``, which wins for that queue (``_amqp.max_priority_of``),
+        as a kombu ``Queue``'s own ``x-max-priority`` does in Celery."""
+        from conveyor.queues import own_max_priorities
+
+        found: dict[str, Any] = {}
+        if self["task_queue_max_priority"] is not None:  # 0 too: refused by the broker
+            found["max_priority"] = self["task_queue_max_priority"]
+        own = own_max_priorities(self.task_queues)
+        if own:
+            found["queue_max_priority"] = own
+        return found
 
     def result_options(self) -> dict[str, Any]:
         """What the result store client is built with (Celery's redis_* settings).

@@ -7,17 +7,21 @@ older dict form ``{"name": {"routing_key": ..., ...}}``.  A worker with no
 ``task_create_missing_queues = False`` a task routed to a queue that is not
 declared is refused at send with :class:`QueueNotFound` (Celery's rule).
 
-What matters here is the name.  The AMQP fields (exchange, routing key,
-queue arguments such as ``x-max-priority``) shape nothing on SQLite and
-Redis, where queues are addressed directly and priorities are always 0..9
-(as on Celery's Redis transport): they are kept on the object for an AMQP
-broker and named in one warning when the setting is loaded, so nothing is
-dropped silently.
+What matters here is the name, and on RabbitMQ's classic queues a queue's
+own maximum priority (``max_priority``, or ``queue_arguments["x-max-priority"]``),
+which is declared as its ``x-max-priority`` and wins over
+``task_queue_max_priority``, as in Celery (ADR 0041).  The other AMQP fields
+(exchange, routing key, other queue arguments and declaration options such
+as ``durable`` or kombu's ``message_ttl``) shape nothing: SQLite, Redis
+and PostgreSQL queues are addressed directly and priorities are always 0..9
+(as on Celery's Redis transport), and Conveyor's RabbitMQ broker publishes to
+each queue by name and declares its arguments itself.  They are kept on the
+object and named in the worker's one startup warning
+(:func:`no_effect_reason`), so nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +33,12 @@ _AMQP_KEYS = frozenset({
     "exchange", "exchange_type", "routing_key", "binding_key", "queue_arguments",
     "max_priority", "durable", "auto_delete", "exclusive",
 })
+# The dict form's keys, and a kombu Queue's attributes (with kombu's defaults), that
+# have no field here: kept as names (Queue.other) for the startup warning.
+_OTHER_KEYS = ("exchange_type", "durable", "auto_delete", "exclusive")
+_KOMBU_DEFAULTS: dict[str, Any] = {
+    "durable": True, "exclusive": False, "auto_delete": False, "expires": None,
+    "message_ttl": None, "max_length": None, "max_length_bytes": None}
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,20 @@ class Queue:
     routing_key: str | None = None
     queue_arguments: dict[str, Any] = field(default_factory=dict)
     max_priority: int | None = None
+    other: tuple[str, ...] = ()  # other declaration options given, by name (none used)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError(f"Queue needs a non-empty name, got {self.name!r}")
+
+    @property
+    def own_max_priority(self) -> int | None:
+        """The queue's own ``x-max-priority``: ``max_priority``, else the one in
+        ``queue_arguments`` (kombu's ``to_rabbitmq_queue_arguments`` merges
+        ``max_priority`` over ``queue_arguments``)."""
+        if self.max_priority is not None:
+            return self.max_priority
+        return self.queue_arguments.get("x-max-priority")
 
     @property
     def amqp_fields(self) -> list[str]:
@@ -56,7 +76,7 @@ class Queue:
         found += [f"queue_arguments[{key!r}]" for key in self.queue_arguments]
         if self.max_priority is not None:
             found.append("max_priority")
-        return found
+        return found + list(self.other)
 
 
 def parse_queues(value: Any, source: str = "task_queues") -> list[Queue] | None:
@@ -70,7 +90,6 @@ def parse_queues(value: Any, source: str = "task_queues") -> list[Queue] | None:
             f"{source} must be a list of queue names or Queue objects, got {value!r}")
     else:
         queues = [as_queue(item, source) for item in value]
-    _warn_amqp_only(queues, source)
     return queues
 
 
@@ -91,6 +110,8 @@ def as_queue(item: Any, source: str = "task_queues") -> Queue:
         routing_key=getattr(item, "routing_key", None) or None,
         queue_arguments=dict(getattr(item, "queue_arguments", None) or {}),
         max_priority=getattr(item, "max_priority", None),
+        other=tuple(key for key, default in _KOMBU_DEFAULTS.items()
+                    if getattr(item, key, default) != default),
     )
 
 
@@ -102,20 +123,52 @@ def _from_mapping(name: Any, spec: Any, source: str) -> Queue:
     if unknown:
         raise ConfigurationError(f"{source}[{name!r}]: unknown queue option(s) "
                                  f"{', '.join(unknown)}")
-    return Queue(str(name), exchange=spec.get("exchange"), routing_key=spec.get("routing_key"),
+    # Celery's Queues.add_compat: the binding key is the routing key when none is given.
+    return Queue(str(name), exchange=spec.get("exchange"),
+                 routing_key=spec.get("routing_key") or spec.get("binding_key"),
                  queue_arguments=dict(spec.get("queue_arguments") or {}),
-                 max_priority=spec.get("max_priority"))
+                 max_priority=spec.get("max_priority"),
+                 other=tuple(key for key in _OTHER_KEYS if key in spec))
 
 
-def _warn_amqp_only(queues: list[Queue], source: str) -> None:
-    from conveyor._config import ConfigWarning
+# The fields that set a queue's x-max-priority (Queue.own_max_priority).
+_PRIORITY_FIELDS = frozenset({"max_priority", "queue_arguments['x-max-priority']"})
+_NOT_AMQP = ("AMQP declarations: SQLite, Redis and PostgreSQL queues are addressed by name, "
+             "priorities are always 0..9")
+_ON_RABBITMQ = ("Conveyor's RabbitMQ broker publishes to each queue by name through the "
+                "default exchange and declares the queue's arguments itself")
+_QUORUM = ("quorum queues have no priorities in RabbitMQ 3.10: queue_type='classic' "
+           "honours a queue's max_priority")
 
-    used = sorted({f for queue in queues for f in queue.amqp_fields})
-    if used:
-        warnings.warn(
-            f"{source}: no effect here for {', '.join(used)} (AMQP declarations: SQLite "
-            "and Redis queues are addressed by name, priorities are always 0..9)",
-            ConfigWarning, stacklevel=5)
+
+def no_effect_reason(queues: Iterable[Queue] | None, rabbitmq: bool,
+                     priorities: bool) -> str | None:
+    """What the startup warning says of ``task_queues`` (None: nothing to say).
+
+    It names the AMQP fields that do nothing on the broker: all of them off
+    RabbitMQ; on RabbitMQ (``rabbitmq``) exchanges, routing keys and queue
+    arguments other than ``x-max-priority``, and the maximum itself unless
+    the queues honour it (``priorities``: classic queues).  Decided when the
+    worker starts, because the broker may be configured after ``task_queues``."""
+    used = {f for queue in queues or () for f in queue.amqp_fields}
+    if priorities:
+        used -= _PRIORITY_FIELDS
+    if not used:
+        return None
+    if not rabbitmq:
+        why = _NOT_AMQP
+    elif used & _PRIORITY_FIELDS:
+        why = f"{_ON_RABBITMQ}; {_QUORUM}"
+    else:
+        why = _ON_RABBITMQ
+    return f"no effect here for {', '.join(sorted(used))}: {why}"
+
+
+def own_max_priorities(queues: Iterable[Queue] | None) -> dict[str, int]:
+    """The queues with a maximum priority of their own, and that maximum (what
+    the RabbitMQ broker takes as its ``queue_max_priority`` option)."""
+    maxima = {queue.name: queue.own_max_priority for queue in queues or ()}
+    return {name: maximum for name, maximum in maxima.items() if maximum is not None}
 
 
 def queue_name(value: Any) -> str:

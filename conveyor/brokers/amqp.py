@@ -169,7 +169,6 @@ class AMQPBroker(Broker):
         self._consumer = Link(self._opts, on_drop=self._forget_leases)
         self._publisher = Link(self._opts, on_drop=self._declared_clear)
         self._declared: set[str] = set()
-        self._ordered = _amqp.ordered(self._opts)  # whether declared queues serve priorities
         self._warned: set[str] = set()  # queues told they ignore priorities
         self._leases: dict[str, _Lease] = {}
         # Deliveries RabbitMQ pushed to this connection's consumers, not yet leased.
@@ -346,7 +345,7 @@ class AMQPBroker(Broker):
             headers[_ETA] = int(eta * 1000)  # AMQP tables carry no floats in pika
             exchange = _amqp.delay_name(queue, _amqp.LEVELS - 1)
             key = _amqp.delay_routing_key(_amqp.delay_ticks(wait))
-        if priority and not self._ordered and queue not in self._warned:
+        if priority and queue not in self._warned and not _amqp.ordered(self._opts, queue):
             self._warned.add(queue)
             _log.warning("queue %s has no priorities: priority %d is kept in the message "
                          "but served first in, first out; %s", queue, priority,

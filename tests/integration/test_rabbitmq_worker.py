@@ -176,6 +176,122 @@ def test_a_queue_declared_otherwise_never_costs_the_consumer_its_deliveries(
         _delete_queue(amqp_url, "foreign")
 
 
+OWN = "own-max"  # declared with a maximum of its own: only these tests use the name
+
+
+def _celery_priority_queue(maximum: int) -> object:
+    """Celery's routing guide's form: a kombu ``Queue`` with an exchange, a routing key
+    and ``queue_arguments={'x-max-priority': N}`` (fresh: Celery's ``Queues._add``
+    writes ``task_queue_max_priority`` into the objects it is given)."""
+    kombu = pytest.importorskip("kombu")
+    return kombu.Queue(OWN, kombu.Exchange(OWN), routing_key=OWN,
+                       queue_arguments={"x-max-priority": maximum})
+
+
+def test_a_queue_s_own_max_priority_is_declared_and_a_worker_serves_it_in_order(
+        amqp_url: str, sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Celery's two ways to ask for RabbitMQ priorities (routing guide, "RabbitMQ
+    Message Priorities") both hold: here the per-queue one.  As Celery's
+    ``Queues._set_max_priority`` (celery/app/amqp.py), ``task_queue_max_priority``
+    is left out for a queue with its own ``x-max-priority``, and kombu declares the
+    queue with it (``Queue.queue_declare``).  Four tasks queued before the worker
+    starts run in priority order (Conveyor's scale, 0 first, ADR 0008; AMQP 9 - p,
+    highest first, on the wire); the worker's one startup warning names only the
+    fields that do nothing on RabbitMQ (exchange, routing key); and an app that
+    would declare the queue otherwise is refused by name (ADR 0041 item 4)."""
+    import pika
+
+    from conveyor import _amqp
+    from conveyor._amqp_link import connection_parameters
+    from conveyor.testing import run_worker
+
+    _delete_queue(amqp_url, OWN)
+    app = Conveyor("t", broker=amqp_url, backend=sqlite_url, set_as_current=False,
+                   task_queues=[_celery_priority_queue(10)], task_default_queue=OWN,
+                   worker_prefetch_multiplier=1)
+    ran: list[int] = []
+
+    @app.task(name="t.record")
+    def record(priority: int) -> None:
+        ran.append(priority)
+
+    try:
+        for priority in (9, 0, 6, 3):
+            record.apply_async((priority,), priority=priority)
+        opts = _amqp.parse_amqp_url(app.conf.broker_url, app.conf.broker_options())
+        args = _amqp.work_queue_arguments(opts, OWN)
+        assert args["x-max-priority"] == 10
+        conn = pika.BlockingConnection(connection_parameters(opts))
+        try:  # RabbitMQ accepts the declaration again only with the same arguments
+            conn.channel().queue_declare(OWN, durable=True, arguments=args)
+        finally:
+            conn.close()
+        with caplog.at_level("WARNING", logger="conveyor.config"), \
+                run_worker(app, queues=[OWN], concurrency=1):
+            wait_for(lambda: len(ran) == 4, 30, "the four tasks")
+        assert ran == [0, 3, 6, 9]
+        (warned,) = [r.getMessage() for r in caplog.records if r.name == "conveyor.config"]
+        assert "task_queues (no effect here for exchange, routing_key: " in warned
+        assert "x-max-priority" not in warned
+    finally:
+        app.close()
+    _refused_by_name(Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9), amqp_url)
+
+
+def test_a_queue_declared_without_a_maximum_refuses_one_of_its_own(amqp_url: str) -> None:
+    """The reverse of the case above: a queue created first in, first out is not
+    quietly used by an app whose ``task_queues`` gives it a maximum (kombu's
+    ``Queue(..., max_priority=N)``); the error names queue, argument and setting."""
+    from conveyor.brokers import Envelope, broker_from_url
+
+    kombu = pytest.importorskip("kombu")
+    _delete_queue(amqp_url, OWN)
+    plain = broker_from_url(amqp_url)
+    try:
+        plain.enqueue(Envelope(id="p", queue=OWN, body=b"x"))
+    finally:
+        plain.close()
+    own = Conveyor("t", broker_url=amqp_url, task_queues=[kombu.Queue(OWN, max_priority=5)])
+    _refused_by_name(own, amqp_url)
+
+
+def _refused_by_name(app: Conveyor, url: str) -> None:
+    """``app``'s send to OWN, which exists with another ``x-max-priority``, is refused
+    with an error naming argument, queue and setting; then OWN is deleted."""
+    from conveyor.brokers import Envelope
+
+    try:
+        with pytest.raises(ConfigurationError, match=r"inequivalent arg 'x-max-priority'.*"
+                                                     r"'own-max'.*max_priority in task_queues"):
+            app.broker.enqueue(Envelope(id="x", queue=OWN, body=b"x"))
+    finally:
+        app.close()
+        _delete_queue(url, OWN)
+
+
+def test_a_queue_s_own_max_priority_on_quorum_queues_is_named_not_declared(
+        amqp_quorum_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Quorum queues (Conveyor's default) have no priorities in RabbitMQ 3.10.  As
+    for ``task_queue_max_priority`` there (ADR 0041 item 2), a queue's own maximum
+    is not declared: the startup warning names it with what to set, and a priority
+    sent to the queue is named once more when it is sent."""
+    from conveyor.brokers import Envelope
+
+    app = Conveyor("t", broker_url=amqp_quorum_url,
+                   task_queues=[_celery_priority_queue(10)])
+    try:
+        said = app.conf.no_effect_set()["task_queues"]
+        assert "queue_arguments['x-max-priority']" in said
+        assert "quorum queues have no priorities" in said and "queue_type='classic'" in said
+        with caplog.at_level("WARNING", logger="conveyor.brokers.amqp"):
+            app.broker.enqueue(Envelope(id="q", queue=OWN, body=b"x", priority=3))
+        (warned,) = [r.getMessage() for r in caplog.records if "no priorities" in r.getMessage()]
+        assert "max_priority" in warned
+    finally:
+        app.close()
+        _delete_queue(amqp_quorum_url, OWN)
+
+
 def _delete_queue(url: str, queue: str) -> None:
     """Delete a work queue and its dead letters (the delay ladder may stay: its
     queues have no per-queue arguments to disagree with)."""

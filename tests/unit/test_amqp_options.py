@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from conveyor import Conveyor, _amqp
+from conveyor import Conveyor, Queue, _amqp
 from conveyor.exceptions import ConfigurationError
 
 STATE = {"state_url": "sqlite:///state.db"}
@@ -188,3 +188,96 @@ def test_a_heartbeat_set_in_the_options_wins_over_the_lease_s() -> None:
     for explicit in (0, 20):  # 0: heartbeats off, as asked
         o = _amqp.parse_amqp_url(f"amqp://h/v?heartbeat={explicit}", STATE)
         assert connection_parameters(o, 7).heartbeat == explicit
+
+
+def _kombu_queues() -> list:
+    """Celery's routing guide's two forms, and kombu's ``max_priority`` (fresh objects:
+    Celery's ``Queues._add`` writes ``task_queue_max_priority`` into the ones it gets)."""
+    kombu = pytest.importorskip("kombu")
+    return [kombu.Queue("tasks", kombu.Exchange("tasks"), routing_key="tasks",
+                        queue_arguments={"x-max-priority": 10}),
+            kombu.Queue("own", max_priority=3),
+            kombu.Queue("both", max_priority=7, queue_arguments={"x-max-priority": 2}),
+            kombu.Queue("plain")]
+
+
+@pytest.mark.parametrize("app_wide", [None, 5])
+def test_a_queue_s_own_maximum_is_declared_and_wins_as_in_celery(app_wide: int | None) -> None:
+    """A ``task_queues`` entry's own maximum reaches the work queue's declaration through
+    the same options as ``task_queue_max_priority`` (ADR 0041), with Celery's result.
+
+    Celery: ``task_queue_max_priority`` is ``Option(None, type='int')``
+    (celery/app/defaults.py), and ``app.amqp.Queues`` writes it into a queue's
+    ``queue_arguments`` only where ``'x-max-priority'`` is not there
+    (celery/app/amqp.py ``Queues._set_max_priority``); kombu's ``Queue.queue_declare``
+    passes ``max_priority=`` to ``prepare_queue_arguments``, whose RabbitMQ form
+    (kombu/transport/base.py ``to_rabbitmq_queue_arguments``) merges it over the
+    queue arguments.  The expected maxima are what Celery itself computes."""
+    celery = pytest.importorskip("celery")
+    from kombu.transport.base import to_rabbitmq_queue_arguments
+
+    reference = celery.Celery("ref", set_as_current=False)
+    reference.conf.update(task_queues=_kombu_queues(), task_queue_max_priority=app_wide)
+    expected = {name: to_rabbitmq_queue_arguments(q.queue_arguments or {},
+                                                  max_priority=q.max_priority)
+                .get("x-max-priority") for name, q in reference.amqp.queues.items()}
+    assert expected == {"tasks": 10, "own": 3, "both": 7, "plain": app_wide}
+
+    app = Conveyor("x", broker="amqp://h//?queue_type=classic", backend="redis://r:6379/1",
+                   set_as_current=False, task_queues=_kombu_queues(),
+                   task_queue_max_priority=app_wide)
+    opts = _amqp.parse_amqp_url(app.conf.broker_url, app.conf.broker_options())
+    declared = {name: _amqp.work_queue_arguments(opts, name).get("x-max-priority")
+                for name in [*expected, "unlisted"]}
+    assert declared == {**expected, "unlisted": app_wide}
+    assert [_amqp.ordered(opts, name) for name in declared] == [
+        True, True, True, app_wide is not None, app_wide is not None]
+    assert "task_queue_max_priority" not in app.conf.no_effect_set()
+
+
+def test_a_queue_s_own_maximum_is_checked_as_the_app_wide_one_is() -> None:
+    """1..255, RabbitMQ's range, and the queue named; the transport option that
+    carries the maxima is refused with quorum queues, as ``max_priority`` is."""
+    def options(broker: str, queue: Queue) -> _amqp.AMQPOptions:
+        app = Conveyor("x", broker=broker, backend="redis://r:6379/1", set_as_current=False,
+                       task_queues=[queue])
+        return _amqp.parse_amqp_url(app.conf.broker_url, app.conf.broker_options())
+
+    classic = "amqp://h//?queue_type=classic"
+    for bad in (0, 300, "10"):
+        with pytest.raises(ConfigurationError, match=r"queue 'urgent'.*1\.\.255"):
+            options(classic, Queue("urgent", queue_arguments={"x-max-priority": bad}))
+    with pytest.raises(ConfigurationError, match=r"queue 'urgent'.*quorum.*queue_type='classic'"):
+        _amqp.parse_amqp_url("amqp://h//", {**STATE, "queue_max_priority": {"urgent": 9}})
+    # Quorum queues, Conveyor's default: as task_queue_max_priority there, the maximum
+    # is not declared and the startup warning names it.
+    quorum = options("amqp://h//", Queue("urgent", max_priority=9))
+    assert quorum.queue_max_priority == {} and not _amqp.ordered(quorum, "urgent")
+
+
+@pytest.mark.parametrize(("broker", "named", "why"), [
+    ("amqp://h//?queue_type=classic", "exchange, queue_arguments['x-message-ttl'], "
+     "routing_key", "publishes to each queue by name"),
+    ("amqp://h//", "exchange, max_priority, queue_arguments['x-max-priority'], "
+     "queue_arguments['x-message-ttl'], routing_key", "quorum queues have no priorities"),
+    ("redis://r:6379/0", "exchange, max_priority, queue_arguments['x-max-priority'], "
+     "queue_arguments['x-message-ttl'], routing_key", "priorities are always 0..9"),
+    ("sqlite:///c.db", "exchange, max_priority, queue_arguments['x-max-priority'], "
+     "queue_arguments['x-message-ttl'], routing_key", "SQLite, Redis and PostgreSQL"),
+    ("postgresql://u@h/db", "exchange, max_priority, queue_arguments['x-max-priority'], "
+     "queue_arguments['x-message-ttl'], routing_key", "addressed by name"),
+])
+def test_the_startup_warning_names_what_this_broker_does_not_use(
+        broker: str, named: str, why: str) -> None:
+    """Every ``task_queues`` field is honoured or named in the worker's one startup
+    warning; which ones depends on the broker, known when the worker starts."""
+    app = Conveyor("x", broker=broker, backend="redis://r:6379/1", set_as_current=False,
+                   task_queues=[Queue("tasks", exchange="tasks", routing_key="tasks",
+                                      queue_arguments={"x-max-priority": 10,
+                                                       "x-message-ttl": 1000}),
+                                Queue("own", max_priority=3)])
+    said = app.conf.no_effect_set()["task_queues"]
+    assert said.startswith(f"no effect here for {named}: ") and why in said
+    plain = Conveyor("x", broker="amqp://h//?queue_type=classic", backend="redis://r:6379/1",
+                     set_as_current=False, task_queues=[Queue("own", max_priority=3)])
+    assert "task_queues" not in plain.conf.no_effect_set()

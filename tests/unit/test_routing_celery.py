@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 import uuid
-import warnings
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, Queue
-from conveyor._config import ConfigWarning
 from conveyor.exceptions import ConfigurationError, QueueNotFound
 
 
@@ -110,25 +108,43 @@ def test_call_then_task_then_routes_then_default() -> None:
 
 
 def test_task_queues_accepts_queue_objects_kombu_like_objects_and_names() -> None:
-    """Celery: app/amqp.py Queues takes kombu Queue objects, names or the dict form."""
+    """Celery: app/amqp.py Queues takes kombu Queue objects, names or the dict form.
+    The AMQP fields that do nothing on this broker are named in the worker's one
+    startup warning (``no_effect_set``), not dropped."""
     class KombuLike:  # what kombu.Queue looks like to us
         def __init__(self, name: str) -> None:
             self.name, self.routing_key, self.queue_arguments = name, name, {"x-max-priority": 10}
             self.exchange, self.max_priority = None, None
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        app = make_app(task_queues=(Queue("default"), KombuLike("reports"), "plain"))
+    app = make_app(task_queues=(Queue("default"), KombuLike("reports"), "plain"))
     assert [q.name for q in app.conf.task_queues] == ["default", "reports", "plain"]
-    said = " ".join(str(w.message) for w in caught if w.category is ConfigWarning)
+    said = app.conf.no_effect_set()["task_queues"]
     assert "routing_key" in said and "x-max-priority" in said and "no effect" in said
-    with pytest.warns(ConfigWarning, match="no effect here for routing_key"):
-        legacy = make_app(task_queues={"a": {"routing_key": "a"}, "b": {}})
+    legacy = make_app(task_queues={"a": {"routing_key": "a"}, "b": {}})
     assert [q.name for q in legacy.conf.task_queues] == ["a", "b"]
+    assert legacy.conf.no_effect_set()["task_queues"].startswith("no effect here for routing_key")
+    assert "task_queues" not in make_app(task_queues=["a", Queue("b")]).conf.no_effect_set()
     with pytest.raises(ConfigurationError, match="unknown queue option"):
         make_app(task_queues={"a": {"routing-key": "a"}})
     with pytest.raises(ConfigurationError, match="list of queue names"):
         make_app(task_queues="a,b")
+
+
+def test_every_declaration_option_of_a_queue_is_named_when_unused() -> None:
+    """Nothing given is dropped: Celery's dict form (``Queues.add_compat``, where the
+    binding key is the routing key when none is given) and a kombu ``Queue``'s
+    declaration options (its defaults: durable, not exclusive, no TTLs) that nothing
+    here uses are named in the startup warning."""
+    kombu = pytest.importorskip("kombu")
+    legacy = make_app(task_queues={"a": {"binding_key": "a.#", "exchange_type": "topic",
+                                         "durable": False}})
+    assert legacy.conf.task_queues[0].routing_key == "a.#"
+    assert legacy.conf.no_effect_set()["task_queues"].startswith(
+        "no effect here for durable, exchange_type, routing_key: ")
+    objects = make_app(task_queues=[kombu.Queue("k", message_ttl=60, durable=False),
+                                    kombu.Queue("plain")])
+    assert objects.conf.no_effect_set()["task_queues"].startswith(
+        "no effect here for durable, message_ttl: ")
 
 
 def test_create_missing_queues_off_refuses_undeclared_queues() -> None:
