@@ -294,6 +294,31 @@ def settled(broker: Broker, ledger: Ledger, accepted: Sequence[str],
     return not total.lost and not any(total.leftover.values())
 
 
+def wait_settled_for(broker: Broker, ledger: Ledger, accepted: Sequence[str],
+                     hold: float, timeout: float, what: str) -> None:
+    """Bounded poll until :func:`settled` has held for ``hold`` seconds in a row.
+
+    For a fault in which a holder's connection went while its task ran on
+    RabbitMQ: the copy RabbitMQ hands out again may sit in another worker's
+    memory (held back for ``redelivery_wait``), then in the delay ladder (parked
+    until its holder's record settles), before it is dropped; while it is in a
+    worker's memory no queue count sees it, so one settled look can come before
+    the copy shows up as delayed.  A lease covers that whole path."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while True:
+        now = time.monotonic()
+        if settled(broker, ledger, accepted):
+            since = now if since is None else since
+            if now - since >= hold:
+                return
+        else:
+            since = None
+        if now > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
 def assert_nothing_lost(total: TotalQueue, may_repeat: Iterable[str] = ()) -> None:
     """The total-queue property; ``may_repeat``: ids whose holder was killed or paused."""
     assert not total.lost, f"lost: {total.summary()}"
