@@ -304,19 +304,16 @@ def wait_settled_for(broker: Broker, ledger: Ledger, accepted: Sequence[str],
     until its holder's record settles), before it is dropped; while it is in a
     worker's memory no queue count sees it, so one settled look can come before
     the copy shows up as delayed.  A lease covers that whole path."""
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while True:
-        now = time.monotonic()
-        if settled(broker, ledger, accepted):
-            since = now if since is None else since
-            if now - since >= hold:
-                return
-        else:
-            since = None
-        if now > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    since: list[float] = []  # when the current settled stretch began
+
+    def stayed() -> bool:
+        if not settled(broker, ledger, accepted):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= hold
+
+    wait_for(stayed, timeout, what)
 
 
 def assert_nothing_lost(total: TotalQueue, may_repeat: Iterable[str] = ()) -> None:

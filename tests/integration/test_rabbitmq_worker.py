@@ -298,10 +298,9 @@ def _delete_queue(url: str, queue: str) -> None:
     import pika
 
     from conveyor import _amqp
+    from conveyor._amqp_link import connection_parameters
 
-    o = _amqp.parse_amqp_url(url)
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        o.host, o.port, o.vhost, pika.PlainCredentials(o.username, o.password)))
+    conn = pika.BlockingConnection(connection_parameters(_amqp.parse_amqp_url(url)))
     try:
         ch = conn.channel()
         ch.queue_delete(queue)
