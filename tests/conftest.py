@@ -286,6 +286,24 @@ def wipe_amqp_queues(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES) -> No
     conn.close()
 
 
+def delete_amqp_queue(url: str, queue: str) -> None:
+    """Delete a work queue and its dead letters, so that a test declares it anew with
+    the arguments it needs (the delay ladder may stay: its queues have no per-queue
+    arguments to disagree with)."""
+    import pika
+
+    from conveyor import _amqp
+    from conveyor._amqp_link import connection_parameters
+
+    conn = pika.BlockingConnection(connection_parameters(_amqp.parse_amqp_url(url)))
+    try:
+        ch = conn.channel()
+        ch.queue_delete(queue)
+        ch.queue_delete(_amqp.dead_name(queue))
+    finally:
+        conn.close()
+
+
 def no_leftover_consumers(url: str, queues: tuple[str, ...] = AMQP_TEST_QUEUES,
                           within: float = 5.0) -> None:
     """Fail at once if a consumer from an earlier test is still attached to a test queue.

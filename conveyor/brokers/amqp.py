@@ -881,6 +881,12 @@ class AMQPBroker(Broker):
                 names.add(body.decode())
         return sorted(names)
 
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        """The arguments this process declares the work queue ``queue`` with, and
+        requires of one that exists (``_declare``): a worker consuming ``queue``
+        runs only where RabbitMQ holds it so, ``x-max-priority`` included."""
+        return _amqp.work_queue_arguments(self._opts, queue)
+
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         names = list(self.queues() if queues is None else queues)
         return self._consumer.run(lambda ch: [self._stats_of(ch, q) for q in names])

@@ -43,6 +43,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_PRIORITY = 9
 
@@ -190,6 +191,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def queues(self) -> list[str]:
         """Every queue that has held a message."""
+
+    def queue_arguments(self, queue: str) -> dict[str, Any] | None:
+        """The arguments ``queue`` is declared with on the broker, or None where
+        queues are not declared.  None here: SQLite, Redis, PostgreSQL and memory
+        queues are addressed by name and every one of them orders messages by the
+        app's priority steps (0..9, lower first: ``conveyor._priority``), so no
+        queue has a maximum priority or any other argument of its own."""
+        return None
 
     @abc.abstractmethod
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:

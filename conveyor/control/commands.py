@@ -109,7 +109,9 @@ class Panel:
         return list(self._revoked)
 
     def active_queues(self, **_: Any) -> Reply:
-        return [_queue_info(name) for name in self.worker.queues]
+        """Celery's reply, each queue as this worker's broker declares it."""
+        broker = self.worker.app.broker
+        return [_queue_info(name, broker.queue_arguments(name)) for name in self.worker.queues]
 
     def stats(self, **_: Any) -> Reply:
         worker, pool = self.worker, self.worker._pool
@@ -265,14 +267,24 @@ def _task_id(delivery: Delivery) -> str:
     return delivery.id.split("~", 1)[0]
 
 
-def _queue_info(name: str) -> dict[str, Any]:
-    """Celery's active_queues entry for a queue (no exchanges here: routing is by name)."""
+def _queue_info(name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    """Celery's active_queues entry (kombu's ``Queue.as_dict(recurse=True)``) for a
+    queue declared with ``arguments`` (``Broker.queue_arguments``).
+
+    ``queue_arguments`` are those arguments and ``max_priority`` their
+    ``x-max-priority``: on RabbitMQ the queue's type, its dead letters and, on a
+    classic queue with a maximum (its own in ``task_queues``, else
+    ``task_queue_max_priority``), that maximum; None on the other brokers, whose
+    queues all order by the app's priority steps and have no maximum to report.
+    The constant keys are true of every queue here, whatever ``task_queues``
+    says (the startup warning names what has no effect): durable, shared, every
+    delivery acknowledged, no expiry, TTL or length limit."""
     return {"name": name, "exchange": {"name": name, "type": "direct"}, "routing_key": name,
             "durable": True, "exclusive": False, "auto_delete": False, "no_ack": False,
-            "alias": None, "queue_arguments": None, "binding_arguments": None,
+            "alias": None, "queue_arguments": arguments, "binding_arguments": None,
             "consumer_arguments": None, "bindings": [], "expires": None,
             "message_ttl": None, "max_length": None, "max_length_bytes": None,
-            "max_priority": None}
+            "max_priority": (arguments or {}).get("x-max-priority")}
 
 
 def _pids(pool: Any) -> list[int]:

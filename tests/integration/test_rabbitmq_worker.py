@@ -21,6 +21,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.exceptions import ConfigurationError, TimeLimitExceeded
 
+from ..conftest import delete_amqp_queue
 from .processes import Ledger, start_worker, stop, wait_for, worker_env
 
 WORK = "tests.integration.worker_app.work"
@@ -156,7 +157,7 @@ def test_a_queue_declared_otherwise_never_costs_the_consumer_its_deliveries(
     channel, RabbitMQ closed it, and handed the finished tasks out again.)"""
     from conveyor.brokers import Envelope, broker_from_url
 
-    _delete_queue(amqp_url, "foreign")  # an earlier run's, or one re-created plain
+    delete_amqp_queue(amqp_url, "foreign")  # an earlier run's, or one re-created plain
     ordered = Conveyor("t", broker_url=amqp_url, task_queue_max_priority=9)
     try:
         ordered.broker.enqueue(Envelope(id="f", queue="foreign", body=b"x"))
@@ -173,7 +174,7 @@ def test_a_queue_declared_otherwise_never_costs_the_consumer_its_deliveries(
         assert plain.ack([held]) == [True]
     finally:
         plain.close()
-        _delete_queue(amqp_url, "foreign")
+        delete_amqp_queue(amqp_url, "foreign")
 
 
 OWN = "own-max"  # declared with a maximum of its own: only these tests use the name
@@ -205,7 +206,7 @@ def test_a_queue_s_own_max_priority_is_declared_and_a_worker_serves_it_in_order(
     from conveyor._amqp_link import connection_parameters
     from conveyor.testing import run_worker
 
-    _delete_queue(amqp_url, OWN)
+    delete_amqp_queue(amqp_url, OWN)
     app = Conveyor("t", broker=amqp_url, backend=sqlite_url, set_as_current=False,
                    task_queues=[_celery_priority_queue(10)], task_default_queue=OWN,
                    worker_prefetch_multiplier=1)
@@ -245,7 +246,7 @@ def test_a_queue_declared_without_a_maximum_refuses_one_of_its_own(amqp_url: str
     from conveyor.brokers import Envelope, broker_from_url
 
     kombu = pytest.importorskip("kombu")
-    _delete_queue(amqp_url, OWN)
+    delete_amqp_queue(amqp_url, OWN)
     plain = broker_from_url(amqp_url)
     try:
         plain.enqueue(Envelope(id="p", queue=OWN, body=b"x"))
@@ -266,7 +267,7 @@ def _refused_by_name(app: Conveyor, url: str) -> None:
             app.broker.enqueue(Envelope(id="x", queue=OWN, body=b"x"))
     finally:
         app.close()
-        _delete_queue(url, OWN)
+        delete_amqp_queue(url, OWN)
 
 
 def test_a_queue_s_own_max_priority_on_quorum_queues_is_named_not_declared(
@@ -289,24 +290,7 @@ def test_a_queue_s_own_max_priority_on_quorum_queues_is_named_not_declared(
         assert "max_priority" in warned
     finally:
         app.close()
-        _delete_queue(amqp_quorum_url, OWN)
-
-
-def _delete_queue(url: str, queue: str) -> None:
-    """Delete a work queue and its dead letters (the delay ladder may stay: its
-    queues have no per-queue arguments to disagree with)."""
-    import pika
-
-    from conveyor import _amqp
-    from conveyor._amqp_link import connection_parameters
-
-    conn = pika.BlockingConnection(connection_parameters(_amqp.parse_amqp_url(url)))
-    try:
-        ch = conn.channel()
-        ch.queue_delete(queue)
-        ch.queue_delete(_amqp.dead_name(queue))
-    finally:
-        conn.close()
+        delete_amqp_queue(amqp_quorum_url, OWN)
 
 
 def test_prefork_children_acknowledge_their_own_messages(client: Conveyor, spawn) -> None:

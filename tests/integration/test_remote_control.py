@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, states
+from conveyor import Conveyor, _amqp, states
 
+from ..conftest import delete_amqp_queue
 from .processes import ROOT, Ledger, children_of, start_worker, stop, wait_for, worker_env
 
 APP = "tests.integration.worker_app"
@@ -138,6 +140,67 @@ def test_cancel_consumer_leaves_the_queue_alone_until_add_consumer(
     assert client.control.add_consumer("extra", reply=True, destination=[NODE]) == [
         {NODE: {"ok": "add consumer extra"}}]
     assert parked.get(timeout=20) > 0
+
+
+RANKED = "ranked"  # declared with a maximum priority of its own (worker_app): this test's
+
+
+def test_active_queues_report_each_queue_as_its_broker_declares_it(
+        url: str, client: Conveyor, spawn: Callable[..., subprocess.Popen[bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's reply is kombu's ``Queue.as_dict(recurse=True)`` for each queue the
+    worker consumes (celery/worker/control.py ``active_queues``): its ``max_priority``
+    and ``queue_arguments`` are the queue's own (kombu/entity.py ``Queue.attrs``), and
+    ``task_queue_max_priority`` is written into ``queue_arguments`` as
+    ``x-max-priority`` (celery/app/amqp.py ``Queues._set_max_priority``).  Here both
+    are what the broker declares.  On RabbitMQ (classic queues) they are the
+    arguments RabbitMQ holds the queue with: declaring it again with them is
+    accepted, without the ``x-max-priority`` refused.  Elsewhere both are None:
+    nothing is declared there, every queue orders by the app's priority steps."""
+    amqp = url.startswith("amqp")
+    if amqp:
+        delete_amqp_queue(url, RANKED)  # an earlier run's
+    monkeypatch.setenv("RANKED_MAX_PRIORITY", "5")
+    proc = spawn("-P", "threads", "-c", "1", "-Q", f"default,{RANKED}")
+    queues = {q["name"]: q for q in client.control.inspect([NODE]).active_queues()[NODE]}
+    assert list(queues) == ["default", RANKED]
+    declared = {name: (q["max_priority"], q["queue_arguments"]) for name, q in queues.items()}
+    if not amqp:
+        assert declared == {"default": (None, None), RANKED: (None, None)}
+        return
+    assert (declared["default"][0], declared[RANKED][0]) == (None, 5)
+    ranked = declared[RANKED][1]
+    assert ranked["x-max-priority"] == 5 and "x-max-priority" not in declared["default"][1]
+    try:
+        wait_for(lambda: _accepted(url, lambda ch: ch.queue_declare(
+            _amqp.dead_name(RANKED), passive=True)), 30, "the worker to declare its queues")
+        for name, (_, arguments) in declared.items():
+            assert _accepted(url, lambda ch, n=name, a=arguments: ch.queue_declare(
+                n, durable=True, arguments=a))
+        unranked = {k: v for k, v in ranked.items() if k != "x-max-priority"}
+        assert not _accepted(url, lambda ch: ch.queue_declare(
+            RANKED, durable=True, arguments=unranked))
+    finally:
+        client.control.shutdown(destination=[NODE])
+        proc.wait(30)
+        delete_amqp_queue(url, RANKED)
+
+
+def _accepted(url: str, op: Callable[[Any], object]) -> bool:
+    """Whether RabbitMQ carries out ``op`` on a channel of its own (a refusal, such as
+    a declaration with other arguments than the queue's, closes only that channel)."""
+    import pika
+
+    from conveyor._amqp_link import connection_parameters
+
+    conn = pika.BlockingConnection(connection_parameters(_amqp.parse_amqp_url(url)))
+    try:
+        op(conn.channel())
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        conn.close()
 
 
 def test_pool_grow_and_shrink_change_how_many_run_at_once(

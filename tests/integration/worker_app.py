@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any
 
-from conveyor import Conveyor
+from conveyor import Conveyor, Queue
 from conveyor.exceptions import SoftTimeLimitExceeded
 
 app = Conveyor("worker_app")
@@ -23,6 +23,11 @@ if os.environ.get("BEAT_EVERY"):
         "task": "tests.integration.worker_app.work",
         "schedule": float(os.environ["BEAT_EVERY"]),
     }}})
+if os.environ.get("RANKED_MAX_PRIORITY"):
+    # Declared queues, "ranked" with a maximum priority of its own (Celery's
+    # Queue(max_priority=)): what remote control's active_queues reports.
+    app.conf.update({"task_queues": [Queue("default"), Queue(
+        "ranked", max_priority=int(os.environ["RANKED_MAX_PRIORITY"]))]})
 
 
 def record(event: str) -> None:

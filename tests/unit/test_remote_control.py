@@ -8,7 +8,9 @@ differs on purpose is listed in docs/migrating-from-celery.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -75,6 +77,45 @@ def test_conf_masks_secrets(app: Conveyor, worker: ThreadedWorker) -> None:
     conf = app.control.inspect([NODE]).conf()[NODE]
     assert conf["broker_transport_options"] == {"password": "********"}
     assert "hunter2" not in str(app.control.inspect([NODE]).conf(with_defaults=True))
+
+
+def test_active_queues_report_the_maximum_each_rabbitmq_queue_is_declared_with(
+        tmp_path: Path) -> None:
+    """A queue's own ``max_priority`` wins over ``task_queue_max_priority`` (Celery's
+    ``Queues._set_max_priority``, celery/app/amqp.py; ADR 0041), classic queues only.
+    Celery reports the app-wide one in ``queue_arguments`` alone; here
+    ``max_priority`` is the declared maximum whichever setting gave it.  The broker
+    is opened, never connected: the arguments are those it would declare."""
+    from conveyor import Queue
+    from conveyor.control.commands import Panel
+
+    def reported(queue_type: str, **settings: Any) -> dict[str, Any]:
+        broker = (f"amqp://guest:guest@127.0.0.1:1/v?queue_type={queue_type}"
+                  f"&state_url=sqlite:///{tmp_path / 'state.db'}")
+        app = Conveyor("t", broker=broker, backend=f"sqlite:///{tmp_path / 'r.db'}",
+                       task_queues=[Queue("default"), Queue("ranked", max_priority=5)],
+                       set_as_current=False, **settings)
+        panel = Panel(SimpleNamespace(app=app, queues=["default", "ranked"]))
+        try:
+            return {q["name"]: (q["max_priority"], q["queue_arguments"]["x-queue-type"])
+                    for q in panel.handle("active_queues", {})}
+        finally:
+            app.close()
+
+    assert reported("classic", task_queue_max_priority=9) == {
+        "default": (9, "classic"), "ranked": (5, "classic")}
+    assert reported("classic") == {"default": (None, "classic"), "ranked": (5, "classic")}
+    assert reported("quorum") == {"default": (None, "quorum"), "ranked": (None, "quorum")}
+
+
+def test_active_queues_report_no_maximum_where_queues_are_not_declared(
+        app: Conveyor, worker: ThreadedWorker) -> None:
+    """Off RabbitMQ (here memory, as SQLite, Redis, PostgreSQL) every queue orders by
+    the priority steps: no declaration, no maximum, even with one configured."""
+    app.conf.task_queue_max_priority = 9
+    [queue] = app.control.inspect([NODE]).active_queues()[NODE]
+    assert (queue["name"], queue["max_priority"], queue["queue_arguments"]) == (
+        worker.worker.queues[0], None, None)
 
 
 def test_unsupported_arguments_are_refused(app: Conveyor) -> None:
