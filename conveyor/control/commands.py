@@ -267,9 +267,18 @@ def _task_id(delivery: Delivery) -> str:
     return delivery.id.split("~", 1)[0]
 
 
+# kombu's Exchange.as_dict() of the exchange every queue is reached through: the
+# default one (RabbitMQ's "", which routes by queue name, as every broker here
+# does), durable, never declared, every message sent persistent (delivery mode 2).
+_DEFAULT_EXCHANGE = {"name": "", "type": "direct", "arguments": None, "durable": True,
+                     "passive": False, "auto_delete": False, "delivery_mode": 2,
+                     "no_declare": False}
+
+
 def _queue_info(name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-    """Celery's active_queues entry (kombu's ``Queue.as_dict(recurse=True)``) for a
-    queue declared with ``arguments`` (``Broker.queue_arguments``).
+    """Celery's active_queues entry (kombu's ``Queue.as_dict(recurse=True)``, every
+    key of ``Queue.attrs``) for a queue declared with ``arguments``
+    (``Broker.queue_arguments``).
 
     ``queue_arguments`` are those arguments and ``max_priority`` their
     ``x-max-priority``: on RabbitMQ the queue's type, its dead letters and, on a
@@ -277,14 +286,18 @@ def _queue_info(name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
     ``task_queue_max_priority``), that maximum; None on the other brokers, whose
     queues all order by the app's priority steps and have no maximum to report.
     The constant keys are true of every queue here, whatever ``task_queues``
-    says (the startup warning names what has no effect): durable, shared, every
-    delivery acknowledged, no expiry, TTL or length limit."""
-    return {"name": name, "exchange": {"name": name, "type": "direct"}, "routing_key": name,
-            "durable": True, "exclusive": False, "auto_delete": False, "no_ack": False,
-            "alias": None, "queue_arguments": arguments, "binding_arguments": None,
-            "consumer_arguments": None, "bindings": [], "expires": None,
-            "message_ttl": None, "max_length": None, "max_length_bytes": None,
-            "max_priority": (arguments or {}).get("x-max-priority")}
+    says (the startup warning names what has no effect): reached by its name
+    through the default exchange (the ``exchange=""`` of ``before_task_publish``),
+    durable, shared, declared by Conveyor, every delivery acknowledged, no
+    expiry, TTL or length limit.  ``bindings`` are routes a message is sent by:
+    none, RabbitMQ's delay ladder (docs/decisions/0016-rabbitmq-broker.md) being
+    Conveyor's own way back into the queue."""
+    return {"name": name, "exchange": dict(_DEFAULT_EXCHANGE), "routing_key": name,
+            "queue_arguments": arguments, "binding_arguments": None,
+            "consumer_arguments": None, "durable": True, "exclusive": False,
+            "auto_delete": False, "no_ack": False, "alias": None, "bindings": [],
+            "no_declare": False, "expires": None, "message_ttl": None, "max_length": None,
+            "max_length_bytes": None, "max_priority": (arguments or {}).get("x-max-priority")}
 
 
 def _pids(pool: Any) -> list[int]:

@@ -143,6 +143,13 @@ def test_cancel_consumer_leaves_the_queue_alone_until_add_consumer(
 
 
 RANKED = "ranked"  # declared with a maximum priority of its own (worker_app): this test's
+# kombu's Queue.attrs and Exchange.attrs (kombu/entity.py): the keys of Celery's reply.
+QUEUE_KEYS = {"name", "exchange", "routing_key", "queue_arguments", "binding_arguments",
+              "consumer_arguments", "durable", "exclusive", "auto_delete", "no_ack", "alias",
+              "bindings", "no_declare", "expires", "message_ttl", "max_length",
+              "max_length_bytes", "max_priority"}
+EXCHANGE_KEYS = {"name", "type", "arguments", "durable", "passive", "auto_delete",
+                 "delivery_mode", "no_declare"}
 
 
 def test_active_queues_report_each_queue_as_its_broker_declares_it(
@@ -156,7 +163,8 @@ def test_active_queues_report_each_queue_as_its_broker_declares_it(
     are what the broker declares.  On RabbitMQ (classic queues) they are the
     arguments RabbitMQ holds the queue with: declaring it again with them is
     accepted, without the ``x-max-priority`` refused.  Elsewhere both are None:
-    nothing is declared there, every queue orders by the app's priority steps."""
+    nothing is declared there, every queue orders by the app's priority steps.
+    Every broker reaches a queue through the default exchange, by its name."""
     amqp = url.startswith("amqp")
     if amqp:
         delete_amqp_queue(url, RANKED)  # an earlier run's
@@ -164,6 +172,9 @@ def test_active_queues_report_each_queue_as_its_broker_declares_it(
     proc = spawn("-P", "threads", "-c", "1", "-Q", f"default,{RANKED}")
     queues = {q["name"]: q for q in client.control.inspect([NODE]).active_queues()[NODE]}
     assert list(queues) == ["default", RANKED]
+    assert [(set(q), set(q["exchange"]), q["exchange"]["name"], q["routing_key"])
+            for q in queues.values()] == [(QUEUE_KEYS, EXCHANGE_KEYS, "", name)
+                                          for name in queues]
     declared = {name: (q["max_priority"], q["queue_arguments"]) for name, q in queues.items()}
     if not amqp:
         assert declared == {"default": (None, None), RANKED: (None, None)}
