@@ -209,17 +209,31 @@ class Cue:
     machine: the expression waits on the node (polling for a file) until
     :meth:`go`, so the fault strikes when the test has set the scene, and
     the CLI's start is not part of any figure.  Used as a context manager,
-    a cue never given its go is cancelled."""
+    a cue is cancelled on the way out (a wait it has not passed ends).
+
+    The expression may wait for further signals of the test's:
+    ``Await("name", Ms)`` is ``go`` once the test has called
+    ``signal("name")``, ``cancelled`` once the cue is cancelled, ``timeout``
+    after ``Ms`` milliseconds.
+
+    A signal is a file with the word ``go``, renamed into place.  Written in
+    place, the node's poll (every 5 ms) could read it between its creation
+    and its write, empty, and a go read as empty cancelled the fault: the
+    test then waited for a fault that never came.  Measured with this poll,
+    4 reads in 500 came back empty, and 216 in 500 while two other threads
+    of the writing process kept the GIL busy (a thread that wants the GIL
+    back after ``open`` may wait 5 ms for it).  The poll takes only the whole
+    word, too.
+    """
 
     def __init__(self, node: RabbitNode, expression: str) -> None:
-        stem = node.directory / f"cue-{secrets.token_hex(4)}"
-        self._ready, self._go = stem.with_suffix(".ready"), stem.with_suffix(".go")
+        self._stem = node.directory / f"cue-{secrets.token_hex(4)}"
+        self._ready = self._file("ready")
         self.error: BaseException | None = None
+        self.output: str | None = None  # what the expression returned, as the CLI prints it
         body = expression.strip().removesuffix(".")
-        waiting = (f'file:write_file("{self._ready}", <<>>), '
-                   f'Wait = fun(Again) -> case file:read_file("{self._go}") of '
-                   '{ok, Word} -> Word; _ -> timer:sleep(5), Again(Again) end end, '
-                   f'case Wait(Wait) of <<"go">> -> begin {body} end; _ -> cancelled end.')
+        waiting = (f'file:write_file("{self._ready}", <<>>), {self._await()}, '
+                   f'case Await("go", 600000) of go -> begin {body} end; Other -> Other end.')
         self._thread = threading.Thread(target=self._run, args=(node, waiting), daemon=True)
         self._thread.start()  # the CLI starts meanwhile: make the cue before setting up
 
@@ -227,30 +241,75 @@ class Cue:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if not self._go.exists():
-            self._go.write_text("cancel")
+        self._write("cancel", "cancel")
         self._thread.join(60)
+
+    def _file(self, name: str) -> Path:
+        return self._stem.with_suffix(f".{name}")
+
+    def _await(self) -> str:
+        """Erlang binding ``Await(Name, Ms)``: poll for a signal (see the class)."""
+        return ('Await = fun(Name, Ms) -> '
+                f'File = "{self._stem}." ++ Name, '
+                'Until = erlang:monotonic_time(millisecond) + Ms, '
+                'Poll = fun(Again) -> '
+                f'case {{file:read_file(File), file:read_file("{self._file("cancel")}")}} of '
+                '{{ok, <<"go">>}, _} -> go; '
+                '{_, {ok, <<"cancel">>}} -> cancelled; '
+                '_ -> case erlang:monotonic_time(millisecond) > Until of '
+                'true -> timeout; false -> timer:sleep(5), Again(Again) end end end, '
+                'Poll(Poll) end')
+
+    def _write(self, name: str, word: str) -> None:
+        """Put ``word`` in the signal file at once (a rename), never half-written."""
+        partial = self._file(f"{name}-partial")
+        partial.write_text(word)
+        os.replace(partial, self._file(name))
 
     def _run(self, node: RabbitNode, expression: str) -> None:
         try:
             # The CLI lives from before the scene is set until the fault has
             # run: on a loaded machine that is over a minute (a CLI killed
             # by a timeout before its go takes the fault with it).
-            node.ctl("eval", expression, timeout=600)
-        except BaseException as exc:  # reported by go() and done()
+            self.output = node.ctl("eval", expression, timeout=600).strip()
+        except BaseException as exc:  # reported by go(), done() and outcome()
             self.error = exc
 
-    def go(self) -> None:
-        """Wait until the expression waits on the node, then let it run."""
-        wait_for(lambda: self._ready.exists() or not self._thread.is_alive(), 120,
+    @property
+    def ended(self) -> bool:
+        """Whether the CLI has returned (the expression ran, failed or was cancelled)."""
+        return not self._thread.is_alive()
+
+    def outcome(self) -> str:
+        """How the cue stands, for a failure message."""
+        if not self.ended:
+            return "rabbitmqctl eval is still running"
+        if self.error is not None:
+            return f"rabbitmqctl eval failed: {self.error}"
+        return f"rabbitmqctl eval returned {self.output!r}"
+
+    def wait_ready(self) -> None:
+        """Wait until the expression waits on the node for its go."""
+        wait_for(lambda: self._ready.exists() or self.ended, 120,
                  "rabbitmqctl eval to reach the node")
         if self.error is not None:
             raise self.error
-        self._go.write_text("go")
+        assert not self.ended, f"the cue ended before its go: {self.outcome()}"
 
-    def done(self, timeout: float = 120) -> None:
-        """Wait until the expression has returned; raise what the CLI reported."""
+    def go(self) -> None:
+        """Wait until the expression waits on the node, then let it run."""
+        self.wait_ready()
+        self.signal("go")
+
+    def signal(self, name: str) -> None:
+        """End the expression's ``Await(name, ...)`` with ``go``."""
+        self._write(name, "go")
+
+    def done(self, timeout: float = 120) -> str:
+        """Wait until the expression has returned; what it returned, or raise what
+        the CLI reported."""
         self._thread.join(timeout)
-        assert not self._thread.is_alive(), "rabbitmqctl eval did not return"
+        assert self.ended, "rabbitmqctl eval did not return"
         if self.error is not None:
             raise self.error
+        return self.output or ""

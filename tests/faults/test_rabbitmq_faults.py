@@ -59,7 +59,7 @@ from .harness import (
     total_queue,
     wait_ready,
 )
-from .rabbit_node import RabbitNode
+from .rabbit_node import Cue, RabbitNode
 
 BLOCKED = 2.0  # blocked_connection_timeout (s) of producers and workers
 CONSUMER_TIMEOUT_MS = 5000  # the node's consumer_timeout; checked every 0.5 s
@@ -128,8 +128,9 @@ class Rig:
 
     def backlog(self, count: int, seconds: float = 0.05) -> None:
         """Queue ``count`` tasks at once, so that each child holds a full prefetch
-        (tasks waiting to start) when the fault strikes."""
-        self.sent += [self.client.send_task(task("sleep"), [seconds]).id for _ in range(count)]
+        (tasks waiting to start) when the fault strikes: one batch, not a confirm
+        round trip each (60 of those took 3 s with the test process's GIL busy)."""
+        self.sent += [r.id for r in self.client.send_many(task("sleep"), [(seconds,)] * count)]
 
     def in_flight(self, ends_before: int, starts: set[str]) -> set[str]:
         """Tasks started (``starts``) and not among the first ``ends_before`` ends."""
@@ -239,7 +240,7 @@ def assert_clear_refusals(rig: Rig, refused: list[tuple[float, BaseException]],
 
 
 def _outage(rig: Rig, name: str, strike: Callable[[], None],
-            back: Callable[[], None]) -> None:
+            back: Callable[[], object]) -> None:
     """``strike`` takes the node away; ``back`` returns once it is back.  Check, report."""
     node = rig.node
     watch = Watch(node)
@@ -342,40 +343,63 @@ class AlarmWatch:
                     self.channel.basic_publish("", "alarm-watch", b".", transient)
                 self.conn.process_data_events(0.05)
             self.conn.close()
-        except pika.exceptions.AMQPError as exc:
+        except BaseException as exc:  # whatever ends the watch, wait() reports it
             self.error = exc
 
-    def wait(self, attribute: str, timeout: float = 180) -> float:
-        # As long as the cue's CLI may take, as Watch.wait: a
-        # fresh-clone rehearsal under load (2026-12-05) saw no block within 30 s
-        # of the go, then passed on its rerun.
-        wait_for(lambda: getattr(self, attribute) is not None or self.error is not None,
-                 timeout, f"the watch connection to be {attribute.removesuffix('_at')}")
+    def _settled(self, attribute: str) -> bool:
+        return (getattr(self, attribute) is not None or self.error is not None
+                or not self.thread.is_alive())
+
+    def wait(self, attribute: str, cue: Cue, timeout: float = 180) -> float:
+        """When the watch was blocked (``blocked_at``) or unblocked (``unblocked_at``).
+
+        Fails as soon as the watch has stopped, and soon after ``cue`` has
+        ended (the notice may still be on its way), naming what ended it: the
+        long bound is only for a cue's CLI slow to run (as Watch.wait)."""
+        what = f"the watch connection to be {attribute.removesuffix('_at')}"
+        wait_for(lambda: self._settled(attribute) or cue.ended, timeout, what)
+        wait_for(lambda: self._settled(attribute), 10, f"{what} ({cue.outcome()})")
         assert self.error is None, f"the alarm watch failed: {self.error!r}"
+        assert getattr(self, attribute) is not None, f"the alarm watch ended before {what}"
         return float(getattr(self, attribute))
 
 
 @pytest.mark.slow
 def test_memory_alarm_blocks_publishers_and_workers_keep_acking(
         rabbit_node: RabbitNode, node_url: str, tmp_path: Path) -> None:
-    alarm = ("vm_memory_monitor:set_vm_memory_high_watermark(0.0), timer:sleep(5000), "
-             "vm_memory_monitor:set_vm_memory_high_watermark(0.4).")
+    """RabbitMQ blocks a connection only when it publishes while the alarm is on
+    (rabbit_reader's ``publish_received``): the alarm stays on until the watch has
+    been blocked (``Await``), so the watch's publishes need not win a race with a
+    fixed window, and then 5 s more.  If the watch is not blocked within 60 s,
+    the cue clears the alarm 5 s later and ends, and the wait fails with its
+    outcome."""
+    alarm = ("vm_memory_monitor:set_vm_memory_high_watermark(0.0), "
+             'Seen = Await("blocked", 60000), timer:sleep(5000), '
+             "vm_memory_monitor:set_vm_memory_high_watermark(0.4), Seen.")
     with rabbit_node.cue(alarm) as cue, running(rabbit_node, node_url, tmp_path) as rig:
+        watch = AlarmWatch(rabbit_node)
         # A task that sends a task once the alarm is on (a worker's own publish must
-        # not stall its acknowledgements), and a backlog for both children.
+        # not stall its acknowledgements), and a backlog for both children.  The
+        # relay and the tasks its child prefetched wait until its send is refused,
+        # BLOCKED after the block: queued only once the cue waits on the node
+        # (its CLI takes seconds to start), so that they do not outlive the
+        # node's consumer_timeout, whose channel close would hand finished tasks
+        # out again (seen under load: the relay ran 5.3 s, 3.1 s of it before
+        # the alarm, and two tasks ran twice).
+        cue.wait_ready()
         marker = tmp_path / "alarm-on"
         relay = rig.client.send_task(task("relay"), [str(marker)])
         rig.sent.append(relay.id)
         rig.backlog(60, seconds=0.1)
-        watch = AlarmWatch(rabbit_node)
         cue.go()
-        blocked_at = watch.wait("blocked_at")
+        blocked_at = watch.wait("blocked_at", cue)
+        cue.signal("blocked")
         marker.touch()
         ends_at_alarm = len(rig.ledger.events("end"))
-        unblocked_at = watch.wait("unblocked_at")
+        unblocked_at = watch.wait("unblocked_at", cue)
         ran_during = len(rig.ledger.events("end")) - ends_at_alarm
         _, sent = rig.recovery_after(unblocked_at)
-        cue.done()
+        assert cue.done() == "go", "the alarm did not wait for the watch's block"
         ids, lost, duplicates = rig.drain(set())
         refused = rig.refused_between(blocked_at, unblocked_at)
         assert_clear_refusals(rig, refused, "memory or disk alarm", slowest=BLOCKED + 3)
