@@ -37,6 +37,7 @@ from pika.adapters.utils.connection_workflow import (
 
 from conveyor._amqp import AMQPOptions
 from conveyor._amqp_confirms import Confirms
+from conveyor._amqp_onewrite import OneWriteConnection
 from conveyor._amqp_silence import watch
 from conveyor.exceptions import BrokerUnavailable, ConfigurationError
 
@@ -142,7 +143,7 @@ def _connect(o: AMQPOptions, heartbeat: int | None = None) -> pika.BlockingConne
     """:func:`connect`, raising :class:`_Unanswered` for a connect that timed out."""
     parameters = connection_parameters(o, heartbeat)
     try:
-        conn = pika.BlockingConnection(parameters)
+        conn = pika.BlockingConnection(parameters, _impl_class=OneWriteConnection)
     except ValueError as exc:
         # pika checks a socket that has just connected with getpeername(), and
         # reports a peer that reset it as it opened (a proxy or load balancer with
