@@ -12,7 +12,8 @@ from conveyor import _amqp
 from conveyor._amqp_link import connect
 from conveyor._amqp_onewrite import OneWriteConnection
 
-QUEUE = "plain"
+# A queue of this connection alone, gone with it: no other test sees it.
+QUEUE = "conveyor-test-one-write"
 
 
 @pytest.fixture
@@ -21,8 +22,7 @@ def channel(amqp_url: str) -> Iterator[pika.adapters.blocking_connection.Blockin
     conn = connect(o)
     try:
         ch = conn.channel()
-        ch.queue_declare(QUEUE, durable=True)
-        ch.queue_purge(QUEUE)
+        ch.queue_declare(QUEUE, exclusive=True)
         yield ch
     finally:
         conn.close()
