@@ -104,13 +104,20 @@ class Watch:
             pass
         self.dropped_at = time.monotonic()
 
-    def wait(self, timeout: float = 180) -> float:
-        # As long as the cue's CLI may take (rabbit_node.Cue): under a full
-        # suite's load, stopping the app once took over 60 s to drop this
-        # connection (one rerun in a CI run of 2026-12-05).
-        self.thread.join(timeout)
-        assert self.dropped_at is not None, (
-            f"the fault never reached the watch connection in {timeout:g} s")
+    def wait(self, cue: Cue | None = None, timeout: float = 180) -> float:
+        """When RabbitMQ dropped the watch connection.
+
+        The long bound is for a cue's CLI slow to run (rabbit_node.Cue): under
+        a full suite's load, stopping the app once took over 60 s to drop this
+        connection (one rerun in a CI run of 2026-12-05).  A fault struck by
+        ``cue`` fails soon after the cue has ended without a drop (the drop
+        may still be on its way), naming how it ended, as ``AlarmWatch.wait``."""
+        what = "the fault to reach the watch connection"
+        wait_for(lambda: self.dropped_at is not None or (cue is not None and cue.ended),
+                 timeout, what)
+        if cue is not None:
+            wait_for(lambda: self.dropped_at is not None, 10, f"{what} ({cue.outcome()})")
+        assert self.dropped_at is not None
         return self.dropped_at
 
 
@@ -240,14 +247,15 @@ def assert_clear_refusals(rig: Rig, refused: list[tuple[float, BaseException]],
 
 
 def _outage(rig: Rig, name: str, strike: Callable[[], None],
-            back: Callable[[], object]) -> None:
-    """``strike`` takes the node away; ``back`` returns once it is back.  Check, report."""
+            back: Callable[[], object], cue: Cue | None = None) -> None:
+    """``strike`` takes the node away (through ``cue``, when one strikes it);
+    ``back`` returns once it is back.  Check, report."""
     node = rig.node
     watch = Watch(node)
     rig.backlog(40)
     ends_before = rig.ends()
     strike()
-    down_at = watch.wait()
+    down_at = watch.wait(cue)
     may_repeat = rig.may_repeat(down_at, ends_before)
     returning = threading.Thread(target=back, daemon=True)
     returning.start()
@@ -274,7 +282,7 @@ def test_stop_app_and_start_app_mid_run(rabbit_node: RabbitNode, node_url: str,
                                         tmp_path: Path) -> None:
     with rabbit_node.cue("rabbit:stop(), timer:sleep(3000), rabbit:start().") as cue, \
             running(rabbit_node, node_url, tmp_path) as rig:
-        _outage(rig, "RabbitMQ stop_app, 3 s, start_app", cue.go, cue.done)
+        _outage(rig, "RabbitMQ stop_app, 3 s, start_app", cue.go, cue.done, cue)
 
 
 @pytest.mark.slow
@@ -294,7 +302,7 @@ def test_close_all_connections_mid_run(rabbit_node: RabbitNode, node_url: str,
         rig.backlog(40)
         began, ends_before = time.monotonic(), rig.ends()
         cue.go()
-        dropped_at = watch.wait()
+        dropped_at = watch.wait(cue)
         may_repeat = rig.may_repeat(dropped_at, ends_before)
         starts = len(rig.ledger.events("start"))  # none start until the reconnection
         cue.done()
