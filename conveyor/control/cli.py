@@ -148,10 +148,14 @@ def inspect_revoked(obj: Any, timeout: float, destination: str | None, as_json: 
 @click.pass_obj
 def inspect_active_queues(obj: Any, timeout: float, destination: str | None,
                           as_json: bool) -> None:
-    """The queues each worker reserves from now."""
+    """The queues each worker reserves from now, with the maximum priority and the
+    arguments their broker declares them with (none where queues are not declared)."""
     replies = ask(obj.app, "active_queues", timeout, destination)
     emit(replies, as_json, lambda r: table(
-        ("worker", "queue"), [(n, q["name"]) for n, qs in sorted(r.items()) for q in _listed(qs)]))
+        ("worker", "queue", "max priority", "arguments"),
+        [(n, q["name"], q.get("max_priority"),
+          None if q.get("queue_arguments") is None else _short(q["queue_arguments"], 70))
+         for n, qs in sorted(r.items()) for q in _listed(qs)]))
 
 
 @click.command("conf")

@@ -180,6 +180,7 @@ def test_active_queues_report_each_queue_as_its_broker_declares_it(
         assert declared == {"default": (None, None), RANKED: (None, None)}
         return
     assert (declared["default"][0], declared[RANKED][0]) == (None, 5)
+    assert _cli_rows(url, "active_queues")[RANKED][:3] == [NODE, RANKED, "5"]
     ranked = declared[RANKED][1]
     assert ranked["x-max-priority"] == 5 and "x-max-priority" not in declared["default"][1]
     try:
@@ -195,6 +196,20 @@ def test_active_queues_report_each_queue_as_its_broker_declares_it(
         client.control.shutdown(destination=[NODE])
         proc.wait(30)
         delete_amqp_queue(url, RANKED)
+
+
+def _cli_rows(url: str, *command: str) -> dict[str, list[str]]:
+    """``conveyor inspect <command>``'s table, its rows by their second column."""
+    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "conveyor", "-A", APP, "inspect", *command,
+                          "-t", "2"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    # The headers, the rows, a blank line, then "N nodes online." (as Celery's).
+    table = out.stdout.split("\n\n", 1)[0].splitlines()[1:]
+    rows = [line.split() for line in table]
+    assert rows and all(len(row) >= 2 for row in rows), out.stdout
+    return {row[1]: row for row in rows}
 
 
 def _accepted(url: str, op: Callable[[Any], object]) -> bool:
@@ -276,10 +291,5 @@ def test_cli_inspect_query_task_names_the_worker_and_state(
     spawn("-P", "threads", "-c", "1")
     busy = client.send_task(WORK, args=[60.0])  # still running however slow the CLI starts
     wait_for(lambda: started(ledger, busy.id), 20, "the long task to start")
-    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "conveyor", "-A", APP, "inspect", "query_task",
-                          busy.id, "-t", "2"], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    [row] = [line.split() for line in out.stdout.splitlines() if busy.id in line]
+    row = _cli_rows(url, "query_task", busy.id)[busy.id]
     assert row[:3] == [NODE, busy.id, "active"] and row[3] == WORK
