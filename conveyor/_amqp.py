@@ -32,6 +32,8 @@ Topology owned by :class:`conveyor.brokers.amqp.AMQPBroker`, per work queue
 from __future__ import annotations
 
 import math
+import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +58,7 @@ _OPTIONS: dict[str, type] = {
     "redelivery_wait": float,
     "max_priority": int,
     "queue_max_priority": dict,
+    "ssl": dict,  # broker_use_ssl's options (tls_settings)
 }
 MAX_PRIORITY_LIMIT = 255  # RabbitMQ's highest x-max-priority
 
@@ -84,6 +87,9 @@ class AMQPOptions:
     max_priority: int | None = None
     # Queues with a maximum of their own (task_queues), which wins over max_priority.
     queue_max_priority: Mapping[str, int] = field(default_factory=dict)
+    # broker_use_ssl's options for an amqps:// URL (checked by ``tls_settings``);
+    # empty: the system's CA certificates and the URL's host name.
+    tls_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def place(self) -> str:
@@ -142,7 +148,8 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         revocations_kept=_positive(settings, "revocations_kept", 7 * 86400.0),
         redelivery_wait=_positive(settings, "redelivery_wait", 1.0),
         max_priority=_max_priority(settings.get("max_priority"), queue_type),
-        queue_max_priority=_queue_maxima(settings.get("queue_max_priority") or {}, queue_type))
+        queue_max_priority=_queue_maxima(settings.get("queue_max_priority") or {}, queue_type),
+        tls_options=tls_settings(url, settings["ssl"]) if settings.get("ssl") else {})
 
 
 _APP_WIDE = "task_queue_max_priority (broker_transport_options['max_priority'])"
@@ -219,16 +226,90 @@ def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,
     """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
     ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md), unless the options
     or the URL's query (``?state_url=``) name one."""
-    if isinstance(use_ssl, dict) and use_ssl:
-        raise ConfigurationError(
-            "broker_use_ssl with options is not supported for RabbitMQ yet: use an amqps:// "
-            "URL (TLS with the system's CA certificates) and broker_use_ssl=True or unset")
+    if use_ssl:
+        opts["ssl"] = tls_settings(url, use_ssl)
     scheme = (result_backend or "").split("://", 1)[0].lower()
     side_stores = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "sqlite")
     named = "state_url" in opts or "state_url" in dict(parse_qsl(urlsplit(url).query))
     if not named and scheme in side_stores:
         opts["state_url"] = result_backend
     return opts
+
+
+# broker_use_ssl's keys for RabbitMQ: what Celery's docs show and py-amqp (kombu's
+# client) passes to its TLS wrapper, less the server-side and deprecated ones.
+TLS_KEYS = ("ca_certs", "certfile", "keyfile", "cert_reqs", "server_hostname", "ciphers")
+_TLS_FILES = ("ca_certs", "certfile", "keyfile")
+
+
+def tls_settings(url: str, value: object) -> dict[str, Any]:
+    """``broker_use_ssl`` for an AMQP URL, checked: ``True`` or a dict of
+    :data:`TLS_KEYS` (``cert_reqs`` as ``ssl.CERT_*``), with an ``amqps://`` URL.
+
+    As with Redis (``rediss://``), the URL says whether TLS is on: with
+    ``amqp://`` the setting is refused rather than switching TLS on behind the
+    URL's back, on a port that then stays the plain one.  Files are checked
+    here, so a wrong path is named at start-up, not as a failed connect."""
+    if urlsplit(url).scheme.lower() != "amqps":
+        raise ConfigurationError(
+            "broker_use_ssl is set but the broker URL is amqp://, not TLS: use an amqps:// "
+            "URL (port 5671 unless the URL names one), or remove the setting")
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"broker_use_ssl={value!r}: use True or a dict of "
+                                 f"{', '.join(TLS_KEYS)}")
+    unknown = sorted(set(value) - set(TLS_KEYS))
+    if unknown:
+        raise ConfigurationError(f"broker_use_ssl: unknown key(s) {', '.join(unknown)} for "
+                                 f"RabbitMQ; known: {', '.join(TLS_KEYS)}")
+    out = {key: value[key] for key in TLS_KEYS if value.get(key) is not None}
+    for key in _TLS_FILES:
+        if key in out and not os.path.isfile(out[key]):
+            raise ConfigurationError(f"broker_use_ssl[{key!r}]: no file at {out[key]!r}")
+    if "keyfile" in out and "certfile" not in out:
+        raise ConfigurationError("broker_use_ssl: keyfile without certfile (the client "
+                                 "certificate it belongs to)")
+    if "cert_reqs" in out:
+        out["cert_reqs"] = _verify_mode(out["cert_reqs"])
+    return out
+
+
+def _verify_mode(value: Any) -> ssl.VerifyMode:
+    """``ssl.CERT_REQUIRED`` (as Celery's docs write it) or its name."""
+    try:
+        if isinstance(value, str):
+            return ssl.VerifyMode[value.upper() if value.upper().startswith("CERT_")
+                                  else f"CERT_{value.upper()}"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return ssl.VerifyMode(value)
+    except (KeyError, ValueError):
+        pass
+    raise ConfigurationError(f"broker_use_ssl['cert_reqs']={value!r}: use ssl.CERT_NONE, "
+                             "CERT_OPTIONAL or CERT_REQUIRED (or their names)")
+
+
+def ssl_context(o: AMQPOptions) -> ssl.SSLContext:
+    """The TLS context of every connection to ``o``'s broker: the system's CA
+    certificates unless ``ca_certs`` names others, a client certificate when
+    ``certfile`` is given, and the server's certificate checked against its host
+    name unless ``cert_reqs`` is ``CERT_NONE`` (which trusts any server)."""
+    t = o.tls_options
+    context = ssl.create_default_context(cafile=t.get("ca_certs"))
+    if "certfile" in t:
+        context.load_cert_chain(t["certfile"], t.get("keyfile"))
+    if "ciphers" in t:
+        context.set_ciphers(t["ciphers"])
+    mode = t.get("cert_reqs", ssl.CERT_REQUIRED)
+    if mode is not ssl.CERT_REQUIRED:
+        context.check_hostname = False
+        context.verify_mode = mode
+    return context
+
+
+def tls_server_name(o: AMQPOptions) -> str:
+    """The name the server's certificate is checked against (and sent for SNI)."""
+    return str(o.tls_options.get("server_hostname") or o.host)
 
 
 def _positive(settings: dict[str, Any], key: str, default: float) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
 import threading
 import time
@@ -35,7 +36,7 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from conveyor._amqp import AMQPOptions
+from conveyor._amqp import AMQPOptions, ssl_context, tls_server_name
 from conveyor._amqp_confirms import Confirms
 from conveyor._amqp_onewrite import OneWriteConnection
 from conveyor._amqp_silence import watch
@@ -112,7 +113,7 @@ def connection_parameters(o: AMQPOptions,
     the server's)."""
     extra: dict[str, Any] = {}
     if o.tls:
-        extra["ssl_options"] = pika.SSLOptions(ssl.create_default_context(), o.host)
+        extra["ssl_options"] = pika.SSLOptions(ssl_context(o), tls_server_name(o))
     chosen = o.heartbeat if o.heartbeat is not None else heartbeat
     if chosen is not None:
         extra["heartbeat"] = chosen
@@ -144,6 +145,9 @@ def _connect(o: AMQPOptions, heartbeat: int | None = None) -> pika.BlockingConne
     parameters = connection_parameters(o, heartbeat)
     try:
         conn = pika.BlockingConnection(parameters, _impl_class=OneWriteConnection)
+    except ssl.SSLError as exc:  # pika lets a failed certificate check through as it is
+        # (first: the check's error is a ValueError too)
+        raise BrokerUnavailable(_tls_failed(o, _tls_refusal(exc) or str(exc))) from None
     except ValueError as exc:
         # pika checks a socket that has just connected with getpeername(), and
         # reports a peer that reset it as it opened (a proxy or load balancer with
@@ -163,10 +167,36 @@ def _connect(o: AMQPOptions, heartbeat: int | None = None) -> pika.BlockingConne
             raise _Unanswered(
                 f"RabbitMQ at {o.place} did not answer within {o.connect_timeout:g}s "
                 "(connect_timeout): a dead path or a stalled node") from None
+        refused = _tls_refusal(exc) if o.tls else None
+        if refused:
+            raise BrokerUnavailable(_tls_failed(o, refused)) from None
         raise BrokerUnavailable(f"RabbitMQ at {o.place} is unreachable "
                                 f"({type(inner).__name__})") from None
     watch(conn)
     return conn
+
+
+def _tls_failed(o: AMQPOptions, reason: str) -> str:
+    return (f"RabbitMQ at {o.place}: TLS failed ({reason}); check broker_use_ssl (ca_certs: "
+            "the CA that signed the server's certificate; certfile and keyfile: the client "
+            "certificate a server that verifies peers asks for)")
+
+
+_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(\]'\"]+)")
+
+
+def _tls_refusal(exc: BaseException) -> str | None:
+    """OpenSSL's reason in a failed TLS connect, wherever pika wrapped it: a server
+    that refuses the client's certificate says so only after the handshake, and
+    pika then reports the lost stream as an ``IncompatibleProtocolError``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        found = _SSL_REASON.search(str(seen))
+        if found:
+            return found.group(1).strip()
+        seen = seen.__cause__ or seen.__context__ or (
+            seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+    return None
 
 
 class Link:

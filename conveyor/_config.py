@@ -89,9 +89,11 @@ class Settings:
         "different on purpose: forever by default (Celery: 100); counts retries at start only"))
     broker_use_ssl: bool | dict[str, Any] | None = field(default=False, metadata=_doc(
         "TLS options for a rediss:// broker: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, "
-        "ssl_keyfile; with sentinel:// or redis+cluster:// it turns TLS on",
-        "different on purpose: with one server the URL must be rediss://, else the broker "
-        "is refused"))
+        "ssl_keyfile; with sentinel:// or redis+cluster:// it turns TLS on; for an amqps:// "
+        "broker, kombu's keys: ca_certs, certfile, keyfile, cert_reqs, server_hostname, "
+        "ciphers",
+        "different on purpose: with one server the URL must be rediss:// or amqps://, else "
+        "the setting is refused"))
     result_backend_transport_options: dict[str, Any] = field(default_factory=dict, metadata=_doc(
         "options of the Redis result store client (the same keys as the broker's); unset "
         "ones come from the broker's: its prefix always, and all of them beside the broker",

@@ -9,6 +9,7 @@ that the client side's TLS options reach every connection.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -33,6 +34,25 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
                    capture_output=True, timeout=60)
     return cert, key
+
+
+def signed_by_a_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """``(ca, cert, key)``: a CA and a certificate for 127.0.0.1 it signed, for
+    servers that verify their clients too.  Erlang's TLS (RabbitMQ) refuses a
+    self-signed peer certificate even when it trusts it as a CA, so a client
+    certificate must come from a CA."""
+    (directory / "ca").mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = self_signed(directory / "ca")  # checks for openssl
+    cert, key, request = directory / "leaf.pem", directory / "leaf.key", directory / "leaf.csr"
+    extensions = directory / "leaf.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+         str(request), "-subj", "/CN=127.0.0.1"])
+    run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca_cert), "-CAkey",
+         str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile",
+         str(extensions)])
+    return ca_cert, cert, key
 
 
 @dataclass(frozen=True)

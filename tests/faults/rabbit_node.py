@@ -47,8 +47,14 @@ def _tool(name: str) -> str | None:
 class RabbitNode:
     """One ``rabbitmq-server`` on free ports with its own data, controlled by name."""
 
-    def __init__(self, directory: Path, name: str, consumer_timeout_ms: int = 1_800_000) -> None:
+    def __init__(self, directory: Path, name: str, consumer_timeout_ms: int = 1_800_000,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: ``(ca, cert, key)``: the node also listens with TLS on
+        :attr:`tls_port`, serving ``cert`` and requiring of every client a
+        certificate that ``ca`` signed."""
         self.directory = directory
+        self.tls = tls
+        self.tls_port = port_outside_ephemeral_range() if tls else None
         self.name = f"{name}@localhost"
         self.consumer_timeout_ms = consumer_timeout_ms
         # A user of its own whose password no error or log line may show.
@@ -103,8 +109,18 @@ class RabbitNode:
         (d / "rabbitmq-env.conf").write_text("")
         (d / "rabbitmq.conf").write_text(
             f"default_user = {self.user}\ndefault_pass = {self.password}\n"
-            f"consumer_timeout = {self.consumer_timeout_ms}\n")
+            f"consumer_timeout = {self.consumer_timeout_ms}\n" + self._tls_config())
         (d / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 500}]}].\n")
+
+    def _tls_config(self) -> str:
+        """The TLS listener's lines: clients verified against the CA."""
+        if self.tls is None:
+            return ""
+        ca, cert, key = self.tls
+        return (f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\n"
+                f"ssl_options.keyfile = {key}\nssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n")
 
     def start(self, timeout: float = 120) -> float:
         """Start the node (detached) and wait until its AMQP port answers; seconds taken."""

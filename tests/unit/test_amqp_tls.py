@@ -1,0 +1,85 @@
+"""``broker_use_ssl`` for a RabbitMQ broker: Celery's keys, checked at start-up.
+
+Celery documents RabbitMQ TLS as an ``amqps://`` URL (or ``broker_use_ssl``)
+with a dict of ``keyfile``, ``certfile``, ``ca_certs`` and ``cert_reqs``
+(docs/userguide/configuration.rst, ``broker_use_ssl``, "py-amqp
+transport"); kombu hands it to py-amqp, whose TLS wrapper also takes
+``server_hostname`` and ``ciphers`` (amqp/transport.py ``_wrap_socket_sni``).
+That a connection really uses them is checked against a TLS-only RabbitMQ
+in tests/integration/test_rabbitmq_tls.py.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, _amqp
+from conveyor.exceptions import ConfigurationError
+from tests.tls import self_signed
+
+URL = "amqps://u:p@broker.example/v"
+BACKEND = "sqlite:///state.db"
+
+
+def options(use_ssl: object, url: str = URL) -> _amqp.AMQPOptions:
+    """What the broker connects with, through the app's settings as a user sets them."""
+    app = Conveyor("t", broker=url, backend=BACKEND, broker_use_ssl=use_ssl)
+    return _amqp.parse_amqp_url(url, app.conf.broker_options())
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> tuple[Path, Path]:
+    return self_signed(tmp_path)
+
+
+def test_amqps_alone_checks_the_server_against_the_system_cas() -> None:
+    for use_ssl in (False, True):
+        o = options(use_ssl)
+        context = _amqp.ssl_context(o)
+        assert o.tls and o.port == 5671
+        assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+        assert _amqp.tls_server_name(o) == "broker.example"
+
+
+def test_celery_s_keys_reach_the_connection_s_context(pem: tuple[Path, Path]) -> None:
+    cert, key = pem
+    o = options({"ca_certs": str(cert), "certfile": str(cert), "keyfile": str(key),
+                 "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "rabbit.internal"})
+    context = _amqp.ssl_context(o)
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "127.0.0.1"),),)]
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert _amqp.tls_server_name(o) == "rabbit.internal"
+
+
+@pytest.mark.parametrize("reqs", [ssl.CERT_NONE, "CERT_NONE", "none"])
+def test_cert_none_trusts_any_server(reqs: object) -> None:
+    context = _amqp.ssl_context(options({"cert_reqs": reqs}))
+    assert context.verify_mode is ssl.CERT_NONE and not context.check_hostname
+
+
+@pytest.mark.parametrize(("use_ssl", "url", "named"), [
+    (True, "amqp://u:p@h/v", "amqps://"),
+    ({"ca_certs": "/nowhere/ca.pem"}, URL, "/nowhere/ca.pem"),
+    ({"ssl_ca_certs": "x"}, URL, "ssl_ca_certs"),  # Redis's spelling
+    ({"cert_reqs": "sometimes"}, URL, "cert_reqs"),
+    ({"ssl_version": 2}, URL, "ssl_version"),
+    ("yes", URL, "broker_use_ssl must be bool or dict"),
+])
+def test_what_cannot_be_honoured_is_refused_by_name(use_ssl: object, url: str,
+                                                    named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named.replace(".", r"\.")):
+        options(use_ssl, url)
+
+
+def test_a_key_without_its_certificate_is_refused(pem: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigurationError, match="keyfile without certfile"):
+        options({"keyfile": str(pem[1])})
+
+
+def test_a_tls_error_never_shows_the_password() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        options(True, "amqp://me:s3cret@h/v")
+    assert "s3cret" not in str(refused.value)
