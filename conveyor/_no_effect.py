@@ -29,7 +29,11 @@ class NoEffect:
     reason: str
 
 
-AMQP = "AMQP-only: Conveyor's brokers address queues directly (no exchanges, channels or bindings)"
+AMQP = ("AMQP topology: Conveyor reaches each queue by name (on RabbitMQ through the default "
+        "exchange, in a topology of its own: ADR 0016), so Celery's exchanges, bindings and "
+        "channel options do not apply")
+QUEUE_TYPE = ("on RabbitMQ the work queues' type is broker_transport_options['queue_type'] "
+              "(quorum by default, or classic); elsewhere queues have no type")
 URL_PARTS = "the URL carries it: put it in broker_url (scheme://user:password@host:port/db)"
 RESULT_URL_PARTS = ("the URL carries it: put it in result_backend "
                     "(redis://user:password@host:port/db)")
@@ -127,8 +131,10 @@ NO_EFFECT: dict[str, NoEffect] = {
                                              "it; Redis connections are health-checked instead"),
     "broker_heartbeat_checkrate": NoEffect("float", 3.0, AMQP),
     "broker_host": NoEffect("str", None, URL_PARTS),
-    "broker_login_method": NoEffect("str", None, AMQP),
-    "broker_native_delayed_delivery_queue_type": NoEffect("str", "quorum", AMQP),
+    "broker_login_method": NoEffect("str", None, "RabbitMQ logs in with PLAIN, the URL's "
+                                                 "user and password (AMQPLAIN and EXTERNAL "
+                                                 "are not offered)"),
+    "broker_native_delayed_delivery_queue_type": NoEffect("str", "quorum", QUEUE_TYPE),
     "broker_password": NoEffect("str", None, URL_PARTS),
     "broker_pool_acquire_timeout": NoEffect("float", None,
                                             "the Redis client's pool blocks no caller; "
@@ -200,12 +206,13 @@ NO_EFFECT: dict[str, NoEffect] = {
                                               "decorator, or route with task_routes"),
     "task_compression": NoEffect("str", None, NO_COMPRESSION),
     "task_create_missing_queue_exchange_type": NoEffect("str", None, AMQP),
-    "task_create_missing_queue_type": NoEffect("str", "classic", AMQP),
-    "task_default_delivery_mode": NoEffect("any", 2, "messages are always durable "
-                                                     "(AMQP delivery modes do not apply)"),
+    "task_create_missing_queue_type": NoEffect("str", "classic", QUEUE_TYPE),
+    "task_default_delivery_mode": NoEffect("any", 2, "every message is persistent (delivery "
+                                                     "mode 2 on RabbitMQ): a transient one "
+                                                     "could be lost"),
     "task_default_exchange": NoEffect("str", None, AMQP),
     "task_default_exchange_type": NoEffect("str", "direct", AMQP),
-    "task_default_queue_type": NoEffect("str", "classic", AMQP),
+    "task_default_queue_type": NoEffect("str", "classic", QUEUE_TYPE),
     "task_default_routing_key": NoEffect("str", None, AMQP),
     "task_protocol": NoEffect("int", 2, "Conveyor has its own versioned message format "
                                         "(docs/protocol.md)"),
@@ -229,7 +236,7 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_deduplicate_successful_tasks": NoEffect(
         "bool", False, "replaced by leases renewed while a task runs (guarantee 2) and "
                        "idempotency keys"),
-    "worker_detect_quorum_queues": NoEffect("bool", True, AMQP),
+    "worker_detect_quorum_queues": NoEffect("bool", True, QUEUE_TYPE),
     "worker_direct": NoEffect("bool", False, AMQP),
     "worker_disable_prefetch": NoEffect("bool", False, "set worker_prefetch_multiplier=1 "
                                                        "for the same effect"),

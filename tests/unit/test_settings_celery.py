@@ -275,7 +275,7 @@ def test_a_worker_names_every_no_effect_setting_in_one_warning(
     assert len(records) == 1
     text = records[0].getMessage()
     assert text.startswith("2 setting(s) have no effect in Conveyor: broker_heartbeat (")
-    assert "worker_direct (AMQP-only" in text and "task_default_queue" not in text
+    assert "worker_direct (AMQP topology" in text and "task_default_queue" not in text
 
 
 def test_a_worker_says_nothing_when_no_such_setting_was_set(
