@@ -13,7 +13,7 @@ the transport.  The bytes on the wire, their order, and pika's counters are
 exactly what they would be otherwise; only the number of writes changes.  It
 overrides one private method of pika's ``Connection``
 (``_output_marshaled_frames``), whose name and contract have been stable since
-pika 1.0; ``tests/unit/test_amqp_onewrite.py`` fails if that changes.
+pika 1.0; ``tests/integration/test_rabbitmq_one_write.py`` fails if that changes.
 """
 
 from __future__ import annotations
