@@ -58,7 +58,7 @@ _OPTIONS: dict[str, type] = {
     "redelivery_wait": float,
     "max_priority": int,
     "queue_max_priority": dict,
-    "ssl": dict,  # broker_use_ssl's options (tls_settings)
+    "ssl": dict,  # broker_use_ssl (tls_settings), as kombu's Connection(ssl=...)
 }
 MAX_PRIORITY_LIMIT = 255  # RabbitMQ's highest x-max-priority
 
@@ -149,7 +149,7 @@ def parse_amqp_url(url: str, options: dict[str, Any] | None = None,
         redelivery_wait=_positive(settings, "redelivery_wait", 1.0),
         max_priority=_max_priority(settings.get("max_priority"), queue_type),
         queue_max_priority=_queue_maxima(settings.get("queue_max_priority") or {}, queue_type),
-        tls_options=tls_settings(url, settings["ssl"]) if settings.get("ssl") else {})
+        tls_options=tls_settings(url, settings["ssl"] or True) if "ssl" in settings else {})
 
 
 _APP_WIDE = "task_queue_max_priority (broker_transport_options['max_priority'])"
@@ -226,8 +226,8 @@ def amqp_options(url: str, opts: dict[str, Any], result_backend: str | None,
     """Broker options for RabbitMQ: the side store defaults to a redis or sqlite
     ``result_backend`` (docs/decisions/0016-rabbitmq-broker.md), unless the options
     or the URL's query (``?state_url=``) name one."""
-    if use_ssl:
-        opts["ssl"] = tls_settings(url, use_ssl)
+    if use_ssl:  # checked once, with the rest, by parse_amqp_url (True: no options)
+        opts["ssl"] = {} if use_ssl is True else use_ssl
     scheme = (result_backend or "").split("://", 1)[0].lower()
     side_stores = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "sqlite")
     named = "state_url" in opts or "state_url" in dict(parse_qsl(urlsplit(url).query))

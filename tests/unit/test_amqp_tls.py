@@ -83,3 +83,29 @@ def test_a_tls_error_never_shows_the_password() -> None:
     with pytest.raises(ConfigurationError) as refused:
         options(True, "amqp://me:s3cret@h/v")
     assert "s3cret" not in str(refused.value)
+
+
+def test_the_transport_option_ssl_is_the_same_setting() -> None:
+    """kombu's ``Connection(ssl=...)`` as ``broker_transport_options['ssl']``: read,
+    checked and refused exactly as ``broker_use_ssl``."""
+    o = _amqp.parse_amqp_url(URL, {"state_url": BACKEND, "ssl": {"cert_reqs": "none"}})
+    assert _amqp.ssl_context(o).verify_mode is ssl.CERT_NONE
+    with pytest.raises(ConfigurationError, match="amqps://"):
+        _amqp.parse_amqp_url("amqp://u:p@h/v", {"state_url": BACKEND, "ssl": {}})
+
+
+def test_the_operations_guide_s_example_is_accepted(tmp_path: Path) -> None:
+    """docs/operations.md's RabbitMQ TLS block, executed as a settings module would
+    be: every key it shows is one this broker takes (its files stood in for)."""
+    page = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    block = page.split("TLS with a private CA", 1)[1].split("```python\n", 1)[1]
+    shown: dict[str, object] = {}
+    exec(block.split("```", 1)[0], shown)
+    use_ssl = dict(shown["broker_use_ssl"])  # type: ignore[call-overload]
+    for key in ("ca_certs", "certfile", "keyfile"):
+        stand_in = tmp_path / key
+        stand_in.write_text("")
+        use_ssl[key] = str(stand_in)
+    checked = _amqp.tls_settings(str(shown["broker_url"]), use_ssl)
+    assert set(checked) == set(dict(shown["broker_use_ssl"]))  # type: ignore[call-overload]
+    assert checked["cert_reqs"] is ssl.CERT_REQUIRED
