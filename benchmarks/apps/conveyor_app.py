@@ -15,6 +15,8 @@ app = Conveyor(
     backend=os.environ.get("BENCH_CONVEYOR_BACKEND") or None,
     # The results-off variant (conveyor-redis-noresult): no task stores its result.
     task_ignore_result=os.environ.get("BENCH_IGNORE_RESULT") == "1",
+    # The budget's events-off variant (benchmarks/rabbitmq_budget.py).
+    events_enabled=os.environ.get("BENCH_EVENTS_OFF") != "1",
 )
 
 
