@@ -183,17 +183,29 @@ def _tls_failed(o: AMQPOptions, reason: str) -> str:
 
 
 _SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^(\]'\"]+)")
+# Python's text for a TLS stream that ended without TLS's own goodbye (SSLEOFError).
+_TLS_EOF = "EOF occurred in violation of protocol"
+_TLS_EOF_REASON = ("the server closed the connection just after the handshake without "
+                   "saying why, as a server that verifies peers does when the client "
+                   "certificate is missing or not trusted")
 
 
 def _tls_refusal(exc: BaseException) -> str | None:
     """OpenSSL's reason in a failed TLS connect, wherever pika wrapped it: a server
     that refuses the client's certificate says so only after the handshake, and
-    pika then reports the lost stream as an ``IncompatibleProtocolError``."""
+    pika then reports the lost stream as an ``IncompatibleProtocolError``.
+
+    With TLS 1.3 that refusal is an alert the server sends as it closes; when
+    the client reads the close first (a busy machine), no alert is left to
+    name, only the stream's early end, which is then the reason given."""
     seen: BaseException | None = exc
     while seen is not None:
-        found = _SSL_REASON.search(str(seen))
+        text = str(seen)
+        found = _SSL_REASON.search(text)
         if found:
             return found.group(1).strip()
+        if _TLS_EOF in text:
+            return _TLS_EOF_REASON
         seen = seen.__cause__ or seen.__context__ or (
             seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
     return None

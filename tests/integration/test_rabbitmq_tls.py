@@ -80,7 +80,11 @@ def test_what_the_server_or_the_client_refuses_is_a_clear_error(
         app.send_task("tls.echo", args=[1], queue=QUEUE)
     text = str(refused.value)
     assert f"amqps://{node.user}@127.0.0.1:{node.tls_port}" in text
-    reason = {"no client certificate": "certificate required",
-              "another CA": "certificate verify failed"}[case]
-    assert "TLS failed (" in text and reason in text and "broker_use_ssl" in text, text
+    # Without a client certificate, the node's alert is read, or (when the node's
+    # close is read first, on a busy machine) only the early end of the stream.
+    reasons = {"no client certificate": ("certificate required",
+                                         "client certificate is missing or not trusted"),
+               "another CA": ("certificate verify failed",)}[case]
+    assert "TLS failed (" in text and "broker_use_ssl" in text, text
+    assert any(reason in text for reason in reasons), text
     assert node.password not in text

@@ -109,3 +109,30 @@ def test_the_operations_guide_s_example_is_accepted(tmp_path: Path) -> None:
     checked = _amqp.tls_settings(str(shown["broker_url"]), use_ssl)
     assert set(checked) == set(dict(shown["broker_use_ssl"]))  # type: ignore[call-overload]
     assert checked["cert_reqs"] is ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize(("lost", "reason"), [
+    # OpenSSL read the server's alert: its own words.
+    ("StreamLostError: (\"Stream connection lost: SSLError(1, '[SSL: TLSV13_ALERT_CERTIFICATE_"
+     "REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)')\",)",
+     "tlsv13 alert certificate required"),
+    # The server closed before the alert was read (seen under load): the early end.
+    ("StreamLostError: (\"Stream connection lost: SSLEOFError(8, 'EOF occurred in violation "
+     "of protocol (_ssl.c:2427)')\",)",
+     "client certificate is missing or not trusted"),
+])
+def test_a_refusal_after_the_handshake_is_named(lost: str, reason: str) -> None:
+    """A TLS 1.3 server that refuses the client's certificate does so after the
+    handshake, and pika reports the lost stream as an IncompatibleProtocolError
+    (its text is all that is left of the SSL error); either way the error says
+    TLS failed and why, never just "unreachable (IncompatibleProtocolError)"."""
+    import pika
+
+    from conveyor._amqp_link import _tls_failed, _tls_refusal
+
+    wrapped = pika.exceptions.IncompatibleProtocolError(lost)
+    refused = _tls_refusal(pika.exceptions.AMQPConnectionError(wrapped))
+    assert refused is not None and reason in refused
+    text = _tls_failed(options({"ca_certs": "/etc/ssl/certs/ca-certificates.crt"}), refused)
+    assert text.startswith("RabbitMQ at amqps://u@broker.example:5671/v: TLS failed (")
+    assert "broker_use_ssl" in text and ":p@" not in text
