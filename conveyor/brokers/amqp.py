@@ -434,13 +434,20 @@ class AMQPBroker(Broker):
             before = len(out)
             self._from_pushed(ch, queue, count, lease, out, reroutes)
             pushed = len(out) > before or replacing
-            while poll and len(out) < count and self._top_up(queue, queue in fresh, count,
-                                                             pushed):
+            # Copies held back to wait count against the batch: basic.get ignores the
+            # prefetch, and a child that topped up past them took every redelivered
+            # message of a dead worker, to run one by one while its siblings idled.
+            while (poll and len(out) + self._held_back(queue) < count
+                   and self._top_up(queue, queue in fresh, count, pushed)):
                 more = self._get_one(ch, queue)
                 self._from_pushed(ch, queue, count, lease, out, reroutes)
                 if not more:
                     break
         return out
+
+    def _held_back(self, queue: str) -> int:
+        """Copies of ``queue``'s messages held here until their ``redelivery_wait`` ends."""
+        return sum(1 for waited in self._waiting if waited.queue == queue)
 
     def _top_up(self, queue: str, fresh: bool, count: int, pushed: bool) -> bool:
         """Whether ``basic.get`` should add to what the consumer was pushed.
@@ -898,8 +905,8 @@ class AMQPBroker(Broker):
             return int(ch.queue_declare(name, passive=True).method.message_count)
 
         # Copies held back here for redelivery_wait count as delayed, as parked ones do.
-        delayed = sum(count(_amqp.delay_name(queue, k)) for k in range(_amqp.LEVELS)) + sum(
-            1 for waited in self._waiting if waited.queue == queue)
+        delayed = sum(count(_amqp.delay_name(queue, k))
+                      for k in range(_amqp.LEVELS)) + self._held_back(queue)
         inflight = sum(1 for held in self._leases.values() if held.queue == queue)
         ready = count(queue)
         # Deliveries pushed before that answer precede it on the wire: buffer them, or
