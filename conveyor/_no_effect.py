@@ -129,7 +129,10 @@ NO_EFFECT: dict[str, NoEffect] = {
                                              "for half the lease and others take the server's, "
                                              "unless broker_transport_options['heartbeat'] sets "
                                              "it; Redis connections are health-checked instead"),
-    "broker_heartbeat_checkrate": NoEffect("float", 3.0, AMQP),
+    "broker_heartbeat_checkrate": NoEffect("float", 3.0,
+                                           "pika sends and checks RabbitMQ's heartbeats "
+                                           "itself, at the interval broker_heartbeat "
+                                           "describes; Redis has no heartbeats"),
     "broker_host": NoEffect("str", None, URL_PARTS),
     "broker_login_method": NoEffect("str", None, "RabbitMQ logs in with PLAIN, the URL's "
                                                  "user and password (AMQPLAIN and EXTERNAL "
@@ -240,7 +243,10 @@ NO_EFFECT: dict[str, NoEffect] = {
     "worker_direct": NoEffect("bool", False, AMQP),
     "worker_disable_prefetch": NoEffect("bool", False, "set worker_prefetch_multiplier=1 "
                                                        "for the same effect"),
-    "worker_enable_prefetch_count_reduction": NoEffect("bool", True, AMQP),
+    "worker_enable_prefetch_count_reduction": NoEffect(
+        "bool", True, "each worker process sets its own prefetch (worker_prefetch_multiplier) "
+                      "on every new connection: there is no shared window to shrink after a "
+                      "lost connection"),
     "worker_enable_soft_shutdown_on_idle": NoEffect("bool", False,
                                                     "replaced by worker_shutdown_timeout"),
     "worker_eta_task_limit": NoEffect("int", None, IN_BROKER),
