@@ -28,7 +28,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from benchmarks import common, systems
 from benchmarks.run import RESULTS, Bench, Plan
@@ -55,6 +55,8 @@ VARIANTS = (
             (("BENCH_FLOOR_PREFETCH", "4"),)),
     Variant("Celery", "celery-amqp", 30_000),
 )
+#: The variables the variants set, cleared before each so none leaks into the next.
+_SWITCHES = {key for variant in VARIANTS for key, _ in variant.env}
 
 
 @dataclass
@@ -104,8 +106,8 @@ def measure(bench: Bench, backlog: int, window: float) -> Window:
 
 
 def median(windows: list[Window]) -> Window:
-    return Window(*(statistics.median(getattr(w, f) for w in windows)
-                    for f in ("rate", "worker_us", "server_us", "busy")))
+    return Window(*(statistics.median(getattr(w, f.name) for w in windows)
+                    for f in fields(Window)))
 
 
 def report(found: dict[str, Window], rounds: int, window: float) -> str:
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             bench = benches.get(variant.system)
             if bench is None:
                 bench = benches[variant.system] = Bench(systems.get(variant.system)(), Plan())
-            base = {k: v for k, v in bench.env.items() if not k.startswith(("BENCH_EVENTS",
-                    "BENCH_IGNORE", "BENCH_FLOOR_PREFETCH"))}
+            base = {k: v for k, v in bench.env.items() if k not in _SWITCHES}
             bench.env = {**base, **dict(variant.env)}
             got = measure(bench, variant.backlog, args.window)
             runs[variant.label].append(got)
